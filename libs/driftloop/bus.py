@@ -1,0 +1,316 @@
+"""The event bus: Avro events on Kafka in the Confluent wire format, recorded in the event log.
+
+Producers: ``EventBus.publish`` encodes, sends and (after delivery) records the event in the database, so a
+cascade can be followed by id. Consumers: ``EventBus.run_consumer`` decodes, hands each event to a handler
+exactly once per consumer group (idempotency in the database, because the embedded broker has no real
+transactions), and commits the offset only after the handler returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from driftloop.db import create_engine_for, session_factory
+from driftloop.db.models import EventRecord, ProcessedEvent
+from driftloop.errors import DriftloopError, WireFormatError
+from driftloop.events import Event
+from driftloop.schemas import event_schema
+from driftloop.serde import AvroCodec
+from driftloop.settings import Settings
+from driftloop.topics import EVENT_TOPICS, TOPIC_BY_EVENT_TYPE, Topic
+
+log = logging.getLogger(__name__)
+
+EventHandler = Callable[[Event], None]
+
+
+def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | None = None) -> None:
+    """Create the topics that do not exist yet, with the configured partition count."""
+    admin = AdminClient(settings.kafka_config())
+    existing = set(admin.list_topics(timeout=10).topics)
+    wanted = [
+        NewTopic(
+            n,
+            num_partitions=partitions or settings.kafka.partitions,
+            replication_factor=settings.kafka.replication_factor,
+        )
+        for n in dict.fromkeys(names)
+        if n not in existing
+    ]
+    if not wanted:
+        return
+    for name, future in admin.create_topics(wanted, operation_timeout=10).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise DriftloopError(f"creating topic {name} failed: {exc}") from exc
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+class EventLog:
+    """The database copy of every event, written in batches off the hot path."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self.Session = session_factory(engine)
+        self._queue: queue.Queue[Event | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def to_record(event: Event) -> dict[str, Any]:
+        data = event.data
+        return {
+            "event_id": event.id,
+            "event_type": event.type,
+            "topic": event.topic.name,
+            "cascade_id": event.envelope.cascade_id,
+            "caused_by": event.envelope.caused_by,
+            "producer": event.envelope.producer,
+            "occurred_at": event.envelope.occurred_at,
+            "model": data.get("model"),
+            "stream": data.get("stream"),
+            "payload": _json_safe(data),
+        }
+
+    def write(self, events: list[Event]) -> None:
+        if not events:
+            return
+        rows = [self.to_record(e) for e in events]
+        with self.Session.begin() as session:
+            known = set(
+                session.scalars(
+                    sa.select(EventRecord.event_id).where(EventRecord.event_id.in_([r["event_id"] for r in rows]))
+                )
+            )
+            fresh = {r["event_id"]: r for r in rows if r["event_id"] not in known}
+            if fresh:
+                session.execute(sa.insert(EventRecord), list(fresh.values()))
+
+    def submit(self, event: Event) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._drain, name="event-log", daemon=True)
+            self._thread.start()
+        self._queue.put(event)
+
+    def _drain(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < 500:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                batch.append(item)
+            for attempt in range(5):
+                try:
+                    self.write(batch)
+                    break
+                except sa.exc.OperationalError:
+                    log.warning("event log write failed (attempt %d), retrying", attempt + 1, exc_info=True)
+                    time.sleep(0.5 * (attempt + 1))
+            for _ in batch:
+                self._queue.task_done()
+
+    def flush(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self.flush()
+            self._queue.put(None)
+            self._thread.join(timeout=5)
+            self._thread = None
+
+
+@dataclass
+class ConsumerStatus:
+    group: str
+    topics: list[str]
+    assigned: bool = False
+    handled: int = 0
+    failed: int = 0
+    last_error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class EventBus:
+    """Publish and consume driftloop events. One instance per process."""
+
+    def __init__(self, settings: Settings, producer_name: str, engine: sa.Engine | None = None) -> None:
+        self.settings = settings
+        self.producer_name = producer_name
+        self.engine = engine or create_engine_for(settings.database_url)
+        self.Session = session_factory(self.engine)
+        self.codec = AvroCodec.from_url(settings.schema_registry.url)
+        self.event_log = EventLog(self.engine)
+        self._producer: Producer | None = None
+        self._producer_lock = threading.Lock()
+        self.stop_event = threading.Event()
+        self.consumers: list[ConsumerStatus] = []
+
+    # --- producing ---------------------------------------------------------------------------------------
+
+    @property
+    def producer(self) -> Producer:
+        with self._producer_lock:
+            if self._producer is None:
+                self._producer = Producer(
+                    self.settings.kafka_config(**{"enable.idempotence": True, "linger.ms": 5, "acks": "all"})
+                )
+            return self._producer
+
+    def encode(self, event: Event) -> bytes:
+        topic = TOPIC_BY_EVENT_TYPE[event.type]
+        return self.codec.encode(topic.subject, event_schema(event.type), event.to_avro())
+
+    def publish(self, event: Event, *, wait: bool = True) -> None:
+        """Send ``event`` to its topic. With ``wait`` the call returns once the broker has it."""
+        value = self.encode(event)
+        errors: list[str] = []
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                errors.append(str(err))
+                log.error("event %s (%s) was not delivered: %s", event.id, event.type, err)
+            else:
+                self.event_log.submit(event)
+
+        self.producer.produce(event.topic.name, key=event.key.encode(), value=value, on_delivery=on_delivery)
+        if wait:
+            self.producer.flush(30)
+            if errors:
+                raise DriftloopError(f"publishing {event.type} failed: {errors[0]}")
+        else:
+            self.producer.poll(0)
+
+    def publish_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        self.producer.produce(topic, key=key, value=value)
+        self.producer.poll(0)
+
+    def flush(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(30)
+        self.event_log.flush()
+
+    # --- consuming ---------------------------------------------------------------------------------------
+
+    def consumer_config(self, group: str, **extra: Any) -> dict[str, Any]:
+        return self.settings.kafka_config(
+            **{
+                "group.id": group,
+                "enable.auto.commit": False,
+                # The embedded broker's queried high watermark is wrong: start from committed offsets/earliest.
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": self.settings.kafka.session_timeout_ms,
+                "heartbeat.interval.ms": max(500, self.settings.kafka.session_timeout_ms // 4),
+                "partition.assignment.strategy": "range,roundrobin",
+                **extra,
+            }
+        )
+
+    def already_processed(self, group: str, event_id: str) -> bool:
+        with self.Session() as session:
+            return session.get(ProcessedEvent, (group, event_id)) is not None
+
+    def mark_processed(self, group: str, event_id: str) -> None:
+        with self.Session.begin() as session:
+            if session.get(ProcessedEvent, (group, event_id)) is None:
+                session.add(ProcessedEvent(consumer=group, event_id=event_id))
+
+    def run_consumer(
+        self,
+        group: str,
+        handlers: dict[Topic, EventHandler],
+        *,
+        poll_timeout: float = 0.5,
+    ) -> None:
+        """Consume until ``stop_event`` is set. Each event is handled once per group; the offset is committed
+        after the handler. A handler that raises is logged and its event is not marked processed (it is
+        retried after a restart); the loop goes on with the next message."""
+        topics = [t.name for t in handlers]
+        by_name = {t.name: h for t, h in handlers.items()}
+        status = ConsumerStatus(group=group, topics=topics)
+        self.consumers.append(status)
+        ensure_topics(self.settings, topics)
+        consumer = Consumer(self.consumer_config(group))
+
+        def on_assign(_c: Consumer, partitions: list[Any]) -> None:
+            status.assigned = True
+            log.info("consumer %s assigned %d partitions", group, len(partitions))
+
+        consumer.subscribe(topics, on_assign=on_assign)
+        try:
+            while not self.stop_event.is_set():
+                msg = consumer.poll(poll_timeout)
+                if msg is None:
+                    continue
+                if msg.error():
+                    if msg.error().code() != KafkaError._PARTITION_EOF:
+                        log.warning("consumer %s: %s", group, msg.error())
+                    continue
+                self._handle(group, msg, by_name[msg.topic()], status)
+                consumer.commit(message=msg, asynchronous=False)
+        finally:
+            consumer.close()
+
+    def _handle(self, group: str, msg: Message, handler: EventHandler, status: ConsumerStatus) -> None:
+        try:
+            _, record = self.codec.decode(msg.value())
+            event = Event.from_avro(record)
+        except WireFormatError as exc:
+            status.failed += 1
+            status.last_error = f"undecodable message at {msg.topic()}/{msg.partition()}/{msg.offset()}: {exc}"
+            log.error(status.last_error)
+            return
+        if self.already_processed(group, event.id):
+            log.info("consumer %s: event %s already handled, skipping redelivery", group, event.id)
+            return
+        try:
+            handler(event)
+        except Exception as exc:
+            status.failed += 1
+            status.last_error = f"{event.type} {event.id}: {exc!r}"
+            log.exception("consumer %s: handler failed on %s %s", group, event.type, event.id)
+            return
+        self.mark_processed(group, event.id)
+        status.handled += 1
+
+    def close(self) -> None:
+        self.stop_event.set()
+        if self._producer is not None:
+            self._producer.flush(10)
+        self.event_log.close()
+
+
+def ensure_event_topics(settings: Settings) -> None:
+    ensure_topics(settings, [t.name for t in EVENT_TOPICS])

@@ -1,0 +1,230 @@
+"""All tables, grouped by the service that owns (writes) them. A service reads only its own tables and the
+shared event log; everything else it learns from events or another service's HTTP API."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(tz=UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: sa.DateTime(timezone=True), dict: sa.JSON, list: sa.JSON}
+
+
+# --- shared: the event log (written by every producer through driftloop.bus) -------------------------------
+
+
+class EventRecord(Base):
+    __tablename__ = "events"
+    event_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    event_type: Mapped[str] = mapped_column(sa.String(64), index=True)
+    topic: Mapped[str] = mapped_column(sa.String(200))
+    cascade_id: Mapped[str] = mapped_column(sa.String(64), index=True)
+    caused_by: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    producer: Mapped[str] = mapped_column(sa.String(64))
+    occurred_at: Mapped[datetime]
+    model: Mapped[str | None] = mapped_column(sa.String(200), index=True)
+    stream: Mapped[str | None] = mapped_column(sa.String(200), index=True)
+    payload: Mapped[dict] = mapped_column(sa.JSON)
+
+
+class ProcessedEvent(Base):
+    """Consumer-side idempotency: an event is handled once per consumer group, even when redelivered."""
+
+    __tablename__ = "processed_events"
+    consumer: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    event_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    processed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- schemaregistry ------------------------------------------------------------------------------------------
+
+
+class RegistrySchema(Base):
+    __tablename__ = "sr_schemas"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    schema_type: Mapped[str] = mapped_column(sa.String(32), default="AVRO")
+    fingerprint: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    schema_text: Mapped[str] = mapped_column(sa.Text)
+
+
+class RegistrySubjectVersion(Base):
+    __tablename__ = "sr_subject_versions"
+    subject: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    version: Mapped[int] = mapped_column(primary_key=True)
+    schema_id: Mapped[int] = mapped_column(sa.ForeignKey("sr_schemas.id"))
+    deleted: Mapped[bool] = mapped_column(default=False)
+
+
+class RegistryConfig(Base):
+    """Compatibility level per subject; the empty subject holds the global level."""
+
+    __tablename__ = "sr_config"
+    subject: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    compatibility: Mapped[str] = mapped_column(sa.String(32))
+
+
+# --- ingestion -----------------------------------------------------------------------------------------------
+
+
+class LandedBatch(Base):
+    __tablename__ = "landed_batches"
+    object_key: Mapped[str] = mapped_column(sa.String(500), primary_key=True)
+    stream: Mapped[str] = mapped_column(sa.String(200), index=True)
+    source: Mapped[str] = mapped_column(sa.String(500))
+    rows: Mapped[int]
+    min_event_time: Mapped[datetime | None]
+    max_event_time: Mapped[datetime | None]
+    landed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    dataset_version_id: Mapped[str | None] = mapped_column(sa.String(200), index=True)
+
+
+class DeadLetter(Base):
+    __tablename__ = "dead_letters"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    stream: Mapped[str] = mapped_column(sa.String(200), index=True)
+    reason: Mapped[str] = mapped_column(sa.String(64))
+    field: Mapped[str | None] = mapped_column(sa.String(200))
+    message: Mapped[str] = mapped_column(sa.Text)
+    source: Mapped[str] = mapped_column(sa.String(500), unique=True)
+    event_id: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DatasetVersion(Base):
+    __tablename__ = "dataset_versions"
+    id: Mapped[str] = mapped_column(sa.String(200), primary_key=True)  # STREAM@vN
+    stream: Mapped[str] = mapped_column(sa.String(200), index=True)
+    version: Mapped[int]
+    uri: Mapped[str] = mapped_column(sa.String(500))
+    content_hash: Mapped[str] = mapped_column(sa.String(64))
+    row_count: Mapped[int] = mapped_column(sa.BigInteger)
+    new_rows: Mapped[int] = mapped_column(sa.BigInteger)
+    parent_id: Mapped[str | None] = mapped_column(sa.String(200))
+    mode: Mapped[str] = mapped_column(sa.String(32))
+    schema_json: Mapped[dict]
+    profile: Mapped[dict]
+    min_event_time: Mapped[datetime | None]
+    max_event_time: Mapped[datetime | None]
+    event_id: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    __table_args__ = (sa.UniqueConstraint("stream", "version"),)
+
+
+# --- features ------------------------------------------------------------------------------------------------
+
+
+class FeatureSet(Base):
+    __tablename__ = "feature_sets"
+    dataset_version_id: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    stream: Mapped[str] = mapped_column(sa.String(200), index=True)
+    uri: Mapped[str] = mapped_column(sa.String(500))
+    feature_names: Mapped[list]
+    row_count: Mapped[int] = mapped_column(sa.BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OnlineFeatures(Base):
+    __tablename__ = "online_features"
+    stream: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    entity: Mapped[str] = mapped_column(sa.String(500), primary_key=True)
+    values: Mapped[dict]
+    event_time: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- triggers ------------------------------------------------------------------------------------------------
+
+
+class TrainingRequest(Base):
+    __tablename__ = "training_requests"
+    request_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(sa.String(200), index=True)
+    trigger: Mapped[str] = mapped_column(sa.String(32))
+    reason: Mapped[str] = mapped_column(sa.Text)
+    cause_event_id: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    cascade_id: Mapped[str | None] = mapped_column(sa.String(64))
+    dataset_version_id: Mapped[str | None] = mapped_column(sa.String(200))
+    # pending (waiting for fresh data) | requested | suppressed (cooldown/duplicate/active run)
+    status: Mapped[str] = mapped_column(sa.String(32))
+    note: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- training ------------------------------------------------------------------------------------------------
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    run_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    request_id: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    model: Mapped[str] = mapped_column(sa.String(200), index=True)
+    state: Mapped[str] = mapped_column(sa.String(32), index=True)
+    trigger: Mapped[str] = mapped_column(sa.String(32))
+    cause_event_id: Mapped[str | None] = mapped_column(sa.String(64))
+    cascade_id: Mapped[str | None] = mapped_column(sa.String(64))
+    dataset_version_id: Mapped[str | None] = mapped_column(sa.String(200))
+    params: Mapped[dict] = mapped_column(default=dict)
+    metrics: Mapped[dict] = mapped_column(default=dict)
+    artifact_uri: Mapped[str | None] = mapped_column(sa.String(500))
+    artifact_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    code_version: Mapped[str | None] = mapped_column(sa.String(100))
+    environment: Mapped[dict] = mapped_column(default=dict)
+    resources: Mapped[dict] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    log_uri: Mapped[str | None] = mapped_column(sa.String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+
+
+# --- registry ------------------------------------------------------------------------------------------------
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    model: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    version: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    artifact_uri: Mapped[str] = mapped_column(sa.String(500))
+    artifact_sha256: Mapped[str] = mapped_column(sa.String(64))
+    dataset_version_id: Mapped[str] = mapped_column(sa.String(200))
+    feature_set_uri: Mapped[str] = mapped_column(sa.String(500))
+    metrics: Mapped[dict] = mapped_column(default=dict)
+    lineage: Mapped[dict] = mapped_column(default=dict)
+    gate: Mapped[dict] = mapped_column(default=dict)
+    # registered | promoted | rejected
+    status: Mapped[str] = mapped_column(sa.String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelAlias(Base):
+    __tablename__ = "model_aliases"
+    model: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    alias: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
+    version: Mapped[int]
+    event_id: Mapped[str | None] = mapped_column(sa.String(64))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- monitor -------------------------------------------------------------------------------------------------
+
+
+class DriftReport(Base):
+    __tablename__ = "drift_reports"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(sa.String(200), index=True)
+    version: Mapped[int]
+    window_index: Mapped[int] = mapped_column(sa.BigInteger)
+    window_size: Mapped[int]
+    drifted: Mapped[bool]
+    tests: Mapped[list]
+    event_id: Mapped[str | None] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    __table_args__ = (sa.UniqueConstraint("model", "version", "window_index"),)

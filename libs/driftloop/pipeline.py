@@ -1,0 +1,302 @@
+"""The pipeline config: a user's stream, features, model, gate, triggers and monitor, in one YAML file.
+
+One file per stream/model in ``settings.pipelines_dir``; adding a stream is a new file, no code. Every model
+forbids unknown keys, and errors point at the file and line of the bad key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from driftloop.errors import ConfigError, NotFoundError
+from driftloop.topics import stream_topic
+
+FieldType = Literal["string", "int", "long", "double", "float", "boolean", "timestamp"]
+
+_AVRO_TYPES: dict[str, Any] = {
+    "string": "string",
+    "int": "int",
+    "long": "long",
+    "double": "double",
+    "float": "float",
+    "boolean": "boolean",
+    "timestamp": {"type": "long", "logicalType": "timestamp-millis"},
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FieldSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    type: FieldType
+    nullable: bool = True
+    doc: str = ""
+
+
+class NotNullRule(_Strict):
+    rule: Literal["not_null"]
+    field: str
+
+
+class RangeRule(_Strict):
+    rule: Literal["range"]
+    field: str
+    min: float | None = None
+    max: float | None = None
+
+
+class AllowedValuesRule(_Strict):
+    rule: Literal["allowed_values"]
+    field: str
+    values: list[str | int | float | bool]
+
+
+QualityRule = Annotated[NotNullRule | RangeRule | AllowedValuesRule, Field(discriminator="rule")]
+
+
+class StreamSpec(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    fields: list[FieldSpec] = Field(min_length=1)
+    entity_key: str
+    event_time: str
+    label: str
+    # Records whose event time lies further ahead than this are dead-lettered (clock errors).
+    max_future_seconds: int = Field(default=3600, ge=0)
+    # Records larger than this (encoded) are dead-lettered.
+    max_record_bytes: int = Field(default=65536, ge=64)
+
+    @property
+    def topic(self) -> str:
+        return stream_topic(self.name)
+
+    def field(self, name: str) -> FieldSpec:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    @property
+    def field_names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+    @model_validator(mode="after")
+    def _check_roles(self) -> StreamSpec:
+        names = self.field_names
+        if len(set(names)) != len(names):
+            raise ValueError("stream.fields has duplicate names")
+        for role in ("entity_key", "event_time", "label"):
+            if getattr(self, role) not in names:
+                raise ValueError(f"stream.{role} {getattr(self, role)!r} is not one of the fields {names}")
+        if self.field(self.event_time).type != "timestamp":
+            raise ValueError(f"stream.event_time field {self.event_time!r} must have type 'timestamp'")
+        return self
+
+    def avro_schema(self) -> dict[str, Any]:
+        """The Avro record schema producers use for this stream's topic."""
+        fields = []
+        for f in self.fields:
+            avro_type = _AVRO_TYPES[f.type]
+            entry: dict[str, Any] = {"name": f.name, "type": ["null", avro_type] if f.nullable else avro_type}
+            if f.nullable:
+                entry["default"] = None
+            if f.doc:
+                entry["doc"] = f.doc
+            fields.append(entry)
+        record_name = "".join(part.capitalize() for part in self.name.replace("-", "_").split("_"))
+        return {"type": "record", "name": record_name, "namespace": "driftloop.streams", "fields": fields}
+
+
+class DatasetSpec(_Strict):
+    # Cut a new dataset version after this many newly landed rows (0: only on demand).
+    cut_every_rows: int = Field(default=5000, ge=0)
+    # cumulative: parent + new rows; window: only the newest `window_rows` rows.
+    mode: Literal["cumulative", "window"] = "cumulative"
+    window_rows: int = Field(default=20000, ge=1)
+    # Micro-batches land when either limit is reached.
+    landing_batch_rows: int = Field(default=500, ge=1)
+    landing_batch_seconds: float = Field(default=2.0, gt=0)
+
+
+class FeatureSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # Pass-through of a stream field (default: the field of the same name) ...
+    source: str | None = None
+    # ... or a derived column: a pandas expression over stream fields, e.g. "log1p(amount)".
+    expr: str | None = None
+    kind: Literal["numeric", "categorical"] = "numeric"
+
+    @model_validator(mode="after")
+    def _one_of(self) -> FeatureSpec:
+        if self.source and self.expr:
+            raise ValueError(f"feature {self.name!r}: give either 'source' or 'expr', not both")
+        return self
+
+
+class ModelSpec(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    family: Literal["lightgbm"] = "lightgbm"
+    task: Literal["classification", "regression"] = "classification"
+    params: dict[str, Any] = Field(default_factory=dict)
+    holdout_fraction: float = Field(default=0.25, gt=0, lt=1)
+    seed: int = 42
+
+
+class GateSpec(_Strict):
+    metric: Literal["roc_auc", "accuracy", "f1", "log_loss", "rmse", "mae", "r2"] = "roc_auc"
+    direction: Literal["maximize", "minimize"] = "maximize"
+    # The challenger must beat the champion by at least this much (in the metric's units).
+    min_improvement: float = Field(default=0.0, ge=0)
+    # The first version is promoted only if its score passes this absolute threshold.
+    first_version_threshold: float | None = None
+
+
+class NewDataTrigger(_Strict):
+    enabled: bool = True
+    # Retrain on a new dataset version only while the model has no champion (bootstrap).
+    only_without_champion: bool = False
+
+
+class DriftTrigger(_Strict):
+    enabled: bool = True
+    # Wait for the next dataset version cut after the drift, so that the retrain sees post-drift data.
+    wait_for_fresh_data: bool = True
+
+
+class TriggerSpec(_Strict):
+    new_data: NewDataTrigger = NewDataTrigger()
+    drift: DriftTrigger = DriftTrigger()
+    # After a training request, further causes within this many seconds are suppressed.
+    cooldown_seconds: float = Field(default=300.0, ge=0)
+
+
+class MonitorSpec(_Strict):
+    window_size: int = Field(default=500, ge=20)
+    alpha: float = Field(default=0.01, gt=0, lt=1)
+    correction: Literal["bonferroni", "holm", "none"] = "bonferroni"
+    # Drift is declared when at least this many features drift in one window.
+    min_drifted_features: int = Field(default=1, ge=1)
+    # Rows sampled from the champion's training features as the reference.
+    reference_rows: int = Field(default=5000, ge=100)
+
+
+class PipelineConfig(_Strict):
+    stream: StreamSpec
+    quality: list[QualityRule] = Field(default_factory=list)
+    dataset: DatasetSpec = DatasetSpec()
+    features: list[FeatureSpec] = Field(min_length=1)
+    model: ModelSpec
+    gate: GateSpec = GateSpec()
+    triggers: TriggerSpec = TriggerSpec()
+    monitor: MonitorSpec = MonitorSpec()
+
+    @model_validator(mode="after")
+    def _check_references(self) -> PipelineConfig:
+        names = set(self.stream.field_names)
+        for rule in self.quality:
+            if rule.field not in names:
+                raise ValueError(f"quality rule on unknown field {rule.field!r}; fields: {sorted(names)}")
+        for feature in self.features:
+            if feature.expr is None and (feature.source or feature.name) not in names:
+                raise ValueError(
+                    f"feature {feature.name!r} reads field {feature.source or feature.name!r}, "
+                    f"which the stream does not have; fields: {sorted(names)}"
+                )
+        if self.stream.label in {f.name for f in self.features}:
+            raise ValueError(f"the label {self.stream.label!r} cannot also be a feature")
+        return self
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+
+def _line_index(node: yaml.Node, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
+    """Map every key path of a composed YAML document to its 1-based line."""
+    lines = {path: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            child = (*path, key_node.value)
+            lines.update(_line_index(value_node, child))
+            lines[child] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines.update(_line_index(item, (*path, i)))
+    return lines
+
+
+def parse_pipeline(text: str, source: str = "<string>") -> PipelineConfig:
+    try:
+        data = yaml.safe_load(text)
+        node = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a pipeline config is a mapping with keys stream, features, model, ...")
+    lines = _line_index(node) if node is not None else {}
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _RULE_TAGS))
+            line = None
+            for depth in range(len(loc), -1, -1):
+                line = lines.get(loc[:depth])
+                if line is not None:
+                    break
+            key = ".".join(str(p) for p in loc) or "(top level)"
+            msg = "unknown key (not allowed here)" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"{source}:{line or '?'}: {key}: {msg}")
+        raise ConfigError("invalid pipeline config:\n  " + "\n  ".join(problems)) from None
+
+
+_RULE_TAGS = {"not_null", "range", "allowed_values"}
+
+
+def load_pipeline(path: Path) -> PipelineConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read pipeline config {path}: {exc}") from None
+    return parse_pipeline(text, source=str(path))
+
+
+def load_pipelines(directory: Path) -> dict[str, PipelineConfig]:
+    """All pipeline configs in a folder, by model name. Stream and model names must be unique."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ConfigError(f"pipelines_dir {directory} is not a folder: set DRIFTLOOP_PIPELINES_DIR")
+    pipelines: dict[str, PipelineConfig] = {}
+    streams: dict[str, Path] = {}
+    for path in sorted(directory.glob("*.y*ml")):
+        cfg = load_pipeline(path)
+        if cfg.model.name in pipelines:
+            raise ConfigError(f"{path}: model {cfg.model.name!r} is already defined in another pipeline file")
+        if cfg.stream.name in streams:
+            raise ConfigError(f"{path}: stream {cfg.stream.name!r} is already defined in {streams[cfg.stream.name]}")
+        streams[cfg.stream.name] = path
+        pipelines[cfg.model.name] = cfg
+    return pipelines
+
+
+def pipeline_for_stream(pipelines: dict[str, PipelineConfig], stream: str) -> PipelineConfig:
+    for cfg in pipelines.values():
+        if cfg.stream.name == stream:
+            return cfg
+    raise NotFoundError(
+        f"unknown stream {stream!r}; known streams: {sorted(c.stream.name for c in pipelines.values())}"
+    )
+
+
+def pipeline_for_model(pipelines: dict[str, PipelineConfig], model: str) -> PipelineConfig:
+    try:
+        return pipelines[model]
+    except KeyError:
+        raise NotFoundError(f"unknown model {model!r}; known models: {sorted(pipelines)}") from None

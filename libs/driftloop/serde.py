@@ -1,0 +1,105 @@
+"""Confluent wire format: magic byte 0, 4-byte big-endian schema id, Avro binary body.
+
+Schemas are registered and looked up through the stock ``confluent_kafka`` SchemaRegistryClient, so the
+same code runs against driftloop's registry and Confluent's. Decoding errors carry a reason code that
+ingestion puts on dead letters.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import threading
+from typing import Any
+
+import fastavro
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+from driftloop.errors import SchemaError, WireFormatError
+
+MAGIC_BYTE = 0
+HEADER = struct.Struct(">bI")
+
+
+class AvroCodec:
+    """Encode and decode Avro records in the Confluent wire format, caching schemas by id and subject."""
+
+    def __init__(self, registry: SchemaRegistryClient) -> None:
+        self.registry = registry
+        self._lock = threading.Lock()
+        self._ids_by_subject: dict[tuple[str, str], int] = {}
+        self._parsed_by_id: dict[int, Any] = {}
+        self._parsed_by_json: dict[str, Any] = {}
+
+    @classmethod
+    def from_url(cls, url: str) -> AvroCodec:
+        return cls(SchemaRegistryClient({"url": url}))
+
+    def register(self, subject: str, schema: dict[str, Any]) -> int:
+        schema_json = json.dumps(schema)
+        key = (subject, schema_json)
+        with self._lock:
+            cached = self._ids_by_subject.get(key)
+        if cached is not None:
+            return cached
+        try:
+            schema_id = self.registry.register_schema(subject, Schema(schema_json, "AVRO"))
+        except SchemaRegistryError as exc:
+            raise SchemaError(f"registering a schema under {subject!r} failed: {exc}") from exc
+        with self._lock:
+            self._ids_by_subject[key] = schema_id
+        return schema_id
+
+    def _parsed(self, schema: dict[str, Any]) -> Any:
+        key = json.dumps(schema, sort_keys=True)
+        parsed = self._parsed_by_json.get(key)
+        if parsed is None:
+            parsed = fastavro.parse_schema(schema)
+            self._parsed_by_json[key] = parsed
+        return parsed
+
+    def writer_schema(self, schema_id: int) -> Any:
+        parsed = self._parsed_by_id.get(schema_id)
+        if parsed is not None:
+            return parsed
+        try:
+            schema = self.registry.get_schema(schema_id)
+        except SchemaRegistryError as exc:
+            if getattr(exc, "http_status_code", None) == 404:
+                raise WireFormatError("unknown_schema_id", f"schema id {schema_id} is not registered") from exc
+            raise
+        parsed = fastavro.parse_schema(json.loads(schema.schema_str))
+        self._parsed_by_id[schema_id] = parsed
+        return parsed
+
+    def encode(self, subject: str, schema: dict[str, Any], record: dict[str, Any]) -> bytes:
+        schema_id = self.register(subject, schema)
+        out = io.BytesIO()
+        out.write(HEADER.pack(MAGIC_BYTE, schema_id))
+        try:
+            fastavro.schemaless_writer(out, self._parsed(schema), record)
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            raise SchemaError(f"record does not match the schema of {subject!r}: {exc}") from exc
+        return out.getvalue()
+
+    def decode(self, data: bytes, reader_schema: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        """Return (writer schema id, record), read into ``reader_schema`` if given (schema resolution)."""
+        if data is None or len(data) < HEADER.size:
+            raise WireFormatError("truncated", f"message of {len(data or b'')} bytes is shorter than the header")
+        magic, schema_id = HEADER.unpack_from(data)
+        if magic != MAGIC_BYTE:
+            raise WireFormatError("bad_magic_byte", f"magic byte is {magic}, expected {MAGIC_BYTE}")
+        writer = self.writer_schema(schema_id)
+        reader = self._parsed(reader_schema) if reader_schema is not None else None
+        body = io.BytesIO(data[HEADER.size :])
+        try:
+            record = fastavro.schemaless_reader(body, writer, reader)
+        except EOFError as exc:
+            raise WireFormatError("truncated", f"Avro body ended early (schema id {schema_id})") from exc
+        except (fastavro.read.SchemaResolutionError, ValueError, TypeError, IndexError) as exc:
+            raise WireFormatError("not_avro", f"body is not valid Avro for schema id {schema_id}: {exc}") from exc
+        if body.tell() != len(data) - HEADER.size:
+            raise WireFormatError("not_avro", f"{len(data) - HEADER.size - body.tell()} trailing bytes after record")
+        return schema_id, record  # type: ignore[return-value]

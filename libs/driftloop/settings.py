@@ -1,0 +1,241 @@
+"""Platform settings, shared by every service and the CLI.
+
+Sources, strongest first: keyword arguments, ``DRIFTLOOP_*`` environment variables (nested keys with ``__``,
+e.g. ``DRIFTLOOP_KAFKA__BOOTSTRAP_SERVERS``), the TOML file named by ``DRIFTLOOP_CONFIG`` (default
+``driftloop.toml`` in the working directory, if present), then the embedded defaults.
+
+The embedded defaults need nothing installed: SQLite under ``home``, a local folder as object store, the Tansu
+broker and our schema registry started by ``driftloop up``. Pointing at Apache Kafka, a Confluent registry,
+PostgreSQL or S3/MinIO is only a matter of these settings.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from driftloop.errors import ConfigError
+
+ENV_PREFIX = "DRIFTLOOP_"
+CONFIG_ENV = "DRIFTLOOP_CONFIG"
+DEFAULT_CONFIG_FILE = "driftloop.toml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    # Start the embedded Tansu broker with `driftloop up`. Set false to use an external Kafka.
+    embedded: bool = True
+    # Tansu makes every group join wait session.timeout.ms/2: keep it short (see docs).
+    session_timeout_ms: int = Field(default=6000, ge=1000)
+    partitions: int = Field(default=4, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    # Extra librdkafka properties (security.protocol, sasl.*, ...) passed to every client.
+    client_config: dict[str, str] = Field(default_factory=dict)
+
+
+class SchemaRegistrySettings(_Section):
+    url: str = "http://127.0.0.1:8081"
+    # Start driftloop's own registry with `driftloop up`. Set false to use a Confluent registry at `url`.
+    embedded: bool = True
+    default_compatibility: Literal[
+        "NONE", "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE", "FULL", "FULL_TRANSITIVE"
+    ] = "BACKWARD"
+
+
+class DatabaseSettings(_Section):
+    # SQLAlchemy URL. Empty: SQLite file `<home>/driftloop.db`.
+    # PostgreSQL: postgresql+psycopg://user:password@host:5432/driftloop
+    url: str = ""
+
+
+class ObjectStoreSettings(_Section):
+    # "local": a folder (default `<home>/objects`); "s3": any S3 endpoint (MinIO, AWS) through the minio SDK.
+    type: Literal["local", "s3"] = "local"
+    path: Path | None = None
+    endpoint: str = ""  # host:port, e.g. 127.0.0.1:9000
+    bucket: str = "driftloop"
+    access_key: str = ""
+    secret_key: SecretStr = SecretStr("")
+    region: str = "us-east-1"
+    secure: bool = False
+
+
+class SparkSettings(_Section):
+    master: str = "local[*]"
+    shuffle_partitions: int = Field(default=4, ge=1)
+    driver_memory: str = "1g"
+
+
+class RaySettings(_Section):
+    # Empty: a local Ray started by the training service. Else a cluster address (also read from RAY_ADDRESS).
+    address: str = ""
+    num_cpus: int | None = Field(default=None, ge=1)
+
+
+class ServicesSettings(_Section):
+    host: str = "127.0.0.1"
+    schemaregistry_port: int = 8081
+    ingestion_port: int = 8101
+    features_port: int = 8102
+    training_port: int = 8103
+    registry_port: int = 8104
+    serving_port: int = 8105
+    monitor_port: int = 8106
+    triggers_port: int = 8107
+
+    def port(self, service: str) -> int:
+        try:
+            return int(getattr(self, f"{service}_port"))
+        except AttributeError:
+            raise ConfigError(f"no port setting for service {service!r}") from None
+
+    def url(self, service: str) -> str:
+        return f"http://{self.host}:{self.port(service)}"
+
+
+class Settings(BaseSettings):
+    """All settings of a driftloop deployment. Unknown keys are rejected, naming the key."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    # Where the embedded stack keeps its database, objects, logs and PIDs.
+    home: Path = Path(".driftloop")
+    # Folder of pipeline config files (*.yaml), one per stream/model.
+    pipelines_dir: Path = Path("pipelines")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    kafka: KafkaSettings = KafkaSettings()
+    schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
+    database: DatabaseSettings = DatabaseSettings()
+    object_store: ObjectStoreSettings = ObjectStoreSettings()
+    spark: SparkSettings = SparkSettings()
+    ray: RaySettings = RaySettings()
+    services: ServicesSettings = ServicesSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = Path(os.environ.get(CONFIG_ENV, DEFAULT_CONFIG_FILE))
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if config_file.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        elif CONFIG_ENV in os.environ:
+            raise ConfigError(f"{CONFIG_ENV}={config_file} does not exist: point it at a TOML settings file")
+        return tuple(sources)
+
+    @cached_property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{(self.home / 'driftloop.db').resolve()}"
+
+    @cached_property
+    def object_store_path(self) -> Path:
+        return (self.object_store.path or self.home / "objects").resolve()
+
+    @property
+    def log_dir(self) -> Path:
+        return (self.home / "logs").resolve()
+
+    @property
+    def ray_address(self) -> str:
+        return self.ray.address or os.environ.get("RAY_ADDRESS", "")
+
+    def kafka_config(self, **extra: Any) -> dict[str, Any]:
+        """librdkafka properties for a client of this deployment."""
+        return {"bootstrap.servers": self.kafka.bootstrap_servers, **self.kafka.client_config, **extra}
+
+
+def _unknown_env_keys(environ: dict[str, str]) -> list[str]:
+    """DRIFTLOOP_* variables that name no setting (pydantic-settings would silently ignore them)."""
+    known_top = {name.upper() for name in Settings.model_fields}
+    sections = {
+        name.upper(): field.annotation
+        for name, field in Settings.model_fields.items()
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+    }
+    unknown = []
+    for key in environ:
+        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV:
+            continue
+        rest = key[len(ENV_PREFIX) :]
+        top, _, sub = rest.partition("__")
+        if top not in known_top:
+            unknown.append(key)
+        elif sub and top in sections:
+            section_fields = {n.upper() for n in sections[top].model_fields}  # type: ignore[union-attr]
+            if sub.partition("__")[0] not in section_fields:
+                unknown.append(key)
+    return unknown
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load settings from the environment and the config file, with a readable error on a bad key."""
+    unknown = _unknown_env_keys(dict(os.environ))
+    if unknown:
+        raise ConfigError(
+            f"unknown setting(s) in the environment: {', '.join(sorted(unknown))}. "
+            "Nested keys use a double underscore, e.g. DRIFTLOOP_KAFKA__BOOTSTRAP_SERVERS; "
+            "see the README's settings reference."
+        )
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                problems.append(f"unknown setting {key!r}")
+            else:
+                problems.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from None
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The DRIFTLOOP_* variables that reproduce `settings` in a child process."""
+    env: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(f"{prefix}__{name.upper()}" if prefix else name.upper(), getattr(value, name))
+        elif isinstance(value, dict):
+            import json
+
+            env[ENV_PREFIX + prefix] = json.dumps(value)
+        elif isinstance(value, SecretStr):
+            env[ENV_PREFIX + prefix] = value.get_secret_value()
+        elif value is None:
+            return
+        elif isinstance(value, bool):
+            env[ENV_PREFIX + prefix] = "true" if value else "false"
+        elif isinstance(value, Path):
+            env[ENV_PREFIX + prefix] = str(value.resolve())
+        else:
+            env[ENV_PREFIX + prefix] = str(value)
+
+    walk("", settings)
+    return env

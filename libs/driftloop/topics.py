@@ -1,0 +1,65 @@
+"""Every topic of the platform and the event schema it carries, declared once.
+
+A topic carries exactly one event type (Confluent TopicNameStrategy: subject ``<topic>-value``).
+``key`` names the payload field used as the message key, so that all events of one model (or stream)
+land in one partition and keep their order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    event_type: str
+    key: str
+
+    @property
+    def subject(self) -> str:
+        return f"{self.name}-value"
+
+
+RECORD_REJECTED = Topic("driftloop.records.rejected", "RecordRejected", key="stream")
+DATASET_VERSION_CREATED = Topic("driftloop.datasets.version-created", "DatasetVersionCreated", key="stream")
+FEATURES_MATERIALIZED = Topic("driftloop.features.materialized", "FeaturesMaterialized", key="stream")
+TRAINING_REQUESTED = Topic("driftloop.training.requested", "TrainingRequested", key="model")
+RUN_STATE_CHANGED = Topic("driftloop.training.run-state-changed", "RunStateChanged", key="model")
+TRAINING_COMPLETED = Topic("driftloop.training.completed", "TrainingCompleted", key="model")
+MODEL_REGISTERED = Topic("driftloop.models.registered", "ModelRegistered", key="model")
+MODEL_PROMOTED = Topic("driftloop.models.promoted", "ModelPromoted", key="model")
+MODEL_REJECTED = Topic("driftloop.models.rejected", "ModelRejected", key="model")
+PREDICTION_LOGGED = Topic("driftloop.serving.prediction-logged", "PredictionLogged", key="model")
+FEEDBACK_RECEIVED = Topic("driftloop.serving.feedback-received", "FeedbackReceived", key="model")
+SERVING_SWITCHED = Topic("driftloop.serving.switched", "ServingSwitched", key="model")
+DRIFT_DETECTED = Topic("driftloop.monitor.drift-detected", "DriftDetected", key="model")
+PERFORMANCE_DEGRADED = Topic("driftloop.monitor.performance-degraded", "PerformanceDegraded", key="model")
+EXTERNAL_TRIGGER = Topic("driftloop.triggers.external", "ExternalTrigger", key="model")
+
+EVENT_TOPICS: tuple[Topic, ...] = (
+    RECORD_REJECTED,
+    DATASET_VERSION_CREATED,
+    FEATURES_MATERIALIZED,
+    TRAINING_REQUESTED,
+    RUN_STATE_CHANGED,
+    TRAINING_COMPLETED,
+    MODEL_REGISTERED,
+    MODEL_PROMOTED,
+    MODEL_REJECTED,
+    PREDICTION_LOGGED,
+    FEEDBACK_RECEIVED,
+    SERVING_SWITCHED,
+    DRIFT_DETECTED,
+    PERFORMANCE_DEGRADED,
+    EXTERNAL_TRIGGER,
+)
+
+TOPIC_BY_EVENT_TYPE: dict[str, Topic] = {t.event_type: t for t in EVENT_TOPICS}
+
+STREAM_TOPIC_PREFIX = "driftloop.stream."
+
+
+def stream_topic(stream: str) -> str:
+    """The topic producers write a stream's records to (Avro, subject ``<topic>-value``)."""
+    return STREAM_TOPIC_PREFIX + stream

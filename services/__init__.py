@@ -1,0 +1,1 @@
+"""driftloop services: one folder each, the same shape (see services/README.md)."""
