@@ -1,0 +1,43 @@
+"""Where things live in the object store, declared once. Keys, not URIs: see ``ObjectStore.uri``."""
+
+from __future__ import annotations
+
+
+def landed_prefix(stream: str) -> str:
+    return f"landed/{stream}/"
+
+
+def landed_kafka_key(stream: str, partition: int, first_offset: int, last_offset: int) -> str:
+    """Named by source offsets, so that a replay after a crash overwrites instead of duplicating."""
+    return f"landed/{stream}/kafka-p{partition:04d}-{first_offset:020d}-{last_offset:020d}.parquet"
+
+
+def landed_http_key(stream: str, request_id: str) -> str:
+    return f"landed/{stream}/http-{request_id}.parquet"
+
+
+def dataset_prefix(stream: str, version: int) -> str:
+    return f"datasets/{stream}/v{version:06d}/"
+
+
+def dataset_version_id(stream: str, version: int) -> str:
+    return f"{stream}@v{version}"
+
+
+def parse_dataset_version_id(dataset_version_id: str) -> tuple[str, int]:
+    stream, _, version = dataset_version_id.rpartition("@v")
+    if not stream or not version.isdigit():
+        raise ValueError(f"not a dataset version id: {dataset_version_id!r} (expected STREAM@vN)")
+    return stream, int(version)
+
+
+def feature_set_prefix(stream: str, version: int) -> str:
+    return f"features/{stream}/v{version:06d}/"
+
+
+def model_artifact_key(model: str, run_id: str) -> str:
+    return f"models/{model}/runs/{run_id}/model.zip"
+
+
+def run_log_key(model: str, run_id: str) -> str:
+    return f"models/{model}/runs/{run_id}/run.log"
