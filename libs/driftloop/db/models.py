@@ -83,6 +83,10 @@ class LandedBatch(Base):
     max_event_time: Mapped[datetime | None]
     landed_at: Mapped[datetime] = mapped_column(default=utcnow)
     dataset_version_id: Mapped[str | None] = mapped_column(sa.String(200), index=True)
+    # Kafka batches: the source offsets, so that a replay after a crash skips what already landed.
+    kafka_partition: Mapped[int | None]
+    first_offset: Mapped[int | None] = mapped_column(sa.BigInteger)
+    last_offset: Mapped[int | None] = mapped_column(sa.BigInteger)
 
 
 class DeadLetter(Base):
