@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from driftloop.bus import EventBus, EventHandler
-from driftloop.db import create_engine_for, session_factory
+from driftloop.db import create_engine_for, migrate, session_factory
 from driftloop.errors import ConfigError, DriftloopError, NotFoundError
 from driftloop.pipeline import PipelineConfig, load_pipelines
 from driftloop.settings import Settings, load_settings
@@ -124,6 +124,7 @@ def _add_health(app: FastAPI, runtime: Runtime, spec: ServiceSpec) -> None:
 def make_runtime(name: str, settings: Settings | None = None) -> Runtime:
     settings = settings or load_settings()
     pipelines = load_pipelines(settings.pipelines_dir)
+    migrate(settings.database_url)
     engine = create_engine_for(settings.database_url)
     bus = EventBus(settings, producer_name=name, engine=engine)
     return Runtime(name=name, settings=settings, pipelines=pipelines, bus=bus)

@@ -39,11 +39,18 @@ def migrate(url: str) -> None:
     from alembic import command
     from alembic.config import Config
 
-    if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if url.startswith("sqlite"):
+        # Several processes may start at once on one embedded database: migrate one at a time.
+        # (PostgreSQL takes an advisory lock inside the migration transaction instead: see migrations/env.py.)
+        from filelock import FileLock
+
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(f"{path}.migrate.lock", timeout=120):
+                command.upgrade(cfg, "head")
+            return
     command.upgrade(cfg, "head")

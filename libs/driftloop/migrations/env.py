@@ -26,6 +26,9 @@ def run_migrations_online() -> None:
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Serialize concurrent upgrades (several services starting at once); released at commit.
+                connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7241100)")
             context.run_migrations()
     engine.dispose()
 
