@@ -71,9 +71,7 @@ def schema_registry_url(session_dir: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def make_settings(
-    tmp_path: Path, broker: EmbeddedBroker, schema_registry_url: str
-) -> Callable[..., Settings]:
+def make_settings(tmp_path: Path, broker: EmbeddedBroker, schema_registry_url: str) -> Callable[..., Settings]:
     """Settings for one test: its own home (SQLite db, local object store, logs), the shared broker and
     registry. Keyword overrides replace top-level settings (e.g. ``database={"url": ...}``)."""
 
@@ -111,30 +109,62 @@ def postgres_url(session_dir: Path) -> Iterator[str]:
         d.chmod(0o700)
     run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     subprocess.run(
-        [*run_as, f"{bindir}/initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-         "--locale=C.UTF-8"],
-        check=True, capture_output=True,
+        [
+            *run_as,
+            f"{bindir}/initdb",
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+        ],
+        check=True,
+        capture_output=True,
     )
     port = free_port()
     log = session_dir / "postgres.log"
     log.touch()
     shutil.chown(log, user="postgres")
     subprocess.run(
-        [*run_as, f"{bindir}/pg_ctl", "-D", str(data), "-l", str(log), "-w", "-o",
-         f"-p {port} -k {sock} -c listen_addresses=127.0.0.1", "start"],
-        check=True, capture_output=True,
+        [
+            *run_as,
+            f"{bindir}/pg_ctl",
+            "-D",
+            str(data),
+            "-l",
+            str(log),
+            "-w",
+            "-o",
+            f"-p {port} -k {sock} -c listen_addresses=127.0.0.1",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
     )
     try:
         wait_until(lambda: port_open("127.0.0.1", port), 30, "PostgreSQL")
         subprocess.run(
-            [*run_as, "psql" if shutil.which("psql") else f"{bindir}/psql", "-h", "127.0.0.1", "-p", str(port),
-             "-U", "postgres", "-c", "CREATE DATABASE driftloop"],
-            check=True, capture_output=True,
+            [
+                *run_as,
+                "psql" if shutil.which("psql") else f"{bindir}/psql",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-U",
+                "postgres",
+                "-c",
+                "CREATE DATABASE driftloop",
+            ],
+            check=True,
+            capture_output=True,
         )
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/driftloop"
     finally:
-        subprocess.run([*run_as, f"{bindir}/pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop"],
-                       capture_output=True)
+        subprocess.run([*run_as, f"{bindir}/pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True)
 
 
 def _pg_bindir() -> str:
