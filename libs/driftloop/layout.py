@@ -41,3 +41,9 @@ def model_artifact_key(model: str, run_id: str) -> str:
 
 def run_log_key(model: str, run_id: str) -> str:
     return f"models/{model}/runs/{run_id}/run.log"
+
+
+def feature_set_manifest_key(stream: str, version: int) -> str:
+    """Written last by the features service: a feature set without it is incomplete. Its ``_`` prefix keeps
+    Spark and pyarrow from reading it as data."""
+    return f"{feature_set_prefix(stream, version)}_manifest.json"

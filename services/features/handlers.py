@@ -1,0 +1,69 @@
+"""Event handlers of the features service (testable with a Runtime, without a consumer loop)."""
+
+from __future__ import annotations
+
+import logging
+
+from driftloop.db.models import FeatureSet
+from driftloop.events import Event, new_event
+from driftloop.objectstore import ObjectStore, open_object_store
+from driftloop.pipeline import pipeline_for_stream
+from driftloop.service import Runtime
+
+from .materialize import Materialized, materialize
+from .onlinestore import upsert_online
+from .spark import get_spark
+
+log = logging.getLogger(__name__)
+
+SERVICE = "features"
+
+
+class FeaturesHandlers:
+    def __init__(self, runtime: Runtime, store: ObjectStore | None = None) -> None:
+        self.runtime = runtime
+        self.store = store or open_object_store(runtime.settings)
+
+    def on_dataset_version_created(self, event: Event) -> None:
+        """Materialize the version's features offline and online, then emit ``FeaturesMaterialized``."""
+        stream, version, dataset_version_id = event["stream"], int(event["version"]), event["dataset_version_id"]
+        # An unknown stream raises NotFoundError: the consumer records it as the last error and logs it.
+        pipeline = pipeline_for_stream(self.runtime.pipelines, stream)
+        log.info("materializing features of %s", dataset_version_id)
+        result = materialize(get_spark(self.runtime.settings), self.store, pipeline, version, dataset_version_id)
+        online_entities = upsert_online(self.runtime.engine, result.latest)
+        self._record(stream, pipeline.feature_names, result)
+        self.runtime.bus.publish(
+            new_event(
+                "FeaturesMaterialized",
+                {
+                    "stream": stream,
+                    "dataset_version_id": dataset_version_id,
+                    "feature_set_uri": result.uri,
+                    "feature_names": pipeline.feature_names,
+                    "row_count": result.row_count,
+                    "online_entities": online_entities,
+                },
+                producer=SERVICE,
+                cause=event,
+            )
+        )
+        log.info(
+            "materialized %s: %d rows at %s, %d entities online",
+            dataset_version_id,
+            result.row_count,
+            result.uri,
+            online_entities,
+        )
+
+    def _record(self, stream: str, feature_names: list[str], result: Materialized) -> None:
+        with self.runtime.Session.begin() as session:
+            session.merge(
+                FeatureSet(
+                    dataset_version_id=result.dataset_version_id,
+                    stream=stream,
+                    uri=result.uri,
+                    feature_names=feature_names,
+                    row_count=result.row_count,
+                )
+            )

@@ -1,0 +1,23 @@
+"""Wiring of the features service."""
+
+from __future__ import annotations
+
+from driftloop.service import ConsumerSpec, Runtime, ServiceSpec, base_app
+from driftloop.topics import DATASET_VERSION_CREATED
+
+from .api import router
+from .handlers import FeaturesHandlers
+from .spark import stop_spark
+
+CONSUMER_GROUP = "driftloop-features"
+
+
+def build(runtime: Runtime) -> ServiceSpec:
+    handlers = FeaturesHandlers(runtime)
+    app = base_app(runtime, "features", "Offline and online feature store, materialized with Spark.")
+    app.include_router(router(runtime))
+    return ServiceSpec(
+        app=app,
+        consumers=[ConsumerSpec(CONSUMER_GROUP, {DATASET_VERSION_CREATED: handlers.on_dataset_version_created})],
+        on_stop=[stop_spark],
+    )
