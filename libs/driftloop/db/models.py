@@ -230,5 +230,9 @@ class DriftReport(Base):
     drifted: Mapped[bool]
     tests: Mapped[list]
     event_id: Mapped[str | None] = mapped_column(sa.String(64))
+    # Outbox: the events this version produced (ModelRegistered, then ModelPromoted/ModelRejected), stored in
+    # the same transaction as the state they announce, so that a redelivery re-sends them with the same ids.
+    outbox: Mapped[list] = mapped_column(default=list)
+    decided_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     __table_args__ = (sa.UniqueConstraint("model", "version", "window_index"),)

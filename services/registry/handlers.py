@@ -1,0 +1,198 @@
+"""TrainingCompleted → register a version (with lineage) → gate it against the champion → promote or reject."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import Any
+
+from prometheus_client import Counter
+
+from driftloop.bus import EventBus
+from driftloop.errors import DriftloopError
+from driftloop.events import Event, new_event
+from driftloop.modeling import ModelArtifact
+from driftloop.objectstore import ObjectStore
+from driftloop.pipeline import PipelineConfig, pipeline_for_model
+
+from . import gate as gating
+from .repository import CHAMPION, AliasMoved, Registry, event_from_json
+
+log = logging.getLogger(__name__)
+
+PRODUCER = "registry"
+
+GATE_DECISIONS = Counter("driftloop_registry_gate_decisions_total", "Gate decisions", ["model", "decision"])
+
+
+def _json_or_raw(text: str) -> Any:
+    try:
+        return json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        return {"raw": text}
+
+
+class RegistryHandlers:
+    def __init__(
+        self, bus: EventBus, registry: Registry, store: ObjectStore, pipelines: dict[str, PipelineConfig]
+    ) -> None:
+        self.bus = bus
+        self.registry = registry
+        self.store = store
+        self.pipelines = pipelines
+
+    def on_training_completed(self, event: Event) -> None:
+        model = event["model"]
+        pipeline = pipeline_for_model(self.pipelines, model)
+        version, created = self.registry.register(self._version_row(event), lambda v: self._registered(event, v))
+        if created:
+            log.info("registered %s v%d from run %s", model, version.version, event["run_id"])
+        else:
+            log.info(
+                "run %s is already %s v%d (%s): re-sending its events",
+                event["run_id"],
+                model,
+                version.version,
+                version.status,
+            )
+        self._send_outbox(model, version.version, already_sent=0)
+        if version.status == "registered":
+            self._gate(event, version.version, pipeline)
+            self._send_outbox(model, version.version, already_sent=1)
+
+    # --- registration ------------------------------------------------------------------------------------
+
+    def _version_row(self, event: Event) -> dict[str, Any]:
+        env = event.envelope
+        lineage = {
+            "run_id": event["run_id"],
+            "request_id": event["request_id"],
+            "trigger": event["trigger"],
+            "dataset_version_id": event["dataset_version_id"],
+            "feature_set_uri": event["feature_set_uri"],
+            "training_completed_event_id": event.id,
+            "triggering_event_id": env.caused_by,
+            "cascade_id": env.cascade_id,
+            "trained_by": env.producer,
+            "trained_at": env.occurred_at.isoformat(),
+            "cause_chain": self.registry.cause_chain(env.caused_by),
+            "params": _json_or_raw(event["params_json"]),
+            "holdout": _json_or_raw(event["holdout_json"]),
+            "feature_names": list(event["feature_names"]),
+        }
+        return {
+            "model": event["model"],
+            "run_id": event["run_id"],
+            "artifact_uri": event["artifact_uri"],
+            "artifact_sha256": event["artifact_sha256"],
+            "dataset_version_id": event["dataset_version_id"],
+            "feature_set_uri": event["feature_set_uri"],
+            "metrics": dict(event["metrics"]),
+            "lineage": lineage,
+            "gate": {},
+        }
+
+    def _registered(self, cause: Event, version: int) -> Event:
+        data = {
+            "model": cause["model"],
+            "version": version,
+            "run_id": cause["run_id"],
+            "artifact_uri": cause["artifact_uri"],
+            "artifact_sha256": cause["artifact_sha256"],
+            "dataset_version_id": cause["dataset_version_id"],
+            "metrics": dict(cause["metrics"]),
+        }
+        return new_event("ModelRegistered", data, producer=PRODUCER, cause=cause)
+
+    def _send_outbox(self, model: str, version: int, already_sent: int) -> None:
+        row = self.registry.get_version(model, version)
+        for stored in row.outbox[already_sent:]:
+            self.bus.publish(event_from_json(stored))
+
+    # --- the gate ----------------------------------------------------------------------------------------
+
+    def load_artifact(self, uri: str, sha256: str) -> ModelArtifact:
+        return ModelArtifact.from_bytes(self.store.get_bytes(self.store.key_of(uri)), expected_sha256=sha256)
+
+    def _gate(self, cause: Event, version: int, pipeline: PipelineConfig) -> None:
+        model = cause["model"]
+        for _attempt in range(3):
+            champion_row = self.registry.champion(model)
+            result = self._evaluate(cause, pipeline, champion_row)
+            gate_dict = result.as_dict(pipeline.gate, cause["dataset_version_id"], cause["feature_set_uri"])
+            gate_dict["challenger_version"] = version
+            previous = champion_row.version if champion_row else None
+            decision_event = self._decision_event(cause, version, pipeline, result, gate_dict, previous)
+            try:
+                self.registry.decide(
+                    model,
+                    version,
+                    promote=result.decision.promote,
+                    gate=gate_dict,
+                    expected_champion=previous,
+                    decision_event=decision_event,
+                )
+            except AliasMoved as exc:
+                log.warning("%s; gating v%d again", exc, version)
+                continue
+            outcome = "promoted" if result.decision.promote else "rejected"
+            GATE_DECISIONS.labels(model, outcome).inc()
+            log.info("%s v%d %s: %s", model, version, outcome, result.decision.reason)
+            return
+        raise DriftloopError(f"the champion of {model} kept moving while gating v{version}")
+
+    def _evaluate(self, cause: Event, pipeline: PipelineConfig, champion_row: Any) -> gating.GateResult:
+        champion_version = champion_row.version if champion_row else None
+        try:
+            challenger = self.load_artifact(cause["artifact_uri"], cause["artifact_sha256"])
+            holdout = gating.holdout_rows(gating.read_feature_set(self.store, cause["feature_set_uri"]), pipeline)
+        except DriftloopError as exc:  # tampered/missing artifact, missing feature set: never promote it
+            decision = gating.Decision(False, f"challenger cannot be evaluated: {exc}", None)
+            return gating.GateResult(decision, math.nan, None, champion_version, 0, [])
+        champion: ModelArtifact | None = None
+        notes: list[str] = []
+        if champion_row is not None:
+            try:
+                champion = self.load_artifact(champion_row.artifact_uri, champion_row.artifact_sha256)
+            except DriftloopError as exc:
+                notes.append(f"champion v{champion_version} could not be loaded ({exc}); gated on the threshold")
+        result = gating.evaluate(pipeline, challenger, holdout, champion, champion_version)
+        result.notes.extend(notes)
+        return result
+
+    def _decision_event(
+        self,
+        cause: Event,
+        version: int,
+        pipeline: PipelineConfig,
+        result: gating.GateResult,
+        gate_dict: dict[str, Any],
+        previous: int | None,
+    ) -> Event:
+        gate_json = json.dumps(gate_dict, sort_keys=True)
+        if result.decision.promote:
+            data = {
+                "model": cause["model"],
+                "version": version,
+                "alias": CHAMPION,
+                "previous_version": previous,
+                "artifact_uri": cause["artifact_uri"],
+                "artifact_sha256": cause["artifact_sha256"],
+                "dataset_version_id": cause["dataset_version_id"],
+                "feature_set_uri": cause["feature_set_uri"],
+                "reason": result.decision.reason,
+                "gate_json": gate_json,
+            }
+            return new_event("ModelPromoted", data, producer=PRODUCER, cause=cause)
+        data = {
+            "model": cause["model"],
+            "version": version,
+            "reason": result.decision.reason,
+            "metric": pipeline.gate.metric,
+            "challenger_score": result.challenger_score,
+            "champion_score": result.champion_score,
+            "champion_version": result.champion_version,
+            "gate_json": gate_json,
+        }
+        return new_event("ModelRejected", data, producer=PRODUCER, cause=cause)

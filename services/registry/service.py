@@ -1,0 +1,24 @@
+"""Wiring of the registry service."""
+
+from __future__ import annotations
+
+from driftloop.objectstore import open_object_store
+from driftloop.service import ConsumerSpec, Runtime, ServiceSpec, base_app
+from driftloop.topics import TRAINING_COMPLETED
+
+from . import api
+from .handlers import RegistryHandlers
+from .repository import Registry
+
+CONSUMER_GROUP = "driftloop-registry"
+
+
+def build(runtime: Runtime) -> ServiceSpec:
+    registry = Registry(runtime.Session)
+    handlers = RegistryHandlers(runtime.bus, registry, open_object_store(runtime.settings), runtime.pipelines)
+    app = base_app(runtime, "registry", "Model versions with lineage, the promotion gate, and the champion alias.")
+    app.include_router(api.router(registry))
+    return ServiceSpec(
+        app=app,
+        consumers=[ConsumerSpec(CONSUMER_GROUP, {TRAINING_COMPLETED: handlers.on_training_completed})],
+    )
