@@ -159,6 +159,30 @@ class TrainingRequest(Base):
     status: Mapped[str] = mapped_column(sa.String(32))
     note: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When a pending request fired, or a decision was last changed.
+    updated_at: Mapped[datetime | None]
+
+
+class TriggerStreamState(Base):
+    """The latest materialized dataset version of a stream, as the triggers service saw it."""
+
+    __tablename__ = "trigger_stream_state"
+    stream: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    dataset_version_id: Mapped[str] = mapped_column(sa.String(200))
+    event_id: Mapped[str] = mapped_column(sa.String(64))
+    materialized_at: Mapped[datetime]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TriggerModelState(Base):
+    """Per model: the champion, the active training runs and the last request (for cooldown)."""
+
+    __tablename__ = "trigger_model_state"
+    model: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    champion_version: Mapped[int | None]
+    active_runs: Mapped[list] = mapped_column(default=list)
+    last_request_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 # --- training ------------------------------------------------------------------------------------------------
@@ -206,6 +230,10 @@ class ModelVersion(Base):
     # registered | promoted | rejected
     status: Mapped[str] = mapped_column(sa.String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Outbox: the events this version produced (ModelRegistered, then ModelPromoted/ModelRejected), stored in
+    # the same transaction as the state they announce, so that a redelivery re-sends them with the same ids.
+    outbox: Mapped[list] = mapped_column(default=list)
+    decided_at: Mapped[datetime | None]
 
 
 class ModelAlias(Base):
@@ -230,9 +258,17 @@ class DriftReport(Base):
     drifted: Mapped[bool]
     tests: Mapped[list]
     event_id: Mapped[str | None] = mapped_column(sa.String(64))
-    # Outbox: the events this version produced (ModelRegistered, then ModelPromoted/ModelRejected), stored in
-    # the same transaction as the state they announce, so that a redelivery re-sends them with the same ids.
-    outbox: Mapped[list] = mapped_column(default=list)
-    decided_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     __table_args__ = (sa.UniqueConstraint("model", "version", "window_index"),)
+
+
+class MonitoredModel(Base):
+    """The champion the monitor watches per model, so that a restart reloads its reference."""
+
+    __tablename__ = "monitored_models"
+    model: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    version: Mapped[int]
+    dataset_version_id: Mapped[str] = mapped_column(sa.String(200))
+    feature_set_uri: Mapped[str] = mapped_column(sa.String(500))
+    event_id: Mapped[str] = mapped_column(sa.String(64))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

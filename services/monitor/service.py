@@ -1,0 +1,33 @@
+"""Wiring of the monitor service."""
+
+from __future__ import annotations
+
+from driftloop.db.models import DriftReport, MonitoredModel
+from driftloop.objectstore import open_object_store
+from driftloop.service import ConsumerSpec, Runtime, ServiceSpec, base_app
+from driftloop.topics import MODEL_PROMOTED, PREDICTION_LOGGED
+
+from .api import router
+from .handlers import MonitorHandlers
+
+CONSUMER_GROUP = "driftloop-monitor"
+
+
+def build(runtime: Runtime) -> ServiceSpec:
+    # Own tables only; a no-op when the database is already migrated.
+    DriftReport.metadata.create_all(runtime.engine, tables=[DriftReport.__table__, MonitoredModel.__table__])
+    handlers = MonitorHandlers(
+        pipelines=runtime.pipelines,
+        Session=runtime.Session,
+        store=open_object_store(runtime.settings),
+        publish=runtime.bus.publish,
+        producer=runtime.name,
+    )
+    app = base_app(runtime, "monitor", "Feature drift of served predictions against the champion's training data.")
+    app.include_router(router(runtime, handlers))
+    # One consumer for both topics: promotions and predictions of a model share the model key.
+    consumer = ConsumerSpec(
+        CONSUMER_GROUP, {MODEL_PROMOTED: handlers.on_model_promoted, PREDICTION_LOGGED: handlers.on_prediction_logged}
+    )
+    app.state.monitor = handlers
+    return ServiceSpec(app=app, consumers=[consumer])
