@@ -89,7 +89,9 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: f
         try:
             if check():
                 return
-        except Exception:
+        except StackError:
+            raise  # the check knows it will never succeed (e.g. the process died)
+        except Exception:  # not up yet: connection refused, bad gateway, ...
             pass
         time.sleep(interval)
     raise StackError(f"timed out after {timeout:.0f}s waiting for {what}")

@@ -1,0 +1,280 @@
+"""The ``driftloop`` command line: run the embedded stack, inspect datasets, models and cascades."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from driftloop.errors import DriftloopError
+from driftloop.settings import Settings, load_settings
+
+app = typer.Typer(
+    help="driftloop: continuous training driven by the data stream.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+dataset_app = typer.Typer(help="Dataset versions of a stream.", no_args_is_help=True)
+models_app = typer.Typer(help="Models in the registry.", no_args_is_help=True)
+pipeline_app = typer.Typer(help="Pipeline config files.", no_args_is_help=True)
+events_app = typer.Typer(help="The event log.", no_args_is_help=True)
+schemas_app = typer.Typer(help="Event schemas and their compatibility lock.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(dataset_app, name="dataset")
+app.add_typer(models_app, name="models")
+app.add_typer(pipeline_app, name="pipeline")
+app.add_typer(events_app, name="events")
+app.add_typer(schemas_app, name="schemas")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def _call(service: str, method: str, path: str, **kwargs: Any) -> Any:
+    settings = _settings()
+    url = settings.services.url(service) + path
+    try:
+        response = httpx.request(method, url, timeout=60.0, **kwargs)
+    except httpx.ConnectError:
+        raise DriftloopError(
+            f"the {service} service does not answer at {url}: is the stack up (`driftloop up`)?"
+        ) from None
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise DriftloopError(f"{service} answered {response.status_code}: {detail}")
+    return response.json()
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+# --- stack ---------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def up() -> None:
+    """Start the broker, the schema registry and every service; wait until all are healthy."""
+    from driftloop.stack import Stack
+
+    stack = Stack(_settings(), on_progress=lambda m: console.print(f"  {m}"))
+    components = stack.up()
+    _status_table(stack.status())
+    console.print(f"[green]driftloop is up[/green] ({len(components)} components). Logs: {stack.settings.log_dir}")
+
+
+@app.command()
+def down() -> None:
+    """Stop every component the last `driftloop up` started, by PID."""
+    from driftloop.stack import Stack
+
+    stack = Stack(_settings(), on_progress=lambda m: console.print(f"  {m}"))
+    stopped = stack.down()
+    console.print(f"stopped {len(stopped)} components" if stopped else "nothing was running")
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """Each component: name, pid, url, health, log file."""
+    from driftloop.stack import Stack
+
+    rows = Stack(_settings()).status()
+    if as_json:
+        _print_json([{k: r[k] for k in ("name", "pid", "url", "alive", "healthy", "ready", "log")} for r in rows])
+        return
+    if not rows:
+        console.print("no stack is running here (start one with `driftloop up`)")
+        return
+    _status_table(rows)
+
+
+def _status_table(rows: list[dict[str, Any]]) -> None:
+    table = Table("component", "pid", "url", "health", "log")
+    for r in rows:
+        health = "[green]ready[/green]" if r["ready"] else ("healthy" if r["healthy"] else "[red]down[/red]")
+        table.add_row(r["name"], str(r["pid"]), r["url"], health, r["log"])
+    console.print(table)
+
+
+@app.command()
+def demo(
+    keep_running: Annotated[bool, typer.Option(help="Leave the stack up at the end.")] = False,
+) -> None:
+    """Run the closed-loop demo on the embedded stack: train, serve, drift, retrain, redeploy."""
+    from driftloop.demo import run_demo
+
+    ok = run_demo(_settings(), console=console, keep_running=keep_running)
+    raise typer.Exit(0 if ok else 1)
+
+
+# --- database / pipelines / schemas ---------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Migrate the database to the newest schema (Alembic)."""
+    from driftloop.db import migrate
+
+    settings = _settings()
+    migrate(settings.database_url)
+    console.print("database is up to date")
+
+
+@pipeline_app.command("validate")
+def pipeline_validate(files: Annotated[list[Path] | None, typer.Argument()] = None) -> None:
+    """Check pipeline files (default: every file in pipelines_dir)."""
+    from driftloop.pipeline import load_pipeline, load_pipelines
+
+    if files:
+        for f in files:
+            cfg = load_pipeline(f)
+            console.print(f"{f}: ok (stream {cfg.stream.name}, model {cfg.model.name})")
+    else:
+        for name, cfg in load_pipelines(_settings().pipelines_dir).items():
+            console.print(f"model {name}: ok (stream {cfg.stream.name})")
+
+
+@schemas_app.command("check")
+def schemas_check() -> None:
+    """Check every event schema against the versions in schemas/compatibility.lock.json."""
+    from driftloop.schemalock import check_lock
+
+    problems = check_lock()
+    if problems:
+        for p in problems:
+            err_console.print(f"[red]{p}[/red]")
+        raise typer.Exit(1)
+    console.print("every event schema is backward compatible with its locked versions")
+
+
+@schemas_app.command("lock")
+def schemas_lock() -> None:
+    """Record the current event schemas as released versions (after `schemas check` passes)."""
+    from driftloop.schemalock import update_lock
+
+    added = update_lock()
+    console.print(f"locked {len(added)} new schema version(s): {', '.join(added) or '-'}")
+
+
+# --- datasets, models, retrain --------------------------------------------------------------------------------
+
+
+@dataset_app.command("cut")
+def dataset_cut(stream: str) -> None:
+    """Cut a dataset version of STREAM now, from the rows landed since the last one."""
+    _print_json(_call("ingestion", "POST", f"/v1/streams/{stream}/datasets"))
+
+
+@dataset_app.command("list")
+def dataset_list(stream: str) -> None:
+    """Dataset versions of STREAM."""
+    versions = _call("ingestion", "GET", f"/v1/streams/{stream}/datasets")
+    table = Table("version", "rows", "new rows", "hash", "parent", "created")
+    for v in versions if isinstance(versions, list) else versions.get("versions", []):
+        table.add_row(
+            v.get("dataset_version_id", v.get("id", "")),
+            str(v.get("row_count")),
+            str(v.get("new_rows")),
+            str(v.get("content_hash", ""))[:12],
+            str(v.get("parent_version_id") or v.get("parent_id") or "-"),
+            str(v.get("created_at", "")),
+        )
+    console.print(table)
+
+
+@app.command()
+def stats(stream: str) -> None:
+    """Records in, landed and dead-lettered (by reason) for STREAM."""
+    _print_json(_call("ingestion", "GET", f"/v1/streams/{stream}/stats"))
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Registered models and their champion."""
+    _print_json(_call("registry", "GET", "/v1/models"))
+
+
+@models_app.command("show")
+def models_show(name: str) -> None:
+    """Versions of a model with metrics, lineage and gate numbers."""
+    _print_json(_call("registry", "GET", f"/v1/models/{name}/versions"))
+
+
+@app.command()
+def retrain(model: str, reason: Annotated[str, typer.Option(help="Why (kept with the run).")] = "manual") -> None:
+    """Ask for a retrain of MODEL now (manual trigger)."""
+    _print_json(_call("triggers", "POST", f"/v1/models/{model}/retrain", json={"reason": reason}))
+
+
+# --- timeline and events --------------------------------------------------------------------------------------
+
+
+@app.command()
+def timeline(
+    model: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """The causal chain of every cascade of MODEL, newest last."""
+    from driftloop.db import create_engine_for
+    from driftloop.timeline import model_timeline
+
+    cascades = model_timeline(create_engine_for(_settings().database_url), model)
+    if as_json:
+        _print_json([[s.to_dict() for s in steps] for steps in cascades])
+        return
+    print_timeline(model, cascades)
+
+
+def print_timeline(model: str, cascades: list[Any], out: Console | None = None) -> None:
+    out = out or console
+    if not cascades:
+        out.print(f"no events for model {model!r} yet")
+        return
+    for i, steps in enumerate(cascades, 1):
+        root = steps[0]
+        out.print(f"[bold]cascade {i}[/bold] (root {root.event_type} {root.event_id[:8]})")
+        for step in steps:
+            cause = f" <- {step.caused_by[:8]}" if step.caused_by else ""
+            out.print(
+                f"  {step.occurred_at:%H:%M:%S.%f}"[:-3]
+                + f"  [cyan]{step.event_type:<22}[/cyan] {step.event_id[:8]}{cause}  {step.summary}",
+                highlight=False,
+            )
+
+
+@events_app.command("show")
+def events_show(event_id: str) -> None:
+    """An event and the chain of events that caused it."""
+    from driftloop.db import create_engine_for
+    from driftloop.timeline import lineage
+
+    chain = lineage(create_engine_for(_settings().database_url), event_id)
+    if not chain:
+        raise DriftloopError(f"no event {event_id!r} in the event log")
+    _print_json({"event": chain[-1].payload, "caused_by_chain": [s.to_dict() for s in chain]})
+
+
+def main() -> None:
+    try:
+        app()
+    except DriftloopError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Event contracts: every schema parses, every topic has one, and changes stay backward compatible."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import fastavro
+import pytest
+from avro.schema import parse
+
+from driftloop.events import Event, new_event
+from driftloop.schemalock import check_lock, incompatibilities, update_lock
+from driftloop.schemas import event_schema, event_types
+from driftloop.topics import EVENT_TOPICS, TOPIC_BY_EVENT_TYPE
+
+ENVELOPE_FIELDS = {"event_id", "event_type", "occurred_at", "caused_by", "cascade_id", "producer"}
+
+
+@pytest.mark.parametrize("event_type", event_types())
+def test_every_schema_parses_with_both_avro_libraries_and_has_the_envelope(event_type: str) -> None:
+    schema = event_schema(event_type)
+    fastavro.parse_schema(schema)
+    parse(json.dumps(schema))
+    envelope = schema["fields"][0]
+    assert envelope["name"] == "envelope"
+    assert {f["name"] for f in envelope["type"]["fields"]} == ENVELOPE_FIELDS
+
+
+def test_topics_and_schemas_match_one_to_one() -> None:
+    assert sorted(t.event_type for t in EVENT_TOPICS) == event_types()
+    assert len({t.name for t in EVENT_TOPICS}) == len(EVENT_TOPICS)
+    for topic in EVENT_TOPICS:
+        field_names = {f["name"] for f in event_schema(topic.event_type)["fields"]}
+        assert topic.key in field_names, f"{topic.name} is keyed by {topic.key}, which its event lacks"
+
+
+def test_the_events_the_issue_names_exist() -> None:
+    required = {
+        "RecordRejected", "DatasetVersionCreated", "FeaturesMaterialized", "TrainingRequested", "RunStateChanged",
+        "TrainingCompleted", "ModelRegistered", "ModelPromoted", "ModelRejected", "PredictionLogged",
+        "FeedbackReceived", "DriftDetected", "PerformanceDegraded",
+    }  # fmt: skip
+    assert required <= set(TOPIC_BY_EVENT_TYPE)
+
+
+def test_current_schemas_are_backward_compatible_with_every_released_version() -> None:
+    assert check_lock() == []
+
+
+def test_the_lock_check_catches_an_incompatible_change(tmp_path: Path) -> None:
+    lock = tmp_path / "lock.json"
+    update_lock(lock)
+    data = json.loads(lock.read_text())
+    # Pretend a released version had a field the current schema dropped without a default: old data still
+    # reads (fields are skipped) — but a field ADDED without a default cannot be read from old data.
+    current = event_schema("DriftDetected")
+    older = copy.deepcopy(current)
+    older["fields"] = [f for f in older["fields"] if f["name"] != "correction"]
+    data["DriftDetected"] = [older]
+    lock.write_text(json.dumps(data))
+    problems = check_lock(lock)
+    assert len(problems) == 1 and "DriftDetected" in problems[0] and "correction" in problems[0]
+
+
+def test_adding_a_field_with_a_default_is_compatible() -> None:
+    current = event_schema("ModelPromoted")
+    newer = copy.deepcopy(current)
+    newer["fields"].append({"name": "note", "type": ["null", "string"], "default": None})
+    assert incompatibilities(newer, current) == []
+
+
+def test_new_event_joins_the_cause_cascade() -> None:
+    root = new_event("DriftDetected", {"model": "m"}, producer="monitor")
+    child = new_event("TrainingRequested", {"model": "m"}, producer="triggers", cause=root)
+    assert root.envelope.cascade_id == root.id and root.envelope.caused_by is None
+    assert child.envelope.caused_by == root.id and child.envelope.cascade_id == root.id
+    assert Event.from_avro(child.to_avro()) == child
+    with pytest.raises(ValueError, match="unknown event type"):
+        new_event("NoSuchEvent", {}, producer="x")
