@@ -80,6 +80,8 @@ class ServiceSpec:
     on_stop: list[Callable[[], None]] = field(default_factory=list)
     # Extra readiness checks shown on /healthz; all must be true for "ready".
     ready_checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
+    # Extra facts shown on /healthz that do not decide readiness (e.g. serving's models_loaded).
+    health_info: dict[str, Callable[[], Any]] = field(default_factory=dict)
 
 
 def base_app(runtime: Runtime, title: str, description: str = "") -> FastAPI:
@@ -118,7 +120,15 @@ def _add_health(app: FastAPI, runtime: Runtime, spec: ServiceSpec) -> None:
         ]
         checks = {name: bool(check()) for name, check in spec.ready_checks.items()}
         ready = all(c["assigned"] for c in consumers) and len(consumers) == len(spec.consumers) and all(checks.values())
-        return {"service": runtime.name, "status": "ok", "ready": ready, "consumers": consumers, "checks": checks}
+        info = {name: get() for name, get in spec.health_info.items()}
+        return {
+            "service": runtime.name,
+            "status": "ok",
+            "ready": ready,
+            "consumers": consumers,
+            "checks": checks,
+            **info,
+        }
 
 
 def make_runtime(name: str, settings: Settings | None = None) -> Runtime:
