@@ -37,6 +37,8 @@ def get_spark(settings: Settings) -> SparkSession:
             # Timestamps cross the Python/JVM boundary as UTC, whatever the machine's zone.
             .config("spark.sql.session.timeZone", "UTC")
             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+            # Parquet timestamps marked UTC-adjusted, so pyarrow/pandas readers get tz-aware UTC times.
+            .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
             .getOrCreate()
         )
         _session.sparkContext.setLogLevel("WARN")
