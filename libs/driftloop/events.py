@@ -80,6 +80,11 @@ class Event:
         return cls(envelope=envelope, data=data)
 
 
+def _now_millis() -> datetime:
+    now = datetime.now(tz=UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
 def new_event(event_type: str, data: dict[str, Any], *, producer: str, cause: Event | None = None) -> Event:
     """Make an event. With a ``cause`` it joins the cause's cascade; without, it starts a new cascade."""
     if event_type not in TOPIC_BY_EVENT_TYPE:
@@ -88,7 +93,8 @@ def new_event(event_type: str, data: dict[str, Any], *, producer: str, cause: Ev
     envelope = Envelope(
         event_id=event_id,
         event_type=event_type,
-        occurred_at=datetime.now(tz=UTC),
+        # Avro timestamp-millis: keep exactly what survives the round trip.
+        occurred_at=_now_millis(),
         caused_by=cause.id if cause else None,
         cascade_id=cause.envelope.cascade_id if cause else event_id,
         producer=producer,

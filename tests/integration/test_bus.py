@@ -1,0 +1,91 @@
+"""The event bus on the real broker and registry: wire format, event log, once-per-group handling."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import sqlalchemy as sa
+from confluent_kafka import Consumer
+
+from driftloop.bus import EventBus, ensure_event_topics
+from driftloop.db import migrate
+from driftloop.db.models import EventRecord, ProcessedEvent
+from driftloop.events import Event, new_event
+from driftloop.topics import EXTERNAL_TRIGGER
+
+pytestmark = pytest.mark.integration
+
+
+def _wait(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def test_publish_consume_record_and_skip_redelivery(make_settings, unique: str) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings()
+    migrate(settings.database_url)
+    bus = EventBus(settings, producer_name="test")
+    ensure_event_topics(settings)
+
+    root = new_event("ExternalTrigger", {"model": f"m-{unique}", "reason": "test", "details_json": "{}"}, producer="t")
+    bus.publish(root)
+    # The same event delivered twice (e.g. a producer retry after a lost ack).
+    bus.publish(root)
+    other = new_event(
+        "ExternalTrigger", {"model": f"m-{unique}", "reason": "second", "details_json": "{}"}, producer="t"
+    )
+    bus.publish(other)
+
+    handled: list[Event] = []
+    group = f"g-{unique}"
+    thread = threading.Thread(
+        target=bus.run_consumer,
+        args=(group, {EXTERNAL_TRIGGER: lambda e: handled.append(e) if e.data["model"] == f"m-{unique}" else None}),
+        daemon=True,
+    )
+    thread.start()
+    _wait(lambda: len([e for e in handled]) >= 2)
+    time.sleep(1.0)  # give a (wrong) third delivery the chance to show up
+    bus.stop_event.set()
+    thread.join(timeout=15)
+
+    assert [e.id for e in handled] == [root.id, other.id]
+    assert handled[0].envelope == root.envelope and handled[0].data == root.data
+    with bus.Session() as s:
+        assert s.get(ProcessedEvent, (group, root.id)) is not None
+    bus.flush()
+    with bus.Session() as s:
+        rows = s.scalars(sa.select(EventRecord).where(EventRecord.model == f"m-{unique}")).all()
+    assert {r.event_id for r in rows} == {root.id, other.id}
+    assert all(r.cascade_id == r.event_id and r.event_type == "ExternalTrigger" for r in rows)
+    bus.close()
+
+
+def test_events_are_in_confluent_wire_format(make_settings, unique: str) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings()
+    migrate(settings.database_url)
+    bus = EventBus(settings, producer_name="test")
+    ensure_event_topics(settings)
+    event = new_event("ExternalTrigger", {"model": f"w-{unique}", "reason": "wire", "details_json": "{}"}, producer="t")
+    bus.publish(event)
+    consumer = Consumer(bus.consumer_config(f"raw-{unique}"))
+    consumer.subscribe([EXTERNAL_TRIGGER.name])
+    found = None
+    deadline = time.monotonic() + 30
+    while found is None and time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is not None and not msg.error() and msg.key() == f"w-{unique}".encode():
+            found = msg
+    consumer.close()
+    assert found is not None
+    value = found.value()
+    assert value[0] == 0 and int.from_bytes(value[1:5], "big") > 0
+    _, record = bus.codec.decode(value)
+    assert record["envelope"]["event_id"] == event.id
+    bus.close()
