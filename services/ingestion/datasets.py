@@ -1,0 +1,256 @@
+"""Dataset versions: cut an immutable version from the rows landed since the last one, record it, announce it.
+
+A cut happens when the unversioned rows of a stream reach ``dataset.cut_every_rows`` (checked after each
+landing, in a background loop so that Kafka intake never waits for Spark) or on demand over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from driftloop.bus import EventBus
+from driftloop.db.models import DatasetVersion, LandedBatch
+from driftloop.errors import DriftloopError, NotFoundError
+from driftloop.events import new_event
+from driftloop.layout import dataset_prefix, dataset_version_id
+from driftloop.objectstore import ObjectStore
+from driftloop.pipeline import PipelineConfig, pipeline_for_stream
+from driftloop.settings import Settings
+from driftloop.topics import DATASET_VERSION_CREATED
+
+log = logging.getLogger(__name__)
+
+
+class NoNewData(DriftloopError):
+    """A cut was asked for but nothing landed since the last version (HTTP 409)."""
+
+
+def version_to_dict(row: DatasetVersion) -> dict[str, Any]:
+    return {
+        "dataset_version_id": row.id,
+        "stream": row.stream,
+        "version": row.version,
+        "uri": row.uri,
+        "content_hash": row.content_hash,
+        "row_count": row.row_count,
+        "new_rows": row.new_rows,
+        "parent_version_id": row.parent_id,
+        "mode": row.mode,
+        "schema": row.schema_json,
+        "profile": row.profile,
+        "min_event_time": row.min_event_time.isoformat() if row.min_event_time else None,
+        "max_event_time": row.max_event_time.isoformat() if row.max_event_time else None,
+        "event_id": row.event_id,
+        "created_at": row.created_at.isoformat() if row.created_at else None,
+    }
+
+
+def _as_utc(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    parsed = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+class DatasetCutter:
+    """Cuts dataset versions; one cut at a time per process (Spark is shared and versions are sequential)."""
+
+    def __init__(
+        self, settings: Settings, pipelines: dict[str, PipelineConfig], bus: EventBus, store: ObjectStore
+    ) -> None:
+        self.settings = settings
+        self.pipelines = pipelines
+        self.bus = bus
+        self.store = store
+        self.Session = bus.Session
+        self._lock = threading.Lock()
+        self._checks: queue.Queue[str] = queue.Queue()
+        self.last_error: str | None = None
+
+    # --- automatic cuts -------------------------------------------------------------------------------------
+
+    def request_check(self, stream: str) -> None:
+        """Ask the background loop to cut ``stream`` if enough rows have landed (cheap, non-blocking)."""
+        self._checks.put(stream)
+
+    def unversioned_rows(self, stream: str) -> int:
+        with self.Session() as session:
+            total = session.scalar(
+                sa.select(sa.func.coalesce(sa.func.sum(LandedBatch.rows), 0)).where(
+                    LandedBatch.stream == stream, LandedBatch.dataset_version_id.is_(None)
+                )
+            )
+        return int(total or 0)
+
+    def maybe_cut(self, stream: str) -> DatasetVersion | None:
+        threshold = pipeline_for_stream(self.pipelines, stream).dataset.cut_every_rows
+        if threshold <= 0 or self.unversioned_rows(stream) < threshold:
+            return None
+        try:
+            return self.cut(stream)
+        except NoNewData:
+            return None  # another cut took the rows first
+
+    def loop(self, stop_event: threading.Event) -> None:
+        """Background loop: serve cut checks until stopped. Also checks every stream at start, so rows landed
+        before a restart are not left waiting for the next landing."""
+        for cfg in self.pipelines.values():
+            self.request_check(cfg.stream.name)
+        while not stop_event.is_set():
+            try:
+                stream = self._checks.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                self.maybe_cut(stream)
+                self.last_error = None
+            except Exception as exc:
+                self.last_error = f"automatic cut of {stream} failed: {exc!r}"
+                log.exception("automatic dataset cut of %s failed", stream)
+
+    # --- the cut --------------------------------------------------------------------------------------------
+
+    def latest(self, stream: str) -> DatasetVersion | None:
+        with self.Session() as session:
+            return session.scalars(
+                sa.select(DatasetVersion).where(DatasetVersion.stream == stream).order_by(DatasetVersion.version.desc())
+            ).first()
+
+    def cut(self, stream: str) -> DatasetVersion:
+        """Cut the next version of ``stream`` now. Raises NoNewData when nothing landed since the last one."""
+        from .spark_jobs import build_version, spark_session
+
+        cfg = pipeline_for_stream(self.pipelines, stream)
+        with self._lock:
+            with self.Session() as session:
+                new_keys = list(
+                    session.scalars(
+                        sa.select(LandedBatch.object_key)
+                        .where(LandedBatch.stream == stream, LandedBatch.dataset_version_id.is_(None))
+                        .order_by(LandedBatch.landed_at, LandedBatch.object_key)
+                    )
+                )
+                new_rows = int(
+                    session.scalar(
+                        sa.select(sa.func.coalesce(sa.func.sum(LandedBatch.rows), 0)).where(
+                            LandedBatch.object_key.in_(new_keys)
+                        )
+                    )
+                    or 0
+                )
+            if not new_keys or new_rows == 0:
+                raise NoNewData(
+                    f"no new data for stream {stream!r}: nothing landed since the last dataset version; "
+                    "send records to its topic or POST them to /v1/streams/{stream}/records first"
+                )
+            parent = self.latest(stream)
+            version = parent.version + 1 if parent else 1
+            parent_keys = (
+                [k for k in self.store.list(dataset_prefix(stream, parent.version)) if k.endswith(".parquet")]
+                if parent
+                else []
+            )
+            prefix = dataset_prefix(stream, version)
+            version_id = dataset_version_id(stream, version)
+            result = build_version(
+                spark_session(self.settings),
+                self.store,
+                cfg.stream,
+                parent_keys=parent_keys,
+                new_keys=new_keys,
+                mode=cfg.dataset.mode,
+                window_rows=cfg.dataset.window_rows,
+                prefix=prefix,
+            )
+            event_time = result.profile[cfg.stream.event_time]
+            min_time, max_time = _as_utc(event_time.get("min")), _as_utc(event_time.get("max"))
+            uri = self.store.uri(prefix)
+            schema = cfg.stream.avro_schema()
+            manifest = {
+                "dataset_version_id": version_id,
+                "stream": stream,
+                "version": version,
+                "mode": cfg.dataset.mode,
+                "window_rows": cfg.dataset.window_rows if cfg.dataset.mode == "window" else None,
+                "row_count": result.row_count,
+                "new_rows": new_rows,
+                "content_hash": result.content_hash,
+                "parent_version_id": parent.id if parent else None,
+                "files": result.files,
+                "landed_batches": new_keys,
+                "schema": schema,
+                "profile": result.profile,
+                "created_at": datetime.now(tz=UTC).isoformat(),
+            }
+            self.store.put_bytes(prefix + "manifest.json", json.dumps(manifest, indent=2).encode())
+            event = new_event(
+                DATASET_VERSION_CREATED.event_type,
+                {
+                    "stream": stream,
+                    "dataset_version_id": version_id,
+                    "version": version,
+                    "uri": uri,
+                    "content_hash": result.content_hash,
+                    "row_count": result.row_count,
+                    "new_rows": new_rows,
+                    "parent_version_id": parent.id if parent else None,
+                    "mode": cfg.dataset.mode,
+                    "schema_json": json.dumps(schema),
+                    "profile_json": json.dumps(result.profile),
+                    "min_event_time": min_time,
+                    "max_event_time": max_time,
+                },
+                producer=self.bus.producer_name,
+            )
+            row = DatasetVersion(
+                id=version_id,
+                stream=stream,
+                version=version,
+                uri=uri,
+                content_hash=result.content_hash,
+                row_count=result.row_count,
+                new_rows=new_rows,
+                parent_id=parent.id if parent else None,
+                mode=cfg.dataset.mode,
+                schema_json=schema,
+                profile=result.profile,
+                min_event_time=min_time,
+                max_event_time=max_time,
+                event_id=event.id,
+            )
+            # Version row and batch assignment in one transaction; the event after it, so that whoever reacts to
+            # the event finds the version in the API.
+            with self.Session.begin() as session:
+                session.add(row)
+                session.execute(
+                    sa.update(LandedBatch)
+                    .where(LandedBatch.object_key.in_(new_keys))
+                    .values(dataset_version_id=version_id)
+                )
+            self.bus.publish(event)
+            log.info("cut %s: %d rows (%d new), hash %s", version_id, result.row_count, new_rows, result.content_hash)
+            return row
+
+    # --- reads ----------------------------------------------------------------------------------------------
+
+    def list_versions(self, stream: str) -> list[DatasetVersion]:
+        with self.Session() as session:
+            return list(
+                session.scalars(
+                    sa.select(DatasetVersion).where(DatasetVersion.stream == stream).order_by(DatasetVersion.version)
+                )
+            )
+
+    def get(self, version_id: str) -> DatasetVersion:
+        with self.Session() as session:
+            row = session.get(DatasetVersion, version_id)
+        if row is None:
+            raise NotFoundError(f"unknown dataset version {version_id!r} (ids look like STREAM@vN)")
+        return row

@@ -1,0 +1,125 @@
+"""The ingestion logic behind the HTTP API, testable without a web server: JSON record batches and stats.
+
+(Ingestion consumes no driftloop events: its input is the users' record streams, see ``kafka_intake``.)
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from driftloop.db.models import DeadLetter, LandedBatch
+from driftloop.layout import landed_http_key
+from driftloop.pipeline import PipelineConfig
+
+from .landing import Lander, json_bytes
+from .validation import validate_json
+
+MAX_BATCH_RECORDS = 10_000
+MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+@dataclass
+class BatchResult:
+    request_id: str
+    accepted: int
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    object_key: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "object_key": self.object_key,
+        }
+
+
+def ingest_json_records(
+    pipeline: PipelineConfig, records: list[Any], lander: Lander, *, request_id: str | None = None
+) -> BatchResult:
+    """Validate each record; land the good ones as one Parquet object, dead-letter the others."""
+    request_id = request_id or uuid.uuid4().hex
+    stream = pipeline.stream
+    now = datetime.now(tz=UTC)
+    good: list[dict[str, Any]] = []
+    result = BatchResult(request_id=request_id, accepted=0)
+    for index, raw in enumerate(records):
+        row, rejection = validate_json(raw, pipeline, now)
+        if rejection is None:
+            assert row is not None
+            good.append(row)
+            continue
+        lander.dead_letter(stream.name, rejection, f"http:{request_id}/{index}", json_bytes(raw))
+        result.rejected.append(
+            {"index": index, "reason": rejection.reason, "field": rejection.field, "message": rejection.message}
+        )
+    if good:
+        key = landed_http_key(stream.name, request_id)
+        lander.land(stream, good, key, f"http:{request_id}")
+        result.object_key = key
+    result.accepted = len(good)
+    lander.bus.flush()
+    return result
+
+
+def stream_stats(lander: Lander, stream: str, pending: int = 0) -> dict[str, Any]:
+    """Counts from the database (the record of truth): records_in = landed + dead-lettered + pending."""
+    with lander.Session() as session:
+        landed = int(
+            session.scalar(
+                sa.select(sa.func.coalesce(sa.func.sum(LandedBatch.rows), 0)).where(LandedBatch.stream == stream)
+            )
+            or 0
+        )
+        batches = int(session.scalar(sa.select(sa.func.count()).where(LandedBatch.stream == stream)) or 0)
+        unversioned = int(
+            session.scalar(
+                sa.select(sa.func.coalesce(sa.func.sum(LandedBatch.rows), 0)).where(
+                    LandedBatch.stream == stream, LandedBatch.dataset_version_id.is_(None)
+                )
+            )
+            or 0
+        )
+        by_reason = {
+            reason: int(count)
+            for reason, count in session.execute(
+                sa.select(DeadLetter.reason, sa.func.count())
+                .where(DeadLetter.stream == stream)
+                .group_by(DeadLetter.reason)
+            )
+        }
+    dead = sum(by_reason.values())
+    return {
+        "stream": stream,
+        "records_in": landed + dead + pending,
+        "landed": landed,
+        "landed_batches": batches,
+        "dead_lettered": dead,
+        "pending": pending,
+        "unversioned_rows": unversioned,
+        "by_reason": dict(sorted(by_reason.items())),
+    }
+
+
+def dead_letters(lander: Lander, stream: str, limit: int) -> list[dict[str, Any]]:
+    with lander.Session() as session:
+        rows = session.scalars(
+            sa.select(DeadLetter).where(DeadLetter.stream == stream).order_by(DeadLetter.id.desc()).limit(limit)
+        ).all()
+    return [
+        {
+            "id": r.id,
+            "reason": r.reason,
+            "field": r.field,
+            "message": r.message,
+            "source": r.source,
+            "event_id": r.event_id,
+            "created_at": r.created_at.isoformat() if r.created_at else None,
+        }
+        for r in rows
+    ]

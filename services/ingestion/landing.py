@@ -1,0 +1,162 @@
+"""Landing: validated rows become one Parquet object in the object store plus a ``LandedBatch`` row; rejected
+records become a ``RecordRejected`` event plus a ``DeadLetter`` row. Both are idempotent by source, so that a
+replay after a crash overwrites or skips instead of duplicating."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+
+from driftloop.bus import EventBus
+from driftloop.db.models import DeadLetter, LandedBatch
+from driftloop.events import new_event
+from driftloop.objectstore import ObjectStore
+from driftloop.pipeline import StreamSpec
+from driftloop.topics import RECORD_REJECTED
+
+from .validation import Rejection
+
+log = logging.getLogger(__name__)
+
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "string": pa.string(),
+    "int": pa.int32(),
+    "long": pa.int64(),
+    "double": pa.float64(),
+    "float": pa.float32(),
+    "boolean": pa.bool_(),
+    "timestamp": pa.timestamp("ms", tz="UTC"),
+}
+
+
+def arrow_schema(stream: StreamSpec) -> pa.Schema:
+    """The landed Parquet schema: the stream's fields with their own types, event time as timestamp[ms, UTC]."""
+    return pa.schema([pa.field(f.name, _ARROW_TYPES[f.type], nullable=f.nullable) for f in stream.fields])
+
+
+def rows_to_table(rows: list[dict[str, Any]], stream: StreamSpec) -> pa.Table:
+    schema = arrow_schema(stream)
+    columns = {name: [row.get(name) for row in rows] for name in schema.names}
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def table_to_parquet(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class KafkaSource:
+    partition: int
+    first_offset: int
+    last_offset: int
+
+
+class Lander:
+    """Writes landed batches and dead letters for all streams of one process."""
+
+    def __init__(self, bus: EventBus, store: ObjectStore, producer: str = "ingestion") -> None:
+        self.bus = bus
+        self.store = store
+        self.producer = producer
+        self.Session = bus.Session
+
+    # --- landing -------------------------------------------------------------------------------------------
+
+    def land(
+        self, stream: StreamSpec, rows: list[dict[str, Any]], key: str, source: str, kafka: KafkaSource | None = None
+    ) -> LandedBatch:
+        """Write ``rows`` as one Parquet object under ``key`` and record it. Re-landing the same key replaces the
+        object and the row (same source offsets give the same key)."""
+        table = rows_to_table(rows, stream)
+        self.store.put_bytes(key, table_to_parquet(table))
+        times = [row[stream.event_time] for row in rows if row.get(stream.event_time) is not None]
+        batch = LandedBatch(
+            object_key=key,
+            stream=stream.name,
+            source=source,
+            rows=len(rows),
+            min_event_time=min(times) if times else None,
+            max_event_time=max(times) if times else None,
+            kafka_partition=kafka.partition if kafka else None,
+            first_offset=kafka.first_offset if kafka else None,
+            last_offset=kafka.last_offset if kafka else None,
+        )
+        with self.Session.begin() as session:
+            session.merge(batch)
+        log.info("landed %d rows of %s at %s (%s)", len(rows), stream.name, key, source)
+        return batch
+
+    def landed_up_to(self, stream: str, partition: int) -> int:
+        """The last Kafka offset of ``partition`` already landed for ``stream``, or -1."""
+        with self.Session() as session:
+            found = session.scalar(
+                sa.select(sa.func.max(LandedBatch.last_offset)).where(
+                    LandedBatch.stream == stream, LandedBatch.kafka_partition == partition
+                )
+            )
+        return -1 if found is None else int(found)
+
+    def unversioned_rows(self, stream: str) -> int:
+        with self.Session() as session:
+            total = session.scalar(
+                sa.select(sa.func.coalesce(sa.func.sum(LandedBatch.rows), 0)).where(
+                    LandedBatch.stream == stream, LandedBatch.dataset_version_id.is_(None)
+                )
+            )
+        return int(total or 0)
+
+    # --- dead letters --------------------------------------------------------------------------------------
+
+    def dead_letter(self, stream: str, rejection: Rejection, source: str, original: bytes) -> bool:
+        """Publish a RecordRejected event and store the DeadLetter row. Returns False when this source was
+        dead-lettered before (a replay): nothing is published twice."""
+        with self.Session() as session:
+            if session.scalar(sa.select(DeadLetter.id).where(DeadLetter.source == source)) is not None:
+                return False
+        event = new_event(
+            RECORD_REJECTED.event_type,
+            {
+                "stream": stream,
+                "reason": rejection.reason,
+                "field": rejection.field,
+                "message": rejection.message,
+                "source": source,
+                "schema_id": rejection.schema_id,
+                "original": original,
+            },
+            producer=self.producer,
+        )
+        # The row first: the database is the record of truth; the event is flushed before offsets commit.
+        with self.Session.begin() as session:
+            session.add(
+                DeadLetter(
+                    stream=stream,
+                    reason=rejection.reason,
+                    field=rejection.field,
+                    message=rejection.message,
+                    source=source,
+                    event_id=event.id,
+                )
+            )
+        self.bus.publish(event, wait=False)
+        log.info("dead letter %s: %s (%s)", source, rejection.reason, rejection.message)
+        return True
+
+
+def json_bytes(value: Any) -> bytes:
+    def default(obj: Any) -> Any:
+        if isinstance(obj, datetime):
+            return obj.isoformat()
+        return str(obj)
+
+    return json.dumps(value, default=default, separators=(",", ":")).encode()

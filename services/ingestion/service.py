@@ -1,0 +1,28 @@
+"""Wiring of the ingestion service: Kafka intake loop, dataset-cut loop, HTTP API."""
+
+from __future__ import annotations
+
+from driftloop.objectstore import open_object_store
+from driftloop.service import Runtime, ServiceSpec, base_app
+
+from .api import router
+from .datasets import DatasetCutter
+from .kafka_intake import KafkaIntake
+from .landing import Lander
+from .spark_jobs import stop_spark
+
+
+def build(runtime: Runtime) -> ServiceSpec:
+    store = open_object_store(runtime.settings)
+    lander = Lander(runtime.bus, store, producer=runtime.name)
+    cutter = DatasetCutter(runtime.settings, runtime.pipelines, runtime.bus, store)
+    intake = KafkaIntake(runtime.bus, runtime.pipelines, lander, on_landed=cutter.request_check)
+    app = base_app(runtime, "ingestion", "Stream intake, validation, dead letters, landing and dataset versions.")
+    app.include_router(router(runtime, lander, intake, cutter))
+    app.state.ingestion = {"lander": lander, "intake": intake, "cutter": cutter}
+    return ServiceSpec(
+        app=app,
+        loops=[intake.run, cutter.loop],
+        on_stop=[stop_spark],
+        ready_checks={"kafka_assigned": lambda: intake.assigned},
+    )

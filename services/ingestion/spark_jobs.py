@@ -1,0 +1,226 @@
+"""Spark jobs of the ingestion service: read landed Parquet, build a dataset version (cumulative or window),
+hash it independently of row order, profile it and write it as immutable Parquet.
+
+One SparkSession per process, created on first use and kept alive (starting one costs seconds).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow.dataset as pads
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from driftloop.objectstore import ObjectStore
+from driftloop.pipeline import StreamSpec
+from driftloop.settings import Settings
+
+from .content_hash import SLICE_COLUMNS, combine, slices_batch
+from .landing import arrow_schema
+
+QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+TOP_VALUES = 10
+NUMERIC_TYPES = {"int", "long", "double", "float"}
+
+_SPARK_TYPES: dict[str, T.DataType] = {
+    "string": T.StringType(),
+    "int": T.IntegerType(),
+    "long": T.LongType(),
+    "double": T.DoubleType(),
+    "float": T.FloatType(),
+    "boolean": T.BooleanType(),
+    "timestamp": T.TimestampType(),
+}
+
+_session: SparkSession | None = None
+_session_lock = threading.Lock()
+
+
+def spark_session(settings: Settings) -> SparkSession:
+    """The process's SparkSession (created once, from ``settings.spark``)."""
+    global _session
+    with _session_lock:
+        if _session is None:
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+            os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+            _session = (
+                SparkSession.builder.appName("driftloop-ingestion")
+                .master(settings.spark.master)
+                .config("spark.ui.enabled", "false")
+                .config("spark.driver.memory", settings.spark.driver_memory)
+                .config("spark.sql.shuffle.partitions", str(settings.spark.shuffle_partitions))
+                .config("spark.sql.session.timeZone", "UTC")
+                # Readers outside Spark (pyarrow, pandas) get proper timestamp[ms, UTC] columns, not INT96.
+                .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MILLIS")
+                .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+                .getOrCreate()
+            )
+            _session.sparkContext.setLogLevel("WARN")
+        return _session
+
+
+def stop_spark() -> None:
+    global _session
+    with _session_lock:
+        if _session is not None:
+            _session.stop()
+            _session = None
+
+
+def spark_schema(stream: StreamSpec) -> T.StructType:
+    return T.StructType([T.StructField(f.name, _SPARK_TYPES[f.type], nullable=True) for f in stream.fields])
+
+
+def read_parquet(spark: SparkSession, store: ObjectStore, stream: StreamSpec, keys: list[str]) -> DataFrame:
+    """The rows of the Parquet objects ``keys``, with the stream's schema (fields missing from old files are
+    null). Local stores are read by Spark directly; S3 through pyarrow (no Hadoop S3 jars needed)."""
+    schema = spark_schema(stream)
+    if not keys:
+        return spark.createDataFrame([], schema)
+    paths = [store.local_path(k) for k in keys]
+    if all(p is not None for p in paths):
+        return spark.read.schema(schema).parquet(*[str(p) for p in paths])
+    fs, root = store.arrow_filesystem()
+    table = pads.dataset([f"{root}/{k}" for k in keys], filesystem=fs, format="parquet", schema=arrow_schema(stream))
+    return spark.createDataFrame(table.to_table(), schema=schema)
+
+
+def select_rows(parent: DataFrame, new: DataFrame, stream: StreamSpec, mode: str, window_rows: int) -> DataFrame:
+    """cumulative: parent + new; window: the newest ``window_rows`` rows by event time over both (ties broken
+    by every other column, so that the same input always gives the same rows)."""
+    combined = parent.unionByName(new)
+    if mode == "cumulative":
+        return combined
+    others = [F.col(n).asc_nulls_last() for n in stream.field_names if n != stream.event_time]
+    return combined.orderBy(F.col(stream.event_time).desc_nulls_last(), *others).limit(window_rows)
+
+
+def content_hash(df: DataFrame, stream: StreamSpec) -> tuple[str, int]:
+    """(order-independent sha256 of the rows, row count)."""
+    columns = stream.field_names
+
+    def to_slices(batches: Any) -> Any:
+        for batch in batches:
+            yield slices_batch(batch, columns)
+
+    slice_schema = ", ".join(f"{c} long" for c in SLICE_COLUMNS)
+    row = (
+        df.mapInArrow(to_slices, slice_schema)
+        .agg(F.count(F.lit(1)).alias("n"), *[F.sum(F.col(c).cast("decimal(38,0)")).alias(c) for c in SLICE_COLUMNS])
+        .collect()[0]
+    )
+    count = int(row["n"])
+    sums = [int(row[c] or 0) for c in SLICE_COLUMNS]
+    return combine(stream, count, sums), count
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+def profile(df: DataFrame, stream: StreamSpec) -> dict[str, dict[str, Any]]:
+    """Per column: count and nulls; numbers: min/max/mean/stddev and approximate quantiles; strings: distinct
+    count and top values; booleans: top values; timestamps: min/max."""
+    aggs = []
+    for f in stream.fields:
+        c = F.col(f.name)
+        aggs += [F.count(c).alias(f"{f.name}__count"), F.sum(c.isNull().cast("long")).alias(f"{f.name}__nulls")]
+        if f.type in NUMERIC_TYPES:
+            aggs += [
+                F.min(c).alias(f"{f.name}__min"),
+                F.max(c).alias(f"{f.name}__max"),
+                F.mean(c).alias(f"{f.name}__mean"),
+                F.stddev(c).alias(f"{f.name}__stddev"),
+            ]
+        elif f.type == "timestamp":
+            # As epoch millis: collect() would turn timestamps into naive datetimes in the driver's local zone.
+            aggs += [
+                F.unix_millis(F.min(c)).alias(f"{f.name}__min"),
+                F.unix_millis(F.max(c)).alias(f"{f.name}__max"),
+            ]
+        elif f.type == "string":
+            aggs.append(F.countDistinct(c).alias(f"{f.name}__distinct"))
+    totals = df.agg(*aggs).collect()[0].asDict()
+    result: dict[str, dict[str, Any]] = {}
+    for f in stream.fields:
+        entry: dict[str, Any] = {"type": f.type}
+        for key, value in totals.items():
+            column, _, stat = key.partition("__")
+            if column == f.name:
+                entry[stat] = _finite(value)
+        entry["nulls"] = int(entry.get("nulls") or 0)
+        if f.type == "timestamp":
+            for stat in ("min", "max"):
+                if entry.get(stat) is not None:
+                    entry[stat] = datetime.fromtimestamp(entry[stat] / 1000, tz=UTC).isoformat()
+        result[f.name] = entry
+    numeric = [f.name for f in stream.fields if f.type in NUMERIC_TYPES]
+    if numeric:
+        quantiles = df.approxQuantile(numeric, list(QUANTILES), 0.01)
+        for name, values in zip(numeric, quantiles, strict=True):
+            result[name]["quantiles"] = (
+                {str(q): _finite(v) for q, v in zip(QUANTILES, values, strict=True)} if values else {}
+            )
+    for f in stream.fields:
+        if f.type in ("string", "boolean"):
+            top = (
+                df.where(F.col(f.name).isNotNull())
+                .groupBy(f.name)
+                .count()
+                .orderBy(F.col("count").desc(), F.col(f.name))
+                .limit(TOP_VALUES)
+                .collect()
+            )
+            result[f.name]["top_values"] = [{"value": r[f.name], "count": int(r["count"])} for r in top]
+    return result
+
+
+@dataclass(frozen=True)
+class CutResult:
+    row_count: int
+    content_hash: str
+    profile: dict[str, dict[str, Any]]
+    files: list[str]
+
+
+def build_version(
+    spark: SparkSession,
+    store: ObjectStore,
+    stream: StreamSpec,
+    *,
+    parent_keys: list[str],
+    new_keys: list[str],
+    mode: str,
+    window_rows: int,
+    prefix: str,
+) -> CutResult:
+    """Read parent + new landed rows, select the version's rows, hash, profile, write Parquet under ``prefix``."""
+    parent = read_parquet(spark, store, stream, parent_keys)
+    new = read_parquet(spark, store, stream, new_keys)
+    rows = select_rows(parent, new, stream, mode, window_rows).cache()
+    try:
+        digest, count = content_hash(rows, stream)
+        stats = profile(rows, stream)
+        with tempfile.TemporaryDirectory(prefix="driftloop-dataset-") as tmp:
+            out = Path(tmp) / "data"
+            # One sorted file per version: versions are small to medium and read whole by training.
+            rows.repartition(1).sortWithinPartitions(stream.event_time).write.parquet(str(out), compression="zstd")
+            files = store.upload_dir(out, prefix)
+    finally:
+        rows.unpersist()
+    return CutResult(row_count=count, content_hash=digest, profile=stats, files=files)

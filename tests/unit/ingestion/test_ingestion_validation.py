@@ -1,0 +1,186 @@
+"""Validation of ingested records: every reason code a dead letter can carry."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from driftloop.errors import ValidationFailed, WireFormatError
+from driftloop.pipeline import PipelineConfig, parse_pipeline
+from driftloop.services.ingestion import validation as v
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+PIPELINE_YAML = """
+stream:
+  name: payments
+  fields:
+    - {name: customer_id, type: string, nullable: false}
+    - {name: event_time, type: timestamp, nullable: false}
+    - {name: amount, type: double, nullable: false}
+    - {name: age, type: int}
+    - {name: visits, type: long}
+    - {name: ratio, type: float}
+    - {name: vip, type: boolean}
+    - {name: category, type: string}
+    - {name: label, type: int}
+  entity_key: customer_id
+  event_time: event_time
+  label: label
+  max_future_seconds: 60
+  max_record_bytes: 300
+quality:
+  - {rule: not_null, field: category}
+  - {rule: range, field: amount, min: 0, max: 1000}
+  - {rule: allowed_values, field: category, values: [food, travel]}
+  - {rule: allowed_values, field: label, values: [0, 1]}
+features:
+  - {name: amount}
+model: {name: payments-model}
+"""
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> PipelineConfig:
+    return parse_pipeline(PIPELINE_YAML)
+
+
+def good_json(**changes: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "customer_id": "c1",
+        "event_time": "2026-11-23T11:59:00Z",
+        "amount": 12.5,
+        "age": 40,
+        "visits": 3,
+        "ratio": 0.5,
+        "vip": False,
+        "category": "food",
+        "label": 0,
+    }
+    record.update(changes)
+    return record
+
+
+def good_decoded(**changes: Any) -> dict[str, Any]:
+    record = good_json(event_time=NOW - timedelta(minutes=1))
+    record.update(changes)
+    return record
+
+
+def reject_json(pipeline: PipelineConfig, raw: Any) -> v.Rejection:
+    row, rejection = v.validate_json(raw, pipeline, NOW)
+    assert row is None and rejection is not None, f"expected a rejection for {raw!r}"
+    return rejection
+
+
+def test_a_good_json_record_is_typed(pipeline: PipelineConfig) -> None:
+    row, rejection = v.validate_json(good_json(), pipeline, NOW)
+    assert rejection is None
+    assert row is not None
+    assert row["event_time"] == datetime(2026, 11, 23, 11, 59, tzinfo=UTC)
+    assert isinstance(row["amount"], float) and row["visits"] == 3 and row["vip"] is False
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2026-11-23T11:00:00Z", datetime(2026, 11, 23, 11, tzinfo=UTC)),
+        ("2026-11-23T12:30:00+01:00", datetime(2026, 11, 23, 11, 30, tzinfo=UTC)),
+        ("2026-11-23T11:00:00", datetime(2026, 11, 23, 11, tzinfo=UTC)),  # naive means UTC
+        (1795420800000, datetime(2026, 11, 23, 8, tzinfo=UTC)),  # epoch millis
+    ],
+)
+def test_event_time_is_iso_8601_or_epoch_millis(value: Any, expected: datetime) -> None:
+    assert v.parse_event_time(value, "event_time") == expected
+
+
+def test_a_good_decoded_record_passes(pipeline: PipelineConfig) -> None:
+    assert v.validate_decoded(good_decoded(), pipeline, NOW) is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason", "field"),
+    [
+        ({"amount": "12"}, v.WRONG_TYPE, "amount"),
+        ({"amount": True}, v.WRONG_TYPE, "amount"),
+        ({"age": 40.5}, v.WRONG_TYPE, "age"),
+        ({"age": 2**31}, v.WRONG_TYPE, "age"),
+        ({"vip": 1}, v.WRONG_TYPE, "vip"),
+        ({"customer_id": 7}, v.WRONG_TYPE, "customer_id"),
+        ({"event_time": "yesterday"}, v.WRONG_TYPE, "event_time"),
+        ({"customer_id": None}, v.NULL_NOT_ALLOWED, "customer_id"),
+        ({"amount": None}, v.NULL_NOT_ALLOWED, "amount"),
+        ({"event_time": None}, v.MISSING_EVENT_TIME, "event_time"),
+        ({"event_time": "2026-11-23T12:05:00Z"}, v.FUTURE_EVENT_TIME, "event_time"),
+        ({"category": None}, v.NOT_NULL, "category"),
+        ({"amount": -1}, v.OUT_OF_RANGE, "amount"),
+        ({"amount": 1000.01}, v.OUT_OF_RANGE, "amount"),
+        ({"category": "toys"}, v.NOT_ALLOWED_VALUE, "category"),
+        ({"label": 2}, v.NOT_ALLOWED_VALUE, "label"),
+        ({"colour": "red"}, v.UNKNOWN_FIELD, "colour"),
+        ({"category": "x" * 400}, v.RECORD_TOO_LARGE, None),
+    ],
+)
+def test_bad_json_records_are_rejected_with_reason_and_field(
+    pipeline: PipelineConfig, changes: dict[str, Any], reason: str, field: str | None
+) -> None:
+    rejection = reject_json(pipeline, good_json(**changes))
+    assert (rejection.reason, rejection.field) == (reason, field)
+    assert rejection.message
+
+
+def test_missing_event_time_key_is_missing_event_time(pipeline: PipelineConfig) -> None:
+    raw = good_json()
+    del raw["event_time"]
+    assert reject_json(pipeline, raw).reason == v.MISSING_EVENT_TIME
+
+
+def test_a_record_that_is_not_an_object_is_rejected(pipeline: PipelineConfig) -> None:
+    assert reject_json(pipeline, [1, 2]).reason == v.NOT_AN_OBJECT
+
+
+def test_a_boolean_is_not_an_allowed_integer(pipeline: PipelineConfig) -> None:
+    # True == 1 in Python; the rule lists integers, so a boolean must not slip through.
+    assert not v._allowed(True, [0, 1])
+    assert v._allowed(1, [0, 1])
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason", "field"),
+    [
+        ({"amount": 5000.0}, v.OUT_OF_RANGE, "amount"),
+        ({"amount": float("nan")}, v.OUT_OF_RANGE, "amount"),
+        ({"category": None}, v.NOT_NULL, "category"),
+        ({"event_time": NOW + timedelta(seconds=61)}, v.FUTURE_EVENT_TIME, "event_time"),
+        ({"event_time": None}, v.MISSING_EVENT_TIME, "event_time"),
+    ],
+)
+def test_bad_decoded_records_are_rejected(
+    pipeline: PipelineConfig, changes: dict[str, Any], reason: str, field: str
+) -> None:
+    rejection = v.validate_decoded(good_decoded(**changes), pipeline, NOW, schema_id=7)
+    assert rejection is not None
+    assert (rejection.reason, rejection.field, rejection.schema_id) == (reason, field, 7)
+
+
+def test_event_time_exactly_at_the_horizon_is_accepted(pipeline: PipelineConfig) -> None:
+    assert v.validate_decoded(good_decoded(event_time=NOW + timedelta(seconds=60)), pipeline, NOW) is None
+
+
+def test_size_check(pipeline: PipelineConfig) -> None:
+    v.check_size(300, pipeline.stream)
+    with pytest.raises(ValidationFailed) as info:
+        v.check_size(301, pipeline.stream)
+    assert info.value.reason == v.RECORD_TOO_LARGE
+
+
+@pytest.mark.parametrize("reason", [v.NOT_AVRO, v.BAD_MAGIC_BYTE, v.UNKNOWN_SCHEMA_ID, v.TRUNCATED])
+def test_wire_errors_keep_their_reason(reason: str) -> None:
+    rejection = v.rejection_from_wire_error(WireFormatError(reason, "explained"))
+    assert (rejection.reason, rejection.field, rejection.message) == (reason, None, "explained")
+
+
+def test_every_reason_code_is_declared_once() -> None:
+    assert len(set(v.REASONS)) == len(v.REASONS) == 14
