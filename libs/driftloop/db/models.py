@@ -210,6 +210,9 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     ended_at: Mapped[datetime | None]
+    # The feature set read and how its holdout was drawn (fraction, seed, rows): fixed per dataset version.
+    feature_set_uri: Mapped[str | None] = mapped_column(sa.String(500))
+    holdout: Mapped[dict] = mapped_column(default=dict)
 
 
 # --- registry ------------------------------------------------------------------------------------------------
