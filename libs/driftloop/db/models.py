@@ -217,9 +217,6 @@ class Run(Base):
 
 # --- registry ------------------------------------------------------------------------------------------------
 
-    # The feature set read and how its holdout was drawn (fraction, seed, rows): fixed per dataset version.
-    feature_set_uri: Mapped[str | None] = mapped_column(sa.String(500))
-    holdout: Mapped[dict] = mapped_column(default=dict)
 
 class ModelVersion(Base):
     __tablename__ = "model_versions"
