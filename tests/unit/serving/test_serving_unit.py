@@ -1,0 +1,223 @@
+"""Serving without Kafka: the loader (verify, swap, refuse, coalesce) and the predict API (404/503/422/200) on a
+real local object store and real LightGBM artifacts; published events are recorded."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from fastapi.testclient import TestClient
+from model_factory import feature_frame, make_pipeline, put_artifact, raw_transactions, train_artifact
+
+from driftloop.events import Event, new_event
+from driftloop.featuredefs import features_from_instances
+from driftloop.objectstore import LocalObjectStore
+from driftloop.service import base_app
+from driftloop.services.serving import api
+from driftloop.services.serving.loader import PromotionFollower
+from driftloop.services.serving.served import ModelTable
+
+MODEL = "fraud-serve-unit"
+
+
+@pytest.fixture(scope="module")
+def models() -> dict:
+    pipeline = make_pipeline(model=MODEL, stream="tx-serve-unit")
+    features = feature_frame(pipeline, rows=1500)
+    return {
+        "pipeline": pipeline,
+        "v1": train_artifact(pipeline, features, rounds=5),
+        "v2": train_artifact(pipeline, features, rounds=40),
+    }
+
+
+@pytest.fixture
+def env(tmp_path: Path, models: dict) -> SimpleNamespace:
+    store = LocalObjectStore(tmp_path / "objects")
+    published: list[Event] = []
+    table = ModelTable()
+    follower = PromotionFollower(table, store, {MODEL: models["pipeline"]}, published.append, "replica-a")
+    app = base_app(SimpleNamespace(), "serving-test")  # type: ignore[arg-type]
+    app.include_router(api.router(table, {MODEL: models["pipeline"]}, published.append, "replica-a"))
+    return SimpleNamespace(store=store, published=published, table=table, follower=follower, client=TestClient(app))
+
+
+def promotion(env: SimpleNamespace, models: dict, version: int, *, tamper: bool = False) -> Event:
+    uri, sha = put_artifact(env.store, MODEL, f"run-{version}", models[f"v{version}"])
+    if tamper:
+        key = env.store.key_of(uri)
+        env.store.put_bytes(key, env.store.get_bytes(key)[:-10] + b"0123456789")
+    data = {
+        "model": MODEL,
+        "version": version,
+        "alias": "champion",
+        "previous_version": None,
+        "artifact_uri": uri,
+        "artifact_sha256": sha,
+        "dataset_version_id": "tx@v1",
+        "feature_set_uri": "file:///unused",
+        "reason": "test",
+        "gate_json": "{}",
+    }
+    return new_event("ModelPromoted", data, producer="registry")
+
+
+def drain(follower: PromotionFollower) -> None:
+    stop = threading.Event()
+    thread = threading.Thread(target=follower.run, args=(stop,))
+    thread.start()
+    try:
+        deadline = 200
+        while not follower.idle() and deadline:
+            threading.Event().wait(0.05)
+            deadline -= 1
+    finally:
+        stop.set()
+        thread.join()
+    assert follower.idle()
+
+
+def instances(n: int = 3) -> list[dict]:
+    raw = raw_transactions(n, seed=5)
+    raw["event_time"] = raw["event_time"].astype(str)
+    return raw.drop(columns=["is_fraud"]).to_dict(orient="records")
+
+
+def test_promotion_is_loaded_swapped_and_announced(env: SimpleNamespace, models: dict) -> None:
+    event = promotion(env, models, 1)
+    env.follower.on_model_promoted(event)
+    drain(env.follower)
+
+    served = env.table.get(MODEL)
+    assert served is not None and served.version == 1 and served.sha256 == event["artifact_sha256"]
+    (switched,) = env.published
+    assert switched.type == "ServingSwitched"
+    assert switched.envelope.caused_by == event.id
+    assert switched["replica"] == "replica-a" and switched["previous_version"] is None
+    assert switched["load_seconds"] >= 0
+
+
+def test_tampered_artifact_is_refused_and_old_model_keeps_serving(env: SimpleNamespace, models: dict) -> None:
+    env.follower.on_model_promoted(promotion(env, models, 1))
+    drain(env.follower)
+    env.follower.on_model_promoted(promotion(env, models, 2, tamper=True))
+    drain(env.follower)
+
+    assert env.table.get(MODEL).version == 1
+    problem = env.table.problem(MODEL)
+    assert problem is not None and problem.version == 2 and "sha256" in problem.reason
+    assert [e.type for e in env.published] == ["ServingSwitched"]
+    body = env.client.get(f"/v1/models/{MODEL}").json()
+    assert body["version"] == 1 and body["last_refused"]["version"] == 2
+
+
+def test_queued_promotions_are_coalesced_to_the_newest(env: SimpleNamespace, models: dict) -> None:
+    env.follower.on_model_promoted(promotion(env, models, 1))
+    env.follower.on_model_promoted(promotion(env, models, 2))
+    drain(env.follower)
+    assert env.table.get(MODEL).version == 2
+    assert [e["version"] for e in env.published] == [2]
+
+
+def test_newest_refused_falls_back_to_an_older_queued_promotion(env: SimpleNamespace, models: dict) -> None:
+    env.follower.on_model_promoted(promotion(env, models, 1))
+    env.follower.on_model_promoted(promotion(env, models, 2, tamper=True))
+    drain(env.follower)
+    assert env.table.get(MODEL).version == 1
+
+
+def test_redelivered_promotion_of_the_served_version_is_not_reloaded(env: SimpleNamespace, models: dict) -> None:
+    event = promotion(env, models, 1)
+    env.follower.on_model_promoted(event)
+    drain(env.follower)
+    env.follower.on_model_promoted(event)
+    drain(env.follower)
+    assert len(env.published) == 1
+
+
+def test_promotion_of_a_model_without_pipeline_is_ignored(env: SimpleNamespace, models: dict) -> None:
+    event = promotion(env, models, 1)
+    env.follower.on_model_promoted(Event(envelope=event.envelope, data={**event.data, "model": "other"}))
+    assert env.follower.idle()
+
+
+def test_predict_returns_version_and_logs_each_row(env: SimpleNamespace, models: dict) -> None:
+    env.follower.on_model_promoted(promotion(env, models, 1))
+    drain(env.follower)
+    env.published.clear()
+    rows = instances(3)
+    response = env.client.post(f"/v1/models/{MODEL}/predict", json={"instances": rows})
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == MODEL and body["version"] == 1 and body["request_id"]
+    assert len(body["predictions"]) == 3 and all(0 <= p <= 1 for p in body["predictions"])
+    expected = models["v1"].predict(features_from_instances(rows, models["pipeline"]))
+    assert body["predictions"] == pytest.approx(list(expected))
+    logged = env.published
+    assert [e["index"] for e in logged] == [0, 1, 2]
+    assert {e["request_id"] for e in logged} == {body["request_id"]}
+    assert logged[0]["entity"] == rows[0]["customer_id"]
+    assert logged[0]["inputs"]["amount"] == rows[0]["amount"]
+    assert logged[1]["prediction"] == body["predictions"][1]
+
+
+def test_unknown_model_is_404(env: SimpleNamespace) -> None:
+    response = env.client.post("/v1/models/nope/predict", json={"instances": instances(1)})
+    assert response.status_code == 404
+    assert "nope" in response.json()["detail"]
+
+
+def test_no_model_loaded_is_503_with_a_message(env: SimpleNamespace) -> None:
+    response = env.client.post(f"/v1/models/{MODEL}/predict", json={"instances": instances(1)})
+    assert response.status_code == 503
+    assert "no version loaded" in response.json()["detail"]
+    assert env.client.get(f"/v1/models/{MODEL}").status_code == 503
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"instances": []}, "instances"),
+        ({"rows": []}, "instances"),
+        ({"instances": [1, 2]}, "instances"),
+        ({"instances": "x"}, "instances"),
+    ],
+)
+def test_malformed_request_body_is_422_naming_the_field(env: SimpleNamespace, models: dict, body: dict, field: str):
+    env.follower.on_model_promoted(promotion(env, models, 1))
+    drain(env.follower)
+    response = env.client.post(f"/v1/models/{MODEL}/predict", json=body)
+    assert response.status_code == 422
+    assert field in response.text
+
+
+@pytest.mark.parametrize(
+    ("change", "reason", "field"),
+    [
+        ({"amount": "lots"}, "wrong_type", "amount"),
+        ({"amount": True}, "wrong_type", "amount"),
+        ({"hour": {"h": 3}}, "not_a_scalar", "hour"),
+        ({"age": 2**70}, "out_of_range", "age"),
+        ({"amount": None, "drop": "merchant_category"}, "missing_field", "merchant_category"),
+    ],
+)
+def test_bad_instance_values_are_422_with_reason_and_field(
+    env: SimpleNamespace, models: dict, change: dict, reason: str, field: str
+) -> None:
+    env.follower.on_model_promoted(promotion(env, models, 1))
+    drain(env.follower)
+    env.published.clear()
+    row = instances(1)[0]
+    drop = change.pop("drop", None)
+    row.update(change)
+    if drop:
+        row.pop(drop)
+    response = env.client.post(f"/v1/models/{MODEL}/predict", json={"instances": [instances(1)[0], row]})
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail["reason"] == reason and detail["field"] == field
+    assert "instances[1]" in detail["message"]
+    assert env.published == []  # nothing logged for a refused request
