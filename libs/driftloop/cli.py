@@ -117,8 +117,8 @@ def demo(
     """Run the closed-loop demo on the embedded stack: train, serve, drift, retrain, redeploy."""
     from driftloop.demo import run_demo
 
-    ok = run_demo(_settings(), console=console, keep_running=keep_running)
-    raise typer.Exit(0 if ok else 1)
+    result = run_demo(_settings(), console=console, keep_running=keep_running)
+    raise typer.Exit(0 if result.ok else 1)
 
 
 # --- database / pipelines / schemas ---------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+
 from driftloop.db.engine import create_engine_for
 from driftloop.db.models import Base
 
