@@ -1,0 +1,324 @@
+"""Ingestion intake on the real broker and registry: Avro records from the stock serializer plus malformed
+bytes; every record is either landed or dead-lettered, with its reason, and a replay lands nothing twice.
+The HTTP intake: 404/422/413, per-record rejections, one Parquet object per request."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+from fastapi.testclient import TestClient
+
+from driftloop.db import migrate
+from driftloop.db.models import DeadLetter, LandedBatch
+from driftloop.events import Event
+from driftloop.layout import landed_http_key
+from driftloop.objectstore import open_object_store
+from driftloop.service import Runtime, make_runtime
+from driftloop.services.ingestion.kafka_intake import GROUP, KafkaIntake
+from driftloop.services.ingestion.service import build
+from driftloop.settings import Settings
+from driftloop.topics import RECORD_REJECTED
+
+pytestmark = pytest.mark.integration
+
+PIPELINE = """
+stream:
+  name: {stream}
+  fields:
+    - {{name: customer_id, type: string, nullable: false}}
+    - {{name: event_time, type: timestamp, nullable: false}}
+    - {{name: amount, type: double, nullable: false}}
+    - {{name: age, type: int}}
+    - {{name: category, type: string}}
+    - {{name: is_fraud, type: int}}
+  entity_key: customer_id
+  event_time: event_time
+  label: is_fraud
+  max_future_seconds: 3600
+  max_record_bytes: 400
+quality:
+  - {{rule: range, field: amount, min: 0, max: 10000}}
+  - {{rule: allowed_values, field: category, values: [food, travel]}}
+dataset:
+  cut_every_rows: 0
+  landing_batch_rows: 25
+  landing_batch_seconds: 0.5
+features:
+  - {{name: amount}}
+model: {{name: model-{stream}}}
+"""
+
+
+@dataclass
+class Ingestion:
+    settings: Settings
+    runtime: Runtime
+    client: TestClient
+    intake: KafkaIntake
+    stream: str
+
+    @property
+    def topic(self) -> str:
+        return self.runtime.pipelines[f"model-{self.stream}"].stream.topic
+
+
+@pytest.fixture
+def ingestion(make_settings: Callable[..., Settings], tmp_path: Path, unique: str) -> Iterator[Ingestion]:
+    stream = f"pay-{unique}"
+    pipelines = tmp_path / "pipelines"
+    pipelines.mkdir()
+    (pipelines / "pay.yaml").write_text(PIPELINE.format(stream=stream))
+    settings = make_settings(pipelines_dir=pipelines)
+    migrate(settings.database_url)
+    runtime = make_runtime("ingestion", settings)
+    spec = build(runtime)
+    intake: KafkaIntake = spec.app.state.ingestion["intake"]
+    with TestClient(spec.app) as client:
+        yield Ingestion(settings, runtime, client, intake, stream)
+    runtime.bus.close()
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_intake(intake: KafkaIntake) -> tuple[threading.Thread, threading.Event]:
+    stop = threading.Event()
+    thread = threading.Thread(target=intake.run, args=(stop,), daemon=True)
+    thread.start()
+    wait_for(lambda: intake.assigned, "the ingestion consumer's assignment")
+    return thread, stop
+
+
+def rejected_events(settings: Settings, runtime: Runtime, stream: str, expected: int) -> list[Event]:
+    consumer = Consumer(runtime.bus.consumer_config(f"check-{stream}"))
+    consumer.subscribe([RECORD_REJECTED.name])
+    found: list[Event] = []
+    deadline = time.monotonic() + 60
+    try:
+        while len(found) < expected and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            _, record = runtime.bus.codec.decode(msg.value())
+            event = Event.from_avro(record)
+            if event.data["stream"] == stream:
+                found.append(event)
+        # Anything beyond the expected count would be a duplicate: look a little longer.
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            msg = consumer.poll(0.3)
+            if msg is not None and not msg.error():
+                event = Event.from_avro(runtime.bus.codec.decode(msg.value())[1])
+                if event.data["stream"] == stream:
+                    found.append(event)
+    finally:
+        consumer.close()
+    return found
+
+
+def test_kafka_records_are_landed_or_dead_lettered_exactly_once(ingestion: Ingestion) -> None:
+    settings, runtime, stream = ingestion.settings, ingestion.runtime, ingestion.stream
+    cfg = runtime.pipelines[f"model-{stream}"]
+    registry = SchemaRegistryClient({"url": settings.schema_registry.url})
+    serializer = AvroSerializer(registry, json.dumps(cfg.stream.avro_schema()))
+    ctx = SerializationContext(ingestion.topic, MessageField.VALUE)
+    now = datetime.now(tz=UTC).replace(microsecond=0)
+
+    def record(i: int, **changes: Any) -> dict[str, Any]:
+        row = {
+            "customer_id": f"c{i % 9}",
+            "event_time": now - timedelta(minutes=i),
+            "amount": float(i),
+            "age": 20 + i % 50,
+            "category": "food" if i % 2 else "travel",
+            "is_fraud": i % 2,
+        }
+        row.update(changes)
+        return row
+
+    good = [serializer(record(i), ctx) for i in range(130)]
+    valid_wire = serializer(record(999), ctx)
+    schema_id = struct.unpack(">I", valid_wire[1:5])[0]
+    bad: dict[str, list[bytes]] = {
+        "bad_magic_byte": [b"\x01" + valid_wire[1:], b"hello, not avro at all"],
+        "unknown_schema_id": [b"\x00" + struct.pack(">I", 987_654_321) + valid_wire[5:]],
+        "truncated": [valid_wire[: len(valid_wire) // 2], b"\x00\x00"],
+        "not_avro": [valid_wire + b"\x00\x01\x02"],
+        "out_of_range": [serializer(record(1, amount=-5.0), ctx), serializer(record(2, amount=20000.0), ctx)],
+        "not_allowed_value": [serializer(record(3, category="toys"), ctx)],
+        "future_event_time": [serializer(record(4, event_time=now + timedelta(days=2)), ctx)],
+        "record_too_large": [serializer(record(5, category="x" * 500), ctx)],
+    }
+    producer = Producer(settings.kafka_config())
+    messages = good[:60] + [b for values in bad.values() for b in values] + good[60:]
+    for i, value in enumerate(messages):
+        producer.produce(ingestion.topic, key=f"k{i % 7}".encode(), value=value)
+    assert producer.flush(30) == 0
+    total, n_bad = len(messages), sum(len(v) for v in bad.values())
+
+    thread, stop = start_intake(ingestion.intake)
+
+    def stats() -> dict[str, Any]:
+        response = ingestion.client.get(f"/v1/streams/{stream}/stats")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    wait_for(lambda: stats()["landed"] + stats()["dead_lettered"] == total, "every record to be accounted for")
+    stop.set()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+
+    final = stats()
+    assert final["landed"] == len(good) == 130
+    assert final["dead_lettered"] == n_bad
+    assert final["records_in"] == total and final["pending"] == 0
+    assert final["by_reason"] == {reason: len(values) for reason, values in bad.items()}
+
+    # Dead letters: reason, a field where one is to blame, a kafka source; the same on the event topic.
+    response = ingestion.client.get(f"/v1/streams/{stream}/dead-letters", params={"limit": 100})
+    letters = response.json()["dead_letters"]
+    assert len(letters) == n_bad
+    assert all(dl["source"].startswith(f"kafka:{ingestion.topic}/") for dl in letters)
+    by_reason = {dl["reason"]: dl for dl in letters}
+    assert by_reason["out_of_range"]["field"] == "amount"
+    assert by_reason["not_allowed_value"]["field"] == "category"
+    assert by_reason["future_event_time"]["field"] == "event_time"
+    events = rejected_events(settings, runtime, stream, n_bad)
+    assert Counter(e.data["reason"] for e in events) == Counter(final["by_reason"])
+    by_source = {e.data["source"]: e for e in events}
+    assert len(by_source) == n_bad
+    not_avro = next(e for e in events if e.data["reason"] == "not_avro")
+    assert not_avro.data["original"] == valid_wire + b"\x00\x01\x02"
+    assert not_avro.data["schema_id"] is None or not_avro.data["schema_id"] == schema_id
+    range_events = [e for e in events if e.data["reason"] == "out_of_range"]
+    assert all(e.data["schema_id"] == schema_id for e in range_events)
+
+    # Landed Parquet: the stream's fields with their types; every good record exactly once.
+    store = open_object_store(settings)
+    with runtime.Session() as session:
+        batches = session.scalars(sa.select(LandedBatch).where(LandedBatch.stream == stream)).all()
+    tables = [pq.read_table(io.BytesIO(store.get_bytes(b.object_key))) for b in batches]
+    landed = pa.concat_tables(tables)
+    assert landed.schema.field("event_time").type == pa.timestamp("ms", tz="UTC")
+    assert landed.schema.field("age").type == pa.int32()
+    assert landed.schema.field("amount").type == pa.float64()
+    assert sorted(landed.column("amount").to_pylist()) == [float(i) for i in range(130)]
+    assert all(b.first_offset is not None and b.last_offset >= b.first_offset for b in batches)
+
+    # Offsets were committed after landing: the group's committed positions cover every message.
+    checker = Consumer(runtime.bus.consumer_config(GROUP))
+    partitions = [TopicPartition(ingestion.topic, p) for p in range(settings.kafka.partitions)]
+    committed = checker.committed(partitions, timeout=10)
+    checker.close()
+    assert sum(max(tp.offset, 0) for tp in committed) == total
+
+    # A replay from offset 0 (as after a crash before the commit) lands nothing twice.
+    rewind = Consumer(runtime.bus.consumer_config(GROUP))
+    rewind.commit(
+        offsets=[TopicPartition(ingestion.topic, p, 0) for p in range(settings.kafka.partitions)], asynchronous=False
+    )
+    rewind.close()
+    replay = KafkaIntake(runtime.bus, runtime.pipelines, ingestion.intake.lander)
+    thread, stop = start_intake(replay)
+    wait_for(
+        lambda: replay.counters[stream].replay_skipped + replay.counters[stream].received == total,
+        "the replay to read every message",
+    )
+    stop.set()
+    thread.join(timeout=30)
+    after = stats()
+    assert (after["landed"], after["dead_lettered"]) == (130, n_bad)
+    assert replay.counters[stream].landed == 0
+    with runtime.Session() as session:
+        assert session.scalar(sa.select(sa.func.count()).where(DeadLetter.stream == stream)) == n_bad
+
+
+def test_http_intake(ingestion: Ingestion) -> None:
+    client, stream = ingestion.client, ingestion.stream
+    url = f"/v1/streams/{stream}/records"
+
+    unknown = client.post("/v1/streams/nope/records", json={"records": []})
+    assert unknown.status_code == 404
+    assert stream in unknown.json()["detail"]
+
+    for body in (b"{not json", b'{"rows": []}', b'{"records": {"a": 1}}', b"[1, 2]"):
+        response = client.post(url, content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 422, body
+        assert response.json()["detail"]
+
+    too_many = client.post(url, json={"records": [{}] * 10_001})
+    assert too_many.status_code == 413
+    assert "10000" in too_many.json()["detail"]
+
+    now = datetime.now(tz=UTC)
+    millis = int((now - timedelta(minutes=5)).timestamp() * 1000)
+    records: list[Any] = [
+        {"customer_id": "a", "event_time": (now - timedelta(minutes=1)).isoformat(), "amount": 10, "age": 30},
+        {"customer_id": "b", "event_time": millis, "amount": 2.5, "category": "food", "is_fraud": 1},
+        {"customer_id": "c", "event_time": now.isoformat(), "amount": "ten"},  # wrong type
+        {"customer_id": None, "event_time": now.isoformat(), "amount": 1.0},  # null not allowed
+        {"customer_id": "e", "amount": 1.0},  # no event time
+        {"customer_id": "f", "event_time": now.isoformat(), "amount": -1.0},  # out of range
+        "not an object",
+        {"customer_id": "h", "event_time": now.isoformat(), "amount": 1.0, "colour": "red"},  # unknown field
+    ]
+    response = client.post(url, json={"records": records})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["accepted"] == 2
+    assert [(r["index"], r["reason"], r["field"]) for r in body["rejected"]] == [
+        (2, "wrong_type", "amount"),
+        (3, "null_not_allowed", "customer_id"),
+        (4, "missing_event_time", "event_time"),
+        (5, "out_of_range", "amount"),
+        (6, "not_an_object", None),
+        (7, "unknown_field", "colour"),
+    ]
+    assert all(r["message"] for r in body["rejected"])
+
+    request_id = body["request_id"]
+    store = open_object_store(ingestion.settings)
+    table = pq.read_table(io.BytesIO(store.get_bytes(landed_http_key(stream, request_id))))
+    assert table.num_rows == 2
+    assert table.schema.field("event_time").type == pa.timestamp("ms", tz="UTC")
+    assert table.column("event_time").to_pylist()[1] == datetime.fromtimestamp(millis / 1000, tz=UTC)
+    assert table.column("amount").to_pylist() == [10.0, 2.5]
+
+    stats = client.get(f"/v1/streams/{stream}/stats").json()
+    assert (stats["records_in"], stats["landed"], stats["dead_lettered"]) == (8, 2, 6)
+    letters = client.get(f"/v1/streams/{stream}/dead-letters").json()["dead_letters"]
+    assert {dl["source"] for dl in letters} == {f"http:{request_id}/{i}" for i in range(2, 8)}
+    events = rejected_events(ingestion.settings, ingestion.runtime, stream, 6)
+    assert len(events) == 6
+    original = next(e for e in events if e.data["source"] == f"http:{request_id}/6").data["original"]
+    assert json.loads(original) == "not an object"
+
+    streams = client.get("/v1/streams").json()["streams"]
+    assert [(s["stream"], s["topic"]) for s in streams] == [(stream, ingestion.topic)]
+    assert client.get("/v1/streams/nope/stats").status_code == 404
+    assert client.get(f"/v1/streams/{stream}/dead-letters", params={"limit": 0}).status_code == 422
+    assert client.get("/v1/datasets/nope@v1").status_code == 404
