@@ -161,6 +161,10 @@ class TrainingRequest(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # When a pending request fired, or a decision was last changed.
     updated_at: Mapped[datetime | None]
+    # When the cause happened: a pending drift fires only on data materialized after it.
+    cause_occurred_at: Mapped[datetime | None]
+    # The TrainingRequested event sent for this decision, if any.
+    event_id: Mapped[str | None] = mapped_column(sa.String(64))
 
 
 class TriggerStreamState(Base):

@@ -1,0 +1,46 @@
+"""Wiring of the triggers service."""
+
+from __future__ import annotations
+
+from driftloop.db.models import TrainingRequest, TriggerModelState, TriggerStreamState
+from driftloop.service import ConsumerSpec, Runtime, ServiceSpec, base_app
+from driftloop.topics import (
+    DRIFT_DETECTED,
+    EXTERNAL_TRIGGER,
+    FEATURES_MATERIALIZED,
+    MODEL_PROMOTED,
+    MODEL_REJECTED,
+    RUN_STATE_CHANGED,
+)
+
+from .api import router
+from .handlers import TriggerHandlers
+
+CONSUMER_GROUP = "driftloop-triggers"
+
+
+def build(runtime: Runtime) -> ServiceSpec:
+    # Own tables only; a no-op when the database is already migrated.
+    TrainingRequest.metadata.create_all(
+        runtime.engine,
+        tables=[TrainingRequest.__table__, TriggerModelState.__table__, TriggerStreamState.__table__],
+    )
+    handlers = TriggerHandlers(
+        pipelines=runtime.pipelines, Session=runtime.Session, publish=runtime.bus.publish, producer=runtime.name
+    )
+    app = base_app(runtime, "triggers", "Turns new data, drift and external causes into training requests.")
+    app.include_router(router(runtime, handlers))
+    app.state.triggers = handlers
+    # One consumer: decisions depend on state events, handled in one thread in arrival order.
+    consumer = ConsumerSpec(
+        CONSUMER_GROUP,
+        {
+            FEATURES_MATERIALIZED: handlers.on_features_materialized,
+            DRIFT_DETECTED: handlers.on_drift_detected,
+            EXTERNAL_TRIGGER: handlers.on_external_trigger,
+            MODEL_PROMOTED: handlers.on_model_promoted,
+            MODEL_REJECTED: handlers.on_model_rejected,
+            RUN_STATE_CHANGED: handlers.on_run_state_changed,
+        },
+    )
+    return ServiceSpec(app=app, consumers=[consumer])

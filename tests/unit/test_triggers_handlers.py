@@ -1,0 +1,259 @@
+"""The triggers service's handlers without Kafka: SQLite, a settable clock, published events collected."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from driftloop.db import create_engine_for, migrate, session_factory
+from driftloop.errors import NotFoundError
+from driftloop.events import Event, new_event
+from driftloop.pipeline import DriftTrigger, NewDataTrigger, PipelineConfig, TriggerSpec, load_pipeline
+from driftloop.services.triggers.handlers import RetrainConflict, TriggerHandlers
+
+BASE = load_pipeline(Path(__file__).resolve().parents[2] / "pipelines" / "transactions.yaml")
+MODEL = BASE.model.name
+STREAM = BASE.stream.name
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def pipeline(
+    wait_for_fresh_data: bool = False, cooldown: float = 300, only_without_champion: bool = True
+) -> PipelineConfig:
+    triggers = TriggerSpec(
+        new_data=NewDataTrigger(enabled=True, only_without_champion=only_without_champion),
+        drift=DriftTrigger(enabled=True, wait_for_fresh_data=wait_for_fresh_data),
+        cooldown_seconds=cooldown,
+    )
+    return BASE.model_copy(update={"triggers": triggers})
+
+
+@pytest.fixture
+def session_maker(tmp_path: Path) -> Any:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    migrate(url)
+    return session_factory(create_engine_for(url))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def published() -> list[Event]:
+    return []
+
+
+@pytest.fixture
+def make(session_maker: Any, clock: Clock, published: list[Event]) -> Any:
+    def factory(cfg: PipelineConfig) -> TriggerHandlers:
+        return TriggerHandlers({MODEL: cfg}, session_maker, published.append, clock=clock)
+
+    return factory
+
+
+def at(event: Event, when: datetime) -> Event:
+    return replace(event, envelope=replace(event.envelope, occurred_at=when))
+
+
+def features_event(version: int, when: datetime | None = None) -> Event:
+    data = {
+        "stream": STREAM,
+        "dataset_version_id": f"{STREAM}@v{version}",
+        "feature_set_uri": f"file:///objects/features/{STREAM}/v{version:06d}/",
+        "feature_names": BASE.feature_names,
+        "row_count": 3000,
+        "online_entities": 100,
+    }
+    event = new_event("FeaturesMaterialized", data, producer="test")
+    return at(event, when) if when else event
+
+
+def drift_event(window: int = 0, when: datetime | None = None) -> Event:
+    data = {
+        "model": MODEL,
+        "version": 1,
+        "reference_dataset_version_id": f"{STREAM}@v1",
+        "window_size": 400,
+        "window_index": window,
+        "alpha": 0.01,
+        "correction": "bonferroni",
+        "drifted_features": ["amount"],
+        "tests": [],
+    }
+    event = new_event("DriftDetected", data, producer="test")
+    return at(event, when) if when else event
+
+
+def promoted_event(version: int = 1) -> Event:
+    data = {
+        "model": MODEL,
+        "version": version,
+        "alias": "champion",
+        "previous_version": None,
+        "artifact_uri": "file:///m.zip",
+        "artifact_sha256": "0" * 64,
+        "dataset_version_id": f"{STREAM}@v1",
+        "feature_set_uri": "file:///f/",
+        "reason": "first",
+        "gate_json": "{}",
+    }
+    return new_event("ModelPromoted", data, producer="test")
+
+
+def run_event(run_id: str, state: str) -> Event:
+    data = {"run_id": run_id, "model": MODEL, "state": state, "previous_state": None, "dataset_version_id": None}
+    return new_event("RunStateChanged", data, producer="test")
+
+
+def test_drift_storm_gives_one_request(make: Any, published: list[Event]) -> None:
+    handlers: TriggerHandlers = make(pipeline())
+    handlers.on_model_promoted(promoted_event())
+    handlers.on_features_materialized(features_event(1))
+    assert published == []  # has a champion: no new-data trigger
+    storm = [drift_event(i) for i in range(5)]
+    for event in storm:
+        handlers.on_drift_detected(event)
+    assert len(published) == 1
+    request = published[0]
+    assert request.type == "TrainingRequested"
+    assert request["trigger"] == "drift"
+    assert request["dataset_version_id"] == f"{STREAM}@v1"
+    assert request.envelope.caused_by == storm[0].id
+    assert request.envelope.cascade_id == storm[0].envelope.cascade_id
+    decisions = handlers.requests(MODEL, limit=50)
+    statuses = [d["status"] for d in decisions if d["trigger"] == "drift"]
+    assert sorted(statuses) == ["requested"] + ["suppressed"] * 4
+    assert all("cooldown" in d["note"] for d in decisions if d["status"] == "suppressed" and d["trigger"] == "drift")
+
+
+def test_same_cause_is_decided_once(make: Any, published: list[Event]) -> None:
+    handlers: TriggerHandlers = make(pipeline(cooldown=0))
+    handlers.on_features_materialized(features_event(1))
+    handlers.on_model_promoted(promoted_event())
+    drift = drift_event()
+    handlers.on_drift_detected(drift)
+    handlers.on_drift_detected(drift)
+    assert [e["trigger"] for e in published] == ["new_data", "drift"]
+    assert len([d for d in handlers.requests(MODEL, 50) if d["cause_event_id"] == drift.id]) == 1
+
+
+def test_cooldown_expires(make: Any, published: list[Event], clock: Clock) -> None:
+    handlers: TriggerHandlers = make(pipeline(cooldown=300))
+    handlers.on_model_promoted(promoted_event())
+    handlers.on_features_materialized(features_event(1))
+    handlers.on_drift_detected(drift_event(0))
+    clock.now += timedelta(seconds=100)
+    handlers.on_drift_detected(drift_event(1))
+    assert len(published) == 1
+    clock.now += timedelta(seconds=201)
+    handlers.on_drift_detected(drift_event(2))
+    assert len(published) == 2
+
+
+def test_new_data_triggers_only_without_champion(make: Any, published: list[Event], clock: Clock) -> None:
+    handlers: TriggerHandlers = make(pipeline(cooldown=0))
+    first = features_event(1)
+    handlers.on_features_materialized(first)
+    assert len(published) == 1
+    assert published[0]["trigger"] == "new_data"
+    assert published[0].envelope.caused_by == first.id
+    assert published[0]["dataset_version_id"] == f"{STREAM}@v1"
+    handlers.on_model_promoted(promoted_event())
+    handlers.on_features_materialized(features_event(2))
+    assert len(published) == 1
+    latest = handlers.requests(MODEL, 1)[0]
+    assert latest["status"] == "suppressed"
+    assert "champion" in latest["note"]
+    assert handlers.model_state(MODEL)["latest_dataset_version_id"] == f"{STREAM}@v2"
+
+
+def test_drift_waits_for_fresh_data_and_keeps_the_drift_as_cause(
+    make: Any, published: list[Event], clock: Clock
+) -> None:
+    handlers: TriggerHandlers = make(pipeline(wait_for_fresh_data=True))
+    handlers.on_model_promoted(promoted_event())
+    handlers.on_features_materialized(features_event(1, when=clock.now))
+    clock.now += timedelta(seconds=5)
+    drifts = [drift_event(i, when=clock.now) for i in range(3)]
+    for drift in drifts:
+        handlers.on_drift_detected(drift)
+    assert published == []
+    state = handlers.model_state(MODEL)
+    assert state["pending_request_id"] is not None
+
+    # Data cut before the drift (delivered late) does not count as post-drift.
+    handlers.on_features_materialized(features_event(2, when=clock.now - timedelta(seconds=1)))
+    assert published == []
+
+    clock.now += timedelta(seconds=5)
+    fresh = features_event(3, when=clock.now)
+    handlers.on_features_materialized(fresh)
+    assert len(published) == 1
+    request = published[0]
+    assert request["trigger"] == "drift"
+    assert request["dataset_version_id"] == f"{STREAM}@v3"
+    assert request["request_id"] == state["pending_request_id"]
+    assert request.envelope.caused_by == drifts[0].id
+    assert request.envelope.cascade_id == drifts[0].envelope.cascade_id
+    assert handlers.model_state(MODEL)["pending_request_id"] is None
+
+    # The next data is inside the cooldown and there is a champion: nothing more.
+    handlers.on_features_materialized(features_event(4, when=clock.now))
+    assert len(published) == 1
+
+
+def test_active_run_suppresses_causes_until_it_ends(make: Any, published: list[Event], clock: Clock) -> None:
+    handlers: TriggerHandlers = make(pipeline(cooldown=0))
+    handlers.on_model_promoted(promoted_event())
+    handlers.on_features_materialized(features_event(1))
+    handlers.on_run_state_changed(run_event("run-1", "running"))
+    handlers.on_drift_detected(drift_event(0))
+    assert published == []
+    assert "run-1" in handlers.requests(MODEL, 1)[0]["note"]
+    handlers.on_run_state_changed(run_event("run-1", "completed"))
+    handlers.on_drift_detected(drift_event(1))
+    assert len(published) == 1
+
+
+def test_manual_retrain(make: Any, published: list[Event]) -> None:
+    handlers: TriggerHandlers = make(pipeline())
+    with pytest.raises(NotFoundError):
+        handlers.request_manual("no-such-model", "why not")
+    with pytest.raises(RetrainConflict, match="no dataset version"):
+        handlers.request_manual(MODEL, "please")
+    handlers.on_model_promoted(promoted_event())
+    handlers.on_features_materialized(features_event(1))
+    result = handlers.request_manual(MODEL, "new labels arrived")
+    assert result["status"] == "requested"
+    assert published[-1]["trigger"] == "manual"
+    assert published[-1]["reason"] == "new labels arrived"
+    assert published[-1].envelope.caused_by is None
+    handlers.on_run_state_changed(run_event("run-9", "pending"))
+    with pytest.raises(RetrainConflict, match="run-9"):
+        handlers.request_manual(MODEL, "again")
+
+
+def test_unknown_model_cause_is_recorded_as_suppressed(make: Any, published: list[Event]) -> None:
+    handlers: TriggerHandlers = make(pipeline())
+    event = new_event("ExternalTrigger", {"model": "ghost", "reason": "x", "details_json": "{}"}, producer="t")
+    handlers.on_external_trigger(event)
+    assert published == []
+    with handlers.Session() as session:
+        from driftloop.db.models import TrainingRequest
+
+        row = session.query(TrainingRequest).filter_by(cause_event_id=event.id).one()
+    assert row.status == "suppressed"
+    assert "unknown model" in (row.note or "")
