@@ -101,7 +101,9 @@ def holdout_mask(frame: pd.DataFrame, pipeline: PipelineConfig) -> np.ndarray:
     keys = (
         frame[stream.entity_key].astype(str)
         + "|"
-        + pd.to_datetime(frame[stream.event_time], utc=True).astype("int64").astype(str)
+        # In nanoseconds whatever the column's unit (pyarrow gives "us" for Spark's Parquet), so that every
+        # reader of a feature set draws the same holdout.
+        + pd.to_datetime(frame[stream.event_time], utc=True).dt.as_unit("ns").astype("int64").astype(str)
     )
     hashed = pd.util.hash_pandas_object(keys, index=False, hash_key=f"driftloop{model.seed:08d}"[:16])
     return (hashed.to_numpy() % 10_000) < int(model.holdout_fraction * 10_000)
