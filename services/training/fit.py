@@ -1,0 +1,162 @@
+"""The fit itself: feature set Parquet -> holdout split -> LightGBM -> artifact bytes and holdout metrics.
+
+A plain function of picklable inputs, so it runs as a Ray task (see ``raycluster``) and in unit tests alike. It
+opens the object store itself from the store settings: nothing but settings crosses to the worker.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as pads
+
+from driftloop.errors import DriftloopError, NotFoundError
+from driftloop.modeling import ModelArtifact, all_metrics, holdout_mask
+from driftloop.objectstore import ObjectStore, open_object_store
+from driftloop.pipeline import PipelineConfig
+from driftloop.settings import ObjectStoreSettings, Settings
+
+from .provenance import peak_rss_mb
+
+
+class TrainingFailed(DriftloopError):
+    """The feature set cannot be trained on (missing columns, empty split, one class, ...)."""
+
+
+@dataclass(frozen=True)
+class FitJob:
+    run_id: str
+    pipeline: PipelineConfig
+    # With ``path`` resolved: the worker may run in another directory.
+    object_store: ObjectStoreSettings
+    feature_set_prefix: str
+    feature_set_uri: str
+    dataset_version_id: str
+
+
+@dataclass
+class FitResult:
+    artifact: bytes
+    metrics: dict[str, float]
+    params: dict[str, Any]
+    holdout: dict[str, Any]
+    feature_names: list[str]
+    train_rows: int
+    fit_seconds: float
+    peak_rss_mb: float
+    log: list[str] = field(default_factory=list)
+
+
+def open_store(object_store: ObjectStoreSettings) -> ObjectStore:
+    # model_construct: no environment or config file is read in the worker, only the settings passed.
+    return open_object_store(Settings.model_construct(object_store=object_store))
+
+
+def read_feature_set(store: ObjectStore, prefix: str) -> pd.DataFrame:
+    keys = [k for k in store.list(prefix) if k.endswith(".parquet")]
+    if not keys:
+        raise NotFoundError(f"no Parquet files under {store.uri(prefix)}")
+    filesystem, root = store.arrow_filesystem()
+    dataset = pads.dataset([f"{root}/{k}" for k in keys], filesystem=filesystem, format="parquet")
+    return dataset.to_table().to_pandas()
+
+
+def model_params(pipeline: PipelineConfig) -> dict[str, Any]:
+    """The estimator's parameters: the pipeline's ``model.params`` over reproducible, single-threaded defaults."""
+    return {"random_state": pipeline.model.seed, "n_jobs": 1, "verbose": -1, **pipeline.model.params}
+
+
+def fit_feature_set(job: FitJob) -> FitResult:
+    import lightgbm as lgb
+
+    started = time.perf_counter()
+    lines: list[str] = []
+
+    def note(message: str) -> None:
+        lines.append(f"{datetime.now(tz=UTC).isoformat(timespec='milliseconds')} {message}")
+
+    pipeline = job.pipeline
+    stream, task = pipeline.stream, pipeline.model.task
+    frame = read_feature_set(open_store(job.object_store), job.feature_set_prefix)
+    note(f"read {len(frame)} rows from {job.feature_set_uri}")
+    needed = [stream.entity_key, stream.event_time, *pipeline.feature_names, stream.label]
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise TrainingFailed(f"the feature set {job.feature_set_uri} lacks column(s) {missing}")
+
+    unlabeled = frame[stream.label].isna()
+    if unlabeled.any():
+        note(f"dropped {int(unlabeled.sum())} rows without a label")
+        frame = frame[~unlabeled].reset_index(drop=True)
+    in_holdout = holdout_mask(frame, pipeline)
+    train, holdout = frame[~in_holdout], frame[in_holdout]
+    holdout_info = {
+        "fraction": pipeline.model.holdout_fraction,
+        "seed": pipeline.model.seed,
+        "rows": len(holdout),
+        "train_rows": len(train),
+        "method": "hash(entity|event_time)",
+    }
+    note(f"holdout {json.dumps(holdout_info)}")
+    if len(train) == 0 or len(holdout) == 0:
+        raise TrainingFailed(f"too few labelled rows to train and evaluate: {len(train)} train, {len(holdout)} holdout")
+
+    y_train = pd.to_numeric(train[stream.label], errors="coerce").to_numpy(dtype="float64")
+    y_holdout = pd.to_numeric(holdout[stream.label], errors="coerce").to_numpy(dtype="float64")
+    if task == "classification":
+        classes = set(np.unique(np.concatenate([y_train, y_holdout])).tolist())
+        if not classes <= {0.0, 1.0}:
+            raise TrainingFailed(f"classification needs a 0/1 label {stream.label!r}; found values {sorted(classes)}")
+        if len(set(np.unique(y_train).tolist())) < 2:
+            raise TrainingFailed(f"the training split has a single class of {stream.label!r}: nothing to learn")
+        y_train, y_holdout = y_train.astype(int), y_holdout.astype(int)
+
+    categories = {
+        f.name: sorted({str(v) for v in train[f.name].dropna()}) for f in pipeline.features if f.kind == "categorical"
+    }
+    params = model_params(pipeline)
+    artifact = ModelArtifact(
+        family=pipeline.model.family,
+        task=task,
+        feature_names=pipeline.feature_names,
+        categories=categories,
+        model=None,
+        params=params,
+    )
+    # The artifact's own matrix: training sees exactly what serving will feed the model.
+    x_train, x_holdout = artifact.matrix(train), artifact.matrix(holdout)
+    estimator = lgb.LGBMClassifier(**params) if task == "classification" else lgb.LGBMRegressor(**params)
+    note(f"fitting LightGBM {task} on {len(train)} rows x {len(pipeline.feature_names)} features, params {params}")
+    estimator.fit(x_train, y_train, categorical_feature=list(categories) or "auto")
+    artifact.model = estimator.booster_
+    predictions = artifact.predict(x_holdout)
+    metrics = all_metrics(task, y_holdout, predictions)
+    note(f"holdout metrics {json.dumps(metrics)}")
+    artifact.metadata = {
+        "run_id": job.run_id,
+        "model": pipeline.model.name,
+        "dataset_version_id": job.dataset_version_id,
+        "feature_set_uri": job.feature_set_uri,
+        "holdout": holdout_info,
+        "metrics": metrics,
+        "trained_at": datetime.now(tz=UTC).isoformat(),
+    }
+    fit_seconds = round(time.perf_counter() - started, 3)
+    note(f"fit done in {fit_seconds}s")
+    return FitResult(
+        artifact=artifact.to_bytes(),
+        metrics=metrics,
+        params=params,
+        holdout=holdout_info,
+        feature_names=pipeline.feature_names,
+        train_rows=len(train),
+        fit_seconds=fit_seconds,
+        peak_rss_mb=peak_rss_mb(),
+        log=lines,
+    )

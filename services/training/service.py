@@ -1,0 +1,30 @@
+"""Wiring of the training service."""
+
+from __future__ import annotations
+
+import logging
+
+from driftloop.service import ConsumerSpec, Runtime, ServiceSpec, base_app
+from driftloop.topics import TRAINING_REQUESTED
+
+from .api import router
+from .handlers import TrainingHandlers
+from .raycluster import shutdown_ray
+
+log = logging.getLogger(__name__)
+
+CONSUMER_GROUP = "driftloop-training"
+
+
+def build(runtime: Runtime) -> ServiceSpec:
+    handlers = TrainingHandlers(runtime)
+    interrupted = handlers.runs.fail_interrupted()
+    if interrupted:
+        log.warning("failed %d run(s) interrupted by a previous stop: %s", len(interrupted), interrupted)
+    app = base_app(runtime, "training", "Training runs on Ray, with provenance.")
+    app.include_router(router(runtime, handlers.store, handlers.live_log))
+    return ServiceSpec(
+        app=app,
+        consumers=[ConsumerSpec(CONSUMER_GROUP, {TRAINING_REQUESTED: handlers.on_training_requested})],
+        on_stop=[shutdown_ray],
+    )
