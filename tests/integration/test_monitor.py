@@ -1,0 +1,152 @@
+"""The monitor on the real broker and registry: a champion's reference from a Parquet feature set in the object
+store, logged predictions with a shifted distribution, and DriftDetected on the topic; the HTTP API."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+from monitor_triggers_support import RunningService, read_events, start_service, wait_for
+
+from driftloop.bus import EventBus
+from driftloop.db import migrate
+from driftloop.events import new_event
+from driftloop.featuredefs import compute_features
+from driftloop.layout import feature_set_prefix
+from driftloop.objectstore import open_object_store
+from driftloop.pipeline import PipelineConfig, load_pipeline
+from driftloop.services.monitor.service import build
+from driftloop.settings import Settings
+from driftloop.topics import DRIFT_DETECTED
+
+pytestmark = pytest.mark.integration
+
+BASE = load_pipeline(Path(__file__).resolve().parents[2] / "pipelines" / "transactions.yaml")
+CATEGORIES = ["grocery", "travel", "electronics", "fashion", "gaming"]
+WINDOW = 200
+
+
+def raw_inputs(n: int, rng: np.random.Generator, amount_scale: float = 1.0) -> list[dict[str, Any]]:
+    return [
+        {
+            "customer_id": f"c{rng.integers(0, 100)}",
+            "amount": float(rng.lognormal(3.5, 1.0) * amount_scale),
+            "age": int(rng.integers(18, 90)),
+            "hour": int(rng.integers(0, 24)),
+            "merchant_category": str(rng.choice(CATEGORIES)),
+        }
+        for _ in range(n)
+    ]
+
+
+@pytest.fixture
+def monitor(make_settings: Callable[..., Settings], unique: str) -> Iterator[tuple[RunningService, PipelineConfig]]:
+    settings = make_settings()
+    migrate(settings.database_url)
+    pipeline = BASE.model_copy(
+        update={
+            "stream": BASE.stream.model_copy(update={"name": f"tx-{unique}"}),
+            "model": BASE.model.model_copy(update={"name": f"fraud-{unique}"}),
+            "monitor": BASE.monitor.model_copy(update={"window_size": WINDOW, "reference_rows": 1000}),
+        }
+    )
+    running = start_service("monitor", settings, {pipeline.model.name: pipeline}, build, unique)
+    yield running, pipeline
+    running.stop()
+
+
+def test_shifted_predictions_raise_drift_detected_on_the_topic(
+    monitor: tuple[RunningService, PipelineConfig],
+) -> None:
+    running, pipeline = monitor
+    settings = running.runtime.settings
+    model, stream = pipeline.model.name, pipeline.stream.name
+    rng = np.random.default_rng(42)
+
+    # The champion's training feature set, as the features service would have written it.
+    store = open_object_store(settings)
+    reference = compute_features(pd.DataFrame(raw_inputs(1500, rng)), pipeline)
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(reference, preserve_index=False), buffer)
+    prefix = feature_set_prefix(stream, 1)
+    store.put_bytes(prefix + "part-00000.parquet", buffer.getvalue())
+
+    producer = EventBus(settings, producer_name="test-serving")
+    try:
+        promoted = {
+            "model": model,
+            "version": 1,
+            "alias": "champion",
+            "previous_version": None,
+            "artifact_uri": store.uri(f"models/{model}/runs/r1/model.zip"),
+            "artifact_sha256": "0" * 64,
+            "dataset_version_id": f"{stream}@v1",
+            "feature_set_uri": store.uri(prefix),
+            "reason": "first version",
+            "gate_json": "{}",
+        }
+        producer.publish(new_event("ModelPromoted", promoted, producer="test-registry"))
+        client = TestClient(running.spec.app)
+        wait_for(lambda: client.get(f"/v1/monitor/{model}").json()["version"] == 1, "the champion to be watched")
+        status = client.get(f"/v1/monitor/{model}").json()
+        assert status["reference_rows"] == 1000
+        assert status["reference_dataset_version_id"] == f"{stream}@v1"
+
+        # One window like the reference, then a window (and a bit) with doubled amounts.
+        inputs = raw_inputs(WINDOW, rng) + raw_inputs(WINDOW + 30, rng, amount_scale=2.0)
+        for i, row in enumerate(inputs):
+            data = {
+                "request_id": f"req-{i}",
+                "model": model,
+                "version": 1,
+                "index": 0,
+                "inputs": row,
+                "prediction": 0.1,
+                "entity": row["customer_id"],
+            }
+            producer.publish(new_event("PredictionLogged", data, producer="test-serving"), wait=False)
+        producer.flush()
+
+        wait_for(lambda: len(client.get(f"/v1/monitor/{model}/drift").json()["reports"]) == 2, "two closed windows")
+        wait_for(lambda: len(read_events(settings, producer, DRIFT_DETECTED, model)) == 1, "DriftDetected")
+    finally:
+        producer.close()
+
+    reports = client.get(f"/v1/monitor/{model}/drift").json()["reports"]
+    assert [(r["window_index"], r["drifted"]) for r in reports] == [(1, True), (0, False)]
+    assert client.get(f"/v1/monitor/{model}").json()["window_fill"] == 30
+
+    (drift,) = read_events(settings, producer, DRIFT_DETECTED, model)
+    assert drift.envelope.caused_by is None
+    assert drift.envelope.cascade_id == drift.id
+    assert drift["version"] == 1
+    assert drift["window_index"] == 1
+    assert drift["window_size"] == WINDOW
+    assert drift["reference_dataset_version_id"] == f"{stream}@v1"
+    assert "amount" in drift["drifted_features"]
+    tests = {t["feature"]: t for t in drift["tests"]}
+    assert set(tests) == set(pipeline.feature_names)
+    assert tests["amount"]["test"] == "ks"
+    assert tests["merchant_category"]["test"] == "chi2"
+    assert tests["amount"]["adjusted_p_value"] == pytest.approx(min(1.0, tests["amount"]["p_value"] * 5))
+    assert reports[0]["event_id"] == drift.id
+
+    metrics = client.get("/metrics").text
+    assert f'driftloop_monitor_drift_statistic{{feature="amount",model="{model}",test="ks"}}' in metrics
+
+
+def test_unknown_model_is_404(monitor: tuple[RunningService, PipelineConfig]) -> None:
+    running, _ = monitor
+    client = TestClient(running.spec.app)
+    response = client.get("/v1/monitor/no-such-model")
+    assert response.status_code == 404
+    assert "no-such-model" in response.json()["detail"]
+    assert client.get("/v1/monitor/no-such-model/drift").status_code == 404
