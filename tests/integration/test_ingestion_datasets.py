@@ -1,0 +1,263 @@
+"""Dataset versions cut with the real Spark from landed Parquet: cumulative and window modes, content hash
+stable under reordering (and equal to the plain-pyarrow hash), profile, parent chain, manifest, the
+DatasetVersionCreated event on the topic, 409 without new data, and the automatic cut after landing."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow.dataset as pads
+import pytest
+import sqlalchemy as sa
+from confluent_kafka import Consumer
+from fastapi.testclient import TestClient
+
+from driftloop.db import migrate
+from driftloop.db.models import LandedBatch
+from driftloop.events import Event
+from driftloop.layout import dataset_prefix
+from driftloop.objectstore import open_object_store
+from driftloop.service import Runtime, make_runtime
+from driftloop.services.ingestion.content_hash import content_hash_of_table
+from driftloop.services.ingestion.datasets import DatasetCutter
+from driftloop.services.ingestion.landing import rows_to_table
+from driftloop.services.ingestion.service import build
+from driftloop.services.ingestion.spark_jobs import stop_spark
+from driftloop.settings import Settings
+from driftloop.topics import DATASET_VERSION_CREATED
+
+pytestmark = pytest.mark.integration
+
+PIPELINE = """
+stream:
+  name: {stream}
+  fields:
+    - {{name: customer_id, type: string, nullable: false}}
+    - {{name: event_time, type: timestamp, nullable: false}}
+    - {{name: amount, type: double, nullable: false}}
+    - {{name: age, type: int}}
+    - {{name: category, type: string}}
+    - {{name: is_fraud, type: int}}
+  entity_key: customer_id
+  event_time: event_time
+  label: is_fraud
+dataset:
+  cut_every_rows: {cut_every_rows}
+  mode: {mode}
+  window_rows: 60
+  landing_batch_rows: 25
+  landing_batch_seconds: 0.5
+features:
+  - {{name: amount}}
+model: {{name: model-{stream}}}
+"""
+
+START = datetime.now(tz=UTC).replace(microsecond=0) - timedelta(days=1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_spark_session_per_module() -> Iterator[None]:
+    yield
+    stop_spark()
+
+
+@dataclass
+class Ingestion:
+    settings: Settings
+    runtime: Runtime
+    client: TestClient
+    cutter: DatasetCutter
+    streams: dict[str, str]  # mode -> stream name
+
+
+@pytest.fixture
+def ingestion(make_settings: Callable[..., Settings], tmp_path: Path, unique: str) -> Iterator[Ingestion]:
+    pipelines = tmp_path / "pipelines"
+    pipelines.mkdir()
+    streams = {"cumulative": f"cum-{unique}", "window": f"win-{unique}", "auto": f"auto-{unique}"}
+    for kind, stream in streams.items():
+        mode = "cumulative" if kind == "auto" else kind
+        cut_every = 40 if kind == "auto" else 0
+        (pipelines / f"{kind}.yaml").write_text(PIPELINE.format(stream=stream, mode=mode, cut_every_rows=cut_every))
+    settings = make_settings(pipelines_dir=pipelines)
+    migrate(settings.database_url)
+    runtime = make_runtime("ingestion", settings)
+    spec = build(runtime)
+    with TestClient(spec.app) as client:
+        yield Ingestion(settings, runtime, client, spec.app.state.ingestion["cutter"], streams)
+    runtime.bus.close()
+
+
+def make_records(first: int, count: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "customer_id": f"c{i % 5}",
+            "event_time": (START + timedelta(minutes=i)).isoformat(),
+            "amount": float(i),
+            "age": None if i % 10 == 0 else 20 + i % 30,
+            "category": ["food", "travel", "games"][i % 3],
+            "is_fraud": i % 2,
+        }
+        for i in range(first, first + count)
+    ]
+
+
+def post(ingestion: Ingestion, stream: str, records: list[dict[str, Any]]) -> None:
+    # Several requests: a version is cut from several landed objects.
+    for chunk in range(0, len(records), 30):
+        response = ingestion.client.post(f"/v1/streams/{stream}/records", json={"records": records[chunk : chunk + 30]})
+        assert response.status_code == 200, response.text
+        assert not response.json()["rejected"]
+
+
+def cut(ingestion: Ingestion, stream: str) -> dict[str, Any]:
+    response = ingestion.client.post(f"/v1/streams/{stream}/datasets")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def version_table(ingestion: Ingestion, stream: str, version: int):  # type: ignore[no-untyped-def]
+    store = open_object_store(ingestion.settings)
+    keys = [k for k in store.list(dataset_prefix(stream, version)) if k.endswith(".parquet")]
+    assert keys, "the version has Parquet files"
+    return pads.dataset([str(store.local_path(k)) for k in keys], format="parquet").to_table()
+
+
+def created_events(ingestion: Ingestion, stream: str, expected: int) -> list[Event]:
+    consumer = Consumer(ingestion.runtime.bus.consumer_config(f"check-{stream}"))
+    consumer.subscribe([DATASET_VERSION_CREATED.name])
+    found: list[Event] = []
+    deadline = time.monotonic() + 60
+    try:
+        while len(found) < expected and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            event = Event.from_avro(ingestion.runtime.bus.codec.decode(msg.value())[1])
+            if event.data["stream"] == stream:
+                found.append(event)
+    finally:
+        consumer.close()
+    return found
+
+
+def test_cumulative_versions(ingestion: Ingestion) -> None:
+    stream = ingestion.streams["cumulative"]
+    none_yet = ingestion.client.post(f"/v1/streams/{stream}/datasets")
+    assert none_yet.status_code == 409
+    assert "no new data" in none_yet.json()["detail"]
+
+    post(ingestion, stream, make_records(0, 100))
+    v1 = cut(ingestion, stream)
+    assert (v1["dataset_version_id"], v1["version"], v1["row_count"], v1["new_rows"]) == (f"{stream}@v1", 1, 100, 100)
+    assert v1["parent_version_id"] is None and v1["mode"] == "cumulative"
+
+    # The hash is the rows' hash, whatever their order: Spark's value equals pyarrow's over shuffled rows.
+    table = version_table(ingestion, stream, 1)
+    assert table.num_rows == 100
+    shuffled = table.take(random.Random(3).sample(range(100), 100))
+    stream_spec = ingestion.runtime.pipelines[f"model-{stream}"].stream
+    assert content_hash_of_table(shuffled, stream_spec) == v1["content_hash"]
+    from_records = rows_to_table(
+        [{**r, "event_time": datetime.fromisoformat(r["event_time"])} for r in reversed(make_records(0, 100))],
+        stream_spec,
+    )
+    assert content_hash_of_table(from_records, stream_spec) == v1["content_hash"]
+
+    profile = v1["profile"]
+    amount = profile["amount"]
+    assert (amount["count"], amount["nulls"], amount["min"], amount["max"]) == (100, 0, 0.0, 99.0)
+    assert amount["mean"] == pytest.approx(49.5)
+    assert amount["stddev"] == pytest.approx(29.011, abs=1e-3)
+    assert 45.0 <= amount["quantiles"]["0.5"] <= 55.0
+    assert profile["age"]["nulls"] == 10 and profile["age"]["count"] == 90
+    assert profile["category"]["distinct"] == 3
+    assert {t["value"]: t["count"] for t in profile["category"]["top_values"]} == {
+        "food": 34,
+        "travel": 33,
+        "games": 33,
+    }
+    assert profile["event_time"]["min"] == START.isoformat()
+    assert datetime.fromisoformat(v1["max_event_time"]) == START + timedelta(minutes=99)
+
+    again = ingestion.client.post(f"/v1/streams/{stream}/datasets")
+    assert again.status_code == 409
+
+    post(ingestion, stream, make_records(100, 50))
+    v2 = cut(ingestion, stream)
+    assert (v2["version"], v2["row_count"], v2["new_rows"], v2["parent_version_id"]) == (2, 150, 50, f"{stream}@v1")
+    assert v2["content_hash"] != v1["content_hash"]
+    assert version_table(ingestion, stream, 2).num_rows == 150
+
+    listed = ingestion.client.get(f"/v1/streams/{stream}/datasets").json()["versions"]
+    assert [v["dataset_version_id"] for v in listed] == [f"{stream}@v1", f"{stream}@v2"]
+    fetched = ingestion.client.get(f"/v1/datasets/{stream}@v2").json()
+    assert fetched["content_hash"] == v2["content_hash"] and fetched["uri"].endswith(dataset_prefix(stream, 2))
+
+    store = open_object_store(ingestion.settings)
+    manifest = json.loads(store.get_bytes(dataset_prefix(stream, 2) + "manifest.json"))
+    assert manifest["parent_version_id"] == f"{stream}@v1" and manifest["row_count"] == 150
+    assert manifest["content_hash"] == v2["content_hash"]
+    with ingestion.runtime.Session() as session:
+        assigned = dict(
+            session.execute(
+                sa.select(LandedBatch.dataset_version_id, sa.func.sum(LandedBatch.rows))
+                .where(LandedBatch.stream == stream)
+                .group_by(LandedBatch.dataset_version_id)
+            ).all()
+        )
+    assert assigned == {f"{stream}@v1": 100, f"{stream}@v2": 50}
+
+    events = created_events(ingestion, stream, 2)
+    assert [e.data["dataset_version_id"] for e in events] == [f"{stream}@v1", f"{stream}@v2"]
+    assert events[1].data["content_hash"] == v2["content_hash"] and events[1].data["row_count"] == 150
+    assert events[1].data["parent_version_id"] == f"{stream}@v1"
+    assert events[1].id == v2["event_id"]
+    assert json.loads(events[0].data["profile_json"])["amount"]["max"] == 99.0
+
+
+def test_window_versions_keep_the_newest_rows(ingestion: Ingestion) -> None:
+    stream = ingestion.streams["window"]
+    post(ingestion, stream, make_records(0, 100))
+    v1 = cut(ingestion, stream)
+    assert (v1["row_count"], v1["new_rows"], v1["mode"]) == (60, 100, "window")
+    assert datetime.fromisoformat(v1["min_event_time"]) == START + timedelta(minutes=40)
+    table = version_table(ingestion, stream, 1)
+    assert sorted(table.column("amount").to_pylist()) == [float(i) for i in range(40, 100)]
+
+    post(ingestion, stream, make_records(100, 30))
+    v2 = cut(ingestion, stream)
+    assert (v2["row_count"], v2["new_rows"], v2["parent_version_id"]) == (60, 30, f"{stream}@v1")
+    table = version_table(ingestion, stream, 2)
+    assert sorted(table.column("amount").to_pylist()) == [float(i) for i in range(70, 130)]
+    stream_spec = ingestion.runtime.pipelines[f"model-{stream}"].stream
+    assert content_hash_of_table(table.take(list(range(59, -1, -1))), stream_spec) == v2["content_hash"]
+
+
+def test_automatic_cut_after_enough_rows(ingestion: Ingestion) -> None:
+    stream = ingestion.streams["auto"]
+    stop = threading.Event()
+    thread = threading.Thread(target=ingestion.cutter.loop, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        post(ingestion, stream, make_records(0, 30))  # below cut_every_rows=40: no version
+        time.sleep(1.0)
+        assert ingestion.client.get(f"/v1/streams/{stream}/datasets").json()["versions"] == []
+        post(ingestion, stream, make_records(30, 20))
+        deadline = time.monotonic() + 120
+        versions: list[dict[str, Any]] = []
+        while not versions and time.monotonic() < deadline:
+            versions = ingestion.client.get(f"/v1/streams/{stream}/datasets").json()["versions"]
+            time.sleep(0.3)
+    finally:
+        stop.set()
+        thread.join(timeout=120)
+    assert [(v["version"], v["row_count"]) for v in versions] == [(1, 50)]
