@@ -76,7 +76,7 @@ def feature_frame(pipeline: PipelineConfig, rows: int = 2000, seed: int = 0) -> 
 
 
 def train_artifact(
-    pipeline: PipelineConfig, features: pd.DataFrame, *, quality: str = "good", rounds: int = 60
+    pipeline: PipelineConfig, features: pd.DataFrame, *, quality: str = "good", rounds: int = 30
 ) -> ModelArtifact:
     """Train on the non-holdout rows. ``quality="bad"`` learns shuffled labels: close to chance on the holdout."""
     train = features[~holdout_mask(features, pipeline)]

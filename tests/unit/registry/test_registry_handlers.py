@@ -41,8 +41,8 @@ def models() -> dict:
     return {
         "pipeline": pipeline,
         "features": features,
-        "good": train_artifact(pipeline, features, quality="good", rounds=60),
-        "weak": train_artifact(pipeline, features, quality="good", rounds=2),
+        "good": train_artifact(pipeline, features, quality="good", rounds=30),
+        "weak": train_artifact(pipeline, features, quality="good", rounds=1),
         "bad": train_artifact(pipeline, features, quality="bad"),
     }
 

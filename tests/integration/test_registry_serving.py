@@ -1,0 +1,301 @@
+"""Registry and serving on the real broker, schema registry, SQLite and object store, run in-process (their
+consumers and loops in threads, their HTTP apps through TestClient). Models are small real LightGBM models."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from model_factory import (
+    feature_frame,
+    make_pipeline,
+    put_artifact,
+    put_feature_set,
+    raw_transactions,
+    train_artifact,
+    training_completed_data,
+    write_pipeline_dir,
+)
+
+from driftloop.db.models import EventRecord
+from driftloop.events import new_event
+from driftloop.objectstore import open_object_store
+from driftloop.service import Runtime, ServiceSpec, _add_health, make_runtime
+from driftloop.services.registry.service import build as build_registry
+from driftloop.services.serving.service import build as build_serving
+from driftloop.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 90.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class InProcessService:
+    """A service as ``driftloop.service.run`` wires it, minus uvicorn: consumers and loops in threads."""
+
+    def __init__(self, name: str, build: Callable[[Runtime], ServiceSpec], settings: Settings) -> None:
+        self.runtime = make_runtime(name, settings)
+        self.spec = build(self.runtime)
+        _add_health(self.spec.app, self.runtime, self.spec)
+        self.threads = [
+            threading.Thread(target=self.runtime.bus.run_consumer, args=(c.group, c.handlers), daemon=True)
+            for c in self.spec.consumers
+        ] + [
+            threading.Thread(target=loop, args=(self.runtime.bus.stop_event,), daemon=True) for loop in self.spec.loops
+        ]
+        for thread in self.threads:
+            thread.start()
+        self.client = TestClient(self.spec.app)
+        wait_for(lambda: self.client.get("/healthz").json()["ready"], f"{name} to be ready")
+
+    def stop(self) -> None:
+        self.runtime.bus.stop_event.set()
+        for thread in self.threads:
+            thread.join(timeout=15)
+        self.runtime.bus.close()
+
+
+class Stack:
+    def __init__(self, settings: Settings, model: str, stream: str) -> None:
+        self.settings = settings
+        self.model = model
+        self.stream = stream
+        self.pipeline = make_pipeline(model=model, stream=stream, first_version_threshold=0.6, min_improvement=0.01)
+        self.store = open_object_store(settings)
+        self.features = feature_frame(self.pipeline, rows=3000)
+        self.feature_set_uri = put_feature_set(self.store, stream, 1, self.features)
+        self.services: list[InProcessService] = []
+        self.registry = self.start("registry", build_registry)
+        self.serving = self.start("serving", build_serving)
+
+    def start(self, name: str, build: Callable[[Runtime], ServiceSpec]) -> InProcessService:
+        service = InProcessService(name, build, self.settings)
+        self.services.append(service)
+        return service
+
+    def complete_training(self, run_id: str, *, quality: str = "good", rounds: int = 30) -> None:
+        """What the training service would do: an artifact in the object store and a TrainingCompleted event."""
+        artifact = train_artifact(self.pipeline, self.features, quality=quality, rounds=rounds)
+        uri, sha = put_artifact(self.store, self.model, run_id, artifact)
+        data = training_completed_data(self.model, run_id, uri, sha, self.feature_set_uri, f"{self.stream}@v1")
+        request = new_event("TrainingRequested", {"model": self.model}, producer="test")
+        event = new_event("TrainingCompleted", data, producer="training", cause=request)
+        self.registry.runtime.bus.publish(event)
+
+    def decided(self, version: int) -> dict[str, Any]:
+        def status() -> dict[str, Any] | None:
+            response = self.registry.client.get(f"/v1/models/{self.model}/versions/{version}")
+            return (
+                response.json() if response.status_code == 200 and response.json()["status"] != "registered" else None
+            )
+
+        return wait_for(status, f"the gate decision on v{version}")
+
+    def served_version(self, serving: InProcessService | None = None) -> int | None:
+        response = (serving or self.serving).client.get(f"/v1/models/{self.model}")
+        return response.json()["version"] if response.status_code == 200 else None
+
+    def predict(self, rows: list[dict[str, Any]], serving: InProcessService | None = None) -> Any:
+        return (serving or self.serving).client.post(f"/v1/models/{self.model}/predict", json={"instances": rows})
+
+    def events(self, event_type: str) -> list[EventRecord]:
+        with self.registry.runtime.Session() as session:
+            return list(
+                session.scalars(
+                    sa.select(EventRecord)
+                    .where(EventRecord.event_type == event_type, EventRecord.model == self.model)
+                    .order_by(EventRecord.occurred_at)
+                )
+            )
+
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            service.stop()
+
+
+@pytest.fixture
+def stack(make_settings: Callable[..., Settings], tmp_path: Path, unique: str) -> Iterator[Stack]:
+    model, stream = f"fraud-{unique}", f"tx-{unique}"
+    pipelines = write_pipeline_dir(
+        tmp_path / "pipelines", model, stream, first_version_threshold=0.6, min_improvement=0.01
+    )
+    s = Stack(make_settings(pipelines_dir=pipelines), model, stream)
+    yield s
+    s.stop()
+
+
+def rows(n: int = 4) -> list[dict[str, Any]]:
+    raw = raw_transactions(n, seed=11).drop(columns=["is_fraud"])
+    raw["event_time"] = raw["event_time"].astype(str)
+    return raw.to_dict(orient="records")
+
+
+def test_register_promote_serve_then_reject_worse_and_promote_better(stack: Stack) -> None:
+    assert stack.predict(rows()).status_code == 503  # up, but nothing promoted yet
+    assert stack.serving.client.get("/healthz").json()["models_loaded"] == 0
+
+    stack.complete_training("run-1", rounds=1)
+    v1 = stack.decided(1)
+    assert v1["status"] == "promoted" and v1["aliases"] == ["champion"]
+    assert v1["gate"]["decision"] == "promoted" and v1["gate"]["challenger_score"] >= 0.6
+    assert v1["lineage"]["run_id"] == "run-1" and v1["lineage"]["cascade_id"]
+    wait_for(lambda: stack.served_version() == 1, "serving to load v1")
+    response = stack.predict(rows())
+    assert response.status_code == 200 and response.json()["version"] == 1
+    assert stack.serving.client.get("/healthz").json()["models_loaded"] == 1
+
+    stack.complete_training("run-2", quality="bad")
+    v2 = stack.decided(2)
+    assert v2["status"] == "rejected"
+    assert v2["gate"]["challenger_score"] < v2["gate"]["champion_score"]
+    assert stack.registry.client.get(f"/v1/models/{stack.model}/aliases/champion").json()["version"] == 1
+
+    stack.complete_training("run-3", rounds=30)
+    v3 = stack.decided(3)
+    assert v3["status"] == "promoted", v3["gate"]
+    assert v3["gate"]["champion_version"] == 1 and v3["gate"]["margin"] >= 0.01
+    wait_for(lambda: stack.served_version() == 3, "serving to switch to v3")
+    assert stack.predict(rows()).json()["version"] == 3
+
+    # The rejected v2 was never served: ServingSwitched went 1 → 3, each caused by its promotion.
+    switched = wait_for(lambda: (e := stack.events("ServingSwitched")) and len(e) == 2 and e, "ServingSwitched log")
+    assert [e.payload["version"] for e in switched] == [1, 3]
+    assert switched[1].payload["previous_version"] == 1
+    promoted = stack.events("ModelPromoted")
+    assert [e.payload["version"] for e in promoted] == [1, 3]
+    assert switched[1].caused_by == promoted[1].event_id
+    assert [e.payload["version"] for e in stack.events("ModelRejected")] == [2]
+    assert {e.cascade_id for e in stack.events("ModelRegistered")} == {
+        stack.decided(v)["lineage"]["cascade_id"] for v in (1, 2, 3)
+    }
+
+    # Registry API.
+    listed = {m["model"]: m for m in stack.registry.client.get("/v1/models").json()["models"]}
+    assert listed[stack.model]["champion_version"] == 3 and listed[stack.model]["versions"] == 3
+    versions = stack.registry.client.get(f"/v1/models/{stack.model}/versions").json()
+    assert [v["status"] for v in versions["versions"]] == ["promoted", "rejected", "promoted"]
+    for path in (
+        "/v1/models/nobody/versions",
+        f"/v1/models/{stack.model}/versions/99",
+        f"/v1/models/{stack.model}/aliases/staging",
+        "/v1/models/nobody/aliases/champion",
+    ):
+        response = stack.registry.client.get(path)
+        assert response.status_code == 404, path
+        assert response.json()["detail"]
+
+    # A replica started now replays the promotion history and ends on the current champion.
+    replica = stack.start("serving", build_serving)
+    wait_for(lambda: stack.served_version(replica) == 3, "a new replica to reach v3")
+    assert stack.predict(rows(), serving=replica).json()["version"] == 3
+
+
+def test_hot_swap_under_continuous_requests_fails_no_request(stack: Stack) -> None:
+    stack.complete_training("run-1", rounds=1)
+    assert stack.decided(1)["status"] == "promoted"
+    wait_for(lambda: stack.served_version() == 1, "serving to load v1")
+
+    results: list[tuple[int, int | None]] = []
+    stop = threading.Event()
+    batch = rows(8)
+
+    def hammer() -> None:
+        client = TestClient(stack.serving.spec.app)
+        while not stop.is_set() or len([r for r in results if r[1] == 2]) < 20:
+            response = client.post(f"/v1/models/{stack.model}/predict", json={"instances": batch})
+            results.append((response.status_code, response.json().get("version")))
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    try:
+        wait_for(lambda: len(results) >= 20, "requests on v1")
+        stack.complete_training("run-2", rounds=30)
+        assert stack.decided(2)["status"] == "promoted"
+        wait_for(lambda: stack.served_version() == 2, "the hot swap to v2")
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+
+    assert all(code == 200 for code, _ in results), {code for code, _ in results}
+    versions = [v for _, v in results]
+    assert versions[0] == 1 and versions[-1] == 2
+    first_v2 = versions.index(2)
+    assert set(versions[:first_v2]) == {1} and set(versions[first_v2:]) == {2}  # no flapping back
+
+
+def test_tampered_artifact_is_refused_and_old_model_keeps_serving(stack: Stack) -> None:
+    stack.complete_training("run-1")
+    v1 = stack.decided(1)
+    wait_for(lambda: stack.served_version() == 1, "serving to load v1")
+
+    # A promotion whose artifact was altered after its sha256 was recorded.
+    artifact = train_artifact(stack.pipeline, stack.features, rounds=90)
+    uri, sha = put_artifact(stack.store, stack.model, "run-x", artifact)
+    key = stack.store.key_of(uri)
+    stack.store.put_bytes(key, stack.store.get_bytes(key) + b"\x00tampered")
+    data = {
+        "model": stack.model,
+        "version": 2,
+        "alias": "champion",
+        "previous_version": 1,
+        "artifact_uri": uri,
+        "artifact_sha256": sha,
+        "dataset_version_id": f"{stack.stream}@v1",
+        "feature_set_uri": stack.feature_set_uri,
+        "reason": "test: tampered",
+        "gate_json": "{}",
+    }
+    stack.serving.runtime.bus.publish(new_event("ModelPromoted", data, producer="test"))
+
+    described = wait_for(
+        lambda: (d := stack.serving.client.get(f"/v1/models/{stack.model}").json()).get("last_refused") and d,
+        "serving to refuse the tampered artifact",
+    )
+    assert described["version"] == 1 and described["sha256"] == v1["artifact_sha256"]
+    assert described["last_refused"]["version"] == 2 and "sha256" in described["last_refused"]["reason"]
+    response = stack.predict(rows())
+    assert response.status_code == 200 and response.json()["version"] == 1
+    assert [e.payload["version"] for e in stack.events("ServingSwitched")] == [1]
+
+
+def test_bad_requests_get_422_naming_the_field_and_unknown_model_404(stack: Stack) -> None:
+    stack.complete_training("run-1")
+    stack.decided(1)
+    wait_for(lambda: stack.served_version() == 1, "serving to load v1")
+
+    missing = rows(1)[0]
+    del missing["hour"]
+    response = stack.predict([missing])
+    assert response.status_code == 422 and response.json()["detail"]["field"] == "hour"
+
+    wrong = {**rows(1)[0], "amount": "twelve"}
+    response = stack.predict([wrong])
+    assert response.status_code == 422
+    assert response.json()["detail"] == {
+        "reason": "wrong_type",
+        "field": "amount",
+        "message": "instances[0].amount must be a number, got 'twelve'",
+    }
+
+    response = stack.serving.client.post(f"/v1/models/{stack.model}/predict", json={"instances": []})
+    assert response.status_code == 422 and "instances" in response.text
+
+    response = stack.serving.client.post(f"/v1/models/{stack.model}/predict", content=b"{not json")
+    assert response.status_code == 422
+
+    response = stack.serving.client.post("/v1/models/nobody/predict", json={"instances": rows(1)})
+    assert response.status_code == 404 and "nobody" in response.json()["detail"]
