@@ -1,0 +1,242 @@
+"""The triggers service on the real broker and registry: a drift storm gives one request, cooldown, new data
+only without a champion, drift waiting for fresh data (then caused by the drift), the manual retrain API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from monitor_triggers_support import RunningService, read_events, start_service, wait_for
+
+from driftloop.broker import EmbeddedBroker
+from driftloop.bus import EventBus
+from driftloop.db import migrate
+from driftloop.events import Event, new_event
+from driftloop.pipeline import DriftTrigger, NewDataTrigger, PipelineConfig, TriggerSpec, load_pipeline
+from driftloop.services.triggers.service import build
+from driftloop.settings import Settings
+from driftloop.topics import TRAINING_REQUESTED
+
+pytestmark = pytest.mark.integration
+
+BASE = load_pipeline(Path(__file__).resolve().parents[2] / "pipelines" / "transactions.yaml")
+
+
+def pipeline(suffix: str, *, wait_for_fresh_data: bool, cooldown: float, only_without_champion: bool) -> PipelineConfig:
+    triggers = TriggerSpec(
+        new_data=NewDataTrigger(enabled=True, only_without_champion=only_without_champion),
+        drift=DriftTrigger(enabled=True, wait_for_fresh_data=wait_for_fresh_data),
+        cooldown_seconds=cooldown,
+    )
+    return BASE.model_copy(
+        update={
+            "stream": BASE.stream.model_copy(update={"name": f"tx-{suffix}"}),
+            "model": BASE.model.model_copy(update={"name": f"fraud-{suffix}"}),
+            "triggers": triggers,
+        }
+    )
+
+
+@dataclass
+class Triggers:
+    running: RunningService
+    client: TestClient
+    producer: EventBus
+    settings: Settings
+    pipelines: dict[str, PipelineConfig]  # by role: storm, fresh, bootstrap, nodata
+
+    def publish(self, event: Event) -> Event:
+        self.producer.publish(event)
+        return event
+
+    def requests(self, role: str) -> list[dict[str, Any]]:
+        return self.client.get(f"/v1/models/{self.pipelines[role].model.name}/requests").json()["requests"]
+
+    def state(self, role: str) -> dict[str, Any]:
+        return self.client.get(f"/v1/models/{self.pipelines[role].model.name}/trigger-state").json()
+
+    def training_requested(self, role: str) -> list[Event]:
+        return read_events(self.settings, self.producer, TRAINING_REQUESTED, self.pipelines[role].model.name)
+
+
+@pytest.fixture(scope="module")
+def triggers(
+    broker: EmbeddedBroker, schema_registry_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Triggers]:
+    import uuid
+
+    suffix = uuid.uuid4().hex[:8]
+    settings = Settings(
+        home=tmp_path_factory.mktemp("triggers") / "home",
+        pipelines_dir=Path(__file__).resolve().parents[2] / "pipelines",
+        kafka={"bootstrap_servers": broker.bootstrap_servers, "session_timeout_ms": 2000},
+        schema_registry={"url": schema_registry_url},
+    )
+    migrate(settings.database_url)
+    pipelines = {
+        "storm": pipeline(f"storm-{suffix}", wait_for_fresh_data=False, cooldown=300, only_without_champion=True),
+        "fresh": pipeline(f"fresh-{suffix}", wait_for_fresh_data=True, cooldown=300, only_without_champion=True),
+        "bootstrap": pipeline(f"boot-{suffix}", wait_for_fresh_data=False, cooldown=0, only_without_champion=True),
+        "nodata": pipeline(f"nodata-{suffix}", wait_for_fresh_data=False, cooldown=0, only_without_champion=False),
+    }
+    running = start_service("triggers", settings, {p.model.name: p for p in pipelines.values()}, build, suffix)
+    producer = EventBus(settings, producer_name="test")
+    yield Triggers(running, TestClient(running.spec.app), producer, settings, pipelines)
+    producer.close()
+    running.stop()
+
+
+def features(cfg: PipelineConfig, version: int) -> Event:
+    stream = cfg.stream.name
+    data = {
+        "stream": stream,
+        "dataset_version_id": f"{stream}@v{version}",
+        "feature_set_uri": f"file:///objects/features/{stream}/v{version:06d}/",
+        "feature_names": cfg.feature_names,
+        "row_count": 3000,
+        "online_entities": 120,
+    }
+    return new_event("FeaturesMaterialized", data, producer="test-features")
+
+
+def promoted(cfg: PipelineConfig, version: int) -> Event:
+    data = {
+        "model": cfg.model.name,
+        "version": version,
+        "alias": "champion",
+        "previous_version": None,
+        "artifact_uri": "file:///objects/model.zip",
+        "artifact_sha256": "0" * 64,
+        "dataset_version_id": f"{cfg.stream.name}@v1",
+        "feature_set_uri": f"file:///objects/features/{cfg.stream.name}/v000001/",
+        "reason": "first version",
+        "gate_json": "{}",
+    }
+    return new_event("ModelPromoted", data, producer="test-registry")
+
+
+def drift(cfg: PipelineConfig, window: int) -> Event:
+    data = {
+        "model": cfg.model.name,
+        "version": 1,
+        "reference_dataset_version_id": f"{cfg.stream.name}@v1",
+        "window_size": 400,
+        "window_index": window,
+        "alpha": 0.01,
+        "correction": "bonferroni",
+        "drifted_features": ["amount"],
+        "tests": [
+            {
+                "feature": "amount",
+                "test": "ks",
+                "statistic": 0.4,
+                "p_value": 1e-9,
+                "adjusted_p_value": 5e-9,
+                "drifted": True,
+            }
+        ],
+    }
+    return new_event("DriftDetected", data, producer="test-monitor")
+
+
+def test_drift_storm_gives_exactly_one_request_then_cooldown(triggers: Triggers) -> None:
+    cfg = triggers.pipelines["storm"]
+    triggers.publish(promoted(cfg, 1))
+    triggers.publish(features(cfg, 1))
+    wait_for(lambda: triggers.state("storm")["champion_version"] == 1, "the champion to be known")
+    wait_for(lambda: triggers.state("storm")["latest_dataset_version_id"] == f"{cfg.stream.name}@v1", "data")
+
+    storm = [triggers.publish(drift(cfg, i)) for i in range(5)]
+    wait_for(lambda: len([r for r in triggers.requests("storm") if r["trigger"] == "drift"]) == 5, "5 decisions")
+
+    requested = triggers.training_requested("storm")
+    assert len(requested) == 1
+    (request,) = requested
+    assert request["trigger"] == "drift"
+    assert request["dataset_version_id"] == f"{cfg.stream.name}@v1"
+    assert request.envelope.caused_by in {e.id for e in storm}
+    decisions = [r for r in triggers.requests("storm") if r["trigger"] == "drift"]
+    assert sorted(r["status"] for r in decisions) == ["requested"] + ["suppressed"] * 4
+    assert all("cooldown" in r["note"] for r in decisions if r["status"] == "suppressed")
+    # The champion exists: the first data version was no new-data trigger either.
+    assert [r["status"] for r in triggers.requests("storm") if r["trigger"] == "new_data"] == ["suppressed"]
+
+
+def test_new_data_triggers_only_without_champion(triggers: Triggers) -> None:
+    cfg = triggers.pipelines["bootstrap"]
+    first = triggers.publish(features(cfg, 1))
+    wait_for(lambda: len(triggers.requests("bootstrap")) == 1, "the first decision")
+    (request,) = triggers.training_requested("bootstrap")
+    assert request["trigger"] == "new_data"
+    assert request.envelope.caused_by == first.id
+    assert request.envelope.cascade_id == first.envelope.cascade_id
+
+    triggers.publish(promoted(cfg, 1))
+    wait_for(lambda: triggers.state("bootstrap")["champion_version"] == 1, "the champion to be known")
+    triggers.publish(features(cfg, 2))
+    wait_for(lambda: len(triggers.requests("bootstrap")) == 2, "the second decision")
+    latest = triggers.requests("bootstrap")[0]
+    assert latest["status"] == "suppressed"
+    assert "champion" in latest["note"]
+    assert len(triggers.training_requested("bootstrap")) == 1
+
+
+def test_drift_waits_for_fresh_data_then_fires_caused_by_the_drift(triggers: Triggers) -> None:
+    cfg = triggers.pipelines["fresh"]
+    triggers.publish(promoted(cfg, 1))
+    triggers.publish(features(cfg, 1))
+    wait_for(lambda: triggers.state("fresh")["champion_version"] == 1, "the champion to be known")
+    wait_for(lambda: triggers.state("fresh")["latest_dataset_version_id"] is not None, "the first data version")
+
+    drifts = [triggers.publish(drift(cfg, i)) for i in range(3)]
+    wait_for(lambda: len([r for r in triggers.requests("fresh") if r["trigger"] == "drift"]) == 3, "3 decisions")
+    assert triggers.training_requested("fresh") == []
+    pending = [r for r in triggers.requests("fresh") if r["status"] == "pending"]
+    assert len(pending) == 1
+    assert pending[0]["cause_event_id"] == drifts[0].id
+
+    fresh = triggers.publish(features(cfg, 2))
+    wait_for(lambda: triggers.state("fresh")["pending_request_id"] is None, "the pending request to fire")
+    (request,) = triggers.training_requested("fresh")
+    assert request["request_id"] == pending[0]["request_id"]
+    assert request["trigger"] == "drift"
+    assert request["dataset_version_id"] == f"{cfg.stream.name}@v2"
+    assert request.envelope.caused_by == drifts[0].id  # the drift, not the features event
+    assert request.envelope.cascade_id == drifts[0].envelope.cascade_id
+    features_decision = next(r for r in triggers.requests("fresh") if r["cause_event_id"] == fresh.id)
+    assert features_decision["status"] == "suppressed"
+
+
+def test_manual_retrain_api(triggers: Triggers) -> None:
+    client = triggers.client
+    assert client.post("/v1/models/no-such-model/retrain", json={"reason": "x"}).status_code == 404
+    assert client.get("/v1/models/no-such-model/requests").status_code == 404
+
+    # A model whose stream has no materialized data yet: 409 naming the stream.
+    cfg = triggers.pipelines["nodata"]
+    response = client.post(f"/v1/models/{cfg.model.name}/retrain", json={"reason": "try"})
+    assert response.status_code == 409
+    assert cfg.stream.name in response.json()["detail"]
+
+    bad = client.post(f"/v1/models/{cfg.model.name}/retrain", json={"reason": ""})
+    assert bad.status_code == 422
+
+    storm = triggers.pipelines["storm"]
+    triggers.publish(features(storm, 1))  # (again, if the storm test ran): data to train on
+    wait_for(lambda: triggers.state("storm")["latest_dataset_version_id"] is not None, "storm data")
+    before = len(triggers.training_requested("storm"))
+    response = client.post(f"/v1/models/{storm.model.name}/retrain", json={"reason": "labels fixed"})
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status"] == "requested"
+    manual = [e for e in triggers.training_requested("storm") if e["request_id"] == body["request_id"]]
+    assert len(manual) == 1
+    assert manual[0]["trigger"] == "manual"
+    assert manual[0]["reason"] == "labels fixed"
+    assert manual[0].envelope.caused_by is None
+    assert len(triggers.training_requested("storm")) == before + 1
+    assert triggers.requests("storm")[0]["request_id"] == body["request_id"]
