@@ -9,6 +9,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -80,6 +81,14 @@ class Ingestion:
 
 @pytest.fixture
 def ingestion(make_settings: Callable[..., Settings], tmp_path: Path, unique: str) -> Iterator[Ingestion]:
+    with open_ingestion(make_settings, tmp_path, unique) as opened:
+        yield opened
+
+
+@contextmanager
+def open_ingestion(
+    make_settings: Callable[..., Settings], tmp_path: Path, unique: str, **overrides: Any
+) -> Iterator[Ingestion]:
     pipelines = tmp_path / "pipelines"
     pipelines.mkdir()
     streams = {"cumulative": f"cum-{unique}", "window": f"win-{unique}", "auto": f"auto-{unique}"}
@@ -87,7 +96,7 @@ def ingestion(make_settings: Callable[..., Settings], tmp_path: Path, unique: st
         mode = "cumulative" if kind == "auto" else kind
         cut_every = 40 if kind == "auto" else 0
         (pipelines / f"{kind}.yaml").write_text(PIPELINE.format(stream=stream, mode=mode, cut_every_rows=cut_every))
-    settings = make_settings(pipelines_dir=pipelines)
+    settings = make_settings(pipelines_dir=pipelines, **overrides)
     migrate(settings.database_url)
     runtime = make_runtime("ingestion", settings)
     spec = build(runtime)
@@ -128,7 +137,8 @@ def version_table(ingestion: Ingestion, stream: str, version: int):  # type: ign
     store = open_object_store(ingestion.settings)
     keys = [k for k in store.list(dataset_prefix(stream, version)) if k.endswith(".parquet")]
     assert keys, "the version has Parquet files"
-    return pads.dataset([str(store.local_path(k)) for k in keys], format="parquet").to_table()
+    fs, root = store.arrow_filesystem()
+    return pads.dataset([f"{root}/{k}" for k in keys], filesystem=fs, format="parquet").to_table()
 
 
 def created_events(ingestion: Ingestion, stream: str, expected: int) -> list[Event]:
@@ -261,3 +271,26 @@ def test_automatic_cut_after_enough_rows(ingestion: Ingestion) -> None:
         stop.set()
         thread.join(timeout=120)
     assert [(v["version"], v["row_count"]) for v in versions] == [(1, 50)]
+
+
+def test_cut_from_an_s3_object_store(
+    make_settings: Callable[..., Settings], tmp_path: Path, unique: str, s3_endpoint: str
+) -> None:
+    s3 = {
+        "type": "s3",
+        "endpoint": s3_endpoint,
+        "bucket": f"ingestion-{unique}",
+        "access_key": "testing",
+        "secret_key": "testing",
+    }
+    with open_ingestion(make_settings, tmp_path, unique, object_store=s3) as ingestion:
+        stream = ingestion.streams["cumulative"]
+        post(ingestion, stream, make_records(0, 70))
+        v1 = cut(ingestion, stream)
+        assert v1["uri"] == f"s3://ingestion-{unique}/{dataset_prefix(stream, 1)}"
+        table = version_table(ingestion, stream, 1)
+        assert (v1["row_count"], table.num_rows) == (70, 70)
+        stream_spec = ingestion.runtime.pipelines[f"model-{stream}"].stream
+        assert content_hash_of_table(table, stream_spec) == v1["content_hash"]
+        store = open_object_store(ingestion.settings)
+        assert store.exists(dataset_prefix(stream, 1) + "manifest.json")
