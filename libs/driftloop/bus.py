@@ -9,6 +9,7 @@ transactions), and commits the offset only after the handler returned.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -64,6 +65,8 @@ def _json_safe(value: Any) -> Any:
         return [_json_safe(v) for v in value]
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON (and PostgreSQL's json type) has no NaN/Infinity, e.g. an unscorable gate score
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return value
