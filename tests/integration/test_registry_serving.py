@@ -299,3 +299,45 @@ def test_bad_requests_get_422_naming_the_field_and_unknown_model_404(stack: Stac
 
     response = stack.serving.client.post("/v1/models/nobody/predict", json={"instances": rows(1)})
     assert response.status_code == 404 and "nobody" in response.json()["detail"]
+
+
+def test_on_postgres_and_s3_tampered_challenger_is_rejected_and_first_version_served(
+    make_settings: Callable[..., Settings], tmp_path: Path, unique: str, postgres_url: str, s3_endpoint: str
+) -> None:
+    """The same path on PostgreSQL (row locks, JSON outbox with a NaN score) and S3 (moto): arrow reads the
+    feature set, minio fetches artifacts."""
+    model, stream = f"fraud-{unique}", f"tx-{unique}"
+    pipelines = write_pipeline_dir(tmp_path / "pipelines", model, stream, first_version_threshold=0.6)
+    settings = make_settings(
+        pipelines_dir=pipelines,
+        database={"url": postgres_url},
+        object_store={
+            "type": "s3",
+            "endpoint": s3_endpoint,
+            "bucket": f"b-{unique}",
+            "access_key": "testing",
+            "secret_key": "testing",
+        },
+    )
+    stack = Stack(settings, model, stream)
+    try:
+        assert stack.feature_set_uri.startswith("s3://")
+        stack.complete_training("run-1")
+        assert stack.decided(1)["status"] == "promoted"
+        wait_for(lambda: stack.served_version() == 1, "serving to load v1 from S3")
+
+        artifact = train_artifact(stack.pipeline, stack.features, rounds=40)
+        uri, sha = put_artifact(stack.store, model, "run-2", artifact)
+        stack.store.put_bytes(stack.store.key_of(uri), b"not the artifact that was trained")
+        data = training_completed_data(model, "run-2", uri, sha, stack.feature_set_uri, f"{stream}@v1")
+        stack.registry.runtime.bus.publish(new_event("TrainingCompleted", data, producer="test"))
+        v2 = stack.decided(2)
+        assert v2["status"] == "rejected" and "sha256" in v2["gate"]["reason"]
+        assert v2["gate"]["challenger_score"] is None
+
+        (rejected,) = wait_for(lambda: stack.events("ModelRejected"), "the ModelRejected event in the log")
+        assert rejected.payload["version"] == 2 and rejected.payload["champion_version"] == 1
+        assert stack.registry.client.get(f"/v1/models/{model}/aliases/champion").json()["version"] == 1
+        assert stack.predict(rows()).json()["version"] == 1
+    finally:
+        stack.stop()
