@@ -23,6 +23,7 @@ from driftloop.featuredefs import compute_features
 from driftloop.layout import feature_set_prefix
 from driftloop.objectstore import open_object_store
 from driftloop.pipeline import PipelineConfig, load_pipeline
+from driftloop.services.monitor.reference import read_reference
 from driftloop.services.monitor.service import build
 from driftloop.settings import Settings
 from driftloop.topics import DRIFT_DETECTED
@@ -150,3 +151,31 @@ def test_unknown_model_is_404(monitor: tuple[RunningService, PipelineConfig]) ->
     assert response.status_code == 404
     assert "no-such-model" in response.json()["detail"]
     assert client.get("/v1/monitor/no-such-model/drift").status_code == 404
+
+
+def test_reference_is_read_from_s3(s3_endpoint: str, make_settings: Callable[..., Settings], unique: str) -> None:
+    settings = make_settings(
+        object_store={
+            "type": "s3",
+            "endpoint": s3_endpoint,
+            "bucket": f"monitor-{unique}",
+            "access_key": "testing",
+            "secret_key": "testing",
+        }
+    )
+    store = open_object_store(settings)
+    rng = np.random.default_rng(3)
+    frame = compute_features(pd.DataFrame(raw_inputs(300, rng)), BASE)
+    prefix = feature_set_prefix(f"tx-{unique}", 1)
+    for part, chunk in enumerate((frame.iloc[:150], frame.iloc[150:])):
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pandas(chunk, preserve_index=False), buffer)
+        store.put_bytes(f"{prefix}part-{part:05d}.parquet", buffer.getvalue())
+    store.put_bytes(f"{prefix}_manifest.json", b"{}")  # non-Parquet side files are skipped
+
+    reference = read_reference(store, store.uri(prefix), BASE.feature_names, max_rows=200, seed=1)
+    assert list(reference.columns) == BASE.feature_names
+    assert len(reference) == 200
+    assert set(reference["merchant_category"]) <= set(CATEGORIES)
+    everything = read_reference(store, store.uri(prefix), BASE.feature_names, max_rows=1000, seed=1)
+    assert len(everything) == 300

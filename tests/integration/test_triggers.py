@@ -3,8 +3,10 @@ only without a champion, drift waiting for fresh data (then caused by the drift)
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +16,10 @@ from monitor_triggers_support import RunningService, read_events, start_service,
 
 from driftloop.broker import EmbeddedBroker
 from driftloop.bus import EventBus
-from driftloop.db import migrate
+from driftloop.db import create_engine_for, migrate, session_factory
 from driftloop.events import Event, new_event
 from driftloop.pipeline import DriftTrigger, NewDataTrigger, PipelineConfig, TriggerSpec, load_pipeline
+from driftloop.services.triggers.handlers import TriggerHandlers
 from driftloop.services.triggers.service import build
 from driftloop.settings import Settings
 from driftloop.topics import TRAINING_REQUESTED
@@ -67,8 +70,6 @@ class Triggers:
 def triggers(
     broker: EmbeddedBroker, schema_registry_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Triggers]:
-    import uuid
-
     suffix = uuid.uuid4().hex[:8]
     settings = Settings(
         home=tmp_path_factory.mktemp("triggers") / "home",
@@ -240,3 +241,33 @@ def test_manual_retrain_api(triggers: Triggers) -> None:
     assert manual[0].envelope.caused_by is None
     assert len(triggers.training_requested("storm")) == before + 1
     assert triggers.requests("storm")[0]["request_id"] == body["request_id"]
+
+
+def test_decisions_on_postgresql(postgres_url: str) -> None:
+    """The same policy state on PostgreSQL: timezone-aware times, the JSON list of active runs, pending requests."""
+    migrate(postgres_url)
+    cfg = pipeline(f"pg-{uuid.uuid4().hex[:8]}", wait_for_fresh_data=True, cooldown=60, only_without_champion=True)
+    published: list[Event] = []
+    now = [datetime.now(tz=UTC)]
+    handlers = TriggerHandlers(
+        {cfg.model.name: cfg}, session_factory(create_engine_for(postgres_url)), published.append, clock=lambda: now[0]
+    )
+    handlers.on_model_promoted(promoted(cfg, 1))
+    handlers.on_features_materialized(features(cfg, 1))
+    handlers.on_run_state_changed(
+        new_event("RunStateChanged", {"run_id": "r1", "model": cfg.model.name, "state": "running"}, producer="t")
+    )
+    first = drift(cfg, 0)
+    handlers.on_drift_detected(first)
+    assert "r1" in handlers.requests(cfg.model.name, 1)[0]["note"]
+    handlers.on_run_state_changed(
+        new_event("RunStateChanged", {"run_id": "r1", "model": cfg.model.name, "state": "failed"}, producer="t")
+    )
+    second = drift(cfg, 1)
+    handlers.on_drift_detected(second)
+    assert handlers.model_state(cfg.model.name)["pending_request_id"] is not None
+    handlers.on_features_materialized(features(cfg, 2))
+    assert [(e["trigger"], e.envelope.caused_by) for e in published] == [("drift", second.id)]
+    now[0] += timedelta(seconds=30)
+    handlers.on_drift_detected(drift(cfg, 2))
+    assert "cooldown" in handlers.requests(cfg.model.name, 1)[0]["note"]
