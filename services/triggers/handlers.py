@@ -227,7 +227,10 @@ class TriggerHandlers:
         event = new_event("TrainingRequested", data, producer=self.producer, cause=cause)
         row.event_id = event.id
         model_state = self._model_state(session, row.model)
-        model_state.last_request_at = self.clock()
+        if row.trigger != "manual":
+            # The cooldown damps automatic causes; a person's request neither obeys nor restarts it (a drift
+            # right after a manual retrain on older data must still be acted on).
+            model_state.last_request_at = self.clock()
         model_state.updated_at = utcnow()
         session.flush()
         # Inside the transaction: if publishing fails, the decision is rolled back and made again on retry.

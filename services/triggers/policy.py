@@ -9,7 +9,8 @@ Order of the rules (the first that applies decides):
 5. drift with ``wait_for_fresh_data``, or no dataset version materialized yet: pending until the next
    ``FeaturesMaterialized`` of the stream;
 6. otherwise: requested.
-Manual requests skip rules 1, 3 and 4 (a person asked), but not 2: one active run per model.
+Manual requests skip rules 1, 3 and 4 (a person asked), but not 2: one active run per model. The cooldown
+starts at the last automatic request (a manual request does not restart it).
 """
 
 from __future__ import annotations

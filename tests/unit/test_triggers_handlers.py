@@ -241,6 +241,9 @@ def test_manual_retrain(make: Any, published: list[Event]) -> None:
     assert published[-1]["trigger"] == "manual"
     assert published[-1]["reason"] == "new labels arrived"
     assert published[-1].envelope.caused_by is None
+    # A manual request does not start the cooldown: a drift right after it is acted on.
+    handlers.on_drift_detected(drift_event(0))
+    assert [e["trigger"] for e in published] == ["manual", "drift"]
     handlers.on_run_state_changed(run_event("run-9", "pending"))
     with pytest.raises(RetrainConflict, match="run-9"):
         handlers.request_manual(MODEL, "again")
