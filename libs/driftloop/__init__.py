@@ -6,10 +6,16 @@ Everything else lives in private-by-convention modules that services import expl
 
 import warnings
 
-# confluent_kafka's registry client imports authlib's httpx integration, which warns on import.
-warnings.filterwarnings("ignore", message="The httpx module is deprecated")
+# confluent_kafka's registry client imports authlib's httpx integration, which warns on import; authlib forces
+# its warnings to "always" when imported, so our filter has to be added after that import to take precedence.
+try:
+    from authlib.deprecate import AuthlibDeprecationWarning
 
-from driftloop.errors import (  # noqa: E402
+    warnings.filterwarnings("ignore", category=AuthlibDeprecationWarning)
+except ImportError:  # pragma: no cover - authlib comes with the registry client
+    pass
+
+from driftloop.errors import (
     ConfigError,
     DriftloopError,
     NotFoundError,

@@ -192,6 +192,12 @@ class EventBus:
                 )
             return self._producer
 
+    def register_event_schemas(self) -> None:
+        """Register every event schema now, so that publishing never waits on the registry later (a publish
+        made inside a database transaction must not depend on another service that writes the same database)."""
+        for topic in EVENT_TOPICS:
+            self.codec.register(topic.subject, event_schema(topic.event_type))
+
     def encode(self, event: Event) -> bytes:
         topic = TOPIC_BY_EVENT_TYPE[event.type]
         return self.codec.encode(topic.subject, event_schema(event.type), event.to_avro())

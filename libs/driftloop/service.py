@@ -151,6 +151,8 @@ def run(name: str, build: Callable[[Runtime], ServiceSpec]) -> None:
         print(f"driftloop {name}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     log.info("%s starting; log file %s", name, log_path)
+    if name != "schemaregistry":
+        runtime.bus.register_event_schemas()
     _add_health(spec.app, runtime, spec)
 
     threads = []

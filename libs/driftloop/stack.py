@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from driftloop.broker import EmbeddedBroker
-from driftloop.bus import ensure_event_topics, ensure_topics
+from driftloop.bus import EventBus, ensure_event_topics, ensure_topics
 from driftloop.db import migrate
 from driftloop.errors import StackError
 from driftloop.pipeline import load_pipelines
@@ -129,6 +129,8 @@ class Stack:
                 self._wait_ready(components[-1], timeout)
             self.say("topics: creating event and stream topics")
             ensure_event_topics(self.settings)
+            self.say("schemas: registering the event schemas")
+            EventBus(self.settings, producer_name="driftloop-cli").register_event_schemas()
             ensure_topics(self.settings, [cfg.stream.topic for cfg in pipelines.values()])
             for name in SERVICES:
                 components.append(self._start_service(name))
