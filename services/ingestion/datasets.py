@@ -16,9 +16,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from driftloop.bus import EventBus
-from driftloop.db.models import DatasetVersion, LandedBatch
+from driftloop.db.models import DatasetVersion, EventRecord, LandedBatch
 from driftloop.errors import DriftloopError, NotFoundError
-from driftloop.events import new_event
+from driftloop.events import Envelope, Event, new_event
 from driftloop.layout import dataset_prefix, dataset_version_id
 from driftloop.objectstore import ObjectStore
 from driftloop.pipeline import PipelineConfig, pipeline_for_stream
@@ -45,11 +45,34 @@ def version_to_dict(row: DatasetVersion) -> dict[str, Any]:
         "mode": row.mode,
         "schema": row.schema_json,
         "profile": row.profile,
-        "min_event_time": row.min_event_time.isoformat() if row.min_event_time else None,
-        "max_event_time": row.max_event_time.isoformat() if row.max_event_time else None,
+        "min_event_time": _iso(row.min_event_time),
+        "max_event_time": _iso(row.max_event_time),
         "event_id": row.event_id,
-        "created_at": row.created_at.isoformat() if row.created_at else None,
+        "created_at": _iso(row.created_at),
     }
+
+
+def _event_data(row: DatasetVersion) -> dict[str, Any]:
+    return {
+        "stream": row.stream,
+        "dataset_version_id": row.id,
+        "version": row.version,
+        "uri": row.uri,
+        "content_hash": row.content_hash,
+        "row_count": row.row_count,
+        "new_rows": row.new_rows,
+        "parent_version_id": row.parent_id,
+        "mode": row.mode,
+        "schema_json": json.dumps(row.schema_json),
+        "profile_json": json.dumps(row.profile),
+        "min_event_time": _as_utc(row.min_event_time),
+        "max_event_time": _as_utc(row.max_event_time),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    as_utc = _as_utc(value)
+    return as_utc.isoformat() if as_utc else None
 
 
 def _as_utc(value: Any) -> datetime | None:
@@ -99,8 +122,12 @@ class DatasetCutter:
             return None  # another cut took the rows first
 
     def loop(self, stop_event: threading.Event) -> None:
-        """Background loop: serve cut checks until stopped. Also checks every stream at start, so rows landed
-        before a restart are not left waiting for the next landing."""
+        """Background loop: serve cut checks until stopped. At start it re-announces versions whose event never
+        reached the event log and checks every stream, so rows landed before a restart are not left waiting."""
+        try:
+            self.republish_unannounced()
+        except Exception:
+            log.exception("re-announcing dataset versions failed; retried at the next start")
         for cfg in self.pipelines.values():
             self.request_check(cfg.stream.name)
         while not stop_event.is_set():
@@ -114,6 +141,38 @@ class DatasetCutter:
             except Exception as exc:
                 self.last_error = f"automatic cut of {stream} failed: {exc!r}"
                 log.exception("automatic dataset cut of %s failed", stream)
+
+    def republish_unannounced(self) -> int:
+        """Publish again, with its original event id, the DatasetVersionCreated of every version that is not in
+        the event log (a crash between the database commit and the delivery). Consumers handle an event id
+        once, so a version announced twice is harmless; one never announced would stall the cascade."""
+        streams = [cfg.stream.name for cfg in self.pipelines.values()]
+        with self.Session() as session:
+            missing = session.scalars(
+                sa.select(DatasetVersion)
+                .where(
+                    DatasetVersion.stream.in_(streams),
+                    ~sa.exists().where(EventRecord.event_id == DatasetVersion.event_id),
+                )
+                .order_by(DatasetVersion.stream, DatasetVersion.version)
+            ).all()
+        for row in missing:
+            self.bus.publish(self._event_of(row))
+            log.info("re-announced %s (event %s)", row.id, row.event_id)
+        if missing:
+            self.bus.flush()  # into the event log now, so that a second call finds nothing to do
+        return len(missing)
+
+    def _event_of(self, row: DatasetVersion) -> Event:
+        envelope = Envelope(
+            event_id=row.event_id,
+            event_type=DATASET_VERSION_CREATED.event_type,
+            occurred_at=_as_utc(row.created_at) or datetime.now(tz=UTC),
+            caused_by=None,
+            cascade_id=row.event_id,
+            producer=self.bus.producer_name,
+        )
+        return Event(envelope=envelope, data=_event_data(row))
 
     # --- the cut --------------------------------------------------------------------------------------------
 
@@ -190,25 +249,6 @@ class DatasetCutter:
                 "created_at": datetime.now(tz=UTC).isoformat(),
             }
             self.store.put_bytes(prefix + "manifest.json", json.dumps(manifest, indent=2).encode())
-            event = new_event(
-                DATASET_VERSION_CREATED.event_type,
-                {
-                    "stream": stream,
-                    "dataset_version_id": version_id,
-                    "version": version,
-                    "uri": uri,
-                    "content_hash": result.content_hash,
-                    "row_count": result.row_count,
-                    "new_rows": new_rows,
-                    "parent_version_id": parent.id if parent else None,
-                    "mode": cfg.dataset.mode,
-                    "schema_json": json.dumps(schema),
-                    "profile_json": json.dumps(result.profile),
-                    "min_event_time": min_time,
-                    "max_event_time": max_time,
-                },
-                producer=self.bus.producer_name,
-            )
             row = DatasetVersion(
                 id=version_id,
                 stream=stream,
@@ -223,8 +263,10 @@ class DatasetCutter:
                 profile=result.profile,
                 min_event_time=min_time,
                 max_event_time=max_time,
-                event_id=event.id,
+                event_id="",
             )
+            event = new_event(DATASET_VERSION_CREATED.event_type, _event_data(row), producer=self.bus.producer_name)
+            row.event_id = event.id
             # Version row and batch assignment in one transaction; the event after it, so that whoever reacts to
             # the event finds the version in the API.
             with self.Session.begin() as session:

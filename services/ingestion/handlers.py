@@ -119,7 +119,8 @@ def dead_letters(lander: Lander, stream: str, limit: int) -> list[dict[str, Any]
             "message": r.message,
             "source": r.source,
             "event_id": r.event_id,
-            "created_at": r.created_at.isoformat() if r.created_at else None,
+            # SQLite hands back naive datetimes: they are UTC.
+            "created_at": r.created_at.replace(tzinfo=r.created_at.tzinfo or UTC).isoformat() if r.created_at else None,
         }
         for r in rows
     ]

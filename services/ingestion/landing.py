@@ -106,15 +106,6 @@ class Lander:
             )
         return -1 if found is None else int(found)
 
-    def unversioned_rows(self, stream: str) -> int:
-        with self.Session() as session:
-            total = session.scalar(
-                sa.select(sa.func.coalesce(sa.func.sum(LandedBatch.rows), 0)).where(
-                    LandedBatch.stream == stream, LandedBatch.dataset_version_id.is_(None)
-                )
-            )
-        return int(total or 0)
-
     # --- dead letters --------------------------------------------------------------------------------------
 
     def dead_letter(self, stream: str, rejection: Rejection, source: str, original: bytes) -> bool:

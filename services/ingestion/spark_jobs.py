@@ -6,6 +6,7 @@ One SparkSession per process, created on first use and kept alive (starting one 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -27,6 +28,8 @@ from driftloop.settings import Settings
 
 from .content_hash import SLICE_COLUMNS, combine, slices_batch
 from .landing import arrow_schema
+
+log = logging.getLogger(__name__)
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 TOP_VALUES = 10
@@ -58,6 +61,7 @@ def spark_session(settings: Settings) -> SparkSession:
                 SparkSession.builder.appName("driftloop-ingestion")
                 .master(settings.spark.master)
                 .config("spark.ui.enabled", "false")
+                .config("spark.ui.showConsoleProgress", "false")
                 .config("spark.driver.memory", settings.spark.driver_memory)
                 .config("spark.sql.shuffle.partitions", str(settings.spark.shuffle_partitions))
                 .config("spark.sql.session.timeZone", "UTC")
@@ -74,7 +78,11 @@ def stop_spark() -> None:
     global _session
     with _session_lock:
         if _session is not None:
-            _session.stop()
+            try:
+                _session.stop()
+            except Exception:
+                # On SIGTERM to our process group the JVM may be gone already: nothing left to stop.
+                log.info("Spark was already stopped")
             _session = None
 
 

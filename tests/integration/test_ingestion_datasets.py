@@ -22,7 +22,7 @@ from confluent_kafka import Consumer
 from fastapi.testclient import TestClient
 
 from driftloop.db import migrate
-from driftloop.db.models import LandedBatch
+from driftloop.db.models import EventRecord, LandedBatch
 from driftloop.events import Event
 from driftloop.layout import dataset_prefix
 from driftloop.objectstore import open_object_store
@@ -141,8 +141,8 @@ def version_table(ingestion: Ingestion, stream: str, version: int):  # type: ign
     return pads.dataset([f"{root}/{k}" for k in keys], filesystem=fs, format="parquet").to_table()
 
 
-def created_events(ingestion: Ingestion, stream: str, expected: int) -> list[Event]:
-    consumer = Consumer(ingestion.runtime.bus.consumer_config(f"check-{stream}"))
+def created_events(ingestion: Ingestion, stream: str, expected: int, group: str = "") -> list[Event]:
+    consumer = Consumer(ingestion.runtime.bus.consumer_config(group or f"check-{stream}"))
     consumer.subscribe([DATASET_VERSION_CREATED.name])
     found: list[Event] = []
     deadline = time.monotonic() + 60
@@ -232,6 +232,18 @@ def test_cumulative_versions(ingestion: Ingestion) -> None:
     assert events[1].data["parent_version_id"] == f"{stream}@v1"
     assert events[1].id == v2["event_id"]
     assert json.loads(events[0].data["profile_json"])["amount"]["max"] == 99.0
+    assert datetime.fromisoformat(fetched["max_event_time"]) == START + timedelta(minutes=149)
+
+    # A version whose announcement never reached the event log (crash after the commit) is announced again at
+    # start, with its original event id, so that consumers that saw it already skip it.
+    ingestion.runtime.bus.flush()
+    with ingestion.runtime.Session.begin() as session:
+        session.execute(sa.delete(EventRecord).where(EventRecord.event_id == v2["event_id"]))
+    assert ingestion.cutter.republish_unannounced() == 1
+    assert ingestion.cutter.republish_unannounced() == 0
+    again_events = created_events(ingestion, stream, 3, group=f"again-{stream}")
+    assert [e.id for e in again_events] == [v1["event_id"], v2["event_id"], v2["event_id"]]
+    assert again_events[2].data == events[1].data
 
 
 def test_window_versions_keep_the_newest_rows(ingestion: Ingestion) -> None:
