@@ -146,9 +146,10 @@ def drift(cfg: PipelineConfig, window: int) -> Event:
 
 def test_drift_storm_gives_exactly_one_request_then_cooldown(triggers: Triggers) -> None:
     cfg = triggers.pipelines["storm"]
+    # Promotions and data come on different topics: let the champion be known before the data arrives.
     triggers.publish(promoted(cfg, 1))
-    triggers.publish(features(cfg, 1))
     wait_for(lambda: triggers.state("storm")["champion_version"] == 1, "the champion to be known")
+    triggers.publish(features(cfg, 1))
     wait_for(lambda: triggers.state("storm")["latest_dataset_version_id"] == f"{cfg.stream.name}@v1", "data")
 
     storm = [triggers.publish(drift(cfg, i)) for i in range(5)]
@@ -188,9 +189,10 @@ def test_new_data_triggers_only_without_champion(triggers: Triggers) -> None:
 
 def test_drift_waits_for_fresh_data_then_fires_caused_by_the_drift(triggers: Triggers) -> None:
     cfg = triggers.pipelines["fresh"]
+    # Promotions and data come on different topics: let the champion be known before the data arrives.
     triggers.publish(promoted(cfg, 1))
-    triggers.publish(features(cfg, 1))
     wait_for(lambda: triggers.state("fresh")["champion_version"] == 1, "the champion to be known")
+    triggers.publish(features(cfg, 1))
     wait_for(lambda: triggers.state("fresh")["latest_dataset_version_id"] is not None, "the first data version")
 
     drifts = [triggers.publish(drift(cfg, i)) for i in range(3)]
