@@ -139,6 +139,12 @@ class EventLog:
                 except sa.exc.OperationalError:
                     log.warning("event log write failed (attempt %d), retrying", attempt + 1, exc_info=True)
                     time.sleep(0.5 * (attempt + 1))
+                except Exception:
+                    # The events are on Kafka already; losing their database copy must not stop the writer.
+                    log.exception("event log: %d events could not be recorded", len(batch))
+                    break
+            else:
+                log.error("event log: gave up recording %d events after retries", len(batch))
             for _ in batch:
                 self._queue.task_done()
 
