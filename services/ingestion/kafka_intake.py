@@ -75,6 +75,7 @@ class KafkaIntake:
         self.on_landed = on_landed
         self.poll_timeout = poll_timeout
         self.by_topic = {cfg.stream.topic: cfg for cfg in pipelines.values()}
+        self.reader_schemas = {cfg.stream.topic: cfg.stream.avro_schema() for cfg in pipelines.values()}
         self.partitions: dict[tuple[str, int], PartitionState] = {}
         self.counters: dict[str, IntakeCounters] = {cfg.stream.name: IntakeCounters() for cfg in pipelines.values()}
         self.assigned = not self.by_topic  # nothing to consume: trivially ready
@@ -172,7 +173,7 @@ class KafkaIntake:
         try:
             check_size(len(value), stream)
             try:
-                schema_id, record = self.bus.codec.decode(value, reader_schema=stream.avro_schema())
+                schema_id, record = self.bus.codec.decode(value, reader_schema=self.reader_schemas[topic])
             except WireFormatError as exc:
                 rejection = rejection_from_wire_error(exc)
                 record = None
