@@ -1,4 +1,5 @@
-"""Ray for this process: started (or joined) once, on the first fit; the fit runs as a one-CPU task."""
+"""Ray for this process: started (or joined) once, by the service's build in the main thread (a local Ray's
+processes get a parent-death signal tied to the starting thread); the fit runs as a one-CPU task."""
 
 from __future__ import annotations
 
@@ -60,6 +61,12 @@ def fit_on_ray(settings: Settings, job: FitJob) -> FitResult:
         if isinstance(cause, BaseException):
             raise cause from None
         raise
+
+
+def ray_ready() -> bool:
+    import ray
+
+    return bool(ray.is_initialized())
 
 
 def shutdown_ray() -> None:

@@ -9,7 +9,7 @@ from driftloop.topics import TRAINING_REQUESTED
 
 from .api import router
 from .handlers import TrainingHandlers
-from .raycluster import shutdown_ray
+from .raycluster import ensure_ray, ray_ready, shutdown_ray
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +17,9 @@ CONSUMER_GROUP = "driftloop-training"
 
 
 def build(runtime: Runtime) -> ServiceSpec:
+    # Ray starts here, in the main thread: its GCS and raylet die with the thread that started them (Linux
+    # parent-death signal), so starting them from a consumer thread would tie Ray's life to that thread.
+    ensure_ray(runtime.settings)
     handlers = TrainingHandlers(runtime)
     interrupted = handlers.runs.fail_interrupted()
     if interrupted:
@@ -27,4 +30,5 @@ def build(runtime: Runtime) -> ServiceSpec:
         app=app,
         consumers=[ConsumerSpec(CONSUMER_GROUP, {TRAINING_REQUESTED: handlers.on_training_requested})],
         on_stop=[shutdown_ray],
+        ready_checks={"ray": ray_ready},
     )

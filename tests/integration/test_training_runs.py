@@ -1,0 +1,227 @@
+"""The training service against real Ray, the Tansu broker, the schema registry and SQLite: TrainingRequested
+events on Kafka -> runs fitted on Ray -> artifacts, run records, RunStateChanged and TrainingCompleted events."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+from confluent_kafka import Consumer
+from fastapi.testclient import TestClient
+
+from driftloop import layout
+from driftloop.db import migrate
+from driftloop.db.models import Run
+from driftloop.events import Event, new_event
+from driftloop.featuredefs import compute_features
+from driftloop.modeling import ModelArtifact
+from driftloop.objectstore import ObjectStore, open_object_store
+from driftloop.pipeline import PipelineConfig, load_pipeline
+from driftloop.procs import wait_until
+from driftloop.service import Runtime, make_runtime
+from driftloop.services.training.raycluster import shutdown_ray
+from driftloop.services.training.service import CONSUMER_GROUP, build
+from driftloop.settings import Settings
+from driftloop.topics import RUN_STATE_CHANGED, TRAINING_COMPLETED
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_for_module() -> Iterator[None]:
+    """The service's local Ray starts with the first fit and is shut down after the module."""
+    yield
+    shutdown_ray()
+
+
+def write_pipeline(directory: Path, stream: str, model: str) -> PipelineConfig:
+    text = (REPO / "pipelines" / "transactions.yaml").read_text()
+    text = text.replace("name: transactions", f"name: {stream}").replace("name: fraud-detector", f"name: {model}")
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{model}.yaml").write_text(text)
+    return load_pipeline(directory / f"{model}.yaml")
+
+
+def write_feature_set(store: ObjectStore, pipeline: PipelineConfig, version: int, rows: int) -> None:
+    """A small feature set as the features service leaves it: Parquet files, then the manifest."""
+    rng = np.random.default_rng(version)
+    start = datetime(2026, 4, 1, tzinfo=UTC)
+    amount = rng.lognormal(4, 1, rows)
+    category = rng.choice(["grocery", "travel", "electronics", "fashion", "gaming"], rows)
+    logit = -2 + 1.3 * (np.log1p(amount) - 4) + 1.5 * np.isin(category, ["electronics", "gaming"])
+    raw = pd.DataFrame(
+        {
+            "customer_id": [f"c{i % 60}" for i in range(rows)],
+            "event_time": [start + timedelta(minutes=i) for i in range(rows)],
+            "amount": amount,
+            "age": rng.integers(18, 90, rows).astype(float),
+            "merchant_category": category,
+            "hour": rng.integers(0, 24, rows),
+            "is_fraud": (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(int),
+        }
+    )
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(compute_features(raw, pipeline), preserve_index=False), sink)
+    stream = pipeline.stream.name
+    store.put_bytes(f"{layout.feature_set_prefix(stream, version)}part-00000.parquet", sink.getvalue().to_pybytes())
+    store.put_bytes(layout.feature_set_manifest_key(stream, version), json.dumps({"row_count": rows}).encode())
+
+
+def request_event(model: str, request_id: str, dataset_version_id: str | None) -> Event:
+    return new_event(
+        "TrainingRequested",
+        {
+            "request_id": request_id,
+            "model": model,
+            "trigger": "manual",
+            "reason": "integration test",
+            "dataset_version_id": dataset_version_id,
+        },
+        producer="test",
+    )
+
+
+def collect(runtime: Runtime, topic: str, want: Callable[[Event], bool], count: int) -> list[Event]:
+    consumer = Consumer(runtime.bus.consumer_config(f"test-reader-{uuid.uuid4().hex[:8]}"))
+    consumer.subscribe([topic])
+    found: list[Event] = []
+    try:
+
+        def poll() -> bool:
+            msg = consumer.poll(0.5)
+            if msg is not None and not msg.error():
+                event = Event.from_avro(runtime.bus.codec.decode(msg.value())[1])
+                if want(event):
+                    found.append(event)
+            return len(found) >= count
+
+        wait_until(poll, 60, f"{count} event(s) on {topic}", interval=0)
+    finally:
+        consumer.close()
+    return found
+
+
+@pytest.fixture
+def training(
+    make_settings: Callable[..., Settings], tmp_path: Path, unique: str
+) -> Iterator[tuple[Runtime, PipelineConfig, ObjectStore, TestClient]]:
+    """The training service's handlers consuming under a group of this test's own (the broker is shared)."""
+    pipeline = write_pipeline(tmp_path / "pipelines", f"tx-{unique}", f"fraud-{unique}")
+    settings = make_settings(pipelines_dir=tmp_path / "pipelines", ray={"num_cpus": 1})
+    migrate(settings.database_url)
+    runtime = make_runtime("training", settings)
+    spec = build(runtime)
+    [consumer] = spec.consumers
+    assert consumer.group == CONSUMER_GROUP
+    worker = threading.Thread(
+        target=runtime.bus.run_consumer, args=(f"{CONSUMER_GROUP}-{unique}", consumer.handlers), daemon=True
+    )
+    worker.start()
+    yield runtime, pipeline, open_object_store(settings), TestClient(spec.app)
+    runtime.bus.stop_event.set()
+    worker.join(timeout=30)
+    runtime.bus.close()
+
+
+def wait_for_run(runtime: Runtime, request_id: str, states: tuple[str, ...] = ("completed", "failed")) -> Run:
+    def finished() -> bool:
+        with runtime.Session() as session:
+            run = session.scalar(sa.select(Run).where(Run.request_id == request_id))
+        return run is not None and run.state in states
+
+    wait_until(finished, 300, f"the run of request {request_id}")
+    with runtime.Session() as session:
+        return session.scalar(sa.select(Run).where(Run.request_id == request_id))
+
+
+def test_a_request_on_the_newest_feature_set_completes_a_run(
+    training: tuple[Runtime, PipelineConfig, ObjectStore, TestClient],
+) -> None:
+    runtime, pipeline, store, client = training
+    stream, model = pipeline.stream.name, pipeline.model.name
+    write_feature_set(store, pipeline, 1, 400)
+    write_feature_set(store, pipeline, 2, 1200)
+    request = request_event(model, f"req-{uuid.uuid4().hex[:8]}", None)
+    runtime.bus.publish(request)
+    run = wait_for_run(runtime, request["request_id"])
+
+    assert run.state == "completed", run.error
+    assert run.dataset_version_id == f"{stream}@v2"  # null in the request: the newest feature set
+    assert run.cause_event_id == request.id and run.cascade_id == request.envelope.cascade_id
+    assert run.metrics["roc_auc"] > 0.55 and set(run.metrics) >= {"accuracy", "log_loss"}
+    assert run.params["num_leaves"] == 15 and run.holdout["rows"] > 0 and run.holdout["fraction"] == 0.25
+    assert run.code_version and run.environment["packages"]["ray"] == "2.60.0"
+    assert run.resources["cpus"] == 1 and run.resources["peak_rss_mb_worker"] > 0
+    artifact_bytes = store.get_bytes(store.key_of(run.artifact_uri))
+    assert hashlib.sha256(artifact_bytes).hexdigest() == run.artifact_sha256
+    artifact = ModelArtifact.from_bytes(artifact_bytes, expected_sha256=run.artifact_sha256)
+    assert artifact.metadata["run_id"] == run.run_id and artifact.feature_names == pipeline.feature_names
+
+    [completed] = collect(runtime, TRAINING_COMPLETED.name, lambda e: e["run_id"] == run.run_id, 1)
+    assert completed.envelope.caused_by == request.id
+    assert completed["artifact_sha256"] == run.artifact_sha256 and completed["artifact_uri"] == run.artifact_uri
+    assert completed["metrics"] == pytest.approx(run.metrics)
+    assert json.loads(completed["holdout_json"]) == run.holdout
+    assert json.loads(completed["params_json"])["num_leaves"] == 15
+    assert completed["feature_set_uri"] == store.uri(layout.feature_set_prefix(stream, 2))
+    assert completed["feature_names"] == pipeline.feature_names
+    states = collect(runtime, RUN_STATE_CHANGED.name, lambda e: e["run_id"] == run.run_id, 3)
+    assert [(e["previous_state"], e["state"]) for e in states] == [
+        (None, "pending"),
+        ("pending", "running"),
+        ("running", "completed"),
+    ]
+    assert all(e.envelope.caused_by == request.id for e in states)
+
+    listing = client.get("/v1/runs", params={"model": model, "state": "completed"}).json()["runs"]
+    assert [r["run_id"] for r in listing] == [run.run_id]
+    assert client.get("/v1/runs", params={"model": model, "state": "failed"}).json()["runs"] == []
+    assert client.get(f"/v1/runs/{run.run_id}").json()["artifact_sha256"] == run.artifact_sha256
+    assert "holdout metrics" in client.get(f"/v1/runs/{run.run_id}/logs").text
+    assert client.get("/v1/runs/run-nope").status_code == 404
+    assert client.get("/v1/runs", params={"state": "bogus"}).status_code == 422
+
+
+def test_a_missing_dataset_fails_the_run_and_a_repeated_request_makes_no_second_run(
+    training: tuple[Runtime, PipelineConfig, ObjectStore, TestClient],
+) -> None:
+    runtime, pipeline, store, client = training
+    stream, model = pipeline.stream.name, pipeline.model.name
+    missing = request_event(model, f"req-{uuid.uuid4().hex[:8]}", f"{stream}@v9")
+    runtime.bus.publish(missing)
+    failed = wait_for_run(runtime, missing["request_id"])
+    assert failed.state == "failed" and f"{stream}@v9" in failed.error
+    assert failed.artifact_uri is None
+    assert f"{stream}@v9" in client.get(f"/v1/runs/{failed.run_id}/logs").text
+    states = collect(runtime, RUN_STATE_CHANGED.name, lambda e: e["run_id"] == failed.run_id, 2)
+    assert [e["state"] for e in states] == ["pending", "failed"] and f"{stream}@v9" in states[-1]["message"]
+
+    # The same request twice (two events, one request id: e.g. a trigger replaying it) gives one run.
+    write_feature_set(store, pipeline, 1, 400)
+    request_id = f"req-{uuid.uuid4().hex[:8]}"
+    first, again = request_event(model, request_id, f"{stream}@v1"), request_event(model, request_id, f"{stream}@v1")
+    runtime.bus.publish(first)
+    runtime.bus.publish(again)
+    run = wait_for_run(runtime, request_id)
+    assert run.state == "completed", run.error
+    # A later marker request shows the consumer has handled both copies before we count.
+    marker = request_event(model, f"req-{uuid.uuid4().hex[:8]}", f"{stream}@v404")
+    runtime.bus.publish(marker)
+    wait_for_run(runtime, marker["request_id"])
+    with runtime.Session() as session:
+        runs = session.scalars(sa.select(Run).where(Run.request_id == request_id)).all()
+    assert len(runs) == 1
+    assert runs[0].cause_event_id == first.id
