@@ -60,7 +60,7 @@ def _iso_utc(value: datetime | None) -> str | None:
     if value is None:
         return None
     # SQLite hands back naive datetimes: every stored time is UTC.
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    return (value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
 
 
 def lookup_online(engine: sa.Engine, stream: str, entities: Iterable[str]) -> dict[str, dict[str, Any]]:
