@@ -360,7 +360,7 @@ def run_demo(
     verdict = "[green]closed loop complete[/green]" if r.ok else "[red]closed loop NOT complete[/red]"
     console.print(
         f"{verdict}: v{r.v1} served → v{r.rejected_version} rejected → drift {str(r.drift_event_id)[:8]} → "
-        f"v{r.v2} served; drift to v2 serving {r.seconds_to_v2_serving or float('nan'):.1f}s; "
+        f"v{r.v2} served; drift to new champion serving {r.seconds_to_v2_serving or float('nan'):.1f}s; "
         f"demo wall time {r.wall_seconds:.1f}s"
     )
     return r
