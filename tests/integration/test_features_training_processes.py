@@ -1,0 +1,42 @@
+"""The features and training services run as their own processes (``python -m driftloop.services.<name>``),
+become ready (consumers assigned, Ray up) and stop cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from driftloop.db import migrate
+from driftloop.procs import free_port, http_ready, spawn, stop_pid, wait_until
+from driftloop.settings import Settings, settings_env
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("service", ["features", "training"])
+def test_service_process_gets_ready_and_stops(
+    service: str, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings(ray={"num_cpus": 1})
+    migrate(settings.database_url)
+    port = free_port()
+    env = {**settings_env(settings), f"DRIFTLOOP_SERVICES__{service.upper()}_PORT": str(port)}
+    proc = spawn([sys.executable, "-m", f"driftloop.services.{service}"], tmp_path / f"{service}.out", env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: http_ready(f"{url}/healthz"), 120, f"the {service} service")
+        health = httpx.get(f"{url}/healthz").json()
+        assert health["ready"] and health["consumers"][0]["group"] == f"driftloop-{service}"
+        if service == "features":
+            listing = httpx.get(f"{url}/v1/features").json()["streams"]
+            assert [s["stream"] for s in listing] == ["transactions"]
+        else:
+            assert health["checks"] == {"ray": True}
+            assert httpx.get(f"{url}/v1/runs").json() == {"runs": []}
+    finally:
+        assert stop_pid(proc.pid)
+    assert proc.wait(timeout=5) == 0, (tmp_path / f"{service}.out").read_text()[-2000:]
