@@ -112,7 +112,7 @@ class TriggerHandlers:
             if fired is not None:
                 self._record(session, model, "new_data", event, f"new dataset version {dataset_version_id}", fired)
                 return
-            view = self._view(session, pipeline)
+            view = self._view(session, pipeline, "new_data")
             decision = decide("new_data", pipeline.triggers, view, self.clock())
             reason = f"new dataset version {dataset_version_id} ({event['row_count']} rows)"
             self._record(session, model, "new_data", event, reason, decision, view.latest_dataset_version_id)
@@ -136,7 +136,7 @@ class TriggerHandlers:
                 self._record(session, model, kind, event, reason, Decision("suppressed", note))
                 return
             pipeline = self.pipelines[model]
-            view = self._view(session, pipeline)
+            view = self._view(session, pipeline, kind)
             decision = decide(kind, pipeline.triggers, view, self.clock())
             self._record(session, model, kind, event, reason, decision, view.latest_dataset_version_id)
 
@@ -230,7 +230,13 @@ class TriggerHandlers:
         if row.trigger != "manual":
             # The cooldown damps automatic causes; a person's request neither obeys nor restarts it (a drift
             # right after a manual retrain on older data must still be acted on).
-            model_state.last_request_at = self.clock()
+            now = self.clock()
+            model_state.last_request_at = now
+            # A new dict, so that SQLAlchemy sees the JSON column change.
+            model_state.last_request_by_kind = {
+                **(model_state.last_request_by_kind or {}),
+                row.trigger: now.isoformat(),
+            }
         model_state.updated_at = utcnow()
         session.flush()
         # Inside the transaction: if publishing fails, the decision is rolled back and made again on retry.
@@ -254,14 +260,21 @@ class TriggerHandlers:
     def _model_state(self, session: Session, model: str) -> TriggerModelState:
         row = session.get(TriggerModelState, model)
         if row is None:
-            row = TriggerModelState(model=model, champion_version=None, active_runs=[], last_request_at=None)
+            row = TriggerModelState(
+                model=model, champion_version=None, active_runs=[], last_request_at=None, last_request_by_kind={}
+            )
             session.add(row)
             session.flush()
         return row
 
-    def _view(self, session: Session, pipeline: PipelineConfig) -> ModelView:
+    def _view(self, session: Session, pipeline: PipelineConfig, kind: TriggerKind | None = None) -> ModelView:
+        """The model as the policy sees it. The cooldown counts from the last request of the same ``kind``:
+        a drift right after the bootstrap (new-data) request is a new cause, not a repeat."""
         model = pipeline.model.name
         state = session.get(TriggerModelState, model)
+        last_of_kind = None
+        if kind is not None and state is not None and (state.last_request_by_kind or {}).get(kind):
+            last_of_kind = datetime.fromisoformat(state.last_request_by_kind[kind])
         stream = session.get(TriggerStreamState, pipeline.stream.name)
         pending = session.scalar(
             sa.select(TrainingRequest.request_id)
@@ -271,7 +284,7 @@ class TriggerHandlers:
         return ModelView(
             has_champion=state is not None and state.champion_version is not None,
             active_runs=tuple(state.active_runs) if state else (),
-            last_request_at=as_utc(state.last_request_at) if state else None,
+            last_request_at=as_utc(last_of_kind) if kind is not None else None,
             pending_request_id=pending,
             latest_dataset_version_id=stream.dataset_version_id if stream else None,
         )

@@ -5,7 +5,8 @@ Order of the rules (the first that applies decides):
    ``new_data.only_without_champion``): suppressed;
 2. a training run of the model is active: suppressed (merged into that run);
 3. a request is already pending (waiting for fresh data): suppressed (merged into it);
-4. within ``cooldown_seconds`` of the last request: suppressed;
+4. within ``cooldown_seconds`` of the last request of the same kind: suppressed (a storm of drift alarms gives
+   one retrain, but a drift right after the bootstrap new-data retrain is still acted on);
 5. drift with ``wait_for_fresh_data``, or no dataset version materialized yet: pending until the next
    ``FeaturesMaterialized`` of the stream;
 6. otherwise: requested.
@@ -31,6 +32,7 @@ class ModelView:
 
     has_champion: bool
     active_runs: tuple[str, ...] = ()
+    # The last request of the kind being decided (the cooldown is per trigger kind).
     last_request_at: datetime | None = None
     pending_request_id: str | None = None
     latest_dataset_version_id: str | None = None

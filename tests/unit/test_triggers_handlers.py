@@ -163,6 +163,22 @@ def test_cooldown_expires(make: Any, published: list[Event], clock: Clock) -> No
     assert len(published) == 2
 
 
+def test_cooldown_is_per_trigger_kind(make: Any, published: list[Event], clock: Clock) -> None:
+    # The bootstrap retrain (new data) must not swallow a drift that follows within the cooldown.
+    handlers: TriggerHandlers = make(pipeline(cooldown=300))
+    handlers.on_features_materialized(features_event(1))
+    assert [e["trigger"] for e in published] == ["new_data"]
+    handlers.on_run_state_changed(run_event("run-1", "completed"))
+    handlers.on_model_promoted(promoted_event())
+    clock.now += timedelta(seconds=10)
+    handlers.on_drift_detected(drift_event(0))
+    assert [e["trigger"] for e in published] == ["new_data", "drift"]
+    clock.now += timedelta(seconds=10)
+    handlers.on_drift_detected(drift_event(1))  # a repeat of the same kind within the cooldown
+    assert len(published) == 2
+    assert "cooldown" in handlers.requests(MODEL, 1)[0]["note"]
+
+
 def test_new_data_triggers_only_without_champion(make: Any, published: list[Event], clock: Clock) -> None:
     handlers: TriggerHandlers = make(pipeline(cooldown=0))
     first = features_event(1)

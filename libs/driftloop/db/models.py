@@ -186,6 +186,8 @@ class TriggerModelState(Base):
     champion_version: Mapped[int | None]
     active_runs: Mapped[list] = mapped_column(default=list)
     last_request_at: Mapped[datetime | None]
+    # Trigger kind -> ISO time of its last automatic request: the cooldown is per kind.
+    last_request_by_kind: Mapped[dict] = mapped_column(default=dict)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
