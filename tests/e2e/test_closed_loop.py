@@ -32,11 +32,10 @@ def test_drift_cascades_to_a_new_champion_with_no_human(tmp_path: Path) -> None:
         services=ports,
     )
     console = Console(file=(tmp_path / "demo.out").open("w"), width=160)
-    result = run_demo(settings, console=console, keep_running=True, scale=DemoScale(step_timeout=600))
     stack_settings = settings.model_copy(update={"home": (tmp_path / "home" / "demo").resolve()})
     stack = Stack(stack_settings)
-    pids = [c.pid for c in stack.components()]
     try:
+        result = run_demo(settings, console=console, keep_running=True, scale=DemoScale(step_timeout=300))
         assert result.v1 is not None, (tmp_path / "demo.out").read_text()
         # The challenger trained on the same data was not better: rejected, and v1 went on serving.
         assert result.rejected_version is not None and result.rejected_version != result.v1
@@ -79,5 +78,6 @@ def test_drift_cascades_to_a_new_champion_with_no_human(tmp_path: Path) -> None:
         assert stats["landed"] + stats["dead_lettered"] == stats["records_in"]
         assert stats["dead_lettered"] >= 9  # 5 HTTP wrong types + 4 malformed Kafka messages
     finally:
+        pids = [c.pid for c in stack.components()]
         stack.down()
     assert pids and not any(pid_alive(pid) for pid in pids)
