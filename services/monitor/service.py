@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from driftloop.db.models import DriftReport, MonitoredModel
 from driftloop.objectstore import open_object_store
 from driftloop.service import ConsumerSpec, Runtime, ServiceSpec, base_app
 from driftloop.topics import MODEL_PROMOTED, PREDICTION_LOGGED
@@ -14,8 +13,6 @@ CONSUMER_GROUP = "driftloop-monitor"
 
 
 def build(runtime: Runtime) -> ServiceSpec:
-    # Own tables only; a no-op when the database is already migrated.
-    DriftReport.metadata.create_all(runtime.engine, tables=[DriftReport.__table__, MonitoredModel.__table__])
     handlers = MonitorHandlers(
         pipelines=runtime.pipelines,
         Session=runtime.Session,

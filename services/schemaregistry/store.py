@@ -7,9 +7,10 @@ import json
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from driftloop.db.models import RegistryConfig, RegistrySchema, RegistrySubjectVersion
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+
+from driftloop.db.models import RegistryConfig, RegistrySchema, RegistrySubjectVersion
 
 from .compatibility import LEVELS, InvalidSchema, check, parse_avro
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from driftloop.db.models import TrainingRequest, TriggerModelState, TriggerStreamState
 from driftloop.service import ConsumerSpec, Runtime, ServiceSpec, base_app
 from driftloop.topics import (
     DRIFT_DETECTED,
@@ -20,11 +19,6 @@ CONSUMER_GROUP = "driftloop-triggers"
 
 
 def build(runtime: Runtime) -> ServiceSpec:
-    # Own tables only; a no-op when the database is already migrated.
-    TrainingRequest.metadata.create_all(
-        runtime.engine,
-        tables=[TrainingRequest.__table__, TriggerModelState.__table__, TriggerStreamState.__table__],
-    )
     handlers = TriggerHandlers(
         pipelines=runtime.pipelines, Session=runtime.Session, publish=runtime.bus.publish, producer=runtime.name
     )
