@@ -9,10 +9,10 @@ from driftloop.events import Event, new_event
 from driftloop.objectstore import ObjectStore, open_object_store
 from driftloop.pipeline import pipeline_for_stream
 from driftloop.service import Runtime
+from driftloop.spark import spark_session
 
 from .materialize import Materialized, materialize
 from .onlinestore import upsert_online
-from .spark import get_spark
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,13 @@ class FeaturesHandlers:
         # An unknown stream raises NotFoundError: the consumer records it as the last error and logs it.
         pipeline = pipeline_for_stream(self.runtime.pipelines, stream)
         log.info("materializing features of %s", dataset_version_id)
-        result = materialize(get_spark(self.runtime.settings), self.store, pipeline, version, dataset_version_id)
+        result = materialize(
+            spark_session(self.runtime.settings, "driftloop-features"),
+            self.store,
+            pipeline,
+            version,
+            dataset_version_id,
+        )
         online_entities = upsert_online(self.runtime.engine, result.latest)
         self._record(stream, pipeline.feature_names, result)
         self.runtime.bus.publish(

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from driftloop.service import ConsumerSpec, Runtime, ServiceSpec, base_app
+from driftloop.spark import stop_spark
 from driftloop.topics import DATASET_VERSION_CREATED
 
 from .api import router
 from .handlers import FeaturesHandlers
-from .spark import stop_spark
 
 CONSUMER_GROUP = "driftloop-features"
 

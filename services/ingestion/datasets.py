@@ -184,7 +184,9 @@ class DatasetCutter:
 
     def cut(self, stream: str) -> DatasetVersion:
         """Cut the next version of ``stream`` now. Raises NoNewData when nothing landed since the last one."""
-        from .spark_jobs import build_version, spark_session
+        from driftloop.spark import spark_session
+
+        from .spark_jobs import build_version
 
         cfg = pipeline_for_stream(self.pipelines, stream)
         with self._lock:
@@ -219,7 +221,7 @@ class DatasetCutter:
             prefix = dataset_prefix(stream, version)
             version_id = dataset_version_id(stream, version)
             result = build_version(
-                spark_session(self.settings),
+                spark_session(self.settings, "driftloop-ingestion", parquet_timestamp="TIMESTAMP_MILLIS"),
                 self.store,
                 cfg.stream,
                 parent_keys=parent_keys,

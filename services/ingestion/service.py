@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from driftloop.objectstore import open_object_store
 from driftloop.service import Runtime, ServiceSpec, base_app
+from driftloop.spark import stop_spark
 
 from .api import router
 from .datasets import DatasetCutter
 from .kafka_intake import KafkaIntake
 from .landing import Lander
-from .spark_jobs import stop_spark
 
 
 def build(runtime: Runtime) -> ServiceSpec:

@@ -1,17 +1,14 @@
 """Spark jobs of the ingestion service: read landed Parquet, build a dataset version (cumulative or window),
 hash it independently of row order, profile it and write it as immutable Parquet.
 
-One SparkSession per process, created on first use and kept alive (starting one costs seconds).
+The SparkSession is the process's one from ``driftloop.spark``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import sys
 import tempfile
-import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +21,6 @@ from pyspark.sql import types as T
 
 from driftloop.objectstore import ObjectStore
 from driftloop.pipeline import StreamSpec
-from driftloop.settings import Settings
 
 from .content_hash import SLICE_COLUMNS, combine, slices_batch
 from .landing import arrow_schema
@@ -44,46 +40,6 @@ _SPARK_TYPES: dict[str, T.DataType] = {
     "boolean": T.BooleanType(),
     "timestamp": T.TimestampType(),
 }
-
-_session: SparkSession | None = None
-_session_lock = threading.Lock()
-
-
-def spark_session(settings: Settings) -> SparkSession:
-    """The process's SparkSession (created once, from ``settings.spark``)."""
-    global _session
-    with _session_lock:
-        if _session is None:
-            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-            os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-            _session = (
-                SparkSession.builder.appName("driftloop-ingestion")
-                .master(settings.spark.master)
-                .config("spark.ui.enabled", "false")
-                .config("spark.ui.showConsoleProgress", "false")
-                .config("spark.driver.memory", settings.spark.driver_memory)
-                .config("spark.sql.shuffle.partitions", str(settings.spark.shuffle_partitions))
-                .config("spark.sql.session.timeZone", "UTC")
-                # Readers outside Spark (pyarrow, pandas) get proper timestamp[ms, UTC] columns, not INT96.
-                .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MILLIS")
-                .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-                .getOrCreate()
-            )
-            _session.sparkContext.setLogLevel("WARN")
-        return _session
-
-
-def stop_spark() -> None:
-    global _session
-    with _session_lock:
-        if _session is not None:
-            try:
-                _session.stop()
-            except Exception:
-                # On SIGTERM to our process group the JVM may be gone already: nothing left to stop.
-                log.info("Spark was already stopped")
-            _session = None
 
 
 def spark_schema(stream: StreamSpec) -> T.StructType:

@@ -32,8 +32,8 @@ from driftloop.procs import wait_until
 from driftloop.service import Runtime, make_runtime
 from driftloop.services.features.handlers import FeaturesHandlers
 from driftloop.services.features.service import CONSUMER_GROUP, build
-from driftloop.services.features.spark import stop_spark
 from driftloop.settings import Settings
+from driftloop.spark import stop_spark
 from driftloop.topics import FEATURES_MATERIALIZED
 
 pytestmark = pytest.mark.integration

@@ -31,8 +31,8 @@ from driftloop.services.ingestion.content_hash import content_hash_of_table
 from driftloop.services.ingestion.datasets import DatasetCutter
 from driftloop.services.ingestion.landing import rows_to_table
 from driftloop.services.ingestion.service import build
-from driftloop.services.ingestion.spark_jobs import stop_spark
 from driftloop.settings import Settings
+from driftloop.spark import stop_spark
 from driftloop.topics import DATASET_VERSION_CREATED
 
 pytestmark = pytest.mark.integration
