@@ -35,7 +35,7 @@ def session_factory(engine: sa.Engine) -> sessionmaker[Session]:
 
 
 def migrate(url: str) -> None:
-    """Bring the database schema to the newest Alembic revision."""
+    """Bring the database schema to the newest Alembic revision (of every branch: "heads")."""
     from alembic import command
     from alembic.config import Config
 
@@ -51,6 +51,6 @@ def migrate(url: str) -> None:
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             with FileLock(f"{path}.migrate.lock", timeout=120):
-                command.upgrade(cfg, "head")
+                command.upgrade(cfg, "heads")
             return
-    command.upgrade(cfg, "head")
+    command.upgrade(cfg, "heads")
