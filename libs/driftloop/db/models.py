@@ -87,6 +87,8 @@ class LandedBatch(Base):
     kafka_partition: Mapped[int | None]
     first_offset: Mapped[int | None] = mapped_column(sa.BigInteger)
     last_offset: Mapped[int | None] = mapped_column(sa.BigInteger)
+    # Retention: the compacted object now holding these rows (the row stays, so replays still skip its offsets).
+    compacted_into: Mapped[str | None] = mapped_column(sa.String(500))
 
 
 class DeadLetter(Base):
@@ -98,6 +100,23 @@ class DeadLetter(Base):
     message: Mapped[str] = mapped_column(sa.Text)
     source: Mapped[str] = mapped_column(sa.String(500), unique=True)
     event_id: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The record as received (Avro wire bytes or JSON), so that it can be replayed once fixed.
+    original: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    schema_id: Mapped[int | None]
+    # Set when a replay landed the record: the landed object it went into.
+    replayed_into: Mapped[str | None] = mapped_column(sa.String(500))
+    replayed_at: Mapped[datetime | None]
+
+
+class IngestionIdempotencyKey(Base):
+    """HTTP batches sent with an ``Idempotency-Key``: a retry gets the first answer back and lands nothing."""
+
+    __tablename__ = "ingestion_idempotency_keys"
+    stream: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    body_sha256: Mapped[str] = mapped_column(sa.String(64))
+    response: Mapped[dict]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
