@@ -8,6 +8,7 @@ transactions), and commits the offset only after the handler returned.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import queue
@@ -18,13 +19,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from driftloop.db import create_engine_for, session_factory
 from driftloop.db.models import EventRecord, ProcessedEvent
 from driftloop.errors import DriftloopError, WireFormatError
 from driftloop.events import Event
+from driftloop.metrics import (
+    CASCADE_STEPS,
+    CASCADES_STARTED,
+    CONSUMER_COMMITTED_OFFSET,
+    CONSUMER_LAG,
+    EVENT_HANDLE_SECONDS,
+    EVENTS_CONSUMED,
+    EVENTS_PUBLISHED,
+    PUBLISH_FAILURES,
+)
 from driftloop.schemas import event_schema
 from driftloop.serde import AvroCodec
 from driftloop.settings import Settings
@@ -216,8 +227,11 @@ class EventBus:
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             if err is not None:
                 errors.append(str(err))
+                PUBLISH_FAILURES.labels(event.type).inc()
                 log.error("event %s (%s) was not delivered: %s", event.id, event.type, err)
             else:
+                EVENTS_PUBLISHED.labels(event.type).inc()
+                (CASCADE_STEPS if event.envelope.caused_by else CASCADES_STARTED).labels(event.type).inc()
                 self.event_log.submit(event)
 
         self.producer.produce(event.topic.name, key=event.key.encode(), value=value, on_delivery=on_delivery)
@@ -278,15 +292,21 @@ class EventBus:
         self.consumers.append(status)
         ensure_topics(self.settings, topics)
         consumer = Consumer(self.consumer_config(group))
+        lag = ConsumerLag(group)
 
         def on_assign(_c: Consumer, partitions: list[Any]) -> None:
             status.assigned = True
+            lag.assigned(partitions)
             log.info("consumer %s assigned %d partitions", group, len(partitions))
 
-        consumer.subscribe(topics, on_assign=on_assign)
+        def on_revoke(_c: Consumer, partitions: list[Any]) -> None:
+            lag.revoked(partitions)
+
+        consumer.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke)
         try:
             while not self.stop_event.is_set():
                 msg = consumer.poll(poll_timeout)
+                lag.update(consumer)
                 if msg is None:
                     continue
                 if msg.error():
@@ -295,6 +315,7 @@ class EventBus:
                     continue
                 self._handle(group, msg, by_name[msg.topic()], status)
                 consumer.commit(message=msg, asynchronous=False)
+                lag.committed(msg.topic(), msg.partition(), msg.offset() + 1)
         finally:
             consumer.close()
 
@@ -303,21 +324,27 @@ class EventBus:
             _, record = self.codec.decode(msg.value())
             event = Event.from_avro(record)
         except WireFormatError as exc:
+            EVENTS_CONSUMED.labels(group, msg.topic(), "", "undecodable").inc()
             status.failed += 1
             status.last_error = f"undecodable message at {msg.topic()}/{msg.partition()}/{msg.offset()}: {exc}"
             log.error(status.last_error)
             return
         if self.already_processed(group, event.id):
+            EVENTS_CONSUMED.labels(group, msg.topic(), event.type, "duplicate").inc()
             log.info("consumer %s: event %s already handled, skipping redelivery", group, event.id)
             return
+        started = time.perf_counter()
         try:
             handler(event)
         except Exception as exc:
+            EVENTS_CONSUMED.labels(group, msg.topic(), event.type, "failed").inc()
             status.failed += 1
             status.last_error = f"{event.type} {event.id}: {exc!r}"
             log.exception("consumer %s: handler failed on %s %s", group, event.type, event.id)
             return
+        EVENT_HANDLE_SECONDS.labels(group, event.type).observe(time.perf_counter() - started)
         self.mark_processed(group, event.id)
+        EVENTS_CONSUMED.labels(group, msg.topic(), event.type, "handled").inc()
         status.handled += 1
 
     def close(self) -> None:
@@ -325,6 +352,75 @@ class EventBus:
         if self._producer is not None:
             self._producer.flush(10)
         self.event_log.close()
+
+
+class ConsumerLag:
+    """Per-partition lag of one consumer group, for the ``driftloop_consumer_lag`` gauge.
+
+    The high watermark is librdkafka's cached one, which is updated from the metadata of fetched messages (right
+    on Tansu, unlike a watermark query); the committed offset is the one this loop commits after each handler.
+    """
+
+    def __init__(self, group: str, interval: float = 1.0) -> None:
+        self.group = group
+        self.interval = interval
+        self._committed: dict[tuple[str, int], int] = {}
+        self._partitions: set[tuple[str, int]] = set()
+        self._next_update = 0.0
+        self._lock = threading.Lock()
+
+    def assigned(self, partitions: list[TopicPartition]) -> None:
+        with self._lock:
+            self._partitions.update((p.topic, p.partition) for p in partitions)
+            self._next_update = 0.0
+
+    def revoked(self, partitions: list[TopicPartition]) -> None:
+        with self._lock:
+            for p in partitions:
+                key = (p.topic, p.partition)
+                self._partitions.discard(key)
+                self._committed.pop(key, None)
+                for gauge in (CONSUMER_LAG, CONSUMER_COMMITTED_OFFSET):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(self.group, p.topic, str(p.partition))
+
+    def committed(self, topic: str, partition: int, offset: int) -> None:
+        with self._lock:
+            self._committed[(topic, partition)] = offset
+
+    def update(self, consumer: Consumer, now: float | None = None) -> None:
+        """Refresh the gauges at most once per ``interval`` seconds (cheap: no broker round trip except, once
+        per newly assigned partition, asking for the group's committed offset)."""
+        now = time.monotonic() if now is None else now
+        if now < self._next_update:
+            return
+        self._next_update = now + self.interval
+        with self._lock:
+            partitions = sorted(self._partitions)
+            unknown = [TopicPartition(t, p) for t, p in partitions if (t, p) not in self._committed]
+        if unknown:
+            try:
+                for tp in consumer.committed(unknown, timeout=2.0):
+                    # Nothing committed yet: the group starts from the earliest offset (0 on a fresh topic).
+                    offset = tp.offset if tp.offset >= 0 else 0
+                    with self._lock:
+                        self._committed.setdefault((tp.topic, tp.partition), offset)
+            except KafkaException:
+                log.debug("consumer %s: committed offsets not available yet", self.group, exc_info=True)
+        for topic, partition in partitions:
+            with self._lock:
+                committed = self._committed.get((topic, partition))
+            if committed is None:
+                continue
+            try:
+                _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            except KafkaException:
+                continue
+            labels = (self.group, topic, str(partition))
+            CONSUMER_COMMITTED_OFFSET.labels(*labels).set(committed)
+            if high is None or high == OFFSET_INVALID or high < 0:
+                continue  # nothing fetched from this partition yet
+            CONSUMER_LAG.labels(*labels).set(max(0, high - committed))
 
 
 def ensure_event_topics(settings: Settings) -> None:

@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from driftloop.bus import EventBus, EventHandler
 from driftloop.db import create_engine_for, migrate, session_factory
 from driftloop.errors import ConfigError, DriftloopError, NotFoundError
+from driftloop.metrics import SERVICE_INFO, HttpMetricsMiddleware
 from driftloop.pipeline import PipelineConfig, load_pipelines
 from driftloop.settings import Settings, load_settings
 from driftloop.topics import Topic
@@ -88,6 +89,9 @@ def base_app(runtime: Runtime, title: str, description: str = "") -> FastAPI:
     """A FastAPI app with the endpoints every service has, and errors mapped to clear HTTP answers."""
     app = FastAPI(title=f"driftloop {title}", description=description, version="0.1.0")
     app.state.runtime = runtime
+    # Request count and latency per route on every service's /metrics (besides the bus's consumer metrics).
+    app.add_middleware(HttpMetricsMiddleware)
+    SERVICE_INFO.labels(runtime.name).set(1)
 
     @app.exception_handler(NotFoundError)
     async def _not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
