@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from driftloop.errors import ConfigError, NotFoundError
 from driftloop.topics import stream_topic
 
+from driftloop.searchspace import ModelFamily, SearchSpec
 FieldType = Literal["string", "int", "long", "double", "float", "boolean", "timestamp"]
 
 _AVRO_TYPES: dict[str, Any] = {
@@ -140,7 +141,8 @@ class FeatureSpec(_Strict):
 
 class ModelSpec(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
-    family: Literal["lightgbm"] = "lightgbm"
+    # lightgbm, xgboost, sklearn_linear (logistic / ridge regression), sklearn_random_forest.
+    family: ModelFamily = "lightgbm"
     task: Literal["classification", "regression"] = "classification"
     params: dict[str, Any] = Field(default_factory=dict)
     holdout_fraction: float = Field(default=0.25, gt=0, lt=1)
@@ -177,6 +179,7 @@ class TriggerSpec(_Strict):
 
 class MonitorSpec(_Strict):
     window_size: int = Field(default=500, ge=20)
+    search: SearchSpec | None = None
     alpha: float = Field(default=0.01, gt=0, lt=1)
     correction: Literal["bonferroni", "holm", "none"] = "bonferroni"
     # Drift is declared when at least this many features drift in one window.

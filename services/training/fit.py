@@ -1,4 +1,5 @@
-"""The fit itself: feature set Parquet -> holdout split -> LightGBM -> artifact bytes and holdout metrics.
+"""The fit itself: feature set Parquet -> holdout split -> the model family's fit -> artifact bytes, holdout metrics
+and plots.
 
 A plain function of picklable inputs, so it runs as a Ray task (see ``raycluster``) and in unit tests alike. It
 opens the object store itself from the store settings: nothing but settings crosses to the worker.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +24,8 @@ from driftloop.objectstore import ObjectStore, open_object_store
 from driftloop.pipeline import PipelineConfig
 from driftloop.settings import ObjectStoreSettings, Settings
 
+from .families import feature_importance, model_params, train_model
+from .plots import draw_plots
 from .provenance import peak_rss_mb
 
 
@@ -38,6 +42,8 @@ class FitJob:
     feature_set_prefix: str
     feature_set_uri: str
     dataset_version_id: str
+    # The search's best configuration (or a rerun's recorded params), over ``model.params``.
+    params_override: dict[str, Any] | None = None
 
 
 @dataclass
@@ -51,6 +57,9 @@ class FitResult:
     fit_seconds: float
     peak_rss_mb: float
     log: list[str] = field(default_factory=list)
+    # name -> PNG bytes (feature importance; confusion matrix and ROC for classifiers).
+    plots: dict[str, bytes] = field(default_factory=dict)
+    feature_importance: dict[str, float] = field(default_factory=dict)
 
 
 def open_store(object_store: ObjectStoreSettings) -> ObjectStore:
@@ -67,20 +76,20 @@ def read_feature_set(store: ObjectStore, prefix: str) -> pd.DataFrame:
     return dataset.to_table().to_pandas()
 
 
-def model_params(pipeline: PipelineConfig) -> dict[str, Any]:
-    """The estimator's parameters: the pipeline's ``model.params`` over reproducible, single-threaded defaults."""
-    return {"random_state": pipeline.model.seed, "n_jobs": 1, "verbose": -1, **pipeline.model.params}
+@dataclass
+class PreparedData:
+    """A feature set split for training: the labelled rows of train and holdout, the artifact skeleton (family,
+    features, categorical vocabularies of the training split) and how the holdout was drawn."""
+
+    artifact: ModelArtifact
+    train: pd.DataFrame
+    holdout: pd.DataFrame
+    y_train: np.ndarray
+    y_holdout: np.ndarray
+    holdout_info: dict[str, Any]
 
 
-def fit_feature_set(job: FitJob) -> FitResult:
-    import lightgbm as lgb
-
-    started = time.perf_counter()
-    lines: list[str] = []
-
-    def note(message: str) -> None:
-        lines.append(f"{datetime.now(tz=UTC).isoformat(timespec='milliseconds')} {message}")
-
+def prepare_data(job: FitJob, note: Callable[[str], None]) -> PreparedData:
     pipeline = job.pipeline
     stream, task = pipeline.stream, pipeline.model.task
     frame = read_feature_set(open_store(job.object_store), job.feature_set_prefix)
@@ -95,7 +104,7 @@ def fit_feature_set(job: FitJob) -> FitResult:
         note(f"dropped {int(unlabeled.sum())} rows without a label")
         frame = frame[~unlabeled].reset_index(drop=True)
     in_holdout = holdout_mask(frame, pipeline)
-    train, holdout = frame[~in_holdout], frame[in_holdout]
+    train, holdout = frame[~in_holdout].reset_index(drop=True), frame[in_holdout].reset_index(drop=True)
     holdout_info = {
         "fraction": pipeline.model.holdout_fraction,
         "seed": pipeline.model.seed,
@@ -120,43 +129,65 @@ def fit_feature_set(job: FitJob) -> FitResult:
     categories = {
         f.name: sorted({str(v) for v in train[f.name].dropna()}) for f in pipeline.features if f.kind == "categorical"
     }
-    params = model_params(pipeline)
     artifact = ModelArtifact(
         family=pipeline.model.family,
         task=task,
         feature_names=pipeline.feature_names,
         categories=categories,
         model=None,
-        params=params,
     )
+    return PreparedData(artifact, train, holdout, y_train, y_holdout, holdout_info)
+
+
+def fit_feature_set(job: FitJob) -> FitResult:
+    """Fit ``model.params`` (over them ``job.params_override``, the search's best configuration) on the training
+    split, score the holdout, and draw the run's plots."""
+    started = time.perf_counter()
+    lines: list[str] = []
+
+    def note(message: str) -> None:
+        lines.append(f"{datetime.now(tz=UTC).isoformat(timespec='milliseconds')} {message}")
+
+    pipeline = job.pipeline
+    task = pipeline.model.task
+    data = prepare_data(job, note)
+    artifact, train, holdout = data.artifact, data.train, data.holdout
+    params = model_params(pipeline, job.params_override)
+    artifact.params = params
     # The artifact's own matrix: training sees exactly what serving will feed the model.
-    x_train, x_holdout = artifact.matrix(train), artifact.matrix(holdout)
-    estimator = lgb.LGBMClassifier(**params) if task == "classification" else lgb.LGBMRegressor(**params)
-    note(f"fitting LightGBM {task} on {len(train)} rows x {len(pipeline.feature_names)} features, params {params}")
-    estimator.fit(x_train, y_train, categorical_feature=list(categories) or "auto")
-    artifact.model = estimator.booster_
-    predictions = artifact.predict(x_holdout)
-    metrics = all_metrics(task, y_holdout, predictions)
+    x_train, x_holdout = artifact.model_input(train), artifact.model_input(holdout)
+    note(
+        f"fitting {pipeline.model.family} {task} on {len(train)} rows x {len(pipeline.feature_names)} features, "
+        f"params {params}"
+    )
+    artifact.model = train_model(artifact, params, x_train, data.y_train)
+    predictions = artifact.predict_input(x_holdout)
+    metrics = all_metrics(task, data.y_holdout, predictions)
     note(f"holdout metrics {json.dumps(metrics)}")
+    importance = feature_importance(artifact)
     artifact.metadata = {
         "run_id": job.run_id,
         "model": pipeline.model.name,
         "dataset_version_id": job.dataset_version_id,
         "feature_set_uri": job.feature_set_uri,
-        "holdout": holdout_info,
+        "holdout": data.holdout_info,
         "metrics": metrics,
+        "feature_importance": importance,
         "trained_at": datetime.now(tz=UTC).isoformat(),
     }
+    plots = draw_plots(task, importance, data.y_holdout, predictions)
     fit_seconds = round(time.perf_counter() - started, 3)
     note(f"fit done in {fit_seconds}s")
     return FitResult(
         artifact=artifact.to_bytes(),
         metrics=metrics,
         params=params,
-        holdout=holdout_info,
+        holdout=data.holdout_info,
         feature_names=pipeline.feature_names,
         train_rows=len(train),
         fit_seconds=fit_seconds,
         peak_rss_mb=peak_rss_mb(),
         log=lines,
+        plots=plots,
+        feature_importance=importance,
     )
