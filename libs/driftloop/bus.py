@@ -37,6 +37,7 @@ from driftloop.metrics import (
     PUBLISH_FAILURES,
 )
 from driftloop.schemas import event_schema
+from driftloop.security import schema_registry_client_config
 from driftloop.serde import AvroCodec
 from driftloop.settings import Settings
 from driftloop.topics import EVENT_TOPICS, TOPIC_BY_EVENT_TYPE, Topic
@@ -191,7 +192,7 @@ class EventBus:
         self.producer_name = producer_name
         self.engine = engine or create_engine_for(settings.database_url)
         self.Session = session_factory(self.engine)
-        self.codec = AvroCodec.from_url(settings.schema_registry.url)
+        self.codec = AvroCodec.from_config(schema_registry_client_config(settings))
         self.event_log = EventLog(self.engine)
         self._producer: Producer | None = None
         self._producer_lock = threading.Lock()

@@ -42,10 +42,13 @@ def _settings() -> Settings:
 
 
 def _call(service: str, method: str, path: str, **kwargs: Any) -> Any:
+    from driftloop.security import auth_headers
+
     settings = _settings()
     url = settings.services.url(service) + path
+    headers = {**auth_headers(settings), **kwargs.pop("headers", {})}
     try:
-        response = httpx.request(method, url, timeout=60.0, **kwargs)
+        response = httpx.request(method, url, timeout=60.0, headers=headers, **kwargs)
     except httpx.ConnectError:
         raise DriftloopError(
             f"the {service} service does not answer at {url}: is the stack up (`driftloop up`)?"

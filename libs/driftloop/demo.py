@@ -28,6 +28,7 @@ from driftloop.db.models import EventRecord
 from driftloop.errors import DriftloopError
 from driftloop.pipeline import PipelineConfig, load_pipelines
 from driftloop.schemas import SCHEMAS_DIR
+from driftloop.security import auth_headers, schema_registry_client_config
 from driftloop.settings import Settings
 from driftloop.stack import Stack
 from driftloop.timeline import lineage, model_timeline
@@ -111,10 +112,14 @@ class Demo:
         self.rng = np.random.default_rng(7)
         self.pipeline: PipelineConfig = load_pipelines(settings.pipelines_dir)[MODEL]
         self.stream = self.pipeline.stream
-        self.http = httpx.Client(timeout=60.0)
+        # The token is read per request: `driftloop up` may write <home>/admin.token after this client exists.
+        self.http = httpx.Client(timeout=60.0, event_hooks={"request": [self._authorize]})
         self.engine = create_engine_for(settings.database_url)
         self.clock = datetime.now(tz=UTC) - timedelta(hours=6)
         self.result = DemoResult()
+
+    def _authorize(self, request: httpx.Request) -> None:
+        request.headers.update(auth_headers(self.settings))
 
     # --- helpers -------------------------------------------------------------------------------------------
 
@@ -164,7 +169,7 @@ class Demo:
         from confluent_kafka.serialization import MessageField, SerializationContext
 
         serializer = AvroSerializer(
-            SchemaRegistryClient({"url": self.settings.schema_registry.url}), json.dumps(self.stream.avro_schema())
+            SchemaRegistryClient(schema_registry_client_config(self.settings)), json.dumps(self.stream.avro_schema())
         )
         producer = Producer(self.settings.kafka_config(**{"enable.idempotence": True, "linger.ms": 20}))
         ctx = SerializationContext(self.stream.topic, MessageField.VALUE)
@@ -182,7 +187,7 @@ class Demo:
         from confluent_kafka.serialization import MessageField, SerializationContext
 
         serializer = AvroSerializer(
-            SchemaRegistryClient({"url": self.settings.schema_registry.url}), json.dumps(self.stream.avro_schema())
+            SchemaRegistryClient(schema_registry_client_config(self.settings)), json.dumps(self.stream.avro_schema())
         )
         good = make_records(1, False, self.rng, self.clock)[0]
         valid = serializer(good, SerializationContext(self.stream.topic, MessageField.VALUE))

@@ -37,6 +37,11 @@ class AvroCodec:
     def from_url(cls, url: str) -> AvroCodec:
         return cls(SchemaRegistryClient({"url": url}))
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> AvroCodec:
+        """A codec on a SchemaRegistryClient built from ``config`` (url plus e.g. bearer auth properties)."""
+        return cls(SchemaRegistryClient(config))
+
     def register(self, subject: str, schema: dict[str, Any]) -> int:
         schema_json = json.dumps(schema)
         key = (subject, schema_json)

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from driftloop.bus import EventBus, EventHandler
@@ -25,6 +26,7 @@ from driftloop.db import create_engine_for, migrate, session_factory
 from driftloop.errors import ConfigError, DriftloopError, NotFoundError
 from driftloop.metrics import SERVICE_INFO, HttpMetricsMiddleware
 from driftloop.pipeline import PipelineConfig, load_pipelines
+from driftloop.security import TokenChecker, bearer_scheme
 from driftloop.settings import Settings, load_settings
 from driftloop.topics import Topic
 
@@ -86,9 +88,26 @@ class ServiceSpec:
 
 
 def base_app(runtime: Runtime, title: str, description: str = "") -> FastAPI:
-    """A FastAPI app with the endpoints every service has, and errors mapped to clear HTTP answers."""
-    app = FastAPI(title=f"driftloop {title}", description=description, version="0.1.0")
+    """A FastAPI app with the endpoints every service has, errors mapped to clear HTTP answers, and the token
+    check (``driftloop.security``) on every route, including the ones a service adds later."""
+    # A stand-in runtime without settings (unit tests) gets an open API.
+    checker = TokenChecker(getattr(runtime, "settings", None))
+    if not checker.enforced:
+        log.warning("%s: no admin token configured: the HTTP API is open (see security settings)", title)
+
+    def check_token(
+        request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)
+    ) -> None:
+        request.state.principal = checker(request, credentials)
+
+    app = FastAPI(
+        title=f"driftloop {title}",
+        description=description,
+        version="0.1.0",
+        dependencies=[Depends(check_token)],
+    )
     app.state.runtime = runtime
+    app.state.token_checker = checker
     # Request count and latency per route on every service's /metrics (besides the bus's consumer metrics).
     app.add_middleware(HttpMetricsMiddleware)
     SERVICE_INFO.labels(runtime.name).set(1)

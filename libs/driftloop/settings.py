@@ -117,6 +117,28 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
+class SecuritySettings(_Section):
+    """API tokens (bearer). Enforced when ``enabled`` and at least one admin token is known: from
+    ``admin_tokens`` or the file ``<home>/admin.token`` that ``driftloop up`` writes (mode 600) when none is
+    configured. Without any token the APIs stay open (tests, local experiments) and services log a warning."""
+
+    enabled: bool = True
+    # name -> token. The name is who made a change (kept with alias moves and rollbacks).
+    admin_tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    # name -> token; read scope only (GET), a 403 on any mutating call.
+    read_tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    # Reads (GET/HEAD) need a read or admin token too. /healthz and /metrics stay open.
+    protect_reads: bool = False
+    # "METHOD /path" of mutating routes open without a token (the data plane). Path parameters match any name.
+    public_routes: list[str] = Field(
+        default_factory=lambda: [
+            "POST /v1/models/{name}/predict",
+            "POST /v1/models/{name}/feedback",
+            "POST /v1/streams/{stream}/records",
+        ]
+    )
+
+
     # Where the embedded stack keeps its database, objects, logs and PIDs.
     home: Path = Path(".driftloop")
     # Folder of pipeline config files (*.yaml), one per stream/model.
@@ -141,6 +163,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         config_file = Path(os.environ.get(CONFIG_ENV, DEFAULT_CONFIG_FILE))
+    security: SecuritySettings = SecuritySettings()
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if config_file.is_file():
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
@@ -222,10 +245,14 @@ def settings_env(settings: Settings) -> dict[str, str]:
         if isinstance(value, BaseModel):
             for name in type(value).model_fields:
                 walk(f"{prefix}__{name.upper()}" if prefix else name.upper(), getattr(value, name))
-        elif isinstance(value, dict):
+        elif isinstance(value, dict | list):
             import json
 
-            env[ENV_PREFIX + prefix] = json.dumps(value)
+            def plain(item: Any) -> Any:
+                return item.get_secret_value() if isinstance(item, SecretStr) else item
+
+            items = {k: plain(v) for k, v in value.items()} if isinstance(value, dict) else [plain(v) for v in value]
+            env[ENV_PREFIX + prefix] = json.dumps(items)
         elif isinstance(value, SecretStr):
             env[ENV_PREFIX + prefix] = value.get_secret_value()
         elif value is None:

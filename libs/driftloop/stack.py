@@ -24,6 +24,7 @@ from driftloop.db import migrate
 from driftloop.errors import StackError
 from driftloop.pipeline import load_pipelines
 from driftloop.procs import http_ready, pid_alive, port_open, spawn, stop_pid, wait_until
+from driftloop.security import ensure_admin_token, token_file
 from driftloop.settings import Settings, settings_env
 
 SERVICES = ("ingestion", "features", "training", "registry", "serving", "monitor", "triggers")
@@ -112,6 +113,8 @@ class Stack:
         log_dir.mkdir(parents=True, exist_ok=True)
         components: list[Component] = []
         try:
+        if ensure_admin_token(self.settings) and not self.settings.security.admin_tokens:
+            self.say(f"security: admin token in {token_file(self.settings)} (mode 600; the CLI reads it)")
             self.say(f"database: migrating {self._safe_db_url()}")
             migrate(self.settings.database_url)
             if self.settings.kafka.embedded:

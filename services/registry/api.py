@@ -1,16 +1,50 @@
-"""Registry HTTP API: models, versions (metrics, lineage, gate) and aliases. Read-only: the registry changes
-only through events."""
+"""Registry HTTP API: models, versions (signature, metrics, lineage, gate, tags) and aliases.
+
+Reads are open (or token-protected by ``security.protect_reads``); alias moves, rollback and annotations need an
+admin token (``driftloop.security``). Versions are created and gated only through events."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException, Path, Request
+from pydantic import BaseModel, ConfigDict, Field
 
-from driftloop.db.models import ModelVersion
+from driftloop.db.models import ModelAlias, ModelVersion
 from driftloop.errors import NotFoundError
+from driftloop.security import principal_of
 
-from .repository import Registry
+from .handlers import RegistryHandlers, RollbackImpossible
+from .repository import AliasConflict, Registry
+
+ALIAS_PATTERN = r"^[a-z][a-z0-9_-]{0,99}$"
+
+
+class MoveAliasBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(ge=1, description="The version the alias points at after the move.")
+    reason: str = Field(min_length=1, max_length=2000, description="Why, in words (kept with the alias and event).")
+    expected_version: int | None = Field(
+        default=None,
+        ge=1,
+        description="Optimistic check: move only if the alias points at this version now (409 otherwise).",
+    )
+
+
+class RollbackBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    to: int | None = Field(
+        default=None, ge=1, description="Version to roll back to; default: the newest promoted one before champion."
+    )
+    reason: str = Field(default="", max_length=2000, description="Why, in words.")
+
+
+class AnnotateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tags: dict[str, str | None] | None = Field(
+        default=None, description="Tags to set (merged into the existing ones); a null value deletes that tag."
+    )
+    description: str | None = Field(default=None, max_length=10_000, description="Replaces the description.")
 
 
 def version_view(row: ModelVersion, aliases: dict[str, int] | None = None) -> dict[str, Any]:
@@ -19,6 +53,9 @@ def version_view(row: ModelVersion, aliases: dict[str, int] | None = None) -> di
         "version": row.version,
         "status": row.status,
         "aliases": sorted(name for name, v in (aliases or {}).items() if v == row.version),
+        "description": row.description or "",
+        "tags": row.tags or {},
+        "signature": row.signature or {},
         "run_id": row.run_id,
         "artifact_uri": row.artifact_uri,
         "artifact_sha256": row.artifact_sha256,
@@ -32,38 +69,97 @@ def version_view(row: ModelVersion, aliases: dict[str, int] | None = None) -> di
     }
 
 
-def router(registry: Registry) -> APIRouter:
+def alias_view(found: ModelAlias) -> dict[str, Any]:
+    return {
+        "alias": found.alias,
+        "version": found.version,
+        "moved_by": found.moved_by,
+        "reason": found.reason,
+        "event_id": found.event_id,
+        "updated_at": found.updated_at.isoformat() if found.updated_at else None,
+    }
+
+
+def router(registry: Registry, handlers: RegistryHandlers) -> APIRouter:
     api = APIRouter(prefix="/v1/models", tags=["registry"])
 
     @api.get("")
     def list_models() -> dict[str, Any]:
+        """Every registered model with its version count, latest version and champion version."""
         return {"models": registry.models()}
 
     @api.get("/{name}/versions")
     def list_versions(name: str) -> dict[str, Any]:
+        """Every version of the model, oldest first, with its aliases."""
         rows = registry.versions(name)
         aliases = registry.aliases(name)
         return {"model": name, "aliases": aliases, "versions": [version_view(r, aliases) for r in rows]}
 
     @api.get("/{name}/versions/{version}")
     def get_version(name: str, version: int) -> dict[str, Any]:
+        """One version: artifact and sha256, signature, metrics, tags, description, lineage, gate numbers."""
         return version_view(registry.get_version(name, version), registry.aliases(name))
+
+    @api.patch("/{name}/versions/{version}")
+    def annotate_version(name: str, version: int, body: AnnotateBody) -> dict[str, Any]:
+        """Set or delete tags and replace the description of a version (admin)."""
+        if body.tags is None and body.description is None:
+            raise HTTPException(status_code=422, detail="give `tags` and/or `description`")
+        for key in body.tags or {}:
+            if not key or len(key) > 200:
+                raise HTTPException(status_code=422, detail=f"tags: key {key!r} must have 1 to 200 characters")
+        row = registry.annotate(name, version, tags=body.tags, description=body.description)
+        return version_view(row, registry.aliases(name))
+
+    @api.get("/{name}/aliases")
+    def list_aliases(name: str) -> dict[str, Any]:
+        """Every alias of the model with its version, who moved it and why."""
+        if not registry.model_exists(name):
+            raise NotFoundError(f"unknown model {name!r}: no version of it has been registered")
+        return {"model": name, "aliases": [alias_view(a) for a in registry.alias_rows(name)]}
 
     @api.get("/{name}/aliases/{alias}")
     def get_alias(name: str, alias: str) -> dict[str, Any]:
+        """The version an alias points at, who moved it there and why."""
         found = registry.alias(name, alias)
         if found is None:
             if not registry.model_exists(name):
                 raise NotFoundError(f"unknown model {name!r}: no version of it has been registered")
             raise NotFoundError(f"model {name!r} has no alias {alias!r}; its aliases: {registry.aliases(name)}")
         row = registry.get_version(name, found.version)
-        return {
-            "model": name,
-            "alias": alias,
-            "version": found.version,
-            "event_id": found.event_id,
-            "updated_at": found.updated_at.isoformat() if found.updated_at else None,
-            "model_version": version_view(row, registry.aliases(name)),
-        }
+        return {"model": name, **alias_view(found), "model_version": version_view(row, registry.aliases(name))}
+
+    @api.put("/{name}/aliases/{alias}")
+    def move_alias(
+        name: str,
+        body: MoveAliasBody,
+        request: Request,
+        alias: str = Path(pattern=ALIAS_PATTERN, description="champion, challenger or any name."),
+    ) -> dict[str, Any]:
+        """Point an alias at a version, atomically (admin). Emits ``ModelPromoted`` with the alias, who and why;
+        serving follows ``champion`` only. Asking for the move the alias already has re-sends the same event.
+        409 when ``expected_version`` does not match."""
+        expected: Any = body.expected_version if body.expected_version is not None else ...
+        try:
+            return handlers.move_alias(
+                name,
+                alias,
+                body.version,
+                moved_by=principal_of(request).name,
+                reason=body.reason,
+                expected_version=expected,
+            )
+        except AliasConflict as exc:
+            raise HTTPException(status_code=409, detail=str(exc)) from None
+
+    @api.post("/{name}/rollback")
+    def rollback(name: str, request: Request, body: RollbackBody | None = None) -> dict[str, Any]:
+        """Move ``champion`` back (admin): to ``to``, or to the newest promoted version before the current
+        champion. Serving follows. 409 when there is nothing to roll back to."""
+        body = body or RollbackBody()
+        try:
+            return handlers.rollback(name, body.to, moved_by=principal_of(request).name, reason=body.reason)
+        except (RollbackImpossible, AliasConflict) as exc:
+            raise HTTPException(status_code=409, detail=str(exc)) from None
 
     return api

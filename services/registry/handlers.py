@@ -10,20 +10,35 @@ from typing import Any
 from prometheus_client import Counter
 
 from driftloop.bus import EventBus
-from driftloop.errors import DriftloopError
+from driftloop.errors import DriftloopError, NotFoundError
 from driftloop.events import Event, new_event
 from driftloop.modeling import ModelArtifact
 from driftloop.objectstore import ObjectStore
 from driftloop.pipeline import PipelineConfig, pipeline_for_model
 
 from . import gate as gating
-from .repository import CHAMPION, AliasMoved, Registry, event_from_json
+from .repository import CHAMPION, AliasMoved, Registry, event_from_json, event_to_json
 
 log = logging.getLogger(__name__)
 
 PRODUCER = "registry"
 
 GATE_DECISIONS = Counter("driftloop_registry_gate_decisions_total", "Gate decisions", ["model", "decision"])
+
+
+def signature_of(pipeline: PipelineConfig, feature_names: list[str]) -> dict[str, Any]:
+    """What the version answers on: the raw stream fields a predict request sends (all but the label), the
+    features the model computes from them, and its output."""
+    stream = pipeline.stream
+    return {
+        "inputs": [
+            {"name": f.name, "type": str(f.type), "nullable": f.nullable}
+            for f in stream.fields
+            if f.name != stream.label
+        ],
+        "features": feature_names,
+        "output": {"name": "prediction", "type": "double", "task": pipeline.model.task},
+    }
 
 
 def _json_or_raw(text: str) -> Any:
@@ -45,7 +60,9 @@ class RegistryHandlers:
     def on_training_completed(self, event: Event) -> None:
         model = event["model"]
         pipeline = pipeline_for_model(self.pipelines, model)
-        version, created = self.registry.register(self._version_row(event), lambda v: self._registered(event, v))
+        row = self._version_row(event)
+        row["signature"] = signature_of(pipeline, list(event["feature_names"]))
+        version, created = self.registry.register(row, lambda v: self._registered(event, v))
         if created:
             log.info("registered %s v%d from run %s", model, version.version, event["run_id"])
         else:
@@ -122,6 +139,7 @@ class RegistryHandlers:
             result = self._evaluate(cause, pipeline, champion_row)
             gate_dict = result.as_dict(pipeline.gate, cause["dataset_version_id"], cause["feature_set_uri"])
             gate_dict["challenger_version"] = version
+            gate_dict["config"] = pipeline.gate.model_dump()
             previous = champion_row.version if champion_row else None
             decision_event = self._decision_event(cause, version, pipeline, result, gate_dict, previous)
             try:
@@ -183,6 +201,8 @@ class RegistryHandlers:
                 "feature_set_uri": cause["feature_set_uri"],
                 "reason": result.decision.reason,
                 "gate_json": gate_json,
+                "moved_by": PRODUCER,
+                "rollback": False,
             }
             return new_event("ModelPromoted", data, producer=PRODUCER, cause=cause)
         data = {
@@ -196,3 +216,92 @@ class RegistryHandlers:
             "gate_json": gate_json,
         }
         return new_event("ModelRejected", data, producer=PRODUCER, cause=cause)
+
+    # --- alias moves and rollback (HTTP) -----------------------------------------------------------------
+
+    def move_alias(
+        self,
+        model: str,
+        alias: str,
+        version: int,
+        *,
+        moved_by: str,
+        reason: str,
+        expected_version: Any = ...,
+        rollback: bool = False,
+    ) -> dict[str, Any]:
+        """Move ``alias`` to ``version`` and announce it with ``ModelPromoted`` (serving follows ``champion``)."""
+        target = self.registry.get_version(model, version)
+
+        def make_event(previous: int | None) -> Event:
+            data = {
+                "model": model,
+                "version": version,
+                "alias": alias,
+                "previous_version": previous,
+                "artifact_uri": target.artifact_uri,
+                "artifact_sha256": target.artifact_sha256,
+                "dataset_version_id": target.dataset_version_id,
+                "feature_set_uri": target.feature_set_uri,
+                "reason": reason,
+                "gate_json": json.dumps(target.gate or {}, sort_keys=True),
+                "moved_by": moved_by,
+                "rollback": rollback,
+            }
+            return new_event("ModelPromoted", data, producer=PRODUCER)
+
+        row, event, moved = self.registry.move_alias(
+            model,
+            alias,
+            version,
+            moved_by=moved_by,
+            reason=reason,
+            make_event=make_event,
+            expected_version=expected_version,
+        )
+        self.bus.publish(event)
+        log.info(
+            "%s alias %s -> v%d by %s (%s)%s", model, alias, version, moved_by, reason, "" if moved else " (unchanged)"
+        )
+        return {
+            "model": model,
+            "alias": alias,
+            "version": version,
+            "previous_version": event["previous_version"],
+            "moved": moved,
+            "moved_by": row.moved_by,
+            "reason": row.reason,
+            "event_id": event.id,
+            "event": event_to_json(event)["data"],
+        }
+
+    def rollback(self, model: str, to: int | None, *, moved_by: str, reason: str) -> dict[str, Any]:
+        """Move ``champion`` back to ``to`` (default: the newest promoted version older than the champion)."""
+        champion = self.registry.champion(model)
+        if champion is None:
+            if not self.registry.model_exists(model):
+                raise NotFoundError(f"unknown model {model!r}: no version of it has been registered")
+            raise RollbackImpossible(f"model {model!r} has no champion to roll back")
+        if to is None:
+            previous = self.registry.previous_champion(model, before=champion.version)
+            if previous is None:
+                raise RollbackImpossible(
+                    f"{model} v{champion.version} is the first promoted version: nothing earlier to roll back to "
+                    "(name one with `to`)"
+                )
+            to = previous.version
+        if to == champion.version:
+            raise RollbackImpossible(f"v{to} is already the champion of {model}")
+        return self.move_alias(
+            model,
+            CHAMPION,
+            to,
+            moved_by=moved_by,
+            reason=reason or f"rollback from v{champion.version}",
+            expected_version=champion.version,
+            rollback=True,
+        )
+
+
+class RollbackImpossible(DriftloopError):
+    """Nothing to roll back to (no champion, or no earlier promoted version)."""

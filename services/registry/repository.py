@@ -22,6 +22,10 @@ class AliasMoved(DriftloopError):
     """The champion alias moved while the gate was running: the decision must be taken again."""
 
 
+class AliasConflict(DriftloopError):
+    """An alias move asked for ``expected_version`` but the alias points elsewhere (optimistic concurrency)."""
+
+
 def event_to_json(event: Event) -> dict[str, Any]:
     env = event.envelope
     return {
@@ -103,6 +107,12 @@ class Registry:
             rows = session.execute(sa.select(ModelAlias.alias, ModelAlias.version).where(ModelAlias.model == model))
             return dict(rows.tuples().all())
 
+    def alias_rows(self, model: str) -> list[ModelAlias]:
+        with self.Session() as session:
+            return list(
+                session.scalars(sa.select(ModelAlias).where(ModelAlias.model == model).order_by(ModelAlias.alias))
+            )
+
     def champion(self, model: str) -> ModelVersion | None:
         with self.Session() as session:
             alias = session.get(ModelAlias, (model, CHAMPION))
@@ -182,16 +192,83 @@ class Registry:
             row.outbox = [*row.outbox, event_to_json(decision_event)]
             if promote:
                 if alias is None:
-                    session.add(
-                        ModelAlias(
-                            model=model,
-                            alias=CHAMPION,
-                            version=version,
-                            event_id=decision_event.id,
-                            updated_at=utcnow(),
-                        )
-                    )
-                else:
-                    alias.version = version
-                    alias.event_id = decision_event.id
-                    alias.updated_at = utcnow()
+                    alias = ModelAlias(model=model, alias=CHAMPION)
+                    session.add(alias)
+                alias.version = version
+                alias.event_id = decision_event.id
+                alias.event = event_to_json(decision_event)
+                alias.moved_by = decision_event.data.get("moved_by", "registry")
+                alias.reason = decision_event.data.get("reason")
+                alias.updated_at = utcnow()
+
+    def move_alias(
+        self,
+        model: str,
+        alias: str,
+        version: int,
+        *,
+        moved_by: str,
+        reason: str,
+        make_event: Any,
+        expected_version: int | object | None = ...,
+    ) -> tuple[ModelAlias, Event, bool]:
+        """Point ``alias`` of ``model`` at ``version`` in one transaction (row locks on alias and version).
+        ``make_event(previous_version) -> Event`` builds the ModelPromoted event stored on the alias row.
+        ``expected_version`` (if given) must be where the alias points now, else ``AliasConflict``.
+        Returns the alias, the event to publish, and whether it moved (False: it already pointed there; the
+        stored event is returned again so that a retried request re-sends the same event id)."""
+        with self.Session.begin() as session:
+            target = session.get(ModelVersion, (model, version), with_for_update=True)
+            if target is None:
+                if not session.scalar(sa.select(sa.func.count()).where(ModelVersion.model == model)):
+                    raise NotFoundError(f"unknown model {model!r}: no version of it has been registered")
+                raise NotFoundError(f"model {model!r} has no version {version}")
+            row = session.get(ModelAlias, (model, alias), with_for_update=True)
+            current = row.version if row else None
+            if expected_version is not ... and current != expected_version:
+                raise AliasConflict(
+                    f"alias {alias!r} of {model} points at v{current}, the request expected v{expected_version}"
+                )
+            if row is not None and current == version and row.event:
+                return row, event_from_json(row.event), False
+            event = make_event(current)
+            if row is None:
+                row = ModelAlias(model=model, alias=alias, version=version)
+                session.add(row)
+            row.version = version
+            row.event_id = event.id
+            row.event = event_to_json(event)
+            row.moved_by = moved_by
+            row.reason = reason
+            row.updated_at = utcnow()
+        return row, event, True
+
+    def previous_champion(self, model: str, before: int) -> ModelVersion | None:
+        """The newest promoted version older than ``before`` (the rollback target when none is named)."""
+        with self.Session() as session:
+            return session.scalars(
+                sa.select(ModelVersion)
+                .where(ModelVersion.model == model, ModelVersion.version < before, ModelVersion.status == "promoted")
+                .order_by(ModelVersion.version.desc())
+                .limit(1)
+            ).one_or_none()
+
+    def annotate(
+        self, model: str, version: int, *, tags: dict[str, str | None] | None, description: str | None
+    ) -> ModelVersion:
+        """Merge ``tags`` into the version's tags (a None value deletes the tag); replace the description."""
+        with self.Session.begin() as session:
+            row = session.get(ModelVersion, (model, version), with_for_update=True)
+            if row is None:
+                raise NotFoundError(f"model {model!r} has no version {version}")
+            if tags is not None:
+                merged = dict(row.tags or {})
+                for key, value in tags.items():
+                    if value is None:
+                        merged.pop(key, None)
+                    else:
+                        merged[key] = value
+                row.tags = merged
+            if description is not None:
+                row.description = description
+        return self.get_version(model, version)

@@ -17,7 +17,7 @@ def build(runtime: Runtime) -> ServiceSpec:
     registry = Registry(runtime.Session)
     handlers = RegistryHandlers(runtime.bus, registry, open_object_store(runtime.settings), runtime.pipelines)
     app = base_app(runtime, "registry", "Model versions with lineage, the promotion gate, and the champion alias.")
-    app.include_router(api.router(registry))
+    app.include_router(api.router(registry, handlers))
     return ServiceSpec(
         app=app,
         consumers=[ConsumerSpec(CONSUMER_GROUP, {TRAINING_COMPLETED: handlers.on_training_completed})],

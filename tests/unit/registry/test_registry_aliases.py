@@ -1,0 +1,210 @@
+"""Registry API: alias moves, rollback, tags and description, signature, gate config, and their tokens; on a real
+SQLite database and a local object store, the app built by ``base_app`` (published events are recorded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from fastapi.testclient import TestClient
+from model_factory import (
+    feature_frame,
+    make_pipeline,
+    put_artifact,
+    put_feature_set,
+    train_artifact,
+    training_completed_data,
+)
+
+from driftloop.db import create_engine_for, migrate, session_factory
+from driftloop.events import Event, new_event
+from driftloop.objectstore import LocalObjectStore
+from driftloop.service import base_app
+from driftloop.services.registry import api
+from driftloop.services.registry.handlers import RegistryHandlers
+from driftloop.services.registry.repository import Registry
+from driftloop.settings import Settings
+
+MODEL = "fraud-alias"
+ADMIN = {"Authorization": "Bearer admin-secret"}
+READER = {"Authorization": "Bearer read-secret"}
+
+
+class RecordingBus:
+    def __init__(self) -> None:
+        self.published: list[Event] = []
+
+    def publish(self, event: Event, *, wait: bool = True) -> None:
+        self.published.append(event)
+
+
+@pytest.fixture(scope="module")
+def models() -> dict:
+    pipeline = make_pipeline(model=MODEL, stream="tx-alias", first_version_threshold=0.6, min_improvement=0.01)
+    features = feature_frame(pipeline, rows=2000)
+    return {
+        "pipeline": pipeline,
+        "features": features,
+        "weak": train_artifact(pipeline, features, quality="good", rounds=1),
+        "good": train_artifact(pipeline, features, quality="good", rounds=30),
+    }
+
+
+@pytest.fixture
+def env(tmp_path: Path, models: dict) -> dict:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    migrate(url)
+    registry = Registry(session_factory(create_engine_for(url)))
+    store = LocalObjectStore(tmp_path / "objects")
+    bus = RecordingBus()
+    handlers = RegistryHandlers(bus, registry, store, {MODEL: models["pipeline"]})  # type: ignore[arg-type]
+    settings = Settings(
+        home=tmp_path / "home",
+        security={"admin_tokens": {"alice": "admin-secret"}, "read_tokens": {"dashboard": "read-secret"}},
+    )
+    app = base_app(SimpleNamespace(name="registry", settings=settings), "registry")  # type: ignore[arg-type]
+    app.include_router(api.router(registry, handlers))
+    fs_uri = put_feature_set(store, "tx-alias", 1, models["features"])
+    env = {"registry": registry, "store": store, "bus": bus, "handlers": handlers, "fs_uri": fs_uri}
+    env["client"] = TestClient(app)
+    # v1 (weak) promoted, v2 (good) promoted over it: champion v2, v1 the previous champion.
+    for run_id, quality in (("run-1", "weak"), ("run-2", "good")):
+        uri, sha = put_artifact(store, MODEL, run_id, models[quality])
+        data = training_completed_data(MODEL, run_id, uri, sha, fs_uri, "tx-alias@v1")
+        cause = new_event("TrainingRequested", {"model": MODEL}, producer="triggers")
+        handlers.on_training_completed(new_event("TrainingCompleted", data, producer="training", cause=cause))
+    assert registry.aliases(MODEL) == {"champion": 2}
+    bus.published.clear()
+    return env
+
+
+def test_version_has_signature_gate_config_and_empty_annotations(env: dict, models: dict) -> None:
+    version = env["client"].get(f"/v1/models/{MODEL}/versions/2").json()
+    inputs = {f["name"]: f["type"] for f in version["signature"]["inputs"]}
+    stream = models["pipeline"].stream
+    assert stream.label not in inputs and inputs[stream.entity_key] == "string"
+    assert set(inputs) == set(stream.field_names) - {stream.label}
+    assert version["signature"]["features"] == version["lineage"]["feature_names"]
+    assert version["signature"]["output"]["task"] == "classification"
+    config = version["gate"]["config"]
+    assert (config["metric"], config["direction"], config["min_improvement"], config["first_version_threshold"]) == (
+        "roc_auc",
+        "maximize",
+        0.01,
+        0.6,
+    )
+    assert version["tags"] == {} and version["description"] == ""
+
+
+def test_put_alias_moves_it_atomically_with_an_event_naming_who_and_why(env: dict) -> None:
+    client, bus = env["client"], env["bus"]
+    response = client.put(
+        f"/v1/models/{MODEL}/aliases/challenger", json={"version": 1, "reason": "shadow test"}, headers=ADMIN
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["moved"] is True and response.json()["previous_version"] is None
+    [event] = bus.published
+    assert event.type == "ModelPromoted"
+    assert (event["alias"], event["version"], event["moved_by"], event["reason"]) == (
+        "challenger",
+        1,
+        "alice",
+        "shadow test",
+    )
+    alias = client.get(f"/v1/models/{MODEL}/aliases/challenger").json()
+    assert (alias["version"], alias["moved_by"], alias["reason"], alias["event_id"]) == (
+        1,
+        "alice",
+        "shadow test",
+        event.id,
+    )
+    assert env["registry"].aliases(MODEL) == {"champion": 2, "challenger": 1}
+
+    # The same move again re-sends the same event (a retried request), and moves nothing.
+    again = client.put(f"/v1/models/{MODEL}/aliases/challenger", json={"version": 1, "reason": "retry"}, headers=ADMIN)
+    assert again.json()["moved"] is False and bus.published[-1].id == event.id
+
+    # Optimistic concurrency: expected_version must match where the alias points now.
+    stale = client.put(
+        f"/v1/models/{MODEL}/aliases/challenger",
+        json={"version": 2, "reason": "x", "expected_version": 2},
+        headers=ADMIN,
+    )
+    assert stale.status_code == 409 and "v1" in stale.json()["detail"]
+    assert env["registry"].aliases(MODEL)["challenger"] == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "needle"),
+    [
+        (f"/v1/models/{MODEL}/aliases/challenger", {"version": 9, "reason": "x"}, 404, "no version 9"),
+        ("/v1/models/nobody/aliases/champion", {"version": 1, "reason": "x"}, 404, "unknown model"),
+        (f"/v1/models/{MODEL}/aliases/Bad Alias", {"version": 1, "reason": "x"}, 422, "alias"),
+        (f"/v1/models/{MODEL}/aliases/challenger", {"version": 1}, 422, "reason"),
+        (f"/v1/models/{MODEL}/aliases/challenger", {"version": 1, "reason": "x", "extra": 1}, 422, "extra"),
+    ],
+)
+def test_bad_alias_moves_are_4xx_naming_the_problem(env: dict, path: str, body: dict, status: int, needle: str) -> None:
+    response = env["client"].put(path, json=body, headers=ADMIN)
+    assert response.status_code == status, response.text
+    assert needle in response.text
+    assert env["bus"].published == []
+
+
+def test_rollback_moves_champion_to_the_previous_champion(env: dict) -> None:
+    client, bus = env["client"], env["bus"]
+    response = client.post(f"/v1/models/{MODEL}/rollback", json={"reason": "v2 misbehaves"}, headers=ADMIN)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["version"], body["previous_version"], body["alias"]) == (1, 2, "champion")
+    [event] = bus.published
+    assert event["rollback"] is True and event["moved_by"] == "alice" and event["reason"] == "v2 misbehaves"
+    assert event["artifact_sha256"] == env["registry"].get_version(MODEL, 1).artifact_sha256
+    assert env["registry"].champion(MODEL).version == 1
+    assert client.get("/v1/models").json()["models"][0]["champion_version"] == 1
+
+    # Nothing promoted before v1: a second rollback has nowhere to go.
+    nothing = client.post(f"/v1/models/{MODEL}/rollback", headers=ADMIN)
+    assert nothing.status_code == 409 and "first promoted version" in nothing.json()["detail"]
+    # An explicit target goes forward too.
+    forward = client.post(f"/v1/models/{MODEL}/rollback", json={"to": 2}, headers=ADMIN)
+    assert forward.status_code == 200 and env["registry"].champion(MODEL).version == 2
+    assert client.post(f"/v1/models/{MODEL}/rollback", json={"to": 2}, headers=ADMIN).status_code == 409
+    assert client.post(f"/v1/models/{MODEL}/rollback", json={"to": 7}, headers=ADMIN).status_code == 404
+    assert client.post("/v1/models/nobody/rollback", headers=ADMIN).status_code == 404
+
+
+def test_patch_sets_and_deletes_tags_and_replaces_the_description(env: dict) -> None:
+    client = env["client"]
+    path = f"/v1/models/{MODEL}/versions/1"
+    first = client.patch(
+        path, json={"tags": {"team": "risk", "stage": "beta"}, "description": "baseline"}, headers=ADMIN
+    )
+    assert first.status_code == 200, first.text
+    assert first.json()["tags"] == {"team": "risk", "stage": "beta"} and first.json()["description"] == "baseline"
+    second = client.patch(path, json={"tags": {"stage": None, "owner": "alice"}}, headers=ADMIN)
+    assert second.json()["tags"] == {"team": "risk", "owner": "alice"}
+    assert second.json()["description"] == "baseline"
+    assert client.get(path).json()["tags"] == {"team": "risk", "owner": "alice"}
+    assert client.patch(path, json={}, headers=ADMIN).status_code == 422
+    assert client.patch(path, json={"tags": {"k": 1}}, headers=ADMIN).status_code == 422
+    assert client.patch(f"/v1/models/{MODEL}/versions/5", json={"description": "x"}, headers=ADMIN).status_code == 404
+
+
+def test_mutating_registry_calls_need_an_admin_token(env: dict) -> None:
+    client = env["client"]
+    calls = [
+        ("PUT", f"/v1/models/{MODEL}/aliases/champion", {"version": 1, "reason": "x"}),
+        ("POST", f"/v1/models/{MODEL}/rollback", {}),
+        ("PATCH", f"/v1/models/{MODEL}/versions/1", {"description": "x"}),
+    ]
+    for method, path, body in calls:
+        anonymous = client.request(method, path, json=body)
+        assert anonymous.status_code == 401, (method, path)
+        assert anonymous.headers["www-authenticate"] == "Bearer"
+        assert client.request(method, path, json=body, headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert client.request(method, path, json=body, headers=READER).status_code == 403
+    assert env["registry"].champion(MODEL).version == 2 and env["bus"].published == []
+    # Reads are open by default.
+    assert client.get(f"/v1/models/{MODEL}/aliases").status_code == 200
