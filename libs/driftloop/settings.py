@@ -107,16 +107,6 @@ class ServicesSettings(_Section):
         return f"http://{self.host}:{self.port(service)}"
 
 
-class Settings(BaseSettings):
-    """All settings of a driftloop deployment. Unknown keys are rejected, naming the key."""
-
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter="__",
-        extra="forbid",
-        frozen=True,
-    )
-
 class SecuritySettings(_Section):
     """API tokens (bearer). Enforced when ``enabled`` and at least one admin token is known: from
     ``admin_tokens`` or the file ``<home>/admin.token`` that ``driftloop up`` writes (mode 600) when none is
@@ -139,6 +129,16 @@ class SecuritySettings(_Section):
     )
 
 
+class Settings(BaseSettings):
+    """All settings of a driftloop deployment. Unknown keys are rejected, naming the key."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
     # Where the embedded stack keeps its database, objects, logs and PIDs.
     home: Path = Path(".driftloop")
     # Folder of pipeline config files (*.yaml), one per stream/model.
@@ -152,6 +152,7 @@ class SecuritySettings(_Section):
     spark: SparkSettings = SparkSettings()
     ray: RaySettings = RaySettings()
     services: ServicesSettings = ServicesSettings()
+    security: SecuritySettings = SecuritySettings()
 
     @classmethod
     def settings_customise_sources(
@@ -163,7 +164,6 @@ class SecuritySettings(_Section):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         config_file = Path(os.environ.get(CONFIG_ENV, DEFAULT_CONFIG_FILE))
-    security: SecuritySettings = SecuritySettings()
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if config_file.is_file():
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))

@@ -112,9 +112,9 @@ class Stack:
         log_dir = self.settings.log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
         components: list[Component] = []
-        try:
         if ensure_admin_token(self.settings) and not self.settings.security.admin_tokens:
             self.say(f"security: admin token in {token_file(self.settings)} (mode 600; the CLI reads it)")
+        try:
             self.say(f"database: migrating {self._safe_db_url()}")
             migrate(self.settings.database_url)
             if self.settings.kafka.embedded:

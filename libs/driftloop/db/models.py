@@ -262,6 +262,11 @@ class ModelVersion(Base):
     # the same transaction as the state they announce, so that a redelivery re-sends them with the same ids.
     outbox: Mapped[list] = mapped_column(default=list)
     decided_at: Mapped[datetime | None]
+    # Input fields and types the model answers on, its features and its output (set at registration).
+    signature: Mapped[dict | None]
+    # User-set labels and text (PATCH /v1/models/{name}/versions/{v}); NULL reads as none.
+    tags: Mapped[dict | None]
+    description: Mapped[str | None] = mapped_column(sa.Text)
 
 
 class ModelAlias(Base):
@@ -271,6 +276,11 @@ class ModelAlias(Base):
     version: Mapped[int]
     event_id: Mapped[str | None] = mapped_column(sa.String(64))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Who moved it (token name, or "registry" for the gate) and why; the ModelPromoted event it sent, re-sent
+    # with the same id when the same move is asked again (e.g. after a failed publish).
+    moved_by: Mapped[str | None] = mapped_column(sa.String(200))
+    reason: Mapped[str | None] = mapped_column(sa.Text)
+    event: Mapped[dict | None]
 
 
 # --- monitor -------------------------------------------------------------------------------------------------
@@ -278,11 +288,6 @@ class ModelAlias(Base):
 
 class DriftReport(Base):
     __tablename__ = "drift_reports"
-    # Input fields and types the model answers on, its features and its output (set at registration).
-    signature: Mapped[dict | None]
-    # User-set labels and text (PATCH /v1/models/{name}/versions/{v}); NULL reads as none.
-    tags: Mapped[dict | None]
-    description: Mapped[str | None] = mapped_column(sa.Text)
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     model: Mapped[str] = mapped_column(sa.String(200), index=True)
     version: Mapped[int]
@@ -292,11 +297,6 @@ class DriftReport(Base):
     tests: Mapped[list]
     event_id: Mapped[str | None] = mapped_column(sa.String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    # Who moved it (token name, or "registry" for the gate) and why; the ModelPromoted event it sent, re-sent
-    # with the same id when the same move is asked again (e.g. after a failed publish).
-    moved_by: Mapped[str | None] = mapped_column(sa.String(200))
-    reason: Mapped[str | None] = mapped_column(sa.Text)
-    event: Mapped[dict | None]
     __table_args__ = (sa.UniqueConstraint("model", "version", "window_index"),)
 
 
