@@ -43,6 +43,8 @@ class KafkaSettings(_Section):
     session_timeout_ms: int = Field(default=6000, ge=1000)
     partitions: int = Field(default=4, ge=1)
     replication_factor: int = Field(default=1, ge=1)
+    # Consumer group of the ingestion processes: processes in one group split the stream topics' partitions.
+    ingestion_group: str = Field(default="driftloop-ingestion", min_length=1)
     # Extra librdkafka properties (security.protocol, sasl.*, ...) passed to every client.
     client_config: dict[str, str] = Field(default_factory=dict)
 
@@ -80,6 +82,13 @@ class SparkSettings(_Section):
     driver_memory: str = "1g"
 
 
+class FeaturesSettings(_Section):
+    # The online store's type: "database" (the ``online_features`` table). Other types register themselves in
+    # ``driftloop.onlinestore.ONLINE_STORE_TYPES`` (e.g. "redis") and read ``online_store_url``.
+    online_store: str = Field(default="database", min_length=1)
+    online_store_url: str = ""
+
+
 class RaySettings(_Section):
     # Empty: a local Ray started by the training service. Else a cluster address (also read from RAY_ADDRESS).
     address: str = ""
@@ -96,6 +105,7 @@ class ServicesSettings(_Section):
     serving_port: int = 8105
     monitor_port: int = 8106
     triggers_port: int = 8107
+    dashboard_port: int = 8108
 
     def port(self, service: str) -> int:
         try:
@@ -151,6 +161,7 @@ class Settings(BaseSettings):
     object_store: ObjectStoreSettings = ObjectStoreSettings()
     spark: SparkSettings = SparkSettings()
     ray: RaySettings = RaySettings()
+    features: FeaturesSettings = FeaturesSettings()
     services: ServicesSettings = ServicesSettings()
     security: SecuritySettings = SecuritySettings()
 

@@ -12,7 +12,16 @@ from driftloop.pipeline import pipeline_for_stream
 from driftloop.service import Runtime
 
 from .datasets import DatasetCutter, NoNewData, version_to_dict
-from .handlers import MAX_BATCH_RECORDS, MAX_BODY_BYTES, dead_letters, ingest_json_records, stream_stats
+from .handlers import (
+    IDEMPOTENCY_KEY_MAX,
+    MAX_BATCH_RECORDS,
+    MAX_BODY_BYTES,
+    IdempotencyKeyReused,
+    dead_letters,
+    ingest_idempotent,
+    ingest_json_records,
+    stream_stats,
+)
 from .kafka_intake import KafkaIntake
 from .landing import Lander
 
@@ -39,7 +48,8 @@ def router(runtime: Runtime, lander: Lander, intake: KafkaIntake, cutter: Datase
     async def post_records(stream: str, request: Request) -> dict[str, Any]:
         """Body ``{"records": [{...}, ...]}``. Per-record problems come back in ``rejected`` (and as dead
         letters); the request fails only for an unknown stream (404), a malformed body (422) or a batch over
-        the limits (413)."""
+        the limits (413). With an ``Idempotency-Key`` header a retried batch is landed once: the retry gets the
+        first answer back with ``"replayed": true`` (the same key with a different body: 422)."""
         pipeline = pipeline_for_stream(runtime.pipelines, stream)
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
@@ -63,6 +73,19 @@ def router(runtime: Runtime, lander: Lander, intake: KafkaIntake, cutter: Datase
             raise HTTPException(
                 413, f"{len(records)} records in one request; the limit is {MAX_BATCH_RECORDS}: split the batch"
             )
+        key = request.headers.get("idempotency-key")
+        if key is not None:
+            if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX or not key.isprintable() or not key.isascii():
+                raise HTTPException(
+                    422, f"the Idempotency-Key header must be 1..{IDEMPOTENCY_KEY_MAX} printable ASCII characters"
+                )
+            try:
+                answer = await run_in_threadpool(ingest_idempotent, pipeline, records, lander, key=key, body=body)
+            except IdempotencyKeyReused as exc:
+                raise HTTPException(422, str(exc)) from None
+            if answer["accepted"] and not answer["replayed"]:
+                cutter.request_check(stream)
+            return answer
         result = await run_in_threadpool(ingest_json_records, pipeline, records, lander)
         if result.accepted:
             cutter.request_check(stream)

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -12,7 +14,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from driftloop.db.models import DeadLetter, LandedBatch
+from driftloop.db.models import DeadLetter, IngestionIdempotencyKey, LandedBatch
+from driftloop.errors import DriftloopError
 from driftloop.layout import landed_http_key
 from driftloop.pipeline import PipelineConfig
 
@@ -65,6 +68,52 @@ def ingest_json_records(
     result.accepted = len(good)
     lander.bus.flush()
     return result
+
+
+IDEMPOTENCY_KEY_MAX = 200
+
+
+class IdempotencyKeyReused(DriftloopError):
+    """The same Idempotency-Key came with a different body (HTTP 422)."""
+
+
+_key_locks: dict[tuple[str, str], threading.Lock] = {}
+_key_locks_guard = threading.Lock()
+
+
+def idempotent_request_id(stream: str, key: str) -> str:
+    """The request id of a batch sent with an Idempotency-Key: derived from the key, so that a retry lands under
+    the same object name and dead-letters under the same sources even after a crash of the first attempt."""
+    return "idem-" + hashlib.sha256(f"{stream}\0{key}".encode()).hexdigest()[:32]
+
+
+def ingest_idempotent(
+    pipeline: PipelineConfig, records: list[Any], lander: Lander, *, key: str, body: bytes
+) -> dict[str, Any]:
+    """``ingest_json_records`` once per (stream, key): a retry with the same body gets the first answer back
+    (with ``"replayed": true``) and lands nothing; the same key with another body is refused."""
+    stream = pipeline.stream.name
+    body_sha256 = hashlib.sha256(body).hexdigest()
+    with _key_locks_guard:
+        lock = _key_locks.setdefault((stream, key), threading.Lock())
+    with lock:
+        with lander.Session() as session:
+            seen = session.get(IngestionIdempotencyKey, (stream, key))
+        if seen is not None:
+            if seen.body_sha256 != body_sha256:
+                raise IdempotencyKeyReused(
+                    f"Idempotency-Key {key!r} was used before for a different body on stream {stream!r}; "
+                    "use a new key for a new batch"
+                )
+            return {**seen.response, "replayed": True}
+        result = ingest_json_records(pipeline, records, lander, request_id=idempotent_request_id(stream, key))
+        response = {**result.to_dict(), "idempotency_key": key}
+        try:
+            with lander.Session.begin() as session:
+                session.add(IngestionIdempotencyKey(stream=stream, key=key, body_sha256=body_sha256, response=response))
+        except sa.exc.IntegrityError:
+            pass  # another process answered the same key meanwhile; landing was idempotent by request id
+        return {**response, "replayed": False}
 
 
 def stream_stats(lander: Lander, stream: str, pending: int = 0) -> dict[str, Any]:

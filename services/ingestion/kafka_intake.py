@@ -28,7 +28,7 @@ from .validation import check_size, rejection_from_failure, rejection_from_wire_
 
 log = logging.getLogger(__name__)
 
-GROUP = "driftloop-ingestion"
+GROUP = "driftloop-ingestion"  # the default of settings.kafka.ingestion_group
 
 
 @dataclass
@@ -95,7 +95,7 @@ class KafkaIntake:
             return
         self.ensure_topics()
         self.running = True
-        consumer = Consumer(self.bus.consumer_config(GROUP))
+        consumer = Consumer(self.bus.consumer_config(self.bus.settings.kafka.ingestion_group))
         consumer.subscribe(
             list(self.by_topic),
             on_assign=self._on_assign,

@@ -75,8 +75,15 @@ class Lander:
     def land(
         self, stream: StreamSpec, rows: list[dict[str, Any]], key: str, source: str, kafka: KafkaSource | None = None
     ) -> LandedBatch:
-        """Write ``rows`` as one Parquet object under ``key`` and record it. Re-landing the same key replaces the
-        object and the row (same source offsets give the same key)."""
+        """Write ``rows`` as one Parquet object under ``key`` and record it. The key derives from the source
+        (offsets, idempotency key), so the same source always gives the same key: when its row exists already
+        (a replay after a crash, a retried request) nothing is written again, and a batch that is already part
+        of a dataset version is never handed to the next cut a second time."""
+        with self.Session() as session:
+            existing = session.get(LandedBatch, key)
+        if existing is not None:
+            log.info("landed batch %s exists already (%s): replay skipped", key, existing.source)
+            return existing
         table = rows_to_table(rows, stream)
         self.store.put_bytes(key, table_to_parquet(table))
         times = [row[stream.event_time] for row in rows if row.get(stream.event_time) is not None]
@@ -92,7 +99,7 @@ class Lander:
             last_offset=kafka.last_offset if kafka else None,
         )
         with self.Session.begin() as session:
-            session.merge(batch)
+            session.add(batch)
         log.info("landed %d rows of %s at %s (%s)", len(rows), stream.name, key, source)
         return batch
 
@@ -137,6 +144,8 @@ class Lander:
                     message=rejection.message,
                     source=source,
                     event_id=event.id,
+                    original=original,
+                    schema_id=rejection.schema_id,
                 )
             )
         self.bus.publish(event, wait=False)
