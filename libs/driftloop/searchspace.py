@@ -60,5 +60,5 @@ class SearchSpec(_Strict):
     validation_fraction: float = Field(default=0.2, gt=0, lt=1)
     # Metric the search optimises; default: the gate's metric and direction.
     metric: Literal["roc_auc", "accuracy", "f1", "log_loss", "rmse", "mae", "r2"] | None = None
-    # A trial taking longer than this is stopped (seconds; 0: no limit).
+    # The whole search stops after this many seconds (0: no limit); finished trials still count.
     time_budget_seconds: float = Field(default=0.0, ge=0)

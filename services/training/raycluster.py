@@ -6,16 +6,20 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from driftloop.settings import Settings
 
 from .fit import FitJob, FitResult, fit_feature_set
+from .hpo import RunAborted
 
 log = logging.getLogger(__name__)
 
 # A local Ray's object store holds only artifacts and feature metadata here: keep it small on a shared machine.
 LOCAL_OBJECT_STORE_BYTES = 300 * 1024 * 1024
+
+ABORT_POLL_SECONDS = 0.5
 
 _lock = threading.Lock()
 _fit_task: Any = None
@@ -48,14 +52,23 @@ def ensure_ray(settings: Settings) -> None:
             _fit_task = ray.remote(num_cpus=1)(fit_feature_set)
 
 
-def fit_on_ray(settings: Settings, job: FitJob) -> FitResult:
-    """Run the fit as a Ray task and wait for it. A task error re-raises the task's own exception."""
+def fit_on_ray(settings: Settings, job: FitJob, should_abort: Callable[[], bool] | None = None) -> FitResult:
+    """Run the fit as a Ray task and wait for it. A task error re-raises the task's own exception. When
+    ``should_abort`` turns true the task is force-cancelled (its worker killed, its CPU freed) and RunAborted raised."""
     import ray
     from ray.exceptions import RayTaskError
 
     ensure_ray(settings)
+    ref = _fit_task.remote(job)
     try:
-        return ray.get(_fit_task.remote(job))
+        while True:
+            done, _ = ray.wait([ref], timeout=ABORT_POLL_SECONDS)
+            if done:
+                return ray.get(ref)
+            if should_abort is not None and should_abort():
+                # force=True: a plain cancel is unreliable on a running task and may leave its CPU taken.
+                ray.cancel(ref, force=True)
+                raise RunAborted("aborted during the fit")
     except RayTaskError as exc:
         cause = getattr(exc, "cause", None)
         if isinstance(cause, BaseException):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,13 +15,27 @@ from driftloop.db.models import Run
 from driftloop.errors import NotFoundError
 from driftloop.events import Envelope, Event, new_event
 from driftloop.service import Runtime
+from driftloop.settings import Settings
 
 log = logging.getLogger(__name__)
 
 SERVICE = "training"
-PENDING, RUNNING, COMPLETED, FAILED = "pending", "running", "completed", "failed"
+PENDING, RUNNING, COMPLETED, FAILED, ABORTED = "pending", "running", "completed", "failed", "aborted"
 ACTIVE_STATES = (PENDING, RUNNING)
-ALLOWED = {PENDING: {RUNNING, FAILED}, RUNNING: {COMPLETED, FAILED}}
+ALLOWED = {PENDING: {RUNNING, FAILED, ABORTED}, RUNNING: {COMPLETED, FAILED, ABORTED}}
+FINAL_STATES = (COMPLETED, FAILED, ABORTED)
+
+
+def abort_flag(settings: Settings, run_id: str) -> Path:
+    """The file whose existence aborts a run: the HTTP thread writes it, the search's Stopper and the fit's
+    wait loop (in this process, the Ray driver) read it."""
+    return settings.home / "run-aborts" / run_id
+
+
+def request_abort(settings: Settings, run_id: str) -> None:
+    flag = abort_flag(settings, run_id)
+    flag.parent.mkdir(parents=True, exist_ok=True)
+    flag.write_text(datetime.now(tz=UTC).isoformat())
 
 
 def run_as_dict(run: Run) -> dict[str, Any]:
@@ -42,6 +57,7 @@ class RunTracker:
             cause_event_id=request.id,
             cascade_id=request.envelope.cascade_id,
             dataset_version_id=request.data.get("dataset_version_id"),
+            rerun_of=request.data.get("rerun_of"),
         )
         try:
             with self.runtime.Session.begin() as session:
@@ -65,7 +81,7 @@ class RunTracker:
             now = datetime.now(tz=UTC)
             if state == RUNNING:
                 run.started_at = now
-            if state in (COMPLETED, FAILED):
+            if state in FINAL_STATES:
                 run.ended_at = now
             for name, value in fields.items():
                 setattr(run, name, value)
