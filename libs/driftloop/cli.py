@@ -223,6 +223,62 @@ def retrain(model: str, reason: Annotated[str, typer.Option(help="Why (kept with
     _print_json(_call("triggers", "POST", f"/v1/models/{model}/retrain", json={"reason": reason}))
 
 
+@app.command()
+def rollback(
+    model: str,
+    to: Annotated[
+        int | None, typer.Option("--to", help="Version to go back to (default: the previous champion).")
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why (kept with the alias and its event).")] = "",
+) -> None:
+    """Move MODEL's champion back to the previous champion (or --to V); serving follows."""
+    body: dict[str, Any] = {"reason": reason}
+    if to is not None:
+        body["to"] = to
+    moved = _call("registry", "POST", f"/v1/models/{model}/rollback", json=body)
+    console.print(f"{model}: champion v{moved['previous_version']} -> v{moved['version']} (event {moved['event_id']})")
+
+
+@models_app.command("alias")
+def models_alias(
+    name: str,
+    alias: str,
+    version: Annotated[int | None, typer.Argument(help="Move the alias here; omit to show where it points.")] = None,
+    reason: Annotated[str, typer.Option(help="Why (required to move).")] = "",
+) -> None:
+    """Show an alias of model NAME, or move it to VERSION (champion moves what serving answers with)."""
+    if version is None:
+        _print_json(_call("registry", "GET", f"/v1/models/{name}/aliases/{alias}"))
+        return
+    if not reason:
+        raise DriftloopError("moving an alias needs --reason")
+    _print_json(
+        _call("registry", "PUT", f"/v1/models/{name}/aliases/{alias}", json={"version": version, "reason": reason})
+    )
+
+
+@models_app.command("annotate")
+def models_annotate(
+    name: str,
+    version: int,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="key=value to set, or key= to delete.")] = None,
+    description: Annotated[str | None, typer.Option(help="Replace the description.")] = None,
+) -> None:
+    """Set or delete tags and replace the description of a version."""
+    tags: dict[str, str | None] = {}
+    for item in tag or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise DriftloopError(f"--tag {item!r}: expected key=value (or key= to delete)")
+        tags[key] = value or None
+    body: dict[str, Any] = {}
+    if tags:
+        body["tags"] = tags
+    if description is not None:
+        body["description"] = description
+    _print_json(_call("registry", "PATCH", f"/v1/models/{name}/versions/{version}", json=body))
+
+
 # --- timeline and events --------------------------------------------------------------------------------------
 
 

@@ -4,16 +4,19 @@ and v2 — whose lineage leads back to the drift event — ends up serving."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 from rich.console import Console
+from typer.testing import CliRunner
 
+from driftloop.cli import app as cli_app
 from driftloop.db import create_engine_for
 from driftloop.demo import MODEL, DemoScale, run_demo
 from driftloop.procs import free_port, pid_alive
-from driftloop.settings import Settings
+from driftloop.settings import Settings, settings_env
 from driftloop.stack import SERVICES, Stack
 from driftloop.timeline import lineage
 
@@ -77,6 +80,27 @@ def test_drift_cascades_to_a_new_champion_with_no_human(tmp_path: Path) -> None:
         assert stats["records_in"] == result.produced
         assert stats["landed"] + stats["dead_lettered"] == stats["records_in"]
         assert stats["dead_lettered"] >= 9  # 5 HTTP wrong types + 4 malformed Kafka messages
+
+        # Security out of the box: `driftloop up` wrote an admin token (mode 600) that the demo and CLI used;
+        # mutating calls without it are refused.
+        token_file = stack_settings.home / "admin.token"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        assert httpx.post(f"{registry}/v1/models/{MODEL}/rollback", json={}).status_code == 401
+        retrain = httpx.post(f"{settings.services.url('triggers')}/v1/models/{MODEL}/retrain", json={})
+        assert retrain.status_code == 401
+
+        # Rollback through the CLI (token read from <home>): champion goes back to v1 and serving follows.
+        cli = CliRunner().invoke(
+            cli_app, ["rollback", MODEL, "--to", str(result.v1), "--reason", "e2e"], env=settings_env(stack_settings)
+        )
+        assert cli.exit_code == 0, cli.output
+        champion = httpx.get(f"{registry}/v1/models/{MODEL}/aliases/champion").json()
+        assert (champion["version"], champion["moved_by"], champion["reason"]) == (result.v1, "local-admin", "e2e")
+        serving = settings.services.url("serving")
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{serving}/v1/models/{MODEL}").json().get("version") != result.v1:
+            assert time.monotonic() < deadline, "serving did not follow the rollback"
+            time.sleep(0.5)
     finally:
         pids = [c.pid for c in stack.components()]
         stack.down()
