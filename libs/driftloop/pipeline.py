@@ -162,6 +162,8 @@ class NewDataTrigger(_Strict):
     enabled: bool = True
     # Retrain on a new dataset version only while the model has no champion (bootstrap).
     only_without_champion: bool = False
+    # 0: every new dataset version is a cause; N: only once N new rows have landed since the last request.
+    every_n_rows: int = Field(default=0, ge=0)
 
 
 class DriftTrigger(_Strict):
@@ -170,22 +172,93 @@ class DriftTrigger(_Strict):
     wait_for_fresh_data: bool = True
 
 
+class ScheduleTrigger(_Strict):
+    # A cron expression in UTC (5 fields, e.g. "0 3 * * *"); unset: no scheduled retrains.
+    cron: str | None = None
+
+    @model_validator(mode="after")
+    def _check_cron(self) -> ScheduleTrigger:
+        if self.cron is not None:
+            from croniter import croniter  # imported here: only pipelines with a schedule need it
+
+            if not croniter.is_valid(self.cron):
+                raise ValueError(f"schedule.cron {self.cron!r} is not a valid cron expression")
+        return self
+
+
+class LabelsTrigger(_Strict):
+    # Retrain after every N labels (FeedbackReceived) of the model; 0: off.
+    every_n_labels: int = Field(default=0, ge=0)
+
+
+class PerformanceTrigger(_Strict):
+    # Retrain on PerformanceDegraded (the monitor's performance threshold, see monitor.performance).
+    enabled: bool = True
+
+
 class TriggerSpec(_Strict):
     new_data: NewDataTrigger = NewDataTrigger()
     drift: DriftTrigger = DriftTrigger()
-    # After a training request, further causes within this many seconds are suppressed.
+    schedule: ScheduleTrigger = ScheduleTrigger()
+    labels: LabelsTrigger = LabelsTrigger()
+    performance: PerformanceTrigger = PerformanceTrigger()
+    # After a training request, further causes of the same kind within this many seconds are suppressed.
     cooldown_seconds: float = Field(default=300.0, ge=0)
+    # A cause arriving while a run is active: false merges it into that run (suppressed); true queues one
+    # request (later causes merge into it) that fires when the run ends.
+    queue_while_running: bool = False
+
+
+class PerformanceSpec(_Strict):
+    # Metric over windows of labeled predictions; default: roc_auc (classification) or rmse (regression).
+    metric: Literal["roc_auc", "accuracy", "f1", "rmse", "mae"] | None = None
+    # Labeled predictions (FeedbackReceived joined with PredictionLogged by request id) per tumbling window.
+    window_size: int = Field(default=200, ge=10)
+    # PerformanceDegraded when a window's metric is below this (above, for rmse/mae); unset: no alarm.
+    threshold: float | None = None
+    # Classification: probability at or above which a prediction counts as the positive class (accuracy, F1).
+    decision_threshold: float = Field(default=0.5, gt=0, lt=1)
 
 
 class MonitorSpec(_Strict):
+    # count: windows of `window_size` predictions; time: windows of `window_seconds` by event time.
+    window_by: Literal["count", "time"] = "count"
     window_size: int = Field(default=500, ge=20)
-    search: SearchSpec | None = None
+    window_seconds: float = Field(default=3600.0, gt=0)
+    # Distance between window starts (rows or seconds); unset: tumbling (the window length), smaller: hopping.
+    hop: float | None = Field(default=None, gt=0)
+    # A time window with fewer predictions than this is reported without tests.
+    min_window_rows: int = Field(default=20, ge=2)
     alpha: float = Field(default=0.01, gt=0, lt=1)
     correction: Literal["bonferroni", "holm", "none"] = "bonferroni"
     # Drift is declared when at least this many features drift in one window.
     min_drifted_features: int = Field(default=1, ge=1)
     # Rows sampled from the champion's training features as the reference.
     reference_rows: int = Field(default=5000, ge=100)
+    # Effect-size thresholds: when set, a feature drifts only if its corrected p-value is below alpha AND its
+    # PSI (resp. Wasserstein distance in reference standard deviations) is above the threshold.
+    psi_threshold: float | None = Field(default=None, gt=0)
+    wasserstein_threshold: float | None = Field(default=None, gt=0)
+    # Quantile bins of numeric features for PSI.
+    psi_bins: int = Field(default=10, ge=2, le=100)
+    performance: PerformanceSpec = PerformanceSpec()
+
+    @property
+    def window_length(self) -> float:
+        return float(self.window_size) if self.window_by == "count" else self.window_seconds
+
+    @property
+    def window_hop(self) -> float:
+        return self.window_length if self.hop is None else self.hop
+
+    @model_validator(mode="after")
+    def _check_windows(self) -> MonitorSpec:
+        if self.hop is not None:
+            if self.hop > self.window_length:
+                raise ValueError(f"monitor.hop {self.hop:g} is longer than the window ({self.window_length:g})")
+            if self.window_by == "count" and self.hop != int(self.hop):
+                raise ValueError("monitor.hop of count windows is a whole number of predictions")
+        return self
 
 
 class PipelineConfig(_Strict):

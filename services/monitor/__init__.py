@@ -1,20 +1,26 @@
-"""monitor service: feature drift of served predictions against the champion's training data.
+"""monitor service: drift, data quality and performance of served predictions against the champion.
 
 Consumes (group ``driftloop-monitor``, one consumer so that a model's events keep their order):
 - ``ModelPromoted`` (alias ``champion``): loads a seeded sample of up to ``monitor.reference_rows`` rows of the new
-  champion's training feature set as the reference, and starts a fresh window for the model.
+  champion's training feature set as the reference.
 - ``PredictionLogged``: for the champion version, computes the model's features from the inputs with
-  ``driftloop.featuredefs.compute_features`` and appends them to the model's window. A full window
-  (``monitor.window_size`` rows) is tested feature by feature against the reference (KS for numeric, chi-square
-  for categorical), corrected for multiple tests (Bonferroni or Holm), stored as a ``DriftReport`` and the next
-  window starts (tumbling).
+  ``driftloop.featuredefs.compute_features`` and stores them (keyed by event id) in ``monitor_observations``.
+  Windows by count or event time, tumbling or hopping (``monitor.window_by``, ``window_size``,
+  ``window_seconds``, ``hop``) are cut from those rows; each closed window gets a ``DriftReport``: per feature KS
+  and Wasserstein (numeric) or chi-square (categorical), PSI (both), corrected for multiple tests (Bonferroni or
+  Holm) and gated by optional effect-size thresholds; prediction drift against the champion's first window; data
+  quality of the live inputs (nulls, out of range, not allowed, unseen categories).
+- ``FeedbackReceived``: joined with the stored prediction by request id and row; tumbling windows of
+  ``monitor.performance.window_size`` labeled predictions give a ``PerformanceReport``.
 
 Emits ``DriftDetected`` (a new cascade: drift is a root cause) when at least ``monitor.min_drifted_features``
-features have a corrected p-value below ``monitor.alpha``.
+features drift, and ``PerformanceDegraded`` (a root cause too) when a performance window passes
+``monitor.performance.threshold``.
 
-HTTP: ``GET /v1/monitor/{model}`` (watched version, reference, window fill), ``GET /v1/monitor/{model}/drift``
-(recent reports). Prometheus: last statistic and corrected p-value per feature, window fill.
+HTTP: ``GET /v1/monitor/{model}`` (watched version, reference, window fill), ``GET /v1/monitor/{model}/drift``,
+``/quality``, ``/performance`` (history, newest first). Prometheus: per-feature statistics, p-values, PSI,
+Wasserstein, prediction drift, quality and performance gauges, window fill.
 
-Windows are in memory: a restart starts a new, empty window (numbered after the last stored one). The watched
-champion is stored in ``monitored_models``, so its reference is reloaded after a restart.
+Window state is in the database, not in memory or a faust Table (which the embedded broker cannot restore): a
+restart, even ``kill -9``, neither loses nor double-counts a prediction, and reports the same windows.
 """

@@ -1,49 +1,87 @@
-"""The monitor's event handlers: champion references, tumbling prediction windows, drift tests.
+"""The monitor's event handlers: champion references, durable windows, drift/quality/performance reports.
 
-Windows live in memory: a restart starts a new (empty) window for each model. The champion being watched is
-kept in the ``monitored_models`` table, so that after a restart its reference is reloaded on the next
-prediction instead of monitoring silently stopping.
+Durability (the embedded broker cannot restore faust Tables, see the README): every prediction of the watched
+champion is a ``monitor_observations`` row keyed by its event id and numbered (``seq``) in arrival order, and every
+window is computed from those rows in the same transaction that stores its report. A redelivered prediction
+(after a crash or ``kill -9``) is found by its event id and not counted again; a window is closed exactly once
+(unique report per window index); after a restart the next sequence number, the last closed window and the
+stream time are read back from the database. So a monitor that restarts reports the same windows and statistics
+as one that never stopped.
+
+Windows (``monitor`` in the pipeline): by count (``window_size`` predictions) or by event time
+(``window_seconds``), tumbling or hopping (``hop``). Window ``k`` covers ``[k * hop, k * hop + length)`` of the
+sequence numbers (count) or epoch seconds (time); a time window closes when a prediction at or past its end
+arrives (stream time), empty time windows are skipped.
+
+Feedback (``FeedbackReceived``) is joined with the stored prediction by request id and row; joined pairs are
+numbered per model and cut into tumbling windows of ``monitor.performance.window_size`` for performance.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from driftloop.db.models import DriftReport, MonitoredModel, utcnow
-from driftloop.errors import NotFoundError, ValidationFailed
+from driftloop.db.models import (
+    DriftReport,
+    MonitoredModel,
+    MonitorFeedback,
+    MonitorObservation,
+    PerformanceReport,
+    utcnow,
+)
+from driftloop.errors import ValidationFailed
 from driftloop.events import Event, new_event
 from driftloop.featuredefs import compute_features
 from driftloop.objectstore import ObjectStore
-from driftloop.pipeline import PipelineConfig, pipeline_for_model
+from driftloop.pipeline import AllowedValuesRule, PipelineConfig, RangeRule, pipeline_for_model
 
 from . import metrics
 from .reference import read_reference
-from .stats import WindowResult, evaluate_window
+from .stats import (
+    MISSING_CATEGORY,
+    WindowResult,
+    evaluate_window,
+    is_degraded,
+    performance_metrics,
+    prediction_test,
+)
 
 log = logging.getLogger(__name__)
 
 CHAMPION_ALIAS = "champion"
+# Unseen category values listed per feature in a quality report (the count covers all).
+MAX_LISTED_VALUES = 10
 
 
 @dataclass
 class Watch:
-    """The champion of one model, its reference sample and the window being filled."""
+    """The champion of one model, its reference sample, and where its windows stand (mirrors the database)."""
 
     model: str
     version: int
     dataset_version_id: str
     feature_set_uri: str
     reference: pd.DataFrame
-    window_index: int
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    # Categories of each categorical feature in the reference (quality: unseen categories).
+    reference_categories: dict[str, set[str]]
+    next_seq: int = 0
+    # Index of the last window closed (or skipped, for empty time windows); None: none yet.
+    closed_through: int | None = None
+    # Latest event time seen (epoch seconds): the clock of time windows.
+    stream_time: float = -math.inf
+    # Predictions of the champion's first window: the baseline of prediction drift.
+    baseline_predictions: np.ndarray | None = None
 
 
 class MonitorHandlers:
@@ -64,7 +102,7 @@ class MonitorHandlers:
         # Models whose watch was looked up in the database since start (a restart reloads lazily).
         self._restored: set[str] = set()
         # The consumer thread writes, the HTTP threads read.
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     # --- events ------------------------------------------------------------------------------------------
 
@@ -93,14 +131,14 @@ class MonitorHandlers:
         with self._lock:
             self._watches[model] = watch
             self._restored.add(model)
-        metrics.WINDOW_FILL.labels(model=model).set(0)
+        metrics.WINDOW_FILL.labels(model=model).set(self._fill(pipeline, watch))
         log.info(
-            "monitor: watching %s v%d, reference %s (%d rows), next window %d",
+            "monitor: watching %s v%d, reference %s (%d rows), %d predictions stored",
             model,
             watch.version,
             watch.dataset_version_id,
             len(watch.reference),
-            watch.window_index,
+            watch.next_seq,
         )
 
     def on_prediction_logged(self, event: Event) -> None:
@@ -120,61 +158,239 @@ class MonitorHandlers:
             metrics.PREDICTIONS_SKIPPED.labels(model=model, reason="invalid_inputs").inc()
             log.warning("monitor: prediction %s of %s has unusable inputs (%s): %s", event.id, model, exc.reason, exc)
             return
+        event_time = event.envelope.occurred_at.timestamp()
         with self._lock:
-            watch.rows.append(row)
-            full = len(watch.rows) >= pipeline.monitor.window_size
-            if full:
-                window = pd.DataFrame(watch.rows, columns=pipeline.feature_names)
-                window_index = watch.window_index
-                # Tumbling: the next prediction starts the next window.
-                watch.rows = []
-                watch.window_index += 1
-            fill = len(watch.rows)
+            state = (watch.next_seq, watch.closed_through, watch.stream_time, watch.baseline_predictions)
+            try:
+                with self.Session.begin() as session:
+                    if session.get(MonitorObservation, event.id) is None:
+                        self._add_observation(session, watch, event, row, event_time, pipeline)
+                    else:
+                        metrics.PREDICTIONS_SKIPPED.labels(model=model, reason="duplicate").inc()
+                    self._close_due_windows(session, pipeline, watch)
+            except Exception:
+                # The transaction is rolled back: so is the in-memory mirror.
+                watch.next_seq, watch.closed_through, watch.stream_time, watch.baseline_predictions = state
+                raise
+            fill = self._fill(pipeline, watch)
         metrics.WINDOW_FILL.labels(model=model).set(fill)
-        if full:
-            self._close_window(pipeline, watch, window, window_index)
 
-    # --- windows -----------------------------------------------------------------------------------------
-
-    def _close_window(self, pipeline: PipelineConfig, watch: Watch, window: pd.DataFrame, window_index: int) -> None:
-        spec = pipeline.monitor
-        result = evaluate_window(watch.reference, window, pipeline.features, spec)
-        for test in result.tests:
-            metrics.DRIFT_STATISTIC.labels(model=watch.model, feature=test.feature, test=test.test).set(test.statistic)
-            metrics.DRIFT_ADJUSTED_P_VALUE.labels(model=watch.model, feature=test.feature).set(test.adjusted_p_value)
-        metrics.WINDOWS_CLOSED.labels(model=watch.model, drifted=str(result.drifted).lower()).inc()
-        event = self._drift_event(pipeline, watch, result, len(window), window_index) if result.drifted else None
-        with self.Session.begin() as session:
-            exists = session.scalar(
-                sa.select(DriftReport.id).where(
-                    DriftReport.model == watch.model,
-                    DriftReport.version == watch.version,
-                    DriftReport.window_index == window_index,
-                )
-            )
-            if exists is not None:
-                log.info("monitor: %s v%d window %d already reported", watch.model, watch.version, window_index)
+    def on_feedback_received(self, event: Event) -> None:
+        model = event["model"]
+        if model not in self.pipelines:
+            metrics.FEEDBACK_SKIPPED.labels(model=model, reason="unknown_model").inc()
+            log.warning("monitor: feedback %s for unknown model %r", event.id, model)
+            return
+        pipeline = self.pipelines[model]
+        with self._lock, self.Session.begin() as session:
+            if session.get(MonitorFeedback, event.id) is not None:
                 return
-            session.add(
-                DriftReport(
-                    model=watch.model,
-                    version=watch.version,
-                    window_index=window_index,
-                    window_size=len(window),
-                    drifted=result.drifted,
-                    tests=[t.to_dict() for t in result.tests],
-                    event_id=event.id if event else None,
+            feedback = MonitorFeedback(
+                event_id=event.id,
+                model=model,
+                request_id=event["request_id"],
+                row_index=event["index"],
+                actual=float(event["actual"]),
+                received_at=utcnow(),
+            )
+            session.add(feedback)
+            observation = session.scalar(
+                sa.select(MonitorObservation)
+                .where(
+                    MonitorObservation.model == model,
+                    MonitorObservation.request_id == feedback.request_id,
+                    MonitorObservation.row_index == feedback.row_index,
+                )
+                .limit(1)
+            )
+            if observation is None:
+                # The prediction is not known (yet): joined when it arrives, if it is a champion prediction.
+                metrics.FEEDBACK_SKIPPED.labels(model=model, reason="prediction_unknown").inc()
+                return
+            self._join(session, feedback, observation)
+            self._close_performance_windows(session, pipeline)
+
+    # --- observations and windows ------------------------------------------------------------------------
+
+    def _add_observation(
+        self,
+        session: Session,
+        watch: Watch,
+        event: Event,
+        row: dict[str, Any],
+        event_time: float,
+        pipeline: PipelineConfig,
+    ) -> None:
+        spec = pipeline.monitor
+        if spec.window_by == "time" and watch.closed_through is not None:
+            closed_end = watch.closed_through * spec.window_hop + spec.window_length
+            if event_time < closed_end:
+                # Its windows are closed already; it is stored (and joined with feedback) but not re-reported.
+                metrics.PREDICTIONS_SKIPPED.labels(model=watch.model, reason="late").inc()
+        session.add(
+            MonitorObservation(
+                event_id=event.id,
+                model=watch.model,
+                version=watch.version,
+                seq=watch.next_seq,
+                event_time=event_time,
+                request_id=event["request_id"],
+                row_index=event["index"],
+                features={k: _json_value(v) for k, v in row.items()},
+                inputs={k: _json_value(v) for k, v in event["inputs"].items()},
+                prediction=float(event["prediction"]),
+            )
+        )
+        watch.next_seq += 1
+        watch.stream_time = max(watch.stream_time, event_time)
+        session.flush()
+        # Feedback that arrived before its prediction is joined now.
+        early = session.scalars(
+            sa.select(MonitorFeedback).where(
+                MonitorFeedback.model == watch.model,
+                MonitorFeedback.request_id == event["request_id"],
+                MonitorFeedback.row_index == event["index"],
+                MonitorFeedback.seq.is_(None),
+            )
+        ).all()
+        if early:
+            observation = session.get(MonitorObservation, event.id)
+            assert observation is not None
+            for feedback in early:
+                self._join(session, feedback, observation)
+            self._close_performance_windows(session, pipeline)
+
+    def _close_due_windows(self, session: Session, pipeline: PipelineConfig, watch: Watch) -> None:
+        spec = pipeline.monitor
+        length, hop = spec.window_length, spec.window_hop
+        k = 0 if watch.closed_through is None else watch.closed_through + 1
+        if spec.window_by == "count":
+            while k * hop + length <= watch.next_seq:
+                self._close_window(session, pipeline, watch, k, MonitorObservation.seq, k * hop, k * hop + length)
+                watch.closed_through = k
+                k += 1
+            return
+        if watch.closed_through is None:
+            first = session.scalar(
+                sa.select(sa.func.min(MonitorObservation.event_time)).where(
+                    MonitorObservation.model == watch.model, MonitorObservation.version == watch.version
                 )
             )
+            if first is None:
+                return
+            k = math.floor((first - length) / hop) + 1
+        while k * hop + length <= watch.stream_time:
+            start, end = k * hop, k * hop + length
+            closed = self._close_window(session, pipeline, watch, k, MonitorObservation.event_time, start, end)
+            watch.closed_through = k
+            if closed:
+                k += 1
+                continue
+            # An empty window: jump to the first window holding the next prediction.
+            following = session.scalar(
+                sa.select(sa.func.min(MonitorObservation.event_time)).where(
+                    MonitorObservation.model == watch.model,
+                    MonitorObservation.version == watch.version,
+                    MonitorObservation.event_time >= end,
+                )
+            )
+            if following is None:
+                break
+            k = max(k + 1, math.floor((following - length) / hop) + 1)
+
+    def _close_window(
+        self,
+        session: Session,
+        pipeline: PipelineConfig,
+        watch: Watch,
+        window_index: int,
+        column: Any,
+        start: float,
+        end: float,
+    ) -> bool:
+        """Test window ``window_index`` (rows with ``start <= column < end``) and store its report; False when the
+        window has no rows (nothing reported)."""
+        observations = session.scalars(
+            sa.select(MonitorObservation)
+            .where(
+                MonitorObservation.model == watch.model,
+                MonitorObservation.version == watch.version,
+                column >= start,
+                column < end,
+            )
+            .order_by(MonitorObservation.seq)
+        ).all()
+        if not observations:
+            return False
+        exists = session.scalar(
+            sa.select(DriftReport.id).where(
+                DriftReport.model == watch.model,
+                DriftReport.version == watch.version,
+                DriftReport.window_index == window_index,
+            )
+        )
+        if exists is not None:
+            return True
+        spec = pipeline.monitor
+        window = window_frame([o.features for o in observations], pipeline)
+        predictions = np.array([o.prediction for o in observations], dtype="float64")
+        quality = window_quality([o.inputs for o in observations], window, pipeline, watch.reference_categories)
+        if len(window) < spec.min_window_rows:
+            result = WindowResult(tests=[], drifted=False)
+        else:
+            result = evaluate_window(watch.reference, window, pipeline.features, spec)
+        pred_test = None
+        if watch.baseline_predictions is None:
+            watch.baseline_predictions = predictions
+        else:
+            pred_test = prediction_test(watch.baseline_predictions, predictions, spec.alpha)
+        event = self._drift_event(pipeline, watch, result, len(window), window_index) if result.drifted else None
+        session.add(
+            DriftReport(
+                model=watch.model,
+                version=watch.version,
+                window_index=window_index,
+                window_size=len(window),
+                drifted=result.drifted,
+                tests=[t.to_dict() for t in result.tests],
+                event_id=event.id if event else None,
+                window_start=float(start),
+                window_end=float(end),
+                prediction_test=pred_test,
+                quality=quality,
+            )
+        )
+        session.flush()
+        self._export_window_metrics(watch.model, result, pred_test, quality)
         log.info(
-            "monitor: %s v%d window %d: %s",
+            "monitor: %s v%d window %d (%d rows): %s",
             watch.model,
             watch.version,
             window_index,
+            len(window),
             f"DRIFT in {result.drifted_features}" if result.drifted else "no drift",
         )
         if event is not None:
+            # Inside the transaction: a failed publish rolls the report back and the window is closed again.
             self.publish(event)
+        return True
+
+    def _export_window_metrics(
+        self, model: str, result: WindowResult, pred_test: dict[str, Any] | None, quality: dict[str, Any]
+    ) -> None:
+        for test in result.tests:
+            metrics.DRIFT_STATISTIC.labels(model=model, feature=test.feature, test=test.test).set(test.statistic)
+            metrics.DRIFT_ADJUSTED_P_VALUE.labels(model=model, feature=test.feature).set(test.adjusted_p_value)
+            metrics.DRIFT_PSI.labels(model=model, feature=test.feature).set(test.psi)
+            if test.wasserstein is not None:
+                metrics.DRIFT_WASSERSTEIN.labels(model=model, feature=test.feature).set(test.wasserstein)
+        if pred_test is not None:
+            metrics.PREDICTION_DRIFT_STATISTIC.labels(model=model).set(pred_test["statistic"])
+        for name, counts in quality["fields"].items():
+            metrics.QUALITY_NULL_RATE.labels(model=model, field=name).set(counts["null_rate"])
+        for kind in ("out_of_range", "not_allowed", "unseen_category"):
+            metrics.QUALITY_ISSUES.labels(model=model, kind=kind).set(quality["totals"][kind])
+        metrics.WINDOWS_CLOSED.labels(model=model, drifted=str(result.drifted).lower()).inc()
 
     def _drift_event(
         self, pipeline: PipelineConfig, watch: Watch, result: WindowResult, size: int, window_index: int
@@ -188,10 +404,99 @@ class MonitorHandlers:
             "alpha": pipeline.monitor.alpha,
             "correction": pipeline.monitor.correction,
             "drifted_features": result.drifted_features,
-            "tests": [t.to_dict() for t in result.tests],
+            "tests": [t.to_event_dict() for t in result.tests],
         }
         # No cause: drift is a root cause and starts a new cascade.
         return new_event("DriftDetected", data, producer=self.producer)
+
+    # --- performance -------------------------------------------------------------------------------------
+
+    def _join(self, session: Session, feedback: MonitorFeedback, observation: MonitorObservation) -> None:
+        last = session.scalar(
+            sa.select(sa.func.max(MonitorFeedback.seq)).where(MonitorFeedback.model == feedback.model)
+        )
+        feedback.version = observation.version
+        feedback.prediction = observation.prediction
+        feedback.seq = 0 if last is None else int(last) + 1
+        session.flush()
+
+    def _close_performance_windows(self, session: Session, pipeline: PipelineConfig) -> None:
+        model = pipeline.model.name
+        spec = pipeline.monitor.performance
+        size = spec.window_size
+        joined = session.scalar(sa.select(sa.func.max(MonitorFeedback.seq)).where(MonitorFeedback.model == model))
+        if joined is None:
+            return
+        last = session.scalar(
+            sa.select(sa.func.max(PerformanceReport.window_index)).where(PerformanceReport.model == model)
+        )
+        k = 0 if last is None else int(last) + 1
+        while (k + 1) * size <= int(joined) + 1:
+            self._close_performance_window(session, pipeline, k)
+            k += 1
+
+    def _close_performance_window(self, session: Session, pipeline: PipelineConfig, window_index: int) -> None:
+        model = pipeline.model.name
+        spec = pipeline.monitor.performance
+        size = spec.window_size
+        rows = session.execute(
+            sa.select(MonitorFeedback.actual, MonitorFeedback.prediction, MonitorFeedback.version)
+            .where(
+                MonitorFeedback.model == model,
+                MonitorFeedback.seq >= window_index * size,
+                MonitorFeedback.seq < (window_index + 1) * size,
+            )
+            .order_by(MonitorFeedback.seq)
+        ).all()
+        metric = spec.metric or ("roc_auc" if pipeline.model.task == "classification" else "rmse")
+        values = performance_metrics(
+            [r.actual for r in rows], [r.prediction for r in rows], pipeline.model.task, spec.decision_threshold
+        )
+        value = values.get(metric)
+        degraded = is_degraded(metric, value, spec.threshold)
+        versions = sorted({int(r.version) for r in rows})
+        event = None
+        if degraded:
+            assert value is not None and spec.threshold is not None
+            data = {
+                "model": model,
+                "version": versions[-1],
+                "metric": metric,
+                "value": float(value),
+                "threshold": float(spec.threshold),
+                "window_size": len(rows),
+            }
+            # A root cause, like drift: it starts a new cascade.
+            event = new_event("PerformanceDegraded", data, producer=self.producer)
+        session.add(
+            PerformanceReport(
+                model=model,
+                window_index=window_index,
+                window_size=len(rows),
+                versions=versions,
+                metric=metric,
+                value=value,
+                threshold=spec.threshold,
+                degraded=degraded,
+                metrics=values,
+                event_id=event.id if event else None,
+            )
+        )
+        session.flush()
+        for name, metric_value in values.items():
+            if metric_value is not None:
+                metrics.PERFORMANCE.labels(model=model, metric=name).set(metric_value)
+        metrics.PERFORMANCE_WINDOWS.labels(model=model, degraded=str(degraded).lower()).inc()
+        log.info(
+            "monitor: %s performance window %d: %s=%s%s",
+            model,
+            window_index,
+            metric,
+            value,
+            " DEGRADED" if degraded else "",
+        )
+        if event is not None:
+            self.publish(event)
 
     # --- state -------------------------------------------------------------------------------------------
 
@@ -200,20 +505,44 @@ class MonitorHandlers:
             self.store, uri, pipeline.feature_names, pipeline.monitor.reference_rows, pipeline.model.seed
         )
         model = pipeline.model.name
-        with self.Session() as session:
-            last = session.scalar(
-                sa.select(sa.func.max(DriftReport.window_index)).where(
-                    DriftReport.model == model, DriftReport.version == version
-                )
-            )
-        return Watch(
+        watch = Watch(
             model=model,
             version=version,
             dataset_version_id=dataset_version_id,
             feature_set_uri=uri,
             reference=reference,
-            window_index=0 if last is None else int(last) + 1,
+            reference_categories={
+                f.name: set(_category_values(reference[f.name])) for f in pipeline.features if f.kind == "categorical"
+            },
         )
+        of_version = (MonitorObservation.model == model, MonitorObservation.version == version)
+        with self.Session() as session:
+            last_seq, stream_time = session.execute(
+                sa.select(sa.func.max(MonitorObservation.seq), sa.func.max(MonitorObservation.event_time)).where(
+                    *of_version
+                )
+            ).one()
+            reports = session.execute(
+                sa.select(DriftReport.window_index, DriftReport.window_start, DriftReport.window_end)
+                .where(DriftReport.model == model, DriftReport.version == version)
+                .order_by(DriftReport.window_index)
+            ).all()
+            if reports:
+                first = reports[0]
+                column = (
+                    MonitorObservation.seq if pipeline.monitor.window_by == "count" else MonitorObservation.event_time
+                )
+                if first.window_start is not None and first.window_end is not None:
+                    baseline = session.scalars(
+                        sa.select(MonitorObservation.prediction)
+                        .where(*of_version, column >= first.window_start, column < first.window_end)
+                        .order_by(MonitorObservation.seq)
+                    ).all()
+                    watch.baseline_predictions = np.array(baseline, dtype="float64")
+        watch.next_seq = 0 if last_seq is None else int(last_seq) + 1
+        watch.stream_time = -math.inf if stream_time is None else float(stream_time)
+        watch.closed_through = int(reports[-1].window_index) if reports else None
+        return watch
 
     def _watch(self, model: str) -> Watch | None:
         with self._lock:
@@ -227,20 +556,41 @@ class MonitorHandlers:
             return None
         watch = self._load_watch(self.pipelines[model], row.version, row.dataset_version_id, row.feature_set_uri)
         log.info(
-            "monitor: restored watch of %s v%d after a restart (new window %d)",
+            "monitor: restored watch of %s v%d after a restart (%d predictions stored, last window %s)",
             model,
             watch.version,
-            watch.window_index,
+            watch.next_seq,
+            watch.closed_through,
         )
         with self._lock:
             self._watches.setdefault(model, watch)
             return self._watches[model]
+
+    def _fill(self, pipeline: PipelineConfig, watch: Watch) -> int:
+        """Predictions stored in the window that closes next (count windows), or since its start (time)."""
+        spec = pipeline.monitor
+        k = 0 if watch.closed_through is None else watch.closed_through + 1
+        start = k * spec.window_hop
+        if spec.window_by == "count":
+            return max(0, watch.next_seq - int(start))
+        with self.Session() as session:
+            return int(
+                session.scalar(
+                    sa.select(sa.func.count()).where(
+                        MonitorObservation.model == watch.model,
+                        MonitorObservation.version == watch.version,
+                        MonitorObservation.event_time >= (start if watch.closed_through is not None else -math.inf),
+                    )
+                )
+                or 0
+            )
 
     # --- queries (API) -----------------------------------------------------------------------------------
 
     def status(self, model: str) -> dict[str, Any]:
         pipeline = pipeline_for_model(self.pipelines, model)
         watch = self._watch(model)
+        spec = pipeline.monitor
         with self._lock:
             return {
                 "model": model,
@@ -248,34 +598,93 @@ class MonitorHandlers:
                 "reference_dataset_version_id": watch.dataset_version_id if watch else None,
                 "feature_set_uri": watch.feature_set_uri if watch else None,
                 "reference_rows": len(watch.reference) if watch else 0,
-                "window_index": watch.window_index if watch else None,
-                "window_fill": len(watch.rows) if watch else 0,
-                "window_size": pipeline.monitor.window_size,
-                "alpha": pipeline.monitor.alpha,
-                "correction": pipeline.monitor.correction,
-                "min_drifted_features": pipeline.monitor.min_drifted_features,
+                "window_by": spec.window_by,
+                "window_length": spec.window_length,
+                "window_hop": spec.window_hop,
+                "window_index": (0 if watch.closed_through is None else watch.closed_through + 1) if watch else None,
+                "window_fill": self._fill(pipeline, watch) if watch else 0,
+                "predictions_stored": watch.next_seq if watch else 0,
+                "window_size": spec.window_size,
+                "alpha": spec.alpha,
+                "correction": spec.correction,
+                "min_drifted_features": spec.min_drifted_features,
+                "psi_threshold": spec.psi_threshold,
+                "wasserstein_threshold": spec.wasserstein_threshold,
+                "performance": spec.performance.model_dump(),
             }
 
-    def reports(self, model: str, limit: int, drifted_only: bool = False) -> list[dict[str, Any]]:
-        if model not in self.pipelines:
-            raise NotFoundError(f"unknown model {model!r}; known models: {sorted(self.pipelines)}")
+    def _drift_rows(self, model: str, limit: int, drifted_only: bool = False) -> list[DriftReport]:
+        pipeline_for_model(self.pipelines, model)
         query = sa.select(DriftReport).where(DriftReport.model == model)
         if drifted_only:
             query = query.where(DriftReport.drifted.is_(True))
-        query = query.order_by(DriftReport.created_at.desc(), DriftReport.id.desc()).limit(limit)
+        query = query.order_by(DriftReport.version.desc(), DriftReport.window_index.desc()).limit(limit)
         with self.Session() as session:
-            rows = session.scalars(query).all()
+            return list(session.scalars(query).all())
+
+    def reports(self, model: str, limit: int, drifted_only: bool = False) -> list[dict[str, Any]]:
         return [
             {
                 "model": r.model,
                 "version": r.version,
                 "window_index": r.window_index,
+                "window_start": r.window_start,
+                "window_end": r.window_end,
                 "window_size": r.window_size,
                 "drifted": r.drifted,
                 "drifted_features": [t["feature"] for t in r.tests if t["drifted"]],
                 "tests": r.tests,
+                "prediction_drift": r.prediction_test,
                 "event_id": r.event_id,
                 "created_at": r.created_at.isoformat(),
+            }
+            for r in self._drift_rows(model, limit, drifted_only)
+        ]
+
+    def quality_reports(self, model: str, limit: int) -> list[dict[str, Any]]:
+        return [
+            {
+                "model": r.model,
+                "version": r.version,
+                "window_index": r.window_index,
+                "window_start": r.window_start,
+                "window_end": r.window_end,
+                "window_size": r.window_size,
+                "quality": r.quality,
+                "created_at": r.created_at.isoformat(),
+            }
+            for r in self._drift_rows(model, limit)
+        ]
+
+    def performance_reports(self, model: str, limit: int, degraded_only: bool = False) -> list[dict[str, Any]]:
+        pipeline_for_model(self.pipelines, model)
+        query = sa.select(PerformanceReport).where(PerformanceReport.model == model)
+        if degraded_only:
+            query = query.where(PerformanceReport.degraded.is_(True))
+        query = query.order_by(PerformanceReport.window_index.desc()).limit(limit)
+        with self.Session() as session:
+            rows = session.scalars(query).all()
+            labeled = session.scalar(
+                sa.select(sa.func.count()).where(MonitorFeedback.model == model, MonitorFeedback.seq.is_not(None))
+            )
+            unmatched = session.scalar(
+                sa.select(sa.func.count()).where(MonitorFeedback.model == model, MonitorFeedback.seq.is_(None))
+            )
+        return [
+            {
+                "model": r.model,
+                "window_index": r.window_index,
+                "window_size": r.window_size,
+                "versions": r.versions,
+                "metric": r.metric,
+                "value": r.value,
+                "threshold": r.threshold,
+                "degraded": r.degraded,
+                "metrics": r.metrics,
+                "event_id": r.event_id,
+                "created_at": r.created_at.isoformat(),
+                "labeled_total": labeled,
+                "unmatched_feedback": unmatched,
             }
             for r in rows
         ]
@@ -285,3 +694,80 @@ def feature_row(inputs: dict[str, Any], pipeline: PipelineConfig) -> dict[str, A
     """The model's features for one prediction's raw inputs, by the one feature function."""
     frame = compute_features(pd.DataFrame([inputs]), pipeline, keep_keys=False)
     return {name: frame[name].iloc[0] for name in pipeline.feature_names}
+
+
+def window_frame(rows: list[dict[str, Any]], pipeline: PipelineConfig) -> pd.DataFrame:
+    """A window's feature rows (as stored, JSON) as a frame: numeric features as floats (null: NaN)."""
+    frame = pd.DataFrame(rows, columns=pipeline.feature_names)
+    for feature in pipeline.features:
+        if feature.kind == "numeric":
+            frame[feature.name] = pd.to_numeric(frame[feature.name], errors="coerce").astype("float64")
+    return frame
+
+
+def window_quality(
+    inputs: list[dict[str, Any]],
+    window: pd.DataFrame,
+    pipeline: PipelineConfig,
+    reference_categories: dict[str, set[str]],
+) -> dict[str, Any]:
+    """Data quality of a window of live inputs: nulls per stream field, values out of the pipeline's ranges or
+    allowed values, and categories of categorical features the reference never had."""
+    n = len(inputs)
+    skip = {pipeline.stream.label, pipeline.stream.event_time}
+    fields: dict[str, dict[str, Any]] = {}
+    for name in pipeline.stream.field_names:
+        if name in skip:
+            continue
+        nulls = sum(1 for row in inputs if row.get(name) is None)
+        fields[name] = {"nulls": nulls, "null_rate": nulls / n if n else 0.0, "out_of_range": 0, "not_allowed": 0}
+    for rule in pipeline.quality:
+        if rule.field not in fields:
+            continue
+        values = [row.get(rule.field) for row in inputs if row.get(rule.field) is not None]
+        if isinstance(rule, RangeRule):
+            bad = 0
+            for value in values:
+                try:
+                    number = float(value)
+                except (TypeError, ValueError):
+                    bad += 1
+                    continue
+                if (rule.min is not None and number < rule.min) or (rule.max is not None and number > rule.max):
+                    bad += 1
+            fields[rule.field]["out_of_range"] += bad
+        elif isinstance(rule, AllowedValuesRule):
+            allowed = {str(v) for v in rule.values}
+            fields[rule.field]["not_allowed"] += sum(1 for v in values if str(v) not in allowed)
+    unseen: dict[str, dict[str, Any]] = {}
+    for feature, known in reference_categories.items():
+        # Nulls are counted per field above, not as an unseen category.
+        values = [v for v in _category_values(window[feature]) if v not in known and v != MISSING_CATEGORY]
+        if values:
+            unseen[feature] = {"count": len(values), "values": sorted(set(values))[:MAX_LISTED_VALUES]}
+    return {
+        "rows": n,
+        "fields": fields,
+        "unseen_categories": unseen,
+        "totals": {
+            "nulls": sum(f["nulls"] for f in fields.values()),
+            "out_of_range": sum(f["out_of_range"] for f in fields.values()),
+            "not_allowed": sum(f["not_allowed"] for f in fields.values()),
+            "unseen_category": sum(u["count"] for u in unseen.values()),
+        },
+    }
+
+
+def _category_values(series: pd.Series) -> list[str]:
+    return [MISSING_CATEGORY if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in series]
+
+
+def _json_value(value: Any) -> Any:
+    """A JSON-safe scalar: numpy scalars as Python ones, NaN/inf as null (PostgreSQL json rejects them)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value

@@ -18,6 +18,40 @@ WINDOW_FILL = Gauge("driftloop_monitor_window_fill", "Rows in the model's curren
 WINDOWS_CLOSED = Counter("driftloop_monitor_windows_closed", "Windows tested, by outcome.", ["model", "drifted"])
 PREDICTIONS_SKIPPED = Counter(
     "driftloop_monitor_predictions_skipped",
-    "Logged predictions not added to a window, by reason (not_champion, no_reference, invalid_inputs).",
+    "Logged predictions not windowed, by reason (not_champion, no_reference, invalid_inputs, duplicate, late).",
+    ["model", "reason"],
+)
+DRIFT_PSI = Gauge("driftloop_monitor_drift_psi", "PSI of the last closed window per feature.", ["model", "feature"])
+DRIFT_WASSERSTEIN = Gauge(
+    "driftloop_monitor_drift_wasserstein",
+    "Wasserstein distance (in reference standard deviations) of the last closed window per numeric feature.",
+    ["model", "feature"],
+)
+PREDICTION_DRIFT_STATISTIC = Gauge(
+    "driftloop_monitor_prediction_drift_statistic",
+    "KS statistic of the last window's predictions against the champion's first window.",
+    ["model"],
+)
+QUALITY_NULL_RATE = Gauge(
+    "driftloop_monitor_quality_null_rate",
+    "Share of nulls per input field in the last closed window.",
+    ["model", "field"],
+)
+QUALITY_ISSUES = Gauge(
+    "driftloop_monitor_quality_issues",
+    "Values out of range, not allowed, or of an unseen category in the last closed window.",
+    ["model", "kind"],
+)
+PERFORMANCE = Gauge(
+    "driftloop_monitor_performance", "Metric of the last window of labeled predictions.", ["model", "metric"]
+)
+PERFORMANCE_WINDOWS = Counter(
+    "driftloop_monitor_performance_windows",
+    "Windows of labeled predictions evaluated, by outcome.",
+    ["model", "degraded"],
+)
+FEEDBACK_SKIPPED = Counter(
+    "driftloop_monitor_feedback_skipped",
+    "Feedback not (yet) joined with a prediction, by reason (unknown_model, prediction_unknown).",
     ["model", "reason"],
 )

@@ -1,8 +1,10 @@
-"""Drift statistics: one two-sample test per feature, then a multiple-testing correction.
+"""Drift statistics: one two-sample test per feature, then a multiple-testing correction, plus effect sizes.
 
-Numeric features: Kolmogorov-Smirnov (``scipy.stats.ks_2samp``). Categorical features: chi-square on the
-reference vs window category counts (``scipy.stats.chi2_contingency``), categories seen on either side included.
-Pure functions on pandas/numpy data: no Kafka, no database.
+Numeric features: Kolmogorov-Smirnov (``scipy.stats.ks_2samp``) and the Wasserstein distance in reference
+standard deviations. Categorical features: chi-square on the reference vs window category counts
+(``scipy.stats.chi2_contingency``), categories seen on either side included. Both: PSI (population stability
+index; numeric on reference quantile bins). Performance metrics of labeled windows. Pure functions on
+pandas/numpy data: no Kafka, no database.
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ Correction = Literal["bonferroni", "holm", "none"]
 MISSING_CATEGORY = "__missing__"
 
 
+# PSI bins with no mass get this share, so that the logarithm stays finite.
+PSI_EPSILON = 1e-4
+# The fields of the DriftDetected event's FeatureTest record.
+EVENT_TEST_FIELDS = ("feature", "test", "statistic", "p_value", "adjusted_p_value", "drifted")
+
+
 @dataclass(frozen=True)
 class FeatureTest:
     feature: str
@@ -31,9 +39,15 @@ class FeatureTest:
     p_value: float
     adjusted_p_value: float
     drifted: bool
+    psi: float = 0.0
+    # Numeric features only: Wasserstein distance divided by the reference standard deviation.
+    wasserstein: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def to_event_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in EVENT_TEST_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,47 @@ def chi2_test(reference: Sequence[Any] | pd.Series, window: Sequence[Any] | pd.S
     return float(result.statistic), float(result.pvalue)
 
 
+def wasserstein_scaled(reference: Sequence[float] | np.ndarray, window: Sequence[float] | np.ndarray) -> float:
+    """Wasserstein-1 distance between the finite values, in reference standard deviations (scale-free, so one
+    threshold fits every feature); 0 when a side has no values."""
+    ref = np.asarray(reference, dtype="float64")
+    win = np.asarray(window, dtype="float64")
+    ref = ref[np.isfinite(ref)]
+    win = win[np.isfinite(win)]
+    if ref.size == 0 or win.size == 0:
+        return 0.0
+    scale = float(np.std(ref)) or 1.0
+    return float(stats.wasserstein_distance(ref, win)) / scale
+
+
+def _psi_from_shares(expected: np.ndarray, actual: np.ndarray) -> float:
+    expected = np.clip(expected, PSI_EPSILON, None)
+    actual = np.clip(actual, PSI_EPSILON, None)
+    return float(np.sum((actual - expected) * np.log(actual / expected)))
+
+
+def psi_numeric(reference: Sequence[float] | np.ndarray, window: Sequence[float] | np.ndarray, bins: int) -> float:
+    """PSI on the reference's quantile bins (open-ended outer bins, so shifted values still land somewhere)."""
+    ref = np.asarray(reference, dtype="float64")
+    win = np.asarray(window, dtype="float64")
+    ref = ref[np.isfinite(ref)]
+    win = win[np.isfinite(win)]
+    if ref.size == 0 or win.size == 0:
+        return 0.0
+    edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)[1:-1]))
+    ref_counts = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=edges.size + 1)
+    win_counts = np.bincount(np.searchsorted(edges, win, side="right"), minlength=edges.size + 1)
+    return _psi_from_shares(ref_counts / ref.size, win_counts / win.size)
+
+
+def psi_categorical(reference: Sequence[Any] | pd.Series, window: Sequence[Any] | pd.Series) -> float:
+    """PSI over the categories seen on either side (missing values are a category)."""
+    table = pd.concat([_category_counts(reference), _category_counts(window)], axis=1).fillna(0).to_numpy()
+    if table[:, 0].sum() == 0 or table[:, 1].sum() == 0:
+        return 0.0
+    return _psi_from_shares(table[:, 0] / table[:, 0].sum(), table[:, 1] / table[:, 1].sum())
+
+
 def adjust_p_values(p_values: Sequence[float], method: Correction) -> list[float]:
     """Family-wise error correction: Bonferroni (p * m) or Holm's step-down; ``none`` leaves them as they are."""
     p = np.asarray(p_values, dtype="float64")
@@ -98,16 +153,28 @@ def adjust_p_values(p_values: Sequence[float], method: Correction) -> list[float
 def evaluate_window(
     reference: pd.DataFrame, window: pd.DataFrame, features: Sequence[FeatureSpec], spec: MonitorSpec
 ) -> WindowResult:
-    """Test every feature of ``window`` against ``reference``; drift when at least ``min_drifted_features``
-    features have a corrected p-value below ``alpha``."""
-    raw: list[tuple[str, str, float, float]] = []
+    """Test every feature of ``window`` against ``reference``; a feature drifts when its corrected p-value is
+    below ``alpha`` and its effect sizes pass the thresholds that are set (``psi_threshold``,
+    ``wasserstein_threshold``); the window drifts when at least ``min_drifted_features`` features do."""
+    raw: list[tuple[str, str, float, float, float, float | None]] = []
     for feature in features:
         if feature.kind == "numeric":
-            statistic, p_value = ks_test(reference[feature.name].to_numpy(), window[feature.name].to_numpy())
-            raw.append((feature.name, "ks", statistic, p_value))
+            ref, win = reference[feature.name].to_numpy(), window[feature.name].to_numpy()
+            statistic, p_value = ks_test(ref, win)
+            psi = psi_numeric(ref, win, spec.psi_bins)
+            raw.append((feature.name, "ks", statistic, p_value, psi, wasserstein_scaled(ref, win)))
         else:
             statistic, p_value = chi2_test(reference[feature.name], window[feature.name])
-            raw.append((feature.name, "chi2", statistic, p_value))
+            raw.append(
+                (
+                    feature.name,
+                    "chi2",
+                    statistic,
+                    p_value,
+                    psi_categorical(reference[feature.name], window[feature.name]),
+                    None,
+                )
+            )
     adjusted = adjust_p_values([r[3] for r in raw], spec.correction)
     tests = [
         FeatureTest(
@@ -116,9 +183,72 @@ def evaluate_window(
             statistic=statistic,
             p_value=p_value,
             adjusted_p_value=adj,
-            drifted=adj < spec.alpha,
+            drifted=_feature_drifted(adj, psi, wasserstein, spec),
+            psi=psi,
+            wasserstein=wasserstein,
         )
-        for (name, test, statistic, p_value), adj in zip(raw, adjusted, strict=True)
+        for (name, test, statistic, p_value, psi, wasserstein), adj in zip(raw, adjusted, strict=True)
     ]
     drifted = sum(t.drifted for t in tests) >= spec.min_drifted_features
     return WindowResult(tests=tests, drifted=drifted)
+
+
+def _feature_drifted(adjusted_p_value: float, psi: float, wasserstein: float | None, spec: MonitorSpec) -> bool:
+    if adjusted_p_value >= spec.alpha:
+        return False
+    if spec.psi_threshold is not None and psi <= spec.psi_threshold:
+        return False
+    return not (
+        spec.wasserstein_threshold is not None and wasserstein is not None and wasserstein <= spec.wasserstein_threshold
+    )
+
+
+def prediction_test(
+    baseline: Sequence[float] | np.ndarray, window: Sequence[float] | np.ndarray, alpha: float
+) -> dict[str, Any]:
+    """Prediction drift: KS, PSI and Wasserstein of the window's predictions against a baseline window's."""
+    statistic, p_value = ks_test(baseline, window)
+    return {
+        "test": "ks",
+        "statistic": statistic,
+        "p_value": p_value,
+        "psi": psi_numeric(baseline, window, 10),
+        "wasserstein": wasserstein_scaled(baseline, window),
+        "drifted": p_value < alpha,
+    }
+
+
+MAXIMIZED_METRICS = frozenset({"roc_auc", "accuracy", "f1"})
+
+
+def performance_metrics(
+    actual: Sequence[float] | np.ndarray, predicted: Sequence[float] | np.ndarray, task: str, decision_threshold: float
+) -> dict[str, float | None]:
+    """Every metric of the task on a labeled window. Classification: ``predicted`` is the positive-class
+    probability (AUC is None when the window holds one class only). Regression: RMSE and MAE."""
+    y = np.asarray(actual, dtype="float64")
+    p = np.asarray(predicted, dtype="float64")
+    if task == "regression":
+        error = p - y
+        return {"rmse": float(np.sqrt(np.mean(error**2))), "mae": float(np.mean(np.abs(error)))}
+    truth = y >= 0.5
+    labels = p >= decision_threshold
+    tp = float(np.sum(truth & labels))
+    fp = float(np.sum(~truth & labels))
+    fn = float(np.sum(truth & ~labels))
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+    auc: float | None = None
+    if 0 < truth.sum() < truth.size:
+        # Mann-Whitney U: the probability that a positive is ranked above a negative (ties count half).
+        ranks = stats.rankdata(p)
+        positives = float(truth.sum())
+        negatives = float(truth.size - positives)
+        auc = float((ranks[truth].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+    return {"accuracy": float(np.mean(truth == labels)), "f1": float(f1), "roc_auc": auc}
+
+
+def is_degraded(metric: str, value: float | None, threshold: float | None) -> bool:
+    """Below the threshold for accuracy/F1/AUC, above it for RMSE/MAE; never without a value or threshold."""
+    if value is None or threshold is None:
+        return False
+    return value < threshold if metric in MAXIMIZED_METRICS else value > threshold

@@ -1,15 +1,20 @@
 """triggers service: decides when a model is retrained, and asks for it with ``TrainingRequested``.
 
 Consumes (group ``driftloop-triggers``, one consumer):
-- ``FeaturesMaterialized``: the latest dataset version per stream; a new-data cause; fires pending drift requests.
-- ``DriftDetected``, ``ExternalTrigger``: causes.
+- ``FeaturesMaterialized``: the latest dataset version per stream; a new-data cause (every version, or once
+  ``triggers.new_data.every_n_rows`` new rows counted from ``DatasetVersionCreated``); fires pending drift requests.
+- ``DriftDetected``, ``PerformanceDegraded``, ``ExternalTrigger``: causes.
+- ``FeedbackReceived``: every ``triggers.labels.every_n_labels`` labels is a cause.
 - ``ModelPromoted``, ``ModelRejected``: whether the model has a champion.
-- ``RunStateChanged``: whether a training run of the model is active (pending/running).
+- ``RunStateChanged``: whether a training run of the model is active (pending/running); the end of the last one
+  fires a request queued behind it (``triggers.queue_while_running``).
+A background loop fires ``triggers.schedule.cron`` slots (one request per slot, also across restarts).
 
 Emits ``TrainingRequested`` (cause = the causing event, so the cascade continues; a drift that waited for fresh
-data keeps the DRIFT event as its cause) by the policy in the pipeline's ``triggers`` section: see ``policy.py``
-(kinds enabled, only_without_champion, wait_for_fresh_data, cooldown, one active run per model, one decision per
-cause event). Every decision is a ``training_requests`` row (requested, pending or suppressed, with why).
+data keeps the DRIFT event as its cause; a schedule starts a cascade) by the policy in the pipeline's ``triggers``
+section: see ``policy.py`` (kinds enabled, only_without_champion, wait_for_fresh_data, cooldown per kind, one
+active run per model with later causes merged or queued, one decision per cause event). Every decision is a
+``training_requests`` row (requested, pending or suppressed, with why).
 
 HTTP: ``POST /v1/models/{name}/retrain`` (manual; 404 unknown model, 409 no data yet or run active),
 ``GET /v1/models/{name}/requests`` (decisions, newest first), ``GET /v1/models/{name}/trigger-state``.

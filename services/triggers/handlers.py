@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from croniter import croniter
 from sqlalchemy.orm import Session, sessionmaker
 
 from driftloop.db.models import TrainingRequest, TriggerModelState, TriggerStreamState, utcnow
@@ -33,6 +34,8 @@ FINISHED_RUN_STATES = frozenset({"completed", "failed", "aborted"})
 CHAMPION_ALIAS = "champion"
 # Namespace of request ids derived from (model, cause event id).
 REQUEST_NAMESPACE = uuid.UUID("5b0c56f4-5d0e-4d8c-9a4c-0c7d1f6b2a11")
+# How often the schedule loop looks at the cron expressions (a slot fires within this many seconds).
+SCHEDULE_TICK_SECONDS = 5.0
 
 
 class RetrainConflict(DriftloopError):
@@ -94,6 +97,26 @@ class TriggerHandlers:
                 return
             model_state.active_runs = runs
             model_state.updated_at = utcnow()
+            if not runs and event["model"] in self.pipelines:
+                session.flush()
+                self._fire_queued(session, self.pipelines[event["model"]], event)
+
+    def on_dataset_version_created(self, event: Event) -> None:
+        """Count new rows per stream, for ``triggers.new_data.every_n_rows``."""
+        with self._lock, self.Session.begin() as session:
+            row = session.get(TriggerStreamState, event["stream"])
+            if row is None:
+                # Not materialized yet: the state row is created by FeaturesMaterialized; keep the count.
+                row = TriggerStreamState(
+                    stream=event["stream"],
+                    dataset_version_id="",
+                    event_id=event.id,
+                    materialized_at=event.envelope.occurred_at,
+                    rows_since_request=0,
+                )
+                session.add(row)
+            row.rows_since_request = int(row.rows_since_request or 0) + int(event["new_rows"])
+            row.updated_at = utcnow()
 
     # --- causes ------------------------------------------------------------------------------------------
 
@@ -114,8 +137,17 @@ class TriggerHandlers:
                 return
             view = self._view(session, pipeline, "new_data")
             decision = decide("new_data", pipeline.triggers, view, self.clock())
-            reason = f"new dataset version {dataset_version_id} ({event['row_count']} rows)"
+            stream_state = session.get(TriggerStreamState, stream)
+            every = pipeline.triggers.new_data.every_n_rows
+            new_rows = int(stream_state.rows_since_request or 0) if stream_state else 0
+            if decision.status != "suppressed" and every and new_rows < every:
+                decision = Decision(
+                    "suppressed", f"{new_rows} new rows since the last request, every_n_rows is {every}"
+                )
+            reason = f"new dataset version {dataset_version_id} ({event['row_count']} rows, {new_rows} new)"
             self._record(session, model, "new_data", event, reason, decision, view.latest_dataset_version_id)
+            if decision.status == "requested" and stream_state is not None:
+                stream_state.rows_since_request = 0
 
     def on_drift_detected(self, event: Event) -> None:
         features = ", ".join(event["drifted_features"]) or "none"
@@ -124,6 +156,76 @@ class TriggerHandlers:
 
     def on_external_trigger(self, event: Event) -> None:
         self._on_cause("external", event, event["reason"] or "external trigger")
+
+    def on_performance_degraded(self, event: Event) -> None:
+        reason = (
+            f"performance of v{event['version']}: {event['metric']} {event['value']:.4g} past the threshold "
+            f"{event['threshold']:.4g} over {event['window_size']} labeled predictions"
+        )
+        self._on_cause("performance", event, reason)
+
+    def on_feedback_received(self, event: Event) -> None:
+        """Count labels per model; every ``triggers.labels.every_n_labels`` labels is one cause (the last label's
+        event), decided by the policy. The count restarts at every decision, so labels arriving during a
+        cooldown or an active run merge into that decision instead of asking again with each label."""
+        model = event["model"]
+        pipeline = self.pipelines.get(model)
+        if pipeline is None or pipeline.triggers.labels.every_n_labels == 0:
+            return
+        every = pipeline.triggers.labels.every_n_labels
+        with self._lock, self.Session.begin() as session:
+            state = self._model_state(session, model)
+            state.labels_since_request = int(state.labels_since_request or 0) + 1
+            if state.labels_since_request < every:
+                return
+            state.labels_since_request = 0
+            if self._already_decided(session, model, event.id):
+                return
+            view = self._view(session, pipeline, "labels")
+            decision = decide("labels", pipeline.triggers, view, self.clock())
+            reason = f"{every} labels received (the last for request {event['request_id']})"
+            self._record(session, model, "labels", event, reason, decision, view.latest_dataset_version_id)
+
+    def check_schedules(self) -> list[str]:
+        """Fire each model's cron slot that has passed since the last one handled (at most one request per slot,
+        and one for several missed slots); the first check after a schedule is configured only starts the
+        clock. The request ids of requested decisions."""
+        fired: list[str] = []
+        now = self.clock()
+        for model, pipeline in self.pipelines.items():
+            cron = pipeline.triggers.schedule.cron
+            if cron is None:
+                continue
+            slot = croniter(cron, now).get_prev(datetime)
+            with self._lock, self.Session.begin() as session:
+                state = self._model_state(session, model)
+                last = as_utc(state.last_schedule_slot)
+                if last is not None and slot <= last:
+                    continue
+                state.last_schedule_slot = slot
+                if last is None:
+                    log.info("triggers: schedule %r of %s starts; last slot %s", cron, model, slot.isoformat())
+                    continue
+                request_id = request_id_for(model, f"schedule:{slot.isoformat()}")
+                if session.get(TrainingRequest, request_id) is not None:
+                    continue
+                view = self._view(session, pipeline, "schedule")
+                decision = decide("schedule", pipeline.triggers, view, now)
+                reason = f"schedule {cron!r}: slot {slot.isoformat()}"
+                row = self._record(
+                    session, model, "schedule", None, reason, decision, view.latest_dataset_version_id, request_id
+                )
+                if row.status == "requested":
+                    fired.append(row.request_id)
+        return fired
+
+    def schedule_loop(self, stop: threading.Event, interval: float = SCHEDULE_TICK_SECONDS) -> None:
+        """The service's background loop: check the cron schedules until ``stop`` is set."""
+        while not stop.wait(interval):
+            try:
+                self.check_schedules()
+            except Exception:  # a database hiccup must not end the loop
+                log.exception("triggers: schedule check failed")
 
     def _on_cause(self, kind: TriggerKind, event: Event, reason: str) -> None:
         model = event["model"]
@@ -169,7 +271,7 @@ class TriggerHandlers:
             .order_by(TrainingRequest.created_at)
             .limit(1)
         )
-        if pending is None:
+        if pending is None or pending.wait_for == "run":
             return None
         cause_time = as_utc(pending.cause_occurred_at)
         if cause_time is not None and features.envelope.occurred_at < cause_time:
@@ -187,6 +289,30 @@ class TriggerHandlers:
         self._emit(session, pending, cause)
         return Decision("suppressed", f"merged into request {pending.request_id} ({pending.trigger}), fired by this")
 
+    def _fire_queued(self, session: Session, pipeline: PipelineConfig, finished: Event) -> None:
+        """The model's last active run ended: fire the request queued behind it (``queue_while_running``)."""
+        model = pipeline.model.name
+        queued = session.scalar(
+            sa.select(TrainingRequest)
+            .where(
+                TrainingRequest.model == model, TrainingRequest.status == "pending", TrainingRequest.wait_for == "run"
+            )
+            .order_by(TrainingRequest.created_at)
+            .limit(1)
+        )
+        if queued is None:
+            return
+        view = self._view(session, pipeline)
+        if view.latest_dataset_version_id is None:
+            queued.wait_for = "data"
+            return
+        queued.status = "requested"
+        queued.wait_for = None
+        queued.dataset_version_id = view.latest_dataset_version_id
+        queued.note = f"{queued.note}; fired: run {finished['run_id']} ended {finished['state']} (event {finished.id})"
+        queued.updated_at = self.clock()
+        self._emit(session, queued, _cause_stub(queued, finished))
+
     def _record(
         self,
         session: Session,
@@ -196,9 +322,10 @@ class TriggerHandlers:
         reason: str,
         decision: Decision,
         dataset_version_id: str | None = None,
+        request_id: str | None = None,
     ) -> TrainingRequest:
         row = TrainingRequest(
-            request_id=request_id_for(model, cause.id) if cause else str(uuid.uuid4()),
+            request_id=request_id or (request_id_for(model, cause.id) if cause else str(uuid.uuid4())),
             model=model,
             trigger=kind,
             reason=reason,
@@ -208,6 +335,7 @@ class TriggerHandlers:
             dataset_version_id=dataset_version_id if decision.status == "requested" else None,
             status=decision.status,
             note=decision.note,
+            wait_for=decision.wait_for if decision.status == "pending" else None,
             created_at=utcnow(),
         )
         session.add(row)
@@ -286,7 +414,8 @@ class TriggerHandlers:
             active_runs=tuple(state.active_runs) if state else (),
             last_request_at=as_utc(last_of_kind) if kind is not None else None,
             pending_request_id=pending,
-            latest_dataset_version_id=stream.dataset_version_id if stream else None,
+            # Empty: rows were counted (DatasetVersionCreated) before the first version was materialized.
+            latest_dataset_version_id=(stream.dataset_version_id or None) if stream else None,
         )
 
     def _already_decided(self, session: Session, model: str, cause_event_id: str) -> bool:
@@ -337,7 +466,13 @@ def _version_number(dataset_version_id: str) -> int:
         return -1
 
 
-CAUSE_EVENT_TYPES = {"drift": "DriftDetected", "external": "ExternalTrigger"}
+CAUSE_EVENT_TYPES = {
+    "drift": "DriftDetected",
+    "external": "ExternalTrigger",
+    "performance": "PerformanceDegraded",
+    "labels": "FeedbackReceived",
+    "new_data": "FeaturesMaterialized",
+}
 
 
 def _cause_stub(pending: TrainingRequest, fallback: Event) -> Event:
@@ -368,6 +503,7 @@ def _row_dict(row: TrainingRequest) -> dict[str, Any]:
         "cascade_id": row.cascade_id,
         "dataset_version_id": row.dataset_version_id,
         "event_id": row.event_id,
+        "wait_for": row.wait_for,
         "created_at": as_utc(row.created_at).isoformat() if row.created_at else None,
         "updated_at": as_utc(row.updated_at).isoformat() if row.updated_at else None,
     }

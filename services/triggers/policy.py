@@ -3,8 +3,9 @@
 Order of the rules (the first that applies decides):
 1. the trigger kind is disabled in the pipeline (or new data arrives while a champion exists and
    ``new_data.only_without_champion``): suppressed;
-2. a training run of the model is active: suppressed (merged into that run);
-3. a request is already pending (waiting for fresh data): suppressed (merged into it);
+2. a training run of the model is active: suppressed (merged into that run), or with ``queue_while_running``
+   pending until the run ends (one queued request; later causes merge into it);
+3. a request is already pending (waiting for fresh data or for the run to end): suppressed (merged into it);
 4. within ``cooldown_seconds`` of the last request of the same kind: suppressed (a storm of drift alarms gives
    one retrain, but a drift right after the bootstrap new-data retrain is still acted on);
 5. drift with ``wait_for_fresh_data``, or no dataset version materialized yet: pending until the next
@@ -22,7 +23,7 @@ from typing import Literal
 
 from driftloop.pipeline import TriggerSpec
 
-TriggerKind = Literal["new_data", "drift", "external", "manual"]
+TriggerKind = Literal["new_data", "drift", "external", "manual", "schedule", "labels", "performance"]
 Status = Literal["requested", "pending", "suppressed"]
 
 
@@ -42,6 +43,8 @@ class ModelView:
 class Decision:
     status: Status
     note: str
+    # A pending decision waits for "data" (the next dataset version) or "run" (the active run to end).
+    wait_for: Literal["data", "run"] | None = None
 
 
 def decide(kind: TriggerKind, policy: TriggerSpec, view: ModelView, now: datetime) -> Decision:
@@ -53,8 +56,17 @@ def decide(kind: TriggerKind, policy: TriggerSpec, view: ModelView, now: datetim
             return Decision("suppressed", "the model has a champion and triggers.new_data.only_without_champion is set")
     if kind == "drift" and not policy.drift.enabled:
         return Decision("suppressed", "drift trigger disabled (triggers.drift.enabled: false)")
+    if kind == "performance" and not policy.performance.enabled:
+        return Decision("suppressed", "performance trigger disabled (triggers.performance.enabled: false)")
     if view.active_runs:
-        return Decision("suppressed", f"merged: training run {', '.join(view.active_runs)} is active")
+        runs = ", ".join(view.active_runs)
+        # New data during a run is not queued: the next dataset version is a cause of its own.
+        queueable = kind not in ("manual", "new_data")
+        if queueable and policy.queue_while_running and view.pending_request_id is None:
+            return Decision("pending", f"queued: training run {runs} is active; fires when it ends", "run")
+        if kind != "manual" and view.pending_request_id is not None:
+            return Decision("suppressed", f"merged into pending request {view.pending_request_id}")
+        return Decision("suppressed", f"merged: training run {runs} is active")
     if kind != "manual":
         if view.pending_request_id is not None:
             return Decision("suppressed", f"merged into pending request {view.pending_request_id}")
@@ -68,9 +80,9 @@ def decide(kind: TriggerKind, policy: TriggerSpec, view: ModelView, now: datetim
     if view.latest_dataset_version_id is None:
         if kind == "manual":
             return Decision("suppressed", "no dataset version is materialized yet")
-        return Decision("pending", "waiting for the first materialized dataset version")
+        return Decision("pending", "waiting for the first materialized dataset version", "data")
     if kind == "drift" and policy.drift.wait_for_fresh_data:
-        return Decision("pending", "waiting for the next dataset version after the drift (wait_for_fresh_data)")
+        return Decision("pending", "waiting for the next dataset version after the drift (wait_for_fresh_data)", "data")
     return Decision("requested", f"train on {view.latest_dataset_version_id}")
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from driftloop.service import ConsumerSpec, Runtime, ServiceSpec, base_app
 from driftloop.topics import (
+    DATASET_VERSION_CREATED,
     DRIFT_DETECTED,
     EXTERNAL_TRIGGER,
     FEATURES_MATERIALIZED,
+    FEEDBACK_RECEIVED,
     MODEL_PROMOTED,
     MODEL_REJECTED,
+    PERFORMANCE_DEGRADED,
     RUN_STATE_CHANGED,
 )
 
@@ -22,7 +25,11 @@ def build(runtime: Runtime) -> ServiceSpec:
     handlers = TriggerHandlers(
         pipelines=runtime.pipelines, Session=runtime.Session, publish=runtime.bus.publish, producer=runtime.name
     )
-    app = base_app(runtime, "triggers", "Turns new data, drift and external causes into training requests.")
+    app = base_app(
+        runtime,
+        "triggers",
+        "Turns schedules, new data, labels, performance, drift and external causes into training requests.",
+    )
     app.include_router(router(runtime, handlers))
     app.state.triggers = handlers
     # One consumer: decisions depend on state events, handled in one thread in arrival order.
@@ -35,6 +42,9 @@ def build(runtime: Runtime) -> ServiceSpec:
             MODEL_PROMOTED: handlers.on_model_promoted,
             MODEL_REJECTED: handlers.on_model_rejected,
             RUN_STATE_CHANGED: handlers.on_run_state_changed,
+            DATASET_VERSION_CREATED: handlers.on_dataset_version_created,
+            FEEDBACK_RECEIVED: handlers.on_feedback_received,
+            PERFORMANCE_DEGRADED: handlers.on_performance_degraded,
         },
     )
-    return ServiceSpec(app=app, consumers=[consumer])
+    return ServiceSpec(app=app, consumers=[consumer], loops=[handlers.schedule_loop])

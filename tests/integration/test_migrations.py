@@ -33,6 +33,7 @@ def test_migrations_match_the_models(database_url: str) -> None:
     engine = create_engine_for(database_url)
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
-        assert MigrationContext.configure(conn).get_current_revision() is not None
+        # Several heads (one branch per area) until the lead merges them.
+        assert MigrationContext.configure(conn).get_current_heads()
     engine.dispose()
     assert diff == [], f"models and migrations differ: {diff}"

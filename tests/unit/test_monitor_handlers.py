@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from driftloop.events import Event, new_event
 from driftloop.featuredefs import compute_features
 from driftloop.layout import feature_set_prefix
 from driftloop.objectstore import LocalObjectStore
-from driftloop.pipeline import PipelineConfig, load_pipeline
+from driftloop.pipeline import PerformanceSpec, PipelineConfig, load_pipeline
 from driftloop.services.monitor.handlers import MonitorHandlers
 
 PIPELINE = load_pipeline(Path(__file__).resolve().parents[2] / "pipelines" / "transactions.yaml")
@@ -59,13 +61,17 @@ def env(tmp_path: Path) -> dict[str, Any]:
     published: list[Event] = []
     Session = session_factory(create_engine_for(url))
     pipelines = {MODEL: small_pipeline()}
+
+    def make(pipeline: PipelineConfig | None = None) -> MonitorHandlers:
+        return MonitorHandlers({MODEL: pipeline} if pipeline else pipelines, Session, store, published.append)
+
     return {
         "Session": Session,
         "store": store,
         "published": published,
         "feature_set_uri": store.uri(prefix),
         "rng": rng,
-        "make": lambda: MonitorHandlers(pipelines, Session, store, published.append),
+        "make": make,
     }
 
 
@@ -85,17 +91,22 @@ def promoted(env: dict[str, Any], version: int = 1, alias: str = "champion") -> 
     return new_event("ModelPromoted", data, producer="test")
 
 
-def prediction(inputs: dict[str, Any], version: int = 1) -> Event:
+def prediction(inputs: dict[str, Any], version: int = 1, request_id: str = "r1", score: float = 0.1) -> Event:
     data = {
-        "request_id": "r1",
+        "request_id": request_id,
         "model": MODEL,
         "version": version,
         "index": 0,
         "inputs": inputs,
-        "prediction": 0.1,
+        "prediction": score,
         "entity": inputs.get("customer_id"),
     }
     return new_event("PredictionLogged", data, producer="test")
+
+
+def feedback(request_id: str, actual: float) -> Event:
+    data = {"request_id": request_id, "model": MODEL, "index": 0, "actual": actual}
+    return new_event("FeedbackReceived", data, producer="test")
 
 
 def test_shifted_predictions_emit_drift_detected_once_per_window(env: dict[str, Any]) -> None:
@@ -144,7 +155,7 @@ def test_invalid_inputs_are_skipped_not_windowed(env: dict[str, Any]) -> None:
     assert handlers.status(MODEL)["window_fill"] == 0
 
 
-def test_restart_reloads_the_champion_and_continues_window_numbering(env: dict[str, Any]) -> None:
+def test_restart_reloads_the_champion_and_continues_the_open_window(env: dict[str, Any]) -> None:
     first: MonitorHandlers = env["make"]()
     first.on_model_promoted(promoted(env))
     for inputs in raw_inputs(230, env["rng"]):
@@ -154,12 +165,12 @@ def test_restart_reloads_the_champion_and_continues_window_numbering(env: dict[s
     status = restarted.status(MODEL)
     assert status["version"] == 1
     assert status["window_index"] == 1
-    assert status["window_fill"] == 0  # windows are in memory: a restart starts a new one
-    for inputs in raw_inputs(200, env["rng"]):
+    assert status["window_fill"] == 30  # the open window is in the database: nothing lost
+    for inputs in raw_inputs(170, env["rng"]):
         restarted.on_prediction_logged(prediction(inputs))
     with env["Session"]() as session:
-        indexes = sorted(session.query(DriftReport.window_index).filter(DriftReport.model == MODEL).all())
-    assert [i for (i,) in indexes] == [0, 1]
+        rows = session.query(DriftReport.window_index, DriftReport.window_size).filter(DriftReport.model == MODEL)
+        assert sorted(rows.all()) == [(0, 200), (1, 200)]
 
 
 def test_non_champion_alias_and_unknown_model(env: dict[str, Any]) -> None:
@@ -170,3 +181,106 @@ def test_non_champion_alias_and_unknown_model(env: dict[str, Any]) -> None:
         handlers.status("no-such-model")
     with pytest.raises(NotFoundError):
         handlers.reports("no-such-model", limit=5)
+
+
+def with_monitor(**changes: Any) -> PipelineConfig:
+    base = small_pipeline()
+    return base.model_copy(update={"monitor": base.monitor.model_copy(update=changes)})
+
+
+def stored_reports(env: dict[str, Any]) -> list[tuple[Any, ...]]:
+    with env["Session"]() as session:
+        rows = session.query(DriftReport).filter(DriftReport.model == MODEL).order_by(DriftReport.window_index).all()
+        return [(r.window_index, r.window_start, r.window_end, r.window_size, r.drifted, r.tests) for r in rows]
+
+
+def test_redelivery_after_a_crash_gives_the_same_windows_as_no_crash(env: dict[str, Any], tmp_path: Path) -> None:
+    """A crash after handling but before the offset commit redelivers events to a fresh process: nothing is
+    counted twice and the reports equal those of a run without the crash (kept in another database)."""
+    stream = [prediction(inputs) for inputs in raw_inputs(130, env["rng"], amount_scale=1.3)]
+    pipeline = with_monitor(window_size=40, hop=20)
+    crashed: MonitorHandlers = env["make"](pipeline)
+    crashed.on_model_promoted(promoted(env))
+    for event in stream[:75]:
+        crashed.on_prediction_logged(event)
+    restarted: MonitorHandlers = env["make"](pipeline)
+    for event in stream[60:]:  # 15 redelivered
+        restarted.on_prediction_logged(event)
+
+    other_url = f"sqlite:///{tmp_path / 'other.sqlite'}"
+    migrate(other_url)
+    other_session = session_factory(create_engine_for(other_url))
+    steady = MonitorHandlers({MODEL: pipeline}, other_session, env["store"], [].append)
+    steady.on_model_promoted(promoted(env))
+    for event in stream:
+        steady.on_prediction_logged(event)
+
+    reports = stored_reports(env)
+    assert reports == stored_reports({"Session": other_session})
+    # Hopping count windows of 40 every 20: [0, 40), [20, 60), ... [80, 120) over 130 predictions.
+    assert [(r[0], r[1], r[2], r[3]) for r in reports] == [(k, 20.0 * k, 20.0 * k + 40, 40) for k in range(5)]
+    assert restarted.status(MODEL)["predictions_stored"] == 130
+
+
+def test_time_windows_close_on_stream_time_and_skip_empty_windows(env: dict[str, Any]) -> None:
+    handlers: MonitorHandlers = env["make"](with_monitor(window_by="time", window_seconds=60, min_window_rows=5))
+    handlers.on_model_promoted(promoted(env))
+    start = 1_800_000_000.0  # a multiple of 60
+    times = [start + i for i in range(0, 50)] + [start + 300 + i for i in range(0, 10)] + [start + 400]
+    for when in times:
+        event = prediction(raw_inputs(1, env["rng"])[0])
+        envelope = replace(event.envelope, occurred_at=datetime.fromtimestamp(when, tz=UTC))
+        handlers.on_prediction_logged(Event(envelope=envelope, data=event.data))
+    reports = stored_reports(env)
+    first = int(start // 60)
+    # [start, start+60) holds 50, the four empty minutes are skipped, [start+300, start+360) holds 10; the
+    # prediction at start+400 only opens the next window.
+    assert [(r[0], r[3]) for r in reports] == [(first, 50), (first + 5, 10)]
+    assert reports[0][1] == start and reports[0][2] == start + 60
+
+
+def test_quality_reports_nulls_out_of_range_and_unseen_categories(env: dict[str, Any]) -> None:
+    handlers: MonitorHandlers = env["make"](with_monitor(window_size=20))
+    handlers.on_model_promoted(promoted(env))
+    rows = raw_inputs(20, env["rng"])
+    rows[0]["age"] = None
+    rows[1]["age"] = 150
+    rows[2]["merchant_category"] = "casino"
+    rows[3]["hour"] = -1
+    for inputs in rows:
+        handlers.on_prediction_logged(prediction(inputs))
+    (report,) = handlers.quality_reports(MODEL, limit=5)
+    quality = report["quality"]
+    assert quality["rows"] == 20
+    assert quality["fields"]["age"]["nulls"] == 1
+    assert quality["fields"]["age"]["out_of_range"] == 1
+    assert quality["fields"]["hour"]["out_of_range"] == 1
+    assert quality["fields"]["merchant_category"]["not_allowed"] == 1
+    assert quality["unseen_categories"] == {"merchant_category": {"count": 1, "values": ["casino"]}}
+    assert quality["fields"]["amount"] == {"nulls": 0, "null_rate": 0.0, "out_of_range": 0, "not_allowed": 0}
+
+
+def test_performance_degraded_fires_from_feedback_joined_by_request_id(env: dict[str, Any]) -> None:
+    performance = PerformanceSpec(metric="accuracy", window_size=20, threshold=0.8)
+    handlers: MonitorHandlers = env["make"](with_monitor(window_size=500, performance=performance))
+    handlers.on_model_promoted(promoted(env))
+    inputs = raw_inputs(40, env["rng"])
+    # Window 0: all right; window 1: half wrong. Feedback for r0 arrives before its prediction.
+    handlers.on_feedback_received(feedback("r0", 1.0))
+    for i, row in enumerate(inputs):
+        handlers.on_prediction_logged(prediction(row, request_id=f"r{i}", score=0.9))
+    for i in range(1, 40):
+        actual = 1.0 if i < 20 or i % 2 == 0 else 0.0
+        handlers.on_feedback_received(feedback(f"r{i}", actual))
+    handlers.on_feedback_received(feedback("unknown-request", 1.0))
+
+    reports = handlers.performance_reports(MODEL, limit=5)
+    assert [(r["window_index"], r["value"], r["degraded"]) for r in reports] == [(1, 0.5, True), (0, 1.0, False)]
+    assert reports[0]["unmatched_feedback"] == 1
+    degraded = [e for e in env["published"] if e.type == "PerformanceDegraded"]
+    assert len(degraded) == 1
+    assert degraded[0]["metric"] == "accuracy"
+    assert degraded[0]["value"] == 0.5
+    assert degraded[0]["threshold"] == 0.8
+    assert degraded[0]["window_size"] == 20
+    assert reports[0]["event_id"] == degraded[0].id

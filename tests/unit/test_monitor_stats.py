@@ -10,7 +10,17 @@ import pytest
 
 from driftloop.featuredefs import compute_features
 from driftloop.pipeline import PipelineConfig, load_pipeline
-from driftloop.services.monitor.stats import adjust_p_values, chi2_test, evaluate_window, ks_test
+from driftloop.services.monitor.stats import (
+    adjust_p_values,
+    chi2_test,
+    evaluate_window,
+    is_degraded,
+    ks_test,
+    performance_metrics,
+    psi_categorical,
+    psi_numeric,
+    wasserstein_scaled,
+)
 
 PIPELINE = load_pipeline(Path(__file__).resolve().parents[2] / "pipelines" / "transactions.yaml")
 CATEGORIES = ["grocery", "travel", "electronics", "fashion", "gaming"]
@@ -134,3 +144,59 @@ def test_min_drifted_features_must_be_reached() -> None:
     result = evaluate_window(reference, window, PIPELINE.features, spec)
     assert result.drifted_features == ["merchant_category"]
     assert not result.drifted
+
+
+def test_psi_and_wasserstein_are_small_on_the_same_distribution_and_large_on_a_shift() -> None:
+    rng = np.random.default_rng(3)
+    reference = rng.normal(10, 2, 5000)
+    same = rng.normal(10, 2, 1000)
+    shifted = rng.normal(12, 2, 1000)
+    assert psi_numeric(reference, same, 10) < 0.05
+    assert psi_numeric(reference, shifted, 10) > 0.25
+    # In reference standard deviations: a one-sigma shift is about 1, whatever the unit.
+    assert wasserstein_scaled(reference, same) < 0.15
+    assert 0.8 < wasserstein_scaled(reference, shifted) < 1.2
+    assert wasserstein_scaled(reference * 1000, shifted * 1000) == pytest.approx(wasserstein_scaled(reference, shifted))
+    cats = ["a", "b", "c"]
+    assert psi_categorical(rng.choice(cats, 3000), rng.choice(cats, 1000)) < 0.05
+    assert psi_categorical(rng.choice(cats, 3000), rng.choice(cats, 1000, p=[0.7, 0.2, 0.1])) > 0.2
+
+
+def test_effect_size_thresholds_gate_significant_but_tiny_shifts() -> None:
+    rng = np.random.default_rng(5)
+    reference = features(raw_rows(3000, rng))
+    window = features(raw_rows(400, rng, amount_scale=1.6))
+    plain = evaluate_window(reference, window, PIPELINE.features, PIPELINE.monitor)
+    assert "amount" in plain.drifted_features
+    amount = next(t for t in plain.tests if t.feature == "amount")
+    assert amount.psi > 0 and amount.wasserstein is not None and amount.wasserstein > 0
+    strict = with_monitor(psi_threshold=amount.psi + 1.0)
+    assert "amount" not in evaluate_window(reference, window, strict.features, strict.monitor).drifted_features
+    loose = with_monitor(psi_threshold=amount.psi / 2, wasserstein_threshold=amount.wasserstein / 2)
+    assert "amount" in evaluate_window(reference, window, loose.features, loose.monitor).drifted_features
+
+
+def test_long_stream_from_the_reference_distribution_never_alarms_with_an_effect_size_threshold() -> None:
+    rng = np.random.default_rng(17)
+    reference = features(raw_rows(3000, rng))
+    pipeline = with_monitor(psi_threshold=0.1)
+    alarms = [
+        evaluate_window(reference, features(raw_rows(400, rng)), pipeline.features, pipeline.monitor).drifted
+        for _ in range(60)
+    ]
+    assert sum(alarms) == 0
+
+
+def test_performance_metrics_classification_and_regression() -> None:
+    actual = [0, 0, 1, 1]
+    values = performance_metrics(actual, [0.1, 0.6, 0.4, 0.9], "classification", 0.5)
+    assert values["accuracy"] == pytest.approx(0.5)
+    assert values["f1"] == pytest.approx(0.5)
+    assert values["roc_auc"] == pytest.approx(0.75)
+    assert performance_metrics([1, 1], [0.2, 0.9], "classification", 0.5)["roc_auc"] is None
+    regression = performance_metrics([1.0, 2.0, 3.0], [1.0, 2.0, 5.0], "regression", 0.5)
+    assert regression["mae"] == pytest.approx(2 / 3)
+    assert regression["rmse"] == pytest.approx((4 / 3) ** 0.5)
+    assert is_degraded("roc_auc", 0.6, 0.7) and not is_degraded("roc_auc", 0.8, 0.7)
+    assert is_degraded("rmse", 2.0, 1.5) and not is_degraded("rmse", 1.0, 1.5)
+    assert not is_degraded("roc_auc", None, 0.7) and not is_degraded("roc_auc", 0.1, None)

@@ -276,3 +276,147 @@ def test_unknown_model_cause_is_recorded_as_suppressed(make: Any, published: lis
         row = session.query(TrainingRequest).filter_by(cause_event_id=event.id).one()
     assert row.status == "suppressed"
     assert "unknown model" in (row.note or "")
+
+
+def with_triggers(cooldown: float = 300, **changes: Any) -> PipelineConfig:
+    base = pipeline(cooldown=cooldown)
+    return base.model_copy(update={"triggers": TriggerSpec.model_validate({**base.triggers.model_dump(), **changes})})
+
+
+def dataset_event(version: int, new_rows: int) -> Event:
+    data = {
+        "stream": STREAM,
+        "dataset_version_id": f"{STREAM}@v{version}",
+        "version": version,
+        "uri": f"file:///objects/datasets/{STREAM}/v{version}/",
+        "content_hash": "0" * 64,
+        "row_count": new_rows,
+        "new_rows": new_rows,
+        "parent_version_id": None,
+        "mode": "cumulative",
+        "schema_json": "{}",
+        "profile_json": "{}",
+        "min_event_time": None,
+        "max_event_time": None,
+    }
+    return new_event("DatasetVersionCreated", data, producer="test")
+
+
+def feedback_event(i: int) -> Event:
+    data = {"request_id": f"r{i}", "model": MODEL, "index": 0, "actual": 1.0}
+    return new_event("FeedbackReceived", data, producer="test")
+
+
+def degraded_event() -> Event:
+    data = {"model": MODEL, "version": 1, "metric": "roc_auc", "value": 0.55, "threshold": 0.7, "window_size": 200}
+    return new_event("PerformanceDegraded", data, producer="test")
+
+
+def external_event() -> Event:
+    data = {"model": MODEL, "reason": "upstream schema change", "details_json": "{}"}
+    return new_event("ExternalTrigger", data, producer="test")
+
+
+def with_data_and_champion(handlers: TriggerHandlers) -> None:
+    handlers.on_model_promoted(promoted_event())
+    handlers.on_features_materialized(features_event(1))
+
+
+@pytest.mark.parametrize("kind", ["performance", "external", "drift"])
+def test_each_event_cause_gives_exactly_one_request_with_its_cause(
+    kind: str, make: Any, published: list[Event]
+) -> None:
+    handlers: TriggerHandlers = make(with_triggers())
+    with_data_and_champion(handlers)
+    make_event, handle = {
+        "performance": (degraded_event, handlers.on_performance_degraded),
+        "external": (external_event, handlers.on_external_trigger),
+        "drift": (drift_event, handlers.on_drift_detected),
+    }[kind]
+    causes = [make_event() for _ in range(4)]
+    for cause in causes:
+        handle(cause)
+    handle(causes[0])  # a redelivery
+    assert [e["trigger"] for e in published] == [kind]
+    assert published[0].envelope.caused_by == causes[0].id
+    decisions = [d for d in handlers.requests(MODEL, 50) if d["trigger"] == kind]
+    assert sorted(d["status"] for d in decisions) == ["requested", "suppressed", "suppressed", "suppressed"]
+    assert next(d for d in decisions if d["status"] == "requested")["cause_event_id"] == causes[0].id
+
+
+def test_performance_trigger_can_be_disabled(make: Any, published: list[Event]) -> None:
+    handlers: TriggerHandlers = make(with_triggers(performance={"enabled": False}))
+    with_data_and_champion(handlers)
+    handlers.on_performance_degraded(degraded_event())
+    assert published == []
+    assert "disabled" in handlers.requests(MODEL, 1)[0]["note"]
+
+
+def test_every_n_labels_gives_one_request_per_n_labels(make: Any, published: list[Event], clock: Clock) -> None:
+    handlers: TriggerHandlers = make(with_triggers(cooldown=0, labels={"every_n_labels": 5}))
+    with_data_and_champion(handlers)
+    labels = [feedback_event(i) for i in range(12)]
+    for label in labels:
+        handlers.on_feedback_received(label)
+    assert [e["trigger"] for e in published] == ["labels", "labels"]
+    assert [e.envelope.caused_by for e in published] == [labels[4].id, labels[9].id]
+    assert handlers.requests(MODEL, 1)[0]["reason"].startswith("5 labels received")
+
+
+def test_every_n_new_rows_counts_rows_across_versions(make: Any, published: list[Event]) -> None:
+    handlers: TriggerHandlers = make(
+        with_triggers(cooldown=0, new_data={"enabled": True, "only_without_champion": False, "every_n_rows": 1000})
+    )
+    handlers.on_dataset_version_created(dataset_event(1, 600))
+    handlers.on_features_materialized(features_event(1))
+    assert published == []
+    assert "600 new rows" in handlers.requests(MODEL, 1)[0]["note"]
+    handlers.on_dataset_version_created(dataset_event(2, 500))
+    handlers.on_features_materialized(features_event(2))
+    assert [(e["trigger"], e["dataset_version_id"]) for e in published] == [("new_data", f"{STREAM}@v2")]
+    handlers.on_dataset_version_created(dataset_event(3, 400))
+    handlers.on_features_materialized(features_event(3))
+    assert len(published) == 1  # the count restarted at the request
+
+
+def test_schedule_fires_once_per_cron_slot(make: Any, published: list[Event], clock: Clock) -> None:
+    handlers: TriggerHandlers = make(with_triggers(schedule={"cron": "0 * * * *"}))
+    with_data_and_champion(handlers)
+    clock.now += timedelta(minutes=5)
+    assert handlers.check_schedules() == []  # 12:05: the first check starts the clock at the 12:00 slot
+    clock.now += timedelta(minutes=30)
+    assert handlers.check_schedules() == []  # 12:35: no new slot
+    clock.now += timedelta(minutes=26)  # 13:01
+    fired = handlers.check_schedules()
+    assert len(fired) == 1
+    assert handlers.check_schedules() == []  # the same slot again
+    # A restarted service (new handlers, same database) does not fire the slot again.
+    assert make(with_triggers(schedule={"cron": "0 * * * *"})).check_schedules() == []
+    assert [(e["trigger"], e["request_id"]) for e in published] == [("schedule", fired[0])]
+    assert published[0].envelope.caused_by is None
+    assert "13:00" in handlers.requests(MODEL, 1)[0]["reason"]
+
+
+def test_queue_while_running_merges_causes_into_one_request_after_the_run(
+    make: Any, published: list[Event], clock: Clock
+) -> None:
+    handlers: TriggerHandlers = make(with_triggers(cooldown=0, queue_while_running=True))
+    with_data_and_champion(handlers)
+    handlers.on_run_state_changed(run_event("run-1", "running"))
+    storm = [drift_event(i) for i in range(3)] + [degraded_event()]
+    handlers.on_drift_detected(storm[0])
+    handlers.on_drift_detected(storm[1])
+    handlers.on_drift_detected(storm[2])
+    handlers.on_performance_degraded(storm[3])
+    assert published == []
+    queued = handlers.requests(MODEL, 50)
+    assert [d["status"] for d in queued if d["cause_event_id"] == storm[0].id] == ["pending"]
+    assert handlers.model_state(MODEL)["pending_request_id"] is not None
+    handlers.on_features_materialized(features_event(2))  # fresh data does not fire a request queued on a run
+    assert published == []
+    handlers.on_run_state_changed(run_event("run-1", "completed"))
+    assert len(published) == 1
+    assert published[0]["trigger"] == "drift"
+    assert published[0].envelope.caused_by == storm[0].id
+    assert published[0]["dataset_version_id"] == f"{STREAM}@v2"
+    assert handlers.model_state(MODEL)["pending_request_id"] is None

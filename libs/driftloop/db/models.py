@@ -184,6 +184,8 @@ class TrainingRequest(Base):
     cause_occurred_at: Mapped[datetime | None]
     # The TrainingRequested event sent for this decision, if any.
     event_id: Mapped[str | None] = mapped_column(sa.String(64))
+    # What a pending request waits for: "data" (the next dataset version) or "run" (the active run to end).
+    wait_for: Mapped[str | None] = mapped_column(sa.String(16))
 
 
 class TriggerStreamState(Base):
@@ -195,6 +197,8 @@ class TriggerStreamState(Base):
     event_id: Mapped[str] = mapped_column(sa.String(64))
     materialized_at: Mapped[datetime]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # New rows (DatasetVersionCreated.new_rows) landed since the last new-data request (triggers.new_data).
+    rows_since_request: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
 
 
 class TriggerModelState(Base):
@@ -208,6 +212,10 @@ class TriggerModelState(Base):
     # Trigger kind -> ISO time of its last automatic request: the cooldown is per kind.
     last_request_by_kind: Mapped[dict] = mapped_column(default=dict)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Labels (FeedbackReceived) since the last labels decision (triggers.labels.every_n_labels).
+    labels_since_request: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    # The last cron slot handled (triggers.schedule): a slot gives at most one request, even across restarts.
+    last_schedule_slot: Mapped[datetime | None]
 
 
 # --- training ------------------------------------------------------------------------------------------------
@@ -305,7 +313,74 @@ class DriftReport(Base):
     tests: Mapped[list]
     event_id: Mapped[str | None] = mapped_column(sa.String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Window bounds: observation sequence numbers (count windows) or epoch seconds (time windows), end excluded.
+    window_start: Mapped[float | None]
+    window_end: Mapped[float | None]
+    # The prediction-drift test of the window (against the champion's first window), and live data quality.
+    prediction_test: Mapped[dict | None]
+    quality: Mapped[dict | None]
     __table_args__ = (sa.UniqueConstraint("model", "version", "window_index"),)
+
+
+class MonitorObservation(Base):
+    """One logged prediction of the watched champion: the durable input of the windows. ``seq`` numbers the
+    predictions of (model, version) in arrival order; inserts are keyed by event id, so a redelivery after a
+    crash is not counted twice and windows are rebuilt from these rows after a restart."""
+
+    __tablename__ = "monitor_observations"
+    event_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(sa.String(200))
+    version: Mapped[int]
+    seq: Mapped[int] = mapped_column(sa.BigInteger)
+    # Event time (epoch seconds) of the prediction: the clock of time windows.
+    event_time: Mapped[float]
+    request_id: Mapped[str] = mapped_column(sa.String(200), index=True)
+    row_index: Mapped[int]
+    features: Mapped[dict]
+    inputs: Mapped[dict]
+    prediction: Mapped[float]
+    __table_args__ = (
+        sa.UniqueConstraint("model", "version", "seq"),
+        sa.Index("ix_monitor_observations_model_version_time", "model", "version", "event_time"),
+    )
+
+
+class MonitorFeedback(Base):
+    """An actual outcome (FeedbackReceived), joined with its prediction by request id and row. ``seq`` numbers
+    the joined pairs per model (performance windows); null until the prediction is known."""
+
+    __tablename__ = "monitor_feedback"
+    event_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(sa.String(200))
+    request_id: Mapped[str] = mapped_column(sa.String(200), index=True)
+    row_index: Mapped[int]
+    actual: Mapped[float]
+    version: Mapped[int | None]
+    prediction: Mapped[float | None]
+    seq: Mapped[int | None] = mapped_column(sa.BigInteger)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    __table_args__ = (sa.UniqueConstraint("model", "seq"),)
+
+
+class PerformanceReport(Base):
+    """Performance of one tumbling window of labeled predictions."""
+
+    __tablename__ = "performance_reports"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(sa.String(200), index=True)
+    window_index: Mapped[int] = mapped_column(sa.BigInteger)
+    window_size: Mapped[int]
+    # Versions whose predictions are in the window.
+    versions: Mapped[list]
+    metric: Mapped[str] = mapped_column(sa.String(32))
+    value: Mapped[float | None]
+    threshold: Mapped[float | None]
+    degraded: Mapped[bool]
+    # Every metric of the task computed on the window (e.g. accuracy, f1, roc_auc).
+    metrics: Mapped[dict]
+    event_id: Mapped[str | None] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    __table_args__ = (sa.UniqueConstraint("model", "window_index"),)
 
 
 class MonitoredModel(Base):
