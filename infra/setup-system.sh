@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# System packages the tests and the embedded stack need: Java 17 (Spark) and PostgreSQL's server binaries
-# (tests start a real PostgreSQL). Installed with apt only when missing.
+# System packages the tests and the embedded stack need: Java 17 (Spark), PostgreSQL's server binaries
+# (tests start a real PostgreSQL) and Chromium (dashboard tests). Installed with apt only when missing.
 set -euo pipefail
 missing=()
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
 # docker-compose (v1, Debian) parses docker-compose.yml without an engine; a test checks it.
 command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
+# Headless Chromium (Debian's) opens the web dashboard in tests/integration/test_dashboard.py.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   missing+=(postgresql)
 fi

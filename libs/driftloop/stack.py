@@ -27,7 +27,8 @@ from driftloop.procs import http_ready, pid_alive, port_open, spawn, stop_pid, w
 from driftloop.security import ensure_admin_token, token_file
 from driftloop.settings import Settings, settings_env
 
-SERVICES = ("ingestion", "features", "training", "registry", "serving", "monitor", "triggers")
+# The dashboard last: it only reads the others (event log, HTTP APIs).
+SERVICES = ("ingestion", "features", "training", "registry", "serving", "monitor", "triggers", "dashboard")
 
 
 @dataclass

@@ -56,3 +56,66 @@ def test_compose_file_parses_with_docker_compose() -> None:
         cmd = ["docker", "compose", "-f", str(COMPOSE), "config", "-q"]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
+
+
+def test_prometheus_scrapes_every_service_on_its_compose_port() -> None:
+    services = _services()
+    assert "prometheus" in services and "grafana" in services
+    for name in ("prometheus", "grafana"):
+        for volume in services[name]["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (REPO / source).exists(), f"{name} mounts {source}, which does not exist"
+    config = yaml.safe_load((REPO / "infra/prometheus/prometheus.yml").read_text())
+    targets = {t for job in config["scrape_configs"] for group in job["static_configs"] for t in group["targets"]}
+    for name in SERVICES:
+        port = int(services[name]["ports"][0].split(":")[1])
+        assert f"{name}:{port}" in targets, f"prometheus does not scrape {name}"
+
+
+def _metric_names() -> set[str]:
+    """Every sample name the platform's code can expose (generic + per-service metrics)."""
+    import importlib
+
+    from prometheus_client import REGISTRY
+
+    for module in (
+        "driftloop.metrics",
+        "driftloop.services.serving.predict",
+        "driftloop.services.serving.loader",
+        "driftloop.services.monitor.metrics",
+        "driftloop.services.registry.handlers",
+    ):
+        importlib.import_module(module)
+    suffixes = ("", "_total", "_bucket", "_count", "_sum", "_created")
+    return {family.name + s for family in REGISTRY.collect() for s in suffixes}
+
+
+def test_grafana_dashboard_queries_only_metrics_the_services_expose() -> None:
+    import json
+    import re
+
+    provisioning = yaml.safe_load((REPO / "infra/grafana/provisioning/datasources/prometheus.yml").read_text())
+    uid = provisioning["datasources"][0]["uid"]
+    dashboard = json.loads((REPO / "infra/grafana/dashboards/driftloop.json").read_text())
+    known = _metric_names()
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert len(panels) >= 12
+    used = set()
+    for panel in panels:
+        assert panel["datasource"]["uid"] == uid, panel["title"]
+        for target in panel["targets"]:
+            names = set(re.findall(r"driftloop_[a-z_]+", target["expr"]))
+            assert names, f"{panel['title']}: no driftloop metric"
+            assert names <= known, f"{panel['title']}: unknown metrics {names - known}"
+            used |= names
+    # The issue's list: throughput, latency, consumer lag, drift scores, served version, cascade counts.
+    for needed in (
+        "driftloop_http_requests_total",
+        "driftloop_http_request_seconds_bucket",
+        "driftloop_consumer_lag",
+        "driftloop_monitor_drift_statistic",
+        "driftloop_serving_version",
+        "driftloop_cascades_started_total",
+    ):
+        assert needed in used, needed

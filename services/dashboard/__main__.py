@@ -1,0 +1,5 @@
+from driftloop.service import run
+
+from .service import build
+
+run("dashboard", build)

@@ -1,0 +1,32 @@
+"""Wiring of the dashboard service."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from driftloop.service import Runtime, ServiceSpec, base_app
+from driftloop.settings import Settings
+
+from . import api
+from .sources import Platform
+
+
+def _auth_headers(settings: Settings) -> Callable[[], dict[str, str]]:
+    """The bearer token for the other services' APIs when the platform has one (read per request: it may be
+    written after start)."""
+    try:
+        from driftloop.security import auth_headers
+    except ImportError:  # a platform without token checks
+        return lambda: {}
+    return lambda: auth_headers(settings)
+
+
+def build(runtime: Runtime) -> ServiceSpec:
+    platform = Platform(runtime.settings, headers=_auth_headers(runtime.settings))
+    app = base_app(
+        runtime,
+        "dashboard",
+        "Web dashboard: models, versions and aliases, runs, drift and performance over time, explained cascades.",
+    )
+    app.include_router(api.router(runtime, platform))
+    return ServiceSpec(app=app, on_stop=[platform.close])
