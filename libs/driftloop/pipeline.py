@@ -156,6 +156,9 @@ class GateSpec(_Strict):
     min_improvement: float = Field(default=0.0, ge=0)
     # The first version is promoted only if its score passes this absolute threshold.
     first_version_threshold: float | None = None
+    # Absolute floor on the gate metric for EVERY challenger, champion or not (a ceiling when minimizing): a
+    # challenger that beats a weak champion but misses the floor is rejected.
+    floor: float | None = None
 
 
 class NewDataTrigger(_Strict):

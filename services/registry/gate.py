@@ -31,10 +31,20 @@ class Decision:
 
 def decide(gate: GateSpec, challenger_score: float, champion_score: float | None) -> Decision:
     """Promote a challenger that beats the champion by ``min_improvement`` in the gate's direction; without a
-    champion, promote if the score passes ``first_version_threshold`` (always, when no threshold is set)."""
+    champion, promote if the score passes ``first_version_threshold`` (always, when no threshold is set). A
+    challenger missing the absolute ``floor`` is never promoted."""
     if not math.isfinite(challenger_score):
         return Decision(False, f"challenger {gate.metric} is not a number ({challenger_score})", None)
     maximize = gate.direction == "maximize"
+    if gate.floor is not None:
+        passes_floor = (
+            challenger_score >= gate.floor - _TOLERANCE if maximize else challenger_score <= gate.floor + _TOLERANCE
+        )
+        if not passes_floor:
+            relation = ">=" if maximize else "<="
+            return Decision(
+                False, f"{gate.metric}={challenger_score:.6g} misses the absolute floor {relation} {gate.floor:g}", None
+            )
     if champion_score is None or not math.isfinite(champion_score):
         threshold = gate.first_version_threshold
         if threshold is None:
@@ -113,6 +123,7 @@ class GateResult:
             "direction": gate.direction,
             "min_improvement": gate.min_improvement,
             "first_version_threshold": gate.first_version_threshold,
+            "floor": gate.floor,
             "challenger_score": finite(self.challenger_score),
             "champion_score": finite(self.champion_score),
             "champion_version": self.champion_version,

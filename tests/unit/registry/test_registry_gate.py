@@ -67,6 +67,17 @@ def test_first_version_threshold_for_a_minimized_metric() -> None:
     assert not gating.decide(spec, 2.5, None).promote
 
 
+def test_absolute_floor_rejects_a_challenger_that_beats_a_weak_champion() -> None:
+    spec = GateSpec(min_improvement=0.01, floor=0.7)
+    rejected = gating.decide(spec, 0.68, 0.55)
+    assert not rejected.promote and "floor" in rejected.reason
+    assert gating.decide(spec, 0.72, 0.55).promote
+    assert not gating.decide(spec, 0.65, None).promote  # also for a first version
+    ceiling = GateSpec(metric="rmse", direction="minimize", floor=2.0)
+    assert not gating.decide(ceiling, 2.5, 3.0).promote
+    assert gating.decide(ceiling, 1.5, 3.0).promote
+
+
 def test_nan_challenger_score_is_never_promoted() -> None:
     assert not gating.decide(GateSpec(), math.nan, None).promote
 
