@@ -106,7 +106,6 @@ class ServicesSettings(_Section):
     monitor_port: int = 8106
     triggers_port: int = 8107
     dashboard_port: int = 8108
-    dashboard_port: int = 8108
 
     def port(self, service: str) -> int:
         try:
