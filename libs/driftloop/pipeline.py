@@ -264,6 +264,37 @@ class MonitorSpec(_Strict):
         return self
 
 
+class RolloutSpec(_Strict):
+    """How serving rolls a newly promoted version out (see the README, "Rollout")."""
+
+    # none: switch at once; canary: a share of requests to the challenger, stepped up while it behaves;
+    # shadow: the challenger scores a copy of every request, answers come from the champion.
+    mode: Literal["none", "canary", "shadow"] = "none"
+    # Canary: the challenger's share of requests at each step; after the last step passes it becomes champion.
+    canary_steps: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default_factory=lambda: [0.1, 0.5], min_length=1)
+    # Challenger requests judged per step (canary) or in all (shadow) before stepping up or completing.
+    step_min_requests: int = Field(default=200, ge=1)
+    # Roll back when the challenger's error rate exceeds the champion's by more than this.
+    max_error_rate_increase: float = Field(default=0.01, ge=0, le=1)
+    # Roll back when the challenger's p95 latency is above this multiple of the champion's p95 ...
+    max_latency_ratio: float = Field(default=3.0, ge=1)
+    # ... and also slower than it by more than this many milliseconds (ignores noise on tiny latencies).
+    latency_slack_ms: float = Field(default=5.0, ge=0)
+    # Roll back when the mean prediction of the challenger differs from the champion's by more than this
+    # (the monitored metric; null: not checked).
+    max_mean_prediction_shift: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _increasing(self) -> RolloutSpec:
+        if any(b <= a for a, b in zip(self.canary_steps, self.canary_steps[1:], strict=False)):
+            raise ValueError(f"canary_steps must increase, got {self.canary_steps}")
+        return self
+
+
+class ServingSpec(_Strict):
+    rollout: RolloutSpec = RolloutSpec()
+
+
 class PipelineConfig(_Strict):
     stream: StreamSpec
     quality: list[QualityRule] = Field(default_factory=list)
@@ -273,6 +304,7 @@ class PipelineConfig(_Strict):
     gate: GateSpec = GateSpec()
     triggers: TriggerSpec = TriggerSpec()
     monitor: MonitorSpec = MonitorSpec()
+    serving: ServingSpec = ServingSpec()
 
     @model_validator(mode="after")
     def _check_references(self) -> PipelineConfig:

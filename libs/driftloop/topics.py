@@ -33,6 +33,8 @@ MODEL_REJECTED = Topic("driftloop.models.rejected", "ModelRejected", key="model"
 PREDICTION_LOGGED = Topic("driftloop.serving.prediction-logged", "PredictionLogged", key="model")
 FEEDBACK_RECEIVED = Topic("driftloop.serving.feedback-received", "FeedbackReceived", key="model")
 SERVING_SWITCHED = Topic("driftloop.serving.switched", "ServingSwitched", key="model")
+ROLLOUT_STEPPED = Topic("driftloop.serving.rollout-stepped", "RolloutStepped", key="model")
+ROLLOUT_ROLLED_BACK = Topic("driftloop.serving.rollout-rolled-back", "RolloutRolledBack", key="model")
 DRIFT_DETECTED = Topic("driftloop.monitor.drift-detected", "DriftDetected", key="model")
 PERFORMANCE_DEGRADED = Topic("driftloop.monitor.performance-degraded", "PerformanceDegraded", key="model")
 EXTERNAL_TRIGGER = Topic("driftloop.triggers.external", "ExternalTrigger", key="model")
@@ -50,6 +52,8 @@ EVENT_TOPICS: tuple[Topic, ...] = (
     PREDICTION_LOGGED,
     FEEDBACK_RECEIVED,
     SERVING_SWITCHED,
+    ROLLOUT_STEPPED,
+    ROLLOUT_ROLLED_BACK,
     DRIFT_DETECTED,
     PERFORMANCE_DEGRADED,
     EXTERNAL_TRIGGER,

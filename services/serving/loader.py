@@ -20,11 +20,13 @@ from driftloop.modeling import ModelArtifact
 from driftloop.objectstore import ObjectStore
 from driftloop.pipeline import PipelineConfig
 
+from .rollout import RolloutController
 from .served import LoadProblem, ModelTable, ServedModel
 
 log = logging.getLogger(__name__)
 
 PRODUCER = "serving"
+CHAMPION = "champion"
 
 SWITCHES = Counter("driftloop_serving_switches_total", "Served model switches", ["model"])
 REFUSED = Counter(
@@ -41,8 +43,14 @@ class PromotionFollower:
         pipelines: dict[str, PipelineConfig],
         publish: Callable[[Event], None],
         replica: str,
+        rollouts: RolloutController | None = None,
     ) -> None:
         self.table = table
+        self.rollouts = rollouts or RolloutController(table, publish, replica)
+        # Promotions from before this replica started are history being replayed: the newest is served at once.
+        # Later ones go through the pipeline's rollout (canary/shadow), if it asks for one.
+        now = datetime.now(tz=UTC)
+        self.started_at = now.replace(microsecond=now.microsecond // 1000 * 1000)  # events carry milliseconds
         self.store = store
         self.pipelines = pipelines
         self.publish = publish
@@ -55,6 +63,12 @@ class PromotionFollower:
 
     def on_model_promoted(self, event: Event) -> None:
         model = event["model"]
+        alias = event.data.get("alias") or CHAMPION
+        if alias != CHAMPION:
+            log.info(
+                "ignoring %s alias move of %s to v%s: serving follows %s", alias, model, event["version"], CHAMPION
+            )
+            return
         if model not in self.pipelines:
             log.warning("ignoring promotion of %s v%s: no pipeline config for it here", model, event["version"])
             return
@@ -95,6 +109,15 @@ class PromotionFollower:
             ):
                 log.info("%s v%d is already served (redelivered promotion)", model, current.version)
                 return
+            rollout = self.rollouts.get(model)
+            if rollout is not None and (rollout.challenger.version, rollout.challenger.sha256) == (
+                event["version"],
+                event["artifact_sha256"],
+            ):
+                log.info(
+                    "%s v%d is already being rolled out (redelivered promotion)", model, rollout.challenger.version
+                )
+                return
             if self.load(event):
                 return
 
@@ -123,6 +146,18 @@ class PromotionFollower:
             load_seconds=load_seconds,
             promoted_event_id=event.id,
         )
+        spec = self.pipelines[model].serving.rollout
+        current = self.table.get(model)
+        if (
+            spec.mode != "none"
+            and current is not None
+            and version > current.version  # an older version coming back (a registry rollback) switches at once
+            and not event.data.get("rollback", False)
+            and event.envelope.occurred_at >= self.started_at
+        ):
+            self.rollouts.start(current, served, spec, event)
+            return True
+        self.rollouts.cancel(model, f"the champion moved to v{version} directly")
         previous = self.table.swap(served)
         SWITCHES.labels(model).inc()
         SERVED_VERSION.labels(model).set(version)

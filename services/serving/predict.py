@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import pandas as pd
 from prometheus_client import Counter, Histogram
 
 from driftloop.errors import DriftloopError, ValidationFailed
@@ -46,21 +47,35 @@ def check_scalars(instances: list[dict[str, Any]]) -> None:
             )
 
 
+class PredictionFailed(DriftloopError):
+    """The model produced no usable answer (e.g. a non-finite score): a fault of the model, not the input."""
+
+
 def predict(
     served: ServedModel,
     instances: list[dict[str, Any]],
     publish: Callable[[Event], None],
+    *,
+    features: pd.DataFrame | None = None,
+    entities: list[str] | None = None,
+    request_id: str | None = None,
 ) -> dict[str, Any]:
-    """Score ``instances`` with ``served`` (the caller took this reference once: a swap meanwhile is harmless)."""
+    """Score ``instances`` with ``served`` (the caller took this reference once: a swap meanwhile is harmless).
+
+    ``instances`` are raw stream fields, unless ``features`` gives the model's features already computed (an
+    entity looked up in the online store; then ``entities`` names each row's entity)."""
     pipeline = served.pipeline
     check_scalars(instances)
-    features = features_from_instances(instances, pipeline)
+    if features is None:
+        features = features_from_instances(instances, pipeline)
     predictions = [float(p) for p in served.artifact.predict(features)]
-    request_id = str(uuid.uuid4())
+    if not all(math.isfinite(p) for p in predictions):
+        raise PredictionFailed(f"{served.model} v{served.version} returned a non-finite prediction")
+    request_id = request_id or str(uuid.uuid4())
     stream_fields = set(pipeline.stream.field_names)
     entity_key = pipeline.stream.entity_key
     for index, (instance, prediction) in enumerate(zip(instances, predictions, strict=True)):
-        entity = instance.get(entity_key)
+        entity = entities[index] if entities is not None else instance.get(entity_key)
         event = new_event(
             "PredictionLogged",
             {
@@ -81,4 +96,13 @@ def predict(
             LOG_FAILURES.labels(served.model).inc()
             log.warning("prediction %s/%d of %s was not logged: %s", request_id, index, served.model, exc)
     PREDICTIONS.labels(served.model, str(served.version)).inc(len(predictions))
-    return {"model": served.model, "version": served.version, "request_id": request_id, "predictions": predictions}
+    return {
+        "model": served.model,
+        "version": served.version,
+        "request_id": request_id,
+        "predictions": predictions,
+        "entities": [
+            entities[i] if entities is not None else (None if i_.get(entity_key) is None else str(i_.get(entity_key)))
+            for i, i_ in enumerate(instances)
+        ],
+    }

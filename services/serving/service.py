@@ -12,11 +12,23 @@ from driftloop.service import ConsumerSpec, Runtime, ServiceSpec, base_app
 from driftloop.topics import MODEL_PROMOTED
 
 from . import api
+from .feedback import FeedbackDesk, PredictionRecorder
 from .handlers import promotion_handler
 from .loader import PromotionFollower
+from .online import OnlineStoreClient
+from .rollout import RolloutController
 from .served import ModelTable
 
 GROUP_PREFIX = "driftloop-serving-"
+
+
+def _auth_headers(runtime: Runtime) -> dict[str, str]:
+    """The platform token for calls to other services, when the security module is present."""
+    try:
+        from driftloop.security import auth_headers
+    except ImportError:
+        return {}
+    return auth_headers(runtime.settings)
 
 
 def build(runtime: Runtime) -> ServiceSpec:
@@ -27,18 +39,39 @@ def build(runtime: Runtime) -> ServiceSpec:
     group = f"{GROUP_PREFIX}{instance}"
     table = ModelTable()
     publish = runtime.bus.publish
-    follower = PromotionFollower(table, open_object_store(runtime.settings), runtime.pipelines, publish, replica)
+    publish_now = partial(publish, wait=False)
+    rollouts = RolloutController(table, publish_now, replica)
+    follower = PromotionFollower(
+        table, open_object_store(runtime.settings), runtime.pipelines, publish, replica, rollouts=rollouts
+    )
+    recorder = PredictionRecorder(runtime.engine, replica)
+    feedback = FeedbackDesk(runtime.engine, recorder, publish)
+    online = OnlineStoreClient(runtime.settings.services.url("features"), headers=_auth_headers(runtime))
     app = base_app(runtime, "serving", "Online predictions with the champion model, hot-swapped on promotion.")
     app.state.model_table = table
     app.state.follower = follower
-    app.include_router(api.router(table, runtime.pipelines, partial(publish, wait=False), replica))
+    app.state.rollouts = rollouts
+    app.include_router(
+        api.router(
+            table,
+            runtime.pipelines,
+            publish_now,
+            replica,
+            rollouts=rollouts,
+            recorder=recorder,
+            feedback=feedback,
+            lookup_entities=online.lookup,
+        )
+    )
     return ServiceSpec(
         app=app,
         consumers=[ConsumerSpec(group, {MODEL_PROMOTED: promotion_handler(follower)})],
-        loops=[follower.run],
+        loops=[follower.run, recorder.run],
+        on_stop=[rollouts.close, online.close],
         health_info={
             "replica": lambda: replica,
             "models_loaded": table.loaded_count,
             "served": lambda: {s.model: s.version for s in table.all()},
+            "rollouts": lambda: {r.model: {"version": r.challenger.version, "share": r.share} for r in rollouts.all()},
         },
     )

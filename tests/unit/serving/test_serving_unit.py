@@ -39,7 +39,7 @@ def env(tmp_path: Path, models: dict) -> SimpleNamespace:
     published: list[Event] = []
     table = ModelTable()
     follower = PromotionFollower(table, store, {MODEL: models["pipeline"]}, published.append, "replica-a")
-    app = base_app(SimpleNamespace(), "serving-test")  # type: ignore[arg-type]
+    app = base_app(SimpleNamespace(name="serving-test"), "serving-test")  # type: ignore[arg-type]
     app.include_router(api.router(table, {MODEL: models["pipeline"]}, published.append, "replica-a"))
     return SimpleNamespace(store=store, published=published, table=table, follower=follower, client=TestClient(app))
 

@@ -1,0 +1,223 @@
+"""Predictions and their actual outcomes in serving's tables: every answered row is written off the hot path
+(``PredictionRecorder``, batched by a background loop); feedback names a row by request id (+ row index) or by
+entity (+ time: the newest prediction for the entity made at or before it), is stored, and is announced as
+``FeedbackReceived``. The two tables join on (request_id, row_index)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from prometheus_client import Counter
+
+from driftloop.db.models import PredictionFeedback, ServedPrediction
+from driftloop.errors import DriftloopError, NotFoundError, ValidationFailed
+from driftloop.events import Event, new_event
+
+log = logging.getLogger(__name__)
+
+PRODUCER = "serving"
+FLUSH_SECONDS = 0.25
+MAX_BATCH_ROWS = 2000
+# Beyond this many unwritten rows new ones are dropped (counted): a slow database must not grow memory.
+MAX_BACKLOG_ROWS = 200_000
+
+RECORD_FAILURES = Counter("driftloop_serving_prediction_record_failures_total", "Prediction rows not stored", ["why"])
+FEEDBACK_ROWS = Counter("driftloop_serving_feedback_total", "Feedback rows received", ["model"])
+
+
+class PredictionRecorder:
+    def __init__(self, engine: sa.Engine, replica: str) -> None:
+        self.engine = engine
+        self.replica = replica
+        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=MAX_BACKLOG_ROWS)
+        self._write_lock = threading.Lock()
+
+    def record(self, result: dict[str, Any]) -> None:
+        """Queue the rows of one answered request (``predict``'s result)."""
+        now = datetime.now(tz=UTC)
+        for index, (prediction, entity) in enumerate(zip(result["predictions"], result["entities"], strict=True)):
+            row = {
+                "request_id": result["request_id"],
+                "row_index": index,
+                "model": result["model"],
+                "version": result["version"],
+                "entity": entity,
+                "prediction": prediction,
+                "predicted_at": now,
+                "replica": self.replica,
+            }
+            try:
+                self._queue.put_nowait(row)
+            except queue.Full:
+                RECORD_FAILURES.labels("backlog_full").inc()
+
+    def flush(self) -> int:
+        """Write everything queued so far. Returns rows written."""
+        written = 0
+        with self._write_lock:
+            while True:
+                batch: list[dict[str, Any]] = []
+                while len(batch) < MAX_BATCH_ROWS:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                if not batch:
+                    return written
+                try:
+                    with self.engine.begin() as conn:
+                        conn.execute(sa.insert(ServedPrediction), batch)
+                    written += len(batch)
+                except Exception:  # the loop must survive a database hiccup; rows are counted as lost
+                    RECORD_FAILURES.labels("database").inc(len(batch))
+                    log.exception("%d prediction rows were not stored", len(batch))
+
+    def run(self, stop_event: threading.Event) -> None:
+        while not stop_event.wait(FLUSH_SECONDS):
+            self.flush()
+        self.flush()
+
+
+@dataclass(frozen=True)
+class FeedbackItem:
+    actual: float
+    request_id: str | None = None
+    index: int = 0
+    entity: str | None = None
+    at: datetime | None = None
+
+
+class FeedbackDesk:
+    def __init__(self, engine: sa.Engine, recorder: PredictionRecorder, publish: Callable[[Event], None]) -> None:
+        self.engine = engine
+        self.recorder = recorder
+        self.publish = publish
+
+    def _resolve(self, conn: sa.Connection, model: str, item: FeedbackItem, position: int) -> ServedPrediction:
+        where = f"feedback[{position}]"
+        if item.request_id is not None:
+            row = conn.execute(
+                sa.select(ServedPrediction).where(
+                    ServedPrediction.request_id == item.request_id, ServedPrediction.row_index == item.index
+                )
+            ).first()
+            if row is None or row.model != model:
+                raise NotFoundError(
+                    f"{where}: no prediction of {model!r} with request_id {item.request_id!r} and index {item.index}"
+                )
+            return row
+        at = item.at or datetime.now(tz=UTC)
+        row = conn.execute(
+            sa.select(ServedPrediction)
+            .where(
+                ServedPrediction.model == model,
+                ServedPrediction.entity == item.entity,
+                ServedPrediction.predicted_at <= at,
+            )
+            .order_by(ServedPrediction.predicted_at.desc())
+            .limit(1)
+        ).first()
+        if row is None:
+            raise NotFoundError(f"{where}: no prediction of {model!r} for entity {item.entity!r} at or before {at}")
+        return row
+
+    def receive(self, model: str, items: list[FeedbackItem]) -> list[dict[str, Any]]:
+        """Resolve every item first (all or nothing), then store and announce them."""
+        for position, item in enumerate(items):
+            if not math.isfinite(item.actual):
+                raise ValidationFailed("not_finite", "actual", f"feedback[{position}].actual must be finite")
+        self.recorder.flush()  # this replica's latest answers must be resolvable at once
+        with self.engine.connect() as conn:
+            resolved = [self._resolve(conn, model, item, i) for i, item in enumerate(items)]
+        events = [
+            new_event(
+                "FeedbackReceived",
+                {"request_id": row.request_id, "model": model, "index": row.row_index, "actual": item.actual},
+                producer=PRODUCER,
+            )
+            for row, item in zip(resolved, items, strict=True)
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.insert(PredictionFeedback),
+                [
+                    {
+                        "event_id": event.id,
+                        "model": model,
+                        "request_id": row.request_id,
+                        "row_index": row.row_index,
+                        "actual": item.actual,
+                        "received_at": datetime.now(tz=UTC),
+                    }
+                    for event, row, item in zip(events, resolved, items, strict=True)
+                ],
+            )
+        for event in events:
+            try:
+                self.publish(event)
+            except (DriftloopError, BufferError, ValueError):
+                log.exception("FeedbackReceived %s was not published", event.id)
+        FEEDBACK_ROWS.labels(model).inc(len(items))
+        return [
+            {
+                "event_id": event.id,
+                "request_id": row.request_id,
+                "index": row.row_index,
+                "version": row.version,
+                "prediction": row.prediction,
+                "actual": item.actual,
+            }
+            for event, row, item in zip(events, resolved, items, strict=True)
+        ]
+
+    def joined(self, model: str, limit: int) -> list[dict[str, Any]]:
+        """The newest predictions of ``model`` that have feedback, with it."""
+        self.recorder.flush()
+        query = (
+            sa.select(
+                ServedPrediction.request_id,
+                ServedPrediction.row_index,
+                ServedPrediction.version,
+                ServedPrediction.entity,
+                ServedPrediction.prediction,
+                ServedPrediction.predicted_at,
+                PredictionFeedback.actual,
+                PredictionFeedback.received_at,
+            )
+            .join(
+                PredictionFeedback,
+                sa.and_(
+                    PredictionFeedback.request_id == ServedPrediction.request_id,
+                    PredictionFeedback.row_index == ServedPrediction.row_index,
+                ),
+            )
+            .where(ServedPrediction.model == model)
+            .order_by(PredictionFeedback.received_at.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [
+                {
+                    "request_id": r.request_id,
+                    "index": r.row_index,
+                    "version": r.version,
+                    "entity": r.entity,
+                    "prediction": r.prediction,
+                    "actual": r.actual,
+                    "predicted_at": _iso(r.predicted_at),
+                    "received_at": _iso(r.received_at),
+                }
+                for r in conn.execute(query)
+            ]
+
+
+def _iso(value: datetime) -> str:
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()

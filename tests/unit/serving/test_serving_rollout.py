@@ -1,0 +1,237 @@
+"""Canary and shadow rollouts without Kafka: real LightGBM artifacts in a local object store, the serving API
+through TestClient, published events recorded. A "bad" challenger is an artifact whose model raises on every
+prediction (it names one feature more than it was trained on)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from model_factory import feature_frame, make_pipeline, put_artifact, raw_transactions, train_artifact
+
+from driftloop.events import Event, new_event
+from driftloop.featuredefs import features_from_instances
+from driftloop.objectstore import LocalObjectStore
+from driftloop.pipeline import PipelineConfig, RolloutSpec, ServingSpec
+from driftloop.service import base_app
+from driftloop.services.serving import api
+from driftloop.services.serving.loader import PromotionFollower
+from driftloop.services.serving.rollout import RolloutController
+from driftloop.services.serving.served import ModelTable
+
+MODEL = "fraud-rollout-unit"
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, Any]:
+    pipeline = make_pipeline(model=MODEL, stream="tx-rollout-unit")
+    features = feature_frame(pipeline, rows=1500)
+    bad = train_artifact(pipeline, features, rounds=5)
+    bad.feature_names = [*bad.feature_names, "not_a_feature"]  # LightGBM refuses the wider matrix
+    return {
+        "pipeline": pipeline,
+        1: train_artifact(pipeline, features, rounds=5),
+        2: train_artifact(pipeline, features, rounds=60),
+        "bad": bad,
+    }
+
+
+def with_rollout(pipeline: PipelineConfig, **rollout: Any) -> PipelineConfig:
+    return pipeline.model_copy(update={"serving": ServingSpec(rollout=RolloutSpec(**rollout))})
+
+
+def make_env(tmp_path: Path, pipeline: PipelineConfig) -> SimpleNamespace:
+    store = LocalObjectStore(tmp_path / "objects")
+    published: list[Event] = []
+    table = ModelTable()
+    rollouts = RolloutController(table, published.append, "replica-a")
+    pipelines = {MODEL: pipeline}
+    follower = PromotionFollower(table, store, pipelines, published.append, "replica-a", rollouts=rollouts)
+    app = base_app(SimpleNamespace(name="serving-test"), "serving-test")  # type: ignore[arg-type]
+    app.include_router(api.router(table, pipelines, published.append, "replica-a", rollouts=rollouts))
+    return SimpleNamespace(
+        store=store, published=published, table=table, rollouts=rollouts, follower=follower, client=TestClient(app)
+    )
+
+
+def promote(env: SimpleNamespace, models: dict[str, Any], key: int | str, version: int) -> Event:
+    uri, sha = put_artifact(env.store, MODEL, f"run-{version}", models[key])
+    data = {
+        "model": MODEL,
+        "version": version,
+        "alias": "champion",
+        "previous_version": None,
+        "artifact_uri": uri,
+        "artifact_sha256": sha,
+        "dataset_version_id": "tx@v1",
+        "feature_set_uri": "file:///unused",
+        "reason": "test",
+        "gate_json": "{}",
+    }
+    event = new_event("ModelPromoted", data, producer="registry")
+    assert env.follower.load(event)
+    return event
+
+
+def one_row(seed: int) -> list[dict[str, Any]]:
+    raw = raw_transactions(1, seed=seed).drop(columns=["is_fraud"])
+    raw["event_time"] = raw["event_time"].astype(str)
+    return raw.to_dict(orient="records")
+
+
+def predict(env: SimpleNamespace, seed: int) -> dict[str, Any]:
+    response = env.client.post(f"/v1/models/{MODEL}/predict", json={"instances": one_row(seed)})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def of_type(env: SimpleNamespace, event_type: str) -> list[Event]:
+    return [e for e in env.published if e.type == event_type]
+
+
+def test_canary_sends_exactly_the_configured_share_to_the_challenger(tmp_path: Path, models: dict) -> None:
+    pipeline = with_rollout(models["pipeline"], mode="canary", canary_steps=[0.25], step_min_requests=10_000)
+    env = make_env(tmp_path, pipeline)
+    promote(env, models, 1, 1)
+    promoted = promote(env, models, 2, 2)
+
+    assert env.table.get(MODEL).version == 1  # the champion stays until the rollout completes
+    (started,) = of_type(env, "RolloutStepped")
+    assert (started["action"], started["version"], started["champion_version"], started["share"]) == (
+        "started",
+        2,
+        1,
+        0.25,
+    )
+    assert started.envelope.caused_by == promoted.id
+
+    versions = [predict(env, seed)["version"] for seed in range(40)]
+    assert versions.count(2) == 10 and versions.count(1) == 30
+    logged = of_type(env, "PredictionLogged")
+    assert sorted({e["version"] for e in logged}) == [1, 2]  # each answer is logged with the version that gave it
+
+
+def test_canary_steps_up_then_completes_and_the_challenger_serves_everything(tmp_path: Path, models: dict) -> None:
+    pipeline = with_rollout(
+        models["pipeline"], mode="canary", canary_steps=[0.25, 0.5], step_min_requests=3, max_latency_ratio=1000
+    )
+    env = make_env(tmp_path, pipeline)
+    promote(env, models, 1, 1)
+    promote(env, models, 2, 2)
+    for seed in range(20):  # 3 of 12 to the challenger at 25%, then 3 of 6 at 50%
+        predict(env, seed)
+
+    steps = [(e["action"], e["share"]) for e in of_type(env, "RolloutStepped")]
+    assert steps == [("started", 0.25), ("stepped", 0.5), ("completed", 1.0)]
+    assert env.table.get(MODEL).version == 2 and env.rollouts.get(MODEL) is None
+    switched = of_type(env, "ServingSwitched")[-1]
+    assert (switched["version"], switched["previous_version"]) == (2, 1)
+    assert not of_type(env, "RolloutRolledBack")
+    assert predict(env, 1000)["version"] == 2
+
+
+def test_a_failing_challenger_is_rolled_back_by_itself_and_no_request_fails(tmp_path: Path, models: dict) -> None:
+    pipeline = with_rollout(models["pipeline"], mode="canary", canary_steps=[0.5], step_min_requests=6)
+    env = make_env(tmp_path, pipeline)
+    promote(env, models, 1, 1)
+    promote(env, models, "bad", 2)
+
+    answers = [predict(env, seed) for seed in range(16)]  # predict() asserts every answer is a 200
+
+    assert {a["version"] for a in answers} == {1}  # the champion answered what the challenger failed
+    (rolled_back,) = of_type(env, "RolloutRolledBack")
+    assert rolled_back["version"] == 2 and rolled_back["champion_version"] == 1
+    assert "error rate" in rolled_back["reason"]
+    stats = json.loads(rolled_back["stats_json"])
+    assert stats["challenger"]["errors"] == stats["challenger"]["requests"] == 6
+    assert env.rollouts.get(MODEL) is None and env.table.get(MODEL).version == 1
+    assert not [e for e in of_type(env, "RolloutStepped") if e["action"] == "completed"]
+
+
+def test_a_challenger_whose_predictions_shift_past_the_threshold_is_rolled_back(tmp_path: Path, models: dict) -> None:
+    pipeline = with_rollout(
+        models["pipeline"],
+        mode="canary",
+        canary_steps=[0.5],
+        step_min_requests=8,
+        max_latency_ratio=1000,
+        max_mean_prediction_shift=1e-6,
+    )
+    env = make_env(tmp_path, pipeline)
+    promote(env, models, 1, 1)
+    promote(env, models, 2, 2)
+    for seed in range(20):
+        predict(env, seed)
+    (rolled_back,) = of_type(env, "RolloutRolledBack")
+    assert "mean prediction" in rolled_back["reason"]
+    assert env.table.get(MODEL).version == 1
+
+
+def test_shadow_never_changes_an_answer(tmp_path: Path, models: dict) -> None:
+    pipeline = with_rollout(models["pipeline"], mode="shadow", step_min_requests=10_000)
+    env = make_env(tmp_path, pipeline)
+    promote(env, models, 1, 1)
+    promote(env, models, 2, 2)
+    rows = [one_row(seed)[0] for seed in range(12)]
+    champion_alone = models[1].predict(features_from_instances(rows, pipeline))
+    challenger_alone = models[2].predict(features_from_instances(rows, pipeline))
+    assert any(abs(a - b) > 1e-6 for a, b in zip(champion_alone, challenger_alone, strict=True))
+
+    answers = [predict(env, seed) for seed in range(12)]
+
+    assert [a["version"] for a in answers] == [1] * 12
+    assert [a["predictions"][0] for a in answers] == pytest.approx(list(champion_alone), abs=1e-12)
+    rollout = env.rollouts.get(MODEL)
+    deadline = time.monotonic() + 30
+    while rollout.challenger_stats.requests < 12 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rollout.challenger_stats.requests == 12 and rollout.challenger_stats.errors == 0  # it did score copies
+    assert {e["version"] for e in of_type(env, "PredictionLogged")} == {1}  # only answers are logged
+
+
+def test_shadow_completes_after_enough_good_copies(tmp_path: Path, models: dict) -> None:
+    pipeline = with_rollout(models["pipeline"], mode="shadow", step_min_requests=5, max_latency_ratio=1000)
+    env = make_env(tmp_path, pipeline)
+    promote(env, models, 1, 1)
+    promote(env, models, 2, 2)
+    deadline = time.monotonic() + 30
+    seed = 0
+    while env.table.get(MODEL).version == 1 and time.monotonic() < deadline:
+        assert predict(env, seed)["version"] == 1 or env.table.get(MODEL).version == 2
+        seed += 1
+    assert env.table.get(MODEL).version == 2
+    assert [e["action"] for e in of_type(env, "RolloutStepped")] == ["started", "completed"]
+
+
+def test_history_replayed_at_start_switches_at_once_and_a_rollback_promotion_cancels_the_rollout(
+    tmp_path: Path, models: dict
+) -> None:
+    pipeline = with_rollout(models["pipeline"], mode="canary", canary_steps=[0.5], step_min_requests=10_000)
+    env = make_env(tmp_path, pipeline)
+    promote(env, models, 1, 1)
+    old = promote(env, models, 2, 2)  # a rollout: the replica started before this promotion
+    assert env.rollouts.get(MODEL) is not None
+
+    time.sleep(0.01)  # event times have millisecond resolution
+    later = make_env(tmp_path, pipeline)  # a replica started after both promotions replays them
+    promote(later, models, 1, 1)
+    later.follower.load(old)
+    assert later.table.get(MODEL).version == 2 and later.rollouts.get(MODEL) is None
+
+    uri, sha = put_artifact(env.store, MODEL, "run-1", models[1])
+    data = {**old.data, "version": 1, "artifact_uri": uri, "artifact_sha256": sha, "rollback": True}
+    assert env.follower.load(new_event("ModelPromoted", data, producer="registry"))
+    assert env.rollouts.get(MODEL) is None and env.table.get(MODEL).version == 1
+    assert of_type(env, "RolloutRolledBack")[-1]["reason"].startswith("the champion moved to v1")
+
+
+def test_rollout_config_is_checked() -> None:
+    with pytest.raises(ValueError, match="canary_steps must increase"):
+        RolloutSpec(mode="canary", canary_steps=[0.5, 0.2])
+    with pytest.raises(ValueError):
+        RolloutSpec(mode="canary", canary_steps=[1.5])
