@@ -141,24 +141,37 @@ def _stopper_class() -> type:
     return AbortFlagStopper
 
 
-def _recorder(note: Callable[[str], None], metric: str) -> Any:
+# Per run being searched: its log's note function and its trials. Tune pickles its callbacks (experiment state),
+# and a run log holds a lock: the callback keeps only the run id and finds these here, in the driver.
+_LIVE_SEARCHES: dict[str, tuple[Callable[[str], None], dict[str, dict[str, Any]]]] = {}
+
+
+def live_search(run_id: str) -> tuple[Callable[[str], None], dict[str, dict[str, Any]]]:
+    # A module-level function is pickled by reference: the callback's pickle never drags the registry along.
+    return _LIVE_SEARCHES[run_id]
+
+
+def _recorder(run_id: str, metric: str) -> Any:
     from ray.tune import Callback
 
     class TrialRecorder(Callback):
         """Every trial's configuration and intermediate scores (with their rounds), as Tune reports them."""
 
         def __init__(self) -> None:
-            self.trials: dict[str, dict[str, Any]] = {}
+            self.run_id = run_id
+
+        def _note(self, message: str) -> None:
+            live_search(self.run_id)[0](message)
 
         def _trial(self, trial: Any) -> dict[str, Any]:
-            return self.trials.setdefault(
+            return live_search(self.run_id)[1].setdefault(
                 trial.trial_id,
                 {"trial_id": trial.trial_id, "config": plain(trial.config), "steps": [], "status": "running"},
             )
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._trial(trial)
-            note(f"trial {trial.trial_id} started: {dict(trial.config)}")
+            self._note(f"trial {trial.trial_id} started: {plain(trial.config)}")
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
             if SCORE in result and ROUND in result:
@@ -168,13 +181,13 @@ def _recorder(note: Callable[[str], None], metric: str) -> Any:
             record = self._trial(trial)
             record["status"] = "finished"
             last = record["steps"][-1] if record["steps"] else {}
-            note(f"trial {trial.trial_id} ended at round {last.get('step')}: {metric} {last.get(metric)}")
+            self._note(f"trial {trial.trial_id} ended at round {last.get('step')}: {metric} {last.get(metric)}")
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             record = self._trial(trial)
             record["status"] = "error"
             record["error"] = str(getattr(trial, "error_file", None) or "trial failed")
-            note(f"trial {trial.trial_id} failed")
+            self._note(f"trial {trial.trial_id} failed")
 
     return TrialRecorder()
 
@@ -237,7 +250,8 @@ def search_on_ray(settings: Settings, job: FitJob, abort_flag: Path, note: Calla
         f"early stopping {search.early_stopping if iterative else 'none'} on validation {metric} ({mode}), "
         f"{len(fit_rows)} fit rows, {len(valid_rows)} validation rows, up to {rounds} rounds"
     )
-    recorder = _recorder(note, metric)
+    recorder = _recorder(job.run_id, metric)
+    _LIVE_SEARCHES[job.run_id] = (note, {})
     storage = Path(tempfile.mkdtemp(prefix=f"driftloop-tune-{job.run_id}-"))
     try:
         tuner = tune.Tuner(
@@ -263,9 +277,10 @@ def search_on_ray(settings: Settings, job: FitJob, abort_flag: Path, note: Calla
         grid = tuner.fit()
     finally:
         shutil.rmtree(storage, ignore_errors=True)
+        _, recorded = _LIVE_SEARCHES.pop(job.run_id)
     if abort_flag.exists():
-        raise RunAborted("aborted during the search")
-    trials = list(recorder.trials.values())
+        raise RunAborted(f"aborted during the search ({len(recorded)} trial(s) started)")
+    trials = list(recorded.values())
     for record in trials:
         last_step = record["steps"][-1]["step"] if record["steps"] else 0
         record["final"] = record["steps"][-1][metric] if record["steps"] else None

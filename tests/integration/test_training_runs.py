@@ -225,3 +225,142 @@ def test_a_missing_dataset_fails_the_run_and_a_repeated_request_makes_no_second_
         runs = session.scalars(sa.select(Run).where(Run.request_id == request_id)).all()
     assert len(runs) == 1
     assert runs[0].cause_event_id == first.id
+
+
+# --- hyperparameter search, abort, rerun ------------------------------------------------------------------
+
+SMALL_SEARCH = """
+  search:
+    trials: 4
+    concurrency: 1
+    grace_rounds: 10
+    report_every: 10
+    space:
+      num_leaves: {type: int, low: 4, high: 31, log: true}
+      learning_rate: {type: float, low: 0.02, high: 0.3, log: true}
+      min_child_samples: {type: choice, values: [10, 20, 40]}
+"""
+
+# Trials that run for minutes, so that the abort surely lands while they run.
+ENDLESS_SEARCH = """
+  search:
+    trials: 50
+    concurrency: 1
+    grace_rounds: 5000
+    report_every: 200
+    space:
+      n_estimators: {type: int, low: 20000, high: 30000}
+"""
+
+
+@pytest.fixture
+def searching(
+    request: pytest.FixtureRequest, make_settings: Callable[..., Settings], tmp_path: Path, unique: str
+) -> Iterator[tuple[Runtime, PipelineConfig, ObjectStore, TestClient]]:
+    """The training service with a pipeline whose model has the search block ``request.param``."""
+    pipeline = write_pipeline(tmp_path / "pipelines", f"tx-{unique}", f"fraud-{unique}")
+    path = tmp_path / "pipelines" / f"fraud-{unique}.yaml"
+    path.write_text(path.read_text().replace("  seed: 42\n", "  seed: 42\n" + request.param.lstrip("\n"), 1))
+    pipeline = load_pipeline(path)
+    assert pipeline.model.search is not None
+    settings = make_settings(pipelines_dir=tmp_path / "pipelines", ray={"num_cpus": 1})
+    migrate(settings.database_url)
+    runtime = make_runtime("training", settings)
+    spec = build(runtime)
+    [consumer] = spec.consumers
+    worker = threading.Thread(
+        target=runtime.bus.run_consumer, args=(f"{CONSUMER_GROUP}-{unique}", consumer.handlers), daemon=True
+    )
+    worker.start()
+    yield runtime, pipeline, open_object_store(settings), TestClient(spec.app)
+    runtime.bus.stop_event.set()
+    worker.join(timeout=60)
+    runtime.bus.close()
+
+
+@pytest.mark.parametrize("searching", [SMALL_SEARCH], indirect=True)
+def test_a_search_tracks_its_trials_refits_the_best_and_a_rerun_reproduces_the_metrics(
+    searching: tuple[Runtime, PipelineConfig, ObjectStore, TestClient],
+) -> None:
+    runtime, pipeline, store, client = searching
+    model = pipeline.model.name
+    write_feature_set(store, pipeline, 1, 1500)
+    request = request_event(model, f"req-{uuid.uuid4().hex[:8]}", None)
+    runtime.bus.publish(request)
+    run = wait_for_run(runtime, request["request_id"])
+    assert run.state == "completed", run.error
+
+    # Every trial with its configuration and its validation score per round; ASHA cut some short.
+    assert len(run.trials) == 4 and all(t["status"] == "finished" for t in run.trials)
+    assert all(len(t["steps"]) >= 1 and t["steps"][0]["step"] == 10 for t in run.trials)
+    assert all(4 <= t["config"]["num_leaves"] <= 31 for t in run.trials)
+    assert run.search["early_stopped"] >= 1, run.trials
+    assert any(t["rounds"] == 120 for t in run.trials)  # at least one trial ran its full rounds
+    best = next(t for t in run.trials if t["trial_id"] == run.search["best_trial"])
+    assert best["final"] == max(t["final"] for t in run.trials)
+    # The best configuration, refit: the run's params and model.
+    assert {k: run.params[k] for k in best["config"]} == best["config"]
+    artifact = ModelArtifact.from_bytes(store.get_bytes(store.key_of(run.artifact_uri)), run.artifact_sha256)
+    assert artifact.params == run.params and run.metrics["roc_auc"] > 0.55
+
+    # Artifacts with their sha256: model, feature list, training-set reference, plots, trials.
+    assert set(run.artifacts) >= {
+        "model.zip",
+        "features.json",
+        "training_set.json",
+        "feature_importance.png",
+        "confusion_matrix.png",
+        "roc.png",
+        "trials.json",
+    }
+    for name, entry in run.artifacts.items():
+        data = store.get_bytes(store.key_of(entry["uri"]))
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"], name
+        if name.endswith(".png"):
+            assert data.startswith(b"\x89PNG"), name
+    training_set = json.loads(store.get_bytes(store.key_of(run.artifacts["training_set.json"]["uri"])))
+    assert training_set["dataset_version_id"] == run.dataset_version_id and training_set["manifest_sha256"]
+    assert "trial" in client.get(f"/v1/runs/{run.run_id}/logs").text
+
+    # A rerun: same data, features, params and seed, no search -> the same holdout metrics.
+    answer = client.post(f"/v1/runs/{run.run_id}/rerun", json={"reason": "reproduce"})
+    assert answer.status_code == 202, answer.text
+    rerun = wait_for_run(runtime, answer.json()["request_id"])
+    assert rerun.state == "completed", rerun.error
+    assert rerun.rerun_of == run.run_id and rerun.trigger == "rerun" and not rerun.trials
+    assert rerun.dataset_version_id == run.dataset_version_id and rerun.params == run.params
+    assert rerun.metrics == pytest.approx(run.metrics, abs=1e-9)
+    listed = client.get("/v1/runs", params={"rerun_of": run.run_id}).json()["runs"]
+    assert [r["run_id"] for r in listed] == [rerun.run_id]
+    assert client.post("/v1/runs/run-nope/rerun").status_code == 404
+
+
+@pytest.mark.parametrize("searching", [ENDLESS_SEARCH], indirect=True)
+def test_abort_stops_a_running_search_and_frees_the_cpus(
+    searching: tuple[Runtime, PipelineConfig, ObjectStore, TestClient],
+) -> None:
+    import ray
+
+    runtime, pipeline, store, client = searching
+    write_feature_set(store, pipeline, 1, 1500)
+    request = request_event(pipeline.model.name, f"req-{uuid.uuid4().hex[:8]}", None)
+    runtime.bus.publish(request)
+    running = wait_for_run(runtime, request["request_id"], states=("running",))
+
+    def trial_busy() -> bool:
+        text = client.get(f"/v1/runs/{running.run_id}/logs").text
+        return "started" in text and ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]
+
+    wait_until(trial_busy, 120, "a trial holding a CPU")
+    answer = client.post(f"/v1/runs/{running.run_id}/abort")
+    assert answer.status_code == 202, answer.text
+    run = wait_for_run(runtime, request["request_id"], states=("aborted", "completed", "failed"))
+    assert run.state == "aborted", run.error
+    assert "aborted" in client.get(f"/v1/runs/{run.run_id}/logs").text.lower()
+    wait_until(
+        lambda: ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"], 30, "Ray's CPUs free again"
+    )
+    states = collect(runtime, RUN_STATE_CHANGED.name, lambda e: e["run_id"] == run.run_id, 3)
+    assert [e["state"] for e in states] == ["pending", "running", "aborted"]
+    assert client.post(f"/v1/runs/{run.run_id}/abort").status_code == 409
+    assert client.get("/v1/runs", params={"state": "aborted"}).json()["runs"][0]["run_id"] == run.run_id
