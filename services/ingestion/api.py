@@ -6,24 +6,34 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from driftloop.pipeline import pipeline_for_stream
 from driftloop.service import Runtime
 
 from .datasets import DatasetCutter, NoNewData, version_to_dict
+from .deadletters import MAX_REPLAY, list_dead_letters, replay
+from .deadletters import counts as dead_letter_counts
 from .handlers import (
     IDEMPOTENCY_KEY_MAX,
     MAX_BATCH_RECORDS,
     MAX_BODY_BYTES,
     IdempotencyKeyReused,
-    dead_letters,
     ingest_idempotent,
     ingest_json_records,
     stream_stats,
 )
 from .kafka_intake import KafkaIntake
 from .landing import Lander
+from .versioning import compact, diff_versions, version_sources
+
+
+class ReplayBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ids: list[int] | None = Field(default=None, max_length=MAX_REPLAY, description="Dead letters to replay.")
+    reason: str | None = Field(default=None, description="Replay the open dead letters of this reason.")
+    fixes: dict[int, Any] = Field(default_factory=dict, description="Dead-letter id -> corrected JSON record.")
 
 
 def router(runtime: Runtime, lander: Lander, intake: KafkaIntake, cutter: DatasetCutter) -> APIRouter:
@@ -105,10 +115,34 @@ def router(runtime: Runtime, lander: Lander, intake: KafkaIntake, cutter: Datase
             }
         return stats
 
-    @api.get("/streams/{stream}/dead-letters", tags=["streams"])
-    def get_dead_letters(stream: str, limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+    @api.get("/streams/{stream}/dead-letters", tags=["dead letters"])
+    def get_dead_letters(
+        stream: str,
+        limit: int = Query(100, ge=1, le=1000),
+        reason: str | None = Query(None, description="Only this reason."),
+        include_replayed: bool = Query(False, description="Also the dead letters replayed since."),
+        with_original: bool = Query(False, description="Include the original bytes (base64)."),
+    ) -> dict[str, Any]:
+        """The open dead letters of a stream, newest first, with the counts by reason."""
         pipeline_for_stream(runtime.pipelines, stream)
-        return {"stream": stream, "dead_letters": dead_letters(lander, stream, limit)}
+        letters = list_dead_letters(
+            lander, stream, limit=limit, reason=reason, include_replayed=include_replayed, with_original=with_original
+        )
+        return {"stream": stream, "counts": dead_letter_counts(lander, stream), "dead_letters": letters}
+
+    @api.post("/streams/{stream}/dead-letters/replay", tags=["dead letters"])
+    def replay_dead_letters(stream: str, body: ReplayBody | None = None) -> dict[str, Any]:
+        """Re-validate the selected open dead letters (``ids`` and/or ``reason``; all if neither) against the
+        current pipeline config, with ``fixes`` replacing originals; land those that pass, once."""
+        pipeline = pipeline_for_stream(runtime.pipelines, stream)
+        body = body or ReplayBody()
+        unknown = sorted(set(body.fixes) - set(body.ids or body.fixes))
+        if body.ids is not None and unknown:
+            raise HTTPException(422, f"fixes: ids {unknown} are not in 'ids'")
+        result = replay(pipeline, lander, ids=body.ids, reason=body.reason, fixes=body.fixes)
+        if result.replayed:
+            cutter.request_check(stream)
+        return {"stream": stream, **result.to_dict()}
 
     @api.get("/streams/{stream}/datasets", tags=["datasets"])
     def list_datasets(stream: str) -> dict[str, Any]:
@@ -126,8 +160,44 @@ def router(runtime: Runtime, lander: Lander, intake: KafkaIntake, cutter: Datase
         except NoNewData as exc:
             raise HTTPException(409, str(exc)) from None
 
+    def resolve(stream: str, ref: str) -> Any:
+        """A version of ``stream`` named ``STREAM@vN``, ``vN`` or ``N``."""
+        number = ref.rpartition("@v")[2] if "@v" in ref else ref.removeprefix("v")
+        if not number.isdigit():
+            raise HTTPException(422, f"version {ref!r}: expected STREAM@vN, vN or N")
+        return cutter.get(f"{stream}@v{int(number)}")
+
+    @api.get("/streams/{stream}/datasets/diff", tags=["datasets"])
+    def diff_datasets(
+        stream: str,
+        from_version: str | None = Query(None, alias="from", description="Default: the version before `to`."),
+        to_version: str | None = Query(None, alias="to", description="Default: the newest version."),
+    ) -> dict[str, Any]:
+        """Rows added and removed between two versions (by content) and the profile change per column."""
+        pipeline = pipeline_for_stream(runtime.pipelines, stream)
+        versions = cutter.list_versions(stream)
+        new = resolve(stream, to_version) if to_version else (versions[-1] if versions else None)
+        if new is None:
+            raise HTTPException(409, f"stream {stream!r} has no dataset version yet")
+        if from_version:
+            old = resolve(stream, from_version)
+        elif new.version > 1:
+            old = cutter.get(f"{stream}@v{new.version - 1}")
+        else:
+            raise HTTPException(409, f"{new.id} is the first version: name the two versions to compare")
+        return diff_versions(lander.store, pipeline.stream, old, new)
+
+    @api.post("/streams/{stream}/datasets/compact", tags=["datasets"])
+    def compact_landed(stream: str, keep_versions: int = Query(2, ge=0)) -> dict[str, Any]:
+        """Retention: compact the landed batches of all but the newest ``keep_versions`` versions into one object
+        per version (every version stays readable and reproducible)."""
+        pipeline = pipeline_for_stream(runtime.pipelines, stream)
+        return compact(lander, pipeline.stream, keep_versions)
+
     @api.get("/datasets/{dataset_version_id}", tags=["datasets"])
     def get_dataset(dataset_version_id: str) -> dict[str, Any]:
-        return version_to_dict(cutter.get(dataset_version_id))
+        """A version with its lineage and the landed batches (offsets, request ids) it took in."""
+        row = cutter.get(dataset_version_id)
+        return {**version_to_dict(row), "sources": version_sources(lander, row.id)}
 
     return api

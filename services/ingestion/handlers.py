@@ -14,11 +14,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from driftloop.db.models import DeadLetter, IngestionIdempotencyKey, LandedBatch
+from driftloop.db.models import IngestionIdempotencyKey, LandedBatch
 from driftloop.errors import DriftloopError
 from driftloop.layout import landed_http_key
 from driftloop.pipeline import PipelineConfig
 
+from .deadletters import counts as dead_letter_counts
 from .landing import Lander, json_bytes
 from .validation import validate_json
 
@@ -117,7 +118,7 @@ def ingest_idempotent(
 
 
 def stream_stats(lander: Lander, stream: str, pending: int = 0) -> dict[str, Any]:
-    """Counts from the database (the record of truth): records_in = landed + dead-lettered + pending."""
+    """Counts from the database (the record of truth): records_in = landed + open dead letters + pending."""
     with lander.Session() as session:
         landed = int(
             session.scalar(
@@ -134,15 +135,8 @@ def stream_stats(lander: Lander, stream: str, pending: int = 0) -> dict[str, Any
             )
             or 0
         )
-        by_reason = {
-            reason: int(count)
-            for reason, count in session.execute(
-                sa.select(DeadLetter.reason, sa.func.count())
-                .where(DeadLetter.stream == stream)
-                .group_by(DeadLetter.reason)
-            )
-        }
-    dead = sum(by_reason.values())
+    dlq = dead_letter_counts(lander, stream)
+    by_reason, dead = dlq["by_reason"], dlq["open"]
     return {
         "stream": stream,
         "records_in": landed + dead + pending,
@@ -151,25 +145,7 @@ def stream_stats(lander: Lander, stream: str, pending: int = 0) -> dict[str, Any
         "dead_lettered": dead,
         "pending": pending,
         "unversioned_rows": unversioned,
-        "by_reason": dict(sorted(by_reason.items())),
+        "by_reason": by_reason,
+        # Dead letters replayed since: their records are counted in `landed` now.
+        "replayed_dead_letters": dlq["replayed"],
     }
-
-
-def dead_letters(lander: Lander, stream: str, limit: int) -> list[dict[str, Any]]:
-    with lander.Session() as session:
-        rows = session.scalars(
-            sa.select(DeadLetter).where(DeadLetter.stream == stream).order_by(DeadLetter.id.desc()).limit(limit)
-        ).all()
-    return [
-        {
-            "id": r.id,
-            "reason": r.reason,
-            "field": r.field,
-            "message": r.message,
-            "source": r.source,
-            "event_id": r.event_id,
-            # SQLite hands back naive datetimes: they are UTC.
-            "created_at": r.created_at.replace(tzinfo=r.created_at.tzinfo or UTC).isoformat() if r.created_at else None,
-        }
-        for r in rows
-    ]
