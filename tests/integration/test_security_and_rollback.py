@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import pkgutil
 import re
+import sys
 from collections.abc import Callable, Iterator
 from importlib import import_module
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
@@ -224,3 +226,47 @@ def test_rollback_moves_serving_back_and_a_tampered_target_is_refused(secured_st
     assert described["version"] == 1 and described["last_refused"]["version"] == 2
     assert "sha256" in described["last_refused"]["reason"]
     assert stack.predict(rows()).json()["version"] == 1
+
+
+def test_processes_use_the_generated_token_of_their_home(
+    broker: Any, tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    """As after `driftloop up`: no token in the settings, only <home>/admin.token. A secured schema registry
+    process accepts the registry process's schema registrations (bearer from the file), and both refuse
+    anonymous writes."""
+    from driftloop.procs import free_port, http_ready, spawn, stop_pid, wait_until
+    from driftloop.security import auth_headers, ensure_admin_token
+    from driftloop.settings import settings_env
+
+    ports = {"schemaregistry_port": free_port(), "registry_port": free_port()}
+    settings = make_settings(
+        services=ports, schema_registry={"url": f"http://127.0.0.1:{ports['schemaregistry_port']}"}
+    )
+    ensure_admin_token(settings)
+    headers = auth_headers(settings)
+    assert headers and not settings.security.admin_tokens
+    procs = []
+    try:
+        for name in ("schemaregistry", "registry"):
+            url = settings.services.url(name)
+            procs.append(
+                spawn(
+                    [sys.executable, "-m", f"driftloop.services.{name}"],
+                    tmp_path / f"{name}.out",
+                    settings_env(settings),
+                )
+            )
+            wait_until(lambda url=url: http_ready(f"{url}/healthz"), 90, f"the {name} process")
+        schemas = settings.services.url("schemaregistry")
+        # The registry process registered every event schema through the bearer token it read from <home>.
+        assert "driftloop.models.promoted-value" in httpx.get(f"{schemas}/subjects").json()
+        body = {"schema": '{"type": "string"}'}
+        assert httpx.post(f"{schemas}/subjects/probe-value/versions", json=body).status_code == 401
+        assert httpx.post(f"{schemas}/subjects/probe-value/versions", json=body, headers=headers).status_code == 200
+        registry = settings.services.url("registry")
+        move = {"version": 1, "reason": "probe"}
+        assert httpx.put(f"{registry}/v1/models/nobody/aliases/champion", json=move).status_code == 401
+        assert httpx.put(f"{registry}/v1/models/nobody/aliases/champion", json=move, headers=headers).status_code == 404
+    finally:
+        for proc in procs:
+            stop_pid(proc.pid)
