@@ -26,12 +26,14 @@ models_app = typer.Typer(help="Models in the registry.", no_args_is_help=True)
 pipeline_app = typer.Typer(help="Pipeline config files.", no_args_is_help=True)
 events_app = typer.Typer(help="The event log.", no_args_is_help=True)
 schemas_app = typer.Typer(help="Event schemas and their compatibility lock.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead letters of a stream: list by reason, replay once fixed.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(models_app, name="models")
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(events_app, name="events")
 app.add_typer(schemas_app, name="schemas")
+app.add_typer(dlq_app, name="dlq")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -199,6 +201,105 @@ def dataset_list(stream: str) -> None:
     console.print(table)
 
 
+# --- ingestion: dataset versions and dead letters (issue 5) -----------------------------------------------------
+
+
+@dataset_app.command("show")
+def dataset_show(version: Annotated[str, typer.Argument(help="STREAM@vN")]) -> None:
+    """A dataset version: hash, rows, schema, time range, profile, parent, and the offsets/request ids it covers."""
+    _print_json(_call("ingestion", "GET", f"/v1/datasets/{version}"))
+
+
+@dataset_app.command("diff")
+def dataset_diff(
+    stream: str,
+    from_version: Annotated[str | None, typer.Argument(help="vN (default: the version before TO)")] = None,
+    to_version: Annotated[str | None, typer.Argument(help="vN (default: the newest)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Rows added/removed between two versions of STREAM and the profile change per column."""
+    params = {k: v for k, v in {"from": from_version, "to": to_version}.items() if v}
+    diff = _call("ingestion", "GET", f"/v1/streams/{stream}/datasets/diff", params=params)
+    if as_json:
+        _print_json(diff)
+        return
+    console.print(
+        f"{diff['from']} -> {diff['to']}: rows {diff['rows']['from']} -> {diff['rows']['to']} "
+        f"(+{diff['rows_added']} / -{diff['rows_removed']}, {diff['rows_unchanged']} unchanged)"
+        + (" [same content]" if diff["same_content"] else "")
+    )
+    table = Table("column", "stat", "from", "to", "delta")
+    for column, stats in diff["profile_changes"].items():
+        for stat, change in stats.items():
+            if isinstance(change, dict):
+                table.add_row(column, stat, str(change["from"]), str(change["to"]), str(change.get("delta", "")))
+            else:
+                table.add_row(column, stat, "", str(change), "")
+    console.print(table)
+
+
+@dataset_app.command("compact")
+def dataset_compact(
+    stream: str, keep: Annotated[int, typer.Option(help="Versions whose landed batches stay as they are.")] = 2
+) -> None:
+    """Retention: compact the landed batches of older versions of STREAM (every version stays reproducible)."""
+    _print_json(_call("ingestion", "POST", f"/v1/streams/{stream}/datasets/compact", params={"keep_versions": keep}))
+
+
+@dlq_app.command("show")
+def dlq_show(
+    stream: str,
+    reason: Annotated[str | None, typer.Option(help="Only this reason.")] = None,
+    limit: Annotated[int, typer.Option(help="Newest N dead letters.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Open dead letters of STREAM: counts by reason, then the newest ones with field, message and source."""
+    params: dict[str, Any] = {"limit": limit, **({"reason": reason} if reason else {})}
+    body = _call("ingestion", "GET", f"/v1/streams/{stream}/dead-letters", params=params)
+    if as_json:
+        _print_json(body)
+        return
+    counts = body["counts"]
+    table = Table("reason", "open")
+    for name, n in counts["by_reason"].items():
+        table.add_row(name, str(n))
+    console.print(table)
+    console.print(f"{counts['open']} open, {counts['replayed']} replayed")
+    letters = Table("id", "reason", "field", "message", "source")
+    for d in body["dead_letters"]:
+        letters.add_row(str(d["id"]), d["reason"], d["field"] or "", d["message"][:80], d["source"])
+    console.print(letters)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    stream: str,
+    ids: Annotated[list[int] | None, typer.Option("--id", help="Dead letter id (repeatable).")] = None,
+    reason: Annotated[str | None, typer.Option(help="All open dead letters of this reason.")] = None,
+    fixes: Annotated[
+        Path | None, typer.Option(help='JSON lines {"id": N, "record": {...}}: corrected records to land instead.')
+    ] = None,
+) -> None:
+    """Re-validate dead letters of STREAM against the current pipeline config (with the fixed records of
+    --fixes) and land those that pass; the others stay with their reason."""
+    body: dict[str, Any] = {}
+    if ids:
+        body["ids"] = ids
+    if reason:
+        body["reason"] = reason
+    if fixes is not None:
+        body["fixes"] = {}
+        for number, line in enumerate(fixes.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                body["fixes"][str(int(entry["id"]))] = entry["record"]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise DriftloopError(f'{fixes}:{number}: expected {{"id": N, "record": {{...}}}} ({exc})') from None
+    _print_json(_call("ingestion", "POST", f"/v1/streams/{stream}/dead-letters/replay", json=body))
+
+
 @app.command()
 def stats(stream: str) -> None:
     """Records in, landed and dead-lettered (by reason) for STREAM."""
@@ -218,9 +319,19 @@ def models_show(name: str) -> None:
 
 
 @app.command()
-def retrain(model: str, reason: Annotated[str, typer.Option(help="Why (kept with the run).")] = "manual") -> None:
-    """Ask for a retrain of MODEL now (manual trigger)."""
-    _print_json(_call("triggers", "POST", f"/v1/models/{model}/retrain", json={"reason": reason}))
+def retrain(
+    model: str,
+    reason: Annotated[str, typer.Option(help="Why (kept with the run).")] = "manual",
+    dataset: Annotated[
+        str | None, typer.Option(help="Pin the training input to this dataset version, STREAM@vN (default: latest).")
+    ] = None,
+) -> None:
+    """Ask for a retrain of MODEL now (manual trigger), optionally on a pinned dataset version."""
+    body: dict[str, Any] = {"reason": reason}
+    if dataset:
+        _call("ingestion", "GET", f"/v1/datasets/{dataset}")  # a clear error for an unknown version
+        body["dataset_version_id"] = dataset
+    _print_json(_call("triggers", "POST", f"/v1/models/{model}/retrain", json=body))
 
 
 @app.command()
