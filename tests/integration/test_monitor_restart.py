@@ -1,0 +1,245 @@
+"""The monitor as a process on the real broker: killed with ``kill -9`` in the middle of a window and restarted,
+it reports the same windows and statistics as a monitor that never stopped (the same events through the same
+handlers, in-process, on a database of their own); feedback joined with the predictions gives performance
+windows and ``PerformanceDegraded`` on the topic."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+import yaml
+from monitor_triggers_support import read_events, wait_for
+
+from driftloop.bus import EventBus
+from driftloop.db import create_engine_for, migrate, session_factory
+from driftloop.db.models import DriftReport, MonitorObservation, PerformanceReport
+from driftloop.events import Event, new_event
+from driftloop.featuredefs import compute_features
+from driftloop.layout import feature_set_prefix
+from driftloop.objectstore import open_object_store
+from driftloop.pipeline import load_pipeline
+from driftloop.procs import free_port, http_ready, spawn, stop_pid, wait_until
+from driftloop.services.monitor.handlers import MonitorHandlers
+from driftloop.settings import Settings, settings_env
+from driftloop.topics import PERFORMANCE_DEGRADED
+
+pytestmark = pytest.mark.integration
+
+PIPELINE_FILE = Path(__file__).resolve().parents[2] / "pipelines" / "transactions.yaml"
+CATEGORIES = ["grocery", "travel", "electronics", "fashion", "gaming"]
+PREDICTIONS = 260
+KILL_AFTER = 110  # stored predictions before the kill: inside the window [100, 160)
+
+
+def raw_inputs(n: int, rng: np.random.Generator, amount_scale: float = 1.0) -> list[dict[str, Any]]:
+    return [
+        {
+            "customer_id": f"c{rng.integers(0, 100)}",
+            "amount": float(rng.lognormal(3.5, 1.0) * amount_scale),
+            "age": int(rng.integers(18, 90)),
+            "hour": int(rng.integers(0, 24)),
+            "merchant_category": str(rng.choice(CATEGORIES)),
+        }
+        for _ in range(n)
+    ]
+
+
+def drift_rows(url: str, model: str) -> list[tuple[Any, ...]]:
+    engine = create_engine_for(url)
+    try:
+        with session_factory(engine)() as session:
+            rows = session.scalars(
+                sa.select(DriftReport).where(DriftReport.model == model).order_by(DriftReport.window_index)
+            ).all()
+            return [
+                (r.window_index, r.window_start, r.window_end, r.window_size, r.drifted, r.tests, r.prediction_test)
+                for r in rows
+            ]
+    finally:
+        engine.dispose()
+
+
+def observation_count(url: str, model: str) -> int:
+    engine = create_engine_for(url)
+    try:
+        with engine.connect() as conn:
+            query = sa.select(sa.func.count()).where(MonitorObservation.model == model)
+            return int(conn.execute(query).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def performance_rows(url: str, model: str) -> list[tuple[Any, ...]]:
+    engine = create_engine_for(url)
+    try:
+        with session_factory(engine)() as session:
+            rows = session.scalars(
+                sa.select(PerformanceReport)
+                .where(PerformanceReport.model == model)
+                .order_by(PerformanceReport.window_index)
+            ).all()
+            return [(r.window_index, r.window_size, r.metric, r.value, r.degraded) for r in rows]
+    finally:
+        engine.dispose()
+
+
+def test_kill_9_mid_window_then_restart_reports_what_a_monitor_that_never_stopped_reports(
+    make_settings: Callable[..., Settings], unique: str, tmp_path: Path
+) -> None:
+    # A pipeline of its own: hopping count windows of 60 every 30; performance windows of 40 labels.
+    config = yaml.safe_load(PIPELINE_FILE.read_text())
+    config["stream"]["name"] = f"tx-{unique}"
+    config["model"]["name"] = model = f"fraud-{unique}"
+    config["monitor"].update(
+        {
+            "window_size": 60,
+            "hop": 30,
+            "reference_rows": 1000,
+            "performance": {"metric": "accuracy", "window_size": 40, "threshold": 0.8},
+        }
+    )
+    pipelines_dir = tmp_path / "pipelines"
+    pipelines_dir.mkdir()
+    (pipelines_dir / "p.yaml").write_text(yaml.safe_dump(config))
+    pipeline = load_pipeline(pipelines_dir / "p.yaml")
+    port = free_port()
+    settings = make_settings(pipelines_dir=pipelines_dir, services={"monitor_port": port})
+    migrate(settings.database_url)
+
+    rng = np.random.default_rng(23)
+    store = open_object_store(settings)
+    reference = compute_features(pd.DataFrame(raw_inputs(1500, rng)), pipeline)
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(reference, preserve_index=False), buffer)
+    prefix = feature_set_prefix(pipeline.stream.name, 1)
+    store.put_bytes(prefix + "part-00000.parquet", buffer.getvalue())
+    promoted = new_event(
+        "ModelPromoted",
+        {
+            "model": model,
+            "version": 1,
+            "alias": "champion",
+            "previous_version": None,
+            "artifact_uri": store.uri(f"models/{model}/runs/r1/model.zip"),
+            "artifact_sha256": "0" * 64,
+            "dataset_version_id": f"{pipeline.stream.name}@v1",
+            "feature_set_uri": store.uri(prefix),
+            "reason": "first version",
+            "gate_json": "{}",
+        },
+        producer="test-registry",
+    )
+    inputs = raw_inputs(PREDICTIONS // 2, rng) + raw_inputs(PREDICTIONS - PREDICTIONS // 2, rng, amount_scale=1.8)
+    predictions = [
+        new_event(
+            "PredictionLogged",
+            {
+                "request_id": f"req-{i}",
+                "model": model,
+                "version": 1,
+                "index": 0,
+                "inputs": row,
+                "prediction": 0.9,
+                "entity": row["customer_id"],
+            },
+            producer="test-serving",
+        )
+        for i, row in enumerate(inputs)
+    ]
+    # Labels: right for the first 120 predictions, then right only half of the time.
+    feedback = [
+        new_event(
+            "FeedbackReceived",
+            {"request_id": f"req-{i}", "model": model, "index": 0, "actual": 1.0 if i < 120 or i % 2 else 0.0},
+            producer="test-serving",
+        )
+        for i in range(PREDICTIONS)
+    ]
+
+    base = f"http://127.0.0.1:{port}"
+
+    def status() -> dict[str, Any]:
+        return httpx.get(f"{base}/v1/monitor/{model}", timeout=5).json()
+
+    def start() -> Any:
+        proc = spawn(
+            [sys.executable, "-m", "driftloop.services.monitor"], tmp_path / "monitor.out", settings_env(settings)
+        )
+        wait_until(lambda: http_ready(f"{base}/healthz"), 90, "the monitor to be ready")
+        return proc
+
+    bus = EventBus(settings, producer_name="test")
+    proc = start()
+    try:
+        bus.publish(promoted)
+        for event in predictions:
+            bus.publish(event, wait=False)
+        bus.flush()
+        wait_for(lambda: status()["predictions_stored"] >= KILL_AFTER, "predictions before the kill", timeout=120)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=15)
+        stored_at_kill = observation_count(settings.database_url, model)
+        assert KILL_AFTER <= stored_at_kill < PREDICTIONS  # killed mid-stream, inside a window
+
+        proc = start()
+        wait_for(lambda: status()["predictions_stored"] == PREDICTIONS, "every prediction stored", timeout=180)
+        for event in feedback:
+            bus.publish(event, wait=False)
+        bus.flush()
+        wait_for(
+            lambda: len(performance_rows(settings.database_url, model)) == PREDICTIONS // 40, "performance windows"
+        )
+        degraded = read_events(settings, bus, PERFORMANCE_DEGRADED, model)
+        final = status()
+        quality = httpx.get(f"{base}/v1/monitor/{model}/quality", timeout=5).json()["reports"]
+        performance = httpx.get(f"{base}/v1/monitor/{model}/performance", timeout=5).json()["reports"]
+    finally:
+        bus.close()
+        assert stop_pid(proc.pid)
+
+    # The monitor that never stopped: the same events, in the same order, on a database of its own.
+    steady_url = f"sqlite:///{tmp_path / 'steady.sqlite'}"
+    migrate(steady_url)
+    steady_events: list[Event] = []
+    steady = MonitorHandlers(
+        {model: pipeline}, session_factory(create_engine_for(steady_url)), store, steady_events.append
+    )
+    steady.on_model_promoted(promoted)
+    for event in predictions:
+        steady.on_prediction_logged(event)
+    for event in feedback:
+        steady.on_feedback_received(event)
+
+    restarted_reports = drift_rows(settings.database_url, model)
+    assert final["predictions_stored"] == PREDICTIONS  # none lost, none counted twice
+    # Hopping windows [0, 60), [30, 90), ... [180, 240) over 260 predictions; the last ones are still open.
+    assert [(r[0], r[1], r[2], r[3]) for r in restarted_reports] == [(k, 30.0 * k, 30.0 * k + 60, 60) for k in range(7)]
+    assert restarted_reports == drift_rows(steady_url, model)
+    assert any(r[4] for r in restarted_reports)  # the shifted half drifts
+    assert not restarted_reports[0][4]
+    assert final["window_index"] == 7 and final["window_fill"] == PREDICTIONS - 7 * 30
+
+    assert performance_rows(settings.database_url, model) == performance_rows(steady_url, model)
+    assert [(r["window_index"], r["value"], r["degraded"]) for r in reversed(performance)][:4] == [
+        (0, 1.0, False),
+        (1, 1.0, False),
+        (2, 1.0, False),
+        (3, 0.5, True),
+    ]
+    assert len(degraded) == sum(r["degraded"] for r in performance) >= 1
+    assert degraded[0]["metric"] == "accuracy" and degraded[0]["threshold"] == 0.8
+    assert {r["window_index"] for r in quality} == set(range(7))
+    assert all(r["quality"]["rows"] == 60 for r in quality)
