@@ -4,9 +4,14 @@ Consumes ``TrainingCompleted`` (group ``driftloop-registry``): registers the nex
 lineage (run, dataset version, feature set, trigger, cause chain, cascade) and emits ``ModelRegistered``. Then
 gates it: challenger and current champion are scored with the pipeline's gate metric on the same holdout rows of
 the challenger's feature set. A better challenger (by ``gate.min_improvement``; the first version against
-``gate.first_version_threshold``) takes the ``champion`` alias in one transaction and ``ModelPromoted`` is
+``gate.first_version_threshold``; never below ``gate.floor``) takes the ``champion`` alias in one transaction and
+``ModelPromoted`` is
 emitted; otherwise ``ModelRejected``, and the champion stays.
 
-HTTP: ``GET /v1/models``, ``/v1/models/{name}/versions``, ``/v1/models/{name}/versions/{version}``,
-``/v1/models/{name}/aliases/{alias}``.
+Aliases (``champion``, ``challenger``, any name) also move by HTTP, atomically, each move a ``ModelPromoted``
+with ``alias``, ``moved_by`` (token name), ``reason`` and ``rollback``; serving follows ``champion`` only.
+
+HTTP: ``GET /v1/models``, ``GET /v1/models/{name}/versions[/{version}]``, ``PATCH /v1/models/{name}/versions/{v}``
+(tags, description), ``GET /v1/models/{name}/aliases[/{alias}]``, ``PUT /v1/models/{name}/aliases/{alias}``,
+``POST /v1/models/{name}/rollback``. Mutating calls need an admin token (``driftloop.security``).
 """
