@@ -5,8 +5,7 @@ lineage (run, dataset version, feature set, trigger, cause chain, cascade) and e
 gates it: challenger and current champion are scored with the pipeline's gate metric on the same holdout rows of
 the challenger's feature set. A better challenger (by ``gate.min_improvement``; the first version against
 ``gate.first_version_threshold``; never below ``gate.floor``) takes the ``champion`` alias in one transaction and
-``ModelPromoted`` is
-emitted; otherwise ``ModelRejected``, and the champion stays.
+``ModelPromoted`` is emitted; otherwise ``ModelRejected``, and the champion stays.
 
 Aliases (``champion``, ``challenger``, any name) also move by HTTP, atomically, each move a ``ModelPromoted``
 with ``alias``, ``moved_by`` (token name), ``reason`` and ``rollback``; serving follows ``champion`` only.
