@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse
 
 from driftloop.pipeline import PipelineConfig, pipeline_for_model
@@ -13,6 +13,9 @@ from driftloop.service import Runtime
 from . import pages
 from .handlers import cascades
 from .sources import Platform
+
+# ?refresh=N reloads the page every N seconds (0: never).
+REFRESH = Query(0, ge=0, le=3600, description="Reload the page every this many seconds (0: never).")
 
 
 def router(runtime: Runtime, platform: Platform) -> APIRouter:
@@ -31,7 +34,7 @@ def router(runtime: Runtime, platform: Platform) -> APIRouter:
         return {"model": model, "cascades": [c.to_dict() for c in found]}
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def overview() -> HTMLResponse:
+    def overview(refresh: int = REFRESH) -> HTMLResponse:
         registry = platform.models()
         registered = {}
         if registry.ok:
@@ -53,10 +56,10 @@ def router(runtime: Runtime, platform: Platform) -> APIRouter:
                     "last_cascade": f"{found[0].steps[0].event_type}: {found[0].outcome}" if found else None,
                 }
             )
-        return HTMLResponse(pages.overview(rows, registry.error))
+        return HTMLResponse(pages.overview(rows, registry.error, refresh))
 
     @api.get("/models/{model}", response_class=HTMLResponse, include_in_schema=False)
-    def model_page(model: str) -> HTMLResponse:
+    def model_page(model: str, refresh: int = REFRESH) -> HTMLResponse:
         cfg = pipeline(model)
         return HTMLResponse(
             pages.model_page(
@@ -68,6 +71,7 @@ def router(runtime: Runtime, platform: Platform) -> APIRouter:
                 drift=platform.drift(model),
                 performance=platform.performance(model),
                 cascades=cascades(runtime.engine, model),
+                refresh=refresh,
             )
         )
 

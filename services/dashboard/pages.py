@@ -29,9 +29,11 @@ stroke-dasharray:4 3}.empty{font-size:12px;fill:#6b7280}
 """
 
 
-def page(title: str, body: str) -> str:
+def page(title: str, body: str, refresh: int = 0) -> str:
+    """A whole page; ``refresh`` > 0 reloads it every that many seconds (a wall screen)."""
+    reload = f"<meta http-equiv='refresh' content='{refresh}'>" if refresh > 0 else ""
     return (
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>{reload}"
         f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
         f"<header><strong>driftloop</strong> &nbsp; <a href='/'>models</a>"
         f"<a href='/docs'>API</a><a href='/metrics'>metrics</a></header><main>{body}</main></body></html>"
@@ -54,7 +56,7 @@ def _metrics(metrics: dict[str, Any] | None) -> str:
     return ", ".join(f"{escape(str(k))} {_num(v)}" for k, v in sorted(metrics.items()) if not isinstance(v, dict))
 
 
-def overview(models: list[dict[str, Any]], registry_error: str | None) -> str:
+def overview(models: list[dict[str, Any]], registry_error: str | None, refresh: int = 0) -> str:
     rows = []
     for m in models:
         rows.append(
@@ -70,7 +72,7 @@ def overview(models: list[dict[str, Any]], registry_error: str | None) -> str:
         + "<table id='models'><tr><th>model</th><th>stream</th><th>champion</th><th>served</th>"
         "<th>versions</th><th>latest cascade</th></tr>" + "".join(rows) + "</table>"
     )
-    return page("driftloop — models", body)
+    return page("driftloop — models", body, refresh)
 
 
 def versions_table(answer: Answer) -> str:
@@ -117,44 +119,53 @@ def runs_table(answer: Answer) -> str:
 
 
 def drift_charts(answer: Answer, pipeline: PipelineConfig) -> str:
-    """Per feature: the test statistic over windows (drifted windows in red) and the corrected p-value against
-    the model's alpha."""
+    """Per feature, over windows (drifted windows in red): the test statistic, the corrected p-value against the
+    model's alpha, and the effect sizes (PSI, normalized Wasserstein) when the monitor reports them."""
     if not answer.ok:
         return unavailable(answer)
     reports = sorted(
-        answer.data.get("reports", []), key=lambda r: (r.get("created_at") or "", r.get("window_index", 0))
+        answer.data.get("reports", []), key=lambda r: (r.get("window_index", 0), r.get("created_at") or "")
     )
     if not reports:
         return "<p class='empty'>no drift window closed yet</p>"
     alpha = pipeline.monitor.alpha
+    psi_threshold = getattr(pipeline.monitor, "psi_threshold", None)
     charts = []
     for feature in pipeline.feature_names:
-        stat_points, p_points, marked = [], [], []
+        stat, p_adj, psi, wasserstein, marked = [], [], [], [], []
         test_name = "statistic"
-        for i, report in enumerate(reports):
+        for report in reports:
             test = next((t for t in report.get("tests", []) if t.get("feature") == feature), None)
             if test is None:
                 continue
+            x = float(report.get("window_index", len(marked)))
             test_name = str(test.get("test", test_name))
-            stat_points.append((float(i), float(test.get("statistic", float("nan")))))
-            p_points.append((float(i), float(test.get("adjusted_p_value", float("nan")))))
+            stat.append((x, _float(test.get("statistic"))))
+            p_adj.append((x, _float(test.get("adjusted_p_value"))))
+            psi.append((x, _float(test.get("psi"))))
+            wasserstein.append((x, _float(test.get("wasserstein"))))
             marked.append(bool(test.get("drifted")))
+        effect = [Series(name, points, marked) for name, points in (("PSI", psi), ("Wasserstein / sd", wasserstein))]
+        effect = [e for e in effect if any(y == y for _, y in e.points)]  # NaN != NaN: drop all-missing series
         charts.append(
-            "<div class='feature-drift' data-feature='"
-            + escape(feature)
-            + "'>"
+            f"<div class='feature-drift' data-feature='{escape(feature)}'>"
             + line_chart(
                 f"{feature}: {test_name}",
-                [Series(test_name, stat_points, marked)],
+                [Series(test_name, stat, marked)],
                 x_label="window",
                 chart_id=f"drift-{feature}",
             )
             + line_chart(
                 f"{feature}: corrected p-value (alpha {alpha:g})",
-                [Series("p (corrected)", p_points, marked)],
+                [Series("p (corrected)", p_adj, marked)],
                 x_label="window",
                 threshold=alpha,
                 log_y=True,
+            )
+            + (
+                line_chart(f"{feature}: effect size", effect, x_label="window", threshold=psi_threshold)
+                if effect
+                else ""
             )
             + "</div>"
         )
@@ -165,41 +176,43 @@ def drift_charts(answer: Answer, pipeline: PipelineConfig) -> str:
     )
 
 
-def _numeric_items(item: dict[str, Any]) -> dict[str, float]:
-    found = {}
-    for key, value in item.items():
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, int | float) and key not in ("version", "window_index", "window_size", "id"):
-            found[key] = float(value)
-        elif isinstance(value, dict):
-            for sub, v in value.items():
-                if isinstance(v, int | float) and not isinstance(v, bool):
-                    found[f"{key}.{sub}"] = float(v)
-    return found
+def _float(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else float("nan")
 
 
 def performance_charts(answer: Answer) -> str:
-    """Whatever numbers the monitor's performance windows carry (metric values per window), one chart each."""
+    """The monitored metric per feedback window against its threshold (degraded windows in red), and every other
+    metric the monitor computed for the window."""
     if not answer.ok:
         return unavailable(answer)
-    data = answer.data
-    items = next((v for v in data.values() if isinstance(v, list)), []) if isinstance(data, dict) else data
-    items = [i for i in items or [] if isinstance(i, dict)]
-    if not items:
+    reports = [r for r in answer.data.get("reports", []) if isinstance(r, dict)]
+    if not reports:
         return "<p class='empty'>no performance window yet (it needs feedback)</p>"
-    items = sorted(
-        items, key=lambda i: (str(i.get("created_at") or i.get("window_end") or ""), i.get("window_index", 0))
-    )
-    series: dict[str, list[tuple[float, float]]] = {}
-    for i, item in enumerate(items):
-        for key, value in _numeric_items(item).items():
-            series.setdefault(key, []).append((float(i), value))
+    reports.sort(key=lambda r: r.get("window_index", 0))
+    xs = [float(r.get("window_index", i)) for i, r in enumerate(reports)]
+    marked = [bool(r.get("degraded")) for r in reports]
+    metric = str(reports[-1].get("metric", "value"))
+    thresholds = [r.get("threshold") for r in reports if isinstance(r.get("threshold"), int | float)]
     charts = [
-        line_chart(f"performance: {name}", [Series(name, points)], x_label="window", chart_id=f"perf-{name}")
-        for name, points in sorted(series.items())
+        line_chart(
+            f"{metric} per window",
+            [Series(metric, [(x, _float(r.get("value"))) for x, r in zip(xs, reports, strict=True)], marked)],
+            x_label="feedback window",
+            threshold=float(thresholds[-1]) if thresholds else None,
+            chart_id=f"perf-{metric}",
+        )
     ]
-    return f"<div class='charts' id='performance-charts'>{''.join(charts)}</div>"
+    others = sorted({k for r in reports for k in (r.get("metrics") or {}) if k != metric})
+    for name in others:
+        points = [(x, _float((r.get("metrics") or {}).get(name))) for x, r in zip(xs, reports, strict=True)]
+        charts.append(
+            line_chart(name, [Series(name, points, marked)], x_label="feedback window", chart_id=f"perf-{name}")
+        )
+    degraded = sum(marked)
+    return (
+        f"<p>{len(reports)} feedback windows, {degraded} degraded (red points).</p>"
+        f"<div class='charts' id='performance-charts'>{''.join(charts)}</div>"
+    )
 
 
 def timeline_section(cascades: list[Cascade]) -> str:
@@ -237,6 +250,7 @@ def model_page(
     drift: Answer,
     performance: Answer,
     cascades: list[Cascade],
+    refresh: int = 0,
 ) -> str:
     aliases = versions.data.get("aliases", {}) if versions.ok else {}
     served_text = (
@@ -249,7 +263,7 @@ def model_page(
         f"{escape(pipeline.model.task)}, gate {escape(pipeline.gate.metric)} ({escape(pipeline.gate.direction)}). "
         f"Aliases: <span id='aliases'>{alias_text}</span>. Serving answers with <b id='served'>{served_text}</b>"
         + ("" if served.ok else f" <span class='unavailable'>({escape(served.error or '')})</span>")
-        + ".</p>"
+        + f".</p><p><a href='/v1/timeline/{escape(model)}'>timeline as JSON</a></p>"
         "<h2>Cascades — why each retrain happened</h2><div id='timeline'>"
         + timeline_section(cascades)
         + "</div><h2>Versions</h2>"
@@ -261,4 +275,4 @@ def model_page(
         + "</div><h2>Runs</h2>"
         + runs_table(runs)
     )
-    return page(f"driftloop — {model}", body)
+    return page(f"driftloop — {model}", body, refresh)

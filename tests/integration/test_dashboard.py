@@ -254,6 +254,9 @@ def test_timeline_api_gives_each_step_with_event_id_and_time(cascade: StackRun) 
     ids = {s["event_id"] for s in drift_cascade["steps"]}
     assert all(s["caused_by"] in ids for s in drift_cascade["steps"][1:])
     assert httpx.get(cascade.url("dashboard", "/v1/timeline/no-such-model")).status_code == 404
+    assert httpx.get(cascade.url("dashboard", "/models/no-such-model")).status_code == 404
+    bad_refresh = httpx.get(cascade.url("dashboard", f"/models/{cascade.model}"), params={"refresh": -1})
+    assert bad_refresh.status_code == 422 and "refresh" in bad_refresh.text
 
 
 def test_dashboard_exposes_prometheus_metrics(cascade: StackRun) -> None:
