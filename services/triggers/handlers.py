@@ -447,6 +447,7 @@ class TriggerHandlers:
         with self.Session() as session:
             view = self._view(session, pipeline)
             state = session.get(TriggerModelState, model)
+            stream = session.get(TriggerStreamState, pipeline.stream.name)
         return {
             "model": model,
             "stream": pipeline.stream.name,
@@ -455,6 +456,11 @@ class TriggerHandlers:
             "last_request_at": view.last_request_at.isoformat() if view.last_request_at else None,
             "pending_request_id": view.pending_request_id,
             "latest_dataset_version_id": view.latest_dataset_version_id,
+            "rows_since_request": int(stream.rows_since_request or 0) if stream else 0,
+            "labels_since_request": int(state.labels_since_request or 0) if state else 0,
+            "last_schedule_slot": as_utc(state.last_schedule_slot).isoformat()
+            if state and state.last_schedule_slot
+            else None,
             "policy": pipeline.triggers.model_dump(),
         }
 
