@@ -14,7 +14,7 @@ from driftloop.db.models import ModelAlias, ModelVersion
 from driftloop.errors import NotFoundError
 from driftloop.security import principal_of
 
-from .handlers import RegistryHandlers, RollbackImpossible
+from .handlers import EventNotSent, RegistryHandlers, RollbackImpossible
 from .repository import AliasConflict, Registry
 
 ALIAS_PATTERN = r"^[a-z][a-z0-9_-]{0,99}$"
@@ -151,6 +151,8 @@ def router(registry: Registry, handlers: RegistryHandlers) -> APIRouter:
             )
         except AliasConflict as exc:
             raise HTTPException(status_code=409, detail=str(exc)) from None
+        except EventNotSent as exc:
+            raise HTTPException(status_code=503, detail=str(exc)) from None
 
     @api.post("/{name}/rollback")
     def rollback(name: str, request: Request, body: RollbackBody | None = None) -> dict[str, Any]:
@@ -161,5 +163,7 @@ def router(registry: Registry, handlers: RegistryHandlers) -> APIRouter:
             return handlers.rollback(name, body.to, moved_by=principal_of(request).name, reason=body.reason)
         except (RollbackImpossible, AliasConflict) as exc:
             raise HTTPException(status_code=409, detail=str(exc)) from None
+        except EventNotSent as exc:
+            raise HTTPException(status_code=503, detail=str(exc)) from None
 
     return api

@@ -259,7 +259,13 @@ class RegistryHandlers:
             make_event=make_event,
             expected_version=expected_version,
         )
-        self.bus.publish(event)
+        try:
+            self.bus.publish(event)
+        except Exception as exc:  # the move is stored with its event: the same request re-sends it
+            raise EventNotSent(
+                f"alias {alias!r} of {model} now points at v{version}, but its ModelPromoted event {event.id} was not "
+                f"published ({exc}); repeat the request to re-send it"
+            ) from exc
         log.info(
             "%s alias %s -> v%d by %s (%s)%s", model, alias, version, moved_by, reason, "" if moved else " (unchanged)"
         )
@@ -301,6 +307,10 @@ class RegistryHandlers:
             expected_version=champion.version,
             rollback=True,
         )
+
+
+class EventNotSent(DriftloopError):
+    """An alias moved but its event could not be published (the broker is down): repeating the call re-sends it."""
 
 
 class RollbackImpossible(DriftloopError):

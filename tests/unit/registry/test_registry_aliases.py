@@ -18,6 +18,7 @@ from model_factory import (
 )
 
 from driftloop.db import create_engine_for, migrate, session_factory
+from driftloop.errors import DriftloopError
 from driftloop.events import Event, new_event
 from driftloop.objectstore import LocalObjectStore
 from driftloop.service import base_app
@@ -208,3 +209,20 @@ def test_mutating_registry_calls_need_an_admin_token(env: dict) -> None:
     assert env["registry"].champion(MODEL).version == 2 and env["bus"].published == []
     # Reads are open by default.
     assert client.get(f"/v1/models/{MODEL}/aliases").status_code == 200
+
+
+def test_a_move_whose_event_cannot_be_published_is_503_and_a_retry_resends_the_same_event(env: dict) -> None:
+    client, bus = env["client"], env["bus"]
+    sent = bus.publish
+
+    def broker_down(event: Event, *, wait: bool = True) -> None:
+        raise DriftloopError("broker unreachable")
+
+    bus.publish = broker_down
+    failed = client.put(f"/v1/models/{MODEL}/aliases/champion", json={"version": 1, "reason": "x"}, headers=ADMIN)
+    assert failed.status_code == 503 and "repeat the request" in failed.json()["detail"]
+    stored_event_id = env["registry"].alias(MODEL, "champion").event_id
+    bus.publish = sent
+    retried = client.put(f"/v1/models/{MODEL}/aliases/champion", json={"version": 1, "reason": "x"}, headers=ADMIN)
+    assert retried.status_code == 200 and retried.json()["moved"] is False
+    assert [e.id for e in bus.published] == [stored_event_id]
