@@ -438,6 +438,12 @@ def events_show(event_id: str) -> None:
     _print_json({"event": chain[-1].payload, "caused_by_chain": [s.to_dict() for s in chain]})
 
 
+# --- runs (training) and model export: in driftloop.runcli ------------------------------------------------------
+from driftloop.runcli import register as _register_run_commands  # noqa: E402 - needs the apps above
+
+_register_run_commands(app, models_app)
+
+
 def main() -> None:
     try:
         app()

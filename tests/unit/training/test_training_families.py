@@ -1,0 +1,165 @@
+"""Model families without Ray: every family and task fits, its artifact round-trips and scores the same, an old
+LightGBM artifact still loads, the export folder predicts without driftloop, search spaces are validated."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from test_training_fit import REPO, write_feature_set  # same folder (pytest puts it on the path)
+
+from driftloop import layout
+from driftloop.errors import ConfigError
+from driftloop.export import export_artifact
+from driftloop.modeling import ModelArtifact, holdout_mask
+from driftloop.objectstore import LocalObjectStore, sha256_bytes
+from driftloop.pipeline import PipelineConfig, parse_pipeline
+from driftloop.services.training.fit import FitJob, FitResult, fit_feature_set
+from driftloop.services.training.hpo import max_rounds, search_metric, tune_space
+from driftloop.settings import ObjectStoreSettings
+
+FAMILY_PARAMS = {
+    "lightgbm": "{num_leaves: 7, n_estimators: 30}",
+    "xgboost": "{max_depth: 3, n_estimators: 30}",
+    "sklearn_linear": "{}",
+    "sklearn_random_forest": "{n_estimators: 20, max_depth: 5}",
+}
+
+
+def pipeline_of(family: str, task: str, extra: str = "") -> PipelineConfig:
+    text = (REPO / "pipelines" / "transactions.yaml").read_text()
+    text = text.replace("family: lightgbm", f"family: {family}").replace("task: classification", f"task: {task}")
+    start = text.index("  params:")
+    end = text.index("\n", start)
+    text = text[:start] + f"  params: {FAMILY_PARAMS[family]}" + text[end:]
+    if task == "regression":
+        # The amount is a fine regression target; the gate metric must then be a regression metric.
+        text = text.replace("metric: roc_auc", "metric: rmse").replace("direction: maximize", "direction: minimize")
+        text = text.replace("  - {name: amount}\n", "").replace('  - {name: log_amount, expr: "log1p(amount)"}\n', "")
+        text = text.replace("label: is_fraud", "label: amount").replace("first_version_threshold: 0.6", "")
+        text = text.replace("  - {rule: allowed_values, field: is_fraud, values: [0, 1]}\n", "")
+    text = text.replace("  seed: 42\n", "  seed: 42\n" + extra)
+    return parse_pipeline(text)
+
+
+def fit(tmp_path: Path, cfg: PipelineConfig) -> tuple[FitResult, LocalObjectStore, str]:
+    store = LocalObjectStore(tmp_path)
+    write_feature_set(store, cfg, 1, 900)
+    prefix = layout.feature_set_prefix(cfg.stream.name, 1)
+    job = FitJob("run-f", cfg, ObjectStoreSettings(type="local", path=tmp_path), prefix, store.uri(prefix), "tx@v1")
+    return fit_feature_set(job), store, prefix
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+@pytest.mark.parametrize("family", list(FAMILY_PARAMS))
+def test_every_family_fits_and_its_artifact_scores_the_same_after_loading(
+    tmp_path: Path, family: str, task: str
+) -> None:
+    cfg = pipeline_of(family, task)
+    result, store, prefix = fit(tmp_path, cfg)
+    artifact = ModelArtifact.from_bytes(result.artifact, expected_sha256=sha256_bytes(result.artifact))
+    assert artifact.family == family and artifact.task == task and artifact.feature_names == cfg.feature_names
+    frame = pq.read_table(store.local_path(prefix)).to_pandas()
+    holdout = frame[holdout_mask(frame, cfg)]
+    predictions = artifact.predict(holdout)
+    assert np.isfinite(predictions).all() and len(predictions) == result.holdout["rows"]
+    if task == "classification":
+        assert ((predictions >= 0) & (predictions <= 1)).all() and result.metrics["roc_auc"] > 0.55
+        assert set(result.plots) == {"feature_importance.png", "confusion_matrix.png", "roc.png"}
+    else:
+        assert set(result.metrics) == {"rmse", "mae", "r2"} and set(result.plots) == {"feature_importance.png"}
+    assert all(png.startswith(b"\x89PNG") for png in result.plots.values())
+    assert sum(result.feature_importance.values()) == pytest.approx(1.0)
+    assert set(result.feature_importance) == set(cfg.feature_names)
+
+
+def test_an_artifact_written_before_other_families_still_loads(tmp_path: Path) -> None:
+    result, store, prefix = fit(tmp_path, pipeline_of("lightgbm", "classification"))
+    with zipfile.ZipFile(io.BytesIO(result.artifact)) as zf:
+        meta = json.loads(zf.read("meta.json"))
+        model_text = zf.read("model.txt")
+    meta.pop("model_file")  # the old layout: meta.json without model_file, and model.txt
+    old = io.BytesIO()
+    with zipfile.ZipFile(old, "w") as zf:
+        zf.writestr("meta.json", json.dumps(meta))
+        zf.writestr("model.txt", model_text)
+    loaded = ModelArtifact.from_bytes(old.getvalue())
+    frame = pq.read_table(store.local_path(prefix)).to_pandas()
+    expected = ModelArtifact.from_bytes(result.artifact).predict(frame)
+    assert loaded.predict(frame) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("family", ["lightgbm", "xgboost", "sklearn_random_forest"])
+def test_an_exported_folder_predicts_without_driftloop(tmp_path: Path, family: str) -> None:
+    result, store, prefix = fit(tmp_path / "store", pipeline_of(family, "classification"))
+    folder = export_artifact(result.artifact, tmp_path / "export", expected_sha256=sha256_bytes(result.artifact))
+    signature = json.loads((folder / "signature.json").read_text())
+    assert [i["name"] for i in signature["inputs"]] == ModelArtifact.from_bytes(result.artifact).feature_names
+    assert signature["artifact_sha256"] == sha256_bytes(result.artifact)
+    requirements = (folder / "requirements.txt").read_text()
+    assert "numpy==" in requirements and "pandas==" in requirements
+    assert {"lightgbm": "lightgbm==", "xgboost": "xgboost-cpu==", "sklearn_random_forest": "scikit-learn=="}[
+        family
+    ] in requirements
+    frame = pq.read_table(store.local_path(prefix)).to_pandas().head(40)
+    frame.drop(columns=["event_time"]).to_csv(tmp_path / "rows.csv", index=False)
+    # driftloop made unimportable: the folder must not need it.
+    code = (
+        "import sys, runpy; sys.modules['driftloop'] = None; "
+        f"sys.argv = ['predict.py', {str(tmp_path / 'rows.csv')!r}]; "
+        f"runpy.run_path({str(folder / 'predict.py')!r}, run_name='__main__')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    exported = [json.loads(line)["prediction"] for line in out.splitlines()]
+    assert exported == pytest.approx(ModelArtifact.from_bytes(result.artifact).predict(frame).tolist(), abs=1e-6)
+
+
+def test_a_tampered_artifact_is_refused_by_export(tmp_path: Path) -> None:
+    result, _, _ = fit(tmp_path, pipeline_of("lightgbm", "classification"))
+    with pytest.raises(Exception, match="does not match"):
+        export_artifact(result.artifact + b"x", tmp_path / "out", expected_sha256=sha256_bytes(result.artifact))
+
+
+SEARCH = """  search:
+    trials: 5
+    space:
+      num_leaves: {type: int, low: 4, high: 64, log: true}
+      learning_rate: {type: float, low: 0.01, high: 0.3, log: true}
+      n_estimators: {type: choice, values: [20, 40, 80]}
+"""
+
+
+def test_a_search_space_becomes_tune_distributions() -> None:
+    cfg = pipeline_of("lightgbm", "classification", SEARCH)
+    assert cfg.model.search is not None and cfg.model.search.searcher == "optuna_tpe"
+    space = tune_space(cfg.model.search.space)
+    assert set(space) == {"num_leaves", "learning_rate", "n_estimators"}
+    samples = [space["num_leaves"].sample() for _ in range(200)]
+    assert min(samples) >= 4 and max(samples) <= 64  # the config's bounds are inclusive
+    assert "LogUniform" in type(space["learning_rate"].get_sampler()).__name__
+    assert max_rounds(cfg) == 80
+    assert search_metric(cfg) == ("roc_auc", "max")
+    assert search_metric(pipeline_of("lightgbm", "regression", SEARCH)) == ("rmse", "min")
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ("{lr: {type: float, low: 0, high: 1, log: true}}", "log-scale range needs low > 0"),
+        ("{lr: {type: float, low: 2, high: 1}}", "needs low < high"),
+        ("{depth: {type: choice}}", "non-empty 'values'"),
+        ("{depth: {type: choice, values: [1, 2], low: 1}}", "takes only 'values'"),
+        ("{depth: {type: int, low: 1, high: 5, step: 2}}", "unknown key"),
+    ],
+)
+def test_a_bad_search_space_is_refused_naming_the_key(space: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as failure:
+        pipeline_of("lightgbm", "classification", f"  search:\n    space: {space}\n")
+    assert "model.search.space" in str(failure.value)
