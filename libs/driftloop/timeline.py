@@ -104,7 +104,30 @@ def describe(event_type: str, p: dict[str, Any]) -> str:
             f"serving replica {p['replica']} now answers with {p['model']} v{p['version']} (was {prev}), "
             f"loaded in {p['load_seconds']:.2f}s"
         )
+    if event_type == "RolloutStepped":
+        share = p.get("share")
+        share_text = f" at {share:.0%} of traffic" if isinstance(share, int | float) else ""
+        return (
+            f"{p['mode']} rollout of {p['model']} v{p['version']} (champion v{p['champion_version']}): "
+            f"{p['action']} step {p['step']}{share_text} on replica {p['replica']}{_stats(p)}"
+        )
+    if event_type == "RolloutRolledBack":
+        return (
+            f"{p['mode']} rollout of {p['model']} v{p['version']} rolled back to v{p['champion_version']} on replica "
+            f"{p['replica']}: {p['reason']}{_stats(p)}"
+        )
     return json.dumps(p, default=str)[:200]
+
+
+def _stats(p: dict[str, Any]) -> str:
+    try:
+        stats = json.loads(p.get("stats_json") or "{}")
+    except json.JSONDecodeError:
+        return ""
+    if not isinstance(stats, dict) or not stats:
+        return ""
+    shown = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(stats.items())]
+    return " (" + ", ".join(shown) + ")"
 
 
 def _gate_numbers(g: dict[str, Any]) -> str:

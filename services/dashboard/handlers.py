@@ -144,8 +144,11 @@ def explain(steps: list[Step]) -> tuple[list[str], str]:
                 f"(was {'v' + str(p['previous_version']) if p.get('previous_version') is not None else 'nothing'}) "
                 f"at {step.occurred_at.isoformat(timespec='seconds')}, loaded in {_fmt(p.get('load_seconds'))}s."
             )
-        elif step.event_type.startswith("Rollout"):
+        elif step.event_type == "RolloutStepped":
             sentences.append(f"Rollout: {step.summary}.")
+        elif step.event_type == "RolloutRolledBack":
+            sentences.append(f"Rollback: {step.summary}.")
+            outcome = f"rolled back v{p.get('version')}"
     return sentences, outcome
 
 

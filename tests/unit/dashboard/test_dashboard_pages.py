@@ -235,3 +235,50 @@ def test_charts_survive_missing_values_and_no_data() -> None:
 def test_refresh_reloads_the_page() -> None:
     assert "http-equiv='refresh' content='15'" in pages.overview([], None, refresh=15)
     assert "http-equiv" not in pages.overview([], None)
+
+
+def test_rollout_steps_and_a_rollback_are_explained() -> None:
+    root = step("ExternalTrigger", {"model": "m", "reason": "new model", "details_json": "{}"}, 0, None)
+    promoted = step(
+        "ModelPromoted",
+        {"model": "m", "version": 2, "alias": "champion", "previous_version": 1, "reason": "better", "gate_json": "{}"},
+        1,
+        "e0",
+    )
+    stepped = step(
+        "RolloutStepped",
+        {
+            "model": "m",
+            "version": 2,
+            "champion_version": 1,
+            "mode": "canary",
+            "action": "start",
+            "step": 0,
+            "share": 0.1,
+            "replica": "r1",
+            "stats_json": json.dumps({"challenger_errors": 0}),
+        },
+        2,
+        "e1",
+    )
+    rolled = step(
+        "RolloutRolledBack",
+        {
+            "model": "m",
+            "version": 2,
+            "champion_version": 1,
+            "mode": "canary",
+            "reason": "error rate 0.30 above 0.05",
+            "replica": "r1",
+            "stats_json": "{}",
+        },
+        3,
+        "e1",
+    )
+    sentences, outcome = explain([root, promoted, stepped, rolled])
+    assert outcome == "rolled back v2"
+    assert (
+        "Rollout: canary rollout of m v2 (champion v1): start step 0 at 10% of traffic on replica r1 "
+        "(challenger_errors 0)." in sentences
+    )
+    assert "Rollback: canary rollout of m v2 rolled back to v1 on replica r1: error rate 0.30 above 0.05." in sentences
