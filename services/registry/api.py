@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Path, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from driftloop.db.models import ModelAlias, ModelVersion
@@ -128,6 +128,14 @@ def router(registry: Registry, handlers: RegistryHandlers) -> APIRouter:
             raise NotFoundError(f"model {name!r} has no alias {alias!r}; its aliases: {registry.aliases(name)}")
         row = registry.get_version(name, found.version)
         return {"model": name, **alias_view(found), "model_version": version_view(row, registry.aliases(name))}
+
+    @api.get("/{name}/aliases/{alias}/history")
+    def alias_history(name: str, alias: str, limit: int = Query(100, ge=1, le=10_000)) -> dict[str, Any]:
+        """Every move of the alias, newest first (who, why, from which version, rollback or not), from the
+        event log."""
+        if not registry.model_exists(name):
+            raise NotFoundError(f"unknown model {name!r}: no version of it has been registered")
+        return {"model": name, "alias": alias, "moves": registry.alias_history(name, alias, limit)}
 
     @api.put("/{name}/aliases/{alias}")
     def move_alias(

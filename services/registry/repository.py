@@ -113,6 +113,34 @@ class Registry:
                 session.scalars(sa.select(ModelAlias).where(ModelAlias.model == model).order_by(ModelAlias.alias))
             )
 
+    def alias_history(self, model: str, alias: str, limit: int) -> list[dict[str, Any]]:
+        """Every move of ``alias`` (gate promotions, user moves, rollbacks), newest first, from the event log."""
+        with self.Session() as session:
+            records = session.scalars(
+                sa.select(EventRecord)
+                .where(EventRecord.event_type == "ModelPromoted", EventRecord.model == model)
+                .order_by(EventRecord.occurred_at.desc())
+            )
+            moves = []
+            for record in records:
+                payload = record.payload or {}
+                if payload.get("alias") != alias:
+                    continue
+                moves.append(
+                    {
+                        "version": payload.get("version"),
+                        "previous_version": payload.get("previous_version"),
+                        "moved_by": payload.get("moved_by", "registry"),
+                        "reason": payload.get("reason"),
+                        "rollback": bool(payload.get("rollback", False)),
+                        "event_id": record.event_id,
+                        "occurred_at": record.occurred_at.isoformat() if record.occurred_at else None,
+                    }
+                )
+                if len(moves) >= limit:
+                    break
+        return moves
+
     def champion(self, model: str) -> ModelVersion | None:
         with self.Session() as session:
             alias = session.get(ModelAlias, (model, CHAMPION))

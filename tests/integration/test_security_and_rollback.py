@@ -208,6 +208,12 @@ def test_rollback_moves_serving_back_and_a_tampered_target_is_refused(secured_st
         ("challenger", 1, "ops", False),
         ("champion", 1, "ops", True),
     ]
+    history = registry.get(f"/v1/models/{stack.model}/aliases/champion/history").json()["moves"]
+    assert [(m["version"], m["previous_version"], m["moved_by"], m["rollback"]) for m in history] == [
+        (1, 2, "ops", True),
+        (2, 1, "registry", False),
+        (1, None, "registry", False),
+    ]
     switched = wait_for(lambda: (e := stack.events("ServingSwitched")) and len(e) == 3 and e, "ServingSwitched x3")
     assert [e.payload["version"] for e in switched] == [1, 2, 1]
 
