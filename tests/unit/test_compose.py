@@ -83,6 +83,7 @@ def _metric_names() -> set[str]:
         "driftloop.metrics",
         "driftloop.services.serving.predict",
         "driftloop.services.serving.loader",
+        "driftloop.services.serving.rollout",
         "driftloop.services.monitor.metrics",
         "driftloop.services.registry.handlers",
     ):
