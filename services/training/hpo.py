@@ -11,6 +11,7 @@ cannot hold a threading.Event): ``fit()`` returns within a second and the trial 
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -211,6 +212,8 @@ def search_on_ray(settings: Settings, job: FitJob, abort_flag: Path, note: Calla
     if search is None:
         raise TrainingFailed(f"model {pipeline.model.name!r} has no search in its pipeline config")
     ensure_ray(settings)
+    # Tune's legacy reporter honours verbose=0: no progress boxes in the service's log (the run log has the trials).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     started = time.perf_counter()
     metric, mode = search_metric(pipeline)
     data = prepare_data(job, note)

@@ -11,7 +11,19 @@ from pathlib import Path
 
 import driftloop
 
-KEY_PACKAGES = ("driftloop", "lightgbm", "ray", "pandas", "numpy", "pyarrow", "scikit-learn", "scipy")
+KEY_PACKAGES = (
+    "driftloop",
+    "lightgbm",
+    "xgboost-cpu",
+    "scikit-learn",
+    "ray",
+    "optuna",
+    "pandas",
+    "numpy",
+    "pyarrow",
+    "scipy",
+    "matplotlib",
+)
 
 
 def _package_version(name: str) -> str | None:
