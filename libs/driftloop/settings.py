@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -117,6 +117,9 @@ class ServicesSettings(_Section):
         return f"http://{self.host}:{self.port(service)}"
 
 
+MIN_TOKEN_LENGTH = 12
+
+
 class SecuritySettings(_Section):
     """API tokens (bearer). Enforced when ``enabled`` and at least one admin token is known: from
     ``admin_tokens`` or the file ``<home>/admin.token`` that ``driftloop up`` writes (mode 600) when none is
@@ -137,6 +140,15 @@ class SecuritySettings(_Section):
             "POST /v1/streams/{stream}/records",
         ]
     )
+
+    @field_validator("admin_tokens", "read_tokens")
+    @classmethod
+    def _tokens_are_long_enough(cls, tokens: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        # An empty or short token is a typo or a guessable secret, never what the operator meant.
+        for name, token in tokens.items():
+            if len(token.get_secret_value().strip()) < MIN_TOKEN_LENGTH:
+                raise ValueError(f"token {name!r} is shorter than {MIN_TOKEN_LENGTH} characters")
+        return tokens
 
 
 class Settings(BaseSettings):

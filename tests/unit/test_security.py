@@ -70,7 +70,7 @@ def test_generated_token_file_is_private_reused_and_enforced(tmp_path: Path) -> 
 
 
 def test_security_disabled_writes_no_token_and_stays_open(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path, security={"enabled": False, "admin_tokens": {"ops": "x"}})
+    settings = Settings(home=tmp_path, security={"enabled": False, "admin_tokens": {"ops": "x" * 12}})
     assert ensure_admin_token(settings) is None and not token_file(settings).exists()
     assert app_for(settings).post("/v1/things/a/poke").status_code == 200
 
@@ -79,20 +79,20 @@ def test_scopes_and_protected_reads(tmp_path: Path) -> None:
     settings = Settings(
         home=tmp_path,
         security={
-            "admin_tokens": {"ops": "admin-1"},
-            "read_tokens": {"grafana": "read-1"},
+            "admin_tokens": {"ops": "admin-token-1"},
+            "read_tokens": {"grafana": "read-token-1"},
             "protect_reads": True,
             "public_routes": [],
         },
     )
     client = app_for(settings)
-    admin, reader = {"Authorization": "Bearer admin-1"}, {"Authorization": "Bearer read-1"}
+    admin, reader = {"Authorization": "Bearer admin-token-1"}, {"Authorization": "Bearer read-token-1"}
     assert client.get("/v1/things").status_code == 401
     assert client.get("/v1/things", headers=reader).status_code == 200
     assert client.get("/v1/things", headers=admin).status_code == 200
     forbidden = client.post("/v1/things/a/poke", headers=reader)
     assert forbidden.status_code == 403 and "grafana" in forbidden.json()["detail"]
-    assert client.post("/v1/things/a/poke", headers={"Authorization": "Basic admin-1"}).status_code == 401
+    assert client.post("/v1/things/a/poke", headers={"Authorization": "Basic admin-token-1"}).status_code == 401
     # With an empty public list, record ingestion needs the admin token too.
     assert client.post("/v1/streams/s/records").status_code == 401
     assert client.post("/v1/streams/s/records", headers=admin).status_code == 200
@@ -100,12 +100,20 @@ def test_scopes_and_protected_reads(tmp_path: Path) -> None:
 
 
 def test_tokens_survive_the_trip_to_a_child_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = Settings(security={"admin_tokens": {"ops": "s3cret"}, "read_tokens": {"r": "r3ad"}})
+    settings = Settings(security={"admin_tokens": {"ops": "s3cret-s3cret"}, "read_tokens": {"r": "r3ad-r3ad-r3ad"}})
     env = settings_env(settings)
-    assert env["DRIFTLOOP_SECURITY__ADMIN_TOKENS"] == '{"ops": "s3cret"}'
+    assert env["DRIFTLOOP_SECURITY__ADMIN_TOKENS"] == '{"ops": "s3cret-s3cret"}'
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     loaded = load_settings()
-    assert loaded.security.admin_tokens["ops"].get_secret_value() == "s3cret"
-    assert loaded.security.read_tokens["r"].get_secret_value() == "r3ad"
+    assert loaded.security.admin_tokens["ops"].get_secret_value() == "s3cret-s3cret"
+    assert loaded.security.read_tokens["r"].get_secret_value() == "r3ad-r3ad-r3ad"
     assert loaded.security.public_routes == settings.security.public_routes
+
+
+def test_short_or_empty_tokens_are_refused_naming_the_token() -> None:
+    from driftloop.errors import ConfigError
+
+    for bad in ("", "   ", "short"):
+        with pytest.raises(ConfigError, match=r"security\.admin_tokens.*'ops'.*shorter than 12"):
+            load_settings(security={"admin_tokens": {"ops": bad}})

@@ -29,7 +29,7 @@ from driftloop.settings import Settings
 
 MODEL = "fraud-alias"
 ADMIN = {"Authorization": "Bearer admin-secret"}
-READER = {"Authorization": "Bearer read-secret"}
+READER = {"Authorization": "Bearer read-secret-token"}
 
 
 class RecordingBus:
@@ -62,7 +62,7 @@ def env(tmp_path: Path, models: dict) -> dict:
     handlers = RegistryHandlers(bus, registry, store, {MODEL: models["pipeline"]})  # type: ignore[arg-type]
     settings = Settings(
         home=tmp_path / "home",
-        security={"admin_tokens": {"alice": "admin-secret"}, "read_tokens": {"dashboard": "read-secret"}},
+        security={"admin_tokens": {"alice": "admin-secret"}, "read_tokens": {"dashboard": "read-secret-token"}},
     )
     app = base_app(SimpleNamespace(name="registry", settings=settings), "registry")  # type: ignore[arg-type]
     app.include_router(api.router(registry, handlers))
