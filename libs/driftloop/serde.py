@@ -58,6 +58,8 @@ class AvroCodec:
         return schema_id
 
     def _parsed(self, schema: dict[str, Any]) -> Any:
+        if schema.get("__fastavro_parsed"):
+            return schema  # parsed once by the caller (hot paths): skip the per-record cache key
         key = json.dumps(schema, sort_keys=True)
         parsed = self._parsed_by_json.get(key)
         if parsed is None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import fastavro
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from driftloop.bus import EventBus, ensure_topics
@@ -75,7 +76,10 @@ class KafkaIntake:
         self.on_landed = on_landed
         self.poll_timeout = poll_timeout
         self.by_topic = {cfg.stream.topic: cfg for cfg in pipelines.values()}
-        self.reader_schemas = {cfg.stream.topic: cfg.stream.avro_schema() for cfg in pipelines.values()}
+        # Parsed once: the decoder takes a parsed reader schema without re-keying it per record.
+        self.reader_schemas = {
+            cfg.stream.topic: fastavro.parse_schema(cfg.stream.avro_schema()) for cfg in pipelines.values()
+        }
         self.partitions: dict[tuple[str, int], PartitionState] = {}
         self.counters: dict[str, IntakeCounters] = {cfg.stream.name: IntakeCounters() for cfg in pipelines.values()}
         self.assigned = not self.by_topic  # nothing to consume: trivially ready
