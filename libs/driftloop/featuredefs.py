@@ -23,7 +23,11 @@ def compute_features(raw: pd.DataFrame, pipeline: PipelineConfig, *, keep_keys: 
             if key in raw.columns:
                 out[key] = raw[key]
     for feature in pipeline.features:
-        if feature.expr is not None:
+        if feature.aggregate is not None:
+            # Aggregates span many records: the features service computes them (Spark offline, the stream worker
+            # online). A frame that already carries the value (an online lookup, a client) keeps it.
+            out[feature.name] = raw[feature.name] if feature.name in raw.columns else None
+        elif feature.expr is not None:
             try:
                 values = raw.eval(feature.expr, engine="python")
             except Exception as exc:
@@ -46,12 +50,15 @@ def compute_features(raw: pd.DataFrame, pipeline: PipelineConfig, *, keep_keys: 
 
 
 def features_from_instances(instances: list[dict[str, Any]], pipeline: PipelineConfig) -> pd.DataFrame:
-    """Serving-side: validate inline instances (raw stream fields) and compute the model's features."""
+    """Serving-side: validate inline instances (raw stream fields) and compute the model's features.
+
+    Aggregate features are taken from the instance when it carries them by name (e.g. values from
+    ``POST /v1/features/online``), else they are missing (NaN), which the models accept."""
     if not instances:
         raise ValidationFailed("empty", None, "instances is empty: send at least one instance")
     needed: set[str] = set()
     for feature in pipeline.features:
-        if feature.expr is None:
+        if feature.expr is None and feature.aggregate is None:
             needed.add(feature.source or feature.name)
     for i, instance in enumerate(instances):
         if not isinstance(instance, dict):
@@ -60,7 +67,9 @@ def features_from_instances(instances: list[dict[str, Any]], pipeline: PipelineC
         if missing:
             raise ValidationFailed("missing_field", missing[0], f"instances[{i}] lacks field(s) {missing}")
         for name in needed:
-            spec = next((f for f in pipeline.features if (f.source or f.name) == name), None)
+            spec = next(
+                (f for f in pipeline.features if f.aggregate is None and (f.source or f.name) == name), None
+            )
             value = instance.get(name)
             numeric = spec is not None and spec.kind == "numeric"
             if numeric and value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):

@@ -47,3 +47,10 @@ def feature_set_manifest_key(stream: str, version: int) -> str:
     """Written last by the features service: a feature set without it is incomplete. Its ``_`` prefix keeps
     Spark and pyarrow from reading it as data."""
     return f"{feature_set_prefix(stream, version)}_manifest.json"
+
+
+def feature_values_prefix(stream: str, version: int) -> str:
+    """The offline store's feature values of a dataset version: one row per (entity, event time) with the
+    aggregates as of that time. Outside ``features/<stream>/v*/``, so training never mistakes it for a
+    training set."""
+    return f"features/{stream}/values/v{version:06d}/"

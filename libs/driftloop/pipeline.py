@@ -6,6 +6,8 @@ forbids unknown keys, and errors point at the file and line of the bad key.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -124,19 +126,49 @@ class DatasetSpec(_Strict):
     landing_batch_seconds: float = Field(default=2.0, gt=0)
 
 
+AggregateFunction = Literal["count", "mean", "sum", "min", "max", "last"]
+
+_WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def window_seconds(window: str) -> int:
+    """``"90s"``, ``"30m"``, ``"1h"``, ``"1d"``, ``"7d"``, ``"2w"`` -> seconds."""
+    return int(window[:-1]) * _WINDOW_UNITS[window[-1]]
+
+
 class FeatureSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     # Pass-through of a stream field (default: the field of the same name) ...
     source: str | None = None
-    # ... or a derived column: a pandas expression over stream fields, e.g. "log1p(amount)".
+    # ... or a derived column: a pandas expression over stream fields, e.g. "log1p(amount)" ...
     expr: str | None = None
+    # ... or a per-entity aggregate of `source` over the event-time window ending at each record (inclusive):
+    # e.g. {name: amount_mean_1d, aggregate: mean, source: amount, window: 1d}. `count` without a source counts
+    # records; `last` is the newest non-null value (ties at one event time: the greatest value).
+    aggregate: AggregateFunction | None = None
+    window: str | None = Field(default=None, pattern=r"^[1-9][0-9]*[smhdw]$")
     kind: Literal["numeric", "categorical"] = "numeric"
 
     @model_validator(mode="after")
     def _one_of(self) -> FeatureSpec:
         if self.source and self.expr:
             raise ValueError(f"feature {self.name!r}: give either 'source' or 'expr', not both")
+        if self.aggregate is not None:
+            if self.expr is not None:
+                raise ValueError(f"feature {self.name!r}: an aggregate reads a 'source' field, not an 'expr'")
+            if self.window is None:
+                raise ValueError(f"feature {self.name!r}: an aggregate needs a 'window', e.g. 1h, 1d, 7d")
+            if self.source is None and self.aggregate != "count":
+                raise ValueError(f"feature {self.name!r}: aggregate {self.aggregate!r} needs a 'source' field")
+            if self.kind == "categorical" and self.aggregate != "last":
+                raise ValueError(f"feature {self.name!r}: only 'last' can be categorical, not {self.aggregate!r}")
+        elif self.window is not None:
+            raise ValueError(f"feature {self.name!r}: 'window' applies only to an 'aggregate' feature")
         return self
+
+    @property
+    def window_seconds(self) -> int | None:
+        return None if self.window is None else window_seconds(self.window)
 
 
 class ModelSpec(_Strict):
@@ -313,6 +345,20 @@ class PipelineConfig(_Strict):
             if rule.field not in names:
                 raise ValueError(f"quality rule on unknown field {rule.field!r}; fields: {sorted(names)}")
         for feature in self.features:
+            if feature.aggregate is not None:
+                if feature.source is not None and feature.source not in names:
+                    raise ValueError(
+                        f"aggregate feature {feature.name!r} reads field {feature.source!r}, "
+                        f"which the stream does not have; fields: {sorted(names)}"
+                    )
+                numeric = {"int", "long", "double", "float", "boolean"}
+                if (
+                    feature.source is not None
+                    and feature.aggregate in ("mean", "sum", "min", "max")
+                    and self.stream.field(feature.source).type not in numeric
+                ):
+                    raise ValueError(f"aggregate feature {feature.name!r}: {feature.aggregate} needs a numeric field")
+                continue
             if feature.expr is None and (feature.source or feature.name) not in names:
                 raise ValueError(
                     f"feature {feature.name!r} reads field {feature.source or feature.name!r}, "
@@ -325,6 +371,16 @@ class PipelineConfig(_Strict):
     @property
     def feature_names(self) -> list[str]:
         return [f.name for f in self.features]
+
+    @property
+    def aggregate_features(self) -> list[FeatureSpec]:
+        return [f for f in self.features if f.aggregate is not None]
+
+    @property
+    def feature_view_version(self) -> str:
+        """A short content hash of the feature definitions: changes whenever a feature is added or redefined."""
+        definitions = json.dumps([f.model_dump() for f in self.features], sort_keys=True)
+        return hashlib.sha256(definitions.encode()).hexdigest()[:12]
 
 
 def _line_index(node: yaml.Node, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:

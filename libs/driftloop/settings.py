@@ -84,9 +84,11 @@ class SparkSettings(_Section):
 
 class FeaturesSettings(_Section):
     # The online store's type: "database" (the ``online_features`` table). Other types register themselves in
-    # ``driftloop.onlinestore.ONLINE_STORE_TYPES`` (e.g. "redis") and read ``online_store_url``.
+    # ``services/features/onlinestore.py``: ``ONLINE_STORE_TYPES`` (e.g. "redis") and read ``online_store_url``.
     online_store: str = Field(default="database", min_length=1)
     online_store_url: str = ""
+    # Run the streaming-feature worker (faust) in the features service: online values within seconds of a record.
+    streaming: bool = True
 
 
 class RaySettings(_Section):

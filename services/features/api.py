@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -9,10 +10,10 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from driftloop.db.models import FeatureSet
-from driftloop.pipeline import pipeline_for_stream
+from driftloop.pipeline import PipelineConfig, pipeline_for_stream
 from driftloop.service import Runtime
 
-from .onlinestore import lookup_online
+from .onlinestore import open_online_store
 
 MAX_ENTITIES_PER_LOOKUP = 10_000
 
@@ -23,18 +24,46 @@ class OnlineRequest(BaseModel):
     entities: list[str] = Field(min_length=1, max_length=MAX_ENTITIES_PER_LOOKUP, description="Entity keys.")
 
 
+class Freshness(BaseModel):
+    event_time: datetime | None = Field(description="Event time the entity's values are as of (UTC).")
+    updated_at: datetime | None = Field(description="When the online store last wrote them (UTC).")
+    age_seconds: float | None = Field(description="Seconds from updated_at to this answer.")
+
+
 class OnlineResponse(BaseModel):
-    values: dict[str, dict[str, Any]]
-    missing: list[str]
+    stream: str
+    feature_view_version: str
+    values: dict[str, dict[str, Any]] = Field(
+        description="entity -> feature name -> value, plus 'event_time' (ISO 8601, UTC) as before."
+    )
+    freshness: dict[str, Freshness]
+    missing: list[str] = Field(description="Requested entities the online store does not hold, in request order.")
+
+
+def _feature_type(pipeline: PipelineConfig, name: str) -> str:
+    spec = next(f for f in pipeline.features if f.name == name)
+    return "string" if spec.kind == "categorical" else "double"
+
+
+def _view(pipeline: PipelineConfig) -> dict[str, Any]:
+    spec = pipeline.stream
+    schema = [
+        {"name": spec.entity_key, "type": spec.field(spec.entity_key).type, "role": "entity_key"},
+        {"name": spec.event_time, "type": "timestamp", "role": "event_time"},
+        *({"name": n, "type": _feature_type(pipeline, n), "role": "feature"} for n in pipeline.feature_names),
+        {"name": spec.label, "type": spec.field(spec.label).type, "role": "label"},
+    ]
+    return {"name": spec.name, "version": pipeline.feature_view_version, "schema": schema}
 
 
 def router(runtime: Runtime) -> APIRouter:
     api = APIRouter(prefix="/v1/features", tags=["features"])
+    online_store = open_online_store(runtime.settings, runtime.engine)
 
     @api.get("")
     def list_features(stream: str | None = None) -> dict[str, Any]:
-        """Per stream: its feature names and kinds (from the pipeline) and the materialized versions, newest
-        first. ``?stream=`` narrows to one stream (unknown stream: 404)."""
+        """Per stream: its feature view (name, definition version, schema), the feature definitions and the
+        materialized versions, newest first. ``?stream=`` narrows to one stream (unknown stream: 404)."""
         pipelines = (
             [pipeline_for_stream(runtime.pipelines, stream)] if stream is not None else runtime.pipelines.values()
         )
@@ -54,8 +83,16 @@ def router(runtime: Runtime) -> APIRouter:
                         "entity_key": spec.entity_key,
                         "event_time": spec.event_time,
                         "label": spec.label,
+                        "view": _view(pipeline),
                         "features": [
-                            {"name": f.name, "kind": f.kind, "source": f.source, "expr": f.expr}
+                            {
+                                "name": f.name,
+                                "kind": f.kind,
+                                "source": f.source,
+                                "expr": f.expr,
+                                "aggregate": f.aggregate,
+                                "window": f.window,
+                            }
                             for f in pipeline.features
                         ],
                         "versions": [
@@ -74,11 +111,27 @@ def router(runtime: Runtime) -> APIRouter:
 
     @api.post("/online")
     def online(request: OnlineRequest) -> OnlineResponse:
-        """Latest feature values of the entities (each with its ``event_time``); unknown entities are listed in
-        ``missing``. Unknown stream: 404."""
-        pipeline_for_stream(runtime.pipelines, request.stream)
-        found = lookup_online(runtime.engine, request.stream, request.entities)
+        """Latest feature values of the entities (each with its ``event_time``) and their freshness; entities the
+        store does not hold are listed in ``missing`` (not an error). Unknown stream: 404."""
+        pipeline = pipeline_for_stream(runtime.pipelines, request.stream)
+        found = online_store.read(request.stream, request.entities)
+        now = datetime.now(tz=UTC)
+        values: dict[str, dict[str, Any]] = {}
+        freshness: dict[str, Freshness] = {}
+        for entity, value in found.items():
+            values[entity] = {
+                **{n: value.values.get(n) for n in pipeline.feature_names},
+                "event_time": None if value.event_time is None else value.event_time.isoformat(),
+            }
+            age = None if value.updated_at is None else (now - value.updated_at).total_seconds()
+            freshness[entity] = Freshness(event_time=value.event_time, updated_at=value.updated_at, age_seconds=age)
         missing = [e for e in dict.fromkeys(request.entities) if e not in found]
-        return OnlineResponse(values=found, missing=missing)
+        return OnlineResponse(
+            stream=request.stream,
+            feature_view_version=pipeline.feature_view_version,
+            values=values,
+            freshness=freshness,
+            missing=missing,
+        )
 
     return api

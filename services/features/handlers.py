@@ -12,7 +12,7 @@ from driftloop.service import Runtime
 from driftloop.spark import spark_session
 
 from .materialize import Materialized, materialize
-from .onlinestore import upsert_online
+from .onlinestore import OnlineStore, open_online_store
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,7 @@ class FeaturesHandlers:
     def __init__(self, runtime: Runtime, store: ObjectStore | None = None) -> None:
         self.runtime = runtime
         self.store = store or open_object_store(runtime.settings)
+        self.online: OnlineStore = open_online_store(runtime.settings, runtime.engine)
 
     def on_dataset_version_created(self, event: Event) -> None:
         """Materialize the version's features offline and online, then emit ``FeaturesMaterialized``."""
@@ -37,7 +38,7 @@ class FeaturesHandlers:
             version,
             dataset_version_id,
         )
-        online_entities = upsert_online(self.runtime.engine, result.latest)
+        online_entities = self.online.write(result.latest)
         self._record(stream, pipeline.feature_names, result)
         self.runtime.bus.publish(
             new_event(

@@ -103,8 +103,8 @@ def read_dataset(spark: SparkSession, store: ObjectStore, prefix: str) -> DataFr
     return spark.createDataFrame(table.to_pandas())
 
 
-def compute_feature_frame(rows: DataFrame, pipeline: PipelineConfig) -> DataFrame:
-    """Apply ``feature_batch`` to every batch of ``rows`` (``mapInPandas``)."""
+def with_event_timestamp(rows: DataFrame, pipeline: PipelineConfig) -> DataFrame:
+    """``rows`` with the entity key and event time checked and the event time as a Spark timestamp."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -116,12 +116,99 @@ def compute_feature_frame(rows: DataFrame, pipeline: PipelineConfig) -> DataFram
     if isinstance(event_time_type, T.IntegralType):
         # Event times stored as epoch milliseconds (the Avro timestamp-millis encoding).
         rows = rows.withColumn(stream.event_time, F.timestamp_millis(F.col(stream.event_time)))
+    return rows
+
+
+def compute_feature_frame(rows: DataFrame, pipeline: PipelineConfig) -> DataFrame:
+    """Apply ``feature_batch`` to every batch of ``rows`` (``mapInPandas``). Aggregate features are left empty:
+    ``aggregate_values`` and ``point_in_time_join`` fill them."""
+    rows = with_event_timestamp(rows, pipeline)
 
     def apply(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
             yield feature_batch(batch, pipeline)
 
     return rows.mapInPandas(apply, schema=feature_schema(pipeline))
+
+
+MICROS_COLUMN = "_driftloop_event_micros"
+SIDE_COLUMN = "_driftloop_side"
+VALUES_COLUMN = "_driftloop_values"
+AS_OF_COLUMN = "_driftloop_as_of"
+
+
+def aggregate_values(rows: DataFrame, pipeline: PipelineConfig) -> DataFrame:
+    """The offline store's feature values: one row per (entity, event time t) holding every aggregate feature
+    over the entity's records with event time in ``(t - window, t]`` -- the values known once every record at
+    ``t`` has been seen, i.e. what the online store holds after them. Rows without entity or event time are left
+    out. Records at one event time are peers: they share their values."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    stream = pipeline.stream
+    rows = with_event_timestamp(rows, pipeline)
+    base = rows.filter(F.col(stream.entity_key).isNotNull() & F.col(stream.event_time).isNotNull()).withColumn(
+        MICROS_COLUMN, F.unix_micros(F.col(stream.event_time))
+    )
+    columns = []
+    for feature in pipeline.aggregate_features:
+        width = int(feature.window_seconds or 0) * 1_000_000
+        window = Window.partitionBy(stream.entity_key).orderBy(MICROS_COLUMN).rangeBetween(-(width - 1), 0)
+        output_type = "string" if feature.kind == "categorical" else "double"
+        source = F.col(feature.source) if feature.source is not None else None
+        if feature.aggregate == "count":
+            expr = F.count(source if source is not None else F.lit(1))
+        elif feature.aggregate == "last":
+            value = source.cast(output_type)  # type: ignore[union-attr]
+            # Newest by event time; peers at one event time: the greatest value (independent of arrival order).
+            expr = F.max_by(value, F.when(value.isNotNull(), F.struct(F.col(MICROS_COLUMN), value)))
+        else:
+            value = source.cast("double")  # type: ignore[union-attr]
+            expr = {"mean": F.avg, "sum": F.sum, "min": F.min, "max": F.max}[feature.aggregate](value)  # type: ignore[index]
+        columns.append(expr.over(window).cast(output_type).alias(feature.name))
+    return base.select(stream.entity_key, stream.event_time, *columns).dropDuplicates(
+        [stream.entity_key, stream.event_time]
+    )
+
+
+def point_in_time_join(labels: DataFrame, values: DataFrame, pipeline: PipelineConfig) -> DataFrame:
+    """Each row of ``labels`` (entity key, event time T, ...) with every aggregate feature taken from the newest
+    row of ``values`` of its entity with event time **strictly before** T (tie rule: values stamped exactly T are
+    not visible, so nothing recorded at the label's own instant -- the record itself included -- leaks in). No
+    such row: missing (a count: 0). Output columns: those of ``labels`` (aggregate placeholders filled in place),
+    then any aggregate ``labels`` lacked."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    stream = pipeline.stream
+    names = [f.name for f in pipeline.aggregate_features]
+    packed = values.select(
+        stream.entity_key, stream.event_time, F.lit(1).alias(SIDE_COLUMN), F.struct(*names).alias(VALUES_COLUMN)
+    )
+    order = [*labels.columns, *(n for n in names if n not in labels.columns)]
+    left = labels.drop(*names).withColumn(SIDE_COLUMN, F.lit(0))
+    left = left.withColumn(VALUES_COLUMN, F.lit(None).cast(packed.schema[VALUES_COLUMN].dataType))
+    # Labels sort before values at an equal event time, and each row looks only at the rows before it.
+    before = (
+        Window.partitionBy(stream.entity_key)
+        .orderBy(F.col(stream.event_time).asc_nulls_first(), F.col(SIDE_COLUMN))
+        .rowsBetween(Window.unboundedPreceding, -1)
+    )
+    joined = (
+        left.unionByName(packed, allowMissingColumns=True)
+        .withColumn(AS_OF_COLUMN, F.last(F.col(VALUES_COLUMN), ignorenulls=True).over(before))
+        .filter(F.col(SIDE_COLUMN) == 0)
+    )
+    selected = []
+    for column in order:
+        spec = next((f for f in pipeline.aggregate_features if f.name == column), None)
+        if spec is None:
+            selected.append(F.col(column))
+        elif spec.aggregate == "count":
+            selected.append(F.coalesce(F.col(f"{AS_OF_COLUMN}.{column}"), F.lit(0.0)).alias(column))
+        else:
+            selected.append(F.col(f"{AS_OF_COLUMN}.{column}").alias(column))
+    return joined.select(*selected)
 
 
 def latest_per_entity(features: DataFrame, pipeline: PipelineConfig) -> DataFrame:
@@ -189,28 +276,47 @@ def materialize(
     """Compute a dataset version's features, write them offline (Parquet + manifest, last) and return the
     latest values per entity for the online store."""
     stream = pipeline.stream.name
-    source = read_dataset(spark, store, layout.dataset_prefix(stream, version))
+    spec = pipeline.stream
+    source = with_event_timestamp(read_dataset(spark, store, layout.dataset_prefix(stream, version)), pipeline)
     features = compute_feature_frame(source, pipeline)
     prefix = layout.feature_set_prefix(stream, version)
+    values_prefix = layout.feature_values_prefix(stream, version)
+    aggregates = [f.name for f in pipeline.aggregate_features]
     with tempfile.TemporaryDirectory(prefix="driftloop-features-") as tmp:
-        out_dir = Path(tmp) / "data"
-        features.write.mode("overwrite").parquet(str(out_dir))
+        out_dir, values_dir = Path(tmp) / "data", Path(tmp) / "values"
+        training_set = features
+        current = features
+        if aggregates:
+            # The offline store first (written and read back, so the joins below do not recompute windows).
+            aggregate_values(source, pipeline).write.mode("overwrite").parquet(str(values_dir))
+            values = spark.read.parquet(str(values_dir))
+            training_set = point_in_time_join(features, values, pipeline)
+            # Online: each entity's newest record with the aggregates as of its time (that record included).
+            current = features.drop(*aggregates).join(values, [spec.entity_key, spec.event_time], "left")
+        training_set.write.mode("overwrite").parquet(str(out_dir))
         # Read back what was written: counting and the window do not recompute the features.
         written = spark.read.parquet(str(out_dir))
         row_count = written.count()
-        latest = latest_per_entity(written, pipeline).toPandas()
+        latest = latest_per_entity(written if not aggregates else current, pipeline).toPandas()
         # Replace a previous materialization of this version: the manifest goes first and comes back last.
         store.delete(layout.feature_set_manifest_key(stream, version))
         store.delete(prefix)
+        store.delete(values_prefix)
         files = store.upload_dir(out_dir, prefix)
+        value_files = store.upload_dir(values_dir, values_prefix) if aggregates else []
     manifest = {
         "stream": stream,
         "version": version,
         "dataset_version_id": dataset_version_id,
+        "feature_view_version": pipeline.feature_view_version,
         "columns": feature_columns(pipeline),
         "feature_names": pipeline.feature_names,
+        "aggregate_features": aggregates,
         "row_count": row_count,
         "files": files,
+        "feature_values_uri": store.uri(values_prefix) if aggregates else None,
+        "feature_values_files": value_files,
+        "point_in_time_rule": "aggregates as of the newest feature values strictly before each row's event time",
         "created_at": datetime.now(tz=UTC).isoformat(),
     }
     store.put_bytes(layout.feature_set_manifest_key(stream, version), json.dumps(manifest, indent=2).encode())

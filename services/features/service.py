@@ -8,6 +8,7 @@ from driftloop.topics import DATASET_VERSION_CREATED
 
 from .api import router
 from .handlers import FeaturesHandlers
+from .streamworker import stream_worker_loop
 
 CONSUMER_GROUP = "driftloop-features"
 
@@ -19,5 +20,6 @@ def build(runtime: Runtime) -> ServiceSpec:
     return ServiceSpec(
         app=app,
         consumers=[ConsumerSpec(CONSUMER_GROUP, {DATASET_VERSION_CREATED: handlers.on_dataset_version_created})],
+        loops=[stream_worker_loop(runtime)] if runtime.settings.features.streaming else [],
         on_stop=[stop_spark],
     )

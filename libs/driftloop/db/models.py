@@ -162,6 +162,21 @@ class OnlineFeatures(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class FeatureStreamEvent(Base):
+    """Records the streaming-feature worker has applied, kept for the longest aggregate window: the durable state
+    its running aggregates are recomputed from (faust Tables do not recover on every broker). Keyed by the
+    record's source offset, so a redelivered record is applied once."""
+
+    __tablename__ = "feature_stream_events"
+    stream: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    # "topic/partition/offset"
+    event_id: Mapped[str] = mapped_column(sa.String(300), primary_key=True)
+    entity: Mapped[str] = mapped_column(sa.String(500))
+    event_time: Mapped[datetime]
+    fields: Mapped[dict]
+    __table_args__ = (sa.Index("ix_feature_stream_events_entity", "stream", "entity", "event_time"),)
+
+
 # --- triggers ------------------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,101 @@
+"""The streaming-feature worker: a faust-streaming app inside the features service process (a ``ServiceSpec``
+loop thread with its own event loop), one agent per stream topic, applying each record to the online store
+through ``StreamAggregator`` within about a second of its arrival.
+
+Consumer group ``driftloop-features-stream`` (the faust app id). Kafka offsets are committed by faust after a
+record is processed; a record redelivered after a crash is recognised by its offset in the database, so nothing
+is counted twice. Undecodable records are skipped (ingestion dead-letters them with the reason).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from driftloop.pipeline import PipelineConfig
+from driftloop.service import Runtime
+
+from .onlinestore import open_online_store
+from .streaming import StreamAggregator
+
+log = logging.getLogger(__name__)
+
+STREAM_GROUP = "driftloop-features-stream"
+
+
+def _agent_for(aggregator: StreamAggregator, decode: Callable[[bytes], Any]) -> Callable[[Any], Any]:
+    async def apply_records(stream: Any) -> None:
+        loop = asyncio.get_running_loop()
+        async for event in stream.events():
+            message = event.message
+            try:
+                _, record = decode(event.value)
+            except Exception as exc:  # a bad record must not stop the stream
+                aggregator.skipped += 1
+                log.debug("skipped %s/%s/%s: %r", message.topic, message.partition, message.offset, exc)
+                continue
+            event_id = f"{message.topic}/{message.partition}/{message.offset}"
+            # Database work off the event loop, so the consumer's heartbeats keep going.
+            await loop.run_in_executor(None, aggregator.apply, [(event_id, record)])
+
+    return apply_records
+
+
+def stream_worker_loop(
+    runtime: Runtime, group: str = STREAM_GROUP, pipelines: list[PipelineConfig] | None = None
+) -> Callable[[threading.Event], None]:
+    """A loop for ``ServiceSpec.loops``: runs the faust worker until ``stop`` is set."""
+
+    def run_worker(stop: threading.Event) -> None:
+        import faust
+
+        chosen = pipelines if pipelines is not None else list(runtime.pipelines.values())
+        if not chosen:
+            return
+        settings = runtime.settings
+        datadir = Path(settings.home) / "faust" / group
+        datadir.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        app = faust.App(
+            group,
+            broker=[f"kafka://{server}" for server in settings.kafka.bootstrap_servers.split(",")],
+            loop=loop,
+            datadir=str(datadir),
+            web_enabled=False,
+            broker_session_timeout=settings.kafka.session_timeout_ms / 1000,
+            consumer_auto_offset_reset="earliest",
+            topic_partitions=settings.kafka.partitions,
+            topic_replication_factor=settings.kafka.replication_factor,
+        )
+        online = open_online_store(settings, runtime.engine)
+        decode = runtime.bus.codec.decode
+        for pipeline in chosen:
+            topic = app.topic(pipeline.stream.topic, value_type=bytes, value_serializer="raw", key_serializer="raw")
+            aggregator = StreamAggregator(runtime.engine, pipeline, online)
+            app.agent(topic, name=f"features-stream-{pipeline.stream.name}")(_agent_for(aggregator, decode))
+
+        class ThreadWorker(faust.Worker):
+            def install_signal_handlers(self) -> None:
+                """Signals belong to the service's main thread; ``stop`` ends this worker."""
+
+        worker = ThreadWorker(app, loop=loop, override_logging=False, redirect_stdouts=False, quiet=True)
+
+        def stop_when_asked() -> None:
+            stop.wait()
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(worker._schedule_shutdown, signal.SIGTERM)
+
+        threading.Thread(target=stop_when_asked, name="features-stream-stopper", daemon=True).start()
+        with contextlib.suppress(SystemExit):  # how a mode worker ends
+            worker.execute_from_commandline()
+        log.info("streaming-feature worker %s stopped", group)
+
+    run_worker.__name__ = "features_stream_worker"
+    return run_worker
