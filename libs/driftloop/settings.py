@@ -91,6 +91,13 @@ class FeaturesSettings(_Section):
     streaming: bool = True
 
 
+class MonitorSettings(_Section):
+    # How the monitor consumes its topics: "bus" (the platform's confluent-kafka consumer) or "faust" (a
+    # faust-streaming agent). Either way window state lives in the database (faust Tables do not recover on the
+    # embedded broker), so both give the same windows, and switching keeps the group's committed offsets.
+    stream_engine: Literal["bus", "faust"] = "bus"
+
+
 class RaySettings(_Section):
     # Empty: a local Ray started by the training service. Else a cluster address (also read from RAY_ADDRESS).
     address: str = ""
@@ -175,6 +182,7 @@ class Settings(BaseSettings):
     object_store: ObjectStoreSettings = ObjectStoreSettings()
     spark: SparkSettings = SparkSettings()
     ray: RaySettings = RaySettings()
+    monitor: MonitorSettings = MonitorSettings()
     features: FeaturesSettings = FeaturesSettings()
     services: ServicesSettings = ServicesSettings()
     security: SecuritySettings = SecuritySettings()

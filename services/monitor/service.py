@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from driftloop.bus import EventHandler
 from driftloop.objectstore import open_object_store
 from driftloop.service import ConsumerSpec, Runtime, ServiceSpec, base_app
-from driftloop.topics import FEEDBACK_RECEIVED, MODEL_PROMOTED, PREDICTION_LOGGED
+from driftloop.topics import FEEDBACK_RECEIVED, MODEL_PROMOTED, PREDICTION_LOGGED, Topic
 
 from .api import router
 from .handlers import MonitorHandlers
+from .streaming import FaustEngine
 
 CONSUMER_GROUP = "driftloop-monitor"
 
@@ -22,14 +24,23 @@ def build(runtime: Runtime) -> ServiceSpec:
     )
     app = base_app(runtime, "monitor", "Drift, data quality and performance of served predictions.")
     app.include_router(router(runtime, handlers))
-    # One consumer for both topics: promotions and predictions of a model share the model key.
-    consumer = ConsumerSpec(
-        CONSUMER_GROUP,
-        {
-            MODEL_PROMOTED: handlers.on_model_promoted,
-            PREDICTION_LOGGED: handlers.on_prediction_logged,
-            FEEDBACK_RECEIVED: handlers.on_feedback_received,
-        },
-    )
+    # One consumer for the three topics: promotions and predictions of a model share the model key.
+    by_topic: dict[Topic, EventHandler] = {
+        MODEL_PROMOTED: handlers.on_model_promoted,
+        PREDICTION_LOGGED: handlers.on_prediction_logged,
+        FEEDBACK_RECEIVED: handlers.on_feedback_received,
+    }
     app.state.monitor = handlers
-    return ServiceSpec(app=app, consumers=[consumer])
+    if runtime.settings.monitor.stream_engine == "faust":
+        engine = FaustEngine(runtime.bus, CONSUMER_GROUP, by_topic)
+        return ServiceSpec(
+            app=app,
+            loops=[engine.run],
+            ready_checks={"faust_agent_started": engine.started.is_set},
+            health_info={
+                "stream_engine": lambda: "faust",
+                "faust_handled": lambda: engine.handled,
+                "faust_failed": lambda: engine.failed,
+            },
+        )
+    return ServiceSpec(app=app, consumers=[ConsumerSpec(CONSUMER_GROUP, by_topic)])

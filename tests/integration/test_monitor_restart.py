@@ -1,4 +1,4 @@
-"""The monitor as a process on the real broker: killed with ``kill -9`` in the middle of a window and restarted,
+"""The monitor as a process on the real broker, with either stream engine (the bus consumer or a faust agent): killed with ``kill -9`` in the middle of a window and restarted,
 it reports the same windows and statistics as a monitor that never stopped (the same events through the same
 handlers, in-process, on a database of their own); feedback joined with the predictions gives performance
 windows and ``PerformanceDegraded`` on the topic."""
@@ -96,8 +96,9 @@ def performance_rows(url: str, model: str) -> list[tuple[Any, ...]]:
         engine.dispose()
 
 
+@pytest.mark.parametrize("engine", ["bus", "faust"])
 def test_kill_9_mid_window_then_restart_reports_what_a_monitor_that_never_stopped_reports(
-    make_settings: Callable[..., Settings], unique: str, tmp_path: Path
+    engine: str, make_settings: Callable[..., Settings], unique: str, tmp_path: Path
 ) -> None:
     # A pipeline of its own: hopping count windows of 60 every 30; performance windows of 40 labels.
     config = yaml.safe_load(PIPELINE_FILE.read_text())
@@ -116,7 +117,9 @@ def test_kill_9_mid_window_then_restart_reports_what_a_monitor_that_never_stoppe
     (pipelines_dir / "p.yaml").write_text(yaml.safe_dump(config))
     pipeline = load_pipeline(pipelines_dir / "p.yaml")
     port = free_port()
-    settings = make_settings(pipelines_dir=pipelines_dir, services={"monitor_port": port})
+    settings = make_settings(
+        pipelines_dir=pipelines_dir, services={"monitor_port": port}, monitor={"stream_engine": engine}
+    )
     migrate(settings.database_url)
 
     rng = np.random.default_rng(23)
