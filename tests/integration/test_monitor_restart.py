@@ -1,7 +1,8 @@
-"""The monitor as a process on the real broker, with either stream engine (the bus consumer or a faust agent): killed with ``kill -9`` in the middle of a window and restarted,
-it reports the same windows and statistics as a monitor that never stopped (the same events through the same
-handlers, in-process, on a database of their own); feedback joined with the predictions gives performance
-windows and ``PerformanceDegraded`` on the topic."""
+"""The monitor as a process on the real broker, with either stream engine (the bus consumer or a faust
+agent): killed with ``kill -9`` in the middle of a window and restarted, it reports the same windows and
+statistics as a monitor that never stopped (the same events through the same handlers, in-process, on a database
+of their own); feedback joined with the predictions gives performance windows and ``PerformanceDegraded`` on the
+topic."""
 
 from __future__ import annotations
 
