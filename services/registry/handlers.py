@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import Counter
@@ -50,18 +51,26 @@ def _json_or_raw(text: str) -> Any:
 
 class RegistryHandlers:
     def __init__(
-        self, bus: EventBus, registry: Registry, store: ObjectStore, pipelines: dict[str, PipelineConfig]
+        self,
+        bus: EventBus,
+        registry: Registry,
+        store: ObjectStore,
+        pipelines: dict[str, PipelineConfig],
+        run_details: Callable[[str], dict[str, Any] | None] | None = None,
     ) -> None:
         self.bus = bus
         self.registry = registry
         self.store = store
         self.pipelines = pipelines
+        # The training run's record (code version, environment) from the training service's API; best effort.
+        self.run_details = run_details
 
     def on_training_completed(self, event: Event) -> None:
         model = event["model"]
         pipeline = pipeline_for_model(self.pipelines, model)
         row = self._version_row(event)
         row["signature"] = signature_of(pipeline, list(event["feature_names"]))
+        row["lineage"].update(self._more_lineage(event, pipeline))
         version, created = self.registry.register(row, lambda v: self._registered(event, v))
         if created:
             log.info("registered %s v%d from run %s", model, version.version, event["run_id"])
@@ -109,6 +118,25 @@ class RegistryHandlers:
             "lineage": lineage,
             "gate": {},
         }
+
+    def _more_lineage(self, event: Event, pipeline: PipelineConfig) -> dict[str, Any]:
+        """Feature views (the pipeline's feature definitions, versioned by the dataset version of the feature
+        set), and the run's code version and environment when the training service can tell them."""
+        extra: dict[str, Any] = {
+            "feature_views": {
+                "version": event["dataset_version_id"],
+                "feature_set_uri": event["feature_set_uri"],
+                "features": [f.model_dump(exclude_none=True) for f in pipeline.features],
+            },
+            "code_version": None,
+            "environment": None,
+        }
+        if self.run_details is not None and not self.registry.by_run(event["run_id"]):
+            run = self.run_details(event["run_id"])
+            if run:
+                extra["code_version"] = run.get("code_version")
+                extra["environment"] = run.get("environment")
+        return extra
 
     def _registered(self, cause: Event, version: int) -> Event:
         data = {

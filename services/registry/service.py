@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from driftloop.objectstore import open_object_store
 from driftloop.service import ConsumerSpec, Runtime, ServiceSpec, base_app
 from driftloop.topics import TRAINING_COMPLETED
@@ -9,13 +11,20 @@ from driftloop.topics import TRAINING_COMPLETED
 from . import api
 from .handlers import RegistryHandlers
 from .repository import Registry
+from .runs import training_run
 
 CONSUMER_GROUP = "driftloop-registry"
 
 
 def build(runtime: Runtime) -> ServiceSpec:
     registry = Registry(runtime.Session)
-    handlers = RegistryHandlers(runtime.bus, registry, open_object_store(runtime.settings), runtime.pipelines)
+    handlers = RegistryHandlers(
+        runtime.bus,
+        registry,
+        open_object_store(runtime.settings),
+        runtime.pipelines,
+        run_details=partial(training_run, runtime.settings),
+    )
     app = base_app(runtime, "registry", "Model versions with lineage, the promotion gate, and the champion alias.")
     app.include_router(api.router(registry, handlers))
     return ServiceSpec(

@@ -226,3 +226,29 @@ def test_a_move_whose_event_cannot_be_published_is_503_and_a_retry_resends_the_s
     retried = client.put(f"/v1/models/{MODEL}/aliases/champion", json={"version": 1, "reason": "x"}, headers=ADMIN)
     assert retried.status_code == 200 and retried.json()["moved"] is False
     assert [e.id for e in bus.published] == [stored_event_id]
+
+
+def test_lineage_has_feature_views_and_the_runs_code_version(env: dict, models: dict) -> None:
+    asked: list[str] = []
+
+    def run_details(run_id: str) -> dict:
+        asked.append(run_id)
+        return {"run_id": run_id, "code_version": "git:abc123", "environment": {"python": "3.11.9"}}
+
+    handlers = RegistryHandlers(
+        env["bus"], env["registry"], env["store"], {MODEL: models["pipeline"]}, run_details=run_details
+    )
+    uri, sha = put_artifact(env["store"], MODEL, "run-3", models["weak"])
+    data = training_completed_data(MODEL, "run-3", uri, sha, env["fs_uri"], "tx-alias@v1")
+    event = new_event("TrainingCompleted", data, producer="training")
+    handlers.on_training_completed(event)
+    handlers.on_training_completed(event)  # a redelivery asks nothing more and changes nothing
+    lineage = env["client"].get(f"/v1/models/{MODEL}/versions/3").json()["lineage"]
+    assert asked == ["run-3"]
+    assert lineage["code_version"] == "git:abc123" and lineage["environment"] == {"python": "3.11.9"}
+    views = lineage["feature_views"]
+    assert views["version"] == "tx-alias@v1" and views["feature_set_uri"] == env["fs_uri"]
+    assert [f["name"] for f in views["features"]] == [f.name for f in models["pipeline"].features]
+    # Without the training service's answer the version is still registered, with no code version.
+    v2 = env["client"].get(f"/v1/models/{MODEL}/versions/2").json()["lineage"]
+    assert v2["code_version"] is None and v2["feature_views"]["version"] == "tx-alias@v1"
