@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 
-PALETTE = ("#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#be185d", "#4b5563")
+# No red: red marks alarms (drifted or degraded windows) and thresholds.
+PALETTE = ("#2563eb", "#7c3aed", "#059669", "#d97706", "#0891b2", "#4b5563", "#be185d", "#65a30d")
 
 
 @dataclass

@@ -12,6 +12,7 @@ from .handlers import Cascade
 from .sources import Answer
 
 NONE = "&ndash;"  # shown for a missing value
+DRIFT_CHART_WIDTH = 330  # three charts per feature on one line
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:0;color:#111827;background:#f9fafb}
@@ -25,7 +26,7 @@ padding:8px 12px}.cascade h3{margin:4px 0;font-size:15px}.outcome{font-weight:60
 .steps{margin-top:6px}.mono{font-family:ui-monospace,monospace;font-size:12px}.charts{display:flex;
 flex-wrap:wrap;gap:10px}.chart{background:#fff;border:1px solid #e5e7eb}.chart-title{font-size:12px;
 font-weight:600}.tick,.legend{font-size:10px}.axis{stroke:#9ca3af}.threshold{stroke:#dc2626;
-stroke-dasharray:4 3}.empty{font-size:12px;fill:#6b7280}
+stroke-dasharray:4 3}.empty{font-size:12px;fill:#6b7280}.feature-drift{display:flex;gap:6px}
 """
 
 
@@ -154,6 +155,7 @@ def drift_charts(answer: Answer, pipeline: PipelineConfig) -> str:
                 [Series(test_name, stat, marked)],
                 x_label="window",
                 chart_id=f"drift-{feature}",
+                width=DRIFT_CHART_WIDTH,
             )
             + line_chart(
                 f"{feature}: corrected p-value (alpha {alpha:g})",
@@ -161,9 +163,16 @@ def drift_charts(answer: Answer, pipeline: PipelineConfig) -> str:
                 x_label="window",
                 threshold=alpha,
                 log_y=True,
+                width=DRIFT_CHART_WIDTH,
             )
             + (
-                line_chart(f"{feature}: effect size", effect, x_label="window", threshold=psi_threshold)
+                line_chart(
+                    f"{feature}: effect size",
+                    effect,
+                    x_label="window",
+                    threshold=psi_threshold,
+                    width=DRIFT_CHART_WIDTH,
+                )
                 if effect
                 else ""
             )
