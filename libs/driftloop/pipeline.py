@@ -124,6 +124,11 @@ class DatasetSpec(_Strict):
     # Micro-batches land when either limit is reached.
     landing_batch_rows: int = Field(default=500, ge=1)
     landing_batch_seconds: float = Field(default=2.0, gt=0)
+    # Uniqueness: fields whose values identify a record, e.g. [customer_id, event_time]. A version keeps one row
+    # per key (the earliest landed) and reports how many duplicates it dropped. Empty: no uniqueness rule.
+    unique_by: list[str] = Field(default_factory=list)
+    # Freshness: the stream is stale when its newest landed event time is older than this (0: no rule).
+    freshness_seconds: int = Field(default=0, ge=0)
 
 
 AggregateFunction = Literal["count", "mean", "sum", "min", "max", "last"]

@@ -20,6 +20,7 @@ from .handlers import (
     MAX_BATCH_RECORDS,
     MAX_BODY_BYTES,
     IdempotencyKeyReused,
+    freshness,
     ingest_idempotent,
     ingest_json_records,
     stream_stats,
@@ -103,8 +104,9 @@ def router(runtime: Runtime, lander: Lander, intake: KafkaIntake, cutter: Datase
 
     @api.get("/streams/{stream}/stats", tags=["streams"])
     def get_stats(stream: str) -> dict[str, Any]:
-        pipeline_for_stream(runtime.pipelines, stream)
+        pipeline = pipeline_for_stream(runtime.pipelines, stream)
         stats = stream_stats(lander, stream, pending=intake.pending_rows(stream))
+        stats["freshness"] = freshness(lander, stream, pipeline.dataset.freshness_seconds)
         counters = intake.counters.get(stream)
         if counters is not None:
             stats["kafka_since_start"] = {

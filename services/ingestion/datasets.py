@@ -49,6 +49,7 @@ def version_to_dict(row: DatasetVersion) -> dict[str, Any]:
         "max_event_time": _iso(row.max_event_time),
         "event_id": row.event_id,
         "created_at": _iso(row.created_at),
+        "checks": row.checks,
     }
 
 
@@ -229,6 +230,7 @@ class DatasetCutter:
                 mode=cfg.dataset.mode,
                 window_rows=cfg.dataset.window_rows,
                 prefix=prefix,
+                unique_by=cfg.dataset.unique_by,
             )
             event_time = result.profile[cfg.stream.event_time]
             min_time, max_time = _as_utc(event_time.get("min")), _as_utc(event_time.get("max"))
@@ -248,6 +250,7 @@ class DatasetCutter:
                 "landed_batches": new_keys,
                 "schema": schema,
                 "profile": result.profile,
+                "checks": result.checks,
                 "created_at": datetime.now(tz=UTC).isoformat(),
             }
             self.store.put_bytes(prefix + "manifest.json", json.dumps(manifest, indent=2).encode())
@@ -266,6 +269,7 @@ class DatasetCutter:
                 min_event_time=min_time,
                 max_event_time=max_time,
                 event_id="",
+                checks=result.checks,
             )
             event = new_event(DATASET_VERSION_CREATED.event_type, _event_data(row), producer=self.bus.producer_name)
             row.event_id = event.id

@@ -117,6 +117,22 @@ def ingest_idempotent(
         return {**response, "replayed": False}
 
 
+def freshness(lander: Lander, stream: str, max_age_seconds: int) -> dict[str, Any]:
+    """The newest landed event time and its age; ``fresh`` is None without a rule (``dataset.freshness_seconds``)."""
+    with lander.Session() as session:
+        newest = session.scalar(sa.select(sa.func.max(LandedBatch.max_event_time)).where(LandedBatch.stream == stream))
+    if newest is not None and newest.tzinfo is None:
+        newest = newest.replace(tzinfo=UTC)  # SQLite: naive UTC
+    age = (datetime.now(tz=UTC) - newest).total_seconds() if newest is not None else None
+    fresh = None if not max_age_seconds else (age is not None and age <= max_age_seconds)
+    return {
+        "newest_event_time": newest.isoformat() if newest else None,
+        "age_seconds": round(age, 3) if age is not None else None,
+        "max_age_seconds": max_age_seconds or None,
+        "fresh": fresh,
+    }
+
+
 def stream_stats(lander: Lander, stream: str, pending: int = 0) -> dict[str, Any]:
     """Counts from the database (the record of truth): records_in = landed + open dead letters + pending."""
     with lander.Session() as session:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from driftloop.errors import ConfigError
 from driftloop.objectstore import open_object_store
 from driftloop.service import Runtime, ServiceSpec, base_app
 from driftloop.spark import stop_spark
@@ -12,7 +13,19 @@ from .kafka_intake import KafkaIntake
 from .landing import Lander
 
 
+def check_pipelines(runtime: Runtime) -> None:
+    """What the pipeline model cannot check alone: ``dataset.unique_by`` names fields of the stream."""
+    for cfg in runtime.pipelines.values():
+        unknown = sorted(set(cfg.dataset.unique_by) - set(cfg.stream.field_names))
+        if unknown:
+            raise ConfigError(
+                f"pipeline of model {cfg.model.name!r}: dataset.unique_by names unknown field(s) {unknown}; "
+                f"fields: {cfg.stream.field_names}"
+            )
+
+
 def build(runtime: Runtime) -> ServiceSpec:
+    check_pipelines(runtime)
     store = open_object_store(runtime.settings)
     lander = Lander(runtime.bus, store, producer=runtime.name)
     cutter = DatasetCutter(runtime.settings, runtime.pipelines, runtime.bus, store)

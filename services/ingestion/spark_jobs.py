@@ -60,10 +60,29 @@ def read_parquet(spark: SparkSession, store: ObjectStore, stream: StreamSpec, ke
     return spark.createDataFrame(table.to_table(), schema=schema)
 
 
-def select_rows(parent: DataFrame, new: DataFrame, stream: StreamSpec, mode: str, window_rows: int) -> DataFrame:
+def drop_duplicates(parent: DataFrame, new: DataFrame, stream: StreamSpec, unique_by: list[str]) -> DataFrame:
+    """parent + new with one row per ``unique_by`` key: the parent's row if it has one, else the first of the new
+    rows in a fixed order (every other column), so that the same input always keeps the same row."""
+    from pyspark.sql.window import Window
+
+    tagged = parent.withColumn("_from_new", F.lit(1)).unionByName(new.withColumn("_from_new", F.lit(2)))
+    others = [F.col(n).asc_nulls_last() for n in stream.field_names if n not in unique_by]
+    order = Window.partitionBy(*unique_by).orderBy(F.col("_from_new"), *others)
+    return tagged.withColumn("_rank", F.row_number().over(order)).where(F.col("_rank") == 1).drop("_rank", "_from_new")
+
+
+def select_rows(
+    parent: DataFrame,
+    new: DataFrame,
+    stream: StreamSpec,
+    mode: str,
+    window_rows: int,
+    unique_by: list[str] | None = None,
+) -> DataFrame:
     """cumulative: parent + new; window: the newest ``window_rows`` rows by event time over both (ties broken
-    by every other column, so that the same input always gives the same rows)."""
-    combined = parent.unionByName(new)
+    by every other column, so that the same input always gives the same rows). With ``unique_by``, one row per
+    key first."""
+    combined = drop_duplicates(parent, new, stream, unique_by) if unique_by else parent.unionByName(new)
     if mode == "cumulative":
         return combined
     others = [F.col(n).asc_nulls_last() for n in stream.field_names if n != stream.event_time]
@@ -160,6 +179,7 @@ class CutResult:
     content_hash: str
     profile: dict[str, dict[str, Any]]
     files: list[str]
+    checks: dict[str, Any] | None = None
 
 
 def build_version(
@@ -172,13 +192,19 @@ def build_version(
     mode: str,
     window_rows: int,
     prefix: str,
+    unique_by: list[str] | None = None,
 ) -> CutResult:
     """Read parent + new landed rows, select the version's rows, hash, profile, write Parquet under ``prefix``."""
     parent = read_parquet(spark, store, stream, parent_keys)
     new = read_parquet(spark, store, stream, new_keys)
-    rows = select_rows(parent, new, stream, mode, window_rows).cache()
+    rows = select_rows(parent, new, stream, mode, window_rows, unique_by).cache()
+    checks: dict[str, Any] | None = None
     try:
         digest, count = content_hash(rows, stream)
+        if unique_by:
+            before = parent.count() + new.count()
+            kept = drop_duplicates(parent, new, stream, unique_by).count()
+            checks = {"unique_by": list(unique_by), "rows_before": before, "duplicates_dropped": before - kept}
         stats = profile(rows, stream)
         with tempfile.TemporaryDirectory(prefix="driftloop-dataset-") as tmp:
             out = Path(tmp) / "data"
@@ -187,4 +213,4 @@ def build_version(
             files = store.upload_dir(out, prefix)
     finally:
         rows.unpersist()
-    return CutResult(row_count=count, content_hash=digest, profile=stats, files=files)
+    return CutResult(row_count=count, content_hash=digest, profile=stats, files=files, checks=checks)

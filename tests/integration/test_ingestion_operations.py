@@ -1,6 +1,7 @@
 """Operating the data plane, in process with the real broker, registry and Spark: HTTP Idempotency-Key (a retry
 lands once), the dead-letter queue (counts by reason, replay of fixed records, exact counts after it), dataset
-versions (sources, diff, retention compaction that breaks no version)."""
+versions (sources, diff, retention compaction that breaks no version), uniqueness of (entity, event time) and
+freshness."""
 
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ quality:
   - {{rule: range, field: amount, min: 0}}
 dataset:
   cut_every_rows: 0
+  unique_by: [customer_id, event_time]
+  freshness_seconds: 3600
 features:
   - {{name: amount}}
 model: {{name: model-{stream}}}
@@ -225,3 +228,27 @@ def test_dataset_sources_diff_and_retention(ingestion: Ingestion) -> None:
     v3 = client.post(f"/v1/streams/{stream}/datasets").json()
     assert (v3["row_count"], v3["new_rows"]) == (90, 5)
     assert ingestion.stats()["landed"] == 90
+
+
+def test_uniqueness_of_entity_and_event_time_and_freshness(ingestion: Ingestion) -> None:
+    client, stream = ingestion.client, ingestion.stream
+    stale = ingestion.stats()["freshness"]
+    assert (stale["fresh"], stale["newest_event_time"]) == (False, None)
+    duplicates = [{**records(0, 1)[0], "amount": 1000.0 + k} for k in range(3)]  # same (c0, START), other amounts
+    assert ingestion.post([*records(0, 10), *duplicates]).status_code == 200
+    v1 = client.post(f"/v1/streams/{stream}/datasets").json()
+    assert v1["row_count"] == 10
+    assert v1["checks"] == {"unique_by": ["customer_id", "event_time"], "rows_before": 13, "duplicates_dropped": 3}
+    # Later arrivals of keys the parent has are dropped too: the parent's rows stay.
+    assert ingestion.post([*records(5, 5), *records(10, 2)]).status_code == 200
+    v2 = client.post(f"/v1/streams/{stream}/datasets").json()
+    assert (v2["row_count"], v2["checks"]["duplicates_dropped"]) == (12, 5)
+    files = sorted((ingestion.settings.object_store_path / dataset_prefix(stream, 2)).rglob("*.parquet"))
+    amounts = sorted(pads.dataset([str(f) for f in files], format="parquet").to_table().column("amount").to_pylist())
+    assert amounts == [float(i) for i in range(12)], "one row per key, and the first landed one"
+
+    freshness = ingestion.stats()["freshness"]
+    assert freshness["fresh"] is False and freshness["age_seconds"] > 3600  # newest event a day old
+    now = datetime.now(tz=UTC).isoformat()
+    assert ingestion.post([{"customer_id": "n", "event_time": now, "amount": 1.0}]).status_code == 200
+    assert ingestion.stats()["freshness"]["fresh"] is True

@@ -137,6 +137,8 @@ class DatasetVersion(Base):
     max_event_time: Mapped[datetime | None]
     event_id: Mapped[str] = mapped_column(sa.String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Dataset-level quality checks of the cut (uniqueness: duplicates dropped), see pipeline `dataset.unique_by`.
+    checks: Mapped[dict | None]
     __table_args__ = (sa.UniqueConstraint("stream", "version"),)
 
 
