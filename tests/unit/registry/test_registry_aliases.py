@@ -252,3 +252,45 @@ def test_lineage_has_feature_views_and_the_runs_code_version(env: dict, models: 
     # Without the training service's answer the version is still registered, with no code version.
     v2 = env["client"].get(f"/v1/models/{MODEL}/versions/2").json()["lineage"]
     assert v2["code_version"] is None and v2["feature_views"]["version"] == "tx-alias@v1"
+
+
+def test_cli_moves_aliases_annotates_and_rolls_back_over_http(env: dict, tmp_path: Path) -> None:
+    import threading
+
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from driftloop.cli import app as cli_app
+    from driftloop.procs import free_port, port_open, wait_until
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(env["client"].app, host="127.0.0.1", port=port, log_config=None))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    cli_env = {
+        "DRIFTLOOP_HOME": str(tmp_path / "cli-home"),
+        "DRIFTLOOP_SERVICES__REGISTRY_PORT": str(port),
+        "DRIFTLOOP_SECURITY__ADMIN_TOKENS": '{"alice": "admin-secret"}',
+    }
+    try:
+        wait_until(lambda: port_open("127.0.0.1", port), 30, "the registry app")
+        runner = CliRunner()
+        moved = runner.invoke(cli_app, ["models", "alias", MODEL, "challenger", "1", "--reason", "try"], env=cli_env)
+        assert moved.exit_code == 0, moved.output
+        assert env["registry"].aliases(MODEL)["challenger"] == 1
+        annotated = runner.invoke(
+            cli_app, ["models", "annotate", MODEL, "1", "--tag", "team=risk", "--description", "base"], env=cli_env
+        )
+        assert annotated.exit_code == 0, annotated.output
+        assert env["registry"].get_version(MODEL, 1).tags == {"team": "risk"}
+        rolled = runner.invoke(cli_app, ["rollback", MODEL, "--reason", "cli"], env=cli_env)
+        assert rolled.exit_code == 0 and "v2 -> v1" in rolled.output, rolled.output
+        assert env["registry"].champion(MODEL).version == 1
+        # Without the token the CLI reports the refusal.
+        no_token = runner.invoke(
+            cli_app, ["rollback", MODEL, "--to", "2"], env={**cli_env, "DRIFTLOOP_SECURITY__ADMIN_TOKENS": "{}"}
+        )
+        assert no_token.exit_code != 0 and "401" in str(no_token.exception)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
