@@ -1,6 +1,6 @@
 """The streaming-feature worker: a faust-streaming app inside the features service process (a ``ServiceSpec``
-loop thread with its own event loop), one agent per stream topic, applying each record to the online store
-through ``StreamAggregator`` within about a second of its arrival.
+loop thread with its own event loop), one agent per stream topic, applying records to the online store
+through ``StreamAggregator`` in small batches (at most ``BATCH_SECONDS`` of waiting), so within about a second.
 
 Consumer group ``driftloop-features-stream`` (the faust app id). Kafka offsets are committed by faust after a
 record is processed; a record redelivered after a crash is recognised by its offset in the database, so nothing
@@ -29,20 +29,27 @@ log = logging.getLogger(__name__)
 STREAM_GROUP = "driftloop-features-stream"
 
 
+# Records applied per database transaction, and the longest a record waits for its batch to fill.
+BATCH_RECORDS = 200
+BATCH_SECONDS = 0.5
+
+
 def _agent_for(aggregator: StreamAggregator, decode: Callable[[bytes], Any]) -> Callable[[Any], Any]:
     async def apply_records(stream: Any) -> None:
         loop = asyncio.get_running_loop()
-        async for event in stream.events():
-            message = event.message
-            try:
-                _, record = decode(event.value)
-            except Exception as exc:  # a bad record must not stop the stream
-                aggregator.skipped += 1
-                log.debug("skipped %s/%s/%s: %r", message.topic, message.partition, message.offset, exc)
-                continue
-            event_id = f"{message.topic}/{message.partition}/{message.offset}"
+        async for events in stream.take_events(BATCH_RECORDS, within=BATCH_SECONDS):
+            batch = []
+            for event in events:
+                message = event.message
+                try:
+                    _, record = decode(event.value)
+                except Exception as exc:  # a bad record must not stop the stream
+                    aggregator.skipped += 1
+                    log.debug("skipped %s/%s/%s: %r", message.topic, message.partition, message.offset, exc)
+                    continue
+                batch.append((f"{message.topic}/{message.partition}/{message.offset}", record))
             # Database work off the event loop, so the consumer's heartbeats keep going.
-            await loop.run_in_executor(None, aggregator.apply, [(event_id, record)])
+            await loop.run_in_executor(None, aggregator.apply, batch)
 
     return apply_records
 
