@@ -159,6 +159,15 @@ class SecuritySettings(_Section):
                 raise ValueError(f"token {name!r} is shorter than {MIN_TOKEN_LENGTH} characters")
         return tokens
 
+    @field_validator("public_routes")
+    @classmethod
+    def _routes_are_method_and_path(cls, routes: list[str]) -> list[str]:
+        for route in routes:
+            method, _, path = route.strip().partition(" ")
+            if method not in {"POST", "PUT", "PATCH", "DELETE"} or not path.startswith("/"):
+                raise ValueError(f"{route!r} is not 'METHOD /path' with METHOD one of POST, PUT, PATCH, DELETE")
+        return routes
+
 
 class Settings(BaseSettings):
     """All settings of a driftloop deployment. Unknown keys are rejected, naming the key."""

@@ -117,3 +117,11 @@ def test_short_or_empty_tokens_are_refused_naming_the_token() -> None:
     for bad in ("", "   ", "short"):
         with pytest.raises(ConfigError, match=r"security\.admin_tokens.*'ops'.*shorter than 12"):
             load_settings(security={"admin_tokens": {"ops": bad}})
+
+
+def test_public_routes_must_be_a_mutating_method_and_a_path() -> None:
+    from driftloop.errors import ConfigError
+
+    for bad in ("/v1/models/{name}/predict", "GET /v1/models", "POST v1/x"):
+        with pytest.raises(ConfigError, match=r"security\.public_routes"):
+            load_settings(security={"public_routes": [bad]})
