@@ -201,7 +201,8 @@ def main() -> None:
                     f"N={n:>9,}: produced {produced_s:6.1f}s | intake {result['intake_s']:7.1f}s "
                     f"({n / result['intake_s']:8,.0f} rec/s, Python peak {result['intake_python_mb']:6.0f} MB) | "
                     f"cut {result['cut_s']:6.1f}s ({result['rows']:,} rows; "
-                    f"Python peak {result['python_peak_mb']:6.0f} MB, Spark JVM peak {result['spark_peak_mb']:6.0f} MB)",
+                    f"Python peak {result['python_peak_mb']:6.0f} MB, "
+                    f"Spark JVM peak {result['spark_peak_mb']:6.0f} MB)",
                     flush=True,
                 )
             if len(results) > 1:
