@@ -1,10 +1,13 @@
 """Online feature lookups: p50 / p99 latency of ``POST /v1/features/online`` for 1 and 100 entities.
 
 Starts its own embedded broker, schema registry and ONE features service process (free ports, a temporary home,
-SQLite, the demo pipeline, the streaming worker off so that only lookups load the machine), fills the online store
-with ``--entities`` entities, then sends ``--requests`` sequential lookups per batch size from one client
-(keep-alive) and prints p50 / p99 / mean. The same lookups straight on the store (no HTTP) are printed beside,
-to show what the HTTP hop costs. Everything started is stopped by PID at the end.
+SQLite, the demo pipeline), fills the online store with ``--entities`` entities, then sends ``--requests``
+sequential lookups per batch size from one client (keep-alive) and prints p50 / p99 / mean. The same lookups
+straight on the store (no HTTP) are printed beside, to show what the HTTP hop costs.
+
+Then the streaming worker's freshness: ``--stream-records`` records produced one at a time to the stream topic,
+each timed from the broker's acknowledgement until its entity's values are in the online store (p50 / max).
+Everything started is stopped by PID at the end.
 
     .venv/bin/python bench/online_features.py                  # about a minute on 2 cores
     .venv/bin/python bench/online_features.py --requests 2000 --entities 100000
@@ -23,9 +26,10 @@ import httpx
 import numpy as np
 
 import driftloop.stack as stack_module
+from driftloop.bus import EventBus
 from driftloop.db.engine import create_engine_for
-from driftloop.pipeline import load_pipeline
-from driftloop.procs import free_port
+from driftloop.pipeline import PipelineConfig, load_pipeline
+from driftloop.procs import free_port, wait_until
 from driftloop.security import token_file
 from driftloop.services.features.onlinestore import DatabaseOnlineStore
 from driftloop.settings import Settings
@@ -42,6 +46,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=500, help="lookups per batch size")
     parser.add_argument("--entities", type=int, default=20000, help="entities in the online store")
+    parser.add_argument("--stream-records", type=int, default=30, help="records timed through the stream worker")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="driftloop-bench-online-"))
@@ -52,7 +57,6 @@ def main() -> int:
         kafka={"bootstrap_servers": f"127.0.0.1:{free_port()}", "session_timeout_ms": 2000},
         schema_registry={"url": f"http://127.0.0.1:{ports['schemaregistry_port']}"},
         services=ports,
-        features={"streaming": False},
     )
     pipeline = load_pipeline(REPO / "pipelines" / "transactions.yaml")
     stream = pipeline.stream.name
@@ -112,10 +116,44 @@ def main() -> int:
                     print(f"  {size:<16} {path:<24} {f['p50']:8.2f} {f['p99']:8.2f} {f['mean']:8.2f}")
             missing = client.post(url, json={"stream": stream, "entities": ["nobody", keys[0]]}).json()
             print(f"\n  an unknown entity is reported, not an error: missing={missing['missing']}")
+        bus = EventBus(settings, producer_name="bench")
+        try:
+            delays = stream_freshness(bus, store, pipeline, args.stream_records)
+        finally:
+            bus.close()
+        print("\nstreaming worker: record acknowledged by the broker -> its values in the online store")
+        print(
+            f"  {len(delays)} records one at a time: p50 {np.percentile(delays, 50) * 1000:.0f} ms, "
+            f"max {max(delays) * 1000:.0f} ms"
+        )
         engine.dispose()
         return 0
     finally:
         stack.down()
+
+
+def stream_freshness(bus: EventBus, store: DatabaseOnlineStore, pipeline: PipelineConfig, count: int) -> list[float]:
+    spec = pipeline.stream
+    subject, schema = f"{spec.topic}-value", spec.avro_schema()
+
+    def send_and_wait(entity: str, timeout: float) -> float:
+        record = {
+            "customer_id": entity,
+            "event_time": datetime.now(tz=UTC),
+            "amount": 12.5,
+            "age": 40,
+            "merchant_category": "travel",
+            "hour": 3,
+            "is_fraud": 0,
+        }
+        bus.publish_raw(spec.topic, bus.codec.encode(subject, schema, record), key=entity.encode())
+        bus.flush()
+        start = time.perf_counter()
+        wait_until(lambda: entity in store.read(spec.name, [entity]), timeout, f"{entity} online", interval=0.01)
+        return time.perf_counter() - start
+
+    send_and_wait("warm-up", 120)  # the worker joins its group first
+    return [send_and_wait(f"fresh-{i}", 30) for i in range(count)]
 
 
 if __name__ == "__main__":
