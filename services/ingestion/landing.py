@@ -8,7 +8,7 @@ import io
 import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from driftloop.bus import EventBus
-from driftloop.db.models import DeadLetter, LandedBatch
-from driftloop.events import new_event
+from driftloop.db.models import DeadLetter, EventRecord, LandedBatch
+from driftloop.events import Envelope, Event, new_event
 from driftloop.objectstore import ObjectStore
 from driftloop.pipeline import StreamSpec
 from driftloop.topics import RECORD_REJECTED
@@ -117,10 +117,18 @@ class Lander:
 
     def dead_letter(self, stream: str, rejection: Rejection, source: str, original: bytes) -> bool:
         """Publish a RecordRejected event and store the DeadLetter row. Returns False when this source was
-        dead-lettered before (a replay): nothing is published twice."""
+        dead-lettered before (a replay): nothing is stored twice, and the event is published again (with its
+        original id, so consumers see it once) only if a crash kept it from reaching the event log."""
         with self.Session() as session:
-            if session.scalar(sa.select(DeadLetter.id).where(DeadLetter.source == source)) is not None:
-                return False
+            existing = session.scalars(sa.select(DeadLetter).where(DeadLetter.source == source)).first()
+            announced = existing is not None and (
+                session.scalar(sa.select(EventRecord.event_id).where(EventRecord.event_id == existing.event_id))
+                is not None
+            )
+        if existing is not None:
+            if not announced:
+                self._republish(existing, original)
+            return False
         event = new_event(
             RECORD_REJECTED.event_type,
             {
@@ -151,6 +159,27 @@ class Lander:
         self.bus.publish(event, wait=False)
         log.info("dead letter %s: %s (%s)", source, rejection.reason, rejection.message)
         return True
+
+    def _republish(self, row: DeadLetter, original: bytes) -> None:
+        envelope = Envelope(
+            event_id=row.event_id,
+            event_type=RECORD_REJECTED.event_type,
+            occurred_at=datetime.now(tz=UTC).replace(microsecond=0),
+            caused_by=None,
+            cascade_id=row.event_id,
+            producer=self.producer,
+        )
+        data = {
+            "stream": row.stream,
+            "reason": row.reason,
+            "field": row.field,
+            "message": row.message,
+            "source": row.source,
+            "schema_id": row.schema_id,
+            "original": row.original if row.original is not None else original,
+        }
+        self.bus.publish(Event(envelope=envelope, data=data), wait=False)
+        log.info("dead letter %s: re-announced event %s lost before a crash", row.source, row.event_id)
 
 
 def json_bytes(value: Any) -> bytes:
