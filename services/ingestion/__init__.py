@@ -8,5 +8,10 @@ Parquet in the object store, bad ones become dead letters. Cuts immutable datase
 
 Emits: ``RecordRejected`` (driftloop.records.rejected) per dead letter, ``DatasetVersionCreated``
 (driftloop.datasets.version-created) per dataset version. Consumes no driftloop events.
-Owns the tables ``landed_batches``, ``dead_letters``, ``dataset_versions``.
+Owns the tables ``landed_batches``, ``dead_letters``, ``dataset_versions``, ``ingestion_idempotency_keys``.
+
+Guarantees and operations: exact counts under crashes and rebalances (landed objects named by source offsets or
+``Idempotency-Key``; a source is never landed twice), the dead-letter queue (``/v1/streams/{s}/dead-letters``,
+replay of fixed records), schema evolution by writer/reader resolution into the stream's current schema,
+dataset versions with sources, diff, uniqueness and freshness checks, and retention compaction.
 """
