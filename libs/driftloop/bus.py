@@ -366,6 +366,7 @@ class ConsumerLag:
         self.group = group
         self.interval = interval
         self._committed: dict[tuple[str, int], int] = {}
+        self._high: dict[tuple[str, int], int] = {}  # last high watermark seen per partition
         self._partitions: set[tuple[str, int]] = set()
         self._next_update = 0.0
         self._lock = threading.Lock()
@@ -381,6 +382,7 @@ class ConsumerLag:
                 key = (p.topic, p.partition)
                 self._partitions.discard(key)
                 self._committed.pop(key, None)
+                self._high.pop(key, None)
                 for gauge in (CONSUMER_LAG, CONSUMER_COMMITTED_OFFSET):
                     with contextlib.suppress(KeyError):
                         gauge.remove(self.group, p.topic, str(p.partition))
@@ -388,6 +390,11 @@ class ConsumerLag:
     def committed(self, topic: str, partition: int, offset: int) -> None:
         with self._lock:
             self._committed[(topic, partition)] = offset
+            high = self._high.get((topic, partition))
+        # Right away, so that the gauge shows a caught-up consumer without waiting for the next refresh.
+        CONSUMER_COMMITTED_OFFSET.labels(self.group, topic, str(partition)).set(offset)
+        if high is not None:
+            CONSUMER_LAG.labels(self.group, topic, str(partition)).set(max(0, high - offset))
 
     def update(self, consumer: Consumer, now: float | None = None) -> None:
         """Refresh the gauges at most once per ``interval`` seconds (cheap: no broker round trip except, once
@@ -421,6 +428,8 @@ class ConsumerLag:
             CONSUMER_COMMITTED_OFFSET.labels(*labels).set(committed)
             if high is None or high == OFFSET_INVALID or high < 0:
                 continue  # nothing fetched from this partition yet
+            with self._lock:
+                self._high[(topic, partition)] = high
             CONSUMER_LAG.labels(*labels).set(max(0, high - committed))
 
 

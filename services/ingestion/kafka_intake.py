@@ -18,7 +18,7 @@ from typing import Any
 import fastavro
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from driftloop.bus import EventBus, ensure_topics
+from driftloop.bus import ConsumerLag, EventBus, ensure_topics
 from driftloop.errors import ValidationFailed, WireFormatError
 from driftloop.layout import landed_kafka_key
 from driftloop.pipeline import PipelineConfig
@@ -87,6 +87,8 @@ class KafkaIntake:
         self._lock = threading.Lock()  # guards partitions between the loop and the rebalance callbacks
         self._land_requests: list[tuple[str, threading.Event]] = []
         self.running = False
+        # driftloop_consumer_lag for the stream topics: records not landed (or dead-lettered) and committed yet.
+        self.lag = ConsumerLag(bus.settings.kafka.ingestion_group)
 
     # --- the loop ---------------------------------------------------------------------------------------------
 
@@ -119,6 +121,7 @@ class KafkaIntake:
 
     def poll_once(self, consumer: Consumer) -> None:
         messages = consumer.consume(num_messages=500, timeout=self.poll_timeout)
+        self.lag.update(consumer)
         blocked: set[tuple[str, int]] = set()
         for msg in messages:
             if msg.error():
@@ -257,6 +260,7 @@ class KafkaIntake:
         consumer.commit(offsets=[tp for _, tp in offsets], asynchronous=False)
         for state, tp in offsets:
             state.committed = tp.offset
+            self.lag.committed(tp.topic, tp.partition, tp.offset)
 
     def flush_all(self, consumer: Consumer, states: list[PartitionState] | None = None) -> None:
         with self._lock:
@@ -269,6 +273,7 @@ class KafkaIntake:
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned = True
+        self.lag.assigned(partitions)
         log.info("ingestion assigned %s", [(p.topic, p.partition) for p in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -282,6 +287,7 @@ class KafkaIntake:
         with self._lock:
             for key in revoked:
                 self.partitions.pop(key, None)
+        self.lag.revoked(partitions)
 
     # --- stats ---------------------------------------------------------------------------------------------------
 

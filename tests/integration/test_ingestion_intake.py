@@ -25,6 +25,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 
 from driftloop.db import migrate
 from driftloop.db.models import DeadLetter, LandedBatch
@@ -188,6 +189,19 @@ def test_kafka_records_are_landed_or_dead_lettered_exactly_once(ingestion: Inges
         return response.json()
 
     wait_for(lambda: stats()["landed"] + stats()["dead_lettered"] == total, "every record to be accounted for")
+
+    def offsets_and_lag() -> tuple[float, float]:
+        """driftloop_consumer_committed_offset and driftloop_consumer_lag of the intake, summed over partitions."""
+        sums = {"driftloop_consumer_committed_offset": 0.0, "driftloop_consumer_lag": 0.0}
+        for metric in REGISTRY.collect():
+            for sample in metric.samples:
+                labels = sample.labels
+                if sample.name in sums and labels.get("group") == GROUP and labels.get("topic") == ingestion.topic:
+                    sums[sample.name] += sample.value
+        return sums["driftloop_consumer_committed_offset"], sums["driftloop_consumer_lag"]
+
+    # /metrics while the consumer runs: every offset committed, no lag (against the watermark seen in fetches).
+    wait_for(lambda: offsets_and_lag() == (total, 0), "the intake's committed offsets and lag on /metrics")
     stop.set()
     thread.join(timeout=30)
     assert not thread.is_alive()
