@@ -214,6 +214,8 @@ def search_on_ray(settings: Settings, job: FitJob, abort_flag: Path, note: Calla
     ensure_ray(settings)
     # Tune's legacy reporter honours verbose=0: no progress boxes in the service's log (the run log has the trials).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # No CSV/JSON/TensorBoard loggers per trial result: the recorder below keeps what the run needs.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     started = time.perf_counter()
     metric, mode = search_metric(pipeline)
     data = prepare_data(job, note)
