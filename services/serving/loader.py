@@ -118,6 +118,9 @@ class PromotionFollower:
                     "%s v%d is already being rolled out (redelivered promotion)", model, rollout.challenger.version
                 )
                 return
+            if self.rollouts.was_rolled_back(event.id):
+                log.info("%s v%s: this promotion was rolled back; not rolling it out again", model, event["version"])
+                return
             if self.load(event):
                 return
 

@@ -188,6 +188,9 @@ class RolloutController:
         self.publish = publish
         self.replica = replica
         self._rollouts: dict[str, Rollout] = {}
+        # ModelPromoted event ids whose rollout was rolled back (here or on another replica): a redelivery or a
+        # replay of the same promotion is not rolled out again. A new promotion of the same version is.
+        self._rolled_back: set[str] = set()
         self._lock = threading.Lock()
         self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
         self._shadow_backlog = threading.BoundedSemaphore(MAX_SHADOW_BACKLOG)
@@ -211,6 +214,27 @@ class RolloutController:
         ROLLOUT_ACTIONS.labels(rollout.model, "started").inc()
         log.info("%s: %s rollout of v%d against v%d", rollout.model, spec.mode, challenger.version, champion.version)
         self._emit_step(rollout, "started", rollout.step, rollout.share, rollout.stats())
+
+    def was_rolled_back(self, promotion_id: str) -> bool:
+        with self._lock:
+            return promotion_id in self._rolled_back
+
+    def follow_rollback(self, event: Event) -> None:
+        """Another replica rolled a promotion back: stop the same rollout here (replicas agree on bad news)."""
+        if event["replica"] == self.replica or event.envelope.caused_by is None:
+            return
+        with self._lock:
+            self._rolled_back.add(event.envelope.caused_by)
+            rollout = self._rollouts.get(event["model"])
+            if rollout is None or rollout.promoted.id != event.envelope.caused_by:
+                return
+            del self._rollouts[event["model"]]
+        ROLLOUT_SHARE.labels(rollout.model).set(0.0)
+        ROLLOUT_ACTIONS.labels(rollout.model, "rolled_back").inc()
+        log.warning(
+            "%s: v%d rolled back on replica %s; following", rollout.model, rollout.challenger.version, event["replica"]
+        )
+        self._emit_rollback(rollout, f"rolled back on replica {event['replica']}: {event['reason']}", rollout.stats())
 
     def cancel(self, model: str, reason: str) -> None:
         """Stop a running rollout of ``model`` (the champion changed by other means)."""
@@ -288,7 +312,7 @@ class RolloutController:
             return
         ROLLOUT_ACTIONS.labels(rollout.model, verdict.action).inc()
         if verdict.action == "rolled_back":
-            self._finish(rollout)
+            self._finish(rollout, rolled_back=True)
             log.warning("%s: ROLLED BACK v%d: %s", rollout.model, rollout.challenger.version, verdict.reason)
             self._emit_rollback(rollout, verdict.reason, verdict.stats)
             return
@@ -303,8 +327,10 @@ class RolloutController:
         log.info("%s: canary of v%d stepped to %.0f%%", rollout.model, rollout.challenger.version, verdict.share * 100)
         self._emit_step(rollout, "stepped", verdict.step, verdict.share, verdict.stats)
 
-    def _finish(self, rollout: Rollout) -> None:
+    def _finish(self, rollout: Rollout, rolled_back: bool = False) -> None:
         with self._lock:
+            if rolled_back:
+                self._rolled_back.add(rollout.promoted.id)
             if self._rollouts.get(rollout.model) is rollout:
                 del self._rollouts[rollout.model]
         ROLLOUT_SHARE.labels(rollout.model).set(0.0)

@@ -4,22 +4,37 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import uuid
+from collections.abc import Callable
 from functools import partial
 
 from driftloop.objectstore import open_object_store
 from driftloop.service import ConsumerSpec, Runtime, ServiceSpec, base_app
-from driftloop.topics import MODEL_PROMOTED
+from driftloop.topics import MODEL_PROMOTED, ROLLOUT_ROLLED_BACK
 
 from . import api
 from .feedback import FeedbackDesk, PredictionRecorder
-from .handlers import promotion_handler
+from .handlers import promotion_handler, rollback_handler
 from .loader import PromotionFollower
 from .online import OnlineStoreClient
 from .rollout import RolloutController
 from .served import ModelTable
 
 GROUP_PREFIX = "driftloop-serving-"
+DELIVERY_REPORT_SECONDS = 0.2
+
+
+def delivery_reports(runtime: Runtime) -> Callable[[threading.Event], None]:
+    """Predictions are published without waiting; their delivery reports (which write the event log and count
+    them) are served by producer polls. This loop polls, so the last predictions of a quiet replica are not
+    left unreported until the next request."""
+
+    def serve_delivery_reports(stop_event: threading.Event) -> None:
+        while not stop_event.wait(DELIVERY_REPORT_SECONDS):
+            runtime.bus.producer.poll(0)
+
+    return serve_delivery_reports
 
 
 def _auth_headers(runtime: Runtime) -> dict[str, str]:
@@ -65,8 +80,13 @@ def build(runtime: Runtime) -> ServiceSpec:
     )
     return ServiceSpec(
         app=app,
-        consumers=[ConsumerSpec(group, {MODEL_PROMOTED: promotion_handler(follower)})],
-        loops=[follower.run, recorder.run],
+        consumers=[
+            ConsumerSpec(
+                group,
+                {MODEL_PROMOTED: promotion_handler(follower), ROLLOUT_ROLLED_BACK: rollback_handler(rollouts)},
+            )
+        ],
+        loops=[follower.run, recorder.run, delivery_reports(runtime)],
         on_stop=[rollouts.close, online.close],
         health_info={
             "replica": lambda: replica,

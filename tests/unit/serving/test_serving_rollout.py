@@ -5,6 +5,7 @@ prediction (it names one feature more than it was trained on)."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -45,15 +46,15 @@ def with_rollout(pipeline: PipelineConfig, **rollout: Any) -> PipelineConfig:
     return pipeline.model_copy(update={"serving": ServingSpec(rollout=RolloutSpec(**rollout))})
 
 
-def make_env(tmp_path: Path, pipeline: PipelineConfig) -> SimpleNamespace:
+def make_env(tmp_path: Path, pipeline: PipelineConfig, replica: str = "replica-a") -> SimpleNamespace:
     store = LocalObjectStore(tmp_path / "objects")
     published: list[Event] = []
     table = ModelTable()
-    rollouts = RolloutController(table, published.append, "replica-a")
+    rollouts = RolloutController(table, published.append, replica)
     pipelines = {MODEL: pipeline}
-    follower = PromotionFollower(table, store, pipelines, published.append, "replica-a", rollouts=rollouts)
+    follower = PromotionFollower(table, store, pipelines, published.append, replica, rollouts=rollouts)
     app = base_app(SimpleNamespace(name="serving-test"), "serving-test")  # type: ignore[arg-type]
-    app.include_router(api.router(table, pipelines, published.append, "replica-a", rollouts=rollouts))
+    app.include_router(api.router(table, pipelines, published.append, replica, rollouts=rollouts))
     return SimpleNamespace(
         store=store, published=published, table=table, rollouts=rollouts, follower=follower, client=TestClient(app)
     )
@@ -151,6 +152,51 @@ def test_a_failing_challenger_is_rolled_back_by_itself_and_no_request_fails(tmp_
     assert stats["challenger"]["errors"] == stats["challenger"]["requests"] == 6
     assert env.rollouts.get(MODEL) is None and env.table.get(MODEL).version == 1
     assert not [e for e in of_type(env, "RolloutStepped") if e["action"] == "completed"]
+
+
+def test_a_rollback_on_one_replica_stops_the_same_rollout_on_the_others_and_is_not_redone(
+    tmp_path: Path, models: dict
+) -> None:
+    pipeline = with_rollout(models["pipeline"], mode="canary", canary_steps=[0.5], step_min_requests=4)
+    a, b = make_env(tmp_path, pipeline, "replica-a"), make_env(tmp_path, pipeline, "replica-b")
+    for env in (a, b):
+        promote(env, models, 1, 1)
+    uri, sha = put_artifact(a.store, MODEL, "run-bad", models["bad"])
+    data = {
+        "model": MODEL,
+        "version": 2,
+        "alias": "champion",
+        "previous_version": 1,
+        "artifact_uri": uri,
+        "artifact_sha256": sha,
+        "dataset_version_id": "tx@v1",
+        "feature_set_uri": "file:///unused",
+        "reason": "test",
+        "gate_json": "{}",
+    }
+    promoted = new_event("ModelPromoted", data, producer="registry")
+    assert a.follower.load(promoted) and b.follower.load(promoted)
+    for seed in range(10):
+        predict(a, seed)
+    (on_a,) = of_type(a, "RolloutRolledBack")
+
+    b.rollouts.follow_rollback(on_a)
+    assert b.rollouts.get(MODEL) is None and b.table.get(MODEL).version == 1
+    (on_b,) = of_type(b, "RolloutRolledBack")
+    assert on_b["reason"].startswith("rolled back on replica replica-a") and on_b.envelope.caused_by == promoted.id
+    a.rollouts.follow_rollback(on_b)  # news from b about the same promotion: nothing left to do on a
+    assert len(of_type(a, "RolloutRolledBack")) == 1
+
+    a.follower.on_model_promoted(promoted)  # a redelivery of the rolled-back promotion
+    stop = threading.Event()
+    loader = threading.Thread(target=a.follower.run, args=(stop,))
+    loader.start()
+    deadline = time.monotonic() + 20
+    while not a.follower.idle() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    loader.join()
+    assert a.rollouts.get(MODEL) is None and a.table.get(MODEL).version == 1
 
 
 def test_a_challenger_whose_predictions_shift_past_the_threshold_is_rolled_back(tmp_path: Path, models: dict) -> None:
