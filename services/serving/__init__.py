@@ -9,7 +9,8 @@ with ``serving.rollout.mode: none`` are swapped in atomically at once. Later pro
 the pipeline asks for ``canary`` or ``shadow``, start a rollout on this replica (``rollout``): the challenger gets
 a share of the requests (canary, stepped up on good numbers) or scores a copy of each (shadow) and becomes the
 champion when every step passes; it is rolled back by itself when its error rate, latency or mean prediction is
-worse than the champion's past the thresholds.
+worse than the champion's past the thresholds. Also consumes ``RolloutRolledBack``: a rollback on another
+replica stops the same rollout here.
 
 Emits ``ServingSwitched`` (the replica answers with another version), ``RolloutStepped`` (started, stepped,
 completed), ``RolloutRolledBack``, ``PredictionLogged`` for every answered row and ``FeedbackReceived`` for every
