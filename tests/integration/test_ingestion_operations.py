@@ -5,6 +5,7 @@ freshness."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -252,3 +253,53 @@ def test_uniqueness_of_entity_and_event_time_and_freshness(ingestion: Ingestion)
     now = datetime.now(tz=UTC).isoformat()
     assert ingestion.post([{"customer_id": "n", "event_time": now, "amount": 1.0}]).status_code == 200
     assert ingestion.stats()["freshness"]["fresh"] is True
+
+
+def test_cli_dlq_and_dataset_commands(ingestion: Ingestion, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import threading
+
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from driftloop.cli import app
+    from driftloop.procs import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(ingestion.client.app, port=port, lifespan="off", log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    monkeypatch.setenv("DRIFTLOOP_SERVICES__INGESTION_PORT", str(port))
+    runner = CliRunner()
+    stream = ingestion.stream
+    try:
+        deadline = datetime.now(tz=UTC) + timedelta(seconds=20)
+        while not server.started and datetime.now(tz=UTC) < deadline:
+            threading.Event().wait(0.1)
+        bad = {"customer_id": "z", "event_time": START.isoformat(), "amount": -3.0}
+        assert ingestion.post([*records(0, 5), bad]).status_code == 200
+
+        shown = runner.invoke(app, ["dlq", "show", stream, "--json"])
+        assert shown.exit_code == 0, shown.output
+        letters = json.loads(shown.output)
+        assert letters["counts"]["by_reason"] == {"out_of_range": 1}
+        fixes = tmp_path / "fixes.jsonl"
+        fixed = {**bad, "amount": 3.0}
+        fixes.write_text(json.dumps({"id": letters["dead_letters"][0]["id"], "record": fixed}) + "\n")
+        replayed = runner.invoke(app, ["dlq", "replay", stream, "--fixes", str(fixes)])
+        assert replayed.exit_code == 0, replayed.output
+        assert json.loads(replayed.output)["replayed"] == 1
+
+        # Cuts through the API (Spark may take longer than the CLI's HTTP timeout on a busy machine).
+        assert ingestion.client.post(f"/v1/streams/{stream}/datasets").status_code == 200
+        assert ingestion.post(records(5, 4)).status_code == 200
+        assert ingestion.client.post(f"/v1/streams/{stream}/datasets").status_code == 200
+        diff = runner.invoke(app, ["dataset", "diff", stream, "v1", "v2", "--json"])
+        assert diff.exit_code == 0, diff.output
+        assert (json.loads(diff.output)["rows_added"], json.loads(diff.output)["rows_removed"]) == (4, 0)
+        human = runner.invoke(app, ["dataset", "diff", stream])
+        assert human.exit_code == 0 and "+4 / -0" in human.output
+        show = runner.invoke(app, ["dataset", "show", f"{stream}@v1"])
+        assert show.exit_code == 0 and json.loads(show.output)["row_count"] == 6
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
