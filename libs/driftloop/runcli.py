@@ -64,13 +64,18 @@ def runs_logs(run_id: str) -> None:
     """A run's log (live while it runs)."""
     import sys
 
-    from driftloop.errors import DriftloopError
-
-    cli = _cli()
-    url = cli._settings().services.url("training") + f"/v1/runs/{run_id}/logs"
     import httpx
 
-    response = httpx.get(url, timeout=60.0)
+    from driftloop.errors import DriftloopError
+    from driftloop.security import auth_headers
+
+    cli = _cli()
+    settings = cli._settings()
+    url = settings.services.url("training") + f"/v1/runs/{run_id}/logs"
+    try:
+        response = httpx.get(url, timeout=60.0, headers=auth_headers(settings))
+    except httpx.ConnectError:
+        raise DriftloopError(f"the training service does not answer at {url}: is the stack up?") from None
     if response.status_code >= 400:
         raise DriftloopError(f"training answered {response.status_code}: {response.text}")
     sys.stdout.write(response.text)
