@@ -15,6 +15,9 @@ from .handlers import RetrainConflict, TriggerHandlers
 class RetrainBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reason: str = Field(default="manual retrain", min_length=1, max_length=2000, description="Why, in words.")
+    dataset_version_id: str | None = Field(
+        default=None, description="Pin the training input to this dataset version (STREAM@vN); default: latest."
+    )
 
 
 def router(runtime: Runtime, handlers: TriggerHandlers) -> APIRouter:
@@ -26,7 +29,8 @@ def router(runtime: Runtime, handlers: TriggerHandlers) -> APIRouter:
         ``TrainingRequested`` with trigger ``manual``). 404: unknown model; 409: no dataset version yet, or a
         training run of the model is active."""
         try:
-            return handlers.request_manual(name, (body or RetrainBody()).reason)
+            body = body or RetrainBody()
+            return handlers.request_manual(name, body.reason, body.dataset_version_id)
         except RetrainConflict as exc:
             raise HTTPException(status_code=409, detail=str(exc)) from None
 

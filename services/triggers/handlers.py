@@ -242,8 +242,10 @@ class TriggerHandlers:
             decision = decide(kind, pipeline.triggers, view, self.clock())
             self._record(session, model, kind, event, reason, decision, view.latest_dataset_version_id)
 
-    def request_manual(self, model: str, reason: str) -> dict[str, Any]:
-        """A person asks for a retrain. Raises NotFoundError (unknown model) or RetrainConflict."""
+    def request_manual(self, model: str, reason: str, dataset_version_id: str | None = None) -> dict[str, Any]:
+        """A person asks for a retrain, on the latest materialized dataset version or on a pinned one
+        (``STREAM@vN`` of the model's stream, materialized already). Raises NotFoundError (unknown model) or
+        RetrainConflict."""
         pipeline = pipeline_for_model(self.pipelines, model)
         with self._lock, self.Session.begin() as session:
             view = self._view(session, pipeline)
@@ -251,10 +253,23 @@ class TriggerHandlers:
                 raise RetrainConflict(
                     f"no dataset version of stream {pipeline.stream.name!r} is materialized yet: nothing to train on"
                 )
+            if dataset_version_id is not None:
+                try:
+                    stream, number = parse_dataset_version_id(dataset_version_id)
+                except ValueError as exc:
+                    raise RetrainConflict(str(exc)) from None
+                if stream != pipeline.stream.name:
+                    raise RetrainConflict(
+                        f"{dataset_version_id} is not a version of {model!r}'s stream {pipeline.stream.name!r}"
+                    )
+                if number > _version_number(view.latest_dataset_version_id):
+                    raise RetrainConflict(
+                        f"{dataset_version_id} is not materialized yet (latest: {view.latest_dataset_version_id})"
+                    )
             decision = decide("manual", pipeline.triggers, view, self.clock())
-            row = self._record(
-                session, model, "manual", None, reason or "manual retrain", decision, view.latest_dataset_version_id
-            )
+            pinned = dataset_version_id or view.latest_dataset_version_id
+            note = f" on pinned {dataset_version_id}" if dataset_version_id else ""
+            row = self._record(session, model, "manual", None, (reason or "manual retrain") + note, decision, pinned)
             result = _row_dict(row)
         if decision.status != "requested":
             raise RetrainConflict(f"retrain of {model!r} not requested: {decision.note}")

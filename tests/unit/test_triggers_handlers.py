@@ -265,6 +265,23 @@ def test_manual_retrain(make: Any, published: list[Event]) -> None:
         handlers.request_manual(MODEL, "again")
 
 
+def test_manual_retrain_on_a_pinned_dataset_version(make: Any, published: list[Event]) -> None:
+    handlers: TriggerHandlers = make(pipeline())
+    handlers.on_model_promoted(promoted_event())
+    handlers.on_features_materialized(features_event(3))
+    for wrong, why in (
+        ("other@v1", "not a version of"),
+        (f"{STREAM}@v4", "not materialized yet"),
+        ("no-version", "not a dataset version id"),
+    ):
+        with pytest.raises(RetrainConflict, match=why):
+            handlers.request_manual(MODEL, "pin", wrong)
+    result = handlers.request_manual(MODEL, "reproduce v2", f"{STREAM}@v2")
+    assert (result["status"], result["dataset_version_id"]) == ("requested", f"{STREAM}@v2")
+    assert published[-1]["dataset_version_id"] == f"{STREAM}@v2"
+    assert published[-1]["reason"] == f"reproduce v2 on pinned {STREAM}@v2"
+
+
 def test_unknown_model_cause_is_recorded_as_suppressed(make: Any, published: list[Event]) -> None:
     handlers: TriggerHandlers = make(pipeline())
     event = new_event("ExternalTrigger", {"model": "ghost", "reason": "x", "details_json": "{}"}, producer="t")
