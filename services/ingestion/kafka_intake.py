@@ -86,6 +86,7 @@ class KafkaIntake:
         self.last_error: str | None = None
         self._lock = threading.Lock()  # guards partitions between the loop and the rebalance callbacks
         self._land_requests: list[tuple[str, threading.Event]] = []
+        self._unflushed_events = False
         self.running = False
         # driftloop_consumer_lag for the stream topics: records not landed (or dead-lettered) and committed yet.
         self.lag = ConsumerLag(bus.settings.kafka.ingestion_group)
@@ -191,6 +192,7 @@ class KafkaIntake:
         counters.received += 1
         if rejection is not None:
             self.lander.dead_letter(stream.name, rejection, source, value)
+            self._unflushed_events = True
             counters.dead_lettered += 1
         else:
             assert record is not None
@@ -255,8 +257,11 @@ class KafkaIntake:
                 offsets.append((state, TopicPartition(state.topic, state.partition, position)))
         if not offsets:
             return
-        # Dead-letter events must be on the broker before the offsets that cover them are committed.
-        self.bus.flush()
+        # Dead-letter events must be on the broker before the offsets that cover them are committed (a flush
+        # waits for the broker: skipped when no event went out since the last one).
+        if self._unflushed_events:
+            self.bus.flush()
+            self._unflushed_events = False
         consumer.commit(offsets=[tp for _, tp in offsets], asynchronous=False)
         for state, tp in offsets:
             state.committed = tp.offset
