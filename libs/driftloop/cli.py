@@ -50,7 +50,7 @@ def _call(service: str, method: str, path: str, **kwargs: Any) -> Any:
     url = settings.services.url(service) + path
     headers = {**auth_headers(settings), **kwargs.pop("headers", {})}
     try:
-        response = httpx.request(method, url, timeout=60.0, headers=headers, **kwargs)
+        response = httpx.request(method, url, timeout=kwargs.pop("timeout", 60.0), headers=headers, **kwargs)
     except httpx.ConnectError:
         raise DriftloopError(
             f"the {service} service does not answer at {url}: is the stack up (`driftloop up`)?"
@@ -181,7 +181,8 @@ def schemas_lock() -> None:
 @dataset_app.command("cut")
 def dataset_cut(stream: str) -> None:
     """Cut a dataset version of STREAM now, from the rows landed since the last one."""
-    _print_json(_call("ingestion", "POST", f"/v1/streams/{stream}/datasets"))
+    # A cut runs Spark: minutes on a busy machine or a large stream.
+    _print_json(_call("ingestion", "POST", f"/v1/streams/{stream}/datasets", timeout=900.0))
 
 
 @dataset_app.command("list")
@@ -219,7 +220,7 @@ def dataset_diff(
 ) -> None:
     """Rows added/removed between two versions of STREAM and the profile change per column."""
     params = {k: v for k, v in {"from": from_version, "to": to_version}.items() if v}
-    diff = _call("ingestion", "GET", f"/v1/streams/{stream}/datasets/diff", params=params)
+    diff = _call("ingestion", "GET", f"/v1/streams/{stream}/datasets/diff", params=params, timeout=900.0)
     if as_json:
         _print_json(diff)
         return
@@ -243,7 +244,11 @@ def dataset_compact(
     stream: str, keep: Annotated[int, typer.Option(help="Versions whose landed batches stay as they are.")] = 2
 ) -> None:
     """Retention: compact the landed batches of older versions of STREAM (every version stays reproducible)."""
-    _print_json(_call("ingestion", "POST", f"/v1/streams/{stream}/datasets/compact", params={"keep_versions": keep}))
+    _print_json(
+        _call(
+            "ingestion", "POST", f"/v1/streams/{stream}/datasets/compact", params={"keep_versions": keep}, timeout=900.0
+        )
+    )
 
 
 @dlq_app.command("show")
