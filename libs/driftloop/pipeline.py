@@ -129,6 +129,8 @@ class DatasetSpec(_Strict):
     unique_by: list[str] = Field(default_factory=list)
     # Freshness: the stream is stale when its newest landed event time is older than this (0: no rule).
     freshness_seconds: int = Field(default=0, ge=0)
+    # Retention: after each cut, compact the landed batches of all but the newest N versions (0: only on demand).
+    keep_landed_versions: int = Field(default=0, ge=0)
 
 
 AggregateFunction = Literal["count", "mean", "sum", "min", "max", "last"]

@@ -194,7 +194,7 @@ def router(runtime: Runtime, lander: Lander, intake: KafkaIntake, cutter: Datase
         """Retention: compact the landed batches of all but the newest ``keep_versions`` versions into one object
         per version (every version stays readable and reproducible)."""
         pipeline = pipeline_for_stream(runtime.pipelines, stream)
-        return compact(lander, pipeline.stream, keep_versions)
+        return compact(lander.Session, lander.store, pipeline.stream, keep_versions)
 
     @api.get("/datasets/{dataset_version_id}", tags=["datasets"])
     def get_dataset(dataset_version_id: str) -> dict[str, Any]:

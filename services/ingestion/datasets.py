@@ -284,6 +284,14 @@ class DatasetCutter:
                 )
             self.bus.publish(event)
             log.info("cut %s: %d rows (%d new), hash %s", version_id, result.row_count, new_rows, result.content_hash)
+            if cfg.dataset.keep_landed_versions:
+                from .versioning import compact
+
+                try:
+                    compact(self.Session, self.store, cfg.stream, cfg.dataset.keep_landed_versions)
+                except Exception:
+                    # Retention is housekeeping: the version stands; the next cut (or the API) compacts again.
+                    log.exception("compacting the landed batches of %s failed", stream)
             return row
 
     # --- reads ----------------------------------------------------------------------------------------------

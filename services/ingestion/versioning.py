@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as pads
 import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
 
 from driftloop.db.models import DatasetVersion, LandedBatch
 from driftloop.layout import dataset_prefix
@@ -114,12 +115,13 @@ def diff_versions(store: ObjectStore, stream: StreamSpec, old: DatasetVersion, n
     }
 
 
-def compact(lander: Lander, stream: StreamSpec, keep_versions: int) -> dict[str, Any]:
+def compact(
+    session_factory: sessionmaker[Session], store: ObjectStore, stream: StreamSpec, keep_versions: int
+) -> dict[str, Any]:
     """Compact the landed batches of every version but the newest ``keep_versions`` into one object per version.
     Idempotent: a batch already compacted is left alone; objects are deleted only after the rows point at the
     compacted object."""
-    store = lander.store
-    with lander.Session() as session:
+    with session_factory() as session:
         versions = list(
             session.scalars(
                 sa.select(DatasetVersion.id)
@@ -130,7 +132,7 @@ def compact(lander: Lander, stream: StreamSpec, keep_versions: int) -> dict[str,
         )
     compacted: list[dict[str, Any]] = []
     for version_id in sorted(versions):
-        with lander.Session() as session:
+        with session_factory() as session:
             batches = session.scalars(
                 sa.select(LandedBatch)
                 .where(LandedBatch.dataset_version_id == version_id, LandedBatch.compacted_into.is_(None))
@@ -148,7 +150,7 @@ def compact(lander: Lander, stream: StreamSpec, keep_versions: int) -> dict[str,
             [f"{root}/{k}" for k in keys], filesystem=fs, format="parquet", schema=arrow_schema(stream)
         ).to_table()
         store.put_bytes(target, table_to_parquet(table))
-        with lander.Session.begin() as session:
+        with session_factory.begin() as session:
             session.execute(
                 sa.update(LandedBatch).where(LandedBatch.object_key.in_(keys)).values(compacted_into=target)
             )

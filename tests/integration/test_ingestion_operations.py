@@ -177,6 +177,12 @@ def test_dead_letter_queue_counts_and_replay(ingestion: Ingestion) -> None:
     )
 
 
+def client_json(ingestion: Ingestion, path: str) -> Any:
+    response = ingestion.client.get(path)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 def version_hash(ingestion: Ingestion, version: int) -> str:
     store = open_object_store(ingestion.settings)
     keys = [k for k in store.list(dataset_prefix(ingestion.stream, version)) if k.endswith(".parquet")]
@@ -292,6 +298,12 @@ def test_cli_dlq_and_dataset_commands(ingestion: Ingestion, monkeypatch: pytest.
         # Cuts through the API (Spark may take longer than the CLI's HTTP timeout on a busy machine).
         assert ingestion.client.post(f"/v1/streams/{stream}/datasets").status_code == 200
         assert ingestion.post(records(5, 4)).status_code == 200
+        # Automatic retention from the pipeline config: the second cut compacts v1's landed batches.
+        model = f"model-{stream}"
+        cfg = ingestion.runtime.pipelines[model]
+        ingestion.runtime.pipelines[model] = cfg.model_copy(
+            update={"dataset": cfg.dataset.model_copy(update={"keep_landed_versions": 1})}
+        )
         assert ingestion.client.post(f"/v1/streams/{stream}/datasets").status_code == 200
         diff = runner.invoke(app, ["dataset", "diff", stream, "v1", "v2", "--json"])
         assert diff.exit_code == 0, diff.output
@@ -300,6 +312,10 @@ def test_cli_dlq_and_dataset_commands(ingestion: Ingestion, monkeypatch: pytest.
         assert human.exit_code == 0 and "+4 / -0" in human.output
         show = runner.invoke(app, ["dataset", "show", f"{stream}@v1"])
         assert show.exit_code == 0 and json.loads(show.output)["row_count"] == 6
+        sources = json.loads(show.output)["sources"]
+        assert len(sources) == 2 and all(s["compacted_into"] for s in sources)  # the request + the replay
+        v2_sources = client_json(ingestion, f"/v1/datasets/{stream}@v2")["sources"]
+        assert [s["compacted_into"] for s in v2_sources] == [None]
     finally:
         server.should_exit = True
         thread.join(timeout=10)
