@@ -93,8 +93,8 @@ class FeaturesSettings(_Section):
 
 class MonitorSettings(_Section):
     # How the monitor consumes its topics: "bus" (the platform's confluent-kafka consumer) or "faust" (a
-    # faust-streaming agent). Either way window state lives in the database (faust Tables do not recover on the
-    # embedded broker), so both give the same windows, and switching keeps the group's committed offsets.
+    # faust-streaming agent, group driftloop-monitor-faust). Either way window state lives in the database (faust
+    # Tables do not recover on the embedded broker), keyed by event id, so both give the same windows.
     stream_engine: Literal["bus", "faust"] = "bus"
 
 

@@ -12,6 +12,7 @@ from .handlers import MonitorHandlers
 from .streaming import FaustEngine
 
 CONSUMER_GROUP = "driftloop-monitor"
+FAUST_CONSUMER_GROUP = "driftloop-monitor-faust"
 
 
 def build(runtime: Runtime) -> ServiceSpec:
@@ -32,7 +33,8 @@ def build(runtime: Runtime) -> ServiceSpec:
     }
     app.state.monitor = handlers
     if runtime.settings.monitor.stream_engine == "faust":
-        engine = FaustEngine(runtime.bus, CONSUMER_GROUP, by_topic)
+        # A group of its own: the embedded broker mixes up a group that changes assignor protocol (bus -> faust).
+        engine = FaustEngine(runtime.bus, FAUST_CONSUMER_GROUP, by_topic)
         return ServiceSpec(
             app=app,
             loops=[engine.run],
