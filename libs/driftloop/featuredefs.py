@@ -67,9 +67,7 @@ def features_from_instances(instances: list[dict[str, Any]], pipeline: PipelineC
         if missing:
             raise ValidationFailed("missing_field", missing[0], f"instances[{i}] lacks field(s) {missing}")
         for name in needed:
-            spec = next(
-                (f for f in pipeline.features if f.aggregate is None and (f.source or f.name) == name), None
-            )
+            spec = next((f for f in pipeline.features if f.aggregate is None and (f.source or f.name) == name), None)
             value = instance.get(name)
             numeric = spec is not None and spec.kind == "numeric"
             if numeric and value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):

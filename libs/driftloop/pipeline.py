@@ -15,9 +15,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from driftloop.errors import ConfigError, NotFoundError
+from driftloop.searchspace import ModelFamily, SearchSpec
 from driftloop.topics import stream_topic
 
-from driftloop.searchspace import ModelFamily, SearchSpec
 FieldType = Literal["string", "int", "long", "double", "float", "boolean", "timestamp"]
 
 _AVRO_TYPES: dict[str, Any] = {
@@ -186,6 +186,7 @@ class ModelSpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     holdout_fraction: float = Field(default=0.25, gt=0, lt=1)
     seed: int = 42
+    search: SearchSpec | None = None
 
 
 class GateSpec(_Strict):

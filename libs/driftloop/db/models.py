@@ -263,6 +263,14 @@ class Run(Base):
     # The feature set read and how its holdout was drawn (fraction, seed, rows): fixed per dataset version.
     feature_set_uri: Mapped[str | None] = mapped_column(sa.String(500))
     holdout: Mapped[dict] = mapped_column(default=dict)
+    # Hyperparameter search: one entry per trial (config, status, scores per round "steps", early_stopped), and
+    # the search's summary (searcher, metric, best trial and configuration, counts, seconds). Null: no search.
+    trials: Mapped[list | None] = mapped_column(default=list)
+    search: Mapped[dict | None] = mapped_column(default=dict)
+    # name -> {uri, sha256, bytes}: model, feature list, training-set reference, plots, trials.
+    artifacts: Mapped[dict | None] = mapped_column(default=dict)
+    # A rerun (``driftloop runs rerun``) records the run it reproduces.
+    rerun_of: Mapped[str | None] = mapped_column(sa.String(64))
 
 
 # --- registry ------------------------------------------------------------------------------------------------
@@ -286,14 +294,6 @@ class ModelVersion(Base):
     # Outbox: the events this version produced (ModelRegistered, then ModelPromoted/ModelRejected), stored in
     # the same transaction as the state they announce, so that a redelivery re-sends them with the same ids.
     outbox: Mapped[list] = mapped_column(default=list)
-    # Hyperparameter search: one entry per trial (config, status, scores per round "steps", early_stopped), and
-    # the search's summary (searcher, metric, best trial and configuration, counts, seconds). Null: no search.
-    trials: Mapped[list | None] = mapped_column(default=list)
-    search: Mapped[dict | None] = mapped_column(default=dict)
-    # name -> {uri, sha256, bytes}: model, feature list, training-set reference, plots, trials.
-    artifacts: Mapped[dict | None] = mapped_column(default=dict)
-    # A rerun (``driftloop runs rerun``) records the run it reproduces.
-    rerun_of: Mapped[str | None] = mapped_column(sa.String(64))
     decided_at: Mapped[datetime | None]
     # Input fields and types the model answers on, its features and its output (set at registration).
     signature: Mapped[dict | None]
