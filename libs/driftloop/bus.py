@@ -400,7 +400,11 @@ class ConsumerLag:
         """Refresh the gauges at most once per ``interval`` seconds (cheap: no broker round trip except, once
         per newly assigned partition, asking for the group's committed offset)."""
         now = time.monotonic() if now is None else now
-        if now < self._next_update:
+        with self._lock:
+            # Until every partition's watermark is known, refresh on each poll (local calls only): else the first
+            # message's lag could wait a whole interval, or forever behind a handler that blocks.
+            all_known = self._partitions <= self._high.keys()
+        if all_known and now < self._next_update:
             return
         self._next_update = now + self.interval
         with self._lock:
