@@ -279,9 +279,13 @@ class KafkaIntake:
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned = True
         self.lag.assigned(partitions)
+        # Before any record of these partitions is handled or committed: the crash tests kill on this line.
         log.info("ingestion assigned %s", [(p.topic, p.partition) for p in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Logged before the flush and after it: a crash after the first line and before the next "assigned" is a
+        # crash inside the rebalance (the crash tests kill the process on the first line).
+        log.info("ingestion revoke started %s", [(p.topic, p.partition) for p in partitions])
         revoked = {(p.topic, p.partition) for p in partitions}
         with self._lock:
             states = [s for key, s in self.partitions.items() if key in revoked]
@@ -293,6 +297,7 @@ class KafkaIntake:
             for key in revoked:
                 self.partitions.pop(key, None)
         self.lag.revoked(partitions)
+        log.info("ingestion revoke done %s", [(p.topic, p.partition) for p in partitions])
 
     # --- stats ---------------------------------------------------------------------------------------------------
 
