@@ -11,7 +11,7 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: setup demo test test-unit test-integration test-e2e lint format up down status bench clean
+.PHONY: setup demo test test-unit test-integration test-e2e lint format up down status bench clean compose-env
 
 setup: $(STAMP)  ## Create .venv and install everything, pinned (requirements.lock).
 
@@ -55,6 +55,11 @@ down:
 
 status:
 	$(BIN)/driftloop status
+
+compose-env:  ## .env for docker compose with a generated DRIFTLOOP_ADMIN_TOKEN (mode 600); an existing one is kept.
+	@if grep -qs '^DRIFTLOOP_ADMIN_TOKEN=' .env; then echo ".env already has DRIFTLOOP_ADMIN_TOKEN"; else \
+	  (umask 077; echo "DRIFTLOOP_ADMIN_TOKEN=$$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')" >> .env) \
+	  && echo "wrote DRIFTLOOP_ADMIN_TOKEN to .env (mode 600): docker compose reads it"; fi
 
 bench: setup
 	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

@@ -1,7 +1,10 @@
-"""docker-compose.yml and the settings agree: every DRIFTLOOP_* key is a real setting, and compose parses."""
+"""docker-compose.yml and the settings agree: every DRIFTLOOP_* key is a real setting, and compose parses. Compose
+is secure by default (no start without an admin token), and Prometheus/Grafana are wired to the services."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,10 +17,36 @@ from driftloop.stack import SERVICES
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
+# What `make compose-env` would write to .env; the tests give it explicitly.
+TEST_ADMIN_TOKEN = "compose-test-token-0123456789"
+_REQUIRED_VARIABLE = re.compile(r"\$\{(\w+):\?[^}]*\}")
+
+
+def _interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's ``${VAR:?message}``: the variable's value, or an error naming it (as compose refuses to start)."""
+
+    def substitute(match: re.Match[str]) -> str:
+        if not env.get(match.group(1)):
+            raise KeyError(match.group(1))
+        return env[match.group(1)]
+
+    return _REQUIRED_VARIABLE.sub(substitute, value)
 
 
 def _services() -> dict[str, dict]:
     return yaml.safe_load(COMPOSE.read_text())["services"]
+
+
+def _compose_cmd() -> list[str]:
+    if shutil.which("docker-compose"):
+        return ["docker-compose", "-f", str(COMPOSE)]
+    assert shutil.which("docker"), "neither docker-compose nor docker is installed: run `make setup`"
+    return ["docker", "compose", "-f", str(COMPOSE)]
+
+
+def _compose_env(**variables: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "DRIFTLOOP_ADMIN_TOKEN"}
+    return {**env, **variables}
 
 
 def test_every_driftloop_service_is_in_compose_and_built_from_infra() -> None:
@@ -35,12 +64,18 @@ def test_compose_settings_are_known_and_valid(monkeypatch: pytest.MonkeyPatch, t
     services = _services()
     monkeypatch.chdir(tmp_path)
     for name in (*SERVICES, "migrate"):
-        env = {k: str(v) for k, v in services[name]["environment"].items()}
+        raw = {k: str(v) for k, v in services[name]["environment"].items()}
+        env = {k: _interpolate(v, {"DRIFTLOOP_ADMIN_TOKEN": TEST_ADMIN_TOKEN}) for k, v in raw.items()}
         assert _unknown_env_keys(env) == [], f"{name}: unknown settings in compose"
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         settings = Settings()
         assert settings.kafka.embedded is False and settings.schema_registry.embedded is False
+        # Secure by default: every service enforces the admin token it was given, which has no default.
+        assert settings.security.enabled
+        assert [t.get_secret_value() for t in settings.security.admin_tokens.values()] == [TEST_ADMIN_TOKEN]
+        with pytest.raises(KeyError, match="DRIFTLOOP_ADMIN_TOKEN"):
+            _interpolate(raw["DRIFTLOOP_SECURITY__ADMIN_TOKENS"], {})
         assert settings.database_url.startswith("postgresql+psycopg://")
         assert settings.object_store.type == "s3"
         if name in SERVICES:
@@ -48,14 +83,29 @@ def test_compose_settings_are_known_and_valid(monkeypatch: pytest.MonkeyPatch, t
             assert settings.services.port(name) in published, f"{name} publishes {published}"
 
 
-def test_compose_file_parses_with_docker_compose() -> None:
-    if shutil.which("docker-compose"):
-        cmd = ["docker-compose", "-f", str(COMPOSE), "config", "-q"]
-    else:
-        assert shutil.which("docker"), "neither docker-compose nor docker is installed: run `make setup`"
-        cmd = ["docker", "compose", "-f", str(COMPOSE), "config", "-q"]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+def test_compose_file_parses_with_docker_compose(tmp_path: Path) -> None:
+    # --project-directory: a developer's own .env in the checkout must not decide the outcome.
+    cmd = [*_compose_cmd(), "--project-directory", str(tmp_path), "config", "-q"]
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, env=_compose_env(DRIFTLOOP_ADMIN_TOKEN=TEST_ADMIN_TOKEN)
+    )
     assert result.returncode == 0, result.stderr
+
+
+def test_compose_refuses_to_start_without_an_admin_token(tmp_path: Path) -> None:
+    cmd = [*_compose_cmd(), "--project-directory", str(tmp_path), "config", "-q"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=_compose_env())
+    assert result.returncode != 0
+    assert "set DRIFTLOOP_ADMIN_TOKEN" in result.stderr, result.stderr
+
+
+def test_what_has_no_authentication_is_published_on_loopback_only() -> None:
+    services = _services()
+    for name in ("schema-registry", "minio", "prometheus"):
+        for port in services[name].get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+    grafana = services["grafana"]["environment"]
+    assert "DRIFTLOOP_ADMIN_TOKEN:?" in grafana["GF_SECURITY_ADMIN_PASSWORD"]
 
 
 def test_prometheus_scrapes_every_service_on_its_compose_port() -> None:
@@ -71,6 +121,41 @@ def test_prometheus_scrapes_every_service_on_its_compose_port() -> None:
     for name in SERVICES:
         port = int(services[name]["ports"][0].split(":")[1])
         assert f"{name}:{port}" in targets, f"prometheus does not scrape {name}"
+
+
+def test_promtool_accepts_the_prometheus_config() -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool (Debian's prometheus package) is missing: run `make setup`"
+    result = subprocess.run(
+        [promtool, "check", "config", str(REPO / "infra/prometheus/prometheus.yml")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _mounts(service: dict) -> dict[str, str]:
+    """Container path -> host path of a service's bind mounts."""
+    return {v.split(":")[1]: v.split(":")[0] for v in service["volumes"] if v.startswith("./")}
+
+
+def test_prometheus_and_grafana_provisioning_point_at_each_other() -> None:
+    services = _services()
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    config_flag = next(a for a in prometheus["command"] if a.startswith("--config.file="))
+    assert _mounts(prometheus)[config_flag.split("=", 1)[1]] == "./infra/prometheus/prometheus.yml"
+
+    grafana_mounts = _mounts(grafana)
+    assert grafana_mounts["/etc/grafana/provisioning"] == "./infra/grafana/provisioning"
+    datasource = yaml.safe_load((REPO / "infra/grafana/provisioning/datasources/prometheus.yml").read_text())
+    url = datasource["datasources"][0]["url"]
+    host, port = url.removeprefix("http://").rstrip("/").split(":")
+    assert host == "prometheus" and "prometheus" in grafana["depends_on"]
+    assert any(str(p).endswith(f":{port}") for p in prometheus["ports"]), f"prometheus does not listen on {port}"
+
+    provider = yaml.safe_load((REPO / "infra/grafana/provisioning/dashboards/driftloop.yml").read_text())
+    dashboards_dir = provider["providers"][0]["options"]["path"]
+    assert grafana_mounts[dashboards_dir] == "./infra/grafana/dashboards"
+    home = Path(grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
+    assert (REPO / grafana_mounts[str(home.parent)] / home.name).is_file()
 
 
 def _metric_names() -> set[str]:
