@@ -4,6 +4,7 @@
 - ``schema_registry_url``: driftloop's schema registry service as a subprocess (session scope, SQLite).
 - ``postgres_url``: a PostgreSQL server from the image's binaries, run as user postgres (session scope).
 - ``s3_endpoint``: a moto S3 server (session scope), credentials ``testing``/``testing``.
+- ``redis_server``: a Redis server (session scope, no persistence), ``redis://127.0.0.1:<port>/0``.
 - ``make_settings(**overrides)``: Settings wired to the broker and registry, with a fresh home per test.
 """
 
@@ -183,4 +184,24 @@ def s3_endpoint(session_dir: Path) -> Iterator[str]:
     proc = spawn([str(exe), "-H", "127.0.0.1", "-p", str(port)], session_dir / "logs" / "moto.log")
     wait_until(lambda: port_open("127.0.0.1", port), 30, "moto_server")
     yield f"127.0.0.1:{port}"
+    stop_pid(proc.pid)
+
+
+@pytest.fixture(scope="session")
+def redis_server(session_dir: Path) -> Iterator[str]:
+    """URL of a Redis server of our own (Debian's redis-server, no persistence), stopped by PID."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not installed: run `make setup` (infra/setup-system.sh installs it)")
+    port = free_port()
+    workdir = session_dir / "redis"
+    workdir.mkdir(parents=True, exist_ok=True)
+    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)]
+    proc = spawn(cmd, session_dir / "logs" / "redis.log")
+    try:
+        wait_until(lambda: proc.poll() is None and port_open("127.0.0.1", port), 30, "redis-server")
+    except Exception:
+        stop_pid(proc.pid)
+        raise
+    yield f"redis://127.0.0.1:{port}/0"
     stop_pid(proc.pid)

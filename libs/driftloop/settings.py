@@ -82,11 +82,26 @@ class SparkSettings(_Section):
     driver_memory: str = "1g"
 
 
+class RedisOnlineStoreSettings(_Section):
+    # A full URL (redis://[:password@]host:port/db, rediss:// for TLS) wins over host/port/db/password.
+    url: str = ""
+    host: str = "127.0.0.1"
+    port: int = Field(default=6379, ge=1, le=65535)
+    db: int = Field(default=0, ge=0)
+    password: SecretStr = SecretStr("")
+    # Every key is <key_prefix><stream>:<entity>; a prefix lets deployments share one Redis.
+    key_prefix: str = "driftloop:online:"
+    # Entities not written for this long expire (Redis EXPIRE, renewed on each write). None: kept forever.
+    ttl_seconds: int | None = Field(default=None, ge=1)
+    # Connect/read timeout: a Redis that stops answering fails a lookup in this time (a 503), not never.
+    timeout_seconds: float = Field(default=5.0, gt=0)
+
+
 class FeaturesSettings(_Section):
-    # The online store's type: "database" (the ``online_features`` table). Other types register themselves in
-    # ``services/features/onlinestore.py``: ``ONLINE_STORE_TYPES`` (e.g. "redis") and read ``online_store_url``.
+    # The online store's type: "database" (the ``online_features`` table) or "redis" (configured by ``redis``
+    # below). Types are registered in ``services/features/onlinestore.py``: ``ONLINE_STORE_TYPES``.
     online_store: str = Field(default="database", min_length=1)
-    online_store_url: str = ""
+    redis: RedisOnlineStoreSettings = RedisOnlineStoreSettings()
     # Run the streaming-feature worker (faust) in the features service: online values within seconds of a record.
     streaming: bool = True
 

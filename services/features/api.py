@@ -6,14 +6,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from driftloop.db.models import FeatureSet
 from driftloop.pipeline import PipelineConfig, pipeline_for_stream
 from driftloop.service import Runtime
 
-from .onlinestore import open_online_store
+from .onlinestore import OnlineStoreUnavailable, open_online_store
 
 MAX_ENTITIES_PER_LOOKUP = 10_000
 
@@ -112,9 +112,13 @@ def router(runtime: Runtime) -> APIRouter:
     @api.post("/online")
     def online(request: OnlineRequest) -> OnlineResponse:
         """Latest feature values of the entities (each with its ``event_time``) and their freshness; entities the
-        store does not hold are listed in ``missing`` (not an error). Unknown stream: 404."""
+        store does not hold are listed in ``missing`` (not an error). Unknown stream: 404; the online store's
+        server (Redis) not answering: 503 saying where it was looked for."""
         pipeline = pipeline_for_stream(runtime.pipelines, request.stream)
-        found = online_store.read(request.stream, request.entities)
+        try:
+            found = online_store.read(request.stream, request.entities)
+        except OnlineStoreUnavailable as exc:
+            raise HTTPException(status_code=503, detail=str(exc)) from None
         now = datetime.now(tz=UTC)
         values: dict[str, dict[str, Any]] = {}
         freshness: dict[str, Freshness] = {}

@@ -1,8 +1,9 @@
 """The online store: latest feature values per (stream, entity), behind the ``OnlineStore`` interface.
 
 The type is chosen by ``settings.features.online_store`` (a string): ``"database"`` is the ``online_features``
-table. Another backend (Redis: a hash per entity holding values, event time and write time) is a class with the
-same two methods, registered in ``ONLINE_STORE_TYPES``.
+table; ``"redis"`` is one Redis hash per (stream, entity) holding the values, event time and write time
+(``settings.features.redis``). Another backend is a class with the same two methods, registered in
+``ONLINE_STORE_TYPES``.
 
 Writes only move an entity forward in event time, so replaying an older dataset version or a late record never
 overwrites newer values. Each entity carries its freshness: the event time its values are as of, and when they
@@ -11,16 +12,20 @@ were written.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
 
 from driftloop.db.models import OnlineFeatures
-from driftloop.errors import ConfigError
-from driftloop.settings import Settings
+from driftloop.errors import ConfigError, DriftloopError
+from driftloop.settings import RedisOnlineStoreSettings, Settings
+
+if TYPE_CHECKING:
+    import redis
 
 UPSERT_BATCH_ROWS = 500
 
@@ -105,9 +110,170 @@ class DatabaseOnlineStore:
         return found
 
 
-# type string -> factory(settings, engine). Add "redis" here with a class implementing OnlineStore.
+class OnlineStoreUnavailable(DriftloopError):
+    """The online store's server does not answer (the API answers 503 with this message)."""
+
+
+# Hash fields of the entity's freshness; '@' cannot start a feature name, so they never meet a feature's field.
+EVENT_TIME_FIELD = "@event_time"
+UPDATED_AT_FIELD = "@updated_at"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# KEYS[1]: the entity's hash. ARGV: event time (epoch microseconds, '' for none), TTL seconds ('' for none), then
+# field/value pairs (freshness fields included). The same rule as the database's upsert, atomically: an older
+# event time never replaces a newer one; equal replaces (idempotent); a missing time on either side replaces.
+# The hash is replaced as a whole, so a feature dropped from the values does not linger.
+_WRITE_IF_NOT_OLDER = """
+local current = redis.call('HGET', KEYS[1], '@event_time')
+if current and current ~= '' and ARGV[1] ~= '' and tonumber(current) > tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+if ARGV[2] ~= '' then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return 1
+"""
+
+
+def _micros(value: datetime | None) -> str:
+    """Epoch microseconds (exact in Lua's doubles until the year 2255), '' for no time."""
+    if value is None:
+        return ""
+    return str((_utc(value) - EPOCH) // timedelta(microseconds=1))  # type: ignore[operator]
+
+
+def _from_micros(text: str | None) -> datetime | None:
+    return None if not text else EPOCH + timedelta(microseconds=int(text))
+
+
+def redis_url(config: RedisOnlineStoreSettings) -> str:
+    """The URL the store connects to, without its password (for messages)."""
+    if config.url:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(config.url)
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return parts._replace(netloc=netloc).geturl()
+    return f"redis://{config.host}:{config.port}/{config.db}"
+
+
+class RedisOnlineStore:
+    """One Redis hash per (stream, entity) at ``<key_prefix><stream>:<entity>`` (stream names hold no ':'):
+    each feature's value as JSON (so numbers, strings and nulls come back as they went in) plus ``@event_time``
+    and ``@updated_at`` (epoch microseconds, UTC). Writes go through a Lua script (atomic compare-and-replace on
+    the event time) in pipelined batches; reads are one pipelined ``HGETALL`` per entity."""
+
+    def __init__(self, config: RedisOnlineStoreSettings, client: redis.Redis | None = None) -> None:
+        import redis
+        from redis.backoff import ExponentialWithJitterBackoff
+        from redis.retry import Retry
+
+        self.config = config
+        self.prefix = config.key_prefix
+        self.ttl = "" if config.ttl_seconds is None else str(config.ttl_seconds)
+        options: dict[str, Any] = {
+            "socket_timeout": config.timeout_seconds,
+            "socket_connect_timeout": config.timeout_seconds,
+            "decode_responses": True,
+            # A blip is retried briefly; a Redis that is gone answers a lookup with a 503 within about a second
+            # (the client's default, 10 retries, would hold each lookup for seconds).
+            "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3),
+        }
+        if client is not None:
+            self.client = client
+        elif config.url:
+            try:
+                self.client = redis.Redis.from_url(config.url, **options)
+            except ValueError as exc:
+                raise ConfigError(f"features.redis.url {redis_url(config)!r} is not a Redis URL: {exc}") from None
+        else:
+            password = config.password.get_secret_value() or None
+            self.client = redis.Redis(host=config.host, port=config.port, db=config.db, password=password, **options)
+        self._write_script = self.client.register_script(_WRITE_IF_NOT_OLDER)
+        self._check()
+
+    def _unavailable(self, exc: Exception) -> OnlineStoreUnavailable:
+        return OnlineStoreUnavailable(
+            f"the Redis online store at {redis_url(self.config)} does not answer ({exc}): start Redis there, or point "
+            "features.redis.url (DRIFTLOOP_FEATURES__REDIS__URL) or features.redis.host/port at a running one"
+        )
+
+    def _check(self) -> None:
+        """Fail at startup, with what to fix, rather than on the first lookup."""
+        import redis
+
+        try:
+            self.client.ping()
+        except redis.AuthenticationError as exc:
+            raise ConfigError(
+                f"the Redis online store at {redis_url(self.config)} refused the password ({exc}): set "
+                "features.redis.password (DRIFTLOOP_FEATURES__REDIS__PASSWORD) or the password in features.redis.url"
+            ) from None
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise ConfigError(str(self._unavailable(exc))) from None
+        except redis.ResponseError as exc:  # e.g. a db index the server does not have
+            raise ConfigError(f"the Redis online store at {redis_url(self.config)}: {exc} (features.redis)") from None
+
+    def key(self, stream: str, entity: str) -> str:
+        return f"{self.prefix}{stream}:{entity}"
+
+    def write(self, rows: list[dict[str, Any]]) -> int:
+        import redis
+
+        if not rows:
+            return 0
+        try:
+            for start in range(0, len(rows), UPSERT_BATCH_ROWS):
+                pipe = self.client.pipeline(transaction=False)
+                for row in rows[start : start + UPSERT_BATCH_ROWS]:
+                    fields: list[str] = [
+                        EVENT_TIME_FIELD,
+                        _micros(row.get("event_time")),
+                        UPDATED_AT_FIELD,
+                        _micros(row.get("updated_at")),
+                    ]
+                    for name, value in (row.get("values") or {}).items():
+                        fields += [name, json.dumps(value)]
+                    args = [fields[1], self.ttl, *fields]
+                    self._write_script(keys=[self.key(row["stream"], row["entity"])], args=args, client=pipe)
+                pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise self._unavailable(exc) from None
+        return len(rows)
+
+    def read(self, stream: str, entities: Iterable[str]) -> dict[str, OnlineValue]:
+        import redis
+
+        wanted = list(dict.fromkeys(entities))
+        found: dict[str, OnlineValue] = {}
+        try:
+            for start in range(0, len(wanted), UPSERT_BATCH_ROWS):
+                chunk = wanted[start : start + UPSERT_BATCH_ROWS]
+                pipe = self.client.pipeline(transaction=False)
+                for entity in chunk:
+                    pipe.hgetall(self.key(stream, entity))
+                for entity, stored in zip(chunk, pipe.execute(), strict=True):
+                    if not stored:  # a missing key reads as an empty hash
+                        continue
+                    event_time = _from_micros(stored.pop(EVENT_TIME_FIELD, None))
+                    updated_at = _from_micros(stored.pop(UPDATED_AT_FIELD, None))
+                    values = {name: json.loads(text) for name, text in stored.items()}
+                    found[entity] = OnlineValue(values, event_time, updated_at)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise self._unavailable(exc) from None
+        return found
+
+    def close(self) -> None:
+        self.client.close()
+
+
+# type string -> factory(settings, engine).
 ONLINE_STORE_TYPES: dict[str, Callable[[Settings, sa.Engine], OnlineStore]] = {
     "database": lambda _settings, engine: DatabaseOnlineStore(engine),
+    "redis": lambda settings, _engine: RedisOnlineStore(settings.features.redis),
 }
 
 

@@ -165,5 +165,5 @@ def test_feature_listing_has_views_versions_and_schema(client: tuple[TestClient,
 
 def test_unknown_online_store_type_is_a_config_error(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, features={"online_store": "memcached"})
-    with pytest.raises(ConfigError, match=r"memcached.*known: \['database'\]"):
+    with pytest.raises(ConfigError, match=r"memcached.*known: \['database', 'redis'\]"):
         open_online_store(settings, create_engine_for(f"sqlite:///{tmp_path}/x.db"))
