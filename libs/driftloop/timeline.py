@@ -94,7 +94,18 @@ def describe(event_type: str, p: dict[str, Any]) -> str:
         g = _gate(p)
         numbers = _gate_numbers(g)
         prev = f"v{p['previous_version']}" if p.get("previous_version") is not None else "none"
+        if p.get("rollback"):
+            return (
+                f"{p['alias']} of {p['model']} rolled back to v{p['version']} (was {prev}) by "
+                f"{p.get('moved_by') or 'registry'}: {p['reason']}"
+            )
         return f"{p['model']} v{p['version']} promoted to {p['alias']} (was {prev}): {numbers or p['reason']}"
+    if event_type == "AliasMoveRefused":
+        current = f"v{p['current_version']}" if p.get("current_version") is not None else "nothing"
+        return (
+            f"{p['alias']} of {p['model']} NOT moved to v{p['requested_version']} (asked by {p['requested_by']}); "
+            f"it stays on {current}: {p['reason']}"
+        )
     if event_type == "ModelRejected":
         numbers = _gate_numbers(_gate(p))
         return f"{p['model']} v{p['version']} rejected, champion kept: {numbers or p['reason']}"

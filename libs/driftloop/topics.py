@@ -30,6 +30,7 @@ TRAINING_COMPLETED = Topic("driftloop.training.completed", "TrainingCompleted", 
 MODEL_REGISTERED = Topic("driftloop.models.registered", "ModelRegistered", key="model")
 MODEL_PROMOTED = Topic("driftloop.models.promoted", "ModelPromoted", key="model")
 MODEL_REJECTED = Topic("driftloop.models.rejected", "ModelRejected", key="model")
+ALIAS_MOVE_REFUSED = Topic("driftloop.models.alias-move-refused", "AliasMoveRefused", key="model")
 PREDICTION_LOGGED = Topic("driftloop.serving.prediction-logged", "PredictionLogged", key="model")
 FEEDBACK_RECEIVED = Topic("driftloop.serving.feedback-received", "FeedbackReceived", key="model")
 SERVING_SWITCHED = Topic("driftloop.serving.switched", "ServingSwitched", key="model")
@@ -49,6 +50,7 @@ EVENT_TOPICS: tuple[Topic, ...] = (
     MODEL_REGISTERED,
     MODEL_PROMOTED,
     MODEL_REJECTED,
+    ALIAS_MOVE_REFUSED,
     PREDICTION_LOGGED,
     FEEDBACK_RECEIVED,
     SERVING_SWITCHED,

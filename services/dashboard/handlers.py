@@ -132,6 +132,11 @@ def explain(steps: list[Step]) -> tuple[list[str], str]:
             sentences.append(
                 f"Training: run {str(p.get('run_id'))[:8]} fit on {p.get('dataset_version_id')} ({metrics})."
             )
+        elif step.event_type == "ModelPromoted" and p.get("rollback"):
+            sentences.append(f"Registry: {step.summary}.")
+            outcome = f"rolled back v{p.get('previous_version')}, champion v{p.get('version')}"
+        elif step.event_type == "AliasMoveRefused":
+            sentences.append(f"Registry: {step.summary}.")
         elif step.event_type == "ModelPromoted":
             sentences.append(gate_sentence(p, promoted=True))
             outcome = f"promoted v{p.get('version')}"

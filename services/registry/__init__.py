@@ -7,6 +7,11 @@ the challenger's feature set. A better challenger (by ``gate.min_improvement``; 
 ``gate.first_version_threshold``; never below ``gate.floor``) takes the ``champion`` alias in one transaction and
 ``ModelPromoted`` is emitted; otherwise ``ModelRejected``, and the champion stays.
 
+Consumes ``RolloutRolledBack`` (same group): when a serving replica judged a canary/shadow challenger worse
+(``origin: verdict``), ``champion`` moves back to the version serving kept (``ModelPromoted``, ``rollback: true``,
+``moved_by: serving``, caused by the rollback), once per rolled-back promotion; if the alias moved since that
+promotion it stays and ``AliasMoveRefused`` says why.
+
 Aliases (``champion``, ``challenger``, any name) also move by HTTP, atomically, each move a ``ModelPromoted``
 with ``alias``, ``moved_by`` (token name), ``reason`` and ``rollback``; serving follows ``champion`` only.
 

@@ -25,6 +25,13 @@ log = logging.getLogger(__name__)
 PRODUCER = "registry"
 
 GATE_DECISIONS = Counter("driftloop_registry_gate_decisions_total", "Gate decisions", ["model", "decision"])
+ROLLOUT_ROLLBACKS = Counter(
+    "driftloop_registry_rollout_rollbacks_total",
+    "Serving rollbacks followed by the champion alias, by outcome (moved, already, moved_elsewhere)",
+    ["model", "outcome"],
+)
+# moved_by of the champion moves the registry makes on a serving rollback.
+ROLLOUT_MOVER = "serving"
 
 
 def signature_of(pipeline: PipelineConfig, feature_names: list[str]) -> dict[str, Any]:
@@ -335,6 +342,88 @@ class RegistryHandlers:
             expected_version=champion.version,
             rollback=True,
         )
+
+    # --- rollbacks by serving (RolloutRolledBack) ---------------------------------------------------------
+
+    def on_rollout_rolled_back(self, event: Event) -> None:
+        """A serving replica judged a canary/shadow challenger worse and kept the champion: move the ``champion``
+        alias back to the version serving kept, so that every replica (a new one replaying the promotions too)
+        serves it. Once per rolled-back promotion: other replicas' rollbacks of it and redeliveries move nothing.
+        If the alias moved since that promotion (a newer promotion, a user), it stays: logged, ``AliasMoveRefused``."""
+        model, rolled_back, kept = event["model"], int(event["version"]), int(event["champion_version"])
+        origin = event.data.get("origin") or "verdict"
+        promotion_id = event.envelope.caused_by
+        if origin != "verdict" or promotion_id is None:
+            # Consequences of another move (followed, superseded, champion moved): the champion is already decided.
+            log.info(
+                "%s: rollback of v%d on replica %s (%s): nothing to move", model, rolled_back, event["replica"], origin
+            )
+            return
+        if not self.registry.model_exists(model):
+            log.warning("%s: serving rolled back v%d of a model this registry does not know", model, rolled_back)
+            return
+        reason = f"serving rolled back v{rolled_back} on replica {event['replica']}: {event['reason']}"
+
+        def make_event(previous: int | None, target: Any) -> Event:
+            data = {
+                "model": model,
+                "version": kept,
+                "alias": CHAMPION,
+                "previous_version": previous,
+                "artifact_uri": target.artifact_uri,
+                "artifact_sha256": target.artifact_sha256,
+                "dataset_version_id": target.dataset_version_id,
+                "feature_set_uri": target.feature_set_uri,
+                "reason": reason,
+                "gate_json": json.dumps(target.gate or {}, sort_keys=True),
+                "moved_by": ROLLOUT_MOVER,
+                "rollback": True,
+            }
+            return new_event("ModelPromoted", data, producer=PRODUCER, cause=event)
+
+        outcome, moved, alias = self.registry.follow_rollout_rollback(
+            model,
+            rolled_back_version=rolled_back,
+            kept_version=kept,
+            promotion_event_id=promotion_id,
+            rollback_event_id=event.id,
+            moved_by=ROLLOUT_MOVER,
+            reason=reason,
+            make_event=make_event,
+        )
+        ROLLOUT_ROLLBACKS.labels(model, outcome).inc()
+        if outcome == "moved_elsewhere":
+            current = alias.version if alias is not None else None
+            why = (
+                f"champion of {model} is v{current} (moved by {alias.moved_by or 'registry'}: {alias.reason}) since "
+                f"the promotion of v{rolled_back} that serving rolled back; not moving it to v{kept}"
+                if alias is not None
+                else f"{model} has no champion alias; not moving it to v{kept}"
+            )
+            log.warning("%s", why)
+            refused = {
+                "model": model,
+                "alias": CHAMPION,
+                "requested_version": kept,
+                "current_version": current,
+                "expected_version": rolled_back,
+                "requested_by": ROLLOUT_MOVER,
+                "reason": why,
+            }
+            self.bus.publish(new_event("AliasMoveRefused", refused, producer=PRODUCER, cause=event))
+            return
+        if moved is not None:
+            self.bus.publish(moved)  # stored on the alias row first: a redelivery re-sends the same event id
+        if outcome == "moved":
+            log.warning("%s: champion moved back v%d -> v%d (%s)", model, rolled_back, kept, reason)
+        else:
+            log.info(
+                "%s: champion is already v%d; rollback of v%d on %s moves nothing",
+                model,
+                kept,
+                rolled_back,
+                event["replica"],
+            )
 
 
 class EventNotSent(DriftloopError):

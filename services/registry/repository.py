@@ -271,6 +271,49 @@ class Registry:
             row.updated_at = utcnow()
         return row, event, True
 
+    def follow_rollout_rollback(
+        self,
+        model: str,
+        *,
+        rolled_back_version: int,
+        kept_version: int,
+        promotion_event_id: str,
+        rollback_event_id: str,
+        moved_by: str,
+        reason: str,
+        make_event: Any,
+    ) -> tuple[str, Event | None, ModelAlias | None]:
+        """Move ``champion`` back to ``kept_version`` after serving rolled back the promotion
+        ``promotion_event_id`` (of ``rolled_back_version``), in one transaction with the alias row locked.
+
+        Returns ``(outcome, event, alias)``:
+        - ``"moved"``: the alias still held that promotion and now points at ``kept_version``; ``event`` (built by
+          ``make_event(previous_version, kept_version_row)``) is stored on the alias row and must be published;
+        - ``"already"``: the alias already points at ``kept_version`` (another replica's rollback, a redelivery
+          of this one, or a user did it): nothing moves; ``event`` is the stored one when this very rollback moved
+          it (re-sent, same id: its first publish may have failed), else None;
+        - ``"moved_elsewhere"``: the alias moved since that promotion (a newer promotion, a user): it stays.
+        """
+        with self.Session.begin() as session:
+            row = session.get(ModelAlias, (model, CHAMPION), with_for_update=True)
+            if row is not None and row.event_id == promotion_event_id and row.version == rolled_back_version:
+                target = session.get(ModelVersion, (model, kept_version), with_for_update=True)
+                if target is None:
+                    return "moved_elsewhere", None, row  # serving kept a version this registry does not know
+                event = make_event(row.version, target)
+                row.version = kept_version
+                row.event_id = event.id
+                row.event = event_to_json(event)
+                row.moved_by = moved_by
+                row.reason = reason
+                row.updated_at = utcnow()
+                return "moved", event, row
+            if row is not None and row.version == kept_version:
+                stored = event_from_json(row.event) if row.event else None
+                resend = stored is not None and stored.envelope.caused_by == rollback_event_id
+                return "already", stored if resend else None, row
+            return "moved_elsewhere", None, row
+
     def previous_champion(self, model: str, before: int) -> ModelVersion | None:
         """The newest promoted version older than ``before`` (the rollback target when none is named)."""
         with self.Session() as session:

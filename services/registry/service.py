@@ -6,7 +6,7 @@ from functools import partial
 
 from driftloop.objectstore import open_object_store
 from driftloop.service import ConsumerSpec, Runtime, ServiceSpec, base_app
-from driftloop.topics import TRAINING_COMPLETED
+from driftloop.topics import ROLLOUT_ROLLED_BACK, TRAINING_COMPLETED
 
 from . import api
 from .handlers import RegistryHandlers
@@ -29,5 +29,13 @@ def build(runtime: Runtime) -> ServiceSpec:
     app.include_router(api.router(registry, handlers))
     return ServiceSpec(
         app=app,
-        consumers=[ConsumerSpec(CONSUMER_GROUP, {TRAINING_COMPLETED: handlers.on_training_completed})],
+        consumers=[
+            ConsumerSpec(
+                CONSUMER_GROUP,
+                {
+                    TRAINING_COMPLETED: handlers.on_training_completed,
+                    ROLLOUT_ROLLED_BACK: handlers.on_rollout_rolled_back,
+                },
+            )
+        ],
     )

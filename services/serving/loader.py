@@ -107,7 +107,16 @@ class PromotionFollower:
                 event["version"],
                 event["artifact_sha256"],
             ):
-                log.info("%s v%d is already served (redelivered promotion)", model, current.version)
+                log.info(
+                    "%s v%d is already served (redelivered promotion, or the champion moved back)",
+                    model,
+                    current.version,
+                )
+                running = self.rollouts.get(model)
+                if running is not None and running.challenger.version != current.version:
+                    # The champion alias is back on the served version (e.g. the registry followed another
+                    # replica's rollback): the challenger's rollout here is over, it must not complete later.
+                    self.rollouts.cancel(model, f"the champion moved back to v{current.version}")
                 return
             rollout = self.rollouts.get(model)
             if rollout is not None and (rollout.challenger.version, rollout.challenger.sha256) == (

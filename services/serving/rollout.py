@@ -209,7 +209,9 @@ class RolloutController:
             superseded = self._rollouts.get(champion.model)
             self._rollouts[champion.model] = rollout
         if superseded is not None:
-            self._emit_rollback(superseded, f"superseded by the promotion of v{challenger.version}", superseded.stats())
+            self._emit_rollback(
+                superseded, f"superseded by the promotion of v{challenger.version}", superseded.stats(), "superseded"
+            )
         ROLLOUT_SHARE.labels(rollout.model).set(rollout.share)
         ROLLOUT_ACTIONS.labels(rollout.model, "started").inc()
         log.info("%s: %s rollout of v%d against v%d", rollout.model, spec.mode, challenger.version, champion.version)
@@ -234,7 +236,9 @@ class RolloutController:
         log.warning(
             "%s: v%d rolled back on replica %s; following", rollout.model, rollout.challenger.version, event["replica"]
         )
-        self._emit_rollback(rollout, f"rolled back on replica {event['replica']}: {event['reason']}", rollout.stats())
+        self._emit_rollback(
+            rollout, f"rolled back on replica {event['replica']}: {event['reason']}", rollout.stats(), "followed"
+        )
 
     def cancel(self, model: str, reason: str) -> None:
         """Stop a running rollout of ``model`` (the champion changed by other means)."""
@@ -243,7 +247,7 @@ class RolloutController:
         if rollout is not None:
             ROLLOUT_SHARE.labels(model).set(0.0)
             ROLLOUT_ACTIONS.labels(model, "rolled_back").inc()
-            self._emit_rollback(rollout, reason, rollout.stats())
+            self._emit_rollback(rollout, reason, rollout.stats(), "champion_moved")
 
     def predict(
         self,
@@ -314,7 +318,7 @@ class RolloutController:
         if verdict.action == "rolled_back":
             self._finish(rollout, rolled_back=True)
             log.warning("%s: ROLLED BACK v%d: %s", rollout.model, rollout.challenger.version, verdict.reason)
-            self._emit_rollback(rollout, verdict.reason, verdict.stats)
+            self._emit_rollback(rollout, verdict.reason, verdict.stats, "verdict")
             return
         if verdict.action == "completed":
             previous = self.table.swap(rollout.challenger)
@@ -355,7 +359,9 @@ class RolloutController:
         }
         self._send(new_event("RolloutStepped", data, producer=PRODUCER, cause=rollout.promoted))
 
-    def _emit_rollback(self, rollout: Rollout, reason: str, stats: dict[str, Any]) -> None:
+    def _emit_rollback(self, rollout: Rollout, reason: str, stats: dict[str, Any], origin: str) -> None:
+        """``origin``: "verdict" (this replica judged the challenger worse: the registry moves its champion alias
+        back on it), "followed", "superseded" or "champion_moved" (consequences of another move: not acted on)."""
         data = {
             "model": rollout.model,
             "version": rollout.challenger.version,
@@ -364,6 +370,7 @@ class RolloutController:
             "reason": reason,
             "replica": self.replica,
             "stats_json": json.dumps(stats),
+            "origin": origin,
         }
         self._send(new_event("RolloutRolledBack", data, producer=PRODUCER, cause=rollout.promoted))
 

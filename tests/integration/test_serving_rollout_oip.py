@@ -107,7 +107,8 @@ def test_registry_promotes_serving_canaries_and_rolls_back_by_itself_then_feedba
 
     (rolled_back,) = wait_for(lambda: stack.events("RolloutRolledBack"), "RolloutRolledBack in the event log")
     (started,) = stack.events("RolloutStepped")
-    promoted_v2 = stack.events("ModelPromoted")[-1]
+    # The registry then moves champion back to v1 (a later ModelPromoted): v2's promotion is the gate's.
+    (promoted_v2,) = [e for e in stack.events("ModelPromoted") if e.payload["version"] == 2]
     assert started.payload["action"] == "started" and started.caused_by == promoted_v2.event_id
     assert rolled_back.caused_by == promoted_v2.event_id and rolled_back.cascade_id == promoted_v2.cascade_id
     assert rolled_back.payload["version"] == 2 and "mean prediction" in rolled_back.payload["reason"]
