@@ -72,14 +72,38 @@ def _print_json(data: Any) -> None:
 
 
 @app.command()
-def up() -> None:
+def up(
+    prometheus: Annotated[
+        bool,
+        typer.Option(
+            "--prometheus", help="Also start Prometheus scraping every service (config and data in <home>/prometheus)."
+        ),
+    ] = False,
+    prometheus_port: Annotated[int, typer.Option(help="Port of that Prometheus.")] = 9090,
+) -> None:
     """Start the broker, the schema registry and every service; wait until all are healthy."""
     from driftloop.stack import Stack
 
     stack = Stack(_settings(), on_progress=lambda m: console.print(f"  {m}"))
-    components = stack.up()
+    components = stack.up(prometheus=prometheus, prometheus_port=prometheus_port)
     _status_table(stack.status())
     console.print(f"[green]driftloop is up[/green] ({len(components)} components). Logs: {stack.settings.log_dir}")
+
+
+@app.command("prometheus-config")
+def prometheus_config_cmd(
+    out: Annotated[Path | None, typer.Option("--out", help="Write it to this file instead of stdout.")] = None,
+) -> None:
+    """Prometheus config scraping every service where these settings run them (from infra/prometheus)."""
+    import yaml
+
+    from driftloop.stack import prometheus_config, write_prometheus_config
+
+    config = prometheus_config(_settings())
+    if out is None:
+        sys.stdout.write(yaml.safe_dump(config, sort_keys=False))
+    else:
+        console.print(f"wrote {write_prometheus_config(out, config)}")
 
 
 @app.command()

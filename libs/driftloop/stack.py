@@ -3,20 +3,26 @@
 ``up`` migrates the database, starts what the settings say is embedded (Tansu broker, our schema registry),
 creates the topics, starts the services, waits until each is healthy and records the PIDs in
 ``<home>/stack.json``. ``down`` stops them by PID, newest first. Logs: ``<home>/logs/<component>.log``.
+
+With ``prometheus=True`` (``driftloop up --prometheus``) it also starts a Prometheus server (the ``prometheus``
+binary, Debian's package) scraping every service it started, with a config made by ``prometheus_config`` from the
+project's ``infra/prometheus/prometheus.yml`` (same jobs, paths and labels; targets where these settings run them).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 from driftloop.broker import EmbeddedBroker
 from driftloop.bus import EventBus, ensure_event_topics, ensure_topics
@@ -29,6 +35,62 @@ from driftloop.settings import Settings, settings_env
 
 # The dashboard last: it only reads the others (event log, HTTP APIs).
 SERVICES = ("ingestion", "features", "training", "registry", "serving", "monitor", "triggers", "dashboard")
+
+# The Prometheus config docker-compose.yml uses: the one place that names the scrape jobs, paths and labels.
+PROMETHEUS_TEMPLATE = Path(__file__).resolve().parents[2] / "infra" / "prometheus" / "prometheus.yml"
+DEFAULT_PROMETHEUS_PORT = 9090
+
+
+def _reachable_host(host: str) -> str:
+    """Where a local client reaches a server bound to ``host`` (a wildcard bind is reached on loopback)."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def prometheus_config(
+    settings: Settings,
+    services: Sequence[str] = SERVICES,
+    *,
+    template: Path = PROMETHEUS_TEMPLATE,
+    scrape_interval: str | None = None,
+) -> dict[str, Any]:
+    """The project's Prometheus config (``template``: its jobs, metrics paths and labels) with every driftloop
+    service target (``<service>:<port>``) rewritten to where ``settings`` runs it. Services not in ``services``
+    are left out, so that every remaining target is expected up. Other targets are kept as they are."""
+    unknown = sorted(set(services) - set(SERVICES))
+    if unknown:
+        raise StackError(f"unknown services {unknown}: known are {list(SERVICES)}")
+    config: dict[str, Any] = yaml.safe_load(template.read_text())
+    host = _reachable_host(settings.services.host)
+    jobs = []
+    for job in config.get("scrape_configs") or []:
+        groups = []
+        for group in job.get("static_configs") or []:
+            targets = []
+            for target in group.get("targets") or []:
+                name = str(target).rpartition(":")[0]
+                if name not in SERVICES:
+                    targets.append(target)
+                elif name in services:
+                    targets.append(f"{host}:{settings.services.port(name)}")
+            if targets:
+                groups.append({**group, "targets": targets})
+        if groups or not job.get("static_configs"):
+            jobs.append({**job, "static_configs": groups} if job.get("static_configs") else job)
+    config["scrape_configs"] = jobs
+    if scrape_interval:
+        config.setdefault("global", {}).update(scrape_interval=scrape_interval, evaluation_interval=scrape_interval)
+    return config
+
+
+def write_prometheus_config(path: Path, config: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = f"# Made by driftloop from {PROMETHEUS_TEMPLATE.name} (infra/prometheus): edit that file, not this one.\n"
+    path.write_text(header + yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
 @dataclass
@@ -51,9 +113,12 @@ class Component:
         try:
             response = httpx.get(self.health_url, timeout=2.0)
             info["healthy"] = response.status_code == 200
-            body = response.json() if info["healthy"] else {}
+            try:
+                body = response.json() if info["healthy"] else {}
+            except ValueError:
+                body = {}  # a plain-text health answer (Prometheus' /-/ready): its status says it all
             info["ready"] = bool(body.get("ready", info["healthy"])) if isinstance(body, dict) else info["healthy"]
-        except (httpx.HTTPError, ValueError):
+        except httpx.HTTPError:
             pass
         return info
 
@@ -102,7 +167,17 @@ class Stack:
 
     # --- up / down ---------------------------------------------------------------------------------------
 
-    def up(self, timeout: float = 240.0) -> list[Component]:
+    def up(
+        self,
+        timeout: float = 240.0,
+        *,
+        services: Sequence[str] = SERVICES,
+        prometheus: bool = False,
+        prometheus_port: int = DEFAULT_PROMETHEUS_PORT,
+        scrape_interval: str | None = None,
+    ) -> list[Component]:
+        """Start the stack: ``services`` (default all), and with ``prometheus`` a Prometheus server on
+        ``prometheus_port`` scraping them (``scrape_interval``: default the template's)."""
         running = [c for c in self.components() if pid_alive(c.pid)]
         if running:
             raise StackError(
@@ -110,6 +185,9 @@ class Stack:
                 "run `driftloop down` first"
             )
         pipelines = load_pipelines(self.settings.pipelines_dir)  # fail early on a bad pipeline file
+        # Fail before starting anything: Prometheus' config needs known services, and the binary must be there.
+        scrape_config = prometheus_config(self.settings, services, scrape_interval=scrape_interval)
+        prometheus_binary = self._prometheus_binary(prometheus_port) if prometheus else None
         log_dir = self.settings.log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
         components: list[Component] = []
@@ -136,11 +214,15 @@ class Stack:
             self.say("schemas: registering the event schemas")
             EventBus(self.settings, producer_name="driftloop-cli").register_event_schemas()
             ensure_topics(self.settings, [cfg.stream.topic for cfg in pipelines.values()])
-            for name in SERVICES:
+            for name in services:
                 components.append(self._start_service(name))
                 self._save(components)
             for component in components:
                 self._wait_ready(component, timeout)
+            if prometheus_binary:
+                components.append(self._start_prometheus(prometheus_binary, prometheus_port, scrape_config))
+                self._save(components)
+                self._wait_ready(components[-1], timeout)
         except BaseException:
             self.say("start failed: stopping what was started")
             self._stop_all(components)
@@ -168,6 +250,38 @@ class Stack:
         url = services.url(name)
         self.say(f"{name}: starting on {url}, pid {proc.pid}")
         return Component(name, proc.pid, url, str(log_dir / f"{name}.log"), f"{url}/healthz")
+
+    def _prometheus_binary(self, port: int) -> str:
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise StackError(
+                "--prometheus needs the `prometheus` binary on the PATH: `make setup` (infra/setup-system.sh) "
+                "installs Debian's prometheus package"
+            )
+        host = _reachable_host(self.settings.services.host).strip("[]")
+        if port_open(host, port):
+            raise StackError(f"port {port} for prometheus is in use: choose another with --prometheus-port")
+        return binary
+
+    def _start_prometheus(self, binary: str, port: int, config: dict[str, Any]) -> Component:
+        """Prometheus with its config and data under ``<home>/prometheus``, listening where the services do (a
+        wildcard services bind gives loopback: Prometheus has no authentication)."""
+        folder = self.home / "prometheus"
+        config_path = write_prometheus_config(folder / "prometheus.yml", config)
+        host = _reachable_host(self.settings.services.host)
+        log = self.settings.log_dir / "prometheus.log"
+        proc = spawn(
+            [
+                binary,
+                f"--config.file={config_path}",
+                f"--storage.tsdb.path={folder / 'data'}",
+                f"--web.listen-address={host}:{port}",
+            ],
+            log,
+        )
+        url = f"http://{host}:{port}"
+        self.say(f"prometheus: starting on {url} (config {config_path}), pid {proc.pid}")
+        return Component("prometheus", proc.pid, url, str(log), f"{url}/-/ready")
 
     def _wait_ready(self, component: Component, timeout: float) -> None:
         if component.health_url is None:
