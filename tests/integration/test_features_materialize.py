@@ -273,3 +273,35 @@ def test_materializes_from_s3_and_a_newer_version_moves_entities_forward(
     for entity, row in expected.iterrows():
         assert online[entity].values["amount"] == pytest.approx(row["amount"])
     runtime.bus.close()
+
+
+def test_materialization_writes_the_newest_values_to_a_redis_online_store(
+    make_settings: Callable[..., Settings], redis_server: str, tmp_path: Path, unique: str
+) -> None:
+    from driftloop.services.features.onlinestore import RedisOnlineStore
+
+    stream = f"tx-{unique}"
+    pipeline = write_pipeline(tmp_path / "pipelines", stream, f"fraud-{unique}")
+    settings = make_settings(
+        pipelines_dir=tmp_path / "pipelines",
+        features={"online_store": "redis", "redis": {"url": redis_server, "key_prefix": f"mat-{unique}:"}},
+    )
+    migrate(settings.database_url)
+    runtime = make_runtime("features", settings)
+    store = open_object_store(settings)
+    handlers = FeaturesHandlers(runtime, store)
+    assert isinstance(handlers.online, RedisOnlineStore)
+
+    frame = raw_rows(rows=90, entities=12, seed=5)
+    write_dataset(store, stream, 1, frame)
+    handlers.on_dataset_version_created(dataset_event(stream, 1, frame, store))
+
+    expected = expected_latest(frame, pipeline)
+    found = handlers.online.read(stream, [*expected.index, "nobody"])
+    assert set(found) == set(expected.index)
+    for entity, row in expected.iterrows():
+        value = found[entity]
+        assert value.values["amount"] == pytest.approx(row["amount"])
+        assert value.values["merchant_category"] == row["merchant_category"]
+        assert value.event_time == row["event_time"].to_pydatetime() and value.updated_at is not None
+    runtime.bus.close()
