@@ -150,6 +150,10 @@ def test_prometheus_and_grafana_provisioning_point_at_each_other() -> None:
     host, port = url.removeprefix("http://").rstrip("/").split(":")
     assert host == "prometheus" and "prometheus" in grafana["depends_on"]
     assert any(str(p).endswith(f":{port}") for p in prometheus["ports"]), f"prometheus does not listen on {port}"
+    scrape_interval = yaml.safe_load((REPO / "infra/prometheus/prometheus.yml").read_text())["global"][
+        "scrape_interval"
+    ]
+    assert datasource["datasources"][0]["jsonData"]["timeInterval"] == scrape_interval  # $__rate_interval needs it
 
     provider = yaml.safe_load((REPO / "infra/grafana/provisioning/dashboards/driftloop.yml").read_text())
     dashboards_dir = provider["providers"][0]["options"]["path"]
