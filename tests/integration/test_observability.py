@@ -183,6 +183,10 @@ def test_every_target_is_up(observed: Observed) -> None:
     targets = httpx.get(f"{observed.prometheus.url}/api/v1/targets").json()["data"]["activeTargets"]
     assert sorted(t["labels"]["service"] for t in targets) == sorted(PROCESSES)
     assert all(t["health"] == "up" and t["lastError"] == "" for t in targets), targets
+    # `driftloop status` shows Prometheus like any component.
+    status = {row["name"]: row for row in Stack(observed.settings).status()}
+    assert set(status) == {*PROCESSES, "prometheus"}
+    assert status["prometheus"]["ready"] and status["prometheus"]["pid"] == observed.prometheus.pid
 
 
 def test_key_series_are_scraped(observed: Observed) -> None:

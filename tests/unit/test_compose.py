@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from driftloop.errors import StackError
 from driftloop.settings import Settings, _unknown_env_keys
 from driftloop.stack import SERVICES
 
@@ -160,6 +161,38 @@ def test_prometheus_and_grafana_provisioning_point_at_each_other() -> None:
     assert grafana_mounts[dashboards_dir] == "./infra/grafana/dashboards"
     home = Path(grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
     assert (REPO / grafana_mounts[str(home.parent)] / home.name).is_file()
+
+
+def test_prometheus_config_targets_where_the_settings_run_the_services(tmp_path: Path) -> None:
+    from driftloop.stack import prometheus_config
+
+    settings = Settings(home=tmp_path, services={"host": "0.0.0.0", "serving_port": 9105, "monitor_port": 9106})
+    config = prometheus_config(settings, ["serving", "monitor"], scrape_interval="2s")
+    template = yaml.safe_load((REPO / "infra/prometheus/prometheus.yml").read_text())
+    assert [(j["job_name"], j["metrics_path"]) for j in config["scrape_configs"]] == [
+        (j["job_name"], j["metrics_path"]) for j in template["scrape_configs"]
+    ]
+    groups = config["scrape_configs"][0]["static_configs"]
+    # A wildcard bind is scraped on loopback; services not started are not expected.
+    assert groups == [
+        {"targets": ["127.0.0.1:9105"], "labels": {"service": "serving"}},
+        {"targets": ["127.0.0.1:9106"], "labels": {"service": "monitor"}},
+    ]
+    assert config["global"]["scrape_interval"] == "2s"
+    with pytest.raises(StackError, match="servings"):
+        prometheus_config(settings, ["servings"])
+
+
+def test_up_with_prometheus_but_no_binary_fails_before_starting_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from driftloop.stack import Stack
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no prometheus here
+    stack = Stack(Settings(home=tmp_path / "home", pipelines_dir=REPO / "pipelines"))
+    with pytest.raises(StackError, match="make setup"):
+        stack.up(prometheus=True)
+    assert stack.components() == [] and not (tmp_path / "home" / "driftloop.db").exists()
 
 
 def _metric_names() -> set[str]:
