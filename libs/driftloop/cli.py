@@ -74,12 +74,16 @@ def _print_json(data: Any) -> None:
 @app.command()
 def up(
     prometheus: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--prometheus", help="Also start Prometheus scraping every service (config and data in <home>/prometheus)."
+            "--prometheus/--no-prometheus",
+            help="Also start Prometheus scraping every service (config and data in <home>/prometheus). "
+            "Default: the prometheus.enabled setting.",
         ),
-    ] = False,
-    prometheus_port: Annotated[int, typer.Option(help="Port of that Prometheus.")] = 9090,
+    ] = None,
+    prometheus_port: Annotated[
+        int | None, typer.Option(help="Port of that Prometheus. Default: the prometheus.port setting (9090).")
+    ] = None,
 ) -> None:
     """Start the broker, the schema registry and every service; wait until all are healthy."""
     from driftloop.stack import Stack

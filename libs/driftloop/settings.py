@@ -141,6 +141,13 @@ class ServicesSettings(_Section):
         return f"http://{self.host}:{self.port(service)}"
 
 
+class PrometheusSettings(_Section):
+    # Start a Prometheus server (the `prometheus` binary) with `driftloop up`, scraping every service it starts;
+    # `driftloop up --prometheus/--no-prometheus` overrides. Config and data in `<home>/prometheus`.
+    enabled: bool = False
+    port: int = Field(default=9090, ge=1, le=65535)
+
+
 MIN_TOKEN_LENGTH = 12
 
 
@@ -210,6 +217,7 @@ class Settings(BaseSettings):
     features: FeaturesSettings = FeaturesSettings()
     services: ServicesSettings = ServicesSettings()
     security: SecuritySettings = SecuritySettings()
+    prometheus: PrometheusSettings = PrometheusSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -38,7 +38,6 @@ SERVICES = ("ingestion", "features", "training", "registry", "serving", "monitor
 
 # The Prometheus config docker-compose.yml uses: the one place that names the scrape jobs, paths and labels.
 PROMETHEUS_TEMPLATE = Path(__file__).resolve().parents[2] / "infra" / "prometheus" / "prometheus.yml"
-DEFAULT_PROMETHEUS_PORT = 9090
 
 
 def _reachable_host(host: str) -> str:
@@ -172,12 +171,17 @@ class Stack:
         timeout: float = 240.0,
         *,
         services: Sequence[str] = SERVICES,
-        prometheus: bool = False,
-        prometheus_port: int = DEFAULT_PROMETHEUS_PORT,
+        prometheus: bool | None = None,
+        prometheus_port: int | None = None,
         scrape_interval: str | None = None,
     ) -> list[Component]:
-        """Start the stack: ``services`` (default all), and with ``prometheus`` a Prometheus server on
-        ``prometheus_port`` scraping them (``scrape_interval``: default the template's)."""
+        """Start the stack: ``services`` (default all), and with ``prometheus`` (default: the ``prometheus.enabled``
+        setting) a Prometheus server on ``prometheus_port`` (default: ``prometheus.port``) scraping them
+        (``scrape_interval``: default the template's)."""
+        if prometheus is None:
+            prometheus = self.settings.prometheus.enabled
+        if prometheus_port is None:
+            prometheus_port = self.settings.prometheus.port
         running = [c for c in self.components() if pid_alive(c.pid)]
         if running:
             raise StackError(

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from driftloop.errors import StackError
-from driftloop.settings import Settings, _unknown_env_keys
+from driftloop.settings import PrometheusSettings, Settings, _unknown_env_keys
 from driftloop.stack import SERVICES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -192,6 +192,10 @@ def test_up_with_prometheus_but_no_binary_fails_before_starting_anything(
     stack = Stack(Settings(home=tmp_path / "home", pipelines_dir=REPO / "pipelines"))
     with pytest.raises(StackError, match="make setup"):
         stack.up(prometheus=True)
+    # The setting asks for it too.
+    by_setting = Stack(stack.settings.model_copy(update={"prometheus": PrometheusSettings(enabled=True)}))
+    with pytest.raises(StackError, match="make setup"):
+        by_setting.up()
     assert stack.components() == [] and not (tmp_path / "home" / "driftloop.db").exists()
 
 
