@@ -1,5 +1,10 @@
 """Kafka intake: consume every stream's topic in group ``driftloop-ingestion``, validate, land micro-batches.
 
+Each ``consume()`` batch takes the columnar path (``columnar.decode_batch``: the batch's records decoded and
+validated as numpy/Arrow columns, landed as Arrow tables); the records it cannot vouch for (other writer schemas,
+anything malformed or refused) go one by one through ``handle``, the per-record path that gives dead letters
+their reasons. Both feed the same per-partition micro-batches, in offset order.
+
 Offsets are committed only after what precedes them is durable (landed as Parquet + ``LandedBatch`` row, or
 dead-lettered). After a crash the uncommitted tail is re-read: records at or below the last landed offset of
 their partition are skipped and dead letters are idempotent by source, so nothing lands twice.
@@ -16,6 +21,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import fastavro
+import numpy as np
+import pyarrow as pa
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from driftloop.bus import ConsumerLag, EventBus, ensure_topics
@@ -24,7 +31,8 @@ from driftloop.layout import landed_kafka_key
 from driftloop.pipeline import PipelineConfig
 from driftloop.topics import DATASET_VERSION_CREATED, RECORD_REJECTED
 
-from .landing import KafkaSource, Lander
+from .columnar import decode_batch
+from .landing import KafkaSource, Lander, rows_to_table
 from .validation import check_size, rejection_from_failure, rejection_from_wire_error, validate_decoded
 
 log = logging.getLogger(__name__)
@@ -39,12 +47,17 @@ class PartitionState:
     topic: str
     partition: int
     landed_up_to: int  # last offset already landed (from the database), -1 if none
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    chunks: list[pa.Table] = field(default_factory=list)  # waiting rows as Arrow tables, in offset order
+    chunk_rows: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)  # waiting rows of the per-record path, after chunks
     first_offset: int | None = None
     last_offset: int | None = None
     opened_at: float = 0.0
     last_seen: int | None = None
     committed: int | None = None
+
+    def pending(self) -> int:
+        return self.chunk_rows + len(self.rows)
 
     def commit_position(self) -> int | None:
         """The offset to commit: the first row still waiting, else one past the last record handled."""
@@ -70,16 +83,22 @@ class KafkaIntake:
         on_landed: Callable[[str], None] = lambda _stream: None,
         *,
         poll_timeout: float = 0.2,
+        batch_messages: int = 5000,
     ) -> None:
         self.bus = bus
         self.lander = lander
         self.on_landed = on_landed
         self.poll_timeout = poll_timeout
+        self.batch_messages = batch_messages
         self.by_topic = {cfg.stream.topic: cfg for cfg in pipelines.values()}
         # Parsed once: the decoder takes a parsed reader schema without re-keying it per record.
         self.reader_schemas = {
             cfg.stream.topic: fastavro.parse_schema(cfg.stream.avro_schema()) for cfg in pipelines.values()
         }
+        self.reader_forms = {
+            topic: fastavro.schema.to_parsing_canonical_form(schema) for topic, schema in self.reader_schemas.items()
+        }
+        self._writer_is_reader: dict[tuple[str, int], bool] = {}
         self.partitions: dict[tuple[str, int], PartitionState] = {}
         self.counters: dict[str, IntakeCounters] = {cfg.stream.name: IntakeCounters() for cfg in pipelines.values()}
         self.assigned = not self.by_topic  # nothing to consume: trivially ready
@@ -121,25 +140,22 @@ class KafkaIntake:
                 self._answer_land_requests()
 
     def poll_once(self, consumer: Consumer) -> None:
-        messages = consumer.consume(num_messages=500, timeout=self.poll_timeout)
+        messages = consumer.consume(num_messages=self.batch_messages, timeout=self.poll_timeout)
         self.lag.update(consumer)
-        blocked: set[tuple[str, int]] = set()
+        by_topic: dict[str, list[Message]] = {}
         for msg in messages:
             if msg.error():
                 if msg.error().code() != KafkaError._PARTITION_EOF:
                     log.warning("ingestion consumer: %s", msg.error())
                 continue
-            tp = (msg.topic(), msg.partition())
-            if tp in blocked:
-                continue
-            try:
-                self.handle(msg)
-            except Exception as exc:
-                # Not the record's fault (registry or database unreachable): re-read it later, lose nothing.
-                self.last_error = f"{msg.topic()}/{msg.partition()}/{msg.offset()}: {exc!r}"
-                log.exception("ingestion: cannot handle %s now, will retry", self.last_error)
-                blocked.add(tp)
-                consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
+            topic = msg.topic()
+            if topic in by_topic:
+                by_topic[topic].append(msg)
+            else:
+                by_topic[topic] = [msg]
+        blocked = False
+        for topic, topic_messages in by_topic.items():
+            blocked |= self.handle_batch(consumer, topic, topic_messages)
         self.land_due(time.monotonic())
         with self._lock:
             requests, self._land_requests = self._land_requests, []
@@ -153,6 +169,116 @@ class KafkaIntake:
             done.set()
         if blocked:
             time.sleep(1.0)
+
+    # --- one batch ---------------------------------------------------------------------------------------------
+
+    def _is_fast(self, topic: str, schema_id: int) -> bool:
+        """Whether records of ``schema_id`` are written with the stream's own schema (then no resolution is needed
+        and the columnar decoder reads them); raises when the registry cannot say (the per-record path retries)."""
+        known = self._writer_is_reader.get((topic, schema_id))
+        if known is None:
+            writer = self.bus.codec.writer_schema(schema_id)
+            known = fastavro.schema.to_parsing_canonical_form(writer) == self.reader_forms[topic]
+            self._writer_is_reader[(topic, schema_id)] = known
+        return known
+
+    def handle_batch(self, consumer: Consumer, topic: str, messages: list[Message]) -> bool:
+        """Handle the messages of one topic from one ``consume()``; returns True when a partition had to stop
+        (something not the records' fault, e.g. the database is unreachable): it is re-read from there later."""
+        cfg = self.by_topic[topic]
+        values = [msg.value() or b"" for msg in messages]
+        batch = decode_batch(values, cfg, lambda schema_id: self._is_fast(topic, schema_id), datetime.now(tz=UTC))
+        partitions = np.fromiter((msg.partition() for msg in messages), dtype=np.int64, count=len(messages))
+        offsets = np.fromiter((msg.offset() for msg in messages), dtype=np.int64, count=len(messages))
+        numbers = np.unique(partitions)
+        if numbers.size == 1:
+            return self._handle_partition(
+                consumer, topic, int(numbers[0]), messages, offsets, batch.accepted, batch.table
+            )
+        table_row = np.cumsum(batch.accepted) - 1  # record i's row in batch.table, when accepted
+        blocked = False
+        for number in numbers.tolist():
+            rows = np.flatnonzero(partitions == number)
+            accepted = batch.accepted[rows]
+            table = batch.table.take(pa.array(table_row[rows[accepted]]))
+            blocked |= self._handle_partition(
+                consumer, topic, number, [messages[i] for i in rows], offsets[rows], accepted, table
+            )
+        return blocked
+
+    def _handle_partition(
+        self,
+        consumer: Consumer,
+        topic: str,
+        partition: int,
+        messages: list[Message],
+        offsets: np.ndarray,
+        accepted: np.ndarray,
+        table: pa.Table,
+    ) -> bool:
+        """The records of one partition, in offset order: accepted rows join the micro-batch as Arrow slices, the
+        others go through ``handle``; records at or below the partition's landed offset are replays, skipped."""
+        resume = int(offsets[0])  # the first offset not taken care of yet: where to re-read from after a failure
+        state: PartitionState | None = None
+        try:
+            state = self._state(topic, partition)
+            counters = self.counters[self.by_topic[topic].stream.name]
+            fresh = offsets > state.landed_up_to
+            counters.replay_skipped += int(fresh.size - np.count_nonzero(fresh))
+            accepted_at = np.flatnonzero(accepted)  # positions of the table's rows among the messages
+            keep = fresh[accepted_at]
+            if not keep.all():
+                table, accepted_at = table.filter(pa.array(keep)), accepted_at[keep]
+            appended = 0
+            for position in np.flatnonzero(~accepted & fresh).tolist():
+                before = int(np.searchsorted(accepted_at, position))
+                if before > appended:
+                    self._append_rows(
+                        state, table.slice(appended, before - appended), offsets[accepted_at[appended:before]]
+                    )
+                    appended = before
+                if position:
+                    state.last_seen = int(offsets[position - 1])
+                resume = int(offsets[position])
+                self.handle(messages[position])
+                resume += 1
+            if appended < table.num_rows:
+                self._append_rows(state, table.slice(appended), offsets[accepted_at[appended:]])
+            state.last_seen = int(offsets[-1])
+        except Exception as exc:
+            if state is not None and state.last_offset is not None:
+                resume = max(resume, state.last_offset + 1)  # rows already waiting in memory are not read twice
+            # Not the records' fault (registry or database unreachable): re-read from there later, lose nothing.
+            self.last_error = f"{topic}/{partition}/{resume}: {exc!r}"
+            log.exception("ingestion: cannot handle %s now, will retry", self.last_error)
+            consumer.seek(TopicPartition(topic, partition, resume))
+            return True
+        return False
+
+    def _append_rows(self, state: PartitionState, table: pa.Table, offsets: np.ndarray) -> None:
+        """Accepted rows (with their offsets) join the partition's micro-batch, landing each time it is full."""
+        cfg = self.by_topic[state.topic]
+        limit = cfg.dataset.landing_batch_rows
+        self.counters[cfg.stream.name].received += table.num_rows
+        start = 0
+        while start < table.num_rows:
+            self._rows_to_chunk(state)
+            if not state.pending():
+                state.first_offset = int(offsets[start])
+                state.opened_at = time.monotonic()
+            take = min(table.num_rows - start, max(1, limit - state.pending()))
+            state.chunks.append(table.slice(start, take))
+            state.chunk_rows += take
+            state.last_offset = int(offsets[start + take - 1])
+            start += take
+            if state.pending() >= limit:
+                self._land(state)
+
+    def _rows_to_chunk(self, state: PartitionState) -> None:
+        if state.rows:
+            state.chunks.append(rows_to_table(state.rows, self.by_topic[state.topic].stream))
+            state.chunk_rows += len(state.rows)
+            state.rows = []
 
     # --- one record --------------------------------------------------------------------------------------------
 
@@ -196,12 +322,12 @@ class KafkaIntake:
             counters.dead_lettered += 1
         else:
             assert record is not None
-            if not state.rows:
+            if not state.pending():
                 state.first_offset = offset
                 state.opened_at = time.monotonic()
             state.rows.append(record)
             state.last_offset = offset
-            if len(state.rows) >= cfg.dataset.landing_batch_rows:
+            if state.pending() >= cfg.dataset.landing_batch_rows:
                 self._land(state)
         state.last_seen = offset
 
@@ -224,18 +350,20 @@ class KafkaIntake:
     # --- landing and committing --------------------------------------------------------------------------------
 
     def _land(self, state: PartitionState) -> None:
-        if not state.rows:
+        if not state.pending():
             return
         cfg = self.by_topic[state.topic]
+        self._rows_to_chunk(state)
+        table = state.chunks[0] if len(state.chunks) == 1 else pa.concat_tables(state.chunks).combine_chunks()
         assert state.first_offset is not None and state.last_offset is not None
         key = landed_kafka_key(cfg.stream.name, state.partition, state.first_offset, state.last_offset)
         source = f"kafka:{state.topic}/{state.partition}/{state.first_offset}-{state.last_offset}"
         self.lander.land(
-            cfg.stream, state.rows, key, source, KafkaSource(state.partition, state.first_offset, state.last_offset)
+            cfg.stream, table, key, source, KafkaSource(state.partition, state.first_offset, state.last_offset)
         )
-        self.counters[cfg.stream.name].landed += len(state.rows)
+        self.counters[cfg.stream.name].landed += table.num_rows
         state.landed_up_to = state.last_offset
-        state.rows, state.first_offset, state.last_offset = [], None, None
+        state.chunks, state.chunk_rows, state.first_offset, state.last_offset = [], 0, None, None
         self.on_landed(cfg.stream.name)
 
     def land_due(self, now: float) -> None:
@@ -244,7 +372,7 @@ class KafkaIntake:
             states = list(self.partitions.values())
         for state in states:
             seconds = self.by_topic[state.topic].dataset.landing_batch_seconds
-            if state.rows and now - state.opened_at >= seconds:
+            if state.pending() and now - state.opened_at >= seconds:
                 self._land(state)
 
     def commit(self, consumer: Consumer, states: list[PartitionState] | None = None) -> None:
@@ -303,4 +431,4 @@ class KafkaIntake:
 
     def pending_rows(self, stream: str) -> int:
         with self._lock:
-            return sum(len(s.rows) for s in self.partitions.values() if self.by_topic[s.topic].stream.name == stream)
+            return sum(s.pending() for s in self.partitions.values() if self.by_topic[s.topic].stream.name == stream)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
@@ -73,34 +74,46 @@ class Lander:
     # --- landing -------------------------------------------------------------------------------------------
 
     def land(
-        self, stream: StreamSpec, rows: list[dict[str, Any]], key: str, source: str, kafka: KafkaSource | None = None
+        self,
+        stream: StreamSpec,
+        rows: list[dict[str, Any]] | pa.Table,
+        key: str,
+        source: str,
+        kafka: KafkaSource | None = None,
     ) -> LandedBatch:
-        """Write ``rows`` as one Parquet object under ``key`` and record it. The key derives from the source
-        (offsets, idempotency key), so the same source always gives the same key: when its row exists already
-        (a replay after a crash, a retried request) nothing is written again, and a batch that is already part
-        of a dataset version is never handed to the next cut a second time."""
+        """Write ``rows`` (dicts, or an Arrow table with ``arrow_schema(stream)``) as one Parquet object under
+        ``key`` and record it. The key derives from the source (offsets, idempotency key), so the same source
+        always gives the same key: when its row exists already (a replay after a crash, a retried request) nothing
+        is written again, and a batch that is already part of a dataset version is never handed to the next cut a
+        second time."""
         with self.Session() as session:
             existing = session.get(LandedBatch, key)
         if existing is not None:
             log.info("landed batch %s exists already (%s): replay skipped", key, existing.source)
             return existing
-        table = rows_to_table(rows, stream)
+        if isinstance(rows, pa.Table):
+            table = rows
+            bounds = pc.min_max(table.column(stream.event_time))
+            low, high = bounds["min"].as_py(), bounds["max"].as_py()
+        else:
+            table = rows_to_table(rows, stream)
+            times = [row[stream.event_time] for row in rows if row.get(stream.event_time) is not None]
+            low, high = (min(times), max(times)) if times else (None, None)
         self.store.put_bytes(key, table_to_parquet(table))
-        times = [row[stream.event_time] for row in rows if row.get(stream.event_time) is not None]
         batch = LandedBatch(
             object_key=key,
             stream=stream.name,
             source=source,
-            rows=len(rows),
-            min_event_time=min(times) if times else None,
-            max_event_time=max(times) if times else None,
+            rows=table.num_rows,
+            min_event_time=low,
+            max_event_time=high,
             kafka_partition=kafka.partition if kafka else None,
             first_offset=kafka.first_offset if kafka else None,
             last_offset=kafka.last_offset if kafka else None,
         )
         with self.Session.begin() as session:
             session.add(batch)
-        log.info("landed %d rows of %s at %s (%s)", len(rows), stream.name, key, source)
+        log.info("landed %d rows of %s at %s (%s)", table.num_rows, stream.name, key, source)
         return batch
 
     def landed_up_to(self, stream: str, partition: int) -> int:
