@@ -1,26 +1,31 @@
-"""Online feature lookups: p50 / p99 latency of ``POST /v1/features/online`` for 1 and 100 entities.
+"""Online feature lookups: p50 / p99 latency of ``POST /v1/features/online`` for 1 and 100 entities, per online
+store type (``--store database|redis|both``, default both).
 
-Starts its own embedded broker, schema registry and ONE features service process (free ports, a temporary home,
-SQLite, the demo pipeline), fills the online store with ``--entities`` entities, then sends ``--requests``
-sequential lookups per batch size from one client (keep-alive) and prints p50 / p99 / mean. The same lookups
-straight on the store (no HTTP) are printed beside, to show what the HTTP hop costs.
+For each store: starts its own embedded broker, schema registry and ONE features service process (free ports, a
+temporary home, SQLite, the demo pipeline; for ``redis`` also a redis-server of its own, no persistence, and
+``features.online_store = "redis"``), fills the online store with ``--entities`` entities, then sends
+``--requests`` sequential lookups per batch size from one client (keep-alive) and prints p50 / p99 / mean. The
+same lookups straight on the store (no HTTP) are printed beside, to show what the HTTP hop costs, and the time to
+write the ``--entities`` rows (the materialization's write).
 
 Then the streaming worker's freshness: ``--stream-records`` records produced one at a time to the stream topic,
 each timed from the broker's acknowledgement until its entity's values are in the online store (p50 / max).
-Everything started is stopped by PID at the end.
+A summary table compares the stores. Everything started is stopped by PID at the end.
 
-    .venv/bin/python bench/online_features.py                  # about a minute on 2 cores
-    .venv/bin/python bench/online_features.py --requests 2000 --entities 100000
+    .venv/bin/python bench/online_features.py                  # about two minutes on 2 cores
+    .venv/bin/python bench/online_features.py --store redis --requests 2000 --entities 100000
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -29,9 +34,9 @@ import driftloop.stack as stack_module
 from driftloop.bus import EventBus
 from driftloop.db.engine import create_engine_for
 from driftloop.pipeline import PipelineConfig, load_pipeline
-from driftloop.procs import free_port, wait_until
+from driftloop.procs import free_port, port_open, spawn, stop_pid, wait_until
 from driftloop.security import token_file
-from driftloop.services.features.onlinestore import DatabaseOnlineStore
+from driftloop.services.features.onlinestore import OnlineStore, open_online_store
 from driftloop.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,53 +49,95 @@ def figures(seconds: list[float]) -> dict[str, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", choices=["database", "redis", "both"], default="both", help="online store type")
     parser.add_argument("--requests", type=int, default=500, help="lookups per batch size")
     parser.add_argument("--entities", type=int, default=20000, help="entities in the online store")
     parser.add_argument("--stream-records", type=int, default=30, help="records timed through the stream worker")
     args = parser.parse_args()
+    stores = ["database", "redis"] if args.store == "both" else [args.store]
+    if "redis" in stores and shutil.which("redis-server") is None:
+        raise SystemExit("redis-server is not installed: run `make setup` (infra/setup-system.sh installs it)")
+    summary = {store: bench_store(store, args) for store in stores}
 
-    tmp = Path(tempfile.mkdtemp(prefix="driftloop-bench-online-"))
+    print(f"\nsummary ({args.entities} entities, {args.requests} lookups per size; ms)")
+    print(
+        f"  {'store':<10} {'write all':>10} {'1 HTTP p50':>11} {'1 HTTP p99':>11} {'100 HTTP p50':>13} "
+        f"{'100 HTTP p99':>13} {'1 direct p50':>13} {'100 direct p50':>15} {'stream p50':>11}"
+    )
+    for store, f in summary.items():
+        print(
+            f"  {store:<10} {f['write_ms']:10.0f} {f['http_1']['p50']:11.2f} {f['http_1']['p99']:11.2f} "
+            f"{f['http_100']['p50']:13.2f} {f['http_100']['p99']:13.2f} {f['direct_1']['p50']:13.2f} "
+            f"{f['direct_100']['p50']:15.2f} {f['stream_p50_ms']:11.0f}"
+        )
+    return 0
+
+
+def start_redis(workdir: Path) -> tuple[int, str]:
+    """A redis-server of the bench's own (no persistence): its PID and URL."""
+    port = free_port()
+    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = spawn([*cmd, "--dir", str(workdir)], workdir / "redis.log")
+    try:
+        wait_until(lambda: proc.poll() is None and port_open("127.0.0.1", port), 30, "redis-server")
+    except Exception:
+        stop_pid(proc.pid)
+        raise
+    return proc.pid, f"redis://127.0.0.1:{port}/0"
+
+
+def bench_store(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix=f"driftloop-bench-online-{kind}-"))
     ports = {"schemaregistry_port": free_port(), "features_port": free_port()}
+    redis_pid = None
+    features: dict[str, Any] = {"online_store": kind}
+    if kind == "redis":
+        redis_pid, redis_url = start_redis(tmp)
+        features["redis"] = {"url": redis_url}
     settings = Settings(
         home=tmp / "home",
         pipelines_dir=REPO / "pipelines",
         kafka={"bootstrap_servers": f"127.0.0.1:{free_port()}", "session_timeout_ms": 2000},
         schema_registry={"url": f"http://127.0.0.1:{ports['schemaregistry_port']}"},
         services=ports,
+        features=features,
     )
     pipeline = load_pipeline(REPO / "pipelines" / "transactions.yaml")
     stream = pipeline.stream.name
+    result: dict[str, Any] = {}
 
-    stack_module.SERVICES = ("features",)  # only the features service (besides the broker and the registry)
     stack = stack_module.Stack(settings, on_progress=lambda line: print(f"  {line}", flush=True))
+    print(f"\n=== store: {kind} ===", flush=True)
     print(f"bench/online_features.py: starting broker, schema registry and features in {tmp} ...", flush=True)
     try:
-        stack.up()
+        stack.up(services=("features",))  # only the features service (besides the broker and the registry)
         engine = create_engine_for(settings.database_url)
-        store = DatabaseOnlineStore(engine)
+        store = open_online_store(settings, engine)
         rng = random.Random(1)
         now = datetime.now(tz=UTC)
         keys = [f"c{i:07d}" for i in range(args.entities)]
-        store.write(
-            [
-                {
-                    "stream": stream,
-                    "entity": key,
-                    "values": {
-                        "amount": rng.uniform(1, 500),
-                        "log_amount": rng.uniform(0, 6),
-                        "age": rng.randint(18, 90),
-                        "hour": rng.randint(0, 23),
-                        "merchant_category": rng.choice(["grocery", "travel", "gaming"]),
-                    },
-                    "event_time": now - timedelta(seconds=rng.randint(0, 86400)),
-                    "updated_at": now,
-                }
-                for key in keys
-            ]
-        )
+        rows = [
+            {
+                "stream": stream,
+                "entity": key,
+                "values": {
+                    "amount": rng.uniform(1, 500),
+                    "log_amount": rng.uniform(0, 6),
+                    "age": rng.randint(18, 90),
+                    "hour": rng.randint(0, 23),
+                    "merchant_category": rng.choice(["grocery", "travel", "gaming"]),
+                },
+                "event_time": now - timedelta(seconds=rng.randint(0, 86400)),
+                "updated_at": now,
+            }
+            for key in keys
+        ]
+        start = time.perf_counter()
+        store.write(rows)
+        result["write_ms"] = (time.perf_counter() - start) * 1000
+        print(f"\n{args.entities} entities written to the {kind} store in {result['write_ms']:.0f} ms")
         url = f"{settings.services.url('features')}/v1/features/online"
-        print(f"\n{args.entities} entities online; {args.requests} sequential lookups per size, one client")
+        print(f"{args.requests} sequential lookups per size, one client")
         print(f"  {'entities/lookup':<16} {'path':<24} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
         # POST routes need a token unless public: use the admin token `driftloop up` wrote (as serving does).
         headers = {"Authorization": f"Bearer {token_file(settings).read_text().strip()}"}
@@ -111,6 +158,7 @@ def main() -> int:
                     start = time.perf_counter()
                     store.read(stream, batch)
                     direct_times.append(time.perf_counter() - start)
+                result[f"http_{size}"], result[f"direct_{size}"] = figures(http_times), figures(direct_times)
                 for path, times in (("HTTP POST /v1/features", http_times), ("store.read (no HTTP)", direct_times)):
                     f = figures(times)
                     print(f"  {size:<16} {path:<24} {f['p50']:8.2f} {f['p99']:8.2f} {f['mean']:8.2f}")
@@ -121,18 +169,21 @@ def main() -> int:
             delays = stream_freshness(bus, store, pipeline, args.stream_records)
         finally:
             bus.close()
+        result["stream_p50_ms"] = float(np.percentile(delays, 50) * 1000)
         print("\nstreaming worker: record acknowledged by the broker -> its values in the online store")
         print(
-            f"  {len(delays)} records one at a time: p50 {np.percentile(delays, 50) * 1000:.0f} ms, "
+            f"  {len(delays)} records one at a time: p50 {result['stream_p50_ms']:.0f} ms, "
             f"max {max(delays) * 1000:.0f} ms"
         )
         engine.dispose()
-        return 0
+        return result
     finally:
         stack.down()
+        if redis_pid is not None:
+            stop_pid(redis_pid)
 
 
-def stream_freshness(bus: EventBus, store: DatabaseOnlineStore, pipeline: PipelineConfig, count: int) -> list[float]:
+def stream_freshness(bus: EventBus, store: OnlineStore, pipeline: PipelineConfig, count: int) -> list[float]:
     spec = pipeline.stream
     subject, schema = f"{spec.topic}-value", spec.avro_schema()
 
