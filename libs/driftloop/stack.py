@@ -293,10 +293,11 @@ class Stack:
 
         def ready() -> bool:
             if not pid_alive(component.pid):
-                raise StackError(
-                    f"{component.name} exited during start: see {component.log} "
-                    f"and {Path(component.log).with_suffix('.out')}"
-                )
+                # Services also write a .out (stdout/stderr); Prometheus has only its log.
+                logs = [
+                    log for log in (component.log, str(Path(component.log).with_suffix(".out"))) if Path(log).exists()
+                ]
+                raise StackError(f"{component.name} exited during start: see {' and '.join(logs) or component.log}")
             return http_ready(component.health_url or "")
 
         wait_until(ready, timeout, f"{component.name} to be ready (see {component.log})")
