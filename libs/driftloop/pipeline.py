@@ -213,6 +213,8 @@ class DriftTrigger(_Strict):
     enabled: bool = True
     # Wait for the next dataset version cut after the drift, so that the retrain sees post-drift data.
     wait_for_fresh_data: bool = True
+    # Retrain on a DriftDetected of prediction drift alone (no feature drifted); false: recorded as suppressed.
+    on_prediction_drift: bool = True
 
 
 class ScheduleTrigger(_Strict):
@@ -263,6 +265,19 @@ class PerformanceSpec(_Strict):
     decision_threshold: float = Field(default=0.5, gt=0, lt=1)
 
 
+class PredictionDriftSpec(_Strict):
+    """When the drift of the model's predictions (a window's against the champion's first window) alarms."""
+
+    # false: prediction drift is still computed and reported, but never emits DriftDetected.
+    enabled: bool = True
+    # KS p-value of the window's predictions below this (unset: monitor.alpha) ...
+    alpha: float | None = Field(default=None, gt=0, lt=1)
+    # ... and, when set, their PSI above this and their Wasserstein distance (in baseline standard deviations)
+    # above this: effect sizes, so that a large window does not alarm on a negligible shift.
+    psi_threshold: float | None = Field(default=0.2, gt=0)
+    wasserstein_threshold: float | None = Field(default=None, gt=0)
+
+
 class MonitorSpec(_Strict):
     # count: windows of `window_size` predictions; time: windows of `window_seconds` by event time.
     window_by: Literal["count", "time"] = "count"
@@ -285,6 +300,7 @@ class MonitorSpec(_Strict):
     # Quantile bins of numeric features for PSI.
     psi_bins: int = Field(default=10, ge=2, le=100)
     performance: PerformanceSpec = PerformanceSpec()
+    prediction_drift: PredictionDriftSpec = PredictionDriftSpec()
 
     @property
     def window_length(self) -> float:

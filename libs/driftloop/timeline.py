@@ -68,6 +68,10 @@ def describe(event_type: str, p: dict[str, Any]) -> str:
             for f in p["drifted_features"]
             if f in tests
         )
+        test = p.get("prediction_test") or {}
+        if p.get("prediction_drifted"):
+            shift = f"predictions (ks={_num(test.get('statistic'))}, psi={_num(test.get('psi'))})"
+            drifted = f"{drifted} and {shift}" if drifted else shift
         return (
             f"drift on {p['model']} v{p['version']} in window {p['window_index']} of {p['window_size']} predictions "
             f"vs {p['reference_dataset_version_id']}: {drifted or p['drifted_features']} "

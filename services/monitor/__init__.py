@@ -14,8 +14,9 @@ Consumes (group ``driftloop-monitor``, one consumer so that a model's events kee
   ``monitor.performance.window_size`` labeled predictions give a ``PerformanceReport``.
 
 Emits ``DriftDetected`` (a new cascade: drift is a root cause) when at least ``monitor.min_drifted_features``
-features drift, and ``PerformanceDegraded`` (a root cause too) when a performance window passes
-``monitor.performance.threshold``.
+features drift, or when the window's predictions drift from the champion's first window past
+``monitor.prediction_drift`` (``prediction_drifted: true``, with the ``prediction_test``), and
+``PerformanceDegraded`` (a root cause too) when a performance window passes ``monitor.performance.threshold``.
 
 HTTP: ``GET /v1/monitor/{model}`` (watched version, reference, window fill), ``GET /v1/monitor/{model}/drift``,
 ``/quality``, ``/performance`` (history, newest first). Prometheus: per-feature statistics, p-values, PSI,

@@ -49,11 +49,13 @@ from driftloop.pipeline import AllowedValuesRule, PipelineConfig, RangeRule, pip
 from . import metrics
 from .reference import read_reference
 from .stats import (
+    EVENT_PREDICTION_TEST_FIELDS,
     MISSING_CATEGORY,
     WindowResult,
     evaluate_window,
     is_degraded,
     performance_metrics,
+    prediction_drift_alarms,
     prediction_test,
 )
 
@@ -344,14 +346,20 @@ class MonitorHandlers:
             watch.baseline_predictions = predictions
         else:
             pred_test = prediction_test(watch.baseline_predictions, predictions, spec.alpha)
-        event = self._drift_event(pipeline, watch, result, len(window), window_index) if result.drifted else None
+            # A short time window is reported without alarms, like its feature tests.
+            pred_test["alarm"] = len(window) >= spec.min_window_rows and prediction_drift_alarms(
+                pred_test, spec.prediction_drift, spec.alpha
+            )
+        prediction_drifted = bool(pred_test and pred_test["alarm"])
+        drifted = result.drifted or prediction_drifted
+        event = self._drift_event(pipeline, watch, result, len(window), window_index, pred_test) if drifted else None
         session.add(
             DriftReport(
                 model=watch.model,
                 version=watch.version,
                 window_index=window_index,
                 window_size=len(window),
-                drifted=result.drifted,
+                drifted=drifted,
                 tests=[t.to_dict() for t in result.tests],
                 event_id=event.id if event else None,
                 window_start=float(start),
@@ -368,7 +376,8 @@ class MonitorHandlers:
             watch.version,
             window_index,
             len(window),
-            f"DRIFT in {result.drifted_features}" if result.drifted else "no drift",
+            (f"DRIFT in {result.drifted_features}" if result.drifted else "no feature drift")
+            + (" and PREDICTION DRIFT" if prediction_drifted else ""),
         )
         if event is not None:
             # Inside the transaction: a failed publish rolls the report back and the window is closed again.
@@ -386,15 +395,25 @@ class MonitorHandlers:
                 metrics.DRIFT_WASSERSTEIN.labels(model=model, feature=test.feature).set(test.wasserstein)
         if pred_test is not None:
             metrics.PREDICTION_DRIFT_STATISTIC.labels(model=model).set(pred_test["statistic"])
+            metrics.PREDICTION_DRIFT_PSI.labels(model=model).set(pred_test["psi"])
+            metrics.PREDICTION_DRIFT.labels(model=model).set(1.0 if pred_test["alarm"] else 0.0)
         for name, counts in quality["fields"].items():
             metrics.QUALITY_NULL_RATE.labels(model=model, field=name).set(counts["null_rate"])
         for kind in ("out_of_range", "not_allowed", "unseen_category"):
             metrics.QUALITY_ISSUES.labels(model=model, kind=kind).set(quality["totals"][kind])
-        metrics.WINDOWS_CLOSED.labels(model=model, drifted=str(result.drifted).lower()).inc()
+        drifted = result.drifted or bool(pred_test and pred_test["alarm"])
+        metrics.WINDOWS_CLOSED.labels(model=model, drifted=str(drifted).lower()).inc()
 
     def _drift_event(
-        self, pipeline: PipelineConfig, watch: Watch, result: WindowResult, size: int, window_index: int
+        self,
+        pipeline: PipelineConfig,
+        watch: Watch,
+        result: WindowResult,
+        size: int,
+        window_index: int,
+        pred_test: dict[str, Any] | None,
     ) -> Event:
+        """Feature drift, prediction drift, or both (``prediction_drifted``; ``drifted_features`` may be empty)."""
         data = {
             "model": watch.model,
             "version": watch.version,
@@ -405,6 +424,10 @@ class MonitorHandlers:
             "correction": pipeline.monitor.correction,
             "drifted_features": result.drifted_features,
             "tests": [t.to_event_dict() for t in result.tests],
+            "prediction_drifted": bool(pred_test and pred_test["alarm"]),
+            "prediction_test": (
+                {name: pred_test[name] for name in EVENT_PREDICTION_TEST_FIELDS} if pred_test is not None else None
+            ),
         }
         # No cause: drift is a root cause and starts a new cascade.
         return new_event("DriftDetected", data, producer=self.producer)

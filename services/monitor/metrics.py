@@ -32,6 +32,16 @@ PREDICTION_DRIFT_STATISTIC = Gauge(
     "KS statistic of the last window's predictions against the champion's first window.",
     ["model"],
 )
+PREDICTION_DRIFT_PSI = Gauge(
+    "driftloop_monitor_prediction_drift_psi",
+    "PSI of the last window's predictions against the champion's first window.",
+    ["model"],
+)
+PREDICTION_DRIFT = Gauge(
+    "driftloop_monitor_prediction_drift",
+    "1 when the last closed window's predictions drifted past monitor.prediction_drift (an alarm), else 0.",
+    ["model"],
+)
 QUALITY_NULL_RATE = Gauge(
     "driftloop_monitor_quality_null_rate",
     "Share of nulls per input field in the last closed window.",

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from driftloop.pipeline import FeatureSpec, MonitorSpec
+from driftloop.pipeline import FeatureSpec, MonitorSpec, PredictionDriftSpec
 
 Correction = Literal["bonferroni", "holm", "none"]
 
@@ -29,6 +29,8 @@ MISSING_CATEGORY = "__missing__"
 PSI_EPSILON = 1e-4
 # The fields of the DriftDetected event's FeatureTest record.
 EVENT_TEST_FIELDS = ("feature", "test", "statistic", "p_value", "adjusted_p_value", "drifted")
+# The fields of the DriftDetected event's PredictionTest record.
+EVENT_PREDICTION_TEST_FIELDS = ("test", "statistic", "p_value", "psi", "wasserstein", "drifted")
 
 
 @dataclass(frozen=True)
@@ -216,6 +218,19 @@ def prediction_test(
         "wasserstein": wasserstein_scaled(baseline, window),
         "drifted": p_value < alpha,
     }
+
+
+def prediction_drift_alarms(test: dict[str, Any], spec: PredictionDriftSpec, monitor_alpha: float) -> bool:
+    """Whether a window's prediction test (``prediction_test``) is an alarm: enabled, KS p-value below
+    ``spec.alpha`` (default: the monitor's alpha), and PSI / Wasserstein above the thresholds that are set."""
+    if not spec.enabled:
+        return False
+    alpha = monitor_alpha if spec.alpha is None else spec.alpha
+    if not test["p_value"] < alpha:
+        return False
+    if spec.psi_threshold is not None and not test["psi"] > spec.psi_threshold:
+        return False
+    return not (spec.wasserstein_threshold is not None and not test["wasserstein"] > spec.wasserstein_threshold)
 
 
 MAXIMIZED_METRICS = frozenset({"roc_auc", "accuracy", "f1"})

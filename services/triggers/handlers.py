@@ -9,6 +9,7 @@ and the cause event id, so a repeat after a crash between publish and commit car
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import uuid
 from collections.abc import Callable
@@ -150,9 +151,15 @@ class TriggerHandlers:
                 stream_state.rows_since_request = 0
 
     def on_drift_detected(self, event: Event) -> None:
-        features = ", ".join(event["drifted_features"]) or "none"
-        reason = f"drift of v{event['version']} in window {event['window_index']}: {features}"
-        self._on_cause("drift", event, reason)
+        features = list(event["drifted_features"])
+        prediction = event.data.get("prediction_drifted", False)
+        test = event.data.get("prediction_test") or {}
+        what = ", ".join(features) if features else ("" if prediction else "none")
+        if prediction:
+            shift = f"predictions (ks={test.get('statistic', math.nan):.3f}, psi={test.get('psi', math.nan):.3f})"
+            what = f"{what} and {shift}" if what else shift
+        reason = f"drift of v{event['version']} in window {event['window_index']}: {what}"
+        self._on_cause("drift", event, reason, prediction_only=prediction and not features)
 
     def on_external_trigger(self, event: Event) -> None:
         self._on_cause("external", event, event["reason"] or "external trigger")
@@ -227,7 +234,7 @@ class TriggerHandlers:
             except Exception:  # a database hiccup must not end the loop
                 log.exception("triggers: schedule check failed")
 
-    def _on_cause(self, kind: TriggerKind, event: Event, reason: str) -> None:
+    def _on_cause(self, kind: TriggerKind, event: Event, reason: str, *, prediction_only: bool = False) -> None:
         model = event["model"]
         with self._lock, self.Session.begin() as session:
             if self._already_decided(session, model, event.id):
@@ -239,7 +246,7 @@ class TriggerHandlers:
                 return
             pipeline = self.pipelines[model]
             view = self._view(session, pipeline, kind)
-            decision = decide(kind, pipeline.triggers, view, self.clock())
+            decision = decide(kind, pipeline.triggers, view, self.clock(), prediction_only=prediction_only)
             self._record(session, model, kind, event, reason, decision, view.latest_dataset_version_id)
 
     def request_manual(self, model: str, reason: str, dataset_version_id: str | None = None) -> dict[str, Any]:

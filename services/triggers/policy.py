@@ -2,7 +2,8 @@
 
 Order of the rules (the first that applies decides):
 1. the trigger kind is disabled in the pipeline (or new data arrives while a champion exists and
-   ``new_data.only_without_champion``): suppressed;
+   ``new_data.only_without_champion``, or a drift of the predictions alone with ``drift.on_prediction_drift``
+   false): suppressed;
 2. a training run of the model is active: suppressed (merged into that run), or with ``queue_while_running``
    pending until the run ends (one queued request; later causes merge into it);
 3. a request is already pending (waiting for fresh data or for the run to end): suppressed (merged into it);
@@ -47,8 +48,11 @@ class Decision:
     wait_for: Literal["data", "run"] | None = None
 
 
-def decide(kind: TriggerKind, policy: TriggerSpec, view: ModelView, now: datetime) -> Decision:
-    """What to do with one cause of kind ``kind`` for a model in state ``view`` at time ``now``."""
+def decide(
+    kind: TriggerKind, policy: TriggerSpec, view: ModelView, now: datetime, *, prediction_only: bool = False
+) -> Decision:
+    """What to do with one cause of kind ``kind`` for a model in state ``view`` at time ``now``.
+    ``prediction_only``: a drift of the model's predictions with no feature drifted."""
     if kind == "new_data":
         if not policy.new_data.enabled:
             return Decision("suppressed", "new-data trigger disabled (triggers.new_data.enabled: false)")
@@ -56,6 +60,10 @@ def decide(kind: TriggerKind, policy: TriggerSpec, view: ModelView, now: datetim
             return Decision("suppressed", "the model has a champion and triggers.new_data.only_without_champion is set")
     if kind == "drift" and not policy.drift.enabled:
         return Decision("suppressed", "drift trigger disabled (triggers.drift.enabled: false)")
+    if kind == "drift" and prediction_only and not policy.drift.on_prediction_drift:
+        return Decision(
+            "suppressed", "prediction drift alone does not retrain (triggers.drift.on_prediction_drift: false)"
+        )
     if kind == "performance" and not policy.performance.enabled:
         return Decision("suppressed", "performance trigger disabled (triggers.performance.enabled: false)")
     if view.active_runs:
