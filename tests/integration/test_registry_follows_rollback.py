@@ -51,6 +51,12 @@ def test_a_rolled_back_canary_moves_champion_back_and_a_new_replica_serves_the_o
     )
     assert [e.event_id for e in moved_back] == [alias["event_id"]]  # one move
     assert moved_back[0].caused_by == rolled_back.event_id and moved_back[0].payload["previous_version"] == 2
+    history = stack.registry.client.get(f"/v1/models/{stack.model}/aliases/champion/history").json()["moves"]
+    assert [(m["version"], m["previous_version"], m["rollback"], m["moved_by"]) for m in history] == [
+        (1, 2, True, "serving"),
+        (2, 1, False, "registry"),
+        (1, None, False, "registry"),
+    ]
 
     # A replica started now replays the promotions and serves v1, without a rollout of v2.
     fresh = stack.start("serving", build_serving)
