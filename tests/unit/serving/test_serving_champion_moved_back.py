@@ -1,0 +1,52 @@
+"""Serving when the registry moves the champion back (it followed a rollback): a replica already serving that
+version stays on it without a switch, and a rollout of the rolled-back version still running on it stops (it must
+not complete later), announced as ``origin: champion_moved`` so that the registry does not act on it again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import test_serving_rollout as rollout_tests
+
+from driftloop.events import new_event
+
+MODEL = rollout_tests.MODEL
+models = rollout_tests.models  # fixture: real LightGBM artifacts
+
+
+def test_champion_moved_back_stops_a_running_rollout_without_a_switch(tmp_path: Path, models: dict) -> None:
+    pipeline = rollout_tests.with_rollout(
+        models["pipeline"], mode="canary", canary_steps=[0.5], step_min_requests=10_000
+    )
+    env = rollout_tests.make_env(tmp_path, pipeline)
+    first = rollout_tests.promote(env, models, 1, 1)
+    rollout_tests.promote(env, models, 2, 2)
+    assert env.rollouts.get(MODEL) is not None
+    switches = len(rollout_tests.of_type(env, "ServingSwitched"))
+
+    # What the registry sends after another replica rolled v2 back: champion v1 again (same artifact).
+    moved_back = new_event(
+        "ModelPromoted", {**first.data, "previous_version": 2, "rollback": True}, producer="registry"
+    )
+    env.follower._load_newest(MODEL, [moved_back])
+
+    assert env.rollouts.get(MODEL) is None and env.table.get(MODEL).version == 1
+    assert len(rollout_tests.of_type(env, "ServingSwitched")) == switches  # no reload, no flap
+    (stopped,) = rollout_tests.of_type(env, "RolloutRolledBack")
+    assert (stopped["version"], stopped["origin"]) == (2, "champion_moved")
+    assert all(rollout_tests.predict(env, seed)["version"] == 1 for seed in range(6))
+    # The same move redelivered: nothing more happens.
+    env.follower._load_newest(MODEL, [moved_back])
+    assert len(rollout_tests.of_type(env, "RolloutRolledBack")) == 1 and env.rollouts.get(MODEL) is None
+
+
+def test_rollback_events_say_why_the_replica_stopped(tmp_path: Path, models: dict) -> None:
+    pipeline = rollout_tests.with_rollout(models["pipeline"], mode="canary", canary_steps=[0.5], step_min_requests=2)
+    env = rollout_tests.make_env(tmp_path, pipeline)
+    rollout_tests.promote(env, models, 1, 1)
+    rollout_tests.promote(env, models, "bad", 2)
+    rollout_tests.promote(env, models, "bad", 3)  # supersedes the rollout of v2
+    for seed in range(10):  # the bad v3 fails every canary request: a verdict
+        rollout_tests.predict(env, seed)
+    origins = [(e["version"], e["origin"]) for e in rollout_tests.of_type(env, "RolloutRolledBack")]
+    assert origins == [(2, "superseded"), (3, "verdict")]
