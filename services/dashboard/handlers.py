@@ -91,6 +91,12 @@ def drift_sentence(p: dict[str, Any]) -> str:
             f"{feature} ({t.get('test', 'test')} {_fmt(t.get('statistic'))}, "
             f"corrected p {_fmt(t.get('adjusted_p_value'))})"
         )
+    prediction = p.get("prediction_test") or {}
+    if p.get("prediction_drifted"):
+        described.append(
+            f"the model's predictions (ks {_fmt(prediction.get('statistic'))}, p {_fmt(prediction.get('p_value'))}, "
+            f"PSI {_fmt(prediction.get('psi'))} against the champion's first window)"
+        )
     return (
         f"Why: drift detected on v{p.get('version')} in window {p.get('window_index')} "
         f"({p.get('window_size')} predictions) against dataset {p.get('reference_dataset_version_id')}: "

@@ -10,7 +10,9 @@ the pipeline asks for ``canary`` or ``shadow``, start a rollout on this replica 
 a share of the requests (canary, stepped up on good numbers) or scores a copy of each (shadow) and becomes the
 champion when every step passes; it is rolled back by itself when its error rate, latency or mean prediction is
 worse than the champion's past the thresholds. Also consumes ``RolloutRolledBack``: a rollback on another
-replica stops the same rollout here.
+replica stops the same rollout here, and so does the registry moving ``champion`` back to the served version
+(it follows rollbacks). ``RolloutRolledBack.origin`` says why a replica stopped: ``verdict``, ``followed``,
+``superseded`` or ``champion_moved``; the registry acts on verdicts only.
 
 Emits ``ServingSwitched`` (the replica answers with another version), ``RolloutStepped`` (started, stepped,
 completed), ``RolloutRolledBack``, ``PredictionLogged`` for every answered row and ``FeedbackReceived`` for every
