@@ -27,7 +27,7 @@ PRODUCER = "registry"
 GATE_DECISIONS = Counter("driftloop_registry_gate_decisions_total", "Gate decisions", ["model", "decision"])
 ROLLOUT_ROLLBACKS = Counter(
     "driftloop_registry_rollout_rollbacks_total",
-    "Serving rollbacks followed by the champion alias, by outcome (moved, already, moved_elsewhere)",
+    "Serving rollbacks followed by the champion alias, by outcome (moved, already, moved_elsewhere, unknown_version)",
     ["model", "outcome"],
 )
 # moved_by of the champion moves the registry makes on a serving rollback.
@@ -392,14 +392,17 @@ class RegistryHandlers:
             make_event=make_event,
         )
         ROLLOUT_ROLLBACKS.labels(model, outcome).inc()
-        if outcome == "moved_elsewhere":
+        if outcome in ("moved_elsewhere", "unknown_version"):
             current = alias.version if alias is not None else None
-            why = (
-                f"champion of {model} is v{current} (moved by {alias.moved_by or 'registry'}: {alias.reason}) since "
-                f"the promotion of v{rolled_back} that serving rolled back; not moving it to v{kept}"
-                if alias is not None
-                else f"{model} has no champion alias; not moving it to v{kept}"
-            )
+            if outcome == "unknown_version":
+                why = f"serving kept v{kept} of {model}, which this registry does not have; champion stays v{current}"
+            elif alias is None:
+                why = f"{model} has no champion alias; not moving it to v{kept}"
+            else:
+                why = (
+                    f"champion of {model} is v{current} (moved by {alias.moved_by or 'registry'}: {alias.reason}) "
+                    f"since the promotion of v{rolled_back} that serving rolled back; not moving it to v{kept}"
+                )
             log.warning("%s", why)
             refused = {
                 "model": model,

@@ -292,14 +292,15 @@ class Registry:
         - ``"already"``: the alias already points at ``kept_version`` (another replica's rollback, a redelivery
           of this one, or a user did it): nothing moves; ``event`` is the stored one when this very rollback moved
           it (re-sent, same id: its first publish may have failed), else None;
-        - ``"moved_elsewhere"``: the alias moved since that promotion (a newer promotion, a user): it stays.
+        - ``"moved_elsewhere"``: the alias moved since that promotion (a newer promotion, a user): it stays;
+        - ``"unknown_version"``: serving kept a version this registry does not have: it stays.
         """
         with self.Session.begin() as session:
             row = session.get(ModelAlias, (model, CHAMPION), with_for_update=True)
             if row is not None and row.event_id == promotion_event_id and row.version == rolled_back_version:
                 target = session.get(ModelVersion, (model, kept_version), with_for_update=True)
                 if target is None:
-                    return "moved_elsewhere", None, row  # serving kept a version this registry does not know
+                    return "unknown_version", None, row  # serving kept a version this registry does not know
                 event = make_event(row.version, target)
                 row.version = kept_version
                 row.event_id = event.id
