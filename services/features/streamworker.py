@@ -21,7 +21,7 @@ from typing import Any
 from driftloop.pipeline import PipelineConfig
 from driftloop.service import Runtime
 
-from .onlinestore import open_online_store
+from .onlinestore import OnlineStoreUnavailable, open_online_store
 from .streaming import StreamAggregator
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,9 @@ STREAM_GROUP = "driftloop-features-stream"
 # Records applied per database transaction, and the longest a record waits for its batch to fill.
 BATCH_RECORDS = 200
 BATCH_SECONDS = 0.5
+# Backoff while the online store's server (Redis) does not answer.
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MAX_SECONDS = 10.0
 
 
 def _agent_for(aggregator: StreamAggregator, decode: Callable[[bytes], Any]) -> Callable[[Any], Any]:
@@ -49,7 +52,17 @@ def _agent_for(aggregator: StreamAggregator, decode: Callable[[bytes], Any]) -> 
                     continue
                 batch.append((f"{message.topic}/{message.partition}/{message.offset}", record))
             # Database work off the event loop, so the consumer's heartbeats keep going.
-            await loop.run_in_executor(None, aggregator.apply, batch)
+            delay = RETRY_FIRST_SECONDS
+            while True:
+                try:
+                    await loop.run_in_executor(None, aggregator.apply, batch)
+                    break
+                except OnlineStoreUnavailable as exc:
+                    # Redis down: hold the batch (the stream waits, offsets uncommitted) rather than let the agent
+                    # crash past it. A retry is safe: records are stored once by offset, values recomputed.
+                    log.warning("streaming features: %s; retrying the batch in %.1fs", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX_SECONDS)
 
     return apply_records
 

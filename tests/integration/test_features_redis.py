@@ -19,7 +19,7 @@ from driftloop.bus import ensure_topics
 from driftloop.db import create_engine_for, migrate
 from driftloop.db.models import OnlineFeatures
 from driftloop.pipeline import PipelineConfig, load_pipeline
-from driftloop.procs import free_port, http_ready, spawn, stop_pid, wait_until
+from driftloop.procs import free_port, http_ready, port_open, spawn, stop_pid, wait_until
 from driftloop.service import make_runtime
 from driftloop.settings import Settings, settings_env
 
@@ -127,4 +127,93 @@ def test_service_process_serves_streaming_features_from_redis(
         rows = conn.execute(sa.select(sa.func.count()).where(OnlineFeatures.stream == stream)).scalar_one()
     assert rows == 0
     engine.dispose()
+    runtime.bus.close()
+
+
+def start_redis(port: int, workdir: Path) -> int:
+    proc = spawn(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        workdir / "redis.log",
+    )
+    wait_until(lambda: proc.poll() is None and port_open("127.0.0.1", port), 30, "redis-server")
+    return proc.pid
+
+
+def test_streaming_worker_holds_its_batch_while_redis_is_down(
+    make_settings: Callable[..., Settings], tmp_path: Path, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Records arriving while Redis is down reach it once Redis is back (the batch is retried, not dropped)."""
+    import logging
+    import threading
+
+    from driftloop.services.features.onlinestore import RedisOnlineStore
+    from driftloop.services.features.streamworker import stream_worker_loop
+
+    caplog.set_level(logging.WARNING)
+    stream, port = f"rd-{unique}", free_port()
+    pipeline = aggregate_pipeline(tmp_path / "pipelines", stream)
+    settings = make_settings(
+        pipelines_dir=tmp_path / "pipelines",
+        features={"online_store": "redis", "redis": {"port": port, "timeout_seconds": 2}},
+    )
+    migrate(settings.database_url)
+    runtime = make_runtime("features", settings)
+    ensure_topics(settings, [pipeline.stream.topic], partitions=1)
+    subject, schema = f"{pipeline.stream.topic}-value", pipeline.stream.avro_schema()
+
+    def send(entity: str, minute: int, amount: float) -> None:
+        at = T0 + timedelta(minutes=minute)
+        record = {
+            "customer_id": entity,
+            "event_time": at,
+            "amount": amount,
+            "age": 30,
+            "merchant_category": "travel",
+            "hour": at.hour,
+            "is_fraud": 0,
+        }
+        runtime.bus.publish_raw(
+            pipeline.stream.topic, runtime.bus.codec.encode(subject, schema, record), key=entity.encode()
+        )
+        runtime.bus.flush()
+
+    redis_pid = start_redis(port, tmp_path)
+    worker = threading.Thread(
+        target=stream_worker_loop(runtime, group=f"features-stream-{unique}", pipelines=[pipeline]),
+        args=(runtime.bus.stop_event,),
+        daemon=True,
+    )
+    try:
+        store = RedisOnlineStore(settings.features.redis)
+        worker.start()
+        send("c1", 0, 5.0)
+        wait_until(lambda: "c1" in store.read(stream, ["c1"]), 120, "the first record online")
+
+        stop_pid(redis_pid)
+        send("c1", 10, 7.0)
+        wait_until(lambda: f"127.0.0.1:{port}/0 does not answer" in caplog.text, 60, "the worker to meet Redis down")
+
+        redis_pid = start_redis(port, tmp_path)  # empty: no persistence
+        wait_until(lambda: store.read(stream, ["c1"]).get("c1") is not None, 60, "the held batch written")
+        value = store.read(stream, ["c1"])["c1"]
+        # Recomputed from every stored record of the entity, not only the held one.
+        assert value.event_time == T0 + timedelta(minutes=10)
+        assert value.values["tx_count_1h"] == 2.0 and value.values["amount_sum_1h"] == 12.0
+    finally:
+        runtime.bus.stop_event.set()
+        worker.join(timeout=60)
+        stop_pid(redis_pid)
+    assert not worker.is_alive()
     runtime.bus.close()
