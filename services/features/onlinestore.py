@@ -46,6 +46,10 @@ class OnlineStore(Protocol):
         """The entities found, with their values and freshness."""
         ...
 
+    def available(self) -> bool:
+        """Whether the store answers now (the features service's /healthz check ``online_store``)."""
+        ...
+
 
 def _insert_for(engine: sa.Engine) -> Any:
     dialect = engine.dialect.name
@@ -108,6 +112,14 @@ class DatabaseOnlineStore:
                 for entity, values, event_time, updated_at in conn.execute(query):
                     found[entity] = OnlineValue(values, _utc(event_time), _utc(updated_at))
         return found
+
+    def available(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except sa.exc.SQLAlchemyError:
+            return False
+        return True
 
 
 class OnlineStoreUnavailable(DriftloopError):
@@ -279,6 +291,14 @@ class RedisOnlineStore:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._unavailable(exc) from None
         return found
+
+    def available(self) -> bool:
+        import redis
+
+        try:
+            return bool(self.client.ping())
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False
 
     def close(self) -> None:
         self.client.close()

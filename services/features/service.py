@@ -22,4 +22,6 @@ def build(runtime: Runtime) -> ServiceSpec:
         consumers=[ConsumerSpec(CONSUMER_GROUP, {DATASET_VERSION_CREATED: handlers.on_dataset_version_created})],
         loops=[stream_worker_loop(runtime)] if runtime.settings.features.streaming else [],
         on_stop=[stop_spark],
+        # False while the online store's server (Redis, or the database) does not answer.
+        ready_checks={"online_store": handlers.online.available},
     )

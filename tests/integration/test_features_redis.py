@@ -103,6 +103,7 @@ def test_service_process_serves_streaming_features_from_redis(
 
     try:
         wait_until(lambda: http_ready(f"{url}/healthz"), 120, "the features service")
+        assert httpx.get(f"{url}/healthz").json()["checks"] == {"online_store": True}
         wait_until(lambda: served() is not None, 180, "the streamed records' values served from Redis")
         body = served()
     finally:

@@ -71,6 +71,7 @@ def test_values_and_freshness_read_back_as_written(store: OnlineStore, unique: s
     assert found["a"].event_time == T0 and found["a"].event_time.tzinfo is not None
     assert found["a"].updated_at == written_at
     assert store.read(stream, []) == {}
+    assert store.available()
 
 
 def test_entities_only_move_forward_in_event_time(store: OnlineStore, unique: str) -> None:
@@ -213,7 +214,9 @@ def test_redis_going_away_is_a_503_naming_the_server_not_a_500(tmp_path: Path, u
         lookup = {"stream": "transactions", "entities": ["c1"]}
         assert http.post("/v1/features/online", json=lookup).json()["missing"] == ["c1"]
 
+        assert writer.available()
         stop_pid(proc.pid)
+        assert not writer.available()  # /healthz: checks.online_store false, not ready
         response = http.post("/v1/features/online", json=lookup)
         assert response.status_code == 503
         assert f"127.0.0.1:{port}" in response.json()["detail"] and "features.redis" in response.json()["detail"]
