@@ -3,7 +3,7 @@ confluent-kafka consume loop over the same records on the same broker, in one ru
 
 Starts its own embedded broker and schema registry (free ports, a temporary home), produces N records with the
 stock AvroSerializer (a few bad ones, which become dead letters), then times
-  1. the bare loop: a Consumer in a fresh group counting messages, nothing else;
+  1. the bare loop: a Consumer in a fresh group reading each message's value and counting, nothing else;
   2. ingestion: the service's KafkaIntake + Lander (the same code the service runs), in a fresh group, until
      landed + dead-lettered == N in its counters (the database is checked to agree at the end).
 Both clocks start at the first record received (group joins are not measured). Stops everything by PID.
@@ -103,6 +103,7 @@ def bare_loop(settings: Settings, topic: str, n: int) -> float:
                     continue
                 if seen == 0:
                     started = time.perf_counter()
+                msg.value()  # a loop over the records reads them; nothing more
                 seen += 1
         return time.perf_counter() - started
     finally:

@@ -32,8 +32,8 @@ from driftloop.pipeline import PipelineConfig
 from driftloop.topics import DATASET_VERSION_CREATED, RECORD_REJECTED
 
 from .columnar import decode_batch
-from .landing import KafkaSource, Lander, rows_to_table
-from .validation import check_size, rejection_from_failure, rejection_from_wire_error, validate_decoded
+from .landing import KafkaSource, Lander, arrow_schema, rows_to_table, table_to_parquet
+from .validation import Rejection, check_size, rejection_from_failure, rejection_from_wire_error, validate_decoded
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ class PartitionState:
     chunks: list[pa.Table] = field(default_factory=list)  # waiting rows as Arrow tables, in offset order
     chunk_rows: int = 0
     rows: list[dict[str, Any]] = field(default_factory=list)  # waiting rows of the per-record path, after chunks
+    # Dead letters not stored yet: stored together (one transaction per poll), kept and retried if that fails.
+    dead_letters: list[tuple[int, Rejection, str, bytes]] = field(default_factory=list)
     first_offset: int | None = None
     last_offset: int | None = None
     opened_at: float = 0.0
@@ -60,9 +62,13 @@ class PartitionState:
         return self.chunk_rows + len(self.rows)
 
     def commit_position(self) -> int | None:
-        """The offset to commit: the first row still waiting, else one past the last record handled."""
-        if self.first_offset is not None:
-            return self.first_offset
+        """The offset to commit: the first row or dead letter still waiting, else one past the last record
+        handled."""
+        waiting = [
+            o for o in (self.first_offset, self.dead_letters[0][0] if self.dead_letters else None) if o is not None
+        ]
+        if waiting:
+            return min(waiting)
         return None if self.last_seen is None else self.last_seen + 1
 
 
@@ -82,14 +88,19 @@ class KafkaIntake:
         lander: Lander,
         on_landed: Callable[[str], None] = lambda _stream: None,
         *,
-        poll_timeout: float = 0.2,
-        batch_messages: int = 5000,
+        poll_timeout: float = 0.05,
+        batch_messages: int = 20000,
+        flush_interval: float = 1.0,
     ) -> None:
         self.bus = bus
         self.lander = lander
         self.on_landed = on_landed
         self.poll_timeout = poll_timeout
         self.batch_messages = batch_messages
+        # A commit that covers dead letters waits for their events (producer and event log flush, ~50 ms): such
+        # commits happen at most this often, others at every poll; revokes and stops always commit.
+        self.flush_interval = flush_interval
+        self._flushed_at = 0.0
         self.by_topic = {cfg.stream.topic: cfg for cfg in pipelines.values()}
         # Parsed once: the decoder takes a parsed reader schema without re-keying it per record.
         self.reader_schemas = {
@@ -109,6 +120,10 @@ class KafkaIntake:
         self.running = False
         # driftloop_consumer_lag for the stream topics: records not landed (or dead-lettered) and committed yet.
         self.lag = ConsumerLag(bus.settings.kafka.ingestion_group)
+        # The first Parquet write of a process imports pyarrow's pandas support (~0.3 s): pay it at start-up, not
+        # in the middle of the first batch.
+        for cfg in pipelines.values():
+            table_to_parquet(arrow_schema(cfg.stream).empty_table())
 
     # --- the loop ---------------------------------------------------------------------------------------------
 
@@ -120,6 +135,7 @@ class KafkaIntake:
         if not self.by_topic:
             return
         self.ensure_topics()
+        _ = self.bus.producer  # connected (and its idempotent producer id obtained) before the first dead letter
         self.running = True
         consumer = Consumer(self.bus.consumer_config(self.bus.settings.kafka.ingestion_group))
         consumer.subscribe(
@@ -140,7 +156,13 @@ class KafkaIntake:
                 self._answer_land_requests()
 
     def poll_once(self, consumer: Consumer) -> None:
-        messages = consumer.consume(num_messages=self.batch_messages, timeout=self.poll_timeout)
+        # What the consumer has fetched already, at once; else wait for the next record only (a consume() of many
+        # records that are not there would wait its whole timeout).
+        messages = consumer.consume(num_messages=self.batch_messages, timeout=0)
+        if not messages:
+            messages = consumer.consume(num_messages=1, timeout=self.poll_timeout)
+            if messages:
+                messages += consumer.consume(num_messages=self.batch_messages - 1, timeout=0)
         self.lag.update(consumer)
         by_topic: dict[str, list[Message]] = {}
         for msg in messages:
@@ -160,6 +182,7 @@ class KafkaIntake:
         with self._lock:
             requests, self._land_requests = self._land_requests, []
             states = list(self.partitions.values())
+        self.store_dead_letters(states)
         requested = {stream for stream, _ in requests}
         for state in states:
             if self.by_topic[state.topic].stream.name in requested:
@@ -186,24 +209,24 @@ class KafkaIntake:
         """Handle the messages of one topic from one ``consume()``; returns True when a partition had to stop
         (something not the records' fault, e.g. the database is unreachable): it is re-read from there later."""
         cfg = self.by_topic[topic]
-        values = [msg.value() or b"" for msg in messages]
-        batch = decode_batch(values, cfg, lambda schema_id: self._is_fast(topic, schema_id), datetime.now(tz=UTC))
+        now = datetime.now(tz=UTC)
         partitions = np.fromiter((msg.partition() for msg in messages), dtype=np.int64, count=len(messages))
-        offsets = np.fromiter((msg.offset() for msg in messages), dtype=np.int64, count=len(messages))
         numbers = np.unique(partitions)
-        if numbers.size == 1:
-            return self._handle_partition(
-                consumer, topic, int(numbers[0]), messages, offsets, batch.accepted, batch.table
-            )
-        table_row = np.cumsum(batch.accepted) - 1  # record i's row in batch.table, when accepted
+        groups = (
+            [messages]
+            if numbers.size == 1
+            else [[messages[i] for i in np.flatnonzero(partitions == number)] for number in numbers.tolist()]
+        )
         blocked = False
-        for number in numbers.tolist():
-            rows = np.flatnonzero(partitions == number)
-            accepted = batch.accepted[rows]
-            table = batch.table.take(pa.array(table_row[rows[accepted]]))
-            blocked |= self._handle_partition(
-                consumer, topic, number, [messages[i] for i in rows], offsets[rows], accepted, table
-            )
+        for number, group in zip(numbers.tolist(), groups, strict=True):
+            values = [msg.value() or b"" for msg in group]
+            batch = decode_batch(values, cfg, lambda schema_id: self._is_fast(topic, schema_id), now)
+            first, last = group[0].offset(), group[-1].offset()
+            if last - first == len(group) - 1:  # offsets increase within a partition: these are consecutive
+                offsets = np.arange(first, last + 1, dtype=np.int64)
+            else:
+                offsets = np.fromiter((msg.offset() for msg in group), dtype=np.int64, count=len(group))
+            blocked |= self._handle_partition(consumer, topic, number, group, offsets, batch.accepted, batch.table)
         return blocked
 
     def _handle_partition(
@@ -254,6 +277,26 @@ class KafkaIntake:
             consumer.seek(TopicPartition(topic, partition, resume))
             return True
         return False
+
+    def store_dead_letters(self, states: list[PartitionState]) -> None:
+        """Store the waiting dead letters of ``states``, one transaction per stream. On failure they stay waiting
+        (commits do not pass them) and the next poll retries."""
+        by_stream: dict[str, list[PartitionState]] = {}
+        for state in states:
+            if state.dead_letters:
+                by_stream.setdefault(self.by_topic[state.topic].stream.name, []).append(state)
+        for stream, waiting in by_stream.items():
+            letters = [(rejection, source, value) for s in waiting for _, rejection, source, value in s.dead_letters]
+            try:
+                self.lander.dead_letters(stream, letters)
+            except Exception as exc:
+                self.last_error = f"dead letters of {stream}: {exc!r}"
+                log.exception("ingestion: cannot store %d dead letters now, will retry", len(letters))
+                continue
+            for state in waiting:
+                state.dead_letters = []
+            self.counters[stream].dead_lettered += len(letters)
+            self._unflushed_events = True
 
     def _append_rows(self, state: PartitionState, table: pa.Table, offsets: np.ndarray) -> None:
         """Accepted rows (with their offsets) join the partition's micro-batch, landing each time it is full."""
@@ -317,9 +360,7 @@ class KafkaIntake:
             rejection, record = rejection_from_failure(exc, schema_id), None
         counters.received += 1
         if rejection is not None:
-            self.lander.dead_letter(stream.name, rejection, source, value)
-            self._unflushed_events = True
-            counters.dead_lettered += 1
+            state.dead_letters.append((offset, rejection, source, value))
         else:
             assert record is not None
             if not state.pending():
@@ -358,9 +399,20 @@ class KafkaIntake:
         assert state.first_offset is not None and state.last_offset is not None
         key = landed_kafka_key(cfg.stream.name, state.partition, state.first_offset, state.last_offset)
         source = f"kafka:{state.topic}/{state.partition}/{state.first_offset}-{state.last_offset}"
+        # Waiting dead letters are stored with the batch: once its offsets count as landed, a replay skips them.
+        letters = [(rejection, letter_source, value) for _, rejection, letter_source, value in state.dead_letters]
         self.lander.land(
-            cfg.stream, table, key, source, KafkaSource(state.partition, state.first_offset, state.last_offset)
+            cfg.stream,
+            table,
+            key,
+            source,
+            KafkaSource(state.partition, state.first_offset, state.last_offset),
+            dead_letters=letters,
         )
+        if letters:
+            self.counters[cfg.stream.name].dead_lettered += len(letters)
+            state.dead_letters = []
+            self._unflushed_events = True
         self.counters[cfg.stream.name].landed += table.num_rows
         state.landed_up_to = state.last_offset
         state.chunks, state.chunk_rows, state.first_offset, state.last_offset = [], 0, None, None
@@ -375,7 +427,9 @@ class KafkaIntake:
             if state.pending() and now - state.opened_at >= seconds:
                 self._land(state)
 
-    def commit(self, consumer: Consumer, states: list[PartitionState] | None = None) -> None:
+    def commit(self, consumer: Consumer, states: list[PartitionState] | None = None, *, force: bool = False) -> None:
+        if self._unflushed_events and not force and time.monotonic() - self._flushed_at < self.flush_interval:
+            return
         with self._lock:
             states = list(self.partitions.values()) if states is None else states
         offsets = []
@@ -390,6 +444,7 @@ class KafkaIntake:
         if self._unflushed_events:
             self.bus.flush()
             self._unflushed_events = False
+            self._flushed_at = time.monotonic()
         consumer.commit(offsets=[tp for _, tp in offsets], asynchronous=False)
         for state, tp in offsets:
             state.committed = tp.offset
@@ -398,9 +453,10 @@ class KafkaIntake:
     def flush_all(self, consumer: Consumer, states: list[PartitionState] | None = None) -> None:
         with self._lock:
             states = list(self.partitions.values()) if states is None else states
+        self.store_dead_letters(states)
         for state in states:
             self._land(state)
-        self.commit(consumer, states)
+        self.commit(consumer, states, force=True)
 
     # --- rebalancing --------------------------------------------------------------------------------------------
 

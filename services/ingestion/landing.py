@@ -80,16 +80,18 @@ class Lander:
         key: str,
         source: str,
         kafka: KafkaSource | None = None,
+        dead_letters: list[tuple[Rejection, str, bytes]] | None = None,
     ) -> LandedBatch:
         """Write ``rows`` (dicts, or an Arrow table with ``arrow_schema(stream)``) as one Parquet object under
         ``key`` and record it. The key derives from the source (offsets, idempotency key), so the same source
         always gives the same key: when its row exists already (a replay after a crash, a retried request) nothing
         is written again, and a batch that is already part of a dataset version is never handed to the next cut a
-        second time."""
+        second time. ``dead_letters`` (see ``dead_letters``) are stored in the same transaction as the batch."""
         with self.Session() as session:
             existing = session.get(LandedBatch, key)
         if existing is not None:
             log.info("landed batch %s exists already (%s): replay skipped", key, existing.source)
+            self.dead_letters(stream.name, dead_letters or [])
             return existing
         if isinstance(rows, pa.Table):
             table = rows
@@ -111,8 +113,11 @@ class Lander:
             first_offset=kafka.first_offset if kafka else None,
             last_offset=kafka.last_offset if kafka else None,
         )
+        fresh = self._new_dead_letters(stream.name, dead_letters or [])
         with self.Session.begin() as session:
             session.add(batch)
+            session.add_all([row for row, _ in fresh])
+        self._announce(fresh)
         log.info("landed %d rows of %s at %s (%s)", table.num_rows, stream.name, key, source)
         return batch
 
@@ -142,19 +147,7 @@ class Lander:
             if not announced:
                 self._republish(existing, original)
             return False
-        event = new_event(
-            RECORD_REJECTED.event_type,
-            {
-                "stream": stream,
-                "reason": rejection.reason,
-                "field": rejection.field,
-                "message": rejection.message,
-                "source": source,
-                "schema_id": rejection.schema_id,
-                "original": original,
-            },
-            producer=self.producer,
-        )
+        event = self._rejected_event(stream, rejection, source, original)
         # The row first: the database is the record of truth; the event is flushed before offsets commit.
         with self.Session.begin() as session:
             session.add(
@@ -172,6 +165,82 @@ class Lander:
         self.bus.publish(event, wait=False)
         log.info("dead letter %s: %s (%s)", source, rejection.reason, rejection.message)
         return True
+
+    def dead_letters(self, stream: str, letters: list[tuple[Rejection, str, bytes]]) -> int:
+        """``dead_letter`` for many (rejection, source, original) at once: one query for the sources seen before,
+        one transaction for the new rows, then their events. Returns how many were new."""
+        fresh = self._new_dead_letters(stream, letters)
+        if fresh:
+            with self.Session.begin() as session:
+                session.add_all([row for row, _ in fresh])
+            self._announce(fresh)
+        return len(fresh)
+
+    def _new_dead_letters(
+        self, stream: str, letters: list[tuple[Rejection, str, bytes]]
+    ) -> list[tuple[DeadLetter, Event]]:
+        """The rows and events of the ``letters`` not stored before; those stored before whose event never
+        reached the event log (a crash) are announced again."""
+        if not letters:
+            return []
+        sources = [source for _, source, _ in letters]
+        with self.Session() as session:
+            existing = {
+                row.source: row for row in session.scalars(sa.select(DeadLetter).where(DeadLetter.source.in_(sources)))
+            }
+            announced = (
+                set(
+                    session.scalars(
+                        sa.select(EventRecord.event_id).where(
+                            EventRecord.event_id.in_([row.event_id for row in existing.values()])
+                        )
+                    )
+                )
+                if existing
+                else set()
+            )
+        for source, row in existing.items():
+            if row.event_id not in announced:
+                self._republish(row, next(original for _, s, original in letters if s == source))
+        fresh: list[tuple[DeadLetter, Event]] = []
+        seen: set[str] = set(existing)
+        for rejection, source, original in letters:
+            if source in seen:
+                continue
+            seen.add(source)
+            event = self._rejected_event(stream, rejection, source, original)
+            row = DeadLetter(
+                stream=stream,
+                reason=rejection.reason,
+                field=rejection.field,
+                message=rejection.message,
+                source=source,
+                event_id=event.id,
+                original=original,
+                schema_id=rejection.schema_id,
+            )
+            fresh.append((row, event))
+        return fresh
+
+    def _announce(self, fresh: list[tuple[DeadLetter, Event]]) -> None:
+        for row, event in fresh:
+            self.bus.publish(event, wait=False)
+            log.info("dead letter %s: %s (%s)", row.source, row.reason, row.message)
+
+    def _rejected_event(self, stream: str, rejection: Rejection, source: str, original: bytes) -> Event:
+        return new_event(
+            RECORD_REJECTED.event_type,
+            {
+                "stream": stream,
+                "reason": rejection.reason,
+                "field": rejection.field,
+                "message": rejection.message,
+                "source": source,
+                "schema_id": rejection.schema_id,
+                "original": original,
+            },
+            producer=self.producer,
+        )
 
     def _republish(self, row: DeadLetter, original: bytes) -> None:
         envelope = Envelope(
