@@ -20,13 +20,13 @@ import pytest
 import sqlalchemy as sa
 from confluent_kafka import Consumer
 from fastapi.testclient import TestClient
+from pipeline_support import service_runtime, stream_pipeline, write_pipeline
 
-from driftloop.db import migrate
 from driftloop.db.models import EventRecord, LandedBatch
 from driftloop.events import Event
 from driftloop.layout import dataset_prefix
 from driftloop.objectstore import open_object_store
-from driftloop.service import Runtime, make_runtime
+from driftloop.service import Runtime
 from driftloop.services.ingestion.content_hash import content_hash_of_table
 from driftloop.services.ingestion.datasets import DatasetCutter
 from driftloop.services.ingestion.landing import rows_to_table
@@ -36,30 +36,6 @@ from driftloop.spark import stop_spark
 from driftloop.topics import DATASET_VERSION_CREATED
 
 pytestmark = pytest.mark.integration
-
-PIPELINE = """
-stream:
-  name: {stream}
-  fields:
-    - {{name: customer_id, type: string, nullable: false}}
-    - {{name: event_time, type: timestamp, nullable: false}}
-    - {{name: amount, type: double, nullable: false}}
-    - {{name: age, type: int}}
-    - {{name: category, type: string}}
-    - {{name: is_fraud, type: int}}
-  entity_key: customer_id
-  event_time: event_time
-  label: is_fraud
-dataset:
-  cut_every_rows: {cut_every_rows}
-  mode: {mode}
-  window_rows: 60
-  landing_batch_rows: 25
-  landing_batch_seconds: 0.5
-features:
-  - {{name: amount}}
-model: {{name: model-{stream}}}
-"""
 
 START = datetime.now(tz=UTC).replace(microsecond=0) - timedelta(days=1)
 
@@ -90,19 +66,21 @@ def open_ingestion(
     make_settings: Callable[..., Settings], tmp_path: Path, unique: str, **overrides: Any
 ) -> Iterator[Ingestion]:
     pipelines = tmp_path / "pipelines"
-    pipelines.mkdir()
     streams = {"cumulative": f"cum-{unique}", "window": f"win-{unique}", "auto": f"auto-{unique}"}
     for kind, stream in streams.items():
-        mode = "cumulative" if kind == "auto" else kind
-        cut_every = 40 if kind == "auto" else 0
-        (pipelines / f"{kind}.yaml").write_text(PIPELINE.format(stream=stream, mode=mode, cut_every_rows=cut_every))
+        dataset = {
+            "cut_every_rows": 40 if kind == "auto" else 0,
+            "mode": "cumulative" if kind == "auto" else kind,
+            "window_rows": 60,
+            "landing_batch_rows": 25,
+            "landing_batch_seconds": 0.5,
+        }
+        write_pipeline(pipelines, kind, stream_pipeline(stream, dataset=dataset))
     settings = make_settings(pipelines_dir=pipelines, **overrides)
-    migrate(settings.database_url)
-    runtime = make_runtime("ingestion", settings)
-    spec = build(runtime)
-    with TestClient(spec.app) as client:
-        yield Ingestion(settings, runtime, client, spec.app.state.ingestion["cutter"], streams)
-    runtime.bus.close()
+    with service_runtime("ingestion", settings) as runtime:
+        spec = build(runtime)
+        with TestClient(spec.app) as client:
+            yield Ingestion(settings, runtime, client, spec.app.state.ingestion["cutter"], streams)
 
 
 def make_records(first: int, count: int) -> list[dict[str, Any]]:

@@ -25,47 +25,20 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from fastapi.testclient import TestClient
+from pipeline_support import service_runtime, stream_pipeline, write_pipeline
 from prometheus_client import REGISTRY
 
-from driftloop.db import migrate
 from driftloop.db.models import DeadLetter, LandedBatch
 from driftloop.events import Event
 from driftloop.layout import landed_http_key
 from driftloop.objectstore import open_object_store
-from driftloop.service import Runtime, make_runtime
+from driftloop.service import Runtime
 from driftloop.services.ingestion.kafka_intake import GROUP, KafkaIntake
 from driftloop.services.ingestion.service import build
 from driftloop.settings import Settings
 from driftloop.topics import RECORD_REJECTED
 
 pytestmark = pytest.mark.integration
-
-PIPELINE = """
-stream:
-  name: {stream}
-  fields:
-    - {{name: customer_id, type: string, nullable: false}}
-    - {{name: event_time, type: timestamp, nullable: false}}
-    - {{name: amount, type: double, nullable: false}}
-    - {{name: age, type: int}}
-    - {{name: category, type: string}}
-    - {{name: is_fraud, type: int}}
-  entity_key: customer_id
-  event_time: event_time
-  label: is_fraud
-  max_future_seconds: 3600
-  max_record_bytes: 400
-quality:
-  - {{rule: range, field: amount, min: 0, max: 10000}}
-  - {{rule: allowed_values, field: category, values: [food, travel]}}
-dataset:
-  cut_every_rows: 0
-  landing_batch_rows: 25
-  landing_batch_seconds: 0.5
-features:
-  - {{name: amount}}
-model: {{name: model-{stream}}}
-"""
 
 
 @dataclass
@@ -84,17 +57,23 @@ class Ingestion:
 @pytest.fixture
 def ingestion(make_settings: Callable[..., Settings], tmp_path: Path, unique: str) -> Iterator[Ingestion]:
     stream = f"pay-{unique}"
-    pipelines = tmp_path / "pipelines"
-    pipelines.mkdir()
-    (pipelines / "pay.yaml").write_text(PIPELINE.format(stream=stream))
-    settings = make_settings(pipelines_dir=pipelines)
-    migrate(settings.database_url)
-    runtime = make_runtime("ingestion", settings)
-    spec = build(runtime)
-    intake: KafkaIntake = spec.app.state.ingestion["intake"]
-    with TestClient(spec.app) as client:
-        yield Ingestion(settings, runtime, client, intake, stream)
-    runtime.bus.close()
+    pipeline = stream_pipeline(
+        stream,
+        max_future_seconds=3600,
+        max_record_bytes=400,
+        quality=[
+            {"rule": "range", "field": "amount", "min": 0, "max": 10000},
+            {"rule": "allowed_values", "field": "category", "values": ["food", "travel"]},
+        ],
+        dataset={"landing_batch_rows": 25, "landing_batch_seconds": 0.5},
+    )
+    write_pipeline(tmp_path / "pipelines", "pay", pipeline)
+    settings = make_settings(pipelines_dir=tmp_path / "pipelines")
+    with service_runtime("ingestion", settings) as runtime:
+        spec = build(runtime)
+        intake: KafkaIntake = spec.app.state.ingestion["intake"]
+        with TestClient(spec.app) as client:
+            yield Ingestion(settings, runtime, client, intake, stream)
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:

@@ -16,41 +16,19 @@ import pyarrow.dataset as pads
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from pipeline_support import service_runtime, stream_pipeline, write_pipeline
 
-from driftloop.db import migrate
 from driftloop.db.models import LandedBatch
 from driftloop.layout import dataset_prefix
 from driftloop.objectstore import open_object_store
 from driftloop.pipeline import StreamSpec
-from driftloop.service import Runtime, make_runtime
+from driftloop.service import Runtime
 from driftloop.services.ingestion.content_hash import content_hash_of_table
 from driftloop.services.ingestion.service import build
 from driftloop.settings import Settings
 from driftloop.spark import stop_spark
 
 pytestmark = pytest.mark.integration
-
-PIPELINE = """
-stream:
-  name: {stream}
-  fields:
-    - {{name: customer_id, type: string, nullable: false}}
-    - {{name: event_time, type: timestamp, nullable: false}}
-    - {{name: amount, type: double, nullable: false}}
-    - {{name: is_fraud, type: int}}
-  entity_key: customer_id
-  event_time: event_time
-  label: is_fraud
-quality:
-  - {{rule: range, field: amount, min: 0}}
-dataset:
-  cut_every_rows: 0
-  unique_by: [customer_id, event_time]
-  freshness_seconds: 3600
-features:
-  - {{name: amount}}
-model: {{name: model-{stream}}}
-"""
 
 START = datetime.now(tz=UTC).replace(microsecond=0) - timedelta(days=1)
 
@@ -83,16 +61,18 @@ class Ingestion:
 @pytest.fixture
 def ingestion(make_settings: Callable[..., Settings], tmp_path: Path, unique: str) -> Iterator[Ingestion]:
     stream = f"ops-{unique}"
-    pipelines = tmp_path / "pipelines"
-    pipelines.mkdir()
-    (pipelines / "ops.yaml").write_text(PIPELINE.format(stream=stream))
-    settings = make_settings(pipelines_dir=pipelines)
-    migrate(settings.database_url)
-    runtime = make_runtime("ingestion", settings)
-    spec = build(runtime)
-    with TestClient(spec.app) as client:
-        yield Ingestion(settings, runtime, client, stream)
-    runtime.bus.close()
+    pipeline = stream_pipeline(
+        stream,
+        optional_fields=(),
+        quality=[{"rule": "range", "field": "amount", "min": 0}],
+        dataset={"unique_by": ["customer_id", "event_time"], "freshness_seconds": 3600},
+    )
+    write_pipeline(tmp_path / "pipelines", "ops", pipeline)
+    settings = make_settings(pipelines_dir=tmp_path / "pipelines")
+    with service_runtime("ingestion", settings) as runtime:
+        spec = build(runtime)
+        with TestClient(spec.app) as client:
+            yield Ingestion(settings, runtime, client, stream)
 
 
 def records(first: int, count: int) -> list[dict[str, Any]]:

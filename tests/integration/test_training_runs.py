@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,17 +18,17 @@ import pytest
 import sqlalchemy as sa
 from confluent_kafka import Consumer
 from fastapi.testclient import TestClient
+from pipeline_support import consuming, demo_pipeline, service_runtime, write_pipeline
 
 from driftloop import layout
-from driftloop.db import migrate
 from driftloop.db.models import Run
 from driftloop.events import Event, new_event
 from driftloop.featuredefs import compute_features
 from driftloop.modeling import ModelArtifact
 from driftloop.objectstore import ObjectStore, open_object_store
-from driftloop.pipeline import PipelineConfig, load_pipeline
+from driftloop.pipeline import PipelineConfig
 from driftloop.procs import wait_until
-from driftloop.service import Runtime, make_runtime
+from driftloop.service import Runtime
 from driftloop.services.training.raycluster import shutdown_ray
 from driftloop.services.training.service import CONSUMER_GROUP, build
 from driftloop.settings import Settings
@@ -37,22 +36,12 @@ from driftloop.topics import RUN_STATE_CHANGED, TRAINING_COMPLETED
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_for_module() -> Iterator[None]:
     """The service's local Ray starts with the first fit and is shut down after the module."""
     yield
     shutdown_ray()
-
-
-def write_pipeline(directory: Path, stream: str, model: str) -> PipelineConfig:
-    text = (REPO / "pipelines" / "transactions.yaml").read_text()
-    text = text.replace("name: transactions", f"name: {stream}").replace("name: fraud-detector", f"name: {model}")
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{model}.yaml").write_text(text)
-    return load_pipeline(directory / f"{model}.yaml")
 
 
 def write_feature_set(store: ObjectStore, pipeline: PipelineConfig, version: int, rows: int) -> None:
@@ -119,21 +108,15 @@ def training(
     make_settings: Callable[..., Settings], tmp_path: Path, unique: str
 ) -> Iterator[tuple[Runtime, PipelineConfig, ObjectStore, TestClient]]:
     """The training service's handlers consuming under a group of this test's own (the broker is shared)."""
-    pipeline = write_pipeline(tmp_path / "pipelines", f"tx-{unique}", f"fraud-{unique}")
+    stream, model = f"tx-{unique}", f"fraud-{unique}"
+    pipeline = write_pipeline(tmp_path / "pipelines", model, demo_pipeline(stream, model))
     settings = make_settings(pipelines_dir=tmp_path / "pipelines", ray={"num_cpus": 1})
-    migrate(settings.database_url)
-    runtime = make_runtime("training", settings)
-    spec = build(runtime)
-    [consumer] = spec.consumers
-    assert consumer.group == CONSUMER_GROUP
-    worker = threading.Thread(
-        target=runtime.bus.run_consumer, args=(f"{CONSUMER_GROUP}-{unique}", consumer.handlers), daemon=True
-    )
-    worker.start()
-    yield runtime, pipeline, open_object_store(settings), TestClient(spec.app)
-    runtime.bus.stop_event.set()
-    worker.join(timeout=30)
-    runtime.bus.close()
+    with service_runtime("training", settings) as runtime:
+        spec = build(runtime)
+        [consumer] = spec.consumers
+        assert consumer.group == CONSUMER_GROUP
+        with consuming(runtime, consumer, unique):
+            yield runtime, pipeline, open_object_store(settings), TestClient(spec.app)
 
 
 def wait_for_run(runtime: Runtime, request_id: str, states: tuple[str, ...] = ("completed", "failed")) -> Run:
@@ -229,28 +212,26 @@ def test_a_missing_dataset_fails_the_run_and_a_repeated_request_makes_no_second_
 
 # --- hyperparameter search, abort, rerun ------------------------------------------------------------------
 
-SMALL_SEARCH = """
-  search:
-    trials: 4
-    concurrency: 1
-    grace_rounds: 10
-    report_every: 10
-    space:
-      num_leaves: {type: int, low: 4, high: 31, log: true}
-      learning_rate: {type: float, low: 0.02, high: 0.3, log: true}
-      min_child_samples: {type: choice, values: [10, 20, 40]}
-"""
+SMALL_SEARCH = {
+    "trials": 4,
+    "concurrency": 1,
+    "grace_rounds": 10,
+    "report_every": 10,
+    "space": {
+        "num_leaves": {"type": "int", "low": 4, "high": 31, "log": True},
+        "learning_rate": {"type": "float", "low": 0.02, "high": 0.3, "log": True},
+        "min_child_samples": {"type": "choice", "values": [10, 20, 40]},
+    },
+}
 
 # Trials that run for minutes, so that the abort surely lands while they run.
-ENDLESS_SEARCH = """
-  search:
-    trials: 50
-    concurrency: 1
-    grace_rounds: 5000
-    report_every: 200
-    space:
-      n_estimators: {type: int, low: 20000, high: 30000}
-"""
+ENDLESS_SEARCH = {
+    "trials": 50,
+    "concurrency": 1,
+    "grace_rounds": 5000,
+    "report_every": 200,
+    "space": {"n_estimators": {"type": "int", "low": 20000, "high": 30000}},
+}
 
 
 @pytest.fixture
@@ -258,24 +239,17 @@ def searching(
     request: pytest.FixtureRequest, make_settings: Callable[..., Settings], tmp_path: Path, unique: str
 ) -> Iterator[tuple[Runtime, PipelineConfig, ObjectStore, TestClient]]:
     """The training service with a pipeline whose model has the search block ``request.param``."""
-    pipeline = write_pipeline(tmp_path / "pipelines", f"tx-{unique}", f"fraud-{unique}")
-    path = tmp_path / "pipelines" / f"fraud-{unique}.yaml"
-    path.write_text(path.read_text().replace("  seed: 42\n", "  seed: 42\n" + request.param.lstrip("\n"), 1))
-    pipeline = load_pipeline(path)
+    stream, model = f"tx-{unique}", f"fraud-{unique}"
+    pipeline = write_pipeline(
+        tmp_path / "pipelines", model, demo_pipeline(stream, model, model={"search": request.param})
+    )
     assert pipeline.model.search is not None
     settings = make_settings(pipelines_dir=tmp_path / "pipelines", ray={"num_cpus": 1})
-    migrate(settings.database_url)
-    runtime = make_runtime("training", settings)
-    spec = build(runtime)
-    [consumer] = spec.consumers
-    worker = threading.Thread(
-        target=runtime.bus.run_consumer, args=(f"{CONSUMER_GROUP}-{unique}", consumer.handlers), daemon=True
-    )
-    worker.start()
-    yield runtime, pipeline, open_object_store(settings), TestClient(spec.app)
-    runtime.bus.stop_event.set()
-    worker.join(timeout=60)
-    runtime.bus.close()
+    with service_runtime("training", settings) as runtime:
+        spec = build(runtime)
+        [consumer] = spec.consumers
+        with consuming(runtime, consumer, unique, join_timeout=60):
+            yield runtime, pipeline, open_object_store(settings), TestClient(spec.app)
 
 
 @pytest.mark.parametrize("searching", [SMALL_SEARCH], indirect=True)

@@ -1,0 +1,122 @@
+"""Pipeline configs and in-process services for the integration tests.
+
+- ``stream_pipeline(stream, ...)``: a small pipeline on a transactions-like stream (entity ``customer_id``, event
+  time ``event_time``, an ``amount``, label ``is_fraud``); keyword arguments set what a test changes.
+- ``demo_pipeline(stream, model, ...)``: the demo pipeline (``pipelines/transactions.yaml``) under other names.
+- ``write_pipeline(directory, name, config)``: the config as ``<directory>/<name>.yaml``, loaded back (a bad
+  config fails there, not in the service).
+- ``service_runtime(name, settings)``: migrated database and a service ``Runtime``; its bus closed at the end.
+- ``consuming(runtime, consumer, suffix)``: a service's handlers consuming in a thread under a group of the
+  test's own (the broker is shared by the session's tests).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from driftloop.db import migrate
+from driftloop.pipeline import PipelineConfig, load_pipeline
+from driftloop.service import ConsumerSpec, Runtime, make_runtime
+from driftloop.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_PIPELINE = REPO / "pipelines" / "transactions.yaml"
+
+# Fields the small stream may carry between ``amount`` and the label, by name.
+OPTIONAL_FIELDS: dict[str, dict[str, Any]] = {
+    "age": {"name": "age", "type": "int"},
+    "category": {"name": "category", "type": "string"},
+}
+
+
+def stream_pipeline(
+    stream: str,
+    *,
+    optional_fields: Sequence[str] = ("age", "category"),
+    quality: list[dict[str, Any]] | None = None,
+    dataset: dict[str, Any] | None = None,
+    features: list[dict[str, Any]] | None = None,
+    model: dict[str, Any] | None = None,
+    **stream_options: Any,
+) -> dict[str, Any]:
+    """The pipeline of a small test stream as a dict. ``dataset`` keys are added to ``cut_every_rows: 0`` (tests
+    cut versions by hand unless they say otherwise); ``stream_options`` are further stream keys
+    (``max_future_seconds``, ``max_record_bytes``...). The model is ``model-<stream>`` unless ``model`` is given."""
+    fields = [
+        {"name": "customer_id", "type": "string", "nullable": False},
+        {"name": "event_time", "type": "timestamp", "nullable": False},
+        {"name": "amount", "type": "double", "nullable": False},
+        *(OPTIONAL_FIELDS[name] for name in optional_fields),
+        {"name": "is_fraud", "type": "int"},
+    ]
+    config: dict[str, Any] = {
+        "stream": {
+            "name": stream,
+            "fields": fields,
+            "entity_key": "customer_id",
+            "event_time": "event_time",
+            "label": "is_fraud",
+            **stream_options,
+        },
+        "dataset": {"cut_every_rows": 0, **(dataset or {})},
+        "features": features if features is not None else [{"name": "amount"}],
+        "model": model if model is not None else {"name": f"model-{stream}"},
+    }
+    if quality is not None:
+        config["quality"] = quality
+    return config
+
+
+def demo_pipeline(stream: str, model: str, /, **sections: Any) -> dict[str, Any]:
+    """The demo pipeline as a dict, with its stream and model renamed. A section given as a dict updates the
+    demo's (``model={"search": {...}}`` adds a search to the demo model); any other value replaces it."""
+    config: dict[str, Any] = yaml.safe_load(DEMO_PIPELINE.read_text())
+    for key, value in copy.deepcopy(sections).items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    config["stream"]["name"] = stream
+    config["model"]["name"] = model
+    return config
+
+
+def write_pipeline(directory: Path, name: str, config: dict[str, Any]) -> PipelineConfig:
+    """Write ``config`` as ``<directory>/<name>.yaml`` (the folder is created) and load it back."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return load_pipeline(path)
+
+
+@contextmanager
+def service_runtime(name: str, settings: Settings) -> Iterator[Runtime]:
+    """The service ``name``'s runtime on a migrated database; its bus is closed on the way out."""
+    migrate(settings.database_url)
+    runtime = make_runtime(name, settings)
+    try:
+        yield runtime
+    finally:
+        runtime.bus.close()
+
+
+@contextmanager
+def consuming(runtime: Runtime, consumer: ConsumerSpec, suffix: str, join_timeout: float = 30) -> Iterator[None]:
+    """``consumer``'s handlers consuming in a thread under the group ``<its group>-<suffix>`` until the block
+    ends; then the bus's stop event is set and the thread joined."""
+    worker = threading.Thread(
+        target=runtime.bus.run_consumer, args=(f"{consumer.group}-{suffix}", consumer.handlers), daemon=True
+    )
+    worker.start()
+    try:
+        yield
+    finally:
+        runtime.bus.stop_event.set()
+        worker.join(timeout=join_timeout)
