@@ -142,7 +142,8 @@ def _add_health(app: FastAPI, runtime: Runtime, spec: ServiceSpec) -> None:
             for c in runtime.bus.consumers
         ]
         checks = {name: bool(check()) for name, check in spec.ready_checks.items()}
-        ready = all(c["assigned"] for c in consumers) and len(consumers) == len(spec.consumers) and all(checks.values())
+        # Every consumer thread has registered (a loop such as the monitor's faust engine may add one of its own).
+        ready = all(c["assigned"] for c in consumers) and len(consumers) >= len(spec.consumers) and all(checks.values())
         info = {name: get() for name, get in spec.health_info.items()}
         return {
             "service": runtime.name,

@@ -33,7 +33,8 @@ def build(runtime: Runtime) -> ServiceSpec:
     }
     app.state.monitor = handlers
     if runtime.settings.monitor.stream_engine == "faust":
-        # A group of its own: the embedded broker mixes up a group that changes assignor protocol (bus -> faust).
+        # A group of its own: the embedded broker keeps an empty group's assignor protocol, so a faust member
+        # joining a group the bus consumer used is refused (InconsistentGroupProtocolError; see streaming.py).
         engine = FaustEngine(runtime.bus, FAUST_CONSUMER_GROUP, by_topic)
         return ServiceSpec(
             app=app,
@@ -43,6 +44,11 @@ def build(runtime: Runtime) -> ServiceSpec:
                 "stream_engine": lambda: "faust",
                 "faust_handled": lambda: engine.handled,
                 "faust_failed": lambda: engine.failed,
+                "faust_restarts": lambda: engine.restarts,
             },
         )
-    return ServiceSpec(app=app, consumers=[ConsumerSpec(CONSUMER_GROUP, by_topic)])
+    return ServiceSpec(
+        app=app,
+        consumers=[ConsumerSpec(CONSUMER_GROUP, by_topic)],
+        health_info={"stream_engine": lambda: "bus"},
+    )

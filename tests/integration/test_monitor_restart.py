@@ -10,6 +10,7 @@ import io
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,11 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 import yaml
+from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient
 from monitor_triggers_support import read_events, wait_for
 
-from driftloop.bus import EventBus
+from driftloop.bus import EventBus, ensure_topics
 from driftloop.db import create_engine_for, migrate, session_factory
 from driftloop.db.models import DriftReport, MonitorObservation, PerformanceReport
 from driftloop.events import Event, new_event
@@ -34,8 +37,10 @@ from driftloop.objectstore import open_object_store
 from driftloop.pipeline import load_pipeline
 from driftloop.procs import free_port, http_ready, spawn, stop_pid, wait_until
 from driftloop.services.monitor.handlers import MonitorHandlers
+from driftloop.services.monitor.service import CONSUMER_GROUP, FAUST_CONSUMER_GROUP
+from driftloop.services.monitor.streaming import FaustEngine
 from driftloop.settings import Settings, settings_env
-from driftloop.topics import PERFORMANCE_DEGRADED
+from driftloop.topics import PERFORMANCE_DEGRADED, Topic
 
 pytestmark = pytest.mark.integration
 
@@ -97,22 +102,13 @@ def performance_rows(url: str, model: str) -> list[tuple[Any, ...]]:
         engine.dispose()
 
 
-# The faust engine (opt-in) is checked without the kill, and only with DRIFTLOOP_TEST_FAUST=1: on the embedded
-# broker its agent sometimes stops fetching (after a kill -9 restart once in two runs, and once in three clean
-# runs after another group's test), so it would make the suite flaky. The kill -9 guarantee is the bus engine's.
-FAUST = pytest.param(
-    "faust",
-    False,
-    id="faust",
-    marks=pytest.mark.skipif(
-        not os.environ.get("DRIFTLOOP_TEST_FAUST"), reason="faust engine on Tansu is flaky; DRIFTLOOP_TEST_FAUST=1"
-    ),
-)
+# The consumer group of each stream engine (faust's is its own, see services/monitor/streaming.py).
+GROUPS = {"faust": FAUST_CONSUMER_GROUP, "bus": CONSUMER_GROUP}
 
 
-@pytest.mark.parametrize(("engine", "kill"), [pytest.param("bus", True, id="bus-kill-9"), FAUST])
+@pytest.mark.parametrize("engine", ["faust", "bus"])
 def test_kill_9_mid_window_then_restart_reports_what_a_monitor_that_never_stopped_reports(
-    engine: str, kill: bool, make_settings: Callable[..., Settings], unique: str, tmp_path: Path
+    engine: str, make_settings: Callable[..., Settings], unique: str, tmp_path: Path
 ) -> None:
     # A pipeline of its own: hopping count windows of 60 every 30; performance windows of 40 labels.
     config = yaml.safe_load(PIPELINE_FILE.read_text())
@@ -212,12 +208,14 @@ def test_kill_9_mid_window_then_restart_reports_what_a_monitor_that_never_stoppe
             bus.publish(event, wait=False)
         bus.flush()
         wait_for(lambda: status()["predictions_stored"] >= KILL_AFTER, "predictions before the kill", timeout=120)
-        if kill:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
-            stored_at_kill = observation_count(settings.database_url, model)
-            assert KILL_AFTER <= stored_at_kill < PREDICTIONS  # killed mid-stream, inside a window
-            proc = start()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=15)
+        stored_at_kill = observation_count(settings.database_url, model)
+        assert KILL_AFTER <= stored_at_kill < PREDICTIONS  # killed mid-stream, inside a window
+        proc = start()
+        health = httpx.get(f"{base}/healthz", timeout=5).json()
+        assert health["stream_engine"] == engine
+        assert [c["group"] for c in health["consumers"]] == [GROUPS[engine]]
         wait_for(lambda: status()["predictions_stored"] == PREDICTIONS, "every prediction stored", timeout=180)
         for event in feedback:
             bus.publish(event, wait=False)
@@ -266,3 +264,50 @@ def test_kill_9_mid_window_then_restart_reports_what_a_monitor_that_never_stoppe
     assert degraded[0]["metric"] == "accuracy" and degraded[0]["threshold"] == 0.8
     assert {r["window_index"] for r in quality} == set(range(7))
     assert all(r["quality"]["rows"] == 60 for r in quality)
+
+
+def test_faust_engine_refused_by_its_group_says_why_and_replaces_its_app(
+    make_settings: Callable[..., Settings], unique: str
+) -> None:
+    """The embedded broker keeps an empty group's assignor protocol: a faust member joining a group that a
+    confluent-kafka consumer used is refused (InconsistentGroupProtocolError) and, unwatched, would never consume
+    while looking started. The engine notices that nothing is assigned, says why on its consumer status (not
+    ready) and replaces its app; once the group is usable again (deleted here), the next app joins."""
+    settings = make_settings()
+    migrate(settings.database_url)
+    group = f"monitor-faust-{unique}"
+    topic = Topic(f"test.monitor-refused-{unique}", "ModelPromoted", key="model")
+    bus = EventBus(settings, producer_name="test")
+    ensure_topics(settings, [topic.name])
+    # The group's first member uses the bus consumer's assignors, then leaves: the group is empty.
+    assigned = threading.Event()
+    consumer = Consumer(bus.consumer_config(group))
+    consumer.subscribe([topic.name], on_assign=lambda _c, _p: assigned.set())
+    try:
+        wait_for(lambda: consumer.poll(0.2) is None and assigned.is_set(), "the bus consumer's assignment")
+    finally:
+        consumer.close()
+
+    handled: list[Event] = []
+    engine = FaustEngine(bus, group, {topic: handled.append}, join_timeout=3)
+    stop = threading.Event()
+    thread = threading.Thread(target=engine.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: engine.restarts >= 1, "the refused app to be replaced", timeout=90)
+        assert engine.status.last_error is not None
+        assert "InconsistentGroupProtocolError" in engine.status.last_error
+        assert not engine.status.assigned
+        assert bus.consumers == [engine.status]  # what /healthz shows: not assigned, so not ready
+
+        admin = AdminClient(settings.kafka_config())
+        for future in admin.delete_consumer_groups([group], request_timeout=10).values():
+            future.result()
+        wait_for(lambda: engine.status.assigned, "the next app to join the deleted group", timeout=90)
+        restarts = engine.restarts
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        bus.close()
+    assert not thread.is_alive()
+    assert restarts >= 1 and not handled
