@@ -8,20 +8,30 @@
 - ``service_runtime(name, settings)``: migrated database and a service ``Runtime``; its bus closed at the end.
 - ``consuming(runtime, consumer, suffix)``: a service's handlers consuming in a thread under a group of the
   test's own (the broker is shared by the session's tests).
+- ``InProcessService``: settings, runtime and HTTP client of a service under test; files subclass it with what
+  their tests need.
+- ``collect_events(bus, topic, want, count)``: the events a test waits for, read by a consumer group of its own.
 """
 
 from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Iterator, Sequence
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from confluent_kafka import Consumer, Message
+from fastapi.testclient import TestClient
 
+from driftloop.bus import EventBus
 from driftloop.db import migrate
+from driftloop.events import Event
 from driftloop.pipeline import PipelineConfig, load_pipeline
 from driftloop.service import ConsumerSpec, Runtime, make_runtime
 from driftloop.settings import Settings
@@ -120,3 +130,49 @@ def consuming(runtime: Runtime, consumer: ConsumerSpec, suffix: str, join_timeou
     finally:
         runtime.bus.stop_event.set()
         worker.join(timeout=join_timeout)
+
+
+@dataclass
+class InProcessService:
+    """A service under test in this process: its settings, runtime and a client of its HTTP app."""
+
+    settings: Settings
+    runtime: Runtime
+    client: TestClient
+
+
+def collect_events(
+    bus: EventBus,
+    topic: str,
+    want: Callable[[Event], bool],
+    count: int = 1,
+    *,
+    group: str | None = None,
+    timeout: float = 60,
+    linger: float = 0,
+) -> list[Event]:
+    """The events on ``topic`` that ``want`` accepts, once there are ``count`` of them, read from the start of the
+    topic by ``group`` (a new one unless given). ``linger``: seconds to read on after that, so that a duplicate
+    would show. An AssertionError after ``timeout`` seconds with fewer."""
+    consumer = Consumer(bus.consumer_config(group or f"test-reader-{uuid.uuid4().hex[:8]}"))
+    consumer.subscribe([topic])
+    found: list[Event] = []
+
+    def take(msg: Message | None) -> None:
+        if msg is not None and not msg.error():
+            event = Event.from_avro(bus.codec.decode(msg.value())[1])
+            if want(event):
+                found.append(event)
+
+    try:
+        deadline = time.monotonic() + timeout
+        while len(found) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(found)} of {count} event(s) on {topic} after {timeout:.0f}s")
+            take(consumer.poll(0.5))
+        end = time.monotonic() + linger
+        while time.monotonic() < end:
+            take(consumer.poll(0.3))
+    finally:
+        consumer.close()
+    return found

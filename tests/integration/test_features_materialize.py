@@ -17,9 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
-from confluent_kafka import Consumer
 from fastapi.testclient import TestClient
-from pipeline_support import consuming, demo_pipeline, service_runtime, write_pipeline
+from pipeline_support import collect_events, consuming, demo_pipeline, service_runtime, write_pipeline
 
 from driftloop import layout
 from driftloop.db.models import FeatureSet, OnlineFeatures
@@ -28,7 +27,6 @@ from driftloop.featuredefs import features_from_instances
 from driftloop.objectstore import ObjectStore, open_object_store
 from driftloop.pipeline import PipelineConfig
 from driftloop.procs import wait_until
-from driftloop.service import Runtime
 from driftloop.services.features.handlers import FeaturesHandlers
 from driftloop.services.features.service import CONSUMER_GROUP, build
 from driftloop.settings import Settings
@@ -104,26 +102,6 @@ def dataset_event(stream: str, version: int, frame: pd.DataFrame, store: ObjectS
     )
 
 
-def events_on_topic(settings: Settings, runtime: Runtime, topic: str, want: Callable[[Event], bool]) -> list[Event]:
-    consumer = Consumer(runtime.bus.consumer_config(f"test-reader-{uuid.uuid4().hex[:8]}"))
-    consumer.subscribe([topic])
-    found: list[Event] = []
-    try:
-
-        def poll() -> bool:
-            msg = consumer.poll(0.5)
-            if msg is not None and not msg.error():
-                event = Event.from_avro(runtime.bus.codec.decode(msg.value())[1])
-                if want(event):
-                    found.append(event)
-            return bool(found)
-
-        wait_until(poll, 60, f"the event on {topic}", interval=0)
-    finally:
-        consumer.close()
-    return found
-
-
 def expected_latest(frame: pd.DataFrame, pipeline: PipelineConfig) -> pd.DataFrame:
     latest = frame.sort_values("event_time").groupby("customer_id").tail(1).set_index("customer_id")
     instances = [
@@ -188,8 +166,8 @@ def test_dataset_version_event_materializes_offline_and_online(
         assert feature_set.row_count == len(frame) and feature_set.uri == store.uri(prefix)
 
         # The event, caused by the dataset event, on its topic.
-        [event] = events_on_topic(
-            settings, runtime, FEATURES_MATERIALIZED.name, lambda e: e["dataset_version_id"] == f"{stream}@v1"
+        [event] = collect_events(
+            runtime.bus, FEATURES_MATERIALIZED.name, lambda e: e["dataset_version_id"] == f"{stream}@v1"
         )
         assert event.envelope.caused_by == cause.id
         assert event.envelope.cascade_id == cause.envelope.cascade_id

@@ -18,15 +18,13 @@ from typing import Any
 import pyarrow.dataset as pads
 import pytest
 import sqlalchemy as sa
-from confluent_kafka import Consumer
 from fastapi.testclient import TestClient
-from pipeline_support import service_runtime, stream_pipeline, write_pipeline
+from pipeline_support import InProcessService, collect_events, service_runtime, stream_pipeline, write_pipeline
 
 from driftloop.db.models import EventRecord, LandedBatch
 from driftloop.events import Event
 from driftloop.layout import dataset_prefix
 from driftloop.objectstore import open_object_store
-from driftloop.service import Runtime
 from driftloop.services.ingestion.content_hash import content_hash_of_table
 from driftloop.services.ingestion.datasets import DatasetCutter
 from driftloop.services.ingestion.landing import rows_to_table
@@ -47,10 +45,7 @@ def one_spark_session_per_module() -> Iterator[None]:
 
 
 @dataclass
-class Ingestion:
-    settings: Settings
-    runtime: Runtime
-    client: TestClient
+class Ingestion(InProcessService):
     cutter: DatasetCutter
     streams: dict[str, str]  # mode -> stream name
 
@@ -120,21 +115,13 @@ def version_table(ingestion: Ingestion, stream: str, version: int):  # type: ign
 
 
 def created_events(ingestion: Ingestion, stream: str, expected: int, group: str = "") -> list[Event]:
-    consumer = Consumer(ingestion.runtime.bus.consumer_config(group or f"check-{stream}"))
-    consumer.subscribe([DATASET_VERSION_CREATED.name])
-    found: list[Event] = []
-    deadline = time.monotonic() + 60
-    try:
-        while len(found) < expected and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            event = Event.from_avro(ingestion.runtime.bus.codec.decode(msg.value())[1])
-            if event.data["stream"] == stream:
-                found.append(event)
-    finally:
-        consumer.close()
-    return found
+    return collect_events(
+        ingestion.runtime.bus,
+        DATASET_VERSION_CREATED.name,
+        lambda event: event.data["stream"] == stream,
+        expected,
+        group=group or f"check-{stream}",
+    )
 
 
 def test_cumulative_versions(ingestion: Ingestion) -> None:

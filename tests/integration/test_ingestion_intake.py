@@ -25,7 +25,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from fastapi.testclient import TestClient
-from pipeline_support import service_runtime, stream_pipeline, write_pipeline
+from pipeline_support import InProcessService, collect_events, service_runtime, stream_pipeline, write_pipeline
 from prometheus_client import REGISTRY
 
 from driftloop.db.models import DeadLetter, LandedBatch
@@ -42,10 +42,7 @@ pytestmark = pytest.mark.integration
 
 
 @dataclass
-class Ingestion:
-    settings: Settings
-    runtime: Runtime
-    client: TestClient
+class Ingestion(InProcessService):
     intake: KafkaIntake
     stream: str
 
@@ -94,30 +91,15 @@ def start_intake(intake: KafkaIntake) -> tuple[threading.Thread, threading.Event
 
 
 def rejected_events(settings: Settings, runtime: Runtime, stream: str, expected: int) -> list[Event]:
-    consumer = Consumer(runtime.bus.consumer_config(f"check-{stream}"))
-    consumer.subscribe([RECORD_REJECTED.name])
-    found: list[Event] = []
-    deadline = time.monotonic() + 60
-    try:
-        while len(found) < expected and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            _, record = runtime.bus.codec.decode(msg.value())
-            event = Event.from_avro(record)
-            if event.data["stream"] == stream:
-                found.append(event)
-        # Anything beyond the expected count would be a duplicate: look a little longer.
-        end = time.monotonic() + 1.5
-        while time.monotonic() < end:
-            msg = consumer.poll(0.3)
-            if msg is not None and not msg.error():
-                event = Event.from_avro(runtime.bus.codec.decode(msg.value())[1])
-                if event.data["stream"] == stream:
-                    found.append(event)
-    finally:
-        consumer.close()
-    return found
+    # Anything beyond the expected count would be a duplicate: look a little longer.
+    return collect_events(
+        runtime.bus,
+        RECORD_REJECTED.name,
+        lambda event: event.data["stream"] == stream,
+        expected,
+        group=f"check-{stream}",
+        linger=1.5,
+    )
 
 
 def test_kafka_records_are_landed_or_dead_lettered_exactly_once(ingestion: Ingestion) -> None:

@@ -16,13 +16,12 @@ import pyarrow.dataset as pads
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
-from pipeline_support import service_runtime, stream_pipeline, write_pipeline
+from pipeline_support import InProcessService, service_runtime, stream_pipeline, write_pipeline
 
 from driftloop.db.models import LandedBatch
 from driftloop.layout import dataset_prefix
 from driftloop.objectstore import open_object_store
 from driftloop.pipeline import StreamSpec
-from driftloop.service import Runtime
 from driftloop.services.ingestion.content_hash import content_hash_of_table
 from driftloop.services.ingestion.service import build
 from driftloop.settings import Settings
@@ -40,10 +39,7 @@ def one_spark_session_per_module() -> Iterator[None]:
 
 
 @dataclass
-class Ingestion:
-    settings: Settings
-    runtime: Runtime
-    client: TestClient
+class Ingestion(InProcessService):
     stream: str
 
     @property

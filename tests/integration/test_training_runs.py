@@ -16,9 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
-from confluent_kafka import Consumer
 from fastapi.testclient import TestClient
-from pipeline_support import consuming, demo_pipeline, service_runtime, write_pipeline
+from pipeline_support import collect_events, consuming, demo_pipeline, service_runtime, write_pipeline
 
 from driftloop import layout
 from driftloop.db.models import Run
@@ -83,26 +82,6 @@ def request_event(model: str, request_id: str, dataset_version_id: str | None) -
     )
 
 
-def collect(runtime: Runtime, topic: str, want: Callable[[Event], bool], count: int) -> list[Event]:
-    consumer = Consumer(runtime.bus.consumer_config(f"test-reader-{uuid.uuid4().hex[:8]}"))
-    consumer.subscribe([topic])
-    found: list[Event] = []
-    try:
-
-        def poll() -> bool:
-            msg = consumer.poll(0.5)
-            if msg is not None and not msg.error():
-                event = Event.from_avro(runtime.bus.codec.decode(msg.value())[1])
-                if want(event):
-                    found.append(event)
-            return len(found) >= count
-
-        wait_until(poll, 60, f"{count} event(s) on {topic}", interval=0)
-    finally:
-        consumer.close()
-    return found
-
-
 @pytest.fixture
 def training(
     make_settings: Callable[..., Settings], tmp_path: Path, unique: str
@@ -153,7 +132,7 @@ def test_a_request_on_the_newest_feature_set_completes_a_run(
     artifact = ModelArtifact.from_bytes(artifact_bytes, expected_sha256=run.artifact_sha256)
     assert artifact.metadata["run_id"] == run.run_id and artifact.feature_names == pipeline.feature_names
 
-    [completed] = collect(runtime, TRAINING_COMPLETED.name, lambda e: e["run_id"] == run.run_id, 1)
+    [completed] = collect_events(runtime.bus, TRAINING_COMPLETED.name, lambda e: e["run_id"] == run.run_id, 1)
     assert completed.envelope.caused_by == request.id
     assert completed["artifact_sha256"] == run.artifact_sha256 and completed["artifact_uri"] == run.artifact_uri
     assert completed["metrics"] == pytest.approx(run.metrics)
@@ -161,7 +140,7 @@ def test_a_request_on_the_newest_feature_set_completes_a_run(
     assert json.loads(completed["params_json"])["num_leaves"] == 15
     assert completed["feature_set_uri"] == store.uri(layout.feature_set_prefix(stream, 2))
     assert completed["feature_names"] == pipeline.feature_names
-    states = collect(runtime, RUN_STATE_CHANGED.name, lambda e: e["run_id"] == run.run_id, 3)
+    states = collect_events(runtime.bus, RUN_STATE_CHANGED.name, lambda e: e["run_id"] == run.run_id, 3)
     assert [(e["previous_state"], e["state"]) for e in states] == [
         (None, "pending"),
         ("pending", "running"),
@@ -189,7 +168,7 @@ def test_a_missing_dataset_fails_the_run_and_a_repeated_request_makes_no_second_
     assert failed.state == "failed" and f"{stream}@v9" in failed.error
     assert failed.artifact_uri is None
     assert f"{stream}@v9" in client.get(f"/v1/runs/{failed.run_id}/logs").text
-    states = collect(runtime, RUN_STATE_CHANGED.name, lambda e: e["run_id"] == failed.run_id, 2)
+    states = collect_events(runtime.bus, RUN_STATE_CHANGED.name, lambda e: e["run_id"] == failed.run_id, 2)
     assert [e["state"] for e in states] == ["pending", "failed"] and f"{stream}@v9" in states[-1]["message"]
 
     # The same request twice (two events, one request id: e.g. a trigger replaying it) gives one run.
@@ -334,7 +313,7 @@ def test_abort_stops_a_running_search_and_frees_the_cpus(
     wait_until(
         lambda: ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"], 30, "Ray's CPUs free again"
     )
-    states = collect(runtime, RUN_STATE_CHANGED.name, lambda e: e["run_id"] == run.run_id, 3)
+    states = collect_events(runtime.bus, RUN_STATE_CHANGED.name, lambda e: e["run_id"] == run.run_id, 3)
     assert [e["state"] for e in states] == ["pending", "running", "aborted"]
     assert client.post(f"/v1/runs/{run.run_id}/abort").status_code == 409
     assert client.get("/v1/runs", params={"state": "aborted"}).json()["runs"][0]["run_id"] == run.run_id
