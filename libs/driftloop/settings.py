@@ -107,10 +107,10 @@ class FeaturesSettings(_Section):
 
 
 class MonitorSettings(_Section):
-    # How the monitor consumes its topics: "bus" (the platform's confluent-kafka consumer) or "faust" (a
-    # faust-streaming agent, group driftloop-monitor-faust). Either way window state lives in the database (faust
-    # Tables do not recover on the embedded broker), keyed by event id, so both give the same windows.
-    stream_engine: Literal["bus", "faust"] = "bus"
+    # How the monitor consumes its topics: "faust" (a faust-streaming agent, group driftloop-monitor-faust) or
+    # "bus" (the platform's confluent-kafka consumer, group driftloop-monitor). Either way window state lives in the
+    # database (faust Tables do not recover on the embedded broker), keyed by event id, so both give the same windows.
+    stream_engine: Literal["bus", "faust"] = "faust"
 
 
 class RaySettings(_Section):

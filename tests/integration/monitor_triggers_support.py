@@ -38,8 +38,10 @@ def start_service(
     pipelines: dict[str, PipelineConfig],
     build: Callable[[Runtime], ServiceSpec],
     group_suffix: str,
+    run_loops: bool = False,
 ) -> RunningService:
-    """Build the service and run its consumers in threads; a group suffix keeps tests sharing a broker apart."""
+    """Build the service and run its consumers in threads; a group suffix keeps tests sharing a broker apart.
+    ``run_loops``: run the service's loops too (the monitor's default faust engine is a loop, in its own group)."""
     runtime = Runtime(name=name, settings=settings, pipelines=pipelines, bus=EventBus(settings, producer_name=name))
     spec = build(runtime)
     running = RunningService(runtime, spec)
@@ -49,6 +51,10 @@ def start_service(
             args=(f"{consumer.group}-{group_suffix}", consumer.handlers),
             daemon=True,
         )
+        thread.start()
+        running.threads.append(thread)
+    for loop in spec.loops if run_loops else []:
+        thread = threading.Thread(target=loop, args=(runtime.bus.stop_event,), daemon=True)
         thread.start()
         running.threads.append(thread)
     return running

@@ -59,7 +59,7 @@ def monitor(make_settings: Callable[..., Settings], unique: str) -> Iterator[tup
             "monitor": BASE.monitor.model_copy(update={"window_size": WINDOW, "reference_rows": 1000}),
         }
     )
-    running = start_service("monitor", settings, {pipeline.model.name: pipeline}, build, unique)
+    running = start_service("monitor", settings, {pipeline.model.name: pipeline}, build, unique, run_loops=True)
     yield running, pipeline
     running.stop()
 

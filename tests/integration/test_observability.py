@@ -199,7 +199,7 @@ def test_key_series_are_scraped(observed: Observed) -> None:
         f"driftloop_http_request_seconds_bucket{{{predict_route}}} >= 1": "predict latency buckets",
         # Consumer lag of the registry's and the monitor's groups.
         'driftloop_consumer_lag{service="registry", group="driftloop-registry"}': "the registry's consumer lag",
-        'driftloop_consumer_lag{service="monitor", group="driftloop-monitor"}': "the monitor's consumer lag",
+        'driftloop_consumer_lag{service="monitor", group="driftloop-monitor-faust"}': "the monitor's consumer lag",
         # Cascade counts: the monitor's drift starts one, the registry's promotion is a step of one.
         'driftloop_cascades_started_total{service="monitor", event_type="DriftDetected"} >= 1': "drift cascades",
         'driftloop_cascade_steps_total{service="registry", event_type="ModelPromoted"} >= 1': "promotion steps",
