@@ -319,3 +319,13 @@ def decode_batch(
         else:
             arrays.append(_array(spec.type, columns[spec.name], candidates[keep]))
     return ColumnarBatch(accepted, pa.Table.from_arrays(arrays, schema=schema))
+
+
+_ZERO_BYTES = {"string": 1, "int": 1, "long": 1, "timestamp": 1, "double": 8, "float": 4, "boolean": 1}
+
+
+def warm_up(pipeline: PipelineConfig) -> None:
+    """Decode one all-zero record of the stream (empty strings, zeros, nulls): numpy's and Arrow's kernels are
+    loaded at start-up rather than during the first batch."""
+    body = bytes(sum(1 if spec.nullable else _ZERO_BYTES[spec.type] for spec in pipeline.stream.fields))
+    decode_batch([bytes(HEADER_BYTES) + body], pipeline, lambda _schema_id: True, datetime.now(tz=UTC))
