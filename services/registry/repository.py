@@ -14,6 +14,10 @@ from driftloop.errors import DriftloopError, NotFoundError
 from driftloop.events import Envelope, Event
 
 CHAMPION = "champion"
+# Status of a promoted version that serving rolled back (its canary/shadow was judged worse): not a default
+# rollback target any more (an explicit ``to`` still is); moving ``champion`` to it again makes it ``promoted``.
+ROLLED_BACK = "rolled_back"
+PROMOTED = "promoted"
 # JSON (and PostgreSQL's json type) has no NaN: an unscorable challenger's NaN score is stored as this marker.
 _NON_FINITE = {"$float": "nan"}
 
@@ -269,6 +273,8 @@ class Registry:
             row.moved_by = moved_by
             row.reason = reason
             row.updated_at = utcnow()
+            if alias == CHAMPION and target.status == ROLLED_BACK:
+                target.status = PROMOTED  # a person made it the champion again: it is a rollback target again
         return row, event, True
 
     def follow_rollout_rollback(
@@ -302,6 +308,7 @@ class Registry:
                 if target is None:
                     return "unknown_version", None, row  # serving kept a version this registry does not know
                 event = make_event(row.version, target)
+                _mark_rolled_back(session, model, rolled_back_version)
                 row.version = kept_version
                 row.event_id = event.id
                 row.event = event_to_json(event)
@@ -310,17 +317,19 @@ class Registry:
                 row.updated_at = utcnow()
                 return "moved", event, row
             if row is not None and row.version == kept_version:
+                _mark_rolled_back(session, model, rolled_back_version)  # e.g. a user moved it back first
                 stored = event_from_json(row.event) if row.event else None
                 resend = stored is not None and stored.envelope.caused_by == rollback_event_id
                 return "already", stored if resend else None, row
             return "moved_elsewhere", None, row
 
     def previous_champion(self, model: str, before: int) -> ModelVersion | None:
-        """The newest promoted version older than ``before`` (the rollback target when none is named)."""
+        """The newest promoted version older than ``before`` (the rollback target when none is named); versions
+        serving rolled back (status ``rolled_back``) are skipped."""
         with self.Session() as session:
             return session.scalars(
                 sa.select(ModelVersion)
-                .where(ModelVersion.model == model, ModelVersion.version < before, ModelVersion.status == "promoted")
+                .where(ModelVersion.model == model, ModelVersion.version < before, ModelVersion.status == PROMOTED)
                 .order_by(ModelVersion.version.desc())
                 .limit(1)
             ).one_or_none()
@@ -344,3 +353,11 @@ class Registry:
             if description is not None:
                 row.description = description
         return self.get_version(model, version)
+
+
+def _mark_rolled_back(session: Session, model: str, version: int) -> None:
+    """Serving judged ``version`` worse and the champion is back on the kept one: a promoted version becomes
+    ``rolled_back`` (registered/rejected ones keep their status)."""
+    row = session.get(ModelVersion, (model, version), with_for_update=True)
+    if row is not None and row.status == PROMOTED:
+        row.status = ROLLED_BACK

@@ -288,7 +288,7 @@ class ModelVersion(Base):
     metrics: Mapped[dict] = mapped_column(default=dict)
     lineage: Mapped[dict] = mapped_column(default=dict)
     gate: Mapped[dict] = mapped_column(default=dict)
-    # registered | promoted | rejected
+    # registered | promoted | rejected | rolled_back (serving rolled it back; not a default rollback target)
     status: Mapped[str] = mapped_column(sa.String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Outbox: the events this version produced (ModelRegistered, then ModelPromoted/ModelRejected), stored in

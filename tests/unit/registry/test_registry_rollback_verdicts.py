@@ -91,3 +91,24 @@ def test_a_champion_moved_since_the_promotion_stays_and_the_refusal_is_an_event(
     assert refused.type == "AliasMoveRefused" and refused.envelope.caused_by == rollback.id
     assert (refused["requested_version"], refused["current_version"], refused["expected_version"]) == (1, 2, 2)
     assert "alice" in refused["reason"] and "keep v2" in refused["reason"]
+
+
+def test_a_rolled_back_version_is_shown_so_and_skipped_by_the_default_rollback(env: dict, models: dict) -> None:
+    client, handlers, registry = env["client"], env["handlers"], env["registry"]
+    handlers.on_rollout_rolled_back(rolled_back(champion_promotion_id(env)))
+    assert registry.aliases(MODEL) == {"champion": 1}
+    statuses = {v["version"]: v["status"] for v in client.get(f"/v1/models/{MODEL}/versions").json()["versions"]}
+    assert statuses == {1: "promoted", 2: "rolled_back"}
+
+    # v3 beats the champion v1 and is promoted; rolling it back by default skips v2 and lands on v1.
+    uri, sha = aliases.put_artifact(env["store"], MODEL, "run-3", models["good"])
+    data = aliases.training_completed_data(MODEL, "run-3", uri, sha, env["fs_uri"], "tx-alias@v1")
+    handlers.on_training_completed(new_event("TrainingCompleted", data, producer="training"))
+    assert registry.aliases(MODEL) == {"champion": 3}
+    back = client.post(f"/v1/models/{MODEL}/rollback", json={"reason": "v3 misbehaves"}, headers=aliases.ADMIN)
+    assert back.status_code == 200 and (back.json()["version"], back.json()["previous_version"]) == (1, 3)
+
+    # A person may still name the rolled-back version: it becomes the champion and promoted again.
+    forward = client.post(f"/v1/models/{MODEL}/rollback", json={"to": 2}, headers=aliases.ADMIN)
+    assert forward.status_code == 200 and registry.aliases(MODEL) == {"champion": 2}
+    assert registry.get_version(MODEL, 2).status == "promoted"
