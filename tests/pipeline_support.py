@@ -11,6 +11,7 @@
 - ``InProcessService``: settings, runtime and HTTP client of a service under test; files subclass it with what
   their tests need.
 - ``collect_events(bus, topic, want, count)``: the events a test waits for, read by a consumer group of its own.
+- ``wait_for(condition, what)``: poll a condition until it holds; an AssertionError naming ``what`` after a timeout.
 """
 
 from __future__ import annotations
@@ -176,3 +177,13 @@ def collect_events(
     finally:
         consumer.close()
     return found
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Poll ``condition`` until it holds; an AssertionError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")

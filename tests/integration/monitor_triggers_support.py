@@ -1,22 +1,34 @@
 """Support for the monitor and triggers integration tests: run a service's consumers in threads of the test
-process (real broker, registry and database), and read events of one model back from a topic."""
+process (real broker, registry and database), and read events of one model back from a topic; the demo pipeline
+under other names; the triggers service under test with the events its tests publish."""
 
 from __future__ import annotations
 
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from fastapi.testclient import TestClient
+from pipeline_support import wait_for
 
 from driftloop.bus import EventBus
-from driftloop.events import Event
-from driftloop.pipeline import PipelineConfig
+from driftloop.db import migrate
+from driftloop.events import Event, new_event
+from driftloop.pipeline import PipelineConfig, load_pipeline
 from driftloop.service import Runtime, ServiceSpec
 from driftloop.settings import Settings
-from driftloop.topics import Topic
+from driftloop.topics import TRAINING_REQUESTED, Topic
+
+__all__ = ["wait_for"]  # re-exported: the tests of this folder take it from here
+
+PIPELINES_DIR = Path(__file__).resolve().parents[2] / "pipelines"
+DEMO = load_pipeline(PIPELINES_DIR / "transactions.yaml")
 
 
 @dataclass
@@ -60,15 +72,6 @@ def start_service(
     return running
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def read_events(settings: Settings, bus: EventBus, topic: Topic, model: str) -> list[Event]:
     """Every event of ``model`` on ``topic`` now, read from the beginning to the end of each partition."""
     consumer = Consumer(
@@ -98,3 +101,104 @@ def read_events(settings: Settings, bus: EventBus, topic: Topic, model: str) -> 
         return events
     finally:
         consumer.close()
+
+
+def demo_config(stream: str, model: str, **updates: Any) -> PipelineConfig:
+    """The demo pipeline with its stream and model renamed; ``updates`` replace further sections."""
+    return DEMO.model_copy(
+        update={
+            "stream": DEMO.stream.model_copy(update={"name": stream}),
+            "model": DEMO.model.model_copy(update={"name": model}),
+            **updates,
+        }
+    )
+
+
+def broker_settings(home: Path, bootstrap_servers: str, schema_registry_url: str) -> Settings:
+    """Settings of a service under test on the session's broker; a short session timeout keeps rebalances quick."""
+    return Settings(
+        home=home,
+        pipelines_dir=PIPELINES_DIR,
+        kafka={"bootstrap_servers": bootstrap_servers, "session_timeout_ms": 2000},
+        schema_registry={"url": schema_registry_url},
+    )
+
+
+def features_materialized(cfg: PipelineConfig, version: int) -> Event:
+    """``FeaturesMaterialized`` of version ``version`` of ``cfg``'s stream."""
+    stream = cfg.stream.name
+    data = {
+        "stream": stream,
+        "dataset_version_id": f"{stream}@v{version}",
+        "feature_set_uri": f"file:///objects/features/{stream}/v{version:06d}/",
+        "feature_names": cfg.feature_names,
+        "row_count": 3000,
+        "online_entities": 120,
+    }
+    return new_event("FeaturesMaterialized", data, producer="test-features")
+
+
+def champion_promoted(cfg: PipelineConfig, version: int = 1) -> Event:
+    """``ModelPromoted``: version ``version`` of ``cfg``'s model the champion, trained on the stream's v1."""
+    data = {
+        "model": cfg.model.name,
+        "version": version,
+        "alias": "champion",
+        "previous_version": None,
+        "artifact_uri": "file:///objects/model.zip",
+        "artifact_sha256": "0" * 64,
+        "dataset_version_id": f"{cfg.stream.name}@v1",
+        "feature_set_uri": f"file:///objects/features/{cfg.stream.name}/v000001/",
+        "reason": "first version",
+        "gate_json": "{}",
+    }
+    return new_event("ModelPromoted", data, producer="test-registry")
+
+
+class TriggersUnderTest:
+    """The triggers service running in this process, a producer of the events its tests publish, and reads of its
+    HTTP API and of ``TrainingRequested`` by pipeline role."""
+
+    def __init__(
+        self, running: RunningService, producer: EventBus, settings: Settings, pipelines: dict[str, PipelineConfig]
+    ) -> None:
+        self.running = running
+        self.client = TestClient(running.spec.app)
+        self.producer = producer
+        self.settings = settings
+        self.pipelines = pipelines
+
+    def publish(self, event: Event) -> Event:
+        self.producer.publish(event)
+        return event
+
+    def model(self, role: str) -> str:
+        return self.pipelines[role].model.name
+
+    def state(self, role: str) -> dict[str, Any]:
+        return self.client.get(f"/v1/models/{self.model(role)}/trigger-state").json()
+
+    def requests(self, role: str) -> list[dict[str, Any]]:
+        return self.client.get(f"/v1/models/{self.model(role)}/requests").json()["requests"]
+
+    def training_requested(self, role: str) -> list[Event]:
+        return read_events(self.settings, self.producer, TRAINING_REQUESTED, self.model(role))
+
+
+@contextmanager
+def running_triggers(
+    settings: Settings,
+    pipelines: dict[str, PipelineConfig],
+    build: Callable[[Runtime], ServiceSpec],
+    suffix: str,
+    kind: type[TriggersUnderTest] = TriggersUnderTest,
+) -> Iterator[Any]:
+    """The triggers service (``build``) on a migrated database with ``pipelines`` by role, as a ``kind``."""
+    migrate(settings.database_url)
+    running = start_service("triggers", settings, {p.model.name: p for p in pipelines.values()}, build, suffix)
+    producer = EventBus(settings, producer_name="test")
+    try:
+        yield kind(running, producer, settings, pipelines)
+    finally:
+        producer.close()
+        running.stop()

@@ -5,28 +5,29 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
-from monitor_triggers_support import RunningService, read_events, start_service, wait_for
+from monitor_triggers_support import (
+    TriggersUnderTest,
+    broker_settings,
+    demo_config,
+    running_triggers,
+    wait_for,
+)
+from monitor_triggers_support import champion_promoted as promoted
+from monitor_triggers_support import features_materialized as features
 
 from driftloop.broker import EmbeddedBroker
-from driftloop.bus import EventBus
 from driftloop.db import create_engine_for, migrate, session_factory
 from driftloop.events import Event, new_event
-from driftloop.pipeline import DriftTrigger, NewDataTrigger, PipelineConfig, TriggerSpec, load_pipeline
+from driftloop.pipeline import DriftTrigger, NewDataTrigger, PipelineConfig, TriggerSpec
 from driftloop.services.triggers.handlers import TriggerHandlers
 from driftloop.services.triggers.service import build
-from driftloop.settings import Settings
-from driftloop.topics import TRAINING_REQUESTED
 
 pytestmark = pytest.mark.integration
 
-BASE = load_pipeline(Path(__file__).resolve().parents[2] / "pipelines" / "transactions.yaml")
+Triggers = TriggersUnderTest  # pipelines by role: storm, fresh, bootstrap, nodata
 
 
 def pipeline(suffix: str, *, wait_for_fresh_data: bool, cooldown: float, only_without_champion: bool) -> PipelineConfig:
@@ -35,35 +36,7 @@ def pipeline(suffix: str, *, wait_for_fresh_data: bool, cooldown: float, only_wi
         drift=DriftTrigger(enabled=True, wait_for_fresh_data=wait_for_fresh_data),
         cooldown_seconds=cooldown,
     )
-    return BASE.model_copy(
-        update={
-            "stream": BASE.stream.model_copy(update={"name": f"tx-{suffix}"}),
-            "model": BASE.model.model_copy(update={"name": f"fraud-{suffix}"}),
-            "triggers": triggers,
-        }
-    )
-
-
-@dataclass
-class Triggers:
-    running: RunningService
-    client: TestClient
-    producer: EventBus
-    settings: Settings
-    pipelines: dict[str, PipelineConfig]  # by role: storm, fresh, bootstrap, nodata
-
-    def publish(self, event: Event) -> Event:
-        self.producer.publish(event)
-        return event
-
-    def requests(self, role: str) -> list[dict[str, Any]]:
-        return self.client.get(f"/v1/models/{self.pipelines[role].model.name}/requests").json()["requests"]
-
-    def state(self, role: str) -> dict[str, Any]:
-        return self.client.get(f"/v1/models/{self.pipelines[role].model.name}/trigger-state").json()
-
-    def training_requested(self, role: str) -> list[Event]:
-        return read_events(self.settings, self.producer, TRAINING_REQUESTED, self.pipelines[role].model.name)
+    return demo_config(f"tx-{suffix}", f"fraud-{suffix}", triggers=triggers)
 
 
 @pytest.fixture(scope="module")
@@ -71,53 +44,16 @@ def triggers(
     broker: EmbeddedBroker, schema_registry_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Triggers]:
     suffix = uuid.uuid4().hex[:8]
-    settings = Settings(
-        home=tmp_path_factory.mktemp("triggers") / "home",
-        pipelines_dir=Path(__file__).resolve().parents[2] / "pipelines",
-        kafka={"bootstrap_servers": broker.bootstrap_servers, "session_timeout_ms": 2000},
-        schema_registry={"url": schema_registry_url},
-    )
-    migrate(settings.database_url)
+    home = tmp_path_factory.mktemp("triggers") / "home"
+    settings = broker_settings(home, broker.bootstrap_servers, schema_registry_url)
     pipelines = {
         "storm": pipeline(f"storm-{suffix}", wait_for_fresh_data=False, cooldown=300, only_without_champion=True),
         "fresh": pipeline(f"fresh-{suffix}", wait_for_fresh_data=True, cooldown=300, only_without_champion=True),
         "bootstrap": pipeline(f"boot-{suffix}", wait_for_fresh_data=False, cooldown=0, only_without_champion=True),
         "nodata": pipeline(f"nodata-{suffix}", wait_for_fresh_data=False, cooldown=0, only_without_champion=False),
     }
-    running = start_service("triggers", settings, {p.model.name: p for p in pipelines.values()}, build, suffix)
-    producer = EventBus(settings, producer_name="test")
-    yield Triggers(running, TestClient(running.spec.app), producer, settings, pipelines)
-    producer.close()
-    running.stop()
-
-
-def features(cfg: PipelineConfig, version: int) -> Event:
-    stream = cfg.stream.name
-    data = {
-        "stream": stream,
-        "dataset_version_id": f"{stream}@v{version}",
-        "feature_set_uri": f"file:///objects/features/{stream}/v{version:06d}/",
-        "feature_names": cfg.feature_names,
-        "row_count": 3000,
-        "online_entities": 120,
-    }
-    return new_event("FeaturesMaterialized", data, producer="test-features")
-
-
-def promoted(cfg: PipelineConfig, version: int) -> Event:
-    data = {
-        "model": cfg.model.name,
-        "version": version,
-        "alias": "champion",
-        "previous_version": None,
-        "artifact_uri": "file:///objects/model.zip",
-        "artifact_sha256": "0" * 64,
-        "dataset_version_id": f"{cfg.stream.name}@v1",
-        "feature_set_uri": f"file:///objects/features/{cfg.stream.name}/v000001/",
-        "reason": "first version",
-        "gate_json": "{}",
-    }
-    return new_event("ModelPromoted", data, producer="test-registry")
+    with running_triggers(settings, pipelines, build, suffix) as running:
+        yield running
 
 
 def drift(cfg: PipelineConfig, window: int) -> Event:

@@ -6,25 +6,27 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
-from monitor_triggers_support import RunningService, read_events, start_service, wait_for
+from monitor_triggers_support import (
+    DEMO,
+    TriggersUnderTest,
+    broker_settings,
+    demo_config,
+    running_triggers,
+    wait_for,
+)
+from monitor_triggers_support import champion_promoted as promoted
+from monitor_triggers_support import features_materialized as features
 
 from driftloop.broker import EmbeddedBroker
-from driftloop.bus import EventBus
-from driftloop.db import migrate
 from driftloop.events import Event, new_event
-from driftloop.pipeline import PipelineConfig, TriggerSpec, load_pipeline
+from driftloop.pipeline import PipelineConfig, TriggerSpec
 from driftloop.services.triggers.service import build
-from driftloop.settings import Settings
-from driftloop.topics import TRAINING_REQUESTED
 
 pytestmark = pytest.mark.integration
 
-BASE = load_pipeline(Path(__file__).resolve().parents[2] / "pipelines" / "transactions.yaml")
 ROLES: dict[str, dict[str, Any]] = {
     "performance": {},
     "labels": {"labels": {"every_n_labels": 3}},
@@ -35,42 +37,13 @@ ROLES: dict[str, dict[str, Any]] = {
 
 
 def pipeline(role: str, suffix: str) -> PipelineConfig:
-    triggers = {**BASE.triggers.model_dump(), "cooldown_seconds": 300, **ROLES[role]}
+    triggers = {**DEMO.triggers.model_dump(), "cooldown_seconds": 300, **ROLES[role]}
     if role != "rows":
         triggers["new_data"] = {"enabled": True, "only_without_champion": True}
-    return BASE.model_copy(
-        update={
-            "stream": BASE.stream.model_copy(update={"name": f"tx-{role}-{suffix}"}),
-            "model": BASE.model.model_copy(update={"name": f"fraud-{role}-{suffix}"}),
-            "triggers": TriggerSpec.model_validate(triggers),
-        }
-    )
+    return demo_config(f"tx-{role}-{suffix}", f"fraud-{role}-{suffix}", triggers=TriggerSpec.model_validate(triggers))
 
 
-class Env:
-    def __init__(self, running: RunningService, producer: EventBus, settings: Settings, pipelines: dict) -> None:
-        self.running = running
-        self.client = TestClient(running.spec.app)
-        self.producer = producer
-        self.settings = settings
-        self.pipelines: dict[str, PipelineConfig] = pipelines
-
-    def publish(self, event: Event) -> Event:
-        self.producer.publish(event)
-        return event
-
-    def model(self, role: str) -> str:
-        return self.pipelines[role].model.name
-
-    def state(self, role: str) -> dict[str, Any]:
-        return self.client.get(f"/v1/models/{self.model(role)}/trigger-state").json()
-
-    def requests(self, role: str) -> list[dict[str, Any]]:
-        return self.client.get(f"/v1/models/{self.model(role)}/requests").json()["requests"]
-
-    def training_requested(self, role: str) -> list[Event]:
-        return read_events(self.settings, self.producer, TRAINING_REQUESTED, self.model(role))
-
+class Env(TriggersUnderTest):
     def with_champion_and_data(self, role: str) -> None:
         cfg = self.pipelines[role]
         self.publish(promoted(cfg))
@@ -83,32 +56,11 @@ class Env:
 @pytest.fixture(scope="module")
 def env(broker: EmbeddedBroker, schema_registry_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     suffix = uuid.uuid4().hex[:8]
-    settings = Settings(
-        home=tmp_path_factory.mktemp("trigger-kinds") / "home",
-        pipelines_dir=Path(__file__).resolve().parents[2] / "pipelines",
-        kafka={"bootstrap_servers": broker.bootstrap_servers, "session_timeout_ms": 2000},
-        schema_registry={"url": schema_registry_url},
-    )
-    migrate(settings.database_url)
+    home = tmp_path_factory.mktemp("trigger-kinds") / "home"
+    settings = broker_settings(home, broker.bootstrap_servers, schema_registry_url)
     pipelines = {role: pipeline(role, suffix) for role in ROLES}
-    running = start_service("triggers", settings, {p.model.name: p for p in pipelines.values()}, build, suffix)
-    producer = EventBus(settings, producer_name="test")
-    yield Env(running, producer, settings, pipelines)
-    producer.close()
-    running.stop()
-
-
-def features(cfg: PipelineConfig, version: int) -> Event:
-    stream = cfg.stream.name
-    data = {
-        "stream": stream,
-        "dataset_version_id": f"{stream}@v{version}",
-        "feature_set_uri": f"file:///objects/features/{stream}/v{version:06d}/",
-        "feature_names": cfg.feature_names,
-        "row_count": 3000,
-        "online_entities": 120,
-    }
-    return new_event("FeaturesMaterialized", data, producer="test-features")
+    with running_triggers(settings, pipelines, build, suffix, kind=Env) as running:
+        yield running
 
 
 def dataset(cfg: PipelineConfig, version: int, new_rows: int) -> Event:
@@ -129,22 +81,6 @@ def dataset(cfg: PipelineConfig, version: int, new_rows: int) -> Event:
         "max_event_time": None,
     }
     return new_event("DatasetVersionCreated", data, producer="test-ingestion")
-
-
-def promoted(cfg: PipelineConfig) -> Event:
-    data = {
-        "model": cfg.model.name,
-        "version": 1,
-        "alias": "champion",
-        "previous_version": None,
-        "artifact_uri": "file:///objects/model.zip",
-        "artifact_sha256": "0" * 64,
-        "dataset_version_id": f"{cfg.stream.name}@v1",
-        "feature_set_uri": f"file:///objects/features/{cfg.stream.name}/v000001/",
-        "reason": "first version",
-        "gate_json": "{}",
-    }
-    return new_event("ModelPromoted", data, producer="test-registry")
 
 
 def degraded(cfg: PipelineConfig) -> Event:
