@@ -21,16 +21,8 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from model_factory import (
-    feature_frame,
-    make_pipeline,
-    put_artifact,
-    put_feature_set,
-    raw_transactions,
-    train_artifact,
-    training_completed_data,
-    write_pipeline_dir,
-)
+from model_factory import feature_frame, make_pipeline, put_feature_set
+from stack_support import TrainingData, drift_window_pipelines, play_training, post_drifted_traffic
 
 from driftloop.bus import EventBus
 from driftloop.db import create_engine_for, migrate
@@ -104,9 +96,7 @@ def cascade(broker, schema_registry_url: str, tmp_path_factory: pytest.TempPathF
     tmp = tmp_path_factory.mktemp("dashboard")
     unique = uuid.uuid4().hex[:8]
     model, stream = f"dash-{unique}", f"dash-{unique}"
-    pipelines = write_pipeline_dir(tmp / "pipelines", model, stream, min_improvement=0.0)
-    text = (pipelines / f"{model}.yaml").read_text().replace("window_size: 400", f"window_size: {WINDOW}")
-    (pipelines / f"{model}.yaml").write_text(text)
+    pipelines = drift_window_pipelines(tmp / "pipelines", model, stream, WINDOW)
     settings = Settings(
         home=tmp / "home",
         pipelines_dir=pipelines,
@@ -119,7 +109,7 @@ def cascade(broker, schema_registry_url: str, tmp_path_factory: pytest.TempPathF
     pipeline = make_pipeline(model=model, stream=stream)
     store = open_object_store(settings)
     features = feature_frame(pipeline, rows=1500)
-    feature_set_uri = put_feature_set(store, stream, 1, features)
+    trained = TrainingData(pipeline, store, features, put_feature_set(store, stream, 1, features))
     state = StackRun(settings, model, tmp)
     procs = {
         name: spawn([sys.executable, "-m", f"driftloop.services.{name}"], tmp / f"{name}.out", settings_env(settings))
@@ -132,19 +122,8 @@ def cascade(broker, schema_registry_url: str, tmp_path_factory: pytest.TempPathF
 
         def train(cause: Event, run_id: str, *, quality: str, rounds: int, trigger: str) -> None:
             """Play the training service: a request caused by ``cause``, then the completed run."""
-            request = new_event(
-                "TrainingRequested",
-                {"request_id": f"req-{run_id}", "model": model, "trigger": trigger, "reason": f"test: {trigger}"},
-                producer="test-triggers",
-                cause=cause,
-            )
-            bus.publish(request)
-            uri, sha = put_artifact(
-                store, model, run_id, train_artifact(pipeline, features, quality=quality, rounds=rounds)
-            )
-            data = training_completed_data(model, run_id, uri, sha, feature_set_uri, f"{stream}@v1")
-            bus.publish(
-                new_event("TrainingCompleted", {**data, "trigger": trigger}, producer="test-training", cause=request)
+            play_training(
+                bus, trained, cause, run_id, trigger=trigger, reason=f"test: {trigger}", rounds=rounds, quality=quality
             )
 
         def serving_version() -> int | None:
@@ -161,14 +140,7 @@ def cascade(broker, schema_registry_url: str, tmp_path_factory: pytest.TempPathF
         )
 
         # 2. Drifted traffic: amounts 30 times larger, only night hours. The monitor detects it.
-        raw = raw_transactions(WINDOW, seed=9).drop(columns=["is_fraud"])
-        raw["amount"] = raw["amount"] * 30
-        raw["hour"] = 2
-        raw["event_time"] = raw["event_time"].astype(str)
-        response = httpx.post(
-            state.url("serving", f"/v1/models/{model}/predict"), json={"instances": raw.to_dict("records")}
-        )
-        assert response.status_code == 200, response.text
+        post_drifted_traffic(state.url("serving", ""), model, WINDOW)
         wait_until(lambda: bool(state.events("DriftDetected")), 90, "the monitor's DriftDetected")
         row = state.events("DriftDetected")[0]
         envelope = Envelope(row.event_id, row.event_type, row.occurred_at, row.caused_by, row.cascade_id, row.producer)

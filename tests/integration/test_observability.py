@@ -22,16 +22,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from model_factory import (
-    feature_frame,
-    make_pipeline,
-    put_artifact,
-    put_feature_set,
-    raw_transactions,
-    train_artifact,
-    training_completed_data,
-    write_pipeline_dir,
-)
+from model_factory import feature_frame, make_pipeline, put_feature_set
+from stack_support import TrainingData, drift_window_pipelines, play_training, post_drifted_traffic
 
 from driftloop.bus import EventBus
 from driftloop.events import new_event
@@ -94,9 +86,7 @@ def observed(broker, schema_registry_url: str, tmp_path_factory: pytest.TempPath
     tmp = tmp_path_factory.mktemp("observability")
     unique = uuid.uuid4().hex[:8]
     model, stream = f"obs-{unique}", f"obs-{unique}"
-    pipelines = write_pipeline_dir(tmp / "pipelines", model, stream, min_improvement=0.0)
-    text = (pipelines / f"{model}.yaml").read_text().replace("window_size: 400", f"window_size: {WINDOW}")
-    (pipelines / f"{model}.yaml").write_text(text)
+    pipelines = drift_window_pipelines(tmp / "pipelines", model, stream, WINDOW)
     settings = Settings(
         home=tmp / "home",
         pipelines_dir=pipelines,
@@ -119,19 +109,22 @@ def observed(broker, schema_registry_url: str, tmp_path_factory: pytest.TempPath
         pipeline = make_pipeline(model=model, stream=stream)
         store = open_object_store(settings)
         features = feature_frame(pipeline, rows=1500)
-        feature_set_uri = put_feature_set(store, stream, 1, features)
+        trained = TrainingData(pipeline, store, features, put_feature_set(store, stream, 1, features))
         bus = EventBus(settings, producer_name="test-training")
         root = new_event("ExternalTrigger", {"model": model, "reason": "bootstrap", "details_json": "{}"}, producer="t")
-        request = new_event(
-            "TrainingRequested",
-            {"request_id": f"req-{unique}", "model": model, "trigger": "external", "reason": "test"},
-            producer="test-triggers",
-            cause=root,
+        bus.publish(root)
+        # The completed run keeps the default trigger of training_completed_data and a request id of its own.
+        play_training(
+            bus,
+            trained,
+            root,
+            f"run1-{unique}",
+            trigger="external",
+            reason="test",
+            rounds=2,
+            request_id=f"req-{unique}",
+            completed_trigger="manual",
         )
-        uri, sha = put_artifact(store, model, f"run1-{unique}", train_artifact(pipeline, features, rounds=2))
-        data = training_completed_data(model, f"run1-{unique}", uri, sha, feature_set_uri, f"{stream}@v1")
-        for event in (root, request, new_event("TrainingCompleted", data, producer="test-training", cause=request)):
-            bus.publish(event)
 
         def served(service: str, path: str) -> int | None:
             response = httpx.get(settings.services.url(service) + path)
@@ -140,14 +133,7 @@ def observed(broker, schema_registry_url: str, tmp_path_factory: pytest.TempPath
         wait_until(lambda: served("serving", f"/v1/models/{model}") == 1, 90, "serving v1")
         wait_until(lambda: served("monitor", f"/v1/monitor/{model}") == 1, 60, "the monitor watching v1")
         # Drifted traffic (amounts 30 times larger, night hours): the monitor's DriftDetected starts a cascade.
-        raw = raw_transactions(WINDOW, seed=9).drop(columns=["is_fraud"])
-        raw["amount"] = raw["amount"] * 30
-        raw["hour"] = 2
-        raw["event_time"] = raw["event_time"].astype(str)
-        response = httpx.post(
-            settings.services.url("serving") + f"/v1/models/{model}/predict", json={"instances": raw.to_dict("records")}
-        )
-        assert response.status_code == 200, response.text
+        post_drifted_traffic(settings.services.url("serving"), model, WINDOW)
         yield state
     finally:
         if bus is not None:
