@@ -27,14 +27,14 @@ import pyarrow as pa
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from driftloop.bus import ConsumerLag, EventBus, ensure_topics
-from driftloop.errors import ValidationFailed, WireFormatError
 from driftloop.layout import landed_kafka_key
 from driftloop.pipeline import PipelineConfig
 from driftloop.topics import DATASET_VERSION_CREATED, RECORD_REJECTED
 
 from .columnar import decode_batch, warm_up
+from .decoding import decode_record
 from .landing import KafkaSource, Lander, arrow_schema, rows_to_table, table_to_parquet
-from .validation import Rejection, check_size, rejection_from_failure, rejection_from_wire_error, validate_decoded
+from .validation import Rejection
 
 log = logging.getLogger(__name__)
 
@@ -356,18 +356,7 @@ class KafkaIntake:
             return
         source = f"kafka:{topic}/{partition}/{offset}"
         value: bytes = msg.value() or b""
-        schema_id: int | None = None
-        try:
-            check_size(len(value), stream)
-            try:
-                schema_id, record = self.bus.codec.decode(value, reader_schema=self.reader_schemas[topic])
-            except WireFormatError as exc:
-                rejection = rejection_from_wire_error(exc)
-                record = None
-            else:
-                rejection = validate_decoded(record, cfg, datetime.now(tz=UTC), schema_id)
-        except ValidationFailed as exc:
-            rejection, record = rejection_from_failure(exc, schema_id), None
+        record, rejection = decode_record(self.bus.codec, value, self.reader_schemas[topic], cfg, datetime.now(tz=UTC))
         counters.received += 1
         if rejection is not None:
             state.dead_letters.append((offset, rejection, source, value))

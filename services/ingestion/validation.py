@@ -52,6 +52,16 @@ REASONS: tuple[str, ...] = (
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Python value types each field type may land as (bool is an int in Python: refused for numbers separately).
+_PYTHON_TYPES: dict[str, type | tuple[type, ...]] = {
+    "string": str,
+    "int": int,
+    "long": int,
+    "double": (float, int),  # an int writer promoted to a double reader may decode as an int
+    "float": (float, int),
+    "boolean": bool,
+    "timestamp": datetime,
+}
 
 
 @dataclass(frozen=True)
@@ -106,7 +116,10 @@ def parse_event_time(value: Any, field: str) -> datetime:
             raise ValidationFailed(
                 WRONG_TYPE, field, f"{field} must be an ISO-8601 timestamp or epoch millis, got {value!r}"
             ) from None
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        try:
+            return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        except OverflowError:  # e.g. 9999-12-31T23:00-05:00: past year 9999 once in UTC
+            raise ValidationFailed(WRONG_TYPE, field, f"{field} {value!r} is out of range in UTC") from None
     raise ValidationFailed(
         WRONG_TYPE, field, f"{field} must be an ISO-8601 string or epoch millis, got {type(value).__name__}"
     )
@@ -132,6 +145,8 @@ def coerce_json_value(value: Any, spec: FieldSpec) -> Any:
     if kind == "string":
         if not isinstance(value, str):
             raise wrong("a string")
+        if not is_utf8(value):  # a lone surrogate escape ("\\ud800") parses but cannot be stored
+            raise ValidationFailed(WRONG_TYPE, name, f"{name} is not valid UTF-8 (a lone surrogate)")
         return value
     if kind in ("int", "long"):
         if isinstance(value, float) and value.is_integer():
@@ -172,10 +187,42 @@ def coerce_json_record(raw: Any, stream: StreamSpec) -> dict[str, Any]:
 # --- rules shared by both intakes ----------------------------------------------------------------------------
 
 
+def is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_types(record: dict[str, Any], stream: StreamSpec) -> None:
+    """Each present value has its field's Python type and fits the landed Arrow type (int32, int64, UTF-8):
+    a value Parquet cannot store must become a dead letter here, never an error at landing time. Avro decoders
+    accept an ``int`` wider than 32 bits, so the Avro path needs this as much as the JSON one."""
+    for spec in stream.fields:
+        value = record.get(spec.name)
+        if value is None:
+            continue
+        name, kind = spec.name, spec.type
+        if not isinstance(value, _PYTHON_TYPES[kind]) or (isinstance(value, bool) and kind != "boolean"):
+            raise ValidationFailed(WRONG_TYPE, name, f"{name} must be a {kind}, got {type(value).__name__}")
+        if kind in ("int", "long"):
+            low, high = (INT32_MIN, INT32_MAX) if kind == "int" else (INT64_MIN, INT64_MAX)
+            if not low <= value <= high:
+                raise ValidationFailed(
+                    OUT_OF_RANGE, name, f"{name}={value} is out of range for a {kind} ({low}..{high})"
+                )
+        elif kind == "string" and not is_utf8(value):
+            raise ValidationFailed(WRONG_TYPE, name, f"{name} is not valid UTF-8")
+        elif kind == "timestamp" and value.tzinfo is None:
+            raise ValidationFailed(WRONG_TYPE, name, f"{name} is a timestamp without a time zone")
+
+
 def check_record(record: dict[str, Any], pipeline: PipelineConfig, now: datetime) -> None:
-    """Schema nullability, event time and the pipeline's quality rules, in that order; raises the first
-    failure as ValidationFailed."""
+    """Types and widths, schema nullability, event time and the pipeline's quality rules, in that order; raises
+    the first failure as ValidationFailed."""
     stream = pipeline.stream
+    check_types(record, stream)
     event_time = record.get(stream.event_time)
     if event_time is None:
         raise ValidationFailed(

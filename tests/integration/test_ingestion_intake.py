@@ -16,12 +16,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import fastavro
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from fastapi.testclient import TestClient
@@ -297,3 +298,133 @@ def test_http_intake(ingestion: Ingestion) -> None:
     assert client.get("/v1/streams/nope/stats").status_code == 404
     assert client.get(f"/v1/streams/{stream}/dead-letters", params={"limit": 0}).status_code == 422
     assert client.get("/v1/datasets/nope@v1").status_code == 404
+
+
+def avro_varint(value: int) -> bytes:
+    """A zigzag varint of any width (as a malformed or hostile producer may write it)."""
+    unsigned = (value << 1) if value >= 0 else ((-value) << 1) - 1
+    out = bytearray()
+    while unsigned >= 0x80:
+        out.append((unsigned & 0x7F) | 0x80)
+        unsigned >>= 7
+    out.append(unsigned)
+    return bytes(out)
+
+
+def widened(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {key: widened(value) for key, value in node.items() if key != "logicalType"}
+    if isinstance(node, list):
+        return [widened(item) for item in node]
+    return "long" if node == "int" else node
+
+
+def test_poison_records_are_dead_lettered_and_never_block_their_partition(ingestion: Ingestion) -> None:
+    """Values the Avro decoder accepts or chokes on but Parquet cannot hold (an int beyond 32 bits, an event time
+    past year 9999, invalid UTF-8, absurd string lengths), produced as raw bytes by the stock producer ahead of
+    good records on ONE partition: each is a dead letter with its reason and field, the records after them land."""
+    settings, runtime, stream = ingestion.settings, ingestion.runtime, ingestion.stream
+    cfg = runtime.pipelines[f"model-{stream}"]
+    schema = cfg.stream.avro_schema()
+    schema_id = SchemaRegistryClient({"url": settings.schema_registry.url}).register_schema(
+        f"{ingestion.topic}-value", Schema(json.dumps(schema), "AVRO")
+    )
+    # The same encoding, minus the checks fastavro's writer makes of union branches: ints as longs, timestamps as
+    # plain longs. Any integer goes in, as a foreign producer may write it.
+    wide = fastavro.parse_schema(widened(schema))
+    now_ms = int(datetime.now(tz=UTC).timestamp()) * 1000
+
+    def wire(i: int, **changes: Any) -> bytes:
+        row = {"customer_id": f"c{i}", "event_time": now_ms - 1000 * i, "amount": float(i), "age": 30}
+        row.update(changes)
+        out = io.BytesIO()
+        out.write(struct.pack(">bI", 0, schema_id))
+        fastavro.schemaless_writer(out, wide, row)
+        return out.getvalue()
+
+    header = struct.pack(">bI", 0, schema_id)
+    year_10000 = 253_402_300_800_000  # epoch millis of 10000-01-01
+    # (reason, field, message value): customer_id is the first field, so its length varint follows the header.
+    poison: list[tuple[str, str | None, bytes]] = [
+        ("out_of_range", "age", wire(1, age=2**31)),
+        ("out_of_range", "age", wire(2, age=-(2**31) - 1)),
+        ("out_of_range", "is_fraud", wire(3, is_fraud=2**40)),
+        ("out_of_range", "event_time", wire(4, event_time=year_10000)),
+        ("out_of_range", "event_time", wire(5, event_time=2**62)),
+        ("out_of_range", "event_time", wire(6, event_time=-62_135_596_800_001)),  # before year 1
+        ("wrong_type", "customer_id", wire(7, customer_id="abc").replace(b"abc", b"a\xffc")),
+        ("not_avro", None, header + avro_varint(-3) + wire(8)[6:]),  # negative string length
+        ("truncated", None, header + avro_varint(2**40) + wire(9)[6:]),  # length far past the record's end
+    ]
+    good = [wire(100 + i) for i in range(40)]
+    producer = Producer(settings.kafka_config())
+    for value in [value for _, _, value in poison] + good:
+        producer.produce(ingestion.topic, key=b"one-partition", value=value)
+    assert producer.flush(30) == 0
+    total = len(poison) + len(good)
+
+    thread, stop = start_intake(ingestion.intake)
+
+    def stats() -> dict[str, Any]:
+        response = ingestion.client.get(f"/v1/streams/{stream}/stats")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    wait_for(lambda: stats()["landed"] + stats()["dead_lettered"] == total, "every record to be accounted for")
+    stop.set()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert ingestion.intake.last_error is None  # never retried: no partition was blocked
+
+    final = stats()
+    assert (final["records_in"], final["landed"], final["dead_lettered"], final["pending"]) == (total, 40, 9, 0)
+    events = rejected_events(settings, runtime, stream, len(poison))
+    by_value = {e.data["original"]: e.data for e in events}
+    for reason, field, value in poison:
+        assert (by_value[value]["reason"], by_value[value]["field"]) == (reason, field), value
+    for value in (poison[3][2], poison[4][2]):
+        assert "out of range" in by_value[value]["message"]
+    letters = ingestion.client.get(f"/v1/streams/{stream}/dead-letters", params={"limit": 100}).json()
+    assert Counter((dl["reason"], dl["field"]) for dl in letters["dead_letters"]) == Counter(
+        (reason, field) for reason, field, _ in poison
+    )
+
+    store = open_object_store(settings)
+    with runtime.Session() as session:
+        batches = session.scalars(sa.select(LandedBatch).where(LandedBatch.stream == stream)).all()
+    landed = pa.concat_tables([pq.read_table(io.BytesIO(store.get_bytes(b.object_key))) for b in batches])
+    assert sorted(landed.column("customer_id").to_pylist()) == sorted(f"c{100 + i}" for i in range(40))
+
+
+def test_http_intake_refuses_what_parquet_cannot_hold(ingestion: Ingestion) -> None:
+    client, stream = ingestion.client, ingestion.stream
+    now = datetime.now(tz=UTC)
+    base = {"customer_id": "a", "event_time": (now - timedelta(minutes=1)).isoformat(), "amount": 1.0}
+    records: list[Any] = [
+        {**base, "age": 2**31},  # beyond an Avro int
+        {**base, "is_fraud": -(2**31) - 1},
+        {**base, "event_time": "10000-01-01T00:00:00Z"},
+        {**base, "event_time": "9999-12-31T23:00:00-05:00"},  # past year 9999 once in UTC
+        {**base, "event_time": 253_402_300_800_000},  # epoch millis of year 10000
+        {**base, "customer_id": "a\ud800"},  # a lone surrogate: not UTF-8
+        base,
+    ]
+    # json.dumps escapes the lone surrogate (as a JSON client sends it): httpx would refuse to encode it.
+    content = json.dumps({"records": records})
+    response = client.post(
+        f"/v1/streams/{stream}/records", content=content, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["accepted"] == 1
+    assert [(r["index"], r["reason"], r["field"]) for r in body["rejected"]] == [
+        (0, "wrong_type", "age"),
+        (1, "wrong_type", "is_fraud"),
+        (2, "wrong_type", "event_time"),
+        (3, "wrong_type", "event_time"),
+        (4, "wrong_type", "event_time"),
+        (5, "wrong_type", "customer_id"),
+    ]
+    assert "out of range" in body["rejected"][3]["message"]
+    stats = client.get(f"/v1/streams/{stream}/stats").json()
+    assert (stats["records_in"], stats["landed"], stats["dead_lettered"]) == (7, 1, 6)

@@ -107,6 +107,15 @@ def test_a_good_decoded_record_passes(pipeline: PipelineConfig) -> None:
         ({"amount": True}, v.WRONG_TYPE, "amount"),
         ({"age": 40.5}, v.WRONG_TYPE, "age"),
         ({"age": 2**31}, v.WRONG_TYPE, "age"),
+        ({"label": -(2**31) - 1}, v.WRONG_TYPE, "label"),
+        ({"age": 1e30}, v.WRONG_TYPE, "age"),
+        ({"visits": 2**63}, v.WRONG_TYPE, "visits"),
+        ({"event_time": "10000-01-01T00:00:00Z"}, v.WRONG_TYPE, "event_time"),
+        ({"event_time": "9999-12-31T23:00:00-05:00"}, v.WRONG_TYPE, "event_time"),  # past 9999 in UTC
+        ({"event_time": "0001-01-01T00:00:00+05:00"}, v.WRONG_TYPE, "event_time"),  # before year 1 in UTC
+        ({"event_time": 253_402_300_800_000}, v.WRONG_TYPE, "event_time"),  # epoch millis of year 10000
+        ({"event_time": 2**70}, v.WRONG_TYPE, "event_time"),
+        ({"customer_id": "a\ud800"}, v.WRONG_TYPE, "customer_id"),  # a lone surrogate is no UTF-8
         ({"vip": 1}, v.WRONG_TYPE, "vip"),
         ({"customer_id": 7}, v.WRONG_TYPE, "customer_id"),
         ({"event_time": "yesterday"}, v.WRONG_TYPE, "event_time"),
@@ -155,6 +164,18 @@ def test_a_boolean_is_not_an_allowed_integer(pipeline: PipelineConfig) -> None:
         ({"category": None}, v.NOT_NULL, "category"),
         ({"event_time": NOW + timedelta(seconds=61)}, v.FUTURE_EVENT_TIME, "event_time"),
         ({"event_time": None}, v.MISSING_EVENT_TIME, "event_time"),
+        # Values a decoder may hand over that no landed Arrow type holds.
+        ({"age": 2**31}, v.OUT_OF_RANGE, "age"),
+        ({"label": -(2**31) - 1}, v.OUT_OF_RANGE, "label"),
+        ({"visits": 2**63}, v.OUT_OF_RANGE, "visits"),
+        ({"visits": -(2**63) - 1}, v.OUT_OF_RANGE, "visits"),
+        ({"age": True}, v.WRONG_TYPE, "age"),
+        ({"amount": "1.0"}, v.WRONG_TYPE, "amount"),
+        ({"vip": 1}, v.WRONG_TYPE, "vip"),
+        ({"customer_id": b"c1"}, v.WRONG_TYPE, "customer_id"),
+        ({"customer_id": "c\udcff"}, v.WRONG_TYPE, "customer_id"),
+        ({"event_time": 1795420800000}, v.WRONG_TYPE, "event_time"),
+        ({"event_time": datetime(2026, 11, 23, 11)}, v.WRONG_TYPE, "event_time"),  # naive
     ],
 )
 def test_bad_decoded_records_are_rejected(
@@ -163,6 +184,11 @@ def test_bad_decoded_records_are_rejected(
     rejection = v.validate_decoded(good_decoded(**changes), pipeline, NOW, schema_id=7)
     assert rejection is not None
     assert (rejection.reason, rejection.field, rejection.schema_id) == (reason, field, 7)
+
+
+def test_decoded_values_at_the_edges_of_their_types_pass(pipeline: PipelineConfig) -> None:
+    edges = good_decoded(age=2**31 - 1, label=None, visits=-(2**63), amount=7, ratio=float("inf"))
+    assert v.validate_decoded(edges, pipeline, NOW) is None
 
 
 def test_event_time_exactly_at_the_horizon_is_accepted(pipeline: PipelineConfig) -> None:
