@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -36,6 +37,7 @@ from driftloop.metrics import (
     EVENTS_PUBLISHED,
     PUBLISH_FAILURES,
 )
+from driftloop.retention import cutoff, purge_in_batches, utcnow
 from driftloop.schemas import event_schema
 from driftloop.security import schema_registry_client_config
 from driftloop.serde import AvroCodec
@@ -45,6 +47,51 @@ from driftloop.topics import EVENT_TOPICS, TOPIC_BY_EVENT_TYPE, Topic
 log = logging.getLogger(__name__)
 
 EventHandler = Callable[[Event], None]
+# Offsets are committed synchronously after each event, so only the last events a group handled before it stopped
+# can be uncommitted (and redelivered later): rows this much older than the group's newest row are committed.
+REDELIVERY_MARGIN = timedelta(hours=1)
+
+
+def purge_processed_events(
+    engine: sa.Engine,
+    *,
+    retention_days: float,
+    batch_rows: int,
+    consumers: Iterable[str] | None = None,
+    now: datetime | None = None,
+) -> int:
+    """Delete processed-event ids (redelivery dedupe) older than the retention AND older than the consumer
+    group's newest row by ``REDELIVERY_MARGIN`` (past its committed position: never redelivered again), for
+    ``consumers`` (default: every group). 0 days keeps them for ever. Returns rows deleted."""
+    old = cutoff(now or utcnow(), retention_days)
+    if old is None:
+        return 0
+    with engine.connect() as conn:
+        query = sa.select(ProcessedEvent.consumer, sa.func.max(ProcessedEvent.processed_at)).group_by(
+            ProcessedEvent.consumer
+        )
+        if consumers is not None:
+            query = query.where(ProcessedEvent.consumer.in_(list(consumers)))
+        newest = conn.execute(query).tuples().all()
+    deleted = 0
+    for consumer, newest_at in newest:
+        if newest_at is None:
+            continue
+        if newest_at.tzinfo is None:  # SQLite gives back naive UTC
+            newest_at = newest_at.replace(tzinfo=UTC)
+        committed_before = newest_at - REDELIVERY_MARGIN
+        expired = sa.and_(
+            ProcessedEvent.consumer == consumer,
+            ProcessedEvent.processed_at < min(old, committed_before),
+        )
+        deleted += purge_in_batches(
+            engine,
+            "processed_events",
+            sa.select(ProcessedEvent.event_id).where(expired),
+            lambda keys, expired=expired: sa.delete(ProcessedEvent).where(ProcessedEvent.event_id.in_(keys), expired),
+            batch_rows,
+        )
+    return deleted
 
 
 def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | None = None) -> None:
@@ -277,6 +324,15 @@ class EventBus:
             if session.get(ProcessedEvent, (group, event_id)) is None:
                 session.add(ProcessedEvent(consumer=group, event_id=event_id))
 
+    def purge_processed(self, consumers: Iterable[str] | None = None) -> int:
+        """``purge_processed_events`` with this deployment's settings."""
+        return purge_processed_events(
+            self.engine,
+            retention_days=self.settings.kafka.processed_events_retention_days,
+            batch_rows=self.settings.database.purge_batch_rows,
+            consumers=consumers,
+        )
+
     def run_consumer(
         self,
         group: str,
@@ -304,10 +360,18 @@ class EventBus:
             lag.revoked(partitions)
 
         consumer.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke)
+        next_purge = time.monotonic()
         try:
             while not self.stop_event.is_set():
                 msg = consumer.poll(poll_timeout)
                 lag.update(consumer)
+                if time.monotonic() >= next_purge:
+                    # Each group purges its own ids, between two events (batched: short transactions).
+                    next_purge = time.monotonic() + self.settings.database.purge_interval_seconds
+                    try:
+                        self.purge_processed([group])
+                    except Exception:  # retention must never stop a consumer
+                        log.exception("consumer %s: purge of processed events failed", group)
                 if msg is None:
                     continue
                 if msg.error():

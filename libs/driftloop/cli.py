@@ -167,6 +167,32 @@ def db_upgrade() -> None:
     console.print("database is up to date")
 
 
+@db_app.command("purge")
+def db_purge() -> None:
+    """Run the retention purges now (what the services do periodically): old serving predictions and feedback,
+    monitor observations and feedback, processed-event ids; rows still needed stay (see the README)."""
+    from driftloop.bus import purge_processed_events
+    from driftloop.db import create_engine_for
+    from driftloop.pipeline import load_pipelines
+
+    # The purge rules belong to the owning services; the CLI runs the same code directly on the database.
+    from driftloop.services.monitor import retention as monitor_retention
+    from driftloop.services.serving import retention as serving_retention
+
+    settings = _settings()
+    engine = create_engine_for(settings.database_url)
+    purged = {
+        **serving_retention.purge(engine, settings),
+        **monitor_retention.purge(engine, settings, load_pipelines(settings.pipelines_dir)),
+        "processed_events": purge_processed_events(
+            engine,
+            retention_days=settings.kafka.processed_events_retention_days,
+            batch_rows=settings.database.purge_batch_rows,
+        ),
+    }
+    _print_json(purged)
+
+
 @pipeline_app.command("validate")
 def pipeline_validate(files: Annotated[list[Path] | None, typer.Argument()] = None) -> None:
     """Check pipeline files (default: every file in pipelines_dir)."""

@@ -47,6 +47,8 @@ class KafkaSettings(_Section):
     ingestion_group: str = Field(default="driftloop-ingestion", min_length=1)
     # Extra librdkafka properties (security.protocol, sasl.*, ...) passed to every client.
     client_config: dict[str, str] = Field(default_factory=dict)
+    # Days a consumer group's processed-event ids (redelivery dedupe) are kept; 0 = for ever.
+    processed_events_retention_days: float = Field(default=30.0, ge=0)
 
 
 class SchemaRegistrySettings(_Section):
@@ -62,6 +64,18 @@ class DatabaseSettings(_Section):
     # SQLAlchemy URL. Empty: SQLite file `<home>/driftloop.db`.
     # PostgreSQL: postgresql+psycopg://user:password@host:5432/driftloop
     url: str = ""
+    # Retention purges (serving predictions, monitor observations, processed events): how often each owning
+    # service runs its purge, and rows deleted per transaction (short transactions: the database is not locked long).
+    purge_interval_seconds: float = Field(default=3600.0, gt=0)
+    purge_batch_rows: int = Field(default=5000, ge=1)
+
+
+class ServingSettings(_Section):
+    # Days a served prediction row (and feedback joined to it) is kept; 0 = for ever.
+    prediction_retention_days: float = Field(default=30.0, ge=0)
+    # Feedback may still come this many days after a prediction: a prediction without feedback is kept at least
+    # this long (also the monitor's unjoined observations and feedback waiting for its prediction).
+    feedback_horizon_days: float = Field(default=30.0, ge=0)
 
 
 class ObjectStoreSettings(_Section):
@@ -111,6 +125,9 @@ class MonitorSettings(_Section):
     # "bus" (the platform's confluent-kafka consumer, group driftloop-monitor). Either way window state lives in the
     # database (faust Tables do not recover on the embedded broker), keyed by event id, so both give the same windows.
     stream_engine: Literal["bus", "faust"] = "faust"
+    # Days a monitor observation (and joined feedback) is kept; 0 = for ever. Rows of open windows, the baseline
+    # window and not yet joined rows within serving.feedback_horizon_days are kept regardless.
+    observation_retention_days: float = Field(default=30.0, ge=0)
 
 
 class RaySettings(_Section):
@@ -214,6 +231,7 @@ class Settings(BaseSettings):
     spark: SparkSettings = SparkSettings()
     ray: RaySettings = RaySettings()
     monitor: MonitorSettings = MonitorSettings()
+    serving: ServingSettings = ServingSettings()
     features: FeaturesSettings = FeaturesSettings()
     services: ServicesSettings = ServicesSettings()
     security: SecuritySettings = SecuritySettings()

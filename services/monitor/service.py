@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from driftloop.bus import EventHandler
 from driftloop.objectstore import open_object_store
+from driftloop.retention import purge_loop
 from driftloop.service import ConsumerSpec, Runtime, ServiceSpec, base_app
 from driftloop.topics import FEEDBACK_RECEIVED, MODEL_PROMOTED, PREDICTION_LOGGED, Topic
 
+from . import retention
 from .api import router
 from .handlers import MonitorHandlers
 from .streaming import FaustEngine
@@ -32,13 +34,24 @@ def build(runtime: Runtime) -> ServiceSpec:
         FEEDBACK_RECEIVED: handlers.on_feedback_received,
     }
     app.state.monitor = handlers
+    purge = purge_loop(
+        "monitor",
+        lambda: retention.purge(runtime.engine, runtime.settings, runtime.pipelines),
+        runtime.settings.database.purge_interval_seconds,
+    )
     if runtime.settings.monitor.stream_engine == "faust":
         # A group of its own: the embedded broker keeps an empty group's assignor protocol, so a faust member
         # joining a group the bus consumer used is refused (InconsistentGroupProtocolError; see streaming.py).
         engine = FaustEngine(runtime.bus, FAUST_CONSUMER_GROUP, by_topic)
+        # The faust agent's processed-event ids are this service's to purge (bus consumers purge their own).
+        faust_ids = purge_loop(
+            "monitor-faust",
+            lambda: {"processed_events": runtime.bus.purge_processed([FAUST_CONSUMER_GROUP])},
+            runtime.settings.database.purge_interval_seconds,
+        )
         return ServiceSpec(
             app=app,
-            loops=[engine.run],
+            loops=[engine.run, purge, faust_ids],
             ready_checks={"faust_agent_started": engine.started.is_set},
             health_info={
                 "stream_engine": lambda: "faust",
@@ -50,5 +63,6 @@ def build(runtime: Runtime) -> ServiceSpec:
     return ServiceSpec(
         app=app,
         consumers=[ConsumerSpec(CONSUMER_GROUP, by_topic)],
+        loops=[purge],
         health_info={"stream_engine": lambda: "bus"},
     )

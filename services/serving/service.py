@@ -10,10 +10,11 @@ from collections.abc import Callable
 from functools import partial
 
 from driftloop.objectstore import open_object_store
+from driftloop.retention import purge_loop
 from driftloop.service import ConsumerSpec, Runtime, ServiceSpec, base_app
 from driftloop.topics import MODEL_PROMOTED, ROLLOUT_ROLLED_BACK
 
-from . import api
+from . import api, retention
 from .feedback import FeedbackDesk, PredictionRecorder
 from .handlers import promotion_handler, rollback_handler
 from .loader import PromotionFollower
@@ -86,7 +87,17 @@ def build(runtime: Runtime) -> ServiceSpec:
                 {MODEL_PROMOTED: promotion_handler(follower), ROLLOUT_ROLLED_BACK: rollback_handler(rollouts)},
             )
         ],
-        loops=[follower.run, recorder.run, delivery_reports(runtime)],
+        loops=[
+            follower.run,
+            recorder.run,
+            delivery_reports(runtime),
+            # Every replica purges (idempotent deletes): no replica is special.
+            purge_loop(
+                "serving",
+                partial(retention.purge, runtime.engine, runtime.settings),
+                runtime.settings.database.purge_interval_seconds,
+            ),
+        ],
         on_stop=[rollouts.close, online.close],
         health_info={
             "replica": lambda: replica,
