@@ -57,6 +57,8 @@ def test_a_rolled_back_canary_moves_champion_back_and_a_new_replica_serves_the_o
         (2, 1, False, "registry"),
         (1, None, False, "registry"),
     ]
+    # The rolled-back version says so (not a default rollback target any more).
+    assert stack.registry.client.get(f"/v1/models/{stack.model}/versions/2").json()["status"] == "rolled_back"
 
     # A replica started now replays the promotions and serves v1, without a rollout of v2.
     fresh = stack.start("serving", build_serving)
