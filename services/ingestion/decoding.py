@@ -55,13 +55,11 @@ def decode_record(
             # Outside the catch-all below: an unreachable registry raises to the caller (re-read later); an
             # unknown id is a WireFormatError, the record's fault.
             writer = codec.writer_schema(schema_id)
+        if writer is not None and (problem := wire_problem(value[_HEADER.size :], writer, schema_id)) is not None:
+            return None, problem
         try:
             schema_id, record = codec.decode(value, reader_schema=reader)
         except WireFormatError as exc:
-            if _negative_length(exc):
-                return None, Rejection(
-                    NOT_AVRO, None, f"a negative length in the Avro body: {exc.__cause__}", schema_id
-                )
             if exc.reason != NOT_AVRO or schema_id is None:
                 return None, rejection_from_wire_error(exc, schema_id)
             return None, diagnose(value, writer, pipeline, exc, schema_id)
@@ -108,12 +106,6 @@ def diagnose(value: bytes, writer: Any, pipeline: PipelineConfig, error: Excepti
     return Rejection(NOT_AVRO, None, f"body is not valid Avro for schema id {schema_id}: {cause!r}", schema_id)
 
 
-def _negative_length(exc: WireFormatError) -> bool:
-    """fastavro reads a negative string/bytes length as "read everything", then reports the body as ended early
-    ("Expected -3 bytes, read 11"): that record is malformed, not truncated."""
-    return exc.reason == TRUNCATED and isinstance(exc.__cause__, EOFError) and "Expected -" in str(exc.__cause__)
-
-
 def _representable(millis: int) -> bool:
     try:
         _EPOCH + timedelta(milliseconds=millis)
@@ -138,3 +130,153 @@ def _strip(node: Any) -> Any:
     if isinstance(node, list):
         return [_strip(item) for item in node]
     return node
+
+
+# --- the Avro binary encoding, checked where fastavro is lenient ---------------------------------------------------
+
+
+class _Malformed(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class _WireWalker:
+    """Walks an Avro body along its writer schema without building values, for what fastavro's decoder lets pass
+    silently: a varint of more than 64 bits (wrapped, e.g. a long of 2**63 read as 0, an event time far past 9999
+    read as 1970) and a negative union branch index (read as Python's list[-1], i.e. the last branch)."""
+
+    def __init__(self, body: bytes, named: dict[str, Any]) -> None:
+        self.body, self.pos, self.named = body, 0, named
+        self.field: str | None = None  # the top-level field being read
+
+    def varint(self, overflow: str = NOT_AVRO) -> int:
+        """The next zigzag varint; beyond 64 bits it is ``overflow`` (a value out of range, or a malformed length
+        or index)."""
+        unsigned, shift, body = 0, 0, self.body
+        while True:
+            if self.pos >= len(body):
+                raise _Malformed(TRUNCATED, "the body ends inside a varint")
+            byte = body[self.pos]
+            self.pos += 1
+            unsigned |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                break
+            shift += 7
+        if unsigned >= 2**64 or shift >= 70:  # more than 10 bytes: beyond 64 bits (Java's decoder refuses it too)
+            raise _Malformed(overflow, f"a varint of {shift // 7 + 1} bytes is out of range for a 64-bit long")
+        return (unsigned >> 1) ^ -(unsigned & 1)
+
+    def skip(self, size: int) -> None:
+        if size < 0:
+            raise _Malformed(NOT_AVRO, f"a negative length ({size})")
+        if self.pos + size > len(self.body):
+            raise _Malformed(TRUNCATED, f"a length of {size} bytes goes past the end of the body")
+        self.pos += size
+
+    def walk(self, schema: Any) -> None:
+        if isinstance(schema, list):  # a union: the branch index first
+            index = self.varint()
+            if not 0 <= index < len(schema):
+                raise _Malformed(NOT_AVRO, f"union branch index {index} is not one of 0..{len(schema) - 1}")
+            return self.walk(schema[index])
+        if isinstance(schema, str):
+            if schema in _FIXED_SIZES:
+                return self.skip(_FIXED_SIZES[schema])
+            if schema in ("int", "long"):
+                self.varint(OUT_OF_RANGE)
+                return None
+            if schema in ("string", "bytes"):
+                return self.skip(self.varint())
+            return self.walk(self.named[schema])  # a named type defined earlier (KeyError: give up)
+        kind = schema["type"]
+        if kind == "record" or kind == "error":
+            for field in schema["fields"]:
+                self.walk(field["type"])
+        elif kind == "enum":
+            index = self.varint()
+            if not 0 <= index < len(schema["symbols"]):
+                raise _Malformed(NOT_AVRO, f"enum index {index} is not one of 0..{len(schema['symbols']) - 1}")
+        elif kind == "fixed":
+            self.skip(schema["size"])
+        elif kind in ("array", "map"):
+            while (count := self.varint()) != 0:
+                if count < 0:  # a block with its size in bytes first
+                    count = -count
+                    self.varint()
+                for _ in range(count):
+                    if kind == "map":
+                        self.skip(self.varint())
+                    self.walk(schema["items" if kind == "array" else "values"])
+        else:
+            self.walk(kind)  # {"type": "long", "logicalType": ...} and the like
+        return None
+
+    def walk_flat(self, plan: list[tuple[str, tuple[str, ...], bool]]) -> None:
+        """The fields of a flat record (primitives and unions of primitives): the common writer schema, walked
+        without recursion."""
+        for name, branches, union in plan:
+            self.field = name
+            if union:
+                index = self.varint()
+                if not 0 <= index < len(branches):
+                    raise _Malformed(NOT_AVRO, f"union branch index {index} is not one of 0..{len(branches) - 1}")
+                kind = branches[index]
+            else:
+                kind = branches[0]
+            if kind == "int" or kind == "long":
+                self.varint(OUT_OF_RANGE)
+            elif kind == "string" or kind == "bytes":
+                self.skip(self.varint())
+            else:
+                self.skip(_FIXED_SIZES[kind])
+
+
+_FIXED_SIZES = {"null": 0, "boolean": 1, "float": 4, "double": 8}
+_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
+# Flat plans by writer schema object (the codec keeps one parsed writer schema per id for its lifetime).
+_flat_plans: dict[int, tuple[Any, list[tuple[str, tuple[str, ...], bool]] | None]] = {}
+
+
+def _primitive(schema: Any) -> str | None:
+    if isinstance(schema, dict):
+        schema = schema.get("type")  # a logical type over a primitive, e.g. timestamp-millis
+    return schema if isinstance(schema, str) and schema in _PRIMITIVES else None
+
+
+def _flat_plan(writer: dict[str, Any]) -> list[tuple[str, tuple[str, ...], bool]] | None:
+    cached = _flat_plans.get(id(writer))
+    if cached is not None and cached[0] is writer:
+        return cached[1]
+    plan: list[tuple[str, tuple[str, ...], bool]] | None = []
+    for field in writer["fields"]:
+        union = isinstance(field["type"], list)
+        branches = tuple(_primitive(b) for b in field["type"]) if union else (_primitive(field["type"]),)
+        if None in branches:
+            plan = None
+            break
+        assert plan is not None
+        plan.append((field["name"], branches, union))  # type: ignore[arg-type]
+    _flat_plans[id(writer)] = (writer, plan)
+    return plan
+
+
+def wire_problem(body: bytes, writer: Any, schema_id: int | None) -> Rejection | None:
+    """A rejection when ``body`` breaks the Avro encoding in a way fastavro would not report, naming the top-level
+    field it is in; None otherwise (including when the walker cannot follow the schema: fastavro judges then)."""
+    if not isinstance(writer, dict) or writer.get("type") != "record":
+        return None
+    walker = _WireWalker(body, writer.get("__named_schemas", {}))
+    try:
+        plan = _flat_plan(writer)
+        if plan is not None:
+            walker.walk_flat(plan)
+        else:
+            for field in writer["fields"]:
+                walker.field = field["name"]
+                walker.walk(field["type"])
+    except _Malformed as exc:
+        return Rejection(exc.reason, walker.field, f"{walker.field}: {exc}", schema_id)
+    except (KeyError, TypeError, RecursionError):
+        return None
+    return None

@@ -353,8 +353,19 @@ def test_poison_records_are_dead_lettered_and_never_block_their_partition(ingest
         ("out_of_range", "event_time", wire(5, event_time=2**62)),
         ("out_of_range", "event_time", wire(6, event_time=-62_135_596_800_001)),  # before year 1
         ("wrong_type", "customer_id", wire(7, customer_id="abc").replace(b"abc", b"a\xffc")),
-        ("not_avro", None, header + avro_varint(-3) + wire(8)[6:]),  # negative string length
-        ("truncated", None, header + avro_varint(2**40) + wire(9)[6:]),  # length far past the record's end
+        ("not_avro", "customer_id", header + avro_varint(-3) + wire(8)[6:]),  # negative string length
+        ("truncated", "customer_id", header + avro_varint(2**40) + wire(9)[6:]),  # length far past the record's end
+        # 2**66 millis: fastavro alone would keep the low 64 bits and land it as 1970-01-01.
+        (
+            "out_of_range",
+            "event_time",
+            wire(10, event_time=123456789).replace(avro_varint(123456789), avro_varint(2**66)),
+        ),
+        (
+            "not_avro",
+            "age",
+            wire(11, age=60).replace(b"\x02" + avro_varint(60), b"\x01" + avro_varint(60)),
+        ),  # branch -1
     ]
     good = [wire(100 + i) for i in range(40)]
     producer = Producer(settings.kafka_config())
@@ -377,7 +388,7 @@ def test_poison_records_are_dead_lettered_and_never_block_their_partition(ingest
     assert ingestion.intake.last_error is None  # never retried: no partition was blocked
 
     final = stats()
-    assert (final["records_in"], final["landed"], final["dead_lettered"], final["pending"]) == (total, 40, 9, 0)
+    assert (final["records_in"], final["landed"], final["dead_lettered"], final["pending"]) == (total, 40, 11, 0)
     events = rejected_events(settings, runtime, stream, len(poison))
     by_value = {e.data["original"]: e.data for e in events}
     for reason, field, value in poison:

@@ -137,6 +137,9 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
+POISON_FROM = 31  # bad_values from here on are poison records: every one must be refused by the per-record path
+
+
 def bad_values(pipeline: PipelineConfig, rng: random.Random) -> list[tuple[str, bytes]]:
     """(kind, message value): one of each way a record on the topic can be wrong, or odd but right."""
     schema = pipeline.stream.avro_schema()
@@ -147,6 +150,14 @@ def bad_values(pipeline: PipelineConfig, rng: random.Random) -> list[tuple[str, 
 
     def poisoned(**changes: Any) -> bytes:
         return poison(schema, {**good_record(rng), **changes})
+
+    def swapped(name: str, encoded: bytes) -> bytes:
+        """A record whose nullable field ``name`` is ``encoded`` (raw bytes after a marker value is written)."""
+        marker = 123456789
+        value = poisoned(**{name: marker})
+        needle = b"\x02" + varint(marker)
+        assert value.count(needle) == 1
+        return value.replace(needle, encoded)
 
     never = pipeline.stream.max_future_seconds + 1
     return [
@@ -190,6 +201,11 @@ def bad_values(pipeline: PipelineConfig, rng: random.Random) -> list[tuple[str, 
         ("event time before year 1", poisoned(event_time=-62_135_596_800_001)),
         ("negative string length", good[:5] + varint(-3) + good[6:]),
         ("huge string length", good[:5] + varint(2**40) + good[6:]),
+        ("long beyond 64 bits", swapped("visits", b"\x02" + varint(2**63))),
+        ("event time of 2**66 millis", swapped("event_time", b"\x02" + varint(2**66))),
+        ("eleven-byte varint", swapped("visits", b"\x02" + b"\x80" * 10 + b"\x00")),
+        ("union branch -1", swapped("age", b"\x01\x3c")),
+        ("union branch 2", swapped("age", b"\x04\x3c")),
         ("invalid utf-8 in a nullable string", with_(category="foo").replace(b"foo", b"f\xc3o")),
     ]
 
@@ -218,6 +234,8 @@ def test_fast_path_lands_and_dead_letters_what_the_per_record_path_does(
     values = [value for _, value in batch]
 
     expected = [slow_path(codec, pipeline, value) for value in values]
+    poison_kinds = {kind for kind, _ in bad_values(pipeline, rng)[POISON_FROM:]}
+    assert all(expected[i][1] is not None for i, (kind, _) in enumerate(batch) if kind in poison_kinds)
 
     fast = decode_batch(values, pipeline, lambda sid: sid == READER_ID, NOW)
     assert fast.table.schema == rows_to_table([], pipeline.stream).schema

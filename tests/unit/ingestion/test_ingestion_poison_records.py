@@ -17,7 +17,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from driftloop.pipeline import PipelineConfig, parse_pipeline
 from driftloop.serde import AvroCodec
 from driftloop.services.ingestion import validation as v
-from driftloop.services.ingestion.decoding import decode_record
+from driftloop.services.ingestion.decoding import decode_record, wire_problem
 from driftloop.services.ingestion.landing import rows_to_table
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -155,7 +155,7 @@ def test_invalid_utf8_names_its_field(pipeline: PipelineConfig) -> None:
         ("negative string length -1", -1, v.NOT_AVRO),
         ("string length past the end", 2**40, v.TRUNCATED),
         ("string length near 2**62", 2**62, v.TRUNCATED),
-        ("string length beyond 64 bits", 2**70, v.TRUNCATED),  # fastavro wraps it to 64 bits: a short read
+        ("string length beyond 64 bits", 2**70, v.NOT_AVRO),  # fastavro would wrap it to 64 bits
     ],
 )
 def test_absurd_declared_lengths_are_dead_letters(
@@ -164,7 +164,45 @@ def test_absurd_declared_lengths_are_dead_letters(
     value = struct.pack(">bI", 0, SCHEMA_ID) + varint(length) + body_after_customer_id(pipeline)
     record, rejection = decode(pipeline, value)
     assert record is None and rejection is not None, kind
-    assert (rejection.reason, rejection.field) == (reason, None), (kind, rejection)
+    assert (rejection.reason, rejection.field) == (reason, "customer_id"), (kind, rejection)
+
+
+def replace_field(pipeline: PipelineConfig, name: str, encoded: bytes) -> bytes:
+    """A record whose field ``name`` is ``encoded`` (raw bytes), the others as in ``wire``: the field is written
+    with a marker value first, then its bytes are swapped."""
+    marker = {"visits": 123456789, "event_time": 123456789, "age": 123456789}[name]
+    value = wire(pipeline, **{name: marker})
+    union = b"\x02" if pipeline.stream.field(name).nullable else b""
+    needle = union + varint(marker)
+    assert value.count(needle) == 1
+    return value.replace(needle, encoded)
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "encoded", "reason"),
+    [
+        # fastavro keeps the low 64 bits of a longer varint: 2**63 would land as 0, 2**66 millis as 1970.
+        ("long of 2**63", "visits", b"\x02" + varint(2**63), v.OUT_OF_RANGE),
+        ("long below -(2**63)", "visits", b"\x02" + varint(-(2**63) - 1), v.OUT_OF_RANGE),
+        ("event time of 2**66 millis", "event_time", b"\x02" + varint(2**66), v.OUT_OF_RANGE),
+        ("eleven-byte varint", "visits", b"\x02" + b"\x80" * 10 + b"\x00", v.OUT_OF_RANGE),
+        # fastavro reads branch -1 as Python's list[-1], the value branch.
+        ("union branch -1", "age", b"\x01\x3c", v.NOT_AVRO),
+        ("union branch 2", "age", b"\x04\x3c", v.NOT_AVRO),
+    ],
+)
+def test_encodings_fastavro_lets_pass_are_dead_letters(
+    pipeline: PipelineConfig, kind: str, name: str, encoded: bytes, reason: str
+) -> None:
+    record, rejection = decode(pipeline, replace_field(pipeline, name, encoded))
+    assert record is None and rejection is not None, kind
+    assert (rejection.reason, rejection.field) == (reason, name), (kind, rejection)
+
+
+def test_the_longest_longs_still_decode(pipeline: PipelineConfig) -> None:
+    for extreme in (2**63 - 1, -(2**63)):
+        record, rejection = decode(pipeline, replace_field(pipeline, "visits", b"\x02" + varint(extreme)))
+        assert rejection is None and record is not None and record["visits"] == extreme
 
 
 def test_any_decoder_error_is_a_dead_letter_not_an_exception(pipeline: PipelineConfig) -> None:
@@ -192,3 +230,43 @@ def test_an_unreachable_registry_raises_so_that_the_record_is_read_again(pipelin
     unknown = struct.pack(">bI", 0, SCHEMA_ID + 1) + wire(pipeline)[5:]
     _, rejection = decode(pipeline, unknown, registry)
     assert rejection is not None and rejection.reason == v.UNKNOWN_SCHEMA_ID
+
+
+NESTED_SCHEMA = {
+    "type": "record",
+    "name": "Outer",
+    "namespace": "test",
+    "fields": [
+        {"name": "tags", "type": {"type": "array", "items": "long"}},
+        {"name": "attrs", "type": {"type": "map", "values": ["null", "string"]}},
+        {"name": "colour", "type": {"type": "enum", "name": "Colour", "symbols": ["red", "green"]}},
+        {"name": "inner", "type": {"type": "record", "name": "Inner", "fields": [{"name": "n", "type": "long"}]}},
+        {"name": "again", "type": ["null", "Inner"]},
+        {"name": "digest", "type": {"type": "fixed", "name": "Digest", "size": 2}},
+    ],
+}
+
+
+def nested_body(**changes: Any) -> bytes:
+    record = {"tags": [1, 2], "attrs": {"a": "x", "b": None}, "colour": "green", "inner": {"n": 5}, "again": None}
+    record["digest"] = b"ok"
+    record.update(changes)
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, fastavro.parse_schema(NESTED_SCHEMA), record)
+    return out.getvalue()
+
+
+def test_the_wire_check_follows_any_writer_schema() -> None:
+    writer = fastavro.parse_schema(NESTED_SCHEMA)
+    assert wire_problem(nested_body(), writer, 1) is None
+    assert wire_problem(nested_body(again={"n": -(2**63)}), writer, 1) is None
+    long_in_array = nested_body(tags=[123456789]).replace(varint(123456789), varint(2**64))
+    problem = wire_problem(long_in_array, writer, 1)
+    assert problem is not None and (problem.reason, problem.field) == (v.OUT_OF_RANGE, "tags")
+    empty = nested_body(colour="red", tags=[], attrs={})
+    assert empty.startswith(b"\x00\x00\x00")  # empty array, empty map, enum index 0
+    bad_enum = b"\x00\x00\x06" + empty[3:]  # enum index 3 of 2 symbols
+    problem = wire_problem(bad_enum, writer, 1)
+    assert problem is not None and (problem.reason, problem.field) == (v.NOT_AVRO, "colour")
+    problem = wire_problem(nested_body()[:-1], writer, 1)
+    assert problem is not None and (problem.reason, problem.field) == (v.TRUNCATED, "digest")
