@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,11 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
+from monitor_support import CATEGORIES, champion_promoted, prediction_logged, put_reference, raw_inputs
 from monitor_triggers_support import RunningService, read_events, start_service, wait_for
 
 from driftloop.bus import EventBus
 from driftloop.db import migrate
-from driftloop.events import new_event
 from driftloop.featuredefs import compute_features
 from driftloop.layout import feature_set_prefix
 from driftloop.objectstore import open_object_store
@@ -31,21 +30,7 @@ from driftloop.topics import DRIFT_DETECTED
 pytestmark = pytest.mark.integration
 
 BASE = load_pipeline(Path(__file__).resolve().parents[2] / "pipelines" / "transactions.yaml")
-CATEGORIES = ["grocery", "travel", "electronics", "fashion", "gaming"]
 WINDOW = 200
-
-
-def raw_inputs(n: int, rng: np.random.Generator, amount_scale: float = 1.0) -> list[dict[str, Any]]:
-    return [
-        {
-            "customer_id": f"c{rng.integers(0, 100)}",
-            "amount": float(rng.lognormal(3.5, 1.0) * amount_scale),
-            "age": int(rng.integers(18, 90)),
-            "hour": int(rng.integers(0, 24)),
-            "merchant_category": str(rng.choice(CATEGORIES)),
-        }
-        for _ in range(n)
-    ]
 
 
 @pytest.fixture
@@ -74,27 +59,11 @@ def test_shifted_predictions_raise_drift_detected_on_the_topic(
 
     # The champion's training feature set, as the features service would have written it.
     store = open_object_store(settings)
-    reference = compute_features(pd.DataFrame(raw_inputs(1500, rng)), pipeline)
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(reference, preserve_index=False), buffer)
-    prefix = feature_set_prefix(stream, 1)
-    store.put_bytes(prefix + "part-00000.parquet", buffer.getvalue())
+    prefix = put_reference(store, pipeline, raw_inputs(1500, rng))
 
     producer = EventBus(settings, producer_name="test-serving")
     try:
-        promoted = {
-            "model": model,
-            "version": 1,
-            "alias": "champion",
-            "previous_version": None,
-            "artifact_uri": store.uri(f"models/{model}/runs/r1/model.zip"),
-            "artifact_sha256": "0" * 64,
-            "dataset_version_id": f"{stream}@v1",
-            "feature_set_uri": store.uri(prefix),
-            "reason": "first version",
-            "gate_json": "{}",
-        }
-        producer.publish(new_event("ModelPromoted", promoted, producer="test-registry"))
+        producer.publish(champion_promoted(store, model, stream, prefix))
         client = TestClient(running.spec.app)
         wait_for(lambda: client.get(f"/v1/monitor/{model}").json()["version"] == 1, "the champion to be watched")
         status = client.get(f"/v1/monitor/{model}").json()
@@ -104,16 +73,7 @@ def test_shifted_predictions_raise_drift_detected_on_the_topic(
         # One window like the reference, then a window (and a bit) with doubled amounts.
         inputs = raw_inputs(WINDOW, rng) + raw_inputs(WINDOW + 30, rng, amount_scale=2.0)
         for i, row in enumerate(inputs):
-            data = {
-                "request_id": f"req-{i}",
-                "model": model,
-                "version": 1,
-                "index": 0,
-                "inputs": row,
-                "prediction": 0.1,
-                "entity": row["customer_id"],
-            }
-            producer.publish(new_event("PredictionLogged", data, producer="test-serving"), wait=False)
+            producer.publish(prediction_logged(model, i, row, 0.1), wait=False)
         producer.flush()
 
         wait_for(lambda: len(client.get(f"/v1/monitor/{model}/drift").json()["reports"]) == 2, "two closed windows")

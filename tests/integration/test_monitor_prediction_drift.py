@@ -5,21 +5,14 @@ raises ``DriftDetected`` with ``prediction_drifted`` (no feature drifted), on th
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import test_monitor
 from fastapi.testclient import TestClient
+from monitor_support import champion_promoted, prediction_logged, put_reference, raw_inputs
 from monitor_triggers_support import read_events, wait_for
 
 from driftloop.bus import EventBus
-from driftloop.events import new_event
-from driftloop.featuredefs import compute_features
-from driftloop.layout import feature_set_prefix
 from driftloop.objectstore import open_object_store
 from driftloop.topics import DRIFT_DETECTED
 
@@ -36,46 +29,21 @@ def test_shifted_predictions_alarm_and_reference_like_ones_do_not(monitor) -> No
     model, stream = pipeline.model.name, pipeline.stream.name
     rng = np.random.default_rng(7)
     store = open_object_store(settings)
-    reference = compute_features(pd.DataFrame(test_monitor.raw_inputs(1500, rng)), pipeline)
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(reference, preserve_index=False), buffer)
-    prefix = feature_set_prefix(stream, 1)
-    store.put_bytes(prefix + "part-00000.parquet", buffer.getvalue())
+    prefix = put_reference(store, pipeline, raw_inputs(1500, rng))
 
     producer = EventBus(settings, producer_name="test-serving")
     client = TestClient(running.spec.app)
     try:
-        promoted = {
-            "model": model,
-            "version": 1,
-            "alias": "champion",
-            "previous_version": None,
-            "artifact_uri": store.uri(f"models/{model}/runs/r1/model.zip"),
-            "artifact_sha256": "0" * 64,
-            "dataset_version_id": f"{stream}@v1",
-            "feature_set_uri": store.uri(prefix),
-            "reason": "first version",
-            "gate_json": "{}",
-        }
-        producer.publish(new_event("ModelPromoted", promoted, producer="test-registry"))
+        producer.publish(champion_promoted(store, model, stream, prefix))
         wait_for(lambda: client.get(f"/v1/monitor/{model}").json()["version"] == 1, "the champion to be watched")
 
         # Window 0: the baseline; window 1: predictions from the same distribution; window 2: shifted up.
         scores = np.concatenate(
             [rng.beta(2, 8, WINDOW), rng.beta(2, 8, WINDOW), np.clip(rng.beta(2, 8, WINDOW) + 0.3, 0, 1)]
         )
-        inputs = test_monitor.raw_inputs(3 * WINDOW, rng)
+        inputs = raw_inputs(3 * WINDOW, rng)
         for i, (row, score) in enumerate(zip(inputs, scores, strict=True)):
-            data = {
-                "request_id": f"req-{i}",
-                "model": model,
-                "version": 1,
-                "index": 0,
-                "inputs": row,
-                "prediction": float(score),
-                "entity": row["customer_id"],
-            }
-            producer.publish(new_event("PredictionLogged", data, producer="test-serving"), wait=False)
+            producer.publish(prediction_logged(model, i, row, float(score)), wait=False)
         producer.flush()
 
         wait_for(lambda: len(client.get(f"/v1/monitor/{model}/drift").json()["reports"]) == 3, "three windows")

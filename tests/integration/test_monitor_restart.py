@@ -6,7 +6,6 @@ topic."""
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import sys
@@ -17,22 +16,18 @@ from typing import Any
 
 import httpx
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 import yaml
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
+from monitor_support import champion_promoted, prediction_logged, put_reference, raw_inputs
 from monitor_triggers_support import read_events, wait_for
 
 from driftloop.bus import EventBus, ensure_topics
 from driftloop.db import create_engine_for, migrate, session_factory
 from driftloop.db.models import DriftReport, MonitorObservation, PerformanceReport
 from driftloop.events import Event, new_event
-from driftloop.featuredefs import compute_features
-from driftloop.layout import feature_set_prefix
 from driftloop.objectstore import open_object_store
 from driftloop.pipeline import load_pipeline
 from driftloop.procs import free_port, http_ready, spawn, stop_pid, wait_until
@@ -45,22 +40,8 @@ from driftloop.topics import PERFORMANCE_DEGRADED, Topic
 pytestmark = pytest.mark.integration
 
 PIPELINE_FILE = Path(__file__).resolve().parents[2] / "pipelines" / "transactions.yaml"
-CATEGORIES = ["grocery", "travel", "electronics", "fashion", "gaming"]
 PREDICTIONS = 260
 KILL_AFTER = 110  # stored predictions before the kill: inside the window [100, 160)
-
-
-def raw_inputs(n: int, rng: np.random.Generator, amount_scale: float = 1.0) -> list[dict[str, Any]]:
-    return [
-        {
-            "customer_id": f"c{rng.integers(0, 100)}",
-            "amount": float(rng.lognormal(3.5, 1.0) * amount_scale),
-            "age": int(rng.integers(18, 90)),
-            "hour": int(rng.integers(0, 24)),
-            "merchant_category": str(rng.choice(CATEGORIES)),
-        }
-        for _ in range(n)
-    ]
 
 
 def drift_rows(url: str, model: str) -> list[tuple[Any, ...]]:
@@ -134,44 +115,10 @@ def test_kill_9_mid_window_then_restart_reports_what_a_monitor_that_never_stoppe
 
     rng = np.random.default_rng(23)
     store = open_object_store(settings)
-    reference = compute_features(pd.DataFrame(raw_inputs(1500, rng)), pipeline)
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(reference, preserve_index=False), buffer)
-    prefix = feature_set_prefix(pipeline.stream.name, 1)
-    store.put_bytes(prefix + "part-00000.parquet", buffer.getvalue())
-    promoted = new_event(
-        "ModelPromoted",
-        {
-            "model": model,
-            "version": 1,
-            "alias": "champion",
-            "previous_version": None,
-            "artifact_uri": store.uri(f"models/{model}/runs/r1/model.zip"),
-            "artifact_sha256": "0" * 64,
-            "dataset_version_id": f"{pipeline.stream.name}@v1",
-            "feature_set_uri": store.uri(prefix),
-            "reason": "first version",
-            "gate_json": "{}",
-        },
-        producer="test-registry",
-    )
+    prefix = put_reference(store, pipeline, raw_inputs(1500, rng))
+    promoted = champion_promoted(store, model, pipeline.stream.name, prefix)
     inputs = raw_inputs(PREDICTIONS // 2, rng) + raw_inputs(PREDICTIONS - PREDICTIONS // 2, rng, amount_scale=1.8)
-    predictions = [
-        new_event(
-            "PredictionLogged",
-            {
-                "request_id": f"req-{i}",
-                "model": model,
-                "version": 1,
-                "index": 0,
-                "inputs": row,
-                "prediction": 0.9,
-                "entity": row["customer_id"],
-            },
-            producer="test-serving",
-        )
-        for i, row in enumerate(inputs)
-    ]
+    predictions = [prediction_logged(model, i, row, 0.9) for i, row in enumerate(inputs)]
     # Labels: right for the first 120 predictions, then right only half of the time.
     feedback = [
         new_event(

@@ -2,49 +2,30 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from monitor_support import put_reference, raw_inputs
 
 from driftloop.db import create_engine_for, migrate, session_factory
 from driftloop.db.models import DriftReport
 from driftloop.errors import NotFoundError
 from driftloop.events import Event, new_event
-from driftloop.featuredefs import compute_features
-from driftloop.layout import feature_set_prefix
 from driftloop.objectstore import LocalObjectStore
 from driftloop.pipeline import PerformanceSpec, PipelineConfig, load_pipeline
 from driftloop.services.monitor.handlers import MonitorHandlers
 
 PIPELINE = load_pipeline(Path(__file__).resolve().parents[2] / "pipelines" / "transactions.yaml")
 MODEL = PIPELINE.model.name
-CATEGORIES = ["grocery", "travel", "electronics", "fashion", "gaming"]
 
 
 def small_pipeline() -> PipelineConfig:
     monitor = PIPELINE.monitor.model_copy(update={"window_size": 200, "reference_rows": 1000})
     return PIPELINE.model_copy(update={"monitor": monitor})
-
-
-def raw_inputs(n: int, rng: np.random.Generator, amount_scale: float = 1.0) -> list[dict[str, Any]]:
-    return [
-        {
-            "customer_id": f"c{rng.integers(0, 100)}",
-            "amount": float(rng.lognormal(3.5, 1.0) * amount_scale),
-            "age": int(rng.integers(18, 90)),
-            "hour": int(rng.integers(0, 24)),
-            "merchant_category": str(rng.choice(CATEGORIES)),
-        }
-        for _ in range(n)
-    ]
 
 
 @pytest.fixture
@@ -53,11 +34,7 @@ def env(tmp_path: Path) -> dict[str, Any]:
     migrate(url)
     store = LocalObjectStore(tmp_path / "objects")
     rng = np.random.default_rng(1)
-    reference = compute_features(pd.DataFrame(raw_inputs(2000, rng)), PIPELINE, keep_keys=True)
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(reference, preserve_index=False), buffer)
-    prefix = feature_set_prefix("transactions", 1)
-    store.put_bytes(prefix + "part-00000.parquet", buffer.getvalue())
+    prefix = put_reference(store, PIPELINE, raw_inputs(2000, rng))  # the demo stream: transactions
     published: list[Event] = []
     Session = session_factory(create_engine_for(url))
     pipelines = {MODEL: small_pipeline()}
