@@ -45,12 +45,15 @@ OPTIONAL_FIELDS: dict[str, dict[str, Any]] = {
     "age": {"name": "age", "type": "int"},
     "category": {"name": "category", "type": "string"},
 }
+# A quality rule of the small stream: no negative amount (such records become dead letters out_of_range).
+AMOUNT_NOT_NEGATIVE: dict[str, Any] = {"rule": "range", "field": "amount", "min": 0}
 
 
 def stream_pipeline(
     stream: str,
     *,
     optional_fields: Sequence[str] = ("age", "category"),
+    leading_fields: Sequence[dict[str, Any]] = (),
     quality: list[dict[str, Any]] | None = None,
     dataset: dict[str, Any] | None = None,
     features: list[dict[str, Any]] | None = None,
@@ -59,8 +62,10 @@ def stream_pipeline(
 ) -> dict[str, Any]:
     """The pipeline of a small test stream as a dict. ``dataset`` keys are added to ``cut_every_rows: 0`` (tests
     cut versions by hand unless they say otherwise); ``stream_options`` are further stream keys
-    (``max_future_seconds``, ``max_record_bytes``...). The model is ``model-<stream>`` unless ``model`` is given."""
+    (``max_future_seconds``, ``max_record_bytes``...). The model is ``model-<stream>`` unless ``model`` is given.
+    ``leading_fields``: fields before ``customer_id`` (an ``id`` of the records, say)."""
     fields = [
+        *leading_fields,
         {"name": "customer_id", "type": "string", "nullable": False},
         {"name": "event_time", "type": "timestamp", "nullable": False},
         {"name": "amount", "type": "double", "nullable": False},

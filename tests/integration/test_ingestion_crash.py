@@ -32,38 +32,18 @@ from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
+from pipeline_support import AMOUNT_NOT_NEGATIVE, stream_pipeline, write_pipeline
 
 from driftloop.db import create_engine_for, migrate
 from driftloop.db.models import DeadLetter, LandedBatch
-from driftloop.pipeline import PipelineConfig, load_pipeline
+from driftloop.pipeline import PipelineConfig
 from driftloop.procs import free_port, http_ready, pid_alive, spawn, stop_pid, wait_until
 from driftloop.settings import Settings, settings_env
 
 pytestmark = pytest.mark.integration
 
-PIPELINE = """
-stream:
-  name: {stream}
-  fields:
-    - {{name: id, type: long, nullable: false}}
-    - {{name: customer_id, type: string, nullable: false}}
-    - {{name: event_time, type: timestamp, nullable: false}}
-    - {{name: amount, type: double, nullable: false}}
-    - {{name: is_fraud, type: int}}
-  entity_key: customer_id
-  event_time: event_time
-  label: is_fraud
-quality:
-  - {{rule: range, field: amount, min: 0}}
-dataset:
-  cut_every_rows: 0
-  landing_batch_rows: {batch_rows}
-  landing_batch_seconds: {batch_seconds}
-features:
-  - {{name: amount}}
-model: {{name: model-{stream}}}
-"""
 
+RECORD_ID = {"name": "id", "type": "long", "nullable": False}  # counts each record exactly
 PARTITIONS = 4
 TOTAL = 3000
 OUT_OF_RANGE_EVERY = 50  # amount -1: dead letter out_of_range
@@ -94,10 +74,14 @@ def _prepare(
     """A stream of its own, a PostgreSQL schema of its own (migrated) and a consumer group of its own."""
     stream = f"{prefix}-{unique}"
     pipelines = tmp_path / "pipelines"
-    pipelines.mkdir()
-    text = PIPELINE.format(stream=stream, batch_rows=batch_rows, batch_seconds=batch_seconds)
-    (pipelines / f"{prefix}.yaml").write_text(text)
-    cfg = load_pipeline(pipelines / f"{prefix}.yaml")
+    config = stream_pipeline(
+        stream,
+        optional_fields=(),
+        leading_fields=[RECORD_ID],
+        quality=[AMOUNT_NOT_NEGATIVE],
+        dataset={"landing_batch_rows": batch_rows, "landing_batch_seconds": batch_seconds},
+    )
+    cfg = write_pipeline(pipelines, prefix, config)
     engine = create_engine_for(postgres_url)
     with engine.begin() as conn:
         conn.exec_driver_sql(f'CREATE SCHEMA "s{unique}"')

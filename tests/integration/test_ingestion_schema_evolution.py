@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +20,7 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
+from pipeline_support import stream_pipeline, wait_for, write_pipeline
 
 from driftloop.db import migrate
 from driftloop.db.models import LandedBatch
@@ -33,43 +33,13 @@ from driftloop.settings import Settings
 
 pytestmark = pytest.mark.integration
 
-PIPELINE = """
-stream:
-  name: {stream}
-  fields:
-    - {{name: customer_id, type: string, nullable: false}}
-    - {{name: event_time, type: timestamp, nullable: false}}
-    - {{name: amount, type: double, nullable: false}}
-    - {{name: age, type: int}}
-    - {{name: is_fraud, type: int}}
-  entity_key: customer_id
-  event_time: event_time
-  label: is_fraud
-dataset:
-  cut_every_rows: 0
-  landing_batch_rows: 10
-  landing_batch_seconds: 0.3
-features:
-  - {{name: amount}}
-model: {{name: model-{stream}}}
-"""
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
 
 @pytest.fixture
 def running(make_settings: Callable[..., Settings], tmp_path: Path, unique: str) -> Iterator[tuple[Any, ...]]:
     stream = f"evo-{unique}"
     pipelines = tmp_path / "pipelines"
-    pipelines.mkdir()
-    (pipelines / "evo.yaml").write_text(PIPELINE.format(stream=stream))
+    batches = {"landing_batch_rows": 10, "landing_batch_seconds": 0.3}
+    write_pipeline(pipelines, "evo", stream_pipeline(stream, optional_fields=("age",), dataset=batches))
     settings = make_settings(pipelines_dir=pipelines)
     migrate(settings.database_url)
     runtime = make_runtime("ingestion", settings)

@@ -15,43 +15,21 @@ from confluent_kafka import Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
+from pipeline_support import AMOUNT_NOT_NEGATIVE, stream_pipeline, write_pipeline
 
 from driftloop.db import migrate
-from driftloop.pipeline import load_pipeline
 from driftloop.procs import free_port, http_ready, pid_alive, spawn, stop_pid, wait_until
 from driftloop.settings import Settings, settings_env
 
 pytestmark = pytest.mark.integration
 
-PIPELINE = """
-stream:
-  name: {stream}
-  fields:
-    - {{name: customer_id, type: string, nullable: false}}
-    - {{name: event_time, type: timestamp, nullable: false}}
-    - {{name: amount, type: double, nullable: false}}
-    - {{name: is_fraud, type: int}}
-  entity_key: customer_id
-  event_time: event_time
-  label: is_fraud
-quality:
-  - {{rule: range, field: amount, min: 0}}
-dataset:
-  cut_every_rows: 0
-  landing_batch_rows: 10
-  landing_batch_seconds: 0.5
-features:
-  - {{name: amount}}
-model: {{name: model-{stream}}}
-"""
-
 
 def test_service_process(make_settings: Callable[..., Settings], tmp_path: Path, unique: str) -> None:
     stream = f"svc-{unique}"
     pipelines = tmp_path / "pipelines"
-    pipelines.mkdir()
-    (pipelines / "svc.yaml").write_text(PIPELINE.format(stream=stream))
-    cfg = load_pipeline(pipelines / "svc.yaml")
+    batches = {"landing_batch_rows": 10, "landing_batch_seconds": 0.5}
+    config = stream_pipeline(stream, optional_fields=(), quality=[AMOUNT_NOT_NEGATIVE], dataset=batches)
+    cfg = write_pipeline(pipelines, "svc", config)
     port = free_port()
     settings = make_settings(pipelines_dir=pipelines, services={"ingestion_port": port})
     migrate(settings.database_url)
