@@ -41,6 +41,8 @@ class ProcessedEvent(Base):
     consumer: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
     event_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     processed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The retention purge selects a group's old ids (driftloop.bus.purge_processed_events).
+    __table_args__ = (sa.Index("ix_processed_events_consumer_processed_at", "consumer", "processed_at"),)
 
 
 # --- schemaregistry ------------------------------------------------------------------------------------------
@@ -428,7 +430,10 @@ class ServedPrediction(Base):
     prediction: Mapped[float]
     predicted_at: Mapped[datetime]
     replica: Mapped[str] = mapped_column(sa.String(200))
-    __table_args__ = (sa.Index("ix_serving_predictions_model_entity_time", "model", "entity", "predicted_at"),)
+    __table_args__ = (
+        sa.Index("ix_serving_predictions_model_entity_time", "model", "entity", "predicted_at"),
+        sa.Index("ix_serving_predictions_predicted_at", "predicted_at"),  # the retention purge
+    )
 
 
 class PredictionFeedback(Base):
@@ -442,4 +447,7 @@ class PredictionFeedback(Base):
     row_index: Mapped[int]
     actual: Mapped[float]
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
-    __table_args__ = (sa.Index("ix_serving_feedback_request_row", "request_id", "row_index"),)
+    __table_args__ = (
+        sa.Index("ix_serving_feedback_request_row", "request_id", "row_index"),
+        sa.Index("ix_serving_feedback_received_at", "received_at"),  # the retention purge
+    )
