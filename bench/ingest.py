@@ -13,78 +13,37 @@ Both clocks start at the first record received (group joins are not measured). S
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from confluent_kafka import Consumer, Producer
-from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroSerializer
-from confluent_kafka.serialization import MessageField, SerializationContext
+from _common import own_broker_and_registry, produce, stream_pipeline, write_pipeline
+from confluent_kafka import Consumer
 
-from driftloop.broker import EmbeddedBroker
 from driftloop.bus import ensure_topics
 from driftloop.objectstore import open_object_store
-from driftloop.procs import free_port, http_ready, spawn, stop_pid, wait_until
 from driftloop.service import make_runtime
 from driftloop.services.ingestion.handlers import stream_stats
 from driftloop.services.ingestion.kafka_intake import KafkaIntake
 from driftloop.services.ingestion.landing import Lander
-from driftloop.settings import Settings, settings_env
-
-PIPELINE = """
-stream:
-  name: bench
-  fields:
-    - {name: customer_id, type: string, nullable: false}
-    - {name: event_time, type: timestamp, nullable: false}
-    - {name: amount, type: double, nullable: false}
-    - {name: merchant_category, type: string}
-    - {name: age, type: int}
-    - {name: is_fraud, type: int}
-  entity_key: customer_id
-  event_time: event_time
-  label: is_fraud
-quality:
-  - {rule: range, field: amount, min: 0}
-dataset:
-  cut_every_rows: 0
-  landing_batch_rows: 5000
-  landing_batch_seconds: 2
-features:
-  - {name: amount}
-model: {name: bench-model}
-"""
+from driftloop.settings import Settings
 
 BAD_EVERY = 1000  # amount < 0: a dead letter (so the DLQ path is in the measurement)
 
 
-def produce(settings: Settings, topic: str, schema: dict, n: int) -> None:
-    serializer = AvroSerializer(SchemaRegistryClient({"url": settings.schema_registry.url}), json.dumps(schema))
-    ctx = SerializationContext(topic, MessageField.VALUE)
-    producer = Producer(settings.kafka_config(**{"linger.ms": 20, "batch.num.messages": 10000}))
-    now = datetime.now(tz=UTC)
-    for i in range(n):
-        record = {
-            "customer_id": f"c{i % 5000}",
-            "event_time": now - timedelta(seconds=i),
-            "amount": -1.0 if i % BAD_EVERY == 0 else float(i % 900),
-            "merchant_category": ("food", "travel", "games")[i % 3],
-            "age": 18 + i % 60,
-            "is_fraud": i % 2,
-        }
-        while True:
-            try:
-                producer.produce(topic, key=str(i).encode(), value=serializer(record, ctx))
-                break
-            except BufferError:
-                producer.poll(0.1)
-        producer.poll(0)
-    assert producer.flush(60) == 0
+def record(i: int, now: datetime) -> dict[str, Any]:
+    return {
+        "customer_id": f"c{i % 5000}",
+        "event_time": now - timedelta(seconds=i),
+        "amount": -1.0 if i % BAD_EVERY == 0 else float(i % 900),
+        "merchant_category": ("food", "travel", "games")[i % 3],
+        "age": 18 + i % 60,
+        "is_fraud": i % 2,
+    }
 
 
 def bare_loop(settings: Settings, topic: str, n: int) -> float:
@@ -138,35 +97,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="driftloop-bench-ingest-") as tmp:
         home = Path(tmp)
         (home / "pipelines").mkdir()
-        (home / "pipelines" / "bench.yaml").write_text(PIPELINE)
-        broker = EmbeddedBroker(port=free_port(), log_path=home / "tansu.log")
-        registry_port = free_port()
-        settings = Settings(
-            home=home / "home",
-            pipelines_dir=home / "pipelines",
-            kafka={"bootstrap_servers": f"127.0.0.1:{0}", "session_timeout_ms": 2000},
-            schema_registry={"url": f"http://127.0.0.1:{registry_port}"},
-            services={"schemaregistry_port": registry_port},
-        )
-        registry = None
-        try:
-            broker.start()
-            settings = settings.model_copy(
-                update={"kafka": settings.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap_servers})}
-            )
-            registry = spawn(
-                [sys.executable, "-m", "driftloop.services.schemaregistry"],
-                home / "registry.out",
-                settings_env(settings),
-            )
-            wait_until(lambda: http_ready(f"{settings.schema_registry.url}/healthz"), 60, "the schema registry")
+        fields = [{"name": "merchant_category", "type": "string"}, {"name": "age", "type": "int"}]
+        config = stream_pipeline("bench", "bench-model", fields, batch_rows=5000, batch_seconds=2)
+        write_pipeline(home / "pipelines" / "bench.yaml", config)
+        with own_broker_and_registry(home, home / "pipelines") as settings:
             runtime = make_runtime("bench-setup", settings)
             cfg = runtime.pipelines["bench-model"]
             ensure_topics(settings, [cfg.stream.topic])
             runtime.bus.close()
 
             t0 = time.perf_counter()
-            produce(settings, cfg.stream.topic, cfg.stream.avro_schema(), n)
+            produce(settings, cfg.stream.topic, cfg.stream.avro_schema(), n, record)
             print(f"produced {n} records in {time.perf_counter() - t0:.1f}s (stock AvroSerializer)")
 
             bare = bare_loop(settings, cfg.stream.topic, n)
@@ -178,10 +119,6 @@ def main() -> None:
                 f"landed {stats['landed']} in {stats['landed_batches']} batches, dead letters {stats['dead_lettered']})"
             )
             print(f"ratio ingestion / bare: {bare / ingest:.2f} (target >= 0.5)")
-        finally:
-            if registry is not None:
-                stop_pid(registry.pid)
-            broker.stop()
 
 
 if __name__ == "__main__":

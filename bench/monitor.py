@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from _common import latency_ms
 
 from driftloop.db import create_engine_for, migrate, session_factory
 from driftloop.events import Event, new_event
@@ -50,10 +51,10 @@ def raw_inputs(n: int, rng: np.random.Generator, amount_scale: float = 1.0) -> l
 
 
 def summary(name: str, seconds: list[float]) -> None:
-    ms = np.array(seconds) * 1000
+    ms = latency_ms(seconds)
     print(
-        f"{name:<28} n={len(ms):>5}  p50={np.percentile(ms, 50):7.2f} ms  p99={np.percentile(ms, 99):7.2f} ms  "
-        f"mean={ms.mean():7.2f} ms  ({1000 / ms.mean():6.1f}/s)"
+        f"{name:<28} n={len(seconds):>5}  p50={ms['p50']:7.2f} ms  p99={ms['p99']:7.2f} ms  "
+        f"mean={ms['mean']:7.2f} ms  ({1000 / ms['mean']:6.1f}/s)"
     )
 
 

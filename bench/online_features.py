@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from _common import latency_ms, own_stack_settings
 
 import driftloop.stack as stack_module
 from driftloop.bus import EventBus
@@ -37,14 +38,8 @@ from driftloop.pipeline import PipelineConfig, load_pipeline
 from driftloop.procs import free_port, port_open, spawn, stop_pid, wait_until
 from driftloop.security import token_file
 from driftloop.services.features.onlinestore import OnlineStore, open_online_store
-from driftloop.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def figures(seconds: list[float]) -> dict[str, float]:
-    ms = np.array(seconds) * 1000
-    return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean())}
 
 
 def main() -> int:
@@ -94,14 +89,7 @@ def bench_store(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     if kind == "redis":
         redis_pid, redis_url = start_redis(tmp)
         features["redis"] = {"url": redis_url}
-    settings = Settings(
-        home=tmp / "home",
-        pipelines_dir=REPO / "pipelines",
-        kafka={"bootstrap_servers": f"127.0.0.1:{free_port()}", "session_timeout_ms": 2000},
-        schema_registry={"url": f"http://127.0.0.1:{ports['schemaregistry_port']}"},
-        services=ports,
-        features=features,
-    )
+    settings = own_stack_settings(tmp, ports, features=features)
     pipeline = load_pipeline(REPO / "pipelines" / "transactions.yaml")
     stream = pipeline.stream.name
     result: dict[str, Any] = {}
@@ -158,9 +146,9 @@ def bench_store(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                     start = time.perf_counter()
                     store.read(stream, batch)
                     direct_times.append(time.perf_counter() - start)
-                result[f"http_{size}"], result[f"direct_{size}"] = figures(http_times), figures(direct_times)
+                result[f"http_{size}"], result[f"direct_{size}"] = latency_ms(http_times), latency_ms(direct_times)
                 for path, times in (("HTTP POST /v1/features", http_times), ("store.read (no HTTP)", direct_times)):
-                    f = figures(times)
+                    f = latency_ms(times)
                     print(f"  {size:<16} {path:<24} {f['p50']:8.2f} {f['p99']:8.2f} {f['mean']:8.2f}")
             missing = client.post(url, json={"stream": stream, "entities": ["nobody", keys[0]]}).json()
             print(f"\n  an unknown entity is reported, not an error: missing={missing['missing']}")

@@ -12,48 +12,21 @@ batches, no whole-stream lists). Stops everything by PID.
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
-from confluent_kafka import Producer
-from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroSerializer
-from confluent_kafka.serialization import MessageField, SerializationContext
+from _common import own_broker_and_registry, produce, stream_pipeline, write_pipeline
 
-from driftloop.broker import EmbeddedBroker
 from driftloop.bus import ensure_topics
 from driftloop.pipeline import load_pipeline
 from driftloop.procs import free_port, http_ready, spawn, stop_pid, wait_until
 from driftloop.settings import Settings, settings_env
-
-PIPELINE = """
-stream:
-  name: {stream}
-  fields:
-    - {{name: customer_id, type: string, nullable: false}}
-    - {{name: event_time, type: timestamp, nullable: false}}
-    - {{name: amount, type: double, nullable: false}}
-    - {{name: merchant_category, type: string}}
-    - {{name: is_fraud, type: int}}
-  entity_key: customer_id
-  event_time: event_time
-  label: is_fraud
-quality:
-  - {{rule: range, field: amount, min: 0}}
-dataset:
-  cut_every_rows: 0
-  landing_batch_rows: 5000
-  landing_batch_seconds: 1
-features:
-  - {{name: amount}}
-model: {{name: model-{stream}}}
-"""
 
 
 def _children(pid: int) -> list[int]:
@@ -104,27 +77,14 @@ class PeakMemory:
         self._thread.join()
 
 
-def produce(settings: Settings, topic: str, schema: dict, n: int) -> None:
-    serializer = AvroSerializer(SchemaRegistryClient({"url": settings.schema_registry.url}), json.dumps(schema))
-    ctx = SerializationContext(topic, MessageField.VALUE)
-    producer = Producer(settings.kafka_config(**{"linger.ms": 20, "batch.num.messages": 10000}))
-    now = datetime.now(tz=UTC)
-    for i in range(n):
-        record = {
-            "customer_id": f"c{i % 10000}",
-            "event_time": now - timedelta(milliseconds=i),
-            "amount": -1.0 if i % 1000 == 0 else float(i % 900),
-            "merchant_category": ("food", "travel", "games")[i % 3],
-            "is_fraud": i % 2,
-        }
-        while True:
-            try:
-                producer.produce(topic, key=str(i).encode(), value=serializer(record, ctx))
-                break
-            except BufferError:
-                producer.poll(0.1)
-        producer.poll(0)
-    assert producer.flush(120) == 0
+def record(i: int, now: datetime) -> dict[str, Any]:
+    return {
+        "customer_id": f"c{i % 10000}",
+        "event_time": now - timedelta(milliseconds=i),
+        "amount": -1.0 if i % 1000 == 0 else float(i % 900),
+        "merchant_category": ("food", "travel", "games")[i % 3],
+        "is_fraud": i % 2,
+    }
 
 
 def measure(settings: Settings, home: Path, stream: str, n: int) -> dict[str, float]:
@@ -168,32 +128,17 @@ def main() -> None:
         home = Path(tmp)
         pipelines = home / "pipelines"
         pipelines.mkdir()
+        category = {"name": "merchant_category", "type": "string"}
         for n in sizes:
-            (pipelines / f"s{n}.yaml").write_text(PIPELINE.format(stream=f"scale-{n}"))
-        broker = EmbeddedBroker(port=free_port(), log_path=home / "tansu.log")
-        registry_port = free_port()
-        registry = None
-        try:
-            broker.start()
-            settings = Settings(
-                home=home / "home",
-                pipelines_dir=pipelines,
-                kafka={"bootstrap_servers": broker.bootstrap_servers, "session_timeout_ms": 2000},
-                schema_registry={"url": f"http://127.0.0.1:{registry_port}"},
-                services={"schemaregistry_port": registry_port},
-            )
-            registry = spawn(
-                [sys.executable, "-m", "driftloop.services.schemaregistry"],
-                home / "registry.out",
-                settings_env(settings),
-            )
-            wait_until(lambda: http_ready(f"{settings.schema_registry.url}/healthz"), 60, "the schema registry")
+            config = stream_pipeline(f"scale-{n}", f"model-scale-{n}", [category], batch_rows=5000, batch_seconds=1)
+            write_pipeline(pipelines / f"s{n}.yaml", config)
+        with own_broker_and_registry(home, pipelines) as settings:
             results = []
             for n in sizes:
                 cfg = load_pipeline(pipelines / f"s{n}.yaml")
                 ensure_topics(settings, [cfg.stream.topic])
                 t0 = time.perf_counter()
-                produce(settings, cfg.stream.topic, cfg.stream.avro_schema(), n)
+                produce(settings, cfg.stream.topic, cfg.stream.avro_schema(), n, record, flush_timeout=120)
                 produced_s = time.perf_counter() - t0
                 result = measure(settings, home, cfg.stream.name, n)
                 results.append((n, result))
@@ -212,10 +157,6 @@ def main() -> None:
                     f"cut time x{last['cut_s'] / first['cut_s']:.1f}, intake Python peak memory "
                     f"x{last['intake_python_mb'] / first['intake_python_mb']:.2f}"
                 )
-        finally:
-            if registry is not None:
-                stop_pid(registry.pid)
-            broker.stop()
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from _common import latency_ms, own_stack_settings
 
 import driftloop.stack as stack_module
 from driftloop.bus import EventBus
@@ -94,15 +95,15 @@ class Load:
 
     def figures(self) -> dict[str, float]:
         starts = [s for s, _, _ in self.results]
-        latencies = np.array([d for _, d, _ in self.results]) * 1000
+        latency = latency_ms([d for _, d, _ in self.results])
         span = max(s + d for s, d, _ in self.results) - min(starts)
         return {
             "requests": len(self.results),
             "failed": sum(1 for *_, ok in self.results if not ok),
             "rps": len(self.results) / span,
-            "p50": float(np.percentile(latencies, 50)),
-            "p99": float(np.percentile(latencies, 99)),
-            "max": float(latencies.max()),
+            "p50": latency["p50"],
+            "p99": latency["p99"],
+            "max": latency["max"],
         }
 
 
@@ -143,13 +144,7 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="driftloop-bench-serve-"))
     ports = {"schemaregistry_port": free_port(), "serving_port": free_port()}
-    settings = Settings(
-        home=tmp / "home",
-        pipelines_dir=REPO / "pipelines",
-        kafka={"bootstrap_servers": f"127.0.0.1:{free_port()}", "session_timeout_ms": 2000},
-        schema_registry={"url": f"http://127.0.0.1:{ports['schemaregistry_port']}"},
-        services=ports,
-    )
+    settings = own_stack_settings(tmp, ports)
     pipeline = load_pipeline(REPO / "pipelines" / "transactions.yaml")
     model = pipeline.model.name
     features = feature_frame(pipeline, rows=3000)
@@ -158,14 +153,13 @@ def main() -> int:
     row[pipeline.stream.event_time] = row[pipeline.stream.event_time].astype(str)
     body = {"instances": row.to_dict(orient="records")}
 
-    stack_module.SERVICES = ("serving",)  # only serving (besides the broker and the registry)
     stack = stack_module.Stack(settings, on_progress=lambda line: print(f"  {line}", flush=True))
     constant_port = free_port()
     constant = None
     bus = None
     print(f"bench/serve.py: starting broker, schema registry and serving in {tmp} ...", flush=True)
     try:
-        stack.up()
+        stack.up(services=("serving",))  # only serving (besides the broker and the registry)
         constant = spawn([sys.executable, "-c", CONSTANT_APP, str(constant_port)], tmp / "constant.out")
         serving = settings.services.url("serving")
         describe = f"{serving}/v1/models/{model}"
