@@ -317,7 +317,8 @@ class RegistryHandlers:
         }
 
     def rollback(self, model: str, to: int | None, *, moved_by: str, reason: str) -> dict[str, Any]:
-        """Move ``champion`` back to ``to`` (default: the newest promoted version older than the champion)."""
+        """Move ``champion`` back to ``to`` (default: the newest promoted version older than the champion; versions
+        in status ``rolled_back`` are skipped, naming one in ``to`` still works)."""
         champion = self.registry.champion(model)
         if champion is None:
             if not self.registry.model_exists(model):
@@ -328,7 +329,7 @@ class RegistryHandlers:
             if previous is None:
                 raise RollbackImpossible(
                     f"{model} v{champion.version} is the first promoted version: nothing earlier to roll back to "
-                    "(name one with `to`)"
+                    "(versions serving rolled back are skipped; name one with `to`)"
                 )
             to = previous.version
         if to == champion.version:
