@@ -19,11 +19,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from driftloop.db.models import DeadLetter
-from driftloop.errors import WireFormatError
 from driftloop.pipeline import PipelineConfig
 
+from .decoding import decode_record
 from .landing import Lander
-from .validation import validate_decoded, validate_json
+from .validation import validate_json
 
 MAX_REPLAY = 10_000
 
@@ -125,11 +125,8 @@ def _revalidate(
     elif row.original is None:
         return None, "no_original", "this dead letter predates stored originals: replay it with a fix"
     elif row.source.startswith("kafka:"):
-        try:
-            schema_id, decoded = lander.bus.codec.decode(row.original, reader_schema=pipeline.stream.avro_schema())
-        except WireFormatError as exc:
-            return None, exc.reason, str(exc)
-        record, rejection = decoded, validate_decoded(decoded, pipeline, now, schema_id)
+        # The intake's own per-record decoding: a poison original is refused with its reason, never a 500.
+        record, rejection = decode_record(lander.bus.codec, row.original, pipeline.stream.avro_schema(), pipeline, now)
     else:
         try:
             raw = json.loads(row.original)

@@ -399,6 +399,11 @@ def test_poison_records_are_dead_lettered_and_never_block_their_partition(ingest
     assert Counter((dl["reason"], dl["field"]) for dl in letters["dead_letters"]) == Counter(
         (reason, field) for reason, field, _ in poison
     )
+    # Replaying them decodes the originals the same way: each stays open with its reason, none is a 500.
+    replay = ingestion.client.post(f"/v1/streams/{stream}/dead-letters/replay", json={})
+    assert replay.status_code == 200, replay.text
+    assert replay.json()["replayed"] == 0
+    assert Counter(f["reason"] for f in replay.json()["still_failing"]) == Counter(r for r, _, _ in poison)
 
     store = open_object_store(settings)
     with runtime.Session() as session:
