@@ -83,6 +83,8 @@ def test_shifted_predictions_raise_drift_detected_on_the_topic(
 
     reports = client.get(f"/v1/monitor/{model}/drift").json()["reports"]
     assert [(r["window_index"], r["drifted"]) for r in reports] == [(1, True), (0, False)]
+    # The engine may still be handling the last predictions when the window's DriftDetected is out.
+    wait_for(lambda: client.get(f"/v1/monitor/{model}").json()["window_fill"] >= 30, "the open window to fill")
     assert client.get(f"/v1/monitor/{model}").json()["window_fill"] == 30
 
     (drift,) = read_events(settings, producer, DRIFT_DETECTED, model)
