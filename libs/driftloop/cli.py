@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -173,23 +174,24 @@ def db_purge() -> None:
     monitor observations and feedback, processed-event ids; rows still needed stay (see the README)."""
     from driftloop.bus import purge_processed_events
     from driftloop.db import create_engine_for
-    from driftloop.pipeline import load_pipelines
-
-    # The purge rules belong to the owning services; the CLI runs the same code directly on the database.
-    from driftloop.services.monitor import retention as monitor_retention
-    from driftloop.services.serving import retention as serving_retention
 
     settings = _settings()
+    purged: dict[str, Any] = {}
+    # The purge rules belong to the owning services: each runs as ``python -m driftloop.services.NAME purge``.
+    for service in ("serving", "monitor"):
+        done = subprocess.run(
+            [sys.executable, "-m", f"driftloop.services.{service}", "purge"], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            console.print(f"[red]{service} purge failed:[/red] {done.stderr.strip()}")
+            raise typer.Exit(1)
+        purged.update(json.loads(done.stdout))
     engine = create_engine_for(settings.database_url)
-    purged = {
-        **serving_retention.purge(engine, settings),
-        **monitor_retention.purge(engine, settings, load_pipelines(settings.pipelines_dir)),
-        "processed_events": purge_processed_events(
-            engine,
-            retention_days=settings.kafka.processed_events_retention_days,
-            batch_rows=settings.database.purge_batch_rows,
-        ),
-    }
+    purged["processed_events"] = purge_processed_events(
+        engine,
+        retention_days=settings.kafka.processed_events_retention_days,
+        batch_rows=settings.database.purge_batch_rows,
+    )
     _print_json(purged)
 
 

@@ -2,16 +2,19 @@
 ``/healthz`` and ``/metrics``, consumer threads, and a clean stop on SIGTERM.
 
 A service module defines a ``build(runtime) -> ServiceSpec`` function; ``run(name, build)`` does the rest.
+One-off maintenance jobs of a service (``python -m driftloop.services.NAME TASK``, e.g. ``purge``) are passed as
+``run(name, build, tasks={...})``: the CLI runs them as processes, so it never imports a service's code.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,8 +167,31 @@ def make_runtime(name: str, settings: Settings | None = None) -> Runtime:
     return Runtime(name=name, settings=settings, pipelines=pipelines, bus=bus)
 
 
-def run(name: str, build: Callable[[Runtime], ServiceSpec]) -> None:
-    """Run a service process until SIGTERM/SIGINT: HTTP app in the main thread, consumers in threads."""
+ServiceTask = Callable[[Settings], Mapping[str, Any]]
+
+
+def run_task(name: str, tasks: Mapping[str, ServiceTask], argv: list[str]) -> None:
+    """Run one maintenance task of service ``name`` with the platform's settings; print its result as JSON."""
+    task = tasks.get(argv[0]) if len(argv) == 1 else None
+    if task is None:
+        known = ", ".join(sorted(tasks)) or "none"
+        print(f"driftloop {name}: unknown task {' '.join(argv)!r} (tasks: {known}; no argument runs the service)",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(2)
+    try:
+        result = task(load_settings())
+    except DriftloopError as exc:
+        print(f"driftloop {name} {argv[0]}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    sys.stdout.write(json.dumps(result, default=str) + "\n")
+
+
+def run(name: str, build: Callable[[Runtime], ServiceSpec], tasks: Mapping[str, ServiceTask] | None = None) -> None:
+    """Run a service process until SIGTERM/SIGINT: HTTP app in the main thread, consumers in threads. With an
+    argument, run that one task of ``tasks`` instead and exit."""
+    if len(sys.argv) > 1:
+        run_task(name, tasks or {}, sys.argv[1:])
+        return
     try:
         settings = load_settings()
         log_path = configure_logging(settings, name)

@@ -17,8 +17,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from driftloop.db import create_engine_for
 from driftloop.db.models import DriftReport, MonitorFeedback, MonitorObservation, PerformanceReport
-from driftloop.pipeline import PipelineConfig
+from driftloop.pipeline import PipelineConfig, load_pipelines
 from driftloop.retention import cutoff, purge_in_batches, utcnow
 from driftloop.settings import Settings
 
@@ -120,12 +121,16 @@ def _purge_feedback(
                 sa.select(PerformanceReport.model, sa.func.max(PerformanceReport.window_index)).group_by(
                     PerformanceReport.model
                 )
-            ).tuples().all()
+            )
+            .tuples()
+            .all()
         )
         newest = dict(
             conn.execute(
                 sa.select(MonitorFeedback.model, sa.func.max(MonitorFeedback.seq)).group_by(MonitorFeedback.model)
-            ).tuples().all()
+            )
+            .tuples()
+            .all()
         )
     deleted = 0
     for model in models:
@@ -158,3 +163,12 @@ def purge(
         batch_rows=settings.database.purge_batch_rows,
         now=now,
     )
+
+
+def purge_task(settings: Settings) -> dict[str, int]:
+    """``python -m driftloop.services.monitor purge`` (what ``driftloop db purge`` runs)."""
+    engine = create_engine_for(settings.database_url)
+    try:
+        return purge(engine, settings, load_pipelines(settings.pipelines_dir))
+    finally:
+        engine.dispose()

@@ -27,9 +27,25 @@ def test_every_service_has_the_same_shape(service: str) -> None:
     doc = ast.get_docstring(ast.parse((folder / "__init__.py").read_text()))
     assert doc, f"services/{service}/__init__.py needs a docstring saying what it does"
     main = (folder / "__main__.py").read_text()
-    assert f'run("{service}", build)' in main
+    assert f'run("{service}", build' in main
     tree = ast.parse((folder / "service.py").read_text())
     assert any(isinstance(n, ast.FunctionDef) and n.name == "build" for n in tree.body)
+
+
+def test_libs_never_import_a_service() -> None:
+    libs = SERVICES_DIR.parent / "libs" / "driftloop"
+    for path in libs.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                assert not name.startswith("driftloop.services"), (
+                    f"{path} imports {name}: libs are the services' contracts; run a service's task as a process"
+                )
 
 
 @pytest.mark.parametrize("service", ALL_SERVICES)
