@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from _common import own_stack_settings
 from rich.console import Console
 
 import driftloop.demo as demo_module
@@ -26,7 +27,6 @@ from driftloop.db import create_engine_for
 from driftloop.db.models import EventRecord
 from driftloop.demo import MODEL, DemoScale, run_demo
 from driftloop.procs import free_port
-from driftloop.settings import Settings
 from driftloop.stack import SERVICES, Stack
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,13 +95,7 @@ def steps(engine: sa.Engine, first_drifted: datetime, v2: int) -> list[tuple[str
 def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="driftloop-bench-cascade-"))
     ports = {f"{name}_port": free_port() for name in ("schemaregistry", *SERVICES)}
-    settings = Settings(
-        home=tmp / "home",
-        pipelines_dir=REPO / "pipelines",
-        kafka={"bootstrap_servers": f"127.0.0.1:{free_port()}", "session_timeout_ms": 2000},
-        schema_registry={"url": f"http://127.0.0.1:{ports['schemaregistry_port']}"},
-        services=ports,
-    )
+    settings = own_stack_settings(tmp, ports)
     stack_settings = settings.model_copy(update={"home": (tmp / "home" / "demo").resolve()})
     demo_log = tmp / "demo.out"
     print(f"bench/cascade.py: running the demo on its own stack (log {demo_log}) ...", flush=True)
