@@ -368,6 +368,10 @@ class PipelineConfig(_Strict):
         for rule in self.quality:
             if rule.field not in names:
                 raise ValueError(f"quality rule on unknown field {rule.field!r}; fields: {sorted(names)}")
+            # A range compares numbers: on a string or timestamp field every record would fail to validate.
+            kind = self.stream.field(rule.field).type
+            if rule.rule == "range" and kind not in ("int", "long", "double", "float", "boolean"):
+                raise ValueError(f"range rule on {rule.field!r}: a {kind} field is not a number")
         for feature in self.features:
             if feature.aggregate is not None:
                 if feature.source is not None and feature.source not in names:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from driftloop.errors import ValidationFailed, WireFormatError
+from driftloop.errors import ConfigError, ValidationFailed, WireFormatError
 from driftloop.pipeline import PipelineConfig, parse_pipeline
 from driftloop.services.ingestion import validation as v
 
@@ -210,3 +210,10 @@ def test_wire_errors_keep_their_reason(reason: str) -> None:
 
 def test_every_reason_code_is_declared_once() -> None:
     assert len(set(v.REASONS)) == len(v.REASONS) == 14
+
+
+@pytest.mark.parametrize("field", ["customer_id", "event_time", "category"])
+def test_a_range_rule_on_a_field_that_is_not_a_number_is_a_config_error(field: str) -> None:
+    """Else check_record would raise (str < float) on every record and no partition of the stream would move."""
+    with pytest.raises(ConfigError, match=f"range rule on '{field}'"):
+        parse_pipeline(PIPELINE_YAML.replace("quality:\n", f"quality:\n  - {{rule: range, field: {field}, min: 0}}\n"))
