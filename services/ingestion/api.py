@@ -70,8 +70,8 @@ def router(runtime: Runtime, lander: Lander, intake: KafkaIntake, cutter: Datase
             raise HTTPException(413, f"request body of {len(body)} bytes is over the limit of {MAX_BODY_BYTES} bytes")
         try:
             payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise HTTPException(422, f"the body is not valid JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # also an integer of over 4300 digits, or nesting too deep
+            raise HTTPException(422, f"the body is not valid JSON: {str(exc)[:200]}") from None
         if not isinstance(payload, dict) or "records" not in payload:
             raise HTTPException(422, 'the body must be a JSON object {"records": [{...}, ...]}')
         extra = sorted(set(payload) - {"records"})

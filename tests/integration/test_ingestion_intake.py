@@ -444,3 +444,11 @@ def test_http_intake_refuses_what_parquet_cannot_hold(ingestion: Ingestion) -> N
     assert "out of range" in body["rejected"][3]["message"]
     stats = client.get(f"/v1/streams/{stream}/stats").json()
     assert (stats["records_in"], stats["landed"], stats["dead_lettered"]) == (7, 1, 6)
+
+    # Bodies Python's JSON parser refuses with other errors than JSONDecodeError: a 422, not a 500.
+    for body in ('{"records": [{"age": 1' + "0" * 5000 + "}]}", "[" * 100_000 + "]" * 100_000):
+        response = client.post(
+            f"/v1/streams/{stream}/records", content=body, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 422, response.text[:200]
+        assert "not valid JSON" in response.json()["detail"]
