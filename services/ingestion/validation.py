@@ -52,6 +52,7 @@ REASONS: tuple[str, ...] = (
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+FLOAT32_MAX = 3.4028234663852886e38
 # Python value types each field type may land as (bool is an int in Python: refused for numbers separately).
 _PYTHON_TYPES: dict[str, type | tuple[type, ...]] = {
     "string": str,
@@ -160,7 +161,10 @@ def coerce_json_value(value: Any, spec: FieldSpec) -> Any:
     if kind in ("double", "float"):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise wrong("a number")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            raise wrong(f"a number that fits a {kind}") from None
     if kind == "boolean":
         if not isinstance(value, bool):
             raise wrong("true or false")
@@ -212,6 +216,11 @@ def check_types(record: dict[str, Any], stream: StreamSpec) -> None:
                 raise ValidationFailed(
                     OUT_OF_RANGE, name, f"{name}={value} is out of range for a {kind} ({low}..{high})"
                 )
+        elif kind == "float" and math.isfinite(value) and abs(value) > FLOAT32_MAX:
+            # Arrow would store it as infinity without a word.
+            raise ValidationFailed(
+                OUT_OF_RANGE, name, f"{name}={value} is out of range for a float (±{FLOAT32_MAX:.7g})"
+            )
         elif kind == "string" and not is_utf8(value):
             raise ValidationFailed(WRONG_TYPE, name, f"{name} is not valid UTF-8")
         elif kind == "timestamp" and value.tzinfo is None:

@@ -116,6 +116,7 @@ def test_a_good_decoded_record_passes(pipeline: PipelineConfig) -> None:
         ({"event_time": 253_402_300_800_000}, v.WRONG_TYPE, "event_time"),  # epoch millis of year 10000
         ({"event_time": 2**70}, v.WRONG_TYPE, "event_time"),
         ({"customer_id": "a\ud800"}, v.WRONG_TYPE, "customer_id"),  # a lone surrogate is no UTF-8
+        ({"ratio": 1e39}, v.OUT_OF_RANGE, "ratio"),  # beyond float32: Arrow would make it infinity
         ({"vip": 1}, v.WRONG_TYPE, "vip"),
         ({"customer_id": 7}, v.WRONG_TYPE, "customer_id"),
         ({"event_time": "yesterday"}, v.WRONG_TYPE, "event_time"),
@@ -176,6 +177,7 @@ def test_a_boolean_is_not_an_allowed_integer(pipeline: PipelineConfig) -> None:
         ({"customer_id": "c\udcff"}, v.WRONG_TYPE, "customer_id"),
         ({"event_time": 1795420800000}, v.WRONG_TYPE, "event_time"),
         ({"event_time": datetime(2026, 11, 23, 11)}, v.WRONG_TYPE, "event_time"),  # naive
+        ({"ratio": -3.5e38}, v.OUT_OF_RANGE, "ratio"),
     ],
 )
 def test_bad_decoded_records_are_rejected(
@@ -217,3 +219,13 @@ def test_a_range_rule_on_a_field_that_is_not_a_number_is_a_config_error(field: s
     """Else check_record would raise (str < float) on every record and no partition of the stream would move."""
     with pytest.raises(ConfigError, match=f"range rule on '{field}'"):
         parse_pipeline(PIPELINE_YAML.replace("quality:\n", f"quality:\n  - {{rule: range, field: {field}, min: 0}}\n"))
+
+
+def test_numbers_of_hundreds_of_digits_are_refused_not_raised() -> None:
+    """Under a roomy max_record_bytes, ints too large for a float must be a rejection, not an OverflowError."""
+    roomy = parse_pipeline(PIPELINE_YAML.replace("max_record_bytes: 300", "max_record_bytes: 100000"))
+    for field in ("amount", "ratio", "age", "visits", "event_time"):
+        rejection = reject_json(roomy, good_json(**{field: 10**400}))
+        assert (rejection.reason, rejection.field) == (v.WRONG_TYPE, field)
+    row, rejection = v.validate_json(good_json(ratio=3.4e38, amount=999.5), roomy, NOW)
+    assert rejection is None and row is not None
