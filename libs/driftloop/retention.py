@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from prometheus_client import Counter
+
+from driftloop.db import create_engine_for
+from driftloop.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -69,3 +72,17 @@ def purge_loop(
 
 def utcnow() -> datetime:
     return datetime.now(tz=UTC)
+
+
+def purge_task(purge: Callable[[sa.Engine, Settings], Mapping[str, int]]) -> Callable[[Settings], dict[str, int]]:
+    """A service's ``purge`` task (``python -m driftloop.services.NAME purge``, run by ``driftloop db purge``):
+    ``purge`` once on an engine of its own."""
+
+    def task(settings: Settings) -> dict[str, int]:
+        engine = create_engine_for(settings.database_url)
+        try:
+            return dict(purge(engine, settings))
+        finally:
+            engine.dispose()
+
+    return task

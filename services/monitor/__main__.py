@@ -1,6 +1,7 @@
+from driftloop.retention import purge_task
 from driftloop.service import run
 
-from .retention import purge_task
+from . import retention
 from .service import build
 
-run("monitor", build, tasks={"purge": purge_task})
+run("monitor", build, tasks={"purge": purge_task(retention.purge_with_pipelines)})

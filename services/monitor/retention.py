@@ -17,7 +17,6 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from driftloop.db import create_engine_for
 from driftloop.db.models import DriftReport, MonitorFeedback, MonitorObservation, PerformanceReport
 from driftloop.pipeline import PipelineConfig, load_pipelines
 from driftloop.retention import cutoff, purge_in_batches, utcnow
@@ -165,10 +164,6 @@ def purge(
     )
 
 
-def purge_task(settings: Settings) -> dict[str, int]:
-    """``python -m driftloop.services.monitor purge`` (what ``driftloop db purge`` runs)."""
-    engine = create_engine_for(settings.database_url)
-    try:
-        return purge(engine, settings, load_pipelines(settings.pipelines_dir))
-    finally:
-        engine.dispose()
+def purge_with_pipelines(engine: sa.Engine, settings: Settings) -> dict[str, int]:
+    """``purge`` with the pipeline configs of ``settings`` (the standalone task has no runtime)."""
+    return purge(engine, settings, load_pipelines(settings.pipelines_dir))

@@ -1,6 +1,7 @@
+from driftloop.retention import purge_task
 from driftloop.service import run
 
-from .retention import purge_task
+from . import retention
 from .service import build
 
-run("serving", build, tasks={"purge": purge_task})
+run("serving", build, tasks={"purge": purge_task(retention.purge)})

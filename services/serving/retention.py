@@ -10,7 +10,6 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from driftloop.db import create_engine_for
 from driftloop.db.models import PredictionFeedback, ServedPrediction
 from driftloop.retention import cutoff, purge_in_batches, utcnow
 from driftloop.settings import Settings
@@ -73,12 +72,3 @@ def purge(engine: sa.Engine, settings: Settings, now: datetime | None = None) ->
         batch_rows=settings.database.purge_batch_rows,
         now=now,
     )
-
-
-def purge_task(settings: Settings) -> dict[str, int]:
-    """``python -m driftloop.services.serving purge`` (what ``driftloop db purge`` runs)."""
-    engine = create_engine_for(settings.database_url)
-    try:
-        return purge(engine, settings)
-    finally:
-        engine.dispose()
