@@ -29,9 +29,9 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from driftloop.broker import EmbeddedBroker
-from driftloop.procs import free_port, http_ready, spawn, stop_pid, wait_until
-from driftloop.settings import Settings, settings_env
+from driftloop.contracts.settings import Settings, settings_env
+from driftloop.ops.broker import EmbeddedBroker
+from driftloop.ops.procs import free_port, http_ready, spawn, stop_pid, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,6 @@
 """Seconds from the first drifted record to the new version serving, split by step, on the demo data.
 
-Runs the closed-loop demo (``driftloop.demo``) on its own embedded stack (free ports, a temporary home), notes
+Runs the closed-loop demo (``driftloop.ops.demo``) on its own embedded stack (free ports, a temporary home), notes
 the wall-clock time the first drifted record is sent, then reads the event log: each step's time is taken from
 the ``occurred_at`` of the events of the v2 cascade (drift → request → run → completed → registered → promoted
 → serving switched) and of the post-drift dataset version the trigger waited for. Stops everything it started.
@@ -22,12 +22,12 @@ import sqlalchemy as sa
 from _common import own_stack_settings
 from rich.console import Console
 
-import driftloop.demo as demo_module
-from driftloop.db import create_engine_for
-from driftloop.db.models import EventRecord
-from driftloop.demo import MODEL, DemoScale, run_demo
-from driftloop.procs import free_port
-from driftloop.stack import SERVICES, Stack
+import driftloop.ops.demo as demo_module
+from driftloop.clients.db import create_engine_for
+from driftloop.clients.db.models import EventRecord
+from driftloop.ops.demo import MODEL, DemoScale, run_demo
+from driftloop.ops.procs import free_port
+from driftloop.ops.stack import SERVICES, Stack
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,6 @@
 """Hyperparameter search: Optuna TPE + ASHA against random search (no early stopping) at the same trial budget.
 
-Two data sets, both generated here: the demo's card transactions (``driftloop.demo.make_records``) and a churn-style
+Two data sets, both generated here: the demo's card transactions (``driftloop.ops.demo.make_records``) and a churn-style
 table with interactions and two categoricals. For each data set and strategy: the search on a local Ray (2 CPUs,
 trials of 1 CPU, 2 at a time) over num_leaves, learning_rate and min_child_samples of LightGBM, then the best
 configuration refit on the training split and scored on the holdout the search never saw. Printed: best validation
@@ -30,15 +30,15 @@ import pyarrow.parquet as pq
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-from driftloop import layout
-from driftloop.demo import make_records
-from driftloop.featuredefs import compute_features
-from driftloop.objectstore import LocalObjectStore
-from driftloop.pipeline import PipelineConfig, parse_pipeline
+from driftloop.clients.objectstore import LocalObjectStore
+from driftloop.contracts import layout
+from driftloop.contracts.featuredefs import compute_features
+from driftloop.contracts.pipeline import PipelineConfig, parse_pipeline
+from driftloop.contracts.settings import ObjectStoreSettings, Settings
+from driftloop.ops.demo import make_records
 from driftloop.services.training.fit import FitJob, fit_feature_set
 from driftloop.services.training.hpo import search_on_ray
 from driftloop.services.training.raycluster import shutdown_ray
-from driftloop.settings import ObjectStoreSettings, Settings
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -24,13 +24,13 @@ from typing import Any
 from _common import own_broker_and_registry, produce, stream_pipeline, write_pipeline
 from confluent_kafka import Consumer
 
-from driftloop.bus import ensure_topics
-from driftloop.objectstore import open_object_store
-from driftloop.service import make_runtime
+from driftloop.clients.objectstore import open_object_store
+from driftloop.contracts.settings import Settings
+from driftloop.runtime.bus import ensure_topics
+from driftloop.runtime.service import make_runtime
 from driftloop.services.ingestion.handlers import stream_stats
 from driftloop.services.ingestion.kafka_intake import KafkaIntake
 from driftloop.services.ingestion.landing import Lander
-from driftloop.settings import Settings
 
 BAD_EVERY = 1000  # amount < 0: a dead letter (so the DLQ path is in the measurement)
 

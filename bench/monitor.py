@@ -25,12 +25,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from _common import latency_ms
 
-from driftloop.db import create_engine_for, migrate, session_factory
-from driftloop.events import Event, new_event
-from driftloop.featuredefs import compute_features
-from driftloop.layout import feature_set_prefix
-from driftloop.objectstore import LocalObjectStore
-from driftloop.pipeline import PerformanceSpec, load_pipeline
+from driftloop.clients.db import create_engine_for, migrate, session_factory
+from driftloop.clients.objectstore import LocalObjectStore
+from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.featuredefs import compute_features
+from driftloop.contracts.layout import feature_set_prefix
+from driftloop.contracts.pipeline import PerformanceSpec, load_pipeline
 from driftloop.services.monitor.handlers import MonitorHandlers
 
 PIPELINE = load_pipeline(Path(__file__).resolve().parents[1] / "pipelines" / "transactions.yaml")

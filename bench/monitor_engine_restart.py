@@ -29,11 +29,11 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer
 
-from driftloop.broker import EmbeddedBroker
-from driftloop.bus import ensure_topics
-from driftloop.procs import free_port, spawn, stop_pid
-from driftloop.settings import Settings
-from driftloop.topics import Topic
+from driftloop.contracts.settings import Settings
+from driftloop.contracts.topics import Topic
+from driftloop.ops.broker import EmbeddedBroker
+from driftloop.ops.procs import free_port, spawn, stop_pid
+from driftloop.runtime.bus import ensure_topics
 
 # Per engine: bench.<engine>.promoted, ... (each engine reads only its own records).
 TOPIC_NAMES = ["promoted", "predictions", "feedback"]

@@ -31,12 +31,12 @@ import httpx
 import numpy as np
 from _common import latency_ms, own_stack_settings
 
-import driftloop.stack as stack_module
-from driftloop.bus import EventBus
-from driftloop.db.engine import create_engine_for
-from driftloop.pipeline import PipelineConfig, load_pipeline
-from driftloop.procs import free_port, port_open, spawn, stop_pid, wait_until
-from driftloop.security import token_file
+import driftloop.ops.stack as stack_module
+from driftloop.clients.credentials import token_file
+from driftloop.clients.db.engine import create_engine_for
+from driftloop.contracts.pipeline import PipelineConfig, load_pipeline
+from driftloop.ops.procs import free_port, port_open, spawn, stop_pid, wait_until
+from driftloop.runtime.bus import EventBus
 from driftloop.services.features.onlinestore import OnlineStore, open_online_store
 
 REPO = Path(__file__).resolve().parents[1]

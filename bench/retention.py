@@ -19,8 +19,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from _common import latency_ms
 
-from driftloop.db import create_engine_for, migrate
-from driftloop.db.models import PredictionFeedback, ServedPrediction
+from driftloop.clients.db import create_engine_for, migrate
+from driftloop.clients.db.models import PredictionFeedback, ServedPrediction
 from driftloop.services.serving.retention import purge_predictions
 
 

@@ -23,10 +23,10 @@ from typing import Any
 import httpx
 from _common import own_broker_and_registry, produce, stream_pipeline, write_pipeline
 
-from driftloop.bus import ensure_topics
-from driftloop.pipeline import load_pipeline
-from driftloop.procs import free_port, http_ready, spawn, stop_pid, wait_until
-from driftloop.settings import Settings, settings_env
+from driftloop.contracts.pipeline import load_pipeline
+from driftloop.contracts.settings import Settings, settings_env
+from driftloop.ops.procs import free_port, http_ready, spawn, stop_pid, wait_until
+from driftloop.runtime.bus import ensure_topics
 
 
 def _children(pid: int) -> list[int]:

@@ -30,13 +30,13 @@ import httpx
 import numpy as np
 from _common import latency_ms, own_stack_settings
 
-import driftloop.stack as stack_module
-from driftloop.bus import EventBus
-from driftloop.events import new_event
-from driftloop.objectstore import open_object_store
-from driftloop.pipeline import load_pipeline
-from driftloop.procs import free_port, spawn, stop_pid, wait_until
-from driftloop.settings import Settings
+import driftloop.ops.stack as stack_module
+from driftloop.clients.objectstore import open_object_store
+from driftloop.contracts.events import new_event
+from driftloop.contracts.pipeline import load_pipeline
+from driftloop.contracts.settings import Settings
+from driftloop.ops.procs import free_port, spawn, stop_pid, wait_until
+from driftloop.runtime.bus import EventBus
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the small-model helpers the serving tests use

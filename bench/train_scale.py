@@ -27,10 +27,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from driftloop import layout
-from driftloop.featuredefs import compute_features
-from driftloop.objectstore import LocalObjectStore
-from driftloop.pipeline import load_pipeline
+from driftloop.clients.objectstore import LocalObjectStore
+from driftloop.contracts import layout
+from driftloop.contracts.featuredefs import compute_features
+from driftloop.contracts.pipeline import load_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE = REPO / "pipelines" / "transactions.yaml"
@@ -59,8 +59,8 @@ def generate(rows: int, seed: int = 0) -> pd.DataFrame:
 
 def fit_one(home: Path, rows: int) -> None:
     """In the child process: fit the feature set of ``rows`` and print the figures as JSON."""
+    from driftloop.contracts.settings import ObjectStoreSettings
     from driftloop.services.training.fit import FitJob, fit_feature_set
-    from driftloop.settings import ObjectStoreSettings
 
     pipeline = load_pipeline(PIPELINE)
     store = LocalObjectStore(home / "objects")

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from driftloop.broker import EmbeddedBroker
-from driftloop.procs import free_port, http_ready, port_open, spawn, stop_pid, wait_until
-from driftloop.settings import Settings, settings_env
+from driftloop.contracts.settings import Settings, settings_env
+from driftloop.ops.broker import EmbeddedBroker
+from driftloop.ops.procs import free_port, http_ready, port_open, spawn, stop_pid, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES_DIR = REPO / "pipelines"

@@ -12,11 +12,12 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from driftloop.featuredefs import compute_features
-from driftloop.layout import feature_set_prefix, model_artifact_key
-from driftloop.modeling import ModelArtifact, holdout_mask
-from driftloop.objectstore import ObjectStore
-from driftloop.pipeline import PipelineConfig, load_pipeline, parse_pipeline
+from driftloop.clients.objectstore import ObjectStore
+from driftloop.contracts.artifact import ModelArtifact
+from driftloop.contracts.evaluation import holdout_mask
+from driftloop.contracts.featuredefs import compute_features
+from driftloop.contracts.layout import feature_set_prefix, model_artifact_key
+from driftloop.contracts.pipeline import PipelineConfig, load_pipeline, parse_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_PIPELINE = REPO / "pipelines" / "transactions.yaml"

@@ -18,11 +18,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from driftloop.events import Event, new_event
-from driftloop.featuredefs import compute_features
-from driftloop.layout import feature_set_prefix
-from driftloop.objectstore import ObjectStore
-from driftloop.pipeline import PipelineConfig
+from driftloop.clients.objectstore import ObjectStore
+from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.featuredefs import compute_features
+from driftloop.contracts.layout import feature_set_prefix
+from driftloop.contracts.pipeline import PipelineConfig
 
 CATEGORIES = ["grocery", "travel", "electronics", "fashion", "gaming"]
 

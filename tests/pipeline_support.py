@@ -30,12 +30,12 @@ import yaml
 from confluent_kafka import Consumer, Message
 from fastapi.testclient import TestClient
 
-from driftloop.bus import EventBus
-from driftloop.db import migrate
-from driftloop.events import Event
-from driftloop.pipeline import PipelineConfig, load_pipeline
-from driftloop.service import ConsumerSpec, Runtime, make_runtime
-from driftloop.settings import Settings
+from driftloop.clients.db import migrate
+from driftloop.contracts.events import Event
+from driftloop.contracts.pipeline import PipelineConfig, load_pipeline
+from driftloop.contracts.settings import Settings
+from driftloop.runtime.bus import EventBus
+from driftloop.runtime.service import ConsumerSpec, Runtime, make_runtime
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_PIPELINE = REPO / "pipelines" / "transactions.yaml"

@@ -10,8 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from model_factory import make_pipeline
 
-from driftloop.bus import purge_processed_events
-from driftloop.db.models import (
+from driftloop.clients.db.models import (
     DriftReport,
     MonitorFeedback,
     MonitorObservation,
@@ -20,7 +19,8 @@ from driftloop.db.models import (
     ProcessedEvent,
     ServedPrediction,
 )
-from driftloop.pipeline import PipelineConfig
+from driftloop.contracts.pipeline import PipelineConfig
+from driftloop.runtime.bus import purge_processed_events
 from driftloop.services.monitor.retention import purge_observations
 from driftloop.services.serving.retention import purge_predictions
 

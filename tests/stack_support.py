@@ -17,10 +17,10 @@ import httpx
 import pandas as pd
 from model_factory import put_artifact, raw_transactions, train_artifact, training_completed_data, write_pipeline_dir
 
-from driftloop.bus import EventBus
-from driftloop.events import Event, new_event
-from driftloop.objectstore import ObjectStore
-from driftloop.pipeline import PipelineConfig
+from driftloop.clients.objectstore import ObjectStore
+from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.pipeline import PipelineConfig
+from driftloop.runtime.bus import EventBus
 
 
 def drift_window_pipelines(directory: Path, model: str, stream: str, window: int) -> Path:

@@ -1,18 +1,100 @@
-"""The one exception tree of driftloop. Every error a user can meet derives from DriftloopError."""
+"""The one exception tree of driftloop. Every error a user can meet derives from DriftloopError.
+
+Each class carries the HTTP status a service answers with (``status_code``) and a stable machine-readable
+``code``; one exception handler in the service base (``driftloop.runtime.service``) turns any of them into
+``{"detail": message, "code": code}`` with that status, and the HTTP client (``driftloop.clients.http``) turns such
+an answer back into the same class. A subclass may refine ``code`` per instance (``error.code``).
+
+    DriftloopError (500 internal_error)
+    ├── ConfigError (400 invalid_config)
+    ├── BadRequest (400 bad_request)
+    ├── AuthenticationRequired (401 unauthenticated)
+    ├── PermissionDenied (403 forbidden)
+    ├── NotFoundError (404 not_found)
+    ├── ConflictError (409 conflict)
+    ├── PayloadTooLarge (413 payload_too_large)
+    ├── ValidationFailed (422 validation_failed)
+    ├── SchemaError (422 invalid_schema)
+    │   └── WireFormatError (422, its reason as code)
+    ├── ServiceUnavailable (503 unavailable)
+    ├── StackError (500 stack_error)
+    └── ServiceError (any status: an answer of a service that no class above names)
+"""
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 
 class DriftloopError(Exception):
     """Base class of every driftloop error."""
 
+    status_code: ClassVar[int] = 500
+    default_code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str = "", *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code or self.default_code
+
+    @property
+    def detail(self) -> str:
+        return str(self)
+
 
 class ConfigError(DriftloopError):
     """A settings or pipeline file is wrong. The message names the key (and line) and how to fix it."""
 
+    status_code = 400
+    default_code = "invalid_config"
+
+
+class BadRequest(DriftloopError):
+    """A request is well-formed but asks for something that cannot be done as asked; the message says why."""
+
+    status_code = 400
+    default_code = "bad_request"
+
+
+class AuthenticationRequired(DriftloopError):
+    """No token, or an unknown one."""
+
+    status_code = 401
+    default_code = "unauthenticated"
+
+
+class PermissionDenied(DriftloopError):
+    """A known token whose scope does not allow the call."""
+
+    status_code = 403
+    default_code = "forbidden"
+
+
+class NotFoundError(DriftloopError):
+    """A stream, model, dataset version, run or event does not exist."""
+
+    status_code = 404
+    default_code = "not_found"
+
+
+class ConflictError(DriftloopError):
+    """The request conflicts with the current state (an alias moved meanwhile, an id reused with other content)."""
+
+    status_code = 409
+    default_code = "conflict"
+
+
+class PayloadTooLarge(DriftloopError):
+    """A request body is larger than the route accepts."""
+
+    status_code = 413
+    default_code = "payload_too_large"
+
 
 class SchemaError(DriftloopError):
     """An Avro schema is invalid, unknown, or incompatible with an earlier version."""
+
+    status_code = 422
+    default_code = "invalid_schema"
 
 
 class WireFormatError(SchemaError):
@@ -22,22 +104,55 @@ class WireFormatError(SchemaError):
     """
 
     def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(message, code=reason)
         self.reason = reason
 
 
 class ValidationFailed(DriftloopError):
-    """A record broke the stream's schema or a data-quality rule."""
+    """A record or request broke the stream's schema, a data-quality rule or a model's signature."""
+
+    status_code = 422
+    default_code = "validation_failed"
 
     def __init__(self, reason: str, field: str | None, message: str) -> None:
-        super().__init__(message)
+        super().__init__(message, code=reason)
         self.reason = reason
         self.field = field
 
 
-class NotFoundError(DriftloopError):
-    """A stream, model, dataset version, run or event does not exist."""
+class ServiceUnavailable(DriftloopError):
+    """A dependency (online store, model, broker) is not available now; retrying later may work."""
+
+    status_code = 503
+    default_code = "unavailable"
 
 
 class StackError(DriftloopError):
     """The embedded stack could not start, or a component is not healthy."""
+
+    default_code = "stack_error"
+
+
+class ServiceError(DriftloopError):
+    """A service answered with an error status that no other class names (the client's catch-all)."""
+
+    def __init__(self, message: str, *, status_code: int, code: str | None = None) -> None:
+        super().__init__(message, code=code or f"http_{status_code}")
+        self.http_status = status_code
+
+
+# The client's mapping of an error answer back to the tree (``driftloop.clients.http``).
+ERROR_BY_STATUS: dict[int, type[DriftloopError]] = {
+    400: BadRequest,
+    401: AuthenticationRequired,
+    403: PermissionDenied,
+    404: NotFoundError,
+    409: ConflictError,
+    413: PayloadTooLarge,
+    503: ServiceUnavailable,
+}
+
+
+def http_status_of(error: DriftloopError) -> int:
+    """The HTTP status a service answers ``error`` with."""
+    return error.http_status if isinstance(error, ServiceError) else error.status_code

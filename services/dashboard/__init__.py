@@ -1,8 +1,8 @@
 """dashboard service: a web dashboard of the closed loop, served by the platform (plain HTML and inline SVG, no
 CDN, no JavaScript needed).
 
-Consumes no events: it reads the event log (``driftloop.timeline``, the database copy of every event) and asks the
-other services' HTTP APIs — registry (models, versions, aliases, gate numbers), training (runs and their metrics),
+Consumes no events: it reads the event log (``driftloop.runtime.timeline``, the database copy of every event) and asks
+the other services' HTTP APIs — registry (models, versions, aliases, gate numbers), training (runs and their metrics),
 monitor (drift reports per window, performance), serving (the version each model is answered with).
 
 Emits nothing.

@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse
 
-from driftloop.pipeline import PipelineConfig, pipeline_for_model
-from driftloop.service import Runtime
+from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_model
+from driftloop.runtime.service import Runtime
 
 from . import pages
 from .handlers import cascades

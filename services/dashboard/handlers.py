@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from driftloop.timeline import Step, model_timeline
+from driftloop.runtime.timeline import Step, model_timeline
 
 ROOT_CAUSES = {
     "DriftDetected": "drift",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from driftloop.pipeline import PipelineConfig
+from driftloop.contracts.pipeline import PipelineConfig
 
 from .charts import Series, line_chart
 from .handlers import Cascade

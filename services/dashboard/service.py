@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from driftloop.service import Runtime, ServiceSpec, base_app
-from driftloop.settings import Settings
+from driftloop.contracts.settings import Settings
+from driftloop.runtime.service import Runtime, ServiceSpec, base_app
 
 from . import api
 from .sources import Platform
@@ -15,7 +15,7 @@ def _auth_headers(settings: Settings) -> Callable[[], dict[str, str]]:
     """The bearer token for the other services' APIs when the platform has one (read per request: it may be
     written after start)."""
     try:
-        from driftloop.security import auth_headers
+        from driftloop.clients.credentials import auth_headers
     except ImportError:  # a platform without token checks
         return lambda: {}
     return lambda: auth_headers(settings)

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from driftloop.settings import Settings
+from driftloop.contracts.settings import Settings
 
 
 @dataclass

@@ -9,9 +9,9 @@ import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
-from driftloop.db.models import FeatureSet
-from driftloop.pipeline import PipelineConfig, pipeline_for_stream
-from driftloop.service import Runtime
+from driftloop.clients.db.models import FeatureSet
+from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_stream
+from driftloop.runtime.service import Runtime
 
 from .onlinestore import OnlineStoreUnavailable, open_online_store
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from driftloop.db.models import FeatureSet
-from driftloop.events import Event, new_event
-from driftloop.objectstore import ObjectStore, open_object_store
-from driftloop.pipeline import pipeline_for_stream
-from driftloop.service import Runtime
-from driftloop.spark import spark_session
+from driftloop.clients.db.models import FeatureSet
+from driftloop.clients.objectstore import ObjectStore, open_object_store
+from driftloop.clients.spark import spark_session
+from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.pipeline import pipeline_for_stream
+from driftloop.runtime.service import Runtime
 
 from .materialize import Materialized, materialize
 from .onlinestore import OnlineStore, open_online_store

@@ -1,7 +1,8 @@
 """Materialization with Spark: dataset version Parquet -> feature frame -> offline Parquet + latest per entity.
 
 The features are computed by ``feature_batch``, a plain pandas function applied per Arrow batch through
-``DataFrame.mapInPandas``; it calls ``driftloop.featuredefs.compute_features``, the function serving uses online.
+``DataFrame.mapInPandas``; it calls ``driftloop.contracts.featuredefs.compute_features``, the function serving
+uses online.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
 
-from driftloop import layout
+from driftloop.clients.objectstore import ObjectStore
+from driftloop.contracts import layout
+from driftloop.contracts.featuredefs import compute_features
+from driftloop.contracts.pipeline import FieldType, PipelineConfig
 from driftloop.errors import NotFoundError, ValidationFailed
-from driftloop.featuredefs import compute_features
-from driftloop.objectstore import ObjectStore
-from driftloop.pipeline import FieldType, PipelineConfig
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

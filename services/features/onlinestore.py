@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
 
-from driftloop.db.models import OnlineFeatures
+from driftloop.clients.db.models import OnlineFeatures
+from driftloop.contracts.settings import RedisOnlineStoreSettings, Settings
 from driftloop.errors import ConfigError, DriftloopError
-from driftloop.settings import RedisOnlineStoreSettings, Settings
 
 if TYPE_CHECKING:
     import redis

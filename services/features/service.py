@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from driftloop.service import ConsumerSpec, Runtime, ServiceSpec, base_app
-from driftloop.spark import stop_spark
-from driftloop.topics import DATASET_VERSION_CREATED
+from driftloop.clients.spark import stop_spark
+from driftloop.contracts.topics import DATASET_VERSION_CREATED
+from driftloop.runtime.service import ConsumerSpec, Runtime, ServiceSpec, base_app
 
 from .api import router
 from .handlers import FeaturesHandlers

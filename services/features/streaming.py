@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from driftloop.db.models import FeatureStreamEvent
-from driftloop.featuredefs import compute_features
-from driftloop.pipeline import FeatureSpec, PipelineConfig
+from driftloop.clients.db.models import FeatureStreamEvent
+from driftloop.contracts.featuredefs import compute_features
+from driftloop.contracts.pipeline import FeatureSpec, PipelineConfig
 
 from .onlinestore import OnlineStore, _insert_for
 

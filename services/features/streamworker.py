@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from driftloop.pipeline import PipelineConfig
-from driftloop.service import Runtime
+from driftloop.contracts.pipeline import PipelineConfig
+from driftloop.runtime.service import Runtime
 
 from .onlinestore import OnlineStoreUnavailable, open_online_store
 from .streaming import StreamAggregator

@@ -9,8 +9,8 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from driftloop.pipeline import pipeline_for_stream
-from driftloop.service import Runtime
+from driftloop.contracts.pipeline import pipeline_for_stream
+from driftloop.runtime.service import Runtime
 
 from .datasets import DatasetCutter, NoNewData, version_to_dict
 from .deadletters import MAX_REPLAY, list_dead_letters, replay

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from driftloop.pipeline import PipelineConfig, StreamSpec
+from driftloop.contracts.pipeline import PipelineConfig, StreamSpec
 
 from .landing import arrow_schema
 

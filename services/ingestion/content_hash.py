@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from driftloop.pipeline import StreamSpec
+from driftloop.contracts.pipeline import StreamSpec
 
 SLICES = 4
 SLICE_BYTES = 7  # 56 bits: non-negative in a signed 64-bit column; sums are taken as DECIMAL(38, 0)

@@ -15,15 +15,15 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from driftloop.bus import EventBus
-from driftloop.db.models import DatasetVersion, EventRecord, LandedBatch
+from driftloop.clients.db.models import DatasetVersion, EventRecord, LandedBatch
+from driftloop.clients.objectstore import ObjectStore
+from driftloop.contracts.events import Envelope, Event, new_event
+from driftloop.contracts.layout import dataset_prefix, dataset_version_id
+from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_stream
+from driftloop.contracts.settings import Settings
+from driftloop.contracts.topics import DATASET_VERSION_CREATED
 from driftloop.errors import DriftloopError, NotFoundError
-from driftloop.events import Envelope, Event, new_event
-from driftloop.layout import dataset_prefix, dataset_version_id
-from driftloop.objectstore import ObjectStore
-from driftloop.pipeline import PipelineConfig, pipeline_for_stream
-from driftloop.settings import Settings
-from driftloop.topics import DATASET_VERSION_CREATED
+from driftloop.runtime.bus import EventBus
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class DatasetCutter:
 
     def cut(self, stream: str) -> DatasetVersion:
         """Cut the next version of ``stream`` now. Raises NoNewData when nothing landed since the last one."""
-        from driftloop.spark import spark_session
+        from driftloop.clients.spark import spark_session
 
         from .spark_jobs import build_version
 

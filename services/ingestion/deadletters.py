@@ -18,8 +18,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from driftloop.db.models import DeadLetter
-from driftloop.pipeline import PipelineConfig
+from driftloop.clients.db.models import DeadLetter
+from driftloop.contracts.pipeline import PipelineConfig
 
 from .decoding import decode_record
 from .landing import Lander

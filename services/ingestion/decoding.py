@@ -17,9 +17,9 @@ from typing import Any
 
 import fastavro
 
+from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.errors import ValidationFailed, WireFormatError
-from driftloop.pipeline import PipelineConfig
-from driftloop.serde import AvroCodec
+from driftloop.runtime.serde import AvroCodec
 
 from .validation import (
     NOT_AVRO,

@@ -14,10 +14,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from driftloop.db.models import IngestionIdempotencyKey, LandedBatch
+from driftloop.clients.db.models import IngestionIdempotencyKey, LandedBatch
+from driftloop.contracts.layout import landed_http_key
+from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.errors import DriftloopError
-from driftloop.layout import landed_http_key
-from driftloop.pipeline import PipelineConfig
 
 from .deadletters import counts as dead_letter_counts
 from .landing import Lander, json_bytes

@@ -26,10 +26,10 @@ import numpy as np
 import pyarrow as pa
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from driftloop.bus import ConsumerLag, EventBus, ensure_topics
-from driftloop.layout import landed_kafka_key
-from driftloop.pipeline import PipelineConfig
-from driftloop.topics import DATASET_VERSION_CREATED, RECORD_REJECTED
+from driftloop.contracts.layout import landed_kafka_key
+from driftloop.contracts.pipeline import PipelineConfig
+from driftloop.contracts.topics import DATASET_VERSION_CREATED, RECORD_REJECTED
+from driftloop.runtime.bus import ConsumerLag, EventBus, ensure_topics
 
 from .columnar import decode_batch, warm_up
 from .decoding import decode_record

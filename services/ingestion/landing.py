@@ -16,12 +16,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from driftloop.bus import EventBus
-from driftloop.db.models import DeadLetter, EventRecord, LandedBatch
-from driftloop.events import Envelope, Event, new_event
-from driftloop.objectstore import ObjectStore
-from driftloop.pipeline import StreamSpec
-from driftloop.topics import RECORD_REJECTED
+from driftloop.clients.db.models import DeadLetter, EventRecord, LandedBatch
+from driftloop.clients.objectstore import ObjectStore
+from driftloop.contracts.events import Envelope, Event, new_event
+from driftloop.contracts.pipeline import StreamSpec
+from driftloop.contracts.topics import RECORD_REJECTED
+from driftloop.runtime.bus import EventBus
 
 from .validation import Rejection
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from driftloop.clients.objectstore import open_object_store
+from driftloop.clients.spark import stop_spark
 from driftloop.errors import ConfigError
-from driftloop.objectstore import open_object_store
-from driftloop.service import Runtime, ServiceSpec, base_app
-from driftloop.spark import stop_spark
+from driftloop.runtime.service import Runtime, ServiceSpec, base_app
 
 from .api import router
 from .datasets import DatasetCutter

@@ -1,7 +1,7 @@
 """Spark jobs of the ingestion service: read landed Parquet, build a dataset version (cumulative or window),
 hash it independently of row order, profile it and write it as immutable Parquet.
 
-The SparkSession is the process's one from ``driftloop.spark``.
+The SparkSession is the process's one from ``driftloop.clients.spark``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from driftloop.objectstore import ObjectStore
-from driftloop.pipeline import StreamSpec
+from driftloop.clients.objectstore import ObjectStore
+from driftloop.contracts.pipeline import StreamSpec
 
 from .content_hash import SLICE_COLUMNS, combine, slices_batch
 from .landing import arrow_schema

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from driftloop.contracts.pipeline import FieldSpec, PipelineConfig, StreamSpec
 from driftloop.errors import ValidationFailed, WireFormatError
-from driftloop.pipeline import FieldSpec, PipelineConfig, StreamSpec
 
-# Wire-format reasons (from driftloop.serde.AvroCodec.decode).
+# Wire-format reasons (from driftloop.runtime.serde.AvroCodec.decode).
 NOT_AVRO = "not_avro"
 BAD_MAGIC_BYTE = "bad_magic_byte"
 UNKNOWN_SCHEMA_ID = "unknown_schema_id"

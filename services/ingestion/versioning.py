@@ -22,10 +22,10 @@ import pyarrow.dataset as pads
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from driftloop.db.models import DatasetVersion, LandedBatch
-from driftloop.layout import dataset_prefix
-from driftloop.objectstore import ObjectStore
-from driftloop.pipeline import StreamSpec
+from driftloop.clients.db.models import DatasetVersion, LandedBatch
+from driftloop.clients.objectstore import ObjectStore
+from driftloop.contracts.layout import dataset_prefix
+from driftloop.contracts.pipeline import StreamSpec
 
 from .content_hash import _canonical_columns
 from .landing import Lander, arrow_schema, table_to_parquet

@@ -6,7 +6,7 @@ Consumes (one consumer, so that a model's events keep their order: a faust agent
 - ``ModelPromoted`` (alias ``champion``): loads a seeded sample of up to ``monitor.reference_rows`` rows of the new
   champion's training feature set as the reference.
 - ``PredictionLogged``: for the champion version, computes the model's features from the inputs with
-  ``driftloop.featuredefs.compute_features`` and stores them (keyed by event id) in ``monitor_observations``.
+  ``driftloop.contracts.featuredefs.compute_features`` and stores them (keyed by event id) in ``monitor_observations``.
   Windows by count or event time, tumbling or hopping (``monitor.window_by``, ``window_size``,
   ``window_seconds``, ``hop``) are cut from those rows; each closed window gets a ``DriftReport``: per feature KS
   and Wasserstein (numeric) or chi-square (categorical), PSI (both), corrected for multiple tests (Bonferroni or

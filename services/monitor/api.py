@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
-from driftloop.service import Runtime
+from driftloop.runtime.service import Runtime
 
 from .handlers import MonitorHandlers
 

@@ -32,7 +32,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from driftloop.db.models import (
+from driftloop.clients.db.models import (
     DriftReport,
     MonitoredModel,
     MonitorFeedback,
@@ -40,11 +40,11 @@ from driftloop.db.models import (
     PerformanceReport,
     utcnow,
 )
+from driftloop.clients.objectstore import ObjectStore
+from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.featuredefs import compute_features
+from driftloop.contracts.pipeline import AllowedValuesRule, PipelineConfig, RangeRule, pipeline_for_model
 from driftloop.errors import ValidationFailed
-from driftloop.events import Event, new_event
-from driftloop.featuredefs import compute_features
-from driftloop.objectstore import ObjectStore
-from driftloop.pipeline import AllowedValuesRule, PipelineConfig, RangeRule, pipeline_for_model
 
 from . import metrics
 from .reference import read_reference

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pyarrow.dataset as pads
 
+from driftloop.clients.objectstore import ObjectStore
 from driftloop.errors import NotFoundError, ValidationFailed
-from driftloop.objectstore import ObjectStore
 
 
 def read_reference(

@@ -17,10 +17,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from driftloop.db.models import DriftReport, MonitorFeedback, MonitorObservation, PerformanceReport
-from driftloop.pipeline import PipelineConfig, load_pipelines
-from driftloop.retention import cutoff, purge_in_batches, utcnow
-from driftloop.settings import Settings
+from driftloop.clients.db.models import DriftReport, MonitorFeedback, MonitorObservation, PerformanceReport
+from driftloop.contracts.pipeline import PipelineConfig, load_pipelines
+from driftloop.contracts.settings import Settings
+from driftloop.runtime.retention import cutoff, purge_in_batches, utcnow
 
 
 def _needed_observation_bounds(

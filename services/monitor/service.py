@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from driftloop.bus import EventHandler
-from driftloop.objectstore import open_object_store
-from driftloop.retention import purge_loop
-from driftloop.service import ConsumerSpec, Runtime, ServiceSpec, base_app
-from driftloop.topics import FEEDBACK_RECEIVED, MODEL_PROMOTED, PREDICTION_LOGGED, Topic
+from driftloop.clients.objectstore import open_object_store
+from driftloop.contracts.topics import FEEDBACK_RECEIVED, MODEL_PROMOTED, PREDICTION_LOGGED, Topic
+from driftloop.runtime.bus import EventHandler
+from driftloop.runtime.retention import purge_loop
+from driftloop.runtime.service import ConsumerSpec, Runtime, ServiceSpec, base_app
 
 from . import retention
 from .api import router

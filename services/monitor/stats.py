@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from driftloop.pipeline import FeatureSpec, MonitorSpec, PredictionDriftSpec
+from driftloop.contracts.pipeline import FeatureSpec, MonitorSpec, PredictionDriftSpec
 
 Correction = Literal["bonferroni", "holm", "none"]
 

@@ -47,10 +47,10 @@ from typing import Any
 
 import faust
 
-from driftloop.bus import ConsumerStatus, EventBus, ensure_topics
-from driftloop.events import Event
-from driftloop.metrics import CONSUMER_COMMITTED_OFFSET, CONSUMER_LAG, EVENT_HANDLE_SECONDS, EVENTS_CONSUMED
-from driftloop.topics import Topic
+from driftloop.contracts.events import Event
+from driftloop.contracts.topics import Topic
+from driftloop.runtime.bus import ConsumerStatus, EventBus, ensure_topics
+from driftloop.runtime.metrics import CONSUMER_COMMITTED_OFFSET, CONSUMER_LAG, EVENT_HANDLE_SECONDS, EVENTS_CONSUMED
 
 log = logging.getLogger(__name__)
 

@@ -17,5 +17,5 @@ with ``alias``, ``moved_by`` (token name), ``reason`` and ``rollback``; serving 
 
 HTTP: ``GET /v1/models``, ``GET /v1/models/{name}/versions[/{version}]``, ``PATCH /v1/models/{name}/versions/{v}``
 (tags, description), ``GET /v1/models/{name}/aliases[/{alias}]``, ``PUT /v1/models/{name}/aliases/{alias}``,
-``POST /v1/models/{name}/rollback``. Mutating calls need an admin token (``driftloop.security``).
+``POST /v1/models/{name}/rollback``. Mutating calls need an admin token (``driftloop.runtime.security``).
 """

@@ -1,7 +1,7 @@
 """Registry HTTP API: models, versions (signature, metrics, lineage, gate, tags) and aliases.
 
 Reads are open (or token-protected by ``security.protect_reads``); alias moves, rollback and annotations need an
-admin token (``driftloop.security``). Versions are created and gated only through events."""
+admin token (``driftloop.runtime.security``). Versions are created and gated only through events."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from driftloop.db.models import ModelAlias, ModelVersion
+from driftloop.clients.db.models import ModelAlias, ModelVersion
 from driftloop.errors import NotFoundError
-from driftloop.security import principal_of
+from driftloop.runtime.security import principal_of
 
 from .handlers import EventNotSent, RegistryHandlers, RollbackImpossible
 from .repository import AliasConflict, Registry

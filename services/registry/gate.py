@@ -12,10 +12,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
 
+from driftloop.clients.objectstore import ObjectStore
+from driftloop.contracts.artifact import ModelArtifact
+from driftloop.contracts.evaluation import holdout_mask, score
+from driftloop.contracts.pipeline import GateSpec, PipelineConfig
 from driftloop.errors import NotFoundError
-from driftloop.modeling import ModelArtifact, holdout_mask, score
-from driftloop.objectstore import ObjectStore
-from driftloop.pipeline import GateSpec, PipelineConfig
 
 # Float noise must not turn "exactly min_improvement better" into a rejection.
 _TOLERANCE = 1e-12

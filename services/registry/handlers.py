@@ -10,12 +10,12 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from driftloop.bus import EventBus
+from driftloop.clients.objectstore import ObjectStore
+from driftloop.contracts.artifact import ModelArtifact
+from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_model
 from driftloop.errors import DriftloopError, NotFoundError
-from driftloop.events import Event, new_event
-from driftloop.modeling import ModelArtifact
-from driftloop.objectstore import ObjectStore
-from driftloop.pipeline import PipelineConfig, pipeline_for_model
+from driftloop.runtime.bus import EventBus
 
 from . import gate as gating
 from .repository import CHAMPION, AliasMoved, Registry, event_from_json, event_to_json

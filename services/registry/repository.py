@@ -9,9 +9,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from driftloop.db.models import EventRecord, ModelAlias, ModelVersion, utcnow
+from driftloop.clients.db.models import EventRecord, ModelAlias, ModelVersion, utcnow
+from driftloop.contracts.events import Envelope, Event
 from driftloop.errors import DriftloopError, NotFoundError
-from driftloop.events import Envelope, Event
 
 CHAMPION = "champion"
 # Status of a promoted version that serving rolled back (its canary/shadow was judged worse): not a default

@@ -7,8 +7,8 @@ from typing import Any
 
 import httpx
 
-from driftloop.security import auth_headers
-from driftloop.settings import Settings
+from driftloop.clients.credentials import auth_headers
+from driftloop.contracts.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from functools import partial
 
-from driftloop.objectstore import open_object_store
-from driftloop.service import ConsumerSpec, Runtime, ServiceSpec, base_app
-from driftloop.topics import ROLLOUT_ROLLED_BACK, TRAINING_COMPLETED
+from driftloop.clients.objectstore import open_object_store
+from driftloop.contracts.topics import ROLLOUT_ROLLED_BACK, TRAINING_COMPLETED
+from driftloop.runtime.service import ConsumerSpec, Runtime, ServiceSpec, base_app
 
 from . import api
 from .handlers import RegistryHandlers

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from driftloop.service import Runtime, ServiceSpec, base_app
+from driftloop.runtime.service import Runtime, ServiceSpec, base_app
 
 from .api import registry_error_handler, router
 from .store import RegistryError, SchemaStore

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from driftloop.db.models import RegistryConfig, RegistrySchema, RegistrySubjectVersion
+from driftloop.clients.db.models import RegistryConfig, RegistrySchema, RegistrySubjectVersion
 
 from .compatibility import LEVELS, InvalidSchema, check, parse_avro
 

@@ -1,5 +1,5 @@
-from driftloop.retention import purge_task
-from driftloop.service import run
+from driftloop.runtime.retention import purge_task
+from driftloop.runtime.service import run
 
 from . import retention
 from .service import build

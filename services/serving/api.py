@@ -14,9 +14,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
+from driftloop.contracts.events import Event
+from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_model
 from driftloop.errors import NotFoundError, ValidationFailed
-from driftloop.events import Event
-from driftloop.pipeline import PipelineConfig, pipeline_for_model
 
 from . import oip
 from . import predict as predicting
@@ -27,7 +27,7 @@ from .served import ModelTable, ServedModel
 
 MAX_INSTANCES = 10_000
 MAX_FEEDBACK = 10_000
-# The data plane is public (no admin token), as driftloop.security reads this mark.
+# The data plane is public (no admin token), as driftloop.runtime.security reads this mark.
 DATA_PLANE: dict[str, Any] = {"x-driftloop-public": True}
 
 EntityLookup = Callable[[str, list[str]], tuple[dict[str, dict[str, Any]], list[str]]]

@@ -17,9 +17,9 @@ from typing import Any
 import sqlalchemy as sa
 from prometheus_client import Counter
 
-from driftloop.db.models import PredictionFeedback, ServedPrediction
+from driftloop.clients.db.models import PredictionFeedback, ServedPrediction
+from driftloop.contracts.events import Event, new_event
 from driftloop.errors import DriftloopError, NotFoundError, ValidationFailed
-from driftloop.events import Event, new_event
 
 log = logging.getLogger(__name__)
 

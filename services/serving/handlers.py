@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from driftloop.events import Event
+from driftloop.contracts.events import Event
 
 from .loader import PromotionFollower
 from .rollout import RolloutController

@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 
 from prometheus_client import Counter, Gauge
 
+from driftloop.clients.objectstore import ObjectStore
+from driftloop.contracts.artifact import ModelArtifact
+from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.errors import DriftloopError
-from driftloop.events import Event, new_event
-from driftloop.modeling import ModelArtifact
-from driftloop.objectstore import ObjectStore
-from driftloop.pipeline import PipelineConfig
 
 from .rollout import RolloutController
 from .served import LoadProblem, ModelTable, ServedModel

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.errors import ValidationFailed
-from driftloop.pipeline import PipelineConfig
 
 INT_TYPES = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
 FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})

@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 from prometheus_client import Counter, Histogram
 
+from driftloop.contracts.artifact import ModelArtifact
+from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.featuredefs import features_from_instances
 from driftloop.errors import DriftloopError, ValidationFailed
-from driftloop.events import Event, new_event
-from driftloop.featuredefs import features_from_instances
-from driftloop.modeling import ModelArtifact
 
 from .served import ServedModel
 

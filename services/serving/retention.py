@@ -10,9 +10,9 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from driftloop.db.models import PredictionFeedback, ServedPrediction
-from driftloop.retention import cutoff, purge_in_batches, utcnow
-from driftloop.settings import Settings
+from driftloop.clients.db.models import PredictionFeedback, ServedPrediction
+from driftloop.contracts.settings import Settings
+from driftloop.runtime.retention import cutoff, purge_in_batches, utcnow
 
 
 def _feedback_of_prediction() -> sa.ColumnElement[bool]:

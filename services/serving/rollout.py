@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 from prometheus_client import Counter, Gauge
 
+from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.pipeline import RolloutSpec
 from driftloop.errors import DriftloopError, ValidationFailed
-from driftloop.events import Event, new_event
-from driftloop.pipeline import RolloutSpec
 
 from .served import ModelTable, ServedModel
 

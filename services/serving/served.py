@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from driftloop.modeling import ModelArtifact
-from driftloop.pipeline import PipelineConfig
+from driftloop.contracts.artifact import ModelArtifact
+from driftloop.contracts.pipeline import PipelineConfig
 
 
 @dataclass(frozen=True)

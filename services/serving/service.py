@@ -9,10 +9,10 @@ import uuid
 from collections.abc import Callable
 from functools import partial
 
-from driftloop.objectstore import open_object_store
-from driftloop.retention import purge_loop
-from driftloop.service import ConsumerSpec, Runtime, ServiceSpec, base_app
-from driftloop.topics import MODEL_PROMOTED, ROLLOUT_ROLLED_BACK
+from driftloop.clients.objectstore import open_object_store
+from driftloop.contracts.topics import MODEL_PROMOTED, ROLLOUT_ROLLED_BACK
+from driftloop.runtime.retention import purge_loop
+from driftloop.runtime.service import ConsumerSpec, Runtime, ServiceSpec, base_app
 
 from . import api, retention
 from .feedback import FeedbackDesk, PredictionRecorder
@@ -41,7 +41,7 @@ def delivery_reports(runtime: Runtime) -> Callable[[threading.Event], None]:
 def _auth_headers(runtime: Runtime) -> dict[str, str]:
     """The platform token for calls to other services, when the security module is present."""
     try:
-        from driftloop.security import auth_headers
+        from driftloop.clients.credentials import auth_headers
     except ImportError:
         return {}
     return auth_headers(runtime.settings)

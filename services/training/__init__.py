@@ -5,8 +5,8 @@ Consumes ``TrainingRequested`` (group ``driftloop-training``). One request gives
 (``runs.request_id`` is unique; a redelivered request is skipped). The run resolves its feature set (the
 request's dataset version, or the newest complete one under ``features/<stream>/``); with ``model.search`` it runs
 Optuna TPE (or random) + ASHA trials on Ray Tune scored on a validation part of the training split (``hpo``), then
-refits the best configuration as a Ray task (``fit``; holdout by ``driftloop.modeling.holdout_mask``). Families:
-LightGBM, XGBoost, scikit-learn linear and random forest (``families``). It stores the artifact, feature list,
+refits the best configuration as a Ray task (``fit``; holdout by ``driftloop.contracts.evaluation.holdout_mask``).
+Families: LightGBM, XGBoost, scikit-learn linear and random forest (``families``). It stores the artifact, feature list,
 training-set reference, plots, trials and log in the object store with their sha256, and records params, metrics,
 trials, code version, environment and resources. A rerun request (``rerun_of``) re-executes a run from its record.
 

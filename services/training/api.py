@@ -11,11 +11,11 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
-from driftloop.db.models import Run
+from driftloop.clients.db.models import Run
+from driftloop.clients.objectstore import ObjectStore
+from driftloop.contracts.events import new_event
 from driftloop.errors import NotFoundError
-from driftloop.events import new_event
-from driftloop.objectstore import ObjectStore
-from driftloop.service import Runtime
+from driftloop.runtime.service import Runtime
 
 from .runs import ACTIVE_STATES, SERVICE, request_abort, run_as_dict
 

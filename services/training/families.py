@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from driftloop.modeling import ModelArtifact
-from driftloop.pipeline import PipelineConfig
+from driftloop.contracts.artifact import ModelArtifact
+from driftloop.contracts.pipeline import PipelineConfig
 
 # Called with (rounds done so far, the model so far as an artifact-compatible object); returning True stops.
 RoundCallback = Callable[[int, Any], bool | None]

@@ -9,10 +9,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from driftloop import layout
+from driftloop.clients.objectstore import ObjectStore
+from driftloop.contracts import layout
+from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.errors import NotFoundError
-from driftloop.objectstore import ObjectStore
-from driftloop.pipeline import PipelineConfig
 
 
 @dataclass(frozen=True)

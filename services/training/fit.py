@@ -18,11 +18,12 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
 
+from driftloop.clients.objectstore import ObjectStore, open_object_store
+from driftloop.contracts.artifact import ModelArtifact
+from driftloop.contracts.evaluation import all_metrics, holdout_mask
+from driftloop.contracts.pipeline import PipelineConfig
+from driftloop.contracts.settings import ObjectStoreSettings, Settings
 from driftloop.errors import DriftloopError, NotFoundError
-from driftloop.modeling import ModelArtifact, all_metrics, holdout_mask
-from driftloop.objectstore import ObjectStore, open_object_store
-from driftloop.pipeline import PipelineConfig
-from driftloop.settings import ObjectStoreSettings, Settings
 
 from .families import feature_importance, model_params, train_model
 from .plots import draw_plots
@@ -31,6 +32,10 @@ from .provenance import peak_rss_mb
 
 class TrainingFailed(DriftloopError):
     """The feature set cannot be trained on (missing columns, empty split, one class, ...)."""
+
+
+class RunAborted(DriftloopError):
+    """The run was aborted (``POST /v1/runs/{id}/abort``)."""
 
 
 @dataclass(frozen=True)

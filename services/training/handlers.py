@@ -13,18 +13,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from driftloop import layout
-from driftloop.db.models import Run
+from driftloop.clients.db.models import Run
+from driftloop.clients.objectstore import ObjectStore, open_object_store, sha256_bytes
+from driftloop.contracts import layout
+from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_model
+from driftloop.contracts.settings import Settings
 from driftloop.errors import DriftloopError, NotFoundError
-from driftloop.events import Event, new_event
-from driftloop.objectstore import ObjectStore, open_object_store, sha256_bytes
-from driftloop.pipeline import PipelineConfig, pipeline_for_model
-from driftloop.service import Runtime
-from driftloop.settings import Settings
+from driftloop.runtime.service import Runtime
 
 from .featuresets import resolve_feature_set
-from .fit import FitJob, FitResult, TrainingFailed
-from .hpo import RunAborted, SearchResult, search_on_ray
+from .fit import FitJob, FitResult, RunAborted, TrainingFailed
+from .hpo import SearchResult, search_on_ray
 from .provenance import code_version, environment, peak_rss_mb
 from .raycluster import fit_on_ray
 from .runs import ABORTED, COMPLETED, FAILED, RUNNING, SERVICE, RunTracker, abort_flag

@@ -22,21 +22,18 @@ from typing import Any
 
 import numpy as np
 
-from driftloop.errors import DriftloopError
-from driftloop.modeling import ModelArtifact, score
-from driftloop.pipeline import PipelineConfig
-from driftloop.searchspace import ParamRange, SearchSpec
-from driftloop.settings import Settings
+from driftloop.contracts.artifact import ModelArtifact
+from driftloop.contracts.evaluation import score
+from driftloop.contracts.pipeline import PipelineConfig
+from driftloop.contracts.searchspace import ParamRange, SearchSpec
+from driftloop.contracts.settings import Settings
 
 from .families import model_params, total_rounds, train_model
-from .fit import FitJob, TrainingFailed, prepare_data
+from .fit import FitJob, RunAborted, TrainingFailed, prepare_data
+from .raycluster import ensure_ray
 
 SCORE = "score"
 ROUND = "round"
-
-
-class RunAborted(DriftloopError):
-    """The run was aborted (``POST /v1/runs/{id}/abort``)."""
 
 
 @dataclass
@@ -204,8 +201,6 @@ def search_on_ray(settings: Settings, job: FitJob, abort_flag: Path, note: Calla
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
-
-    from .raycluster import ensure_ray
 
     pipeline = job.pipeline
     search: SearchSpec | None = pipeline.model.search

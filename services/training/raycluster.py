@@ -9,10 +9,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from driftloop.settings import Settings
+from driftloop.contracts.settings import Settings
 
-from .fit import FitJob, FitResult, fit_feature_set
-from .hpo import RunAborted
+from .fit import FitJob, FitResult, RunAborted, fit_feature_set
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from driftloop.db.models import Run
+from driftloop.clients.db.models import Run
+from driftloop.contracts.events import Envelope, Event, new_event
+from driftloop.contracts.settings import Settings
 from driftloop.errors import NotFoundError
-from driftloop.events import Envelope, Event, new_event
-from driftloop.service import Runtime
-from driftloop.settings import Settings
+from driftloop.runtime.service import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from driftloop.service import ConsumerSpec, Runtime, ServiceSpec, base_app
-from driftloop.topics import TRAINING_REQUESTED
+from driftloop.contracts.topics import TRAINING_REQUESTED
+from driftloop.runtime.service import ConsumerSpec, Runtime, ServiceSpec, base_app
 
 from .api import router
 from .handlers import TrainingHandlers

@@ -1,4 +1,4 @@
-from driftloop.service import run
+from driftloop.runtime.service import run
 
 from .service import build
 

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from driftloop.service import Runtime
+from driftloop.runtime.service import Runtime
 
 from .handlers import RetrainConflict, TriggerHandlers
 

@@ -20,11 +20,11 @@ import sqlalchemy as sa
 from croniter import croniter
 from sqlalchemy.orm import Session, sessionmaker
 
-from driftloop.db.models import TrainingRequest, TriggerModelState, TriggerStreamState, utcnow
+from driftloop.clients.db.models import TrainingRequest, TriggerModelState, TriggerStreamState, utcnow
+from driftloop.contracts.events import Envelope, Event, new_event
+from driftloop.contracts.layout import parse_dataset_version_id
+from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_model
 from driftloop.errors import DriftloopError
-from driftloop.events import Envelope, Event, new_event
-from driftloop.layout import parse_dataset_version_id
-from driftloop.pipeline import PipelineConfig, pipeline_for_model
 
 from .policy import Decision, ModelView, TriggerKind, decide, fire_pending
 

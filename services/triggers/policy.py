@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from driftloop.pipeline import TriggerSpec
+from driftloop.contracts.pipeline import TriggerSpec
 
 TriggerKind = Literal["new_data", "drift", "external", "manual", "schedule", "labels", "performance"]
 Status = Literal["requested", "pending", "suppressed"]

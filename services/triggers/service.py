@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from driftloop.service import ConsumerSpec, Runtime, ServiceSpec, base_app
-from driftloop.topics import (
+from driftloop.contracts.topics import (
     DATASET_VERSION_CREATED,
     DRIFT_DETECTED,
     EXTERNAL_TRIGGER,
@@ -14,6 +13,7 @@ from driftloop.topics import (
     PERFORMANCE_DEGRADED,
     RUN_STATE_CHANGED,
 )
+from driftloop.runtime.service import ConsumerSpec, Runtime, ServiceSpec, base_app
 
 from .api import router
 from .handlers import TriggerHandlers

@@ -12,13 +12,13 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from driftloop.cli import app as cli_app
-from driftloop.db import create_engine_for
-from driftloop.demo import MODEL, DemoScale, run_demo
-from driftloop.procs import free_port, pid_alive
-from driftloop.settings import Settings, settings_env
-from driftloop.stack import SERVICES, Stack
-from driftloop.timeline import lineage
+from driftloop.clients.db import create_engine_for
+from driftloop.contracts.settings import Settings, settings_env
+from driftloop.ops.cli import app as cli_app
+from driftloop.ops.demo import MODEL, DemoScale, run_demo
+from driftloop.ops.procs import free_port, pid_alive
+from driftloop.ops.stack import SERVICES, Stack
+from driftloop.runtime.timeline import lineage
 
 pytestmark = pytest.mark.e2e
 
@@ -57,7 +57,7 @@ def test_drift_cascades_to_a_new_champion_with_no_human(tmp_path: Path) -> None:
         # The promotion's chain of causes starts at the drift event.
         engine = create_engine_for(stack_settings.database_url)
         with engine.connect() as conn:
-            from driftloop.db.models import EventRecord
+            from driftloop.clients.db.models import EventRecord
 
             promoted = conn.execute(
                 EventRecord.__table__.select().where(

@@ -17,13 +17,13 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from fastapi.testclient import TestClient
 from pipeline_support import wait_for
 
-from driftloop.bus import EventBus
-from driftloop.db import migrate
-from driftloop.events import Event, new_event
-from driftloop.pipeline import PipelineConfig, load_pipeline
-from driftloop.service import Runtime, ServiceSpec
-from driftloop.settings import Settings
-from driftloop.topics import TRAINING_REQUESTED, Topic
+from driftloop.clients.db import migrate
+from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.pipeline import PipelineConfig, load_pipeline
+from driftloop.contracts.settings import Settings
+from driftloop.contracts.topics import TRAINING_REQUESTED, Topic
+from driftloop.runtime.bus import EventBus
+from driftloop.runtime.service import Runtime, ServiceSpec
 
 __all__ = ["wait_for"]  # re-exported: the tests of this folder take it from here
 

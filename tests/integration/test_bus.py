@@ -9,11 +9,11 @@ import pytest
 import sqlalchemy as sa
 from confluent_kafka import Consumer
 
-from driftloop.bus import EventBus, ensure_event_topics
-from driftloop.db import migrate
-from driftloop.db.models import EventRecord, ProcessedEvent
-from driftloop.events import Event, new_event
-from driftloop.topics import EXTERNAL_TRIGGER
+from driftloop.clients.db import migrate
+from driftloop.clients.db.models import EventRecord, ProcessedEvent
+from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.topics import EXTERNAL_TRIGGER
+from driftloop.runtime.bus import EventBus, ensure_event_topics
 
 pytestmark = pytest.mark.integration
 

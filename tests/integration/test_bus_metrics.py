@@ -9,10 +9,10 @@ import time
 import pytest
 from prometheus_client import REGISTRY
 
-from driftloop.bus import EventBus, ensure_event_topics
-from driftloop.db import migrate
-from driftloop.events import Event, new_event
-from driftloop.topics import EXTERNAL_TRIGGER
+from driftloop.clients.db import migrate
+from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.topics import EXTERNAL_TRIGGER
+from driftloop.runtime.bus import EventBus, ensure_event_topics
 
 pytestmark = pytest.mark.integration
 

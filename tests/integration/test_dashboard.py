@@ -24,13 +24,13 @@ import sqlalchemy as sa
 from model_factory import feature_frame, make_pipeline, put_feature_set
 from stack_support import TrainingData, drift_window_pipelines, play_training, post_drifted_traffic
 
-from driftloop.bus import EventBus
-from driftloop.db import create_engine_for, migrate
-from driftloop.db.models import EventRecord
-from driftloop.events import Envelope, Event, new_event
-from driftloop.objectstore import open_object_store
-from driftloop.procs import free_port, http_ready, pid_alive, spawn, stop_pid, wait_until
-from driftloop.settings import Settings, settings_env
+from driftloop.clients.db import create_engine_for, migrate
+from driftloop.clients.db.models import EventRecord
+from driftloop.clients.objectstore import open_object_store
+from driftloop.contracts.events import Envelope, Event, new_event
+from driftloop.contracts.settings import Settings, settings_env
+from driftloop.ops.procs import free_port, http_ready, pid_alive, spawn, stop_pid, wait_until
+from driftloop.runtime.bus import EventBus
 
 pytestmark = pytest.mark.integration
 

@@ -20,18 +20,18 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from pipeline_support import collect_events, consuming, demo_pipeline, service_runtime, write_pipeline
 
-from driftloop import layout
-from driftloop.db.models import FeatureSet, OnlineFeatures
-from driftloop.events import Event, new_event
-from driftloop.featuredefs import features_from_instances
-from driftloop.objectstore import ObjectStore, open_object_store
-from driftloop.pipeline import PipelineConfig
-from driftloop.procs import wait_until
+from driftloop.clients.db.models import FeatureSet, OnlineFeatures
+from driftloop.clients.objectstore import ObjectStore, open_object_store
+from driftloop.clients.spark import stop_spark
+from driftloop.contracts import layout
+from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.featuredefs import features_from_instances
+from driftloop.contracts.pipeline import PipelineConfig
+from driftloop.contracts.settings import Settings
+from driftloop.contracts.topics import FEATURES_MATERIALIZED
+from driftloop.ops.procs import wait_until
 from driftloop.services.features.handlers import FeaturesHandlers
 from driftloop.services.features.service import CONSUMER_GROUP, build
-from driftloop.settings import Settings
-from driftloop.spark import stop_spark
-from driftloop.topics import FEATURES_MATERIALIZED
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from driftloop.db import create_engine_for, migrate
+from driftloop.clients.db import create_engine_for, migrate
 from driftloop.services.features.onlinestore import lookup_online, upsert_online
 
 pytestmark = pytest.mark.integration

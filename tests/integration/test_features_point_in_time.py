@@ -17,12 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import SparkSession
 
-from driftloop import layout
-from driftloop.objectstore import open_object_store
-from driftloop.pipeline import PipelineConfig, parse_pipeline
+from driftloop.clients.objectstore import open_object_store
+from driftloop.clients.spark import spark_session, stop_spark
+from driftloop.contracts import layout
+from driftloop.contracts.pipeline import PipelineConfig, parse_pipeline
+from driftloop.contracts.settings import Settings
 from driftloop.services.features.materialize import aggregate_values, materialize, point_in_time_join
-from driftloop.settings import Settings
-from driftloop.spark import spark_session, stop_spark
 
 pytestmark = pytest.mark.integration
 
@@ -229,8 +229,8 @@ def as_avro(row: dict) -> dict:
 
 
 def test_redelivered_record_is_applied_once(make_settings: Callable[..., Settings], unique: str) -> None:
-    from driftloop.db import migrate
-    from driftloop.service import make_runtime
+    from driftloop.clients.db import migrate
+    from driftloop.runtime.service import make_runtime
     from driftloop.services.features.onlinestore import open_online_store
     from driftloop.services.features.streaming import StreamAggregator
 
@@ -256,10 +256,10 @@ def test_streaming_online_values_agree_with_offline_at_the_same_event_time(
 ) -> None:
     import threading
 
-    from driftloop.bus import ensure_topics
-    from driftloop.db import migrate
-    from driftloop.procs import wait_until
-    from driftloop.service import make_runtime
+    from driftloop.clients.db import migrate
+    from driftloop.ops.procs import wait_until
+    from driftloop.runtime.bus import ensure_topics
+    from driftloop.runtime.service import make_runtime
     from driftloop.services.features.onlinestore import open_online_store
     from driftloop.services.features.streamworker import stream_worker_loop
 

@@ -15,13 +15,13 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from driftloop.bus import ensure_topics
-from driftloop.db import create_engine_for, migrate
-from driftloop.db.models import OnlineFeatures
-from driftloop.pipeline import PipelineConfig, load_pipeline
-from driftloop.procs import free_port, http_ready, port_open, spawn, stop_pid, wait_until
-from driftloop.service import make_runtime
-from driftloop.settings import Settings, settings_env
+from driftloop.clients.db import create_engine_for, migrate
+from driftloop.clients.db.models import OnlineFeatures
+from driftloop.contracts.pipeline import PipelineConfig, load_pipeline
+from driftloop.contracts.settings import Settings, settings_env
+from driftloop.ops.procs import free_port, http_ready, port_open, spawn, stop_pid, wait_until
+from driftloop.runtime.bus import ensure_topics
+from driftloop.runtime.service import make_runtime
 
 pytestmark = pytest.mark.integration
 

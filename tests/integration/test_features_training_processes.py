@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from driftloop.db import migrate
-from driftloop.procs import free_port, http_ready, spawn, stop_pid, wait_until
-from driftloop.settings import Settings, settings_env
+from driftloop.clients.db import migrate
+from driftloop.contracts.settings import Settings, settings_env
+from driftloop.ops.procs import free_port, http_ready, spawn, stop_pid, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -34,11 +34,11 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from pipeline_support import AMOUNT_NOT_NEGATIVE, stream_pipeline, write_pipeline
 
-from driftloop.db import create_engine_for, migrate
-from driftloop.db.models import DeadLetter, LandedBatch
-from driftloop.pipeline import PipelineConfig
-from driftloop.procs import free_port, http_ready, pid_alive, spawn, stop_pid, wait_until
-from driftloop.settings import Settings, settings_env
+from driftloop.clients.db import create_engine_for, migrate
+from driftloop.clients.db.models import DeadLetter, LandedBatch
+from driftloop.contracts.pipeline import PipelineConfig
+from driftloop.contracts.settings import Settings, settings_env
+from driftloop.ops.procs import free_port, http_ready, pid_alive, spawn, stop_pid, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -21,17 +21,17 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from pipeline_support import InProcessService, collect_events, service_runtime, stream_pipeline, write_pipeline
 
-from driftloop.db.models import EventRecord, LandedBatch
-from driftloop.events import Event
-from driftloop.layout import dataset_prefix
-from driftloop.objectstore import open_object_store
+from driftloop.clients.db.models import EventRecord, LandedBatch
+from driftloop.clients.objectstore import open_object_store
+from driftloop.clients.spark import stop_spark
+from driftloop.contracts.events import Event
+from driftloop.contracts.layout import dataset_prefix
+from driftloop.contracts.settings import Settings
+from driftloop.contracts.topics import DATASET_VERSION_CREATED
 from driftloop.services.ingestion.content_hash import content_hash_of_table
 from driftloop.services.ingestion.datasets import DatasetCutter
 from driftloop.services.ingestion.landing import rows_to_table
 from driftloop.services.ingestion.service import build
-from driftloop.settings import Settings
-from driftloop.spark import stop_spark
-from driftloop.topics import DATASET_VERSION_CREATED
 
 pytestmark = pytest.mark.integration
 

@@ -29,15 +29,15 @@ from fastapi.testclient import TestClient
 from pipeline_support import InProcessService, collect_events, service_runtime, stream_pipeline, write_pipeline
 from prometheus_client import REGISTRY
 
-from driftloop.db.models import DeadLetter, LandedBatch
-from driftloop.events import Event
-from driftloop.layout import landed_http_key
-from driftloop.objectstore import open_object_store
-from driftloop.service import Runtime
+from driftloop.clients.db.models import DeadLetter, LandedBatch
+from driftloop.clients.objectstore import open_object_store
+from driftloop.contracts.events import Event
+from driftloop.contracts.layout import landed_http_key
+from driftloop.contracts.settings import Settings
+from driftloop.contracts.topics import RECORD_REJECTED
+from driftloop.runtime.service import Runtime
 from driftloop.services.ingestion.kafka_intake import GROUP, KafkaIntake
 from driftloop.services.ingestion.service import build
-from driftloop.settings import Settings
-from driftloop.topics import RECORD_REJECTED
 
 pytestmark = pytest.mark.integration
 

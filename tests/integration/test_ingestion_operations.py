@@ -18,14 +18,14 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from pipeline_support import InProcessService, service_runtime, stream_pipeline, write_pipeline
 
-from driftloop.db.models import LandedBatch
-from driftloop.layout import dataset_prefix
-from driftloop.objectstore import open_object_store
-from driftloop.pipeline import StreamSpec
+from driftloop.clients.db.models import LandedBatch
+from driftloop.clients.objectstore import open_object_store
+from driftloop.clients.spark import stop_spark
+from driftloop.contracts.layout import dataset_prefix
+from driftloop.contracts.pipeline import StreamSpec
+from driftloop.contracts.settings import Settings
 from driftloop.services.ingestion.content_hash import content_hash_of_table
 from driftloop.services.ingestion.service import build
-from driftloop.settings import Settings
-from driftloop.spark import stop_spark
 
 pytestmark = pytest.mark.integration
 
@@ -243,8 +243,8 @@ def test_cli_dlq_and_dataset_commands(ingestion: Ingestion, monkeypatch: pytest.
     import uvicorn
     from typer.testing import CliRunner
 
-    from driftloop.cli import app
-    from driftloop.procs import free_port
+    from driftloop.ops.cli import app
+    from driftloop.ops.procs import free_port
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(ingestion.client.app, port=port, lifespan="off", log_level="warning"))

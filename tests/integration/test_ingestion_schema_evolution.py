@@ -22,14 +22,14 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 from pipeline_support import stream_pipeline, wait_for, write_pipeline
 
-from driftloop.db import migrate
-from driftloop.db.models import LandedBatch
-from driftloop.objectstore import open_object_store
-from driftloop.service import make_runtime
+from driftloop.clients.db import migrate
+from driftloop.clients.db.models import LandedBatch
+from driftloop.clients.objectstore import open_object_store
+from driftloop.contracts.settings import Settings
+from driftloop.runtime.service import make_runtime
 from driftloop.services.ingestion.handlers import stream_stats
 from driftloop.services.ingestion.kafka_intake import KafkaIntake
 from driftloop.services.ingestion.landing import Lander
-from driftloop.settings import Settings
 
 pytestmark = pytest.mark.integration
 

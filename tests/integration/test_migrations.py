@@ -9,7 +9,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from driftloop.db import Base, create_engine_for, migrate
+from driftloop.clients.db import Base, create_engine_for, migrate
 
 pytestmark = pytest.mark.integration
 

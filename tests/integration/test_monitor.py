@@ -16,16 +16,16 @@ from fastapi.testclient import TestClient
 from monitor_support import CATEGORIES, champion_promoted, prediction_logged, put_reference, raw_inputs
 from monitor_triggers_support import RunningService, read_events, start_service, wait_for
 
-from driftloop.bus import EventBus
-from driftloop.db import migrate
-from driftloop.featuredefs import compute_features
-from driftloop.layout import feature_set_prefix
-from driftloop.objectstore import open_object_store
-from driftloop.pipeline import PipelineConfig, load_pipeline
+from driftloop.clients.db import migrate
+from driftloop.clients.objectstore import open_object_store
+from driftloop.contracts.featuredefs import compute_features
+from driftloop.contracts.layout import feature_set_prefix
+from driftloop.contracts.pipeline import PipelineConfig, load_pipeline
+from driftloop.contracts.settings import Settings
+from driftloop.contracts.topics import DRIFT_DETECTED
+from driftloop.runtime.bus import EventBus
 from driftloop.services.monitor.reference import read_reference
 from driftloop.services.monitor.service import build
-from driftloop.settings import Settings
-from driftloop.topics import DRIFT_DETECTED
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ from fastapi.testclient import TestClient
 from monitor_support import champion_promoted, prediction_logged, put_reference, raw_inputs
 from monitor_triggers_support import read_events, wait_for
 
-from driftloop.bus import EventBus
-from driftloop.objectstore import open_object_store
-from driftloop.topics import DRIFT_DETECTED
+from driftloop.clients.objectstore import open_object_store
+from driftloop.contracts.topics import DRIFT_DETECTED
+from driftloop.runtime.bus import EventBus
 
 pytestmark = pytest.mark.integration
 

@@ -24,18 +24,18 @@ from confluent_kafka.admin import AdminClient
 from monitor_support import champion_promoted, prediction_logged, put_reference, raw_inputs
 from monitor_triggers_support import read_events, wait_for
 
-from driftloop.bus import EventBus, ensure_topics
-from driftloop.db import create_engine_for, migrate, session_factory
-from driftloop.db.models import DriftReport, MonitorObservation, PerformanceReport
-from driftloop.events import Event, new_event
-from driftloop.objectstore import open_object_store
-from driftloop.pipeline import load_pipeline
-from driftloop.procs import free_port, http_ready, spawn, stop_pid, wait_until
+from driftloop.clients.db import create_engine_for, migrate, session_factory
+from driftloop.clients.db.models import DriftReport, MonitorObservation, PerformanceReport
+from driftloop.clients.objectstore import open_object_store
+from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.pipeline import load_pipeline
+from driftloop.contracts.settings import Settings, settings_env
+from driftloop.contracts.topics import PERFORMANCE_DEGRADED, Topic
+from driftloop.ops.procs import free_port, http_ready, spawn, stop_pid, wait_until
+from driftloop.runtime.bus import EventBus, ensure_topics
 from driftloop.services.monitor.handlers import MonitorHandlers
 from driftloop.services.monitor.service import CONSUMER_GROUP, FAUST_CONSUMER_GROUP
 from driftloop.services.monitor.streaming import FaustEngine
-from driftloop.settings import Settings, settings_env
-from driftloop.topics import PERFORMANCE_DEGRADED, Topic
 
 pytestmark = pytest.mark.integration
 

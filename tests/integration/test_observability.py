@@ -25,12 +25,12 @@ import yaml
 from model_factory import feature_frame, make_pipeline, put_feature_set
 from stack_support import TrainingData, drift_window_pipelines, play_training, post_drifted_traffic
 
-from driftloop.bus import EventBus
-from driftloop.events import new_event
-from driftloop.objectstore import open_object_store
-from driftloop.procs import free_port, pid_alive, wait_until
-from driftloop.settings import Settings
-from driftloop.stack import PROMETHEUS_TEMPLATE, Component, Stack
+from driftloop.clients.objectstore import open_object_store
+from driftloop.contracts.events import new_event
+from driftloop.contracts.settings import Settings
+from driftloop.ops.procs import free_port, pid_alive, wait_until
+from driftloop.ops.stack import PROMETHEUS_TEMPLATE, Component, Stack
+from driftloop.runtime.bus import EventBus
 
 pytestmark = pytest.mark.integration
 

@@ -15,12 +15,13 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from driftloop.db import create_engine_for, migrate
-from driftloop.db.engine import session_factory
+from driftloop.clients.db import create_engine_for, migrate
+from driftloop.clients.db.engine import session_factory
+from driftloop.contracts.pipeline import load_pipeline
+from driftloop.contracts.settings import Settings
 from driftloop.errors import ConfigError
-from driftloop.pipeline import load_pipeline
-from driftloop.procs import free_port, port_open, spawn, stop_pid, wait_until
-from driftloop.service import base_app
+from driftloop.ops.procs import free_port, port_open, spawn, stop_pid, wait_until
+from driftloop.runtime.service import base_app
 from driftloop.services.features.api import router
 from driftloop.services.features.onlinestore import (
     UPSERT_BATCH_ROWS,
@@ -29,7 +30,6 @@ from driftloop.services.features.onlinestore import (
     RedisOnlineStore,
     open_online_store,
 )
-from driftloop.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -164,7 +164,7 @@ def test_unreachable_redis_at_startup_is_a_config_error_naming_the_setting(tmp_p
 
 
 def test_unknown_redis_setting_is_refused_naming_it(tmp_path: Path) -> None:
-    from driftloop.settings import load_settings
+    from driftloop.contracts.settings import load_settings
 
     with pytest.raises(ConfigError, match=r"features\.redis\.hostname"):
         load_settings(home=tmp_path, features={"online_store": "redis", "redis": {"hostname": "x"}})

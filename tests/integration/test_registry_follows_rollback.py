@@ -10,10 +10,10 @@ import test_serving_rollout_oip as canary
 from fastapi.testclient import TestClient
 from test_registry_serving import Stack, rows, wait_for
 
-from driftloop.service import base_app
+from driftloop.runtime.service import base_app
+from driftloop.runtime.timeline import lineage
 from driftloop.services.dashboard import api as dashboard_api
 from driftloop.services.serving.service import build as build_serving
-from driftloop.timeline import lineage
 
 pytestmark = pytest.mark.integration
 

@@ -23,13 +23,13 @@ from model_factory import (
     write_pipeline_dir,
 )
 
-from driftloop.db.models import EventRecord
-from driftloop.events import new_event
-from driftloop.objectstore import open_object_store
-from driftloop.service import Runtime, ServiceSpec, _add_health, make_runtime
+from driftloop.clients.db.models import EventRecord
+from driftloop.clients.objectstore import open_object_store
+from driftloop.contracts.events import new_event
+from driftloop.contracts.settings import Settings
+from driftloop.runtime.service import Runtime, ServiceSpec, _add_health, make_runtime
 from driftloop.services.registry.service import build as build_registry
 from driftloop.services.serving.service import build as build_serving
-from driftloop.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,7 @@ def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 90.0) -> 
 
 
 class InProcessService:
-    """A service as ``driftloop.service.run`` wires it, minus uvicorn: consumers and loops in threads."""
+    """A service as ``driftloop.runtime.service.run`` wires it, minus uvicorn: consumers and loops in threads."""
 
     def __init__(self, name: str, build: Callable[[Runtime], ServiceSpec], settings: Settings) -> None:
         self.runtime = make_runtime(name, settings)

@@ -20,12 +20,12 @@ from model_factory import (
     write_pipeline_dir,
 )
 
-from driftloop.bus import EventBus
-from driftloop.db import migrate
-from driftloop.events import new_event
-from driftloop.objectstore import open_object_store
-from driftloop.procs import free_port, http_ready, pid_alive, spawn, stop_pid, wait_until
-from driftloop.settings import Settings, settings_env
+from driftloop.clients.db import migrate
+from driftloop.clients.objectstore import open_object_store
+from driftloop.contracts.events import new_event
+from driftloop.contracts.settings import Settings, settings_env
+from driftloop.ops.procs import free_port, http_ready, pid_alive, spawn, stop_pid, wait_until
+from driftloop.runtime.bus import EventBus
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import retention_support as scenario
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from driftloop.db import create_engine_for, migrate
+from driftloop.clients.db import create_engine_for, migrate
 
 
 @pytest.fixture

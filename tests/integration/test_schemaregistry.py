@@ -14,8 +14,8 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from driftloop.procs import free_port, http_ready, spawn, stop_pid, wait_until
-from driftloop.settings import Settings, settings_env
+from driftloop.contracts.settings import Settings, settings_env
+from driftloop.ops.procs import free_port, http_ready, spawn, stop_pid, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """Tokens on every service, and rollback with serving following.
 
-Every service is built as ``driftloop.service.run`` builds it (real broker, schema registry, SQLite, Ray for
+Every service is built as ``driftloop.runtime.service.run`` builds it (real broker, schema registry, SQLite, Ray for
 training), and every mutating route of its app is called: 401 without a token or with an unknown one, 403 with a
 read token, never 401/403 with the admin token; public data-plane routes answer without a token."""
 
@@ -22,9 +22,9 @@ from fastapi.testclient import TestClient
 from test_registry_serving import Stack, rows, wait_for
 
 import driftloop.services
-from driftloop.security import PUBLIC_MARK
-from driftloop.service import ServiceSpec, _add_health, make_runtime
-from driftloop.settings import Settings
+from driftloop.contracts.settings import Settings
+from driftloop.runtime.security import PUBLIC_MARK
+from driftloop.runtime.service import ServiceSpec, _add_health, make_runtime
 
 pytestmark = pytest.mark.integration
 
@@ -240,9 +240,9 @@ def test_processes_use_the_generated_token_of_their_home(
     """As after `driftloop up`: no token in the settings, only <home>/admin.token. A secured schema registry
     process accepts the registry process's schema registrations (bearer from the file), and both refuse
     anonymous writes."""
-    from driftloop.procs import free_port, http_ready, spawn, stop_pid, wait_until
-    from driftloop.security import auth_headers, ensure_admin_token
-    from driftloop.settings import settings_env
+    from driftloop.clients.credentials import auth_headers, ensure_admin_token
+    from driftloop.contracts.settings import settings_env
+    from driftloop.ops.procs import free_port, http_ready, spawn, stop_pid, wait_until
 
     ports = {"schemaregistry_port": free_port(), "registry_port": free_port()}
     settings = make_settings(

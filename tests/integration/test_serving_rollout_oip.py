@@ -22,9 +22,9 @@ from fastapi import FastAPI
 from model_factory import write_pipeline_dir
 from test_registry_serving import Stack, rows, wait_for
 
-from driftloop.db.models import OnlineFeatures, PredictionFeedback, ServedPrediction
+from driftloop.clients.db.models import OnlineFeatures, PredictionFeedback, ServedPrediction
+from driftloop.contracts.settings import Settings
 from driftloop.services.features.service import build as build_features
-from driftloop.settings import Settings
 
 pytestmark = pytest.mark.integration
 

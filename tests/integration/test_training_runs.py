@@ -19,19 +19,19 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from pipeline_support import collect_events, consuming, demo_pipeline, service_runtime, write_pipeline
 
-from driftloop import layout
-from driftloop.db.models import Run
-from driftloop.events import Event, new_event
-from driftloop.featuredefs import compute_features
-from driftloop.modeling import ModelArtifact
-from driftloop.objectstore import ObjectStore, open_object_store
-from driftloop.pipeline import PipelineConfig
-from driftloop.procs import wait_until
-from driftloop.service import Runtime
+from driftloop.clients.db.models import Run
+from driftloop.clients.objectstore import ObjectStore, open_object_store
+from driftloop.contracts import layout
+from driftloop.contracts.artifact import ModelArtifact
+from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.featuredefs import compute_features
+from driftloop.contracts.pipeline import PipelineConfig
+from driftloop.contracts.settings import Settings
+from driftloop.contracts.topics import RUN_STATE_CHANGED, TRAINING_COMPLETED
+from driftloop.ops.procs import wait_until
+from driftloop.runtime.service import Runtime
 from driftloop.services.training.raycluster import shutdown_ray
 from driftloop.services.training.service import CONSUMER_GROUP, build
-from driftloop.settings import Settings
-from driftloop.topics import RUN_STATE_CHANGED, TRAINING_COMPLETED
 
 pytestmark = pytest.mark.integration
 

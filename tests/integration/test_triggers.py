@@ -18,10 +18,10 @@ from monitor_triggers_support import (
 from monitor_triggers_support import champion_promoted as promoted
 from monitor_triggers_support import features_materialized as features
 
-from driftloop.broker import EmbeddedBroker
-from driftloop.db import create_engine_for, migrate, session_factory
-from driftloop.events import Event, new_event
-from driftloop.pipeline import DriftTrigger, NewDataTrigger, PipelineConfig, TriggerSpec
+from driftloop.clients.db import create_engine_for, migrate, session_factory
+from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.pipeline import DriftTrigger, NewDataTrigger, PipelineConfig, TriggerSpec
+from driftloop.ops.broker import EmbeddedBroker
 from driftloop.services.triggers.handlers import TriggerHandlers
 from driftloop.services.triggers.service import build
 

@@ -20,9 +20,9 @@ from monitor_triggers_support import (
 from monitor_triggers_support import champion_promoted as promoted
 from monitor_triggers_support import features_materialized as features
 
-from driftloop.broker import EmbeddedBroker
-from driftloop.events import Event, new_event
-from driftloop.pipeline import PipelineConfig, TriggerSpec
+from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.pipeline import PipelineConfig, TriggerSpec
+from driftloop.ops.broker import EmbeddedBroker
 from driftloop.services.triggers.service import build
 
 pytestmark = pytest.mark.integration

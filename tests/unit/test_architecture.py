@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from driftloop.stack import SERVICES
+from driftloop.ops.stack import SERVICES
 
 SERVICES_DIR = Path(__file__).resolve().parents[2] / "services"
 ALL_SERVICES = sorted(p.name for p in SERVICES_DIR.iterdir() if (p / "__init__.py").is_file())
@@ -61,3 +61,130 @@ def test_services_never_import_each_other(service: str) -> None:
                 if name.startswith("driftloop.services."):
                     owner = name.split(".")[2]
                     assert owner == service, f"{path} imports {name}: talk to {owner} through events or its API"
+
+
+# --- the layers of libs/driftloop and the import graph ---------------------------------------------------------
+
+LIBS_DIR = SERVICES_DIR.parent / "libs" / "driftloop"
+# What each layer may import from driftloop (besides itself and the exception tree ``driftloop.errors``).
+LAYERS: dict[str, tuple[str, ...]] = {
+    "contracts": (),
+    "clients": ("contracts",),
+    "runtime": ("contracts", "clients"),
+    "ops": ("contracts", "clients", "runtime"),
+}
+# Contracts are definitions: no network, database, broker, cluster or web framework.
+IO_LIBRARIES = (
+    "sqlalchemy",
+    "alembic",
+    "confluent_kafka",
+    "aiokafka",
+    "faust",
+    "httpx",
+    "requests",
+    "minio",
+    "redis",
+    "pyspark",
+    "ray",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "socket",
+    "subprocess",
+    "urllib",
+)
+
+
+def _module_name(path: Path) -> str:
+    if path.is_relative_to(SERVICES_DIR):
+        parts = ["driftloop", "services", *path.relative_to(SERVICES_DIR).with_suffix("").parts]
+    else:
+        parts = ["driftloop", *path.relative_to(LIBS_DIR).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> list[str]:
+    """Every module ``path`` imports (at any depth of the file), relative imports resolved."""
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.extend(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            found.append(target)
+            found.extend(f"{target}.{a.name}" for a in node.names)
+    return found
+
+
+def _source_files() -> list[Path]:
+    files = [p for p in LIBS_DIR.rglob("*.py") if "migrations" not in p.parts]
+    return files + list(SERVICES_DIR.rglob("*.py"))
+
+
+def _known_modules() -> set[str]:
+    return {_module_name(p) for p in _source_files()}
+
+
+@pytest.mark.parametrize("layer", sorted(LAYERS))
+def test_each_layer_imports_only_the_layers_below(layer: str) -> None:
+    allowed = {"errors", layer, *LAYERS[layer]}
+    for path in (LIBS_DIR / layer).rglob("*.py"):
+        if "migrations" in path.parts:
+            continue
+        for name in _imports(path):
+            parts = name.split(".")
+            if parts[0] != "driftloop" or len(parts) < 2:
+                continue
+            assert parts[1] in allowed, f"{path} imports {name}: {layer} may import only {sorted(allowed)}"
+
+
+def test_contracts_do_no_io() -> None:
+    for path in (LIBS_DIR / "contracts").rglob("*.py"):
+        for name in _imports(path):
+            root = name.split(".")[0]
+            assert root not in IO_LIBRARIES, f"{path} imports {name}: contracts are definitions, without I/O"
+
+
+@pytest.mark.parametrize("service", ALL_SERVICES)
+def test_services_never_import_the_operator_tooling(service: str) -> None:
+    for path in (SERVICES_DIR / service).rglob("*.py"):
+        for name in _imports(path):
+            assert not name.startswith("driftloop.ops"), f"{path} imports {name}: ops is the operators' tooling"
+
+
+def test_no_import_circles() -> None:
+    """Module-level or inside a function: no module reaches itself again through its imports."""
+    known = _known_modules()
+
+    def resolve(name: str) -> str | None:
+        while name and name not in known:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for path in _source_files():
+        module = _module_name(path)
+        targets = {resolve(n) for n in _imports(path) if n.startswith("driftloop")}
+        # A package's __init__ re-exporting its own modules is not a circle of theirs.
+        graph[module] = {t for t in targets if t and t != module and not module.startswith(t + ".")}
+    visiting: list[str] = []
+    done: set[str] = set()
+
+    def visit(module: str) -> None:
+        if module in done:
+            return
+        assert module not in visiting, "import circle: " + " -> ".join([*visiting[visiting.index(module) :], module])
+        visiting.append(module)
+        for target in sorted(graph.get(module, ())):
+            visit(target)
+        visiting.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module)

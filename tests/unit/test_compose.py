@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from driftloop.contracts.settings import PrometheusSettings, Settings, _unknown_env_keys
 from driftloop.errors import StackError
-from driftloop.settings import PrometheusSettings, Settings, _unknown_env_keys
-from driftloop.stack import SERVICES
+from driftloop.ops.stack import SERVICES
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
@@ -164,7 +164,7 @@ def test_prometheus_and_grafana_provisioning_point_at_each_other() -> None:
 
 
 def test_prometheus_config_targets_where_the_settings_run_the_services(tmp_path: Path) -> None:
-    from driftloop.stack import prometheus_config
+    from driftloop.ops.stack import prometheus_config
 
     settings = Settings(home=tmp_path, services={"host": "0.0.0.0", "serving_port": 9105, "monitor_port": 9106})
     config = prometheus_config(settings, ["serving", "monitor"], scrape_interval="2s")
@@ -186,7 +186,7 @@ def test_prometheus_config_targets_where_the_settings_run_the_services(tmp_path:
 def test_up_with_prometheus_but_no_binary_fails_before_starting_anything(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from driftloop.stack import Stack
+    from driftloop.ops.stack import Stack
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no prometheus here
     stack = Stack(Settings(home=tmp_path / "home", pipelines_dir=REPO / "pipelines"))
@@ -206,7 +206,7 @@ def _metric_names() -> set[str]:
     from prometheus_client import REGISTRY
 
     for module in (
-        "driftloop.metrics",
+        "driftloop.runtime.metrics",
         "driftloop.services.serving.predict",
         "driftloop.services.serving.loader",
         "driftloop.services.serving.rollout",

@@ -10,10 +10,10 @@ import fastavro
 import pytest
 from avro.schema import parse
 
-from driftloop.events import Event, new_event
-from driftloop.schemalock import check_lock, incompatibilities, update_lock
-from driftloop.schemas import event_schema, event_types
-from driftloop.topics import EVENT_TOPICS, TOPIC_BY_EVENT_TYPE
+from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.schemalock import check_lock, incompatibilities, update_lock
+from driftloop.contracts.schemas import event_schema, event_types
+from driftloop.contracts.topics import EVENT_TOPICS, TOPIC_BY_EVENT_TYPE
 
 ENVELOPE_FIELDS = {"event_id", "event_type", "occurred_at", "caused_by", "cascade_id", "producer"}
 

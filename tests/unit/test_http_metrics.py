@@ -1,4 +1,4 @@
-"""Every service's app counts requests and latency per route template on /metrics (driftloop.metrics)."""
+"""Every service's app counts requests and latency per route template on /metrics (driftloop.runtime.metrics)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from types import SimpleNamespace
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
-from driftloop.service import base_app
-from driftloop.settings import Settings
+from driftloop.contracts.settings import Settings
+from driftloop.runtime.service import base_app
 
 
 def _sample(name: str, **labels: str) -> float:

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from monitor_support import put_reference, raw_inputs
 
-from driftloop.db import create_engine_for, migrate, session_factory
-from driftloop.db.models import DriftReport
+from driftloop.clients.db import create_engine_for, migrate, session_factory
+from driftloop.clients.db.models import DriftReport
+from driftloop.clients.objectstore import LocalObjectStore
+from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.pipeline import PerformanceSpec, PipelineConfig, load_pipeline
 from driftloop.errors import NotFoundError
-from driftloop.events import Event, new_event
-from driftloop.objectstore import LocalObjectStore
-from driftloop.pipeline import PerformanceSpec, PipelineConfig, load_pipeline
 from driftloop.services.monitor.handlers import MonitorHandlers
 
 PIPELINE = load_pipeline(Path(__file__).resolve().parents[2] / "pipelines" / "transactions.yaml")

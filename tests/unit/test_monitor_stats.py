@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from driftloop.featuredefs import compute_features
-from driftloop.pipeline import PipelineConfig, load_pipeline
+from driftloop.contracts.featuredefs import compute_features
+from driftloop.contracts.pipeline import PipelineConfig, load_pipeline
 from driftloop.services.monitor.stats import (
     adjust_p_values,
     chi2_test,

@@ -13,8 +13,8 @@ import pytest
 import test_triggers_handlers as th
 from pydantic import ValidationError
 
-from driftloop.events import Event
-from driftloop.pipeline import DriftTrigger, MonitorSpec, PredictionDriftSpec, TriggerSpec, load_pipeline
+from driftloop.contracts.events import Event
+from driftloop.contracts.pipeline import DriftTrigger, MonitorSpec, PredictionDriftSpec, TriggerSpec, load_pipeline
 from driftloop.services.monitor.stats import prediction_drift_alarms, prediction_test
 from driftloop.services.triggers.policy import ModelView, decide
 

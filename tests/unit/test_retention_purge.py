@@ -9,8 +9,8 @@ import pytest
 import retention_support as scenario
 import sqlalchemy as sa
 
-from driftloop.db import create_engine_for, migrate
-from driftloop.retention import ROWS_PURGED
+from driftloop.clients.db import create_engine_for, migrate
+from driftloop.runtime.retention import ROWS_PURGED
 
 
 @pytest.fixture
@@ -40,8 +40,8 @@ def test_db_purge_cli_runs_the_purges_with_the_settings(tmp_path: Path) -> None:
 
     from typer.testing import CliRunner
 
-    from driftloop.cli import app as cli_app
-    from driftloop.db.models import ServedPrediction
+    from driftloop.clients.db.models import ServedPrediction
+    from driftloop.ops.cli import app as cli_app
 
     home = tmp_path / "home"
     (tmp_path / "no-pipelines").mkdir()

@@ -1,4 +1,4 @@
-"""The token rules of ``driftloop.security``: the embedded stack's generated token, settings passed to child
+"""The token rules of ``driftloop.runtime.security``: the embedded stack's generated token, settings passed to child
 processes, and which calls need which scope (on a small app built by ``base_app``)."""
 
 from __future__ import annotations
@@ -10,16 +10,16 @@ import pytest
 from fastapi import APIRouter
 from fastapi.testclient import TestClient
 
-from driftloop.security import (
-    PUBLIC,
+from driftloop.clients.credentials import (
     auth_headers,
     client_token,
     ensure_admin_token,
     schema_registry_client_config,
     token_file,
 )
-from driftloop.service import base_app
-from driftloop.settings import Settings, load_settings, settings_env
+from driftloop.contracts.settings import Settings, load_settings, settings_env
+from driftloop.runtime.security import PUBLIC
+from driftloop.runtime.service import base_app
 
 
 def app_for(settings: Settings) -> TestClient:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from driftloop.contracts.pipeline import load_pipelines, parse_pipeline
+from driftloop.contracts.settings import Settings, load_settings, settings_env
 from driftloop.errors import ConfigError
-from driftloop.pipeline import load_pipelines, parse_pipeline
-from driftloop.settings import Settings, load_settings, settings_env
 
 REPO = Path(__file__).resolve().parents[2]
 

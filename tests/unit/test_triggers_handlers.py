@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from driftloop.db import create_engine_for, migrate, session_factory
+from driftloop.clients.db import create_engine_for, migrate, session_factory
+from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.pipeline import DriftTrigger, NewDataTrigger, PipelineConfig, TriggerSpec, load_pipeline
 from driftloop.errors import NotFoundError
-from driftloop.events import Event, new_event
-from driftloop.pipeline import DriftTrigger, NewDataTrigger, PipelineConfig, TriggerSpec, load_pipeline
 from driftloop.services.triggers.handlers import RetrainConflict, TriggerHandlers
 
 BASE = load_pipeline(Path(__file__).resolve().parents[2] / "pipelines" / "transactions.yaml")
@@ -288,7 +288,7 @@ def test_unknown_model_cause_is_recorded_as_suppressed(make: Any, published: lis
     handlers.on_external_trigger(event)
     assert published == []
     with handlers.Session() as session:
-        from driftloop.db.models import TrainingRequest
+        from driftloop.clients.db.models import TrainingRequest
 
         row = session.query(TrainingRequest).filter_by(cause_event_id=event.id).one()
     assert row.status == "suppressed"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from driftloop.pipeline import DriftTrigger, NewDataTrigger, TriggerSpec
+from driftloop.contracts.pipeline import DriftTrigger, NewDataTrigger, TriggerSpec
 from driftloop.services.triggers.policy import ModelView, decide, fire_pending
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)

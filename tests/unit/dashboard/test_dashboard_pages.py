@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 from model_factory import make_pipeline
 
+from driftloop.runtime.timeline import Step, describe
 from driftloop.services.dashboard import pages
 from driftloop.services.dashboard.charts import Series, line_chart
 from driftloop.services.dashboard.handlers import explain
 from driftloop.services.dashboard.sources import Answer
-from driftloop.timeline import Step, describe
 
 PIPELINE = make_pipeline(model="fraud-ui", stream="tx-ui")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

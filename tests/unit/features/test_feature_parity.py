@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from driftloop.db import migrate
-from driftloop.db.engine import create_engine_for
-from driftloop.featuredefs import features_from_instances
-from driftloop.pipeline import load_pipeline
+from driftloop.clients.db import migrate
+from driftloop.clients.db.engine import create_engine_for
+from driftloop.contracts.featuredefs import features_from_instances
+from driftloop.contracts.pipeline import load_pipeline
 from driftloop.services.features.materialize import feature_batch, feature_columns, online_rows
 from driftloop.services.features.onlinestore import lookup_online, upsert_online
 

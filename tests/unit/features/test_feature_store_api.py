@@ -10,16 +10,16 @@ from types import SimpleNamespace
 import pytest
 from fastapi.testclient import TestClient
 
-from driftloop.db import migrate
-from driftloop.db.engine import create_engine_for, session_factory
+from driftloop.clients.db import migrate
+from driftloop.clients.db.engine import create_engine_for, session_factory
+from driftloop.contracts.featuredefs import features_from_instances
+from driftloop.contracts.pipeline import parse_pipeline
+from driftloop.contracts.settings import Settings
 from driftloop.errors import ConfigError
-from driftloop.featuredefs import features_from_instances
-from driftloop.pipeline import parse_pipeline
-from driftloop.service import base_app
+from driftloop.runtime.service import base_app
 from driftloop.services.features.api import router
 from driftloop.services.features.onlinestore import open_online_store
 from driftloop.services.features.streaming import aggregate_as_of
-from driftloop.settings import Settings
 
 REPO = Path(__file__).resolve().parents[3]
 BASE = (REPO / "pipelines" / "transactions.yaml").read_text()

@@ -12,13 +12,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from driftloop import layout
-from driftloop.featuredefs import compute_features, features_from_instances
-from driftloop.modeling import ModelArtifact
-from driftloop.objectstore import LocalObjectStore
-from driftloop.pipeline import parse_pipeline
+from driftloop.clients.objectstore import LocalObjectStore
+from driftloop.contracts import layout
+from driftloop.contracts.artifact import ModelArtifact
+from driftloop.contracts.featuredefs import compute_features, features_from_instances
+from driftloop.contracts.pipeline import parse_pipeline
+from driftloop.contracts.settings import ObjectStoreSettings
 from driftloop.services.training.fit import FitJob, fit_feature_set
-from driftloop.settings import ObjectStoreSettings
 
 REPO = Path(__file__).resolve().parents[3]
 AGGREGATES = (

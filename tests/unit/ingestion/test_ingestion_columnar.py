@@ -17,8 +17,8 @@ import pytest
 from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from driftloop.pipeline import PipelineConfig, parse_pipeline
-from driftloop.serde import AvroCodec
+from driftloop.contracts.pipeline import PipelineConfig, parse_pipeline
+from driftloop.runtime.serde import AvroCodec
 from driftloop.services.ingestion import validation as v
 from driftloop.services.ingestion.columnar import decode_batch
 from driftloop.services.ingestion.decoding import decode_record

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 import pytest
 
-from driftloop.pipeline import StreamSpec
+from driftloop.contracts.pipeline import StreamSpec
 from driftloop.services.ingestion.content_hash import content_hash_of_table, row_slices
 from driftloop.services.ingestion.landing import rows_to_table
 

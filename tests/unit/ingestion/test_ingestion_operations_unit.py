@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.errors import ConfigError
-from driftloop.pipeline import PipelineConfig
 from driftloop.services.ingestion.deadletters import replay_key
 from driftloop.services.ingestion.handlers import idempotent_request_id
 from driftloop.services.ingestion.service import check_pipelines

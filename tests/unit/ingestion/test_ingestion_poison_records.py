@@ -14,8 +14,8 @@ import pytest
 from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from driftloop.pipeline import PipelineConfig, parse_pipeline
-from driftloop.serde import AvroCodec
+from driftloop.contracts.pipeline import PipelineConfig, parse_pipeline
+from driftloop.runtime.serde import AvroCodec
 from driftloop.services.ingestion import validation as v
 from driftloop.services.ingestion.decoding import decode_record, wire_problem
 from driftloop.services.ingestion.landing import rows_to_table

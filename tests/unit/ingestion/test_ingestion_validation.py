@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from driftloop.contracts.pipeline import PipelineConfig, parse_pipeline
 from driftloop.errors import ConfigError, ValidationFailed, WireFormatError
-from driftloop.pipeline import PipelineConfig, parse_pipeline
 from driftloop.services.ingestion import validation as v
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

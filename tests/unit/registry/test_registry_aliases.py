@@ -17,15 +17,15 @@ from model_factory import (
     training_completed_data,
 )
 
-from driftloop.db import create_engine_for, migrate, session_factory
+from driftloop.clients.db import create_engine_for, migrate, session_factory
+from driftloop.clients.objectstore import LocalObjectStore
+from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.settings import Settings
 from driftloop.errors import DriftloopError
-from driftloop.events import Event, new_event
-from driftloop.objectstore import LocalObjectStore
-from driftloop.service import base_app
+from driftloop.runtime.service import base_app
 from driftloop.services.registry import api
 from driftloop.services.registry.handlers import RegistryHandlers
 from driftloop.services.registry.repository import Registry
-from driftloop.settings import Settings
 
 MODEL = "fraud-alias"
 ADMIN = {"Authorization": "Bearer admin-secret"}
@@ -260,8 +260,8 @@ def test_cli_moves_aliases_annotates_and_rolls_back_over_http(env: dict, tmp_pat
     import uvicorn
     from typer.testing import CliRunner
 
-    from driftloop.cli import app as cli_app
-    from driftloop.procs import free_port, port_open, wait_until
+    from driftloop.ops.cli import app as cli_app
+    from driftloop.ops.procs import free_port, port_open, wait_until
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(env["client"].app, host="127.0.0.1", port=port, log_config=None))

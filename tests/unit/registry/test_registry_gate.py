@@ -7,7 +7,7 @@ import math
 import pytest
 from model_factory import feature_frame, make_pipeline, train_artifact
 
-from driftloop.pipeline import GateSpec
+from driftloop.contracts.pipeline import GateSpec
 from driftloop.services.registry import gate as gating
 
 

@@ -16,10 +16,10 @@ from model_factory import (
     training_completed_data,
 )
 
-from driftloop.db import create_engine_for, migrate, session_factory
+from driftloop.clients.db import create_engine_for, migrate, session_factory
+from driftloop.clients.objectstore import LocalObjectStore
+from driftloop.contracts.events import Event, new_event
 from driftloop.errors import NotFoundError
-from driftloop.events import Event, new_event
-from driftloop.objectstore import LocalObjectStore
 from driftloop.services.registry.handlers import RegistryHandlers
 from driftloop.services.registry.repository import Registry
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import test_registry_aliases as aliases
 
-from driftloop.events import Envelope, Event, new_event
+from driftloop.contracts.events import Envelope, Event, new_event
 
 # The registry with v1 promoted, then v2 promoted over it (champion v2), from the alias tests.
 env = aliases.env

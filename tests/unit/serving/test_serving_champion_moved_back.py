@@ -8,7 +8,7 @@ from pathlib import Path
 
 import test_serving_rollout as rollout_tests
 
-from driftloop.events import new_event
+from driftloop.contracts.events import new_event
 
 MODEL = rollout_tests.MODEL
 models = rollout_tests.models  # fixture: real LightGBM artifacts

@@ -11,10 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 from model_factory import feature_frame, make_pipeline, put_artifact, raw_transactions, train_artifact
 
-from driftloop.events import Event, new_event
-from driftloop.featuredefs import features_from_instances
-from driftloop.objectstore import LocalObjectStore
-from driftloop.service import base_app
+from driftloop.clients.objectstore import LocalObjectStore
+from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.featuredefs import features_from_instances
+from driftloop.runtime.service import base_app
 from driftloop.services.serving import api
 from driftloop.services.serving.loader import PromotionFollower
 from driftloop.services.serving.served import ModelTable

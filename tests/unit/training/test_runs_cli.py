@@ -11,9 +11,10 @@ import pytest
 from test_training_families import fit, pipeline_of
 from typer.testing import CliRunner
 
-from driftloop import cli
-from driftloop.objectstore import LocalObjectStore, sha256_bytes
-from driftloop.settings import Settings
+from driftloop.clients.objectstore import LocalObjectStore, sha256_bytes
+from driftloop.contracts.settings import Settings
+from driftloop.ops import cli
+from driftloop.ops.cli import _common
 
 RUNS: dict[str, dict[str, Any]] = {
     "run-a": {
@@ -50,7 +51,7 @@ def answers(routes: dict[tuple[str, str], Any]) -> Any:
 
 def test_compare_shows_params_and_metrics_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
     routes = {("GET", f"/v1/runs/{run_id}"): run for run_id, run in RUNS.items()}
-    monkeypatch.setattr(cli, "_call", answers(routes))
+    monkeypatch.setattr(_common, "call", answers(routes))
     result = CliRunner().invoke(cli.app, ["runs", "compare", "run-a", "run-b"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") >= 3}
@@ -66,7 +67,7 @@ def test_rerun_waits_and_reports_the_metric_difference(monkeypatch: pytest.Monke
         ("GET", "/v1/runs"): {"runs": [rerun]},
         ("GET", "/v1/runs/run-a"): RUNS["run-a"],
     }
-    monkeypatch.setattr(cli, "_call", answers(routes))
+    monkeypatch.setattr(_common, "call", answers(routes))
     result = CliRunner().invoke(cli.app, ["runs", "rerun", "run-a"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
@@ -81,8 +82,8 @@ def test_models_export_reads_the_artifact_from_the_store_and_checks_its_sha256(
     store = LocalObjectStore(settings.home / "objects")
     uri = store.put_bytes("models/m/runs/run-a/model.zip", result.artifact)
     version = {"model": "m", "version": 3, "artifact_uri": uri, "artifact_sha256": sha256_bytes(result.artifact)}
-    monkeypatch.setattr(cli, "_settings", lambda: settings)
-    monkeypatch.setattr(cli, "_call", answers({("GET", "/v1/models/m/versions/3"): version}))
+    monkeypatch.setattr(_common, "settings", lambda: settings)
+    monkeypatch.setattr(_common, "call", answers({("GET", "/v1/models/m/versions/3"): version}))
     answer = CliRunner().invoke(cli.app, ["models", "export", "m", "3", str(tmp_path / "out")])
     assert answer.exit_code == 0, answer.output
     signature = json.loads((tmp_path / "out" / "signature.json").read_text())

@@ -15,15 +15,16 @@ import pyarrow.parquet as pq
 import pytest
 from test_training_fit import REPO, write_feature_set  # same folder (pytest puts it on the path)
 
-from driftloop import layout
+from driftloop.clients.objectstore import LocalObjectStore, sha256_bytes
+from driftloop.contracts import layout
+from driftloop.contracts.artifact import ModelArtifact
+from driftloop.contracts.evaluation import holdout_mask
+from driftloop.contracts.pipeline import PipelineConfig, parse_pipeline
+from driftloop.contracts.settings import ObjectStoreSettings
 from driftloop.errors import ConfigError
-from driftloop.export import export_artifact
-from driftloop.modeling import ModelArtifact, holdout_mask
-from driftloop.objectstore import LocalObjectStore, sha256_bytes
-from driftloop.pipeline import PipelineConfig, parse_pipeline
+from driftloop.ops.export import export_artifact
 from driftloop.services.training.fit import FitJob, FitResult, fit_feature_set
 from driftloop.services.training.hpo import max_rounds, search_metric, tune_space
-from driftloop.settings import ObjectStoreSettings
 
 FAMILY_PARAMS = {
     "lightgbm": "{num_leaves: 7, n_estimators: 30}",

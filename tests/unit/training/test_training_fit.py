@@ -12,16 +12,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from driftloop import layout
+from driftloop.clients.objectstore import LocalObjectStore, ObjectStore
+from driftloop.contracts import layout
+from driftloop.contracts.artifact import ModelArtifact
+from driftloop.contracts.evaluation import all_metrics, holdout_mask
+from driftloop.contracts.featuredefs import compute_features
+from driftloop.contracts.pipeline import PipelineConfig, parse_pipeline
+from driftloop.contracts.settings import ObjectStoreSettings
 from driftloop.errors import NotFoundError
-from driftloop.featuredefs import compute_features
-from driftloop.modeling import ModelArtifact, all_metrics, holdout_mask
-from driftloop.objectstore import LocalObjectStore, ObjectStore
-from driftloop.pipeline import PipelineConfig, parse_pipeline
 from driftloop.services.training.featuresets import resolve_feature_set
 from driftloop.services.training.fit import FitJob, TrainingFailed, fit_feature_set, model_params
 from driftloop.services.training.provenance import code_version, environment
-from driftloop.settings import ObjectStoreSettings
 
 REPO = Path(__file__).resolve().parents[3]
 

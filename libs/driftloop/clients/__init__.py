@@ -1,0 +1,7 @@
+"""Clients of the infrastructure: the database (models per owning service, Alembic migrations), the object store,
+the process's Spark session, the credentials a client sends and the one HTTP client for driftloop's services.
+
+Import what you need from the submodule (``from driftloop.clients.objectstore import open_object_store``).
+"""
+
+__all__ = ["credentials", "db", "http", "objectstore", "spark"]

@@ -1,0 +1,63 @@
+"""Tables owned by the triggers service (others may read them, only it writes)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from driftloop.clients.db.models._base import Base, utcnow
+
+
+class TrainingRequest(Base):
+    __tablename__ = "training_requests"
+    request_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(sa.String(200), index=True)
+    trigger: Mapped[str] = mapped_column(sa.String(32))
+    reason: Mapped[str] = mapped_column(sa.Text)
+    cause_event_id: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    cascade_id: Mapped[str | None] = mapped_column(sa.String(64))
+    dataset_version_id: Mapped[str | None] = mapped_column(sa.String(200))
+    # pending (waiting for fresh data) | requested | suppressed (cooldown/duplicate/active run)
+    status: Mapped[str] = mapped_column(sa.String(32))
+    note: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When a pending request fired, or a decision was last changed.
+    updated_at: Mapped[datetime | None]
+    # When the cause happened: a pending drift fires only on data materialized after it.
+    cause_occurred_at: Mapped[datetime | None]
+    # The TrainingRequested event sent for this decision, if any.
+    event_id: Mapped[str | None] = mapped_column(sa.String(64))
+    # What a pending request waits for: "data" (the next dataset version) or "run" (the active run to end).
+    wait_for: Mapped[str | None] = mapped_column(sa.String(16))
+
+
+class TriggerStreamState(Base):
+    """The latest materialized dataset version of a stream, as the triggers service saw it."""
+
+    __tablename__ = "trigger_stream_state"
+    stream: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    dataset_version_id: Mapped[str] = mapped_column(sa.String(200))
+    event_id: Mapped[str] = mapped_column(sa.String(64))
+    materialized_at: Mapped[datetime]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # New rows (DatasetVersionCreated.new_rows) landed since the last new-data request (triggers.new_data).
+    rows_since_request: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+
+
+class TriggerModelState(Base):
+    """Per model: the champion, the active training runs and the last request (for cooldown)."""
+
+    __tablename__ = "trigger_model_state"
+    model: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    champion_version: Mapped[int | None]
+    active_runs: Mapped[list] = mapped_column(default=list)
+    last_request_at: Mapped[datetime | None]
+    # Trigger kind -> ISO time of its last automatic request: the cooldown is per kind.
+    last_request_by_kind: Mapped[dict] = mapped_column(default=dict)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Labels (FeedbackReceived) since the last labels decision (triggers.labels.every_n_labels).
+    labels_since_request: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    # The last cron slot handled (triggers.schedule): a slot gives at most one request, even across restarts.
+    last_schedule_slot: Mapped[datetime | None]

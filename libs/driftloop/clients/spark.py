@@ -1,0 +1,69 @@
+"""One SparkSession per process, created on first use and kept alive (starting one costs seconds).
+
+Configured from ``settings.spark``: the master URL (``local[*]`` here, a cluster's URL to scale out), UI off,
+UTC session time zone, Arrow transfers, loopback for a local master.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from typing import TYPE_CHECKING, Literal
+
+from driftloop.contracts.settings import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_session: SparkSession | None = None
+
+
+def spark_session(
+    settings: Settings,
+    app_name: str,
+    parquet_timestamp: Literal["TIMESTAMP_MILLIS", "TIMESTAMP_MICROS"] = "TIMESTAMP_MICROS",
+) -> SparkSession:
+    """The process's SparkSession. The first caller's ``app_name`` and ``parquet_timestamp`` win."""
+    global _session
+    with _lock:
+        if _session is not None:
+            return _session
+        # Spark workers must run this interpreter, and a local master's traffic stays on loopback.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+        from pyspark.sql import SparkSession
+
+        _session = (
+            SparkSession.builder.appName(app_name)
+            .master(settings.spark.master)
+            .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")
+            .config("spark.driver.memory", settings.spark.driver_memory)
+            .config("spark.sql.shuffle.partitions", str(settings.spark.shuffle_partitions))
+            # Timestamps cross the Python/JVM boundary as UTC, whatever the machine's zone.
+            .config("spark.sql.session.timeZone", "UTC")
+            .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+            # Parquet timestamps marked UTC-adjusted (not INT96), so pyarrow/pandas readers get tz-aware UTC.
+            .config("spark.sql.parquet.outputTimestampType", parquet_timestamp)
+            .getOrCreate()
+        )
+        _session.sparkContext.setLogLevel("WARN")
+        return _session
+
+
+def stop_spark() -> None:
+    global _session
+    with _lock:
+        if _session is not None:
+            try:
+                _session.stop()
+            except Exception:
+                # On SIGTERM to our process group the JVM may be gone already: nothing left to stop.
+                log.info("Spark was already stopped")
+            _session = None

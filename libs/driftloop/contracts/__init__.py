@@ -1,0 +1,25 @@
+"""Contracts: what services agree on, defined once, with no I/O beyond reading the project's own schema files.
+
+- ``topics``: every topic and the event type it carries; ``events``: the envelope, events and their typed payloads;
+- ``schemas`` / ``schemalock``: the Avro event schemas (``schemas/events/*.avsc``) and their compatibility lock;
+- ``fieldtypes``: the field-type table from which Avro, Arrow, Spark, pandas, OIP and validation types derive;
+- ``pipeline``, ``searchspace``, ``featuredefs``: a user's pipeline config, its search space and its features;
+- ``artifact`` / ``evaluation``: the model artifact format, the holdout split and the metrics;
+- ``layout``: where things live in the object store; ``settings``: the platform's typed settings.
+
+Import what you need from the submodule (``from driftloop.contracts.topics import MODEL_PROMOTED``).
+"""
+
+__all__ = [
+    "artifact",
+    "evaluation",
+    "events",
+    "featuredefs",
+    "layout",
+    "pipeline",
+    "schemalock",
+    "schemas",
+    "searchspace",
+    "settings",
+    "topics",
+]

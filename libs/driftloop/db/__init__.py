@@ -1,6 +1,0 @@
-"""Database access: one SQLAlchemy metadata (migrated by Alembic), engines for SQLite and PostgreSQL."""
-
-from driftloop.db.engine import create_engine_for, migrate, session_factory
-from driftloop.db.models import Base
-
-__all__ = ["Base", "create_engine_for", "migrate", "session_factory"]

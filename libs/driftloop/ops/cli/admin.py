@@ -1,0 +1,90 @@
+"""``driftloop db | pipeline | schemas``: the database, the pipeline files and the event schemas' lock."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from driftloop.ops.cli import _common as common
+
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+pipeline_app = typer.Typer(help="Pipeline config files.", no_args_is_help=True)
+schemas_app = typer.Typer(help="Event schemas and their compatibility lock.", no_args_is_help=True)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Migrate the database to the newest schema (Alembic)."""
+    from driftloop.clients.db import migrate
+
+    settings = common.settings()
+    migrate(settings.database_url)
+    common.console.print("database is up to date")
+
+
+@db_app.command("purge")
+def db_purge() -> None:
+    """Run the retention purges now (what the services do periodically): old serving predictions and feedback,
+    monitor observations and feedback, processed-event ids; rows still needed stay (see the README)."""
+    from driftloop.clients.db import create_engine_for
+    from driftloop.runtime.bus import purge_processed_events
+
+    settings = common.settings()
+    purged: dict[str, Any] = {}
+    # The purge rules belong to the owning services: each runs as ``python -m driftloop.services.NAME purge``.
+    for service in ("serving", "monitor"):
+        done = subprocess.run(
+            [sys.executable, "-m", f"driftloop.services.{service}", "purge"], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            common.console.print(f"[red]{service} purge failed:[/red] {done.stderr.strip()}")
+            raise typer.Exit(1)
+        purged.update(json.loads(done.stdout))
+    engine = create_engine_for(settings.database_url)
+    purged["processed_events"] = purge_processed_events(
+        engine,
+        retention_days=settings.kafka.processed_events_retention_days,
+        batch_rows=settings.database.purge_batch_rows,
+    )
+    common.print_json(purged)
+
+
+@pipeline_app.command("validate")
+def pipeline_validate(files: Annotated[list[Path] | None, typer.Argument()] = None) -> None:
+    """Check pipeline files (default: every file in pipelines_dir)."""
+    from driftloop.contracts.pipeline import load_pipeline, load_pipelines
+
+    if files:
+        for f in files:
+            cfg = load_pipeline(f)
+            common.console.print(f"{f}: ok (stream {cfg.stream.name}, model {cfg.model.name})")
+    else:
+        for name, cfg in load_pipelines(common.settings().pipelines_dir).items():
+            common.console.print(f"model {name}: ok (stream {cfg.stream.name})")
+
+
+@schemas_app.command("check")
+def schemas_check() -> None:
+    """Check every event schema against the versions in schemas/compatibility.lock.json."""
+    from driftloop.contracts.schemalock import check_lock
+
+    problems = check_lock()
+    if problems:
+        for p in problems:
+            common.err_console.print(f"[red]{p}[/red]")
+        raise typer.Exit(1)
+    common.console.print("every event schema is backward compatible with its locked versions")
+
+
+@schemas_app.command("lock")
+def schemas_lock() -> None:
+    """Record the current event schemas as released versions (after `schemas check` passes)."""
+    from driftloop.contracts.schemalock import update_lock
+
+    added = update_lock()
+    common.console.print(f"locked {len(added)} new schema version(s): {', '.join(added) or '-'}")

@@ -1,0 +1,121 @@
+"""``driftloop models | retrain | rollback``: the registry's models, versions and aliases; manual retrains."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from driftloop.errors import DriftloopError
+from driftloop.ops.cli import _common as common
+
+app = typer.Typer()
+models_app = typer.Typer(help="Models in the registry.", no_args_is_help=True)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Registered models and their champion."""
+    common.print_json(common.call("registry", "GET", "/v1/models"))
+
+
+@models_app.command("show")
+def models_show(name: str) -> None:
+    """Versions of a model with metrics, lineage and gate numbers."""
+    common.print_json(common.call("registry", "GET", f"/v1/models/{name}/versions"))
+
+
+@app.command()
+def retrain(
+    model: str,
+    reason: Annotated[str, typer.Option(help="Why (kept with the run).")] = "manual",
+    dataset: Annotated[
+        str | None, typer.Option(help="Pin the training input to this dataset version, STREAM@vN (default: latest).")
+    ] = None,
+) -> None:
+    """Ask for a retrain of MODEL now (manual trigger), optionally on a pinned dataset version."""
+    body: dict[str, Any] = {"reason": reason}
+    if dataset:
+        common.call("ingestion", "GET", f"/v1/datasets/{dataset}")  # a clear error for an unknown version
+        body["dataset_version_id"] = dataset
+    common.print_json(common.call("triggers", "POST", f"/v1/models/{model}/retrain", json=body))
+
+
+@app.command()
+def rollback(
+    model: str,
+    to: Annotated[
+        int | None, typer.Option("--to", help="Version to go back to (default: the previous champion).")
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why (kept with the alias and its event).")] = "",
+) -> None:
+    """Move MODEL's champion back to the previous champion (or --to V); serving follows."""
+    body: dict[str, Any] = {"reason": reason}
+    if to is not None:
+        body["to"] = to
+    moved = common.call("registry", "POST", f"/v1/models/{model}/rollback", json=body)
+    common.console.print(
+        f"{model}: champion v{moved['previous_version']} -> v{moved['version']} (event {moved['event_id']})"
+    )
+
+
+@models_app.command("alias")
+def models_alias(
+    name: str,
+    alias: str,
+    version: Annotated[int | None, typer.Argument(help="Move the alias here; omit to show where it points.")] = None,
+    reason: Annotated[str, typer.Option(help="Why (required to move).")] = "",
+) -> None:
+    """Show an alias of model NAME, or move it to VERSION (champion moves what serving answers with)."""
+    if version is None:
+        common.print_json(common.call("registry", "GET", f"/v1/models/{name}/aliases/{alias}"))
+        return
+    if not reason:
+        raise DriftloopError("moving an alias needs --reason")
+    common.print_json(
+        common.call(
+            "registry", "PUT", f"/v1/models/{name}/aliases/{alias}", json={"version": version, "reason": reason}
+        )
+    )
+
+
+@models_app.command("annotate")
+def models_annotate(
+    name: str,
+    version: int,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="key=value to set, or key= to delete.")] = None,
+    description: Annotated[str | None, typer.Option(help="Replace the description.")] = None,
+) -> None:
+    """Set or delete tags and replace the description of a version."""
+    tags: dict[str, str | None] = {}
+    for item in tag or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise DriftloopError(f"--tag {item!r}: expected key=value (or key= to delete)")
+        tags[key] = value or None
+    body: dict[str, Any] = {}
+    if tags:
+        body["tags"] = tags
+    if description is not None:
+        body["description"] = description
+    common.print_json(common.call("registry", "PATCH", f"/v1/models/{name}/versions/{version}", json=body))
+
+
+@models_app.command("export")
+def models_export(
+    name: str,
+    version: int,
+    directory: Annotated[Path, typer.Argument(help="Folder to write (created).")],
+) -> None:
+    """Export MODEL VERSION as a self-contained folder (model, signature, pinned requirements, predict.py) that
+    predicts without driftloop. The artifact is read from the object store and verified by its sha256."""
+    from driftloop.clients.objectstore import open_object_store
+    from driftloop.ops.export import export_artifact
+
+    record = common.call("registry", "GET", f"/v1/models/{name}/versions/{version}")
+    record = record.get("version", record) if isinstance(record.get("version"), dict) else record
+    store = open_object_store(common.settings())
+    data = store.get_bytes(store.key_of(record["artifact_uri"]))
+    export_artifact(data, directory, expected_sha256=record["artifact_sha256"])
+    common.console.print(f"exported {name} v{version} to {directory} (python {directory}/predict.py rows.csv)")

@@ -1,0 +1,132 @@
+"""``driftloop runs ...``: the training service's runs."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from driftloop.ops.cli import _common as common
+
+runs_app = typer.Typer(help="Training runs: list, inspect, logs, abort, compare, rerun.", no_args_is_help=True)
+
+
+def _flat(prefix: str, values: dict[str, Any] | None) -> dict[str, Any]:
+    return {f"{prefix}.{k}": v for k, v in sorted((values or {}).items())}
+
+
+@runs_app.command("list")
+def runs_list(
+    model: Annotated[str | None, typer.Option(help="Only this model's runs.")] = None,
+    state: Annotated[str | None, typer.Option(help="pending, running, completed, failed or aborted.")] = None,
+    trigger: Annotated[str | None, typer.Option(help="e.g. manual, drift, new_data, rerun.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+    as_json: common.JsonOption = False,
+) -> None:
+    """Runs, newest first."""
+    params = {k: v for k, v in {"model": model, "state": state, "trigger": trigger, "limit": limit}.items() if v}
+    runs = common.call("training", "GET", "/v1/runs", params=params)["runs"]
+    if as_json:
+        common.print_json(runs)
+        return
+    table = Table("run", "model", "state", "trigger", "dataset", "metrics", "created")
+    for run in runs:
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted((run.get("metrics") or {}).items()))
+        table.add_row(
+            run["run_id"],
+            run["model"],
+            run["state"],
+            run["trigger"],
+            run.get("dataset_version_id") or "",
+            metrics,
+            str(run["created_at"])[:19],
+        )
+    common.console.print(table)
+
+
+@runs_app.command("show")
+def runs_show(run_id: str) -> None:
+    """Everything recorded about a run: params, metrics, trials, artifacts, provenance, resources."""
+    common.print_json(common.call("training", "GET", f"/v1/runs/{run_id}"))
+
+
+@runs_app.command("logs")
+def runs_logs(run_id: str) -> None:
+    """A run's log (live while it runs)."""
+    sys.stdout.write(common.call_text("training", "GET", f"/v1/runs/{run_id}/logs"))
+
+
+@runs_app.command("abort")
+def runs_abort(run_id: str) -> None:
+    """Abort a pending or running run: its Ray trials and fit stop, their CPUs are freed."""
+    common.print_json(common.call("training", "POST", f"/v1/runs/{run_id}/abort"))
+
+
+@runs_app.command("compare")
+def runs_compare(run_ids: Annotated[list[str], typer.Argument(help="Two or more run ids.")]) -> None:
+    """Params and metrics of runs side by side (rows that differ are marked)."""
+    runs = [common.call("training", "GET", f"/v1/runs/{run_id}") for run_id in run_ids]
+    rows: dict[str, list[Any]] = {}
+    for index, run in enumerate(runs):
+        fields = {
+            "state": run["state"],
+            "dataset": run.get("dataset_version_id"),
+            "code": run.get("code_version"),
+            **_flat("param", run.get("params")),
+            **_flat("metric", run.get("metrics")),
+            "search.best_validation": (run.get("search") or {}).get("best_validation_score"),
+            "wall_seconds": (run.get("resources") or {}).get("wall_seconds"),
+        }
+        for key, value in fields.items():
+            rows.setdefault(key, [None] * len(runs))[index] = value
+    table = Table("", *run_ids)
+    for key, values in rows.items():
+        differs = len({repr(v) for v in values}) > 1
+        table.add_row(f"[bold]{key}[/bold]" if differs else key, *(_cell(v) for v in values))
+    common.console.print(table)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else str(value)
+
+
+@runs_app.command("rerun")
+def runs_rerun(
+    run_id: str,
+    wait: Annotated[bool, typer.Option(help="Wait for the rerun and compare its metrics.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 600.0,
+) -> None:
+    """Re-execute a completed run from its record (same data, features, params, seed) and compare metrics."""
+    answer = common.call("training", "POST", f"/v1/runs/{run_id}/rerun", json={"reason": "driftloop runs rerun"})
+    if not wait:
+        common.print_json(answer)
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = common.call("training", "GET", "/v1/runs", params={"rerun_of": run_id})["runs"]
+        mine = [r for r in found if r["request_id"] == answer["request_id"]]
+        if mine and mine[0]["state"] in ("completed", "failed", "aborted"):
+            original = common.call("training", "GET", f"/v1/runs/{run_id}")
+            rerun = mine[0]
+            deltas = {
+                k: abs(v - (rerun.get("metrics") or {}).get(k, float("nan")))
+                for k, v in (original.get("metrics") or {}).items()
+            }
+            common.print_json(
+                {
+                    "rerun": rerun["run_id"],
+                    "state": rerun["state"],
+                    "error": rerun.get("error"),
+                    "metrics": rerun.get("metrics"),
+                    "original_metrics": original.get("metrics"),
+                    "max_abs_difference": max(deltas.values(), default=None),
+                }
+            )
+            return
+        time.sleep(1.0)
+    common.print_json({**answer, "state": "still running after the timeout"})

@@ -1,0 +1,312 @@
+"""The embedded stack: broker, schema registry and every service as separate processes on this machine.
+
+``up`` migrates the database, starts what the settings say is embedded (Tansu broker, our schema registry),
+creates the topics, starts the services, waits until each is healthy and records the PIDs in
+``<home>/stack.json``. ``down`` stops them by PID, newest first. Logs: ``<home>/logs/<component>.log``.
+
+With ``prometheus=True`` (``driftloop up --prometheus``) it also starts a Prometheus server (the ``prometheus``
+binary, Debian's package) scraping every service it started, with a config made by ``prometheus_config`` from the
+project's ``infra/prometheus/prometheus.yml`` (same jobs, paths and labels; targets where these settings run them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from driftloop.clients.credentials import ensure_admin_token, token_file
+from driftloop.clients.db import migrate
+from driftloop.clients.http import http_ready, probe_health
+from driftloop.contracts.pipeline import load_pipelines
+from driftloop.contracts.settings import Settings, settings_env
+from driftloop.errors import StackError
+from driftloop.ops.broker import EmbeddedBroker
+from driftloop.ops.procs import pid_alive, port_open, spawn, stop_pid, wait_until
+from driftloop.runtime.bus import EventBus, ensure_event_topics, ensure_topics
+
+# The dashboard last: it only reads the others (event log, HTTP APIs).
+SERVICES = ("ingestion", "features", "training", "registry", "serving", "monitor", "triggers", "dashboard")
+
+# The Prometheus config docker-compose.yml uses: the one place that names the scrape jobs, paths and labels.
+PROMETHEUS_TEMPLATE = Path(__file__).resolve().parents[3] / "infra" / "prometheus" / "prometheus.yml"
+
+
+def _reachable_host(host: str) -> str:
+    """Where a local client reaches a server bound to ``host`` (a wildcard bind is reached on loopback)."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def prometheus_config(
+    settings: Settings,
+    services: Sequence[str] = SERVICES,
+    *,
+    template: Path = PROMETHEUS_TEMPLATE,
+    scrape_interval: str | None = None,
+) -> dict[str, Any]:
+    """The project's Prometheus config (``template``: its jobs, metrics paths and labels) with every driftloop
+    service target (``<service>:<port>``) rewritten to where ``settings`` runs it. Services not in ``services``
+    are left out, so that every remaining target is expected up. Other targets are kept as they are."""
+    unknown = sorted(set(services) - set(SERVICES))
+    if unknown:
+        raise StackError(f"unknown services {unknown}: known are {list(SERVICES)}")
+    config: dict[str, Any] = yaml.safe_load(template.read_text())
+    host = _reachable_host(settings.services.host)
+    jobs = []
+    for job in config.get("scrape_configs") or []:
+        groups = []
+        for group in job.get("static_configs") or []:
+            targets = []
+            for target in group.get("targets") or []:
+                name = str(target).rpartition(":")[0]
+                if name not in SERVICES:
+                    targets.append(target)
+                elif name in services:
+                    targets.append(f"{host}:{settings.services.port(name)}")
+            if targets:
+                groups.append({**group, "targets": targets})
+        if groups or not job.get("static_configs"):
+            jobs.append({**job, "static_configs": groups} if job.get("static_configs") else job)
+    config["scrape_configs"] = jobs
+    if scrape_interval:
+        config.setdefault("global", {}).update(scrape_interval=scrape_interval, evaluation_interval=scrape_interval)
+    return config
+
+
+def write_prometheus_config(path: Path, config: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = f"# Made by driftloop from {PROMETHEUS_TEMPLATE.name} (infra/prometheus): edit that file, not this one.\n"
+    path.write_text(header + yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@dataclass
+class Component:
+    name: str
+    pid: int
+    url: str
+    log: str
+    health_url: str | None
+
+    def health(self) -> dict[str, Any]:
+        alive = pid_alive(self.pid)
+        info: dict[str, Any] = {**asdict(self), "alive": alive, "healthy": False, "ready": False}
+        if not alive:
+            return info
+        if self.health_url is None:
+            host, _, port = self.url.removeprefix("kafka://").rpartition(":")
+            info["healthy"] = info["ready"] = port_open(host, int(port))
+            return info
+        info["healthy"], info["ready"] = probe_health(self.health_url)
+        return info
+
+
+def child_environment(settings: Settings) -> dict[str, str]:
+    """What every service process gets: the settings as DRIFTLOOP_* plus Spark and Ray's local-only knobs."""
+    env = settings_env(settings)
+    env.update(
+        {
+            "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
+            "PYSPARK_PYTHON": os.environ.get("PYSPARK_PYTHON", sys.executable),
+            "PYSPARK_DRIVER_PYTHON": os.environ.get("PYSPARK_DRIVER_PYTHON", sys.executable),
+            "RAY_USAGE_STATS_ENABLED": "0",
+            # Without this Ray binds to the machine's network address instead of loopback.
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+class Stack:
+    def __init__(self, settings: Settings, on_progress: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.home = settings.home.resolve()
+        self.state_file = self.home / "stack.json"
+        self.say = on_progress or (lambda _msg: None)
+
+    # --- state -------------------------------------------------------------------------------------------
+
+    def components(self) -> list[Component]:
+        if not self.state_file.is_file():
+            return []
+        data = json.loads(self.state_file.read_text())
+        return [Component(**c) for c in data["components"]]
+
+    def _save(self, components: list[Component]) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        data = {"started_at": time.time(), "components": [asdict(c) for c in components]}
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(self.state_file)
+
+    def status(self) -> list[dict[str, Any]]:
+        return [c.health() for c in self.components()]
+
+    # --- up / down ---------------------------------------------------------------------------------------
+
+    def up(
+        self,
+        timeout: float = 240.0,
+        *,
+        services: Sequence[str] = SERVICES,
+        prometheus: bool | None = None,
+        prometheus_port: int | None = None,
+        scrape_interval: str | None = None,
+    ) -> list[Component]:
+        """Start the stack: ``services`` (default all), and with ``prometheus`` (default: the ``prometheus.enabled``
+        setting) a Prometheus server on ``prometheus_port`` (default: ``prometheus.port``) scraping them
+        (``scrape_interval``: default the template's)."""
+        if prometheus is None:
+            prometheus = self.settings.prometheus.enabled
+        if prometheus_port is None:
+            prometheus_port = self.settings.prometheus.port
+        running = [c for c in self.components() if pid_alive(c.pid)]
+        if running:
+            raise StackError(
+                f"a stack is already running from {self.state_file} ({', '.join(c.name for c in running)}): "
+                "run `driftloop down` first"
+            )
+        pipelines = load_pipelines(self.settings.pipelines_dir)  # fail early on a bad pipeline file
+        # Fail before starting anything: Prometheus' config needs known services, and the binary must be there.
+        scrape_config = prometheus_config(self.settings, services, scrape_interval=scrape_interval)
+        prometheus_binary = self._prometheus_binary(prometheus_port) if prometheus else None
+        log_dir = self.settings.log_dir
+        log_dir.mkdir(parents=True, exist_ok=True)
+        components: list[Component] = []
+        if ensure_admin_token(self.settings) and not self.settings.security.admin_tokens:
+            self.say(f"security: admin token in {token_file(self.settings)} (mode 600; the CLI reads it)")
+        try:
+            self.say(f"database: migrating {self._safe_db_url()}")
+            migrate(self.settings.database_url)
+            if self.settings.kafka.embedded:
+                host, _, port = self.settings.kafka.bootstrap_servers.rpartition(":")
+                broker = EmbeddedBroker(port=int(port), host=host or "127.0.0.1", log_path=log_dir / "broker.log")
+                pid = broker.start()
+                components.append(
+                    Component("broker", pid, f"kafka://{broker.bootstrap_servers}", str(log_dir / "broker.log"), None)
+                )
+                self._save(components)
+                self.say(f"broker (Tansu) on {broker.bootstrap_servers}, pid {pid}")
+            if self.settings.schema_registry.embedded:
+                components.append(self._start_service("schemaregistry"))
+                self._save(components)
+                self._wait_ready(components[-1], timeout)
+            self.say("topics: creating event and stream topics")
+            ensure_event_topics(self.settings)
+            self.say("schemas: registering the event schemas")
+            EventBus(self.settings, producer_name="driftloop-cli").register_event_schemas()
+            ensure_topics(self.settings, [cfg.stream.topic for cfg in pipelines.values()])
+            for name in services:
+                components.append(self._start_service(name))
+                self._save(components)
+            for component in components:
+                self._wait_ready(component, timeout)
+            if prometheus_binary:
+                components.append(self._start_prometheus(prometheus_binary, prometheus_port, scrape_config))
+                self._save(components)
+                self._wait_ready(components[-1], timeout)
+        except BaseException:
+            self.say("start failed: stopping what was started")
+            self._stop_all(components)
+            raise
+        return components
+
+    def _safe_db_url(self) -> str:
+        url = self.settings.database_url
+        if "@" in url and "://" in url:
+            scheme, rest = url.split("://", 1)
+            return f"{scheme}://***@{rest.split('@', 1)[1]}"
+        return url
+
+    def _start_service(self, name: str) -> Component:
+        services = self.settings.services
+        port = services.port(name)
+        if port_open(services.host, port):
+            raise StackError(f"port {port} for {name} is in use: set DRIFTLOOP_SERVICES__{name.upper()}_PORT")
+        log_dir = self.settings.log_dir
+        proc = spawn(
+            [sys.executable, "-m", f"driftloop.services.{name}"],
+            log_dir / f"{name}.out",
+            env=child_environment(self.settings),
+        )
+        url = services.url(name)
+        self.say(f"{name}: starting on {url}, pid {proc.pid}")
+        return Component(name, proc.pid, url, str(log_dir / f"{name}.log"), f"{url}/healthz")
+
+    def _prometheus_binary(self, port: int) -> str:
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise StackError(
+                "--prometheus needs the `prometheus` binary on the PATH: `make setup` (infra/setup-system.sh) "
+                "installs Debian's prometheus package"
+            )
+        host = _reachable_host(self.settings.services.host).strip("[]")
+        if port_open(host, port):
+            raise StackError(f"port {port} for prometheus is in use: choose another with --prometheus-port")
+        return binary
+
+    def _start_prometheus(self, binary: str, port: int, config: dict[str, Any]) -> Component:
+        """Prometheus with its config and data under ``<home>/prometheus``, listening where the services do (a
+        wildcard services bind gives loopback: Prometheus has no authentication)."""
+        folder = self.home / "prometheus"
+        config_path = write_prometheus_config(folder / "prometheus.yml", config)
+        host = _reachable_host(self.settings.services.host)
+        log = self.settings.log_dir / "prometheus.log"
+        proc = spawn(
+            [
+                binary,
+                f"--config.file={config_path}",
+                f"--storage.tsdb.path={folder / 'data'}",
+                f"--web.listen-address={host}:{port}",
+            ],
+            log,
+        )
+        url = f"http://{host}:{port}"
+        self.say(f"prometheus: starting on {url} (config {config_path}), pid {proc.pid}")
+        return Component("prometheus", proc.pid, url, str(log), f"{url}/-/ready")
+
+    def _wait_ready(self, component: Component, timeout: float) -> None:
+        if component.health_url is None:
+            return
+
+        def ready() -> bool:
+            if not pid_alive(component.pid):
+                # Services also write a .out (stdout/stderr); Prometheus has only its log.
+                logs = [
+                    log for log in (component.log, str(Path(component.log).with_suffix(".out"))) if Path(log).exists()
+                ]
+                raise StackError(f"{component.name} exited during start: see {' and '.join(logs) or component.log}")
+            return http_ready(component.health_url or "")
+
+        wait_until(ready, timeout, f"{component.name} to be ready (see {component.log})")
+        self.say(f"{component.name}: ready")
+
+    def down(self) -> list[str]:
+        components = self.components()
+        stopped = self._stop_all(components)
+        if self.state_file.exists():
+            self.state_file.unlink()
+        return stopped
+
+    def _stop_all(self, components: list[Component]) -> list[str]:
+        stopped = []
+        for component in reversed(components):
+            if stop_pid(component.pid, timeout=20.0):
+                stopped.append(component.name)
+                self.say(f"{component.name}: stopped (pid {component.pid})")
+            else:
+                self.say(f"{component.name}: pid {component.pid} did not stop")
+        return stopped

@@ -1,0 +1,505 @@
+"""The event bus: Avro events on Kafka in the Confluent wire format, recorded in the event log.
+
+Producers: ``EventBus.publish`` encodes, sends and (after delivery) records the event in the database, so a
+cascade can be followed by id. Consumers: ``EventBus.run_consumer`` decodes, hands each event to a handler
+exactly once per consumer group (idempotency in the database, because the embedded broker has no real
+transactions), and commits the offset only after the handler returned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from driftloop.clients.credentials import schema_registry_client_config
+from driftloop.clients.db import create_engine_for, session_factory
+from driftloop.clients.db.models import EventRecord, ProcessedEvent
+from driftloop.contracts.events import Event
+from driftloop.contracts.schemas import event_schema
+from driftloop.contracts.settings import Settings
+from driftloop.contracts.topics import EVENT_TOPICS, TOPIC_BY_EVENT_TYPE, Topic
+from driftloop.errors import DriftloopError, WireFormatError
+from driftloop.runtime.metrics import (
+    CASCADE_STEPS,
+    CASCADES_STARTED,
+    CONSUMER_COMMITTED_OFFSET,
+    CONSUMER_LAG,
+    EVENT_HANDLE_SECONDS,
+    EVENTS_CONSUMED,
+    EVENTS_PUBLISHED,
+    PUBLISH_FAILURES,
+)
+from driftloop.runtime.retention import cutoff, purge_in_batches, utcnow
+from driftloop.runtime.serde import AvroCodec
+
+log = logging.getLogger(__name__)
+
+EventHandler = Callable[[Event], None]
+# Offsets are committed synchronously after each event, so only the last events a group handled before it stopped
+# can be uncommitted (and redelivered later): rows this much older than the group's newest row are committed.
+REDELIVERY_MARGIN = timedelta(hours=1)
+
+
+def purge_processed_events(
+    engine: sa.Engine,
+    *,
+    retention_days: float,
+    batch_rows: int,
+    consumers: Iterable[str] | None = None,
+    now: datetime | None = None,
+) -> int:
+    """Delete processed-event ids (redelivery dedupe) older than the retention AND older than the consumer
+    group's newest row by ``REDELIVERY_MARGIN`` (past its committed position: never redelivered again), for
+    ``consumers`` (default: every group). 0 days keeps them for ever. Returns rows deleted."""
+    old = cutoff(now or utcnow(), retention_days)
+    if old is None:
+        return 0
+    with engine.connect() as conn:
+        query = sa.select(ProcessedEvent.consumer, sa.func.max(ProcessedEvent.processed_at)).group_by(
+            ProcessedEvent.consumer
+        )
+        if consumers is not None:
+            query = query.where(ProcessedEvent.consumer.in_(list(consumers)))
+        newest = conn.execute(query).tuples().all()
+    deleted = 0
+    for consumer, newest_at in newest:
+        if newest_at is None:
+            continue
+        if newest_at.tzinfo is None:  # SQLite gives back naive UTC
+            newest_at = newest_at.replace(tzinfo=UTC)
+        committed_before = newest_at - REDELIVERY_MARGIN
+        expired = sa.and_(
+            ProcessedEvent.consumer == consumer,
+            ProcessedEvent.processed_at < min(old, committed_before),
+        )
+        deleted += purge_in_batches(
+            engine,
+            "processed_events",
+            sa.select(ProcessedEvent.event_id).where(expired),
+            lambda keys, expired=expired: sa.delete(ProcessedEvent).where(ProcessedEvent.event_id.in_(keys), expired),
+            batch_rows,
+        )
+    return deleted
+
+
+def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | None = None) -> None:
+    """Create the topics that do not exist yet, with the configured partition count."""
+    admin = AdminClient(settings.kafka_config())
+    existing = set(admin.list_topics(timeout=10).topics)
+    wanted = [
+        NewTopic(
+            n,
+            num_partitions=partitions or settings.kafka.partitions,
+            replication_factor=settings.kafka.replication_factor,
+        )
+        for n in dict.fromkeys(names)
+        if n not in existing
+    ]
+    if not wanted:
+        return
+    for name, future in admin.create_topics(wanted, operation_timeout=10).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise DriftloopError(f"creating topic {name} failed: {exc}") from exc
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON (and PostgreSQL's json type) has no NaN/Infinity, e.g. an unscorable gate score
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+class EventLog:
+    """The database copy of every event, written in batches off the hot path."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self.Session = session_factory(engine)
+        self._queue: queue.Queue[Event | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def to_record(event: Event) -> dict[str, Any]:
+        data = event.data
+        return {
+            "event_id": event.id,
+            "event_type": event.type,
+            "topic": event.topic.name,
+            "cascade_id": event.envelope.cascade_id,
+            "caused_by": event.envelope.caused_by,
+            "producer": event.envelope.producer,
+            "occurred_at": event.envelope.occurred_at,
+            "model": data.get("model"),
+            "stream": data.get("stream"),
+            "payload": _json_safe(data),
+        }
+
+    def write(self, events: list[Event]) -> None:
+        if not events:
+            return
+        rows = [self.to_record(e) for e in events]
+        with self.Session.begin() as session:
+            known = set(
+                session.scalars(
+                    sa.select(EventRecord.event_id).where(EventRecord.event_id.in_([r["event_id"] for r in rows]))
+                )
+            )
+            fresh = {r["event_id"]: r for r in rows if r["event_id"] not in known}
+            if fresh:
+                session.execute(sa.insert(EventRecord), list(fresh.values()))
+
+    def submit(self, event: Event) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._drain, name="event-log", daemon=True)
+            self._thread.start()
+        self._queue.put(event)
+
+    def _drain(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < 500:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                batch.append(item)
+            for attempt in range(5):
+                try:
+                    self.write(batch)
+                    break
+                except sa.exc.OperationalError:
+                    log.warning("event log write failed (attempt %d), retrying", attempt + 1, exc_info=True)
+                    time.sleep(0.5 * (attempt + 1))
+                except Exception:
+                    # The events are on Kafka already; losing their database copy must not stop the writer.
+                    log.exception("event log: %d events could not be recorded", len(batch))
+                    break
+            else:
+                log.error("event log: gave up recording %d events after retries", len(batch))
+            for _ in batch:
+                self._queue.task_done()
+
+    def flush(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self.flush()
+            self._queue.put(None)
+            self._thread.join(timeout=5)
+            self._thread = None
+
+
+@dataclass
+class ConsumerStatus:
+    group: str
+    topics: list[str]
+    assigned: bool = False
+    handled: int = 0
+    failed: int = 0
+    last_error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class EventBus:
+    """Publish and consume driftloop events. One instance per process."""
+
+    def __init__(self, settings: Settings, producer_name: str, engine: sa.Engine | None = None) -> None:
+        self.settings = settings
+        self.producer_name = producer_name
+        self.engine = engine or create_engine_for(settings.database_url)
+        self.Session = session_factory(self.engine)
+        self.codec = AvroCodec.from_config(schema_registry_client_config(settings))
+        self.event_log = EventLog(self.engine)
+        self._producer: Producer | None = None
+        self._producer_lock = threading.Lock()
+        self.stop_event = threading.Event()
+        self.consumers: list[ConsumerStatus] = []
+
+    # --- producing ---------------------------------------------------------------------------------------
+
+    @property
+    def producer(self) -> Producer:
+        with self._producer_lock:
+            if self._producer is None:
+                self._producer = Producer(
+                    self.settings.kafka_config(**{"enable.idempotence": True, "linger.ms": 5, "acks": "all"})
+                )
+            return self._producer
+
+    def register_event_schemas(self) -> None:
+        """Register every event schema now, so that publishing never waits on the registry later (a publish
+        made inside a database transaction must not depend on another service that writes the same database)."""
+        for topic in EVENT_TOPICS:
+            self.codec.register(topic.subject, event_schema(topic.event_type))
+
+    def encode(self, event: Event) -> bytes:
+        topic = TOPIC_BY_EVENT_TYPE[event.type]
+        return self.codec.encode(topic.subject, event_schema(event.type), event.to_avro())
+
+    def publish(self, event: Event, *, wait: bool = True) -> None:
+        """Send ``event`` to its topic. With ``wait`` the call returns once the broker has it."""
+        value = self.encode(event)
+        errors: list[str] = []
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                errors.append(str(err))
+                PUBLISH_FAILURES.labels(event.type).inc()
+                log.error("event %s (%s) was not delivered: %s", event.id, event.type, err)
+            else:
+                EVENTS_PUBLISHED.labels(event.type).inc()
+                (CASCADE_STEPS if event.envelope.caused_by else CASCADES_STARTED).labels(event.type).inc()
+                self.event_log.submit(event)
+
+        self.producer.produce(event.topic.name, key=event.key.encode(), value=value, on_delivery=on_delivery)
+        if wait:
+            self.producer.flush(30)
+            if errors:
+                raise DriftloopError(f"publishing {event.type} failed: {errors[0]}")
+        else:
+            self.producer.poll(0)
+
+    def publish_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        self.producer.produce(topic, key=key, value=value)
+        self.producer.poll(0)
+
+    def flush(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(30)
+        self.event_log.flush()
+
+    # --- consuming ---------------------------------------------------------------------------------------
+
+    def consumer_config(self, group: str, **extra: Any) -> dict[str, Any]:
+        return self.settings.kafka_config(
+            **{
+                "group.id": group,
+                "enable.auto.commit": False,
+                # The embedded broker's queried high watermark is wrong: start from committed offsets/earliest.
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": self.settings.kafka.session_timeout_ms,
+                "heartbeat.interval.ms": max(500, self.settings.kafka.session_timeout_ms // 4),
+                "partition.assignment.strategy": "range,roundrobin",
+                **extra,
+            }
+        )
+
+    def already_processed(self, group: str, event_id: str) -> bool:
+        with self.Session() as session:
+            return session.get(ProcessedEvent, (group, event_id)) is not None
+
+    def mark_processed(self, group: str, event_id: str) -> None:
+        with self.Session.begin() as session:
+            if session.get(ProcessedEvent, (group, event_id)) is None:
+                session.add(ProcessedEvent(consumer=group, event_id=event_id))
+
+    def purge_processed(self, consumers: Iterable[str] | None = None) -> int:
+        """``purge_processed_events`` with this deployment's settings."""
+        return purge_processed_events(
+            self.engine,
+            retention_days=self.settings.kafka.processed_events_retention_days,
+            batch_rows=self.settings.database.purge_batch_rows,
+            consumers=consumers,
+        )
+
+    def run_consumer(
+        self,
+        group: str,
+        handlers: dict[Topic, EventHandler],
+        *,
+        poll_timeout: float = 0.5,
+    ) -> None:
+        """Consume until ``stop_event`` is set. Each event is handled once per group; the offset is committed
+        after the handler. A handler that raises is logged and its event is not marked processed (it is
+        retried after a restart); the loop goes on with the next message."""
+        topics = [t.name for t in handlers]
+        by_name = {t.name: h for t, h in handlers.items()}
+        status = ConsumerStatus(group=group, topics=topics)
+        self.consumers.append(status)
+        ensure_topics(self.settings, topics)
+        consumer = Consumer(self.consumer_config(group))
+        lag = ConsumerLag(group)
+
+        def on_assign(_c: Consumer, partitions: list[Any]) -> None:
+            status.assigned = True
+            lag.assigned(partitions)
+            log.info("consumer %s assigned %d partitions", group, len(partitions))
+
+        def on_revoke(_c: Consumer, partitions: list[Any]) -> None:
+            lag.revoked(partitions)
+
+        consumer.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke)
+        next_purge = time.monotonic()
+        try:
+            while not self.stop_event.is_set():
+                msg = consumer.poll(poll_timeout)
+                lag.update(consumer)
+                if time.monotonic() >= next_purge:
+                    # Each group purges its own ids, between two events (batched: short transactions).
+                    next_purge = time.monotonic() + self.settings.database.purge_interval_seconds
+                    try:
+                        self.purge_processed([group])
+                    except Exception:  # retention must never stop a consumer
+                        log.exception("consumer %s: purge of processed events failed", group)
+                if msg is None:
+                    continue
+                if msg.error():
+                    if msg.error().code() != KafkaError._PARTITION_EOF:
+                        log.warning("consumer %s: %s", group, msg.error())
+                    continue
+                self._handle(group, msg, by_name[msg.topic()], status)
+                consumer.commit(message=msg, asynchronous=False)
+                lag.committed(msg.topic(), msg.partition(), msg.offset() + 1)
+        finally:
+            consumer.close()
+
+    def _handle(self, group: str, msg: Message, handler: EventHandler, status: ConsumerStatus) -> None:
+        try:
+            _, record = self.codec.decode(msg.value())
+            event = Event.from_avro(record)
+        except WireFormatError as exc:
+            EVENTS_CONSUMED.labels(group, msg.topic(), "", "undecodable").inc()
+            status.failed += 1
+            status.last_error = f"undecodable message at {msg.topic()}/{msg.partition()}/{msg.offset()}: {exc}"
+            log.error(status.last_error)
+            return
+        if self.already_processed(group, event.id):
+            EVENTS_CONSUMED.labels(group, msg.topic(), event.type, "duplicate").inc()
+            log.info("consumer %s: event %s already handled, skipping redelivery", group, event.id)
+            return
+        started = time.perf_counter()
+        try:
+            handler(event)
+        except Exception as exc:
+            EVENTS_CONSUMED.labels(group, msg.topic(), event.type, "failed").inc()
+            status.failed += 1
+            status.last_error = f"{event.type} {event.id}: {exc!r}"
+            log.exception("consumer %s: handler failed on %s %s", group, event.type, event.id)
+            return
+        EVENT_HANDLE_SECONDS.labels(group, event.type).observe(time.perf_counter() - started)
+        self.mark_processed(group, event.id)
+        EVENTS_CONSUMED.labels(group, msg.topic(), event.type, "handled").inc()
+        status.handled += 1
+
+    def close(self) -> None:
+        self.stop_event.set()
+        if self._producer is not None:
+            self._producer.flush(10)
+        self.event_log.close()
+
+
+class ConsumerLag:
+    """Per-partition lag of one consumer group, for the ``driftloop_consumer_lag`` gauge.
+
+    The high watermark is librdkafka's cached one, which is updated from the metadata of fetched messages (right
+    on Tansu, unlike a watermark query); the committed offset is the one this loop commits after each handler.
+    """
+
+    def __init__(self, group: str, interval: float = 1.0) -> None:
+        self.group = group
+        self.interval = interval
+        self._committed: dict[tuple[str, int], int] = {}
+        self._high: dict[tuple[str, int], int] = {}  # last high watermark seen per partition
+        self._partitions: set[tuple[str, int]] = set()
+        self._next_update = 0.0
+        self._lock = threading.Lock()
+
+    def assigned(self, partitions: list[TopicPartition]) -> None:
+        with self._lock:
+            self._partitions.update((p.topic, p.partition) for p in partitions)
+            self._next_update = 0.0
+
+    def revoked(self, partitions: list[TopicPartition]) -> None:
+        with self._lock:
+            for p in partitions:
+                key = (p.topic, p.partition)
+                self._partitions.discard(key)
+                self._committed.pop(key, None)
+                self._high.pop(key, None)
+                for gauge in (CONSUMER_LAG, CONSUMER_COMMITTED_OFFSET):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(self.group, p.topic, str(p.partition))
+
+    def committed(self, topic: str, partition: int, offset: int) -> None:
+        with self._lock:
+            self._committed[(topic, partition)] = offset
+            high = self._high.get((topic, partition))
+        # Right away, so that the gauge shows a caught-up consumer without waiting for the next refresh.
+        CONSUMER_COMMITTED_OFFSET.labels(self.group, topic, str(partition)).set(offset)
+        if high is not None:
+            CONSUMER_LAG.labels(self.group, topic, str(partition)).set(max(0, high - offset))
+
+    def update(self, consumer: Consumer, now: float | None = None) -> None:
+        """Refresh the gauges at most once per ``interval`` seconds (cheap: no broker round trip except, once
+        per newly assigned partition, asking for the group's committed offset)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            # Until every partition's watermark is known, refresh on each poll (local calls only): else the first
+            # message's lag could wait a whole interval, or forever behind a handler that blocks.
+            all_known = self._partitions <= self._high.keys()
+        if all_known and now < self._next_update:
+            return
+        self._next_update = now + self.interval
+        with self._lock:
+            partitions = sorted(self._partitions)
+            unknown = [TopicPartition(t, p) for t, p in partitions if (t, p) not in self._committed]
+        if unknown:
+            try:
+                for tp in consumer.committed(unknown, timeout=2.0):
+                    # Nothing committed yet: the group starts from the earliest offset (0 on a fresh topic).
+                    offset = tp.offset if tp.offset >= 0 else 0
+                    with self._lock:
+                        self._committed.setdefault((tp.topic, tp.partition), offset)
+            except KafkaException:
+                log.debug("consumer %s: committed offsets not available yet", self.group, exc_info=True)
+        for topic, partition in partitions:
+            with self._lock:
+                committed = self._committed.get((topic, partition))
+            if committed is None:
+                continue
+            try:
+                _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            except KafkaException:
+                continue
+            labels = (self.group, topic, str(partition))
+            CONSUMER_COMMITTED_OFFSET.labels(*labels).set(committed)
+            if high is None or high == OFFSET_INVALID or high < 0:
+                continue  # nothing fetched from this partition yet
+            with self._lock:
+                self._high[(topic, partition)] = high
+            CONSUMER_LAG.labels(*labels).set(max(0, high - committed))
+
+
+def ensure_event_topics(settings: Settings) -> None:
+    ensure_topics(settings, [t.name for t in EVENT_TOPICS])
