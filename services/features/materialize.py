@@ -20,30 +20,18 @@ import pandas as pd
 import pyarrow.dataset as pads
 
 from driftloop.clients.objectstore import ObjectStore
+from driftloop.clients.spark import spark_type
 from driftloop.contracts import layout
 from driftloop.contracts.featuredefs import compute_features
-from driftloop.contracts.pipeline import FieldType, PipelineConfig
+from driftloop.contracts.fieldtypes import FIELD_TYPES
+from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.errors import NotFoundError, ValidationFailed
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql.types import DataType, StructType
+    from pyspark.sql.types import StructType
 
 ROW_NUMBER_COLUMN = "_driftloop_row_number"
-
-
-def _spark_type(field_type: FieldType) -> DataType:
-    from pyspark.sql import types as T
-
-    return {
-        "string": T.StringType(),
-        "int": T.IntegerType(),
-        "long": T.LongType(),
-        "double": T.DoubleType(),
-        "float": T.FloatType(),
-        "boolean": T.BooleanType(),
-        "timestamp": T.TimestampType(),
-    }[field_type]
 
 
 def feature_columns(pipeline: PipelineConfig) -> list[str]:
@@ -58,13 +46,13 @@ def feature_schema(pipeline: PipelineConfig) -> StructType:
 
     stream = pipeline.stream
     fields = [
-        T.StructField(stream.entity_key, _spark_type(stream.field(stream.entity_key).type)),
-        T.StructField(stream.event_time, T.TimestampType()),
+        T.StructField(stream.entity_key, spark_type(stream.field(stream.entity_key).type)),
+        T.StructField(stream.event_time, spark_type(stream.field(stream.event_time).type)),
     ]
     for feature in pipeline.features:
         kind = T.DoubleType() if feature.kind == "numeric" else T.StringType()
         fields.append(T.StructField(feature.name, kind))
-    fields.append(T.StructField(stream.label, _spark_type(stream.field(stream.label).type)))
+    fields.append(T.StructField(stream.label, spark_type(stream.field(stream.label).type)))
     return T.StructType(fields)
 
 
@@ -83,8 +71,7 @@ def feature_batch(raw: pd.DataFrame, pipeline: PipelineConfig) -> pd.DataFrame:
             out[feature.name] = out[feature.name].replace([np.inf, -np.inf], np.nan)
         else:
             out[feature.name] = out[feature.name].astype("object").map(lambda v: None if pd.isna(v) else str(v))
-    label_type = stream.field(stream.label).type
-    if label_type in ("int", "long"):
+    if FIELD_TYPES[stream.field(stream.label).type].is_integer:
         # Nullable integers: a missing label must not turn the column into floats Arrow refuses to narrow.
         out[stream.label] = pd.array(pd.to_numeric(out[stream.label], errors="coerce"), dtype="Int64")
     out[stream.event_time] = pd.to_datetime(out[stream.event_time], utc=True).dt.tz_localize(None)

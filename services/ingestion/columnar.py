@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from driftloop.contracts.fieldtypes import FIELD_TYPES
 from driftloop.contracts.pipeline import PipelineConfig, StreamSpec
 
 from .landing import arrow_schema
@@ -29,7 +30,6 @@ from .landing import arrow_schema
 HEADER_BYTES = 5  # magic byte 0 + 4-byte big-endian schema id
 PAD = 16  # zero bytes after the joined bodies: fixed-size reads near a record's end stay inside the buffer
 MAX_VARINT_BYTES = 9  # 63 bits: longer varints (|value| >= 2**62) go to the per-record path
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 # Event times the per-record path turns into a datetime without trouble (1900-01-01 .. 9999-12-30).
 MIN_TIMESTAMP_MS = -2_208_988_800_000
 MAX_TIMESTAMP_MS = 253_402_128_000_000
@@ -76,7 +76,7 @@ def _varint(buf: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     return values, sizes, good
 
 
-def _fixed(buf: np.ndarray, pos: np.ndarray, dtype: str, size: int) -> np.ndarray:
+def _fixed(buf: np.ndarray, pos: np.ndarray, dtype: np.dtype[Any], size: int) -> np.ndarray:
     return np.ascontiguousarray(buf[pos[:, None] + np.arange(size)]).view(dtype).reshape(-1)
 
 
@@ -94,15 +94,17 @@ def _decode_field(
         return _Column(np.ones(n, dtype=bool), starts=starts, lengths=lengths), sizes + lengths, good
     if kind in ("int", "long", "timestamp"):
         values, sizes, good = _varint(buf, pos)
-        if kind == "int":
-            good &= (values >= INT32_MIN) & (values <= INT32_MAX)
-        elif kind == "timestamp":
+        if kind == "timestamp":
             good &= (values >= MIN_TIMESTAMP_MS) & (values <= MAX_TIMESTAMP_MS)
+        elif (bounds := FIELD_TYPES[kind].int_range) is not None:
+            good &= (values >= bounds[0]) & (values <= bounds[1])
         return _Column(np.ones(n, dtype=bool), values=values), sizes, good
     if kind in ("double", "float"):
-        size = 8 if kind == "double" else 4
-        values = _fixed(buf, pos, "<f8" if kind == "double" else "<f4", size)
-        return _Column(np.ones(n, dtype=bool), values=values), np.full(n, size, dtype=np.int64), np.ones(n, bool)
+        # Avro writes IEEE floats little-endian, as wide as the landed type.
+        dtype = FIELD_TYPES[kind].numpy.newbyteorder("<")
+        values = _fixed(buf, pos, dtype, dtype.itemsize)
+        size = np.full(n, dtype.itemsize, dtype=np.int64)
+        return _Column(np.ones(n, dtype=bool), values=values), size, np.ones(n, bool)
     if kind == "boolean":
         byte = buf[pos]
         # The per-record path reads any non-zero byte as true: bytes other than 0 and 1 are left to it.
@@ -168,12 +170,12 @@ def _fast(is_fast: Callable[[int], bool], schema_id: int) -> bool:
 def _allowed_mask(column: _Column, kind: str, allowed: list[Any]) -> np.ndarray | None:
     """Rows whose value is one of ``allowed`` under validation._allowed's rules (bool never equals a number), or
     None when this type is not checked here (those rows are deferred)."""
-    values = column.values
-    if kind in ("int", "long"):
+    values, field_type = column.values, FIELD_TYPES[kind]
+    if field_type.is_integer:
         options = [o for o in allowed if isinstance(o, int) and not isinstance(o, bool)]
         options += [int(o) for o in allowed if isinstance(o, float) and o.is_integer()]
         return np.isin(values, np.array(options, dtype=np.int64)) if options else np.zeros(len(values), dtype=bool)
-    if kind in ("double", "float"):
+    if field_type.is_float:
         exact = [float(o) for o in allowed if isinstance(o, int | float) and not isinstance(o, bool) and float(o) == o]
         return np.isin(values.astype(np.float64), np.array(exact, dtype=np.float64))
     if kind == "boolean":
@@ -196,7 +198,7 @@ def _suspect(
         if rule.rule == "not_null":
             suspect |= ~column.present
             continue
-        if rule.rule == "range" and kind in ("int", "long", "double", "float"):
+        if rule.rule == "range" and FIELD_TYPES[kind].is_number:
             values = column.values.astype(np.float64)
             outside = np.isnan(values)
             if rule.min is not None:
@@ -261,23 +263,12 @@ def _utf8_valid(array: pa.Array) -> np.ndarray | None:
     return valid
 
 
-_NUMPY_ARROW = {
-    "int": pa.int32(),
-    "long": pa.int64(),
-    "double": pa.float64(),
-    "float": pa.float32(),
-    "boolean": pa.bool_(),
-    "timestamp": pa.timestamp("ms", tz="UTC"),
-}
-
-
 def _array(kind: str, column: _Column, rows: np.ndarray) -> pa.Array:
     assert column.values is not None
     values, present = column.values[rows], column.present[rows]
-    if kind == "int":
-        values = values.astype(np.int32)
     mask = None if present.all() else ~present
-    return pa.array(values, type=_NUMPY_ARROW[kind], mask=mask)
+    field_type = FIELD_TYPES[kind]
+    return pa.array(values.astype(field_type.numpy, copy=False), type=field_type.arrow, mask=mask)
 
 
 def decode_batch(

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from driftloop.clients.db.models import DeadLetter, EventRecord, LandedBatch
 from driftloop.clients.objectstore import ObjectStore
 from driftloop.contracts.events import Envelope, Event, new_event
+from driftloop.contracts.fieldtypes import FIELD_TYPES
 from driftloop.contracts.pipeline import StreamSpec
 from driftloop.contracts.topics import RECORD_REJECTED
 from driftloop.runtime.bus import EventBus
@@ -27,20 +28,10 @@ from .validation import Rejection
 
 log = logging.getLogger(__name__)
 
-_ARROW_TYPES: dict[str, pa.DataType] = {
-    "string": pa.string(),
-    "int": pa.int32(),
-    "long": pa.int64(),
-    "double": pa.float64(),
-    "float": pa.float32(),
-    "boolean": pa.bool_(),
-    "timestamp": pa.timestamp("ms", tz="UTC"),
-}
-
 
 def arrow_schema(stream: StreamSpec) -> pa.Schema:
     """The landed Parquet schema: the stream's fields with their own types, event time as timestamp[ms, UTC]."""
-    return pa.schema([pa.field(f.name, _ARROW_TYPES[f.type], nullable=f.nullable) for f in stream.fields])
+    return pa.schema([pa.field(f.name, FIELD_TYPES[f.type].arrow, nullable=f.nullable) for f in stream.fields])
 
 
 def rows_to_table(rows: list[dict[str, Any]], stream: StreamSpec) -> pa.Table:

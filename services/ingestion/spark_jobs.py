@@ -20,6 +20,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from driftloop.clients.objectstore import ObjectStore
+from driftloop.clients.spark import spark_type
+from driftloop.contracts.fieldtypes import FIELD_TYPES
 from driftloop.contracts.pipeline import StreamSpec
 
 from .content_hash import SLICE_COLUMNS, combine, slices_batch
@@ -29,21 +31,11 @@ log = logging.getLogger(__name__)
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 TOP_VALUES = 10
-NUMERIC_TYPES = {"int", "long", "double", "float"}
-
-_SPARK_TYPES: dict[str, T.DataType] = {
-    "string": T.StringType(),
-    "int": T.IntegerType(),
-    "long": T.LongType(),
-    "double": T.DoubleType(),
-    "float": T.FloatType(),
-    "boolean": T.BooleanType(),
-    "timestamp": T.TimestampType(),
-}
+NUMERIC_TYPES = {name for name, field_type in FIELD_TYPES.items() if field_type.is_number}
 
 
 def spark_schema(stream: StreamSpec) -> T.StructType:
-    return T.StructType([T.StructField(f.name, _SPARK_TYPES[f.type], nullable=True) for f in stream.fields])
+    return T.StructType([T.StructField(f.name, spark_type(f.type), nullable=True) for f in stream.fields])
 
 
 def read_parquet(spark: SparkSession, store: ObjectStore, stream: StreamSpec, keys: list[str]) -> DataFrame:

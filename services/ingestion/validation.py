@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from driftloop.contracts.fieldtypes import FIELD_TYPES
 from driftloop.contracts.pipeline import FieldSpec, PipelineConfig, StreamSpec
 from driftloop.errors import ValidationFailed, WireFormatError
 
@@ -49,20 +50,6 @@ REASONS: tuple[str, ...] = (
     OUT_OF_RANGE,
     NOT_ALLOWED_VALUE,
 )
-
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-FLOAT32_MAX = 3.4028234663852886e38
-# Python value types each field type may land as (bool is an int in Python: refused for numbers separately).
-_PYTHON_TYPES: dict[str, type | tuple[type, ...]] = {
-    "string": str,
-    "int": int,
-    "long": int,
-    "double": (float, int),  # an int writer promoted to a double reader may decode as an int
-    "float": (float, int),
-    "boolean": bool,
-    "timestamp": datetime,
-}
 
 
 @dataclass(frozen=True)
@@ -149,16 +136,17 @@ def coerce_json_value(value: Any, spec: FieldSpec) -> Any:
         if not is_utf8(value):  # a lone surrogate escape ("\\ud800") parses but cannot be stored
             raise ValidationFailed(WRONG_TYPE, name, f"{name} is not valid UTF-8 (a lone surrogate)")
         return value
-    if kind in ("int", "long"):
+    field_type = FIELD_TYPES[kind]
+    if (bounds := field_type.int_range) is not None:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise wrong("an integer")
-        low, high = (INT32_MIN, INT32_MAX) if kind == "int" else (INT64_MIN, INT64_MAX)
+        low, high = bounds
         if not low <= value <= high:
             raise wrong(f"an integer that fits a {kind} ({low}..{high})")
         return value
-    if kind in ("double", "float"):
+    if field_type.is_float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise wrong("a number")
         try:
@@ -207,20 +195,18 @@ def check_types(record: dict[str, Any], stream: StreamSpec) -> None:
         value = record.get(spec.name)
         if value is None:
             continue
-        name, kind = spec.name, spec.type
-        if not isinstance(value, _PYTHON_TYPES[kind]) or (isinstance(value, bool) and kind != "boolean"):
+        name, kind, field_type = spec.name, spec.type, FIELD_TYPES[spec.type]
+        if not isinstance(value, field_type.python) or (isinstance(value, bool) and bool not in field_type.python):
             raise ValidationFailed(WRONG_TYPE, name, f"{name} must be a {kind}, got {type(value).__name__}")
-        if kind in ("int", "long"):
-            low, high = (INT32_MIN, INT32_MAX) if kind == "int" else (INT64_MIN, INT64_MAX)
+        if (bounds := field_type.int_range) is not None:
+            low, high = bounds
             if not low <= value <= high:
                 raise ValidationFailed(
                     OUT_OF_RANGE, name, f"{name}={value} is out of range for a {kind} ({low}..{high})"
                 )
-        elif kind == "float" and math.isfinite(value) and abs(value) > FLOAT32_MAX:
+        elif (limit := field_type.float_max) is not None and math.isfinite(value) and abs(value) > limit:
             # Arrow would store it as infinity without a word.
-            raise ValidationFailed(
-                OUT_OF_RANGE, name, f"{name}={value} is out of range for a float (±{FLOAT32_MAX:.7g})"
-            )
+            raise ValidationFailed(OUT_OF_RANGE, name, f"{name}={value} is out of range for a {kind} (±{limit:.7g})")
         elif kind == "string" and not is_utf8(value):
             raise ValidationFailed(WRONG_TYPE, name, f"{name} is not valid UTF-8")
         elif kind == "timestamp" and value.tzinfo is None:

@@ -1,42 +1,22 @@
 """Open Inference Protocol (KServe v2) tensors <-> driftloop instances.
 
 The model's inputs are the stream's fields (all but the label), one tensor per field, columnar: shape ``[N]`` or
-``[N, 1]`` for N rows, ``data`` flat (row-major) or nested. Datatypes follow the field types: string and
-timestamp (ISO 8601) fields are ``BYTES``, int/long fields ``INT*``/``UINT*``, double/float fields ``FP*`` (integer
-tensors are accepted too), boolean fields ``BOOL``. The one output is ``predict`` (``FP64``, shape ``[N]``): the
-positive-class probability for classifiers, the value for regressors."""
+``[N, 1]`` for N rows, ``data`` flat (row-major) or nested. Datatypes follow the field types (``FIELD_TYPES`` in
+``driftloop.contracts.fieldtypes``): string and timestamp (ISO 8601) fields are ``BYTES``, int/long fields
+``INT*``/``UINT*``, double/float fields ``FP*`` (integer tensors are accepted too), boolean fields ``BOOL``. The
+one output is ``predict`` (``FP64``, shape ``[N]``): the positive-class probability for classifiers, the value for
+regressors."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
+from driftloop.contracts.fieldtypes import FIELD_TYPES, OIP_DATATYPES, OIP_INTEGER_DATATYPES
 from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.errors import ValidationFailed
 
-INT_TYPES = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
-FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
-ALL_TYPES = INT_TYPES | FLOAT_TYPES | {"BOOL", "BYTES"}
 OUTPUT_NAME = "predict"
-
-_DECLARED: dict[str, str] = {
-    "string": "BYTES",
-    "timestamp": "BYTES",
-    "int": "INT32",
-    "long": "INT64",
-    "double": "FP64",
-    "float": "FP32",
-    "boolean": "BOOL",
-}
-_ACCEPTED: dict[str, frozenset[str]] = {
-    "string": frozenset({"BYTES"}),
-    "timestamp": frozenset({"BYTES"}),
-    "int": INT_TYPES,
-    "long": INT_TYPES,
-    "double": FLOAT_TYPES | INT_TYPES,
-    "float": FLOAT_TYPES | INT_TYPES,
-    "boolean": frozenset({"BOOL"}),
-}
 
 
 def input_fields(pipeline: PipelineConfig) -> list[str]:
@@ -61,7 +41,7 @@ def metadata(pipeline: PipelineConfig, versions: list[str]) -> dict[str, Any]:
         "inputs": [
             {
                 "name": name,
-                "datatype": _DECLARED[stream.field(name).type],
+                "datatype": FIELD_TYPES[stream.field(name).type].oip,
                 "shape": [-1],
                 "parameters": {"field_type": stream.field(name).type, "required": name in required},
             }
@@ -91,7 +71,7 @@ def _convert(value: Any, datatype: str, where: str, name: str) -> Any:
         if not isinstance(value, str):
             raise ValidationFailed("wrong_type", name, f"{where} must hold strings (BYTES), got {value!r}")
         return value
-    if datatype in INT_TYPES:
+    if datatype in OIP_INTEGER_DATATYPES:
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
             raise ValidationFailed("wrong_type", name, f"{where} must hold integers ({datatype}), got {value!r}")
         if datatype.startswith("UINT") and value < 0:
@@ -129,17 +109,17 @@ def instances_from_inputs(inputs: Any, pipeline: PipelineConfig) -> list[dict[st
         if name in columns:
             raise ValidationFailed("duplicate_input", name, f"{where} is given twice")
         datatype = tensor.get("datatype")
-        if datatype not in ALL_TYPES:
+        if datatype not in OIP_DATATYPES:
             raise ValidationFailed(
-                "bad_datatype", name, f"{where}: datatype {datatype!r} is not one of {sorted(ALL_TYPES)}"
+                "bad_datatype", name, f"{where}: datatype {datatype!r} is not one of {sorted(OIP_DATATYPES)}"
             )
         field_type = stream.field(name).type
-        if datatype not in _ACCEPTED[field_type]:
+        accepted = FIELD_TYPES[field_type].oip_accepted
+        if datatype not in accepted:
             raise ValidationFailed(
                 "wrong_datatype",
                 name,
-                f"{where} is a {field_type} field: datatype must be one of "
-                f"{sorted(_ACCEPTED[field_type])}, not {datatype}",
+                f"{where} is a {field_type} field: datatype must be one of {sorted(accepted)}, not {datatype}",
             )
         shape = tensor.get("shape")
         if (

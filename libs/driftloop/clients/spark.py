@@ -10,12 +10,15 @@ import logging
 import os
 import sys
 import threading
+from functools import cache
 from typing import TYPE_CHECKING, Literal
 
+from driftloop.contracts.fieldtypes import FIELD_TYPES, FieldType
 from driftloop.contracts.settings import Settings
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
+    from pyspark.sql.types import DataType
 
 log = logging.getLogger(__name__)
 
@@ -67,3 +70,12 @@ def stop_spark() -> None:
                 # On SIGTERM to our process group the JVM may be gone already: nothing left to stop.
                 log.info("Spark was already stopped")
             _session = None
+
+
+@cache
+def spark_type(field_type: FieldType) -> DataType:
+    """The Spark type of a stream field type: Spark parses the Spark SQL name of ``FIELD_TYPES`` (so it needs the
+    process's SparkSession, as every Spark job does)."""
+    from pyspark.sql.types import DataType
+
+    return DataType.fromDDL(FIELD_TYPES[field_type].spark)

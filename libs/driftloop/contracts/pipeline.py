@@ -14,21 +14,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from driftloop.contracts.fieldtypes import FIELD_TYPES, FieldType
 from driftloop.contracts.searchspace import ModelFamily, SearchSpec
 from driftloop.contracts.topics import stream_topic
 from driftloop.errors import ConfigError, NotFoundError
-
-FieldType = Literal["string", "int", "long", "double", "float", "boolean", "timestamp"]
-
-_AVRO_TYPES: dict[str, Any] = {
-    "string": "string",
-    "int": "int",
-    "long": "long",
-    "double": "double",
-    "float": "float",
-    "boolean": "boolean",
-    "timestamp": {"type": "long", "logicalType": "timestamp-millis"},
-}
 
 
 class _Strict(BaseModel):
@@ -104,7 +93,7 @@ class StreamSpec(_Strict):
         """The Avro record schema producers use for this stream's topic."""
         fields = []
         for f in self.fields:
-            avro_type = _AVRO_TYPES[f.type]
+            avro_type = FIELD_TYPES[f.type].avro
             entry: dict[str, Any] = {"name": f.name, "type": ["null", avro_type] if f.nullable else avro_type}
             if f.nullable:
                 entry["default"] = None
@@ -370,7 +359,7 @@ class PipelineConfig(_Strict):
                 raise ValueError(f"quality rule on unknown field {rule.field!r}; fields: {sorted(names)}")
             # A range compares numbers: on a string or timestamp field every record would fail to validate.
             kind = self.stream.field(rule.field).type
-            if rule.rule == "range" and kind not in ("int", "long", "double", "float", "boolean"):
+            if rule.rule == "range" and not FIELD_TYPES[kind].is_numeric:
                 raise ValueError(f"range rule on {rule.field!r}: a {kind} field is not a number")
         for feature in self.features:
             if feature.aggregate is not None:
@@ -379,11 +368,10 @@ class PipelineConfig(_Strict):
                         f"aggregate feature {feature.name!r} reads field {feature.source!r}, "
                         f"which the stream does not have; fields: {sorted(names)}"
                     )
-                numeric = {"int", "long", "double", "float", "boolean"}
                 if (
                     feature.source is not None
                     and feature.aggregate in ("mean", "sum", "min", "max")
-                    and self.stream.field(feature.source).type not in numeric
+                    and not FIELD_TYPES[self.stream.field(feature.source).type].is_numeric
                 ):
                     raise ValueError(f"aggregate feature {feature.name!r}: {feature.aggregate} needs a numeric field")
                 continue
