@@ -1,125 +1,79 @@
-"""HTML pages of the dashboard, rendered on the server (the browser needs no script to show them)."""
+"""HTML pages of the dashboard, rendered on the server (the browser needs no script to show them).
+
+Each function gathers what its template shows (``templates/``, Jinja2 with autoescape): a page is ``base.html``
+with its content; the model page puts together the fragments the other functions render.
+"""
 
 from __future__ import annotations
 
-from html import escape
 from typing import Any
+
+from markupsafe import Markup
 
 from driftloop.contracts.pipeline import PipelineConfig
 
 from .charts import Series, line_chart
 from .handlers import Cascade
+from .rendering import render
 from .sources import Answer
 
-NONE = "&ndash;"  # shown for a missing value
 DRIFT_CHART_WIDTH = 330  # three charts per feature on one line
-
-STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:0;color:#111827;background:#f9fafb}
-header{background:#111827;color:#f9fafb;padding:10px 20px}header a{color:#93c5fd;margin-right:14px}
-main{padding:14px 20px;max-width:1400px}h2{margin-top:28px;border-bottom:1px solid #e5e7eb}
-table{border-collapse:collapse;font-size:13px;background:#fff}td,th{border:1px solid #e5e7eb;padding:4px 8px;
-text-align:left;vertical-align:top}th{background:#f3f4f6}.alias{background:#dbeafe;border-radius:8px;
-padding:0 6px;margin-right:4px}.status-promoted{color:#047857;font-weight:600}.status-rejected{color:#b91c1c}
-.unavailable{color:#b45309;font-style:italic}.cascade{background:#fff;border:1px solid #e5e7eb;margin:10px 0;
-padding:8px 12px}.cascade h3{margin:4px 0;font-size:15px}.outcome{font-weight:600}.why li{margin:2px 0}
-.steps{margin-top:6px}.mono{font-family:ui-monospace,monospace;font-size:12px}.charts{display:flex;
-flex-wrap:wrap;gap:10px}.chart{background:#fff;border:1px solid #e5e7eb}.chart-title{font-size:12px;
-font-weight:600}.tick,.legend{font-size:10px}.axis{stroke:#9ca3af}.threshold{stroke:#dc2626;
-stroke-dasharray:4 3}.empty{font-size:12px;fill:#6b7280}.feature-drift{display:flex;gap:6px}
-"""
+_OVERVIEW_COLUMNS = ("model", "stream", "champion", "served", "versions", "last_cascade")
+_GATE_KEYS = ("metric", "challenger_score", "champion_score", "champion_version", "min_improvement")
 
 
-def page(title: str, body: str, refresh: int = 0) -> str:
-    """A whole page; ``refresh`` > 0 reloads it every that many seconds (a wall screen)."""
-    reload = f"<meta http-equiv='refresh' content='{refresh}'>" if refresh > 0 else ""
-    return (
-        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>{reload}"
-        f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
-        f"<header><strong>driftloop</strong> &nbsp; <a href='/'>models</a>"
-        f"<a href='/docs'>API</a><a href='/metrics'>metrics</a></header><main>{body}</main></body></html>"
-    )
-
-
-def unavailable(answer: Answer) -> str:
-    return f"<p class='unavailable'>{escape(answer.error or 'no answer')}</p>"
-
-
-def _num(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return escape(str(value)) if value is not None else NONE
-
-
-def _metrics(metrics: dict[str, Any] | None) -> str:
-    if not metrics:
-        return NONE
-    return ", ".join(f"{escape(str(k))} {_num(v)}" for k, v in sorted(metrics.items()) if not isinstance(v, dict))
+def unavailable(answer: Answer) -> Markup:
+    return render("unavailable.html", error=answer.error)
 
 
 def overview(models: list[dict[str, Any]], registry_error: str | None, refresh: int = 0) -> str:
-    rows = []
-    for m in models:
-        rows.append(
-            f"<tr class='model' data-model='{escape(m['model'])}'><td><a href='/models/{escape(m['model'])}'>"
-            f"{escape(m['model'])}</a></td><td>{escape(m['stream'])}</td><td>{_num(m.get('champion'))}</td>"
-            f"<td>{_num(m.get('served'))}</td><td>{_num(m.get('versions'))}</td>"
-            f"<td>{(escape(m.get('last_cascade') or '') or NONE)}</td></tr>"
-        )
-    error = f"<p class='unavailable'>{escape(registry_error)}</p>" if registry_error else ""
-    body = (
-        "<h1>Models</h1>"
-        + error
-        + "<table id='models'><tr><th>model</th><th>stream</th><th>champion</th><th>served</th>"
-        "<th>versions</th><th>latest cascade</th></tr>" + "".join(rows) + "</table>"
+    """The list of models; ``refresh`` > 0 reloads the page every that many seconds (a wall screen)."""
+    rows = [{column: m.get(column) for column in _OVERVIEW_COLUMNS} for m in models]
+    return render(
+        "overview.html", title="driftloop — models", refresh=refresh, models=rows, registry_error=registry_error
     )
-    return page("driftloop — models", body, refresh)
 
 
-def versions_table(answer: Answer) -> str:
+def versions_table(answer: Answer) -> Markup:
     if not answer.ok:
         return unavailable(answer)
     rows = []
     for v in sorted(answer.data.get("versions", []), key=lambda v: v["version"], reverse=True):
-        aliases = "".join(f"<span class='alias'>{escape(a)}</span>" for a in v.get("aliases", []))
         gate = v.get("gate") or {}
-        gate_text = ", ".join(
-            f"{k} {_num(gate[k])}"
-            for k in ("metric", "challenger_score", "champion_score", "champion_version", "min_improvement")
-            if gate.get(k) is not None
-        )
         rows.append(
-            f"<tr class='version' data-version='{v['version']}'><td>v{v['version']}</td><td>{aliases}</td>"
-            f"<td class='status-{escape(v['status'])}'>{escape(v['status'])}</td><td>{_metrics(v.get('metrics'))}</td>"
-            f"<td>{escape(gate_text) or NONE}</td><td class='mono'>{escape(v.get('dataset_version_id') or '')}</td>"
-            f"<td class='mono'>{escape((v.get('run_id') or '')[:8])}</td>"
-            f"<td>{escape(v.get('created_at') or '')}</td></tr>"
+            {
+                "version": v["version"],
+                "aliases": v.get("aliases", []),
+                "status": v["status"],
+                "metrics": v.get("metrics"),
+                "gate": [(k, gate[k]) for k in _GATE_KEYS if gate.get(k) is not None],
+                "dataset_version_id": v.get("dataset_version_id") or "",
+                "run_id": v.get("run_id") or "",
+                "created_at": v.get("created_at") or "",
+            }
         )
-    return (
-        "<table id='versions'><tr><th>version</th><th>aliases</th><th>status</th><th>metrics</th><th>gate</th>"
-        "<th>dataset version</th><th>run</th><th>registered</th></tr>" + "".join(rows) + "</table>"
-    )
+    return render("versions.html", versions=rows)
 
 
-def runs_table(answer: Answer) -> str:
+def runs_table(answer: Answer) -> Markup:
     if not answer.ok:
         return unavailable(answer)
-    rows = []
-    for r in answer.data.get("runs", []):
-        rows.append(
-            f"<tr class='run' data-run-id='{escape(r.get('run_id', ''))}'>"
-            f"<td class='mono'>{escape(r.get('run_id', '')[:8])}</td>"
-            f"<td>{escape(str(r.get('state')))}</td><td>{escape(str(r.get('trigger')))}</td>"
-            f"<td class='mono'>{escape(str(r.get('dataset_version_id')))}</td><td>{_metrics(r.get('metrics'))}</td>"
-            f"<td>{escape(str(r.get('created_at')))}</td><td>{(escape(str(r.get('ended_at') or '')) or NONE)}</td></tr>"
-        )
-    return (
-        "<table id='runs'><tr><th>run</th><th>state</th><th>trigger</th><th>dataset version</th><th>metrics</th>"
-        "<th>created</th><th>ended</th></tr>" + "".join(rows) + "</table>"
-    )
+    rows = [
+        {
+            "run_id": r.get("run_id") or "",
+            "state": str(r.get("state")),
+            "trigger": str(r.get("trigger")),
+            "dataset_version_id": str(r.get("dataset_version_id")),
+            "metrics": r.get("metrics"),
+            "created_at": str(r.get("created_at")),
+            "ended_at": str(r.get("ended_at") or ""),
+        }
+        for r in answer.data.get("runs", [])
+    ]
+    return render("runs.html", runs=rows)
 
 
-def drift_charts(answer: Answer, pipeline: PipelineConfig) -> str:
+def drift_charts(answer: Answer, pipeline: PipelineConfig) -> Markup:
     """Per feature, over windows (drifted windows in red): the test statistic, the corrected p-value against the
     model's alpha, and the effect sizes (PSI, normalized Wasserstein) when the monitor reports them."""
     if not answer.ok:
@@ -128,10 +82,10 @@ def drift_charts(answer: Answer, pipeline: PipelineConfig) -> str:
         answer.data.get("reports", []), key=lambda r: (r.get("window_index", 0), r.get("created_at") or "")
     )
     if not reports:
-        return "<p class='empty'>no drift window closed yet</p>"
+        return render("drift.html", windows=0, drifted=0, features=[])
     alpha = pipeline.monitor.alpha
     psi_threshold = getattr(pipeline.monitor, "psi_threshold", None)
-    charts = []
+    features = []
     for feature in pipeline.feature_names:
         stat, p_adj, psi, wasserstein, marked = [], [], [], [], []
         test_name = "statistic"
@@ -148,24 +102,25 @@ def drift_charts(answer: Answer, pipeline: PipelineConfig) -> str:
             marked.append(bool(test.get("drifted")))
         effect = [Series(name, points, marked) for name, points in (("PSI", psi), ("Wasserstein / sd", wasserstein))]
         effect = [e for e in effect if any(y == y for _, y in e.points)]  # NaN != NaN: drop all-missing series
-        charts.append(
-            f"<div class='feature-drift' data-feature='{escape(feature)}'>"
-            + line_chart(
+        charts = [
+            line_chart(
                 f"{feature}: {test_name}",
                 [Series(test_name, stat, marked)],
                 x_label="window",
                 chart_id=f"drift-{feature}",
                 width=DRIFT_CHART_WIDTH,
-            )
-            + line_chart(
+            ),
+            line_chart(
                 f"{feature}: corrected p-value (alpha {alpha:g})",
                 [Series("p (corrected)", p_adj, marked)],
                 x_label="window",
                 threshold=alpha,
                 log_y=True,
                 width=DRIFT_CHART_WIDTH,
-            )
-            + (
+            ),
+        ]
+        if effect:
+            charts.append(
                 line_chart(
                     f"{feature}: effect size",
                     effect,
@@ -173,30 +128,24 @@ def drift_charts(answer: Answer, pipeline: PipelineConfig) -> str:
                     threshold=psi_threshold,
                     width=DRIFT_CHART_WIDTH,
                 )
-                if effect
-                else ""
             )
-            + "</div>"
-        )
+        features.append({"name": feature, "charts": charts})
     drifted = sum(1 for r in reports if r.get("drifted"))
-    return (
-        f"<p>{len(reports)} windows tested, {drifted} drifted (red points).</p>"
-        f"<div class='charts'>{''.join(charts)}</div>"
-    )
+    return render("drift.html", windows=len(reports), drifted=drifted, features=features)
 
 
 def _float(value: Any) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else float("nan")
 
 
-def performance_charts(answer: Answer) -> str:
+def performance_charts(answer: Answer) -> Markup:
     """The monitored metric per feedback window against its threshold (degraded windows in red), and every other
     metric the monitor computed for the window."""
     if not answer.ok:
         return unavailable(answer)
     reports = [r for r in answer.data.get("reports", []) if isinstance(r, dict)]
     if not reports:
-        return "<p class='empty'>no performance window yet (it needs feedback)</p>"
+        return render("performance.html", windows=0, degraded=0, charts=[])
     reports.sort(key=lambda r: r.get("window_index", 0))
     xs = [float(r.get("window_index", i)) for i, r in enumerate(reports)]
     marked = [bool(r.get("degraded")) for r in reports]
@@ -217,37 +166,11 @@ def performance_charts(answer: Answer) -> str:
         charts.append(
             line_chart(name, [Series(name, points, marked)], x_label="feedback window", chart_id=f"perf-{name}")
         )
-    degraded = sum(marked)
-    return (
-        f"<p>{len(reports)} feedback windows, {degraded} degraded (red points).</p>"
-        f"<div class='charts' id='performance-charts'>{''.join(charts)}</div>"
-    )
+    return render("performance.html", windows=len(reports), degraded=sum(marked), charts=charts)
 
 
-def timeline_section(cascades: list[Cascade]) -> str:
-    if not cascades:
-        return "<p class='empty'>no cascade yet</p>"
-    blocks = []
-    for c in cascades:
-        why = "".join(f"<li>{escape(s)}</li>" for s in c.explanation)
-        steps = "".join(
-            f"<tr class='step' data-event-type='{escape(s.event_type)}'>"
-            f"<td>{escape(s.occurred_at.isoformat(timespec='seconds'))}</td>"
-            f"<td>{escape(s.event_type)}</td><td class='mono'>{escape(s.event_id)}</td>"
-            f"<td class='mono'>{(escape((s.caused_by or '')[:12]) or NONE)}</td><td>{escape(s.producer)}</td>"
-            f"<td>{escape(s.summary)}</td></tr>"
-            for s in c.steps
-        )
-        blocks.append(
-            f"<section class='cascade' data-cascade-id='{escape(c.cascade_id)}'>"
-            f"<h3>{escape(c.steps[0].event_type)} at {escape(c.steps[0].occurred_at.isoformat(timespec='seconds'))}"
-            f" — <span class='outcome'>{escape(c.outcome)}</span></h3>"
-            f"<ul class='why'>{why}</ul>"
-            "<details class='steps'><summary>" + f"{len(c.steps)} events</summary>"
-            "<table><tr><th>time</th><th>event</th><th>event id</th><th>caused by</th><th>producer</th>"
-            f"<th>what happened</th></tr>{steps}</table></details></section>"
-        )
-    return "".join(blocks)
+def timeline_section(cascades: list[Cascade]) -> Markup:
+    return render("timeline.html", cascades=cascades)
 
 
 def model_page(
@@ -265,23 +188,18 @@ def model_page(
     served_text = (
         f"v{served.data.get('version')}" if served.ok and served.data.get("version") is not None else "nothing yet"
     )
-    alias_text = ", ".join(f"{escape(a)} → v{v}" for a, v in sorted(aliases.items())) or "none"
-    body = (
-        f"<h1 id='model' data-model='{escape(model)}'>{escape(model)}</h1>"
-        f"<p>stream <b>{escape(pipeline.stream.name)}</b>, {escape(pipeline.model.family)} "
-        f"{escape(pipeline.model.task)}, gate {escape(pipeline.gate.metric)} ({escape(pipeline.gate.direction)}). "
-        f"Aliases: <span id='aliases'>{alias_text}</span>. Serving answers with <b id='served'>{served_text}</b>"
-        + ("" if served.ok else f" <span class='unavailable'>({escape(served.error or '')})</span>")
-        + f".</p><p><a href='/v1/timeline/{escape(model)}'>timeline as JSON</a></p>"
-        "<h2>Cascades — why each retrain happened</h2><div id='timeline'>"
-        + timeline_section(cascades)
-        + "</div><h2>Versions</h2>"
-        + versions_table(versions)
-        + "<h2>Drift per feature</h2><div id='drift'>"
-        + drift_charts(drift, pipeline)
-        + "</div><h2>Performance</h2><div id='performance'>"
-        + performance_charts(performance)
-        + "</div><h2>Runs</h2>"
-        + runs_table(runs)
+    return render(
+        "model.html",
+        title=f"driftloop — {model}",
+        refresh=refresh,
+        model=model,
+        pipeline=pipeline,
+        aliases=sorted(aliases.items()),
+        served=served_text,
+        served_error=None if served.ok else (served.error or ""),
+        timeline=timeline_section(cascades),
+        versions=versions_table(versions),
+        drift=drift_charts(drift, pipeline),
+        performance=performance_charts(performance),
+        runs=runs_table(runs),
     )
-    return page(f"driftloop — {model}", body, refresh)
