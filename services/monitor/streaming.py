@@ -1,5 +1,5 @@
-"""The monitor's faust-streaming engine (``monitor.stream_engine = "faust"``, the default): one faust agent
-consumes the monitor's topics and hands each event to the same handlers as the bus consumer.
+"""The monitor's stream engine: one faust-streaming agent consumes the monitor's topics and hands each event to
+the handlers (``handlers.py``), once per event id, like the platform's bus consumers.
 
 faust is the stream processor here, not the state store: on the embedded broker a faust Table is not restored
 correctly after a restart, so the windows stay in the database (see ``handlers.py``), keyed by event id. faust
@@ -12,14 +12,14 @@ Why the agent used to "stop fetching" on the embedded broker, and what keeps it 
 
 - Tansu keeps a consumer group's assignment protocol after every member has left (Apache Kafka resets an empty
   group). A faust member (assignor ``faust``) joining a group last used by a confluent-kafka consumer (``range``,
-  ``roundrobin``) gets ``InconsistentGroupProtocolError`` -- reproduced every time: bus consumer, then faust, in
+  ``roundrobin``) gets ``InconsistentGroupProtocolError`` -- reproduced every time: a bus consumer, then faust, in
   the same group. aiokafka treats it as fatal and parks the error for the next ``getmany``, but faust only calls
   ``getmany`` for assigned partitions and there are none: the app looks started and never consumes. That is what
-  the engine did when both engines shared ``driftloop-monitor`` (the bus test ran first in the suite). Hence the
-  faust engine's group of its own, ``driftloop-monitor-faust``, used by nothing else.
+  happened when the monitor had a second, confluent-kafka engine sharing its group. Hence the group of its own,
+  ``driftloop-monitor-faust``, used by nothing else.
 - Nothing watched the app: after a refused join ``app.start()`` never returns (the process stays up, never ready,
   and never says why); a faust service that crashed later left an agent that consumed nothing while ready. Now
-  the engine is a consumer like the bus one (``/healthz`` ``consumers``: ``assigned`` only while partitions are
+  the engine is a consumer like the bus ones (``/healthz`` ``consumers``: ``assigned`` only while partitions are
   assigned; ``driftloop_events_consumed_total``, ``driftloop_consumer_lag``), and a supervisor replaces the app
   (new consumer, new join, resume at the committed offsets) when it crashed or holds no assignment for
   ``join_timeout`` seconds, with the reason in ``last_error`` (and the aiokafka error when there is one).
@@ -27,12 +27,11 @@ Why the agent used to "stop fetching" on the embedded broker, and what keeps it 
   between them, so the engine could handle predictions first and skip them (no champion watched yet): the test
   then waited for predictions that looked "not fetched". The test now waits for the champion first.
 
-Measured (2 cores, shared with other test runs): the refusal above in every try (bus consumer, then faust, same
-group; ``test_faust_engine_refused_...`` checks it is now reported and survived); the monitor tests
-(``tests/integration/test_monitor*.py``, 9 tests, the kill -9 restart test on both engines) 5 runs in a row green
-with faust as the default; the kill -9 test on faust, 11 runs: 10 green, 1 failed because ``handlers.py`` was
-edited under the running test; a harness killing (-9) or stopping this engine mid-stream and restarting it, 47
-cycles, no record lost; a kill -9 redelivers ~40 records (~300 with faust's default 2.8 s commit interval).
+Measured (2 cores, shared with other test runs): the refusal above in every try (a bus consumer, then faust, same
+group; ``test_faust_engine_refused_...`` checks it is now reported and survived); the kill -9 restart test, 11
+runs: 10 green, 1 failed because ``handlers.py`` was edited under the running test; a harness killing (-9) or
+stopping this engine mid-stream and restarting it, 47 cycles, no record lost; a kill -9 redelivers ~40 records
+(~300 with faust's default 2.8 s commit interval); ``bench/monitor_engine_restart.py`` measures it.
 """
 
 from __future__ import annotations
