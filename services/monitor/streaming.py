@@ -46,6 +46,7 @@ from typing import Any
 
 import faust
 
+from driftloop.clients.retry import Backoff
 from driftloop.contracts.events import Event
 from driftloop.contracts.topics import Topic
 from driftloop.runtime.bus import ConsumerStatus, EventBus, ensure_topics
@@ -53,7 +54,7 @@ from driftloop.runtime.metrics import CONSUMER_COMMITTED_OFFSET, CONSUMER_LAG, E
 
 log = logging.getLogger(__name__)
 
-# The longest wait before a replaced app is started again (the wait doubles from 1 s).
+# The longest wait before a replaced app is started again (the wait doubles from 1 s, with jitter).
 MAX_RESTART_DELAY = 30.0
 # The longest wait for a faust app to stop (its consumer leaves the group, offsets are committed).
 STOP_TIMEOUT = 30.0
@@ -85,6 +86,7 @@ class FaustEngine:
         bus.consumers.append(self.status)
         self._assigned: set[tuple[str, int]] = set()
         self._unassigned_since = time.monotonic()
+        self._restart_backoff = Backoff(first_delay=1.0, max_delay=MAX_RESTART_DELAY)
 
     @property
     def handled(self) -> int:
@@ -202,8 +204,8 @@ class FaustEngine:
                 return
             self.restarts += 1
             self.status.last_error = reason
-            delay = min(MAX_RESTART_DELAY, 2.0 ** (self.restarts - 1))
-            log.error("monitor (faust): %s; a new faust app starts in %.0f s", reason, delay)
+            delay = self._restart_backoff.next_delay()
+            log.error("monitor (faust): %s; a new faust app starts in %.1f s", reason, delay)
             stop.wait(delay)
 
     def _run_app(self, stop: threading.Event) -> str | None:

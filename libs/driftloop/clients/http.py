@@ -7,14 +7,17 @@ methods only) and the mapping of error answers to the exception tree (``driftloo
 
 from __future__ import annotations
 
-import time
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 import httpx
 
+from driftloop.clients.retry import retry
 from driftloop.contracts.settings import Settings
 from driftloop.errors import ERROR_BY_STATUS, DriftloopError, ServiceError, ValidationFailed
+
+log = logging.getLogger(__name__)
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 DEFAULT_TIMEOUT = 60.0
@@ -88,27 +91,34 @@ class ServiceClient:
         method = method.upper()
         attempts = 1 + (self.retries if method in IDEMPOTENT_METHODS else 0)
         extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
-        for attempt in range(attempts):
-            try:
-                response = self._http.request(
-                    method, path, params=params, json=json, content=content, headers=headers, **extra
-                )
-                break
-            except httpx.ConnectError:
-                if attempt + 1 < attempts:
-                    time.sleep(0.2 * (attempt + 1))
-                    continue
-                raise ServiceError(
-                    f"the {self.service} service does not answer at {self.base_url}: is the stack up (`driftloop up`)?",
-                    status_code=503,
-                    code="unreachable",
-                ) from None
-            except httpx.TimeoutException:
-                raise ServiceError(
-                    f"the {self.service} service did not answer {method} {path} in time",
-                    status_code=504,
-                    code="timeout",
-                ) from None
+
+        def send() -> httpx.Response:
+            return self._http.request(method, path, params=params, json=json, content=content, headers=headers, **extra)
+
+        try:
+            response = retry(
+                send,
+                attempts=attempts,
+                retry_on=(httpx.ConnectError,),
+                first_delay=0.2,
+                max_delay=2.0,
+                # Quietly: the caller (a CLI command, a health wait) says what an unreachable service means.
+                on_retry=lambda attempt, exc, delay: log.debug(
+                    "%s %s%s: %r (attempt %d); retrying in %.2f s", method, self.base_url, path, exc, attempt, delay
+                ),
+            )
+        except httpx.ConnectError:
+            raise ServiceError(
+                f"the {self.service} service does not answer at {self.base_url}: is the stack up (`driftloop up`)?",
+                status_code=503,
+                code="unreachable",
+            ) from None
+        except httpx.TimeoutException:
+            raise ServiceError(
+                f"the {self.service} service did not answer {method} {path} in time",
+                status_code=504,
+                code="timeout",
+            ) from None
         if response.status_code >= 400:
             raise error_from_response(response, self.service)
         return response
