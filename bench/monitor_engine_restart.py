@@ -1,21 +1,21 @@
-"""The monitor's stream engines under ``kill -9``: records lost, records redelivered, and seconds from the restart
-until every record is handled, for the faust engine (``services/monitor/streaming.py``, the default) and the bus
-consumer's Kafka settings.
+"""The monitor's stream engine (``services/monitor/streaming.py``, a faust agent) under ``kill -9``: records lost,
+records redelivered, and seconds from the restart until every record is handled.
 
-Starts an embedded Tansu broker of its own and, per engine, a consumer process in a group of its own over three
-topics of its own, 4 partitions each (like the monitor's); each cycle produces ``--records`` records, kills the
-consumer with ``kill -9`` once two thirds are handled, restarts it at once and waits until every record is handled.
-The handler writes the record's id to a file and sleeps ``--handle-ms`` (the monitor's database work); it does not
-skip redeliveries, so they are counted (the monitor skips them by event id). Prints one line per engine. Nothing
-is left running.
+Starts an embedded Tansu broker of its own and an engine process in a group of its own over three topics of its
+own, 4 partitions each (like the monitor's); each cycle produces ``--records`` records, kills the engine with
+``kill -9`` once two thirds are handled, restarts it at once and waits until every record is handled. The handler
+writes the record's id to a file and sleeps ``--handle-ms`` (the monitor's database work); it does not skip
+redeliveries, so they are counted (the monitor skips them by event id). Prints a table line, or with ``--json``
+the figures as one JSON object. Nothing is left running.
 
-    .venv/bin/python bench/monitor_engine_restart.py              # about a minute on 2 cores
-    .venv/bin/python bench/monitor_engine_restart.py --cycles 10 --records 600
+    .venv/bin/python bench/monitor_engine_restart.py              # about half a minute on 2 cores
+    .venv/bin/python bench/monitor_engine_restart.py --cycles 10 --records 600 --json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import statistics
@@ -27,7 +27,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from driftloop.contracts.settings import Settings
 from driftloop.contracts.topics import Topic
@@ -35,8 +35,9 @@ from driftloop.ops.broker import EmbeddedBroker
 from driftloop.ops.procs import free_port, spawn, stop_pid
 from driftloop.runtime.bus import ensure_topics
 
-# Per engine: bench.<engine>.promoted, ... (each engine reads only its own records).
-TOPIC_NAMES = ["promoted", "predictions", "feedback"]
+# bench.monitor.promoted, ...: like the monitor's three topics.
+TOPICS = [f"bench.monitor.{name}" for name in ("promoted", "predictions", "feedback")]
+GROUP = "bench-monitor-faust"
 SESSION_TIMEOUT_MS = 2000
 
 
@@ -59,56 +60,22 @@ class Recorder:
             self.file.flush()
 
 
-def topics_of(engine: str) -> list[str]:
-    return [f"bench.{engine}.{name}" for name in TOPIC_NAMES]
-
-
-def run_faust(settings: Settings, group: str, recorder: Recorder) -> None:
+def run_engine(bootstrap: str, home: str, out: str, handle_ms: str) -> None:
+    """The engine process: the monitor's ``FaustEngine`` with a handler that records each record's id."""
     from driftloop.services.monitor.streaming import FaustEngine
+
+    settings = bench_settings(Path(home), bootstrap)
+    recorder = Recorder(Path(out), float(handle_ms) / 1000)
 
     class BenchEngine(FaustEngine):
         def _handle(self, topic: str, value: bytes) -> None:
             recorder.record(value)
 
     bus: Any = SimpleNamespace(settings=settings, consumers=[])
-    topics: Any = {Topic(name, "Bench", key="model"): None for name in topics_of("faust")}
+    topics: Any = {Topic(name, "Bench", key="model"): None for name in TOPICS}
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    BenchEngine(bus, group, topics).run(stop)
-
-
-def run_bus(settings: Settings, group: str, recorder: Recorder) -> None:
-    """The bus consumer's loop and Kafka settings (``EventBus.consumer_config``): commit after each record."""
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    consumer = Consumer(
-        settings.kafka_config(
-            **{
-                "group.id": group,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "session.timeout.ms": SESSION_TIMEOUT_MS,
-                "heartbeat.interval.ms": max(500, SESSION_TIMEOUT_MS // 4),
-                "partition.assignment.strategy": "range,roundrobin",
-            }
-        )
-    )
-    consumer.subscribe(topics_of("bus"))
-    try:
-        while not stop.is_set():
-            message = consumer.poll(0.5)
-            if message is None or message.error():
-                continue
-            recorder.record(message.value())
-            consumer.commit(message=message, asynchronous=False)
-    finally:
-        consumer.close()
-
-
-def consumer_main(engine: str, bootstrap: str, home: str, out: str, group: str, handle_ms: str) -> None:
-    settings = bench_settings(Path(home), bootstrap)
-    recorder = Recorder(Path(out), float(handle_ms) / 1000)
-    (run_faust if engine == "faust" else run_bus)(settings, group, recorder)
+    BenchEngine(bus, GROUP, topics).run(stop)
 
 
 def handled_lines(path: Path) -> list[str]:
@@ -126,22 +93,20 @@ def wait_handled(path: Path, count: int, timeout: float) -> bool:
     return False
 
 
-def bench_engine(engine: str, bootstrap: str, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    out = workdir / f"{engine}.handled"
-    group = f"bench-monitor-{engine}"
+def bench(bootstrap: str, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    out = workdir / "handled"
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
     sent = 0
-    topics = topics_of(engine)
 
     def start(i: int) -> Any:
-        command = [sys.executable, __file__, "--consumer", engine, bootstrap, str(workdir / "home"), str(out)]
-        return spawn([*command, group, str(args.handle_ms)], workdir / f"{engine}-{i}.log")
+        command = [sys.executable, __file__, "--engine", bootstrap, str(workdir / "home"), str(out)]
+        return spawn([*command, str(args.handle_ms)], workdir / f"engine-{i}.log")
 
     def produce(n: int) -> None:
         nonlocal sent
         for _ in range(n):
             # Mostly predictions, some promotions and feedback; a few keys (models) as in the monitor.
-            topic = topics[1] if sent % 10 else topics[sent % 3]
+            topic = TOPICS[1] if sent % 10 else TOPICS[sent % 3]
             producer.produce(topic, key=f"model-{sent % 3}".encode(), value=str(sent).encode())
             sent += 1
         producer.flush(10)
@@ -154,7 +119,7 @@ def bench_engine(engine: str, bootstrap: str, workdir: Path, args: argparse.Name
     try:
         produce(args.records)
         if not wait_handled(out, 1, 120):
-            raise SystemExit(f"{engine}: nothing handled within 120 s")
+            raise SystemExit("nothing handled within 120 s")
         first_record = time.monotonic() - started
         for cycle in range(args.cycles):
             if cycle:
@@ -177,7 +142,10 @@ def bench_engine(engine: str, bootstrap: str, workdir: Path, args: argparse.Name
     finally:
         stop_pid(proc.pid)
     return {
-        "engine": engine,
+        "engine": "faust",
+        "records": args.records,
+        "handle_ms": args.handle_ms,
+        "session_timeout_ms": SESSION_TIMEOUT_MS,
         "first_record_s": first_record,
         "cycles": len(catch_up),
         "lost": lost,
@@ -191,18 +159,20 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=5)
     parser.add_argument("--records", type=int, default=300, help="records produced per cycle")
     parser.add_argument("--handle-ms", type=float, default=5.0, help="time the handler takes per record")
-    parser.add_argument("--engines", default="faust,bus")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-monitor-engine-") as tmp:
         workdir = Path(tmp)
         broker = EmbeddedBroker(port=free_port(), log_path=workdir / "tansu.log")
         broker.start()
         try:
-            names = [topic for engine in args.engines.split(",") for topic in topics_of(engine)]
-            ensure_topics(bench_settings(workdir / "home", broker.bootstrap_servers), names, partitions=4)
-            results = [bench_engine(e, broker.bootstrap_servers, workdir, args) for e in args.engines.split(",")]
+            ensure_topics(bench_settings(workdir / "home", broker.bootstrap_servers), TOPICS, partitions=4)
+            r = bench(broker.bootstrap_servers, workdir, args)
         finally:
             broker.stop()
+    if args.json:
+        print(json.dumps(r))
+        return
     print(
         f"kill -9 once two thirds of each {args.records} records are handled, {args.handle_ms:g} ms per record, "
         f"session timeout {SESSION_TIMEOUT_MS} ms"
@@ -210,17 +180,15 @@ def main() -> None:
     print(
         f"{'engine':<7} {'cycles':>6} {'lost':>5} {'redelivered/kill':>17} {'catch-up s (mean/max)':>22} {'1st s':>6}"
     )
-    for r in results:
-        catch_up = f"{statistics.mean(r['catch_up']):.1f} / {max(r['catch_up']):.1f}" if r["catch_up"] else "-"
-        redelivered = f"{statistics.mean(r['redelivered']):.0f}" if r["redelivered"] else "-"
-        print(
-            f"{r['engine']:<7} {r['cycles']:>6} {r['lost']:>5} {redelivered:>17} {catch_up:>22} "
-            f"{r['first_record_s']:>6.1f}"
-        )
+    catch_up = f"{statistics.mean(r['catch_up']):.1f} / {max(r['catch_up']):.1f}" if r["catch_up"] else "-"
+    redelivered = f"{statistics.mean(r['redelivered']):.0f}" if r["redelivered"] else "-"
+    print(
+        f"{r['engine']:<7} {r['cycles']:>6} {r['lost']:>5} {redelivered:>17} {catch_up:>22} {r['first_record_s']:>6.1f}"
+    )
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--consumer":
-        consumer_main(*sys.argv[2:8])
+    if len(sys.argv) > 1 and sys.argv[1] == "--engine":
+        run_engine(*sys.argv[2:6])
     else:
         main()

@@ -3,13 +3,18 @@ with its error, shown on the page, never an exception."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-import httpx
-
+from driftloop.clients.credentials import client_token
+from driftloop.clients.http import NO_ANSWER, ServiceClient
 from driftloop.contracts.settings import Settings
+from driftloop.errors import DriftloopError
+
+# The services the dashboard asks, and how long a page waits for each answer.
+SERVICES = ("registry", "training", "monitor", "serving")
+TIMEOUT_SECONDS = 5.0
 
 
 @dataclass
@@ -23,27 +28,23 @@ class Answer:
 
 
 class Platform:
-    """HTTP client of registry, training, monitor and serving."""
+    """HTTP client of registry, training, monitor and serving. The token is read per request (``driftloop up``
+    may write it after the dashboard starts); no retries: a page says "unavailable" at once."""
 
-    def __init__(self, settings: Settings, headers: Callable[[], dict[str, str]] | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.headers = headers or (lambda: {})
-        self.http = httpx.Client(timeout=5.0)
+        token = partial(client_token, settings)
+        self.clients = {
+            name: ServiceClient(name, settings, token=token, timeout=TIMEOUT_SECONDS, retries=0) for name in SERVICES
+        }
 
     def get(self, service: str, path: str, **params: Any) -> Answer:
-        url = self.settings.services.url(service) + path
         try:
-            response = self.http.get(url, params=params or None, headers=self.headers())
-        except httpx.HTTPError as exc:
-            return Answer(error=f"{service} unavailable ({type(exc).__name__})")
-        if response.status_code != 200:
-            try:
-                detail = response.json().get("detail")
-            except ValueError:
-                detail = response.text[:200]
-            return Answer(error=f"{service}: HTTP {response.status_code} {detail}")
-        try:
-            return Answer(data=response.json())
+            return Answer(data=self.clients[service].get(path, params=params or None))
+        except DriftloopError as exc:
+            if exc.code in NO_ANSWER:
+                return Answer(error=f"{service} unavailable ({exc.code})")
+            return Answer(error=str(exc))  # "<service> answered <status>: <detail>"
         except ValueError:
             return Answer(error=f"{service}: answer is not JSON")
 
@@ -66,4 +67,5 @@ class Platform:
         return self.get("serving", f"/v1/models/{model}")
 
     def close(self) -> None:
-        self.http.close()
+        for client in self.clients.values():
+            client.close()

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from driftloop.clients.retry import Backoff
 from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.runtime.service import Runtime
 
@@ -52,7 +53,7 @@ def _agent_for(aggregator: StreamAggregator, decode: Callable[[bytes], Any]) -> 
                     continue
                 batch.append((f"{message.topic}/{message.partition}/{message.offset}", record))
             # Database work off the event loop, so the consumer's heartbeats keep going.
-            delay = RETRY_FIRST_SECONDS
+            backoff = Backoff(first_delay=RETRY_FIRST_SECONDS, max_delay=RETRY_MAX_SECONDS)
             while True:
                 try:
                     await loop.run_in_executor(None, aggregator.apply, batch)
@@ -60,9 +61,9 @@ def _agent_for(aggregator: StreamAggregator, decode: Callable[[bytes], Any]) -> 
                 except OnlineStoreUnavailable as exc:
                     # Redis down: hold the batch (the stream waits, offsets uncommitted) rather than let the agent
                     # crash past it. A retry is safe: records are stored once by offset, values recomputed.
+                    delay = backoff.next_delay()
                     log.warning("streaming features: %s; retrying the batch in %.1fs", exc, delay)
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, RETRY_MAX_SECONDS)
 
     return apply_records
 

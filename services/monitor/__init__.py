@@ -1,8 +1,7 @@
 """monitor service: drift, data quality and performance of served predictions against the champion.
 
-Consumes (one consumer, so that a model's events keep their order: a faust agent in group
-``driftloop-monitor-faust`` by default, or with ``monitor.stream_engine = "bus"`` the bus consumer in group
-``driftloop-monitor``; see ``streaming.py``):
+Consumes with one faust-streaming agent in consumer group ``driftloop-monitor-faust`` (one, so that a model's
+events keep their order; a supervisor replaces an app that crashed or holds no assignment; see ``streaming.py``):
 - ``ModelPromoted`` (alias ``champion``): loads a seeded sample of up to ``monitor.reference_rows`` rows of the new
   champion's training feature set as the reference.
 - ``PredictionLogged``: for the champion version, computes the model's features from the inputs with

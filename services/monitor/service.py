@@ -6,15 +6,17 @@ from driftloop.clients.objectstore import open_object_store
 from driftloop.contracts.topics import FEEDBACK_RECEIVED, MODEL_PROMOTED, PREDICTION_LOGGED, Topic
 from driftloop.runtime.bus import EventHandler
 from driftloop.runtime.retention import purge_loop
-from driftloop.runtime.service import ConsumerSpec, Runtime, ServiceSpec, base_app
+from driftloop.runtime.service import Runtime, ServiceSpec, base_app
 
 from . import retention
 from .api import router
 from .handlers import MonitorHandlers
 from .streaming import FaustEngine
 
-CONSUMER_GROUP = "driftloop-monitor"
-FAUST_CONSUMER_GROUP = "driftloop-monitor-faust"
+# The faust agent's group, used by nothing else: the embedded broker keeps an empty group's assignor protocol, so a
+# faust member joining a group a confluent-kafka consumer used is refused (InconsistentGroupProtocolError; see
+# streaming.py).
+CONSUMER_GROUP = "driftloop-monitor-faust"
 
 
 def build(runtime: Runtime) -> ServiceSpec:
@@ -27,42 +29,32 @@ def build(runtime: Runtime) -> ServiceSpec:
     )
     app = base_app(runtime, "monitor", "Drift, data quality and performance of served predictions.")
     app.include_router(router(runtime, handlers))
-    # One consumer for the three topics: promotions and predictions of a model share the model key.
+    # One agent for the three topics: promotions and predictions of a model share the model key.
     by_topic: dict[Topic, EventHandler] = {
         MODEL_PROMOTED: handlers.on_model_promoted,
         PREDICTION_LOGGED: handlers.on_prediction_logged,
         FEEDBACK_RECEIVED: handlers.on_feedback_received,
     }
     app.state.monitor = handlers
+    engine = FaustEngine(runtime.bus, CONSUMER_GROUP, by_topic)
     purge = purge_loop(
         "monitor",
         lambda: retention.purge(runtime.engine, runtime.settings, runtime.pipelines),
         runtime.settings.database.purge_interval_seconds,
     )
-    if runtime.settings.monitor.stream_engine == "faust":
-        # A group of its own: the embedded broker keeps an empty group's assignor protocol, so a faust member
-        # joining a group the bus consumer used is refused (InconsistentGroupProtocolError; see streaming.py).
-        engine = FaustEngine(runtime.bus, FAUST_CONSUMER_GROUP, by_topic)
-        # The faust agent's processed-event ids are this service's to purge (bus consumers purge their own).
-        faust_ids = purge_loop(
-            "monitor-faust",
-            lambda: {"processed_events": runtime.bus.purge_processed([FAUST_CONSUMER_GROUP])},
-            runtime.settings.database.purge_interval_seconds,
-        )
-        return ServiceSpec(
-            app=app,
-            loops=[engine.run, purge, faust_ids],
-            ready_checks={"faust_agent_started": engine.started.is_set},
-            health_info={
-                "stream_engine": lambda: "faust",
-                "faust_handled": lambda: engine.handled,
-                "faust_failed": lambda: engine.failed,
-                "faust_restarts": lambda: engine.restarts,
-            },
-        )
+    # The agent's processed-event ids are this service's to purge (bus consumers purge their own).
+    processed_ids = purge_loop(
+        "monitor-faust",
+        lambda: {"processed_events": runtime.bus.purge_processed([CONSUMER_GROUP])},
+        runtime.settings.database.purge_interval_seconds,
+    )
     return ServiceSpec(
         app=app,
-        consumers=[ConsumerSpec(CONSUMER_GROUP, by_topic)],
-        loops=[purge],
-        health_info={"stream_engine": lambda: "bus"},
+        loops=[engine.run, purge, processed_ids],
+        ready_checks={"faust_agent_started": engine.started.is_set},
+        health_info={
+            "faust_handled": lambda: engine.handled,
+            "faust_failed": lambda: engine.failed,
+            "faust_restarts": lambda: engine.restarts,
+        },
     )

@@ -1,5 +1,5 @@
-"""The monitor's faust-streaming engine (``monitor.stream_engine = "faust"``, the default): one faust agent
-consumes the monitor's topics and hands each event to the same handlers as the bus consumer.
+"""The monitor's stream engine: one faust-streaming agent consumes the monitor's topics and hands each event to
+the handlers (``handlers.py``), once per event id, like the platform's bus consumers.
 
 faust is the stream processor here, not the state store: on the embedded broker a faust Table is not restored
 correctly after a restart, so the windows stay in the database (see ``handlers.py``), keyed by event id. faust
@@ -12,14 +12,14 @@ Why the agent used to "stop fetching" on the embedded broker, and what keeps it 
 
 - Tansu keeps a consumer group's assignment protocol after every member has left (Apache Kafka resets an empty
   group). A faust member (assignor ``faust``) joining a group last used by a confluent-kafka consumer (``range``,
-  ``roundrobin``) gets ``InconsistentGroupProtocolError`` -- reproduced every time: bus consumer, then faust, in
+  ``roundrobin``) gets ``InconsistentGroupProtocolError`` -- reproduced every time: a bus consumer, then faust, in
   the same group. aiokafka treats it as fatal and parks the error for the next ``getmany``, but faust only calls
   ``getmany`` for assigned partitions and there are none: the app looks started and never consumes. That is what
-  the engine did when both engines shared ``driftloop-monitor`` (the bus test ran first in the suite). Hence the
-  faust engine's group of its own, ``driftloop-monitor-faust``, used by nothing else.
+  happened when the monitor had a second, confluent-kafka engine sharing its group. Hence the group of its own,
+  ``driftloop-monitor-faust``, used by nothing else.
 - Nothing watched the app: after a refused join ``app.start()`` never returns (the process stays up, never ready,
   and never says why); a faust service that crashed later left an agent that consumed nothing while ready. Now
-  the engine is a consumer like the bus one (``/healthz`` ``consumers``: ``assigned`` only while partitions are
+  the engine is a consumer like the bus ones (``/healthz`` ``consumers``: ``assigned`` only while partitions are
   assigned; ``driftloop_events_consumed_total``, ``driftloop_consumer_lag``), and a supervisor replaces the app
   (new consumer, new join, resume at the committed offsets) when it crashed or holds no assignment for
   ``join_timeout`` seconds, with the reason in ``last_error`` (and the aiokafka error when there is one).
@@ -27,12 +27,11 @@ Why the agent used to "stop fetching" on the embedded broker, and what keeps it 
   between them, so the engine could handle predictions first and skip them (no champion watched yet): the test
   then waited for predictions that looked "not fetched". The test now waits for the champion first.
 
-Measured (2 cores, shared with other test runs): the refusal above in every try (bus consumer, then faust, same
-group; ``test_faust_engine_refused_...`` checks it is now reported and survived); the monitor tests
-(``tests/integration/test_monitor*.py``, 9 tests, the kill -9 restart test on both engines) 5 runs in a row green
-with faust as the default; the kill -9 test on faust, 11 runs: 10 green, 1 failed because ``handlers.py`` was
-edited under the running test; a harness killing (-9) or stopping this engine mid-stream and restarting it, 47
-cycles, no record lost; a kill -9 redelivers ~40 records (~300 with faust's default 2.8 s commit interval).
+Measured (2 cores, shared with other test runs): the refusal above in every try (a bus consumer, then faust, same
+group; ``test_faust_engine_refused_...`` checks it is now reported and survived); the kill -9 restart test, 11
+runs: 10 green, 1 failed because ``handlers.py`` was edited under the running test; a harness killing (-9) or
+stopping this engine mid-stream and restarting it, 47 cycles, no record lost; a kill -9 redelivers ~40 records
+(~300 with faust's default 2.8 s commit interval); ``bench/monitor_engine_restart.py`` measures it.
 """
 
 from __future__ import annotations
@@ -47,6 +46,7 @@ from typing import Any
 
 import faust
 
+from driftloop.clients.retry import Backoff
 from driftloop.contracts.events import Event
 from driftloop.contracts.topics import Topic
 from driftloop.runtime.bus import ConsumerStatus, EventBus, ensure_topics
@@ -54,7 +54,7 @@ from driftloop.runtime.metrics import CONSUMER_COMMITTED_OFFSET, CONSUMER_LAG, E
 
 log = logging.getLogger(__name__)
 
-# The longest wait before a replaced app is started again (the wait doubles from 1 s).
+# The longest wait before a replaced app is started again (the wait doubles from 1 s, with jitter).
 MAX_RESTART_DELAY = 30.0
 # The longest wait for a faust app to stop (its consumer leaves the group, offsets are committed).
 STOP_TIMEOUT = 30.0
@@ -86,6 +86,7 @@ class FaustEngine:
         bus.consumers.append(self.status)
         self._assigned: set[tuple[str, int]] = set()
         self._unassigned_since = time.monotonic()
+        self._restart_backoff = Backoff(first_delay=1.0, max_delay=MAX_RESTART_DELAY)
 
     @property
     def handled(self) -> int:
@@ -203,8 +204,8 @@ class FaustEngine:
                 return
             self.restarts += 1
             self.status.last_error = reason
-            delay = min(MAX_RESTART_DELAY, 2.0 ** (self.restarts - 1))
-            log.error("monitor (faust): %s; a new faust app starts in %.0f s", reason, delay)
+            delay = self._restart_backoff.next_delay()
+            log.error("monitor (faust): %s; a new faust app starts in %.1f s", reason, delay)
             stop.wait(delay)
 
     def _run_app(self, stop: threading.Event) -> str | None:

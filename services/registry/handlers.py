@@ -11,6 +11,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from driftloop.clients.objectstore import ObjectStore
+from driftloop.clients.retry import retry
 from driftloop.contracts.artifact import ModelArtifact
 from driftloop.contracts.events import Event, new_event
 from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_model
@@ -169,7 +170,8 @@ class RegistryHandlers:
 
     def _gate(self, cause: Event, version: int, pipeline: PipelineConfig) -> None:
         model = cause["model"]
-        for _attempt in range(3):
+
+        def gate_once() -> gating.GateResult:
             champion_row = self.registry.champion(model)
             result = self._evaluate(cause, pipeline, champion_row)
             gate_dict = result.as_dict(pipeline.gate, cause["dataset_version_id"], cause["feature_set_uri"])
@@ -177,23 +179,30 @@ class RegistryHandlers:
             gate_dict["config"] = pipeline.gate.model_dump()
             previous = champion_row.version if champion_row else None
             decision_event = self._decision_event(cause, version, pipeline, result, gate_dict, previous)
-            try:
-                self.registry.decide(
-                    model,
-                    version,
-                    promote=result.decision.promote,
-                    gate=gate_dict,
-                    expected_champion=previous,
-                    decision_event=decision_event,
-                )
-            except AliasMoved as exc:
-                log.warning("%s; gating v%d again", exc, version)
-                continue
-            outcome = "promoted" if result.decision.promote else "rejected"
-            GATE_DECISIONS.labels(model, outcome).inc()
-            log.info("%s v%d %s: %s", model, version, outcome, result.decision.reason)
-            return
-        raise DriftloopError(f"the champion of {model} kept moving while gating v{version}")
+            self.registry.decide(
+                model,
+                version,
+                promote=result.decision.promote,
+                gate=gate_dict,
+                expected_champion=previous,
+                decision_event=decision_event,
+            )
+            return result
+
+        try:
+            # The champion moved while the challenger was evaluated: gate it again, against the new champion.
+            result = retry(
+                gate_once,
+                attempts=3,
+                retry_on=(AliasMoved,),
+                first_delay=0.05,
+                on_retry=lambda _attempt, exc, _delay: log.warning("%s; gating v%d again", exc, version),
+            )
+        except AliasMoved:
+            raise DriftloopError(f"the champion of {model} kept moving while gating v{version}") from None
+        outcome = "promoted" if result.decision.promote else "rejected"
+        GATE_DECISIONS.labels(model, outcome).inc()
+        log.info("%s v%d %s: %s", model, version, outcome, result.decision.reason)
 
     def _evaluate(self, cause: Event, pipeline: PipelineConfig, champion_row: Any) -> gating.GateResult:
         champion_version = champion_row.version if champion_row else None

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from driftloop.clients.db.models import EventRecord, ModelAlias, ModelVersion, utcnow
+from driftloop.clients.retry import retry
 from driftloop.contracts.events import Envelope, Event
 from driftloop.errors import DriftloopError, NotFoundError
 
@@ -178,25 +179,29 @@ class Registry:
         """Insert the next version of ``row["model"]`` unless its run is already registered.
         ``make_registered_event(version) -> Event`` builds the ModelRegistered event stored in the outbox.
         Returns the version and whether it was created now."""
-        for _attempt in range(3):
+
+        def register_once() -> tuple[ModelVersion, bool]:
             existing = self.by_run(row["run_id"])
             if existing is not None:
                 return existing, False
-            try:
-                with self.Session.begin() as session:
-                    latest = session.scalar(
-                        sa.select(sa.func.max(ModelVersion.version)).where(ModelVersion.model == row["model"])
-                    )
-                    version = (latest or 0) + 1
-                    event = make_registered_event(version)
-                    created = ModelVersion(
-                        **row, version=version, status="registered", outbox=[event_to_json(event)], created_at=utcnow()
-                    )
-                    session.add(created)
-                return created, True
-            except sa.exc.IntegrityError:
-                continue  # another writer took this version number or run: look again
-        raise DriftloopError(f"could not register run {row['run_id']} of model {row['model']}")
+            with self.Session.begin() as session:
+                latest = session.scalar(
+                    sa.select(sa.func.max(ModelVersion.version)).where(ModelVersion.model == row["model"])
+                )
+                version = (latest or 0) + 1
+                event = make_registered_event(version)
+                created = ModelVersion(
+                    **row, version=version, status="registered", outbox=[event_to_json(event)], created_at=utcnow()
+                )
+                session.add(created)
+            return created, True
+
+        what = f"registering run {row['run_id']} of model {row['model']}"
+        try:
+            # Another writer took this version number or run: look again.
+            return retry(register_once, attempts=3, retry_on=(sa.exc.IntegrityError,), first_delay=0.05, what=what)
+        except sa.exc.IntegrityError as exc:
+            raise DriftloopError(f"could not register run {row['run_id']} of model {row['model']}") from exc
 
     def decide(
         self,

@@ -11,19 +11,20 @@ from driftloop.runtime.service import ConsumerSpec, Runtime, ServiceSpec, base_a
 from . import api
 from .handlers import RegistryHandlers
 from .repository import Registry
-from .runs import training_run
+from .runs import training_client, training_run
 
 CONSUMER_GROUP = "driftloop-registry"
 
 
 def build(runtime: Runtime) -> ServiceSpec:
     registry = Registry(runtime.Session)
+    training = training_client(runtime.settings)
     handlers = RegistryHandlers(
         runtime.bus,
         registry,
         open_object_store(runtime.settings),
         runtime.pipelines,
-        run_details=partial(training_run, runtime.settings),
+        run_details=partial(training_run, training),
     )
     app = base_app(runtime, "registry", "Model versions with lineage, the promotion gate, and the champion alias.")
     app.include_router(api.router(registry, handlers))
@@ -38,4 +39,5 @@ def build(runtime: Runtime) -> ServiceSpec:
                 },
             )
         ],
+        on_stop=[training.close],
     )

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from driftloop.clients.db.models import RegistryConfig, RegistrySchema, RegistrySubjectVersion
+from driftloop.clients.retry import retry
 
 from .compatibility import LEVELS, InvalidSchema, check, parse_avro
 
@@ -148,12 +149,17 @@ class SchemaStore:
             parse_avro(schema_text)
         except InvalidSchema as exc:
             raise RegistryError(422, 42201, str(exc)) from exc
-        for _attempt in range(5):
-            try:
-                return self._register_once(subject, schema_text)
-            except IntegrityError:
-                continue  # a concurrent registration won the race: look again
-        raise RegistryError(500, 50001, "could not register the schema after concurrent updates; retry")
+        try:
+            # A concurrent registration won the race: look again.
+            return retry(
+                lambda: self._register_once(subject, schema_text),
+                attempts=5,
+                retry_on=(IntegrityError,),
+                first_delay=0.05,
+                what=f"registering a schema under {subject}",
+            )
+        except IntegrityError:
+            raise RegistryError(500, 50001, "could not register the schema after concurrent updates; retry") from None
 
     def _register_once(self, subject: str, schema_text: str) -> int:
         fp = fingerprint(schema_text)

@@ -38,15 +38,6 @@ def delivery_reports(runtime: Runtime) -> Callable[[threading.Event], None]:
     return serve_delivery_reports
 
 
-def _auth_headers(runtime: Runtime) -> dict[str, str]:
-    """The platform token for calls to other services, when the security module is present."""
-    try:
-        from driftloop.clients.credentials import auth_headers
-    except ImportError:
-        return {}
-    return auth_headers(runtime.settings)
-
-
 def build(runtime: Runtime) -> ServiceSpec:
     instance = uuid.uuid4().hex[:12]
     replica = f"{socket.gethostname()}-{os.getpid()}-{instance}"
@@ -62,7 +53,7 @@ def build(runtime: Runtime) -> ServiceSpec:
     )
     recorder = PredictionRecorder(runtime.engine, replica)
     feedback = FeedbackDesk(runtime.engine, recorder, publish)
-    online = OnlineStoreClient(runtime.settings.services.url("features"), headers=_auth_headers(runtime))
+    online = OnlineStoreClient(runtime.settings)
     app = base_app(runtime, "serving", "Online predictions with the champion model, hot-swapped on promotion.")
     app.state.model_table = table
     app.state.follower = follower

@@ -53,7 +53,7 @@ def start_service(
     run_loops: bool = False,
 ) -> RunningService:
     """Build the service and run its consumers in threads; a group suffix keeps tests sharing a broker apart.
-    ``run_loops``: run the service's loops too (the monitor's default faust engine is a loop, in its own group)."""
+    ``run_loops``: run the service's loops too (the monitor's faust engine is a loop, in its own group)."""
     runtime = Runtime(name=name, settings=settings, pipelines=pipelines, bus=EventBus(settings, producer_name=name))
     spec = build(runtime)
     running = RunningService(runtime, spec)

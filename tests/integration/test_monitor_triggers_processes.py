@@ -34,7 +34,7 @@ def test_service_process_starts_and_answers(
         wait_until(lambda: http_ready(f"{base}/healthz"), 90, f"the {service} service to be ready")
         health = httpx.get(f"{base}/healthz").json()
         assert health["service"] == service
-        # The monitor's default stream engine is a faust agent in a group of its own.
+        # The monitor's stream engine is a faust agent in a group of its own.
         assert [c["group"] for c in health["consumers"]] == [GROUPS[service]]
         if service == "monitor":
             status = httpx.get(f"{base}/v1/monitor/fraud-detector").json()

@@ -121,10 +121,6 @@ class FeaturesSettings(_Section):
 
 
 class MonitorSettings(_Section):
-    # How the monitor consumes its topics: "faust" (a faust-streaming agent, group driftloop-monitor-faust) or
-    # "bus" (the platform's confluent-kafka consumer, group driftloop-monitor). Either way window state lives in the
-    # database (faust Tables do not recover on the embedded broker), keyed by event id, so both give the same windows.
-    stream_engine: Literal["bus", "faust"] = "faust"
     # Days a monitor observation (and joined feedback) is kept; 0 = for ever. Rows of open windows, the baseline
     # window and not yet joined rows within serving.feedback_horizon_days are kept regardless.
     observation_retention_days: float = Field(default=30.0, ge=0)

@@ -15,17 +15,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import sqlalchemy as sa
 from rich.console import Console
 
-from driftloop.clients.credentials import auth_headers, schema_registry_client_config
+from driftloop.clients.credentials import client_token, schema_registry_client_config
 from driftloop.clients.db import create_engine_for
 from driftloop.clients.db.models import EventRecord
+from driftloop.clients.http import ServiceClient
 from driftloop.contracts.pipeline import PipelineConfig, load_pipelines
 from driftloop.contracts.schemas import SCHEMAS_DIR
 from driftloop.contracts.settings import Settings
@@ -112,22 +113,20 @@ class Demo:
         self.rng = np.random.default_rng(7)
         self.pipeline: PipelineConfig = load_pipelines(settings.pipelines_dir)[MODEL]
         self.stream = self.pipeline.stream
-        # The token is read per request: `driftloop up` may write <home>/admin.token after this client exists.
-        self.http = httpx.Client(timeout=60.0, event_hooks={"request": [self._authorize]})
+        # The token is read per request: `driftloop up` may write <home>/admin.token after these clients exist.
+        token = partial(client_token, settings)
+        self.services = {
+            name: ServiceClient(name, settings, token=token, timeout=60.0)
+            for name in ("ingestion", "serving", "triggers")
+        }
         self.engine = create_engine_for(settings.database_url)
         self.clock = datetime.now(tz=UTC) - timedelta(hours=6)
         self.result = DemoResult()
-
-    def _authorize(self, request: httpx.Request) -> None:
-        request.headers.update(auth_headers(self.settings))
 
     # --- helpers -------------------------------------------------------------------------------------------
 
     def say(self, message: str) -> None:
         self.console.print(f"[bold cyan]▶[/bold cyan] {message}")
-
-    def url(self, service: str, path: str) -> str:
-        return self.settings.services.url(service) + path
 
     def wait_for(self, what: str, check: Callable[[], Any]) -> Any:
         deadline = time.monotonic() + self.scale.step_timeout
@@ -151,12 +150,9 @@ class Demo:
 
     def served_version(self) -> int | None:
         try:
-            response = self.http.get(self.url("serving", f"/v1/models/{MODEL}"))
-        except httpx.HTTPError:
+            version = self.services["serving"].get(f"/v1/models/{MODEL}").get("version")
+        except DriftloopError:  # not up yet, or no champion served yet
             return None
-        if response.status_code != 200:
-            return None
-        version = response.json().get("version")
         return int(version) if version is not None else None
 
     # --- traffic -------------------------------------------------------------------------------------------
@@ -207,12 +203,9 @@ class Demo:
 
     def post_http(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         body = [{**r, "event_time": r["event_time"].isoformat()} for r in records]
-        response = self.http.post(
-            self.url("ingestion", f"/v1/streams/{self.stream.name}/records"), json={"records": body}
-        )
-        response.raise_for_status()
+        answer = self.services["ingestion"].post(f"/v1/streams/{self.stream.name}/records", json={"records": body})
         self.result.produced += len(records)
-        return response.json()
+        return answer
 
     def predict(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         answers = []
@@ -221,9 +214,7 @@ class Demo:
                 {k: v for k, v in r.items() if k not in {self.stream.label, self.stream.event_time}}
                 for r in records[i : i + self.scale.batch]
             ]
-            response = self.http.post(self.url("serving", f"/v1/models/{MODEL}/predict"), json={"instances": instances})
-            response.raise_for_status()
-            answers.append(response.json())
+            answers.append(self.services["serving"].post(f"/v1/models/{MODEL}/predict", json={"instances": instances}))
         return answers
 
     def next_records(self, n: int, drifted: bool) -> list[dict[str, Any]]:
@@ -255,10 +246,7 @@ class Demo:
 
         self.say("Phase 2 — manual retrain on the same data: the gate must keep the champion")
         mark = datetime.now(tz=UTC)
-        response = self.http.post(
-            self.url("triggers", f"/v1/models/{MODEL}/retrain"), json={"reason": "demo: same data"}
-        )
-        response.raise_for_status()
+        self.services["triggers"].post(f"/v1/models/{MODEL}/retrain", json={"reason": "demo: same data"})
         rejected = self.wait_for("the gate's decision", lambda: self.events("ModelRejected", after=mark) or None)
         self.result.rejected_version = rejected[0].payload["version"]
         gate = json.loads(rejected[0].payload.get("gate_json") or "{}")
@@ -307,14 +295,19 @@ class Demo:
             )
             return list(conn.execute(q).all())
 
+    def close(self) -> None:
+        for client in self.services.values():
+            client.close()
+        self.engine.dispose()
+
     def report(self) -> None:
         from driftloop.ops.render import print_timeline
 
         self.say("Timeline — why each step happened")
         print_timeline(MODEL, model_timeline(self.engine, MODEL), out=self.console)
         try:
-            stats = self.http.get(self.url("ingestion", f"/v1/streams/{self.stream.name}/stats")).json()
-        except (httpx.HTTPError, ValueError):
+            stats = self.services["ingestion"].get(f"/v1/streams/{self.stream.name}/stats")
+        except (DriftloopError, ValueError):
             stats = {}
         self.result.stats = stats
         self.say("Counts")
@@ -353,6 +346,7 @@ def run_demo(
     except DriftloopError as exc:
         console.print(f"[red]demo failed:[/red] {exc}")
     finally:
+        demo.close()
         demo.result.wall_seconds = time.monotonic() - started
         if keep_running:
             console.print(

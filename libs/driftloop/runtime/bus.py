@@ -9,6 +9,7 @@ transactions), and commits the offset only after the handler returned.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import queue
@@ -26,6 +27,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from driftloop.clients.credentials import schema_registry_client_config
 from driftloop.clients.db import create_engine_for, session_factory
 from driftloop.clients.db.models import EventRecord, ProcessedEvent
+from driftloop.clients.retry import retry
 from driftloop.contracts.events import Event
 from driftloop.contracts.schemas import event_schema
 from driftloop.contracts.settings import Settings
@@ -191,19 +193,21 @@ class EventLog:
                     self._queue.put(None)
                     break
                 batch.append(item)
-            for attempt in range(5):
-                try:
-                    self.write(batch)
-                    break
-                except sa.exc.OperationalError:
-                    log.warning("event log write failed (attempt %d), retrying", attempt + 1, exc_info=True)
-                    time.sleep(0.5 * (attempt + 1))
-                except Exception:
-                    # The events are on Kafka already; losing their database copy must not stop the writer.
-                    log.exception("event log: %d events could not be recorded", len(batch))
-                    break
-            else:
-                log.error("event log: gave up recording %d events after retries", len(batch))
+            try:
+                # A database that is briefly unreachable or locked: wait for it.
+                retry(
+                    functools.partial(self.write, batch),
+                    attempts=5,
+                    retry_on=(sa.exc.OperationalError,),
+                    first_delay=0.5,
+                    max_delay=4.0,
+                    what="event log write",
+                )
+            except sa.exc.OperationalError:
+                log.exception("event log: gave up recording %d events after retries", len(batch))
+            except Exception:
+                # The events are on Kafka already; losing their database copy must not stop the writer.
+                log.exception("event log: %d events could not be recorded", len(batch))
             for _ in batch:
                 self._queue.task_done()
 
