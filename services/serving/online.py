@@ -7,13 +7,9 @@ from typing import Any
 
 import httpx
 
-from driftloop.errors import DriftloopError
+from driftloop.errors import OnlineStoreUnavailable
 
 TIMEOUT_SECONDS = 5.0
-
-
-class OnlineStoreUnavailable(DriftloopError):
-    """The features service did not answer an online lookup."""
 
 
 class OnlineStoreClient:
