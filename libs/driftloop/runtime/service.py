@@ -90,10 +90,11 @@ class ServiceSpec:
     health_info: dict[str, Callable[[], Any]] = field(default_factory=dict)
 
 
-def api_context(request: Request) -> Any:
+async def api_context(request: Request) -> Any:
     """What a service's routes need (its ``api.Context``: model table, repository, settings, ...), which its
     ``build`` puts on ``app.state.context``. Routes take it as a dependency, so a service's routes are a plain
-    module-level ``APIRouter`` and a test serves them with a context of its own."""
+    module-level ``APIRouter`` and a test serves them with a context of its own. (Async: read on the event loop,
+    without a trip through the thread pool.)"""
     return request.app.state.context
 
 
