@@ -2,8 +2,9 @@
 
 Each class carries the HTTP status a service answers with (``status_code``) and a stable machine-readable
 ``code``; one exception handler in the service base (``driftloop.runtime.service``) turns any of them into
-``{"detail": message, "code": code}`` with that status, and the HTTP client (``driftloop.clients.http``) turns such
-an answer back into the same class. A subclass may refine ``code`` per instance (``error.code``).
+``{"detail": error.detail, "code": error.code}`` with that status, and the HTTP client (``driftloop.clients.http``)
+turns such an answer back into the same class. A subclass may refine ``code`` per instance (``error.code``).
+A service's own errors subclass the class whose status they answer with (e.g. ``AliasConflict(ConflictError)``).
 
     DriftloopError (500 internal_error)
     ├── ConfigError (400 invalid_config)
@@ -13,17 +14,19 @@ an answer back into the same class. A subclass may refine ``code`` per instance 
     ├── NotFoundError (404 not_found)
     ├── ConflictError (409 conflict)
     ├── PayloadTooLarge (413 payload_too_large)
-    ├── ValidationFailed (422 validation_failed)
+    ├── InvalidRequest (422 invalid_request)
+    ├── ValidationFailed (422, its reason as code; detail {"reason", "field", "message"})
     ├── SchemaError (422 invalid_schema)
     │   └── WireFormatError (422, its reason as code)
     ├── ServiceUnavailable (503 unavailable)
+    │   └── OnlineStoreUnavailable (503 online_store_unavailable)
     ├── StackError (500 stack_error)
-    └── ServiceError (any status: an answer of a service that no class above names)
+    └── ServiceError (any status that no class above names)
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 class DriftloopError(Exception):
@@ -37,7 +40,8 @@ class DriftloopError(Exception):
         self.code = code or self.default_code
 
     @property
-    def detail(self) -> str:
+    def detail(self) -> Any:
+        """What an HTTP answer's ``detail`` holds: the message (a subclass may give a structured detail)."""
         return str(self)
 
 
@@ -90,6 +94,14 @@ class PayloadTooLarge(DriftloopError):
     default_code = "payload_too_large"
 
 
+class InvalidRequest(DriftloopError):
+    """A request's body, parameters or headers are malformed for the route (not JSON, unknown keys, a bad header);
+    the message says which and what is expected."""
+
+    status_code = 422
+    default_code = "invalid_request"
+
+
 class SchemaError(DriftloopError):
     """An Avro schema is invalid, unknown, or incompatible with an earlier version."""
 
@@ -119,12 +131,23 @@ class ValidationFailed(DriftloopError):
         self.reason = reason
         self.field = field
 
+    @property
+    def detail(self) -> dict[str, Any]:
+        return {"reason": self.reason, "field": self.field, "message": str(self)}
+
 
 class ServiceUnavailable(DriftloopError):
     """A dependency (online store, model, broker) is not available now; retrying later may work."""
 
     status_code = 503
     default_code = "unavailable"
+
+
+class OnlineStoreUnavailable(ServiceUnavailable):
+    """The online store (its server, or the features service in front of it) does not answer; the message says
+    where it was looked for."""
+
+    default_code = "online_store_unavailable"
 
 
 class StackError(DriftloopError):
@@ -134,7 +157,8 @@ class StackError(DriftloopError):
 
 
 class ServiceError(DriftloopError):
-    """A service answered with an error status that no other class names (the client's catch-all)."""
+    """An error status that no other class names: the client's catch-all for such an answer, and how a service
+    answers one (e.g. 501 for a feature a replica was built without)."""
 
     def __init__(self, message: str, *, status_code: int, code: str | None = None) -> None:
         super().__init__(message, code=code or f"http_{status_code}")

@@ -15,5 +15,6 @@ def build(runtime: Runtime) -> ServiceSpec:
         "dashboard",
         "Web dashboard: models, versions and aliases, runs, drift and performance over time, explained cascades.",
     )
-    app.include_router(api.router(runtime, platform))
+    app.state.context = api.Context(runtime.pipelines, runtime.engine, platform)
+    app.include_router(api.router)
     return ServiceSpec(app=app, on_stop=[platform.close])

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session, sessionmaker
 
 from driftloop.clients.db.models import FeatureSet
 from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_stream
-from driftloop.runtime.service import Runtime
+from driftloop.runtime.service import api_context
 
-from .onlinestore import OnlineStoreUnavailable, open_online_store
+from .onlinestore import OnlineStore, OnlineValue
 
 MAX_ENTITIES_PER_LOOKUP = 10_000
 
@@ -56,86 +58,96 @@ def _view(pipeline: PipelineConfig) -> dict[str, Any]:
     return {"name": spec.name, "version": pipeline.feature_view_version, "schema": schema}
 
 
-def router(runtime: Runtime) -> APIRouter:
-    api = APIRouter(prefix="/v1/features", tags=["features"])
-    online_store = open_online_store(runtime.settings, runtime.engine)
-
-    @api.get("")
-    def list_features(stream: str | None = None) -> dict[str, Any]:
-        """Per stream: its feature view (name, definition version, schema), the feature definitions and the
-        materialized versions, newest first. ``?stream=`` narrows to one stream (unknown stream: 404)."""
-        pipelines = (
-            [pipeline_for_stream(runtime.pipelines, stream)] if stream is not None else runtime.pipelines.values()
-        )
-        streams = []
-        with runtime.Session() as session:
-            for pipeline in pipelines:
-                spec = pipeline.stream
-                sets = session.scalars(
-                    sa.select(FeatureSet)
-                    .where(FeatureSet.stream == spec.name)
-                    .order_by(FeatureSet.created_at.desc(), FeatureSet.dataset_version_id.desc())
-                ).all()
-                streams.append(
-                    {
-                        "stream": spec.name,
-                        "model": pipeline.model.name,
-                        "entity_key": spec.entity_key,
-                        "event_time": spec.event_time,
-                        "label": spec.label,
-                        "view": _view(pipeline),
-                        "features": [
-                            {
-                                "name": f.name,
-                                "kind": f.kind,
-                                "source": f.source,
-                                "expr": f.expr,
-                                "aggregate": f.aggregate,
-                                "window": f.window,
-                            }
-                            for f in pipeline.features
-                        ],
-                        "versions": [
-                            {
-                                "dataset_version_id": s.dataset_version_id,
-                                "uri": s.uri,
-                                "row_count": s.row_count,
-                                "feature_names": s.feature_names,
-                                "created_at": s.created_at,
-                            }
-                            for s in sets
-                        ],
-                    }
-                )
-        return {"streams": streams}
-
-    @api.post("/online")
-    def online(request: OnlineRequest) -> OnlineResponse:
-        """Latest feature values of the entities (each with its ``event_time``) and their freshness; entities the
-        store does not hold are listed in ``missing`` (not an error). Unknown stream: 404; the online store's
-        server (Redis) not answering: 503 saying where it was looked for."""
-        pipeline = pipeline_for_stream(runtime.pipelines, request.stream)
-        try:
-            found = online_store.read(request.stream, request.entities)
-        except OnlineStoreUnavailable as exc:
-            raise HTTPException(status_code=503, detail=str(exc)) from None
-        now = datetime.now(tz=UTC)
-        values: dict[str, dict[str, Any]] = {}
-        freshness: dict[str, Freshness] = {}
-        for entity, value in found.items():
-            values[entity] = {
-                **{n: value.values.get(n) for n in pipeline.feature_names},
-                "event_time": None if value.event_time is None else value.event_time.isoformat(),
+def _stream_view(pipeline: PipelineConfig, sets: list[FeatureSet]) -> dict[str, Any]:
+    spec = pipeline.stream
+    return {
+        "stream": spec.name,
+        "model": pipeline.model.name,
+        "entity_key": spec.entity_key,
+        "event_time": spec.event_time,
+        "label": spec.label,
+        "view": _view(pipeline),
+        "features": [
+            {
+                "name": f.name,
+                "kind": f.kind,
+                "source": f.source,
+                "expr": f.expr,
+                "aggregate": f.aggregate,
+                "window": f.window,
             }
-            age = None if value.updated_at is None else (now - value.updated_at).total_seconds()
-            freshness[entity] = Freshness(event_time=value.event_time, updated_at=value.updated_at, age_seconds=age)
-        missing = [e for e in dict.fromkeys(request.entities) if e not in found]
-        return OnlineResponse(
-            stream=request.stream,
-            feature_view_version=pipeline.feature_view_version,
-            values=values,
-            freshness=freshness,
-            missing=missing,
-        )
+            for f in pipeline.features
+        ],
+        "versions": [
+            {
+                "dataset_version_id": s.dataset_version_id,
+                "uri": s.uri,
+                "row_count": s.row_count,
+                "feature_names": s.feature_names,
+                "created_at": s.created_at,
+            }
+            for s in sets
+        ],
+    }
 
-    return api
+
+@dataclass(frozen=True)
+class Context:
+    """What the routes need; ``service.build`` puts it on ``app.state.context``."""
+
+    pipelines: dict[str, PipelineConfig]
+    Session: sessionmaker[Session]
+    online_store: OnlineStore
+
+
+Ctx = Annotated[Context, Depends(api_context)]
+
+router = APIRouter(prefix="/v1/features", tags=["features"])
+
+
+@router.get("")
+def list_features(ctx: Ctx, stream: str | None = None) -> dict[str, Any]:
+    """Per stream: its feature view (name, definition version, schema), the feature definitions and the
+    materialized versions, newest first. ``?stream=`` narrows to one stream (unknown stream: 404)."""
+    pipelines = [pipeline_for_stream(ctx.pipelines, stream)] if stream is not None else ctx.pipelines.values()
+    streams = []
+    with ctx.Session() as session:
+        for pipeline in pipelines:
+            sets = session.scalars(
+                sa.select(FeatureSet)
+                .where(FeatureSet.stream == pipeline.stream.name)
+                .order_by(FeatureSet.created_at.desc(), FeatureSet.dataset_version_id.desc())
+            ).all()
+            streams.append(_stream_view(pipeline, list(sets)))
+    return {"streams": streams}
+
+
+def _entity_values(pipeline: PipelineConfig, value: OnlineValue) -> dict[str, Any]:
+    return {
+        **{n: value.values.get(n) for n in pipeline.feature_names},
+        "event_time": None if value.event_time is None else value.event_time.isoformat(),
+    }
+
+
+@router.post("/online")
+def online(ctx: Ctx, request: OnlineRequest) -> OnlineResponse:
+    """Latest feature values of the entities (each with its ``event_time``) and their freshness; entities the
+    store does not hold are listed in ``missing`` (not an error). Unknown stream: 404; the online store's
+    server (Redis) not answering: 503 saying where it was looked for."""
+    pipeline = pipeline_for_stream(ctx.pipelines, request.stream)
+    found = ctx.online_store.read(request.stream, request.entities)  # OnlineStoreUnavailable answers 503
+    now = datetime.now(tz=UTC)
+    values: dict[str, dict[str, Any]] = {}
+    freshness: dict[str, Freshness] = {}
+    for entity, value in found.items():
+        values[entity] = _entity_values(pipeline, value)
+        age = None if value.updated_at is None else (now - value.updated_at).total_seconds()
+        freshness[entity] = Freshness(event_time=value.event_time, updated_at=value.updated_at, age_seconds=age)
+    missing = [e for e in dict.fromkeys(request.entities) if e not in found]
+    return OnlineResponse(
+        stream=request.stream,
+        feature_view_version=pipeline.feature_view_version,
+        values=values,
+        freshness=freshness,
+        missing=missing,
+    )

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from driftloop.clients.db.models import OnlineFeatures
 from driftloop.contracts.settings import RedisOnlineStoreSettings, Settings
-from driftloop.errors import ConfigError, DriftloopError
+from driftloop.errors import ConfigError, OnlineStoreUnavailable
 
 if TYPE_CHECKING:
     import redis
@@ -120,10 +120,6 @@ class DatabaseOnlineStore:
         except sa.exc.SQLAlchemyError:
             return False
         return True
-
-
-class OnlineStoreUnavailable(DriftloopError):
-    """The online store's server does not answer (the API answers 503 with this message)."""
 
 
 # Hash fields of the entity's freshness; '@' cannot start a feature name, so they never meet a feature's field.

@@ -6,8 +6,9 @@ from driftloop.clients.spark import stop_spark
 from driftloop.contracts.topics import DATASET_VERSION_CREATED
 from driftloop.runtime.service import ConsumerSpec, Runtime, ServiceSpec, base_app
 
-from .api import router
+from . import api
 from .handlers import FeaturesHandlers
+from .onlinestore import open_online_store
 from .streamworker import stream_worker_loop
 
 CONSUMER_GROUP = "driftloop-features"
@@ -16,7 +17,10 @@ CONSUMER_GROUP = "driftloop-features"
 def build(runtime: Runtime) -> ServiceSpec:
     handlers = FeaturesHandlers(runtime)
     app = base_app(runtime, "features", "Offline and online feature store, materialized with Spark.")
-    app.include_router(router(runtime))
+    app.state.context = api.Context(
+        runtime.pipelines, runtime.Session, open_online_store(runtime.settings, runtime.engine)
+    )
+    app.include_router(api.router)
     return ServiceSpec(
         app=app,
         consumers=[ConsumerSpec(CONSUMER_GROUP, {DATASET_VERSION_CREATED: handlers.on_dataset_version_created})],

@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from driftloop.contracts.pipeline import pipeline_for_stream
-from driftloop.runtime.service import Runtime
+from driftloop.clients.db.models import DatasetVersion
+from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_stream
+from driftloop.errors import ConflictError, InvalidRequest, PayloadTooLarge
+from driftloop.runtime.service import api_context
 
-from .datasets import DatasetCutter, NoNewData, version_to_dict
+from .datasets import DatasetCutter, version_to_dict
 from .deadletters import MAX_REPLAY, list_dead_letters, replay
 from .deadletters import counts as dead_letter_counts
 from .handlers import (
     IDEMPOTENCY_KEY_MAX,
     MAX_BATCH_RECORDS,
     MAX_BODY_BYTES,
-    IdempotencyKeyReused,
     freshness,
     ingest_idempotent,
     ingest_json_records,
@@ -37,169 +39,210 @@ class ReplayBody(BaseModel):
     fixes: dict[int, Any] = Field(default_factory=dict, description="Dead-letter id -> corrected JSON record.")
 
 
-def router(runtime: Runtime, lander: Lander, intake: KafkaIntake, cutter: DatasetCutter) -> APIRouter:
-    api = APIRouter(prefix="/v1")
+@dataclass(frozen=True)
+class Context:
+    """What the routes need; ``service.build`` puts it on ``app.state.context``."""
 
-    @api.get("/streams", tags=["streams"])
-    def list_streams() -> dict[str, Any]:
-        return {
-            "streams": [
-                {
-                    "stream": cfg.stream.name,
-                    "topic": cfg.stream.topic,
-                    "model": cfg.model.name,
-                    "fields": [f.model_dump() for f in cfg.stream.fields],
-                    "dataset": cfg.dataset.model_dump(),
-                }
-                for cfg in sorted(runtime.pipelines.values(), key=lambda c: c.stream.name)
-            ]
-        }
+    pipelines: dict[str, PipelineConfig]
+    lander: Lander
+    intake: KafkaIntake
+    cutter: DatasetCutter
 
-    @api.post("/streams/{stream}/records", tags=["streams"])
-    async def post_records(stream: str, request: Request) -> dict[str, Any]:
-        """Body ``{"records": [{...}, ...]}``. Per-record problems come back in ``rejected`` (and as dead
-        letters); the request fails only for an unknown stream (404), a malformed body (422) or a batch over
-        the limits (413). With an ``Idempotency-Key`` header a retried batch is landed once: the retry gets the
-        first answer back with ``"replayed": true`` (the same key with a different body: 422)."""
-        pipeline = pipeline_for_stream(runtime.pipelines, stream)
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            raise HTTPException(413, f"request body of {declared} bytes is over the limit of {MAX_BODY_BYTES} bytes")
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            raise HTTPException(413, f"request body of {len(body)} bytes is over the limit of {MAX_BODY_BYTES} bytes")
-        try:
-            payload = json.loads(body)
-        except (ValueError, RecursionError) as exc:  # also an integer of over 4300 digits, or nesting too deep
-            raise HTTPException(422, f"the body is not valid JSON: {str(exc)[:200]}") from None
-        if not isinstance(payload, dict) or "records" not in payload:
-            raise HTTPException(422, 'the body must be a JSON object {"records": [{...}, ...]}')
-        extra = sorted(set(payload) - {"records"})
-        if extra:
-            raise HTTPException(422, f"unknown key(s) in the body: {extra}; expected only 'records'")
-        records = payload["records"]
-        if not isinstance(records, list):
-            raise HTTPException(422, f"'records' must be a JSON array, got {type(records).__name__}")
-        if len(records) > MAX_BATCH_RECORDS:
-            raise HTTPException(
-                413, f"{len(records)} records in one request; the limit is {MAX_BATCH_RECORDS}: split the batch"
-            )
-        key = request.headers.get("idempotency-key")
-        if key is not None:
-            if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX or not key.isprintable() or not key.isascii():
-                raise HTTPException(
-                    422, f"the Idempotency-Key header must be 1..{IDEMPOTENCY_KEY_MAX} printable ASCII characters"
-                )
-            try:
-                answer = await run_in_threadpool(ingest_idempotent, pipeline, records, lander, key=key, body=body)
-            except IdempotencyKeyReused as exc:
-                raise HTTPException(422, str(exc)) from None
-            if answer["accepted"] and not answer["replayed"]:
-                cutter.request_check(stream)
-            return answer
-        result = await run_in_threadpool(ingest_json_records, pipeline, records, lander)
-        if result.accepted:
-            cutter.request_check(stream)
-        return result.to_dict()
+    def pipeline(self, stream: str) -> PipelineConfig:
+        return pipeline_for_stream(self.pipelines, stream)  # unknown stream: NotFoundError → 404
 
-    @api.get("/streams/{stream}/stats", tags=["streams"])
-    def get_stats(stream: str) -> dict[str, Any]:
-        pipeline = pipeline_for_stream(runtime.pipelines, stream)
-        stats = stream_stats(lander, stream, pending=intake.pending_rows(stream))
-        stats["freshness"] = freshness(lander, stream, pipeline.dataset.freshness_seconds)
-        counters = intake.counters.get(stream)
-        if counters is not None:
-            stats["kafka_since_start"] = {
-                "received": counters.received,
-                "landed": counters.landed,
-                "dead_lettered": counters.dead_lettered,
-                "replay_skipped": counters.replay_skipped,
+
+Ctx = Annotated[Context, Depends(api_context)]
+
+router = APIRouter(prefix="/v1")
+
+
+@router.get("/streams", tags=["streams"])
+def list_streams(ctx: Ctx) -> dict[str, Any]:
+    return {
+        "streams": [
+            {
+                "stream": cfg.stream.name,
+                "topic": cfg.stream.topic,
+                "model": cfg.model.name,
+                "fields": [f.model_dump() for f in cfg.stream.fields],
+                "dataset": cfg.dataset.model_dump(),
             }
-        return stats
+            for cfg in sorted(ctx.pipelines.values(), key=lambda c: c.stream.name)
+        ]
+    }
 
-    @api.get("/streams/{stream}/dead-letters", tags=["dead letters"])
-    def get_dead_letters(
-        stream: str,
-        limit: int = Query(100, ge=1, le=1000),
-        reason: str | None = Query(None, description="Only this reason."),
-        include_replayed: bool = Query(False, description="Also the dead letters replayed since."),
-        with_original: bool = Query(False, description="Include the original bytes (base64)."),
-    ) -> dict[str, Any]:
-        """The open dead letters of a stream, newest first, with the counts by reason."""
-        pipeline_for_stream(runtime.pipelines, stream)
-        letters = list_dead_letters(
-            lander, stream, limit=limit, reason=reason, include_replayed=include_replayed, with_original=with_original
+
+async def _bounded_body(request: Request) -> bytes:
+    """The request body, refused (413) over ``MAX_BODY_BYTES``: by its declared length before reading it."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {MAX_BODY_BYTES} bytes")
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"request body of {len(body)} bytes is over the limit of {MAX_BODY_BYTES} bytes")
+    return body
+
+
+def _records_of(body: bytes) -> list[Any]:
+    """The records of a ``{"records": [...]}`` body: 422 for anything else, 413 over ``MAX_BATCH_RECORDS``."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # also an integer of over 4300 digits, or nesting too deep
+        raise InvalidRequest(f"the body is not valid JSON: {str(exc)[:200]}") from None
+    if not isinstance(payload, dict) or "records" not in payload:
+        raise InvalidRequest('the body must be a JSON object {"records": [{...}, ...]}')
+    extra = sorted(set(payload) - {"records"})
+    if extra:
+        raise InvalidRequest(f"unknown key(s) in the body: {extra}; expected only 'records'")
+    records = payload["records"]
+    if not isinstance(records, list):
+        raise InvalidRequest(f"'records' must be a JSON array, got {type(records).__name__}")
+    if len(records) > MAX_BATCH_RECORDS:
+        raise PayloadTooLarge(
+            f"{len(records)} records in one request; the limit is {MAX_BATCH_RECORDS}: split the batch"
         )
-        return {"stream": stream, "counts": dead_letter_counts(lander, stream), "dead_letters": letters}
+    return records
 
-    @api.post("/streams/{stream}/dead-letters/replay", tags=["dead letters"])
-    def replay_dead_letters(stream: str, body: ReplayBody | None = None) -> dict[str, Any]:
-        """Re-validate the selected open dead letters (``ids`` and/or ``reason``; all if neither) against the
-        current pipeline config, with ``fixes`` replacing originals; land those that pass, once."""
-        pipeline = pipeline_for_stream(runtime.pipelines, stream)
-        body = body or ReplayBody()
-        unknown = sorted(set(body.fixes) - set(body.ids or body.fixes))
-        if body.ids is not None and unknown:
-            raise HTTPException(422, f"fixes: ids {unknown} are not in 'ids'")
-        result = replay(pipeline, lander, ids=body.ids, reason=body.reason, fixes=body.fixes)
-        if result.replayed:
-            cutter.request_check(stream)
-        return {"stream": stream, **result.to_dict()}
 
-    @api.get("/streams/{stream}/datasets", tags=["datasets"])
-    def list_datasets(stream: str) -> dict[str, Any]:
-        pipeline_for_stream(runtime.pipelines, stream)
-        return {"stream": stream, "versions": [version_to_dict(v) for v in cutter.list_versions(stream)]}
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is not None and (not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX or not key.isprintable() or not key.isascii()):
+        raise InvalidRequest(f"the Idempotency-Key header must be 1..{IDEMPOTENCY_KEY_MAX} printable ASCII characters")
+    return key
 
-    @api.post("/streams/{stream}/datasets", tags=["datasets"])
-    def cut_dataset(stream: str) -> dict[str, Any]:
-        """Cut a dataset version now from the rows landed since the last one (409 if there are none)."""
-        pipeline_for_stream(runtime.pipelines, stream)
-        # Rows of Kafka batches still in memory belong in this cut: land them first.
-        intake.request_land(stream)
-        try:
-            return version_to_dict(cutter.cut(stream))
-        except NoNewData as exc:
-            raise HTTPException(409, str(exc)) from None
 
-    def resolve(stream: str, ref: str) -> Any:
-        """A version of ``stream`` named ``STREAM@vN``, ``vN`` or ``N``."""
-        number = ref.rpartition("@v")[2] if "@v" in ref else ref.removeprefix("v")
-        if not number.isdigit():
-            raise HTTPException(422, f"version {ref!r}: expected STREAM@vN, vN or N")
-        return cutter.get(f"{stream}@v{int(number)}")
+@router.post("/streams/{stream}/records", tags=["streams"])
+async def post_records(ctx: Ctx, stream: str, request: Request) -> dict[str, Any]:
+    """Body ``{"records": [{...}, ...]}``. Per-record problems come back in ``rejected`` (and as dead
+    letters); the request fails only for an unknown stream (404), a malformed body (422) or a batch over
+    the limits (413). With an ``Idempotency-Key`` header a retried batch is landed once: the retry gets the
+    first answer back with ``"replayed": true`` (the same key with a different body: 422)."""
+    pipeline = ctx.pipeline(stream)
+    body = await _bounded_body(request)
+    records = _records_of(body)
+    key = _idempotency_key(request)
+    if key is not None:
+        # The same key with another body raises IdempotencyKeyReused (422).
+        answer = await run_in_threadpool(ingest_idempotent, pipeline, records, ctx.lander, key=key, body=body)
+        if answer["accepted"] and not answer["replayed"]:
+            ctx.cutter.request_check(stream)
+        return answer
+    result = await run_in_threadpool(ingest_json_records, pipeline, records, ctx.lander)
+    if result.accepted:
+        ctx.cutter.request_check(stream)
+    return result.to_dict()
 
-    @api.get("/streams/{stream}/datasets/diff", tags=["datasets"])
-    def diff_datasets(
-        stream: str,
-        from_version: str | None = Query(None, alias="from", description="Default: the version before `to`."),
-        to_version: str | None = Query(None, alias="to", description="Default: the newest version."),
-    ) -> dict[str, Any]:
-        """Rows added and removed between two versions (by content) and the profile change per column."""
-        pipeline = pipeline_for_stream(runtime.pipelines, stream)
-        versions = cutter.list_versions(stream)
-        new = resolve(stream, to_version) if to_version else (versions[-1] if versions else None)
-        if new is None:
-            raise HTTPException(409, f"stream {stream!r} has no dataset version yet")
-        if from_version:
-            old = resolve(stream, from_version)
-        elif new.version > 1:
-            old = cutter.get(f"{stream}@v{new.version - 1}")
-        else:
-            raise HTTPException(409, f"{new.id} is the first version: name the two versions to compare")
-        return diff_versions(lander.store, pipeline.stream, old, new)
 
-    @api.post("/streams/{stream}/datasets/compact", tags=["datasets"])
-    def compact_landed(stream: str, keep_versions: int = Query(2, ge=0)) -> dict[str, Any]:
-        """Retention: compact the landed batches of all but the newest ``keep_versions`` versions into one object
-        per version (every version stays readable and reproducible)."""
-        pipeline = pipeline_for_stream(runtime.pipelines, stream)
-        return compact(lander.Session, lander.store, pipeline.stream, keep_versions)
+@router.get("/streams/{stream}/stats", tags=["streams"])
+def get_stats(ctx: Ctx, stream: str) -> dict[str, Any]:
+    pipeline = ctx.pipeline(stream)
+    stats = stream_stats(ctx.lander, stream, pending=ctx.intake.pending_rows(stream))
+    stats["freshness"] = freshness(ctx.lander, stream, pipeline.dataset.freshness_seconds)
+    counters = ctx.intake.counters.get(stream)
+    if counters is not None:
+        stats["kafka_since_start"] = {
+            "received": counters.received,
+            "landed": counters.landed,
+            "dead_lettered": counters.dead_lettered,
+            "replay_skipped": counters.replay_skipped,
+        }
+    return stats
 
-    @api.get("/datasets/{dataset_version_id}", tags=["datasets"])
-    def get_dataset(dataset_version_id: str) -> dict[str, Any]:
-        """A version with its lineage and the landed batches (offsets, request ids) it took in."""
-        row = cutter.get(dataset_version_id)
-        return {**version_to_dict(row), "sources": version_sources(lander, row.id)}
 
-    return api
+@router.get("/streams/{stream}/dead-letters", tags=["dead letters"])
+def get_dead_letters(
+    ctx: Ctx,
+    stream: str,
+    limit: int = Query(100, ge=1, le=1000),
+    reason: str | None = Query(None, description="Only this reason."),
+    include_replayed: bool = Query(False, description="Also the dead letters replayed since."),
+    with_original: bool = Query(False, description="Include the original bytes (base64)."),
+) -> dict[str, Any]:
+    """The open dead letters of a stream, newest first, with the counts by reason."""
+    ctx.pipeline(stream)
+    letters = list_dead_letters(
+        ctx.lander, stream, limit=limit, reason=reason, include_replayed=include_replayed, with_original=with_original
+    )
+    return {"stream": stream, "counts": dead_letter_counts(ctx.lander, stream), "dead_letters": letters}
+
+
+@router.post("/streams/{stream}/dead-letters/replay", tags=["dead letters"])
+def replay_dead_letters(ctx: Ctx, stream: str, body: ReplayBody | None = None) -> dict[str, Any]:
+    """Re-validate the selected open dead letters (``ids`` and/or ``reason``; all if neither) against the
+    current pipeline config, with ``fixes`` replacing originals; land those that pass, once."""
+    pipeline = ctx.pipeline(stream)
+    body = body or ReplayBody()
+    unknown = sorted(set(body.fixes) - set(body.ids or body.fixes))
+    if body.ids is not None and unknown:
+        raise InvalidRequest(f"fixes: ids {unknown} are not in 'ids'")
+    result = replay(pipeline, ctx.lander, ids=body.ids, reason=body.reason, fixes=body.fixes)
+    if result.replayed:
+        ctx.cutter.request_check(stream)
+    return {"stream": stream, **result.to_dict()}
+
+
+@router.get("/streams/{stream}/datasets", tags=["datasets"])
+def list_datasets(ctx: Ctx, stream: str) -> dict[str, Any]:
+    ctx.pipeline(stream)
+    return {"stream": stream, "versions": [version_to_dict(v) for v in ctx.cutter.list_versions(stream)]}
+
+
+@router.post("/streams/{stream}/datasets", tags=["datasets"])
+def cut_dataset(ctx: Ctx, stream: str) -> dict[str, Any]:
+    """Cut a dataset version now from the rows landed since the last one (409 if there are none)."""
+    ctx.pipeline(stream)
+    # Rows of Kafka batches still in memory belong in this cut: land them first.
+    ctx.intake.request_land(stream)
+    return version_to_dict(ctx.cutter.cut(stream))  # nothing new: NoNewData (409)
+
+
+def _resolve(cutter: DatasetCutter, stream: str, ref: str) -> DatasetVersion:
+    """A version of ``stream`` named ``STREAM@vN``, ``vN`` or ``N``."""
+    number = ref.rpartition("@v")[2] if "@v" in ref else ref.removeprefix("v")
+    if not number.isdigit():
+        raise InvalidRequest(f"version {ref!r}: expected STREAM@vN, vN or N")
+    return cutter.get(f"{stream}@v{int(number)}")
+
+
+def _versions_to_compare(
+    cutter: DatasetCutter, stream: str, from_version: str | None, to_version: str | None
+) -> tuple[DatasetVersion, DatasetVersion]:
+    """``(old, new)``: ``to`` or the newest version, and ``from`` or the version before it."""
+    versions = cutter.list_versions(stream)
+    new = _resolve(cutter, stream, to_version) if to_version else (versions[-1] if versions else None)
+    if new is None:
+        raise ConflictError(f"stream {stream!r} has no dataset version yet", code="no_dataset_version")
+    if from_version:
+        return _resolve(cutter, stream, from_version), new
+    if new.version > 1:
+        return cutter.get(f"{stream}@v{new.version - 1}"), new
+    raise ConflictError(f"{new.id} is the first version: name the two versions to compare", code="first_version")
+
+
+@router.get("/streams/{stream}/datasets/diff", tags=["datasets"])
+def diff_datasets(
+    ctx: Ctx,
+    stream: str,
+    from_version: str | None = Query(None, alias="from", description="Default: the version before `to`."),
+    to_version: str | None = Query(None, alias="to", description="Default: the newest version."),
+) -> dict[str, Any]:
+    """Rows added and removed between two versions (by content) and the profile change per column."""
+    pipeline = ctx.pipeline(stream)
+    old, new = _versions_to_compare(ctx.cutter, stream, from_version, to_version)
+    return diff_versions(ctx.lander.store, pipeline.stream, old, new)
+
+
+@router.post("/streams/{stream}/datasets/compact", tags=["datasets"])
+def compact_landed(ctx: Ctx, stream: str, keep_versions: int = Query(2, ge=0)) -> dict[str, Any]:
+    """Retention: compact the landed batches of all but the newest ``keep_versions`` versions into one object
+    per version (every version stays readable and reproducible)."""
+    pipeline = ctx.pipeline(stream)
+    return compact(ctx.lander.Session, ctx.lander.store, pipeline.stream, keep_versions)
+
+
+@router.get("/datasets/{dataset_version_id}", tags=["datasets"])
+def get_dataset(ctx: Ctx, dataset_version_id: str) -> dict[str, Any]:
+    """A version with its lineage and the landed batches (offsets, request ids) it took in."""
+    row = ctx.cutter.get(dataset_version_id)
+    return {**version_to_dict(row), "sources": version_sources(ctx.lander, row.id)}

@@ -22,14 +22,16 @@ from driftloop.contracts.layout import dataset_prefix, dataset_version_id
 from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_stream
 from driftloop.contracts.settings import Settings
 from driftloop.contracts.topics import DATASET_VERSION_CREATED
-from driftloop.errors import DriftloopError, NotFoundError
+from driftloop.errors import ConflictError, NotFoundError
 from driftloop.runtime.bus import EventBus
 
 log = logging.getLogger(__name__)
 
 
-class NoNewData(DriftloopError):
+class NoNewData(ConflictError):
     """A cut was asked for but nothing landed since the last version (HTTP 409)."""
+
+    default_code = "no_new_data"
 
 
 def version_to_dict(row: DatasetVersion) -> dict[str, Any]:

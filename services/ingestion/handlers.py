@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from driftloop.clients.db.models import IngestionIdempotencyKey, LandedBatch
 from driftloop.contracts.layout import landed_http_key
 from driftloop.contracts.pipeline import PipelineConfig
-from driftloop.errors import DriftloopError
+from driftloop.errors import InvalidRequest
 
 from .deadletters import counts as dead_letter_counts
 from .landing import Lander, json_bytes
@@ -74,8 +74,10 @@ def ingest_json_records(
 IDEMPOTENCY_KEY_MAX = 200
 
 
-class IdempotencyKeyReused(DriftloopError):
+class IdempotencyKeyReused(InvalidRequest):
     """The same Idempotency-Key came with a different body (HTTP 422)."""
+
+    default_code = "idempotency_key_reused"
 
 
 _key_locks: dict[tuple[str, str], threading.Lock] = {}

@@ -7,7 +7,7 @@ from driftloop.clients.spark import stop_spark
 from driftloop.errors import ConfigError
 from driftloop.runtime.service import Runtime, ServiceSpec, base_app
 
-from .api import router
+from . import api
 from .datasets import DatasetCutter
 from .kafka_intake import KafkaIntake
 from .landing import Lander
@@ -31,7 +31,8 @@ def build(runtime: Runtime) -> ServiceSpec:
     cutter = DatasetCutter(runtime.settings, runtime.pipelines, runtime.bus, store)
     intake = KafkaIntake(runtime.bus, runtime.pipelines, lander, on_landed=cutter.request_check)
     app = base_app(runtime, "ingestion", "Stream intake, validation, dead letters, landing and dataset versions.")
-    app.include_router(router(runtime, lander, intake, cutter))
+    app.state.context = api.Context(runtime.pipelines, lander, intake, cutter)
+    app.include_router(api.router)
     app.state.ingestion = {"lander": lander, "intake": intake, "cutter": cutter}
     return ServiceSpec(
         app=app,

@@ -8,8 +8,7 @@ from driftloop.runtime.bus import EventHandler
 from driftloop.runtime.retention import purge_loop
 from driftloop.runtime.service import Runtime, ServiceSpec, base_app
 
-from . import retention
-from .api import router
+from . import api, retention
 from .handlers import MonitorHandlers
 from .streaming import FaustEngine
 
@@ -28,7 +27,8 @@ def build(runtime: Runtime) -> ServiceSpec:
         producer=runtime.name,
     )
     app = base_app(runtime, "monitor", "Drift, data quality and performance of served predictions.")
-    app.include_router(router(runtime, handlers))
+    app.state.context = api.Context(handlers)
+    app.include_router(api.router)
     # One agent for the three topics: promotions and predictions of a model share the model key.
     by_topic: dict[Topic, EventHandler] = {
         MODEL_PROMOTED: handlers.on_model_promoted,

@@ -5,17 +5,19 @@ admin token (``driftloop.runtime.security``). Versions are created and gated onl
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from driftloop.clients.db.models import ModelAlias, ModelVersion
-from driftloop.errors import NotFoundError
+from driftloop.errors import InvalidRequest, NotFoundError
 from driftloop.runtime.security import principal_of
+from driftloop.runtime.service import api_context
 
-from .handlers import EventNotSent, RegistryHandlers, RollbackImpossible
-from .repository import AliasConflict, Registry
+from .handlers import RegistryHandlers
+from .repository import Registry
 
 ALIAS_PATTERN = r"^[a-z][a-z0-9_-]{0,99}$"
 
@@ -80,98 +82,112 @@ def alias_view(found: ModelAlias) -> dict[str, Any]:
     }
 
 
-def router(registry: Registry, handlers: RegistryHandlers) -> APIRouter:
-    api = APIRouter(prefix="/v1/models", tags=["registry"])
+@dataclass(frozen=True)
+class Context:
+    """What the routes need; ``service.build`` puts it on ``app.state.context``."""
 
-    @api.get("")
-    def list_models() -> dict[str, Any]:
-        """Every registered model with its version count, latest version and champion version."""
-        return {"models": registry.models()}
+    registry: Registry
+    handlers: RegistryHandlers
 
-    @api.get("/{name}/versions")
-    def list_versions(name: str) -> dict[str, Any]:
-        """Every version of the model, oldest first, with its aliases."""
-        rows = registry.versions(name)
-        aliases = registry.aliases(name)
-        return {"model": name, "aliases": aliases, "versions": [version_view(r, aliases) for r in rows]}
 
-    @api.get("/{name}/versions/{version}")
-    def get_version(name: str, version: int) -> dict[str, Any]:
-        """One version: artifact and sha256, signature, metrics, tags, description, lineage, gate numbers."""
-        return version_view(registry.get_version(name, version), registry.aliases(name))
+Ctx = Annotated[Context, Depends(api_context)]
 
-    @api.patch("/{name}/versions/{version}")
-    def annotate_version(name: str, version: int, body: AnnotateBody) -> dict[str, Any]:
-        """Set or delete tags and replace the description of a version (admin)."""
-        if body.tags is None and body.description is None:
-            raise HTTPException(status_code=422, detail="give `tags` and/or `description`")
-        for key in body.tags or {}:
-            if not key or len(key) > 200:
-                raise HTTPException(status_code=422, detail=f"tags: key {key!r} must have 1 to 200 characters")
-        row = registry.annotate(name, version, tags=body.tags, description=body.description)
-        return version_view(row, registry.aliases(name))
+router = APIRouter(prefix="/v1/models", tags=["registry"])
 
-    @api.get("/{name}/aliases")
-    def list_aliases(name: str) -> dict[str, Any]:
-        """Every alias of the model with its version, who moved it and why."""
+
+def unknown_model(name: str) -> NotFoundError:
+    return NotFoundError(f"unknown model {name!r}: no version of it has been registered")
+
+
+@router.get("")
+def list_models(ctx: Ctx) -> dict[str, Any]:
+    """Every registered model with its version count, latest version and champion version."""
+    return {"models": ctx.registry.models()}
+
+
+@router.get("/{name}/versions")
+def list_versions(ctx: Ctx, name: str) -> dict[str, Any]:
+    """Every version of the model, oldest first, with its aliases."""
+    rows = ctx.registry.versions(name)
+    aliases = ctx.registry.aliases(name)
+    return {"model": name, "aliases": aliases, "versions": [version_view(r, aliases) for r in rows]}
+
+
+@router.get("/{name}/versions/{version}")
+def get_version(ctx: Ctx, name: str, version: int) -> dict[str, Any]:
+    """One version: artifact and sha256, signature, metrics, tags, description, lineage, gate numbers."""
+    return version_view(ctx.registry.get_version(name, version), ctx.registry.aliases(name))
+
+
+@router.patch("/{name}/versions/{version}")
+def annotate_version(ctx: Ctx, name: str, version: int, body: AnnotateBody) -> dict[str, Any]:
+    """Set or delete tags and replace the description of a version (admin)."""
+    if body.tags is None and body.description is None:
+        raise InvalidRequest("give `tags` and/or `description`")
+    for key in body.tags or {}:
+        if not key or len(key) > 200:
+            raise InvalidRequest(f"tags: key {key!r} must have 1 to 200 characters")
+    row = ctx.registry.annotate(name, version, tags=body.tags, description=body.description)
+    return version_view(row, ctx.registry.aliases(name))
+
+
+@router.get("/{name}/aliases")
+def list_aliases(ctx: Ctx, name: str) -> dict[str, Any]:
+    """Every alias of the model with its version, who moved it and why."""
+    if not ctx.registry.model_exists(name):
+        raise unknown_model(name)
+    return {"model": name, "aliases": [alias_view(a) for a in ctx.registry.alias_rows(name)]}
+
+
+@router.get("/{name}/aliases/{alias}")
+def get_alias(ctx: Ctx, name: str, alias: str) -> dict[str, Any]:
+    """The version an alias points at, who moved it there and why."""
+    registry = ctx.registry
+    found = registry.alias(name, alias)
+    if found is None:
         if not registry.model_exists(name):
-            raise NotFoundError(f"unknown model {name!r}: no version of it has been registered")
-        return {"model": name, "aliases": [alias_view(a) for a in registry.alias_rows(name)]}
+            raise unknown_model(name)
+        raise NotFoundError(f"model {name!r} has no alias {alias!r}; its aliases: {registry.aliases(name)}")
+    row = registry.get_version(name, found.version)
+    return {"model": name, **alias_view(found), "model_version": version_view(row, registry.aliases(name))}
 
-    @api.get("/{name}/aliases/{alias}")
-    def get_alias(name: str, alias: str) -> dict[str, Any]:
-        """The version an alias points at, who moved it there and why."""
-        found = registry.alias(name, alias)
-        if found is None:
-            if not registry.model_exists(name):
-                raise NotFoundError(f"unknown model {name!r}: no version of it has been registered")
-            raise NotFoundError(f"model {name!r} has no alias {alias!r}; its aliases: {registry.aliases(name)}")
-        row = registry.get_version(name, found.version)
-        return {"model": name, **alias_view(found), "model_version": version_view(row, registry.aliases(name))}
 
-    @api.get("/{name}/aliases/{alias}/history")
-    def alias_history(name: str, alias: str, limit: int = Query(100, ge=1, le=10_000)) -> dict[str, Any]:
-        """Every move of the alias, newest first (who, why, from which version, rollback or not), from the
-        event log."""
-        if not registry.model_exists(name):
-            raise NotFoundError(f"unknown model {name!r}: no version of it has been registered")
-        return {"model": name, "alias": alias, "moves": registry.alias_history(name, alias, limit)}
+@router.get("/{name}/aliases/{alias}/history")
+def alias_history(ctx: Ctx, name: str, alias: str, limit: int = Query(100, ge=1, le=10_000)) -> dict[str, Any]:
+    """Every move of the alias, newest first (who, why, from which version, rollback or not), from the
+    event log."""
+    if not ctx.registry.model_exists(name):
+        raise unknown_model(name)
+    return {"model": name, "alias": alias, "moves": ctx.registry.alias_history(name, alias, limit)}
 
-    @api.put("/{name}/aliases/{alias}")
-    def move_alias(
-        name: str,
-        body: MoveAliasBody,
-        request: Request,
-        alias: str = Path(pattern=ALIAS_PATTERN, description="champion, challenger or any name."),
-    ) -> dict[str, Any]:
-        """Point an alias at a version, atomically (admin). Emits ``ModelPromoted`` with the alias, who and why;
-        serving follows ``champion`` only. Asking for the move the alias already has re-sends the same event.
-        409 when ``expected_version`` does not match."""
-        expected: Any = body.expected_version if body.expected_version is not None else ...
-        try:
-            return handlers.move_alias(
-                name,
-                alias,
-                body.version,
-                moved_by=principal_of(request).name,
-                reason=body.reason,
-                expected_version=expected,
-            )
-        except AliasConflict as exc:
-            raise HTTPException(status_code=409, detail=str(exc)) from None
-        except EventNotSent as exc:
-            raise HTTPException(status_code=503, detail=str(exc)) from None
 
-    @api.post("/{name}/rollback")
-    def rollback(name: str, request: Request, body: RollbackBody | None = None) -> dict[str, Any]:
-        """Move ``champion`` back (admin): to ``to``, or to the newest promoted version before the current
-        champion. Serving follows. 409 when there is nothing to roll back to."""
-        body = body or RollbackBody()
-        try:
-            return handlers.rollback(name, body.to, moved_by=principal_of(request).name, reason=body.reason)
-        except (RollbackImpossible, AliasConflict) as exc:
-            raise HTTPException(status_code=409, detail=str(exc)) from None
-        except EventNotSent as exc:
-            raise HTTPException(status_code=503, detail=str(exc)) from None
+@router.put("/{name}/aliases/{alias}")
+def move_alias(
+    ctx: Ctx,
+    name: str,
+    body: MoveAliasBody,
+    request: Request,
+    alias: str = Path(pattern=ALIAS_PATTERN, description="champion, challenger or any name."),
+) -> dict[str, Any]:
+    """Point an alias at a version, atomically (admin). Emits ``ModelPromoted`` with the alias, who and why;
+    serving follows ``champion`` only. Asking for the move the alias already has re-sends the same event.
+    409 when ``expected_version`` does not match."""
+    # AliasConflict answers 409; EventNotSent 503 (the error tree carries the status).
+    expected: Any = body.expected_version if body.expected_version is not None else ...
+    return ctx.handlers.move_alias(
+        name,
+        alias,
+        body.version,
+        moved_by=principal_of(request).name,
+        reason=body.reason,
+        expected_version=expected,
+    )
 
-    return api
+
+@router.post("/{name}/rollback")
+def rollback(ctx: Ctx, name: str, request: Request, body: RollbackBody | None = None) -> dict[str, Any]:
+    """Move ``champion`` back (admin): to ``to``, or to the newest promoted version before the current
+    champion. Serving follows. 409 when there is nothing to roll back to."""
+    body = body or RollbackBody()
+    # RollbackImpossible and AliasConflict answer 409; EventNotSent 503.
+    return ctx.handlers.rollback(name, body.to, moved_by=principal_of(request).name, reason=body.reason)

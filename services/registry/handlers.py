@@ -15,7 +15,7 @@ from driftloop.clients.retry import retry
 from driftloop.contracts.artifact import ModelArtifact
 from driftloop.contracts.events import Event, new_event
 from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_model
-from driftloop.errors import DriftloopError, NotFoundError
+from driftloop.errors import ConflictError, DriftloopError, NotFoundError, ServiceUnavailable
 from driftloop.runtime.bus import EventBus
 
 from . import gate as gating
@@ -439,9 +439,13 @@ class RegistryHandlers:
             )
 
 
-class EventNotSent(DriftloopError):
+class EventNotSent(ServiceUnavailable):
     """An alias moved but its event could not be published (the broker is down): repeating the call re-sends it."""
 
+    default_code = "event_not_sent"
 
-class RollbackImpossible(DriftloopError):
+
+class RollbackImpossible(ConflictError):
     """Nothing to roll back to (no champion, or no earlier promoted version)."""
+
+    default_code = "rollback_impossible"

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from driftloop.clients.db.models import EventRecord, ModelAlias, ModelVersion, utcnow
 from driftloop.clients.retry import retry
 from driftloop.contracts.events import Envelope, Event
-from driftloop.errors import DriftloopError, NotFoundError
+from driftloop.errors import ConflictError, DriftloopError, NotFoundError
 
 CHAMPION = "champion"
 # Status of a promoted version that serving rolled back (its canary/shadow was judged worse): not a default
@@ -23,12 +23,16 @@ PROMOTED = "promoted"
 _NON_FINITE = {"$float": "nan"}
 
 
-class AliasMoved(DriftloopError):
+class AliasMoved(ConflictError):
     """The champion alias moved while the gate was running: the decision must be taken again."""
 
+    default_code = "alias_moved"
 
-class AliasConflict(DriftloopError):
+
+class AliasConflict(ConflictError):
     """An alias move asked for ``expected_version`` but the alias points elsewhere (optimistic concurrency)."""
+
+    default_code = "alias_conflict"
 
 
 def event_to_json(event: Event) -> dict[str, Any]:

@@ -27,7 +27,8 @@ def build(runtime: Runtime) -> ServiceSpec:
         run_details=partial(training_run, training),
     )
     app = base_app(runtime, "registry", "Model versions with lineage, the promotion gate, and the champion alias.")
-    app.include_router(api.router(registry, handlers))
+    app.state.context = api.Context(registry, handlers)
+    app.include_router(api.router)
     return ServiceSpec(
         app=app,
         consumers=[

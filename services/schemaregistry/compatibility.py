@@ -6,6 +6,8 @@ from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibi
 from avro.errors import AvroException
 from avro.schema import Schema, parse
 
+from .errors import InvalidSchema
+
 LEVELS = (
     "NONE",
     "BACKWARD",
@@ -15,10 +17,6 @@ LEVELS = (
     "FULL",
     "FULL_TRANSITIVE",
 )
-
-
-class InvalidSchema(ValueError):
-    pass
 
 
 def parse_avro(schema_text: str) -> Schema:

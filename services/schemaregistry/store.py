@@ -13,29 +13,34 @@ from sqlalchemy.orm import Session, sessionmaker
 from driftloop.clients.db.models import RegistryConfig, RegistrySchema, RegistrySubjectVersion
 from driftloop.clients.retry import retry
 
-from .compatibility import LEVELS, InvalidSchema, check, parse_avro
+from .compatibility import LEVELS, check, parse_avro
+from .errors import (
+    IncompatibleSchema,
+    InvalidCompatibilityLevel,
+    InvalidSchema,
+    InvalidVersion,
+    RegistryStoreError,
+    SchemaNotFound,
+    SubjectCompatibilityNotFound,
+    SubjectNotFound,
+    VersionNotFound,
+)
 
 
-class RegistryError(Exception):
-    """An error in Confluent's shape: HTTP status + error_code + message."""
-
-    def __init__(self, status: int, error_code: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error_code = error_code
-        self.message = message
+def subject_not_found(subject: str) -> SubjectNotFound:
+    return SubjectNotFound(f"Subject '{subject}' not found.")
 
 
-def subject_not_found(subject: str) -> RegistryError:
-    return RegistryError(404, 40401, f"Subject '{subject}' not found.")
+def version_not_found(version: object) -> VersionNotFound:
+    return VersionNotFound(f"Version {version} not found.")
 
 
-def version_not_found(version: object) -> RegistryError:
-    return RegistryError(404, 40402, f"Version {version} not found.")
+def schema_not_found() -> SchemaNotFound:
+    return SchemaNotFound("Schema not found")
 
 
-def schema_not_found() -> RegistryError:
-    return RegistryError(404, 40403, "Schema not found")
+def subject_compatibility_not_found(subject: str) -> SubjectCompatibilityNotFound:
+    return SubjectCompatibilityNotFound(f"Subject '{subject}' does not have subject-level compatibility configured")
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,7 @@ def fingerprint(schema_text: str) -> str:
     try:
         normalized = json.dumps(json.loads(schema_text), sort_keys=True, separators=(",", ":"))
     except json.JSONDecodeError as exc:
-        raise RegistryError(422, 42201, f"Invalid schema: not JSON: {exc}") from exc
+        raise InvalidSchema(f"Invalid schema: not JSON: {exc}") from exc
     return hashlib.sha256(normalized.encode()).hexdigest()
 
 
@@ -122,8 +127,8 @@ class SchemaStore:
                 try:
                     wanted = int(version)
                 except ValueError:
-                    raise RegistryError(
-                        422, 42202, "The specified version is not a valid version id: use a positive integer or latest"
+                    raise InvalidVersion(
+                        "The specified version is not a valid version id: use a positive integer or latest"
                     ) from None
                 row = next((r for r in rows if r.version == wanted), None)
                 if row is None:
@@ -145,10 +150,7 @@ class SchemaStore:
     def register(self, subject: str, schema_text: str) -> int:
         """Register under ``subject`` (idempotent: a known schema gets its existing id) after the
         compatibility check. Returns the schema id."""
-        try:
-            parse_avro(schema_text)
-        except InvalidSchema as exc:
-            raise RegistryError(422, 42201, str(exc)) from exc
+        parse_avro(schema_text)
         try:
             # A concurrent registration won the race: look again.
             return retry(
@@ -159,7 +161,7 @@ class SchemaStore:
                 what=f"registering a schema under {subject}",
             )
         except IntegrityError:
-            raise RegistryError(500, 50001, "could not register the schema after concurrent updates; retry") from None
+            raise RegistryStoreError("could not register the schema after concurrent updates; retry") from None
 
     def _register_once(self, subject: str, schema_text: str) -> int:
         fp = fingerprint(schema_text)
@@ -171,9 +173,7 @@ class SchemaStore:
             level = self._compatibility(s, subject)
             problems = check(level, schema_text, [s.get(RegistrySchema, r.schema_id).schema_text for r in rows])
             if problems:
-                raise RegistryError(
-                    409,
-                    409,
+                raise IncompatibleSchema(
                     f'Schema being registered is incompatible with an earlier schema for subject "{subject}" '
                     f"(compatibility {level}): " + "; ".join(problems),
                 )
@@ -211,10 +211,7 @@ class SchemaStore:
 
     def test_compatibility(self, subject: str, schema_text: str, version: str | int | None) -> list[str]:
         """Problems of ``schema_text`` against one version (or, with None, what the subject's level demands)."""
-        try:
-            parse_avro(schema_text)
-        except InvalidSchema as exc:
-            raise RegistryError(422, 42201, str(exc)) from exc
+        parse_avro(schema_text)
         with self.Session() as s:
             level = self._compatibility(s, subject)
             rows = self._versions(s, subject)
@@ -240,15 +237,13 @@ class SchemaStore:
             if row is None:
                 if default_to_global:
                     return self._compatibility(s, subject)
-                raise RegistryError(
-                    404, 40408, f"Subject '{subject}' does not have subject-level compatibility configured"
-                )
+                raise subject_compatibility_not_found(subject)
             return row.compatibility
 
     def set_compatibility(self, subject: str | None, level: str) -> str:
         level = level.upper()
         if level not in LEVELS:
-            raise RegistryError(422, 42203, f"Invalid compatibility level {level!r}: use one of {', '.join(LEVELS)}")
+            raise InvalidCompatibilityLevel(f"Invalid compatibility level {level!r}: use one of {', '.join(LEVELS)}")
         with self.Session.begin() as s:
             key = subject or ""
             row = s.get(RegistryConfig, key)
@@ -262,9 +257,7 @@ class SchemaStore:
         with self.Session.begin() as s:
             row = s.get(RegistryConfig, subject)
             if row is None:
-                raise RegistryError(
-                    404, 40408, f"Subject '{subject}' does not have subject-level compatibility configured"
-                )
+                raise subject_compatibility_not_found(subject)
             level = row.compatibility
             s.delete(row)
             return level

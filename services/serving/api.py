@@ -5,23 +5,32 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import pandas as pd
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from driftloop.contracts.events import Event
 from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_model
-from driftloop.errors import NotFoundError, ValidationFailed
+from driftloop.errors import (
+    BadRequest,
+    DriftloopError,
+    NotFoundError,
+    ServiceError,
+    ServiceUnavailable,
+    ValidationFailed,
+    http_status_of,
+)
+from driftloop.runtime.service import api_context
 
 from . import oip
 from . import predict as predicting
 from .feedback import FeedbackDesk, FeedbackItem, PredictionRecorder
-from .online import OnlineStoreUnavailable
 from .rollout import RolloutController
 from .served import ModelTable, ServedModel
 
@@ -82,242 +91,261 @@ class FeedbackRequest(BaseModel):
     feedback: list[FeedbackRow] = Field(min_length=1, max_length=MAX_FEEDBACK)
 
 
-def _unprocessable(exc: ValidationFailed) -> HTTPException:
-    return HTTPException(status_code=422, detail={"reason": exc.reason, "field": exc.field, "message": str(exc)})
-
-
 def _discard(_event: Event) -> None:
     """Shadow scoring logs nothing: PredictionLogged is what clients were answered."""
 
 
-def router(
-    table: ModelTable,
-    pipelines: dict[str, PipelineConfig],
-    publish: Callable[[Event], None],
-    replica: str,
+@dataclass(frozen=True)
+class Context:
+    """What the routes need; ``service.build`` puts it on ``app.state.context``. Feedback and entity lookups are
+    optional (a replica without them answers 501 on those routes)."""
+
+    table: ModelTable
+    pipelines: dict[str, PipelineConfig]
+    publish: Callable[[Event], None]
+    replica: str
+    rollouts: RolloutController | None = None
+    recorder: PredictionRecorder | None = None
+    feedback: FeedbackDesk | None = None
+    lookup_entities: EntityLookup | None = None
+
+
+Ctx = Annotated[Context, Depends(api_context)]
+
+router = APIRouter()
+
+
+def not_configured(what: str) -> ServiceError:
+    # No class of the tree names 501; ServiceError carries any status.
+    return ServiceError(f"{what} not configured on this replica", status_code=501, code="not_configured")
+
+
+def served_or_503(ctx: Context, name: str) -> ServedModel:
+    pipeline_for_model(ctx.pipelines, name)  # unknown model: NotFoundError → 404
+    served = ctx.table.get(name)
+    if served is None:
+        problem = ctx.table.problem(name)
+        detail = f"model {name!r} has no version loaded yet on this replica: waiting for a promotion"
+        if problem is not None:
+            detail += f" (v{problem.version} was refused: {problem.reason})"
+        raise ServiceUnavailable(detail, code="model_not_loaded")
+    return served
+
+
+def answer(
+    ctx: Context,
+    name: str,
+    instances: list[dict[str, Any]],
     *,
-    rollouts: RolloutController | None = None,
-    recorder: PredictionRecorder | None = None,
-    feedback: FeedbackDesk | None = None,
-    lookup_entities: EntityLookup | None = None,
-) -> APIRouter:
-    api = APIRouter()
+    features: pd.DataFrame | None = None,
+    entities: list[str] | None = None,
+) -> dict[str, Any]:
+    """Score with the champion, or the arm a running rollout picks; ValidationFailed (422) for the client's
+    mistakes."""
+    served = served_or_503(ctx, name)  # one reference for the whole request: a swap does not affect it
+    rollouts = ctx.rollouts
+    rollout = rollouts.get(name) if rollouts is not None else None
 
-    def served_or_503(name: str) -> ServedModel:
-        pipeline_for_model(pipelines, name)  # unknown model: NotFoundError → 404
-        served = table.get(name)
-        if served is None:
-            problem = table.problem(name)
-            detail = f"model {name!r} has no version loaded yet on this replica: waiting for a promotion"
-            if problem is not None:
-                detail += f" (v{problem.version} was refused: {problem.reason})"
-            raise HTTPException(status_code=503, detail=detail)
-        return served
-
-    def answer(
-        name: str,
-        instances: list[dict[str, Any]],
-        *,
-        features: pd.DataFrame | None = None,
-        entities: list[str] | None = None,
-    ) -> dict[str, Any]:
-        """Score with the champion, or the arm a running rollout picks; 422 for the client's mistakes."""
-        served = served_or_503(name)  # one reference for the whole request: a swap does not affect it
-        rollout = rollouts.get(name) if rollouts is not None else None
-
-        def score(model: ServedModel, rows: list[dict[str, Any]], log_it: bool) -> dict[str, Any]:
-            result = predicting.predict(
-                model, rows, publish if log_it else _discard, features=features, entities=entities
-            )
-            if log_it and recorder is not None:
-                recorder.record(result)
-            return result
-
-        with predicting.PREDICT_SECONDS.labels(name).time():
-            try:
-                if rollout is None or rollouts is None:
-                    return score(served, instances, True)
-                return rollouts.predict(rollout, instances, score)
-            except ValidationFailed as exc:
-                raise _unprocessable(exc) from None
-
-    def entity_rows(pipeline: PipelineConfig, entities: list[str]) -> tuple[list[dict[str, Any]], pd.DataFrame]:
-        if lookup_entities is None:
-            raise HTTPException(status_code=501, detail="entity lookups are not configured on this replica")
-        try:
-            values, missing = lookup_entities(pipeline.stream.name, list(dict.fromkeys(entities)))
-        except OnlineStoreUnavailable as exc:
-            raise HTTPException(status_code=503, detail=str(exc)) from None
-        if missing:
-            raise HTTPException(
-                status_code=422,
-                detail={
-                    "reason": "unknown_entity",
-                    "field": "entities",
-                    "message": f"no online features for entit{'y' if len(missing) == 1 else 'ies'} {missing[:20]} "
-                    f"in stream {pipeline.stream.name!r}",
-                },
-            )
-        rows = [dict(values[e]) for e in entities]
-        features = pd.DataFrame(rows).reindex(columns=pipeline.feature_names)
-        for spec in pipeline.features:
-            if spec.kind == "numeric":
-                features[spec.name] = pd.to_numeric(features[spec.name], errors="coerce").astype("float64")
-        return rows, features
-
-    # --- /v1 ------------------------------------------------------------------------------------------------
-
-    @api.get("/v1/models", tags=["serving"])
-    def list_served() -> dict[str, Any]:
-        return {"replica": replica, "models": [describe_one(s) for s in table.all()]}
-
-    def describe_one(served: ServedModel) -> dict[str, Any]:
-        out = served.describe()
-        rollout = rollouts.get(served.model) if rollouts is not None else None
-        out["rollout"] = (
-            None
-            if rollout is None
-            else {
-                "mode": rollout.mode,
-                "challenger_version": rollout.challenger.version,
-                "step": rollout.step,
-                "share": rollout.share,
-                "stats": rollout.stats(),
-            }
+    def score(model: ServedModel, rows: list[dict[str, Any]], log_it: bool) -> dict[str, Any]:
+        result = predicting.predict(
+            model, rows, ctx.publish if log_it else _discard, features=features, entities=entities
         )
-        return out
+        if log_it and ctx.recorder is not None:
+            ctx.recorder.record(result)
+        return result
 
-    @api.get("/v1/models/{name}", tags=["serving"])
-    def describe(name: str) -> dict[str, Any]:
-        served = served_or_503(name)
-        problem = table.problem(name)
-        return {
-            **describe_one(served),
-            "replica": replica,
-            "last_refused": None
-            if problem is None
-            else {
-                "version": problem.version,
-                "sha256": problem.sha256,
-                "reason": problem.reason,
-                "at": problem.at.isoformat(),
-            },
+    with predicting.PREDICT_SECONDS.labels(name).time():
+        if rollout is None or rollouts is None:
+            return score(served, instances, True)
+        return rollouts.predict(rollout, instances, score)
+
+
+def entity_rows(
+    ctx: Context, pipeline: PipelineConfig, entities: list[str]
+) -> tuple[list[dict[str, Any]], pd.DataFrame]:
+    if ctx.lookup_entities is None:
+        raise not_configured("entity lookups are")
+    # The online store not answering: OnlineStoreUnavailable (503).
+    values, missing = ctx.lookup_entities(pipeline.stream.name, list(dict.fromkeys(entities)))
+    if missing:
+        raise ValidationFailed(
+            "unknown_entity",
+            "entities",
+            f"no online features for entit{'y' if len(missing) == 1 else 'ies'} {missing[:20]} "
+            f"in stream {pipeline.stream.name!r}",
+        )
+    rows = [dict(values[e]) for e in entities]
+    features = pd.DataFrame(rows).reindex(columns=pipeline.feature_names)
+    for spec in pipeline.features:
+        if spec.kind == "numeric":
+            features[spec.name] = pd.to_numeric(features[spec.name], errors="coerce").astype("float64")
+    return rows, features
+
+
+def describe_one(ctx: Context, served: ServedModel) -> dict[str, Any]:
+    out = served.describe()
+    rollout = ctx.rollouts.get(served.model) if ctx.rollouts is not None else None
+    out["rollout"] = (
+        None
+        if rollout is None
+        else {
+            "mode": rollout.mode,
+            "challenger_version": rollout.challenger.version,
+            "step": rollout.step,
+            "share": rollout.share,
+            "stats": rollout.stats(),
         }
+    )
+    return out
 
-    @api.post("/v1/models/{name}/predict", response_model=PredictResponse, tags=["serving"], openapi_extra=DATA_PLANE)
-    def predict(name: str, request: PredictRequest) -> dict[str, Any]:
-        if request.entities is not None:
-            pipeline = pipeline_for_model(pipelines, name)
-            served_or_503(name)
-            rows, features = entity_rows(pipeline, request.entities)
-            return answer(name, rows, features=features, entities=request.entities)
-        assert request.instances is not None
-        return answer(name, request.instances)
 
-    @api.post("/v1/models/{name}/feedback", tags=["serving"], openapi_extra=DATA_PLANE)
-    def post_feedback(name: str, request: FeedbackRequest) -> dict[str, Any]:
-        """Actual outcomes, by ``request_id`` (+ ``index``) or by ``entity`` (+ ``at``): stored joined with their
-        predictions and announced as ``FeedbackReceived``. All rows are resolved first: one unknown → 404."""
-        pipeline_for_model(pipelines, name)
-        if feedback is None:
-            raise HTTPException(status_code=501, detail="feedback is not configured on this replica")
-        items = [
-            FeedbackItem(
-                actual=row.actual,
-                request_id=row.request_id,
-                index=row.index,
-                entity=row.entity,
-                at=row.at.astimezone(UTC) if row.at is not None else None,
-            )
-            for row in request.feedback
-        ]
-        try:
-            accepted = feedback.receive(name, items)
-        except ValidationFailed as exc:
-            raise _unprocessable(exc) from None
-        return {"model": name, "accepted": len(accepted), "feedback": accepted}
+# --- /v1 ----------------------------------------------------------------------------------------------------
 
-    @api.get("/v1/models/{name}/feedback", tags=["serving"])
-    def get_feedback(name: str, limit: int = Query(default=100, ge=1, le=10_000)) -> dict[str, Any]:
-        """The newest predictions with their actual outcomes (the join)."""
-        pipeline_for_model(pipelines, name)
-        if feedback is None:
-            raise HTTPException(status_code=501, detail="feedback is not configured on this replica")
-        return {"model": name, "rows": feedback.joined(name, limit)}
 
-    # --- /v2: Open Inference Protocol -----------------------------------------------------------------------
+@router.get("/v1/models", tags=["serving"])
+def list_served(ctx: Ctx) -> dict[str, Any]:
+    return {"replica": ctx.replica, "models": [describe_one(ctx, s) for s in ctx.table.all()]}
 
-    def v2_error(status: int, message: str, **extra: Any) -> JSONResponse:
-        return JSONResponse(status_code=status, content={"error": message, **extra})
 
-    @api.get("/v2", tags=["oip"])
-    def v2_server_metadata() -> dict[str, Any]:
-        return {"name": "driftloop-serving", "version": "0.1.0", "extensions": []}
+@router.get("/v1/models/{name}", tags=["serving"])
+def describe(ctx: Ctx, name: str) -> dict[str, Any]:
+    served = served_or_503(ctx, name)
+    problem = ctx.table.problem(name)
+    return {
+        **describe_one(ctx, served),
+        "replica": ctx.replica,
+        "last_refused": None
+        if problem is None
+        else {
+            "version": problem.version,
+            "sha256": problem.sha256,
+            "reason": problem.reason,
+            "at": problem.at.isoformat(),
+        },
+    }
 
-    @api.get("/v2/health/live", tags=["oip"])
-    def v2_live() -> dict[str, Any]:
-        return {"live": True}
 
-    @api.get("/v2/health/ready", tags=["oip"])
-    def v2_ready() -> JSONResponse:
-        ready = table.loaded_count() > 0
-        return JSONResponse(status_code=200 if ready else 503, content={"ready": ready})
+@router.post("/v1/models/{name}/predict", response_model=PredictResponse, tags=["serving"], openapi_extra=DATA_PLANE)
+def predict(ctx: Ctx, name: str, request: PredictRequest) -> dict[str, Any]:
+    if request.entities is not None:
+        pipeline = pipeline_for_model(ctx.pipelines, name)
+        served_or_503(ctx, name)
+        rows, features = entity_rows(ctx, pipeline, request.entities)
+        return answer(ctx, name, rows, features=features, entities=request.entities)
+    assert request.instances is not None
+    return answer(ctx, name, request.instances)
 
-    @api.get("/v2/models/{name}", tags=["oip"])
-    def v2_model_metadata(name: str) -> JSONResponse:
-        try:
-            pipeline = pipeline_for_model(pipelines, name)
-        except NotFoundError as exc:
-            return v2_error(404, str(exc))
-        served = table.get(name)
-        versions = [] if served is None else [str(served.version)]
-        return JSONResponse(content=oip.metadata(pipeline, versions))
 
-    @api.get("/v2/models/{name}/ready", tags=["oip"])
-    def v2_model_ready(name: str) -> JSONResponse:
-        try:
-            pipeline_for_model(pipelines, name)
-        except NotFoundError as exc:
-            return v2_error(404, str(exc))
-        ready = table.get(name) is not None
-        return JSONResponse(status_code=200 if ready else 503, content={"name": name, "ready": ready})
-
-    @api.post("/v2/models/{name}/infer", tags=["oip"], openapi_extra=DATA_PLANE)
-    async def v2_infer(name: str, request: Request) -> JSONResponse:
-        try:
-            pipeline = pipeline_for_model(pipelines, name)
-        except NotFoundError as exc:
-            return v2_error(404, str(exc))
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return v2_error(400, f"the request body is not JSON: {exc}")
-        if not isinstance(body, dict):
-            return v2_error(400, "the request body must be a JSON object with 'inputs'")
-        client_id = body.get("id")
-        if client_id is not None and not isinstance(client_id, str):
-            return v2_error(422, "id must be a string", reason="wrong_type", field="id")
-        try:
-            instances = oip.instances_from_inputs(body.get("inputs"), pipeline)
-            oip.check_outputs(body.get("outputs"))
-        except ValidationFailed as exc:
-            return v2_error(422, str(exc), reason=exc.reason, field=exc.field)
-        if len(instances) > MAX_INSTANCES:
-            return v2_error(422, f"at most {MAX_INSTANCES} rows per request", reason="too_many_rows", field="inputs")
-        try:
-            # answer() is blocking (pandas, LightGBM, the producer): off the event loop.
-            result = await run_in_threadpool(answer, name, instances)
-        except HTTPException as exc:
-            detail = exc.detail
-            if isinstance(detail, dict):
-                return v2_error(
-                    exc.status_code, detail.get("message", ""), reason=detail.get("reason"), field=detail.get("field")
-                )
-            return v2_error(exc.status_code, str(detail))
-        return JSONResponse(
-            content=oip.response(
-                result["model"], result["version"], result["request_id"], client_id, result["predictions"]
-            )
+@router.post("/v1/models/{name}/feedback", tags=["serving"], openapi_extra=DATA_PLANE)
+def post_feedback(ctx: Ctx, name: str, request: FeedbackRequest) -> dict[str, Any]:
+    """Actual outcomes, by ``request_id`` (+ ``index``) or by ``entity`` (+ ``at``): stored joined with their
+    predictions and announced as ``FeedbackReceived``. All rows are resolved first: one unknown → 404."""
+    pipeline_for_model(ctx.pipelines, name)
+    if ctx.feedback is None:
+        raise not_configured("feedback is")
+    items = [
+        FeedbackItem(
+            actual=row.actual,
+            request_id=row.request_id,
+            index=row.index,
+            entity=row.entity,
+            at=row.at.astimezone(UTC) if row.at is not None else None,
         )
+        for row in request.feedback
+    ]
+    accepted = ctx.feedback.receive(name, items)  # a row the model cannot take: ValidationFailed (422)
+    return {"model": name, "accepted": len(accepted), "feedback": accepted}
 
-    return api
+
+@router.get("/v1/models/{name}/feedback", tags=["serving"])
+def get_feedback(ctx: Ctx, name: str, limit: int = Query(default=100, ge=1, le=10_000)) -> dict[str, Any]:
+    """The newest predictions with their actual outcomes (the join)."""
+    pipeline_for_model(ctx.pipelines, name)
+    if ctx.feedback is None:
+        raise not_configured("feedback is")
+    return {"model": name, "rows": ctx.feedback.joined(name, limit)}
+
+
+# --- /v2: Open Inference Protocol ---------------------------------------------------------------------------
+# The protocol has its own error body, {"error": message} (+ reason and field for a bad input): /v2 routes
+# answer the tree's errors themselves.
+
+
+def v2_error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": message, **extra})
+
+
+def v2_error_of(exc: DriftloopError) -> JSONResponse:
+    if isinstance(exc, ValidationFailed):
+        return v2_error(http_status_of(exc), str(exc), reason=exc.reason, field=exc.field)
+    return v2_error(http_status_of(exc), str(exc))
+
+
+@router.get("/v2", tags=["oip"])
+def v2_server_metadata() -> dict[str, Any]:
+    return {"name": "driftloop-serving", "version": "0.1.0", "extensions": []}
+
+
+@router.get("/v2/health/live", tags=["oip"])
+def v2_live() -> dict[str, Any]:
+    return {"live": True}
+
+
+@router.get("/v2/health/ready", tags=["oip"])
+def v2_ready(ctx: Ctx) -> JSONResponse:
+    ready = ctx.table.loaded_count() > 0
+    return JSONResponse(status_code=200 if ready else 503, content={"ready": ready})
+
+
+@router.get("/v2/models/{name}", tags=["oip"])
+def v2_model_metadata(ctx: Ctx, name: str) -> JSONResponse:
+    try:
+        pipeline = pipeline_for_model(ctx.pipelines, name)
+    except NotFoundError as exc:
+        return v2_error_of(exc)
+    served = ctx.table.get(name)
+    versions = [] if served is None else [str(served.version)]
+    return JSONResponse(content=oip.metadata(pipeline, versions))
+
+
+@router.get("/v2/models/{name}/ready", tags=["oip"])
+def v2_model_ready(ctx: Ctx, name: str) -> JSONResponse:
+    try:
+        pipeline_for_model(ctx.pipelines, name)
+    except NotFoundError as exc:
+        return v2_error_of(exc)
+    ready = ctx.table.get(name) is not None
+    return JSONResponse(status_code=200 if ready else 503, content={"name": name, "ready": ready})
+
+
+async def v2_request(request: Request, pipeline: PipelineConfig) -> tuple[str | None, list[dict[str, Any]]]:
+    """``(client id, instances)`` of an inference request; BadRequest (400) for a body that is not a JSON object,
+    ValidationFailed (422) for inputs that do not fit the model's signature."""
+    try:
+        body = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the request body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object with 'inputs'")
+    client_id = body.get("id")
+    if client_id is not None and not isinstance(client_id, str):
+        raise ValidationFailed("wrong_type", "id", "id must be a string")
+    instances = oip.instances_from_inputs(body.get("inputs"), pipeline)
+    oip.check_outputs(body.get("outputs"))
+    if len(instances) > MAX_INSTANCES:
+        raise ValidationFailed("too_many_rows", "inputs", f"at most {MAX_INSTANCES} rows per request")
+    return client_id, instances
+
+
+@router.post("/v2/models/{name}/infer", tags=["oip"], openapi_extra=DATA_PLANE)
+async def v2_infer(ctx: Ctx, name: str, request: Request) -> JSONResponse:
+    try:
+        pipeline = pipeline_for_model(ctx.pipelines, name)
+        client_id, instances = await v2_request(request, pipeline)
+        # answer() is blocking (pandas, LightGBM, the producer): off the event loop.
+        result = await run_in_threadpool(answer, ctx, name, instances)
+    except DriftloopError as exc:
+        return v2_error_of(exc)
+    return JSONResponse(
+        content=oip.response(result["model"], result["version"], result["request_id"], client_id, result["predictions"])
+    )

@@ -7,15 +7,11 @@ from typing import Any
 
 from driftloop.clients.http import ServiceClient
 from driftloop.contracts.settings import Settings
-from driftloop.errors import DriftloopError
+from driftloop.errors import DriftloopError, OnlineStoreUnavailable
 
 # A lookup is on the path of a prediction: a features service that does not answer in this time is down (a 503).
 TIMEOUT_SECONDS = 5.0
 LOOKUP_PATH = "/v1/features/online"
-
-
-class OnlineStoreUnavailable(DriftloopError):
-    """The features service did not answer an online lookup."""
 
 
 class OnlineStoreClient:

@@ -50,7 +50,9 @@ def check_scalars(instances: list[dict[str, Any]]) -> None:
 
 
 class PredictionFailed(DriftloopError):
-    """The model produced no usable answer (e.g. a non-finite score): a fault of the model, not the input."""
+    """The model produced no usable answer (e.g. a non-finite score): a fault of the model, not the input (500)."""
+
+    default_code = "prediction_failed"
 
 
 # Below this many rows one thread scores faster than LightGBM's OpenMP pool (which also contends with the

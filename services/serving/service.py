@@ -58,18 +58,17 @@ def build(runtime: Runtime) -> ServiceSpec:
     app.state.model_table = table
     app.state.follower = follower
     app.state.rollouts = rollouts
-    app.include_router(
-        api.router(
-            table,
-            runtime.pipelines,
-            publish_now,
-            replica,
-            rollouts=rollouts,
-            recorder=recorder,
-            feedback=feedback,
-            lookup_entities=online.lookup,
-        )
+    app.state.context = api.Context(
+        table,
+        runtime.pipelines,
+        publish_now,
+        replica,
+        rollouts=rollouts,
+        recorder=recorder,
+        feedback=feedback,
+        lookup_entities=online.lookup,
     )
+    app.include_router(api.router)
     return ServiceSpec(
         app=app,
         consumers=[

@@ -23,7 +23,7 @@ from driftloop.contracts.artifact import ModelArtifact
 from driftloop.contracts.evaluation import all_metrics, holdout_mask
 from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.contracts.settings import ObjectStoreSettings, Settings
-from driftloop.errors import DriftloopError, NotFoundError
+from driftloop.errors import ConflictError, DriftloopError, NotFoundError
 
 from .families import feature_importance, model_params, train_model
 from .plots import draw_plots
@@ -31,11 +31,15 @@ from .provenance import peak_rss_mb
 
 
 class TrainingFailed(DriftloopError):
-    """The feature set cannot be trained on (missing columns, empty split, one class, ...)."""
+    """The feature set cannot be trained on (missing columns, empty split, one class, ...): the run fails."""
+
+    default_code = "training_failed"
 
 
-class RunAborted(DriftloopError):
-    """The run was aborted (``POST /v1/runs/{id}/abort``)."""
+class RunAborted(ConflictError):
+    """The run was aborted (``POST /v1/runs/{id}/abort``) while this work went on."""
+
+    default_code = "run_aborted"
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import logging
 from driftloop.contracts.topics import TRAINING_REQUESTED
 from driftloop.runtime.service import ConsumerSpec, Runtime, ServiceSpec, base_app
 
-from .api import router
+from . import api
 from .handlers import TrainingHandlers
 from .raycluster import ensure_ray, ray_ready, shutdown_ray
 
@@ -25,7 +25,10 @@ def build(runtime: Runtime) -> ServiceSpec:
     if interrupted:
         log.warning("failed %d run(s) interrupted by a previous stop: %s", len(interrupted), interrupted)
     app = base_app(runtime, "training", "Training runs on Ray, with provenance.")
-    app.include_router(router(runtime, handlers.store, handlers.live_log))
+    app.state.context = api.Context(
+        runtime.settings, runtime.Session, runtime.bus.publish, handlers.store, handlers.live_log
+    )
+    app.include_router(api.router)
     return ServiceSpec(
         app=app,
         consumers=[ConsumerSpec(CONSUMER_GROUP, {TRAINING_REQUESTED: handlers.on_training_requested})],

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from driftloop.runtime.service import Runtime
+from driftloop.runtime.service import api_context
 
-from .handlers import RetrainConflict, TriggerHandlers
+from .handlers import TriggerHandlers
 
 
 class RetrainBody(BaseModel):
@@ -20,28 +21,34 @@ class RetrainBody(BaseModel):
     )
 
 
-def router(runtime: Runtime, handlers: TriggerHandlers) -> APIRouter:
-    api = APIRouter(prefix="/v1/models", tags=["triggers"])
+@dataclass(frozen=True)
+class Context:
+    """What the routes need; ``service.build`` puts it on ``app.state.context``."""
 
-    @api.post("/{name}/retrain", status_code=202)
-    def retrain(name: str, body: RetrainBody | None = None) -> dict[str, Any]:
-        """Ask for a retrain of model ``name`` on its latest materialized dataset version (emits
-        ``TrainingRequested`` with trigger ``manual``). 404: unknown model; 409: no dataset version yet, or a
-        training run of the model is active."""
-        try:
-            body = body or RetrainBody()
-            return handlers.request_manual(name, body.reason, body.dataset_version_id)
-        except RetrainConflict as exc:
-            raise HTTPException(status_code=409, detail=str(exc)) from None
+    handlers: TriggerHandlers
 
-    @api.get("/{name}/requests")
-    def requests(name: str, limit: int = Query(50, ge=1, le=1000)) -> dict[str, Any]:
-        """Every trigger decision for the model (requested, pending, suppressed with why), newest first."""
-        return {"model": name, "requests": handlers.requests(name, limit)}
 
-    @api.get("/{name}/trigger-state")
-    def trigger_state(name: str) -> dict[str, Any]:
-        """What the triggers service knows: champion, active runs, last request, pending request, latest data."""
-        return handlers.model_state(name)
+Ctx = Annotated[Context, Depends(api_context)]
 
-    return api
+router = APIRouter(prefix="/v1/models", tags=["triggers"])
+
+
+@router.post("/{name}/retrain", status_code=202)
+def retrain(ctx: Ctx, name: str, body: RetrainBody | None = None) -> dict[str, Any]:
+    """Ask for a retrain of model ``name`` on its latest materialized dataset version (emits
+    ``TrainingRequested`` with trigger ``manual``). 404: unknown model; 409: no dataset version yet, or a
+    training run of the model is active."""
+    body = body or RetrainBody()
+    return ctx.handlers.request_manual(name, body.reason, body.dataset_version_id)
+
+
+@router.get("/{name}/requests")
+def requests(ctx: Ctx, name: str, limit: int = Query(50, ge=1, le=1000)) -> dict[str, Any]:
+    """Every trigger decision for the model (requested, pending, suppressed with why), newest first."""
+    return {"model": name, "requests": ctx.handlers.requests(name, limit)}
+
+
+@router.get("/{name}/trigger-state")
+def trigger_state(ctx: Ctx, name: str) -> dict[str, Any]:
+    """What the triggers service knows: champion, active runs, last request, pending request, latest data."""
+    return ctx.handlers.model_state(name)

@@ -24,7 +24,7 @@ from driftloop.clients.db.models import TrainingRequest, TriggerModelState, Trig
 from driftloop.contracts.events import Envelope, Event, new_event
 from driftloop.contracts.layout import parse_dataset_version_id
 from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_model
-from driftloop.errors import DriftloopError
+from driftloop.errors import ConflictError
 
 from .policy import Decision, ModelView, TriggerKind, decide, fire_pending
 
@@ -39,8 +39,10 @@ REQUEST_NAMESPACE = uuid.UUID("5b0c56f4-5d0e-4d8c-9a4c-0c7d1f6b2a11")
 SCHEDULE_TICK_SECONDS = 5.0
 
 
-class RetrainConflict(DriftloopError):
+class RetrainConflict(ConflictError):
     """A manual retrain cannot be requested now (no data yet, or a run is active)."""
+
+    default_code = "retrain_conflict"
 
 
 def as_utc(value: datetime | None) -> datetime | None:

@@ -15,7 +15,7 @@ from driftloop.contracts.topics import (
 )
 from driftloop.runtime.service import ConsumerSpec, Runtime, ServiceSpec, base_app
 
-from .api import router
+from . import api
 from .handlers import TriggerHandlers
 
 CONSUMER_GROUP = "driftloop-triggers"
@@ -30,8 +30,8 @@ def build(runtime: Runtime) -> ServiceSpec:
         "triggers",
         "Turns schedules, new data, labels, performance, drift and external causes into training requests.",
     )
-    app.include_router(router(runtime, handlers))
-    app.state.triggers = handlers
+    app.state.context = api.Context(handlers)
+    app.include_router(api.router)
     # One consumer: decisions depend on state events, handled in one thread in arrival order.
     consumer = ConsumerSpec(
         CONSUMER_GROUP,

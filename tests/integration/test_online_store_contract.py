@@ -22,7 +22,7 @@ from driftloop.contracts.settings import Settings
 from driftloop.errors import ConfigError
 from driftloop.ops.procs import free_port, port_open, spawn, stop_pid, wait_until
 from driftloop.runtime.service import base_app
-from driftloop.services.features.api import router
+from driftloop.services.features import api
 from driftloop.services.features.onlinestore import (
     UPSERT_BATCH_ROWS,
     OnlineStore,
@@ -208,7 +208,8 @@ def test_redis_going_away_is_a_503_naming_the_server_not_a_500(tmp_path: Path, u
             Session=session_factory(engine),
         )
         app = base_app(runtime, "features")  # type: ignore[arg-type]
-        app.include_router(router(runtime))  # type: ignore[arg-type]
+        app.state.context = api.Context(runtime.pipelines, runtime.Session, open_online_store(settings, engine))
+        app.include_router(api.router)
         http = TestClient(app)
         writer = RedisOnlineStore(settings.features.redis)  # as the consumer and the stream worker hold one
         lookup = {"stream": "transactions", "entities": ["c1"]}

@@ -81,7 +81,8 @@ def test_a_rolled_back_canary_moves_champion_back_and_a_new_replica_serves_the_o
     # GET /v1/timeline/{model} (the dashboard's route) shows the rollback and the alias move.
     runtime = stack.registry.runtime
     app = base_app(runtime, "dashboard")
-    app.include_router(dashboard_api.router(runtime, platform=None))  # type: ignore[arg-type]
+    app.state.context = dashboard_api.Context(runtime.pipelines, runtime.engine, platform=None)  # type: ignore[arg-type]
+    app.include_router(dashboard_api.router)
     timeline = TestClient(app).get(f"/v1/timeline/{stack.model}").json()
     (cascade,) = [c for c in timeline["cascades"] if any(s["event_id"] == alias["event_id"] for s in c["steps"])]
     summaries = [s["summary"] for s in cascade["steps"]]

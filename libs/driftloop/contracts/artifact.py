@@ -32,6 +32,8 @@ SKLEARN_FAMILIES = ("sklearn_linear", "sklearn_random_forest")
 class ArtifactError(DriftloopError):
     """A model artifact is unreadable or does not match its recorded sha256."""
 
+    default_code = "invalid_artifact"
+
 
 @dataclass
 class ModelArtifact:

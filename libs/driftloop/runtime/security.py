@@ -2,7 +2,8 @@
 
 Rule: a mutating call (POST, PUT, PATCH, DELETE) needs an admin token, unless its route is public (the data
 plane: ``security.public_routes``, or a route declared with ``openapi_extra=PUBLIC``). Reads are open, or need a
-read or admin token when ``security.protect_reads``. No token: 401; a token of the wrong scope: 403.
+read or admin token when ``security.protect_reads``. No token: 401 (``AuthenticationRequired``, answered with
+``WWW-Authenticate: Bearer``); a token of the wrong scope: 403 (``PermissionDenied``).
 ``/healthz`` and ``/metrics`` are always open.
 
 Enforcement is on when ``security.enabled`` and at least one admin token is known (``security.admin_tokens`` or
@@ -18,11 +19,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import HTTPException, Request
+from fastapi import Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from driftloop.clients.credentials import read_token_file
 from driftloop.contracts.settings import SecuritySettings, Settings
+from driftloop.errors import AuthenticationRequired, PermissionDenied
 
 log = logging.getLogger(__name__)
 
@@ -101,19 +103,11 @@ class TokenChecker:
         if not mutating and not self.security.protect_reads:
             return principal or ANONYMOUS
         if credentials is None:
-            raise HTTPException(
-                status_code=401,
-                detail="this endpoint needs a bearer token (Authorization: Bearer <token>)",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+            raise AuthenticationRequired("this endpoint needs a bearer token (Authorization: Bearer <token>)")
         if principal is None:
-            raise HTTPException(
-                status_code=401, detail="unknown or revoked token", headers={"WWW-Authenticate": "Bearer"}
-            )
+            raise AuthenticationRequired("unknown or revoked token")
         if mutating and principal.scope != ADMIN:
-            raise HTTPException(
-                status_code=403, detail=f"token {principal.name!r} has the {principal.scope} scope; this needs admin"
-            )
+            raise PermissionDenied(f"token {principal.name!r} has the {principal.scope} scope; this needs admin")
         return principal
 
 

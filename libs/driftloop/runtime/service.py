@@ -28,7 +28,7 @@ from driftloop.clients.db import create_engine_for, migrate, session_factory
 from driftloop.contracts.pipeline import PipelineConfig, load_pipelines
 from driftloop.contracts.settings import Settings, load_settings
 from driftloop.contracts.topics import Topic
-from driftloop.errors import ConfigError, DriftloopError, NotFoundError
+from driftloop.errors import AuthenticationRequired, DriftloopError, http_status_of
 from driftloop.runtime.bus import EventBus, EventHandler
 from driftloop.runtime.metrics import SERVICE_INFO, HttpMetricsMiddleware
 from driftloop.runtime.security import TokenChecker, bearer_scheme
@@ -90,9 +90,28 @@ class ServiceSpec:
     health_info: dict[str, Callable[[], Any]] = field(default_factory=dict)
 
 
+async def api_context(request: Request) -> Any:
+    """What a service's routes need (its ``api.Context``: model table, repository, settings, ...), which its
+    ``build`` puts on ``app.state.context``. Routes take it as a dependency, so a service's routes are a plain
+    module-level ``APIRouter`` and a test serves them with a context of its own. (Async: read on the event loop,
+    without a trip through the thread pool.)"""
+    return request.app.state.context
+
+
+async def error_response(_request: Request, exc: Exception) -> JSONResponse:
+    """The one answer to any error of the tree (``driftloop.errors``): its status, ``{"detail", "code"}``."""
+    assert isinstance(exc, DriftloopError)
+    # RFC 9110: a 401 names the scheme that would be accepted.
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthenticationRequired) else None
+    return JSONResponse(
+        status_code=http_status_of(exc), content={"detail": exc.detail, "code": exc.code}, headers=headers
+    )
+
+
 def base_app(runtime: Runtime, title: str, description: str = "") -> FastAPI:
-    """A FastAPI app with the endpoints every service has, errors mapped to clear HTTP answers, and the token
-    check (``driftloop.runtime.security``) on every route, including the ones a service adds later."""
+    """A FastAPI app with the endpoints every service has, any error of the tree answered with its status and code
+    (``error_response``), and the token check (``driftloop.runtime.security``) on every route, including the ones
+    a service adds later."""
     # A stand-in runtime without settings (unit tests) gets an open API.
     checker = TokenChecker(getattr(runtime, "settings", None))
     if not checker.enforced:
@@ -115,13 +134,7 @@ def base_app(runtime: Runtime, title: str, description: str = "") -> FastAPI:
     app.add_middleware(HttpMetricsMiddleware)
     SERVICE_INFO.labels(runtime.name).set(1)
 
-    @app.exception_handler(NotFoundError)
-    async def _not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
-        return JSONResponse(status_code=404, content={"detail": str(exc)})
-
-    @app.exception_handler(ConfigError)
-    async def _config(_request: Request, exc: ConfigError) -> JSONResponse:
-        return JSONResponse(status_code=400, content={"detail": str(exc)})
+    app.add_exception_handler(DriftloopError, error_response)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> PlainTextResponse:

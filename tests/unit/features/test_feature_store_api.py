@@ -17,7 +17,7 @@ from driftloop.contracts.pipeline import parse_pipeline
 from driftloop.contracts.settings import Settings
 from driftloop.errors import ConfigError
 from driftloop.runtime.service import base_app
-from driftloop.services.features.api import router
+from driftloop.services.features import api
 from driftloop.services.features.onlinestore import open_online_store
 from driftloop.services.features.streaming import aggregate_as_of
 
@@ -89,7 +89,8 @@ def client(tmp_path: Path) -> tuple[TestClient, SimpleNamespace]:
         name="features", settings=settings, pipelines=pipelines, engine=engine, Session=session_factory(engine)
     )
     app = base_app(runtime, "features")  # type: ignore[arg-type]
-    app.include_router(router(runtime))  # type: ignore[arg-type]
+    app.state.context = api.Context(pipelines, runtime.Session, open_online_store(settings, engine))
+    app.include_router(api.router)
     return TestClient(app), runtime
 
 

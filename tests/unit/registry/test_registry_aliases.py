@@ -65,7 +65,8 @@ def env(tmp_path: Path, models: dict) -> dict:
         security={"admin_tokens": {"alice": "admin-secret"}, "read_tokens": {"dashboard": "read-secret-token"}},
     )
     app = base_app(SimpleNamespace(name="registry", settings=settings), "registry")  # type: ignore[arg-type]
-    app.include_router(api.router(registry, handlers))
+    app.state.context = api.Context(registry, handlers)
+    app.include_router(api.router)
     fs_uri = put_feature_set(store, "tx-alias", 1, models["features"])
     env = {"registry": registry, "store": store, "bus": bus, "handlers": handlers, "fs_uri": fs_uri}
     env["client"] = TestClient(app)

@@ -54,7 +54,8 @@ def make_env(tmp_path: Path, pipeline: PipelineConfig, replica: str = "replica-a
     pipelines = {MODEL: pipeline}
     follower = PromotionFollower(table, store, pipelines, published.append, replica, rollouts=rollouts)
     app = base_app(SimpleNamespace(name="serving-test"), "serving-test")  # type: ignore[arg-type]
-    app.include_router(api.router(table, pipelines, published.append, replica, rollouts=rollouts))
+    app.state.context = api.Context(table, pipelines, published.append, replica, rollouts=rollouts)
+    app.include_router(api.router)
     return SimpleNamespace(
         store=store, published=published, table=table, rollouts=rollouts, follower=follower, client=TestClient(app)
     )

@@ -40,7 +40,8 @@ def env(tmp_path: Path, models: dict) -> SimpleNamespace:
     table = ModelTable()
     follower = PromotionFollower(table, store, {MODEL: models["pipeline"]}, published.append, "replica-a")
     app = base_app(SimpleNamespace(name="serving-test"), "serving-test")  # type: ignore[arg-type]
-    app.include_router(api.router(table, {MODEL: models["pipeline"]}, published.append, "replica-a"))
+    app.state.context = api.Context(table, {MODEL: models["pipeline"]}, published.append, "replica-a")
+    app.include_router(api.router)
     return SimpleNamespace(store=store, published=published, table=table, follower=follower, client=TestClient(app))
 
 
