@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from driftloop.contracts.events import Event
+from driftloop.contracts.payloads import Payload
 from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_model
 from driftloop.errors import NotFoundError, ValidationFailed
 
@@ -86,14 +87,14 @@ def _unprocessable(exc: ValidationFailed) -> HTTPException:
     return HTTPException(status_code=422, detail={"reason": exc.reason, "field": exc.field, "message": str(exc)})
 
 
-def _discard(_event: Event) -> None:
+def _discard(_event: Event[Payload]) -> None:
     """Shadow scoring logs nothing: PredictionLogged is what clients were answered."""
 
 
 def router(
     table: ModelTable,
     pipelines: dict[str, PipelineConfig],
-    publish: Callable[[Event], None],
+    publish: Callable[[Event[Payload]], None],
     replica: str,
     *,
     rollouts: RolloutController | None = None,

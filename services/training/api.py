@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from driftloop.clients.db.models import Run
 from driftloop.clients.objectstore import ObjectStore
 from driftloop.contracts.events import new_event
+from driftloop.contracts.payloads import TrainingRequested
 from driftloop.errors import NotFoundError
 from driftloop.runtime.service import Runtime
 
@@ -93,15 +94,14 @@ def router(runtime: Runtime, store: ObjectStore, live_log: Callable[[str], str |
         request_id = f"rerun-{uuid.uuid4().hex[:16]}"
         runtime.bus.publish(
             new_event(
-                "TrainingRequested",
-                {
-                    "request_id": request_id,
-                    "model": run.model,
-                    "trigger": "rerun",
-                    "reason": (body.reason if body else "rerun") + f" (rerun of {run_id})",
-                    "dataset_version_id": run.dataset_version_id,
-                    "rerun_of": run_id,
-                },
+                TrainingRequested(
+                    request_id=request_id,
+                    model=run.model,
+                    trigger="rerun",
+                    reason=(body.reason if body else "rerun") + f" (rerun of {run_id})",
+                    dataset_version_id=run.dataset_version_id,
+                    rerun_of=run_id,
+                ),
                 producer=SERVICE,
             )
         )
