@@ -12,6 +12,7 @@ from confluent_kafka import Consumer
 from driftloop.clients.db import migrate
 from driftloop.clients.db.models import EventRecord, ProcessedEvent
 from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.payloads import ExternalTrigger
 from driftloop.contracts.topics import EXTERNAL_TRIGGER
 from driftloop.runtime.bus import EventBus, ensure_event_topics
 
@@ -33,13 +34,11 @@ def test_publish_consume_record_and_skip_redelivery(make_settings, unique: str) 
     bus = EventBus(settings, producer_name="test")
     ensure_event_topics(settings)
 
-    root = new_event("ExternalTrigger", {"model": f"m-{unique}", "reason": "test", "details_json": "{}"}, producer="t")
+    root = new_event(ExternalTrigger(model=f"m-{unique}", reason="test", details_json="{}"), producer="t")
     bus.publish(root)
     # The same event delivered twice (e.g. a producer retry after a lost ack).
     bus.publish(root)
-    other = new_event(
-        "ExternalTrigger", {"model": f"m-{unique}", "reason": "second", "details_json": "{}"}, producer="t"
-    )
+    other = new_event(ExternalTrigger(model=f"m-{unique}", reason="second", details_json="{}"), producer="t")
     bus.publish(other)
 
     handled: list[Event] = []
@@ -72,7 +71,7 @@ def test_events_are_in_confluent_wire_format(make_settings, unique: str) -> None
     migrate(settings.database_url)
     bus = EventBus(settings, producer_name="test")
     ensure_event_topics(settings)
-    event = new_event("ExternalTrigger", {"model": f"w-{unique}", "reason": "wire", "details_json": "{}"}, producer="t")
+    event = new_event(ExternalTrigger(model=f"w-{unique}", reason="wire", details_json="{}"), producer="t")
     bus.publish(event)
     consumer = Consumer(bus.consumer_config(f"raw-{unique}"))
     consumer.subscribe([EXTERNAL_TRIGGER.name])

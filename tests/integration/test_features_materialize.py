@@ -26,6 +26,7 @@ from driftloop.clients.spark import stop_spark
 from driftloop.contracts import layout
 from driftloop.contracts.events import Event, new_event
 from driftloop.contracts.featuredefs import features_from_instances
+from driftloop.contracts.payloads import DatasetVersionCreated
 from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.contracts.settings import Settings
 from driftloop.contracts.topics import FEATURES_MATERIALIZED
@@ -82,22 +83,21 @@ def write_dataset(store: ObjectStore, stream: str, version: int, frame: pd.DataF
 
 def dataset_event(stream: str, version: int, frame: pd.DataFrame, store: ObjectStore) -> Event:
     return new_event(
-        "DatasetVersionCreated",
-        {
-            "stream": stream,
-            "dataset_version_id": layout.dataset_version_id(stream, version),
-            "version": version,
-            "uri": store.uri(layout.dataset_prefix(stream, version)),
-            "content_hash": uuid.uuid4().hex,
-            "row_count": len(frame),
-            "new_rows": len(frame),
-            "parent_version_id": None,
-            "mode": "window",
-            "schema_json": "{}",
-            "profile_json": "{}",
-            "min_event_time": None,
-            "max_event_time": None,
-        },
+        DatasetVersionCreated(
+            stream=stream,
+            dataset_version_id=layout.dataset_version_id(stream, version),
+            version=version,
+            uri=store.uri(layout.dataset_prefix(stream, version)),
+            content_hash=uuid.uuid4().hex,
+            row_count=len(frame),
+            new_rows=len(frame),
+            parent_version_id=None,
+            mode="window",
+            schema_json="{}",
+            profile_json="{}",
+            min_event_time=None,
+            max_event_time=None,
+        ),
         producer="test",
     )
 

@@ -28,6 +28,7 @@ from driftloop.clients.db import create_engine_for, migrate, session_factory
 from driftloop.clients.db.models import DriftReport, MonitorObservation, PerformanceReport
 from driftloop.clients.objectstore import open_object_store
 from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.payloads import FeedbackReceived
 from driftloop.contracts.pipeline import load_pipeline
 from driftloop.contracts.settings import Settings, settings_env
 from driftloop.contracts.topics import PERFORMANCE_DEGRADED, Topic
@@ -122,8 +123,7 @@ def test_kill_9_mid_window_then_restart_reports_what_a_monitor_that_never_stoppe
     # Labels: right for the first 120 predictions, then right only half of the time.
     feedback = [
         new_event(
-            "FeedbackReceived",
-            {"request_id": f"req-{i}", "model": model, "index": 0, "actual": 1.0 if i < 120 or i % 2 else 0.0},
+            FeedbackReceived(request_id=f"req-{i}", model=model, index=0, actual=1.0 if i < 120 or i % 2 else 0.0),
             producer="test-serving",
         )
         for i in range(PREDICTIONS)

@@ -25,6 +25,7 @@ from driftloop.contracts import layout
 from driftloop.contracts.artifact import ModelArtifact
 from driftloop.contracts.events import Event, new_event
 from driftloop.contracts.featuredefs import compute_features
+from driftloop.contracts.payloads import TrainingRequested
 from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.contracts.settings import Settings
 from driftloop.contracts.topics import RUN_STATE_CHANGED, TRAINING_COMPLETED
@@ -70,14 +71,13 @@ def write_feature_set(store: ObjectStore, pipeline: PipelineConfig, version: int
 
 def request_event(model: str, request_id: str, dataset_version_id: str | None) -> Event:
     return new_event(
-        "TrainingRequested",
-        {
-            "request_id": request_id,
-            "model": model,
-            "trigger": "manual",
-            "reason": "integration test",
-            "dataset_version_id": dataset_version_id,
-        },
+        TrainingRequested(
+            request_id=request_id,
+            model=model,
+            trigger="manual",
+            reason="integration test",
+            dataset_version_id=dataset_version_id,
+        ),
         producer="test",
     )
 

@@ -20,6 +20,7 @@ from monitor_triggers_support import features_materialized as features
 
 from driftloop.clients.db import create_engine_for, migrate, session_factory
 from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.payloads import DriftDetected, RunStateChanged
 from driftloop.contracts.pipeline import DriftTrigger, NewDataTrigger, PipelineConfig, TriggerSpec
 from driftloop.ops.broker import EmbeddedBroker
 from driftloop.services.triggers.handlers import TriggerHandlers
@@ -57,16 +58,16 @@ def triggers(
 
 
 def drift(cfg: PipelineConfig, window: int) -> Event:
-    data = {
-        "model": cfg.model.name,
-        "version": 1,
-        "reference_dataset_version_id": f"{cfg.stream.name}@v1",
-        "window_size": 400,
-        "window_index": window,
-        "alpha": 0.01,
-        "correction": "bonferroni",
-        "drifted_features": ["amount"],
-        "tests": [
+    payload = DriftDetected(
+        model=cfg.model.name,
+        version=1,
+        reference_dataset_version_id=f"{cfg.stream.name}@v1",
+        window_size=400,
+        window_index=window,
+        alpha=0.01,
+        correction="bonferroni",
+        drifted_features=["amount"],
+        tests=[
             {
                 "feature": "amount",
                 "test": "ks",
@@ -76,8 +77,8 @@ def drift(cfg: PipelineConfig, window: int) -> Event:
                 "drifted": True,
             }
         ],
-    }
-    return new_event("DriftDetected", data, producer="test-monitor")
+    )
+    return new_event(payload, producer="test-monitor")
 
 
 def test_drift_storm_gives_exactly_one_request_then_cooldown(triggers: Triggers) -> None:
@@ -193,13 +194,13 @@ def test_decisions_on_postgresql(postgres_url: str) -> None:
     handlers.on_model_promoted(promoted(cfg, 1))
     handlers.on_features_materialized(features(cfg, 1))
     handlers.on_run_state_changed(
-        new_event("RunStateChanged", {"run_id": "r1", "model": cfg.model.name, "state": "running"}, producer="t")
+        new_event(RunStateChanged(run_id="r1", model=cfg.model.name, state="running"), producer="t")
     )
     first = drift(cfg, 0)
     handlers.on_drift_detected(first)
     assert "r1" in handlers.requests(cfg.model.name, 1)[0]["note"]
     handlers.on_run_state_changed(
-        new_event("RunStateChanged", {"run_id": "r1", "model": cfg.model.name, "state": "failed"}, producer="t")
+        new_event(RunStateChanged(run_id="r1", model=cfg.model.name, state="failed"), producer="t")
     )
     second = drift(cfg, 1)
     handlers.on_drift_detected(second)
