@@ -105,12 +105,8 @@ def test_canary_sends_exactly_the_configured_share_to_the_challenger(tmp_path: P
 
     assert env.table.get(MODEL).version == 1  # the champion stays until the rollout completes
     (started,) = of_type(env, "RolloutStepped")
-    assert (started.payload.action, started.payload.version, started.payload.champion_version, started.payload.share) == (
-        "started",
-        2,
-        1,
-        0.25,
-    )
+    step = started.payload
+    assert (step.action, step.version, step.champion_version, step.share) == ("started", 2, 1, 0.25)
     assert started.envelope.caused_by == promoted.id
 
     versions = [predict(env, seed)["version"] for seed in range(40)]
