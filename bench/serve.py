@@ -111,7 +111,7 @@ class Load:
 def promote(bus: EventBus, settings: Settings, model: str, version: int, artifact: Any) -> None:
     """What the registry does on a promotion: the artifact in the object store, then ModelPromoted."""
     uri, sha = put_artifact(open_object_store(settings), model, f"bench-run-{version}", artifact)
-    event_data = ModelPromoted(
+    promoted = ModelPromoted(
         model=model,
         version=version,
         alias="champion",
@@ -125,7 +125,7 @@ def promote(bus: EventBus, settings: Settings, model: str, version: int, artifac
         moved_by="bench",
         rollback=False,
     )
-    bus.publish(new_event(event_data, producer="bench"))
+    bus.publish(new_event(promoted, producer="bench"))
 
 
 def served_version(url: str) -> int | None:

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from pipeline_support import wait_for
 
 from driftloop.clients.db import migrate
-from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.events import Event, new_event, payload_type
 from driftloop.contracts.payloads import FeaturesMaterialized, ModelPromoted
 from driftloop.contracts.pipeline import PipelineConfig, load_pipeline
 from driftloop.contracts.settings import Settings
@@ -96,8 +96,8 @@ def read_events(settings: Settings, bus: EventBus, topic: Topic, model: str) -> 
                     at_end.add(msg.partition())
                 continue
             _, record = bus.codec.decode(msg.value())
-            event = Event.from_avro(record)
-            if event.data.get("model") == model:
+            event = Event.from_avro(record, payload_type(topic.event_type))
+            if getattr(event.payload, "model", None) == model:
                 events.append(event)
         return events
     finally:

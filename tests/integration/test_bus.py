@@ -45,7 +45,7 @@ def test_publish_consume_record_and_skip_redelivery(make_settings, unique: str) 
     group = f"g-{unique}"
     thread = threading.Thread(
         target=bus.run_consumer,
-        args=(group, {EXTERNAL_TRIGGER: lambda e: handled.append(e) if e.data["model"] == f"m-{unique}" else None}),
+        args=(group, {EXTERNAL_TRIGGER: lambda e: handled.append(e) if e.payload.model == f"m-{unique}" else None}),
         daemon=True,
     )
     thread.start()
@@ -55,7 +55,7 @@ def test_publish_consume_record_and_skip_redelivery(make_settings, unique: str) 
     thread.join(timeout=15)
 
     assert [e.id for e in handled] == [root.id, other.id]
-    assert handled[0].envelope == root.envelope and handled[0].data == root.data
+    assert handled[0].envelope == root.envelope and handled[0].payload == root.payload
     with bus.Session() as s:
         assert s.get(ProcessedEvent, (group, root.id)) is not None
     bus.flush()

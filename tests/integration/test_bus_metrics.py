@@ -60,7 +60,7 @@ def test_lag_counts_uncommitted_messages_then_drops_to_zero(make_settings, uniqu
     mine: list[Event] = []
 
     def handler(event: Event) -> None:
-        if event.data["model"] != model:
+        if event.payload.model != model:
             return
         mine.append(event)
         if len(mine) == 1:

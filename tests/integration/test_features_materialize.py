@@ -167,13 +167,13 @@ def test_dataset_version_event_materializes_offline_and_online(
 
         # The event, caused by the dataset event, on its topic.
         [event] = collect_events(
-            runtime.bus, FEATURES_MATERIALIZED.name, lambda e: e["dataset_version_id"] == f"{stream}@v1"
+            runtime.bus, FEATURES_MATERIALIZED.name, lambda e: e.payload.dataset_version_id == f"{stream}@v1"
         )
         assert event.envelope.caused_by == cause.id
         assert event.envelope.cascade_id == cause.envelope.cascade_id
-        assert event["feature_set_uri"] == store.uri(prefix)
-        assert event["feature_names"] == pipeline.feature_names
-        assert event["row_count"] == len(frame) and event["online_entities"] == 40
+        assert event.payload.feature_set_uri == store.uri(prefix)
+        assert event.payload.feature_names == pipeline.feature_names
+        assert event.payload.row_count == len(frame) and event.payload.online_entities == 40
 
         # The API over what was materialized.
         client = TestClient(spec.app)

@@ -208,7 +208,7 @@ def test_kill_9_mid_window_then_restart_reports_what_a_monitor_that_never_stoppe
         (3, 0.5, True),
     ]
     assert len(degraded) == sum(r["degraded"] for r in performance) >= 1
-    assert degraded[0]["metric"] == "accuracy" and degraded[0]["threshold"] == 0.8
+    assert degraded[0].payload.metric == "accuracy" and degraded[0].payload.threshold == 0.8
     assert {r["window_index"] for r in quality} == set(range(7))
     assert all(r["quality"]["rows"] == 60 for r in quality)
 
