@@ -20,7 +20,7 @@ from monitor_triggers_support import features_materialized as features
 
 from driftloop.clients.db import create_engine_for, migrate, session_factory
 from driftloop.contracts.events import Event, new_event
-from driftloop.contracts.payloads import DriftDetected, RunStateChanged
+from driftloop.contracts.payloads import DriftDetected, FeatureTest, RunStateChanged
 from driftloop.contracts.pipeline import DriftTrigger, NewDataTrigger, PipelineConfig, TriggerSpec
 from driftloop.ops.broker import EmbeddedBroker
 from driftloop.services.triggers.handlers import TriggerHandlers
@@ -68,14 +68,7 @@ def drift(cfg: PipelineConfig, window: int) -> Event:
         correction="bonferroni",
         drifted_features=["amount"],
         tests=[
-            {
-                "feature": "amount",
-                "test": "ks",
-                "statistic": 0.4,
-                "p_value": 1e-9,
-                "adjusted_p_value": 5e-9,
-                "drifted": True,
-            }
+            FeatureTest(feature="amount", test="ks", statistic=0.4, p_value=1e-9, adjusted_p_value=5e-9, drifted=True)
         ],
     )
     return new_event(payload, producer="test-monitor")
