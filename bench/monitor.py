@@ -30,6 +30,7 @@ from driftloop.clients.objectstore import LocalObjectStore
 from driftloop.contracts.events import Event, new_event
 from driftloop.contracts.featuredefs import compute_features
 from driftloop.contracts.layout import feature_set_prefix
+from driftloop.contracts.payloads import FeedbackReceived, ModelPromoted, PredictionLogged
 from driftloop.contracts.pipeline import PerformanceSpec, load_pipeline
 from driftloop.services.monitor.handlers import MonitorHandlers
 
@@ -85,19 +86,19 @@ def main() -> None:
         engine = create_engine_for(url)
         published: list[Event] = []
         handlers = MonitorHandlers({model: pipeline}, session_factory(engine), store, published.append)
-        promoted = {
-            "model": model,
-            "version": 1,
-            "alias": "champion",
-            "previous_version": None,
-            "artifact_uri": "file:///x/model.zip",
-            "artifact_sha256": "0" * 64,
-            "dataset_version_id": f"{pipeline.stream.name}@v1",
-            "feature_set_uri": store.uri(prefix),
-            "reason": "bench",
-            "gate_json": "{}",
-        }
-        handlers.on_model_promoted(new_event("ModelPromoted", promoted, producer="bench"))
+        promoted = ModelPromoted(
+            model=model,
+            version=1,
+            alias="champion",
+            previous_version=None,
+            artifact_uri="file:///x/model.zip",
+            artifact_sha256="0" * 64,
+            dataset_version_id=f"{pipeline.stream.name}@v1",
+            feature_set_uri=store.uri(prefix),
+            reason="bench",
+            gate_json="{}",
+        )
+        handlers.on_model_promoted(new_event(promoted, producer="bench"))
 
         half = args.predictions // 2
         inputs = raw_inputs(half, rng) + raw_inputs(args.predictions - half, rng, amount_scale=1.8)
@@ -105,16 +106,16 @@ def main() -> None:
         closing: list[float] = []
         step = int(monitor.window_hop)
         for i, row in enumerate(inputs):
-            data = {
-                "request_id": f"r{i}",
-                "model": model,
-                "version": 1,
-                "index": 0,
-                "inputs": row,
-                "prediction": float(rng.random()),
-                "entity": row["customer_id"],
-            }
-            event = new_event("PredictionLogged", data, producer="bench")
+            payload = PredictionLogged(
+                request_id=f"r{i}",
+                model=model,
+                version=1,
+                index=0,
+                inputs=row,
+                prediction=float(rng.random()),
+                entity=row["customer_id"],
+            )
+            event = new_event(payload, producer="bench")
             start = time.perf_counter()
             handlers.on_prediction_logged(event)
             elapsed = time.perf_counter() - start
@@ -130,8 +131,7 @@ def main() -> None:
         feedback: list[float] = []
         for i in range(args.predictions):
             event = new_event(
-                "FeedbackReceived",
-                {"request_id": f"r{i}", "model": model, "index": 0, "actual": float(rng.random() < 0.3)},
+                FeedbackReceived(request_id=f"r{i}", model=model, index=0, actual=float(rng.random() < 0.3)),
                 producer="bench",
             )
             start = time.perf_counter()

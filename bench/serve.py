@@ -33,6 +33,7 @@ from _common import latency_ms, own_stack_settings
 import driftloop.ops.stack as stack_module
 from driftloop.clients.objectstore import open_object_store
 from driftloop.contracts.events import new_event
+from driftloop.contracts.payloads import ModelPromoted
 from driftloop.contracts.pipeline import load_pipeline
 from driftloop.contracts.settings import Settings
 from driftloop.ops.procs import free_port, spawn, stop_pid, wait_until
@@ -110,21 +111,21 @@ class Load:
 def promote(bus: EventBus, settings: Settings, model: str, version: int, artifact: Any) -> None:
     """What the registry does on a promotion: the artifact in the object store, then ModelPromoted."""
     uri, sha = put_artifact(open_object_store(settings), model, f"bench-run-{version}", artifact)
-    event_data = {
-        "model": model,
-        "version": version,
-        "alias": "champion",
-        "previous_version": version - 1 if version > 1 else None,
-        "artifact_uri": uri,
-        "artifact_sha256": sha,
-        "dataset_version_id": "bench@v1",
-        "feature_set_uri": "file:///bench",
-        "reason": "bench",
-        "gate_json": "{}",
-        "moved_by": "bench",
-        "rollback": False,
-    }
-    bus.publish(new_event("ModelPromoted", event_data, producer="bench"))
+    promoted = ModelPromoted(
+        model=model,
+        version=version,
+        alias="champion",
+        previous_version=version - 1 if version > 1 else None,
+        artifact_uri=uri,
+        artifact_sha256=sha,
+        dataset_version_id="bench@v1",
+        feature_set_uri="file:///bench",
+        reason="bench",
+        gate_json="{}",
+        moved_by="bench",
+        rollback=False,
+    )
+    bus.publish(new_event(promoted, producer="bench"))
 
 
 def served_version(url: str) -> int | None:

@@ -17,6 +17,7 @@ from driftloop.contracts.artifact import ModelArtifact
 from driftloop.contracts.evaluation import holdout_mask
 from driftloop.contracts.featuredefs import compute_features
 from driftloop.contracts.layout import feature_set_prefix, model_artifact_key
+from driftloop.contracts.payloads import TrainingCompleted, TrainingRequested
 from driftloop.contracts.pipeline import PipelineConfig, load_pipeline, parse_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,20 +113,25 @@ def put_artifact(store: ObjectStore, model: str, run_id: str, artifact: ModelArt
     return uri, hashlib.sha256(data).hexdigest()
 
 
-def training_completed_data(
+def training_completed(
     model: str, run_id: str, artifact_uri: str, sha256: str, feature_set_uri: str, dataset_version_id: str
-) -> dict[str, Any]:
-    return {
-        "run_id": run_id,
-        "request_id": f"req-{run_id}",
-        "model": model,
-        "trigger": "manual",
-        "dataset_version_id": dataset_version_id,
-        "feature_set_uri": feature_set_uri,
-        "artifact_uri": artifact_uri,
-        "artifact_sha256": sha256,
-        "metrics": {"roc_auc": 0.5},
-        "params_json": '{"num_leaves": 7}',
-        "holdout_json": '{"fraction": 0.25, "seed": 42}',
-        "feature_names": ["amount", "log_amount", "age", "hour", "merchant_category"],
-    }
+) -> TrainingCompleted:
+    return TrainingCompleted(
+        run_id=run_id,
+        request_id=f"req-{run_id}",
+        model=model,
+        trigger="manual",
+        dataset_version_id=dataset_version_id,
+        feature_set_uri=feature_set_uri,
+        artifact_uri=artifact_uri,
+        artifact_sha256=sha256,
+        metrics={"roc_auc": 0.5},
+        params_json='{"num_leaves": 7}',
+        holdout_json='{"fraction": 0.25, "seed": 42}',
+        feature_names=["amount", "log_amount", "age", "hour", "merchant_category"],
+    )
+
+
+def training_requested(model: str, request_id: str = "req-test") -> TrainingRequested:
+    """The request a test's TrainingCompleted answers (its cause)."""
+    return TrainingRequested(request_id=request_id, model=model, trigger="manual", reason="test")

@@ -22,6 +22,7 @@ from driftloop.clients.objectstore import ObjectStore
 from driftloop.contracts.events import Event, new_event
 from driftloop.contracts.featuredefs import compute_features
 from driftloop.contracts.layout import feature_set_prefix
+from driftloop.contracts.payloads import ModelPromoted, PredictionLogged
 from driftloop.contracts.pipeline import PipelineConfig
 
 CATEGORIES = ["grocery", "travel", "electronics", "fashion", "gaming"]
@@ -52,30 +53,30 @@ def put_reference(store: ObjectStore, pipeline: PipelineConfig, raw: list[dict[s
 
 def champion_promoted(store: ObjectStore, model: str, stream: str, prefix: str) -> Event:
     """``ModelPromoted``: version 1 of ``model`` the champion, trained on the feature set at ``prefix``."""
-    data = {
-        "model": model,
-        "version": 1,
-        "alias": "champion",
-        "previous_version": None,
-        "artifact_uri": store.uri(f"models/{model}/runs/r1/model.zip"),
-        "artifact_sha256": "0" * 64,
-        "dataset_version_id": f"{stream}@v1",
-        "feature_set_uri": store.uri(prefix),
-        "reason": "first version",
-        "gate_json": "{}",
-    }
-    return new_event("ModelPromoted", data, producer="test-registry")
+    payload = ModelPromoted(
+        model=model,
+        version=1,
+        alias="champion",
+        previous_version=None,
+        artifact_uri=store.uri(f"models/{model}/runs/r1/model.zip"),
+        artifact_sha256="0" * 64,
+        dataset_version_id=f"{stream}@v1",
+        feature_set_uri=store.uri(prefix),
+        reason="first version",
+        gate_json="{}",
+    )
+    return new_event(payload, producer="test-registry")
 
 
 def prediction_logged(model: str, i: int, row: dict[str, Any], prediction: float) -> Event:
     """The serving's ``PredictionLogged`` of request ``req-<i>`` (version 1, first instance) with ``row``."""
-    data = {
-        "request_id": f"req-{i}",
-        "model": model,
-        "version": 1,
-        "index": 0,
-        "inputs": row,
-        "prediction": prediction,
-        "entity": row["customer_id"],
-    }
-    return new_event("PredictionLogged", data, producer="test-serving")
+    payload = PredictionLogged(
+        request_id=f"req-{i}",
+        model=model,
+        version=1,
+        index=0,
+        inputs=row,
+        prediction=prediction,
+        entity=row["customer_id"],
+    )
+    return new_event(payload, producer="test-serving")

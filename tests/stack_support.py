@@ -10,15 +10,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
 import pandas as pd
-from model_factory import put_artifact, raw_transactions, train_artifact, training_completed_data, write_pipeline_dir
+from model_factory import put_artifact, raw_transactions, train_artifact, training_completed, write_pipeline_dir
 
 from driftloop.clients.objectstore import ObjectStore
 from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.payloads import TrainingRequested
 from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.runtime.bus import EventBus
 
@@ -59,17 +60,16 @@ def play_training(
     ``completed_trigger``, by default the request's)."""
     model, stream = trained.pipeline.model.name, trained.pipeline.stream.name
     request = new_event(
-        "TrainingRequested",
-        {"request_id": request_id or f"req-{run_id}", "model": model, "trigger": trigger, "reason": reason},
+        TrainingRequested(request_id=request_id or f"req-{run_id}", model=model, trigger=trigger, reason=reason),
         producer="test-triggers",
         cause=cause,
     )
     bus.publish(request)
     artifact = train_artifact(trained.pipeline, trained.features, quality=quality, rounds=rounds)
     uri, sha = put_artifact(trained.store, model, run_id, artifact)
-    data = training_completed_data(model, run_id, uri, sha, trained.feature_set_uri, f"{stream}@v1")
-    data["trigger"] = completed_trigger or trigger
-    bus.publish(new_event("TrainingCompleted", data, producer="test-training", cause=request))
+    completed = training_completed(model, run_id, uri, sha, trained.feature_set_uri, f"{stream}@v1")
+    completed = replace(completed, trigger=completed_trigger or trigger)
+    bus.publish(new_event(completed, producer="test-training", cause=request))
 
 
 def post_drifted_traffic(serving_url: str, model: str, rows: int) -> None:

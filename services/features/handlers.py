@@ -8,6 +8,7 @@ from driftloop.clients.db.models import FeatureSet
 from driftloop.clients.objectstore import ObjectStore, open_object_store
 from driftloop.clients.spark import spark_session
 from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.payloads import DatasetVersionCreated, FeaturesMaterialized
 from driftloop.contracts.pipeline import pipeline_for_stream
 from driftloop.runtime.service import Runtime
 
@@ -25,9 +26,10 @@ class FeaturesHandlers:
         self.store = store or open_object_store(runtime.settings)
         self.online: OnlineStore = open_online_store(runtime.settings, runtime.engine)
 
-    def on_dataset_version_created(self, event: Event) -> None:
+    def on_dataset_version_created(self, event: Event[DatasetVersionCreated]) -> None:
         """Materialize the version's features offline and online, then emit ``FeaturesMaterialized``."""
-        stream, version, dataset_version_id = event["stream"], int(event["version"]), event["dataset_version_id"]
+        created = event.payload
+        stream, version, dataset_version_id = created.stream, created.version, created.dataset_version_id
         # An unknown stream raises NotFoundError: the consumer records it as the last error and logs it.
         pipeline = pipeline_for_stream(self.runtime.pipelines, stream)
         log.info("materializing features of %s", dataset_version_id)
@@ -42,15 +44,14 @@ class FeaturesHandlers:
         self._record(stream, pipeline.feature_names, result)
         self.runtime.bus.publish(
             new_event(
-                "FeaturesMaterialized",
-                {
-                    "stream": stream,
-                    "dataset_version_id": dataset_version_id,
-                    "feature_set_uri": result.uri,
-                    "feature_names": pipeline.feature_names,
-                    "row_count": result.row_count,
-                    "online_entities": online_entities,
-                },
+                FeaturesMaterialized(
+                    stream=stream,
+                    dataset_version_id=dataset_version_id,
+                    feature_set_uri=result.uri,
+                    feature_names=pipeline.feature_names,
+                    row_count=result.row_count,
+                    online_entities=online_entities,
+                ),
                 producer=SERVICE,
                 cause=event,
             )

@@ -19,9 +19,9 @@ from driftloop.clients.db.models import DatasetVersion, EventRecord, LandedBatch
 from driftloop.clients.objectstore import ObjectStore
 from driftloop.contracts.events import Envelope, Event, new_event
 from driftloop.contracts.layout import dataset_prefix, dataset_version_id
+from driftloop.contracts.payloads import DatasetVersionCreated
 from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_stream
 from driftloop.contracts.settings import Settings
-from driftloop.contracts.topics import DATASET_VERSION_CREATED
 from driftloop.errors import ConflictError, NotFoundError
 from driftloop.runtime.bus import EventBus
 
@@ -55,22 +55,22 @@ def version_to_dict(row: DatasetVersion) -> dict[str, Any]:
     }
 
 
-def _event_data(row: DatasetVersion) -> dict[str, Any]:
-    return {
-        "stream": row.stream,
-        "dataset_version_id": row.id,
-        "version": row.version,
-        "uri": row.uri,
-        "content_hash": row.content_hash,
-        "row_count": row.row_count,
-        "new_rows": row.new_rows,
-        "parent_version_id": row.parent_id,
-        "mode": row.mode,
-        "schema_json": json.dumps(row.schema_json),
-        "profile_json": json.dumps(row.profile),
-        "min_event_time": _as_utc(row.min_event_time),
-        "max_event_time": _as_utc(row.max_event_time),
-    }
+def _created(row: DatasetVersion) -> DatasetVersionCreated:
+    return DatasetVersionCreated(
+        stream=row.stream,
+        dataset_version_id=row.id,
+        version=row.version,
+        uri=row.uri,
+        content_hash=row.content_hash,
+        row_count=row.row_count,
+        new_rows=row.new_rows,
+        parent_version_id=row.parent_id,
+        mode=row.mode,
+        schema_json=json.dumps(row.schema_json),
+        profile_json=json.dumps(row.profile),
+        min_event_time=_as_utc(row.min_event_time),
+        max_event_time=_as_utc(row.max_event_time),
+    )
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -166,16 +166,16 @@ class DatasetCutter:
             self.bus.flush()  # into the event log now, so that a second call finds nothing to do
         return len(missing)
 
-    def _event_of(self, row: DatasetVersion) -> Event:
+    def _event_of(self, row: DatasetVersion) -> Event[DatasetVersionCreated]:
         envelope = Envelope(
             event_id=row.event_id,
-            event_type=DATASET_VERSION_CREATED.event_type,
+            event_type=DatasetVersionCreated.event_type,
             occurred_at=_as_utc(row.created_at) or datetime.now(tz=UTC),
             caused_by=None,
             cascade_id=row.event_id,
             producer=self.bus.producer_name,
         )
-        return Event(envelope=envelope, data=_event_data(row))
+        return Event(envelope=envelope, payload=_created(row))
 
     # --- the cut --------------------------------------------------------------------------------------------
 
@@ -273,7 +273,7 @@ class DatasetCutter:
                 event_id="",
                 checks=result.checks,
             )
-            event = new_event(DATASET_VERSION_CREATED.event_type, _event_data(row), producer=self.bus.producer_name)
+            event = new_event(_created(row), producer=self.bus.producer_name)
             row.event_id = event.id
             # Version row and batch assignment in one transaction; the event after it, so that whoever reacts to
             # the event finds the version in the API.

@@ -20,8 +20,8 @@ from driftloop.clients.db.models import DeadLetter, EventRecord, LandedBatch
 from driftloop.clients.objectstore import ObjectStore
 from driftloop.contracts.events import Envelope, Event, new_event
 from driftloop.contracts.fieldtypes import FIELD_TYPES
+from driftloop.contracts.payloads import RecordRejected
 from driftloop.contracts.pipeline import StreamSpec
-from driftloop.contracts.topics import RECORD_REJECTED
 from driftloop.runtime.bus import EventBus
 
 from .validation import Rejection
@@ -169,7 +169,7 @@ class Lander:
 
     def _new_dead_letters(
         self, stream: str, letters: list[tuple[Rejection, str, bytes]]
-    ) -> list[tuple[DeadLetter, Event]]:
+    ) -> list[tuple[DeadLetter, Event[RecordRejected]]]:
         """The rows and events of the ``letters`` not stored before; those stored before whose event never
         reached the event log (a crash) are announced again."""
         if not letters:
@@ -193,7 +193,7 @@ class Lander:
         for source, row in existing.items():
             if row.event_id not in announced:
                 self._republish(row, next(original for _, s, original in letters if s == source))
-        fresh: list[tuple[DeadLetter, Event]] = []
+        fresh: list[tuple[DeadLetter, Event[RecordRejected]]] = []
         seen: set[str] = set(existing)
         for rejection, source, original in letters:
             if source in seen:
@@ -213,45 +213,42 @@ class Lander:
             fresh.append((row, event))
         return fresh
 
-    def _announce(self, fresh: list[tuple[DeadLetter, Event]]) -> None:
+    def _announce(self, fresh: list[tuple[DeadLetter, Event[RecordRejected]]]) -> None:
         for row, event in fresh:
             self.bus.publish(event, wait=False)
             log.info("dead letter %s: %s (%s)", row.source, row.reason, row.message)
 
-    def _rejected_event(self, stream: str, rejection: Rejection, source: str, original: bytes) -> Event:
-        return new_event(
-            RECORD_REJECTED.event_type,
-            {
-                "stream": stream,
-                "reason": rejection.reason,
-                "field": rejection.field,
-                "message": rejection.message,
-                "source": source,
-                "schema_id": rejection.schema_id,
-                "original": original,
-            },
-            producer=self.producer,
+    def _rejected_event(self, stream: str, rejection: Rejection, source: str, original: bytes) -> Event[RecordRejected]:
+        rejected = RecordRejected(
+            stream=stream,
+            reason=rejection.reason,
+            field=rejection.field,
+            message=rejection.message,
+            source=source,
+            schema_id=rejection.schema_id,
+            original=original,
         )
+        return new_event(rejected, producer=self.producer)
 
     def _republish(self, row: DeadLetter, original: bytes) -> None:
         envelope = Envelope(
             event_id=row.event_id,
-            event_type=RECORD_REJECTED.event_type,
+            event_type=RecordRejected.event_type,
             occurred_at=datetime.now(tz=UTC).replace(microsecond=0),
             caused_by=None,
             cascade_id=row.event_id,
             producer=self.producer,
         )
-        data = {
-            "stream": row.stream,
-            "reason": row.reason,
-            "field": row.field,
-            "message": row.message,
-            "source": row.source,
-            "schema_id": row.schema_id,
-            "original": row.original if row.original is not None else original,
-        }
-        self.bus.publish(Event(envelope=envelope, data=data), wait=False)
+        rejected = RecordRejected(
+            stream=row.stream,
+            reason=row.reason,
+            field=row.field,
+            message=row.message,
+            source=row.source,
+            schema_id=row.schema_id,
+            original=row.original if row.original is not None else original,
+        )
+        self.bus.publish(Event(envelope=envelope, payload=rejected), wait=False)
         log.info("dead letter %s: re-announced event %s lost before a crash", row.source, row.event_id)
 
 

@@ -43,16 +43,24 @@ from driftloop.clients.db.models import (
 from driftloop.clients.objectstore import ObjectStore
 from driftloop.contracts.events import Event, new_event
 from driftloop.contracts.featuredefs import compute_features
+from driftloop.contracts.payloads import (
+    DriftDetected,
+    FeedbackReceived,
+    ModelPromoted,
+    Payload,
+    PerformanceDegraded,
+    PredictionLogged,
+)
 from driftloop.contracts.pipeline import AllowedValuesRule, PipelineConfig, RangeRule, pipeline_for_model
 from driftloop.errors import ValidationFailed
 
 from . import metrics
 from .reference import read_reference
 from .stats import (
-    EVENT_PREDICTION_TEST_FIELDS,
     MISSING_CATEGORY,
     WindowResult,
     evaluate_window,
+    event_prediction_test,
     is_degraded,
     performance_metrics,
     prediction_drift_alarms,
@@ -92,7 +100,7 @@ class MonitorHandlers:
         pipelines: dict[str, PipelineConfig],
         Session: sessionmaker[Session],
         store: ObjectStore,
-        publish: Callable[[Event], None],
+        publish: Callable[[Event[Payload]], None],
         producer: str = "monitor",
     ) -> None:
         self.pipelines = pipelines
@@ -108,26 +116,27 @@ class MonitorHandlers:
 
     # --- events ------------------------------------------------------------------------------------------
 
-    def on_model_promoted(self, event: Event) -> None:
-        model = event["model"]
-        if event["alias"] != CHAMPION_ALIAS:
+    def on_model_promoted(self, event: Event[ModelPromoted]) -> None:
+        promoted = event.payload
+        model = promoted.model
+        if promoted.alias != CHAMPION_ALIAS:
             log.info(
                 "monitor: %s alias %r moved to v%s; only the champion is monitored",
                 model,
-                event["alias"],
-                event["version"],
+                promoted.alias,
+                promoted.version,
             )
             return
         pipeline = pipeline_for_model(self.pipelines, model)
-        watch = self._load_watch(pipeline, event["version"], event["dataset_version_id"], event["feature_set_uri"])
+        watch = self._load_watch(pipeline, promoted.version, promoted.dataset_version_id, promoted.feature_set_uri)
         with self.Session.begin() as session:
             row = session.get(MonitoredModel, model)
             if row is None:
                 row = MonitoredModel(model=model)
                 session.add(row)
-            row.version = event["version"]
-            row.dataset_version_id = event["dataset_version_id"]
-            row.feature_set_uri = event["feature_set_uri"]
+            row.version = promoted.version
+            row.dataset_version_id = promoted.dataset_version_id
+            row.feature_set_uri = promoted.feature_set_uri
             row.event_id = event.id
             row.updated_at = utcnow()
         with self._lock:
@@ -143,19 +152,20 @@ class MonitorHandlers:
             watch.next_seq,
         )
 
-    def on_prediction_logged(self, event: Event) -> None:
-        model = event["model"]
+    def on_prediction_logged(self, event: Event[PredictionLogged]) -> None:
+        prediction = event.payload
+        model = prediction.model
         watch = self._watch(model)
         if watch is None:
             metrics.PREDICTIONS_SKIPPED.labels(model=model, reason="no_reference").inc()
             return
-        if event["version"] != watch.version:
+        if prediction.version != watch.version:
             # Served by a version that is no longer (or not yet) the champion: not comparable to the reference.
             metrics.PREDICTIONS_SKIPPED.labels(model=model, reason="not_champion").inc()
             return
         pipeline = pipeline_for_model(self.pipelines, model)
         try:
-            row = feature_row(event["inputs"], pipeline)
+            row = feature_row(prediction.inputs, pipeline)
         except ValidationFailed as exc:
             metrics.PREDICTIONS_SKIPPED.labels(model=model, reason="invalid_inputs").inc()
             log.warning("monitor: prediction %s of %s has unusable inputs (%s): %s", event.id, model, exc.reason, exc)
@@ -177,8 +187,9 @@ class MonitorHandlers:
             fill = self._fill(pipeline, watch)
         metrics.WINDOW_FILL.labels(model=model).set(fill)
 
-    def on_feedback_received(self, event: Event) -> None:
-        model = event["model"]
+    def on_feedback_received(self, event: Event[FeedbackReceived]) -> None:
+        received = event.payload
+        model = received.model
         if model not in self.pipelines:
             metrics.FEEDBACK_SKIPPED.labels(model=model, reason="unknown_model").inc()
             log.warning("monitor: feedback %s for unknown model %r", event.id, model)
@@ -190,9 +201,9 @@ class MonitorHandlers:
             feedback = MonitorFeedback(
                 event_id=event.id,
                 model=model,
-                request_id=event["request_id"],
-                row_index=event["index"],
-                actual=float(event["actual"]),
+                request_id=received.request_id,
+                row_index=received.index,
+                actual=float(received.actual),
                 received_at=utcnow(),
             )
             session.add(feedback)
@@ -218,12 +229,12 @@ class MonitorHandlers:
         self,
         session: Session,
         watch: Watch,
-        event: Event,
+        event: Event[PredictionLogged],
         row: dict[str, Any],
         event_time: float,
         pipeline: PipelineConfig,
     ) -> None:
-        spec = pipeline.monitor
+        spec, prediction = pipeline.monitor, event.payload
         if spec.window_by == "time" and watch.closed_through is not None:
             closed_end = watch.closed_through * spec.window_hop + spec.window_length
             if event_time < closed_end:
@@ -236,11 +247,11 @@ class MonitorHandlers:
                 version=watch.version,
                 seq=watch.next_seq,
                 event_time=event_time,
-                request_id=event["request_id"],
-                row_index=event["index"],
+                request_id=prediction.request_id,
+                row_index=prediction.index,
                 features={k: _json_value(v) for k, v in row.items()},
-                inputs={k: _json_value(v) for k, v in event["inputs"].items()},
-                prediction=float(event["prediction"]),
+                inputs={k: _json_value(v) for k, v in prediction.inputs.items()},
+                prediction=float(prediction.prediction),
             )
         )
         watch.next_seq += 1
@@ -250,8 +261,8 @@ class MonitorHandlers:
         early = session.scalars(
             sa.select(MonitorFeedback).where(
                 MonitorFeedback.model == watch.model,
-                MonitorFeedback.request_id == event["request_id"],
-                MonitorFeedback.row_index == event["index"],
+                MonitorFeedback.request_id == prediction.request_id,
+                MonitorFeedback.row_index == prediction.index,
                 MonitorFeedback.seq.is_(None),
             )
         ).all()
@@ -412,25 +423,23 @@ class MonitorHandlers:
         size: int,
         window_index: int,
         pred_test: dict[str, Any] | None,
-    ) -> Event:
+    ) -> Event[DriftDetected]:
         """Feature drift, prediction drift, or both (``prediction_drifted``; ``drifted_features`` may be empty)."""
-        data = {
-            "model": watch.model,
-            "version": watch.version,
-            "reference_dataset_version_id": watch.dataset_version_id,
-            "window_size": size,
-            "window_index": window_index,
-            "alpha": pipeline.monitor.alpha,
-            "correction": pipeline.monitor.correction,
-            "drifted_features": result.drifted_features,
-            "tests": [t.to_event_dict() for t in result.tests],
-            "prediction_drifted": bool(pred_test and pred_test["alarm"]),
-            "prediction_test": (
-                {name: pred_test[name] for name in EVENT_PREDICTION_TEST_FIELDS} if pred_test is not None else None
-            ),
-        }
+        drift = DriftDetected(
+            model=watch.model,
+            version=watch.version,
+            reference_dataset_version_id=watch.dataset_version_id,
+            window_size=size,
+            window_index=window_index,
+            alpha=pipeline.monitor.alpha,
+            correction=pipeline.monitor.correction,
+            drifted_features=result.drifted_features,
+            tests=[t.to_event() for t in result.tests],
+            prediction_drifted=bool(pred_test and pred_test["alarm"]),
+            prediction_test=event_prediction_test(pred_test) if pred_test is not None else None,
+        )
         # No cause: drift is a root cause and starts a new cascade.
-        return new_event("DriftDetected", data, producer=self.producer)
+        return new_event(drift, producer=self.producer)
 
     # --- performance -------------------------------------------------------------------------------------
 
@@ -481,16 +490,16 @@ class MonitorHandlers:
         event = None
         if degraded:
             assert value is not None and spec.threshold is not None
-            data = {
-                "model": model,
-                "version": versions[-1],
-                "metric": metric,
-                "value": float(value),
-                "threshold": float(spec.threshold),
-                "window_size": len(rows),
-            }
+            degradation = PerformanceDegraded(
+                model=model,
+                version=versions[-1],
+                metric=metric,
+                value=float(value),
+                threshold=float(spec.threshold),
+                window_size=len(rows),
+            )
             # A root cause, like drift: it starts a new cascade.
-            event = new_event("PerformanceDegraded", data, producer=self.producer)
+            event = new_event(degradation, producer=self.producer)
         session.add(
             PerformanceReport(
                 model=model,

@@ -10,13 +10,14 @@ pandas/numpy data: no Kafka, no database.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from driftloop.contracts import payloads
 from driftloop.contracts.pipeline import FeatureSpec, MonitorSpec, PredictionDriftSpec
 
 Correction = Literal["bonferroni", "holm", "none"]
@@ -27,10 +28,9 @@ MISSING_CATEGORY = "__missing__"
 
 # PSI bins with no mass get this share, so that the logarithm stays finite.
 PSI_EPSILON = 1e-4
-# The fields of the DriftDetected event's FeatureTest record.
-EVENT_TEST_FIELDS = ("feature", "test", "statistic", "p_value", "adjusted_p_value", "drifted")
-# The fields of the DriftDetected event's PredictionTest record.
-EVENT_PREDICTION_TEST_FIELDS = ("test", "statistic", "p_value", "psi", "wasserstein", "drifted")
+# The fields of the DriftDetected event's FeatureTest and PredictionTest records (the rest stays in the reports).
+EVENT_TEST_FIELDS = tuple(f.name for f in fields(payloads.FeatureTest))
+EVENT_PREDICTION_TEST_FIELDS = tuple(f.name for f in fields(payloads.PredictionTest))
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,9 @@ class FeatureTest:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def to_event_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in EVENT_TEST_FIELDS}
+    def to_event(self) -> payloads.FeatureTest:
+        """The test as the DriftDetected event carries it."""
+        return payloads.FeatureTest(**{name: getattr(self, name) for name in EVENT_TEST_FIELDS})
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,11 @@ def prediction_test(
         "wasserstein": wasserstein_scaled(baseline, window),
         "drifted": p_value < alpha,
     }
+
+
+def event_prediction_test(test: dict[str, Any]) -> payloads.PredictionTest:
+    """A ``prediction_test`` result as the DriftDetected event carries it."""
+    return payloads.PredictionTest(**{name: test[name] for name in EVENT_PREDICTION_TEST_FIELDS})
 
 
 def prediction_drift_alarms(test: dict[str, Any], spec: PredictionDriftSpec, monitor_alpha: float) -> bool:

@@ -14,6 +14,14 @@ from driftloop.clients.objectstore import ObjectStore
 from driftloop.clients.retry import retry
 from driftloop.contracts.artifact import ModelArtifact
 from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.payloads import (
+    AliasMoveRefused,
+    ModelPromoted,
+    ModelRegistered,
+    ModelRejected,
+    RolloutRolledBack,
+    TrainingCompleted,
+)
 from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_model
 from driftloop.errors import ConflictError, DriftloopError, NotFoundError, ServiceUnavailable
 from driftloop.runtime.bus import EventBus
@@ -73,19 +81,20 @@ class RegistryHandlers:
         # The training run's record (code version, environment) from the training service's API; best effort.
         self.run_details = run_details
 
-    def on_training_completed(self, event: Event) -> None:
-        model = event["model"]
+    def on_training_completed(self, event: Event[TrainingCompleted]) -> None:
+        completed = event.payload
+        model = completed.model
         pipeline = pipeline_for_model(self.pipelines, model)
         row = self._version_row(event)
-        row["signature"] = signature_of(pipeline, list(event["feature_names"]))
-        row["lineage"].update(self._more_lineage(event, pipeline))
+        row["signature"] = signature_of(pipeline, list(completed.feature_names))
+        row["lineage"].update(self._more_lineage(completed, pipeline))
         version, created = self.registry.register(row, lambda v: self._registered(event, v))
         if created:
-            log.info("registered %s v%d from run %s", model, version.version, event["run_id"])
+            log.info("registered %s v%d from run %s", model, version.version, completed.run_id)
         else:
             log.info(
                 "run %s is already %s v%d (%s): re-sending its events",
-                event["run_id"],
+                completed.run_id,
                 model,
                 version.version,
                 version.status,
@@ -97,66 +106,67 @@ class RegistryHandlers:
 
     # --- registration ------------------------------------------------------------------------------------
 
-    def _version_row(self, event: Event) -> dict[str, Any]:
-        env = event.envelope
+    def _version_row(self, event: Event[TrainingCompleted]) -> dict[str, Any]:
+        env, completed = event.envelope, event.payload
         lineage = {
-            "run_id": event["run_id"],
-            "request_id": event["request_id"],
-            "trigger": event["trigger"],
-            "dataset_version_id": event["dataset_version_id"],
-            "feature_set_uri": event["feature_set_uri"],
+            "run_id": completed.run_id,
+            "request_id": completed.request_id,
+            "trigger": completed.trigger,
+            "dataset_version_id": completed.dataset_version_id,
+            "feature_set_uri": completed.feature_set_uri,
             "training_completed_event_id": event.id,
             "triggering_event_id": env.caused_by,
             "cascade_id": env.cascade_id,
             "trained_by": env.producer,
             "trained_at": env.occurred_at.isoformat(),
             "cause_chain": self.registry.cause_chain(env.caused_by),
-            "params": _json_or_raw(event["params_json"]),
-            "holdout": _json_or_raw(event["holdout_json"]),
-            "feature_names": list(event["feature_names"]),
+            "params": _json_or_raw(completed.params_json),
+            "holdout": _json_or_raw(completed.holdout_json),
+            "feature_names": list(completed.feature_names),
         }
         return {
-            "model": event["model"],
-            "run_id": event["run_id"],
-            "artifact_uri": event["artifact_uri"],
-            "artifact_sha256": event["artifact_sha256"],
-            "dataset_version_id": event["dataset_version_id"],
-            "feature_set_uri": event["feature_set_uri"],
-            "metrics": dict(event["metrics"]),
+            "model": completed.model,
+            "run_id": completed.run_id,
+            "artifact_uri": completed.artifact_uri,
+            "artifact_sha256": completed.artifact_sha256,
+            "dataset_version_id": completed.dataset_version_id,
+            "feature_set_uri": completed.feature_set_uri,
+            "metrics": dict(completed.metrics),
             "lineage": lineage,
             "gate": {},
         }
 
-    def _more_lineage(self, event: Event, pipeline: PipelineConfig) -> dict[str, Any]:
+    def _more_lineage(self, completed: TrainingCompleted, pipeline: PipelineConfig) -> dict[str, Any]:
         """Feature views (the pipeline's feature definitions, versioned by the dataset version of the feature
         set), and the run's code version and environment when the training service can tell them."""
         extra: dict[str, Any] = {
             "feature_views": {
-                "version": event["dataset_version_id"],
-                "feature_set_uri": event["feature_set_uri"],
+                "version": completed.dataset_version_id,
+                "feature_set_uri": completed.feature_set_uri,
                 "features": [f.model_dump(exclude_none=True) for f in pipeline.features],
             },
             "code_version": None,
             "environment": None,
         }
-        if self.run_details is not None and not self.registry.by_run(event["run_id"]):
-            run = self.run_details(event["run_id"])
+        if self.run_details is not None and not self.registry.by_run(completed.run_id):
+            run = self.run_details(completed.run_id)
             if run:
                 extra["code_version"] = run.get("code_version")
                 extra["environment"] = run.get("environment")
         return extra
 
-    def _registered(self, cause: Event, version: int) -> Event:
-        data = {
-            "model": cause["model"],
-            "version": version,
-            "run_id": cause["run_id"],
-            "artifact_uri": cause["artifact_uri"],
-            "artifact_sha256": cause["artifact_sha256"],
-            "dataset_version_id": cause["dataset_version_id"],
-            "metrics": dict(cause["metrics"]),
-        }
-        return new_event("ModelRegistered", data, producer=PRODUCER, cause=cause)
+    def _registered(self, cause: Event[TrainingCompleted], version: int) -> Event[ModelRegistered]:
+        completed = cause.payload
+        registered = ModelRegistered(
+            model=completed.model,
+            version=version,
+            run_id=completed.run_id,
+            artifact_uri=completed.artifact_uri,
+            artifact_sha256=completed.artifact_sha256,
+            dataset_version_id=completed.dataset_version_id,
+            metrics=dict(completed.metrics),
+        )
+        return new_event(registered, producer=PRODUCER, cause=cause)
 
     def _send_outbox(self, model: str, version: int, already_sent: int) -> None:
         row = self.registry.get_version(model, version)
@@ -168,13 +178,14 @@ class RegistryHandlers:
     def load_artifact(self, uri: str, sha256: str) -> ModelArtifact:
         return ModelArtifact.from_bytes(self.store.get_bytes(self.store.key_of(uri)), expected_sha256=sha256)
 
-    def _gate(self, cause: Event, version: int, pipeline: PipelineConfig) -> None:
-        model = cause["model"]
+    def _gate(self, cause: Event[TrainingCompleted], version: int, pipeline: PipelineConfig) -> None:
+        completed = cause.payload
+        model = completed.model
 
         def gate_once() -> gating.GateResult:
             champion_row = self.registry.champion(model)
-            result = self._evaluate(cause, pipeline, champion_row)
-            gate_dict = result.as_dict(pipeline.gate, cause["dataset_version_id"], cause["feature_set_uri"])
+            result = self._evaluate(completed, pipeline, champion_row)
+            gate_dict = result.as_dict(pipeline.gate, completed.dataset_version_id, completed.feature_set_uri)
             gate_dict["challenger_version"] = version
             gate_dict["config"] = pipeline.gate.model_dump()
             previous = champion_row.version if champion_row else None
@@ -204,11 +215,11 @@ class RegistryHandlers:
         GATE_DECISIONS.labels(model, outcome).inc()
         log.info("%s v%d %s: %s", model, version, outcome, result.decision.reason)
 
-    def _evaluate(self, cause: Event, pipeline: PipelineConfig, champion_row: Any) -> gating.GateResult:
+    def _evaluate(self, completed: TrainingCompleted, pipeline: PipelineConfig, champion_row: Any) -> gating.GateResult:
         champion_version = champion_row.version if champion_row else None
         try:
-            challenger = self.load_artifact(cause["artifact_uri"], cause["artifact_sha256"])
-            holdout = gating.holdout_rows(gating.read_feature_set(self.store, cause["feature_set_uri"]), pipeline)
+            challenger = self.load_artifact(completed.artifact_uri, completed.artifact_sha256)
+            holdout = gating.holdout_rows(gating.read_feature_set(self.store, completed.feature_set_uri), pipeline)
         except DriftloopError as exc:  # tampered/missing artifact, missing feature set: never promote it
             decision = gating.Decision(False, f"challenger cannot be evaluated: {exc}", None)
             return gating.GateResult(decision, math.nan, None, champion_version, 0, [])
@@ -225,41 +236,42 @@ class RegistryHandlers:
 
     def _decision_event(
         self,
-        cause: Event,
+        cause: Event[TrainingCompleted],
         version: int,
         pipeline: PipelineConfig,
         result: gating.GateResult,
         gate_dict: dict[str, Any],
         previous: int | None,
-    ) -> Event:
+    ) -> Event[ModelPromoted] | Event[ModelRejected]:
+        completed = cause.payload
         gate_json = json.dumps(gate_dict, sort_keys=True)
         if result.decision.promote:
-            data = {
-                "model": cause["model"],
-                "version": version,
-                "alias": CHAMPION,
-                "previous_version": previous,
-                "artifact_uri": cause["artifact_uri"],
-                "artifact_sha256": cause["artifact_sha256"],
-                "dataset_version_id": cause["dataset_version_id"],
-                "feature_set_uri": cause["feature_set_uri"],
-                "reason": result.decision.reason,
-                "gate_json": gate_json,
-                "moved_by": PRODUCER,
-                "rollback": False,
-            }
-            return new_event("ModelPromoted", data, producer=PRODUCER, cause=cause)
-        data = {
-            "model": cause["model"],
-            "version": version,
-            "reason": result.decision.reason,
-            "metric": pipeline.gate.metric,
-            "challenger_score": result.challenger_score,
-            "champion_score": result.champion_score,
-            "champion_version": result.champion_version,
-            "gate_json": gate_json,
-        }
-        return new_event("ModelRejected", data, producer=PRODUCER, cause=cause)
+            promoted = ModelPromoted(
+                model=completed.model,
+                version=version,
+                alias=CHAMPION,
+                previous_version=previous,
+                artifact_uri=completed.artifact_uri,
+                artifact_sha256=completed.artifact_sha256,
+                dataset_version_id=completed.dataset_version_id,
+                feature_set_uri=completed.feature_set_uri,
+                reason=result.decision.reason,
+                gate_json=gate_json,
+                moved_by=PRODUCER,
+                rollback=False,
+            )
+            return new_event(promoted, producer=PRODUCER, cause=cause)
+        rejected = ModelRejected(
+            model=completed.model,
+            version=version,
+            reason=result.decision.reason,
+            metric=pipeline.gate.metric,
+            challenger_score=result.challenger_score,
+            champion_score=result.champion_score,
+            champion_version=result.champion_version,
+            gate_json=gate_json,
+        )
+        return new_event(rejected, producer=PRODUCER, cause=cause)
 
     # --- alias moves and rollback (HTTP) -----------------------------------------------------------------
 
@@ -277,22 +289,22 @@ class RegistryHandlers:
         """Move ``alias`` to ``version`` and announce it with ``ModelPromoted`` (serving follows ``champion``)."""
         target = self.registry.get_version(model, version)
 
-        def make_event(previous: int | None) -> Event:
-            data = {
-                "model": model,
-                "version": version,
-                "alias": alias,
-                "previous_version": previous,
-                "artifact_uri": target.artifact_uri,
-                "artifact_sha256": target.artifact_sha256,
-                "dataset_version_id": target.dataset_version_id,
-                "feature_set_uri": target.feature_set_uri,
-                "reason": reason,
-                "gate_json": json.dumps(target.gate or {}, sort_keys=True),
-                "moved_by": moved_by,
-                "rollback": rollback,
-            }
-            return new_event("ModelPromoted", data, producer=PRODUCER)
+        def make_event(previous: int | None) -> Event[ModelPromoted]:
+            promoted = ModelPromoted(
+                model=model,
+                version=version,
+                alias=alias,
+                previous_version=previous,
+                artifact_uri=target.artifact_uri,
+                artifact_sha256=target.artifact_sha256,
+                dataset_version_id=target.dataset_version_id,
+                feature_set_uri=target.feature_set_uri,
+                reason=reason,
+                gate_json=json.dumps(target.gate or {}, sort_keys=True),
+                moved_by=moved_by,
+                rollback=rollback,
+            )
+            return new_event(promoted, producer=PRODUCER)
 
         row, event, moved = self.registry.move_alias(
             model,
@@ -317,7 +329,7 @@ class RegistryHandlers:
             "model": model,
             "alias": alias,
             "version": version,
-            "previous_version": event["previous_version"],
+            "previous_version": event.payload.previous_version,
             "moved": moved,
             "moved_by": row.moved_by,
             "reason": row.reason,
@@ -355,41 +367,42 @@ class RegistryHandlers:
 
     # --- rollbacks by serving (RolloutRolledBack) ---------------------------------------------------------
 
-    def on_rollout_rolled_back(self, event: Event) -> None:
+    def on_rollout_rolled_back(self, event: Event[RolloutRolledBack]) -> None:
         """A serving replica judged a canary/shadow challenger worse and kept the champion: move the ``champion``
         alias back to the version serving kept, so that every replica (a new one replaying the promotions too)
         serves it. Once per rolled-back promotion: other replicas' rollbacks of it and redeliveries move nothing.
         If the alias moved since that promotion (a newer promotion, a user), it stays: logged, ``AliasMoveRefused``."""
-        model, rolled_back, kept = event["model"], int(event["version"]), int(event["champion_version"])
-        origin = event.data.get("origin") or "verdict"
+        stopped = event.payload
+        model, rolled_back, kept = stopped.model, stopped.version, stopped.champion_version
+        origin = stopped.origin or "verdict"
         promotion_id = event.envelope.caused_by
         if origin != "verdict" or promotion_id is None:
             # Consequences of another move (followed, superseded, champion moved): the champion is already decided.
             log.info(
-                "%s: rollback of v%d on replica %s (%s): nothing to move", model, rolled_back, event["replica"], origin
+                "%s: rollback of v%d on replica %s (%s): nothing to move", model, rolled_back, stopped.replica, origin
             )
             return
         if not self.registry.model_exists(model):
             log.warning("%s: serving rolled back v%d of a model this registry does not know", model, rolled_back)
             return
-        reason = f"serving rolled back v{rolled_back} on replica {event['replica']}: {event['reason']}"
+        reason = f"serving rolled back v{rolled_back} on replica {stopped.replica}: {stopped.reason}"
 
-        def make_event(previous: int | None, target: Any) -> Event:
-            data = {
-                "model": model,
-                "version": kept,
-                "alias": CHAMPION,
-                "previous_version": previous,
-                "artifact_uri": target.artifact_uri,
-                "artifact_sha256": target.artifact_sha256,
-                "dataset_version_id": target.dataset_version_id,
-                "feature_set_uri": target.feature_set_uri,
-                "reason": reason,
-                "gate_json": json.dumps(target.gate or {}, sort_keys=True),
-                "moved_by": ROLLOUT_MOVER,
-                "rollback": True,
-            }
-            return new_event("ModelPromoted", data, producer=PRODUCER, cause=event)
+        def make_event(previous: int | None, target: Any) -> Event[ModelPromoted]:
+            promoted = ModelPromoted(
+                model=model,
+                version=kept,
+                alias=CHAMPION,
+                previous_version=previous,
+                artifact_uri=target.artifact_uri,
+                artifact_sha256=target.artifact_sha256,
+                dataset_version_id=target.dataset_version_id,
+                feature_set_uri=target.feature_set_uri,
+                reason=reason,
+                gate_json=json.dumps(target.gate or {}, sort_keys=True),
+                moved_by=ROLLOUT_MOVER,
+                rollback=True,
+            )
+            return new_event(promoted, producer=PRODUCER, cause=event)
 
         outcome, moved, alias = self.registry.follow_rollout_rollback(
             model,
@@ -414,16 +427,16 @@ class RegistryHandlers:
                     f"since the promotion of v{rolled_back} that serving rolled back; not moving it to v{kept}"
                 )
             log.warning("%s", why)
-            refused = {
-                "model": model,
-                "alias": CHAMPION,
-                "requested_version": kept,
-                "current_version": current,
-                "expected_version": rolled_back,
-                "requested_by": ROLLOUT_MOVER,
-                "reason": why,
-            }
-            self.bus.publish(new_event("AliasMoveRefused", refused, producer=PRODUCER, cause=event))
+            refused = AliasMoveRefused(
+                model=model,
+                alias=CHAMPION,
+                requested_version=kept,
+                current_version=current,
+                expected_version=rolled_back,
+                requested_by=ROLLOUT_MOVER,
+                reason=why,
+            )
+            self.bus.publish(new_event(refused, producer=PRODUCER, cause=event))
             return
         if moved is not None:
             self.bus.publish(moved)  # stored on the alias row first: a redelivery re-sends the same event id
@@ -435,7 +448,7 @@ class RegistryHandlers:
                 model,
                 kept,
                 rolled_back,
-                event["replica"],
+                stopped.replica,
             )
 
 

@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from driftloop.clients.db.models import EventRecord, ModelAlias, ModelVersion, utcnow
 from driftloop.clients.retry import retry
-from driftloop.contracts.events import Envelope, Event
+from driftloop.contracts.events import Event
+from driftloop.contracts.payloads import ModelPromoted, ModelRejected, Payload
 from driftloop.errors import ConflictError, DriftloopError, NotFoundError
 
 CHAMPION = "champion"
@@ -35,7 +36,8 @@ class AliasConflict(ConflictError):
     default_code = "alias_conflict"
 
 
-def event_to_json(event: Event) -> dict[str, Any]:
+def event_to_json(event: Event[Payload]) -> dict[str, Any]:
+    """The outbox's JSON of an event: the envelope (time in epoch millis) and the payload's Avro record."""
     env = event.envelope
     return {
         "envelope": {
@@ -46,13 +48,15 @@ def event_to_json(event: Event) -> dict[str, Any]:
             "cascade_id": env.cascade_id,
             "producer": env.producer,
         },
-        "data": {k: _NON_FINITE if isinstance(v, float) and math.isnan(v) else v for k, v in event.data.items()},
+        "data": {
+            k: _NON_FINITE if isinstance(v, float) and math.isnan(v) else v for k, v in event.payload.to_avro().items()
+        },
     }
 
 
-def event_from_json(stored: dict[str, Any]) -> Event:
+def event_from_json(stored: dict[str, Any]) -> Event[Any]:
     data = {k: math.nan if v == _NON_FINITE else v for k, v in stored["data"].items()}
-    return Event(envelope=Envelope.from_avro(stored["envelope"]), data=data)
+    return Event.from_avro({**data, "envelope": stored["envelope"]})
 
 
 class Registry:
@@ -215,7 +219,7 @@ class Registry:
         promote: bool,
         gate: dict[str, Any],
         expected_champion: int | None,
-        decision_event: Event,
+        decision_event: Event[ModelPromoted] | Event[ModelRejected],
     ) -> None:
         """Record the gate's decision; on promotion move the champion alias in the same transaction. Raises
         ``AliasMoved`` if the champion is no longer ``expected_champion`` (the gate compared against another)."""
@@ -232,14 +236,17 @@ class Registry:
             row.decided_at = datetime.now(tz=UTC)
             row.outbox = [*row.outbox, event_to_json(decision_event)]
             if promote:
+                promoted = decision_event.payload
+                if not isinstance(promoted, ModelPromoted):
+                    raise TypeError(f"a promotion is announced by ModelPromoted, not {decision_event.type}")
                 if alias is None:
                     alias = ModelAlias(model=model, alias=CHAMPION)
                     session.add(alias)
                 alias.version = version
                 alias.event_id = decision_event.id
                 alias.event = event_to_json(decision_event)
-                alias.moved_by = decision_event.data.get("moved_by", "registry")
-                alias.reason = decision_event.data.get("reason")
+                alias.moved_by = promoted.moved_by
+                alias.reason = promoted.reason
                 alias.updated_at = utcnow()
 
     def move_alias(
@@ -252,7 +259,7 @@ class Registry:
         reason: str,
         make_event: Any,
         expected_version: int | object | None = ...,
-    ) -> tuple[ModelAlias, Event, bool]:
+    ) -> tuple[ModelAlias, Event[ModelPromoted], bool]:
         """Point ``alias`` of ``model`` at ``version`` in one transaction (row locks on alias and version).
         ``make_event(previous_version) -> Event`` builds the ModelPromoted event stored on the alias row.
         ``expected_version`` (if given) must be where the alias points now, else ``AliasConflict``.
@@ -297,7 +304,7 @@ class Registry:
         moved_by: str,
         reason: str,
         make_event: Any,
-    ) -> tuple[str, Event | None, ModelAlias | None]:
+    ) -> tuple[str, Event[ModelPromoted] | None, ModelAlias | None]:
         """Move ``champion`` back to ``kept_version`` after serving rolled back the promotion
         ``promotion_event_id`` (of ``rolled_back_version``), in one transaction with the alias row locked.
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from driftloop.contracts.events import Event
+from driftloop.contracts.payloads import Payload
 from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_model
 from driftloop.errors import (
     BadRequest,
@@ -91,7 +92,7 @@ class FeedbackRequest(BaseModel):
     feedback: list[FeedbackRow] = Field(min_length=1, max_length=MAX_FEEDBACK)
 
 
-def _discard(_event: Event) -> None:
+def _discard(_event: Event[Payload]) -> None:
     """Shadow scoring logs nothing: PredictionLogged is what clients were answered."""
 
 
@@ -102,7 +103,7 @@ class Context:
 
     table: ModelTable
     pipelines: dict[str, PipelineConfig]
-    publish: Callable[[Event], None]
+    publish: Callable[[Event[Payload]], None]
     replica: str
     rollouts: RolloutController | None = None
     recorder: PredictionRecorder | None = None

@@ -19,6 +19,7 @@ from prometheus_client import Counter
 
 from driftloop.clients.db.models import PredictionFeedback, ServedPrediction
 from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.payloads import FeedbackReceived, Payload
 from driftloop.errors import DriftloopError, NotFoundError, ValidationFailed
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,9 @@ class FeedbackItem:
 
 
 class FeedbackDesk:
-    def __init__(self, engine: sa.Engine, recorder: PredictionRecorder, publish: Callable[[Event], None]) -> None:
+    def __init__(
+        self, engine: sa.Engine, recorder: PredictionRecorder, publish: Callable[[Event[Payload]], None]
+    ) -> None:
         self.engine = engine
         self.recorder = recorder
         self.publish = publish
@@ -139,8 +142,7 @@ class FeedbackDesk:
             resolved = [self._resolve(conn, model, item, i) for i, item in enumerate(items)]
         events = [
             new_event(
-                "FeedbackReceived",
-                {"request_id": row.request_id, "model": model, "index": row.row_index, "actual": item.actual},
+                FeedbackReceived(request_id=row.request_id, model=model, index=row.row_index, actual=item.actual),
                 producer=PRODUCER,
             )
             for row, item in zip(resolved, items, strict=True)

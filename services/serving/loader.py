@@ -17,6 +17,7 @@ from prometheus_client import Counter, Gauge
 from driftloop.clients.objectstore import ObjectStore
 from driftloop.contracts.artifact import ModelArtifact
 from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.payloads import ModelPromoted, Payload, ServingSwitched
 from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.errors import DriftloopError
 
@@ -41,7 +42,7 @@ class PromotionFollower:
         table: ModelTable,
         store: ObjectStore,
         pipelines: dict[str, PipelineConfig],
-        publish: Callable[[Event], None],
+        publish: Callable[[Event[Payload]], None],
         replica: str,
         rollouts: RolloutController | None = None,
     ) -> None:
@@ -55,22 +56,23 @@ class PromotionFollower:
         self.pipelines = pipelines
         self.publish = publish
         self.replica = replica
-        self._pending: dict[str, list[Event]] = {}
+        self._pending: dict[str, list[Event[ModelPromoted]]] = {}
         self._cond = threading.Condition()
         self._busy = False
 
     # --- consumer side (must return fast) -----------------------------------------------------------------
 
-    def on_model_promoted(self, event: Event) -> None:
-        model = event["model"]
-        alias = event.data.get("alias") or CHAMPION
+    def on_model_promoted(self, event: Event[ModelPromoted]) -> None:
+        promoted = event.payload
+        model = promoted.model
+        alias = promoted.alias or CHAMPION
         if alias != CHAMPION:
             log.info(
-                "ignoring %s alias move of %s to v%s: serving follows %s", alias, model, event["version"], CHAMPION
+                "ignoring %s alias move of %s to v%s: serving follows %s", alias, model, promoted.version, CHAMPION
             )
             return
         if model not in self.pipelines:
-            log.warning("ignoring promotion of %s v%s: no pipeline config for it here", model, event["version"])
+            log.warning("ignoring promotion of %s v%s: no pipeline config for it here", model, promoted.version)
             return
         with self._cond:
             self._pending.setdefault(model, []).append(event)
@@ -100,12 +102,13 @@ class PromotionFollower:
                 with self._cond:
                     self._busy = False
 
-    def _load_newest(self, model: str, candidates: list[Event]) -> None:
+    def _load_newest(self, model: str, candidates: list[Event[ModelPromoted]]) -> None:
         for event in reversed(candidates):
+            promoted = event.payload
             current = self.table.get(model)
             if current is not None and (current.version, current.sha256) == (
-                event["version"],
-                event["artifact_sha256"],
+                promoted.version,
+                promoted.artifact_sha256,
             ):
                 log.info(
                     "%s v%d is already served (redelivered promotion, or the champion moved back)",
@@ -120,25 +123,26 @@ class PromotionFollower:
                 return
             rollout = self.rollouts.get(model)
             if rollout is not None and (rollout.challenger.version, rollout.challenger.sha256) == (
-                event["version"],
-                event["artifact_sha256"],
+                promoted.version,
+                promoted.artifact_sha256,
             ):
                 log.info(
                     "%s v%d is already being rolled out (redelivered promotion)", model, rollout.challenger.version
                 )
                 return
             if self.rollouts.was_rolled_back(event.id):
-                log.info("%s v%s: this promotion was rolled back; not rolling it out again", model, event["version"])
+                log.info("%s v%s: this promotion was rolled back; not rolling it out again", model, promoted.version)
                 return
             if self.load(event):
                 return
 
-    def load(self, event: Event) -> bool:
+    def load(self, event: Event[ModelPromoted]) -> bool:
         """Fetch, verify and swap in the promoted artifact; emit ServingSwitched. False if refused."""
-        model, version, sha = event["model"], int(event["version"]), event["artifact_sha256"]
+        promoted = event.payload
+        model, version, sha = promoted.model, promoted.version, promoted.artifact_sha256
         started = time.perf_counter()
         try:
-            data = self.store.get_bytes(self.store.key_of(event["artifact_uri"]))
+            data = self.store.get_bytes(self.store.key_of(promoted.artifact_uri))
             artifact = ModelArtifact.from_bytes(data, expected_sha256=sha)
         except DriftloopError as exc:
             self._refuse(model, version, sha, str(exc))
@@ -151,7 +155,7 @@ class PromotionFollower:
             model=model,
             version=version,
             sha256=sha,
-            artifact_uri=event["artifact_uri"],
+            artifact_uri=promoted.artifact_uri,
             artifact=artifact,
             pipeline=self.pipelines[model],
             loaded_at=datetime.now(tz=UTC),
@@ -164,7 +168,7 @@ class PromotionFollower:
             spec.mode != "none"
             and current is not None
             and version > current.version  # an older version coming back (a registry rollback) switches at once
-            and not event.data.get("rollback", False)
+            and not promoted.rollback
             and event.envelope.occurred_at >= self.started_at
         ):
             self.rollouts.start(current, served, spec, event)
@@ -181,15 +185,14 @@ class PromotionFollower:
             load_seconds,
         )
         switched = new_event(
-            "ServingSwitched",
-            {
-                "model": model,
-                "version": version,
-                "previous_version": previous.version if previous else None,
-                "artifact_sha256": sha,
-                "replica": self.replica,
-                "load_seconds": load_seconds,
-            },
+            ServingSwitched(
+                model=model,
+                version=version,
+                previous_version=previous.version if previous else None,
+                artifact_sha256=sha,
+                replica=self.replica,
+                load_seconds=load_seconds,
+            ),
             producer=PRODUCER,
             cause=event,
         )

@@ -16,6 +16,7 @@ from prometheus_client import Counter, Histogram
 from driftloop.contracts.artifact import ModelArtifact
 from driftloop.contracts.events import Event, new_event
 from driftloop.contracts.featuredefs import features_from_instances
+from driftloop.contracts.payloads import Payload, PredictionLogged
 from driftloop.errors import DriftloopError, ValidationFailed
 
 from .served import ServedModel
@@ -69,7 +70,7 @@ def score(artifact: ModelArtifact, features: pd.DataFrame) -> np.ndarray:
 def predict(
     served: ServedModel,
     instances: list[dict[str, Any]],
-    publish: Callable[[Event], None],
+    publish: Callable[[Event[Payload]], None],
     *,
     features: pd.DataFrame | None = None,
     entities: list[str] | None = None,
@@ -91,19 +92,16 @@ def predict(
     entity_key = pipeline.stream.entity_key
     for index, (instance, prediction) in enumerate(zip(instances, predictions, strict=True)):
         entity = entities[index] if entities is not None else instance.get(entity_key)
-        event = new_event(
-            "PredictionLogged",
-            {
-                "request_id": request_id,
-                "model": served.model,
-                "version": served.version,
-                "index": index,
-                "inputs": {k: v for k, v in instance.items() if k in stream_fields},
-                "prediction": prediction,
-                "entity": None if entity is None else str(entity),
-            },
-            producer=PRODUCER,
+        logged = PredictionLogged(
+            request_id=request_id,
+            model=served.model,
+            version=served.version,
+            index=index,
+            inputs={k: v for k, v in instance.items() if k in stream_fields},
+            prediction=prediction,
+            entity=None if entity is None else str(entity),
         )
+        event = new_event(logged, producer=PRODUCER)
         try:
             publish(event)
         except (DriftloopError, BufferError, ValueError) as exc:

@@ -24,6 +24,7 @@ import numpy as np
 from prometheus_client import Counter, Gauge
 
 from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.payloads import ModelPromoted, Payload, RolloutRolledBack, RolloutStepped, ServingSwitched
 from driftloop.contracts.pipeline import RolloutSpec
 from driftloop.errors import DriftloopError, ValidationFailed
 
@@ -95,7 +96,9 @@ class Verdict:
 class Rollout:
     """One challenger against one champion for one model, on this replica."""
 
-    def __init__(self, champion: ServedModel, challenger: ServedModel, spec: RolloutSpec, promoted: Event) -> None:
+    def __init__(
+        self, champion: ServedModel, challenger: ServedModel, spec: RolloutSpec, promoted: Event[ModelPromoted]
+    ) -> None:
         self.champion = champion
         self.challenger = challenger
         self.spec = spec
@@ -183,7 +186,7 @@ class Rollout:
 class RolloutController:
     """Starts rollouts (from the loader), routes requests during them, and acts on their verdicts."""
 
-    def __init__(self, table: ModelTable, publish: Callable[[Event], None], replica: str) -> None:
+    def __init__(self, table: ModelTable, publish: Callable[[Event[Payload]], None], replica: str) -> None:
         self.table = table
         self.publish = publish
         self.replica = replica
@@ -203,7 +206,9 @@ class RolloutController:
         with self._lock:
             return list(self._rollouts.values())
 
-    def start(self, champion: ServedModel, challenger: ServedModel, spec: RolloutSpec, promoted: Event) -> None:
+    def start(
+        self, champion: ServedModel, challenger: ServedModel, spec: RolloutSpec, promoted: Event[ModelPromoted]
+    ) -> None:
         rollout = Rollout(champion, challenger, spec, promoted)
         with self._lock:
             superseded = self._rollouts.get(champion.model)
@@ -221,23 +226,24 @@ class RolloutController:
         with self._lock:
             return promotion_id in self._rolled_back
 
-    def follow_rollback(self, event: Event) -> None:
+    def follow_rollback(self, event: Event[RolloutRolledBack]) -> None:
         """Another replica rolled a promotion back: stop the same rollout here (replicas agree on bad news)."""
-        if event["replica"] == self.replica or event.envelope.caused_by is None:
+        stopped = event.payload
+        if stopped.replica == self.replica or event.envelope.caused_by is None:
             return
         with self._lock:
             self._rolled_back.add(event.envelope.caused_by)
-            rollout = self._rollouts.get(event["model"])
+            rollout = self._rollouts.get(stopped.model)
             if rollout is None or rollout.promoted.id != event.envelope.caused_by:
                 return
-            del self._rollouts[event["model"]]
+            del self._rollouts[stopped.model]
         ROLLOUT_SHARE.labels(rollout.model).set(0.0)
         ROLLOUT_ACTIONS.labels(rollout.model, "rolled_back").inc()
         log.warning(
-            "%s: v%d rolled back on replica %s; following", rollout.model, rollout.challenger.version, event["replica"]
+            "%s: v%d rolled back on replica %s; following", rollout.model, rollout.challenger.version, stopped.replica
         )
         self._emit_rollback(
-            rollout, f"rolled back on replica {event['replica']}: {event['reason']}", rollout.stats(), "followed"
+            rollout, f"rolled back on replica {stopped.replica}: {stopped.reason}", rollout.stats(), "followed"
         )
 
     def cancel(self, model: str, reason: str) -> None:
@@ -339,51 +345,52 @@ class RolloutController:
                 del self._rollouts[rollout.model]
         ROLLOUT_SHARE.labels(rollout.model).set(0.0)
 
-    def _send(self, event: Event) -> None:
+    def _send(self, payload: RolloutStepped | RolloutRolledBack | ServingSwitched, rollout: Rollout) -> None:
+        event = new_event(payload, producer=PRODUCER, cause=rollout.promoted)
         try:
             self.publish(event)
         except (DriftloopError, BufferError, ValueError):
-            log.exception("%s for %s was not published", event.type, event["model"])
+            log.exception("%s for %s was not published", event.type, payload.model)
 
     def _emit_step(self, rollout: Rollout, action: str, step: int, share: float, stats: dict[str, Any]) -> None:
-        data = {
-            "model": rollout.model,
-            "version": rollout.challenger.version,
-            "champion_version": rollout.champion.version,
-            "mode": rollout.mode,
-            "action": action,
-            "step": step,
-            "share": share,
-            "replica": self.replica,
-            "stats_json": json.dumps(stats),
-        }
-        self._send(new_event("RolloutStepped", data, producer=PRODUCER, cause=rollout.promoted))
+        stepped = RolloutStepped(
+            model=rollout.model,
+            version=rollout.challenger.version,
+            champion_version=rollout.champion.version,
+            mode=rollout.mode,
+            action=action,
+            step=step,
+            share=share,
+            replica=self.replica,
+            stats_json=json.dumps(stats),
+        )
+        self._send(stepped, rollout)
 
     def _emit_rollback(self, rollout: Rollout, reason: str, stats: dict[str, Any], origin: str) -> None:
         """``origin``: "verdict" (this replica judged the challenger worse: the registry moves its champion alias
         back on it), "followed", "superseded" or "champion_moved" (consequences of another move: not acted on)."""
-        data = {
-            "model": rollout.model,
-            "version": rollout.challenger.version,
-            "champion_version": rollout.champion.version,
-            "mode": rollout.mode,
-            "reason": reason,
-            "replica": self.replica,
-            "stats_json": json.dumps(stats),
-            "origin": origin,
-        }
-        self._send(new_event("RolloutRolledBack", data, producer=PRODUCER, cause=rollout.promoted))
+        rolled_back = RolloutRolledBack(
+            model=rollout.model,
+            version=rollout.challenger.version,
+            champion_version=rollout.champion.version,
+            mode=rollout.mode,
+            reason=reason,
+            replica=self.replica,
+            stats_json=json.dumps(stats),
+            origin=origin,
+        )
+        self._send(rolled_back, rollout)
 
     def _emit_switched(self, rollout: Rollout, previous: ServedModel | None) -> None:
-        data = {
-            "model": rollout.model,
-            "version": rollout.challenger.version,
-            "previous_version": previous.version if previous else None,
-            "artifact_sha256": rollout.challenger.sha256,
-            "replica": self.replica,
-            "load_seconds": rollout.challenger.load_seconds,
-        }
-        self._send(new_event("ServingSwitched", data, producer=PRODUCER, cause=rollout.promoted))
+        switched = ServingSwitched(
+            model=rollout.model,
+            version=rollout.challenger.version,
+            previous_version=previous.version if previous else None,
+            artifact_sha256=rollout.challenger.sha256,
+            replica=self.replica,
+            load_seconds=rollout.challenger.load_seconds,
+        )
+        self._send(switched, rollout)
 
     def close(self) -> None:
         self._shadow_pool.shutdown(wait=False, cancel_futures=True)

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from driftloop.clients.db.models import Run
 from driftloop.clients.objectstore import ObjectStore
 from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.payloads import Payload, TrainingRequested
 from driftloop.contracts.settings import Settings
 from driftloop.errors import ConflictError, NotFoundError
 from driftloop.runtime.service import api_context
@@ -35,7 +36,7 @@ class Context:
 
     settings: Settings
     Session: sessionmaker[Session]
-    publish: Callable[[Event], None]
+    publish: Callable[[Event[Payload]], None]
     store: ObjectStore
     live_log: Callable[[str], str | None]
 
@@ -118,15 +119,14 @@ def rerun(ctx: Ctx, run_id: str, body: RerunRequest | None = None) -> dict[str, 
     request_id = f"rerun-{uuid.uuid4().hex[:16]}"
     ctx.publish(
         new_event(
-            "TrainingRequested",
-            {
-                "request_id": request_id,
-                "model": run.model,
-                "trigger": "rerun",
-                "reason": (body.reason if body else "rerun") + f" (rerun of {run_id})",
-                "dataset_version_id": run.dataset_version_id,
-                "rerun_of": run_id,
-            },
+            TrainingRequested(
+                request_id=request_id,
+                model=run.model,
+                trigger="rerun",
+                reason=(body.reason if body else "rerun") + f" (rerun of {run_id})",
+                dataset_version_id=run.dataset_version_id,
+                rerun_of=run_id,
+            ),
             producer=SERVICE,
         )
     )

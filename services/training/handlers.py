@@ -17,6 +17,7 @@ from driftloop.clients.db.models import Run
 from driftloop.clients.objectstore import ObjectStore, open_object_store, sha256_bytes
 from driftloop.contracts import layout
 from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.payloads import TrainingCompleted, TrainingRequested
 from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_model
 from driftloop.contracts.settings import Settings
 from driftloop.errors import DriftloopError, NotFoundError
@@ -84,14 +85,15 @@ class TrainingHandlers:
     def aborted(self, run_id: str) -> bool:
         return abort_flag(self.runtime.settings, run_id).exists()
 
-    def on_training_requested(self, event: Event) -> None:
+    def on_training_requested(self, event: Event[TrainingRequested]) -> None:
+        asked = event.payload
         run = self.runs.create(event)
         if run is None:
-            log.info("request %s already has a run: skipping the redelivery", event["request_id"])
+            log.info("request %s already has a run: skipping the redelivery", asked.request_id)
             return
         run_log = RunLog(run.run_id)
         self.active_logs[run.run_id] = run_log
-        run_log.note(f"run for request {event['request_id']} ({event['trigger']}): {event['reason']}")
+        run_log.note(f"run for request {asked.request_id} ({asked.trigger}): {asked.reason}")
         started = time.perf_counter()
         try:
             self._train(run.run_id, event, run_log, started)
@@ -135,9 +137,8 @@ class TrainingHandlers:
         uri = self.store.put_bytes(run_file_key(model, run_id, name), data)
         return {"uri": uri, "sha256": sha256_bytes(data), "bytes": len(data)}
 
-    def _rerun_source(self, request: Event, pipeline: PipelineConfig) -> tuple[Run, PipelineConfig]:
+    def _rerun_source(self, source_id: str, pipeline: PipelineConfig) -> tuple[Run, PipelineConfig]:
         """The run a rerun reproduces, and the pipeline as that run saw it: its seed and holdout, no search."""
-        source_id = request["rerun_of"]
         with self.runtime.Session() as session:
             source = session.get(Run, source_id)
         if source is None:
@@ -164,13 +165,14 @@ class TrainingHandlers:
         )
         return source, pipeline.model_copy(update={"model": model})
 
-    def _train(self, run_id: str, request: Event, run_log: RunLog, started: float) -> None:
+    def _train(self, run_id: str, request: Event[TrainingRequested], run_log: RunLog, started: float) -> None:
         settings = self.runtime.settings
-        pipeline = pipeline_for_model(self.runtime.pipelines, request["model"])
-        dataset_version_id = request.data.get("dataset_version_id")
+        asked = request.payload
+        pipeline = pipeline_for_model(self.runtime.pipelines, asked.model)
+        dataset_version_id = asked.dataset_version_id
         params_override: dict[str, Any] | None = None
-        if request.data.get("rerun_of"):
-            source, pipeline = self._rerun_source(request, pipeline)
+        if asked.rerun_of:
+            source, pipeline = self._rerun_source(asked.rerun_of, pipeline)
             dataset_version_id, params_override = source.dataset_version_id, dict(source.params)
             run_log.note(f"rerun of {source.run_id}: {dataset_version_id}, its params {params_override}, no search")
         feature_set = resolve_feature_set(self.store, pipeline, dataset_version_id)
@@ -263,24 +265,18 @@ class TrainingHandlers:
             artifacts=artifacts,
             log_uri=self._store_log(model_name, run_id, run_log),
         )
-        self.runtime.bus.publish(
-            new_event(
-                "TrainingCompleted",
-                {
-                    "run_id": run_id,
-                    "request_id": request["request_id"],
-                    "model": model_name,
-                    "trigger": request["trigger"],
-                    "dataset_version_id": feature_set.dataset_version_id,
-                    "feature_set_uri": feature_set.uri,
-                    "artifact_uri": artifact_uri,
-                    "artifact_sha256": artifact_sha256,
-                    "metrics": {k: float(v) for k, v in result.metrics.items()},
-                    "params_json": json.dumps(result.params, sort_keys=True, default=str),
-                    "holdout_json": json.dumps(result.holdout, sort_keys=True),
-                    "feature_names": result.feature_names,
-                },
-                producer=SERVICE,
-                cause=request,
-            )
+        completed = TrainingCompleted(
+            run_id=run_id,
+            request_id=asked.request_id,
+            model=model_name,
+            trigger=asked.trigger,
+            dataset_version_id=feature_set.dataset_version_id,
+            feature_set_uri=feature_set.uri,
+            artifact_uri=artifact_uri,
+            artifact_sha256=artifact_sha256,
+            metrics={k: float(v) for k, v in result.metrics.items()},
+            params_json=json.dumps(result.params, sort_keys=True, default=str),
+            holdout_json=json.dumps(result.holdout, sort_keys=True),
+            feature_names=list(result.feature_names),
         )
+        self.runtime.bus.publish(new_event(completed, producer=SERVICE, cause=request))

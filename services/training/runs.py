@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from driftloop.clients.db.models import Run
 from driftloop.contracts.events import Envelope, Event, new_event
+from driftloop.contracts.payloads import RunStateChanged, TrainingRequested
 from driftloop.contracts.settings import Settings
 from driftloop.errors import NotFoundError
 from driftloop.runtime.service import Runtime
@@ -46,18 +47,19 @@ class RunTracker:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    def create(self, request: Event) -> Run | None:
+    def create(self, request: Event[TrainingRequested]) -> Run | None:
         """A pending run for the request, or None if the request already has one (a redelivery)."""
+        asked = request.payload
         run = Run(
             run_id=f"run-{uuid.uuid4().hex[:16]}",
-            request_id=request["request_id"],
-            model=request["model"],
+            request_id=asked.request_id,
+            model=asked.model,
             state=PENDING,
-            trigger=request["trigger"],
+            trigger=asked.trigger,
             cause_event_id=request.id,
             cascade_id=request.envelope.cascade_id,
-            dataset_version_id=request.data.get("dataset_version_id"),
-            rerun_of=request.data.get("rerun_of"),
+            dataset_version_id=asked.dataset_version_id,
+            rerun_of=asked.rerun_of,
         )
         try:
             with self.runtime.Session.begin() as session:
@@ -66,10 +68,19 @@ class RunTracker:
                 session.add(run)
         except IntegrityError:
             return None  # a concurrent delivery of the same request won the unique request_id
-        self._announce(run, None, request, message=request["reason"])
+        self._announce(run, None, request, message=asked.reason)
         return run
 
-    def transition(self, run_id: str, state: str, request: Event, *, message: str | None = None, **fields: Any) -> Run:
+    def transition(
+        self,
+        run_id: str,
+        state: str,
+        cause: Event[TrainingRequested] | Envelope,
+        *,
+        message: str | None = None,
+        **fields: Any,
+    ) -> Run:
+        """Move the run to ``state``, announced as caused by the run's request (or its envelope)."""
         with self.runtime.Session.begin() as session:
             run = session.get(Run, run_id)
             if run is None:
@@ -85,25 +96,21 @@ class RunTracker:
                 run.ended_at = now
             for name, value in fields.items():
                 setattr(run, name, value)
-        self._announce(run, previous, request, message=message)
+        self._announce(run, previous, cause, message=message)
         return run
 
-    def _announce(self, run: Run, previous: str | None, cause: Event, message: str | None) -> None:
-        self.runtime.bus.publish(
-            new_event(
-                "RunStateChanged",
-                {
-                    "run_id": run.run_id,
-                    "model": run.model,
-                    "state": run.state,
-                    "previous_state": previous,
-                    "dataset_version_id": run.dataset_version_id,
-                    "message": message,
-                },
-                producer=SERVICE,
-                cause=cause,
-            )
+    def _announce(
+        self, run: Run, previous: str | None, cause: Event[TrainingRequested] | Envelope, message: str | None
+    ) -> None:
+        changed = RunStateChanged(
+            run_id=run.run_id,
+            model=run.model,
+            state=run.state,
+            previous_state=previous,
+            dataset_version_id=run.dataset_version_id,
+            message=message,
         )
+        self.runtime.bus.publish(new_event(changed, producer=SERVICE, cause=cause))
 
     def fail_interrupted(self) -> list[str]:
         """Runs left pending/running by a previous process of this service can never finish: fail them, so that
@@ -113,16 +120,13 @@ class RunTracker:
         failed = []
         for run in stale:
             # The request event is gone; a stand-in with its id and cascade keeps the lineage of the change.
-            cause = Event(
-                envelope=Envelope(
-                    event_id=run.cause_event_id or run.run_id,
-                    event_type="TrainingRequested",
-                    occurred_at=run.created_at,
-                    caused_by=None,
-                    cascade_id=run.cascade_id or run.run_id,
-                    producer=SERVICE,
-                ),
-                data={"request_id": run.request_id, "model": run.model},
+            cause = Envelope(
+                event_id=run.cause_event_id or run.run_id,
+                event_type=TrainingRequested.event_type,
+                occurred_at=run.created_at,
+                caused_by=None,
+                cascade_id=run.cascade_id or run.run_id,
+                producer=SERVICE,
             )
             error = "interrupted: the training service stopped while the run was active"
             self.transition(run.run_id, FAILED, cause, message=error, error=error)

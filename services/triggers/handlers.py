@@ -23,6 +23,19 @@ from sqlalchemy.orm import Session, sessionmaker
 from driftloop.clients.db.models import TrainingRequest, TriggerModelState, TriggerStreamState, utcnow
 from driftloop.contracts.events import Envelope, Event, new_event
 from driftloop.contracts.layout import parse_dataset_version_id
+from driftloop.contracts.payloads import (
+    DatasetVersionCreated,
+    DriftDetected,
+    ExternalTrigger,
+    FeaturesMaterialized,
+    FeedbackReceived,
+    ModelPromoted,
+    ModelRejected,
+    Payload,
+    PerformanceDegraded,
+    RunStateChanged,
+    TrainingRequested,
+)
 from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_model
 from driftloop.errors import ConflictError
 
@@ -61,7 +74,7 @@ class TriggerHandlers:
         self,
         pipelines: dict[str, PipelineConfig],
         Session: sessionmaker[Session],
-        publish: Callable[[Event], None],
+        publish: Callable[[Event[Payload]], None],
         producer: str = "triggers",
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
@@ -75,56 +88,61 @@ class TriggerHandlers:
 
     # --- state events ------------------------------------------------------------------------------------
 
-    def on_model_promoted(self, event: Event) -> None:
-        if event["alias"] != CHAMPION_ALIAS:
+    def on_model_promoted(self, event: Event[ModelPromoted]) -> None:
+        promoted = event.payload
+        if promoted.alias != CHAMPION_ALIAS:
             return
         with self._lock, self.Session.begin() as session:
-            self._model_state(session, event["model"]).champion_version = event["version"]
+            self._model_state(session, promoted.model).champion_version = promoted.version
 
-    def on_model_rejected(self, event: Event) -> None:
+    def on_model_rejected(self, event: Event[ModelRejected]) -> None:
         # The gate kept the champion: if the event names one, the model has a champion.
-        if event.data.get("champion_version") is None:
+        rejected = event.payload
+        if rejected.champion_version is None:
             return
         with self._lock, self.Session.begin() as session:
-            self._model_state(session, event["model"]).champion_version = event["champion_version"]
+            self._model_state(session, rejected.model).champion_version = rejected.champion_version
 
-    def on_run_state_changed(self, event: Event) -> None:
-        run_id, state = event["run_id"], event["state"]
+    def on_run_state_changed(self, event: Event[RunStateChanged]) -> None:
+        changed = event.payload
+        model, run_id, state = changed.model, changed.run_id, changed.state
         with self._lock, self.Session.begin() as session:
-            model_state = self._model_state(session, event["model"])
+            model_state = self._model_state(session, model)
             runs = [r for r in model_state.active_runs if r != run_id]
             if state in ACTIVE_RUN_STATES:
                 runs.append(run_id)
             elif state not in FINISHED_RUN_STATES:
-                log.warning("triggers: run %s of %s in unknown state %r", run_id, event["model"], state)
+                log.warning("triggers: run %s of %s in unknown state %r", run_id, model, state)
                 return
             model_state.active_runs = runs
             model_state.updated_at = utcnow()
-            if not runs and event["model"] in self.pipelines:
+            if not runs and model in self.pipelines:
                 session.flush()
-                self._fire_queued(session, self.pipelines[event["model"]], event)
+                self._fire_queued(session, self.pipelines[model], event)
 
-    def on_dataset_version_created(self, event: Event) -> None:
+    def on_dataset_version_created(self, event: Event[DatasetVersionCreated]) -> None:
         """Count new rows per stream, for ``triggers.new_data.every_n_rows``."""
+        created = event.payload
         with self._lock, self.Session.begin() as session:
-            row = session.get(TriggerStreamState, event["stream"])
+            row = session.get(TriggerStreamState, created.stream)
             if row is None:
                 # Not materialized yet: the state row is created by FeaturesMaterialized; keep the count.
                 row = TriggerStreamState(
-                    stream=event["stream"],
+                    stream=created.stream,
                     dataset_version_id="",
                     event_id=event.id,
                     materialized_at=event.envelope.occurred_at,
                     rows_since_request=0,
                 )
                 session.add(row)
-            row.rows_since_request = int(row.rows_since_request or 0) + int(event["new_rows"])
+            row.rows_since_request = int(row.rows_since_request or 0) + created.new_rows
             row.updated_at = utcnow()
 
     # --- causes ------------------------------------------------------------------------------------------
 
-    def on_features_materialized(self, event: Event) -> None:
-        stream, dataset_version_id = event["stream"], event["dataset_version_id"]
+    def on_features_materialized(self, event: Event[FeaturesMaterialized]) -> None:
+        materialized = event.payload
+        stream, dataset_version_id = materialized.stream, materialized.dataset_version_id
         pipeline = next((p for p in self.pipelines.values() if p.stream.name == stream), None)
         with self._lock, self.Session.begin() as session:
             self._record_dataset(session, event)
@@ -147,37 +165,40 @@ class TriggerHandlers:
                 decision = Decision(
                     "suppressed", f"{new_rows} new rows since the last request, every_n_rows is {every}"
                 )
-            reason = f"new dataset version {dataset_version_id} ({event['row_count']} rows, {new_rows} new)"
+            reason = f"new dataset version {dataset_version_id} ({materialized.row_count} rows, {new_rows} new)"
             self._record(session, model, "new_data", event, reason, decision, view.latest_dataset_version_id)
             if decision.status == "requested" and stream_state is not None:
                 stream_state.rows_since_request = 0
 
-    def on_drift_detected(self, event: Event) -> None:
-        features = list(event["drifted_features"])
-        prediction = event.data.get("prediction_drifted", False)
-        test = event.data.get("prediction_test") or {}
+    def on_drift_detected(self, event: Event[DriftDetected]) -> None:
+        drift = event.payload
+        features = list(drift.drifted_features)
+        prediction = drift.prediction_drifted
+        test = drift.prediction_test
         what = ", ".join(features) if features else ("" if prediction else "none")
         if prediction:
-            shift = f"predictions (ks={test.get('statistic', math.nan):.3f}, psi={test.get('psi', math.nan):.3f})"
+            ks, psi = (test.statistic, test.psi) if test is not None else (math.nan, math.nan)
+            shift = f"predictions (ks={ks:.3f}, psi={psi:.3f})"
             what = f"{what} and {shift}" if what else shift
-        reason = f"drift of v{event['version']} in window {event['window_index']}: {what}"
+        reason = f"drift of v{drift.version} in window {drift.window_index}: {what}"
         self._on_cause("drift", event, reason, prediction_only=prediction and not features)
 
-    def on_external_trigger(self, event: Event) -> None:
-        self._on_cause("external", event, event["reason"] or "external trigger")
+    def on_external_trigger(self, event: Event[ExternalTrigger]) -> None:
+        self._on_cause("external", event, event.payload.reason or "external trigger")
 
-    def on_performance_degraded(self, event: Event) -> None:
+    def on_performance_degraded(self, event: Event[PerformanceDegraded]) -> None:
+        degraded = event.payload
         reason = (
-            f"performance of v{event['version']}: {event['metric']} {event['value']:.4g} past the threshold "
-            f"{event['threshold']:.4g} over {event['window_size']} labeled predictions"
+            f"performance of v{degraded.version}: {degraded.metric} {degraded.value:.4g} past the threshold "
+            f"{degraded.threshold:.4g} over {degraded.window_size} labeled predictions"
         )
         self._on_cause("performance", event, reason)
 
-    def on_feedback_received(self, event: Event) -> None:
+    def on_feedback_received(self, event: Event[FeedbackReceived]) -> None:
         """Count labels per model; every ``triggers.labels.every_n_labels`` labels is one cause (the last label's
         event), decided by the policy. The count restarts at every decision, so labels arriving during a
         cooldown or an active run merge into that decision instead of asking again with each label."""
-        model = event["model"]
+        model = event.payload.model
         pipeline = self.pipelines.get(model)
         if pipeline is None or pipeline.triggers.labels.every_n_labels == 0:
             return
@@ -192,7 +213,7 @@ class TriggerHandlers:
                 return
             view = self._view(session, pipeline, "labels")
             decision = decide("labels", pipeline.triggers, view, self.clock())
-            reason = f"{every} labels received (the last for request {event['request_id']})"
+            reason = f"{every} labels received (the last for request {event.payload.request_id})"
             self._record(session, model, "labels", event, reason, decision, view.latest_dataset_version_id)
 
     def check_schedules(self) -> list[str]:
@@ -236,8 +257,15 @@ class TriggerHandlers:
             except Exception:  # a database hiccup must not end the loop
                 log.exception("triggers: schedule check failed")
 
-    def _on_cause(self, kind: TriggerKind, event: Event, reason: str, *, prediction_only: bool = False) -> None:
-        model = event["model"]
+    def _on_cause(
+        self,
+        kind: TriggerKind,
+        event: Event[DriftDetected] | Event[ExternalTrigger] | Event[PerformanceDegraded],
+        reason: str,
+        *,
+        prediction_only: bool = False,
+    ) -> None:
+        model = event.payload.model
         with self._lock, self.Session.begin() as session:
             if self._already_decided(session, model, event.id):
                 return
@@ -286,7 +314,9 @@ class TriggerHandlers:
 
     # --- decisions ---------------------------------------------------------------------------------------
 
-    def _fire_pending(self, session: Session, pipeline: PipelineConfig, features: Event) -> Decision | None:
+    def _fire_pending(
+        self, session: Session, pipeline: PipelineConfig, features: Event[FeaturesMaterialized]
+    ) -> Decision | None:
         """Fire the model's pending request on fresh data; the decision for the features event, or None."""
         model = pipeline.model.name
         pending = session.scalar(
@@ -306,14 +336,14 @@ class TriggerHandlers:
         if decision.status != "requested":
             return Decision("suppressed", f"merged into pending request {pending.request_id} ({decision.note})")
         pending.status = "requested"
-        pending.dataset_version_id = features["dataset_version_id"]
+        pending.dataset_version_id = features.payload.dataset_version_id
         pending.note = f"{pending.note}; fired: {decision.note} (event {features.id})"
         pending.updated_at = self.clock()
         cause = _cause_stub(pending, features)
         self._emit(session, pending, cause)
         return Decision("suppressed", f"merged into request {pending.request_id} ({pending.trigger}), fired by this")
 
-    def _fire_queued(self, session: Session, pipeline: PipelineConfig, finished: Event) -> None:
+    def _fire_queued(self, session: Session, pipeline: PipelineConfig, finished: Event[RunStateChanged]) -> None:
         """The model's last active run ended: fire the request queued behind it (``queue_while_running``)."""
         model = pipeline.model.name
         queued = session.scalar(
@@ -333,7 +363,8 @@ class TriggerHandlers:
         queued.status = "requested"
         queued.wait_for = None
         queued.dataset_version_id = view.latest_dataset_version_id
-        queued.note = f"{queued.note}; fired: run {finished['run_id']} ended {finished['state']} (event {finished.id})"
+        run = finished.payload
+        queued.note = f"{queued.note}; fired: run {run.run_id} ended {run.state} (event {finished.id})"
         queued.updated_at = self.clock()
         self._emit(session, queued, _cause_stub(queued, finished))
 
@@ -342,7 +373,7 @@ class TriggerHandlers:
         session: Session,
         model: str,
         kind: TriggerKind,
-        cause: Event | None,
+        cause: Event[Payload] | None,
         reason: str,
         decision: Decision,
         dataset_version_id: str | None = None,
@@ -368,15 +399,15 @@ class TriggerHandlers:
             self._emit(session, row, cause)
         return row
 
-    def _emit(self, session: Session, row: TrainingRequest, cause: Event | None) -> None:
-        data = {
-            "request_id": row.request_id,
-            "model": row.model,
-            "trigger": row.trigger,
-            "reason": row.reason,
-            "dataset_version_id": row.dataset_version_id,
-        }
-        event = new_event("TrainingRequested", data, producer=self.producer, cause=cause)
+    def _emit(self, session: Session, row: TrainingRequest, cause: Event[Payload] | Envelope | None) -> None:
+        requested = TrainingRequested(
+            request_id=row.request_id,
+            model=row.model,
+            trigger=row.trigger,
+            reason=row.reason,
+            dataset_version_id=row.dataset_version_id,
+        )
+        event = new_event(requested, producer=self.producer, cause=cause)
         row.event_id = event.id
         model_state = self._model_state(session, row.model)
         if row.trigger != "manual":
@@ -396,8 +427,8 @@ class TriggerHandlers:
 
     # --- state -------------------------------------------------------------------------------------------
 
-    def _record_dataset(self, session: Session, event: Event) -> None:
-        stream, dataset_version_id = event["stream"], event["dataset_version_id"]
+    def _record_dataset(self, session: Session, event: Event[FeaturesMaterialized]) -> None:
+        stream, dataset_version_id = event.payload.stream, event.payload.dataset_version_id
         row = session.get(TriggerStreamState, stream)
         if row is not None and _version_number(row.dataset_version_id) > _version_number(dataset_version_id):
             return  # an older version arriving late does not replace the latest
@@ -496,29 +527,28 @@ def _version_number(dataset_version_id: str) -> int:
         return -1
 
 
-CAUSE_EVENT_TYPES = {
-    "drift": "DriftDetected",
-    "external": "ExternalTrigger",
-    "performance": "PerformanceDegraded",
-    "labels": "FeedbackReceived",
-    "new_data": "FeaturesMaterialized",
+CAUSE_EVENT_TYPES: dict[str, type[Payload]] = {
+    "drift": DriftDetected,
+    "external": ExternalTrigger,
+    "performance": PerformanceDegraded,
+    "labels": FeedbackReceived,
+    "new_data": FeaturesMaterialized,
 }
 
 
-def _cause_stub(pending: TrainingRequest, fallback: Event) -> Event:
-    """The stored cause of a pending request (its id and cascade), enough for ``new_event`` to continue that
-    cascade; a pending request without a cause event (none today) is caused by the fresh data."""
+def _cause_stub(pending: TrainingRequest, fallback: Event[Payload]) -> Event[Payload] | Envelope:
+    """The stored cause of a pending request (the envelope of its cause: id and cascade), enough for ``new_event``
+    to continue that cascade; a pending request without a cause event (none today) is caused by the fresh data."""
     if pending.cause_event_id is None:
         return fallback
-    envelope = Envelope(
+    return Envelope(
         event_id=pending.cause_event_id,
-        event_type=CAUSE_EVENT_TYPES.get(pending.trigger, "DriftDetected"),
+        event_type=CAUSE_EVENT_TYPES.get(pending.trigger, DriftDetected).event_type,
         occurred_at=as_utc(pending.cause_occurred_at) or as_utc(pending.created_at) or utcnow(),
         caused_by=None,
         cascade_id=pending.cascade_id or pending.cause_event_id,
         producer="",
     )
-    return Event(envelope=envelope)
 
 
 def _row_dict(row: TrainingRequest) -> dict[str, Any]:

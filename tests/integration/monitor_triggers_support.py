@@ -18,7 +18,8 @@ from fastapi.testclient import TestClient
 from pipeline_support import wait_for
 
 from driftloop.clients.db import migrate
-from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.events import Event, new_event, payload_type
+from driftloop.contracts.payloads import FeaturesMaterialized, ModelPromoted
 from driftloop.contracts.pipeline import PipelineConfig, load_pipeline
 from driftloop.contracts.settings import Settings
 from driftloop.contracts.topics import TRAINING_REQUESTED, Topic
@@ -95,8 +96,8 @@ def read_events(settings: Settings, bus: EventBus, topic: Topic, model: str) -> 
                     at_end.add(msg.partition())
                 continue
             _, record = bus.codec.decode(msg.value())
-            event = Event.from_avro(record)
-            if event.data.get("model") == model:
+            event = Event.from_avro(record, payload_type(topic.event_type))
+            if getattr(event.payload, "model", None) == model:
                 events.append(event)
         return events
     finally:
@@ -127,32 +128,32 @@ def broker_settings(home: Path, bootstrap_servers: str, schema_registry_url: str
 def features_materialized(cfg: PipelineConfig, version: int) -> Event:
     """``FeaturesMaterialized`` of version ``version`` of ``cfg``'s stream."""
     stream = cfg.stream.name
-    data = {
-        "stream": stream,
-        "dataset_version_id": f"{stream}@v{version}",
-        "feature_set_uri": f"file:///objects/features/{stream}/v{version:06d}/",
-        "feature_names": cfg.feature_names,
-        "row_count": 3000,
-        "online_entities": 120,
-    }
-    return new_event("FeaturesMaterialized", data, producer="test-features")
+    payload = FeaturesMaterialized(
+        stream=stream,
+        dataset_version_id=f"{stream}@v{version}",
+        feature_set_uri=f"file:///objects/features/{stream}/v{version:06d}/",
+        feature_names=cfg.feature_names,
+        row_count=3000,
+        online_entities=120,
+    )
+    return new_event(payload, producer="test-features")
 
 
 def champion_promoted(cfg: PipelineConfig, version: int = 1) -> Event:
     """``ModelPromoted``: version ``version`` of ``cfg``'s model the champion, trained on the stream's v1."""
-    data = {
-        "model": cfg.model.name,
-        "version": version,
-        "alias": "champion",
-        "previous_version": None,
-        "artifact_uri": "file:///objects/model.zip",
-        "artifact_sha256": "0" * 64,
-        "dataset_version_id": f"{cfg.stream.name}@v1",
-        "feature_set_uri": f"file:///objects/features/{cfg.stream.name}/v000001/",
-        "reason": "first version",
-        "gate_json": "{}",
-    }
-    return new_event("ModelPromoted", data, producer="test-registry")
+    payload = ModelPromoted(
+        model=cfg.model.name,
+        version=version,
+        alias="champion",
+        previous_version=None,
+        artifact_uri="file:///objects/model.zip",
+        artifact_sha256="0" * 64,
+        dataset_version_id=f"{cfg.stream.name}@v1",
+        feature_set_uri=f"file:///objects/features/{cfg.stream.name}/v000001/",
+        reason="first version",
+        gate_json="{}",
+    )
+    return new_event(payload, producer="test-registry")
 
 
 class TriggersUnderTest:

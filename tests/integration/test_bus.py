@@ -12,6 +12,7 @@ from confluent_kafka import Consumer
 from driftloop.clients.db import migrate
 from driftloop.clients.db.models import EventRecord, ProcessedEvent
 from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.payloads import ExternalTrigger
 from driftloop.contracts.topics import EXTERNAL_TRIGGER
 from driftloop.runtime.bus import EventBus, ensure_event_topics
 
@@ -33,20 +34,18 @@ def test_publish_consume_record_and_skip_redelivery(make_settings, unique: str) 
     bus = EventBus(settings, producer_name="test")
     ensure_event_topics(settings)
 
-    root = new_event("ExternalTrigger", {"model": f"m-{unique}", "reason": "test", "details_json": "{}"}, producer="t")
+    root = new_event(ExternalTrigger(model=f"m-{unique}", reason="test", details_json="{}"), producer="t")
     bus.publish(root)
     # The same event delivered twice (e.g. a producer retry after a lost ack).
     bus.publish(root)
-    other = new_event(
-        "ExternalTrigger", {"model": f"m-{unique}", "reason": "second", "details_json": "{}"}, producer="t"
-    )
+    other = new_event(ExternalTrigger(model=f"m-{unique}", reason="second", details_json="{}"), producer="t")
     bus.publish(other)
 
     handled: list[Event] = []
     group = f"g-{unique}"
     thread = threading.Thread(
         target=bus.run_consumer,
-        args=(group, {EXTERNAL_TRIGGER: lambda e: handled.append(e) if e.data["model"] == f"m-{unique}" else None}),
+        args=(group, {EXTERNAL_TRIGGER: lambda e: handled.append(e) if e.payload.model == f"m-{unique}" else None}),
         daemon=True,
     )
     thread.start()
@@ -56,7 +55,7 @@ def test_publish_consume_record_and_skip_redelivery(make_settings, unique: str) 
     thread.join(timeout=15)
 
     assert [e.id for e in handled] == [root.id, other.id]
-    assert handled[0].envelope == root.envelope and handled[0].data == root.data
+    assert handled[0].envelope == root.envelope and handled[0].payload == root.payload
     with bus.Session() as s:
         assert s.get(ProcessedEvent, (group, root.id)) is not None
     bus.flush()
@@ -72,7 +71,7 @@ def test_events_are_in_confluent_wire_format(make_settings, unique: str) -> None
     migrate(settings.database_url)
     bus = EventBus(settings, producer_name="test")
     ensure_event_topics(settings)
-    event = new_event("ExternalTrigger", {"model": f"w-{unique}", "reason": "wire", "details_json": "{}"}, producer="t")
+    event = new_event(ExternalTrigger(model=f"w-{unique}", reason="wire", details_json="{}"), producer="t")
     bus.publish(event)
     consumer = Consumer(bus.consumer_config(f"raw-{unique}"))
     consumer.subscribe([EXTERNAL_TRIGGER.name])

@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY
 
 from driftloop.clients.db import migrate
 from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.payloads import ExternalTrigger
 from driftloop.contracts.topics import EXTERNAL_TRIGGER
 from driftloop.runtime.bus import EventBus, ensure_event_topics
 
@@ -45,8 +46,7 @@ def test_lag_counts_uncommitted_messages_then_drops_to_zero(make_settings, uniqu
     model = f"lag-{unique}"
     started = REGISTRY.get_sample_value("driftloop_cascades_started_total", {"event_type": "ExternalTrigger"}) or 0
     events = [
-        new_event("ExternalTrigger", {"model": model, "reason": f"r{i}", "details_json": "{}"}, producer="t")
-        for i in range(5)
+        new_event(ExternalTrigger(model=model, reason=f"r{i}", details_json="{}"), producer="t") for i in range(5)
     ]
     for event in events:
         bus.publish(event)
@@ -60,7 +60,7 @@ def test_lag_counts_uncommitted_messages_then_drops_to_zero(make_settings, uniqu
     mine: list[Event] = []
 
     def handler(event: Event) -> None:
-        if event.data["model"] != model:
+        if event.payload.model != model:
             return
         mine.append(event)
         if len(mine) == 1:

@@ -28,6 +28,7 @@ from driftloop.clients.db import create_engine_for, migrate
 from driftloop.clients.db.models import EventRecord
 from driftloop.clients.objectstore import open_object_store
 from driftloop.contracts.events import Envelope, Event, new_event
+from driftloop.contracts.payloads import DriftDetected, ExternalTrigger
 from driftloop.contracts.settings import Settings, settings_env
 from driftloop.ops.procs import free_port, http_ready, pid_alive, spawn, stop_pid, wait_until
 from driftloop.runtime.bus import EventBus
@@ -131,7 +132,7 @@ def cascade(broker, schema_registry_url: str, tmp_path_factory: pytest.TempPathF
             return response.json()["version"] if response.status_code == 200 else None
 
         # 1. Bootstrap: an external trigger, a weak first version, promoted and served.
-        root = new_event("ExternalTrigger", {"model": model, "reason": "bootstrap", "details_json": "{}"}, producer="t")
+        root = new_event(ExternalTrigger(model=model, reason="bootstrap", details_json="{}"), producer="t")
         bus.publish(root)
         train(root, f"run1-{unique}", quality="good", rounds=2, trigger="external")
         wait_until(lambda: serving_version() == 1, 90, "serving v1")
@@ -144,15 +145,13 @@ def cascade(broker, schema_registry_url: str, tmp_path_factory: pytest.TempPathF
         wait_until(lambda: bool(state.events("DriftDetected")), 90, "the monitor's DriftDetected")
         row = state.events("DriftDetected")[0]
         envelope = Envelope(row.event_id, row.event_type, row.occurred_at, row.caused_by, row.cascade_id, row.producer)
-        drift = state.drift = Event(envelope=envelope, data=row.payload)
+        drift = state.drift = Event(envelope=envelope, payload=DriftDetected.from_avro(row.payload))
 
         # 3. The drift's retrain: a stronger model, promoted over v1, served.
         train(drift, f"run2-{unique}", quality="good", rounds=40, trigger="drift")
         wait_until(lambda: serving_version() == 2, 90, "serving v2")
         # 4. A manual retrain that learns noise: rejected by the gate, v2 keeps serving.
-        manual = new_event(
-            "ExternalTrigger", {"model": model, "reason": "try noise", "details_json": "{}"}, producer="t"
-        )
+        manual = new_event(ExternalTrigger(model=model, reason="try noise", details_json="{}"), producer="t")
         bus.publish(manual)
         train(manual, f"run3-{unique}", quality="bad", rounds=5, trigger="manual")
         wait_until(lambda: bool(state.events("ModelRejected")), 60, "the gate's rejection of v3")

@@ -26,6 +26,7 @@ from driftloop.clients.spark import stop_spark
 from driftloop.contracts import layout
 from driftloop.contracts.events import Event, new_event
 from driftloop.contracts.featuredefs import features_from_instances
+from driftloop.contracts.payloads import DatasetVersionCreated
 from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.contracts.settings import Settings
 from driftloop.contracts.topics import FEATURES_MATERIALIZED
@@ -82,22 +83,21 @@ def write_dataset(store: ObjectStore, stream: str, version: int, frame: pd.DataF
 
 def dataset_event(stream: str, version: int, frame: pd.DataFrame, store: ObjectStore) -> Event:
     return new_event(
-        "DatasetVersionCreated",
-        {
-            "stream": stream,
-            "dataset_version_id": layout.dataset_version_id(stream, version),
-            "version": version,
-            "uri": store.uri(layout.dataset_prefix(stream, version)),
-            "content_hash": uuid.uuid4().hex,
-            "row_count": len(frame),
-            "new_rows": len(frame),
-            "parent_version_id": None,
-            "mode": "window",
-            "schema_json": "{}",
-            "profile_json": "{}",
-            "min_event_time": None,
-            "max_event_time": None,
-        },
+        DatasetVersionCreated(
+            stream=stream,
+            dataset_version_id=layout.dataset_version_id(stream, version),
+            version=version,
+            uri=store.uri(layout.dataset_prefix(stream, version)),
+            content_hash=uuid.uuid4().hex,
+            row_count=len(frame),
+            new_rows=len(frame),
+            parent_version_id=None,
+            mode="window",
+            schema_json="{}",
+            profile_json="{}",
+            min_event_time=None,
+            max_event_time=None,
+        ),
         producer="test",
     )
 
@@ -167,13 +167,13 @@ def test_dataset_version_event_materializes_offline_and_online(
 
         # The event, caused by the dataset event, on its topic.
         [event] = collect_events(
-            runtime.bus, FEATURES_MATERIALIZED.name, lambda e: e["dataset_version_id"] == f"{stream}@v1"
+            runtime.bus, FEATURES_MATERIALIZED.name, lambda e: e.payload.dataset_version_id == f"{stream}@v1"
         )
         assert event.envelope.caused_by == cause.id
         assert event.envelope.cascade_id == cause.envelope.cascade_id
-        assert event["feature_set_uri"] == store.uri(prefix)
-        assert event["feature_names"] == pipeline.feature_names
-        assert event["row_count"] == len(frame) and event["online_entities"] == 40
+        assert event.payload.feature_set_uri == store.uri(prefix)
+        assert event.payload.feature_names == pipeline.feature_names
+        assert event.payload.row_count == len(frame) and event.payload.online_entities == 40
 
         # The API over what was materialized.
         client = TestClient(spec.app)

@@ -118,7 +118,7 @@ def created_events(ingestion: Ingestion, stream: str, expected: int, group: str 
     return collect_events(
         ingestion.runtime.bus,
         DATASET_VERSION_CREATED.name,
-        lambda event: event.data["stream"] == stream,
+        lambda event: event.payload.stream == stream,
         expected,
         group=group or f"check-{stream}",
     )
@@ -192,11 +192,11 @@ def test_cumulative_versions(ingestion: Ingestion) -> None:
     assert assigned == {f"{stream}@v1": 100, f"{stream}@v2": 50}
 
     events = created_events(ingestion, stream, 2)
-    assert [e.data["dataset_version_id"] for e in events] == [f"{stream}@v1", f"{stream}@v2"]
-    assert events[1].data["content_hash"] == v2["content_hash"] and events[1].data["row_count"] == 150
-    assert events[1].data["parent_version_id"] == f"{stream}@v1"
+    assert [e.payload.dataset_version_id for e in events] == [f"{stream}@v1", f"{stream}@v2"]
+    assert events[1].payload.content_hash == v2["content_hash"] and events[1].payload.row_count == 150
+    assert events[1].payload.parent_version_id == f"{stream}@v1"
     assert events[1].id == v2["event_id"]
-    assert json.loads(events[0].data["profile_json"])["amount"]["max"] == 99.0
+    assert json.loads(events[0].payload.profile_json)["amount"]["max"] == 99.0
     assert datetime.fromisoformat(fetched["max_event_time"]) == START + timedelta(minutes=149)
 
     # A version whose announcement never reached the event log (crash after the commit) is announced again at
@@ -208,7 +208,7 @@ def test_cumulative_versions(ingestion: Ingestion) -> None:
     assert ingestion.cutter.republish_unannounced() == 0
     again_events = created_events(ingestion, stream, 3, group=f"again-{stream}")
     assert [e.id for e in again_events] == [v1["event_id"], v2["event_id"], v2["event_id"]]
-    assert again_events[2].data == events[1].data
+    assert again_events[2].payload == events[1].payload
 
 
 def test_window_versions_keep_the_newest_rows(ingestion: Ingestion) -> None:

@@ -96,7 +96,7 @@ def rejected_events(settings: Settings, runtime: Runtime, stream: str, expected:
     return collect_events(
         runtime.bus,
         RECORD_REJECTED.name,
-        lambda event: event.data["stream"] == stream,
+        lambda event: event.payload.stream == stream,
         expected,
         group=f"check-{stream}",
         linger=1.5,
@@ -184,14 +184,14 @@ def test_kafka_records_are_landed_or_dead_lettered_exactly_once(ingestion: Inges
     assert by_reason["not_allowed_value"]["field"] == "category"
     assert by_reason["future_event_time"]["field"] == "event_time"
     events = rejected_events(settings, runtime, stream, n_bad)
-    assert Counter(e.data["reason"] for e in events) == Counter(final["by_reason"])
-    by_source = {e.data["source"]: e for e in events}
+    assert Counter(e.payload.reason for e in events) == Counter(final["by_reason"])
+    by_source = {e.payload.source: e for e in events}
     assert len(by_source) == n_bad
-    not_avro = next(e for e in events if e.data["reason"] == "not_avro")
-    assert not_avro.data["original"] == valid_wire + b"\x00\x01\x02"
-    assert not_avro.data["schema_id"] is None or not_avro.data["schema_id"] == schema_id
-    range_events = [e for e in events if e.data["reason"] == "out_of_range"]
-    assert all(e.data["schema_id"] == schema_id for e in range_events)
+    not_avro = next(e for e in events if e.payload.reason == "not_avro")
+    assert not_avro.payload.original == valid_wire + b"\x00\x01\x02"
+    assert not_avro.payload.schema_id is None or not_avro.payload.schema_id == schema_id
+    range_events = [e for e in events if e.payload.reason == "out_of_range"]
+    assert all(e.payload.schema_id == schema_id for e in range_events)
 
     # Landed Parquet: the stream's fields with their types; every good record exactly once.
     store = open_object_store(settings)
@@ -290,7 +290,7 @@ def test_http_intake(ingestion: Ingestion) -> None:
     assert {dl["source"] for dl in letters} == {f"http:{request_id}/{i}" for i in range(2, 8)}
     events = rejected_events(ingestion.settings, ingestion.runtime, stream, 6)
     assert len(events) == 6
-    original = next(e for e in events if e.data["source"] == f"http:{request_id}/6").data["original"]
+    original = next(e for e in events if e.payload.source == f"http:{request_id}/6").payload.original
     assert json.loads(original) == "not an object"
 
     streams = client.get("/v1/streams").json()["streams"]
@@ -390,11 +390,11 @@ def test_poison_records_are_dead_lettered_and_never_block_their_partition(ingest
     final = stats()
     assert (final["records_in"], final["landed"], final["dead_lettered"], final["pending"]) == (total, 40, 11, 0)
     events = rejected_events(settings, runtime, stream, len(poison))
-    by_value = {e.data["original"]: e.data for e in events}
+    by_value = {e.payload.original: e.payload for e in events}
     for reason, field, value in poison:
-        assert (by_value[value]["reason"], by_value[value]["field"]) == (reason, field), value
+        assert (by_value[value].reason, by_value[value].field) == (reason, field), value
     for value in (poison[3][2], poison[4][2]):
-        assert "out of range" in by_value[value]["message"]
+        assert "out of range" in by_value[value].message
     letters = ingestion.client.get(f"/v1/streams/{stream}/dead-letters", params={"limit": 100}).json()
     assert Counter((dl["reason"], dl["field"]) for dl in letters["dead_letters"]) == Counter(
         (reason, field) for reason, field, _ in poison

@@ -90,16 +90,16 @@ def test_shifted_predictions_raise_drift_detected_on_the_topic(
     (drift,) = read_events(settings, producer, DRIFT_DETECTED, model)
     assert drift.envelope.caused_by is None
     assert drift.envelope.cascade_id == drift.id
-    assert drift["version"] == 1
-    assert drift["window_index"] == 1
-    assert drift["window_size"] == WINDOW
-    assert drift["reference_dataset_version_id"] == f"{stream}@v1"
-    assert "amount" in drift["drifted_features"]
-    tests = {t["feature"]: t for t in drift["tests"]}
+    assert drift.payload.version == 1
+    assert drift.payload.window_index == 1
+    assert drift.payload.window_size == WINDOW
+    assert drift.payload.reference_dataset_version_id == f"{stream}@v1"
+    assert "amount" in drift.payload.drifted_features
+    tests = {t.feature: t for t in drift.payload.tests}
     assert set(tests) == set(pipeline.feature_names)
-    assert tests["amount"]["test"] == "ks"
-    assert tests["merchant_category"]["test"] == "chi2"
-    assert tests["amount"]["adjusted_p_value"] == pytest.approx(min(1.0, tests["amount"]["p_value"] * 5))
+    assert tests["amount"].test == "ks"
+    assert tests["merchant_category"].test == "chi2"
+    assert tests["amount"].adjusted_p_value == pytest.approx(min(1.0, tests["amount"].p_value * 5))
     assert reports[0]["event_id"] == drift.id
 
     metrics = client.get("/metrics").text

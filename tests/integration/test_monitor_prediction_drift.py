@@ -59,11 +59,11 @@ def test_shifted_predictions_alarm_and_reference_like_ones_do_not(monitor) -> No
     assert reports[0]["prediction_drift"]["alarm"] is True and reports[0]["event_id"] == drift.id
     assert reports[0]["drifted_features"] == []
 
-    assert drift["window_index"] == 2 and drift["prediction_drifted"] is True
-    assert drift["drifted_features"] == []
-    test = drift["prediction_test"]
-    assert test["test"] == "ks" and test["p_value"] < pipeline.monitor.alpha
-    assert test["psi"] > pipeline.monitor.prediction_drift.psi_threshold
+    assert drift.payload.window_index == 2 and drift.payload.prediction_drifted is True
+    assert drift.payload.drifted_features == []
+    test = drift.payload.prediction_test
+    assert test is not None and test.test == "ks" and test.p_value < pipeline.monitor.alpha
+    assert test.psi > pipeline.monitor.prediction_drift.psi_threshold
 
     metrics = client.get("/metrics").text
     assert f'driftloop_monitor_prediction_drift{{model="{model}"}} 1.0' in metrics

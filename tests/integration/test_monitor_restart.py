@@ -27,6 +27,7 @@ from driftloop.clients.db import create_engine_for, migrate, session_factory
 from driftloop.clients.db.models import DriftReport, MonitorObservation, PerformanceReport
 from driftloop.clients.objectstore import open_object_store
 from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.payloads import FeedbackReceived
 from driftloop.contracts.pipeline import load_pipeline
 from driftloop.contracts.settings import Settings, settings_env
 from driftloop.contracts.topics import PERFORMANCE_DEGRADED, Topic
@@ -114,8 +115,7 @@ def test_kill_9_mid_window_then_restart_reports_what_a_monitor_that_never_stoppe
     # Labels: right for the first 120 predictions, then right only half of the time.
     feedback = [
         new_event(
-            "FeedbackReceived",
-            {"request_id": f"req-{i}", "model": model, "index": 0, "actual": 1.0 if i < 120 or i % 2 else 0.0},
+            FeedbackReceived(request_id=f"req-{i}", model=model, index=0, actual=1.0 if i < 120 or i % 2 else 0.0),
             producer="test-serving",
         )
         for i in range(PREDICTIONS)
@@ -200,7 +200,7 @@ def test_kill_9_mid_window_then_restart_reports_what_a_monitor_that_never_stoppe
         (3, 0.5, True),
     ]
     assert len(degraded) == sum(r["degraded"] for r in performance) >= 1
-    assert degraded[0]["metric"] == "accuracy" and degraded[0]["threshold"] == 0.8
+    assert degraded[0].payload.metric == "accuracy" and degraded[0].payload.threshold == 0.8
     assert {r["window_index"] for r in quality} == set(range(7))
     assert all(r["quality"]["rows"] == 60 for r in quality)
 

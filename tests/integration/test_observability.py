@@ -27,6 +27,7 @@ from stack_support import TrainingData, drift_window_pipelines, play_training, p
 
 from driftloop.clients.objectstore import open_object_store
 from driftloop.contracts.events import new_event
+from driftloop.contracts.payloads import ExternalTrigger
 from driftloop.contracts.settings import Settings
 from driftloop.ops.procs import free_port, pid_alive, wait_until
 from driftloop.ops.stack import PROMETHEUS_TEMPLATE, Component, Stack
@@ -111,7 +112,7 @@ def observed(broker, schema_registry_url: str, tmp_path_factory: pytest.TempPath
         features = feature_frame(pipeline, rows=1500)
         trained = TrainingData(pipeline, store, features, put_feature_set(store, stream, 1, features))
         bus = EventBus(settings, producer_name="test-training")
-        root = new_event("ExternalTrigger", {"model": model, "reason": "bootstrap", "details_json": "{}"}, producer="t")
+        root = new_event(ExternalTrigger(model=model, reason="bootstrap", details_json="{}"), producer="t")
         bus.publish(root)
         # The completed run keeps the default trigger of training_completed_data and a request id of its own.
         play_training(

@@ -19,13 +19,15 @@ from model_factory import (
     put_feature_set,
     raw_transactions,
     train_artifact,
-    training_completed_data,
+    training_completed,
+    training_requested,
     write_pipeline_dir,
 )
 
 from driftloop.clients.db.models import EventRecord
 from driftloop.clients.objectstore import open_object_store
 from driftloop.contracts.events import new_event
+from driftloop.contracts.payloads import ModelPromoted
 from driftloop.contracts.settings import Settings
 from driftloop.runtime.service import Runtime, ServiceSpec, _add_health, make_runtime
 from driftloop.services.registry.service import build as build_registry
@@ -91,9 +93,9 @@ class Stack:
         """What the training service would do: an artifact in the object store and a TrainingCompleted event."""
         artifact = train_artifact(self.pipeline, self.features, quality=quality, rounds=rounds)
         uri, sha = put_artifact(self.store, self.model, run_id, artifact)
-        data = training_completed_data(self.model, run_id, uri, sha, self.feature_set_uri, f"{self.stream}@v1")
-        request = new_event("TrainingRequested", {"model": self.model}, producer="test")
-        event = new_event("TrainingCompleted", data, producer="training", cause=request)
+        completed = training_completed(self.model, run_id, uri, sha, self.feature_set_uri, f"{self.stream}@v1")
+        request = new_event(training_requested(self.model), producer="test")
+        event = new_event(completed, producer="training", cause=request)
         self.registry.runtime.bus.publish(event)
 
     def decided(self, version: int) -> dict[str, Any]:
@@ -247,19 +249,19 @@ def test_tampered_artifact_is_refused_and_old_model_keeps_serving(stack: Stack) 
     uri, sha = put_artifact(stack.store, stack.model, "run-x", artifact)
     key = stack.store.key_of(uri)
     stack.store.put_bytes(key, stack.store.get_bytes(key) + b"\x00tampered")
-    data = {
-        "model": stack.model,
-        "version": 2,
-        "alias": "champion",
-        "previous_version": 1,
-        "artifact_uri": uri,
-        "artifact_sha256": sha,
-        "dataset_version_id": f"{stack.stream}@v1",
-        "feature_set_uri": stack.feature_set_uri,
-        "reason": "test: tampered",
-        "gate_json": "{}",
-    }
-    stack.serving.runtime.bus.publish(new_event("ModelPromoted", data, producer="test"))
+    payload = ModelPromoted(
+        model=stack.model,
+        version=2,
+        alias="champion",
+        previous_version=1,
+        artifact_uri=uri,
+        artifact_sha256=sha,
+        dataset_version_id=f"{stack.stream}@v1",
+        feature_set_uri=stack.feature_set_uri,
+        reason="test: tampered",
+        gate_json="{}",
+    )
+    stack.serving.runtime.bus.publish(new_event(payload, producer="test"))
 
     described = wait_for(
         lambda: (d := stack.serving.client.get(f"/v1/models/{stack.model}").json()).get("last_refused") and d,
@@ -329,8 +331,8 @@ def test_on_postgres_and_s3_tampered_challenger_is_rejected_and_first_version_se
         artifact = train_artifact(stack.pipeline, stack.features, rounds=40)
         uri, sha = put_artifact(stack.store, model, "run-2", artifact)
         stack.store.put_bytes(stack.store.key_of(uri), b"not the artifact that was trained")
-        data = training_completed_data(model, "run-2", uri, sha, stack.feature_set_uri, f"{stream}@v1")
-        stack.registry.runtime.bus.publish(new_event("TrainingCompleted", data, producer="test"))
+        completed = training_completed(model, "run-2", uri, sha, stack.feature_set_uri, f"{stream}@v1")
+        stack.registry.runtime.bus.publish(new_event(completed, producer="test"))
         v2 = stack.decided(2)
         assert v2["status"] == "rejected" and "sha256" in v2["gate"]["reason"]
         assert v2["gate"]["challenger_score"] is None

@@ -16,7 +16,7 @@ from model_factory import (
     put_feature_set,
     raw_transactions,
     train_artifact,
-    training_completed_data,
+    training_completed,
     write_pipeline_dir,
 )
 
@@ -59,9 +59,9 @@ def test_service_processes_register_promote_and_serve(
         assert health["consumers"][0]["group"].startswith("driftloop-serving-")
 
         uri, sha = put_artifact(store, model, "run-1", train_artifact(pipeline, features))
-        data = training_completed_data(model, "run-1", uri, sha, feature_set_uri, f"{stream}@v1")
+        completed = training_completed(model, "run-1", uri, sha, feature_set_uri, f"{stream}@v1")
         bus = EventBus(settings, producer_name="test")
-        bus.publish(new_event("TrainingCompleted", data, producer="test"))
+        bus.publish(new_event(completed, producer="test"))
         bus.close()
 
         wait_until(lambda: httpx.get(f"{serving_url}/v1/models/{model}").status_code == 200, 90, "serving v1")

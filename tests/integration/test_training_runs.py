@@ -25,6 +25,7 @@ from driftloop.contracts import layout
 from driftloop.contracts.artifact import ModelArtifact
 from driftloop.contracts.events import Event, new_event
 from driftloop.contracts.featuredefs import compute_features
+from driftloop.contracts.payloads import TrainingRequested
 from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.contracts.settings import Settings
 from driftloop.contracts.topics import RUN_STATE_CHANGED, TRAINING_COMPLETED
@@ -70,14 +71,13 @@ def write_feature_set(store: ObjectStore, pipeline: PipelineConfig, version: int
 
 def request_event(model: str, request_id: str, dataset_version_id: str | None) -> Event:
     return new_event(
-        "TrainingRequested",
-        {
-            "request_id": request_id,
-            "model": model,
-            "trigger": "manual",
-            "reason": "integration test",
-            "dataset_version_id": dataset_version_id,
-        },
+        TrainingRequested(
+            request_id=request_id,
+            model=model,
+            trigger="manual",
+            reason="integration test",
+            dataset_version_id=dataset_version_id,
+        ),
         producer="test",
     )
 
@@ -118,7 +118,7 @@ def test_a_request_on_the_newest_feature_set_completes_a_run(
     write_feature_set(store, pipeline, 2, 1200)
     request = request_event(model, f"req-{uuid.uuid4().hex[:8]}", None)
     runtime.bus.publish(request)
-    run = wait_for_run(runtime, request["request_id"])
+    run = wait_for_run(runtime, request.payload.request_id)
 
     assert run.state == "completed", run.error
     assert run.dataset_version_id == f"{stream}@v2"  # null in the request: the newest feature set
@@ -132,16 +132,18 @@ def test_a_request_on_the_newest_feature_set_completes_a_run(
     artifact = ModelArtifact.from_bytes(artifact_bytes, expected_sha256=run.artifact_sha256)
     assert artifact.metadata["run_id"] == run.run_id and artifact.feature_names == pipeline.feature_names
 
-    [completed] = collect_events(runtime.bus, TRAINING_COMPLETED.name, lambda e: e["run_id"] == run.run_id, 1)
+    [completed] = collect_events(runtime.bus, TRAINING_COMPLETED.name, lambda e: e.payload.run_id == run.run_id, 1)
     assert completed.envelope.caused_by == request.id
-    assert completed["artifact_sha256"] == run.artifact_sha256 and completed["artifact_uri"] == run.artifact_uri
-    assert completed["metrics"] == pytest.approx(run.metrics)
-    assert json.loads(completed["holdout_json"]) == run.holdout
-    assert json.loads(completed["params_json"])["num_leaves"] == 15
-    assert completed["feature_set_uri"] == store.uri(layout.feature_set_prefix(stream, 2))
-    assert completed["feature_names"] == pipeline.feature_names
-    states = collect_events(runtime.bus, RUN_STATE_CHANGED.name, lambda e: e["run_id"] == run.run_id, 3)
-    assert [(e["previous_state"], e["state"]) for e in states] == [
+    assert (
+        completed.payload.artifact_sha256 == run.artifact_sha256 and completed.payload.artifact_uri == run.artifact_uri
+    )
+    assert completed.payload.metrics == pytest.approx(run.metrics)
+    assert json.loads(completed.payload.holdout_json) == run.holdout
+    assert json.loads(completed.payload.params_json)["num_leaves"] == 15
+    assert completed.payload.feature_set_uri == store.uri(layout.feature_set_prefix(stream, 2))
+    assert completed.payload.feature_names == pipeline.feature_names
+    states = collect_events(runtime.bus, RUN_STATE_CHANGED.name, lambda e: e.payload.run_id == run.run_id, 3)
+    assert [(e.payload.previous_state, e.payload.state) for e in states] == [
         (None, "pending"),
         ("pending", "running"),
         ("running", "completed"),
@@ -164,12 +166,12 @@ def test_a_missing_dataset_fails_the_run_and_a_repeated_request_makes_no_second_
     stream, model = pipeline.stream.name, pipeline.model.name
     missing = request_event(model, f"req-{uuid.uuid4().hex[:8]}", f"{stream}@v9")
     runtime.bus.publish(missing)
-    failed = wait_for_run(runtime, missing["request_id"])
+    failed = wait_for_run(runtime, missing.payload.request_id)
     assert failed.state == "failed" and f"{stream}@v9" in failed.error
     assert failed.artifact_uri is None
     assert f"{stream}@v9" in client.get(f"/v1/runs/{failed.run_id}/logs").text
-    states = collect_events(runtime.bus, RUN_STATE_CHANGED.name, lambda e: e["run_id"] == failed.run_id, 2)
-    assert [e["state"] for e in states] == ["pending", "failed"] and f"{stream}@v9" in states[-1]["message"]
+    states = collect_events(runtime.bus, RUN_STATE_CHANGED.name, lambda e: e.payload.run_id == failed.run_id, 2)
+    assert [e.payload.state for e in states] == ["pending", "failed"] and f"{stream}@v9" in states[-1].payload.message
 
     # The same request twice (two events, one request id: e.g. a trigger replaying it) gives one run.
     write_feature_set(store, pipeline, 1, 400)
@@ -182,7 +184,7 @@ def test_a_missing_dataset_fails_the_run_and_a_repeated_request_makes_no_second_
     # A later marker request shows the consumer has handled both copies before we count.
     marker = request_event(model, f"req-{uuid.uuid4().hex[:8]}", f"{stream}@v404")
     runtime.bus.publish(marker)
-    wait_for_run(runtime, marker["request_id"])
+    wait_for_run(runtime, marker.payload.request_id)
     with runtime.Session() as session:
         runs = session.scalars(sa.select(Run).where(Run.request_id == request_id)).all()
     assert len(runs) == 1
@@ -240,7 +242,7 @@ def test_a_search_tracks_its_trials_refits_the_best_and_a_rerun_reproduces_the_m
     write_feature_set(store, pipeline, 1, 1500)
     request = request_event(model, f"req-{uuid.uuid4().hex[:8]}", None)
     runtime.bus.publish(request)
-    run = wait_for_run(runtime, request["request_id"])
+    run = wait_for_run(runtime, request.payload.request_id)
     assert run.state == "completed", run.error
 
     # Every trial with its configuration and its validation score per round; ASHA cut some short.
@@ -298,7 +300,7 @@ def test_abort_stops_a_running_search_and_frees_the_cpus(
     write_feature_set(store, pipeline, 1, 1500)
     request = request_event(pipeline.model.name, f"req-{uuid.uuid4().hex[:8]}", None)
     runtime.bus.publish(request)
-    running = wait_for_run(runtime, request["request_id"], states=("running",))
+    running = wait_for_run(runtime, request.payload.request_id, states=("running",))
 
     def trial_busy() -> bool:
         text = client.get(f"/v1/runs/{running.run_id}/logs").text
@@ -307,13 +309,13 @@ def test_abort_stops_a_running_search_and_frees_the_cpus(
     wait_until(trial_busy, 120, "a trial holding a CPU")
     answer = client.post(f"/v1/runs/{running.run_id}/abort")
     assert answer.status_code == 202, answer.text
-    run = wait_for_run(runtime, request["request_id"], states=("aborted", "completed", "failed"))
+    run = wait_for_run(runtime, request.payload.request_id, states=("aborted", "completed", "failed"))
     assert run.state == "aborted", run.error
     assert "aborted" in client.get(f"/v1/runs/{run.run_id}/logs").text.lower()
     wait_until(
         lambda: ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"], 30, "Ray's CPUs free again"
     )
-    states = collect_events(runtime.bus, RUN_STATE_CHANGED.name, lambda e: e["run_id"] == run.run_id, 3)
-    assert [e["state"] for e in states] == ["pending", "running", "aborted"]
+    states = collect_events(runtime.bus, RUN_STATE_CHANGED.name, lambda e: e.payload.run_id == run.run_id, 3)
+    assert [e.payload.state for e in states] == ["pending", "running", "aborted"]
     assert client.post(f"/v1/runs/{run.run_id}/abort").status_code == 409
     assert client.get("/v1/runs", params={"state": "aborted"}).json()["runs"][0]["run_id"] == run.run_id

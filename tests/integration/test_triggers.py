@@ -20,6 +20,7 @@ from monitor_triggers_support import features_materialized as features
 
 from driftloop.clients.db import create_engine_for, migrate, session_factory
 from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.payloads import DriftDetected, FeatureTest, RunStateChanged
 from driftloop.contracts.pipeline import DriftTrigger, NewDataTrigger, PipelineConfig, TriggerSpec
 from driftloop.ops.broker import EmbeddedBroker
 from driftloop.services.triggers.handlers import TriggerHandlers
@@ -57,27 +58,20 @@ def triggers(
 
 
 def drift(cfg: PipelineConfig, window: int) -> Event:
-    data = {
-        "model": cfg.model.name,
-        "version": 1,
-        "reference_dataset_version_id": f"{cfg.stream.name}@v1",
-        "window_size": 400,
-        "window_index": window,
-        "alpha": 0.01,
-        "correction": "bonferroni",
-        "drifted_features": ["amount"],
-        "tests": [
-            {
-                "feature": "amount",
-                "test": "ks",
-                "statistic": 0.4,
-                "p_value": 1e-9,
-                "adjusted_p_value": 5e-9,
-                "drifted": True,
-            }
+    payload = DriftDetected(
+        model=cfg.model.name,
+        version=1,
+        reference_dataset_version_id=f"{cfg.stream.name}@v1",
+        window_size=400,
+        window_index=window,
+        alpha=0.01,
+        correction="bonferroni",
+        drifted_features=["amount"],
+        tests=[
+            FeatureTest(feature="amount", test="ks", statistic=0.4, p_value=1e-9, adjusted_p_value=5e-9, drifted=True)
         ],
-    }
-    return new_event("DriftDetected", data, producer="test-monitor")
+    )
+    return new_event(payload, producer="test-monitor")
 
 
 def test_drift_storm_gives_exactly_one_request_then_cooldown(triggers: Triggers) -> None:
@@ -94,8 +88,8 @@ def test_drift_storm_gives_exactly_one_request_then_cooldown(triggers: Triggers)
     requested = triggers.training_requested("storm")
     assert len(requested) == 1
     (request,) = requested
-    assert request["trigger"] == "drift"
-    assert request["dataset_version_id"] == f"{cfg.stream.name}@v1"
+    assert request.payload.trigger == "drift"
+    assert request.payload.dataset_version_id == f"{cfg.stream.name}@v1"
     assert request.envelope.caused_by in {e.id for e in storm}
     decisions = [r for r in triggers.requests("storm") if r["trigger"] == "drift"]
     assert sorted(r["status"] for r in decisions) == ["requested"] + ["suppressed"] * 4
@@ -109,7 +103,7 @@ def test_new_data_triggers_only_without_champion(triggers: Triggers) -> None:
     first = triggers.publish(features(cfg, 1))
     wait_for(lambda: len(triggers.requests("bootstrap")) == 1, "the first decision")
     (request,) = triggers.training_requested("bootstrap")
-    assert request["trigger"] == "new_data"
+    assert request.payload.trigger == "new_data"
     assert request.envelope.caused_by == first.id
     assert request.envelope.cascade_id == first.envelope.cascade_id
 
@@ -141,9 +135,9 @@ def test_drift_waits_for_fresh_data_then_fires_caused_by_the_drift(triggers: Tri
     fresh = triggers.publish(features(cfg, 2))
     wait_for(lambda: triggers.state("fresh")["pending_request_id"] is None, "the pending request to fire")
     (request,) = triggers.training_requested("fresh")
-    assert request["request_id"] == pending[0]["request_id"]
-    assert request["trigger"] == "drift"
-    assert request["dataset_version_id"] == f"{cfg.stream.name}@v2"
+    assert request.payload.request_id == pending[0]["request_id"]
+    assert request.payload.trigger == "drift"
+    assert request.payload.dataset_version_id == f"{cfg.stream.name}@v2"
     assert request.envelope.caused_by == drifts[0].id  # the drift, not the features event
     assert request.envelope.cascade_id == drifts[0].envelope.cascade_id
     features_decision = next(r for r in triggers.requests("fresh") if r["cause_event_id"] == fresh.id)
@@ -172,10 +166,10 @@ def test_manual_retrain_api(triggers: Triggers) -> None:
     assert response.status_code == 202
     body = response.json()
     assert body["status"] == "requested"
-    manual = [e for e in triggers.training_requested("storm") if e["request_id"] == body["request_id"]]
+    manual = [e for e in triggers.training_requested("storm") if e.payload.request_id == body["request_id"]]
     assert len(manual) == 1
-    assert manual[0]["trigger"] == "manual"
-    assert manual[0]["reason"] == "labels fixed"
+    assert manual[0].payload.trigger == "manual"
+    assert manual[0].payload.reason == "labels fixed"
     assert manual[0].envelope.caused_by is None
     assert len(triggers.training_requested("storm")) == before + 1
     assert triggers.requests("storm")[0]["request_id"] == body["request_id"]
@@ -193,19 +187,19 @@ def test_decisions_on_postgresql(postgres_url: str) -> None:
     handlers.on_model_promoted(promoted(cfg, 1))
     handlers.on_features_materialized(features(cfg, 1))
     handlers.on_run_state_changed(
-        new_event("RunStateChanged", {"run_id": "r1", "model": cfg.model.name, "state": "running"}, producer="t")
+        new_event(RunStateChanged(run_id="r1", model=cfg.model.name, state="running"), producer="t")
     )
     first = drift(cfg, 0)
     handlers.on_drift_detected(first)
     assert "r1" in handlers.requests(cfg.model.name, 1)[0]["note"]
     handlers.on_run_state_changed(
-        new_event("RunStateChanged", {"run_id": "r1", "model": cfg.model.name, "state": "failed"}, producer="t")
+        new_event(RunStateChanged(run_id="r1", model=cfg.model.name, state="failed"), producer="t")
     )
     second = drift(cfg, 1)
     handlers.on_drift_detected(second)
     assert handlers.model_state(cfg.model.name)["pending_request_id"] is not None
     handlers.on_features_materialized(features(cfg, 2))
-    assert [(e["trigger"], e.envelope.caused_by) for e in published] == [("drift", second.id)]
+    assert [(e.payload.trigger, e.envelope.caused_by) for e in published] == [("drift", second.id)]
     now[0] += timedelta(seconds=30)
     handlers.on_drift_detected(drift(cfg, 2))
     assert "cooldown" in handlers.requests(cfg.model.name, 1)[0]["note"]

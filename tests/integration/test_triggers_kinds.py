@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -21,6 +22,13 @@ from monitor_triggers_support import champion_promoted as promoted
 from monitor_triggers_support import features_materialized as features
 
 from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.payloads import (
+    DatasetVersionCreated,
+    ExternalTrigger,
+    FeedbackReceived,
+    PerformanceDegraded,
+    RunStateChanged,
+)
 from driftloop.contracts.pipeline import PipelineConfig, TriggerSpec
 from driftloop.ops.broker import EmbeddedBroker
 from driftloop.services.triggers.service import build
@@ -65,44 +73,39 @@ def env(broker: EmbeddedBroker, schema_registry_url: str, tmp_path_factory: pyte
 
 def dataset(cfg: PipelineConfig, version: int, new_rows: int) -> Event:
     stream = cfg.stream.name
-    data = {
-        "stream": stream,
-        "dataset_version_id": f"{stream}@v{version}",
-        "version": version,
-        "uri": f"file:///objects/datasets/{stream}/v{version}/",
-        "content_hash": "0" * 64,
-        "row_count": new_rows,
-        "new_rows": new_rows,
-        "parent_version_id": None,
-        "mode": "cumulative",
-        "schema_json": "{}",
-        "profile_json": "{}",
-        "min_event_time": None,
-        "max_event_time": None,
-    }
-    return new_event("DatasetVersionCreated", data, producer="test-ingestion")
+    payload = DatasetVersionCreated(
+        stream=stream,
+        dataset_version_id=f"{stream}@v{version}",
+        version=version,
+        uri=f"file:///objects/datasets/{stream}/v{version}/",
+        content_hash="0" * 64,
+        row_count=new_rows,
+        new_rows=new_rows,
+        parent_version_id=None,
+        mode="cumulative",
+        schema_json="{}",
+        profile_json="{}",
+        min_event_time=None,
+        max_event_time=None,
+    )
+    return new_event(payload, producer="test-ingestion")
 
 
 def degraded(cfg: PipelineConfig) -> Event:
-    data = {
-        "model": cfg.model.name,
-        "version": 1,
-        "metric": "roc_auc",
-        "value": 0.52,
-        "threshold": 0.7,
-        "window_size": 200,
-    }
-    return new_event("PerformanceDegraded", data, producer="test-monitor")
+    payload = PerformanceDegraded(
+        model=cfg.model.name, version=1, metric="roc_auc", value=0.52, threshold=0.7, window_size=200
+    )
+    return new_event(payload, producer="test-monitor")
 
 
 def label(cfg: PipelineConfig, i: int) -> Event:
-    data = {"request_id": f"req-{i}", "model": cfg.model.name, "index": 0, "actual": 1.0}
-    return new_event("FeedbackReceived", data, producer="test-serving")
+    payload = FeedbackReceived(request_id=f"req-{i}", model=cfg.model.name, index=0, actual=1.0)
+    return new_event(payload, producer="test-serving")
 
 
 def external(cfg: PipelineConfig) -> Event:
-    data = {"model": cfg.model.name, "reason": "upstream schema changed", "details_json": "{}"}
-    return new_event("ExternalTrigger", data, producer="test-external")
+    payload = ExternalTrigger(model=cfg.model.name, reason="upstream schema changed", details_json="{}")
+    return new_event(payload, producer="test-external")
 
 
 @pytest.mark.parametrize("role", ["performance", "labels", "external"])
@@ -122,10 +125,10 @@ def test_a_burst_of_one_cause_kind_gives_exactly_one_request(env: Env, role: str
     wait_for(lambda: len(env.requests(role)) == 1 + decided, f"{role}: every cause decided")
     wait_for(lambda: len(env.training_requested(role)) == 1, f"{role}: TrainingRequested")
     (request,) = env.training_requested(role)
-    assert request["trigger"] == role
+    assert request.payload.trigger == role
     assert request.envelope.caused_by == first.id
     assert request.envelope.cascade_id == first.envelope.cascade_id
-    assert request["dataset_version_id"] == f"{cfg.stream.name}@v1"
+    assert request.payload.dataset_version_id == f"{cfg.stream.name}@v1"
     decisions = [d for d in env.requests(role) if d["trigger"] == role]
     assert sorted(d["status"] for d in decisions) == ["requested"] + ["suppressed"] * (decided - 1)
 
@@ -142,23 +145,23 @@ def test_every_n_new_rows_gives_one_request_when_the_rows_are_reached(env: Env) 
     env.publish(features(cfg, 2))
     wait_for(lambda: len(env.training_requested("rows")) == 1, "TrainingRequested once 1000 rows landed")
     (request,) = env.training_requested("rows")
-    assert request["trigger"] == "new_data"
-    assert request["dataset_version_id"] == f"{cfg.stream.name}@v2"
+    assert request.payload.trigger == "new_data"
+    assert request.payload.dataset_version_id == f"{cfg.stream.name}@v2"
 
 
 def test_a_storm_during_a_run_is_queued_into_one_request_when_the_run_ends(env: Env) -> None:
     cfg = env.pipelines["queued"]
     env.with_champion_and_data("queued")
-    run = {"run_id": "run-q", "model": cfg.model.name, "previous_state": None, "dataset_version_id": None}
-    env.publish(new_event("RunStateChanged", {**run, "state": "running"}, producer="test-training"))
+    running = RunStateChanged(run_id="run-q", model=cfg.model.name, state="running")
+    env.publish(new_event(running, producer="test-training"))
     wait_for(lambda: env.state("queued")["active_runs"] == ["run-q"], "the run known to be active")
     storm = [env.publish(degraded(cfg)) for _ in range(5)]
     wait_for(lambda: len(env.requests("queued")) == 6, "the storm decided")
     assert env.training_requested("queued") == []
-    env.publish(new_event("RunStateChanged", {**run, "state": "completed"}, producer="test-training"))
+    env.publish(new_event(replace(running, state="completed"), producer="test-training"))
     wait_for(lambda: len(env.training_requested("queued")) == 1, "the queued request fired")
     (request,) = env.training_requested("queued")
-    assert request["trigger"] == "performance"
+    assert request.payload.trigger == "performance"
     assert request.envelope.caused_by == storm[0].id
     statuses = sorted(d["status"] for d in env.requests("queued") if d["trigger"] == "performance")
     assert statuses == ["requested"] + ["suppressed"] * 4

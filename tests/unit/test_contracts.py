@@ -11,6 +11,7 @@ import pytest
 from avro.schema import parse
 
 from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.payloads import ExternalTrigger, TrainingRequested
 from driftloop.contracts.schemalock import check_lock, incompatibilities, update_lock
 from driftloop.contracts.schemas import event_schema, event_types
 from driftloop.contracts.topics import EVENT_TOPICS, TOPIC_BY_EVENT_TYPE
@@ -72,10 +73,13 @@ def test_adding_a_field_with_a_default_is_compatible() -> None:
 
 
 def test_new_event_joins_the_cause_cascade() -> None:
-    root = new_event("DriftDetected", {"model": "m"}, producer="monitor")
-    child = new_event("TrainingRequested", {"model": "m"}, producer="triggers", cause=root)
+    root = new_event(ExternalTrigger(model="m", reason="upstream change"), producer="external")
+    asked = TrainingRequested(request_id="r-1", model="m", trigger="external", reason="upstream change")
+    child = new_event(asked, producer="triggers", cause=root)
     assert root.envelope.cascade_id == root.id and root.envelope.caused_by is None
     assert child.envelope.caused_by == root.id and child.envelope.cascade_id == root.id
+    assert child.type == "TrainingRequested" and child.payload is asked and child.key == "m"
     assert Event.from_avro(child.to_avro()) == child
+    unknown = {**child.to_avro(), "envelope": {**child.envelope.to_avro(), "event_type": "NoSuchEvent"}}
     with pytest.raises(ValueError, match="unknown event type"):
-        new_event("NoSuchEvent", {}, producer="x")
+        Event.from_avro(unknown)

@@ -15,6 +15,7 @@ from driftloop.clients.db import create_engine_for, migrate, session_factory
 from driftloop.clients.db.models import DriftReport
 from driftloop.clients.objectstore import LocalObjectStore
 from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.payloads import FeedbackReceived, ModelPromoted, PredictionLogged
 from driftloop.contracts.pipeline import PerformanceSpec, PipelineConfig, load_pipeline
 from driftloop.errors import NotFoundError
 from driftloop.services.monitor.handlers import MonitorHandlers
@@ -53,37 +54,37 @@ def env(tmp_path: Path) -> dict[str, Any]:
 
 
 def promoted(env: dict[str, Any], version: int = 1, alias: str = "champion") -> Event:
-    data = {
-        "model": MODEL,
-        "version": version,
-        "alias": alias,
-        "previous_version": None,
-        "artifact_uri": "file:///x/model.zip",
-        "artifact_sha256": "0" * 64,
-        "dataset_version_id": "transactions@v1",
-        "feature_set_uri": env["feature_set_uri"],
-        "reason": "first version",
-        "gate_json": "{}",
-    }
-    return new_event("ModelPromoted", data, producer="test")
+    payload = ModelPromoted(
+        model=MODEL,
+        version=version,
+        alias=alias,
+        previous_version=None,
+        artifact_uri="file:///x/model.zip",
+        artifact_sha256="0" * 64,
+        dataset_version_id="transactions@v1",
+        feature_set_uri=env["feature_set_uri"],
+        reason="first version",
+        gate_json="{}",
+    )
+    return new_event(payload, producer="test")
 
 
 def prediction(inputs: dict[str, Any], version: int = 1, request_id: str = "r1", score: float = 0.1) -> Event:
-    data = {
-        "request_id": request_id,
-        "model": MODEL,
-        "version": version,
-        "index": 0,
-        "inputs": inputs,
-        "prediction": score,
-        "entity": inputs.get("customer_id"),
-    }
-    return new_event("PredictionLogged", data, producer="test")
+    payload = PredictionLogged(
+        request_id=request_id,
+        model=MODEL,
+        version=version,
+        index=0,
+        inputs=inputs,
+        prediction=score,
+        entity=inputs.get("customer_id"),
+    )
+    return new_event(payload, producer="test")
 
 
 def feedback(request_id: str, actual: float) -> Event:
-    data = {"request_id": request_id, "model": MODEL, "index": 0, "actual": actual}
-    return new_event("FeedbackReceived", data, producer="test")
+    payload = FeedbackReceived(request_id=request_id, model=MODEL, index=0, actual=actual)
+    return new_event(payload, producer="test")
 
 
 def test_shifted_predictions_emit_drift_detected_once_per_window(env: dict[str, Any]) -> None:
@@ -104,10 +105,10 @@ def test_shifted_predictions_emit_drift_detected_once_per_window(env: dict[str, 
     drift = env["published"][0]
     assert drift.type == "DriftDetected"
     assert drift.envelope.caused_by is None
-    assert drift["window_index"] == 1
-    assert drift["reference_dataset_version_id"] == "transactions@v1"
-    assert "amount" in drift["drifted_features"]
-    assert {t["feature"] for t in drift["tests"]} == set(PIPELINE.feature_names)
+    assert drift.payload.window_index == 1
+    assert drift.payload.reference_dataset_version_id == "transactions@v1"
+    assert "amount" in drift.payload.drifted_features
+    assert {t.feature for t in drift.payload.tests} == set(PIPELINE.feature_names)
     assert handlers.status(MODEL)["window_fill"] == 50
 
     reports = handlers.reports(MODEL, limit=10)
@@ -207,7 +208,7 @@ def test_time_windows_close_on_stream_time_and_skip_empty_windows(env: dict[str,
     for when in times:
         event = prediction(raw_inputs(1, env["rng"])[0])
         envelope = replace(event.envelope, occurred_at=datetime.fromtimestamp(when, tz=UTC))
-        handlers.on_prediction_logged(Event(envelope=envelope, data=event.data))
+        handlers.on_prediction_logged(Event(envelope=envelope, payload=event.payload))
     reports = stored_reports(env)
     first = int(start // 60)
     # [start, start+60) holds 50, the four empty minutes are skipped, [start+300, start+360) holds 10; the
@@ -256,8 +257,8 @@ def test_performance_degraded_fires_from_feedback_joined_by_request_id(env: dict
     assert reports[0]["unmatched_feedback"] == 1
     degraded = [e for e in env["published"] if e.type == "PerformanceDegraded"]
     assert len(degraded) == 1
-    assert degraded[0]["metric"] == "accuracy"
-    assert degraded[0]["value"] == 0.5
-    assert degraded[0]["threshold"] == 0.8
-    assert degraded[0]["window_size"] == 20
+    assert degraded[0].payload.metric == "accuracy"
+    assert degraded[0].payload.value == 0.5
+    assert degraded[0].payload.threshold == 0.8
+    assert degraded[0].payload.window_size == 20
     assert reports[0]["event_id"] == degraded[0].id

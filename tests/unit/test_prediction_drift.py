@@ -14,6 +14,7 @@ import test_triggers_handlers as th
 from pydantic import ValidationError
 
 from driftloop.contracts.events import Event
+from driftloop.contracts.payloads import DriftDetected, PredictionTest
 from driftloop.contracts.pipeline import DriftTrigger, MonitorSpec, PredictionDriftSpec, TriggerSpec, load_pipeline
 from driftloop.services.monitor.stats import prediction_drift_alarms, prediction_test
 from driftloop.services.triggers.policy import ModelView, decide
@@ -73,12 +74,11 @@ def test_prediction_drift_alone_retrains_unless_the_pipeline_says_no() -> None:
 session_maker, clock, published, make = th.session_maker, th.clock, th.published, th.make
 
 
-def prediction_drift_event(window: int) -> Event:
+def prediction_drift_event(window: int) -> Event[DriftDetected]:
     event = th.drift_event(window)
-    test = {"test": "ks", "statistic": 0.4, "p_value": 1e-9, "psi": 0.8, "wasserstein": 1.2, "drifted": True}
-    return replace(
-        event, data={**event.data, "drifted_features": [], "prediction_drifted": True, "prediction_test": test}
-    )
+    test = PredictionTest(test="ks", statistic=0.4, p_value=1e-9, psi=0.8, wasserstein=1.2, drifted=True)
+    payload = replace(event.payload, drifted_features=[], prediction_drifted=True, prediction_test=test)
+    return replace(event, payload=payload)
 
 
 @pytest.mark.parametrize("retrain", [True, False])
@@ -99,4 +99,4 @@ def test_triggers_record_prediction_drift_per_the_pipeline(make: Any, published:
     (decision,) = [d for d in handlers.requests(th.MODEL, 50) if d["cause_event_id"] == drift.id]
     assert "predictions (ks=0.400, psi=0.800)" in decision["reason"]
     assert decision["status"] == ("requested" if retrain else "suppressed")
-    assert [e["trigger"] for e in published] == (["new_data", "drift"] if retrain else ["new_data"])
+    assert [e.payload.trigger for e in published] == (["new_data", "drift"] if retrain else ["new_data"])

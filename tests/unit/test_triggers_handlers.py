@@ -11,6 +11,16 @@ import pytest
 
 from driftloop.clients.db import create_engine_for, migrate, session_factory
 from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.payloads import (
+    DatasetVersionCreated,
+    DriftDetected,
+    ExternalTrigger,
+    FeaturesMaterialized,
+    FeedbackReceived,
+    ModelPromoted,
+    PerformanceDegraded,
+    RunStateChanged,
+)
 from driftloop.contracts.pipeline import DriftTrigger, NewDataTrigger, PipelineConfig, TriggerSpec, load_pipeline
 from driftloop.errors import NotFoundError
 from driftloop.services.triggers.handlers import RetrainConflict, TriggerHandlers
@@ -69,53 +79,53 @@ def at(event: Event, when: datetime) -> Event:
 
 
 def features_event(version: int, when: datetime | None = None) -> Event:
-    data = {
-        "stream": STREAM,
-        "dataset_version_id": f"{STREAM}@v{version}",
-        "feature_set_uri": f"file:///objects/features/{STREAM}/v{version:06d}/",
-        "feature_names": BASE.feature_names,
-        "row_count": 3000,
-        "online_entities": 100,
-    }
-    event = new_event("FeaturesMaterialized", data, producer="test")
+    payload = FeaturesMaterialized(
+        stream=STREAM,
+        dataset_version_id=f"{STREAM}@v{version}",
+        feature_set_uri=f"file:///objects/features/{STREAM}/v{version:06d}/",
+        feature_names=BASE.feature_names,
+        row_count=3000,
+        online_entities=100,
+    )
+    event = new_event(payload, producer="test")
     return at(event, when) if when else event
 
 
 def drift_event(window: int = 0, when: datetime | None = None) -> Event:
-    data = {
-        "model": MODEL,
-        "version": 1,
-        "reference_dataset_version_id": f"{STREAM}@v1",
-        "window_size": 400,
-        "window_index": window,
-        "alpha": 0.01,
-        "correction": "bonferroni",
-        "drifted_features": ["amount"],
-        "tests": [],
-    }
-    event = new_event("DriftDetected", data, producer="test")
+    payload = DriftDetected(
+        model=MODEL,
+        version=1,
+        reference_dataset_version_id=f"{STREAM}@v1",
+        window_size=400,
+        window_index=window,
+        alpha=0.01,
+        correction="bonferroni",
+        drifted_features=["amount"],
+        tests=[],
+    )
+    event = new_event(payload, producer="test")
     return at(event, when) if when else event
 
 
 def promoted_event(version: int = 1) -> Event:
-    data = {
-        "model": MODEL,
-        "version": version,
-        "alias": "champion",
-        "previous_version": None,
-        "artifact_uri": "file:///m.zip",
-        "artifact_sha256": "0" * 64,
-        "dataset_version_id": f"{STREAM}@v1",
-        "feature_set_uri": "file:///f/",
-        "reason": "first",
-        "gate_json": "{}",
-    }
-    return new_event("ModelPromoted", data, producer="test")
+    payload = ModelPromoted(
+        model=MODEL,
+        version=version,
+        alias="champion",
+        previous_version=None,
+        artifact_uri="file:///m.zip",
+        artifact_sha256="0" * 64,
+        dataset_version_id=f"{STREAM}@v1",
+        feature_set_uri="file:///f/",
+        reason="first",
+        gate_json="{}",
+    )
+    return new_event(payload, producer="test")
 
 
 def run_event(run_id: str, state: str) -> Event:
-    data = {"run_id": run_id, "model": MODEL, "state": state, "previous_state": None, "dataset_version_id": None}
-    return new_event("RunStateChanged", data, producer="test")
+    payload = RunStateChanged(run_id=run_id, model=MODEL, state=state, previous_state=None, dataset_version_id=None)
+    return new_event(payload, producer="test")
 
 
 def test_drift_storm_gives_one_request(make: Any, published: list[Event]) -> None:
@@ -129,8 +139,8 @@ def test_drift_storm_gives_one_request(make: Any, published: list[Event]) -> Non
     assert len(published) == 1
     request = published[0]
     assert request.type == "TrainingRequested"
-    assert request["trigger"] == "drift"
-    assert request["dataset_version_id"] == f"{STREAM}@v1"
+    assert request.payload.trigger == "drift"
+    assert request.payload.dataset_version_id == f"{STREAM}@v1"
     assert request.envelope.caused_by == storm[0].id
     assert request.envelope.cascade_id == storm[0].envelope.cascade_id
     decisions = handlers.requests(MODEL, limit=50)
@@ -146,7 +156,7 @@ def test_same_cause_is_decided_once(make: Any, published: list[Event]) -> None:
     drift = drift_event()
     handlers.on_drift_detected(drift)
     handlers.on_drift_detected(drift)
-    assert [e["trigger"] for e in published] == ["new_data", "drift"]
+    assert [e.payload.trigger for e in published] == ["new_data", "drift"]
     assert len([d for d in handlers.requests(MODEL, 50) if d["cause_event_id"] == drift.id]) == 1
 
 
@@ -167,12 +177,12 @@ def test_cooldown_is_per_trigger_kind(make: Any, published: list[Event], clock: 
     # The bootstrap retrain (new data) must not swallow a drift that follows within the cooldown.
     handlers: TriggerHandlers = make(pipeline(cooldown=300))
     handlers.on_features_materialized(features_event(1))
-    assert [e["trigger"] for e in published] == ["new_data"]
+    assert [e.payload.trigger for e in published] == ["new_data"]
     handlers.on_run_state_changed(run_event("run-1", "completed"))
     handlers.on_model_promoted(promoted_event())
     clock.now += timedelta(seconds=10)
     handlers.on_drift_detected(drift_event(0))
-    assert [e["trigger"] for e in published] == ["new_data", "drift"]
+    assert [e.payload.trigger for e in published] == ["new_data", "drift"]
     clock.now += timedelta(seconds=10)
     handlers.on_drift_detected(drift_event(1))  # a repeat of the same kind within the cooldown
     assert len(published) == 2
@@ -184,9 +194,9 @@ def test_new_data_triggers_only_without_champion(make: Any, published: list[Even
     first = features_event(1)
     handlers.on_features_materialized(first)
     assert len(published) == 1
-    assert published[0]["trigger"] == "new_data"
+    assert published[0].payload.trigger == "new_data"
     assert published[0].envelope.caused_by == first.id
-    assert published[0]["dataset_version_id"] == f"{STREAM}@v1"
+    assert published[0].payload.dataset_version_id == f"{STREAM}@v1"
     handlers.on_model_promoted(promoted_event())
     handlers.on_features_materialized(features_event(2))
     assert len(published) == 1
@@ -219,9 +229,9 @@ def test_drift_waits_for_fresh_data_and_keeps_the_drift_as_cause(
     handlers.on_features_materialized(fresh)
     assert len(published) == 1
     request = published[0]
-    assert request["trigger"] == "drift"
-    assert request["dataset_version_id"] == f"{STREAM}@v3"
-    assert request["request_id"] == state["pending_request_id"]
+    assert request.payload.trigger == "drift"
+    assert request.payload.dataset_version_id == f"{STREAM}@v3"
+    assert request.payload.request_id == state["pending_request_id"]
     assert request.envelope.caused_by == drifts[0].id
     assert request.envelope.cascade_id == drifts[0].envelope.cascade_id
     assert handlers.model_state(MODEL)["pending_request_id"] is None
@@ -254,12 +264,12 @@ def test_manual_retrain(make: Any, published: list[Event]) -> None:
     handlers.on_features_materialized(features_event(1))
     result = handlers.request_manual(MODEL, "new labels arrived")
     assert result["status"] == "requested"
-    assert published[-1]["trigger"] == "manual"
-    assert published[-1]["reason"] == "new labels arrived"
+    assert published[-1].payload.trigger == "manual"
+    assert published[-1].payload.reason == "new labels arrived"
     assert published[-1].envelope.caused_by is None
     # A manual request does not start the cooldown: a drift right after it is acted on.
     handlers.on_drift_detected(drift_event(0))
-    assert [e["trigger"] for e in published] == ["manual", "drift"]
+    assert [e.payload.trigger for e in published] == ["manual", "drift"]
     handlers.on_run_state_changed(run_event("run-9", "pending"))
     with pytest.raises(RetrainConflict, match="run-9"):
         handlers.request_manual(MODEL, "again")
@@ -278,13 +288,13 @@ def test_manual_retrain_on_a_pinned_dataset_version(make: Any, published: list[E
             handlers.request_manual(MODEL, "pin", wrong)
     result = handlers.request_manual(MODEL, "reproduce v2", f"{STREAM}@v2")
     assert (result["status"], result["dataset_version_id"]) == ("requested", f"{STREAM}@v2")
-    assert published[-1]["dataset_version_id"] == f"{STREAM}@v2"
-    assert published[-1]["reason"] == f"reproduce v2 on pinned {STREAM}@v2"
+    assert published[-1].payload.dataset_version_id == f"{STREAM}@v2"
+    assert published[-1].payload.reason == f"reproduce v2 on pinned {STREAM}@v2"
 
 
 def test_unknown_model_cause_is_recorded_as_suppressed(make: Any, published: list[Event]) -> None:
     handlers: TriggerHandlers = make(pipeline())
-    event = new_event("ExternalTrigger", {"model": "ghost", "reason": "x", "details_json": "{}"}, producer="t")
+    event = new_event(ExternalTrigger(model="ghost", reason="x", details_json="{}"), producer="t")
     handlers.on_external_trigger(event)
     assert published == []
     with handlers.Session() as session:
@@ -301,37 +311,37 @@ def with_triggers(cooldown: float = 300, **changes: Any) -> PipelineConfig:
 
 
 def dataset_event(version: int, new_rows: int) -> Event:
-    data = {
-        "stream": STREAM,
-        "dataset_version_id": f"{STREAM}@v{version}",
-        "version": version,
-        "uri": f"file:///objects/datasets/{STREAM}/v{version}/",
-        "content_hash": "0" * 64,
-        "row_count": new_rows,
-        "new_rows": new_rows,
-        "parent_version_id": None,
-        "mode": "cumulative",
-        "schema_json": "{}",
-        "profile_json": "{}",
-        "min_event_time": None,
-        "max_event_time": None,
-    }
-    return new_event("DatasetVersionCreated", data, producer="test")
+    payload = DatasetVersionCreated(
+        stream=STREAM,
+        dataset_version_id=f"{STREAM}@v{version}",
+        version=version,
+        uri=f"file:///objects/datasets/{STREAM}/v{version}/",
+        content_hash="0" * 64,
+        row_count=new_rows,
+        new_rows=new_rows,
+        parent_version_id=None,
+        mode="cumulative",
+        schema_json="{}",
+        profile_json="{}",
+        min_event_time=None,
+        max_event_time=None,
+    )
+    return new_event(payload, producer="test")
 
 
 def feedback_event(i: int) -> Event:
-    data = {"request_id": f"r{i}", "model": MODEL, "index": 0, "actual": 1.0}
-    return new_event("FeedbackReceived", data, producer="test")
+    payload = FeedbackReceived(request_id=f"r{i}", model=MODEL, index=0, actual=1.0)
+    return new_event(payload, producer="test")
 
 
 def degraded_event() -> Event:
-    data = {"model": MODEL, "version": 1, "metric": "roc_auc", "value": 0.55, "threshold": 0.7, "window_size": 200}
-    return new_event("PerformanceDegraded", data, producer="test")
+    payload = PerformanceDegraded(model=MODEL, version=1, metric="roc_auc", value=0.55, threshold=0.7, window_size=200)
+    return new_event(payload, producer="test")
 
 
 def external_event() -> Event:
-    data = {"model": MODEL, "reason": "upstream schema change", "details_json": "{}"}
-    return new_event("ExternalTrigger", data, producer="test")
+    payload = ExternalTrigger(model=MODEL, reason="upstream schema change", details_json="{}")
+    return new_event(payload, producer="test")
 
 
 def with_data_and_champion(handlers: TriggerHandlers) -> None:
@@ -354,7 +364,7 @@ def test_each_event_cause_gives_exactly_one_request_with_its_cause(
     for cause in causes:
         handle(cause)
     handle(causes[0])  # a redelivery
-    assert [e["trigger"] for e in published] == [kind]
+    assert [e.payload.trigger for e in published] == [kind]
     assert published[0].envelope.caused_by == causes[0].id
     decisions = [d for d in handlers.requests(MODEL, 50) if d["trigger"] == kind]
     assert sorted(d["status"] for d in decisions) == ["requested", "suppressed", "suppressed", "suppressed"]
@@ -375,7 +385,7 @@ def test_every_n_labels_gives_one_request_per_n_labels(make: Any, published: lis
     labels = [feedback_event(i) for i in range(12)]
     for label in labels:
         handlers.on_feedback_received(label)
-    assert [e["trigger"] for e in published] == ["labels", "labels"]
+    assert [e.payload.trigger for e in published] == ["labels", "labels"]
     assert [e.envelope.caused_by for e in published] == [labels[4].id, labels[9].id]
     assert handlers.requests(MODEL, 1)[0]["reason"].startswith("5 labels received")
 
@@ -390,7 +400,7 @@ def test_every_n_new_rows_counts_rows_across_versions(make: Any, published: list
     assert "600 new rows" in handlers.requests(MODEL, 1)[0]["note"]
     handlers.on_dataset_version_created(dataset_event(2, 500))
     handlers.on_features_materialized(features_event(2))
-    assert [(e["trigger"], e["dataset_version_id"]) for e in published] == [("new_data", f"{STREAM}@v2")]
+    assert [(e.payload.trigger, e.payload.dataset_version_id) for e in published] == [("new_data", f"{STREAM}@v2")]
     handlers.on_dataset_version_created(dataset_event(3, 400))
     handlers.on_features_materialized(features_event(3))
     assert len(published) == 1  # the count restarted at the request
@@ -409,7 +419,7 @@ def test_schedule_fires_once_per_cron_slot(make: Any, published: list[Event], cl
     assert handlers.check_schedules() == []  # the same slot again
     # A restarted service (new handlers, same database) does not fire the slot again.
     assert make(with_triggers(schedule={"cron": "0 * * * *"})).check_schedules() == []
-    assert [(e["trigger"], e["request_id"]) for e in published] == [("schedule", fired[0])]
+    assert [(e.payload.trigger, e.payload.request_id) for e in published] == [("schedule", fired[0])]
     assert published[0].envelope.caused_by is None
     assert "13:00" in handlers.requests(MODEL, 1)[0]["reason"]
 
@@ -433,7 +443,7 @@ def test_queue_while_running_merges_causes_into_one_request_after_the_run(
     assert published == []
     handlers.on_run_state_changed(run_event("run-1", "completed"))
     assert len(published) == 1
-    assert published[0]["trigger"] == "drift"
+    assert published[0].payload.trigger == "drift"
     assert published[0].envelope.caused_by == storm[0].id
-    assert published[0]["dataset_version_id"] == f"{STREAM}@v2"
+    assert published[0].payload.dataset_version_id == f"{STREAM}@v2"
     assert handlers.model_state(MODEL)["pending_request_id"] is None

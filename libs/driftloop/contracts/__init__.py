@@ -1,6 +1,7 @@
 """Contracts: what services agree on, defined once, with no I/O beyond reading the project's own schema files.
 
-- ``topics``: every topic and the event type it carries; ``events``: the envelope, events and their typed payloads;
+- ``topics``: every topic and the event type it carries; ``events``: the envelope and events;
+- ``payloads``: one typed payload class per event type, generated from the schemas by ``codegen``;
 - ``schemas`` / ``schemalock``: the Avro event schemas (``schemas/events/*.avsc``) and their compatibility lock;
 - ``fieldtypes``: the field-type table from which Avro, Arrow, Spark, pandas, OIP and validation types derive;
 - ``pipeline``, ``searchspace``, ``featuredefs``: a user's pipeline config, its search space and its features;
@@ -12,10 +13,12 @@ Import what you need from the submodule (``from driftloop.contracts.topics impor
 
 __all__ = [
     "artifact",
+    "codegen",
     "evaluation",
     "events",
     "featuredefs",
     "layout",
+    "payloads",
     "pipeline",
     "schemalock",
     "schemas",

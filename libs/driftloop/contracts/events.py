@@ -1,16 +1,21 @@
-"""The event envelope: every event says what caused it and which cascade it belongs to."""
+"""The event envelope: every event says what caused it and which cascade it belongs to, and carries a typed payload
+(``driftloop.contracts.payloads``: the fields of its event type, as in its Avro schema)."""
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from driftloop.contracts.topics import TOPIC_BY_EVENT_TYPE, Topic
+from driftloop.contracts.payloads import PAYLOAD_TYPES, Payload
+from driftloop.contracts.topics import Topic
+
+P = TypeVar("P", bound=Payload, covariant=True)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Envelope:
     event_id: str
     event_type: str
@@ -30,7 +35,7 @@ class Envelope:
         }
 
     @classmethod
-    def from_avro(cls, data: dict[str, Any]) -> Envelope:
+    def from_avro(cls, data: Mapping[str, Any]) -> Envelope:
         occurred = data["occurred_at"]
         if isinstance(occurred, int):
             occurred = datetime.fromtimestamp(occurred / 1000, tz=UTC)
@@ -44,12 +49,23 @@ class Envelope:
         )
 
 
-@dataclass(frozen=True)
-class Event:
-    """An envelope plus the event type's own fields (``data``), as in its Avro schema."""
+def payload_type(event_type: str) -> type[Payload]:
+    """The payload class of an event type."""
+    try:
+        return PAYLOAD_TYPES[event_type]
+    except KeyError:
+        raise ValueError(
+            f"unknown event type {event_type!r}: add schemas/events/{event_type}.avsc, declare its topic in "
+            "driftloop.contracts.topics and run python -m driftloop.contracts.codegen"
+        ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Event(Generic[P]):
+    """An envelope plus the event type's own fields: ``payload``, e.g. ``Event[ModelPromoted]``."""
 
     envelope: Envelope
-    data: dict[str, Any] = field(default_factory=dict)
+    payload: P
 
     @property
     def id(self) -> str:
@@ -61,23 +77,25 @@ class Event:
 
     @property
     def topic(self) -> Topic:
-        return TOPIC_BY_EVENT_TYPE[self.type]
+        return self.payload.topic
 
     @property
     def key(self) -> str:
-        return str(self.data.get(self.topic.key, ""))
-
-    def __getitem__(self, name: str) -> Any:
-        return self.data[name]
+        """The message key: the payload field the topic is keyed by (model or stream)."""
+        return str(getattr(self.payload, self.payload.topic.key))
 
     def to_avro(self) -> dict[str, Any]:
-        return {"envelope": self.envelope.to_avro(), **self.data}
+        return {"envelope": self.envelope.to_avro(), **self.payload.to_avro()}
 
     @classmethod
-    def from_avro(cls, record: dict[str, Any]) -> Event:
-        data = dict(record)
-        envelope = Envelope.from_avro(data.pop("envelope"))
-        return cls(envelope=envelope, data=data)
+    def from_avro(cls, record: Mapping[str, Any], payload_class: type[P] | None = None) -> Event[P]:
+        """The event of a decoded Avro record. ``payload_class`` (the bus passes its topic's) must match the
+        envelope's event type; without it, the envelope's event type chooses."""
+        envelope = Envelope.from_avro(record["envelope"])
+        kind: type[Any] = payload_class or payload_type(envelope.event_type)
+        if kind.event_type != envelope.event_type:
+            raise ValueError(f"a {envelope.event_type} event where {kind.event_type} events belong")
+        return cls(envelope=envelope, payload=kind.from_avro(record))
 
 
 def _now_millis() -> datetime:
@@ -85,18 +103,18 @@ def _now_millis() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
-def new_event(event_type: str, data: dict[str, Any], *, producer: str, cause: Event | None = None) -> Event:
-    """Make an event. With a ``cause`` it joins the cause's cascade; without, it starts a new cascade."""
-    if event_type not in TOPIC_BY_EVENT_TYPE:
-        raise ValueError(f"unknown event type {event_type!r}; declare it in driftloop.contracts.topics")
+def new_event(payload: P, *, producer: str, cause: Event[Payload] | Envelope | None = None) -> Event[P]:
+    """Make the event of ``payload`` (its class says the event type). With a ``cause`` (an event, or the envelope
+    of one that is not at hand any more) it joins the cause's cascade; without, it starts a new cascade."""
+    caused_by = cause.envelope if isinstance(cause, Event) else cause
     event_id = str(uuid.uuid4())
     envelope = Envelope(
         event_id=event_id,
-        event_type=event_type,
+        event_type=payload.event_type,
         # Avro timestamp-millis: keep exactly what survives the round trip.
         occurred_at=_now_millis(),
-        caused_by=cause.id if cause else None,
-        cascade_id=cause.envelope.cascade_id if cause else event_id,
+        caused_by=caused_by.event_id if caused_by else None,
+        cascade_id=caused_by.cascade_id if caused_by else event_id,
         producer=producer,
     )
-    return Event(envelope=envelope, data=data)
+    return Event(envelope=envelope, payload=payload)

@@ -28,10 +28,11 @@ from driftloop.clients.credentials import schema_registry_client_config
 from driftloop.clients.db import create_engine_for, session_factory
 from driftloop.clients.db.models import EventRecord, ProcessedEvent
 from driftloop.clients.retry import retry
-from driftloop.contracts.events import Event
+from driftloop.contracts.events import Event, payload_type
+from driftloop.contracts.payloads import Payload
 from driftloop.contracts.schemas import event_schema
 from driftloop.contracts.settings import Settings
-from driftloop.contracts.topics import EVENT_TOPICS, TOPIC_BY_EVENT_TYPE, Topic
+from driftloop.contracts.topics import EVENT_TOPICS, Topic
 from driftloop.errors import DriftloopError, WireFormatError
 from driftloop.runtime.metrics import (
     CASCADE_STEPS,
@@ -48,7 +49,7 @@ from driftloop.runtime.serde import AvroCodec
 
 log = logging.getLogger(__name__)
 
-EventHandler = Callable[[Event], None]
+EventHandler = Callable[[Event[Any]], None]
 # Offsets are committed synchronously after each event, so only the last events a group handled before it stopped
 # can be uncommitted (and redelivered later): rows this much older than the group's newest row are committed.
 REDELIVERY_MARGIN = timedelta(hours=1)
@@ -139,12 +140,12 @@ class EventLog:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
         self.Session = session_factory(engine)
-        self._queue: queue.Queue[Event | None] = queue.Queue()
+        self._queue: queue.Queue[Event[Payload] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
 
     @staticmethod
-    def to_record(event: Event) -> dict[str, Any]:
-        data = event.data
+    def to_record(event: Event[Payload]) -> dict[str, Any]:
+        payload = event.payload
         return {
             "event_id": event.id,
             "event_type": event.type,
@@ -153,12 +154,13 @@ class EventLog:
             "caused_by": event.envelope.caused_by,
             "producer": event.envelope.producer,
             "occurred_at": event.envelope.occurred_at,
-            "model": data.get("model"),
-            "stream": data.get("stream"),
-            "payload": _json_safe(data),
+            "model": getattr(payload, "model", None),
+            "stream": getattr(payload, "stream", None),
+            # The Avro record as JSON: the timeline and dashboard read these payloads as dicts.
+            "payload": _json_safe(payload.to_avro()),
         }
 
-    def write(self, events: list[Event]) -> None:
+    def write(self, events: list[Event[Payload]]) -> None:
         if not events:
             return
         rows = [self.to_record(e) for e in events]
@@ -172,7 +174,7 @@ class EventLog:
             if fresh:
                 session.execute(sa.insert(EventRecord), list(fresh.values()))
 
-    def submit(self, event: Event) -> None:
+    def submit(self, event: Event[Payload]) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._drain, name="event-log", daemon=True)
             self._thread.start()
@@ -267,11 +269,10 @@ class EventBus:
         for topic in EVENT_TOPICS:
             self.codec.register(topic.subject, event_schema(topic.event_type))
 
-    def encode(self, event: Event) -> bytes:
-        topic = TOPIC_BY_EVENT_TYPE[event.type]
-        return self.codec.encode(topic.subject, event_schema(event.type), event.to_avro())
+    def encode(self, event: Event[Payload]) -> bytes:
+        return self.codec.encode(event.topic.subject, event_schema(event.type), event.to_avro())
 
-    def publish(self, event: Event, *, wait: bool = True) -> None:
+    def publish(self, event: Event[Payload], *, wait: bool = True) -> None:
         """Send ``event`` to its topic. With ``wait`` the call returns once the broker has it."""
         value = self.encode(event)
         errors: list[str] = []
@@ -348,7 +349,7 @@ class EventBus:
         after the handler. A handler that raises is logged and its event is not marked processed (it is
         retried after a restart); the loop goes on with the next message."""
         topics = [t.name for t in handlers]
-        by_name = {t.name: h for t, h in handlers.items()}
+        by_name = {t.name: (h, payload_type(t.event_type)) for t, h in handlers.items()}
         status = ConsumerStatus(group=group, topics=topics)
         self.consumers.append(status)
         ensure_topics(self.settings, topics)
@@ -382,17 +383,21 @@ class EventBus:
                     if msg.error().code() != KafkaError._PARTITION_EOF:
                         log.warning("consumer %s: %s", group, msg.error())
                     continue
-                self._handle(group, msg, by_name[msg.topic()], status)
+                handler, payload_class = by_name[msg.topic()]
+                self._handle(group, msg, handler, payload_class, status)
                 consumer.commit(message=msg, asynchronous=False)
                 lag.committed(msg.topic(), msg.partition(), msg.offset() + 1)
         finally:
             consumer.close()
 
-    def _handle(self, group: str, msg: Message, handler: EventHandler, status: ConsumerStatus) -> None:
+    def _handle(
+        self, group: str, msg: Message, handler: EventHandler, payload_class: type[Payload], status: ConsumerStatus
+    ) -> None:
         try:
             _, record = self.codec.decode(msg.value())
-            event = Event.from_avro(record)
-        except WireFormatError as exc:
+            # Into the payload class of the topic's event type (fields a newer writer added are left out).
+            event = Event.from_avro(record, payload_class)
+        except (WireFormatError, KeyError, ValueError, TypeError) as exc:
             EVENTS_CONSUMED.labels(group, msg.topic(), "", "undecodable").inc()
             status.failed += 1
             status.last_error = f"undecodable message at {msg.topic()}/{msg.partition()}/{msg.offset()}: {exc}"

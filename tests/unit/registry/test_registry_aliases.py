@@ -14,7 +14,8 @@ from model_factory import (
     put_artifact,
     put_feature_set,
     train_artifact,
-    training_completed_data,
+    training_completed,
+    training_requested,
 )
 
 from driftloop.clients.db import create_engine_for, migrate, session_factory
@@ -73,9 +74,9 @@ def env(tmp_path: Path, models: dict) -> dict:
     # v1 (weak) promoted, v2 (good) promoted over it: champion v2, v1 the previous champion.
     for run_id, quality in (("run-1", "weak"), ("run-2", "good")):
         uri, sha = put_artifact(store, MODEL, run_id, models[quality])
-        data = training_completed_data(MODEL, run_id, uri, sha, fs_uri, "tx-alias@v1")
-        cause = new_event("TrainingRequested", {"model": MODEL}, producer="triggers")
-        handlers.on_training_completed(new_event("TrainingCompleted", data, producer="training", cause=cause))
+        completed = training_completed(MODEL, run_id, uri, sha, fs_uri, "tx-alias@v1")
+        cause = new_event(training_requested(MODEL), producer="triggers")
+        handlers.on_training_completed(new_event(completed, producer="training", cause=cause))
     assert registry.aliases(MODEL) == {"champion": 2}
     bus.published.clear()
     return env
@@ -108,7 +109,7 @@ def test_put_alias_moves_it_atomically_with_an_event_naming_who_and_why(env: dic
     assert response.json()["moved"] is True and response.json()["previous_version"] is None
     [event] = bus.published
     assert event.type == "ModelPromoted"
-    assert (event["alias"], event["version"], event["moved_by"], event["reason"]) == (
+    assert (event.payload.alias, event.payload.version, event.payload.moved_by, event.payload.reason) == (
         "challenger",
         1,
         "alice",
@@ -161,8 +162,10 @@ def test_rollback_moves_champion_to_the_previous_champion(env: dict) -> None:
     body = response.json()
     assert (body["version"], body["previous_version"], body["alias"]) == (1, 2, "champion")
     [event] = bus.published
-    assert event["rollback"] is True and event["moved_by"] == "alice" and event["reason"] == "v2 misbehaves"
-    assert event["artifact_sha256"] == env["registry"].get_version(MODEL, 1).artifact_sha256
+    assert (
+        event.payload.rollback is True and event.payload.moved_by == "alice" and event.payload.reason == "v2 misbehaves"
+    )
+    assert event.payload.artifact_sha256 == env["registry"].get_version(MODEL, 1).artifact_sha256
     assert env["registry"].champion(MODEL).version == 1
     assert client.get("/v1/models").json()["models"][0]["champion_version"] == 1
 
@@ -240,8 +243,8 @@ def test_lineage_has_feature_views_and_the_runs_code_version(env: dict, models: 
         env["bus"], env["registry"], env["store"], {MODEL: models["pipeline"]}, run_details=run_details
     )
     uri, sha = put_artifact(env["store"], MODEL, "run-3", models["weak"])
-    data = training_completed_data(MODEL, "run-3", uri, sha, env["fs_uri"], "tx-alias@v1")
-    event = new_event("TrainingCompleted", data, producer="training")
+    completed = training_completed(MODEL, "run-3", uri, sha, env["fs_uri"], "tx-alias@v1")
+    event = new_event(completed, producer="training")
     handlers.on_training_completed(event)
     handlers.on_training_completed(event)  # a redelivery asks nothing more and changes nothing
     lineage = env["client"].get(f"/v1/models/{MODEL}/versions/3").json()["lineage"]

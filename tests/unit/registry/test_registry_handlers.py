@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from model_factory import (
     put_artifact,
     put_feature_set,
     train_artifact,
-    training_completed_data,
+    training_completed,
+    training_requested,
 )
 
 from driftloop.clients.db import create_engine_for, migrate, session_factory
@@ -61,9 +63,9 @@ def env(tmp_path: Path, models: dict) -> dict:
 
 def completed(env: dict, models: dict, run_id: str, quality: str) -> Event:
     uri, sha = put_artifact(env["store"], MODEL, run_id, models[quality])
-    data = training_completed_data(MODEL, run_id, uri, sha, env["fs_uri"], "tx-unit@v1")
-    request = new_event("TrainingRequested", {"model": MODEL}, producer="triggers")
-    return new_event("TrainingCompleted", data, producer="training", cause=request)
+    completed = training_completed(MODEL, run_id, uri, sha, env["fs_uri"], "tx-unit@v1")
+    request = new_event(training_requested(MODEL), producer="triggers")
+    return new_event(completed, producer="training", cause=request)
 
 
 def test_first_good_version_is_registered_and_promoted(env: dict, models: dict) -> None:
@@ -73,14 +75,14 @@ def test_first_good_version_is_registered_and_promoted(env: dict, models: dict) 
     types = [e.type for e in env["bus"].published]
     assert types == ["ModelRegistered", "ModelPromoted"]
     registered, promoted = env["bus"].published
-    assert registered["version"] == 1 and promoted["version"] == 1
+    assert registered.payload.version == 1 and promoted.payload.version == 1
     for out in (registered, promoted):
         assert out.envelope.caused_by == event.id
         assert out.envelope.cascade_id == event.envelope.cascade_id
-    assert promoted["previous_version"] is None
-    assert promoted["feature_set_uri"] == env["fs_uri"]
-    assert promoted["artifact_sha256"] == event["artifact_sha256"]
-    gate = json.loads(promoted["gate_json"])
+    assert promoted.payload.previous_version is None
+    assert promoted.payload.feature_set_uri == env["fs_uri"]
+    assert promoted.payload.artifact_sha256 == event.payload.artifact_sha256
+    gate = json.loads(promoted.payload.gate_json)
     assert gate["decision"] == "promoted" and gate["challenger_score"] >= 0.6 and gate["holdout_rows"] > 0
 
     row = env["registry"].get_version(MODEL, 1)
@@ -109,8 +111,8 @@ def test_worse_challenger_is_rejected_and_champion_kept(env: dict, models: dict)
 
     rejected = env["bus"].published[-1]
     assert rejected.type == "ModelRejected"
-    assert rejected["version"] == 2 and rejected["champion_version"] == 1
-    assert rejected["challenger_score"] < rejected["champion_score"]
+    assert rejected.payload.version == 2 and rejected.payload.champion_version == 1
+    assert rejected.payload.challenger_score < rejected.payload.champion_score
     assert env["registry"].alias(MODEL, "champion").version == 1
     assert env["registry"].get_version(MODEL, 2).status == "rejected"
     assert env["registry"].get_version(MODEL, 2).gate["champion_version"] == 1
@@ -122,21 +124,21 @@ def test_better_challenger_moves_the_champion(env: dict, models: dict) -> None:
 
     promoted = env["bus"].published[-1]
     assert promoted.type == "ModelPromoted"
-    assert promoted["version"] == 2 and promoted["previous_version"] == 1
-    gate = json.loads(promoted["gate_json"])
+    assert promoted.payload.version == 2 and promoted.payload.previous_version == 1
+    gate = json.loads(promoted.payload.gate_json)
     assert gate["margin"] >= 0.01 and gate["champion_version"] == 1
     assert env["registry"].alias(MODEL, "champion").version == 2
 
 
 def test_tampered_challenger_is_rejected_with_the_reason(env: dict, models: dict) -> None:
     event = completed(env, models, "run-1", "good")
-    key = env["store"].key_of(event["artifact_uri"])
+    key = env["store"].key_of(event.payload.artifact_uri)
     env["store"].put_bytes(key, env["store"].get_bytes(key) + b"tampered")
     env["handlers"].on_training_completed(event)
 
     rejected = env["bus"].published[-1]
     assert rejected.type == "ModelRejected"
-    assert "sha256" in rejected["reason"]
+    assert "sha256" in rejected.payload.reason
     assert env["registry"].alias(MODEL, "champion") is None
 
 
@@ -144,13 +146,13 @@ def test_first_version_failing_the_threshold_is_rejected(env: dict, models: dict
     env["handlers"].on_training_completed(completed(env, models, "run-1", "bad"))
     rejected = env["bus"].published[-1]
     assert rejected.type == "ModelRejected"
-    assert rejected["champion_score"] is None
-    assert "threshold" in rejected["reason"]
+    assert rejected.payload.champion_score is None
+    assert "threshold" in rejected.payload.reason
 
 
 def test_unknown_model_raises_not_found(env: dict, models: dict) -> None:
     event = completed(env, models, "run-9", "good")
-    other = Event(envelope=event.envelope, data={**event.data, "model": "nobody"})
+    other = replace(event, payload=replace(event.payload, model="nobody"))
     with pytest.raises(NotFoundError, match="nobody"):
         env["handlers"].on_training_completed(other)
     assert not env["registry"].model_exists("nobody")

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import test_registry_aliases as aliases
 
 from driftloop.contracts.events import Envelope, Event, new_event
+from driftloop.contracts.payloads import RolloutRolledBack
 
 # The registry with v1 promoted, then v2 promoted over it (champion v2), from the alias tests.
 env = aliases.env
@@ -19,19 +20,18 @@ MODEL, ADMIN = aliases.MODEL, aliases.ADMIN
 
 def rolled_back(promotion_id: str, *, replica: str = "replica-a", origin: str = "verdict") -> Event:
     """What serving emits when its canary of v2 is worse than v1 (caused by v2's promotion)."""
-    envelope = Envelope(promotion_id, "ModelPromoted", datetime.now(tz=UTC), None, promotion_id, "registry")
-    promotion = Event(envelope=envelope)
-    data = {
-        "model": MODEL,
-        "version": 2,
-        "champion_version": 1,
-        "mode": "canary",
-        "reason": "challenger mean prediction differs",
-        "replica": replica,
-        "stats_json": json.dumps({}),
-        "origin": origin,
-    }
-    return new_event("RolloutRolledBack", data, producer="serving", cause=promotion)
+    promotion = Envelope(promotion_id, "ModelPromoted", datetime.now(tz=UTC), None, promotion_id, "registry")
+    payload = RolloutRolledBack(
+        model=MODEL,
+        version=2,
+        champion_version=1,
+        mode="canary",
+        reason="challenger mean prediction differs",
+        replica=replica,
+        stats_json=json.dumps({}),
+        origin=origin,
+    )
+    return new_event(payload, producer="serving", cause=promotion)
 
 
 def champion_promotion_id(env: dict) -> str:
@@ -49,13 +49,13 @@ def test_a_verdict_moves_champion_back_once_with_the_rollback_as_cause(env: dict
     [moved] = bus.published
     assert moved.type == "ModelPromoted" and moved.envelope.caused_by == rollback.id
     assert moved.envelope.cascade_id == rollback.envelope.cascade_id
-    assert (moved["version"], moved["previous_version"], moved["rollback"], moved["moved_by"]) == (
+    assert (moved.payload.version, moved.payload.previous_version, moved.payload.rollback, moved.payload.moved_by) == (
         1,
         2,
         True,
         "serving",
     )
-    assert "replica-a" in moved["reason"]
+    assert "replica-a" in moved.payload.reason
     alias = env["client"].get(f"/v1/models/{MODEL}/aliases/champion").json()
     assert (alias["version"], alias["moved_by"], alias["event_id"]) == (1, "serving", moved.id)
 
@@ -89,8 +89,12 @@ def test_a_champion_moved_since_the_promotion_stays_and_the_refusal_is_an_event(
     assert registry.aliases(MODEL) == {"champion": 2}
     [refused] = bus.published
     assert refused.type == "AliasMoveRefused" and refused.envelope.caused_by == rollback.id
-    assert (refused["requested_version"], refused["current_version"], refused["expected_version"]) == (1, 2, 2)
-    assert "alice" in refused["reason"] and "keep v2" in refused["reason"]
+    assert (refused.payload.requested_version, refused.payload.current_version, refused.payload.expected_version) == (
+        1,
+        2,
+        2,
+    )
+    assert "alice" in refused.payload.reason and "keep v2" in refused.payload.reason
 
 
 def test_a_rolled_back_version_is_shown_so_and_skipped_by_the_default_rollback(env: dict, models: dict) -> None:
@@ -102,8 +106,8 @@ def test_a_rolled_back_version_is_shown_so_and_skipped_by_the_default_rollback(e
 
     # v3 beats the champion v1 and is promoted; rolling it back by default skips v2 and lands on v1.
     uri, sha = aliases.put_artifact(env["store"], MODEL, "run-3", models["good"])
-    data = aliases.training_completed_data(MODEL, "run-3", uri, sha, env["fs_uri"], "tx-alias@v1")
-    handlers.on_training_completed(new_event("TrainingCompleted", data, producer="training"))
+    completed = aliases.training_completed(MODEL, "run-3", uri, sha, env["fs_uri"], "tx-alias@v1")
+    handlers.on_training_completed(new_event(completed, producer="training"))
     assert registry.aliases(MODEL) == {"champion": 3}
     back = client.post(f"/v1/models/{MODEL}/rollback", json={"reason": "v3 misbehaves"}, headers=aliases.ADMIN)
     assert back.status_code == 200 and (back.json()["version"], back.json()["previous_version"]) == (1, 3)

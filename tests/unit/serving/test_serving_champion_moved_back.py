@@ -4,6 +4,7 @@ not complete later), announced as ``origin: champion_moved`` so that the registr
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import test_serving_rollout as rollout_tests
@@ -25,15 +26,13 @@ def test_champion_moved_back_stops_a_running_rollout_without_a_switch(tmp_path: 
     switches = len(rollout_tests.of_type(env, "ServingSwitched"))
 
     # What the registry sends after another replica rolled v2 back: champion v1 again (same artifact).
-    moved_back = new_event(
-        "ModelPromoted", {**first.data, "previous_version": 2, "rollback": True}, producer="registry"
-    )
+    moved_back = new_event(replace(first.payload, previous_version=2, rollback=True), producer="registry")
     env.follower._load_newest(MODEL, [moved_back])
 
     assert env.rollouts.get(MODEL) is None and env.table.get(MODEL).version == 1
     assert len(rollout_tests.of_type(env, "ServingSwitched")) == switches  # no reload, no flap
     (stopped,) = rollout_tests.of_type(env, "RolloutRolledBack")
-    assert (stopped["version"], stopped["origin"]) == (2, "champion_moved")
+    assert (stopped.payload.version, stopped.payload.origin) == (2, "champion_moved")
     assert all(rollout_tests.predict(env, seed)["version"] == 1 for seed in range(6))
     # The same move redelivered: nothing more happens.
     env.follower._load_newest(MODEL, [moved_back])
@@ -48,5 +47,5 @@ def test_rollback_events_say_why_the_replica_stopped(tmp_path: Path, models: dic
     rollout_tests.promote(env, models, "bad", 3)  # supersedes the rollout of v2
     for seed in range(10):  # the bad v3 fails every canary request: a verdict
         rollout_tests.predict(env, seed)
-    origins = [(e["version"], e["origin"]) for e in rollout_tests.of_type(env, "RolloutRolledBack")]
+    origins = [(e.payload.version, e.payload.origin) for e in rollout_tests.of_type(env, "RolloutRolledBack")]
     assert origins == [(2, "superseded"), (3, "verdict")]

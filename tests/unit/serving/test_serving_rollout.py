@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,6 +19,7 @@ from model_factory import feature_frame, make_pipeline, put_artifact, raw_transa
 from driftloop.clients.objectstore import LocalObjectStore
 from driftloop.contracts.events import Event, new_event
 from driftloop.contracts.featuredefs import features_from_instances
+from driftloop.contracts.payloads import ModelPromoted
 from driftloop.contracts.pipeline import PipelineConfig, RolloutSpec, ServingSpec
 from driftloop.runtime.service import base_app
 from driftloop.services.serving import api
@@ -63,19 +65,19 @@ def make_env(tmp_path: Path, pipeline: PipelineConfig, replica: str = "replica-a
 
 def promote(env: SimpleNamespace, models: dict[str, Any], key: int | str, version: int) -> Event:
     uri, sha = put_artifact(env.store, MODEL, f"run-{version}", models[key])
-    data = {
-        "model": MODEL,
-        "version": version,
-        "alias": "champion",
-        "previous_version": None,
-        "artifact_uri": uri,
-        "artifact_sha256": sha,
-        "dataset_version_id": "tx@v1",
-        "feature_set_uri": "file:///unused",
-        "reason": "test",
-        "gate_json": "{}",
-    }
-    event = new_event("ModelPromoted", data, producer="registry")
+    payload = ModelPromoted(
+        model=MODEL,
+        version=version,
+        alias="champion",
+        previous_version=None,
+        artifact_uri=uri,
+        artifact_sha256=sha,
+        dataset_version_id="tx@v1",
+        feature_set_uri="file:///unused",
+        reason="test",
+        gate_json="{}",
+    )
+    event = new_event(payload, producer="registry")
     assert env.follower.load(event)
     return event
 
@@ -104,18 +106,14 @@ def test_canary_sends_exactly_the_configured_share_to_the_challenger(tmp_path: P
 
     assert env.table.get(MODEL).version == 1  # the champion stays until the rollout completes
     (started,) = of_type(env, "RolloutStepped")
-    assert (started["action"], started["version"], started["champion_version"], started["share"]) == (
-        "started",
-        2,
-        1,
-        0.25,
-    )
+    step = started.payload
+    assert (step.action, step.version, step.champion_version, step.share) == ("started", 2, 1, 0.25)
     assert started.envelope.caused_by == promoted.id
 
     versions = [predict(env, seed)["version"] for seed in range(40)]
     assert versions.count(2) == 10 and versions.count(1) == 30
     logged = of_type(env, "PredictionLogged")
-    assert sorted({e["version"] for e in logged}) == [1, 2]  # each answer is logged with the version that gave it
+    assert sorted({e.payload.version for e in logged}) == [1, 2]  # each answer is logged with the version that gave it
 
 
 def test_canary_steps_up_then_completes_and_the_challenger_serves_everything(tmp_path: Path, models: dict) -> None:
@@ -128,11 +126,11 @@ def test_canary_steps_up_then_completes_and_the_challenger_serves_everything(tmp
     for seed in range(20):  # 3 of 12 to the challenger at 25%, then 3 of 6 at 50%
         predict(env, seed)
 
-    steps = [(e["action"], e["share"]) for e in of_type(env, "RolloutStepped")]
+    steps = [(e.payload.action, e.payload.share) for e in of_type(env, "RolloutStepped")]
     assert steps == [("started", 0.25), ("stepped", 0.5), ("completed", 1.0)]
     assert env.table.get(MODEL).version == 2 and env.rollouts.get(MODEL) is None
     switched = of_type(env, "ServingSwitched")[-1]
-    assert (switched["version"], switched["previous_version"]) == (2, 1)
+    assert (switched.payload.version, switched.payload.previous_version) == (2, 1)
     assert not of_type(env, "RolloutRolledBack")
     assert predict(env, 1000)["version"] == 2
 
@@ -147,12 +145,12 @@ def test_a_failing_challenger_is_rolled_back_by_itself_and_no_request_fails(tmp_
 
     assert {a["version"] for a in answers} == {1}  # the champion answered what the challenger failed
     (rolled_back,) = of_type(env, "RolloutRolledBack")
-    assert rolled_back["version"] == 2 and rolled_back["champion_version"] == 1
-    assert "error rate" in rolled_back["reason"]
-    stats = json.loads(rolled_back["stats_json"])
+    assert rolled_back.payload.version == 2 and rolled_back.payload.champion_version == 1
+    assert "error rate" in rolled_back.payload.reason
+    stats = json.loads(rolled_back.payload.stats_json)
     assert stats["challenger"]["errors"] == stats["challenger"]["requests"] == 6
     assert env.rollouts.get(MODEL) is None and env.table.get(MODEL).version == 1
-    assert not [e for e in of_type(env, "RolloutStepped") if e["action"] == "completed"]
+    assert not [e for e in of_type(env, "RolloutStepped") if e.payload.action == "completed"]
 
 
 def test_a_rollback_on_one_replica_stops_the_same_rollout_on_the_others_and_is_not_redone(
@@ -163,19 +161,19 @@ def test_a_rollback_on_one_replica_stops_the_same_rollout_on_the_others_and_is_n
     for env in (a, b):
         promote(env, models, 1, 1)
     uri, sha = put_artifact(a.store, MODEL, "run-bad", models["bad"])
-    data = {
-        "model": MODEL,
-        "version": 2,
-        "alias": "champion",
-        "previous_version": 1,
-        "artifact_uri": uri,
-        "artifact_sha256": sha,
-        "dataset_version_id": "tx@v1",
-        "feature_set_uri": "file:///unused",
-        "reason": "test",
-        "gate_json": "{}",
-    }
-    promoted = new_event("ModelPromoted", data, producer="registry")
+    payload = ModelPromoted(
+        model=MODEL,
+        version=2,
+        alias="champion",
+        previous_version=1,
+        artifact_uri=uri,
+        artifact_sha256=sha,
+        dataset_version_id="tx@v1",
+        feature_set_uri="file:///unused",
+        reason="test",
+        gate_json="{}",
+    )
+    promoted = new_event(payload, producer="registry")
     assert a.follower.load(promoted) and b.follower.load(promoted)
     for seed in range(10):
         predict(a, seed)
@@ -184,7 +182,7 @@ def test_a_rollback_on_one_replica_stops_the_same_rollout_on_the_others_and_is_n
     b.rollouts.follow_rollback(on_a)
     assert b.rollouts.get(MODEL) is None and b.table.get(MODEL).version == 1
     (on_b,) = of_type(b, "RolloutRolledBack")
-    assert on_b["reason"].startswith("rolled back on replica replica-a") and on_b.envelope.caused_by == promoted.id
+    assert on_b.payload.reason.startswith("rolled back on replica replica-a") and on_b.envelope.caused_by == promoted.id
     a.rollouts.follow_rollback(on_b)  # news from b about the same promotion: nothing left to do on a
     assert len(of_type(a, "RolloutRolledBack")) == 1
 
@@ -215,7 +213,7 @@ def test_a_challenger_whose_predictions_shift_past_the_threshold_is_rolled_back(
     for seed in range(20):
         predict(env, seed)
     (rolled_back,) = of_type(env, "RolloutRolledBack")
-    assert "mean prediction" in rolled_back["reason"]
+    assert "mean prediction" in rolled_back.payload.reason
     assert env.table.get(MODEL).version == 1
 
 
@@ -238,7 +236,7 @@ def test_shadow_never_changes_an_answer(tmp_path: Path, models: dict) -> None:
     while rollout.challenger_stats.requests < 12 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert rollout.challenger_stats.requests == 12 and rollout.challenger_stats.errors == 0  # it did score copies
-    assert {e["version"] for e in of_type(env, "PredictionLogged")} == {1}  # only answers are logged
+    assert {e.payload.version for e in of_type(env, "PredictionLogged")} == {1}  # only answers are logged
 
 
 def test_shadow_completes_after_enough_good_copies(tmp_path: Path, models: dict) -> None:
@@ -252,7 +250,7 @@ def test_shadow_completes_after_enough_good_copies(tmp_path: Path, models: dict)
         assert predict(env, seed)["version"] == 1 or env.table.get(MODEL).version == 2
         seed += 1
     assert env.table.get(MODEL).version == 2
-    assert [e["action"] for e in of_type(env, "RolloutStepped")] == ["started", "completed"]
+    assert [e.payload.action for e in of_type(env, "RolloutStepped")] == ["started", "completed"]
 
 
 def test_history_replayed_at_start_switches_at_once_and_a_rollback_promotion_cancels_the_rollout(
@@ -271,10 +269,10 @@ def test_history_replayed_at_start_switches_at_once_and_a_rollback_promotion_can
     assert later.table.get(MODEL).version == 2 and later.rollouts.get(MODEL) is None
 
     uri, sha = put_artifact(env.store, MODEL, "run-1", models[1])
-    data = {**old.data, "version": 1, "artifact_uri": uri, "artifact_sha256": sha, "rollback": True}
-    assert env.follower.load(new_event("ModelPromoted", data, producer="registry"))
+    back = replace(old.payload, version=1, artifact_uri=uri, artifact_sha256=sha, rollback=True)
+    assert env.follower.load(new_event(back, producer="registry"))
     assert env.rollouts.get(MODEL) is None and env.table.get(MODEL).version == 1
-    assert of_type(env, "RolloutRolledBack")[-1]["reason"].startswith("the champion moved to v1")
+    assert of_type(env, "RolloutRolledBack")[-1].payload.reason.startswith("the champion moved to v1")
 
 
 def test_rollout_config_is_checked() -> None:

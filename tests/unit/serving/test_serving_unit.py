@@ -4,6 +4,7 @@ real local object store and real LightGBM artifacts; published events are record
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,6 +15,7 @@ from model_factory import feature_frame, make_pipeline, put_artifact, raw_transa
 from driftloop.clients.objectstore import LocalObjectStore
 from driftloop.contracts.events import Event, new_event
 from driftloop.contracts.featuredefs import features_from_instances
+from driftloop.contracts.payloads import ModelPromoted
 from driftloop.runtime.service import base_app
 from driftloop.services.serving import api
 from driftloop.services.serving.loader import PromotionFollower
@@ -50,19 +52,19 @@ def promotion(env: SimpleNamespace, models: dict, version: int, *, tamper: bool 
     if tamper:
         key = env.store.key_of(uri)
         env.store.put_bytes(key, env.store.get_bytes(key)[:-10] + b"0123456789")
-    data = {
-        "model": MODEL,
-        "version": version,
-        "alias": "champion",
-        "previous_version": None,
-        "artifact_uri": uri,
-        "artifact_sha256": sha,
-        "dataset_version_id": "tx@v1",
-        "feature_set_uri": "file:///unused",
-        "reason": "test",
-        "gate_json": "{}",
-    }
-    return new_event("ModelPromoted", data, producer="registry")
+    payload = ModelPromoted(
+        model=MODEL,
+        version=version,
+        alias="champion",
+        previous_version=None,
+        artifact_uri=uri,
+        artifact_sha256=sha,
+        dataset_version_id="tx@v1",
+        feature_set_uri="file:///unused",
+        reason="test",
+        gate_json="{}",
+    )
+    return new_event(payload, producer="registry")
 
 
 def drain(follower: PromotionFollower) -> None:
@@ -92,12 +94,12 @@ def test_promotion_is_loaded_swapped_and_announced(env: SimpleNamespace, models:
     drain(env.follower)
 
     served = env.table.get(MODEL)
-    assert served is not None and served.version == 1 and served.sha256 == event["artifact_sha256"]
+    assert served is not None and served.version == 1 and served.sha256 == event.payload.artifact_sha256
     (switched,) = env.published
     assert switched.type == "ServingSwitched"
     assert switched.envelope.caused_by == event.id
-    assert switched["replica"] == "replica-a" and switched["previous_version"] is None
-    assert switched["load_seconds"] >= 0
+    assert switched.payload.replica == "replica-a" and switched.payload.previous_version is None
+    assert switched.payload.load_seconds >= 0
 
 
 def test_tampered_artifact_is_refused_and_old_model_keeps_serving(env: SimpleNamespace, models: dict) -> None:
@@ -119,7 +121,7 @@ def test_queued_promotions_are_coalesced_to_the_newest(env: SimpleNamespace, mod
     env.follower.on_model_promoted(promotion(env, models, 2))
     drain(env.follower)
     assert env.table.get(MODEL).version == 2
-    assert [e["version"] for e in env.published] == [2]
+    assert [e.payload.version for e in env.published] == [2]
 
 
 def test_newest_refused_falls_back_to_an_older_queued_promotion(env: SimpleNamespace, models: dict) -> None:
@@ -140,7 +142,7 @@ def test_redelivered_promotion_of_the_served_version_is_not_reloaded(env: Simple
 
 def test_promotion_of_a_model_without_pipeline_is_ignored(env: SimpleNamespace, models: dict) -> None:
     event = promotion(env, models, 1)
-    env.follower.on_model_promoted(Event(envelope=event.envelope, data={**event.data, "model": "other"}))
+    env.follower.on_model_promoted(replace(event, payload=replace(event.payload, model="other")))
     assert env.follower.idle()
 
 
@@ -158,11 +160,11 @@ def test_predict_returns_version_and_logs_each_row(env: SimpleNamespace, models:
     expected = models["v1"].predict(features_from_instances(rows, models["pipeline"]))
     assert body["predictions"] == pytest.approx(list(expected))
     logged = env.published
-    assert [e["index"] for e in logged] == [0, 1, 2]
-    assert {e["request_id"] for e in logged} == {body["request_id"]}
-    assert logged[0]["entity"] == rows[0]["customer_id"]
-    assert logged[0]["inputs"]["amount"] == rows[0]["amount"]
-    assert logged[1]["prediction"] == body["predictions"][1]
+    assert [e.payload.index for e in logged] == [0, 1, 2]
+    assert {e.payload.request_id for e in logged} == {body["request_id"]}
+    assert logged[0].payload.entity == rows[0]["customer_id"]
+    assert logged[0].payload.inputs["amount"] == rows[0]["amount"]
+    assert logged[1].payload.prediction == body["predictions"][1]
 
 
 def test_unknown_model_is_404(env: SimpleNamespace) -> None:

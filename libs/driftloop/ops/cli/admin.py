@@ -70,15 +70,19 @@ def pipeline_validate(files: Annotated[list[Path] | None, typer.Argument()] = No
 
 @schemas_app.command("check")
 def schemas_check() -> None:
-    """Check every event schema against the versions in schemas/compatibility.lock.json."""
+    """Check every event schema against the versions in schemas/compatibility.lock.json, and that the typed
+    payloads (driftloop/contracts/payloads.py) are generated from the schemas as they are."""
+    from driftloop.contracts.codegen import PAYLOADS_PATH, render
     from driftloop.contracts.schemalock import check_lock
 
     problems = check_lock()
+    if PAYLOADS_PATH.read_text() != render():
+        problems.append(f"{PAYLOADS_PATH} is out of date: run python -m driftloop.contracts.codegen")
     if problems:
         for p in problems:
             common.err_console.print(f"[red]{p}[/red]")
         raise typer.Exit(1)
-    common.console.print("every event schema is backward compatible with its locked versions")
+    common.console.print("every event schema is backward compatible with its locked versions; payloads are current")
 
 
 @schemas_app.command("lock")
