@@ -54,12 +54,14 @@ class OnlineStore(Protocol):
 def _insert_for(engine: sa.Engine) -> Any:
     dialect = engine.dialect.name
     if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    elif dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        raise ConfigError(f"the online store supports SQLite and PostgreSQL databases, not {dialect!r}")
-    return insert
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert
+    if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert
+    raise ConfigError(f"the online store supports SQLite and PostgreSQL databases, not {dialect!r}")
 
 
 def _utc(value: datetime | None) -> datetime | None:

@@ -198,18 +198,19 @@ def check_types(record: dict[str, Any], stream: StreamSpec) -> None:
         name, kind, field_type = spec.name, spec.type, FIELD_TYPES[spec.type]
         if not isinstance(value, field_type.python) or (isinstance(value, bool) and bool not in field_type.python):
             raise ValidationFailed(WRONG_TYPE, name, f"{name} must be a {kind}, got {type(value).__name__}")
+        checked: Any = value  # of the field's Python type now (isinstance on a tuple of types narrows to object)
         if (bounds := field_type.int_range) is not None:
             low, high = bounds
-            if not low <= value <= high:
+            if not low <= checked <= high:
                 raise ValidationFailed(
-                    OUT_OF_RANGE, name, f"{name}={value} is out of range for a {kind} ({low}..{high})"
+                    OUT_OF_RANGE, name, f"{name}={checked} is out of range for a {kind} ({low}..{high})"
                 )
-        elif (limit := field_type.float_max) is not None and math.isfinite(value) and abs(value) > limit:
+        elif (limit := field_type.float_max) is not None and math.isfinite(checked) and abs(checked) > limit:
             # Arrow would store it as infinity without a word.
-            raise ValidationFailed(OUT_OF_RANGE, name, f"{name}={value} is out of range for a {kind} (±{limit:.7g})")
-        elif kind == "string" and not is_utf8(value):
+            raise ValidationFailed(OUT_OF_RANGE, name, f"{name}={checked} is out of range for a {kind} (±{limit:.7g})")
+        elif kind == "string" and not is_utf8(checked):
             raise ValidationFailed(WRONG_TYPE, name, f"{name} is not valid UTF-8")
-        elif kind == "timestamp" and value.tzinfo is None:
+        elif kind == "timestamp" and checked.tzinfo is None:
             raise ValidationFailed(WRONG_TYPE, name, f"{name} is a timestamp without a time zone")
 
 

@@ -7,7 +7,7 @@ The same code trains HPO trials and the final refit: a trial's score and the ref
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -65,12 +65,12 @@ def train_model(
 
         def lgb_callback(env: Any) -> None:
             done = env.iteration + 1
-            reporting = on_round is not None and (done % report_every == 0 or done == rounds)
-            if reporting and on_round(done, env.model):
+            reporting = done % report_every == 0 or done == rounds
+            if on_round is not None and reporting and on_round(done, env.model):
                 raise lgb.callback.EarlyStopException(env.iteration, env.evaluation_result_list or [])
 
         estimator = lgb.LGBMClassifier(**params) if classification else lgb.LGBMRegressor(**params)
-        categorical = list(artifact.categories) or "auto"
+        categorical: list[str] | Literal["auto"] = list(artifact.categories) or "auto"
         estimator.fit(x_train, y_train, categorical_feature=categorical, callbacks=[lgb_callback])
         return estimator.booster_
 

@@ -292,7 +292,8 @@ def search_on_ray(settings: Settings, job: FitJob, abort_flag: Path, note: Calla
         )
     scored = [t for t in trials if t["final"] is not None and math.isfinite(t["final"])]
     if not scored:
-        errors = [str(r.error) for r in grid if r.error is not None]
+        results = [grid[i] for i in range(len(grid))]  # ResultGrid indexes, its type declares no iteration
+        errors = [str(r.error) for r in results if r.error is not None]
         raise TrainingFailed(f"no trial of the search finished with a score: {errors[:1] or 'no trial ran'}")
     best = (max if mode == "max" else min)(scored, key=lambda t: t["final"])
     seconds = round(time.perf_counter() - started, 3)

@@ -288,7 +288,7 @@ def _unknown_env_keys(environ: dict[str, str]) -> list[str]:
         if top not in known_top:
             unknown.append(key)
         elif sub and top in sections:
-            section_fields = {n.upper() for n in sections[top].model_fields}  # type: ignore[union-attr]
+            section_fields = {n.upper() for n in sections[top].model_fields}
             if sub.partition("__")[0] not in section_fields:
                 unknown.append(key)
     return unknown

@@ -141,7 +141,7 @@ class Demo:
                 time.sleep(0.5)
         raise DriftloopError(f"demo: timed out waiting for {what}; see the logs in {self.settings.log_dir}")
 
-    def events(self, event_type: str, after: datetime | None = None) -> list[EventRecord]:
+    def events(self, event_type: str, after: datetime | None = None) -> list[sa.Row[Any]]:
         with self.engine.connect() as conn:
             q = sa.select(EventRecord).where(EventRecord.event_type == event_type, EventRecord.model == MODEL)
             if after is not None:
@@ -288,7 +288,7 @@ class Demo:
         self.result.v2_lineage = [step.event_type for step in lineage(self.engine, promoted[0].event_id)]
         return self.result
 
-    def stream_events(self, event_type: str) -> list[EventRecord]:
+    def stream_events(self, event_type: str) -> list[sa.Row[Any]]:
         with self.engine.connect() as conn:
             q = sa.select(EventRecord).where(
                 EventRecord.event_type == event_type, EventRecord.stream == self.stream.name

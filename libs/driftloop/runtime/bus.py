@@ -90,8 +90,8 @@ def purge_processed_events(
         deleted += purge_in_batches(
             engine,
             "processed_events",
-            sa.select(ProcessedEvent.event_id).where(expired),
-            lambda keys, expired=expired: sa.delete(ProcessedEvent).where(ProcessedEvent.event_id.in_(keys), expired),
+            ProcessedEvent.event_id,
+            expired,
             batch_rows,
         )
     return deleted
@@ -396,7 +396,7 @@ class EventBus:
         try:
             _, record = self.codec.decode(msg.value())
             # Into the payload class of the topic's event type (fields a newer writer added are left out).
-            event = Event.from_avro(record, payload_class)
+            event: Event[Payload] = Event.from_avro(record, payload_class)
         except (WireFormatError, KeyError, ValueError, TypeError) as exc:
             EVENTS_CONSUMED.labels(group, msg.topic(), "", "undecodable").inc()
             status.failed += 1

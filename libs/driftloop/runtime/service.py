@@ -18,11 +18,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import sqlalchemy as sa
 import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.orm import Session as OrmSession
+from sqlalchemy.orm import sessionmaker
 
 from driftloop.clients.db import create_engine_for, migrate, session_factory
 from driftloop.contracts.pipeline import PipelineConfig, load_pipelines
@@ -63,11 +66,11 @@ class Runtime:
     bus: EventBus
 
     @property
-    def engine(self):  # type: ignore[no-untyped-def]
+    def engine(self) -> sa.Engine:
         return self.bus.engine
 
     @property
-    def Session(self):  # type: ignore[no-untyped-def]
+    def Session(self) -> sessionmaker[OrmSession]:
         return session_factory(self.bus.engine)
 
 
