@@ -136,7 +136,9 @@ def prepare_data(job: FitJob, note: Callable[[str], None]) -> PreparedData:
         note(f"feedback labels: {len(labels)} labelled predictions, {attached} joined to rows of the feature set")
         derived = True
     if job.train_since is not None:
-        after = (pd.to_datetime(frame[stream.event_time], utc=True) >= pd.Timestamp(job.train_since)).to_numpy()
+        since = pd.Timestamp(job.train_since)
+        since = since.tz_localize("UTC") if since.tzinfo is None else since
+        after = (pd.to_datetime(frame[stream.event_time], utc=True) >= since).to_numpy()
         if job.pre_change_weight <= 0:
             note(
                 f"change window: {int(after.sum())} rows at or after {job.train_since.isoformat()}, "
