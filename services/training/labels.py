@@ -86,8 +86,10 @@ def collect_feedback_labels(
         if feedback.empty:
             return pd.DataFrame(columns=LABEL_COLUMNS)
         # Several posts for one prediction: the newest is the answer (a correction), counted once.
-        feedback = feedback.sort_values(["received_at", "event_id"]).drop_duplicates(
-            ["request_id", "row_index"], keep="last"
+        feedback = (
+            feedback.sort_values(["received_at", "event_id"])
+            .drop_duplicates(["request_id", "row_index"], keep="last")
+            .reset_index(drop=True)
         )
         keys = set(zip(feedback["request_id"], feedback["row_index"].astype(int), strict=True))
         inputs = _logged_inputs(session, model, keys)
