@@ -19,6 +19,7 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
@@ -225,8 +226,8 @@ class DatasetCutter:
                 total += int(rows)
                 continue
             table = pq.read_table(io.BytesIO(self.store.get_bytes(key)), columns=[event_time])
-            times = pc.cast(table.column(0), "timestamp[ms, tz=UTC]")
-            total += int(pc.sum(pc.greater_equal(times, since)).as_py() or 0)
+            times = pc.cast(table.column(0), pa.timestamp("ms", tz="UTC"))
+            total += int(pc.sum(pc.greater_equal(times, pa.scalar(since, pa.timestamp("ms", tz="UTC")))).as_py() or 0)
         return total
 
     def cut_after_change(self, stream: str, since: datetime, min_rows: int | None = None) -> dict[str, Any]:
