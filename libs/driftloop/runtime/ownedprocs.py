@@ -107,3 +107,15 @@ def stop_recorded(home: Path, owner: str, timeout: float = 5.0) -> list[int]:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     return sorted(entries)
+
+
+def stop_all_recorded(home: Path, timeout: float = 5.0) -> dict[str, list[int]]:
+    """``stop_recorded`` for every owner with a file under ``<home>/state`` (``driftloop down``: what a service
+    killed before it could stop its processes left behind)."""
+    stopped = {}
+    for path in sorted((Path(home) / "state").glob("procs-*.json")):
+        owner = path.stem.removeprefix("procs-")
+        pids = stop_recorded(home, owner, timeout)
+        if pids:
+            stopped[owner] = pids
+    return stopped
