@@ -23,7 +23,7 @@ from driftloop.runtime.service import api_context
 
 from .runs import ACTIVE_STATES, SERVICE, request_abort, run_as_dict
 
-RunState = Literal["pending", "running", "completed", "failed", "aborted"]
+RunState = Literal["pending", "running", "completed", "failed", "aborted", "skipped"]
 
 
 class RerunRequest(BaseModel):
