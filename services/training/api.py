@@ -126,6 +126,7 @@ def rerun(ctx: Ctx, run_id: str, body: RerunRequest | None = None) -> dict[str, 
                 reason=(body.reason if body else "rerun") + f" (rerun of {run_id})",
                 dataset_version_id=run.dataset_version_id,
                 rerun_of=run_id,
+                pinned=True,
             ),
             producer=SERVICE,
         )

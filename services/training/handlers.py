@@ -54,6 +54,8 @@ from .runs import (
 
 log = logging.getLogger(__name__)
 
+# Requests never skipped for identical data: a person asked (the demo's "same data" retrain shows the gate at work).
+ALWAYS_RUN_TRIGGERS = frozenset({"manual", "rerun"})
 # How often a run waiting for post-change rows looks at the feature sets again.
 CHANGE_POLL_SECONDS = 2.0
 
@@ -263,7 +265,8 @@ class TrainingHandlers:
         if pipeline.model.labels_from == "feedback":
             labels_key, labels_hash = self._feedback_labels(run_id, pipeline, run_log)
         fingerprint = training_fingerprint(pipeline, chosen, since, labels_hash)
-        if not asked.rerun_of:
+        # A person's request and a rerun run as asked; automatic causes with nothing new to learn are dropped.
+        if not asked.rerun_of and asked.trigger not in ALWAYS_RUN_TRIGGERS:
             same = self.runs.same_training(pipeline.model.name, fingerprint, run_id)
             if same is not None:
                 raise RunSkipped(

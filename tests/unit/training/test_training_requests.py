@@ -142,6 +142,10 @@ def test_a_request_on_identical_data_and_config_is_skipped_with_its_reason(runti
     assert skipped_event.payload.state == "skipped" and first.run_id in (skipped_event.payload.message or "")
     assert completions(runtime, "again") == []
 
+    # A person asking for it gets it (the gate then judges the identical challenger).
+    training.on_training_requested(request("person", f"{STREAM}@v2", trigger="manual"))
+    assert run_of(runtime, "person").state == "completed"
+
     # New data is new information: trained.
     write_feature_set(store, cfg, 3, 600)
     training.on_training_requested(request("fresh", f"{STREAM}@v2", trigger="drift"))
