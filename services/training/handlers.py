@@ -405,8 +405,8 @@ class TrainingHandlers:
         run_log.note(
             f"change at {since.isoformat()}: waiting for {needed} rows after it (dataset.min_rows_after_change)"
         )
-        self._ask_cut_after_change(pipeline, since, needed, run_log)
         deadline = time.monotonic() + pipeline.model.change_wait_seconds
+        asked_for_cut = False
         while True:
             try:
                 newest: ResolvedFeatureSet | None = resolve_feature_set(self.store, pipeline, None)
@@ -416,6 +416,9 @@ class TrainingHandlers:
             if newest is not None and rows >= needed:
                 run_log.note(f"{newest.dataset_version_id} has {rows} rows at or after the change")
                 return newest
+            if not asked_for_cut:
+                self._ask_cut_after_change(pipeline, since, needed, run_log)
+                asked_for_cut = True
             if self.aborted(run_id):
                 raise RunAborted("aborted while waiting for rows after the change")
             if time.monotonic() >= deadline:

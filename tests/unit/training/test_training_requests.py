@@ -249,3 +249,28 @@ def test_a_change_window_trains_on_post_change_rows_or_down_weights_the_older(tm
 
     weighted = fit_feature_set(replace(job, pre_change_weight=0.2, run_id="run-w2"))
     assert weighted.train_rows + weighted.holdout["rows"] == 1200
+
+
+def test_a_request_with_a_change_point_trains_on_the_rows_after_it(runtime: FakeRuntime) -> None:
+    store = LocalObjectStore(runtime.settings.object_store_path)
+    cfg = runtime.pipelines[MODEL]
+    write_feature_set(store, cfg, 1, 1200)  # one row a minute from 2026-02-01
+    change = datetime(2026, 2, 1, tzinfo=UTC) + timedelta(minutes=1200 - 600)
+    training = handlers(runtime)
+    training.on_training_requested(request("after-change", None, trigger="drift", change_started_at=change))
+    run = run_of(runtime, "after-change")
+    assert run.state == "completed", run.error
+    assert run.holdout["rows"] + run.holdout["train_rows"] == 600  # only the rows after the change
+    [completed] = completions(runtime, "after-change")
+    # The gate scores the rows the model was trained and scored on.
+    assert completed.feature_set_uri.endswith(f"{run.run_id}/training_set.parquet")
+    assert len(pd.read_parquet(store.local_path(store.key_of(completed.feature_set_uri)))) == 600
+
+    # Too few rows after a later change and no time to wait: the run fails and says why.
+    short = {**runtime.pipelines}
+    short[MODEL] = cfg.model_copy(update={"model": cfg.model.model_copy(update={"change_wait_seconds": 0})})
+    runtime.pipelines.update(short)
+    late = change + timedelta(minutes=590)  # 10 rows after it; dataset.min_rows_after_change is 500
+    training.on_training_requested(request("late-change", None, trigger="drift", change_started_at=late))
+    failed = run_of(runtime, "late-change")
+    assert failed.state == "failed" and "only 10 rows at or after the change" in (failed.error or "")
