@@ -57,3 +57,16 @@ def test_a_reused_pid_is_left_alone(tmp_path: Path) -> None:
     finally:
         other.kill()
         other.wait()
+
+
+def test_down_stops_what_every_owner_recorded(tmp_path: Path) -> None:
+    first, second = sleeper(), sleeper()
+    try:
+        ownedprocs.record(tmp_path, "training-ray", [first.pid])
+        ownedprocs.record(tmp_path, "other", [second.pid])
+        assert ownedprocs.stop_all_recorded(tmp_path, timeout=5) == {"other": [second.pid], "training-ray": [first.pid]}
+        assert first.wait(timeout=5) is not None and second.wait(timeout=5) is not None
+        assert ownedprocs.stop_all_recorded(tmp_path) == {}
+    finally:
+        first.kill()
+        second.kill()
