@@ -182,6 +182,12 @@ class TrainingHandlers:
             )
         except Exception as exc:
             error = str(exc) if isinstance(exc, DriftloopError) else f"{type(exc).__name__}: {exc}"
+            if self._stopping():
+                # The service is stopping (Ray goes down under the fit): interrupted, not failed. The run stays
+                # active and is executed again at the next start.
+                run_log.note(f"INTERRUPTED by the service's stop ({error}): executed again at the next start")
+                self._store_log(run.model, run.run_id, run_log)
+                return
             run_log.note(f"FAILED: {error}")
             if not isinstance(exc, DriftloopError):
                 run_log.extend(traceback.format_exc().splitlines())
@@ -197,6 +203,10 @@ class TrainingHandlers:
         finally:
             self.active_logs.pop(run.run_id, None)
             abort_flag(self.runtime.settings, run.run_id).unlink(missing_ok=True)
+
+    def _stopping(self) -> bool:
+        stop_event = getattr(self.runtime.bus, "stop_event", None)
+        return bool(stop_event is not None and stop_event.is_set())
 
     def _store_log(self, model: str, run_id: str, run_log: RunLog) -> str | None:
         try:

@@ -40,6 +40,7 @@ STREAM, MODEL = "tx-unit", "fraud-unit"
 @dataclass
 class FakeBus:
     published: list[Event] = field(default_factory=list)
+    stop_event: threading.Event = field(default_factory=threading.Event)
 
     def publish(self, event: Event, **_: Any) -> None:
         self.published.append(event)
@@ -274,3 +275,16 @@ def test_a_request_with_a_change_point_trains_on_the_rows_after_it(runtime: Fake
     training.on_training_requested(request("late-change", None, trigger="drift", change_started_at=late))
     failed = run_of(runtime, "late-change")
     assert failed.state == "failed" and "only 10 rows at or after the change" in (failed.error or "")
+
+
+def test_a_fit_broken_by_the_services_own_stop_is_interrupted_not_failed(runtime: FakeRuntime) -> None:
+    write_feature_set(LocalObjectStore(runtime.settings.object_store_path), runtime.pipelines[MODEL], 1, 600)
+    stop = runtime.bus.stop_event
+
+    def fit_while_stopping(settings: Settings, job: FitJob, should_abort: Any) -> FitResult:
+        stop.set()  # SIGTERM arrived; Ray is shut down under the fit
+        raise RuntimeError("Ray has been shut down")
+
+    handlers(runtime, fit_while_stopping).on_training_requested(request("stopped", None))
+    assert run_of(runtime, "stopped").state == "running"
+    assert handlers(runtime).take_interrupted() == [run_of(runtime, "stopped").run_id]
