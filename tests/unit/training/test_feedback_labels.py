@@ -213,3 +213,12 @@ def test_a_stream_without_labels_is_trained_on_its_feedback(serving: Serving, tm
     by_key = dict(zip(pd.to_datetime(raw["event_time"], utc=True), truth, strict=True))
     trained_times = pd.to_datetime(trained["event_time"], utc=True)
     assert all(by_key[t] == y for t, y in zip(trained_times, trained["label"], strict=True))
+
+
+def test_the_features_of_a_stream_without_label_have_no_label_column() -> None:
+    from driftloop.services.features.materialize import feature_batch, feature_columns
+
+    cfg = feedback_pipeline()
+    raw = raw_rows(50).drop(columns=["is_fraud"])
+    assert feature_columns(cfg) == ["customer_id", "event_time", *cfg.feature_names]
+    assert list(feature_batch(raw, cfg).columns) == feature_columns(cfg)
