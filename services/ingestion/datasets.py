@@ -256,10 +256,6 @@ class DatasetCutter:
             latest = self.latest(stream)
             return {**answer, "status": "covered", "version": version_to_dict(latest) if latest else None}
 
-    def waiting_change_cuts(self) -> dict[str, dict[str, Any]]:
-        with self._change_lock:
-            return {s: {"since": t.isoformat(), "needed": n} for s, (t, n) in self._change_cuts.items()}
-
     # --- the cut --------------------------------------------------------------------------------------------
 
     def latest(self, stream: str) -> DatasetVersion | None:

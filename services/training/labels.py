@@ -17,7 +17,7 @@ Only feedback received before ``cutoff`` (the run's start) is used, so a run's l
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pandas as pd
 import sqlalchemy as sa
@@ -29,18 +29,25 @@ from driftloop.contracts.pipeline import PipelineConfig
 
 LABEL_COLUMNS = ["request_id", "row_index", "entity", "event_time", "predicted_at", "received_at", "label"]
 _CHUNK = 500
+LOG_MARGIN = timedelta(hours=1)
 
 
 def _utc(values: pd.Series) -> pd.Series:
     return pd.to_datetime(values, utc=True, format="mixed").dt.as_unit("ns")
 
 
-def _logged_inputs(session: Session, model: str, keys: set[tuple[str, int]]) -> dict[tuple[str, int], dict]:
-    """The inputs of the predictions ``keys`` (request id, row), from their PredictionLogged events."""
+def _logged_inputs(
+    session: Session, model: str, keys: set[tuple[str, int]], first: datetime, last: datetime
+) -> dict[tuple[str, int], dict]:
+    """The inputs of the predictions ``keys`` (request id, row), from their PredictionLogged events, logged around
+    the predictions' times (``first`` .. ``last``, with a margin for clocks and the recorder's batching)."""
     wanted = {request_id for request_id, _ in keys}
     found: dict[tuple[str, int], dict] = {}
     query = sa.select(EventRecord.payload).where(
-        EventRecord.event_type == PredictionLogged.event_type, EventRecord.model == model
+        EventRecord.event_type == PredictionLogged.event_type,
+        EventRecord.model == model,
+        EventRecord.occurred_at >= first - LOG_MARGIN,
+        EventRecord.occurred_at <= last + LOG_MARGIN,
     )
     for payload in session.scalars(query.execution_options(yield_per=_CHUNK)):
         request_id = payload.get("request_id")
@@ -92,7 +99,8 @@ def collect_feedback_labels(
             .reset_index(drop=True)
         )
         keys = set(zip(feedback["request_id"], feedback["row_index"].astype(int), strict=True))
-        inputs = _logged_inputs(session, model, keys)
+        predicted = _utc(feedback["predicted_at"])
+        inputs = _logged_inputs(session, model, keys, predicted.min().to_pydatetime(), predicted.max().to_pydatetime())
     logged = [inputs.get((r, int(i)), {}) for r, i in zip(feedback["request_id"], feedback["row_index"], strict=True)]
     feedback["entity"] = [
         str(item[stream.entity_key]) if item.get(stream.entity_key) is not None else entity
