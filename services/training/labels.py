@@ -36,6 +36,20 @@ def _utc(values: pd.Series) -> pd.Series:
     return pd.to_datetime(values, utc=True, format="mixed").dt.as_unit("ns")
 
 
+def _event_time(value: object) -> pd.Timestamp:
+    """A logged input's event time: an ISO string, or epoch milliseconds (how Avro carries timestamps); NaT if
+    missing or unreadable (the label then goes by the time of the prediction)."""
+    try:
+        if isinstance(value, bool) or value is None:
+            return pd.NaT
+        if isinstance(value, int | float):
+            return pd.Timestamp(value, unit="ms", tz="UTC")
+        stamp = pd.Timestamp(str(value))
+        return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    except (ValueError, OverflowError):
+        return pd.NaT
+
+
 def _logged_inputs(
     session: Session, model: str, keys: set[tuple[str, int]], first: datetime, last: datetime
 ) -> dict[tuple[str, int], dict]:
@@ -106,7 +120,7 @@ def collect_feedback_labels(
         str(item[stream.entity_key]) if item.get(stream.entity_key) is not None else entity
         for item, entity in zip(logged, feedback["entity"], strict=True)
     ]
-    feedback["event_time"] = _utc(pd.Series([item.get(stream.event_time) for item in logged], dtype="object"))
+    feedback["event_time"] = _utc(pd.Series([_event_time(item.get(stream.event_time)) for item in logged]))
     feedback["predicted_at"] = _utc(feedback["predicted_at"])
     feedback["received_at"] = _utc(feedback["received_at"])
     return feedback[LABEL_COLUMNS].reset_index(drop=True)

@@ -167,13 +167,16 @@ def test_without_an_event_time_in_the_inputs_the_entitys_row_at_the_prediction_i
     serving.clock = T0 + timedelta(minutes=6)  # predictions made at about minute 6
     serving.predict("q1", "a", {"customer_id": "a", "amount": 3.0})
     serving.predict("q2", "b", {"customer_id": "b"})
+    # Epoch milliseconds (how Avro carries a timestamp) name the row exactly.
+    serving.predict("q3", "c", {"customer_id": "c", "event_time": int((T0 + timedelta(minutes=9)).timestamp() * 1000)})
     serving.feedback("q1", 1.0)
     serving.feedback("q2", 0.0)
+    serving.feedback("q3", 1.0)
     # a: rows at 0 and 5 (before the prediction) and 8 (after it); b: only a row after the prediction.
-    frame = rows(("a", 0), ("a", 5), ("a", 8), ("b", 9))
+    frame = rows(("a", 0), ("a", 5), ("a", 8), ("b", 9), ("c", 9))
     labelled, attached = attach_labels(frame, collect_feedback_labels(serving.Session, cfg), cfg)
-    assert attached == 1
-    assert labelled["label"].notna().tolist() == [False, True, False, False]  # never a later row
+    assert attached == 2
+    assert labelled["label"].notna().tolist() == [False, True, False, False, True]  # never a later row
 
 
 def test_a_stream_without_labels_is_trained_on_its_feedback(serving: Serving, tmp_path: Path) -> None:
