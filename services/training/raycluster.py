@@ -72,6 +72,7 @@ def fit_on_ray(settings: Settings, job: FitJob, should_abort: Callable[[], bool]
     from ray.exceptions import RayTaskError
 
     ensure_ray(settings)
+    record_ray_processes()  # agents started since ray.init are on record before the fit can be interrupted
     ref = _fit_task.remote(job)
     try:
         while True:
