@@ -53,7 +53,7 @@ def _view(pipeline: PipelineConfig) -> dict[str, Any]:
         {"name": spec.entity_key, "type": spec.field(spec.entity_key).type, "role": "entity_key"},
         {"name": spec.event_time, "type": "timestamp", "role": "event_time"},
         *({"name": n, "type": _feature_type(pipeline, n), "role": "feature"} for n in pipeline.feature_names),
-        {"name": spec.label, "type": spec.field(spec.label).type, "role": "label"},
+        *([{"name": spec.label, "type": spec.field(spec.label).type, "role": "label"}] if spec.label else []),
     ]
     return {"name": spec.name, "version": pipeline.feature_view_version, "schema": schema}
 

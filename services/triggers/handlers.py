@@ -44,7 +44,7 @@ from .policy import Decision, ModelView, TriggerKind, decide, fire_pending
 log = logging.getLogger(__name__)
 
 ACTIVE_RUN_STATES = frozenset({"pending", "running"})
-FINISHED_RUN_STATES = frozenset({"completed", "failed", "aborted"})
+FINISHED_RUN_STATES = frozenset({"completed", "failed", "aborted", "skipped"})
 CHAMPION_ALIAS = "champion"
 # Namespace of request ids derived from (model, cause event id).
 REQUEST_NAMESPACE = uuid.UUID("5b0c56f4-5d0e-4d8c-9a4c-0c7d1f6b2a11")

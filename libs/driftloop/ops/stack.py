@@ -31,6 +31,7 @@ from driftloop.contracts.settings import Settings, settings_env
 from driftloop.errors import StackError
 from driftloop.ops.broker import EmbeddedBroker
 from driftloop.ops.procs import pid_alive, port_open, spawn, stop_pid, wait_until
+from driftloop.runtime import ownedprocs
 from driftloop.runtime.bus import EventBus, ensure_event_topics, ensure_topics
 
 # The dashboard last: it only reads the others (event log, HTTP APIs).
@@ -297,6 +298,9 @@ class Stack:
     def down(self) -> list[str]:
         components = self.components()
         stopped = self._stop_all(components)
+        # Processes a service started that outlive it when it was killed (training's Ray daemons), by their PIDs.
+        for owner, pids in ownedprocs.stop_all_recorded(self.home).items():
+            self.say(f"{owner}: stopped {len(pids)} leftover process(es) {pids}")
         if self.state_file.exists():
             self.state_file.unlink()
         return stopped

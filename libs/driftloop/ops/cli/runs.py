@@ -21,7 +21,7 @@ def _flat(prefix: str, values: dict[str, Any] | None) -> dict[str, Any]:
 @runs_app.command("list")
 def runs_list(
     model: Annotated[str | None, typer.Option(help="Only this model's runs.")] = None,
-    state: Annotated[str | None, typer.Option(help="pending, running, completed, failed or aborted.")] = None,
+    state: Annotated[str | None, typer.Option(help="pending, running, completed, failed, aborted or skipped.")] = None,
     trigger: Annotated[str | None, typer.Option(help="e.g. manual, drift, new_data, rerun.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
     as_json: common.JsonOption = False,
@@ -110,7 +110,7 @@ def runs_rerun(
     while time.monotonic() < deadline:
         found = common.call("training", "GET", "/v1/runs", params={"rerun_of": run_id})["runs"]
         mine = [r for r in found if r["request_id"] == answer["request_id"]]
-        if mine and mine[0]["state"] in ("completed", "failed", "aborted"):
+        if mine and mine[0]["state"] in ("completed", "failed", "aborted", "skipped"):
             original = common.call("training", "GET", f"/v1/runs/{run_id}")
             rerun = mine[0]
             deltas = {
