@@ -63,7 +63,7 @@ Fitter = Callable[[Settings, FitJob, Callable[[], bool]], FitResult]
 Searcher = Callable[[Settings, FitJob, Path, Callable[[str], None]], SearchResult]
 
 
-class RunSkipped(Exception):
+class RunSkipped(DriftloopError):
     """The run has nothing new to learn: it ends in state ``skipped`` with this reason."""
 
     def __init__(self, reason: str, **fields: Any) -> None:
