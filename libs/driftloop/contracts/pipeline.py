@@ -67,6 +67,11 @@ class StreamSpec(_Strict):
     def topic(self) -> str:
         return stream_topic(self.name)
 
+    @property
+    def subject(self) -> str:
+        """The schema registry subject of the topic's values (Confluent TopicNameStrategy)."""
+        return f"{self.topic}-value"
+
     def field(self, name: str) -> FieldSpec:
         for f in self.fields:
             if f.name == name:
