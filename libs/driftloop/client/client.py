@@ -6,6 +6,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
+import httpx
+
 from driftloop.clients.http import DEFAULT_TIMEOUT, ServiceClient
 from driftloop.contracts.settings import Settings, load_settings
 
@@ -25,8 +27,8 @@ class Client:
 
     ``urls`` overrides the URL of some services (``{"serving": "https://..."}``), ``token`` the bearer token (a
     string, or a function asked before every request). ``timeout`` is the default of every call in seconds; ``retries``
-    how often a connection failure of an idempotent call is retried. Use it as a context manager, or call
-    :meth:`close`."""
+    how often a connection failure of an idempotent call is retried; ``transport`` an ``httpx`` transport (e.g.
+    ``httpx.MockTransport`` in tests). Use it as a context manager, or call :meth:`close`."""
 
     def __init__(
         self,
@@ -36,8 +38,10 @@ class Client:
         token: str | Callable[[], str | None] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         retries: int = 2,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self._settings = settings
+        self._transport = transport
         self._urls = dict(urls or {})
         self._token = token
         self._timeout = timeout
@@ -59,6 +63,7 @@ class Client:
                 token=self._token,
                 timeout=self._timeout,
                 retries=self._retries,
+                transport=self._transport,
             )
             self._services[name] = client
         return client
@@ -165,9 +170,7 @@ class Client:
 
     def predict_entities(self, model: str, entities: Iterable[str]) -> JSON:
         """Predictions for entity keys, from each entity's latest features in the online store."""
-        return self._call(
-            "serving", "POST", f"/v1/models/{_segment(model)}/predict", json={"entities": list(entities)}
-        )
+        return self._call("serving", "POST", f"/v1/models/{_segment(model)}/predict", json={"entities": list(entities)})
 
     def infer(
         self,
