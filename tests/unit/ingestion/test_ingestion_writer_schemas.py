@@ -119,3 +119,11 @@ def test_http_timestamps_need_a_time_zone() -> None:
     with pytest.raises(v.ValidationFailed) as caught:
         v.parse_event_time("2026-11-23T11:00:00", "observed_at")
     assert caught.value.reason == v.WRONG_TYPE and "no time zone" in str(caught.value)
+
+
+def test_a_field_name_that_is_not_an_avro_name_is_refused_with_the_rule() -> None:
+    from driftloop.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        parse_pipeline(PIPELINE_YAML.replace("name: humidity", "name: dew point"))
+    assert "not an Avro name" in str(caught.value) and "'dew_point'" in str(caught.value)
