@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from test_training_families import fit, pipeline_of
+from test_training_fit import REPO
 from typer.testing import CliRunner
 
 from driftloop.client import Client
@@ -83,18 +84,24 @@ def test_models_export_reads_the_artifact_from_the_store_and_checks_its_sha256(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     result, _, _ = fit(tmp_path / "fit", pipeline_of("lightgbm", "classification"))
-    settings = Settings(home=tmp_path / "home")
+    # The export computes the features from the model's pipeline file (the repo's fraud-detector).
+    settings = Settings(home=tmp_path / "home", pipelines_dir=REPO / "pipelines")
     store = LocalObjectStore(settings.home / "objects")
     uri = store.put_bytes("models/m/runs/run-a/model.zip", result.artifact)
-    version = {"model": "m", "version": 3, "artifact_uri": uri, "artifact_sha256": sha256_bytes(result.artifact)}
+    version = {
+        "model": "fraud-detector",
+        "version": 3,
+        "artifact_uri": uri,
+        "artifact_sha256": sha256_bytes(result.artifact),
+    }
     monkeypatch.setattr(_common, "settings", lambda: settings)
-    monkeypatch.setattr(_common, "client", answers({("GET", "/v1/models/m/versions/3"): version}))
-    answer = CliRunner().invoke(cli.app, ["models", "export", "m", "3", str(tmp_path / "out")])
+    monkeypatch.setattr(_common, "client", answers({("GET", "/v1/models/fraud-detector/versions/3"): version}))
+    answer = CliRunner().invoke(cli.app, ["models", "export", "fraud-detector", "3", str(tmp_path / "out")])
     assert answer.exit_code == 0, answer.output
     signature = json.loads((tmp_path / "out" / "signature.json").read_text())
     assert signature["artifact_sha256"] == version["artifact_sha256"] and (tmp_path / "out" / "predict.py").exists()
 
     # A tampered artifact in the store is refused: nothing is exported.
     store.put_bytes("models/m/runs/run-a/model.zip", result.artifact + b"tampered")
-    refused = CliRunner().invoke(cli.app, ["models", "export", "m", "3", str(tmp_path / "out2")])
+    refused = CliRunner().invoke(cli.app, ["models", "export", "fraud-detector", "3", str(tmp_path / "out2")])
     assert refused.exit_code != 0 and not (tmp_path / "out2").exists()

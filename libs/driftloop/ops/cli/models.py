@@ -112,14 +112,20 @@ def models_export(
     directory: Annotated[Path, typer.Argument(help="Folder to write (created).")],
 ) -> None:
     """Export MODEL VERSION as a self-contained folder (model, signature, pinned requirements, predict.py) that
-    predicts without driftloop. The artifact is read from the object store and verified by its sha256."""
+    predicts from the stream's raw fields exactly as serving does, without driftloop. The artifact is read from the
+    object store and verified by its sha256; the features come from the model's pipeline file."""
     from driftloop.clients.objectstore import open_object_store
+    from driftloop.contracts.pipeline import load_pipelines, pipeline_for_model
     from driftloop.ops.export import export_artifact
 
+    pipeline = pipeline_for_model(load_pipelines(common.settings().pipelines_dir), name)
     with common.client() as dl:
         record = dl.version(name, version)
     record = record.get("version", record) if isinstance(record.get("version"), dict) else record
     store = open_object_store(common.settings())
     data = store.get_bytes(store.key_of(record["artifact_uri"]))
-    export_artifact(data, directory, expected_sha256=record["artifact_sha256"])
-    common.console.print(f"exported {name} v{version} to {directory} (python {directory}/predict.py rows.csv)")
+    export_artifact(data, directory, pipeline=pipeline, expected_sha256=record["artifact_sha256"])
+    common.console.print(
+        f"exported {name} v{version} to {directory}: python {directory}/predict.py rows.jsonl "
+        f"(rows of stream {pipeline.stream.name}'s raw fields, as serving takes them)"
+    )
