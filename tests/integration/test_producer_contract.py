@@ -183,3 +183,36 @@ def test_writer_schemas_resolved_or_dead_lettered_with_the_field(running: Runnin
     (rejected,) = answer["rejected"]
     assert (rejected["reason"], rejected["field"]) == ("wrong_type", "event_time")
     assert "no time zone" in rejected["message"]
+
+
+def test_pipeline_apply_prepares_the_bus_and_refuses_an_incompatible_stream_change(
+    running: Running, tmp_path: Path
+) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    from driftloop.contracts.pipeline import load_pipelines
+    from driftloop.errors import ConflictError
+    from driftloop.ops.pipelines import apply_pipeline
+
+    settings = running.settings
+    stream = f"applied-{uuid.uuid4().hex[:8]}"
+    draft = write_pipeline(tmp_path / "drafts", "applied", stream_pipeline(stream, optional_fields=()))
+    shown = CliRunner().invoke(
+        app, ["pipeline", "apply", str(tmp_path / "drafts" / "applied.yaml")], env=settings_env(settings)
+    )
+    assert shown.exit_code == 0, shown.output
+    assert "created" in shown.output and f"schema under {draft.stream.subject}" in shown.output
+    topics = AdminClient(settings.kafka_config()).list_topics(timeout=10).topics
+    assert draft.stream.topic in topics
+    latest = SchemaRegistryClient({"url": settings.schema_registry.url}).get_latest_version(draft.stream.subject)
+    assert json.loads(latest.schema.schema_str) == draft.stream.avro_schema()
+
+    # amount: double -> string would dead-letter every record producers write with the registered schema.
+    changed = stream_pipeline(stream, optional_fields=())
+    changed["stream"]["fields"] = [
+        ({**f, "type": "string"} if f["name"] == "amount" else f) for f in changed["stream"]["fields"]
+    ]
+    write_pipeline(tmp_path / "drafts2", "applied", changed)
+    with pytest.raises(ConflictError, match="not compatible"):
+        apply_pipeline(settings, tmp_path / "drafts2" / "applied.yaml", bus=True)
+    assert load_pipelines(settings.pipelines_dir)[f"model-{stream}"].stream.field("amount").type == "double"
