@@ -41,6 +41,7 @@ _FASTAVRO_KEYS = ("__fastavro_parsed", "__named_schemas")
 _raw_schemas: dict[str, Any] = {}
 # Reader schemas with the writer's record name as an alias, by (writer, reader) object ids.
 _aliased_readers: dict[tuple[int, int], tuple[Any, Any, Any]] = {}
+_ALIASED_READERS_MAX = 256
 
 
 def decode_record(
@@ -134,7 +135,11 @@ def reader_for(writer: Any, reader: Any) -> Any:
     document.pop("namespace", None)
     document["aliases"] = [*document.get("aliases", []), writer_name]
     aliased = fastavro.parse_schema(document)
-    _aliased_readers[key] = (writer, reader, aliased)
+    # Cached for the long-lived parsed readers of the intake (a replay's reader is a fresh dict each time).
+    if reader.get("__fastavro_parsed"):
+        if len(_aliased_readers) >= _ALIASED_READERS_MAX:
+            _aliased_readers.clear()
+        _aliased_readers[key] = (writer, reader, aliased)
     return aliased
 
 
