@@ -74,6 +74,25 @@ def list_streams(ctx: Ctx) -> dict[str, Any]:
     }
 
 
+@router.get("/streams/{stream}/schema", tags=["streams"])
+def get_stream_schema(ctx: Ctx, stream: str) -> dict[str, Any]:
+    """The producer contract of a stream: the Avro value schema to write with (``driftloop up`` registers it under
+    ``subject``, so a producer may use the latest registered version without registering anything), the topic,
+    and the field roles. Another record name or namespace is accepted (resolved as an alias); field names and
+    types are the contract."""
+    cfg = ctx.pipeline(stream)
+    spec = cfg.stream
+    return {
+        "stream": spec.name,
+        "topic": spec.topic,
+        "subject": spec.subject,
+        "schema": spec.avro_schema(),
+        "entity_key": spec.entity_key,
+        "event_time": spec.event_time,
+        "label": spec.label,
+    }
+
+
 async def _bounded_body(request: Request) -> bytes:
     """The request body, refused (413) over ``MAX_BODY_BYTES``: by its declared length before reading it."""
     declared = request.headers.get("content-length")

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from driftloop.contracts.fieldtypes import FIELD_TYPES, FieldType
 from driftloop.contracts.searchspace import ModelFamily, SearchSpec
@@ -27,11 +28,29 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Field names are Avro names (they are the stream schema's field names): a letter or underscore, then letters,
+# digits and underscores.
+FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 class FieldSpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    name: str
     type: FieldType
     nullable: bool = True
     doc: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _avro_name(cls, name: str) -> str:
+        if not FIELD_NAME.fullmatch(name):
+            suggestion = re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_") or "field"
+            if suggestion[0].isdigit():
+                suggestion = f"_{suggestion}"
+            raise ValueError(
+                f"field name {name!r} is not an Avro name: use a letter or underscore, then letters, digits and "
+                f"underscores (e.g. {suggestion!r})"
+            )
+        return name
 
 
 class NotNullRule(_Strict):
@@ -71,6 +90,11 @@ class StreamSpec(_Strict):
     @property
     def topic(self) -> str:
         return stream_topic(self.name)
+
+    @property
+    def subject(self) -> str:
+        """The schema registry subject of the topic's values (Confluent TopicNameStrategy)."""
+        return f"{self.topic}-value"
 
     def field(self, name: str) -> FieldSpec:
         for f in self.fields:
