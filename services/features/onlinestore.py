@@ -125,7 +125,15 @@ class DatabaseOnlineStore:
         if not rows:
             return {}
         documents = json.loads("[" + ",".join(row[1] for row in rows) + "]")
-        to_time = self._time
+        # Rows written together share their times: each distinct one is parsed once per lookup.
+        times: dict[Any, datetime | None] = {None: None}
+
+        def to_time(value: datetime | str | None) -> datetime | None:
+            parsed = times.get(value, times)
+            if parsed is times:
+                parsed = times[value] = self._time(value)
+            return parsed  # type: ignore[return-value]
+
         return {
             row[0]: OnlineValue(values, to_time(row[2]), to_time(row[3]))
             for row, values in zip(rows, documents, strict=True)
@@ -150,7 +158,7 @@ class DatabaseOnlineStore:
             return None
         if isinstance(value, str):
             value = datetime.fromisoformat(value)
-        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)  # type: ignore[union-attr]
 
     def available(self) -> bool:
         try:
