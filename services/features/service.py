@@ -27,7 +27,10 @@ def build(runtime: Runtime) -> ServiceSpec:
     return ServiceSpec(
         app=app,
         consumers=[ConsumerSpec(CONSUMER_GROUP, {DATASET_VERSION_CREATED: handlers.on_dataset_version_created})],
-        loops=[handlers.warm_up, *([stream_worker_loop(runtime)] if runtime.settings.features.streaming else [])],
+        loops=[
+            *([handlers.warm_up] if runtime.settings.features.warm_spark else []),
+            *([stream_worker_loop(runtime)] if runtime.settings.features.streaming else []),
+        ],
         on_stop=[stop_spark, context.answers.close, lookup_engine.dispose],
         # False while the online store's server (Redis, or the database) does not answer.
         ready_checks={"online_store": handlers.online.available},

@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import logging.handlers
+import os
 import signal
 import sys
 import threading
@@ -178,6 +179,7 @@ def _add_health(
         info = {name: get() for name, get in spec.health_info.items()}
         return {
             "service": runtime.name,
+            "pid": os.getpid(),  # which of the service's HTTP processes answered (``workers``)
             "status": "ok",
             "ready": ready,
             "consumers": consumers,
@@ -288,11 +290,14 @@ def run(name: str, build: Callable[[Runtime], ServiceSpec], tasks: Mapping[str, 
         sockets, flag = [sock], workers.SharedFlag()
         http_workers = workers.spawn_workers(name, sock, flag, spec.workers - 1)
         ready = functools.partial(_consumers_ready, runtime, spec)
-        publisher = threading.Thread(
-            target=workers.publish_readiness, args=(flag, ready, runtime.bus.stop_event), name="ready", daemon=True
+        supervisor = threading.Thread(
+            target=workers.supervise,
+            args=(name, sock, flag, http_workers, ready, runtime.bus.stop_event),
+            name="http-workers",
+            daemon=True,
         )
-        threads.append(publisher)
-        publisher.start()
+        threads.append(supervisor)
+        supervisor.start()
         log.info("%s: %d HTTP worker processes besides this one, pids %s", name, len(http_workers),
                  [p.pid for p in http_workers])  # fmt: skip
 
