@@ -333,7 +333,8 @@ def bench_driftloop(
     tmp = Path(tempfile.mkdtemp(prefix=f"driftloop-bench-online-{kind}-"))
     ports = {"schemaregistry_port": free_port(), "features_port": free_port()}
     redis_pid = None
-    features: dict[str, Any] = {"online_store": kind}
+    # No Spark warm-up: nothing is materialized here, and a JVM starting beside the lookups would skew them.
+    features: dict[str, Any] = {"online_store": kind, "warm_spark": False}
     if kind == "redis":
         redis_pid, redis_url = start_redis(tmp)
         features["redis"] = {"url": redis_url}
