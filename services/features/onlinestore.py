@@ -160,7 +160,7 @@ class DatabaseOnlineStore:
             return None
         if isinstance(value, str):
             value = datetime.fromisoformat(value)
-        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)  # type: ignore[union-attr]
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
     def available(self) -> bool:
         try:
