@@ -20,18 +20,29 @@ from typing import Any
 
 import uvicorn
 from fastapi import Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+from starlette.routing import Match
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from driftloop.clients.db import create_engine_for, migrate, session_factory
 from driftloop.contracts.pipeline import PipelineConfig, load_pipelines
 from driftloop.contracts.settings import Settings, load_settings
 from driftloop.contracts.topics import Topic
-from driftloop.errors import AuthenticationRequired, DriftloopError, http_status_of
+from driftloop.errors import (
+    AuthenticationRequired,
+    DriftloopError,
+    InvalidRequest,
+    PayloadTooLarge,
+    http_status_of,
+)
 from driftloop.runtime.bus import EventBus, EventHandler
 from driftloop.runtime.metrics import SERVICE_INFO, HttpMetricsMiddleware
-from driftloop.runtime.security import TokenChecker, bearer_scheme
+from driftloop.runtime.security import TokenChecker, bearer_scheme, bearer_token
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +109,44 @@ async def api_context(request: Request) -> Any:
     return request.app.state.context
 
 
+class ErrorBody(BaseModel):
+    """The body of every error answer (``driftloop.errors``): a message, or for a request that does not fit the
+    route's declared types, the list of what is wrong (``RequestValidationError``); and a stable code."""
+
+    detail: Any = Field(description="What went wrong and how to fix it (a message, or a structured detail).")
+    code: str = Field(description="A stable machine-readable code (driftloop.errors).")
+
+
+# What any route may answer besides its own results: declared on every route's OpenAPI.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in {
+        400: "Bad request: the request cannot be done as asked.",
+        401: "No token, or an unknown one (a protected route).",
+        403: "The token's scope does not allow this call.",
+        404: "The stream, model, version or other resource named does not exist.",
+        409: "Conflicts with the current state.",
+        413: "The request body is over the route's size limit.",
+        422: "The request's parameters or body do not fit the route (which and why in `detail`).",
+        503: "A dependency (database, online store, broker, model) is not available now.",
+    }.items()
+}
+# A route accepting a body larger than ``services.max_body_bytes`` declares its own cap:
+# ``@router.post(..., openapi_extra=body_limit(32 * 1024 * 1024))``.
+MAX_BODY_MARK = "x-driftloop-max-body-bytes"
+
+
+def body_limit(max_bytes: int) -> dict[str, Any]:
+    return {MAX_BODY_MARK: max_bytes}
+
+
 async def error_response(_request: Request, exc: Exception) -> JSONResponse:
     """The one answer to any error of the tree (``driftloop.errors``): its status, ``{"detail", "code"}``."""
     assert isinstance(exc, DriftloopError)
+    return _error_json(exc)
+
+
+def _error_json(exc: DriftloopError) -> JSONResponse:
     # RFC 9110: a 401 names the scheme that would be accepted.
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthenticationRequired) else None
     return JSONResponse(
@@ -108,39 +154,176 @@ async def error_response(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def validation_error_response(_request: Request, exc: Exception) -> JSONResponse:
+    """A request that does not fit the route's declared types: 422 with the list of problems (FastAPI's own
+    ``detail``) and the code of ``InvalidRequest``, the same shape as every other error."""
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse(
+        status_code=InvalidRequest.status_code,
+        content={"detail": jsonable_encoder(exc.errors()), "code": InvalidRequest.default_code},
+    )
+
+
+def api_routes(app: FastAPI) -> list[Any]:
+    """Every route of the app, each with its ``path``, ``methods``, ``openapi_extra`` and ``matches``: FastAPI keeps
+    the routes of an included router behind one entry of ``app.routes`` (resolved by ``effective_candidates``)."""
+    found: list[Any] = []
+    pending = list(app.router.routes)
+    while pending:
+        route = pending.pop(0)
+        candidates = getattr(route, "effective_candidates", None)
+        if candidates is None:
+            found.append(route)
+        else:
+            pending[:0] = list(candidates())
+    return found
+
+
+class RequestGuard:
+    """Pure ASGI middleware in front of every route: who is calling (``TokenChecker.authorize``, from the headers
+    alone), then the body's size, refused (413) by its declared length or as it streams in (chunked bodies too),
+    before any route reads a byte of it. A route is let through with the body read whole, up to its cap
+    (``services.max_body_bytes``, or the route's ``body_limit``)."""
+
+    def __init__(self, app: Any, *, routes_of: FastAPI, checker: TokenChecker, max_body_bytes: int) -> None:
+        self.app = app
+        self.routes_of = routes_of
+        self.checker = checker
+        self.max_body_bytes = max_body_bytes
+
+    def _route(self, scope: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        partial = None
+        for route in api_routes(self.routes_of):
+            match, child = route.matches(scope)
+            if match == Match.FULL:
+                return route, child.get("path_params", {})
+            if match == Match.PARTIAL and partial is None:
+                partial = (route, child.get("path_params", {}))
+        return partial or (None, {})
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route, params = self._route(scope)
+        extra = getattr(route, "openapi_extra", None) or {}
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        try:
+            principal = self.checker.authorize(
+                scope["method"],
+                scope["path"],
+                getattr(route, "path", None),
+                params,
+                bearer_token(headers.get("authorization")),
+                extra,
+            )
+            limit = int(extra.get(MAX_BODY_MARK, self.max_body_bytes))
+            body = await self._read_body(receive, headers.get("content-length"), limit)
+        except DriftloopError as exc:
+            await _error_json(exc)(scope, receive, send)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        delivered = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: wait for the disconnect, as a server would
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _read_body(receive: Any, declared: str | None, limit: int) -> bytes:
+        def too_large(size: str | int) -> PayloadTooLarge:
+            return PayloadTooLarge(f"request body of {size} bytes is over this route's limit of {limit} bytes")
+
+        if declared is not None and declared.strip().isascii() and declared.strip().isdigit():
+            if int(declared) > limit:
+                raise too_large(declared)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise too_large(f"over {limit}")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+
 def base_app(runtime: Runtime, title: str, description: str = "") -> FastAPI:
     """A FastAPI app with the endpoints every service has, any error of the tree answered with its status and code
-    (``error_response``), and the token check (``driftloop.runtime.security``) on every route, including the ones
-    a service adds later."""
+    (``error_response``), and ``RequestGuard`` in front of every route, including the ones a service adds later:
+    the token check (``driftloop.runtime.security``) and the body-size cap, both before a body is read."""
     # A stand-in runtime without settings (unit tests) gets an open API.
-    checker = TokenChecker(getattr(runtime, "settings", None))
+    settings = getattr(runtime, "settings", None)
+    checker = TokenChecker(settings, getattr(runtime, "pipelines", None))
     if not checker.enforced:
         log.warning("%s: no admin token configured: the HTTP API is open (see security settings)", title)
 
-    def check_token(
-        request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)
-    ) -> None:
-        request.state.principal = checker(request, credentials)
+    def bearer_documented(_credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)) -> None:
+        """Declares the bearer scheme in the OpenAPI; the check itself is ``RequestGuard``'s."""
 
     app = FastAPI(
         title=f"driftloop {title}",
         description=description,
         version="0.1.0",
-        dependencies=[Depends(check_token)],
+        dependencies=[Depends(bearer_documented)],
+        responses=ERROR_RESPONSES,
     )
     app.state.runtime = runtime
     app.state.token_checker = checker
-    # Request count and latency per route on every service's /metrics (besides the bus's consumer metrics).
+    max_body = settings.services.max_body_bytes if settings is not None else 8 * 1024 * 1024
+    app.add_middleware(RequestGuard, routes_of=app, checker=checker, max_body_bytes=max_body)
+    # Request count and latency per route on every service's /metrics (besides the bus's consumer metrics); the
+    # outermost middleware, so refused requests are counted too.
     app.add_middleware(HttpMetricsMiddleware)
     SERVICE_INFO.labels(runtime.name).set(1)
 
     app.add_exception_handler(DriftloopError, error_response)
+    app.add_exception_handler(RequestValidationError, validation_error_response)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> PlainTextResponse:
         return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+class HeaderTimeoutH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a header-read timeout: a connection that has not sent a whole request head
+    within the keep-alive timeout of its opening is closed (uvicorn arms that timer only between requests, so a
+    client that connects and never, or only slowly, sends its headers would otherwise be kept for ever)."""
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # Disarmed by uvicorn when the request head is complete (h11.Request), like its keep-alive timer.
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+
+def server_config(app: FastAPI, settings: Settings, name: str) -> uvicorn.Config:
+    """How a service's HTTP server runs: its port, and the limits of ``services`` settings (header-read and
+    keep-alive timeout, size of a request head, connections and requests in flight: over that, 503)."""
+    services = settings.services
+    return uvicorn.Config(
+        app,
+        host=services.host,
+        port=services.port(name),
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        log_config=None,
+        http=HeaderTimeoutH11Protocol,
+        timeout_keep_alive=int(max(1, round(services.header_timeout_seconds))),
+        limit_concurrency=services.max_concurrency,
+        h11_max_incomplete_event_size=services.max_header_bytes,
+    )
 
 
 def _add_health(app: FastAPI, runtime: Runtime, spec: ServiceSpec) -> None:
@@ -229,15 +412,7 @@ def run(name: str, build: Callable[[Runtime], ServiceSpec], tasks: Mapping[str, 
     for t in threads:
         t.start()
 
-    config = uvicorn.Config(
-        spec.app,
-        host=settings.services.host,
-        port=settings.services.port(name),
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        log_config=None,
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(server_config(spec.app, settings, name))
 
     def _stop(signum: int, _frame: Any) -> None:
         log.info("%s: signal %d, stopping", name, signum)
