@@ -19,8 +19,8 @@ NAME_MAX_LENGTH = 200
 TEXT_MAX_LENGTH = 10_000
 
 # A character class of what a name may not hold: control characters, DEL, path separators, U+FFFD.
-_NOT_IN_NAME = "\x00-\x1f\x7f/\\\\\ufffd"
-NAME_PATTERN = f"^[^{_NOT_IN_NAME}.][^{_NOT_IN_NAME}]*$"
+NOT_IN_NAME = "\x00-\x1f\x7f/\\\\\ufffd"
+NAME_PATTERN = f"^[^{NOT_IN_NAME}.][^{NOT_IN_NAME}]*$"
 TEXT_PATTERN = "^[^\x00]*$"
 
 # 0, 1, 2, ... (counts, indexes, "keep this many").

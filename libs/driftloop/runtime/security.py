@@ -63,9 +63,7 @@ LOOKUP_ROUTES = frozenset(
     }
 )
 PRODUCER_ROUTES = frozenset({"POST /v1/streams/{}/records", "POST /subjects/{}/versions"})
-SERVING_ROUTES = frozenset(
-    {"POST /v1/models/{}/predict", "POST /v1/models/{}/feedback", "POST /v2/models/{}/infer"}
-)
+SERVING_ROUTES = frozenset({"POST /v1/models/{}/predict", "POST /v1/models/{}/feedback", "POST /v2/models/{}/infer"})
 # The scopes (besides admin) allowed on each of those routes.
 ROUTE_SCOPES: dict[str, frozenset[str]] = {
     **{route: frozenset({READ, PRODUCER, SERVING}) for route in LOOKUP_ROUTES},

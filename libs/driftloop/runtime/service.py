@@ -239,9 +239,9 @@ class RequestGuard:
         def too_large(size: str | int) -> PayloadTooLarge:
             return PayloadTooLarge(f"request body of {size} bytes is over this route's limit of {limit} bytes")
 
-        if declared is not None and declared.strip().isascii() and declared.strip().isdigit():
-            if int(declared) > limit:
-                raise too_large(declared)
+        declared = (declared or "").strip()
+        if declared.isascii() and declared.isdigit() and int(declared) > limit:
+            raise too_large(declared)
         chunks: list[bytes] = []
         size = 0
         while True:
