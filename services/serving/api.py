@@ -40,8 +40,6 @@ MAX_INSTANCES = 10_000
 # An entity key or a request id: text of at most 200 characters.
 Key = Annotated[Text, Field(max_length=200)]
 MAX_FEEDBACK = 10_000
-# The data plane is public (no admin token), as driftloop.runtime.security reads this mark.
-DATA_PLANE: dict[str, Any] = {"x-driftloop-public": True}
 
 EntityLookup = Callable[[str, list[str]], tuple[dict[str, dict[str, Any]], list[str]]]
 
@@ -229,7 +227,7 @@ def describe(ctx: Ctx, name: Name) -> dict[str, Any]:
     }
 
 
-@router.post("/v1/models/{name}/predict", response_model=PredictResponse, tags=["serving"], openapi_extra=DATA_PLANE)
+@router.post("/v1/models/{name}/predict", response_model=PredictResponse, tags=["serving"])
 def predict(ctx: Ctx, name: Name, request: PredictRequest) -> dict[str, Any]:
     if request.entities is not None:
         pipeline = pipeline_for_model(ctx.pipelines, name)
@@ -240,7 +238,7 @@ def predict(ctx: Ctx, name: Name, request: PredictRequest) -> dict[str, Any]:
     return answer(ctx, name, request.instances)
 
 
-@router.post("/v1/models/{name}/feedback", tags=["serving"], openapi_extra=DATA_PLANE)
+@router.post("/v1/models/{name}/feedback", tags=["serving"])
 def post_feedback(ctx: Ctx, name: Name, request: FeedbackRequest) -> dict[str, Any]:
     """Actual outcomes, by ``request_id`` (+ ``index``) or by ``entity`` (+ ``at``): stored joined with their
     predictions and announced as ``FeedbackReceived``. All rows are resolved first: one unknown → 404."""
@@ -386,7 +384,7 @@ async def v2_request(request: Request, pipeline: PipelineConfig) -> tuple[str | 
     return client_id, instances
 
 
-@router.post("/v2/models/{name}/infer", tags=["oip"], responses=V2_ERRORS, openapi_extra={**DATA_PLANE, **INFER_BODY})
+@router.post("/v2/models/{name}/infer", tags=["oip"], responses=V2_ERRORS, openapi_extra=INFER_BODY)
 async def v2_infer(ctx: Ctx, name: Name, request: Request) -> JSONResponse:
     try:
         pipeline = pipeline_for_model(ctx.pipelines, name)

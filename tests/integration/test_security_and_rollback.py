@@ -36,6 +36,7 @@ MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 PUBLIC = {
     ("POST", "/v1/models/{}/predict"),
     ("POST", "/v1/models/{}/feedback"),
+    ("POST", "/v2/models/{}/infer"),
     ("POST", "/v1/streams/{}/records"),
 }
 

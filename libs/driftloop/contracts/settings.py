@@ -194,10 +194,13 @@ class SecuritySettings(_Section):
     # Reads (GET/HEAD) need a read or admin token too. /healthz and /metrics stay open.
     protect_reads: bool = False
     # "METHOD /path" of mutating routes open without a token (the data plane). Path parameters match any name.
+    # Empty: the data plane needs a token too (a serving token for predict/infer/feedback, a producer token for
+    # records), which security.token_models / token_streams may restrict.
     public_routes: list[str] = Field(
         default_factory=lambda: [
             "POST /v1/models/{name}/predict",
             "POST /v1/models/{name}/feedback",
+            "POST /v2/models/{name}/infer",
             "POST /v1/streams/{stream}/records",
         ]
     )

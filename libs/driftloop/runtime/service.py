@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import h11
 import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -31,13 +32,14 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from driftloop.clients.db import create_engine_for, migrate, session_factory
 from driftloop.contracts.pipeline import PipelineConfig, load_pipelines
-from driftloop.contracts.settings import Settings, load_settings
+from driftloop.contracts.settings import ServicesSettings, Settings, load_settings
 from driftloop.contracts.topics import Topic
 from driftloop.errors import (
     AuthenticationRequired,
     DriftloopError,
     InvalidRequest,
     PayloadTooLarge,
+    ServiceError,
     http_status_of,
 )
 from driftloop.runtime.bus import EventBus, EventHandler
@@ -127,6 +129,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         404: "The stream, model, version or other resource named does not exist.",
         409: "Conflicts with the current state.",
         413: "The request body is over the route's size limit.",
+        414: "The request target (path and query) is over the size limit.",
         422: "The request's parameters or body do not fit the route (which and why in `detail`).",
         503: "A dependency (database, online store, broker, model) is not available now.",
     }.items()
@@ -185,11 +188,14 @@ class RequestGuard:
     before any route reads a byte of it. A route is let through with the body read whole, up to its cap
     (``services.max_body_bytes``, or the route's ``body_limit``)."""
 
-    def __init__(self, app: Any, *, routes_of: FastAPI, checker: TokenChecker, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: Any, *, routes_of: FastAPI, checker: TokenChecker, max_body_bytes: int, max_target_bytes: int
+    ) -> None:
         self.app = app
         self.routes_of = routes_of
         self.checker = checker
         self.max_body_bytes = max_body_bytes
+        self.max_target_bytes = max_target_bytes
 
     def _route(self, scope: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         partial = None
@@ -204,6 +210,11 @@ class RequestGuard:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        target = len(scope.get("raw_path") or scope["path"].encode()) + len(scope.get("query_string", b""))
+        if target > self.max_target_bytes:
+            message = f"the request target has {target} bytes; the limit is {self.max_target_bytes}"
+            await _error_json(ServiceError(message, status_code=414, code="uri_too_long"))(scope, receive, send)
             return
         route, params = self._route(scope)
         extra = getattr(route, "openapi_extra", None) or {}
@@ -280,8 +291,14 @@ def base_app(runtime: Runtime, title: str, description: str = "") -> FastAPI:
     )
     app.state.runtime = runtime
     app.state.token_checker = checker
-    max_body = settings.services.max_body_bytes if settings is not None else 8 * 1024 * 1024
-    app.add_middleware(RequestGuard, routes_of=app, checker=checker, max_body_bytes=max_body)
+    services = settings.services if settings is not None else ServicesSettings()
+    app.add_middleware(
+        RequestGuard,
+        routes_of=app,
+        checker=checker,
+        max_body_bytes=services.max_body_bytes,
+        max_target_bytes=services.max_header_bytes,
+    )
     # Request count and latency per route on every service's /metrics (besides the bus's consumer metrics); the
     # outermost middleware, so refused requests are counted too.
     app.add_middleware(HttpMetricsMiddleware)
@@ -298,14 +315,26 @@ def base_app(runtime: Runtime, title: str, description: str = "") -> FastAPI:
 
 
 class HeaderTimeoutH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a header-read timeout: a connection that has not sent a whole request head
-    within the keep-alive timeout of its opening is closed (uvicorn arms that timer only between requests, so a
-    client that connects and never, or only slowly, sends its headers would otherwise be kept for ever)."""
+    """uvicorn's h11 protocol with a header-read timeout: a connection must send a whole request head within the
+    keep-alive timeout of its opening (or of the end of its previous answer), else it is closed. uvicorn arms that
+    timer only between requests and drops it at the first byte received, so a client that connects and sends
+    nothing, or a head a byte at a time, would otherwise hold its connection for ever."""
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        # Disarmed by uvicorn when the request head is complete (h11.Request), like its keep-alive timer.
+        self._head_deadline = self.loop.time() + self.timeout_keep_alive
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    def on_response_complete(self) -> None:
+        self._head_deadline = self.loop.time() + self.timeout_keep_alive  # uvicorn arms its timer here itself
+        super().on_response_complete()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)  # drops the timer
+        waiting_for_head = self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+        if waiting_for_head and self.timeout_keep_alive_task is None:
+            remaining = max(0.0, self._head_deadline - self.loop.time())
+            self.timeout_keep_alive_task = self.loop.call_later(remaining, self.timeout_keep_alive_handler)
 
 
 def server_config(app: FastAPI, settings: Settings, name: str) -> uvicorn.Config:
