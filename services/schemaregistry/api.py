@@ -11,21 +11,21 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from driftloop.contracts.bounds import Name, PositiveInt
-from driftloop.runtime.service import ErrorBody, api_context
+from driftloop.runtime.service import ERROR_RESPONSES, ErrorBody, api_context
 
 from .errors import InvalidCompatibilityLevel, InvalidSchema, RegistryError
 from .store import SchemaStore
 
 MEDIA_TYPE = "application/vnd.schemaregistry.v1+json"
 # A version of a subject: a number, or latest (-1 too, as Confluent's clients send it).
-SchemaVersion = Annotated[str, Field(pattern=r"^(latest|-1|[1-9][0-9]{0,17})$")]
+SchemaVersion = Annotated[str, Field(pattern=r"^(latest|-1|[1-9][0-9]{0,8})$")]
 
 
 async def _schema_body(request: Request) -> str:
     try:
         body = json.loads(await request.body() or b"{}")
-    except json.JSONDecodeError as exc:
-        raise InvalidSchema(f"request body is not JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, or nested too deep
+        raise InvalidSchema(f"request body is not JSON: {exc}") from None
     if not isinstance(body, dict) or not isinstance(body.get("schema"), str):
         raise InvalidSchema('request body must be {"schema": "<schema as a JSON string>"}')
     schema_type = body.get("schemaType", "AVRO") or "AVRO"
@@ -39,8 +39,8 @@ async def _schema_body(request: Request) -> str:
 async def _level_body(request: Request) -> str:
     try:
         body = json.loads(await request.body() or b"{}")
-    except json.JSONDecodeError as exc:
-        raise InvalidCompatibilityLevel(f"request body is not JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, or nested too deep
+        raise InvalidCompatibilityLevel(f"request body is not JSON: {exc}") from None
     level = body.get("compatibility") or body.get("compatibilityLevel") if isinstance(body, dict) else None
     if not isinstance(level, str):
         raise InvalidCompatibilityLevel('request body must be {"compatibility": "BACKWARD"} (or another level)')
@@ -96,10 +96,15 @@ class RegistryErrorBody(BaseModel):
     message: str
 
 
-# The registry answers its own errors in Confluent's shape, the platform's (token, body size, parameters) in
-# driftloop's: either may come back with these statuses.
+# The registry answers its own errors in Confluent's shape and media type, the platform's (token, body size,
+# parameters) in driftloop's, as application/json.
 REGISTRY_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": RegistryErrorBody | ErrorBody} for status in (404, 409, 422)
+    status: {
+        "model": RegistryErrorBody | ErrorBody,
+        "description": answer["description"],
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+    }
+    for status, answer in ERROR_RESPONSES.items()
 }
 
 router = APIRouter(tags=["schema registry"], default_response_class=RegistryResponse, responses=REGISTRY_ERRORS)

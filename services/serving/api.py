@@ -59,7 +59,7 @@ class PredictRequest(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _one_of(cls, data: Any) -> Any:
-        if isinstance(data, dict) and ("instances" in data) == ("entities" in data):
+        if isinstance(data, dict) and (data.get("instances") is not None) == (data.get("entities") is not None):
             raise ValueError("give exactly one of 'instances' (raw fields) or 'entities' (entity keys)")
         return data
 
@@ -281,8 +281,16 @@ class V2Error(BaseModel):
     field: str | None = None
 
 
+class V2Readiness(BaseModel):
+    """A readiness answer (503 while no model is loaded)."""
+
+    ready: bool
+    name: str | None = None
+
+
 V2_ERRORS: dict[int | str, dict[str, Any]] = {
-    **{status: {"model": V2Error} for status in (400, 404, 503)},
+    **{status: {"model": V2Error} for status in (400, 404)},
+    503: {"model": V2Readiness | V2Error},
     422: {"model": V2Error | ErrorBody},  # the protocol's, or the platform's for a malformed path
 }
 # The body of an inference request (read by v2_request, whose errors are the protocol's).

@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 import h11
@@ -23,10 +24,11 @@ import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -182,6 +184,16 @@ def api_routes(app: FastAPI) -> list[Any]:
     return found
 
 
+async def http_error_response(_request: Request, exc: Exception) -> Response:
+    """What the framework itself answers (no such path 404, method 405, a body that is not UTF-8 400): the same
+    ``{"detail", "code"}`` as every other error."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code < 400:  # not an error (e.g. 304)
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+    return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail, "code": code}, headers=exc.headers)
+
+
 class RequestGuard:
     """Pure ASGI middleware in front of every route: who is calling (``TokenChecker.authorize``, from the headers
     alone), then the body's size, refused (413) by its declared length or as it streams in (chunked bodies too),
@@ -306,6 +318,7 @@ def base_app(runtime: Runtime, title: str, description: str = "") -> FastAPI:
 
     app.add_exception_handler(DriftloopError, error_response)
     app.add_exception_handler(RequestValidationError, validation_error_response)
+    app.add_exception_handler(StarletteHTTPException, http_error_response)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> PlainTextResponse:
