@@ -165,9 +165,10 @@ async def post_records(ctx: Ctx, stream: Name, request: Request) -> dict[str, An
 @router.get("/streams/{stream}/stats", tags=["streams"])
 def get_stats(ctx: Ctx, stream: Name) -> dict[str, Any]:
     pipeline = ctx.pipeline(stream)
-    stats = stream_stats(ctx.lander, stream, pending=ctx.intake.pending_rows(stream))
-    stats["freshness"] = freshness(ctx.lander, stream, pipeline.dataset.freshness_seconds)
     counters = ctx.intake.counters.get(stream)
+    skipped = counters.replay_skipped if counters is not None else 0
+    stats = stream_stats(ctx.lander, stream, pending=ctx.intake.pending_rows(stream), replay_skipped=skipped)
+    stats["freshness"] = freshness(ctx.lander, stream, pipeline.dataset.freshness_seconds)
     if counters is not None:
         stats["kafka_since_start"] = {
             "received": counters.received,
