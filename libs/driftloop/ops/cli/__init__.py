@@ -25,6 +25,7 @@ app.add_typer(models.models_app, name="models")
 app.add_typer(admin.pipeline_app, name="pipeline")
 app.add_typer(events.events_app, name="events")
 app.add_typer(admin.schemas_app, name="schemas")
+app.add_typer(admin.tokens_app, name="tokens")
 app.add_typer(data.dlq_app, name="dlq")
 app.add_typer(runs.runs_app, name="runs")
 
