@@ -162,3 +162,55 @@ def test_restrictions_must_name_tokens_of_their_kind() -> None:
 
     with pytest.raises(ConfigError, match=r"token_streams.*'grafana'.*producer_tokens"):
         load_settings(security={**SECURITY, "token_streams": {"grafana": ["transactions"]}})
+
+
+def test_a_stock_confluent_producer_registers_its_streams_schema_with_a_producer_token(tmp_path: Path) -> None:
+    """confluent_kafka's AvroSerializer (auto-registration) against the schema registry service on a real server:
+    a producer token registers under its stream's subject; outside its streams, or with a read token, 403."""
+    import json
+    import threading
+
+    import uvicorn
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    from driftloop.clients.credentials import schema_registry_client_config
+    from driftloop.ops.procs import free_port, http_ready, wait_until
+    from driftloop.runtime.service import make_runtime, server_config
+    from driftloop.services.schemaregistry.service import build
+
+    port = free_port()
+    settings = Settings(
+        home=tmp_path,
+        pipelines_dir=PIPELINES_DIR,
+        services={"schemaregistry_port": port},
+        schema_registry={"url": f"http://127.0.0.1:{port}"},
+        security={**SECURITY, "token_streams": {"app": ["transactions"]}},
+    )
+    runtime = make_runtime("schemaregistry", settings)
+    server = uvicorn.Server(server_config(build(runtime).app, settings, "schemaregistry"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: http_ready(f"http://127.0.0.1:{port}/schemas/types"), 30, "the schema registry")
+        stream = load_pipelines(PIPELINES_DIR)["fraud-detector"].stream
+        schema = json.dumps(stream.avro_schema())
+        row = {"customer_id": "c1", "event_time": 1_700_000_000_000, "amount": 1.0}
+
+        def serialize(token: str, topic: str) -> bytes:
+            client = SchemaRegistryClient(schema_registry_client_config(settings, token=token))
+            serializer = AvroSerializer(client, schema, conf={"auto.register.schemas": True})
+            return serializer(row, SerializationContext(topic, MessageField.VALUE))
+
+        wire = serialize(TOKENS["producer"], stream.topic)
+        assert wire[0] == 0  # Confluent wire format: magic byte, schema id, Avro body
+        for token, topic in ((TOKENS["producer"], "other-topic"), (TOKENS["read"], stream.topic + "-2")):
+            with pytest.raises(SchemaRegistryError) as refused:
+                serialize(token, topic)
+            assert refused.value.http_status_code == 403
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        runtime.bus.close()
