@@ -412,7 +412,10 @@ class KafkaIntake:
         try:
             admin = AdminClient(self.bus.settings.kafka_config())
             described = admin.describe_topics(TopicCollection([topic]))[topic].result(timeout=10)
-            found = str(described.topic_id) if described.topic_id is not None else None
+            uuid = described.topic_id
+            if uuid is not None:  # as 32 hex digits: safe in object keys and sources
+                found = f"{uuid.get_most_significant_bits() & (2**64 - 1):016x}"
+                found += f"{uuid.get_least_significant_bits() & (2**64 - 1):016x}"
         except Exception as exc:
             log.warning("ingestion: no topic id for %s (%s): replays are told by offset alone", topic, exc)
         self._topic_ids[topic] = found
@@ -433,7 +436,7 @@ class KafkaIntake:
         self._rows_to_chunk(state)
         table = state.chunks[0] if len(state.chunks) == 1 else pa.concat_tables(state.chunks).combine_chunks()
         assert state.first_offset is not None and state.last_offset is not None
-        key = landed_kafka_key(cfg.stream.name, state.partition, state.first_offset, state.last_offset)
+        key = landed_kafka_key(cfg.stream.name, state.partition, state.first_offset, state.last_offset, state.topic_id)
         offsets = f"{state.first_offset}-{state.last_offset}"
         source = f"kafka:{state.topic}/{state.partition}/{offsets}{self._life(state.topic_id)}"
         # Waiting dead letters are stored with the batch: once its offsets count as landed, a replay skips them.
