@@ -15,7 +15,8 @@ Any other mutating call (POST, PUT, PATCH, DELETE) needs an admin token, unless 
 plane: ``security.public_routes``, or a route declared with ``openapi_extra=PUBLIC``). Reads are open, or need a
 token of any scope when ``security.protect_reads``. No token or an unknown one: 401 (``AuthenticationRequired``,
 answered with ``WWW-Authenticate: Bearer``); a token of the wrong scope, or outside its streams or models: 403
-(``PermissionDenied``). ``/healthz`` and ``/metrics`` are always open.
+(``PermissionDenied``). ``/healthz``, ``/metrics`` and the OpenAPI (``/openapi.json``, ``/docs``) are always
+open.
 
 Enforcement is on when ``security.enabled`` and at least one admin token is known (``security.admin_tokens`` or
 the file ``<home>/admin.token``, which ``driftloop up`` writes when none is configured). Without any token the
@@ -48,7 +49,8 @@ SERVING = "serving"
 SCOPES = (ADMIN, READ, PRODUCER, SERVING)
 GENERATED_TOKEN_NAME = "local-admin"
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-ALWAYS_OPEN_PATHS = frozenset({"/healthz", "/metrics"})
+# Health, metrics and the API's own description (what a client needs to find out how to authenticate).
+ALWAYS_OPEN_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 # Declare a route public from its service: ``@api.post(..., openapi_extra=PUBLIC)``.
 PUBLIC_MARK = "x-driftloop-public"
 PUBLIC: dict[str, Any] = {PUBLIC_MARK: True}
