@@ -32,7 +32,7 @@ from driftloop.runtime.service import ServiceSpec, _add_health, make_runtime
 pytestmark = pytest.mark.integration
 
 ADMIN_TOKEN = "fuzz-admin-token"
-EXAMPLES_PER_MODE = 6
+EXAMPLES_PER_MODE = 4
 
 
 @schemathesis.check
@@ -132,7 +132,8 @@ def test_no_operation_of_any_service_answers_a_server_error_or_off_its_schema(ap
 
 
 HUGE = 1180591620717411303424  # 2**70
-HOSTILE_NAMES = ["..%2F..%2Fetc%2Fpasswd", "..", "a%00b", "%FF%FE", "x" * 100_000, "%C2%B2"]
+# (100k characters: 414 before any route, in tests/unit/test_security_guard.py; httpx refuses to send it.)
+HOSTILE_NAMES = ["..%2F..%2Fetc%2Fpasswd", "..", "a%00b", "%FF%FE", "x" * 5_000, "%C2%B2", ".hidden"]
 
 
 def test_the_reported_attacks_are_4xx(apps: dict[str, Any]) -> None:
