@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import HTMLResponse
 
+from driftloop.contracts.bounds import Name
 from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_model
 from driftloop.runtime.service import api_context
 
@@ -51,7 +52,7 @@ router = APIRouter()
 
 
 @router.get("/v1/timeline/{model}", tags=["timeline"])
-def timeline(ctx: Ctx, model: str) -> dict[str, Any]:
+def timeline(ctx: Ctx, model: Name) -> dict[str, Any]:
     """The causal chain of every cascade of the model, newest first: trigger → run → gate numbers →
     promotion → rollout steps → serving switch, each step with its event id, time and cause, and the
     cascade explained in sentences."""
@@ -69,7 +70,7 @@ def overview(ctx: Ctx, refresh: int = REFRESH) -> HTMLResponse:
 
 
 @router.get("/models/{model}", response_class=HTMLResponse, include_in_schema=False)
-def model_page(ctx: Ctx, model: str, refresh: int = REFRESH) -> HTMLResponse:
+def model_page(ctx: Ctx, model: Name, refresh: int = REFRESH) -> HTMLResponse:
     cfg = ctx.pipeline(model)
     platform = ctx.platform
     return HTMLResponse(

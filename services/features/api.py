@@ -15,6 +15,7 @@ from pydantic_core import to_json
 from sqlalchemy.orm import Session, sessionmaker
 
 from driftloop.clients.db.models import FeatureSet
+from driftloop.contracts.bounds import Name, Text
 from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_stream
 from driftloop.runtime.service import api_context
 
@@ -27,8 +28,10 @@ LOOKUP_THREADS = 8
 
 class OnlineRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    stream: str = Field(min_length=1, description="Stream name, as in its pipeline config.")
-    entities: list[str] = Field(min_length=1, max_length=MAX_ENTITIES_PER_LOOKUP, description="Entity keys.")
+    stream: Name = Field(description="Stream name, as in its pipeline config.")
+    entities: list[Annotated[Text, Field(max_length=200)]] = Field(
+        min_length=1, max_length=MAX_ENTITIES_PER_LOOKUP, description="Entity keys."
+    )
 
 
 class Freshness(BaseModel):
@@ -115,7 +118,7 @@ router = APIRouter(prefix="/v1/features", tags=["features"])
 
 
 @router.get("")
-def list_features(ctx: Ctx, stream: str | None = None) -> dict[str, Any]:
+def list_features(ctx: Ctx, stream: Name | None = None) -> dict[str, Any]:
     """Per stream: its feature view (name, definition version, schema), the feature definitions and the
     materialized versions, newest first. ``?stream=`` narrows to one stream (unknown stream: 404)."""
     pipelines = [pipeline_for_stream(ctx.pipelines, stream)] if stream is not None else ctx.pipelines.values()

@@ -12,9 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from driftloop.clients.db.models import DatasetVersion
+from driftloop.contracts.bounds import NAME_MAX_LENGTH, NOT_IN_NAME, Count, Name, PositiveInt, Text
 from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_stream
 from driftloop.errors import ConflictError, InvalidRequest, PayloadTooLarge
-from driftloop.runtime.service import api_context
+from driftloop.runtime.service import api_context, body_limit
 
 from .datasets import DatasetCutter, version_to_dict
 from .deadletters import MAX_REPLAY, list_dead_letters, replay
@@ -32,12 +33,37 @@ from .kafka_intake import KafkaIntake
 from .landing import Lander
 from .versioning import compact, diff_versions, version_sources
 
+# A dataset version of the stream in the path: STREAM@vN, vN or N.
+DatasetRef = Annotated[str, Field(max_length=NAME_MAX_LENGTH, pattern=rf"^([^{NOT_IN_NAME}]+@v|v)?[0-9]{{1,18}}$")]
+
 
 class ReplayBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ids: list[int] | None = Field(default=None, max_length=MAX_REPLAY, description="Dead letters to replay.")
-    reason: str | None = Field(default=None, description="Replay the open dead letters of this reason.")
-    fixes: dict[int, Any] = Field(default_factory=dict, description="Dead-letter id -> corrected JSON record.")
+    ids: list[PositiveInt] | None = Field(default=None, max_length=MAX_REPLAY, description="Dead letters to replay.")
+    reason: Text | None = Field(
+        default=None, max_length=200, description="Replay the open dead letters of this reason."
+    )
+    fixes: dict[PositiveInt, Any] = Field(default_factory=dict, description="Dead-letter id -> corrected JSON record.")
+
+
+# The body of a record batch (read raw by post_records, so that its size is checked before it is parsed).
+RECORDS_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["records"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "records": {"type": "array", "maxItems": MAX_BATCH_RECORDS, "items": {"type": "object"}}
+                    },
+                }
+            }
+        },
+    }
+}
 
 
 @dataclass(frozen=True)
@@ -132,8 +158,10 @@ def _idempotency_key(request: Request) -> str | None:
     return key
 
 
-@router.post("/streams/{stream}/records", tags=["streams"])
-async def post_records(ctx: Ctx, stream: str, request: Request) -> dict[str, Any]:
+@router.post(
+    "/streams/{stream}/records", tags=["streams"], openapi_extra={**RECORDS_BODY, **body_limit(MAX_BODY_BYTES)}
+)
+async def post_records(ctx: Ctx, stream: Name, request: Request) -> dict[str, Any]:
     """Body ``{"records": [{...}, ...]}``. Per-record problems come back in ``rejected`` (and as dead
     letters); the request fails only for an unknown stream (404), a malformed body (422) or a batch over
     the limits (413). With an ``Idempotency-Key`` header a retried batch is landed once: the retry gets the
@@ -155,11 +183,12 @@ async def post_records(ctx: Ctx, stream: str, request: Request) -> dict[str, Any
 
 
 @router.get("/streams/{stream}/stats", tags=["streams"])
-def get_stats(ctx: Ctx, stream: str) -> dict[str, Any]:
+def get_stats(ctx: Ctx, stream: Name) -> dict[str, Any]:
     pipeline = ctx.pipeline(stream)
-    stats = stream_stats(ctx.lander, stream, pending=ctx.intake.pending_rows(stream))
-    stats["freshness"] = freshness(ctx.lander, stream, pipeline.dataset.freshness_seconds)
     counters = ctx.intake.counters.get(stream)
+    skipped = counters.replay_skipped if counters is not None else 0
+    stats = stream_stats(ctx.lander, stream, pending=ctx.intake.pending_rows(stream), replay_skipped=skipped)
+    stats["freshness"] = freshness(ctx.lander, stream, pipeline.dataset.freshness_seconds)
     if counters is not None:
         stats["kafka_since_start"] = {
             "received": counters.received,
@@ -173,9 +202,9 @@ def get_stats(ctx: Ctx, stream: str) -> dict[str, Any]:
 @router.get("/streams/{stream}/dead-letters", tags=["dead letters"])
 def get_dead_letters(
     ctx: Ctx,
-    stream: str,
+    stream: Name,
     limit: int = Query(100, ge=1, le=1000),
-    reason: str | None = Query(None, description="Only this reason."),
+    reason: Text | None = Query(None, max_length=200, description="Only this reason."),
     include_replayed: bool = Query(False, description="Also the dead letters replayed since."),
     with_original: bool = Query(False, description="Include the original bytes (base64)."),
 ) -> dict[str, Any]:
@@ -188,7 +217,7 @@ def get_dead_letters(
 
 
 @router.post("/streams/{stream}/dead-letters/replay", tags=["dead letters"])
-def replay_dead_letters(ctx: Ctx, stream: str, body: ReplayBody | None = None) -> dict[str, Any]:
+def replay_dead_letters(ctx: Ctx, stream: Name, body: ReplayBody | None = None) -> dict[str, Any]:
     """Re-validate the selected open dead letters (``ids`` and/or ``reason``; all if neither) against the
     current pipeline config, with ``fixes`` replacing originals; land those that pass, once."""
     pipeline = ctx.pipeline(stream)
@@ -203,7 +232,7 @@ def replay_dead_letters(ctx: Ctx, stream: str, body: ReplayBody | None = None) -
 
 
 @router.get("/streams/{stream}/datasets", tags=["datasets"])
-def list_datasets(ctx: Ctx, stream: str) -> dict[str, Any]:
+def list_datasets(ctx: Ctx, stream: Name) -> dict[str, Any]:
     ctx.pipeline(stream)
     return {"stream": stream, "versions": [version_to_dict(v) for v in ctx.cutter.list_versions(stream)]}
 
@@ -213,11 +242,11 @@ class CutBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     since: datetime
-    min_rows: int | None = Field(default=None, ge=1, description="default: dataset.min_rows_after_change")
+    min_rows: PositiveInt | None = Field(default=None, description="default: dataset.min_rows_after_change")
 
 
 @router.post("/streams/{stream}/datasets", tags=["datasets"])
-def cut_dataset(ctx: Ctx, stream: str, body: CutBody | None = None) -> dict[str, Any]:
+def cut_dataset(ctx: Ctx, stream: Name, body: CutBody | None = None) -> dict[str, Any]:
     """Cut a dataset version now from the rows landed since the last one (409 if there are none). With a body
     ``{"since": ..., "min_rows": ...}``: a cut after a change, answered with its ``status`` (cut, covered, or
     waiting: made by ingestion itself once enough rows after ``since`` have landed)."""
@@ -255,9 +284,9 @@ def _versions_to_compare(
 @router.get("/streams/{stream}/datasets/diff", tags=["datasets"])
 def diff_datasets(
     ctx: Ctx,
-    stream: str,
-    from_version: str | None = Query(None, alias="from", description="Default: the version before `to`."),
-    to_version: str | None = Query(None, alias="to", description="Default: the newest version."),
+    stream: Name,
+    from_version: DatasetRef | None = Query(None, alias="from", description="Default: the version before `to`."),
+    to_version: DatasetRef | None = Query(None, alias="to", description="Default: the newest version."),
 ) -> dict[str, Any]:
     """Rows added and removed between two versions (by content) and the profile change per column."""
     pipeline = ctx.pipeline(stream)
@@ -266,7 +295,7 @@ def diff_datasets(
 
 
 @router.post("/streams/{stream}/datasets/compact", tags=["datasets"])
-def compact_landed(ctx: Ctx, stream: str, keep_versions: int = Query(2, ge=0)) -> dict[str, Any]:
+def compact_landed(ctx: Ctx, stream: Name, keep_versions: Count = 2) -> dict[str, Any]:
     """Retention: compact the landed batches of all but the newest ``keep_versions`` versions into one object
     per version (every version stays readable and reproducible)."""
     pipeline = ctx.pipeline(stream)
@@ -274,7 +303,7 @@ def compact_landed(ctx: Ctx, stream: str, keep_versions: int = Query(2, ge=0)) -
 
 
 @router.get("/datasets/{dataset_version_id}", tags=["datasets"])
-def get_dataset(ctx: Ctx, dataset_version_id: str) -> dict[str, Any]:
+def get_dataset(ctx: Ctx, dataset_version_id: Name) -> dict[str, Any]:
     """A version with its lineage and the landed batches (offsets, request ids) it took in."""
     row = ctx.cutter.get(dataset_version_id)
     return {**version_to_dict(row), "sources": version_sources(ctx.lander, row.id)}

@@ -135,8 +135,9 @@ def freshness(lander: Lander, stream: str, max_age_seconds: int) -> dict[str, An
     }
 
 
-def stream_stats(lander: Lander, stream: str, pending: int = 0) -> dict[str, Any]:
-    """Counts from the database (the record of truth): records_in = landed + open dead letters + pending."""
+def stream_stats(lander: Lander, stream: str, pending: int = 0, replay_skipped: int = 0) -> dict[str, Any]:
+    """Counts from the database (the record of truth), with what this process holds: records_in = landed + open
+    dead letters + pending + replay_skipped (records received again that had landed before, since the start)."""
     with lander.Session() as session:
         landed = int(
             session.scalar(
@@ -157,11 +158,12 @@ def stream_stats(lander: Lander, stream: str, pending: int = 0) -> dict[str, Any
     by_reason, dead = dlq["by_reason"], dlq["open"]
     return {
         "stream": stream,
-        "records_in": landed + dead + pending,
+        "records_in": landed + dead + pending + replay_skipped,
         "landed": landed,
         "landed_batches": batches,
         "dead_lettered": dead,
         "pending": pending,
+        "replay_skipped": replay_skipped,
         "unversioned_rows": unversioned,
         "by_reason": by_reason,
         # Dead letters replayed since: their records are counted in `landed` now.

@@ -7,7 +7,11 @@ their reasons. Both feed the same per-partition micro-batches, in offset order.
 
 Offsets are committed only after what precedes them is durable (landed as Parquet + ``LandedBatch`` row, or
 dead-lettered). After a crash the uncommitted tail is re-read: records at or below the last landed offset of
-their partition are skipped and dead letters are idempotent by source, so nothing lands twice.
+their partition are skipped and dead letters are idempotent by source, so nothing lands twice. An offset names a
+record only within one life of its topic: landed batches and dead letters carry the topic's id (Kafka's topic
+UUID, new when the topic is created again or a broker without storage restarts), so after a reset the new records
+at old offsets land instead of being taken for replays. Every record received is counted: ``received = landed +
+dead_lettered + replay_skipped + waiting``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from typing import Any
 import fastavro
 import numpy as np
 import pyarrow as pa
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicCollection, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from driftloop.contracts.layout import landed_kafka_key
 from driftloop.contracts.pipeline import PipelineConfig
@@ -47,7 +52,8 @@ class PartitionState:
 
     topic: str
     partition: int
-    landed_up_to: int  # last offset already landed (from the database), -1 if none
+    landed_up_to: int  # last offset already landed (from the database) in this life of the topic, -1 if none
+    topic_id: str | None = None  # the topic's id (its life), None when the broker does not tell
     chunks: list[pa.Table] = field(default_factory=list)  # waiting rows as Arrow tables, in offset order
     chunk_rows: int = 0
     rows: list[dict[str, Any]] = field(default_factory=list)  # waiting rows of the per-record path, after chunks
@@ -75,10 +81,12 @@ class PartitionState:
 
 @dataclass
 class IntakeCounters:
-    received: int = 0
+    """Since the process started: every record received, and where each went."""
+
+    received: int = 0  # = landed + dead_lettered + replay_skipped + the records still waiting in memory
     landed: int = 0
     dead_lettered: int = 0
-    replay_skipped: int = 0
+    replay_skipped: int = 0  # at or below the landed offset of the same life of the topic: landed before
 
 
 class KafkaIntake:
@@ -112,6 +120,7 @@ class KafkaIntake:
         }
         self._writer_is_reader: dict[tuple[str, int], bool] = {}
         self.partitions: dict[tuple[str, int], PartitionState] = {}
+        self._topic_ids: dict[str, str | None] = {}  # per topic, looked up at the first record after an assign
         self.counters: dict[str, IntakeCounters] = {cfg.stream.name: IntakeCounters() for cfg in pipelines.values()}
         self.assigned = not self.by_topic  # nothing to consume: trivially ready
         self.last_error: str | None = None
@@ -257,7 +266,9 @@ class KafkaIntake:
             state = self._state(topic, partition)
             counters = self.counters[self.by_topic[topic].stream.name]
             fresh = offsets > state.landed_up_to
-            counters.replay_skipped += int(fresh.size - np.count_nonzero(fresh))
+            skipped = int(fresh.size - np.count_nonzero(fresh))
+            counters.replay_skipped += skipped
+            counters.received += skipped
             accepted_at = np.flatnonzero(accepted)  # positions of the table's rows among the messages
             keep = fresh[accepted_at]
             if not keep.all():
@@ -340,7 +351,9 @@ class KafkaIntake:
             state = self.partitions.get((topic, partition))
             if state is None:
                 stream = self.by_topic[topic].stream.name
-                state = PartitionState(topic, partition, landed_up_to=self.lander.landed_up_to(stream, partition))
+                topic_id = self.topic_id(topic)
+                landed = self.lander.landed_up_to(stream, partition, topic_id)
+                state = PartitionState(topic, partition, landed_up_to=landed, topic_id=topic_id)
                 self.partitions[(topic, partition)] = state
             return state
 
@@ -352,9 +365,10 @@ class KafkaIntake:
         state = self._state(topic, partition)
         if offset <= state.landed_up_to:
             counters.replay_skipped += 1
+            counters.received += 1
             state.last_seen = offset
             return
-        source = f"kafka:{topic}/{partition}/{offset}"
+        source = f"kafka:{topic}/{partition}/{offset}{self._life(state.topic_id)}"
         value: bytes = msg.value() or b""
         record, rejection = decode_record(self.bus.codec, value, self.reader_schemas[topic], cfg, datetime.now(tz=UTC))
         counters.received += 1
@@ -387,6 +401,32 @@ class KafkaIntake:
         for _, done in requests:
             done.set()
 
+    # --- the life of a topic ---------------------------------------------------------------------------------
+
+    def topic_id(self, topic: str) -> str | None:
+        """The topic's id (Kafka's topic UUID), cached until the next assignment; None when the broker does not
+        tell (then replays are told by offset alone, as before ids were kept)."""
+        if topic in self._topic_ids:
+            return self._topic_ids[topic]
+        found: str | None = None
+        try:
+            admin = AdminClient(self.bus.settings.kafka_config())
+            described = admin.describe_topics(TopicCollection([topic]))[topic].result(timeout=10)
+            uuid = described.topic_id
+            if uuid is not None:  # as 32 hex digits: safe in object keys and sources
+                found = f"{uuid.get_most_significant_bits() & (2**64 - 1):016x}"
+                found += f"{uuid.get_least_significant_bits() & (2**64 - 1):016x}"
+        except Exception as exc:
+            log.warning("ingestion: no topic id for %s (%s): replays are told by offset alone", topic, exc)
+        self._topic_ids[topic] = found
+        return found
+
+    @staticmethod
+    def _life(topic_id: str | None) -> str:
+        """``@<topic id>`` (or nothing): a dead letter's or batch's source ends with the life of the topic it came
+        from, so the same offset of a recreated topic is another source."""
+        return "" if topic_id is None else f"@{topic_id}"
+
     # --- landing and committing --------------------------------------------------------------------------------
 
     def _land(self, state: PartitionState) -> None:
@@ -396,8 +436,9 @@ class KafkaIntake:
         self._rows_to_chunk(state)
         table = state.chunks[0] if len(state.chunks) == 1 else pa.concat_tables(state.chunks).combine_chunks()
         assert state.first_offset is not None and state.last_offset is not None
-        key = landed_kafka_key(cfg.stream.name, state.partition, state.first_offset, state.last_offset)
-        source = f"kafka:{state.topic}/{state.partition}/{state.first_offset}-{state.last_offset}"
+        key = landed_kafka_key(cfg.stream.name, state.partition, state.first_offset, state.last_offset, state.topic_id)
+        offsets = f"{state.first_offset}-{state.last_offset}"
+        source = f"kafka:{state.topic}/{state.partition}/{offsets}{self._life(state.topic_id)}"
         # Waiting dead letters are stored with the batch: once its offsets count as landed, a replay skips them.
         letters = [(rejection, letter_source, value) for _, rejection, letter_source, value in state.dead_letters]
         self.lander.land(
@@ -405,7 +446,7 @@ class KafkaIntake:
             table,
             key,
             source,
-            KafkaSource(state.partition, state.first_offset, state.last_offset),
+            KafkaSource(state.partition, state.first_offset, state.last_offset, state.topic_id),
             dead_letters=letters,
         )
         if letters:
@@ -461,6 +502,9 @@ class KafkaIntake:
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned = True
+        with self._lock:
+            for p in partitions:  # looked up again: a reassignment may follow the topic's reset
+                self._topic_ids.pop(p.topic, None)
         self.lag.assigned(partitions)
         # Before any record of these partitions is handled or committed: the crash tests kill on this line.
         log.info("ingestion assigned %s", [(p.topic, p.partition) for p in partitions])

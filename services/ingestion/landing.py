@@ -51,6 +51,7 @@ class KafkaSource:
     partition: int
     first_offset: int
     last_offset: int
+    topic_id: str | None = None  # None: the broker did not tell
 
 
 class Lander:
@@ -101,6 +102,7 @@ class Lander:
             min_event_time=low,
             max_event_time=high,
             kafka_partition=kafka.partition if kafka else None,
+            kafka_topic_id=kafka.topic_id if kafka else None,
             first_offset=kafka.first_offset if kafka else None,
             last_offset=kafka.last_offset if kafka else None,
         )
@@ -112,15 +114,26 @@ class Lander:
         log.info("landed %d rows of %s at %s (%s)", table.num_rows, stream.name, key, source)
         return batch
 
-    def landed_up_to(self, stream: str, partition: int) -> int:
-        """The last Kafka offset of ``partition`` already landed for ``stream``, or -1."""
+    def landed_up_to(self, stream: str, partition: int, topic_id: str | None = None) -> int:
+        """The last Kafka offset of ``partition`` already landed for ``stream`` from the topic whose id is
+        ``topic_id``, or -1. Batches of another id are of an earlier life of the topic (deleted and created
+        again, or a broker that restarted without storage): its offsets start again at 0 and name other records.
+        Batches landed without an id (before ids were kept, or from a broker that does not tell) count for the
+        current life unless a batch of another id shows the topic was reset since."""
         with self.Session() as session:
-            found = session.scalar(
-                sa.select(sa.func.max(LandedBatch.last_offset)).where(
-                    LandedBatch.stream == stream, LandedBatch.kafka_partition == partition
-                )
-            )
-        return -1 if found is None else int(found)
+            rows = session.execute(
+                sa.select(LandedBatch.kafka_topic_id, sa.func.max(LandedBatch.last_offset))
+                .where(LandedBatch.stream == stream, LandedBatch.kafka_partition == partition)
+                .group_by(LandedBatch.kafka_topic_id)
+            ).all()
+        by_id = {found_id: int(last) for found_id, last in rows if last is not None}
+        if topic_id is None:  # no id to tell the lives apart: every batch counts (never land twice)
+            return max(by_id.values(), default=-1)
+        if topic_id in by_id:
+            return by_id[topic_id]
+        if any(found_id not in (None, topic_id) for found_id in by_id):
+            return -1
+        return by_id.get(None, -1)
 
     # --- dead letters --------------------------------------------------------------------------------------
 

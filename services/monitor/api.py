@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
+from driftloop.contracts.bounds import Name
 from driftloop.runtime.service import api_context
 
 from .handlers import MonitorHandlers
@@ -25,7 +26,7 @@ router = APIRouter(prefix="/v1/monitor", tags=["monitor"])
 
 
 @router.get("/{model}")
-def monitor_status(ctx: Ctx, model: str) -> dict[str, Any]:
+def monitor_status(ctx: Ctx, model: Name) -> dict[str, Any]:
     """The champion version being watched, its reference dataset version, and how full the window is."""
     return ctx.handlers.status(model)
 
@@ -33,7 +34,7 @@ def monitor_status(ctx: Ctx, model: str) -> dict[str, Any]:
 @router.get("/{model}/drift")
 def drift_reports(
     ctx: Ctx,
-    model: str,
+    model: Name,
     limit: int = Query(20, ge=1, le=500, description="How many reports, newest first."),
     drifted_only: bool = Query(False, description="Only windows that drifted."),
 ) -> dict[str, Any]:
@@ -53,7 +54,7 @@ def quality_reports(
 @router.get("/{model}/performance")
 def performance_reports(
     ctx: Ctx,
-    model: str,
+    model: Name,
     limit: int = Query(20, ge=1, le=500, description="How many windows, newest first."),
     degraded_only: bool = Query(False, description="Only windows below the threshold."),
 ) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from driftloop.clients.db.models import ModelAlias, ModelVersion
+from driftloop.contracts.bounds import Name, PositiveInt, Text
 from driftloop.errors import InvalidRequest, NotFoundError
 from driftloop.runtime.security import principal_of
 from driftloop.runtime.service import api_context
@@ -20,33 +21,33 @@ from .handlers import RegistryHandlers
 from .repository import Registry
 
 ALIAS_PATTERN = r"^[a-z][a-z0-9_-]{0,99}$"
+TagKey = Annotated[Text, Field(min_length=1, max_length=200)]
 
 
 class MoveAliasBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: int = Field(ge=1, description="The version the alias points at after the move.")
-    reason: str = Field(min_length=1, max_length=2000, description="Why, in words (kept with the alias and event).")
-    expected_version: int | None = Field(
+    version: PositiveInt = Field(description="The version the alias points at after the move.")
+    reason: Text = Field(min_length=1, max_length=2000, description="Why, in words (kept with the alias and event).")
+    expected_version: PositiveInt | None = Field(
         default=None,
-        ge=1,
         description="Optimistic check: move only if the alias points at this version now (409 otherwise).",
     )
 
 
 class RollbackBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    to: int | None = Field(
-        default=None, ge=1, description="Version to roll back to; default: the newest promoted one before champion."
+    to: PositiveInt | None = Field(
+        default=None, description="Version to roll back to; default: the newest promoted one before champion."
     )
-    reason: str = Field(default="", max_length=2000, description="Why, in words.")
+    reason: Text = Field(default="", max_length=2000, description="Why, in words.")
 
 
 class AnnotateBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    tags: dict[str, str | None] | None = Field(
+    tags: dict[TagKey, Text | None] | None = Field(
         default=None, description="Tags to set (merged into the existing ones); a null value deletes that tag."
     )
-    description: str | None = Field(default=None, max_length=10_000, description="Replaces the description.")
+    description: Text | None = Field(default=None, max_length=10_000, description="Replaces the description.")
 
 
 def version_view(row: ModelVersion, aliases: dict[str, int] | None = None) -> dict[str, Any]:
@@ -106,7 +107,7 @@ def list_models(ctx: Ctx) -> dict[str, Any]:
 
 
 @router.get("/{name}/versions")
-def list_versions(ctx: Ctx, name: str) -> dict[str, Any]:
+def list_versions(ctx: Ctx, name: Name) -> dict[str, Any]:
     """Every version of the model, oldest first, with its aliases."""
     rows = ctx.registry.versions(name)
     aliases = ctx.registry.aliases(name)
@@ -114,13 +115,13 @@ def list_versions(ctx: Ctx, name: str) -> dict[str, Any]:
 
 
 @router.get("/{name}/versions/{version}")
-def get_version(ctx: Ctx, name: str, version: int) -> dict[str, Any]:
+def get_version(ctx: Ctx, name: Name, version: PositiveInt) -> dict[str, Any]:
     """One version: artifact and sha256, signature, metrics, tags, description, lineage, gate numbers."""
     return version_view(ctx.registry.get_version(name, version), ctx.registry.aliases(name))
 
 
 @router.patch("/{name}/versions/{version}")
-def annotate_version(ctx: Ctx, name: str, version: int, body: AnnotateBody) -> dict[str, Any]:
+def annotate_version(ctx: Ctx, name: Name, version: PositiveInt, body: AnnotateBody) -> dict[str, Any]:
     """Set or delete tags and replace the description of a version (admin)."""
     if body.tags is None and body.description is None:
         raise InvalidRequest("give `tags` and/or `description`")
@@ -132,7 +133,7 @@ def annotate_version(ctx: Ctx, name: str, version: int, body: AnnotateBody) -> d
 
 
 @router.get("/{name}/aliases")
-def list_aliases(ctx: Ctx, name: str) -> dict[str, Any]:
+def list_aliases(ctx: Ctx, name: Name) -> dict[str, Any]:
     """Every alias of the model with its version, who moved it and why."""
     if not ctx.registry.model_exists(name):
         raise unknown_model(name)
@@ -140,7 +141,7 @@ def list_aliases(ctx: Ctx, name: str) -> dict[str, Any]:
 
 
 @router.get("/{name}/aliases/{alias}")
-def get_alias(ctx: Ctx, name: str, alias: str) -> dict[str, Any]:
+def get_alias(ctx: Ctx, name: Name, alias: Name) -> dict[str, Any]:
     """The version an alias points at, who moved it there and why."""
     registry = ctx.registry
     found = registry.alias(name, alias)
@@ -153,7 +154,7 @@ def get_alias(ctx: Ctx, name: str, alias: str) -> dict[str, Any]:
 
 
 @router.get("/{name}/aliases/{alias}/history")
-def alias_history(ctx: Ctx, name: str, alias: str, limit: int = Query(100, ge=1, le=10_000)) -> dict[str, Any]:
+def alias_history(ctx: Ctx, name: Name, alias: Name, limit: int = Query(100, ge=1, le=10_000)) -> dict[str, Any]:
     """Every move of the alias, newest first (who, why, from which version, rollback or not), from the
     event log."""
     if not ctx.registry.model_exists(name):
@@ -164,7 +165,7 @@ def alias_history(ctx: Ctx, name: str, alias: str, limit: int = Query(100, ge=1,
 @router.put("/{name}/aliases/{alias}")
 def move_alias(
     ctx: Ctx,
-    name: str,
+    name: Name,
     body: MoveAliasBody,
     request: Request,
     alias: str = Path(pattern=ALIAS_PATTERN, description="champion, challenger or any name."),
@@ -185,7 +186,7 @@ def move_alias(
 
 
 @router.post("/{name}/rollback")
-def rollback(ctx: Ctx, name: str, request: Request, body: RollbackBody | None = None) -> dict[str, Any]:
+def rollback(ctx: Ctx, name: Name, request: Request, body: RollbackBody | None = None) -> dict[str, Any]:
     """Move ``champion`` back (admin): to ``to``, or to the newest promoted version before the current
     champion. Serving follows. 409 when there is nothing to roll back to."""
     body = body or RollbackBody()

@@ -8,20 +8,24 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
-from driftloop.runtime.service import api_context
+from driftloop.contracts.bounds import Name, PositiveInt
+from driftloop.runtime.service import ERROR_RESPONSES, ErrorBody, api_context
 
 from .errors import InvalidCompatibilityLevel, InvalidSchema, RegistryError
 from .store import SchemaStore
 
 MEDIA_TYPE = "application/vnd.schemaregistry.v1+json"
+# A version of a subject: a number, or latest (-1 too, as Confluent's clients send it).
+SchemaVersion = Annotated[str, Field(pattern=r"^(latest|-1|[1-9][0-9]{0,8})$")]
 
 
 async def _schema_body(request: Request) -> str:
     try:
         body = json.loads(await request.body() or b"{}")
-    except json.JSONDecodeError as exc:
-        raise InvalidSchema(f"request body is not JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, or nested too deep
+        raise InvalidSchema(f"request body is not JSON: {exc}") from None
     if not isinstance(body, dict) or not isinstance(body.get("schema"), str):
         raise InvalidSchema('request body must be {"schema": "<schema as a JSON string>"}')
     schema_type = body.get("schemaType", "AVRO") or "AVRO"
@@ -35,8 +39,8 @@ async def _schema_body(request: Request) -> str:
 async def _level_body(request: Request) -> str:
     try:
         body = json.loads(await request.body() or b"{}")
-    except json.JSONDecodeError as exc:
-        raise InvalidCompatibilityLevel(f"request body is not JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, or nested too deep
+        raise InvalidCompatibilityLevel(f"request body is not JSON: {exc}") from None
     level = body.get("compatibility") or body.get("compatibilityLevel") if isinstance(body, dict) else None
     if not isinstance(level, str):
         raise InvalidCompatibilityLevel('request body must be {"compatibility": "BACKWARD"} (or another level)')
@@ -45,6 +49,23 @@ async def _level_body(request: Request) -> str:
 
 def _flag(value: str | None) -> bool:
     return str(value).lower() == "true"
+
+
+def _body_schema(required: str, properties: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI of a raw JSON body the registry reads itself (to answer its errors in Confluent's shape)."""
+    schema = {"type": "object", "required": [required], "properties": properties}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+SCHEMA_BODY = _body_schema(
+    "schema",
+    {
+        "schema": {"type": "string", "description": "The Avro schema, as a JSON string."},
+        "schemaType": {"type": "string", "enum": ["AVRO"]},
+        "references": {"type": "array", "maxItems": 0},
+    },
+)
+LEVEL_BODY = _body_schema("compatibility", {"compatibility": {"type": "string"}})
 
 
 class RegistryResponse(JSONResponse):
@@ -67,7 +88,26 @@ class Context:
 
 Ctx = Annotated[Context, Depends(api_context)]
 
-router = APIRouter(tags=["schema registry"], default_response_class=RegistryResponse)
+
+class RegistryErrorBody(BaseModel):
+    """An error of the registry itself, in Confluent's shape."""
+
+    error_code: int
+    message: str
+
+
+# The registry answers its own errors in Confluent's shape and media type, the platform's (token, body size,
+# parameters) in driftloop's, as application/json.
+REGISTRY_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {
+        "model": RegistryErrorBody | ErrorBody,
+        "description": answer["description"],
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+    }
+    for status, answer in ERROR_RESPONSES.items()
+}
+
+router = APIRouter(tags=["schema registry"], default_response_class=RegistryResponse, responses=REGISTRY_ERRORS)
 
 
 @router.get("/")
@@ -81,22 +121,22 @@ def schema_types() -> list[str]:
 
 
 @router.get("/schemas/ids/{schema_id}")
-def get_schema(ctx: Ctx, schema_id: int) -> dict[str, Any]:
+def get_schema(ctx: Ctx, schema_id: PositiveInt) -> dict[str, Any]:
     return {"schema": ctx.store.schema_by_id(schema_id)}
 
 
 @router.get("/schemas/ids/{schema_id}/schema")
-def get_raw_schema(ctx: Ctx, schema_id: int) -> Any:
+def get_raw_schema(ctx: Ctx, schema_id: PositiveInt) -> Any:
     return json.loads(ctx.store.schema_by_id(schema_id))
 
 
 @router.get("/schemas/ids/{schema_id}/subjects")
-def get_schema_subjects(ctx: Ctx, schema_id: int) -> list[str]:
+def get_schema_subjects(ctx: Ctx, schema_id: PositiveInt) -> list[str]:
     return sorted({sv.subject for sv in ctx.store.subjects_of(schema_id)})
 
 
 @router.get("/schemas/ids/{schema_id}/versions")
-def get_schema_versions(ctx: Ctx, schema_id: int) -> list[dict[str, Any]]:
+def get_schema_versions(ctx: Ctx, schema_id: PositiveInt) -> list[dict[str, Any]]:
     return [{"subject": sv.subject, "version": sv.version} for sv in ctx.store.subjects_of(schema_id)]
 
 
@@ -106,53 +146,55 @@ def list_subjects(ctx: Ctx, deleted: str | None = None) -> list[str]:
 
 
 @router.get("/subjects/{subject}/versions")
-def list_versions(ctx: Ctx, subject: str) -> list[int]:
+def list_versions(ctx: Ctx, subject: Name) -> list[int]:
     return ctx.store.versions(subject)
 
 
 @router.get("/subjects/{subject}/versions/{version}")
-def get_version(ctx: Ctx, subject: str, version: str) -> dict[str, Any]:
+def get_version(ctx: Ctx, subject: Name, version: SchemaVersion) -> dict[str, Any]:
     sv = ctx.store.get_version(subject, version)
     return {"subject": sv.subject, "version": sv.version, "id": sv.schema_id, "schema": sv.schema}
 
 
 @router.get("/subjects/{subject}/versions/{version}/schema")
-def get_version_schema(ctx: Ctx, subject: str, version: str) -> Any:
+def get_version_schema(ctx: Ctx, subject: Name, version: SchemaVersion) -> Any:
     return json.loads(ctx.store.get_version(subject, version).schema)
 
 
-@router.post("/subjects/{subject}/versions")
-async def register(ctx: Ctx, subject: str, request: Request) -> dict[str, Any]:
+@router.post("/subjects/{subject}/versions", openapi_extra=SCHEMA_BODY)
+async def register(ctx: Ctx, subject: Name, request: Request) -> dict[str, Any]:
     schema_text = await _schema_body(request)
     schema_id = ctx.store.register(subject, schema_text)
     sv = ctx.store.lookup(subject, schema_text)
     return {"id": schema_id, "subject": subject, "version": sv.version, "schema": sv.schema}
 
 
-@router.post("/subjects/{subject}")
-async def lookup(ctx: Ctx, subject: str, request: Request) -> dict[str, Any]:
+@router.post("/subjects/{subject}", openapi_extra=SCHEMA_BODY)
+async def lookup(ctx: Ctx, subject: Name, request: Request) -> dict[str, Any]:
     sv = ctx.store.lookup(subject, await _schema_body(request))
     return {"subject": sv.subject, "version": sv.version, "id": sv.schema_id, "schema": sv.schema}
 
 
 @router.delete("/subjects/{subject}")
-def delete_subject(ctx: Ctx, subject: str, permanent: str | None = None) -> list[int]:
+def delete_subject(ctx: Ctx, subject: Name, permanent: str | None = None) -> list[int]:
     return ctx.store.delete_subject(subject, permanent=_flag(permanent))
 
 
 @router.delete("/subjects/{subject}/versions/{version}")
-def delete_version(ctx: Ctx, subject: str, version: str, permanent: str | None = None) -> int:
+def delete_version(ctx: Ctx, subject: Name, version: SchemaVersion, permanent: str | None = None) -> int:
     return ctx.store.delete_version(subject, version, permanent=_flag(permanent))
 
 
-@router.post("/compatibility/subjects/{subject}/versions/{version}")
-async def compatibility_one(ctx: Ctx, subject: str, version: str, request: Request, verbose: str | None = None) -> Any:
+@router.post("/compatibility/subjects/{subject}/versions/{version}", openapi_extra=SCHEMA_BODY)
+async def compatibility_one(
+    ctx: Ctx, subject: Name, version: SchemaVersion, request: Request, verbose: str | None = None
+) -> Any:
     problems = ctx.store.test_compatibility(subject, await _schema_body(request), version)
     return {"is_compatible": not problems, **({"messages": problems} if _flag(verbose) else {})}
 
 
-@router.post("/compatibility/subjects/{subject}/versions")
-async def compatibility_all(ctx: Ctx, subject: str, request: Request, verbose: str | None = None) -> Any:
+@router.post("/compatibility/subjects/{subject}/versions", openapi_extra=SCHEMA_BODY)
+async def compatibility_all(ctx: Ctx, subject: Name, request: Request, verbose: str | None = None) -> Any:
     problems = ctx.store.test_compatibility(subject, await _schema_body(request), None)
     return {"is_compatible": not problems, **({"messages": problems} if _flag(verbose) else {})}
 
@@ -162,21 +204,21 @@ def get_global_config(ctx: Ctx) -> dict[str, Any]:
     return {"compatibilityLevel": ctx.store.get_compatibility(None)}
 
 
-@router.put("/config")
+@router.put("/config", openapi_extra=LEVEL_BODY)
 async def put_global_config(ctx: Ctx, request: Request) -> dict[str, Any]:
     return {"compatibility": ctx.store.set_compatibility(None, await _level_body(request))}
 
 
 @router.get("/config/{subject}")
-def get_subject_config(ctx: Ctx, subject: str, defaultToGlobal: str | None = None) -> dict[str, Any]:
+def get_subject_config(ctx: Ctx, subject: Name, defaultToGlobal: str | None = None) -> dict[str, Any]:
     return {"compatibilityLevel": ctx.store.get_compatibility(subject, default_to_global=_flag(defaultToGlobal))}
 
 
-@router.put("/config/{subject}")
-async def put_subject_config(ctx: Ctx, subject: str, request: Request) -> dict[str, Any]:
+@router.put("/config/{subject}", openapi_extra=LEVEL_BODY)
+async def put_subject_config(ctx: Ctx, subject: Name, request: Request) -> dict[str, Any]:
     return {"compatibility": ctx.store.set_compatibility(subject, await _level_body(request))}
 
 
 @router.delete("/config/{subject}")
-def delete_subject_config(ctx: Ctx, subject: str) -> dict[str, Any]:
+def delete_subject_config(ctx: Ctx, subject: Name) -> dict[str, Any]:
     return {"compatibilityLevel": ctx.store.delete_compatibility(subject)}

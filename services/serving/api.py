@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
+from driftloop.contracts.bounds import Count, Name, Text
 from driftloop.contracts.events import Event
 from driftloop.contracts.payloads import Payload
 from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_model
@@ -27,7 +28,7 @@ from driftloop.errors import (
     ValidationFailed,
     http_status_of,
 )
-from driftloop.runtime.service import api_context
+from driftloop.runtime.service import ErrorBody, api_context
 
 from . import oip
 from . import predict as predicting
@@ -36,9 +37,9 @@ from .rollout import RolloutController
 from .served import ModelTable, ServedModel
 
 MAX_INSTANCES = 10_000
+# An entity key or a request id: text of at most 200 characters.
+Key = Annotated[Text, Field(max_length=200)]
 MAX_FEEDBACK = 10_000
-# The data plane is public (no admin token), as driftloop.runtime.security reads this mark.
-DATA_PLANE: dict[str, Any] = {"x-driftloop-public": True}
 
 EntityLookup = Callable[[str, list[str]], tuple[dict[str, dict[str, Any]], list[str]]]
 
@@ -48,7 +49,7 @@ class PredictRequest(BaseModel):
     instances: list[dict[str, Any]] | None = Field(
         default=None, min_length=1, max_length=MAX_INSTANCES, description="Raw stream fields, one object per row."
     )
-    entities: list[str] | None = Field(
+    entities: list[Key] | None = Field(
         default=None,
         min_length=1,
         max_length=MAX_INSTANCES,
@@ -58,7 +59,7 @@ class PredictRequest(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _one_of(cls, data: Any) -> Any:
-        if isinstance(data, dict) and ("instances" in data) == ("entities" in data):
+        if isinstance(data, dict) and (data.get("instances") is not None) == (data.get("entities") is not None):
             raise ValueError("give exactly one of 'instances' (raw fields) or 'entities' (entity keys)")
         return data
 
@@ -73,9 +74,9 @@ class PredictResponse(BaseModel):
 class FeedbackRow(BaseModel):
     model_config = ConfigDict(extra="forbid")
     actual: float = Field(description="The actual outcome (the label).")
-    request_id: str | None = Field(default=None, description="The request_id of the prediction ...")
-    index: int = Field(default=0, ge=0, description="... and the row within that request.")
-    entity: str | None = Field(default=None, description="Or the entity: its newest prediction at or before 'at'.")
+    request_id: Key | None = Field(default=None, description="The request_id of the prediction ...")
+    index: Count = Field(default=0, description="... and the row within that request.")
+    entity: Key | None = Field(default=None, description="Or the entity: its newest prediction at or before 'at'.")
     at: datetime | None = Field(default=None, description="With 'entity' (default: now). ISO 8601.")
 
     @model_validator(mode="after")
@@ -135,7 +136,7 @@ def served_or_503(ctx: Context, name: str) -> ServedModel:
 
 def answer(
     ctx: Context,
-    name: str,
+    name: Name,
     instances: list[dict[str, Any]],
     *,
     features: pd.DataFrame | None = None,
@@ -209,7 +210,7 @@ def list_served(ctx: Ctx) -> dict[str, Any]:
 
 
 @router.get("/v1/models/{name}", tags=["serving"])
-def describe(ctx: Ctx, name: str) -> dict[str, Any]:
+def describe(ctx: Ctx, name: Name) -> dict[str, Any]:
     served = served_or_503(ctx, name)
     problem = ctx.table.problem(name)
     return {
@@ -226,8 +227,8 @@ def describe(ctx: Ctx, name: str) -> dict[str, Any]:
     }
 
 
-@router.post("/v1/models/{name}/predict", response_model=PredictResponse, tags=["serving"], openapi_extra=DATA_PLANE)
-def predict(ctx: Ctx, name: str, request: PredictRequest) -> dict[str, Any]:
+@router.post("/v1/models/{name}/predict", response_model=PredictResponse, tags=["serving"])
+def predict(ctx: Ctx, name: Name, request: PredictRequest) -> dict[str, Any]:
     if request.entities is not None:
         pipeline = pipeline_for_model(ctx.pipelines, name)
         served_or_503(ctx, name)
@@ -237,8 +238,8 @@ def predict(ctx: Ctx, name: str, request: PredictRequest) -> dict[str, Any]:
     return answer(ctx, name, request.instances)
 
 
-@router.post("/v1/models/{name}/feedback", tags=["serving"], openapi_extra=DATA_PLANE)
-def post_feedback(ctx: Ctx, name: str, request: FeedbackRequest) -> dict[str, Any]:
+@router.post("/v1/models/{name}/feedback", tags=["serving"])
+def post_feedback(ctx: Ctx, name: Name, request: FeedbackRequest) -> dict[str, Any]:
     """Actual outcomes, by ``request_id`` (+ ``index``) or by ``entity`` (+ ``at``): stored joined with their
     predictions and announced as ``FeedbackReceived``. All rows are resolved first: one unknown → 404."""
     pipeline_for_model(ctx.pipelines, name)
@@ -259,7 +260,7 @@ def post_feedback(ctx: Ctx, name: str, request: FeedbackRequest) -> dict[str, An
 
 
 @router.get("/v1/models/{name}/feedback", tags=["serving"])
-def get_feedback(ctx: Ctx, name: str, limit: int = Query(default=100, ge=1, le=10_000)) -> dict[str, Any]:
+def get_feedback(ctx: Ctx, name: Name, limit: int = Query(default=100, ge=1, le=10_000)) -> dict[str, Any]:
     """The newest predictions with their actual outcomes (the join)."""
     pipeline_for_model(ctx.pipelines, name)
     if ctx.feedback is None:
@@ -270,6 +271,59 @@ def get_feedback(ctx: Ctx, name: str, limit: int = Query(default=100, ge=1, le=1
 # --- /v2: Open Inference Protocol ---------------------------------------------------------------------------
 # The protocol has its own error body, {"error": message} (+ reason and field for a bad input): /v2 routes
 # answer the tree's errors themselves.
+
+
+class V2Error(BaseModel):
+    """The Open Inference Protocol's error body (+ reason and field for an input that does not fit)."""
+
+    error: str
+    reason: str | None = None
+    field: str | None = None
+
+
+class V2Readiness(BaseModel):
+    """A readiness answer (503 while no model is loaded)."""
+
+    ready: bool
+    name: str | None = None
+
+
+V2_ERRORS: dict[int | str, dict[str, Any]] = {
+    **{status: {"model": V2Error} for status in (400, 404)},
+    503: {"model": V2Readiness | V2Error},
+    422: {"model": V2Error | ErrorBody},  # the protocol's, or the platform's for a malformed path
+}
+# The body of an inference request (read by v2_request, whose errors are the protocol's).
+INFER_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "inputs": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "shape", "datatype", "data"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                                    "datatype": {"type": "string"},
+                                    "data": {"type": "array"},
+                                },
+                            },
+                        },
+                        "outputs": {"type": "array", "items": {"type": "object"}},
+                    },
+                }
+            }
+        },
+    }
+}
 
 
 def v2_error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -292,14 +346,14 @@ def v2_live() -> dict[str, Any]:
     return {"live": True}
 
 
-@router.get("/v2/health/ready", tags=["oip"])
+@router.get("/v2/health/ready", tags=["oip"], responses=V2_ERRORS)
 def v2_ready(ctx: Ctx) -> JSONResponse:
     ready = ctx.table.loaded_count() > 0
     return JSONResponse(status_code=200 if ready else 503, content={"ready": ready})
 
 
-@router.get("/v2/models/{name}", tags=["oip"])
-def v2_model_metadata(ctx: Ctx, name: str) -> JSONResponse:
+@router.get("/v2/models/{name}", tags=["oip"], responses=V2_ERRORS)
+def v2_model_metadata(ctx: Ctx, name: Name) -> JSONResponse:
     try:
         pipeline = pipeline_for_model(ctx.pipelines, name)
     except NotFoundError as exc:
@@ -309,8 +363,8 @@ def v2_model_metadata(ctx: Ctx, name: str) -> JSONResponse:
     return JSONResponse(content=oip.metadata(pipeline, versions))
 
 
-@router.get("/v2/models/{name}/ready", tags=["oip"])
-def v2_model_ready(ctx: Ctx, name: str) -> JSONResponse:
+@router.get("/v2/models/{name}/ready", tags=["oip"], responses=V2_ERRORS)
+def v2_model_ready(ctx: Ctx, name: Name) -> JSONResponse:
     try:
         pipeline_for_model(ctx.pipelines, name)
     except NotFoundError as exc:
@@ -338,8 +392,8 @@ async def v2_request(request: Request, pipeline: PipelineConfig) -> tuple[str | 
     return client_id, instances
 
 
-@router.post("/v2/models/{name}/infer", tags=["oip"], openapi_extra=DATA_PLANE)
-async def v2_infer(ctx: Ctx, name: str, request: Request) -> JSONResponse:
+@router.post("/v2/models/{name}/infer", tags=["oip"], responses=V2_ERRORS, openapi_extra=INFER_BODY)
+async def v2_infer(ctx: Ctx, name: Name, request: Request) -> JSONResponse:
     try:
         pipeline = pipeline_for_model(ctx.pipelines, name)
         client_id, instances = await v2_request(request, pipeline)

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from driftloop.clients.db.models import Run
 from driftloop.clients.objectstore import ObjectStore
+from driftloop.contracts.bounds import Name, Text
 from driftloop.contracts.events import Event, new_event
 from driftloop.contracts.payloads import Payload, TrainingRequested
 from driftloop.contracts.settings import Settings
@@ -27,7 +28,7 @@ RunState = Literal["pending", "running", "completed", "failed", "aborted", "skip
 
 
 class RerunRequest(BaseModel):
-    reason: str = Field(default="rerun", max_length=500)
+    reason: Text = Field(default="rerun", max_length=500)
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,10 @@ router = APIRouter(prefix="/v1/runs", tags=["runs"])
 @router.get("")
 def list_runs(
     ctx: Ctx,
-    model: str | None = None,
+    model: Name | None = None,
     state: RunState | None = None,
-    trigger: str | None = None,
-    rerun_of: str | None = None,
+    trigger: Name | None = None,
+    rerun_of: Name | None = None,
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> dict[str, Any]:
     """Runs, newest first, optionally filtered by model, state, trigger and the run they re-execute."""
@@ -78,12 +79,12 @@ def list_runs(
 
 
 @router.get("/{run_id}")
-def run_detail(ctx: Ctx, run_id: str) -> dict[str, Any]:
+def run_detail(ctx: Ctx, run_id: Name) -> dict[str, Any]:
     return run_as_dict(ctx.get_run(run_id))
 
 
 @router.get("/{run_id}/logs", response_class=PlainTextResponse)
-def run_logs(ctx: Ctx, run_id: str) -> PlainTextResponse:
+def run_logs(ctx: Ctx, run_id: Name) -> PlainTextResponse:
     """The run's log: live while it runs, from the object store once it ended."""
     run = ctx.get_run(run_id)
     live = ctx.live_log(run_id)
@@ -95,7 +96,7 @@ def run_logs(ctx: Ctx, run_id: str) -> PlainTextResponse:
 
 
 @router.post("/{run_id}/abort", status_code=202)
-def abort_run(ctx: Ctx, run_id: str) -> dict[str, Any]:
+def abort_run(ctx: Ctx, run_id: Name) -> dict[str, Any]:
     """Abort a pending or running run: its Ray Tune trials and its fit are stopped (their CPUs freed) within
     about a second; the run ends in state ``aborted`` (a RunStateChanged event). 409 if it already ended."""
     run = ctx.get_run(run_id)
@@ -108,7 +109,7 @@ def abort_run(ctx: Ctx, run_id: str) -> dict[str, Any]:
 
 
 @router.post("/{run_id}/rerun", status_code=202)
-def rerun(ctx: Ctx, run_id: str, body: RerunRequest | None = None) -> dict[str, Any]:
+def rerun(ctx: Ctx, run_id: Name, body: RerunRequest | None = None) -> dict[str, Any]:
     """Re-execute a completed run from its record: same dataset version, features, params and seed, no search.
     Publishes a TrainingRequested (trigger ``rerun``); the new run has ``rerun_of`` = this run."""
     run = ctx.get_run(run_id)

@@ -221,7 +221,7 @@ def test_kafka_records_are_landed_or_dead_lettered_exactly_once(ingestion: Inges
     replay = KafkaIntake(runtime.bus, runtime.pipelines, ingestion.intake.lander)
     thread, stop = start_intake(replay)
     wait_for(
-        lambda: replay.counters[stream].replay_skipped + replay.counters[stream].received == total,
+        lambda: replay.counters[stream].received == total,  # received counts the skipped replays too
         "the replay to read every message",
     )
     stop.set()

@@ -1,5 +1,6 @@
 """The credentials a client of driftloop's services sends: the admin token of the settings or the embedded stack's
-generated token file, as a bearer header or as the schema registry client's configuration."""
+generated token file (or a token of another scope the caller holds, e.g. a producer token), as a bearer header or
+as the schema registry client's configuration."""
 
 from __future__ import annotations
 
@@ -38,12 +39,17 @@ def ensure_admin_token(settings: Settings) -> str | None:
         return existing
     path = token_file(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
+    token = new_token()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(token + "\n")
     os.chmod(path, 0o600)
     return token
+
+
+def new_token() -> str:
+    """A new random token (256 bits, URL-safe): for ``driftloop tokens new`` and the generated admin token."""
+    return secrets.token_urlsafe(32)
 
 
 def client_token(settings: Settings) -> str | None:
@@ -53,15 +59,17 @@ def client_token(settings: Settings) -> str | None:
     return read_token_file(settings)
 
 
-def auth_headers(settings: Settings) -> dict[str, str]:
-    token = client_token(settings)
+def auth_headers(settings: Settings, token: str | None = None) -> dict[str, str]:
+    """``Authorization: Bearer`` with ``token``, else with ``client_token``; nothing when there is none."""
+    token = token or client_token(settings)
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def schema_registry_client_config(settings: Settings) -> dict[str, Any]:
-    """confluent_kafka SchemaRegistryClient config, with the bearer token for the embedded registry."""
+def schema_registry_client_config(settings: Settings, token: str | None = None) -> dict[str, Any]:
+    """confluent_kafka SchemaRegistryClient config, with a bearer token for the embedded registry: ``token`` (e.g.
+    a producer token, which may register its streams' schemas), else ``client_token``."""
     config: dict[str, Any] = {"url": settings.schema_registry.url}
-    token = client_token(settings)
+    token = token or client_token(settings)
     if token and settings.schema_registry.embedded:
         config.update(
             {

@@ -7,9 +7,13 @@ def landed_prefix(stream: str) -> str:
     return f"landed/{stream}/"
 
 
-def landed_kafka_key(stream: str, partition: int, first_offset: int, last_offset: int) -> str:
-    """Named by source offsets, so that a replay after a crash overwrites instead of duplicating."""
-    return f"landed/{stream}/kafka-p{partition:04d}-{first_offset:020d}-{last_offset:020d}.parquet"
+def landed_kafka_key(
+    stream: str, partition: int, first_offset: int, last_offset: int, topic_id: str | None = None
+) -> str:
+    """Named by source offsets, so that a replay after a crash overwrites instead of duplicating; and by the
+    topic's id when known, since a topic created again starts its offsets again and they name other records."""
+    life = f"{topic_id}-" if topic_id else ""
+    return f"landed/{stream}/kafka-{life}p{partition:04d}-{first_offset:020d}-{last_offset:020d}.parquet"
 
 
 def landed_http_key(stream: str, request_id: str) -> str:

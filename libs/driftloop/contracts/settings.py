@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -147,6 +147,17 @@ class ServicesSettings(_Section):
     monitor_port: int = 8106
     triggers_port: int = 8107
     dashboard_port: int = 8108
+    # HTTP limits of every service (runtime.service): a request body over max_body_bytes is refused (413) as it
+    # streams in, unless its route declares a larger cap (ingestion's record batches); a connection that has not
+    # sent its request headers within header_timeout_seconds (or stays idle that long between requests) is closed;
+    # over max_concurrency connections or requests in flight a service answers 503.
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    max_concurrency: int = Field(default=200, ge=1)
+    # The HTTP/1.1 parser: httptools (C, the default) or h11 (pure Python; max_header_bytes applies to it only,
+    # httptools has its own fixed limit on a request head).
+    http_parser: Literal["httptools", "h11"] = "httptools"
 
     def port(self, service: str) -> int:
         try:
@@ -176,20 +187,32 @@ class SecuritySettings(_Section):
     enabled: bool = True
     # name -> token. The name is who made a change (kept with alias moves and rollbacks).
     admin_tokens: dict[str, SecretStr] = Field(default_factory=dict)
-    # name -> token; read scope only (GET), a 403 on any mutating call.
+    # name -> token; read scope: reads (GET), and the lookups that only read (online features, the schema
+    # registry's lookup and compatibility check); a 403 on any other mutating call.
     read_tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    # name -> token; producer scope: what a read token may, plus posting records and registering schemas.
+    producer_tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    # name -> token; serving-client scope: what a read token may, plus predict, infer and feedback.
+    serving_tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    # Optional: token name -> the streams a producer token may write (records; schemas under the subjects of the
+    # streams' topics), and -> the models a serving token may call. A token not listed is not restricted.
+    token_streams: dict[str, list[str]] = Field(default_factory=dict)
+    token_models: dict[str, list[str]] = Field(default_factory=dict)
     # Reads (GET/HEAD) need a read or admin token too. /healthz and /metrics stay open.
     protect_reads: bool = False
     # "METHOD /path" of mutating routes open without a token (the data plane). Path parameters match any name.
+    # Empty: the data plane needs a token too (a serving token for predict/infer/feedback, a producer token for
+    # records), which security.token_models / token_streams may restrict.
     public_routes: list[str] = Field(
         default_factory=lambda: [
             "POST /v1/models/{name}/predict",
             "POST /v1/models/{name}/feedback",
+            "POST /v2/models/{name}/infer",
             "POST /v1/streams/{stream}/records",
         ]
     )
 
-    @field_validator("admin_tokens", "read_tokens")
+    @field_validator("admin_tokens", "read_tokens", "producer_tokens", "serving_tokens")
     @classmethod
     def _tokens_are_long_enough(cls, tokens: dict[str, SecretStr]) -> dict[str, SecretStr]:
         # An empty or short token is a typo or a guessable secret, never what the operator meant.
@@ -197,6 +220,15 @@ class SecuritySettings(_Section):
             if len(token.get_secret_value().strip()) < MIN_TOKEN_LENGTH:
                 raise ValueError(f"token {name!r} is shorter than {MIN_TOKEN_LENGTH} characters")
         return tokens
+
+    @model_validator(mode="after")
+    def _restrictions_name_tokens(self) -> SecuritySettings:
+        for key, tokens in (("token_streams", self.producer_tokens), ("token_models", self.serving_tokens)):
+            unknown = sorted(set(getattr(self, key)) - set(tokens))
+            if unknown:
+                kind = "producer_tokens" if key == "token_streams" else "serving_tokens"
+                raise ValueError(f"{key}: {unknown} are not names of {kind}")
+        return self
 
     @field_validator("public_routes")
     @classmethod

@@ -18,26 +18,42 @@ import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
+import h11
 import sqlalchemy as sa
 import uvicorn
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import sessionmaker
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from driftloop.clients.db import create_engine_for, migrate, session_factory
 from driftloop.contracts.pipeline import PipelineConfig, load_pipelines
-from driftloop.contracts.settings import Settings, load_settings
+from driftloop.contracts.settings import ServicesSettings, Settings, load_settings
 from driftloop.contracts.topics import Topic
-from driftloop.errors import AuthenticationRequired, DriftloopError, http_status_of
+from driftloop.errors import (
+    AuthenticationRequired,
+    DriftloopError,
+    InvalidRequest,
+    PayloadTooLarge,
+    ServiceError,
+    http_status_of,
+)
 from driftloop.runtime import workers
 from driftloop.runtime.bus import EventBus, EventHandler
 from driftloop.runtime.metrics import SERVICE_INFO, HttpMetricsMiddleware
-from driftloop.runtime.security import TokenChecker, bearer_scheme
+from driftloop.runtime.security import TokenChecker, bearer_scheme, bearer_token
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +122,45 @@ async def api_context(request: Request) -> Any:
     return request.app.state.context
 
 
+class ErrorBody(BaseModel):
+    """The body of every error answer (``driftloop.errors``): a message, or for a request that does not fit the
+    route's declared types, the list of what is wrong (``RequestValidationError``); and a stable code."""
+
+    detail: Any = Field(description="What went wrong and how to fix it (a message, or a structured detail).")
+    code: str = Field(description="A stable machine-readable code (driftloop.errors).")
+
+
+# What any route may answer besides its own results: declared on every route's OpenAPI.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in {
+        400: "Bad request: the request cannot be done as asked.",
+        401: "No token, or an unknown one (a protected route).",
+        403: "The token's scope does not allow this call.",
+        404: "The stream, model, version or other resource named does not exist.",
+        409: "Conflicts with the current state.",
+        413: "The request body is over the route's size limit.",
+        414: "The request target (path and query) is over the size limit.",
+        422: "The request's parameters or body do not fit the route (which and why in `detail`).",
+        503: "A dependency (database, online store, broker, model) is not available now.",
+    }.items()
+}
+# A route accepting a body larger than ``services.max_body_bytes`` declares its own cap:
+# ``@router.post(..., openapi_extra=body_limit(32 * 1024 * 1024))``.
+MAX_BODY_MARK = "x-driftloop-max-body-bytes"
+
+
+def body_limit(max_bytes: int) -> dict[str, Any]:
+    return {MAX_BODY_MARK: max_bytes}
+
+
 async def error_response(_request: Request, exc: Exception) -> JSONResponse:
     """The one answer to any error of the tree (``driftloop.errors``): its status, ``{"detail", "code"}``."""
     assert isinstance(exc, DriftloopError)
+    return _error_json(exc)
+
+
+def _error_json(exc: DriftloopError) -> JSONResponse:
     # RFC 9110: a 401 names the scheme that would be accepted.
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthenticationRequired) else None
     return JSONResponse(
@@ -116,40 +168,230 @@ async def error_response(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def validation_error_response(_request: Request, exc: Exception) -> JSONResponse:
+    """A request that does not fit the route's declared types: 422 with the list of problems (FastAPI's own
+    ``detail``) and the code of ``InvalidRequest``, the same shape as every other error."""
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse(
+        status_code=InvalidRequest.status_code,
+        content={"detail": jsonable_encoder(exc.errors()), "code": InvalidRequest.default_code},
+    )
+
+
+def api_routes(app: FastAPI) -> list[Any]:
+    """Every route of the app, each with its ``path``, ``methods``, ``openapi_extra`` and ``matches``: FastAPI keeps
+    the routes of an included router behind one entry of ``app.routes`` (resolved by ``effective_candidates``)."""
+    found: list[Any] = []
+    pending = list(app.router.routes)
+    while pending:
+        route = pending.pop(0)
+        candidates = getattr(route, "effective_candidates", None)
+        if candidates is None:
+            found.append(route)
+        else:
+            pending[:0] = list(candidates())
+    return found
+
+
+async def http_error_response(_request: Request, exc: Exception) -> Response:
+    """What the framework itself answers (no such path 404, method 405, a body that is not UTF-8 400): the same
+    ``{"detail", "code"}`` as every other error."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code < 400:  # not an error (e.g. 304)
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+    return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail, "code": code}, headers=exc.headers)
+
+
+class RequestGuard:
+    """Pure ASGI middleware in front of every route: who is calling (``TokenChecker.authorize``, from the headers
+    alone), then the body's size, refused (413) by its declared length or as it streams in (chunked bodies too),
+    before any route reads a byte of it. A route is let through with the body read whole, up to its cap
+    (``services.max_body_bytes``, or the route's ``body_limit``)."""
+
+    def __init__(
+        self, app: Any, *, routes_of: FastAPI, checker: TokenChecker, max_body_bytes: int, max_target_bytes: int
+    ) -> None:
+        self.app = app
+        self.routes_of = routes_of
+        self.checker = checker
+        self.max_body_bytes = max_body_bytes
+        self.max_target_bytes = max_target_bytes
+
+    def _route(self, scope: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        partial = None
+        for route in api_routes(self.routes_of):
+            match, child = route.matches(scope)
+            if match == Match.FULL:
+                return route, child.get("path_params", {})
+            if match == Match.PARTIAL and partial is None:
+                partial = (route, child.get("path_params", {}))
+        return partial or (None, {})
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        target = len(scope.get("raw_path") or scope["path"].encode()) + len(scope.get("query_string", b""))
+        if target > self.max_target_bytes:
+            message = f"the request target has {target} bytes; the limit is {self.max_target_bytes}"
+            await _error_json(ServiceError(message, status_code=414, code="uri_too_long"))(scope, receive, send)
+            return
+        route, params = self._route(scope)
+        extra = getattr(route, "openapi_extra", None) or {}
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        try:
+            principal = self.checker.authorize(
+                scope["method"],
+                scope["path"],
+                getattr(route, "path", None),
+                params,
+                bearer_token(headers.get("authorization")),
+                extra,
+            )
+            limit = int(extra.get(MAX_BODY_MARK, self.max_body_bytes))
+            body = await self._read_body(receive, headers.get("content-length"), limit)
+        except DriftloopError as exc:
+            await _error_json(exc)(scope, receive, send)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        delivered = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: wait for the disconnect, as a server would
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _read_body(receive: Any, declared: str | None, limit: int) -> bytes:
+        def too_large(size: str | int) -> PayloadTooLarge:
+            return PayloadTooLarge(f"request body of {size} bytes is over this route's limit of {limit} bytes")
+
+        declared = (declared or "").strip()
+        if declared.isascii() and declared.isdigit() and int(declared) > limit:
+            raise too_large(declared)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise too_large(f"over {limit}")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+
 def base_app(runtime: Runtime, title: str, description: str = "") -> FastAPI:
     """A FastAPI app with the endpoints every service has, any error of the tree answered with its status and code
-    (``error_response``), and the token check (``driftloop.runtime.security``) on every route, including the ones
-    a service adds later."""
+    (``error_response``), and ``RequestGuard`` in front of every route, including the ones a service adds later:
+    the token check (``driftloop.runtime.security``) and the body-size cap, both before a body is read."""
     # A stand-in runtime without settings (unit tests) gets an open API.
-    checker = TokenChecker(getattr(runtime, "settings", None))
+    settings = getattr(runtime, "settings", None)
+    checker = TokenChecker(settings, getattr(runtime, "pipelines", None))
     if not checker.enforced:
         log.warning("%s: no admin token configured: the HTTP API is open (see security settings)", title)
 
-    # Async: a few microseconds of work, done on the event loop rather than after a hop to the thread pool.
-    async def check_token(
-        request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)
-    ) -> None:
-        request.state.principal = checker(request, credentials)
+    async def bearer_documented(_credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)) -> None:
+        """Declares the bearer scheme in the OpenAPI; the check itself is ``RequestGuard``'s."""
 
     app = FastAPI(
         title=f"driftloop {title}",
         description=description,
         version="0.1.0",
-        dependencies=[Depends(check_token)],
+        dependencies=[Depends(bearer_documented)],
+        responses=ERROR_RESPONSES,
     )
     app.state.runtime = runtime
     app.state.token_checker = checker
-    # Request count and latency per route on every service's /metrics (besides the bus's consumer metrics).
+    services = settings.services if settings is not None else ServicesSettings()
+    app.add_middleware(
+        RequestGuard,
+        routes_of=app,
+        checker=checker,
+        max_body_bytes=services.max_body_bytes,
+        max_target_bytes=services.max_header_bytes,
+    )
+    # Request count and latency per route on every service's /metrics (besides the bus's consumer metrics); the
+    # outermost middleware, so refused requests are counted too.
     app.add_middleware(HttpMetricsMiddleware)
     SERVICE_INFO.labels(runtime.name).set(1)
 
     app.add_exception_handler(DriftloopError, error_response)
+    app.add_exception_handler(RequestValidationError, validation_error_response)
+    app.add_exception_handler(StarletteHTTPException, http_error_response)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> PlainTextResponse:
         return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+class _HeaderTimeout:
+    """A header-read timeout for uvicorn's protocols: a connection must send a whole request head within the
+    keep-alive timeout of its opening (or of the end of its previous answer), else it is closed. uvicorn arms that
+    timer only between requests and drops it at the first byte received, so a client that connects and sends
+    nothing, or a head a byte at a time, would otherwise hold its connection for ever."""
+
+    def _waiting_for_head(self: Any) -> bool:
+        raise NotImplementedError
+
+    def connection_made(self: Any, transport: Any) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._head_deadline = self.loop.time() + self.timeout_keep_alive
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    def on_response_complete(self: Any) -> None:
+        self._head_deadline = self.loop.time() + self.timeout_keep_alive  # uvicorn arms its timer here itself
+        super().on_response_complete()  # type: ignore[misc]
+
+    def data_received(self: Any, data: bytes) -> None:
+        super().data_received(data)  # type: ignore[misc]  # drops the timer
+        if self._waiting_for_head() and not self.transport.is_closing() and self.timeout_keep_alive_task is None:
+            remaining = max(0.0, self._head_deadline - self.loop.time())
+            self.timeout_keep_alive_task = self.loop.call_later(remaining, self.timeout_keep_alive_handler)
+
+
+class HeaderTimeoutH11Protocol(_HeaderTimeout, H11Protocol):
+    """The pure-Python parser (h11) with the header-read timeout."""
+
+    def _waiting_for_head(self) -> bool:
+        return self.conn.their_state is h11.IDLE
+
+
+class HeaderTimeoutHttpToolsProtocol(_HeaderTimeout, HttpToolsProtocol):
+    """The C parser (httptools, the default: several times cheaper per request) with the header-read timeout."""
+
+    def _waiting_for_head(self) -> bool:
+        # A request's cycle exists from its complete head on; none, or a finished one: waiting for the next head.
+        return self.cycle is None or self.cycle.response_complete
+
+
+def server_config(app: FastAPI, settings: Settings, name: str, *, fd: int | None = None) -> uvicorn.Config:
+    """How a service's HTTP server runs: its port, and the limits of ``services`` settings (header-read and
+    keep-alive timeout, size of a request head, connections and requests in flight: over that, 503)."""
+    services = settings.services
+    return uvicorn.Config(
+        app,
+        host=services.host,
+        port=services.port(name),
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        log_config=None,
+        http=HeaderTimeoutH11Protocol if services.http_parser == "h11" else HeaderTimeoutHttpToolsProtocol,
+        timeout_keep_alive=int(max(1, round(services.header_timeout_seconds))),
+        limit_concurrency=services.max_concurrency,
+        h11_max_incomplete_event_size=services.max_header_bytes,
+    )
 
 
 def _consumers_ready(runtime: Runtime, spec: ServiceSpec) -> bool:
@@ -210,10 +452,7 @@ def _run_http_worker(
     runtime = make_runtime(name, settings, migrated=True)
     spec = build(runtime)
     _add_health(spec.app, runtime, spec, consumers_ready=ready.get)
-    config = uvicorn.Config(
-        spec.app, fd=sock_fd, log_level=settings.log_level.lower(), access_log=False, log_config=None
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(server_config(spec.app, settings, name, fd=sock_fd))
     try:
         server.run()
     finally:
@@ -278,14 +517,7 @@ def run(name: str, build: Callable[[Runtime], ServiceSpec], tasks: Mapping[str, 
     for t in threads:
         t.start()
 
-    config = uvicorn.Config(
-        spec.app,
-        host=settings.services.host,
-        port=settings.services.port(name),
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        log_config=None,
-    )
+    config = server_config(spec.app, settings, name)
     server = uvicorn.Server(config)
     sockets, http_workers = None, []
     if spec.workers > 1:

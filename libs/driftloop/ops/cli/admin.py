@@ -1,4 +1,5 @@
-"""``driftloop db | pipeline | schemas``: the database, the pipeline files and the event schemas' lock."""
+"""``driftloop db | pipeline | schemas | tokens``: the database, the pipeline files, the event schemas' lock and
+API tokens."""
 
 from __future__ import annotations
 
@@ -15,6 +16,14 @@ from driftloop.ops.cli import _common as common
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 pipeline_app = typer.Typer(help="Pipeline config files.", no_args_is_help=True)
 schemas_app = typer.Typer(help="Event schemas and their compatibility lock.", no_args_is_help=True)
+tokens_app = typer.Typer(help="API tokens and their scopes.", no_args_is_help=True)
+# Scope -> the settings key its tokens live under (driftloop.runtime.security describes each scope).
+TOKEN_SETTINGS = {
+    "admin": "admin_tokens",
+    "read": "read_tokens",
+    "producer": "producer_tokens",
+    "serving": "serving_tokens",
+}
 
 
 @db_app.command("upgrade")
@@ -146,3 +155,42 @@ def schemas_lock() -> None:
 
     added = update_lock()
     common.console.print(f"locked {len(added)} new schema version(s): {', '.join(added) or '-'}")
+
+
+@tokens_app.command("new")
+def tokens_new(
+    name: Annotated[str, typer.Argument(help="Who holds it (kept with alias moves and shown in 403 answers).")],
+    scope: Annotated[str, typer.Option(help="admin, read, producer (records, schemas) or serving (predict).")],
+    stream: Annotated[list[str] | None, typer.Option(help="producer: only these streams (repeatable).")] = None,
+    model: Annotated[list[str] | None, typer.Option(help="serving: only these models (repeatable).")] = None,
+) -> None:
+    """Make a new random token of a scope and print the settings that grant it (tokens live in the settings,
+    e.g. DRIFTLOOP_SECURITY__PRODUCER_TOKENS; restart the services after adding it)."""
+    from driftloop.clients.credentials import new_token
+
+    if scope not in TOKEN_SETTINGS:
+        common.err_console.print(f"[red]unknown scope {scope!r}: one of {', '.join(TOKEN_SETTINGS)}[/red]")
+        raise typer.Exit(2)
+    if (stream and scope != "producer") or (model and scope != "serving"):
+        common.err_console.print("[red]--stream restricts producer tokens, --model serving tokens[/red]")
+        raise typer.Exit(2)
+    token = new_token()
+    key = TOKEN_SETTINGS[scope]
+    settings: dict[str, Any] = {key: {name: token}}
+    if stream:
+        settings["token_streams"] = {name: stream}
+    if model:
+        settings["token_models"] = {name: model}
+    common.print_json({"name": name, "scope": scope, "token": token, "add_to_settings": {"security": settings}})
+
+
+@tokens_app.command("list")
+def tokens_list() -> None:
+    """The configured tokens: name, scope and restriction (never the secrets)."""
+    security = common.settings().security
+    rows = []
+    for scope, key in TOKEN_SETTINGS.items():
+        for name in getattr(security, key):
+            only = security.token_streams.get(name) or security.token_models.get(name)
+            rows.append({"name": name, "scope": scope, "only": only})
+    common.print_json(rows)

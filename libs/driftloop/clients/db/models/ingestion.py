@@ -20,8 +20,11 @@ class LandedBatch(Base):
     max_event_time: Mapped[datetime | None]
     landed_at: Mapped[datetime] = mapped_column(default=utcnow)
     dataset_version_id: Mapped[str | None] = mapped_column(sa.String(200), index=True)
-    # Kafka batches: the source offsets, so that a replay after a crash skips what already landed.
+    # Kafka batches: the source offsets, so that a replay after a crash skips what already landed. Offsets are
+    # identities only within one life of a topic: the topic's id (new when it is deleted and created again, or
+    # when a broker without storage restarts) says which.
     kafka_partition: Mapped[int | None]
+    kafka_topic_id: Mapped[str | None] = mapped_column(sa.String(64))
     first_offset: Mapped[int | None] = mapped_column(sa.BigInteger)
     last_offset: Mapped[int | None] = mapped_column(sa.BigInteger)
     # Retention: the compacted object now holding these rows (the row stays, so replays still skip its offsets).
