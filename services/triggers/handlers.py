@@ -561,8 +561,17 @@ class TriggerHandlers:
         cooling = cooldown_left(pipeline.triggers, view, self.clock())
         if cooling is not None or view.latest_dataset_version_id is None:
             return
+        held = pending[0]
+        if held.trigger == "drift" and pipeline.triggers.drift.wait_for_fresh_data:
+            stream = session.get(TriggerStreamState, pipeline.stream.name)
+            cause_time = as_utc(held.cause_occurred_at)
+            if stream is None or cause_time is None or as_utc(stream.materialized_at) < cause_time:  # type: ignore[operator]
+                # The cooldown is over, but the drift still wants data cut after it (wait_for_fresh_data).
+                held.wait_for = "data"
+                held.note = f"{held.note}; cooldown over, waiting for the next dataset version (wait_for_fresh_data)"
+                return
         why = f"cooldown over ({pipeline.triggers.cooldown_by})"
-        self._fire(session, pending[0], view.latest_dataset_version_id, why, clock_event)
+        self._fire(session, held, view.latest_dataset_version_id, why, clock_event)
 
     def _fire(
         self,

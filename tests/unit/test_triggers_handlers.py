@@ -642,3 +642,26 @@ def test_change_start_travels_with_the_request(make: Any, published: list[Event]
     )
     handlers.on_drift_detected(drift)
     assert published[0].payload.change_started_at == start
+
+
+def test_a_drift_held_by_the_cooldown_still_waits_for_fresh_data(
+    make: Any, published: list[Event], clock: Clock
+) -> None:
+    handlers: TriggerHandlers = make(pipeline(wait_for_fresh_data=True))
+    handlers.on_model_promoted(promoted_event())
+    handlers.on_features_materialized(features_event(1, when=clock.now))
+    handlers.request_manual(MODEL, "labels fixed")  # manual: no cooldown
+    handlers.on_external_trigger(external_event())  # automatic: the cooldown starts
+    clock.now += timedelta(seconds=5)
+    drift = drift_event(0, when=clock.now)
+    handlers.on_drift_detected(drift)
+    (held,) = [d for d in handlers.requests(MODEL, 9) if d["cause_event_id"] == drift.id]
+    assert held["wait_for"] == "cooldown"
+    clock.now += timedelta(seconds=300)
+    handlers.check_due()
+    assert [e.payload.trigger for e in published] == ["manual", "external"]
+    (held,) = [d for d in handlers.requests(MODEL, 9) if d["cause_event_id"] == drift.id]
+    assert (held["status"], held["wait_for"]) == ("pending", "data")
+    handlers.on_features_materialized(features_event(2, when=clock.now))
+    assert [e.payload.trigger for e in published][-1] == "drift"
+    assert published[-1].envelope.caused_by == drift.id
