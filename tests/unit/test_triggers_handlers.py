@@ -101,9 +101,7 @@ def registry() -> Registry:
 
 
 @pytest.fixture
-def make(
-    session_maker: Any, clock: Clock, published: list[Event], decisions: list[Event], registry: Registry
-) -> Any:
+def make(session_maker: Any, clock: Clock, published: list[Event], decisions: list[Event], registry: Registry) -> Any:
     def publish(event: Event) -> None:
         (decisions if event.type == "RetrainDecision" else published).append(event)
 
@@ -272,9 +270,7 @@ def test_cooldown_expires(make: Any, published: list[Event], clock: Clock) -> No
     assert len(published) == 2
 
 
-def test_cooldown_is_per_model_and_holds_causes_of_every_kind(
-    make: Any, published: list[Event], clock: Clock
-) -> None:
+def test_cooldown_is_per_model_and_holds_causes_of_every_kind(make: Any, published: list[Event], clock: Clock) -> None:
     # The bootstrap retrain (new data) does not swallow a drift that follows within the cooldown: the drift is
     # held, and fires when the cooldown ends (not right after the bootstrap, on the same data).
     handlers: TriggerHandlers = make(pipeline(cooldown=300))

@@ -113,9 +113,7 @@ def test_default_policy_retrains_only_on_drift_that_hurts_performance() -> None:
     assert decision.note.startswith("reported, not retrained")
     for confirmed in (Alarm(version=1, performance_degraded=True), Alarm(version=1, estimated_degraded=True)):
         assert decide("drift", default, view(champion_version=1), NOW, alarm=confirmed).status == "requested"
-    only_measured = default.model_copy(
-        update={"policy": RetrainPolicy(retrain_on=["drift_confirmed_by_performance"])}
-    )
+    only_measured = default.model_copy(update={"policy": RetrainPolicy(retrain_on=["drift_confirmed_by_performance"])})
     estimated = Alarm(version=1, estimated_degraded=True)
     assert decide("drift", only_measured, view(), NOW, alarm=estimated).status == "suppressed"
     # A degradation alone does not retrain there, but one confirming an earlier reported drift does.
