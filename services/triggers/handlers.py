@@ -9,9 +9,9 @@ carries the same idempotency key.
 
 Coalescing: a cause arriving while the model cools down, or while a run is active or waits for the gate, becomes
 one pending request (later causes are coalesced into it, with the earliest change start); it fires once when the
-cooldown ends (``check_due``, on the schedule tick, new rows, or newer event time) or the gate decided, if it is
-still valid: a pending alarm about a version that is no longer champion goes stale instead. Pending state is in the
-database, so a restart loses no cause.
+cooldown ends (seen by ``check_due`` on the schedule tick, by new rows or a newer event time landing, or by the next
+cause) or the gate decided, if it is still valid: a pending alarm about a version that is no longer champion goes
+stale instead. Pending state is in the database, so a restart loses no cause.
 
 Guard: a ``PerformanceDegraded`` with ``reason: guard`` about the current champion rolls it back through the
 registry's API (``POST /v1/models/{name}/rollback`` to the previous champion), then the policy decides about a
@@ -381,7 +381,6 @@ class TriggerHandlers:
                 self._record(session, model, kind, event, reason, Decision("suppressed", note))
                 return
             pipeline = self.pipelines[model]
-            self._advance_stream_time(session, pipeline, window[1])
             self._fire_cooled_down(session, pipeline, event)
             if alarm is not None and kind == "performance":
                 alarm = Alarm(
@@ -816,12 +815,6 @@ class TriggerHandlers:
             event_time=as_utc(stream.max_event_time) if stream else None,
             last_request_event_time=as_utc(state.last_request_event_time) if state else None,
         )
-
-    def _advance_stream_time(self, session: Session, pipeline: PipelineConfig, when: datetime | None) -> None:
-        stream = session.get(TriggerStreamState, pipeline.stream.name)
-        if stream is not None and when is not None:
-            _advance_event_time(stream, when)
-            session.flush()
 
     def _has_unconfirmed_drift(self, session: Session, model: str, version: int) -> bool:
         """A drift of ``version`` was reported without retraining (the policy waited for a confirmation)."""
