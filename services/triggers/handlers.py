@@ -159,8 +159,8 @@ class TriggerHandlers:
             if state in ACTIVE_RUN_STATES:
                 runs.append(run_id)
             elif state not in FINISHED_RUN_STATES:
-                log.warning("triggers: run %s of %s in unknown state %r", run_id, model, state)
-                return
+                # Not active (e.g. a request the training service dropped): it holds no cause back.
+                log.warning("triggers: run %s of %s in unknown state %r: taken as not active", run_id, model, state)
             if state == "completed" and run_id in model_state.active_runs:
                 model_state.gating_runs = [*(model_state.gating_runs or []), [run_id, self.clock().isoformat()]]
             model_state.active_runs = runs
