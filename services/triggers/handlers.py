@@ -447,6 +447,10 @@ class TriggerHandlers:
             if outcome == "rollback":
                 view = ModelView(**{**view.__dict__, "champion_version": to})
             decision = decide("guard", pipeline.triggers, view, self.clock(), alarm=retrain_alarm)
+            if decision.status == "requested":
+                # The rolled-back version was trained on the latest data: the same data would give it again.
+                note = "the rolled-back version was trained on the latest data: waiting for the next dataset version"
+                decision = Decision("pending", note, "data")
             self._record(
                 session,
                 model,

@@ -585,8 +585,11 @@ def test_guard_rolls_back_through_the_registry_then_the_policy_decides(
     (rollback,) = [e for e in decisions if e.payload.decision == "rollback"]
     assert rollback.payload.version == 2
     assert json.loads(rollback.payload.numbers_json)["previous_value"] == 0.80
-    # The retrain decision, by the policy (performance retrains): about the traffic v1 serves again.
+    # The retrain decision, by the policy (performance retrains), on new data only: v2 was trained on the latest.
+    assert [e.payload.trigger for e in published] == ["new_data"]
+    handlers.on_features_materialized(features_event(2))
     assert [(e.payload.trigger, e.envelope.caused_by) for e in published][-1] == ("guard", guard.id)
+    assert published[-1].payload.dataset_version_id == f"{STREAM}@v2"
     # A guard about a version that is no longer champion rolls nothing back.
     handlers.on_model_promoted(promoted_event(version=3))
     handlers.on_performance_degraded(guard_event(version=2))
