@@ -118,6 +118,10 @@ class FeaturesSettings(_Section):
     redis: RedisOnlineStoreSettings = RedisOnlineStoreSettings()
     # Run the streaming-feature worker (faust) in the features service: online values within seconds of a record.
     streaming: bool = True
+    # Start Spark with the service, so the first materialization does not wait for a JVM; false: on first use.
+    warm_spark: bool = True
+    # HTTP processes serving online lookups behind the service's one port; empty: one per core (at most 4).
+    workers: int | None = Field(default=None, ge=1)
 
 
 class MonitorSettings(_Section):
@@ -288,7 +292,7 @@ def _unknown_env_keys(environ: dict[str, str]) -> list[str]:
         if top not in known_top:
             unknown.append(key)
         elif sub and top in sections:
-            section_fields = {n.upper() for n in sections[top].model_fields}  # type: ignore[union-attr]
+            section_fields = {n.upper() for n in sections[top].model_fields}
             if sub.partition("__")[0] not in section_fields:
                 unknown.append(key)
     return unknown
