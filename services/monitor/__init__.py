@@ -12,12 +12,21 @@ events keep their order; a supervisor replaces an app that crashed or holds no a
   Holm) and gated by optional effect-size thresholds; prediction drift against the champion's first window; data
   quality of the live inputs (nulls, out of range, not allowed, unseen categories).
 - ``FeedbackReceived``: joined with the stored prediction by request id and row; tumbling windows of
-  ``monitor.performance.window_size`` labeled predictions give a ``PerformanceReport``.
+  ``monitor.performance.window_size`` labeled predictions OF ONE VERSION give a ``PerformanceReport`` (metrics by
+  ``driftloop.contracts.evaluation``, scikit-learn's, as the gate). The new champion's first window is also scored
+  with the previous champion's artifact on the same rows (the guard, ``triggers.policy.guard``).
+
+Per version: a promotion ends the old version's windows and starts the new one's with its own reference; every
+alarm names its version (the triggers drop alarms about a version that is no longer champion as stale). Drift
+windows of classifiers carry the performance estimated from their predicted probabilities (CBPE) against the
+version's first window, and the version's last measured performance: the retrain policy's confirmation.
 
 Emits ``DriftDetected`` (a new cascade: drift is a root cause) when at least ``monitor.min_drifted_features``
 features drift, or when the window's predictions drift from the champion's first window past
 ``monitor.prediction_drift`` (``prediction_drifted: true``, with the ``prediction_test``), and
-``PerformanceDegraded`` (a root cause too) when a performance window passes ``monitor.performance.threshold``.
+``PerformanceDegraded`` (a root cause too) when a performance window passes ``monitor.performance.threshold``
+(``reason: threshold``) or the guard finds the new champion worse than the previous one (``reason: guard``, with
+``previous_version`` / ``previous_value``).
 
 HTTP: ``GET /v1/monitor/{model}`` (watched version, reference, window fill), ``GET /v1/monitor/{model}/drift``,
 ``/quality``, ``/performance`` (history, newest first). Prometheus: per-feature statistics, p-values, PSI,

@@ -13,8 +13,19 @@ Windows (``monitor`` in the pipeline): by count (``window_size`` predictions) or
 sequence numbers (count) or epoch seconds (time); a time window closes when a prediction at or past its end
 arrives (stream time), empty time windows are skipped.
 
-Feedback (``FeedbackReceived``) is joined with the stored prediction by request id and row; joined pairs are
-numbered per model and cut into tumbling windows of ``monitor.performance.window_size`` for performance.
+Per version: drift, quality and performance windows belong to one model version. A promotion starts the new
+champion's windows with its own reference (the old version's predictions are no longer windowed); feedback is
+joined with the stored prediction by request id and row and numbered per (model, version) (``version_seq``), cut
+into tumbling windows of ``monitor.performance.window_size`` of that version. Every alarm names its version; the
+triggers service drops alarms about a version that is no longer champion as stale.
+
+Estimated performance (classifiers): each drift window carries the metric expected from its predicted
+probabilities (CBPE, ``stats.estimate_performance``) next to the version's first window's, and the version's last
+measured performance window, so the retrain policy (``triggers.policy``) can tell harmful drift from harmless.
+
+Guard after a promotion (``triggers.policy.guard``): the new champion's first performance window is scored with the
+previous champion too (its artifact, on the same rows' features); worse by more than ``max_drop`` emits
+``PerformanceDegraded`` with ``reason: guard`` and the previous champion's numbers (the triggers roll back).
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -37,10 +48,12 @@ from driftloop.clients.db.models import (
     MonitoredModel,
     MonitorFeedback,
     MonitorObservation,
+    MonitorVersion,
     PerformanceReport,
     utcnow,
 )
 from driftloop.clients.objectstore import ObjectStore
+from driftloop.contracts.artifact import ModelArtifact
 from driftloop.contracts.events import Event, new_event
 from driftloop.contracts.featuredefs import compute_features
 from driftloop.contracts.payloads import (
@@ -57,8 +70,10 @@ from driftloop.errors import ValidationFailed
 from . import metrics
 from .reference import read_reference
 from .stats import (
+    MAXIMIZED_METRICS,
     MISSING_CATEGORY,
     WindowResult,
+    estimate_performance,
     evaluate_window,
     event_prediction_test,
     is_degraded,
@@ -139,6 +154,19 @@ class MonitorHandlers:
             row.feature_set_uri = promoted.feature_set_uri
             row.event_id = event.id
             row.updated_at = utcnow()
+            if session.get(MonitorVersion, (model, promoted.version)) is None:
+                session.add(
+                    MonitorVersion(
+                        model=model,
+                        version=promoted.version,
+                        artifact_uri=promoted.artifact_uri,
+                        artifact_sha256=promoted.artifact_sha256,
+                        dataset_version_id=promoted.dataset_version_id,
+                        previous_version=promoted.previous_version,
+                        rollback=promoted.rollback,
+                        event_id=event.id,
+                    )
+                )
         with self._lock:
             self._watches[model] = watch
             self._restored.add(model)
@@ -221,7 +249,7 @@ class MonitorHandlers:
                 metrics.FEEDBACK_SKIPPED.labels(model=model, reason="prediction_unknown").inc()
                 return
             self._join(session, feedback, observation)
-            self._close_performance_windows(session, pipeline)
+            self._close_performance_windows(session, pipeline, observation.version)
 
     # --- observations and windows ------------------------------------------------------------------------
 
@@ -271,7 +299,7 @@ class MonitorHandlers:
             assert observation is not None
             for feedback in early:
                 self._join(session, feedback, observation)
-            self._close_performance_windows(session, pipeline)
+            self._close_performance_windows(session, pipeline, observation.version)
 
     def _close_due_windows(self, session: Session, pipeline: PipelineConfig, watch: Watch) -> None:
         spec = pipeline.monitor
@@ -363,7 +391,13 @@ class MonitorHandlers:
             )
         prediction_drifted = bool(pred_test and pred_test["alarm"])
         drifted = result.drifted or prediction_drifted
-        event = self._drift_event(pipeline, watch, result, len(window), window_index, pred_test) if drifted else None
+        performance = self._window_performance(session, pipeline, watch, predictions)
+        times = (observations[0].event_time, max(o.event_time for o in observations))
+        event = (
+            self._drift_event(pipeline, watch, result, len(window), window_index, pred_test, performance, times)
+            if drifted
+            else None
+        )
         session.add(
             DriftReport(
                 model=watch.model,
@@ -377,6 +411,7 @@ class MonitorHandlers:
                 window_end=float(end),
                 prediction_test=pred_test,
                 quality=quality,
+                performance=performance,
             )
         )
         session.flush()
@@ -423,8 +458,11 @@ class MonitorHandlers:
         size: int,
         window_index: int,
         pred_test: dict[str, Any] | None,
+        performance: dict[str, Any],
+        times: tuple[float, float],
     ) -> Event[DriftDetected]:
-        """Feature drift, prediction drift, or both (``prediction_drifted``; ``drifted_features`` may be empty)."""
+        """Feature drift, prediction drift, or both (``prediction_drifted``; ``drifted_features`` may be empty),
+        with the version's estimated and last measured performance (the policy's confirmation)."""
         drift = DriftDetected(
             model=watch.model,
             version=watch.version,
@@ -437,66 +475,145 @@ class MonitorHandlers:
             tests=[t.to_event() for t in result.tests],
             prediction_drifted=bool(pred_test and pred_test["alarm"]),
             prediction_test=event_prediction_test(pred_test) if pred_test is not None else None,
+            window_start_time=_utc(times[0]),
+            window_end_time=_utc(times[1]),
+            performance_metric=performance.get("performance_metric"),
+            performance_value=performance.get("performance_value"),
+            performance_degraded=performance.get("performance_degraded"),
+            estimated_metric=performance.get("estimated_metric"),
+            estimated_value=performance.get("estimated_value"),
+            estimated_reference=performance.get("estimated_reference"),
+            estimated_degraded=performance.get("estimated_degraded"),
         )
         # No cause: drift is a root cause and starts a new cascade.
         return new_event(drift, producer=self.producer)
 
     # --- performance -------------------------------------------------------------------------------------
 
+    def _window_performance(
+        self, session: Session, pipeline: PipelineConfig, watch: Watch, predictions: np.ndarray
+    ) -> dict[str, Any]:
+        """The version's performance as a drift window sees it: estimated from the window's probabilities against
+        the version's first window (classifiers), and the version's last measured performance window."""
+        out: dict[str, Any] = {}
+        policy = pipeline.triggers.policy
+        if pipeline.model.task == "classification":
+            metric = policy.estimate_metric
+            threshold = pipeline.monitor.performance.decision_threshold
+            value = estimate_performance(predictions, metric, threshold)
+            baseline = watch.baseline_predictions if watch.baseline_predictions is not None else predictions
+            reference = estimate_performance(baseline, metric, threshold)
+            out.update(estimated_metric=metric, estimated_value=value, estimated_reference=reference)
+            if value is not None and reference is not None:
+                out["estimated_degraded"] = reference - value > policy.estimate_max_drop
+        last = session.scalars(
+            sa.select(PerformanceReport)
+            .where(PerformanceReport.model == watch.model, PerformanceReport.version == watch.version)
+            .order_by(PerformanceReport.version_window.desc())
+            .limit(1)
+        ).first()
+        if last is not None:
+            out.update(performance_metric=last.metric, performance_value=last.value, performance_degraded=last.degraded)
+        return out
+
     def _join(self, session: Session, feedback: MonitorFeedback, observation: MonitorObservation) -> None:
         last = session.scalar(
             sa.select(sa.func.max(MonitorFeedback.seq)).where(MonitorFeedback.model == feedback.model)
         )
+        last_of_version = session.scalar(
+            sa.select(sa.func.max(MonitorFeedback.version_seq)).where(
+                MonitorFeedback.model == feedback.model, MonitorFeedback.version == observation.version
+            )
+        )
         feedback.version = observation.version
         feedback.prediction = observation.prediction
         feedback.seq = 0 if last is None else int(last) + 1
+        feedback.version_seq = 0 if last_of_version is None else int(last_of_version) + 1
         session.flush()
 
-    def _close_performance_windows(self, session: Session, pipeline: PipelineConfig) -> None:
+    def _close_performance_windows(self, session: Session, pipeline: PipelineConfig, version: int) -> None:
+        """Close the full performance windows of ``version`` (its own labeled predictions only)."""
         model = pipeline.model.name
-        spec = pipeline.monitor.performance
-        size = spec.window_size
-        joined = session.scalar(sa.select(sa.func.max(MonitorFeedback.seq)).where(MonitorFeedback.model == model))
+        size = pipeline.monitor.performance.window_size
+        joined = session.scalar(
+            sa.select(sa.func.max(MonitorFeedback.version_seq)).where(
+                MonitorFeedback.model == model, MonitorFeedback.version == version
+            )
+        )
         if joined is None:
             return
         last = session.scalar(
-            sa.select(sa.func.max(PerformanceReport.window_index)).where(PerformanceReport.model == model)
+            sa.select(sa.func.max(PerformanceReport.version_window)).where(
+                PerformanceReport.model == model, PerformanceReport.version == version
+            )
         )
         k = 0 if last is None else int(last) + 1
         while (k + 1) * size <= int(joined) + 1:
-            self._close_performance_window(session, pipeline, k)
+            self._close_performance_window(session, pipeline, version, k)
             k += 1
 
-    def _close_performance_window(self, session: Session, pipeline: PipelineConfig, window_index: int) -> None:
+    def _close_performance_window(
+        self, session: Session, pipeline: PipelineConfig, version: int, version_window: int
+    ) -> None:
         model = pipeline.model.name
         spec = pipeline.monitor.performance
         size = spec.window_size
         rows = session.execute(
-            sa.select(MonitorFeedback.actual, MonitorFeedback.prediction, MonitorFeedback.version)
+            sa.select(
+                MonitorFeedback.actual,
+                MonitorFeedback.prediction,
+                MonitorObservation.features,
+                MonitorObservation.event_time,
+            )
+            .join(
+                MonitorObservation,
+                sa.and_(
+                    MonitorObservation.model == MonitorFeedback.model,
+                    MonitorObservation.version == MonitorFeedback.version,
+                    MonitorObservation.request_id == MonitorFeedback.request_id,
+                    MonitorObservation.row_index == MonitorFeedback.row_index,
+                ),
+            )
             .where(
                 MonitorFeedback.model == model,
-                MonitorFeedback.seq >= window_index * size,
-                MonitorFeedback.seq < (window_index + 1) * size,
+                MonitorFeedback.version == version,
+                MonitorFeedback.version_seq >= version_window * size,
+                MonitorFeedback.version_seq < (version_window + 1) * size,
             )
-            .order_by(MonitorFeedback.seq)
+            .order_by(MonitorFeedback.version_seq)
         ).all()
         metric = spec.metric or ("roc_auc" if pipeline.model.task == "classification" else "rmse")
-        values = performance_metrics(
-            [r.actual for r in rows], [r.prediction for r in rows], pipeline.model.task, spec.decision_threshold
-        )
+        actual = [r.actual for r in rows]
+        values = performance_metrics(actual, [r.prediction for r in rows], pipeline.model.task, spec.decision_threshold)
         value = values.get(metric)
         degraded = is_degraded(metric, value, spec.threshold)
-        versions = sorted({int(r.version) for r in rows})
+        threshold = spec.threshold
+        guard = self._guard(session, pipeline, version, version_window, metric, value, actual, rows)
+        reason = "threshold"
+        if guard is not None:
+            values = {**values, "guard": guard}
+            if guard["tripped"]:
+                degraded, reason, threshold = True, "guard", guard["threshold"]
+        window_index = session.scalar(
+            sa.select(sa.func.max(PerformanceReport.window_index)).where(PerformanceReport.model == model)
+        )
+        window_index = 0 if window_index is None else int(window_index) + 1
         event = None
         if degraded:
-            assert value is not None and spec.threshold is not None
+            assert value is not None and threshold is not None
+            times = [r.event_time for r in rows]
             degradation = PerformanceDegraded(
                 model=model,
-                version=versions[-1],
+                version=version,
                 metric=metric,
                 value=float(value),
-                threshold=float(spec.threshold),
+                threshold=float(threshold),
                 window_size=len(rows),
+                window_start_time=_utc(min(times)),
+                window_end_time=_utc(max(times)),
+                previous_version=guard["previous_version"] if reason == "guard" and guard else None,
+                previous_value=guard["previous_value"] if reason == "guard" and guard else None,
+                reason=reason,
             )
             # A root cause, like drift: it starts a new cascade.
             event = new_event(degradation, producer=self.producer)
@@ -505,10 +622,12 @@ class MonitorHandlers:
                 model=model,
                 window_index=window_index,
                 window_size=len(rows),
-                versions=versions,
+                versions=[version],
+                version=version,
+                version_window=version_window,
                 metric=metric,
                 value=value,
-                threshold=spec.threshold,
+                threshold=threshold,
                 degraded=degraded,
                 metrics=values,
                 event_id=event.id if event else None,
@@ -516,19 +635,72 @@ class MonitorHandlers:
         )
         session.flush()
         for name, metric_value in values.items():
-            if metric_value is not None:
+            if isinstance(metric_value, float):
                 metrics.PERFORMANCE.labels(model=model, metric=name).set(metric_value)
         metrics.PERFORMANCE_WINDOWS.labels(model=model, degraded=str(degraded).lower()).inc()
         log.info(
-            "monitor: %s performance window %d: %s=%s%s",
+            "monitor: %s v%d performance window %d: %s=%s%s",
             model,
-            window_index,
+            version,
+            version_window,
             metric,
             value,
-            " DEGRADED" if degraded else "",
+            f" DEGRADED ({reason})" if degraded else "",
         )
         if event is not None:
             self.publish(event)
+
+    def _guard(
+        self,
+        session: Session,
+        pipeline: PipelineConfig,
+        version: int,
+        version_window: int,
+        metric: str,
+        value: float | None,
+        actual: list[float],
+        rows: Any,
+    ) -> dict[str, Any] | None:
+        """The previous champion scored on the new champion's first labeled window (same rows); None when there is
+        nothing to compare (guard off, not the first window, first version, a rollback, no value)."""
+        guard = pipeline.triggers.policy.guard
+        if not guard.enabled or version_window != 0 or value is None:
+            return None
+        current = session.get(MonitorVersion, (pipeline.model.name, version))
+        if current is None or current.rollback or current.previous_version is None:
+            return None
+        previous = session.get(MonitorVersion, (pipeline.model.name, current.previous_version))
+        if previous is None:
+            return None
+        try:
+            artifact = ModelArtifact.from_bytes(
+                self.store.get_bytes(self.store.key_of(previous.artifact_uri)), previous.artifact_sha256
+            )
+            features = window_frame([r.features for r in rows], pipeline)
+            scores = artifact.predict(features)
+        except Exception as exc:  # an unreadable artifact must not stop the monitor: no guard, said why
+            log.warning(
+                "monitor: guard of %s v%d skipped: v%d cannot score (%s)",
+                pipeline.model.name,
+                version,
+                previous.version,
+                exc,
+            )
+            return None
+        spec = pipeline.monitor.performance
+        previous_value = performance_metrics(actual, scores, pipeline.model.task, spec.decision_threshold).get(metric)
+        if previous_value is None:
+            return None
+        maximize = metric in MAXIMIZED_METRICS
+        threshold = previous_value - guard.max_drop if maximize else previous_value + guard.max_drop
+        return {
+            "previous_version": int(previous.version),
+            "previous_value": float(previous_value),
+            "value": float(value),
+            "max_drop": guard.max_drop,
+            "threshold": float(threshold),
+            "tripped": bool(value < threshold if maximize else value > threshold),
+        }
 
     # --- state -------------------------------------------------------------------------------------------
 
@@ -707,6 +879,8 @@ class MonitorHandlers:
                 "model": r.model,
                 "window_index": r.window_index,
                 "window_size": r.window_size,
+                "version": r.version,
+                "version_window": r.version_window,
                 "versions": r.versions,
                 "metric": r.metric,
                 "value": r.value,
@@ -792,6 +966,10 @@ def window_quality(
 
 def _category_values(series: pd.Series) -> list[str]:
     return [MISSING_CATEGORY if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in series]
+
+
+def _utc(epoch_seconds: float) -> datetime:
+    return datetime.fromtimestamp(epoch_seconds, tz=UTC)
 
 
 def _json_value(value: Any) -> Any:

@@ -3,12 +3,14 @@
 Numeric features: Kolmogorov-Smirnov (``scipy.stats.ks_2samp``) and the Wasserstein distance in reference
 standard deviations. Categorical features: chi-square on the reference vs window category counts
 (``scipy.stats.chi2_contingency``), categories seen on either side included. Both: PSI (population stability
-index; numeric on reference quantile bins). Performance metrics of labeled windows. Pure functions on
+index; numeric on reference quantile bins). Performance metrics of labeled windows (scikit-learn's, as the gate) and
+performance estimated from predicted probabilities without labels (CBPE). Pure functions on
 pandas/numpy data: no Kafka, no database.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
@@ -16,8 +18,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from scipy import stats
+from sklearn.exceptions import UndefinedMetricWarning
 
-from driftloop.contracts import payloads
+from driftloop.contracts import evaluation, payloads
 from driftloop.contracts.pipeline import FeatureSpec, MonitorSpec, PredictionDriftSpec
 
 Correction = Literal["bonferroni", "holm", "none"]
@@ -245,27 +248,50 @@ MAXIMIZED_METRICS = frozenset({"roc_auc", "accuracy", "f1"})
 def performance_metrics(
     actual: Sequence[float] | np.ndarray, predicted: Sequence[float] | np.ndarray, task: str, decision_threshold: float
 ) -> dict[str, float | None]:
-    """Every metric of the task on a labeled window. Classification: ``predicted`` is the positive-class
-    probability (AUC is None when the window holds one class only). Regression: RMSE and MAE."""
+    """Every metric of the task on a labeled window, by the one implementation the gate uses
+    (``driftloop.contracts.evaluation.score``, scikit-learn's). Classification: ``predicted`` is the positive-class
+    probability, a positive label at or above ``decision_threshold`` (accuracy, F1; F1 is 0 on a window without
+    positives, as scikit-learn has it); AUC is None when the window holds one class only. Regression: RMSE, MAE."""
     y = np.asarray(actual, dtype="float64")
     p = np.asarray(predicted, dtype="float64")
     if task == "regression":
-        error = p - y
-        return {"rmse": float(np.sqrt(np.mean(error**2))), "mae": float(np.mean(np.abs(error)))}
-    truth = y >= 0.5
-    labels = p >= decision_threshold
-    tp = float(np.sum(truth & labels))
-    fp = float(np.sum(~truth & labels))
-    fn = float(np.sum(truth & ~labels))
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
-    auc: float | None = None
-    if 0 < truth.sum() < truth.size:
-        # Mann-Whitney U: the probability that a positive is ranked above a negative (ties count half).
-        ranks = stats.rankdata(p)
-        positives = float(truth.sum())
-        negatives = float(truth.size - positives)
-        auc = float((ranks[truth].sum() - positives * (positives + 1) / 2) / (positives * negatives))
-    return {"accuracy": float(np.mean(truth == labels)), "f1": float(f1), "roc_auc": auc}
+        return {"rmse": evaluation.score("rmse", y, p), "mae": evaluation.score("mae", y, p)}
+    truth = (y >= 0.5).astype("int64")
+    # 1.0 / 0.0 as "probabilities": score() labels them at 0.5, so the decision threshold is applied once, here.
+    labels = (p >= decision_threshold).astype("float64")
+    with warnings.catch_warnings():
+        # No positive label and none predicted: scikit-learn's F1 is 0 (and it warns about it).
+        warnings.simplefilter("ignore", category=UndefinedMetricWarning)
+        f1 = evaluation.score("f1", truth, labels)
+    auc = evaluation.score("roc_auc", truth, p) if 0 < truth.sum() < truth.size else None
+    return {"accuracy": evaluation.score("accuracy", truth, labels), "f1": f1, "roc_auc": auc}
+
+
+def estimate_performance(
+    probabilities: Sequence[float] | np.ndarray, metric: str, decision_threshold: float = 0.5
+) -> float | None:
+    """Confidence-based performance estimation (as NannyML's CBPE): the metric a calibrated classifier is
+    expected to reach on a window, from its predicted probabilities alone (no labels). Each prediction is a
+    positive with probability ``p``: expected accuracy is the mean of ``p`` (predicted positive) or ``1 - p``;
+    expected AUC is the expected share of (positive, negative) pairs ranked in order, ties counting half.
+    None on an empty window."""
+    p = np.clip(np.asarray(probabilities, dtype="float64"), 0.0, 1.0)
+    p = p[np.isfinite(p)]
+    if p.size == 0:
+        return None
+    if metric == "accuracy":
+        return float(np.mean(np.where(p >= decision_threshold, p, 1.0 - p)))
+    if metric != "roc_auc":
+        raise ValueError(f"no estimate of {metric!r}: use roc_auc or accuracy")
+    ordered = np.sort(p)
+    _, starts = np.unique(ordered, return_index=True)
+    positives = np.add.reduceat(ordered, starts)  # expected positives per tied score
+    negatives = np.add.reduceat(1.0 - ordered, starts)
+    self_pairs = np.add.reduceat(ordered * (1.0 - ordered), starts)  # a row is not paired with itself
+    negatives_below = np.cumsum(negatives) - negatives
+    in_order = float(np.sum(positives * negatives_below) + 0.5 * np.sum(positives * negatives - self_pairs))
+    pairs = float(p.sum() * (1.0 - p).sum() - np.sum(p * (1.0 - p)))
+    return in_order / pairs if pairs > 0 else None
 
 
 def is_degraded(metric: str, value: float | None, threshold: float | None) -> bool:

@@ -1,19 +1,32 @@
 """The triggers service's handlers: keep per-stream and per-model state, decide by policy, emit requests.
 
-Every decision (requested, pending, suppressed) is a ``TrainingRequest`` row. A decision and its
-``TrainingRequested`` event go together: the event is published inside the database transaction, so a failed
-publish rolls the decision back and the cause is handled again later; the request id is derived from the model
-and the cause event id, so a repeat after a crash between publish and commit carries the same idempotency key.
+Every decision (requested, pending, coalesced, suppressed, stale) is a ``TrainingRequest`` row AND a
+``RetrainDecision`` event on the timeline, with its numbers; so is every pending request that fires later, goes
+stale, and every rollback by the guard. A decision and its events go together: they are published inside the
+database transaction, so a failed publish rolls the decision back and the cause is handled again later; the
+request id is derived from the model and the cause event id, so a repeat after a crash between publish and commit
+carries the same idempotency key.
+
+Coalescing: a cause arriving while the model cools down, or while a run is active or waits for the gate, becomes
+one pending request (later causes are coalesced into it, with the earliest change start); it fires once when the
+cooldown ends (seen by ``check_due`` on the schedule tick, by new rows or a newer event time landing, or by the next
+cause) or the gate decided, if it is still valid: a pending alarm about a version that is no longer champion goes
+stale instead. Pending state is in the database, so a restart loses no cause.
+
+Guard: a ``PerformanceDegraded`` with ``reason: guard`` about the current champion rolls it back through the
+registry's API (``POST /v1/models/{name}/rollback`` to the previous champion), then the policy decides about a
+retrain like for any degradation.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, overload
 
 import sqlalchemy as sa
@@ -33,13 +46,14 @@ from driftloop.contracts.payloads import (
     ModelRejected,
     Payload,
     PerformanceDegraded,
+    RetrainDecision,
     RunStateChanged,
     TrainingRequested,
 )
 from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_model
-from driftloop.errors import ConflictError
+from driftloop.errors import ConflictError, DriftloopError
 
-from .policy import Decision, ModelView, TriggerKind, decide, fire_pending
+from .policy import UNCONFIRMED, Alarm, Decision, ModelView, TriggerKind, cooldown_left, decide, fire_pending
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +62,20 @@ FINISHED_RUN_STATES = frozenset({"completed", "failed", "aborted", "skipped"})
 CHAMPION_ALIAS = "champion"
 # Namespace of request ids derived from (model, cause event id).
 REQUEST_NAMESPACE = uuid.UUID("5b0c56f4-5d0e-4d8c-9a4c-0c7d1f6b2a11")
-# How often the schedule loop looks at the cron expressions (a slot fires within this many seconds).
+# How often the schedule loop looks at the cron expressions and due pending requests (fired within this many s).
 SCHEDULE_TICK_SECONDS = 5.0
+# A completed run whose gate decision never arrives (e.g. its registration failed) stops holding causes after this.
+GATE_TIMEOUT_SECONDS = 120.0
+# The RetrainDecision name of each request status.
+DECISION_NAMES = {
+    "requested": "retrain",
+    "pending": "pending",
+    "coalesced": "coalesced",
+    "suppressed": "suppressed",
+    "stale": "stale",
+}
+# Rolls the champion of a model back to a version (why): the registry's rollback route; returns its answer.
+Rollback = Callable[[str, int, str], dict[str, Any]]
 
 
 class RetrainConflict(ConflictError):
@@ -81,33 +107,54 @@ class TriggerHandlers:
         publish: Callable[[Event[Payload]], None],
         producer: str = "triggers",
         clock: Callable[[], datetime] = utcnow,
+        rollback: Rollback | None = None,
     ) -> None:
         self.pipelines = pipelines
         self.Session = Session
         self.publish = publish
         self.producer = producer
         self.clock = clock
+        self.rollback = rollback
         # Decisions read and write per-model state: one at a time (consumer thread and HTTP threads).
         self._lock = threading.Lock()
 
     # --- state events ------------------------------------------------------------------------------------
 
     def on_model_promoted(self, event: Event[ModelPromoted]) -> None:
+        """The champion changed: the gate decided (causes queued behind the run may fire) and pending alarms
+        about any other version are stale."""
         promoted = event.payload
         if promoted.alias != CHAMPION_ALIAS:
             return
         with self._lock, self.Session.begin() as session:
-            self._model_state(session, promoted.model).champion_version = promoted.version
+            state = self._model_state(session, promoted.model)
+            state.champion_version = promoted.version
+            state.gating_runs = []
+            pipeline = self.pipelines.get(promoted.model)
+            if pipeline is None:
+                return
+            session.flush()
+            for pending in self._pending_rows(session, promoted.model):
+                if pending.version is not None and pending.version != promoted.version:
+                    note = f"about v{pending.version}; v{promoted.version} is champion now (event {event.id})"
+                    self._close_pending(session, pending, "stale", note, event)
+            self._fire_queued(session, pipeline, event)
 
     def on_model_rejected(self, event: Event[ModelRejected]) -> None:
-        # The gate kept the champion: if the event names one, the model has a champion.
+        # The gate kept the champion: if the event names one, the model has a champion. The gate decided.
         rejected = event.payload
-        if rejected.champion_version is None:
-            return
         with self._lock, self.Session.begin() as session:
-            self._model_state(session, rejected.model).champion_version = rejected.champion_version
+            state = self._model_state(session, rejected.model)
+            if rejected.champion_version is not None:
+                state.champion_version = rejected.champion_version
+            state.gating_runs = []
+            if rejected.model in self.pipelines:
+                session.flush()
+                self._fire_queued(session, self.pipelines[rejected.model], event)
 
     def on_run_state_changed(self, event: Event[RunStateChanged]) -> None:
+        """Active runs; a completed run awaits the gate (ModelPromoted/ModelRejected) before queued causes fire,
+        so that they are judged against the champion the gate chose."""
         changed = event.payload
         model, run_id, state = changed.model, changed.run_id, changed.state
         with self._lock, self.Session.begin() as session:
@@ -116,16 +163,19 @@ class TriggerHandlers:
             if state in ACTIVE_RUN_STATES:
                 runs.append(run_id)
             elif state not in FINISHED_RUN_STATES:
-                log.warning("triggers: run %s of %s in unknown state %r", run_id, model, state)
-                return
+                # Not active (e.g. a request the training service dropped): it holds no cause back.
+                log.warning("triggers: run %s of %s in unknown state %r: taken as not active", run_id, model, state)
+            if state == "completed" and run_id in model_state.active_runs:
+                model_state.gating_runs = [*(model_state.gating_runs or []), [run_id, self.clock().isoformat()]]
             model_state.active_runs = runs
             model_state.updated_at = utcnow()
-            if not runs and model in self.pipelines:
+            if model in self.pipelines:
                 session.flush()
                 self._fire_queued(session, self.pipelines[model], event)
 
     def on_dataset_version_created(self, event: Event[DatasetVersionCreated]) -> None:
-        """Count new rows per stream, for ``triggers.new_data.every_n_rows``."""
+        """Count new rows per stream (``triggers.new_data.every_n_rows``, cooldowns in rows) and follow the
+        stream's event time (cooldowns in event time)."""
         created = event.payload
         with self._lock, self.Session.begin() as session:
             row = session.get(TriggerStreamState, created.stream)
@@ -137,10 +187,17 @@ class TriggerHandlers:
                     event_id=event.id,
                     materialized_at=event.envelope.occurred_at,
                     rows_since_request=0,
+                    rows_total=0,
                 )
                 session.add(row)
             row.rows_since_request = int(row.rows_since_request or 0) + created.new_rows
+            row.rows_total = int(row.rows_total or 0) + created.new_rows
+            _advance_event_time(row, created.max_event_time)
             row.updated_at = utcnow()
+            session.flush()
+            for pipeline in self.pipelines.values():
+                if pipeline.stream.name == created.stream:
+                    self._fire_cooled_down(session, pipeline, event)
 
     # --- causes ------------------------------------------------------------------------------------------
 
@@ -185,18 +242,64 @@ class TriggerHandlers:
             shift = f"predictions (ks={ks:.3f}, psi={psi:.3f})"
             what = f"{what} and {shift}" if what else shift
         reason = f"drift of v{drift.version} in window {drift.window_index}: {what}"
-        self._on_cause("drift", event, reason, prediction_only=prediction and not features)
+        alarm = Alarm(
+            version=drift.version,
+            prediction_only=prediction and not features,
+            performance_degraded=drift.performance_degraded,
+            estimated_degraded=drift.estimated_degraded,
+            numbers=_numbers(
+                window_index=drift.window_index,
+                window_size=drift.window_size,
+                drifted_features=list(drift.drifted_features),
+                performance_metric=drift.performance_metric,
+                performance_value=drift.performance_value,
+                performance_degraded=drift.performance_degraded,
+                estimated_metric=drift.estimated_metric,
+                estimated_value=drift.estimated_value,
+                estimated_reference=drift.estimated_reference,
+                estimated_degraded=drift.estimated_degraded,
+            ),
+        )
+        self._on_cause(
+            "drift",
+            event,
+            reason,
+            prediction_only=prediction and not features,
+            alarm=alarm,
+            window=(drift.window_start_time, drift.window_end_time),
+        )
 
     def on_external_trigger(self, event: Event[ExternalTrigger]) -> None:
         self._on_cause("external", event, event.payload.reason or "external trigger")
 
     def on_performance_degraded(self, event: Event[PerformanceDegraded]) -> None:
         degraded = event.payload
-        reason = (
-            f"performance of v{degraded.version}: {degraded.metric} {degraded.value:.4g} past the threshold "
-            f"{degraded.threshold:.4g} over {degraded.window_size} labeled predictions"
+        guard = degraded.reason == "guard" and degraded.previous_version is not None
+        if guard:
+            reason = (
+                f"guard: v{degraded.version} {degraded.metric} {degraded.value:.4g} vs previous champion "
+                f"v{degraded.previous_version} {degraded.previous_value:.4g} on the same "
+                f"{degraded.window_size} labeled predictions (threshold {degraded.threshold:.4g})"
+            )
+        else:
+            reason = (
+                f"performance of v{degraded.version}: {degraded.metric} {degraded.value:.4g} past the threshold "
+                f"{degraded.threshold:.4g} over {degraded.window_size} labeled predictions"
+            )
+        numbers = _numbers(
+            metric=degraded.metric,
+            value=degraded.value,
+            threshold=degraded.threshold,
+            window_size=degraded.window_size,
+            previous_version=degraded.previous_version,
+            previous_value=degraded.previous_value,
         )
-        self._on_cause("performance", event, reason)
+        alarm = Alarm(version=degraded.version, performance_degraded=True, numbers=numbers)
+        window = (degraded.window_start_time, degraded.window_end_time)
+        if guard:
+            self._on_guard(event, reason, alarm, window)
+            return
+        self._on_cause("performance", event, reason, alarm=alarm, window=window)
 
     def on_feedback_received(self, event: Event[FeedbackReceived]) -> None:
         """Count labels per model; every ``triggers.labels.every_n_labels`` labels is one cause (the last label's
@@ -258,6 +361,7 @@ class TriggerHandlers:
         while not stop.wait(interval):
             try:
                 self.check_schedules()
+                self.check_due()
             except Exception:  # a database hiccup must not end the loop
                 log.exception("triggers: schedule check failed")
 
@@ -268,6 +372,8 @@ class TriggerHandlers:
         reason: str,
         *,
         prediction_only: bool = False,
+        alarm: Alarm | None = None,
+        window: tuple[datetime | None, datetime | None] = (None, None),
     ) -> None:
         model = event.payload.model
         with self._lock, self.Session.begin() as session:
@@ -279,9 +385,87 @@ class TriggerHandlers:
                 self._record(session, model, kind, event, reason, Decision("suppressed", note))
                 return
             pipeline = self.pipelines[model]
-            view = self._view(session, pipeline, kind)
-            decision = decide(kind, pipeline.triggers, view, self.clock(), prediction_only=prediction_only)
-            self._record(session, model, kind, event, reason, decision, view.latest_dataset_version_id)
+            self._fire_cooled_down(session, pipeline, event)
+            if alarm is not None and kind == "performance":
+                alarm = Alarm(
+                    version=alarm.version,
+                    performance_degraded=True,
+                    unconfirmed_drift=self._has_unconfirmed_drift(session, model, alarm.version),
+                    numbers=alarm.numbers,
+                )
+            view = self._view(session, pipeline)
+            decision = decide(kind, pipeline.triggers, view, self.clock(), prediction_only=prediction_only, alarm=alarm)
+            self._record(
+                session,
+                model,
+                kind,
+                event,
+                reason,
+                decision,
+                view.latest_dataset_version_id,
+                alarm=alarm,
+                change_started_at=window[0],
+            )
+
+    def _on_guard(
+        self,
+        event: Event[PerformanceDegraded],
+        reason: str,
+        alarm: Alarm,
+        window: tuple[datetime | None, datetime | None],
+    ) -> None:
+        """The new champion is worse than the previous one on the same traffic: roll it back (registry API), then
+        let the policy decide about a retrain (the rolled-back champion served the same traffic worse)."""
+        degraded = event.payload
+        model = degraded.model
+        with self._lock, self.Session.begin() as session:
+            if self._already_decided(session, model, event.id) or model not in self.pipelines:
+                return
+            pipeline = self.pipelines[model]
+            view = self._view(session, pipeline)
+            numbers = alarm.numbers
+            if view.champion_version is not None and view.champion_version != degraded.version:
+                decision = Decision(
+                    "stale", f"about v{degraded.version}, no longer the champion (v{view.champion_version} is)"
+                )
+                self._record(session, model, "guard", event, reason, decision, alarm=alarm)
+                return
+            to = int(degraded.previous_version or 0)
+            try:
+                if self.rollback is None:
+                    raise DriftloopError("no registry client configured")
+                answer = self.rollback(model, to, reason)
+                note = f"rolled back: champion v{degraded.version} -> v{to} (registry: {answer.get('reason', 'ok')})"
+                outcome = "rollback"
+            except DriftloopError as exc:
+                note = f"rollback of v{degraded.version} to v{to} refused or failed: {exc}"
+                outcome = "suppressed"
+            log.warning("triggers: guard on %s: %s", model, note)
+            self._decision_event(
+                model, "guard", outcome, reason, note, event, version=degraded.version, numbers=numbers, session=session
+            )
+            # The retrain decision, by the policy, as for any degradation (about the version that served the
+            # traffic: after a rollback, the previous champion again).
+            retrain_alarm = Alarm(version=to if outcome == "rollback" else degraded.version, numbers=numbers)
+            view = self._view(session, pipeline)
+            if outcome == "rollback":
+                view = ModelView(**{**view.__dict__, "champion_version": to})
+            decision = decide("guard", pipeline.triggers, view, self.clock(), alarm=retrain_alarm)
+            if decision.status == "requested":
+                # The rolled-back version was trained on the latest data: the same data would give it again.
+                note = "the rolled-back version was trained on the latest data: waiting for the next dataset version"
+                decision = Decision("pending", note, "data")
+            self._record(
+                session,
+                model,
+                "guard",
+                event,
+                reason,
+                decision,
+                view.latest_dataset_version_id,
+                alarm=retrain_alarm,
+                change_started_at=window[0],
+            )
 
     def request_manual(self, model: str, reason: str, dataset_version_id: str | None = None) -> dict[str, Any]:
         """A person asks for a retrain, on the latest materialized dataset version or on a pinned one
@@ -339,38 +523,137 @@ class TriggerHandlers:
         decision = fire_pending(view)
         if decision.status != "requested":
             return Decision("suppressed", f"merged into pending request {pending.request_id} ({decision.note})")
-        pending.status = "requested"
-        pending.dataset_version_id = features.payload.dataset_version_id
-        pending.note = f"{pending.note}; fired: {decision.note} (event {features.id})"
-        pending.updated_at = self.clock()
-        cause = _cause_stub(pending, features)
-        self._emit(session, pending, cause)
+        why = f"{decision.note} (event {features.id})"
+        self._fire(session, pending, features.payload.dataset_version_id, why, features)
         return Decision("suppressed", f"merged into request {pending.request_id} ({pending.trigger}), fired by this")
 
-    def _fire_queued(self, session: Session, pipeline: PipelineConfig, finished: Event[RunStateChanged]) -> None:
-        """The model's last active run ended: fire the request queued behind it (``queue_while_running``)."""
-        model = pipeline.model.name
-        queued = session.scalar(
-            sa.select(TrainingRequest)
-            .where(
-                TrainingRequest.model == model, TrainingRequest.status == "pending", TrainingRequest.wait_for == "run"
-            )
-            .order_by(TrainingRequest.created_at)
-            .limit(1)
+    def _pending_rows(self, session: Session, model: str) -> list[TrainingRequest]:
+        return list(
+            session.scalars(
+                sa.select(TrainingRequest)
+                .where(TrainingRequest.model == model, TrainingRequest.status == "pending")
+                .order_by(TrainingRequest.created_at)
+            ).all()
         )
-        if queued is None:
+
+    def _fire_queued(self, session: Session, pipeline: PipelineConfig, ended: Event[Payload]) -> None:
+        """No run is active or awaits the gate any more: fire the request queued behind it (once, if still valid;
+        in cooldown it keeps waiting for the cooldown)."""
+        view = self._view(session, pipeline)
+        if view.active_runs or view.gating_runs:
+            return
+        for queued in self._pending_rows(session, pipeline.model.name):
+            if queued.wait_for != "run":
+                continue
+            if view.latest_dataset_version_id is None:
+                queued.wait_for = "data"
+                continue
+            cooling = cooldown_left(pipeline.triggers, view, self.clock())
+            if cooling is not None and queued.trigger != "manual":
+                queued.wait_for = "cooldown"
+                queued.note = f"{queued.note}; the run ended, {cooling}"
+                continue
+            self._fire(session, queued, view.latest_dataset_version_id, f"{ended.type} {ended.id}", ended)
+            return
+
+    def _fire_cooled_down(self, session: Session, pipeline: PipelineConfig, clock_event: Event[Payload] | None) -> None:
+        """Fire the model's request pending on the cooldown once the cooldown is over (wall time: the schedule
+        tick; rows: new rows landed; event time: newer events)."""
+        pending = [r for r in self._pending_rows(session, pipeline.model.name) if r.wait_for == "cooldown"]
+        if not pending:
             return
         view = self._view(session, pipeline)
-        if view.latest_dataset_version_id is None:
-            queued.wait_for = "data"
+        if view.active_runs or view.gating_runs:
             return
-        queued.status = "requested"
-        queued.wait_for = None
-        queued.dataset_version_id = view.latest_dataset_version_id
-        run = finished.payload
-        queued.note = f"{queued.note}; fired: run {run.run_id} ended {run.state} (event {finished.id})"
-        queued.updated_at = self.clock()
-        self._emit(session, queued, _cause_stub(queued, finished))
+        cooling = cooldown_left(pipeline.triggers, view, self.clock())
+        if cooling is not None or view.latest_dataset_version_id is None:
+            return
+        held = pending[0]
+        if held.trigger == "drift" and pipeline.triggers.drift.wait_for_fresh_data:
+            stream = session.get(TriggerStreamState, pipeline.stream.name)
+            cause_time = as_utc(held.cause_occurred_at)
+            if stream is None or cause_time is None or as_utc(stream.materialized_at) < cause_time:  # type: ignore[operator]
+                # The cooldown is over, but the drift still wants data cut after it (wait_for_fresh_data).
+                held.wait_for = "data"
+                held.note = f"{held.note}; cooldown over, waiting for the next dataset version (wait_for_fresh_data)"
+                return
+        why = f"cooldown over ({pipeline.triggers.cooldown_by})"
+        self._fire(session, held, view.latest_dataset_version_id, why, clock_event)
+
+    def _fire(
+        self,
+        session: Session,
+        pending: TrainingRequest,
+        dataset_version_id: str,
+        why: str,
+        fallback: Event[Payload] | None,
+    ) -> None:
+        """A pending request fires: requested on ``dataset_version_id``, in its cause's cascade."""
+        pending.status = "requested"
+        pending.wait_for = None
+        pending.dataset_version_id = dataset_version_id
+        pending.note = f"{pending.note}; fired: {why}"
+        pending.updated_at = self.clock()
+        cause = _cause_stub(pending, fallback)
+        coalesced = int(
+            session.scalar(sa.select(sa.func.count()).where(TrainingRequest.merged_into == pending.request_id)) or 0
+        )
+        self._decision_event(
+            pending.model,
+            pending.trigger,
+            "retrain",
+            pending.reason,
+            f"fired: {why}; {coalesced} coalesced cause(s); train on {dataset_version_id}",
+            cause,
+            version=pending.version,
+            request_id=pending.request_id,
+            numbers={"coalesced": coalesced},
+            session=session,
+        )
+        self._emit(session, pending, cause)
+
+    def _close_pending(
+        self, session: Session, pending: TrainingRequest, status: str, note: str, cause: Event[Payload]
+    ) -> None:
+        """A pending request ends without a run (stale): recorded, and on the timeline."""
+        pending.status = status
+        pending.wait_for = None
+        pending.note = f"{pending.note}; {status}: {note}"
+        pending.updated_at = self.clock()
+        self._decision_event(
+            pending.model,
+            pending.trigger,
+            DECISION_NAMES.get(status, status),
+            pending.reason,
+            note,
+            _cause_stub(pending, cause),
+            version=pending.version,
+            request_id=pending.request_id,
+            session=session,
+        )
+
+    def check_due(self) -> list[str]:
+        """The schedule tick: forget completed runs whose gate decision never came (``GATE_TIMEOUT_SECONDS``) and
+        fire requests whose cooldown (wall time) or run ended. The request ids fired."""
+        fired: list[str] = []
+        now = self.clock()
+        for model, pipeline in self.pipelines.items():
+            with self._lock, self.Session.begin() as session:
+                state = session.get(TriggerModelState, model)
+                if state is None:
+                    continue
+                gating = [g for g in state.gating_runs or [] if _gate_pending(g, now)]
+                if len(gating) != len(state.gating_runs or []):
+                    state.gating_runs = gating
+                    session.flush()
+                before = {r.request_id for r in self._pending_rows(session, model)}
+                if not before:
+                    continue
+                self._fire_queued(session, pipeline, _tick_event(model))
+                self._fire_cooled_down(session, pipeline, None)
+                session.flush()
+                fired += sorted(before - {r.request_id for r in self._pending_rows(session, model)})
+        return fired
 
     def _record(
         self,
@@ -382,7 +665,16 @@ class TriggerHandlers:
         decision: Decision,
         dataset_version_id: str | None = None,
         request_id: str | None = None,
+        *,
+        alarm: Alarm | None = None,
+        change_started_at: datetime | None = None,
     ) -> TrainingRequest:
+        merged_into = None
+        if decision.status == "coalesced":
+            pending = self._pending_rows(session, model)
+            if pending:
+                merged_into = pending[0].request_id
+                pending[0].change_started_at = _earliest(as_utc(pending[0].change_started_at), change_started_at)
         row = TrainingRequest(
             request_id=request_id or (request_id_for(model, cause.id) if cause else str(uuid.uuid4())),
             model=model,
@@ -396,12 +688,57 @@ class TriggerHandlers:
             note=decision.note,
             wait_for=decision.wait_for if decision.status == "pending" else None,
             created_at=utcnow(),
+            version=alarm.version if alarm is not None else None,
+            merged_into=merged_into,
+            change_started_at=change_started_at,
         )
         session.add(row)
         log.info("triggers: %s for %s (%s): %s - %s", decision.status, model, kind, reason, decision.note)
+        self._decision_event(
+            model,
+            kind,
+            DECISION_NAMES[decision.status],
+            reason,
+            decision.note,
+            cause,
+            version=row.version,
+            request_id=merged_into or (row.request_id if decision.status in ("requested", "pending") else None),
+            numbers=alarm.numbers if alarm is not None else {},
+            session=session,
+        )
         if decision.status == "requested":
             self._emit(session, row, cause)
         return row
+
+    def _decision_event(
+        self,
+        model: str,
+        trigger: str,
+        decision: str,
+        reason: str,
+        note: str,
+        cause: Event[Payload] | Envelope | None,
+        *,
+        version: int | None = None,
+        request_id: str | None = None,
+        numbers: dict[str, Any] | None = None,
+        session: Session | None = None,
+    ) -> None:
+        """The decision on the timeline (``RetrainDecision``), in the cause's cascade."""
+        state = session.get(TriggerModelState, model) if session is not None else None
+        payload = RetrainDecision(
+            model=model,
+            trigger=trigger,
+            decision=decision,
+            reason=reason,
+            note=note,
+            version=version,
+            champion_version=state.champion_version if state is not None else None,
+            request_id=request_id,
+            cause_event_id=(cause.id if isinstance(cause, Event) else cause.event_id) if cause is not None else None,
+            numbers_json=json.dumps(numbers or {}, default=str, sort_keys=True),
+        )
+        self.publish(new_event(payload, producer=self.producer, cause=cause))
 
     def _emit(self, session: Session, row: TrainingRequest, cause: Event[Payload] | Envelope | None) -> None:
         requested = TrainingRequested(
@@ -410,6 +747,7 @@ class TriggerHandlers:
             trigger=row.trigger,
             reason=row.reason,
             dataset_version_id=row.dataset_version_id,
+            change_started_at=as_utc(row.change_started_at),
         )
         event = new_event(requested, producer=self.producer, cause=cause)
         row.event_id = event.id
@@ -419,6 +757,10 @@ class TriggerHandlers:
             # right after a manual retrain on older data must still be acted on).
             now = self.clock()
             model_state.last_request_at = now
+            pipeline = self.pipelines.get(row.model)
+            stream = session.get(TriggerStreamState, pipeline.stream.name) if pipeline else None
+            model_state.last_request_rows_total = int(stream.rows_total or 0) if stream else 0
+            model_state.last_request_event_time = stream.max_event_time if stream else None
             # A new dict, so that SQLAlchemy sees the JSON column change.
             model_state.last_request_by_kind = {
                 **(model_state.last_request_by_kind or {}),
@@ -455,27 +797,47 @@ class TriggerHandlers:
         return row
 
     def _view(self, session: Session, pipeline: PipelineConfig, kind: TriggerKind | None = None) -> ModelView:
-        """The model as the policy sees it. The cooldown counts from the last request of the same ``kind``:
-        a drift right after the bootstrap (new-data) request is a new cause, not a repeat."""
+        """The model as the policy sees it. The cooldown counts from the model's last automatic request, whatever
+        its kind (a cause arriving meanwhile is coalesced and fires when the cooldown ends, never lost); ``kind``
+        is accepted for callers and unused."""
         model = pipeline.model.name
         state = session.get(TriggerModelState, model)
-        last_of_kind = None
-        if kind is not None and state is not None and (state.last_request_by_kind or {}).get(kind):
-            last_of_kind = datetime.fromisoformat(state.last_request_by_kind[kind])
         stream = session.get(TriggerStreamState, pipeline.stream.name)
         pending = session.scalar(
             sa.select(TrainingRequest.request_id)
             .where(TrainingRequest.model == model, TrainingRequest.status == "pending")
+            .order_by(TrainingRequest.created_at)
             .limit(1)
         )
         return ModelView(
             has_champion=state is not None and state.champion_version is not None,
             active_runs=tuple(state.active_runs) if state else (),
-            last_request_at=as_utc(last_of_kind) if kind is not None else None,
+            last_request_at=as_utc(state.last_request_at) if state else None,
             pending_request_id=pending,
             # Empty: rows were counted (DatasetVersionCreated) before the first version was materialized.
             latest_dataset_version_id=(stream.dataset_version_id or None) if stream else None,
+            champion_version=state.champion_version if state else None,
+            gating_runs=tuple(g[0] for g in (state.gating_runs or [])) if state else (),
+            rows_total=int(stream.rows_total or 0) if stream else 0,
+            last_request_rows_total=state.last_request_rows_total if state else None,
+            event_time=as_utc(stream.max_event_time) if stream else None,
+            last_request_event_time=as_utc(state.last_request_event_time) if state else None,
         )
+
+    def _has_unconfirmed_drift(self, session: Session, model: str, version: int) -> bool:
+        """A drift of ``version`` was reported without retraining (the policy waited for a confirmation)."""
+        found = session.scalar(
+            sa.select(TrainingRequest.request_id)
+            .where(
+                TrainingRequest.model == model,
+                TrainingRequest.trigger == "drift",
+                TrainingRequest.version == version,
+                TrainingRequest.status == "suppressed",
+                TrainingRequest.note.like(f"{UNCONFIRMED}%"),
+            )
+            .limit(1)
+        )
+        return found is not None
 
     def _already_decided(self, session: Session, model: str, cause_event_id: str) -> bool:
         """One cause event gives at most one decision per model (the bus also skips redeliveries)."""
@@ -535,12 +897,41 @@ CAUSE_EVENT_TYPES: dict[str, type[Payload]] = {
     "drift": DriftDetected,
     "external": ExternalTrigger,
     "performance": PerformanceDegraded,
+    "guard": PerformanceDegraded,
     "labels": FeedbackReceived,
     "new_data": FeaturesMaterialized,
 }
 
 
-def _cause_stub(pending: TrainingRequest, fallback: Event[Payload]) -> Event[Payload] | Envelope:
+def _numbers(**values: Any) -> dict[str, Any]:
+    """The numbers of a decision, without the unknown ones."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return min((t for t in (a, b) if t is not None), default=None)
+
+
+def _advance_event_time(stream: TriggerStreamState, when: datetime | None) -> None:
+    """The stream's event-time clock only moves forward."""
+    when = as_utc(when)
+    current = as_utc(stream.max_event_time)
+    if when is not None and (current is None or when > current):
+        stream.max_event_time = when
+
+
+def _gate_pending(entry: list[str], now: datetime) -> bool:
+    """A completed run still awaits its gate decision (until ``GATE_TIMEOUT_SECONDS``)."""
+    started = as_utc(datetime.fromisoformat(entry[1]))
+    return started is not None and now - started < timedelta(seconds=GATE_TIMEOUT_SECONDS)
+
+
+def _tick_event(model: str) -> Event[Payload]:
+    """What a request fired by the schedule tick names as its trigger (never published)."""
+    return new_event(ExternalTrigger(model=model, reason="schedule tick"), producer="triggers")
+
+
+def _cause_stub(pending: TrainingRequest, fallback: Event[Payload] | None) -> Event[Payload] | Envelope | None:
     """The stored cause of a pending request (the envelope of its cause: id and cascade), enough for ``new_event``
     to continue that cascade; a pending request without a cause event (none today) is caused by the fresh data."""
     if pending.cause_event_id is None:
@@ -568,6 +959,9 @@ def _row_dict(row: TrainingRequest) -> dict[str, Any]:
         "dataset_version_id": row.dataset_version_id,
         "event_id": row.event_id,
         "wait_for": row.wait_for,
+        "version": row.version,
+        "merged_into": row.merged_into,
+        "change_started_at": as_utc(row.change_started_at).isoformat() if row.change_started_at else None,
         "created_at": as_utc(row.created_at).isoformat() if row.created_at else None,
         "updated_at": as_utc(row.updated_at).isoformat() if row.updated_at else None,
     }

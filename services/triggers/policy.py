@@ -1,31 +1,52 @@
 """The retrain policy as pure functions: given what is known about a model, what to do with a new cause.
 
 Order of the rules (the first that applies decides):
-1. the trigger kind is disabled in the pipeline (or new data arrives while a champion exists and
+1. an alarm (drift, performance) about a version that is no longer the champion: stale (never retrains);
+2. the trigger kind is disabled in the pipeline (or new data arrives while a champion exists and
    ``new_data.only_without_champion``, or a drift of the predictions alone with ``drift.on_prediction_drift``
    false): suppressed;
-2. a training run of the model is active: suppressed (merged into that run), or with ``queue_while_running``
-   pending until the run ends (one queued request; later causes merge into it);
-3. a request is already pending (waiting for fresh data or for the run to end): suppressed (merged into it);
-4. within ``cooldown_seconds`` of the last request of the same kind: suppressed (a storm of drift alarms gives
-   one retrain, but a drift right after the bootstrap new-data retrain is still acted on);
-5. drift with ``wait_for_fresh_data``, or no dataset version materialized yet: pending until the next
+3. the signal does not retrain by ``triggers.policy.retrain_on`` (e.g. a drift whose version's measured and
+   estimated performance are intact): suppressed, "reported, not retrained", with the numbers;
+4. a training run of the model is active or waits for the gate: pending until it ends (``queue_while_running``,
+   the default; false: suppressed, merged into that run); a request already pending: coalesced into it;
+5. a request is already pending (cooldown, fresh data or a run): coalesced into it;
+6. the model cools down since its last automatic request (``cooldown_by``: wall time, event time or rows):
+   pending until the cooldown ends, then fired once if still valid; a suppressed alarm is never lost;
+7. drift with ``wait_for_fresh_data``, or no dataset version materialized yet: pending until the next
    ``FeaturesMaterialized`` of the stream;
-6. otherwise: requested.
-Manual requests skip rules 1, 3 and 4 (a person asked), but not 2: one active run per model. The cooldown
-starts at the last automatic request (a manual request does not restart it).
+8. otherwise: requested.
+Manual requests skip rules 1-3, 5 and 6 (a person asked), but not 4: one active run per model. The cooldown starts
+at the last automatic request (a manual request does not restart it).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from driftloop.contracts.pipeline import TriggerSpec
 
-TriggerKind = Literal["new_data", "drift", "external", "manual", "schedule", "labels", "performance"]
-Status = Literal["requested", "pending", "suppressed"]
+TriggerKind = Literal["new_data", "drift", "external", "manual", "schedule", "labels", "performance", "guard"]
+Status = Literal["requested", "pending", "coalesced", "suppressed", "stale"]
+WaitFor = Literal["data", "run", "cooldown"]
+# Kinds whose cause names a model version (an alarm about that version).
+ALARM_KINDS = frozenset({"drift", "performance"})
+# The note of a drift that was reported but not retrained on: a later degradation of that version confirms it.
+UNCONFIRMED = "reported, not retrained"
+
+
+@dataclass(frozen=True)
+class Alarm:
+    """What an alarm says about its version's performance (the policy's confirmation of a drift)."""
+
+    version: int
+    prediction_only: bool = False
+    performance_degraded: bool | None = None
+    estimated_degraded: bool | None = None
+    # A drift of this version earlier reported without retraining (confirmed now by a degradation).
+    unconfirmed_drift: bool = False
+    numbers: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -34,25 +55,96 @@ class ModelView:
 
     has_champion: bool
     active_runs: tuple[str, ...] = ()
-    # The last request of the kind being decided (the cooldown is per trigger kind).
+    # The last automatic request (the cooldown is per model, all kinds).
     last_request_at: datetime | None = None
     pending_request_id: str | None = None
     latest_dataset_version_id: str | None = None
+    champion_version: int | None = None
+    # Runs that completed and wait for the gate's decision (promoted or rejected).
+    gating_runs: tuple[str, ...] = ()
+    # The stream's clocks now and at the last automatic request: rows landed, newest event time.
+    rows_total: int = 0
+    last_request_rows_total: int | None = None
+    event_time: datetime | None = None
+    last_request_event_time: datetime | None = None
 
 
 @dataclass(frozen=True)
 class Decision:
     status: Status
     note: str
-    # A pending decision waits for "data" (the next dataset version) or "run" (the active run to end).
-    wait_for: Literal["data", "run"] | None = None
+    # A pending decision waits for "data" (the next dataset version), "run" (the active run and its gate to end)
+    # or "cooldown" (the model's cooldown to end).
+    wait_for: WaitFor | None = None
+
+
+def cooldown_left(policy: TriggerSpec, view: ModelView, now: datetime) -> str | None:
+    """Why the model still cools down (in the policy's unit), or None when it does not."""
+    if view.last_request_at is None:
+        return None
+    if policy.cooldown_by == "rows":
+        if view.last_request_rows_total is None or policy.cooldown_rows == 0:
+            return None
+        landed = view.rows_total - view.last_request_rows_total
+        if landed < policy.cooldown_rows:
+            return f"cooldown: {landed} rows landed since the last request, cooldown_rows is {policy.cooldown_rows}"
+        return None
+    if policy.cooldown_by == "event_time":
+        if view.last_request_event_time is None or view.event_time is None:
+            return None
+        elapsed = (view.event_time - view.last_request_event_time).total_seconds()
+        unit = "s of event time"
+    else:
+        elapsed = (now - view.last_request_at).total_seconds()
+        unit = "s"
+    if elapsed < policy.cooldown_seconds:
+        return f"cooldown: last request {elapsed:.0f}{unit} ago, cooldown_seconds is {policy.cooldown_seconds:g}"
+    return None
+
+
+def retrains(kind: TriggerKind, policy: TriggerSpec, alarm: Alarm | None) -> str | None:
+    """Why an alarm does not retrain by ``policy.policy.retrain_on`` (None: it does)."""
+    signals = set(policy.policy.retrain_on)
+    if kind == "drift":
+        if "drift" in signals:
+            return None
+        if "drift_confirmed_by_performance" in signals and alarm is not None and alarm.performance_degraded:
+            return None
+        if "drift_confirmed_by_estimate" in signals and alarm is not None and alarm.estimated_degraded:
+            return None
+        measured = "unknown" if alarm is None or alarm.performance_degraded is None else "intact"
+        estimated = "unknown" if alarm is None or alarm.estimated_degraded is None else "intact"
+        return (
+            f"{UNCONFIRMED}: measured performance {measured}, estimated performance {estimated} "
+            f"(triggers.policy.retrain_on: {sorted(signals)})"
+        )
+    if kind in ("performance", "guard"):
+        if "performance" in signals:
+            return None
+        if "drift_confirmed_by_performance" in signals and alarm is not None and alarm.unconfirmed_drift:
+            return None
+        return f"performance degradation alone does not retrain (triggers.policy.retrain_on: {sorted(signals)})"
+    return None
 
 
 def decide(
-    kind: TriggerKind, policy: TriggerSpec, view: ModelView, now: datetime, *, prediction_only: bool = False
+    kind: TriggerKind,
+    policy: TriggerSpec,
+    view: ModelView,
+    now: datetime,
+    *,
+    prediction_only: bool = False,
+    alarm: Alarm | None = None,
 ) -> Decision:
     """What to do with one cause of kind ``kind`` for a model in state ``view`` at time ``now``.
-    ``prediction_only``: a drift of the model's predictions with no feature drifted."""
+    ``prediction_only``: a drift of the model's predictions with no feature drifted. ``alarm``: what a drift or
+    performance alarm says about its version."""
+    stale = alarm is not None and view.champion_version is not None and alarm.version != view.champion_version
+    if kind != "manual" and stale:
+        assert alarm is not None
+        return Decision(
+            "stale", f"about v{alarm.version}, no longer the champion (v{view.champion_version} is): not acted on"
+        )
     if kind == "new_data":
         if not policy.new_data.enabled:
             return Decision("suppressed", "new-data trigger disabled (triggers.new_data.enabled: false)")
@@ -64,27 +156,30 @@ def decide(
         return Decision(
             "suppressed", "prediction drift alone does not retrain (triggers.drift.on_prediction_drift: false)"
         )
-    if kind == "performance" and not policy.performance.enabled:
+    if kind in ("performance", "guard") and not policy.performance.enabled:
         return Decision("suppressed", "performance trigger disabled (triggers.performance.enabled: false)")
-    if view.active_runs:
-        runs = ", ".join(view.active_runs)
+    not_retrained = retrains(kind, policy, alarm)
+    if not_retrained is not None:
+        return Decision("suppressed", not_retrained)
+    busy = view.active_runs + view.gating_runs
+    if busy:
+        runs = ", ".join(busy)
+        what = f"training run {runs} is active" if view.active_runs else f"run {runs} awaits the gate"
         # New data during a run is not queued: the next dataset version is a cause of its own.
         queueable = kind not in ("manual", "new_data")
-        if queueable and policy.queue_while_running and view.pending_request_id is None:
-            return Decision("pending", f"queued: training run {runs} is active; fires when it ends", "run")
         if kind != "manual" and view.pending_request_id is not None:
-            return Decision("suppressed", f"merged into pending request {view.pending_request_id}")
-        return Decision("suppressed", f"merged: training run {runs} is active")
+            return Decision("coalesced", f"coalesced into pending request {view.pending_request_id}")
+        if queueable and policy.queue_while_running:
+            return Decision("pending", f"queued: {what}; fires once when it ends, if still valid", "run")
+        return Decision("suppressed", f"merged: {what}")
     if kind != "manual":
         if view.pending_request_id is not None:
-            return Decision("suppressed", f"merged into pending request {view.pending_request_id}")
-        if view.last_request_at is not None:
-            elapsed = (now - view.last_request_at).total_seconds()
-            if elapsed < policy.cooldown_seconds:
-                return Decision(
-                    "suppressed",
-                    f"cooldown: last request {elapsed:.0f}s ago, cooldown_seconds is {policy.cooldown_seconds:g}",
-                )
+            return Decision("coalesced", f"coalesced into pending request {view.pending_request_id}")
+        cooling = cooldown_left(policy, view, now)
+        if cooling is not None:
+            if kind == "new_data":
+                return Decision("suppressed", cooling)  # the next dataset version is a cause of its own
+            return Decision("pending", f"{cooling}; fires once when it ends, if still valid", "cooldown")
     if view.latest_dataset_version_id is None:
         if kind == "manual":
             return Decision("suppressed", "no dataset version is materialized yet")
@@ -96,6 +191,7 @@ def decide(
 
 def fire_pending(view: ModelView) -> Decision:
     """Fresh data arrived for a model with a pending request: fire it unless a run is active (then it waits on)."""
-    if view.active_runs:
-        return Decision("pending", f"still waiting: training run {', '.join(view.active_runs)} is active")
+    busy = view.active_runs + view.gating_runs
+    if busy:
+        return Decision("pending", f"still waiting: training run {', '.join(busy)} is active")
     return Decision("requested", f"fresh data {view.latest_dataset_version_id} arrived")

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Any
+
+from driftloop.clients.credentials import client_token
+from driftloop.clients.http import ServiceClient
+from driftloop.contracts.settings import Settings
 from driftloop.contracts.topics import (
     DATASET_VERSION_CREATED,
     DRIFT_DETECTED,
@@ -16,14 +22,33 @@ from driftloop.contracts.topics import (
 from driftloop.runtime.service import ConsumerSpec, Runtime, ServiceSpec, base_app
 
 from . import api
-from .handlers import TriggerHandlers
+from .handlers import Rollback, TriggerHandlers
 
 CONSUMER_GROUP = "driftloop-triggers"
+# A rollback is one alias move: the registry answers quickly or not at all.
+REGISTRY_TIMEOUT_SECONDS = 10.0
+
+
+def registry_rollback(settings: Settings) -> Rollback:
+    """The guard's rollback: the registry's ``POST /v1/models/{name}/rollback`` (admin token read per call)."""
+    registry = ServiceClient(
+        "registry", settings, token=partial(client_token, settings), timeout=REGISTRY_TIMEOUT_SECONDS, retries=0
+    )
+
+    def rollback(model: str, to: int, reason: str) -> dict[str, Any]:
+        answer: dict[str, Any] = registry.post(f"/v1/models/{model}/rollback", json={"to": to, "reason": reason})
+        return answer
+
+    return rollback
 
 
 def build(runtime: Runtime) -> ServiceSpec:
     handlers = TriggerHandlers(
-        pipelines=runtime.pipelines, Session=runtime.Session, publish=runtime.bus.publish, producer=runtime.name
+        pipelines=runtime.pipelines,
+        Session=runtime.Session,
+        publish=runtime.bus.publish,
+        producer=runtime.name,
+        rollback=registry_rollback(runtime.settings),
     )
     app = base_app(
         runtime,

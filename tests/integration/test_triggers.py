@@ -21,7 +21,7 @@ from monitor_triggers_support import features_materialized as features
 from driftloop.clients.db import create_engine_for, migrate, session_factory
 from driftloop.contracts.events import Event, new_event
 from driftloop.contracts.payloads import DriftDetected, FeatureTest, RunStateChanged
-from driftloop.contracts.pipeline import DriftTrigger, NewDataTrigger, PipelineConfig, TriggerSpec
+from driftloop.contracts.pipeline import DriftTrigger, NewDataTrigger, PipelineConfig, RetrainPolicy, TriggerSpec
 from driftloop.ops.broker import EmbeddedBroker
 from driftloop.services.triggers.handlers import TriggerHandlers
 from driftloop.services.triggers.service import build
@@ -32,10 +32,13 @@ Triggers = TriggersUnderTest  # pipelines by role: storm, fresh, bootstrap, noda
 
 
 def pipeline(suffix: str, *, wait_for_fresh_data: bool, cooldown: float, only_without_champion: bool) -> PipelineConfig:
+    """Every drift retrains here (``retrain_on: [drift]``); causes during a run merge into it."""
     triggers = TriggerSpec(
         new_data=NewDataTrigger(enabled=True, only_without_champion=only_without_champion),
         drift=DriftTrigger(enabled=True, wait_for_fresh_data=wait_for_fresh_data),
+        policy=RetrainPolicy(retrain_on=["drift", "performance"]),
         cooldown_seconds=cooldown,
+        queue_while_running=False,
     )
     return demo_config(f"tx-{suffix}", f"fraud-{suffix}", triggers=triggers)
 
@@ -92,8 +95,9 @@ def test_drift_storm_gives_exactly_one_request_then_cooldown(triggers: Triggers)
     assert request.payload.dataset_version_id == f"{cfg.stream.name}@v1"
     assert request.envelope.caused_by in {e.id for e in storm}
     decisions = [r for r in triggers.requests("storm") if r["trigger"] == "drift"]
-    assert sorted(r["status"] for r in decisions) == ["requested"] + ["suppressed"] * 4
-    assert all("cooldown" in r["note"] for r in decisions if r["status"] == "suppressed")
+    # One request; the next drift waits for the cooldown, the rest are coalesced into it (none is lost).
+    assert sorted(r["status"] for r in decisions) == ["coalesced"] * 3 + ["pending", "requested"]
+    assert all("cooldown" in r["note"] for r in decisions if r["status"] == "pending")
     # The champion exists: the first data version was no new-data trigger either.
     assert [r["status"] for r in triggers.requests("storm") if r["trigger"] == "new_data"] == ["suppressed"]
 
@@ -199,7 +203,8 @@ def test_decisions_on_postgresql(postgres_url: str) -> None:
     handlers.on_drift_detected(second)
     assert handlers.model_state(cfg.model.name)["pending_request_id"] is not None
     handlers.on_features_materialized(features(cfg, 2))
-    assert [(e.payload.trigger, e.envelope.caused_by) for e in published] == [("drift", second.id)]
+    requests = [e for e in published if e.type == "TrainingRequested"]
+    assert [(e.payload.trigger, e.envelope.caused_by) for e in requests] == [("drift", second.id)]
     now[0] += timedelta(seconds=30)
     handlers.on_drift_detected(drift(cfg, 2))
     assert "cooldown" in handlers.requests(cfg.model.name, 1)[0]["note"]

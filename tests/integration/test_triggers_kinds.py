@@ -26,6 +26,7 @@ from driftloop.contracts.payloads import (
     DatasetVersionCreated,
     ExternalTrigger,
     FeedbackReceived,
+    ModelRejected,
     PerformanceDegraded,
     RunStateChanged,
 )
@@ -130,7 +131,9 @@ def test_a_burst_of_one_cause_kind_gives_exactly_one_request(env: Env, role: str
     assert request.envelope.cascade_id == first.envelope.cascade_id
     assert request.payload.dataset_version_id == f"{cfg.stream.name}@v1"
     decisions = [d for d in env.requests(role) if d["trigger"] == role]
-    assert sorted(d["status"] for d in decisions) == ["requested"] + ["suppressed"] * (decided - 1)
+    # The second cause waits for the cooldown, later ones are coalesced into it: one request now, none lost.
+    held = ["pending"] + ["coalesced"] * (decided - 2)
+    assert sorted(d["status"] for d in decisions) == sorted(["requested", *held])
 
 
 def test_every_n_new_rows_gives_one_request_when_the_rows_are_reached(env: Env) -> None:
@@ -159,9 +162,22 @@ def test_a_storm_during_a_run_is_queued_into_one_request_when_the_run_ends(env: 
     wait_for(lambda: len(env.requests("queued")) == 6, "the storm decided")
     assert env.training_requested("queued") == []
     env.publish(new_event(replace(running, state="completed"), producer="test-training"))
+    wait_for(lambda: env.state("queued")["active_runs"] == [], "the run known to be over")
+    assert env.training_requested("queued") == []  # its model awaits the gate
+    kept = ModelRejected(
+        model=cfg.model.name,
+        version=2,
+        reason="no better",
+        metric="roc_auc",
+        challenger_score=0.7,
+        champion_score=0.7,
+        champion_version=1,
+        gate_json="{}",
+    )
+    env.publish(new_event(kept, producer="test-registry"))
     wait_for(lambda: len(env.training_requested("queued")) == 1, "the queued request fired")
     (request,) = env.training_requested("queued")
     assert request.payload.trigger == "performance"
     assert request.envelope.caused_by == storm[0].id
     statuses = sorted(d["status"] for d in env.requests("queued") if d["trigger"] == "performance")
-    assert statuses == ["requested"] + ["suppressed"] * 4
+    assert statuses == ["coalesced"] * 4 + ["requested"]

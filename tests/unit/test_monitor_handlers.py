@@ -262,3 +262,110 @@ def test_performance_degraded_fires_from_feedback_joined_by_request_id(env: dict
     assert degraded[0].payload.threshold == 0.8
     assert degraded[0].payload.window_size == 20
     assert reports[0]["event_id"] == degraded[0].id
+
+
+def promoted_version(env: dict[str, Any], version: int, previous: int | None, artifact: tuple[str, str]) -> Event:
+    payload = ModelPromoted(
+        model=MODEL,
+        version=version,
+        alias="champion",
+        previous_version=previous,
+        artifact_uri=artifact[0],
+        artifact_sha256=artifact[1],
+        dataset_version_id="transactions@v1",
+        feature_set_uri=env["feature_set_uri"],
+        reason="gate passed",
+        gate_json="{}",
+    )
+    return new_event(payload, producer="test")
+
+
+def test_performance_windows_belong_to_one_version(env: dict[str, Any]) -> None:
+    """Feedback of v1's predictions arriving after v2's promotion stays in v1's windows: no window mixes two
+    versions, and each alarm names the version it is about."""
+    performance = PerformanceSpec(metric="accuracy", window_size=10, threshold=0.8)
+    handlers: MonitorHandlers = env["make"](with_monitor(window_size=500, performance=performance))
+    handlers.on_model_promoted(promoted(env))
+    inputs = raw_inputs(20, env["rng"])
+    for i, row in enumerate(inputs[:10]):
+        handlers.on_prediction_logged(prediction(row, version=1, request_id=f"a{i}", score=0.9))
+    for i in range(5):
+        handlers.on_feedback_received(feedback(f"a{i}", 1.0))
+    handlers.on_model_promoted(promoted(env, version=2))
+    for i, row in enumerate(inputs[10:]):
+        handlers.on_prediction_logged(prediction(row, version=2, request_id=f"b{i}", score=0.9))
+    # Interleaved: the rest of v1's labels (all wrong) and v2's (all right).
+    for i in range(5, 10):
+        handlers.on_feedback_received(feedback(f"a{i}", 0.0))
+        handlers.on_feedback_received(feedback(f"b{i - 5}", 1.0))
+    for i in range(5, 10):
+        handlers.on_feedback_received(feedback(f"b{i}", 1.0))
+
+    reports = {r["version"]: r for r in handlers.performance_reports(MODEL, limit=5)}
+    assert set(reports) == {1, 2}
+    assert reports[1]["versions"] == [1] and reports[1]["value"] == 0.5 and reports[1]["degraded"]
+    assert reports[2]["versions"] == [2] and reports[2]["value"] == 1.0 and not reports[2]["degraded"]
+    (degraded,) = [e for e in env["published"] if e.type == "PerformanceDegraded"]
+    assert degraded.payload.version == 1
+    assert degraded.payload.reason == "threshold"
+
+
+def test_drift_event_carries_estimated_and_measured_performance(env: dict[str, Any]) -> None:
+    handlers: MonitorHandlers = env["make"]()
+    handlers.on_model_promoted(promoted(env))
+    rng = env["rng"]
+    for inputs in raw_inputs(200, rng):
+        handlers.on_prediction_logged(prediction(inputs, score=float(rng.choice([0.02, 0.98]))))
+    for inputs in raw_inputs(200, rng, amount_scale=2.0):
+        handlers.on_prediction_logged(prediction(inputs, score=float(rng.uniform(0.35, 0.65))))
+    (drift,) = [e for e in env["published"] if e.type == "DriftDetected"]
+    payload = drift.payload
+    assert payload.estimated_metric == "roc_auc"
+    assert payload.estimated_reference is not None and payload.estimated_reference > 0.9  # confident first window
+    assert payload.estimated_value is not None and payload.estimated_value < 0.7  # unsure predictions after
+    assert payload.estimated_degraded is True
+    assert payload.performance_degraded is None  # no labels yet
+    assert payload.window_start_time is not None and payload.window_end_time is not None
+    assert handlers.reports(MODEL, limit=1)[0]["window_index"] == 1
+
+
+def test_guard_scores_the_previous_champion_on_the_new_champions_labeled_rows(
+    env: dict[str, Any], tmp_path: Path
+) -> None:
+    from model_factory import put_artifact, raw_transactions, train_artifact
+
+    from driftloop.contracts.featuredefs import compute_features
+
+    pipeline = small_pipeline()
+    performance = PerformanceSpec(metric="roc_auc", window_size=200)
+    pipeline = pipeline.model_copy(
+        update={"monitor": pipeline.monitor.model_copy(update={"window_size": 500, "performance": performance})}
+    )
+    handlers: MonitorHandlers = env["make"](pipeline)
+    history = compute_features(raw_transactions(3000, seed=5), pipeline)
+    good = put_artifact(env["store"], MODEL, "good", train_artifact(pipeline, history))
+    bad = put_artifact(env["store"], MODEL, "bad", train_artifact(pipeline, history, quality="bad"))
+    handlers.on_model_promoted(promoted_version(env, 1, None, good))
+    handlers.on_model_promoted(promoted_version(env, 2, 1, bad))
+
+    live = raw_transactions(200, seed=9)
+    bad_scores = train_artifact(pipeline, history, quality="bad").predict(compute_features(live, pipeline))
+    for i, row in enumerate(live.drop(columns=["event_time", "is_fraud"]).to_dict("records")):
+        handlers.on_prediction_logged(
+            prediction({k: _plain(v) for k, v in row.items()}, version=2, request_id=f"g{i}", score=bad_scores[i])
+        )
+    for i, label in enumerate(live["is_fraud"]):
+        handlers.on_feedback_received(feedback(f"g{i}", float(label)))
+
+    (report,) = handlers.performance_reports(MODEL, limit=5)
+    guard = report["metrics"]["guard"]
+    assert guard["previous_version"] == 1 and guard["tripped"] is True
+    assert guard["previous_value"] > report["value"] + 0.02
+    (degraded,) = [e for e in env["published"] if e.type == "PerformanceDegraded"]
+    assert degraded.payload.reason == "guard"
+    assert degraded.payload.version == 2 and degraded.payload.previous_version == 1
+    assert degraded.payload.threshold == pytest.approx(guard["previous_value"] - 0.02)
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value

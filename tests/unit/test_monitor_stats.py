@@ -200,3 +200,32 @@ def test_performance_metrics_classification_and_regression() -> None:
     assert is_degraded("roc_auc", 0.6, 0.7) and not is_degraded("roc_auc", 0.8, 0.7)
     assert is_degraded("rmse", 2.0, 1.5) and not is_degraded("rmse", 1.0, 1.5)
     assert not is_degraded("roc_auc", None, 0.7) and not is_degraded("roc_auc", 0.1, None)
+
+
+def test_performance_metrics_are_the_gates_scikit_learn_metrics() -> None:
+    """One implementation: a window without positives, none predicted, has F1 0 (scikit-learn), not 1."""
+    from driftloop.contracts.evaluation import score
+    from driftloop.services.monitor.stats import performance_metrics
+
+    values = performance_metrics([0, 0, 0, 0], [0.1, 0.2, 0.3, 0.4], "classification", 0.5)
+    assert values == {"accuracy": 1.0, "f1": 0.0, "roc_auc": None}
+    rng = np.random.default_rng(3)
+    y, p = (rng.uniform(size=300) < 0.4).astype(float), rng.uniform(size=300)
+    values = performance_metrics(y, p, "classification", 0.5)
+    assert values["roc_auc"] == score("roc_auc", y, p)
+    assert values["f1"] == score("f1", y, p)
+
+
+def test_estimated_performance_matches_measured_on_calibrated_probabilities() -> None:
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    from driftloop.services.monitor.stats import estimate_performance
+
+    rng = np.random.default_rng(4)
+    p = rng.beta(0.7, 0.7, size=20_000)
+    y = rng.uniform(size=p.size) < p  # calibrated: a positive with probability p
+    assert estimate_performance(p, "roc_auc") == pytest.approx(roc_auc_score(y, p), abs=0.01)
+    assert estimate_performance(p, "accuracy") == pytest.approx(accuracy_score(y, p >= 0.5), abs=0.01)
+    # Unsure predictions: an estimate near chance, from the probabilities alone.
+    assert estimate_performance(np.full(100, 0.5), "roc_auc") == pytest.approx(0.5)
+    assert estimate_performance([], "roc_auc") is None

@@ -15,7 +15,14 @@ from pydantic import ValidationError
 
 from driftloop.contracts.events import Event
 from driftloop.contracts.payloads import DriftDetected, PredictionTest
-from driftloop.contracts.pipeline import DriftTrigger, MonitorSpec, PredictionDriftSpec, TriggerSpec, load_pipeline
+from driftloop.contracts.pipeline import (
+    DriftTrigger,
+    MonitorSpec,
+    PredictionDriftSpec,
+    RetrainPolicy,
+    TriggerSpec,
+    load_pipeline,
+)
 from driftloop.services.monitor.stats import prediction_drift_alarms, prediction_test
 from driftloop.services.triggers.policy import ModelView, decide
 
@@ -61,9 +68,10 @@ def test_pipeline_section_is_strict_and_defaults_on() -> None:
 
 
 def test_prediction_drift_alone_retrains_unless_the_pipeline_says_no() -> None:
-    policy = TriggerSpec(drift=DriftTrigger(wait_for_fresh_data=False))
+    every_drift = RetrainPolicy(retrain_on=["drift"])
+    policy = TriggerSpec(drift=DriftTrigger(wait_for_fresh_data=False), policy=every_drift)
     assert decide("drift", policy, VIEW, NOW, prediction_only=True).status == "requested"
-    off = TriggerSpec(drift=DriftTrigger(wait_for_fresh_data=False, on_prediction_drift=False))
+    off = TriggerSpec(drift=DriftTrigger(wait_for_fresh_data=False, on_prediction_drift=False), policy=every_drift)
     decision = decide("drift", off, VIEW, NOW, prediction_only=True)
     assert decision.status == "suppressed" and "on_prediction_drift" in decision.note
     # Feature drift (with or without prediction drift) still retrains.
@@ -72,6 +80,7 @@ def test_prediction_drift_alone_retrains_unless_the_pipeline_says_no() -> None:
 
 # The triggers service's handlers on a real SQLite database (fixtures of the triggers handler tests).
 session_maker, clock, published, make = th.session_maker, th.clock, th.published, th.make
+decisions, registry = th.decisions, th.registry
 
 
 def prediction_drift_event(window: int) -> Event[DriftDetected]:

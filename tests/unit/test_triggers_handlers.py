@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,10 +19,18 @@ from driftloop.contracts.payloads import (
     FeaturesMaterialized,
     FeedbackReceived,
     ModelPromoted,
+    ModelRejected,
     PerformanceDegraded,
     RunStateChanged,
 )
-from driftloop.contracts.pipeline import DriftTrigger, NewDataTrigger, PipelineConfig, TriggerSpec, load_pipeline
+from driftloop.contracts.pipeline import (
+    DriftTrigger,
+    NewDataTrigger,
+    PipelineConfig,
+    RetrainPolicy,
+    TriggerSpec,
+    load_pipeline,
+)
 from driftloop.errors import NotFoundError
 from driftloop.services.triggers.handlers import RetrainConflict, TriggerHandlers
 
@@ -41,9 +50,11 @@ class Clock:
 def pipeline(
     wait_for_fresh_data: bool = False, cooldown: float = 300, only_without_champion: bool = True
 ) -> PipelineConfig:
+    """Every drift and degradation retrains (``retrain_on``), unless a test says otherwise."""
     triggers = TriggerSpec(
         new_data=NewDataTrigger(enabled=True, only_without_champion=only_without_champion),
         drift=DriftTrigger(enabled=True, wait_for_fresh_data=wait_for_fresh_data),
+        policy=RetrainPolicy(retrain_on=["drift", "performance"]),
         cooldown_seconds=cooldown,
     )
     return BASE.model_copy(update={"triggers": triggers})
@@ -63,13 +74,39 @@ def clock() -> Clock:
 
 @pytest.fixture
 def published() -> list[Event]:
+    """The TrainingRequested events."""
     return []
 
 
 @pytest.fixture
-def make(session_maker: Any, clock: Clock, published: list[Event]) -> Any:
+def decisions() -> list[Event]:
+    """The RetrainDecision events (the timeline)."""
+    return []
+
+
+class Registry:
+    """The registry's rollback route, as the guard calls it."""
+
+    def __init__(self) -> None:
+        self.rollbacks: list[tuple[str, int, str]] = []
+
+    def __call__(self, model: str, to: int, reason: str) -> dict[str, Any]:
+        self.rollbacks.append((model, to, reason))
+        return {"model": model, "alias": "champion", "version": to, "reason": reason}
+
+
+@pytest.fixture
+def registry() -> Registry:
+    return Registry()
+
+
+@pytest.fixture
+def make(session_maker: Any, clock: Clock, published: list[Event], decisions: list[Event], registry: Registry) -> Any:
+    def publish(event: Event) -> None:
+        (decisions if event.type == "RetrainDecision" else published).append(event)
+
     def factory(cfg: PipelineConfig) -> TriggerHandlers:
-        return TriggerHandlers({MODEL: cfg}, session_maker, published.append, clock=clock)
+        return TriggerHandlers({MODEL: cfg}, session_maker, publish, clock=clock, rollback=registry)
 
     return factory
 
@@ -123,6 +160,20 @@ def promoted_event(version: int = 1) -> Event:
     return new_event(payload, producer="test")
 
 
+def rejected_event(version: int = 2, champion: int = 1) -> Event:
+    payload = ModelRejected(
+        model=MODEL,
+        version=version,
+        reason="no better",
+        metric="roc_auc",
+        challenger_score=0.7,
+        champion_score=0.7,
+        champion_version=champion,
+        gate_json="{}",
+    )
+    return new_event(payload, producer="test")
+
+
 def run_event(run_id: str, state: str) -> Event:
     payload = RunStateChanged(run_id=run_id, model=MODEL, state=state, previous_state=None, dataset_version_id=None)
     return new_event(payload, producer="test")
@@ -145,8 +196,54 @@ def test_drift_storm_gives_one_request(make: Any, published: list[Event]) -> Non
     assert request.envelope.cascade_id == storm[0].envelope.cascade_id
     decisions = handlers.requests(MODEL, limit=50)
     statuses = [d["status"] for d in decisions if d["trigger"] == "drift"]
-    assert sorted(statuses) == ["requested"] + ["suppressed"] * 4
-    assert all("cooldown" in d["note"] for d in decisions if d["status"] == "suppressed" and d["trigger"] == "drift")
+    # The second drift waits for the cooldown; the rest are coalesced into it: nothing is lost.
+    assert sorted(statuses) == ["coalesced"] * 3 + ["pending", "requested"]
+    (pending,) = [d for d in decisions if d["status"] == "pending"]
+    assert "cooldown" in pending["note"]
+    assert all(d["merged_into"] == pending["request_id"] for d in decisions if d["status"] == "coalesced")
+
+
+def test_a_cause_held_by_the_cooldown_fires_once_when_it_ends(
+    make: Any, published: list[Event], decisions: list[Event], clock: Clock
+) -> None:
+    handlers: TriggerHandlers = make(pipeline())
+    handlers.on_model_promoted(promoted_event())
+    handlers.on_features_materialized(features_event(1))
+    storm = [drift_event(i) for i in range(4)]
+    for event in storm:
+        handlers.on_drift_detected(event)
+    clock.now += timedelta(seconds=299)
+    assert handlers.check_due() == []
+    clock.now += timedelta(seconds=2)
+    fired = handlers.check_due()
+    assert len(fired) == 1
+    assert [e.payload.request_id for e in published] == [published[0].payload.request_id, fired[0]]
+    assert published[1].envelope.caused_by == storm[1].id  # the first cause the cooldown held
+    assert handlers.check_due() == []
+    retrains = [json.loads(e.payload.numbers_json) for e in decisions if e.payload.decision == "retrain"]
+    assert retrains[-1] == {"coalesced": 2}
+    # The new data (a champion exists) was reported as suppressed: every decision is on the timeline.
+    assert sorted({e.payload.decision for e in decisions}) == ["coalesced", "pending", "retrain", "suppressed"]
+
+
+def test_a_held_alarm_about_a_replaced_champion_goes_stale(
+    make: Any, published: list[Event], decisions: list[Event], clock: Clock
+) -> None:
+    handlers: TriggerHandlers = make(pipeline())
+    handlers.on_model_promoted(promoted_event())
+    handlers.on_features_materialized(features_event(1))
+    handlers.on_drift_detected(drift_event(0))
+    handlers.on_drift_detected(drift_event(1))  # held by the cooldown
+    handlers.on_model_promoted(promoted_event(version=2))  # the retrain's model is champion now
+    clock.now += timedelta(seconds=400)
+    assert handlers.check_due() == []
+    assert len(published) == 1
+    stale = [e for e in decisions if e.payload.decision == "stale"]
+    assert len(stale) == 1 and stale[0].payload.version == 1 and stale[0].payload.champion_version == 2
+    # A late alarm about v1 is stale at once, and never retrains.
+    handlers.on_drift_detected(drift_event(2))
+    assert handlers.requests(MODEL, 1)[0]["status"] == "stale"
+    assert len(published) == 1
 
 
 def test_same_cause_is_decided_once(make: Any, published: list[Event]) -> None:
@@ -173,8 +270,9 @@ def test_cooldown_expires(make: Any, published: list[Event], clock: Clock) -> No
     assert len(published) == 2
 
 
-def test_cooldown_is_per_trigger_kind(make: Any, published: list[Event], clock: Clock) -> None:
-    # The bootstrap retrain (new data) must not swallow a drift that follows within the cooldown.
+def test_cooldown_is_per_model_and_holds_causes_of_every_kind(make: Any, published: list[Event], clock: Clock) -> None:
+    # The bootstrap retrain (new data) does not swallow a drift that follows within the cooldown: the drift is
+    # held, and fires when the cooldown ends (not right after the bootstrap, on the same data).
     handlers: TriggerHandlers = make(pipeline(cooldown=300))
     handlers.on_features_materialized(features_event(1))
     assert [e.payload.trigger for e in published] == ["new_data"]
@@ -182,11 +280,14 @@ def test_cooldown_is_per_trigger_kind(make: Any, published: list[Event], clock: 
     handlers.on_model_promoted(promoted_event())
     clock.now += timedelta(seconds=10)
     handlers.on_drift_detected(drift_event(0))
-    assert [e.payload.trigger for e in published] == ["new_data", "drift"]
     clock.now += timedelta(seconds=10)
-    handlers.on_drift_detected(drift_event(1))  # a repeat of the same kind within the cooldown
-    assert len(published) == 2
-    assert "cooldown" in handlers.requests(MODEL, 1)[0]["note"]
+    handlers.on_drift_detected(drift_event(1))
+    assert [e.payload.trigger for e in published] == ["new_data"]
+    assert [d["status"] for d in handlers.requests(MODEL, 2)] == ["coalesced", "pending"]
+    assert "cooldown" in handlers.requests(MODEL, 2)[1]["note"]
+    clock.now += timedelta(seconds=281)
+    handlers.check_due()
+    assert [e.payload.trigger for e in published] == ["new_data", "drift"]
 
 
 def test_new_data_triggers_only_without_champion(make: Any, published: list[Event], clock: Clock) -> None:
@@ -242,7 +343,7 @@ def test_drift_waits_for_fresh_data_and_keeps_the_drift_as_cause(
 
 
 def test_active_run_suppresses_causes_until_it_ends(make: Any, published: list[Event], clock: Clock) -> None:
-    handlers: TriggerHandlers = make(pipeline(cooldown=0))
+    handlers: TriggerHandlers = make(with_triggers(cooldown=0, queue_while_running=False))
     handlers.on_model_promoted(promoted_event())
     handlers.on_features_materialized(features_event(1))
     handlers.on_run_state_changed(run_event("run-1", "running"))
@@ -250,7 +351,11 @@ def test_active_run_suppresses_causes_until_it_ends(make: Any, published: list[E
     assert published == []
     assert "run-1" in handlers.requests(MODEL, 1)[0]["note"]
     handlers.on_run_state_changed(run_event("run-1", "completed"))
-    handlers.on_drift_detected(drift_event(1))
+    handlers.on_drift_detected(drift_event(1))  # the run's model awaits the gate
+    assert published == []
+    assert "gate" in handlers.requests(MODEL, 1)[0]["note"]
+    handlers.on_model_rejected(rejected_event())
+    handlers.on_drift_detected(drift_event(2))
     assert len(published) == 1
 
 
@@ -310,7 +415,7 @@ def with_triggers(cooldown: float = 300, **changes: Any) -> PipelineConfig:
     return base.model_copy(update={"triggers": TriggerSpec.model_validate({**base.triggers.model_dump(), **changes})})
 
 
-def dataset_event(version: int, new_rows: int) -> Event:
+def dataset_event(version: int, new_rows: int, max_event_time: datetime | None = None) -> Event:
     payload = DatasetVersionCreated(
         stream=STREAM,
         dataset_version_id=f"{STREAM}@v{version}",
@@ -324,7 +429,7 @@ def dataset_event(version: int, new_rows: int) -> Event:
         schema_json="{}",
         profile_json="{}",
         min_event_time=None,
-        max_event_time=None,
+        max_event_time=max_event_time,
     )
     return new_event(payload, producer="test")
 
@@ -367,7 +472,7 @@ def test_each_event_cause_gives_exactly_one_request_with_its_cause(
     assert [e.payload.trigger for e in published] == [kind]
     assert published[0].envelope.caused_by == causes[0].id
     decisions = [d for d in handlers.requests(MODEL, 50) if d["trigger"] == kind]
-    assert sorted(d["status"] for d in decisions) == ["requested", "suppressed", "suppressed", "suppressed"]
+    assert sorted(d["status"] for d in decisions) == ["coalesced", "coalesced", "pending", "requested"]
     assert next(d for d in decisions if d["status"] == "requested")["cause_event_id"] == causes[0].id
 
 
@@ -442,8 +547,120 @@ def test_queue_while_running_merges_causes_into_one_request_after_the_run(
     handlers.on_features_materialized(features_event(2))  # fresh data does not fire a request queued on a run
     assert published == []
     handlers.on_run_state_changed(run_event("run-1", "completed"))
+    assert published == []  # the run's model awaits the gate: judged against the champion it keeps or makes
+    handlers.on_model_rejected(rejected_event())
     assert len(published) == 1
     assert published[0].payload.trigger == "drift"
     assert published[0].envelope.caused_by == storm[0].id
     assert published[0].payload.dataset_version_id == f"{STREAM}@v2"
     assert handlers.model_state(MODEL)["pending_request_id"] is None
+
+
+def guard_event(version: int = 2, previous: int = 1) -> Event:
+    payload = PerformanceDegraded(
+        model=MODEL,
+        version=version,
+        metric="roc_auc",
+        value=0.61,
+        threshold=0.78,
+        window_size=200,
+        previous_version=previous,
+        previous_value=0.80,
+        reason="guard",
+    )
+    return new_event(payload, producer="test")
+
+
+def test_guard_rolls_back_through_the_registry_then_the_policy_decides(
+    make: Any, published: list[Event], decisions: list[Event], registry: Registry
+) -> None:
+    handlers: TriggerHandlers = make(with_triggers(cooldown=0))
+    handlers.on_features_materialized(features_event(1))
+    handlers.on_model_promoted(promoted_event(version=2))
+    guard = guard_event()
+    handlers.on_performance_degraded(guard)
+    handlers.on_performance_degraded(guard)  # a redelivery: one rollback
+    assert registry.rollbacks == [(MODEL, 1, registry.rollbacks[0][2])]
+    assert "guard" in registry.rollbacks[0][2] and "v1" in registry.rollbacks[0][2]
+    (rollback,) = [e for e in decisions if e.payload.decision == "rollback"]
+    assert rollback.payload.version == 2
+    assert json.loads(rollback.payload.numbers_json)["previous_value"] == 0.80
+    # The retrain decision, by the policy (performance retrains), on new data only: v2 was trained on the latest.
+    assert [e.payload.trigger for e in published] == ["new_data"]
+    handlers.on_features_materialized(features_event(2))
+    assert [(e.payload.trigger, e.envelope.caused_by) for e in published][-1] == ("guard", guard.id)
+    assert published[-1].payload.dataset_version_id == f"{STREAM}@v2"
+    # A guard about a version that is no longer champion rolls nothing back.
+    handlers.on_model_promoted(promoted_event(version=3))
+    handlers.on_performance_degraded(guard_event(version=2))
+    assert len(registry.rollbacks) == 1
+    assert handlers.requests(MODEL, 1)[0]["status"] == "stale"
+
+
+def test_harmless_drift_is_reported_and_a_later_degradation_confirms_it(
+    make: Any, published: list[Event], decisions: list[Event]
+) -> None:
+    confirm_only = {"policy": {"retrain_on": ["drift_confirmed_by_performance"]}}
+    handlers: TriggerHandlers = make(with_triggers(cooldown=0, **confirm_only))
+    with_data_and_champion(handlers)
+    drift = drift_event(0)
+    drift = replace(drift, payload=replace(drift.payload, performance_degraded=False, performance_value=0.86))
+    handlers.on_drift_detected(drift)
+    assert published == []
+    (reported,) = [e for e in decisions if e.payload.trigger == "drift"]
+    assert reported.payload.decision == "suppressed"
+    assert reported.payload.note.startswith("reported, not retrained")
+    assert json.loads(reported.payload.numbers_json)["performance_value"] == 0.86
+    handlers.on_performance_degraded(degraded_event())
+    assert [e.payload.trigger for e in published] == ["performance"]
+
+
+def test_cooldown_in_event_time_ends_with_the_stream_not_the_wall_clock(
+    make: Any, published: list[Event], clock: Clock
+) -> None:
+    handlers: TriggerHandlers = make(with_triggers(cooldown_by="event_time", cooldown_seconds=3600))
+    handlers.on_dataset_version_created(dataset_event(1, 100, max_event_time=datetime(2020, 1, 1, tzinfo=UTC)))
+    with_data_and_champion(handlers)
+    handlers.on_drift_detected(drift_event(0))
+    handlers.on_drift_detected(drift_event(1))  # held
+    clock.now += timedelta(days=1)  # wall time does not end it
+    handlers.check_due()
+    assert len(published) == 1
+    handlers.on_dataset_version_created(dataset_event(2, 100, max_event_time=datetime(2020, 1, 1, 1, tzinfo=UTC)))
+    assert len(published) == 2
+    assert published[1].envelope.caused_by is not None
+
+
+def test_change_start_travels_with_the_request(make: Any, published: list[Event]) -> None:
+    handlers: TriggerHandlers = make(with_triggers(cooldown=0))
+    with_data_and_champion(handlers)
+    start = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
+    drift = drift_event(0)
+    drift = replace(
+        drift, payload=replace(drift.payload, window_start_time=start, window_end_time=start + timedelta(hours=1))
+    )
+    handlers.on_drift_detected(drift)
+    assert published[0].payload.change_started_at == start
+
+
+def test_a_drift_held_by_the_cooldown_still_waits_for_fresh_data(
+    make: Any, published: list[Event], clock: Clock
+) -> None:
+    handlers: TriggerHandlers = make(pipeline(wait_for_fresh_data=True))
+    handlers.on_model_promoted(promoted_event())
+    handlers.on_features_materialized(features_event(1, when=clock.now))
+    handlers.request_manual(MODEL, "labels fixed")  # manual: no cooldown
+    handlers.on_external_trigger(external_event())  # automatic: the cooldown starts
+    clock.now += timedelta(seconds=5)
+    drift = drift_event(0, when=clock.now)
+    handlers.on_drift_detected(drift)
+    (held,) = [d for d in handlers.requests(MODEL, 9) if d["cause_event_id"] == drift.id]
+    assert held["wait_for"] == "cooldown"
+    clock.now += timedelta(seconds=300)
+    handlers.check_due()
+    assert [e.payload.trigger for e in published] == ["manual", "external"]
+    (held,) = [d for d in handlers.requests(MODEL, 9) if d["cause_event_id"] == drift.id]
+    assert (held["status"], held["wait_for"]) == ("pending", "data")
+    handlers.on_features_materialized(features_event(2, when=clock.now))
+    assert [e.payload.trigger for e in published][-1] == "drift"
+    assert published[-1].envelope.caused_by == drift.id

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from driftloop.contracts.pipeline import DriftTrigger, NewDataTrigger, TriggerSpec
-from driftloop.services.triggers.policy import ModelView, decide, fire_pending
+from driftloop.contracts.pipeline import DriftTrigger, NewDataTrigger, RetrainPolicy, TriggerSpec
+from driftloop.services.triggers.policy import Alarm, ModelView, decide, fire_pending
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 DATA = "transactions@v3"
 POLICY = TriggerSpec(
     new_data=NewDataTrigger(enabled=True, only_without_champion=True),
     drift=DriftTrigger(enabled=True, wait_for_fresh_data=False),
+    policy=RetrainPolicy(retrain_on=["drift", "performance"]),
     cooldown_seconds=60,
+    queue_while_running=False,
 )
 
 
@@ -48,10 +50,10 @@ def test_drift_requests_at_once_or_waits_for_fresh_data() -> None:
     assert "wait_for_fresh_data" in decision.note
 
 
-def test_cooldown_suppresses_then_expires() -> None:
+def test_cooldown_holds_a_cause_pending_then_expires() -> None:
     recent = view(last_request_at=NOW - timedelta(seconds=10))
     decision = decide("drift", POLICY, recent, NOW)
-    assert decision.status == "suppressed"
+    assert (decision.status, decision.wait_for) == ("pending", "cooldown")
     assert "cooldown" in decision.note
     assert decide("drift", POLICY, view(last_request_at=NOW - timedelta(seconds=61)), NOW).status == "requested"
 
@@ -66,7 +68,7 @@ def test_active_run_merges_every_kind_including_manual() -> None:
 
 def test_pending_request_absorbs_further_causes() -> None:
     decision = decide("drift", POLICY, view(pending_request_id="req-1"), NOW)
-    assert decision.status == "suppressed"
+    assert decision.status == "coalesced"
     assert "req-1" in decision.note
 
 
@@ -83,3 +85,52 @@ def test_causes_before_any_data_wait_for_it() -> None:
 def test_fire_pending_waits_while_a_run_is_active() -> None:
     assert fire_pending(view()).status == "requested"
     assert fire_pending(view(active_runs=("run-2",))).status == "pending"
+
+
+def test_queue_while_running_queues_alarms_and_coalesces_the_rest() -> None:
+    queueing = POLICY.model_copy(update={"queue_while_running": True})
+    decision = decide("drift", queueing, view(active_runs=("run-1",)), NOW)
+    assert (decision.status, decision.wait_for) == ("pending", "run")
+    gating = decide("drift", queueing, view(gating_runs=("run-1",)), NOW)
+    assert (gating.status, gating.wait_for) == ("pending", "run")
+    assert "gate" in gating.note
+    merged = decide("external", queueing, view(active_runs=("run-1",), pending_request_id="req-1"), NOW)
+    assert merged.status == "coalesced"
+
+
+def test_alarm_about_a_former_champion_is_stale() -> None:
+    decision = decide("drift", POLICY, view(champion_version=3), NOW, alarm=Alarm(version=2))
+    assert decision.status == "stale"
+    assert "v2" in decision.note and "v3" in decision.note
+    assert decide("drift", POLICY, view(champion_version=2), NOW, alarm=Alarm(version=2)).status == "requested"
+
+
+def test_default_policy_retrains_only_on_drift_that_hurts_performance() -> None:
+    default = TriggerSpec(drift=DriftTrigger(wait_for_fresh_data=False))
+    harmless = Alarm(version=1, performance_degraded=False, estimated_degraded=False)
+    decision = decide("drift", default, view(champion_version=1), NOW, alarm=harmless)
+    assert decision.status == "suppressed"
+    assert decision.note.startswith("reported, not retrained")
+    for confirmed in (Alarm(version=1, performance_degraded=True), Alarm(version=1, estimated_degraded=True)):
+        assert decide("drift", default, view(champion_version=1), NOW, alarm=confirmed).status == "requested"
+    only_measured = default.model_copy(update={"policy": RetrainPolicy(retrain_on=["drift_confirmed_by_performance"])})
+    estimated = Alarm(version=1, estimated_degraded=True)
+    assert decide("drift", only_measured, view(), NOW, alarm=estimated).status == "suppressed"
+    # A degradation alone does not retrain there, but one confirming an earlier reported drift does.
+    assert decide("performance", only_measured, view(), NOW, alarm=Alarm(version=1)).status == "suppressed"
+    confirming = Alarm(version=1, unconfirmed_drift=True)
+    assert decide("performance", only_measured, view(), NOW, alarm=confirming).status == "requested"
+
+
+def test_cooldown_in_rows_and_in_event_time() -> None:
+    rows = POLICY.model_copy(update={"cooldown_by": "rows", "cooldown_rows": 1000})
+    base = {"last_request_at": NOW, "last_request_rows_total": 5000}
+    assert decide("drift", rows, view(**base, rows_total=5999), NOW).status == "pending"
+    assert decide("drift", rows, view(**base, rows_total=6000), NOW).status == "requested"
+    by_time = POLICY.model_copy(update={"cooldown_by": "event_time", "cooldown_seconds": 3600})
+    stamp = datetime(2020, 1, 1, tzinfo=UTC)
+    seen = {"last_request_at": NOW, "last_request_event_time": stamp}
+    # Wall time does not count: an hour of event time replayed in a second ends the cooldown.
+    early = view(**seen, event_time=stamp + timedelta(minutes=59))
+    assert decide("drift", by_time, early, NOW).status == "pending"
+    assert decide("drift", by_time, view(**seen, event_time=stamp + timedelta(hours=1)), NOW).status == "requested"

@@ -237,6 +237,24 @@ class DriftDetected(Payload):
     prediction_drifted: bool = False
     #: The prediction drift test of the window (null: no baseline yet).
     prediction_test: PredictionTest | None = None
+    #: Event time of the window's first prediction (null: unknown).
+    window_start_time: datetime | None = None
+    #: Event time of the window's last prediction (null: unknown).
+    window_end_time: datetime | None = None
+    #: Metric of the version's last labeled window (null: no labels yet).
+    performance_metric: str | None = None
+    #: Its value.
+    performance_value: float | None = None
+    #: Whether that window was past monitor.performance.threshold (null: unknown).
+    performance_degraded: bool | None = None
+    #: Classifiers: the metric estimated from predicted probabilities (CBPE), without labels.
+    estimated_metric: str | None = None
+    #: Its estimate on this window.
+    estimated_value: float | None = None
+    #: Its estimate on the version's first window (the baseline).
+    estimated_reference: float | None = None
+    #: Whether the estimate fell more than monitor.estimation.max_drop below the baseline.
+    estimated_degraded: bool | None = None
 
     def to_avro(self) -> dict[str, Any]:
         return {
@@ -251,6 +269,15 @@ class DriftDetected(Payload):
             "tests": [v.to_avro() for v in self.tests],
             "prediction_drifted": self.prediction_drifted,
             "prediction_test": None if self.prediction_test is None else self.prediction_test.to_avro(),
+            "window_start_time": self.window_start_time,
+            "window_end_time": self.window_end_time,
+            "performance_metric": self.performance_metric,
+            "performance_value": self.performance_value,
+            "performance_degraded": self.performance_degraded,
+            "estimated_metric": self.estimated_metric,
+            "estimated_value": self.estimated_value,
+            "estimated_reference": self.estimated_reference,
+            "estimated_degraded": self.estimated_degraded,
         }
 
     @classmethod
@@ -267,6 +294,15 @@ class DriftDetected(Payload):
             tests=[FeatureTest.from_avro(v) for v in record["tests"]],
             prediction_drifted=record.get("prediction_drifted", False),
             prediction_test=_optional(PredictionTest.from_avro, record.get("prediction_test")),
+            window_start_time=_optional(_timestamp, record.get("window_start_time")),
+            window_end_time=_optional(_timestamp, record.get("window_end_time")),
+            performance_metric=record.get("performance_metric"),
+            performance_value=record.get("performance_value"),
+            performance_degraded=record.get("performance_degraded"),
+            estimated_metric=record.get("estimated_metric"),
+            estimated_value=record.get("estimated_value"),
+            estimated_reference=record.get("estimated_reference"),
+            estimated_degraded=record.get("estimated_degraded"),
         )
 
 
@@ -503,6 +539,16 @@ class PerformanceDegraded(Payload):
     value: float
     threshold: float
     window_size: int
+    #: Event time of the window's first prediction (null: unknown).
+    window_start_time: datetime | None = None
+    #: Event time of the window's last prediction (null: unknown).
+    window_end_time: datetime | None = None
+    #: Guard after a promotion: the previous champion, scored on the same labeled traffic.
+    previous_version: int | None = None
+    #: The previous champion's metric on those rows (the threshold is it minus monitor.guard.max_drop).
+    previous_value: float | None = None
+    #: threshold (the window is past monitor.performance.threshold) or guard (worse than the previous champion).
+    reason: str | None = None
 
     def to_avro(self) -> dict[str, Any]:
         return {
@@ -512,6 +558,11 @@ class PerformanceDegraded(Payload):
             "value": self.value,
             "threshold": self.threshold,
             "window_size": self.window_size,
+            "window_start_time": self.window_start_time,
+            "window_end_time": self.window_end_time,
+            "previous_version": self.previous_version,
+            "previous_value": self.previous_value,
+            "reason": self.reason,
         }
 
     @classmethod
@@ -523,6 +574,11 @@ class PerformanceDegraded(Payload):
             value=record["value"],
             threshold=record["threshold"],
             window_size=record["window_size"],
+            window_start_time=_optional(_timestamp, record.get("window_start_time")),
+            window_end_time=_optional(_timestamp, record.get("window_end_time")),
+            previous_version=record.get("previous_version"),
+            previous_value=record.get("previous_value"),
+            reason=record.get("reason"),
         )
 
 
@@ -608,6 +664,65 @@ class RecordRejected(Payload):
             source=record["source"],
             schema_id=record.get("schema_id"),
             original=record["original"],
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetrainDecision(Payload):
+    """The triggers service decided what to do with a cause: retrain, suppress (with why), drop as stale, coalesce into
+    a pending request, or roll back.
+    """
+
+    event_type: ClassVar[str] = "RetrainDecision"
+    topic: ClassVar[Topic] = topics.RETRAIN_DECISION
+
+    model: str
+    #: The cause's kind: drift, performance, guard, new_data, labels, schedule, external, manual.
+    trigger: str
+    #: retrain, pending, coalesced, suppressed, stale or rollback.
+    decision: str
+    #: The cause, in words.
+    reason: str
+    #: Why this decision, in words.
+    note: str
+    #: The model version the cause is about (alarms); null: not about a version.
+    version: int | None = None
+    #: The champion the triggers service knew when deciding.
+    champion_version: int | None = None
+    #: The training request this decision made, fired or merged into.
+    request_id: str | None = None
+    #: The event that caused the decision.
+    cause_event_id: str | None = None
+    #: The numbers behind the decision (metric values, thresholds, rows, seconds), as JSON.
+    numbers_json: str = "{}"
+
+    def to_avro(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "trigger": self.trigger,
+            "decision": self.decision,
+            "reason": self.reason,
+            "note": self.note,
+            "version": self.version,
+            "champion_version": self.champion_version,
+            "request_id": self.request_id,
+            "cause_event_id": self.cause_event_id,
+            "numbers_json": self.numbers_json,
+        }
+
+    @classmethod
+    def from_avro(cls, record: Mapping[str, Any]) -> Self:
+        return cls(
+            model=record["model"],
+            trigger=record["trigger"],
+            decision=record["decision"],
+            reason=record["reason"],
+            note=record["note"],
+            version=record.get("version"),
+            champion_version=record.get("champion_version"),
+            request_id=record.get("request_id"),
+            cause_event_id=record.get("cause_event_id"),
+            numbers_json=record.get("numbers_json", "{}"),
         )
 
 
@@ -904,6 +1019,7 @@ PAYLOAD_TYPES: dict[str, type[Payload]] = {
     "PerformanceDegraded": PerformanceDegraded,
     "PredictionLogged": PredictionLogged,
     "RecordRejected": RecordRejected,
+    "RetrainDecision": RetrainDecision,
     "RolloutRolledBack": RolloutRolledBack,
     "RolloutStepped": RolloutStepped,
     "RunStateChanged": RunStateChanged,

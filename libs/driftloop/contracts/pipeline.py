@@ -273,17 +273,55 @@ class PerformanceTrigger(_Strict):
     enabled: bool = True
 
 
+RetrainSignal = Literal["drift", "performance", "drift_confirmed_by_performance", "drift_confirmed_by_estimate"]
+
+
+class GuardSpec(_Strict):
+    """After a promotion, the new champion's first window of labeled predictions is scored against the previous
+    champion's predictions on the same rows; worse past ``max_drop`` rolls the champion back (registry API)."""
+
+    enabled: bool = True
+    # How much worse (in the performance metric's units) the new champion may be than the previous one.
+    max_drop: float = Field(default=0.02, ge=0)
+
+
+class RetrainPolicy(_Strict):
+    """Which alarms retrain (the rest are reported: a RetrainDecision ``suppressed`` with the numbers).
+
+    - ``drift``: any DriftDetected retrains.
+    - ``performance``: a PerformanceDegraded (measured from labels) retrains.
+    - ``drift_confirmed_by_performance``: a drift retrains when the version's last measured performance window is
+      degraded (monitor.performance.threshold); a degradation after an unconfirmed drift of the version retrains.
+    - ``drift_confirmed_by_estimate``: a drift retrains when the performance estimated from the window's predicted
+      probabilities (CBPE, classifiers) dropped more than ``estimate_max_drop`` below the version's first window.
+    Default: a feature shift that leaves measured or estimated performance intact is reported, not retrained on."""
+
+    retrain_on: list[RetrainSignal] = Field(
+        default_factory=lambda: ["performance", "drift_confirmed_by_performance", "drift_confirmed_by_estimate"]
+    )
+    # Estimated (CBPE) metric of classifiers: expected AUC or accuracy from the predicted probabilities.
+    estimate_metric: Literal["roc_auc", "accuracy"] = "roc_auc"
+    estimate_max_drop: float = Field(default=0.05, gt=0)
+    guard: GuardSpec = GuardSpec()
+
+
 class TriggerSpec(_Strict):
     new_data: NewDataTrigger = NewDataTrigger()
     drift: DriftTrigger = DriftTrigger()
     schedule: ScheduleTrigger = ScheduleTrigger()
     labels: LabelsTrigger = LabelsTrigger()
     performance: PerformanceTrigger = PerformanceTrigger()
-    # After a training request, further causes of the same kind within this many seconds are suppressed.
+    policy: RetrainPolicy = RetrainPolicy()
+    # After an automatic training request (any kind), the model cools down: causes arriving meanwhile are
+    # coalesced into one pending request that fires when the cooldown ends (if its cause is still valid).
+    # wall_time / event_time: `cooldown_seconds` of wall-clock time / of the stream's event time (replays,
+    # backfills); rows: `cooldown_rows` rows landed in the stream.
+    cooldown_by: Literal["wall_time", "event_time", "rows"] = "wall_time"
     cooldown_seconds: float = Field(default=300.0, ge=0)
-    # A cause arriving while a run is active: false merges it into that run (suppressed); true queues one
-    # request (later causes merge into it) that fires when the run ends.
-    queue_while_running: bool = False
+    cooldown_rows: int = Field(default=0, ge=0)
+    # A cause arriving while a run is active (or waits for the gate): true queues one request (later causes are
+    # coalesced into it) that fires when the run ends; false records it as suppressed (merged into that run).
+    queue_while_running: bool = True
 
 
 class PerformanceSpec(_Strict):

@@ -39,6 +39,7 @@ ROLLOUT_ROLLED_BACK = Topic("driftloop.serving.rollout-rolled-back", "RolloutRol
 DRIFT_DETECTED = Topic("driftloop.monitor.drift-detected", "DriftDetected", key="model")
 PERFORMANCE_DEGRADED = Topic("driftloop.monitor.performance-degraded", "PerformanceDegraded", key="model")
 EXTERNAL_TRIGGER = Topic("driftloop.triggers.external", "ExternalTrigger", key="model")
+RETRAIN_DECISION = Topic("driftloop.triggers.retrain-decision", "RetrainDecision", key="model")
 
 EVENT_TOPICS: tuple[Topic, ...] = (
     RECORD_REJECTED,
@@ -59,6 +60,7 @@ EVENT_TOPICS: tuple[Topic, ...] = (
     DRIFT_DETECTED,
     PERFORMANCE_DEGRADED,
     EXTERNAL_TRIGGER,
+    RETRAIN_DECISION,
 )
 
 TOPIC_BY_EVENT_TYPE: dict[str, Topic] = {t.event_type: t for t in EVENT_TOPICS}

@@ -81,6 +81,9 @@ def describe(event_type: str, p: dict[str, Any]) -> str:
         return f"{p['model']} v{p['version']}: {p['metric']} {_num(p['value'])} below {_num(p['threshold'])}"
     if event_type == "ExternalTrigger":
         return f"external trigger for {p['model']}: {p['reason']}"
+    if event_type == "RetrainDecision":
+        about = f" v{p['version']}" if p.get("version") is not None else ""
+        return f"{p['decision']}: {p['trigger']} cause of {p['model']}{about} ({p['reason']}): {p['note']}"
     if event_type == "TrainingRequested":
         return (
             f"training of {p['model']} requested by trigger '{p['trigger']}' on "

@@ -11,6 +11,7 @@ from driftloop.clients.db.models.monitor import (
     MonitoredModel,
     MonitorFeedback,
     MonitorObservation,
+    MonitorVersion,
     PerformanceReport,
 )
 from driftloop.clients.db.models.registry import ModelAlias, ModelVersion
@@ -33,6 +34,7 @@ __all__ = [
     "ModelVersion",
     "MonitorFeedback",
     "MonitorObservation",
+    "MonitorVersion",
     "MonitoredModel",
     "OnlineFeatures",
     "PerformanceReport",

@@ -27,6 +27,8 @@ class DriftReport(Base):
     # The prediction-drift test of the window (against the champion's first window), and live data quality.
     prediction_test: Mapped[dict | None]
     quality: Mapped[dict | None]
+    # Performance of the window's version: estimated from its predicted probabilities (CBPE) and the last measured.
+    performance: Mapped[dict | None]
     __table_args__ = (sa.UniqueConstraint("model", "version", "window_index"),)
 
 
@@ -67,7 +69,12 @@ class MonitorFeedback(Base):
     prediction: Mapped[float | None]
     seq: Mapped[int | None] = mapped_column(sa.BigInteger)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
-    __table_args__ = (sa.UniqueConstraint("model", "seq"),)
+    # Numbers the joined pairs per (model, version): the performance windows of one version.
+    version_seq: Mapped[int | None] = mapped_column(sa.BigInteger)
+    __table_args__ = (
+        sa.UniqueConstraint("model", "seq"),
+        sa.UniqueConstraint("model", "version", "version_seq", name="uq_monitor_feedback_version_seq"),
+    )
 
 
 class PerformanceReport(Base):
@@ -88,7 +95,13 @@ class PerformanceReport(Base):
     metrics: Mapped[dict]
     event_id: Mapped[str | None] = mapped_column(sa.String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    __table_args__ = (sa.UniqueConstraint("model", "window_index"),)
+    # The one version whose labeled predictions the window holds, and the window's index among that version's.
+    version: Mapped[int | None]
+    version_window: Mapped[int | None] = mapped_column(sa.BigInteger)
+    __table_args__ = (
+        sa.UniqueConstraint("model", "window_index"),
+        sa.UniqueConstraint("model", "version", "version_window", name="uq_performance_reports_version_window"),
+    )
 
 
 class MonitoredModel(Base):
@@ -101,3 +114,20 @@ class MonitoredModel(Base):
     feature_set_uri: Mapped[str] = mapped_column(sa.String(500))
     event_id: Mapped[str] = mapped_column(sa.String(64))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MonitorVersion(Base):
+    """Every version promoted to champion, with its artifact (the guard scores the previous champion on the new
+    one's labeled traffic) and the champion it replaced."""
+
+    __tablename__ = "monitor_versions"
+    model: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    version: Mapped[int] = mapped_column(primary_key=True)
+    artifact_uri: Mapped[str] = mapped_column(sa.String(500))
+    artifact_sha256: Mapped[str] = mapped_column(sa.String(64))
+    dataset_version_id: Mapped[str] = mapped_column(sa.String(200))
+    previous_version: Mapped[int | None]
+    # A rollback promotion is not guarded (it returns to a version that served before).
+    rollback: Mapped[bool] = mapped_column(default=False)
+    event_id: Mapped[str] = mapped_column(sa.String(64))
+    promoted_at: Mapped[datetime] = mapped_column(default=utcnow)

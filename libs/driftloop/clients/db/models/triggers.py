@@ -31,6 +31,12 @@ class TrainingRequest(Base):
     event_id: Mapped[str | None] = mapped_column(sa.String(64))
     # What a pending request waits for: "data" (the next dataset version) or "run" (the active run to end).
     wait_for: Mapped[str | None] = mapped_column(sa.String(16))
+    # The model version an alarm was about (drift, performance): stale once another version is champion.
+    version: Mapped[int | None]
+    # A coalesced cause: the pending/requested request it was merged into.
+    merged_into: Mapped[str | None] = mapped_column(sa.String(64))
+    # Event time where the change began (the alarming window's start), carried to TrainingRequested.
+    change_started_at: Mapped[datetime | None]
 
 
 class TriggerStreamState(Base):
@@ -44,6 +50,10 @@ class TriggerStreamState(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     # New rows (DatasetVersionCreated.new_rows) landed since the last new-data request (triggers.new_data).
     rows_since_request: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    # Every row landed (DatasetVersionCreated.new_rows), and the newest event time seen: the clocks of cooldowns
+    # counted in rows and in event time.
+    rows_total: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    max_event_time: Mapped[datetime | None]
 
 
 class TriggerModelState(Base):
@@ -61,3 +71,8 @@ class TriggerModelState(Base):
     labels_since_request: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
     # The last cron slot handled (triggers.schedule): a slot gives at most one request, even across restarts.
     last_schedule_slot: Mapped[datetime | None]
+    # Runs that completed and wait for the gate (ModelPromoted/ModelRejected): causes stay coalesced until then.
+    gating_runs: Mapped[list | None] = mapped_column(default=list)
+    # Where the stream stood at the last automatic request (rows landed, event time): cooldowns by rows/event time.
+    last_request_rows_total: Mapped[int | None] = mapped_column(sa.BigInteger)
+    last_request_event_time: Mapped[datetime | None]
