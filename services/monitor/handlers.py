@@ -584,7 +584,9 @@ class MonitorHandlers:
         ).all()
         metric = spec.metric or ("roc_auc" if pipeline.model.task == "classification" else "rmse")
         actual = [r.actual for r in rows]
-        values = performance_metrics(actual, [r.prediction for r in rows], pipeline.model.task, spec.decision_threshold)
+        values: dict[str, Any] = dict(
+            performance_metrics(actual, [r.prediction for r in rows], pipeline.model.task, spec.decision_threshold)
+        )
         value = values.get(metric)
         degraded = is_degraded(metric, value, spec.threshold)
         threshold = spec.threshold

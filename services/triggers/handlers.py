@@ -572,7 +572,7 @@ class TriggerHandlers:
         if held.trigger == "drift" and pipeline.triggers.drift.wait_for_fresh_data:
             stream = session.get(TriggerStreamState, pipeline.stream.name)
             cause_time = as_utc(held.cause_occurred_at)
-            if stream is None or cause_time is None or as_utc(stream.materialized_at) < cause_time:  # type: ignore[operator]
+            if stream is None or cause_time is None or as_utc(stream.materialized_at) < cause_time:
                 # The cooldown is over, but the drift still wants data cut after it (wait_for_fresh_data).
                 held.wait_for = "data"
                 held.note = f"{held.note}; cooldown over, waiting for the next dataset version (wait_for_fresh_data)"

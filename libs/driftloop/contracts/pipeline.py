@@ -274,6 +274,12 @@ class PerformanceTrigger(_Strict):
 
 
 RetrainSignal = Literal["drift", "performance", "drift_confirmed_by_performance", "drift_confirmed_by_estimate"]
+# By default a feature shift that leaves measured or estimated performance intact is reported, not retrained on.
+DEFAULT_RETRAIN_SIGNALS: tuple[RetrainSignal, ...] = (
+    "performance",
+    "drift_confirmed_by_performance",
+    "drift_confirmed_by_estimate",
+)
 
 
 class GuardSpec(_Strict):
@@ -296,9 +302,7 @@ class RetrainPolicy(_Strict):
       probabilities (CBPE, classifiers) dropped more than ``estimate_max_drop`` below the version's first window.
     Default: a feature shift that leaves measured or estimated performance intact is reported, not retrained on."""
 
-    retrain_on: list[RetrainSignal] = Field(
-        default_factory=lambda: ["performance", "drift_confirmed_by_performance", "drift_confirmed_by_estimate"]
-    )
+    retrain_on: list[RetrainSignal] = Field(default_factory=lambda: list(DEFAULT_RETRAIN_SIGNALS))
     # Estimated (CBPE) metric of classifiers: expected AUC or accuracy from the predicted probabilities.
     estimate_metric: Literal["roc_auc", "accuracy"] = "roc_auc"
     estimate_max_drop: float = Field(default=0.05, gt=0)

@@ -1,15 +1,15 @@
 """monitor and triggers: per-version performance windows, promoted versions (guard), estimated performance on
 drift reports; coalesced causes, alarm versions, gating runs, cooldowns by rows and event time
 
-Revision ID: 0006_loop
-Revises: 0005_retention
+Revision ID: 0008_loop
+Revises: 0007_ingestion_topic_id
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006_loop"
-down_revision = "0005_retention"
+revision = "0008_loop"
+down_revision = "0007_ingestion_topic_id"
 branch_labels = None
 depends_on = None
 
