@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import pandas as pd
-from fastapi import APIRouter, Depends, Query, Request
+import pydantic_core
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
@@ -32,10 +33,15 @@ from driftloop.runtime.service import api_context
 from . import oip
 from . import predict as predicting
 from .feedback import FeedbackDesk, FeedbackItem, PredictionRecorder
+from .predlog import PredictionLog
 from .rollout import RolloutController
 from .served import ModelTable, ServedModel
 
 MAX_INSTANCES = 10_000
+# Requests up to this many rows on the pandas-free path are scored on the event loop (tens of microseconds: less
+# than a trip through the thread pool costs); bigger ones, the DataFrame path and entity lookups (I/O) take one
+# trip through the thread pool, never more.
+INLINE_MAX_ROWS = 32
 MAX_FEEDBACK = 10_000
 # The data plane is public (no admin token), as driftloop.runtime.security reads this mark.
 DATA_PLANE: dict[str, Any] = {"x-driftloop-public": True}
@@ -92,14 +98,11 @@ class FeedbackRequest(BaseModel):
     feedback: list[FeedbackRow] = Field(min_length=1, max_length=MAX_FEEDBACK)
 
 
-def _discard(_event: Event[Payload]) -> None:
-    """Shadow scoring logs nothing: PredictionLogged is what clients were answered."""
-
-
 @dataclass(frozen=True)
 class Context:
     """What the routes need; ``service.build`` puts it on ``app.state.context``. Feedback and entity lookups are
-    optional (a replica without them answers 501 on those routes)."""
+    optional (a replica without them answers 501 on those routes). Answered rows go to ``prediction_log``
+    (``publish`` is its default sink; its loop is the service's, a test flushes it)."""
 
     table: ModelTable
     pipelines: dict[str, PipelineConfig]
@@ -109,6 +112,11 @@ class Context:
     recorder: PredictionRecorder | None = None
     feedback: FeedbackDesk | None = None
     lookup_entities: EntityLookup | None = None
+    prediction_log: PredictionLog = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.prediction_log is None:
+            object.__setattr__(self, "prediction_log", PredictionLog(self.publish, self.pipelines, self.recorder))
 
 
 Ctx = Annotated[Context, Depends(api_context)]
@@ -148,11 +156,9 @@ def answer(
     rollout = rollouts.get(name) if rollouts is not None else None
 
     def score(model: ServedModel, rows: list[dict[str, Any]], log_it: bool) -> dict[str, Any]:
-        result = predicting.predict(
-            model, rows, ctx.publish if log_it else _discard, features=features, entities=entities
-        )
-        if log_it and ctx.recorder is not None:
-            ctx.recorder.record(result)
+        result = predicting.predict(model, rows, features=features, entities=entities)
+        if log_it:  # shadow copies log nothing: PredictionLogged is what clients were answered
+            ctx.prediction_log.submit(result)
         return result
 
     with predicting.PREDICT_SECONDS.labels(name).time():
@@ -226,15 +232,44 @@ def describe(ctx: Ctx, name: str) -> dict[str, Any]:
     }
 
 
+def answers_inline(ctx: Context, name: str, instances: list[dict[str, Any]]) -> bool:
+    """Whether ``answer`` may run on the event loop (see ``INLINE_MAX_ROWS``)."""
+    served = ctx.table.get(name)
+    return served is not None and served.encoder is not None and len(instances) <= INLINE_MAX_ROWS
+
+
+async def answer_async(ctx: Context, name: str, instances: list[dict[str, Any]]) -> dict[str, Any]:
+    if answers_inline(ctx, name, instances):
+        return answer(ctx, name, instances)
+    return await run_in_threadpool(answer, ctx, name, instances)
+
+
+def answer_entities(ctx: Context, name: str, entities: list[str]) -> dict[str, Any]:
+    pipeline = pipeline_for_model(ctx.pipelines, name)
+    served_or_503(ctx, name)
+    rows, features = entity_rows(ctx, pipeline, entities)
+    return answer(ctx, name, rows, features=features, entities=entities)
+
+
+def json_response(content: dict[str, Any]) -> Response:
+    return Response(pydantic_core.to_json(content), media_type="application/json")
+
+
 @router.post("/v1/models/{name}/predict", response_model=PredictResponse, tags=["serving"], openapi_extra=DATA_PLANE)
-def predict(ctx: Ctx, name: str, request: PredictRequest) -> dict[str, Any]:
+async def predict(ctx: Ctx, name: str, request: PredictRequest) -> Response:
     if request.entities is not None:
-        pipeline = pipeline_for_model(ctx.pipelines, name)
-        served_or_503(ctx, name)
-        rows, features = entity_rows(ctx, pipeline, request.entities)
-        return answer(ctx, name, rows, features=features, entities=request.entities)
-    assert request.instances is not None
-    return answer(ctx, name, request.instances)
+        result = await run_in_threadpool(answer_entities, ctx, name, request.entities)  # the online store: I/O
+    else:
+        assert request.instances is not None
+        result = await answer_async(ctx, name, request.instances)
+    return json_response(
+        {
+            "model": result["model"],
+            "version": result["version"],
+            "request_id": result["request_id"],
+            "predictions": result["predictions"],
+        }
+    )
 
 
 @router.post("/v1/models/{name}/feedback", tags=["serving"], openapi_extra=DATA_PLANE)
@@ -343,10 +378,9 @@ async def v2_infer(ctx: Ctx, name: str, request: Request) -> JSONResponse:
     try:
         pipeline = pipeline_for_model(ctx.pipelines, name)
         client_id, instances = await v2_request(request, pipeline)
-        # answer() is blocking (pandas, LightGBM, the producer): off the event loop.
-        result = await run_in_threadpool(answer, ctx, name, instances)
+        result = await answer_async(ctx, name, instances)
     except DriftloopError as exc:
         return v2_error_of(exc)
-    return JSONResponse(
-        content=oip.response(result["model"], result["version"], result["request_id"], client_id, result["predictions"])
+    return json_response(
+        oip.response(result["model"], result["version"], result["request_id"], client_id, result["predictions"])
     )

@@ -159,6 +159,7 @@ def test_predict_returns_version_and_logs_each_row(env: SimpleNamespace, models:
     assert len(body["predictions"]) == 3 and all(0 <= p <= 1 for p in body["predictions"])
     expected = models["v1"].predict(features_from_instances(rows, models["pipeline"]))
     assert body["predictions"] == pytest.approx(list(expected))
+    env.client.app.state.context.prediction_log.flush()  # answered rows are logged by a background loop
     logged = env.published
     assert [e.payload.index for e in logged] == [0, 1, 2]
     assert {e.payload.request_id for e in logged} == {body["request_id"]}
@@ -223,4 +224,5 @@ def test_bad_instance_values_are_422_with_reason_and_field(
     detail = response.json()["detail"]
     assert detail["reason"] == reason and detail["field"] == field
     assert "instances[1]" in detail["message"]
+    env.client.app.state.context.prediction_log.flush()
     assert env.published == []  # nothing logged for a refused request
