@@ -80,7 +80,9 @@ def predict(
     entity looked up in the online store; then ``entities`` names each row's entity)."""
     check_scalars(instances)
     matrix = served.encoder.encode(instances) if features is None and served.encoder is not None else None
-    if matrix is not None:
+    if matrix is not None and len(matrix) == 1 and served.row_predictor is not None:
+        scores = np.array([served.row_predictor.predict(matrix[0])])
+    elif matrix is not None:
         scores = score_matrix(served.artifact, matrix)
     else:
         if features is None:

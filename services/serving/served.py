@@ -13,6 +13,7 @@ from driftloop.contracts.artifact import ModelArtifact
 from driftloop.contracts.pipeline import PipelineConfig
 
 from .encode import MatrixEncoder
+from .rowpredict import SingleRowPredictor
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,11 @@ class ServedModel:
     def encoder(self) -> MatrixEncoder | None:
         """The pandas-free path for this model's requests (None: its family takes the DataFrame path)."""
         return MatrixEncoder.build(self.pipeline, self.artifact)
+
+    @cached_property
+    def row_predictor(self) -> SingleRowPredictor | None:
+        """One-row requests without LightGBM's per-call setup (None: ``Booster.predict`` answers them)."""
+        return SingleRowPredictor.for_booster(self.artifact.model) if self.encoder is not None else None
 
     def describe(self) -> dict[str, Any]:
         return {

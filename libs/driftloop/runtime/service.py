@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import os
 import signal
+import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -200,15 +203,85 @@ def run_task(name: str, tasks: Mapping[str, ServiceTask], argv: list[str]) -> No
     sys.stdout.write(json.dumps(result, default=str) + "\n")
 
 
-def run(name: str, build: Callable[[Runtime], ServiceSpec], tasks: Mapping[str, ServiceTask] | None = None) -> None:
+# A worker process started by ``supervise_workers`` finds the listening socket it inherited under this number.
+LISTEN_FD_ENV = "DRIFTLOOP_LISTEN_FD"
+WORKER_STOP_SECONDS = 30.0
+
+
+def supervise_workers(name: str, settings: Settings, count: int) -> int:
+    """Run ``count`` worker processes of service ``name`` behind one port: this process binds the port and each
+    worker (the same command line) accepts connections on the inherited socket; the kernel spreads them. Each
+    worker is a whole service process (its own consumers and loops). SIGTERM/SIGINT stop every worker; a worker
+    that exits by itself stops the others (the stack sees the service gone). Returns the exit code."""
+    migrate(settings.database_url)  # once, before the workers (each finds the schema current)
+    listener = socket.create_server((settings.services.host, settings.services.port(name)), backlog=2048)
+    listener.set_inheritable(True)
+    env = {**os.environ, LISTEN_FD_ENV: str(listener.fileno())}
+    command = [sys.executable, *sys.orig_argv[1:]]
+    workers = [subprocess.Popen(command, env=env, pass_fds=(listener.fileno(),)) for _ in range(count)]
+    log.info("%s: %d workers on port %d: pids %s", name, count, settings.services.port(name), [w.pid for w in workers])
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        log.info("%s: signal %d, stopping %d workers", name, signum, count)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    code = 0
+    while not stop.wait(0.5):
+        ended = [w for w in workers if w.poll() is not None]
+        if ended:
+            code = ended[0].returncode or 1
+            log.error("%s: worker %d exited with %s; stopping the others", name, ended[0].pid, ended[0].returncode)
+            break
+    listener.close()
+    for worker in workers:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+    for worker in workers:
+        try:
+            worker.wait(timeout=WORKER_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+    log.info("%s: workers stopped", name)
+    return code
+
+
+def _stop_with_parent(stop: Callable[[], None]) -> Callable[[threading.Event], None]:
+    """A worker stops when its supervisor is gone (killed without a chance to stop it)."""
+    parent = os.getppid()
+
+    def watch_parent(stop_event: threading.Event) -> None:
+        while not stop_event.wait(1.0):
+            if os.getppid() != parent:
+                log.error("the supervisor (pid %d) is gone: stopping", parent)
+                stop()
+                return
+
+    return watch_parent
+
+
+def run(
+    name: str,
+    build: Callable[[Runtime], ServiceSpec],
+    tasks: Mapping[str, ServiceTask] | None = None,
+    workers: Callable[[Settings], int] | None = None,
+) -> None:
     """Run a service process until SIGTERM/SIGINT: HTTP app in the main thread, consumers in threads. With an
-    argument, run that one task of ``tasks`` instead and exit."""
+    argument, run that one task of ``tasks`` instead and exit. ``workers(settings)`` above 1: that many worker
+    processes behind the one port (``supervise_workers``)."""
     if len(sys.argv) > 1:
         run_task(name, tasks or {}, sys.argv[1:])
         return
+    inherited = os.environ.get(LISTEN_FD_ENV)
     try:
         settings = load_settings()
         log_path = configure_logging(settings, name)
+        count = workers(settings) if workers is not None and inherited is None else 1
+        if count > 1:
+            raise SystemExit(supervise_workers(name, settings, count))
         runtime = make_runtime(name, settings)
         spec = build(runtime)
     except DriftloopError as exc:
@@ -225,7 +298,10 @@ def run(name: str, build: Callable[[Runtime], ServiceSpec], tasks: Mapping[str, 
             target=runtime.bus.run_consumer, args=(consumer.group, consumer.handlers), name=consumer.group, daemon=True
         )
         threads.append(t)
-    for loop in spec.loops:
+    loops = list(spec.loops)
+    if inherited is not None:
+        loops.append(_stop_with_parent(lambda: os.kill(os.getpid(), signal.SIGTERM)))
+    for loop in loops:
         threads.append(threading.Thread(target=loop, args=(runtime.bus.stop_event,), name=loop.__name__, daemon=True))
     for t in threads:
         t.start()
@@ -250,7 +326,8 @@ def run(name: str, build: Callable[[Runtime], ServiceSpec], tasks: Mapping[str, 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
-        server.run()
+        # A worker accepts on the socket its supervisor bound; a lone process binds the port itself.
+        server.run(sockets=[socket.socket(fileno=int(inherited))] if inherited is not None else None)
     finally:
         runtime.bus.stop_event.set()
         for t in threads:

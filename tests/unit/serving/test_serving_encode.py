@@ -17,6 +17,7 @@ from driftloop.contracts.featuredefs import features_from_instances
 from driftloop.errors import ValidationFailed
 from driftloop.services.serving.encode import MatrixEncoder
 from driftloop.services.serving.predict import score, score_matrix
+from driftloop.services.serving.rowpredict import SingleRowPredictor
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +95,13 @@ def test_what_the_encoder_does_not_reproduce_goes_to_the_dataframe_path(model: t
         family="sklearn_linear", task="classification", feature_names=artifact.feature_names, categories={}, model=None
     )
     assert MatrixEncoder.build(pipeline, other_family) is None
+
+
+def test_the_one_row_predictor_gives_booster_predicts_numbers(model: tuple[Any, ModelArtifact]) -> None:
+    pipeline, artifact = model
+    predictor = SingleRowPredictor.for_booster(artifact.model)
+    assert predictor is not None
+    matrix = MatrixEncoder.build(pipeline, artifact).encode(rows(300, seed=21))
+    matrix[0, :] = np.nan  # every feature missing
+    expected = artifact.model.predict(matrix, num_threads=1)
+    assert [predictor.predict(row) for row in matrix] == expected.tolist()
