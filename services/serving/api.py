@@ -3,7 +3,6 @@ Inference Protocol, KServe v2), both answered by the served champion (or its cha
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -12,8 +11,9 @@ from typing import Annotated, Any
 import pandas as pd
 import pydantic_core
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from driftloop.contracts.events import Event
@@ -255,8 +255,31 @@ def json_response(content: dict[str, Any]) -> Response:
     return Response(pydantic_core.to_json(content), media_type="application/json")
 
 
-@router.post("/v1/models/{name}/predict", response_model=PredictResponse, tags=["serving"], openapi_extra=DATA_PLANE)
-async def predict(ctx: Ctx, name: str, request: PredictRequest) -> Response:
+def parse_predict_request(body: bytes) -> PredictRequest:
+    """The body parsed and validated in one step (pydantic's JSON parser); its errors are FastAPI's usual 422."""
+    try:
+        return PredictRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)], body=body
+        ) from None
+
+
+# The body is read by the route itself (parse_predict_request): documented here.
+PREDICT_OPENAPI: dict[str, Any] = {
+    **DATA_PLANE,
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+    },
+}
+
+
+@router.post(
+    "/v1/models/{name}/predict", response_model=PredictResponse, tags=["serving"], openapi_extra=PREDICT_OPENAPI
+)
+async def predict(ctx: Ctx, name: str, raw: Request) -> Response:
+    request = parse_predict_request(await raw.body())
     if request.entities is not None:
         result = await run_in_threadpool(answer_entities, ctx, name, request.entities)  # the online store: I/O
     else:
@@ -333,14 +356,36 @@ def v2_ready(ctx: Ctx) -> JSONResponse:
     return JSONResponse(status_code=200 if ready else 503, content={"ready": ready})
 
 
+def loaded_versions(ctx: Context, name: str) -> list[ServedModel]:
+    """What this replica can answer with for ``name``: the champion, and the challenger of a running rollout."""
+    served = ctx.table.get(name)
+    rollout = ctx.rollouts.get(name) if ctx.rollouts is not None else None
+    loaded = [] if served is None else [served]
+    if rollout is not None and all(s.version != rollout.challenger.version for s in loaded):
+        loaded.append(rollout.challenger)
+    return loaded
+
+
+def loaded_version(ctx: Context, name: str, version: str) -> ServedModel:
+    """The loaded ``version`` of ``name``; NotFoundError (404) if this replica does not hold it."""
+    loaded = loaded_versions(ctx, name)
+    for served in loaded:
+        if str(served.version) == version:
+            return served
+    held = [str(s.version) for s in loaded]
+    raise NotFoundError(
+        f"model {name!r} version {version!r} is not loaded on this replica (loaded: {held or 'none'}): "
+        "the champion and a canary's challenger are"
+    )
+
+
 @router.get("/v2/models/{name}", tags=["oip"])
 def v2_model_metadata(ctx: Ctx, name: str) -> JSONResponse:
     try:
         pipeline = pipeline_for_model(ctx.pipelines, name)
     except NotFoundError as exc:
         return v2_error_of(exc)
-    served = ctx.table.get(name)
-    versions = [] if served is None else [str(served.version)]
+    versions = [str(s.version) for s in loaded_versions(ctx, name)]
     return JSONResponse(content=oip.metadata(pipeline, versions))
 
 
@@ -354,33 +399,99 @@ def v2_model_ready(ctx: Ctx, name: str) -> JSONResponse:
     return JSONResponse(status_code=200 if ready else 503, content={"name": name, "ready": ready})
 
 
-async def v2_request(request: Request, pipeline: PipelineConfig) -> tuple[str | None, list[dict[str, Any]]]:
-    """``(client id, instances)`` of an inference request; BadRequest (400) for a body that is not a JSON object,
-    ValidationFailed (422) for inputs that do not fit the model's signature."""
+@router.get("/v2/models/{name}/versions/{version}", tags=["oip"])
+def v2_version_metadata(ctx: Ctx, name: str, version: str) -> JSONResponse:
     try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        pipeline = pipeline_for_model(ctx.pipelines, name)
+        served = loaded_version(ctx, name, version)
+    except NotFoundError as exc:
+        return v2_error_of(exc)
+    return JSONResponse(content=oip.metadata(pipeline, [str(served.version)]))
+
+
+@router.get("/v2/models/{name}/versions/{version}/ready", tags=["oip"])
+def v2_version_ready(ctx: Ctx, name: str, version: str) -> JSONResponse:
+    """200 when this replica holds the version; a 4xx (404) is the protocol's "not ready"."""
+    try:
+        pipeline_for_model(ctx.pipelines, name)
+        loaded_version(ctx, name, version)
+    except NotFoundError as exc:
+        return v2_error_of(exc)
+    return JSONResponse(content={"name": name, "version": version, "ready": True})
+
+
+class InferRequest(BaseModel):
+    """What ``v2_request`` reads of an inference request (checked by hand, for the protocol's error body)."""
+
+    client_id: str | None
+    instances: list[dict[str, Any]]
+    outputs: list[dict[str, Any]] | None
+
+
+async def v2_request(request: Request, pipeline: PipelineConfig) -> InferRequest:
+    """An inference request; BadRequest (400) for a body that is not a JSON object, ValidationFailed (422) for
+    inputs, parameters or outputs that do not fit the model's signature or the protocol."""
+    try:
+        body = pydantic_core.from_json(await request.body())
+    except ValueError as exc:
         raise BadRequest(f"the request body is not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object with 'inputs'")
     client_id = body.get("id")
     if client_id is not None and not isinstance(client_id, str):
         raise ValidationFailed("wrong_type", "id", "id must be a string")
+    oip.check_parameters(body.get("parameters"), "parameters")
     instances = oip.instances_from_inputs(body.get("inputs"), pipeline)
-    oip.check_outputs(body.get("outputs"))
+    outputs = oip.check_outputs(body.get("outputs"))
     if len(instances) > MAX_INSTANCES:
         raise ValidationFailed("too_many_rows", "inputs", f"at most {MAX_INSTANCES} rows per request")
-    return client_id, instances
+    return InferRequest.model_construct(client_id=client_id, instances=instances, outputs=outputs)
+
+
+def v2_answer(result: dict[str, Any], infer: InferRequest) -> Response:
+    return json_response(
+        oip.response(
+            result["model"],
+            result["version"],
+            result["request_id"],
+            infer.client_id,
+            result["predictions"],
+            infer.outputs,
+        )
+    )
 
 
 @router.post("/v2/models/{name}/infer", tags=["oip"], openapi_extra=DATA_PLANE)
-async def v2_infer(ctx: Ctx, name: str, request: Request) -> JSONResponse:
+async def v2_infer(ctx: Ctx, name: str, request: Request) -> Response:
+    """Answered by the champion, or the arm a running rollout picks."""
     try:
         pipeline = pipeline_for_model(ctx.pipelines, name)
-        client_id, instances = await v2_request(request, pipeline)
-        result = await answer_async(ctx, name, instances)
+        infer = await v2_request(request, pipeline)
+        result = await answer_async(ctx, name, infer.instances)
     except DriftloopError as exc:
         return v2_error_of(exc)
-    return json_response(
-        oip.response(result["model"], result["version"], result["request_id"], client_id, result["predictions"])
-    )
+    return v2_answer(result, infer)
+
+
+def answer_with(ctx: Context, served: ServedModel, instances: list[dict[str, Any]]) -> dict[str, Any]:
+    """Score with exactly ``served`` (a version the client named: outside any rollout's split) and log it."""
+    with predicting.PREDICT_SECONDS.labels(served.model).time():
+        result = predicting.predict(served, instances)
+    ctx.prediction_log.submit(result)
+    return result
+
+
+@router.post("/v2/models/{name}/versions/{version}/infer", tags=["oip"], openapi_extra=DATA_PLANE)
+async def v2_version_infer(ctx: Ctx, name: str, version: str, request: Request) -> Response:
+    """Answered by the named version if this replica holds it (the champion, or a canary's challenger)."""
+    try:
+        pipeline = pipeline_for_model(ctx.pipelines, name)
+        served = loaded_version(ctx, name, version)
+        infer = await v2_request(request, pipeline)
+        if served.encoder is not None and len(infer.instances) <= INLINE_MAX_ROWS:
+            result = answer_with(ctx, served, infer.instances)
+        else:
+            result = await run_in_threadpool(answer_with, ctx, served, infer.instances)
+    except DriftloopError as exc:
+        return v2_error_of(exc)
+    return v2_answer(result, infer)

@@ -73,6 +73,9 @@ class MatrixEncoder:
             spec = next((f for f in pipeline.features if f.aggregate is None and (f.source or f.name) == name), None)
             numeric[name] = spec is not None and spec.kind == "numeric"
         self.numeric_needed = [name for name in needed if numeric[name]]
+        # Only numeric fields read as they are (the common case): the fill is one comprehension.
+        plain = all(c.kind == "field" and c.codes is None for c in columns)
+        self.plain = [c.read for c in columns] if plain else None
 
     @classmethod
     def build(cls, pipeline: PipelineConfig, artifact: ModelArtifact) -> MatrixEncoder | None:
@@ -137,23 +140,28 @@ class MatrixEncoder:
             return None
 
     def _fill(self, instances: list[dict[str, Any]]) -> np.ndarray:
-        rows = len(instances)
-        matrix = np.empty((rows, len(self.columns)), dtype="float64")
-        for j, column in enumerate(self.columns):
-            if column.kind == "field":
-                key, codes = column.read, column.codes
-                for i, instance in enumerate(instances):
-                    matrix[i, j] = _number(instance[key]) if codes is None else _code(instance[key], codes)
-            elif column.kind == "aggregate":
-                key = column.read
-                for i, instance in enumerate(instances):
-                    matrix[i, j] = _number(instance.get(key))
-            elif column.kind == "expr":
-                matrix[:, j] = _evaluate(column, instances)
-            else:
-                matrix[:, j] = NAN
+        if self.plain:  # every column is a field read as it is: one list per row, one array
+            keys = self.plain
+            matrix = np.array([[_number(instance[k]) for k in keys] for instance in instances], dtype="float64")
+        else:
+            matrix = np.empty((len(instances), len(self.columns)), dtype="float64")
+            for j, column in enumerate(self.columns):
+                if column.kind == "field":
+                    key, codes = column.read, column.codes
+                    for i, instance in enumerate(instances):
+                        matrix[i, j] = _number(instance[key]) if codes is None else _code(instance[key], codes)
+                elif column.kind == "aggregate":
+                    key = column.read
+                    for i, instance in enumerate(instances):
+                        matrix[i, j] = _number(instance.get(key))
+                elif column.kind == "expr":
+                    matrix[:, j] = _evaluate(column, instances)
+                else:
+                    matrix[:, j] = NAN
         # features_from_instances turns infinities into missing values.
-        matrix[np.isinf(matrix)] = NAN
+        infinite = np.isinf(matrix)
+        if infinite.any():
+            matrix[infinite] = NAN
         return matrix
 
 

@@ -58,7 +58,8 @@ class PredictionLog:
         self._entity_keys = {name: p.stream.entity_key for name, p in pipelines.items()}
         self._queue: collections.deque[dict[str, Any]] = collections.deque()
         self._rows = 0
-        self._lock = threading.Lock()  # the row count and the drain (the loop and stop hooks may both flush)
+        self._lock = threading.Lock()  # the queue and its row count
+        self._drain_lock = threading.Lock()  # one flush at a time: the loop, stop hooks and feedback all flush
         self._wake = threading.Event()
 
     def submit(self, result: dict[str, Any]) -> None:
@@ -94,18 +95,20 @@ class PredictionLog:
         self.flush()
 
     def flush(self) -> int:
-        """Publish everything queued so far; returns the rows handed to the producer."""
+        """Publish everything queued so far; returns the rows handed to the producer. When it returns, every
+        result submitted before the call is published and recorded (a flush under way elsewhere is waited for)."""
         done = 0
-        with self._lock:
-            taken = list(self._queue)
-            self._queue.clear()
-        for result in taken:
-            done += self._log(result)
+        with self._drain_lock:
             with self._lock:
-                self._rows -= len(result["predictions"])
-        LOG_QUEUED.set(self.pending())
-        if taken and self.poll is not None:
-            self.poll(0)
+                taken = list(self._queue)
+                self._queue.clear()
+            for result in taken:
+                done += self._log(result)
+                with self._lock:
+                    self._rows -= len(result["predictions"])
+            LOG_QUEUED.set(self.pending())
+            if taken and self.poll is not None:
+                self.poll(0)
         return done
 
     def _log(self, result: dict[str, Any]) -> int:

@@ -56,7 +56,7 @@ def build(runtime: Runtime) -> ServiceSpec:
     prediction_log = PredictionLog(
         publish_now, runtime.pipelines, recorder, poll=lambda timeout: runtime.bus.producer.poll(timeout)
     )
-    feedback = FeedbackDesk(runtime.engine, recorder, publish)
+    feedback = FeedbackDesk(runtime.engine, recorder, publish, flush_answers=prediction_log.flush)
     online = OnlineStoreClient(runtime.settings)
     app = base_app(runtime, "serving", "Online predictions with the champion model, hot-swapped on promotion.")
     app.state.model_table = table
