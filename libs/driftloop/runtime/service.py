@@ -204,7 +204,7 @@ def run_task(name: str, tasks: Mapping[str, ServiceTask], argv: list[str]) -> No
 
 
 # A worker process started by ``supervise_workers`` finds the listening socket it inherited under this number.
-LISTEN_FD_ENV = "DRIFTLOOP_LISTEN_FD"
+LISTEN_FD_ENV = "_DRIFTLOOP_LISTEN_FD"  # not a setting: outside the DRIFTLOOP_ namespace
 WORKER_STOP_SECONDS = 30.0
 
 
