@@ -88,7 +88,7 @@ import sys, uvicorn
 from fastapi import FastAPI
 app = FastAPI()
 @app.post("/predict")
-def predict(body: dict) -> dict:
+async def predict(body: dict) -> dict:
     return {"predictions": [0.5]}
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
 """
@@ -337,6 +337,7 @@ def main() -> int:
 
         swaps = hot_swaps(bus, settings, serving_port, describe, [second, artifact], args.swaps)
         summary = summarize(results, args, swaps)
+        summary["rows_not_logged"] = not_logged(settings.services.url("serving"))
         print_table(results, summary)
         if args.json:
             for r in results:
@@ -370,6 +371,17 @@ def hot_swaps(
     print(f"\nhot swap under load: {swaps} swaps, {figures['requests']} requests, failed {figures['failed']}, "
           f"p99 {figures['p99']:.2f} ms, max {figures['max']:.2f} ms")  # fmt: skip
     return {"swaps": swaps, **figures}
+
+
+def not_logged(url: str) -> float:
+    """Answered rows that serving could not log (its log queue was full): they must be visible, and are."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("driftloop_serving_prediction_log_failures_total{")
+    ]
+    return sum(values)
 
 
 def _find(results: list[dict[str, Any]], server: str, rows: int, concurrency: int) -> dict[str, Any] | None:
@@ -409,6 +421,7 @@ def print_table(results: list[dict[str, Any]], summary: dict[str, Any]) -> None:
         )
     ratios = {k: v for k, v in summary.items() if k.startswith(("ratio", "oip_ratio"))}
     print("\n  " + "  ".join(f"{k}={v}" for k, v in ratios.items()))
+    print(f"  answered rows serving could not log (queue full, counted on /metrics): {summary['rows_not_logged']:.0f}")
 
 
 if __name__ == "__main__":

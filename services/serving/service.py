@@ -74,6 +74,7 @@ def build(runtime: Runtime) -> ServiceSpec:
         prediction_log=prediction_log,
     )
     app.include_router(api.router)
+    api.install_data_plane(app)
     return ServiceSpec(
         app=app,
         consumers=[
