@@ -214,7 +214,9 @@ def supervise_workers(name: str, settings: Settings, count: int) -> int:
     worker is a whole service process (its own consumers and loops). SIGTERM/SIGINT stop every worker; a worker
     that exits by itself stops the others (the stack sees the service gone). Returns the exit code."""
     migrate(settings.database_url)  # once, before the workers (each finds the schema current)
-    listener = socket.create_server((settings.services.host, settings.services.port(name)), backlog=2048)
+    host = settings.services.host
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.create_server((host, settings.services.port(name)), family=family, backlog=2048)
     listener.set_inheritable(True)
     env = {**os.environ, LISTEN_FD_ENV: str(listener.fileno())}
     command = [sys.executable, *sys.orig_argv[1:]]
