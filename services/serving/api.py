@@ -240,6 +240,7 @@ def answers_inline(ctx: Context, name: str, instances: list[dict[str, Any]]) -> 
 
 
 async def answer_async(ctx: Context, name: str, instances: list[dict[str, Any]]) -> dict[str, Any]:
+    await ctx.prediction_log.room(len(instances))  # answers wait for logging to keep up, never dropped
     if answers_inline(ctx, name, instances):
         return answer(ctx, name, instances)
     return await run_in_threadpool(answer, ctx, name, instances)
@@ -286,6 +287,7 @@ async def predict(ctx: Ctx, name: str, raw: Request) -> Response:
 async def predict_core(ctx: Context, name: str, raw: Request) -> Response:
     request = parse_predict_request(await raw.body())
     if request.entities is not None:
+        await ctx.prediction_log.room(len(request.entities))
         result = await run_in_threadpool(answer_entities, ctx, name, request.entities)  # the online store: I/O
     else:
         assert request.instances is not None
@@ -497,6 +499,7 @@ async def v2_version_infer(ctx: Ctx, name: str, version: str, request: Request) 
         pipeline = pipeline_for_model(ctx.pipelines, name)
         served = loaded_version(ctx, name, version)
         infer = await v2_request(request, pipeline)
+        await ctx.prediction_log.room(len(infer.instances))
         if served.encoder is not None and len(infer.instances) <= INLINE_MAX_ROWS:
             result = answer_with(ctx, served, infer.instances)
         else:

@@ -5,11 +5,12 @@ turns queued results into ``PredictionLogged`` events, publishes them in batches
 Nothing queued is lost: a producer queue that is momentarily full is waited for (the loop polls the producer and
 retries), and the service's stop drains the queue before the bus is closed. What cannot be logged is counted on
 ``driftloop_serving_prediction_log_failures_total`` and logged as a warning, as before: rows refused because the
-queue already holds ``max_rows`` rows (a broker that stays away must not grow memory), and events the producer
-refuses for good."""
+queue is over twice ``max_rows`` (requests wait for room below ``max_rows``, see ``room``: answers then come at
+the pace they can be logged), and events the producer refuses for good."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import threading
@@ -31,12 +32,17 @@ log = logging.getLogger(__name__)
 PRODUCER = "serving"
 FLUSH_SECONDS = 0.05
 # Logging a row (event, Avro, producer) costs about 0.1 ms of CPU: this many rows drain in a few seconds, so a
-# stopping replica logs its backlog within the stack's stop timeout. Beyond it, rows are counted as not logged.
-MAX_QUEUED_ROWS = 50_000
+# stopping replica logs its backlog within the stack's stop timeout. Requests wait for room below it (``room``);
+# only past twice as many (requests racing for the same room) are rows counted as not logged.
+MAX_QUEUED_ROWS = 20_000
+ROOM_POLL_SECONDS = 0.002
 # A full producer queue is waited for this long per event before the row is counted as not logged.
 PUBLISH_PATIENCE_SECONDS = 30.0
 
 LOG_FAILURES = Counter("driftloop_serving_prediction_log_failures_total", "Prediction rows not logged", ["model"])
+LOG_WAITS = Counter(
+    "driftloop_serving_prediction_log_waits_total", "Requests that waited for room in the prediction log queue"
+)
 LOG_QUEUED = Gauge("driftloop_serving_prediction_log_queued_rows", "Answered rows waiting to be logged")
 
 Publish = Callable[[Event[Payload]], None]
@@ -64,11 +70,25 @@ class PredictionLog:
         self._drain_lock = threading.Lock()  # one flush at a time: the loop, stop hooks and feedback all flush
         self._wake = threading.Event()
 
+    def has_room(self, rows: int) -> bool:
+        with self._lock:
+            return self._rows == 0 or self._rows + rows <= self.max_rows
+
+    async def room(self, rows: int) -> None:
+        """Wait (without blocking the event loop) until ``rows`` more fit: when answers come faster than they can
+        be logged, requests slow down to the logging's pace instead of answered rows being dropped."""
+        if self.has_room(rows):
+            return
+        LOG_WAITS.inc()
+        self._wake.set()
+        while not self.has_room(rows):
+            await asyncio.sleep(ROOM_POLL_SECONDS)
+
     def submit(self, result: dict[str, Any]) -> None:
         """Queue one answered request (``predict.predict``'s result). Never blocks, never raises."""
         rows = len(result["predictions"])
         with self._lock:
-            full = self._rows + rows > self.max_rows
+            full = self._rows + rows > 2 * self.max_rows
             if not full:
                 self._rows += rows
                 self._queue.append(result)
