@@ -3,17 +3,19 @@ Inference Protocol, KServe v2), both answered by the served champion (or its cha
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import pandas as pd
-from fastapi import APIRouter, Depends, Query, Request
+import pydantic_core
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import BaseRoute, Match
 
 from driftloop.contracts.bounds import Count, Name, Text
 from driftloop.contracts.events import Event
@@ -33,12 +35,17 @@ from driftloop.runtime.service import ErrorBody, api_context
 from . import oip
 from . import predict as predicting
 from .feedback import FeedbackDesk, FeedbackItem, PredictionRecorder
+from .predlog import PredictionLog
 from .rollout import RolloutController
 from .served import ModelTable, ServedModel
 
 MAX_INSTANCES = 10_000
 # An entity key or a request id: text of at most 200 characters.
 Key = Annotated[Text, Field(max_length=200)]
+# Requests up to this many rows on the pandas-free path are scored on the event loop (tens of microseconds: less
+# than a trip through the thread pool costs); bigger ones, the DataFrame path and entity lookups (I/O) take one
+# trip through the thread pool, never more.
+INLINE_MAX_ROWS = 32
 MAX_FEEDBACK = 10_000
 
 EntityLookup = Callable[[str, list[str]], tuple[dict[str, dict[str, Any]], list[str]]]
@@ -93,14 +100,11 @@ class FeedbackRequest(BaseModel):
     feedback: list[FeedbackRow] = Field(min_length=1, max_length=MAX_FEEDBACK)
 
 
-def _discard(_event: Event[Payload]) -> None:
-    """Shadow scoring logs nothing: PredictionLogged is what clients were answered."""
-
-
 @dataclass(frozen=True)
 class Context:
     """What the routes need; ``service.build`` puts it on ``app.state.context``. Feedback and entity lookups are
-    optional (a replica without them answers 501 on those routes)."""
+    optional (a replica without them answers 501 on those routes). Answered rows go to ``prediction_log``
+    (``publish`` is its default sink; its loop is the service's, a test flushes it)."""
 
     table: ModelTable
     pipelines: dict[str, PipelineConfig]
@@ -110,6 +114,11 @@ class Context:
     recorder: PredictionRecorder | None = None
     feedback: FeedbackDesk | None = None
     lookup_entities: EntityLookup | None = None
+    prediction_log: PredictionLog = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.prediction_log is None:
+            object.__setattr__(self, "prediction_log", PredictionLog(self.publish, self.pipelines, self.recorder))
 
 
 Ctx = Annotated[Context, Depends(api_context)]
@@ -149,11 +158,9 @@ def answer(
     rollout = rollouts.get(name) if rollouts is not None else None
 
     def score(model: ServedModel, rows: list[dict[str, Any]], log_it: bool) -> dict[str, Any]:
-        result = predicting.predict(
-            model, rows, ctx.publish if log_it else _discard, features=features, entities=entities
-        )
-        if log_it and ctx.recorder is not None:
-            ctx.recorder.record(result)
+        result = predicting.predict(model, rows, features=features, entities=entities)
+        if log_it:  # shadow copies log nothing: PredictionLogged is what clients were answered
+            ctx.prediction_log.submit(result)
         return result
 
     with predicting.PREDICT_SECONDS.labels(name).time():
@@ -227,15 +234,72 @@ def describe(ctx: Ctx, name: Name) -> dict[str, Any]:
     }
 
 
-@router.post("/v1/models/{name}/predict", response_model=PredictResponse, tags=["serving"])
-def predict(ctx: Ctx, name: Name, request: PredictRequest) -> dict[str, Any]:
+def answers_inline(ctx: Context, name: str, instances: list[dict[str, Any]]) -> bool:
+    """Whether ``answer`` may run on the event loop (see ``INLINE_MAX_ROWS``)."""
+    served = ctx.table.get(name)
+    return served is not None and served.encoder is not None and len(instances) <= INLINE_MAX_ROWS
+
+
+async def answer_async(ctx: Context, name: str, instances: list[dict[str, Any]]) -> dict[str, Any]:
+    await ctx.prediction_log.room(len(instances))  # answers wait for logging to keep up, never dropped
+    if answers_inline(ctx, name, instances):
+        return answer(ctx, name, instances)
+    return await run_in_threadpool(answer, ctx, name, instances)
+
+
+def answer_entities(ctx: Context, name: str, entities: list[str]) -> dict[str, Any]:
+    pipeline = pipeline_for_model(ctx.pipelines, name)
+    served_or_503(ctx, name)
+    rows, features = entity_rows(ctx, pipeline, entities)
+    return answer(ctx, name, rows, features=features, entities=entities)
+
+
+def json_response(content: dict[str, Any]) -> Response:
+    return Response(pydantic_core.to_json(content), media_type="application/json")
+
+
+def parse_predict_request(body: bytes) -> PredictRequest:
+    """The body parsed and validated in one step (pydantic's JSON parser); its errors are FastAPI's usual 422."""
+    try:
+        return PredictRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)], body=body
+        ) from None
+
+
+# The body is read by the route itself (parse_predict_request): documented here.
+PREDICT_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+    },
+}
+
+
+@router.post(
+    "/v1/models/{name}/predict", response_model=PredictResponse, tags=["serving"], openapi_extra=PREDICT_OPENAPI
+)
+async def predict(ctx: Ctx, name: Name, raw: Request) -> Response:
+    return await predict_core(ctx, name, raw)
+
+
+async def predict_core(ctx: Context, name: str, raw: Request) -> Response:
+    request = parse_predict_request(await raw.body())
     if request.entities is not None:
-        pipeline = pipeline_for_model(ctx.pipelines, name)
-        served_or_503(ctx, name)
-        rows, features = entity_rows(ctx, pipeline, request.entities)
-        return answer(ctx, name, rows, features=features, entities=request.entities)
-    assert request.instances is not None
-    return answer(ctx, name, request.instances)
+        await ctx.prediction_log.room(len(request.entities))
+        result = await run_in_threadpool(answer_entities, ctx, name, request.entities)  # the online store: I/O
+    else:
+        assert request.instances is not None
+        result = await answer_async(ctx, name, request.instances)
+    return json_response(
+        {
+            "model": result["model"],
+            "version": result["version"],
+            "request_id": result["request_id"],
+            "predictions": result["predictions"],
+        }
+    )
 
 
 @router.post("/v1/models/{name}/feedback", tags=["serving"])
@@ -352,14 +416,36 @@ def v2_ready(ctx: Ctx) -> JSONResponse:
     return JSONResponse(status_code=200 if ready else 503, content={"ready": ready})
 
 
+def loaded_versions(ctx: Context, name: str) -> list[ServedModel]:
+    """What this replica can answer with for ``name``: the champion, and the challenger of a running rollout."""
+    served = ctx.table.get(name)
+    rollout = ctx.rollouts.get(name) if ctx.rollouts is not None else None
+    loaded = [] if served is None else [served]
+    if rollout is not None and all(s.version != rollout.challenger.version for s in loaded):
+        loaded.append(rollout.challenger)
+    return loaded
+
+
+def loaded_version(ctx: Context, name: str, version: str) -> ServedModel:
+    """The loaded ``version`` of ``name``; NotFoundError (404) if this replica does not hold it."""
+    loaded = loaded_versions(ctx, name)
+    for served in loaded:
+        if str(served.version) == version:
+            return served
+    held = [str(s.version) for s in loaded]
+    raise NotFoundError(
+        f"model {name!r} version {version!r} is not loaded on this replica (loaded: {held or 'none'}): "
+        "the champion and a canary's challenger are"
+    )
+
+
 @router.get("/v2/models/{name}", tags=["oip"], responses=V2_ERRORS)
 def v2_model_metadata(ctx: Ctx, name: Name) -> JSONResponse:
     try:
         pipeline = pipeline_for_model(ctx.pipelines, name)
     except NotFoundError as exc:
         return v2_error_of(exc)
-    served = ctx.table.get(name)
-    versions = [] if served is None else [str(served.version)]
+    versions = [str(s.version) for s in loaded_versions(ctx, name)]
     return JSONResponse(content=oip.metadata(pipeline, versions))
 
 
@@ -373,34 +459,141 @@ def v2_model_ready(ctx: Ctx, name: Name) -> JSONResponse:
     return JSONResponse(status_code=200 if ready else 503, content={"name": name, "ready": ready})
 
 
-async def v2_request(request: Request, pipeline: PipelineConfig) -> tuple[str | None, list[dict[str, Any]]]:
-    """``(client id, instances)`` of an inference request; BadRequest (400) for a body that is not a JSON object,
-    ValidationFailed (422) for inputs that do not fit the model's signature."""
+@router.get("/v2/models/{name}/versions/{version}", tags=["oip"], responses=V2_ERRORS)
+def v2_version_metadata(ctx: Ctx, name: Name, version: Name) -> JSONResponse:
     try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        pipeline = pipeline_for_model(ctx.pipelines, name)
+        served = loaded_version(ctx, name, version)
+    except NotFoundError as exc:
+        return v2_error_of(exc)
+    return JSONResponse(content=oip.metadata(pipeline, [str(served.version)]))
+
+
+@router.get("/v2/models/{name}/versions/{version}/ready", tags=["oip"], responses=V2_ERRORS)
+def v2_version_ready(ctx: Ctx, name: Name, version: Name) -> JSONResponse:
+    """200 when this replica holds the version; a 4xx (404) is the protocol's "not ready"."""
+    try:
+        pipeline_for_model(ctx.pipelines, name)
+        loaded_version(ctx, name, version)
+    except NotFoundError as exc:
+        return v2_error_of(exc)
+    return JSONResponse(content={"name": name, "version": version, "ready": True})
+
+
+class InferRequest(BaseModel):
+    """What ``v2_request`` reads of an inference request (checked by hand, for the protocol's error body)."""
+
+    client_id: str | None
+    instances: list[dict[str, Any]]
+    outputs: list[dict[str, Any]] | None
+
+
+async def v2_request(request: Request, pipeline: PipelineConfig) -> InferRequest:
+    """An inference request; BadRequest (400) for a body that is not a JSON object, ValidationFailed (422) for
+    inputs, parameters or outputs that do not fit the model's signature or the protocol."""
+    try:
+        body = pydantic_core.from_json(await request.body())
+    except ValueError as exc:
         raise BadRequest(f"the request body is not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object with 'inputs'")
     client_id = body.get("id")
     if client_id is not None and not isinstance(client_id, str):
         raise ValidationFailed("wrong_type", "id", "id must be a string")
+    oip.check_parameters(body.get("parameters"), "parameters")
     instances = oip.instances_from_inputs(body.get("inputs"), pipeline)
-    oip.check_outputs(body.get("outputs"))
+    outputs = oip.check_outputs(body.get("outputs"))
     if len(instances) > MAX_INSTANCES:
         raise ValidationFailed("too_many_rows", "inputs", f"at most {MAX_INSTANCES} rows per request")
-    return client_id, instances
+    return InferRequest.model_construct(client_id=client_id, instances=instances, outputs=outputs)
+
+
+def v2_answer(result: dict[str, Any], infer: InferRequest) -> Response:
+    return json_response(
+        oip.response(
+            result["model"],
+            result["version"],
+            result["request_id"],
+            infer.client_id,
+            result["predictions"],
+            infer.outputs,
+        )
+    )
 
 
 @router.post("/v2/models/{name}/infer", tags=["oip"], responses=V2_ERRORS, openapi_extra=INFER_BODY)
-async def v2_infer(ctx: Ctx, name: Name, request: Request) -> JSONResponse:
+async def v2_infer(ctx: Ctx, name: Name, request: Request) -> Response:
+    """Answered by the champion, or the arm a running rollout picks."""
+    return await v2_infer_core(ctx, name, request)
+
+
+async def v2_infer_core(ctx: Context, name: str, request: Request) -> Response:
     try:
         pipeline = pipeline_for_model(ctx.pipelines, name)
-        client_id, instances = await v2_request(request, pipeline)
-        # answer() is blocking (pandas, LightGBM, the producer): off the event loop.
-        result = await run_in_threadpool(answer, ctx, name, instances)
+        infer = await v2_request(request, pipeline)
+        result = await answer_async(ctx, name, infer.instances)
     except DriftloopError as exc:
         return v2_error_of(exc)
-    return JSONResponse(
-        content=oip.response(result["model"], result["version"], result["request_id"], client_id, result["predictions"])
-    )
+    return v2_answer(result, infer)
+
+
+def answer_with(ctx: Context, served: ServedModel, instances: list[dict[str, Any]]) -> dict[str, Any]:
+    """Score with exactly ``served`` (a version the client named: outside any rollout's split) and log it."""
+    with predicting.PREDICT_SECONDS.labels(served.model).time():
+        result = predicting.predict(served, instances)
+    ctx.prediction_log.submit(result)
+    return result
+
+
+@router.post("/v2/models/{name}/versions/{version}/infer", tags=["oip"], responses=V2_ERRORS, openapi_extra=INFER_BODY)
+async def v2_version_infer(ctx: Ctx, name: Name, version: Name, request: Request) -> Response:
+    """Answered by the named version if this replica holds it (the champion, or a canary's challenger)."""
+    try:
+        pipeline = pipeline_for_model(ctx.pipelines, name)
+        served = loaded_version(ctx, name, version)
+        infer = await v2_request(request, pipeline)
+        await ctx.prediction_log.room(len(infer.instances))
+        if served.encoder is not None and len(infer.instances) <= INLINE_MAX_ROWS:
+            result = answer_with(ctx, served, infer.instances)
+        else:
+            result = await run_in_threadpool(answer_with, ctx, served, infer.instances)
+    except DriftloopError as exc:
+        return v2_error_of(exc)
+    return v2_answer(result, infer)
+
+
+# --- the data plane's shortcut ------------------------------------------------------------------------------
+
+
+class DataPlaneRoute(BaseRoute):
+    """``POST /v1/models/{name}/predict`` or ``POST /v2/models/{name}/infer`` dispatched straight to the route's
+    own code (``predict_core``, ``v2_infer_core``): matched by splitting the path, no dependency resolution.
+    FastAPI's route machinery costs more than scoring a row (a profile: about 3/4 of a one-row request). What is
+    skipped is nothing for these routes: the context is read the same way, and the token check has nothing to do
+    on a public route (it never refuses one). Errors travel the same way (the app's handlers render them); the
+    documented routes stay (OpenAPI, and an app without ``install_data_plane``)."""
+
+    def __init__(self, version: str, action: str, core: Callable[[Context, str, Request], Any]) -> None:
+        self.version, self.action, self.core = version, action, core
+        self.path = f"/{version}/models/{{name}}/{action}"  # the template: metrics label requests with it
+
+    def matches(self, scope: Any) -> tuple[Match, dict[str, Any]]:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return Match.NONE, {}
+        parts = scope["path"].split("/")
+        if len(parts) == 5 and parts[4] == self.action and parts[1] == self.version and parts[2] == "models":
+            return (Match.FULL, {"route": self, "path_params": {"name": parts[3]}}) if parts[3] else (Match.NONE, {})
+        return Match.NONE, {}
+
+    async def handle(self, scope: Any, receive: Any, send: Any) -> None:
+        request = Request(scope, receive)
+        response = await self.core(request.app.state.context, scope["path_params"]["name"], request)
+        await response(scope, receive, send)
+
+
+def install_data_plane(app: Any) -> None:
+    """Put the data plane's shortcuts first among ``app``'s routes (after ``app.include_router(router)``)."""
+    app.router.routes[0:0] = [
+        DataPlaneRoute("v1", "predict", predict_core),
+        DataPlaneRoute("v2", "infer", v2_infer_core),
+    ]

@@ -98,11 +98,23 @@ class FeedbackItem:
 
 class FeedbackDesk:
     def __init__(
-        self, engine: sa.Engine, recorder: PredictionRecorder, publish: Callable[[Event[Payload]], None]
+        self,
+        engine: sa.Engine,
+        recorder: PredictionRecorder,
+        publish: Callable[[Event[Payload]], None],
+        flush_answers: Callable[[], object] | None = None,
     ) -> None:
         self.engine = engine
         self.recorder = recorder
         self.publish = publish
+        # Answered rows still queued for logging (``predlog``) are handed to the recorder first.
+        self.flush_answers = flush_answers
+
+    def _flush(self) -> None:
+        """This replica's latest answers must be resolvable at once."""
+        if self.flush_answers is not None:
+            self.flush_answers()
+        self.recorder.flush()
 
     def _resolve(self, conn: sa.Connection, model: str, item: FeedbackItem, position: int) -> sa.Row[Any]:
         where = f"feedback[{position}]"
@@ -137,7 +149,7 @@ class FeedbackDesk:
         for position, item in enumerate(items):
             if not math.isfinite(item.actual):
                 raise ValidationFailed("not_finite", "actual", f"feedback[{position}].actual must be finite")
-        self.recorder.flush()  # this replica's latest answers must be resolvable at once
+        self._flush()
         with self.engine.connect() as conn:
             resolved = [self._resolve(conn, model, item, i) for i, item in enumerate(items)]
         events = [
@@ -182,7 +194,7 @@ class FeedbackDesk:
 
     def joined(self, model: str, limit: int) -> list[dict[str, Any]]:
         """The newest predictions of ``model`` that have feedback, with it."""
-        self.recorder.flush()
+        self._flush()
         query = (
             sa.select(
                 ServedPrediction.request_id,

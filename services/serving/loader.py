@@ -162,6 +162,7 @@ class PromotionFollower:
             load_seconds=load_seconds,
             promoted_event_id=event.id,
         )
+        _ = served.encoder, served.row_predictor  # prepared here, in the loader's thread, not by the first request
         spec = self.pipelines[model].serving.rollout
         current = self.table.get(model)
         if (

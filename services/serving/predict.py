@@ -1,12 +1,10 @@
-"""Predictions: validate the raw instances, compute features with the one offline/online feature function,
-score with the served model, and log every row as a PredictionLogged event off the hot path."""
+"""Predictions: validate the raw instances, compute features with the one offline/online feature function (or
+its pandas-free twin, ``encode``), and score with the served model. Logging is ``predlog``'s, off the hot path."""
 
 from __future__ import annotations
 
-import logging
 import math
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,21 +12,15 @@ import pandas as pd
 from prometheus_client import Counter, Histogram
 
 from driftloop.contracts.artifact import ModelArtifact
-from driftloop.contracts.events import Event, new_event
 from driftloop.contracts.featuredefs import features_from_instances
-from driftloop.contracts.payloads import Payload, PredictionLogged
 from driftloop.errors import DriftloopError, ValidationFailed
 
 from .served import ServedModel
 
-log = logging.getLogger(__name__)
-
-PRODUCER = "serving"
 _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
 
 PREDICTIONS = Counter("driftloop_serving_predictions_total", "Predicted rows", ["model", "version"])
 PREDICT_SECONDS = Histogram("driftloop_serving_predict_seconds", "Predict request time", ["model"])
-LOG_FAILURES = Counter("driftloop_serving_prediction_log_failures_total", "Prediction rows not logged", ["model"])
 
 
 def check_scalars(instances: list[dict[str, Any]]) -> None:
@@ -67,55 +59,44 @@ def score(artifact: ModelArtifact, features: pd.DataFrame) -> np.ndarray:
     return artifact.predict(features)
 
 
+def score_matrix(artifact: ModelArtifact, matrix: np.ndarray) -> np.ndarray:
+    """A LightGBM model on the matrix ``encode.MatrixEncoder`` built (same numbers as ``score``)."""
+    threads = 1 if len(matrix) <= SINGLE_THREAD_MAX_ROWS else 0
+    return np.asarray(artifact.model.predict(matrix, num_threads=threads), dtype="float64")
+
+
 def predict(
     served: ServedModel,
     instances: list[dict[str, Any]],
-    publish: Callable[[Event[Payload]], None],
     *,
     features: pd.DataFrame | None = None,
     entities: list[str] | None = None,
     request_id: str | None = None,
 ) -> dict[str, Any]:
-    """Score ``instances`` with ``served`` (the caller took this reference once: a swap meanwhile is harmless).
+    """Score ``instances`` with ``served`` (the caller took this reference once: a swap meanwhile is harmless); the
+    model is called once for all rows. The caller logs the result (``predlog.PredictionLog``).
 
     ``instances`` are raw stream fields, unless ``features`` gives the model's features already computed (an
     entity looked up in the online store; then ``entities`` names each row's entity)."""
-    pipeline = served.pipeline
     check_scalars(instances)
-    if features is None:
-        features = features_from_instances(instances, pipeline)
-    predictions = [float(p) for p in score(served.artifact, features)]
-    if not all(math.isfinite(p) for p in predictions):
+    matrix = served.encoder.encode(instances) if features is None and served.encoder is not None else None
+    if matrix is not None and len(matrix) == 1 and served.row_predictor is not None:
+        scores = np.array([served.row_predictor.predict(matrix[0])])
+    elif matrix is not None:
+        scores = score_matrix(served.artifact, matrix)
+    else:
+        if features is None:
+            features = features_from_instances(instances, served.pipeline)
+        scores = score(served.artifact, features)
+    predictions: list[float] = scores.tolist()
+    if not np.isfinite(scores).all():
         raise PredictionFailed(f"{served.model} v{served.version} returned a non-finite prediction")
-    request_id = request_id or str(uuid.uuid4())
-    stream_fields = set(pipeline.stream.field_names)
-    entity_key = pipeline.stream.entity_key
-    for index, (instance, prediction) in enumerate(zip(instances, predictions, strict=True)):
-        entity = entities[index] if entities is not None else instance.get(entity_key)
-        logged = PredictionLogged(
-            request_id=request_id,
-            model=served.model,
-            version=served.version,
-            index=index,
-            inputs={k: v for k, v in instance.items() if k in stream_fields},
-            prediction=prediction,
-            entity=None if entity is None else str(entity),
-        )
-        event = new_event(logged, producer=PRODUCER)
-        try:
-            publish(event)
-        except (DriftloopError, BufferError, ValueError) as exc:
-            # The answer is already computed: a full producer queue must not fail the request. Counted + logged.
-            LOG_FAILURES.labels(served.model).inc()
-            log.warning("prediction %s/%d of %s was not logged: %s", request_id, index, served.model, exc)
     PREDICTIONS.labels(served.model, str(served.version)).inc(len(predictions))
     return {
         "model": served.model,
         "version": served.version,
-        "request_id": request_id,
+        "request_id": request_id or str(uuid.uuid4()),
         "predictions": predictions,
-        "entities": [
-            entities[i] if entities is not None else (None if i_.get(entity_key) is None else str(i_.get(entity_key)))
-            for i, i_ in enumerate(instances)
-        ],
+        "instances": instances,
+        "entities": entities,
     }

@@ -6,10 +6,14 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from driftloop.contracts.artifact import ModelArtifact
 from driftloop.contracts.pipeline import PipelineConfig
+
+from .encode import MatrixEncoder
+from .rowpredict import SingleRowPredictor
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,16 @@ class ServedModel:
     loaded_at: datetime
     load_seconds: float
     promoted_event_id: str
+
+    @cached_property
+    def encoder(self) -> MatrixEncoder | None:
+        """The pandas-free path for this model's requests (None: its family takes the DataFrame path)."""
+        return MatrixEncoder.build(self.pipeline, self.artifact)
+
+    @cached_property
+    def row_predictor(self) -> SingleRowPredictor | None:
+        """One-row requests without LightGBM's per-call setup (None: ``Booster.predict`` answers them)."""
+        return SingleRowPredictor.for_booster(self.artifact.model) if self.encoder is not None else None
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -19,6 +19,7 @@ from .feedback import FeedbackDesk, PredictionRecorder
 from .handlers import promotion_handler, rollback_handler
 from .loader import PromotionFollower
 from .online import OnlineStoreClient
+from .predlog import PredictionLog
 from .rollout import RolloutController
 from .served import ModelTable
 
@@ -52,7 +53,10 @@ def build(runtime: Runtime) -> ServiceSpec:
         table, open_object_store(runtime.settings), runtime.pipelines, publish, replica, rollouts=rollouts
     )
     recorder = PredictionRecorder(runtime.engine, replica)
-    feedback = FeedbackDesk(runtime.engine, recorder, publish)
+    prediction_log = PredictionLog(
+        publish_now, runtime.pipelines, recorder, poll=lambda timeout: runtime.bus.producer.poll(timeout)
+    )
+    feedback = FeedbackDesk(runtime.engine, recorder, publish, flush_answers=prediction_log.flush)
     online = OnlineStoreClient(runtime.settings)
     app = base_app(runtime, "serving", "Online predictions with the champion model, hot-swapped on promotion.")
     app.state.model_table = table
@@ -67,8 +71,10 @@ def build(runtime: Runtime) -> ServiceSpec:
         recorder=recorder,
         feedback=feedback,
         lookup_entities=online.lookup,
+        prediction_log=prediction_log,
     )
     app.include_router(api.router)
+    api.install_data_plane(app)
     return ServiceSpec(
         app=app,
         consumers=[
@@ -79,6 +85,7 @@ def build(runtime: Runtime) -> ServiceSpec:
         ],
         loops=[
             follower.run,
+            prediction_log.run,
             recorder.run,
             delivery_reports(runtime),
             # Every replica purges (idempotent deletes): no replica is special.
@@ -88,7 +95,8 @@ def build(runtime: Runtime) -> ServiceSpec:
                 runtime.settings.database.purge_interval_seconds,
             ),
         ],
-        on_stop=[rollouts.close, online.close],
+        # Requests answered while the server was stopping: logged before the bus closes.
+        on_stop=[rollouts.close, online.close, prediction_log.flush, recorder.flush],
         health_info={
             "replica": lambda: replica,
             "models_loaded": table.loaded_count,

@@ -46,7 +46,7 @@ EXPECTED_MUTATING = {
     "serving": LOOKUPS | {"POST /v1/models/{}/predict", "POST /v1/models/{}/feedback", "POST /v2/models/{}/infer"},
 }
 DATA_PLANE = {"POST /v1/models/{}/predict", "POST /v1/models/{}/feedback", "POST /v2/models/{}/infer"}
-DATA_PLANE |= {"POST /v1/streams/{}/records"}
+DATA_PLANE |= {"POST /v1/streams/{}/records", "POST /v2/models/{}/versions/{}/infer"}
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 # A valid value per path parameter name (a stream and a model of the demo pipeline, a version number, ...).
 PARAM_VALUES = {"version": "1", "schema_id": "1", "stream": "transactions", "name": "fraud-detector"}

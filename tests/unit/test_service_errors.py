@@ -111,6 +111,9 @@ OPENAPI_PATHS: dict[str, set[tuple[str, str]]] = {
         ("POST", "/v1/models/{name}/feedback"),
         ("POST", "/v1/models/{name}/predict"),
         ("POST", "/v2/models/{name}/infer"),
+        ("GET", "/v2/models/{name}/versions/{version}"),
+        ("GET", "/v2/models/{name}/versions/{version}/ready"),
+        ("POST", "/v2/models/{name}/versions/{version}/infer"),
     },
     "training": {
         ("GET", "/v1/runs"),

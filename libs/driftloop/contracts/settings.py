@@ -76,6 +76,15 @@ class ServingSettings(_Section):
     # Feedback may still come this many days after a prediction: a prediction without feedback is kept at least
     # this long (also the monitor's unjoined observations and feedback waiting for its prediction).
     feedback_horizon_days: float = Field(default=30.0, ge=0)
+    # Worker processes answering on the one serving port (each a full replica: it follows promotions from the
+    # bus and logs its own predictions). Unset: half the machine's cores, at least 1 and at most 4 (the other
+    # half is left to the model's own threads and the rest of the stack).
+    workers: int | None = Field(default=None, ge=1, le=64)
+
+    def worker_count(self) -> int:
+        if self.workers is not None:
+            return self.workers
+        return max(1, min(4, (os.cpu_count() or 1) // 2))
 
 
 class ObjectStoreSettings(_Section):
@@ -208,6 +217,7 @@ class SecuritySettings(_Section):
             "POST /v1/models/{name}/predict",
             "POST /v1/models/{name}/feedback",
             "POST /v2/models/{name}/infer",
+            "POST /v2/models/{name}/versions/{version}/infer",
             "POST /v1/streams/{stream}/records",
         ]
     )

@@ -14,6 +14,8 @@ import logging
 import logging.handlers
 import os
 import signal
+import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -105,7 +107,7 @@ class ServiceSpec:
     consumers: list[ConsumerSpec] = field(default_factory=list)
     # Background loops other than consumers (e.g. a landing timer). Each gets the stop event.
     loops: list[Callable[[threading.Event], None]] = field(default_factory=list)
-    on_stop: list[Callable[[], None]] = field(default_factory=list)
+    on_stop: list[Callable[[], object]] = field(default_factory=list)  # what a hook returns is ignored
     # Extra readiness checks shown on /healthz; all must be true for "ready".
     ready_checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
     # Extra facts shown on /healthz that do not decide readiness (e.g. serving's models_loaded).
@@ -483,9 +485,79 @@ def run_task(name: str, tasks: Mapping[str, ServiceTask], argv: list[str]) -> No
     sys.stdout.write(json.dumps(result, default=str) + "\n")
 
 
-def run(name: str, build: Callable[[Runtime], ServiceSpec], tasks: Mapping[str, ServiceTask] | None = None) -> None:
+# A worker process started by ``supervise_workers`` finds the listening socket it inherited under this number.
+LISTEN_FD_ENV = "_DRIFTLOOP_LISTEN_FD"  # not a setting: outside the DRIFTLOOP_ namespace
+WORKER_STOP_SECONDS = 30.0
+
+
+def supervise_workers(name: str, settings: Settings, count: int) -> int:
+    """Run ``count`` worker processes of service ``name`` behind one port: this process binds the port and each
+    worker (the same command line) accepts connections on the inherited socket; the kernel spreads them. Each
+    worker is a whole service process (its own consumers and loops). SIGTERM/SIGINT stop every worker; a worker
+    that exits by itself stops the others (the stack sees the service gone). Returns the exit code."""
+    migrate(settings.database_url)  # once, before the workers (each finds the schema current)
+    host = settings.services.host
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.create_server((host, settings.services.port(name)), family=family, backlog=2048)
+    listener.set_inheritable(True)
+    env = {**os.environ, LISTEN_FD_ENV: str(listener.fileno())}
+    command = [sys.executable, *sys.orig_argv[1:]]
+    workers = [subprocess.Popen(command, env=env, pass_fds=(listener.fileno(),)) for _ in range(count)]
+    log.info("%s: %d workers on port %d: pids %s", name, count, settings.services.port(name), [w.pid for w in workers])
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        log.info("%s: signal %d, stopping %d workers", name, signum, count)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    code = 0
+    while not stop.wait(0.5):
+        ended = [w for w in workers if w.poll() is not None]
+        if ended:
+            code = ended[0].returncode or 1
+            log.error("%s: worker %d exited with %s; stopping the others", name, ended[0].pid, ended[0].returncode)
+            break
+    listener.close()
+    for worker in workers:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+    for worker in workers:
+        try:
+            worker.wait(timeout=WORKER_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+    log.info("%s: workers stopped", name)
+    return code
+
+
+def _stop_with_parent(stop: Callable[[], None]) -> Callable[[threading.Event], None]:
+    """A worker stops when its supervisor is gone (killed without a chance to stop it)."""
+    parent = os.getppid()
+
+    def watch_parent(stop_event: threading.Event) -> None:
+        while not stop_event.wait(1.0):
+            if os.getppid() != parent:
+                log.error("the supervisor (pid %d) is gone: stopping", parent)
+                stop()
+                return
+
+    return watch_parent
+
+
+def run(
+    name: str,
+    build: Callable[[Runtime], ServiceSpec],
+    tasks: Mapping[str, ServiceTask] | None = None,
+    replicas: Callable[[Settings], int] | None = None,
+) -> None:
     """Run a service process until SIGTERM/SIGINT: HTTP app in the main thread, consumers in threads. With an
-    argument, run that one task of ``tasks`` instead and exit."""
+    argument, run that one task of ``tasks`` instead and exit. ``replicas(settings)`` above 1: that many complete
+    service processes behind the one port (``supervise_workers``; serving: each follows promotions itself); a
+    ``ServiceSpec.workers`` above 1: HTTP-only workers beside this process (``driftloop.runtime.workers``;
+    features: one Spark, one set of consumers)."""
     if len(sys.argv) > 1:
         run_task(name, tasks or {}, sys.argv[1:])
         return
@@ -493,9 +565,13 @@ def run(name: str, build: Callable[[Runtime], ServiceSpec], tasks: Mapping[str, 
     if role is not None:
         _run_http_worker(name, build, *role)
         return
+    inherited = os.environ.get(LISTEN_FD_ENV)
     try:
         settings = load_settings()
         log_path = configure_logging(settings, name)
+        count = replicas(settings) if replicas is not None and inherited is None else 1
+        if count > 1:
+            raise SystemExit(supervise_workers(name, settings, count))
         runtime = make_runtime(name, settings)
         spec = build(runtime)
     except DriftloopError as exc:
@@ -512,7 +588,10 @@ def run(name: str, build: Callable[[Runtime], ServiceSpec], tasks: Mapping[str, 
             target=runtime.bus.run_consumer, args=(consumer.group, consumer.handlers), name=consumer.group, daemon=True
         )
         threads.append(t)
-    for loop in spec.loops:
+    loops = list(spec.loops)
+    if inherited is not None:
+        loops.append(_stop_with_parent(lambda: os.kill(os.getpid(), signal.SIGTERM)))
+    for loop in loops:
         threads.append(threading.Thread(target=loop, args=(runtime.bus.stop_event,), name=loop.__name__, daemon=True))
     for t in threads:
         t.start()
@@ -546,6 +625,9 @@ def run(name: str, build: Callable[[Runtime], ServiceSpec], tasks: Mapping[str, 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
+        # A full replica accepts on the socket its supervisor bound; HTTP workers share the first process's socket.
+        if inherited is not None:
+            sockets = [socket.socket(fileno=int(inherited))]
         server.run(sockets=sockets)
     finally:
         runtime.bus.stop_event.set()

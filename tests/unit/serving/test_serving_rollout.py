@@ -95,6 +95,7 @@ def predict(env: SimpleNamespace, seed: int) -> dict[str, Any]:
 
 
 def of_type(env: SimpleNamespace, event_type: str) -> list[Event]:
+    env.client.app.state.context.prediction_log.flush()  # answered rows are logged by a background loop
     return [e for e in env.published if e.type == event_type]
 
 

@@ -44,7 +44,18 @@ def env(tmp_path: Path, models: dict) -> SimpleNamespace:
     app = base_app(SimpleNamespace(name="serving-test"), "serving-test")  # type: ignore[arg-type]
     app.state.context = api.Context(table, {MODEL: models["pipeline"]}, published.append, "replica-a")
     app.include_router(api.router)
-    return SimpleNamespace(store=store, published=published, table=table, follower=follower, client=TestClient(app))
+    api.install_data_plane(app)  # as the service does: the predict/infer shortcuts answer
+    plain = base_app(SimpleNamespace(name="serving-test"), "serving-test")  # type: ignore[arg-type]
+    plain.state.context = app.state.context
+    plain.include_router(api.router)  # the documented routes only
+    return SimpleNamespace(
+        store=store,
+        published=published,
+        table=table,
+        follower=follower,
+        client=TestClient(app),
+        plain=TestClient(plain),
+    )
 
 
 def promotion(env: SimpleNamespace, models: dict, version: int, *, tamper: bool = False) -> Event:
@@ -159,6 +170,7 @@ def test_predict_returns_version_and_logs_each_row(env: SimpleNamespace, models:
     assert len(body["predictions"]) == 3 and all(0 <= p <= 1 for p in body["predictions"])
     expected = models["v1"].predict(features_from_instances(rows, models["pipeline"]))
     assert body["predictions"] == pytest.approx(list(expected))
+    env.client.app.state.context.prediction_log.flush()  # answered rows are logged by a background loop
     logged = env.published
     assert [e.payload.index for e in logged] == [0, 1, 2]
     assert {e.payload.request_id for e in logged} == {body["request_id"]}
@@ -223,4 +235,35 @@ def test_bad_instance_values_are_422_with_reason_and_field(
     detail = response.json()["detail"]
     assert detail["reason"] == reason and detail["field"] == field
     assert "instances[1]" in detail["message"]
+    env.client.app.state.context.prediction_log.flush()
     assert env.published == []  # nothing logged for a refused request
+
+
+def test_the_data_plane_shortcut_answers_exactly_as_the_documented_routes(env: SimpleNamespace, models: dict) -> None:
+    env.follower.on_model_promoted(promotion(env, models, 1))
+    drain(env.follower)
+    good = {"instances": instances(2)}
+    bad_value = {"instances": [{**instances(1)[0], "amount": "lots"}]}
+    tensors = [{"name": "amount", "datatype": "FP64", "shape": [1], "data": [1.0]}]
+    cases = [
+        ("/v1/models/{m}/predict", good),
+        ("/v1/models/{m}/predict", bad_value),
+        ("/v1/models/{m}/predict", {"rows": []}),
+        ("/v1/models/nope/predict", good),
+        ("/v2/models/{m}/infer", {"inputs": tensors}),
+        ("/v2/models/nope/infer", {"inputs": tensors}),
+    ]
+    for path, body in cases:
+        url = path.format(m=MODEL)
+        fast, plain = env.client.post(url, json=body), env.plain.post(url, json=body)
+        assert fast.status_code == plain.status_code, url
+        fast_body, plain_body = fast.json(), plain.json()
+        if fast.status_code == 200:
+            assert fast_body["predictions"] == plain_body["predictions"]
+            assert fast_body.keys() == plain_body.keys()
+        else:
+            assert fast_body == plain_body, (url, body)
+    not_json = env.client.post(f"/v1/models/{MODEL}/predict", content=b"{nope")
+    assert not_json.status_code == 422 == env.plain.post(f"/v1/models/{MODEL}/predict", content=b"{nope").status_code
+    metrics = env.client.get("/metrics").text
+    assert 'route="/v1/models/{name}/predict"' in metrics  # the shortcut's requests carry the route template

@@ -1,0 +1,107 @@
+"""The pandas-free request path (``encode.MatrixEncoder``) against the DataFrame path it replaces
+(``features_from_instances`` + the artifact's typed matrix): same numbers on good rows (missing values, unknown
+categories, integers, derived features, infinities), the same 422 (reason, field, message) on bad rows, and the
+DataFrame path for what it does not handle."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+from model_factory import feature_frame, make_pipeline, raw_transactions, train_artifact
+
+from driftloop.contracts.artifact import ModelArtifact
+from driftloop.contracts.featuredefs import features_from_instances
+from driftloop.errors import ValidationFailed
+from driftloop.services.serving.encode import MatrixEncoder
+from driftloop.services.serving.predict import score, score_matrix
+from driftloop.services.serving.rowpredict import SingleRowPredictor
+
+
+@pytest.fixture(scope="module")
+def model() -> tuple[Any, ModelArtifact]:
+    pipeline = make_pipeline(model="fraud-encode", stream="tx-encode")
+    return pipeline, train_artifact(pipeline, feature_frame(pipeline, rows=1500), rounds=30)
+
+
+def rows(n: int, seed: int) -> list[dict[str, Any]]:
+    raw = raw_transactions(n, seed=seed).drop(columns=["is_fraud"])
+    raw["event_time"] = raw["event_time"].astype(str)
+    return raw.to_dict(orient="records")
+
+
+def dataframe_path(pipeline: Any, artifact: ModelArtifact, instances: list[dict[str, Any]]) -> np.ndarray:
+    return score(artifact, features_from_instances(instances, pipeline))
+
+
+def test_the_encoder_scores_exactly_like_the_dataframe_path(model: tuple[Any, ModelArtifact]) -> None:
+    pipeline, artifact = model
+    encoder = MatrixEncoder.build(pipeline, artifact)
+    assert encoder is not None
+    instances = rows(200, seed=11)
+    # Missing values, a category never seen in training, integers where doubles are expected, zero (log1p).
+    instances[0]["age"] = None
+    instances[1]["merchant_category"] = "unheard-of"
+    instances[2]["merchant_category"] = None
+    instances[3]["amount"] = 120
+    instances[4]["amount"] = 0.0
+    instances[5]["hour"] = None
+    instances[6]["amount"] = -1.0  # log1p(-1) = -inf: a missing value on both paths
+    for n in (1, 2, 10, 200):
+        matrix = encoder.encode(instances[:n])
+        assert matrix is not None
+        expected = dataframe_path(pipeline, artifact, instances[:n])
+        assert score_matrix(artifact, matrix).tolist() == expected.tolist()
+    assert math.isnan(encoder.encode([instances[6]])[0, pipeline.feature_names.index("log_amount")])
+
+
+BAD_ROWS = [
+    ({"amount": "lots"}, None),
+    ({"amount": True}, None),
+    ({"hour": 3.5, "age": "old"}, None),
+    ({}, "merchant_category"),
+    ({}, "amount"),
+]
+
+
+@pytest.mark.parametrize(("change", "drop"), BAD_ROWS)
+def test_bad_rows_give_the_same_422_on_both_paths(model: tuple[Any, ModelArtifact], change: dict, drop: str) -> None:
+    pipeline, artifact = model
+    encoder = MatrixEncoder.build(pipeline, artifact)
+    good, bad = rows(2, seed=3)
+    bad.update(change)
+    if drop:
+        bad.pop(drop)
+    with pytest.raises(ValidationFailed) as old:
+        features_from_instances([good, bad], pipeline)
+    with pytest.raises(ValidationFailed) as new:
+        encoder.encode([good, bad])
+    assert (new.value.reason, new.value.field, str(new.value)) == (old.value.reason, old.value.field, str(old.value))
+    with pytest.raises(ValidationFailed) as empty:
+        encoder.encode([])
+    assert empty.value.reason == "empty"
+
+
+def test_what_the_encoder_does_not_reproduce_goes_to_the_dataframe_path(model: tuple[Any, ModelArtifact]) -> None:
+    pipeline, artifact = model
+    encoder = MatrixEncoder.build(pipeline, artifact)
+    (row,) = rows(1, seed=4)
+    row["merchant_category"] = 7  # a number in a categorical: pandas' matching rules decide
+    assert encoder.encode([row]) is None
+    assert dataframe_path(pipeline, artifact, [row]).shape == (1,)
+    other_family = ModelArtifact(
+        family="sklearn_linear", task="classification", feature_names=artifact.feature_names, categories={}, model=None
+    )
+    assert MatrixEncoder.build(pipeline, other_family) is None
+
+
+def test_the_one_row_predictor_gives_booster_predicts_numbers(model: tuple[Any, ModelArtifact]) -> None:
+    pipeline, artifact = model
+    predictor = SingleRowPredictor.for_booster(artifact.model)
+    assert predictor is not None
+    matrix = MatrixEncoder.build(pipeline, artifact).encode(rows(300, seed=21))
+    matrix[0, :] = np.nan  # every feature missing
+    expected = artifact.model.predict(matrix, num_threads=1)
+    assert [predictor.predict(row) for row in matrix] == expected.tolist()
