@@ -32,7 +32,7 @@ from driftloop.contracts.events import Event, payload_type
 from driftloop.contracts.payloads import Payload
 from driftloop.contracts.schemas import event_schema
 from driftloop.contracts.settings import Settings
-from driftloop.contracts.topics import EVENT_TOPICS, Topic
+from driftloop.contracts.topics import EVENT_TOPICS, STREAM_TOPIC_PREFIX, Topic
 from driftloop.errors import DriftloopError, WireFormatError
 from driftloop.runtime.metrics import (
     CASCADE_STEPS,
@@ -97,8 +97,50 @@ def purge_processed_events(
     return deleted
 
 
+def _retention_ms(hours: float) -> str:
+    return "-1" if hours == 0 else str(int(hours * 3_600_000))
+
+
+def topic_config(settings: Settings, name: str) -> dict[str, str]:
+    """The configs a driftloop topic is created with: state-like topics (``kafka.compacted_topics``: the last
+    record per key is what matters) compacted; event and stream topics deleted after their retention (explicit,
+    so that no broker default decides it)."""
+    kafka = settings.kafka
+    if name in kafka.compacted_topics:
+        return {"cleanup.policy": "compact"}
+    hours = kafka.stream_retention_hours if name.startswith(STREAM_TOPIC_PREFIX) else kafka.event_retention_hours
+    return {"cleanup.policy": "delete", "retention.ms": _retention_ms(hours)}
+
+
+def faust_broker_options(settings: Settings) -> dict[str, Any]:
+    """``faust.App`` keyword arguments reaching this deployment's brokers with its authentication settings (the
+    same ``kafka.*`` settings every confluent-kafka client gets through ``Settings.kafka_config``)."""
+    import ssl
+
+    import faust
+
+    kafka = settings.kafka
+    options: dict[str, Any] = {"broker": [f"kafka://{s.strip()}" for s in kafka.bootstrap_servers.split(",")]}
+    protocol = kafka.security_protocol
+    context = None
+    if protocol.endswith("SSL"):
+        context = ssl.create_default_context(cafile=kafka.ssl_ca_location or None)
+    if protocol.startswith("SASL_"):
+        settings.kafka_security_config()  # the readable error for a missing user
+        options["broker_credentials"] = faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password.get_secret_value(),
+            mechanism=kafka.sasl_mechanism,
+            ssl_context=context,
+        )
+    elif protocol == "SSL":
+        options["broker_credentials"] = faust.SSLCredentials(context)
+    return options
+
+
 def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | None = None) -> None:
-    """Create the topics that do not exist yet, with the configured partition count."""
+    """Create the topics that do not exist yet, with the configured partition count and ``topic_config``.
+    (Topics that exist keep their configs: change those with the broker's tools.)"""
     admin = AdminClient(settings.kafka_config())
     existing = set(admin.list_topics(timeout=10).topics)
     wanted = [
@@ -106,6 +148,7 @@ def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | No
             n,
             num_partitions=partitions or settings.kafka.partitions,
             replication_factor=settings.kafka.replication_factor,
+            config=topic_config(settings, n),
         )
         for n in dict.fromkeys(names)
         if n not in existing
