@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import sqlalchemy as sa
 from prometheus_client import Counter
-from sqlalchemy.orm import Session, sessionmaker
 
-from driftloop.clients.db.models import EventRecord
 from driftloop.clients.http import ServiceClient
 from driftloop.contracts.events import Envelope, Event
 from driftloop.contracts.payloads import ModelPromoted
@@ -37,6 +35,8 @@ from .served import LoadProblem, ModelTable
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
+# The same champion is submitted again only after this long (its load failed or was refused in between).
+RESUBMIT_AFTER = 30.0
 
 REFUSED_PROMOTIONS = Counter(
     "driftloop_serving_refused_promotions_total",
@@ -68,6 +68,8 @@ class RegistryChampion:
     moved_by: str
     reason: str
     updated_at: datetime | None
+    cascade_id: str | None = None
+    caused_by: str | None = None
 
 
 def _version(model: str, body: dict[str, Any]) -> RegistryVersion:
@@ -111,6 +113,8 @@ class RegistryChampions:
             moved_by=str(body.get("moved_by") or "registry"),
             reason=str(body.get("reason") or ""),
             updated_at=at,
+            cascade_id=body.get("cascade_id"),
+            caused_by=body.get("caused_by"),
         )
 
     def close(self) -> None:
@@ -225,9 +229,9 @@ class PromotionCheck:
             return self.last_refused.describe() if self.last_refused else None
 
 
-def champion_event(champion: RegistryChampion, cascade_id: str | None) -> Event[ModelPromoted]:
-    """The ``ModelPromoted`` that announced the champion (same event id, so rollbacks and the timeline match it),
-    rebuilt from the registry's answer."""
+def champion_event(champion: RegistryChampion) -> Event[ModelPromoted]:
+    """The ``ModelPromoted`` that announced the champion (same event id and cascade, so that rollbacks and the
+    timeline match it), rebuilt from the registry's answer."""
     v = champion.version
     event_id = champion.event_id or f"reconciled-{v.model}-{v.version}-{v.artifact_sha256[:12]}"
     payload = ModelPromoted(
@@ -248,8 +252,8 @@ def champion_event(champion: RegistryChampion, cascade_id: str | None) -> Event[
         event_id=event_id,
         event_type=payload.event_type,
         occurred_at=champion.updated_at or datetime.now(tz=UTC),
-        caused_by=None,
-        cascade_id=cascade_id or event_id,
+        caused_by=champion.caused_by,
+        cascade_id=champion.cascade_id or event_id,
         producer="registry",
     )
     return Event(envelope=envelope, payload=payload)
@@ -268,7 +272,6 @@ class ChampionReconciler:
         submit: Callable[[Event[ModelPromoted]], None],
         models: Iterable[str],
         interval: float,
-        session_factory: sessionmaker[Session] | None = None,
     ) -> None:
         self.registry = registry
         self.check = check
@@ -277,11 +280,12 @@ class ChampionReconciler:
         self.submit = submit
         self.models = sorted(models)
         self.interval = interval
-        self.Session = session_factory
         self.reconciled_once = False
         # model -> champion version the registry named at the last reconcile (None: no champion yet).
         self.champions: dict[str, int | None] = {}
         self.last_error: str | None = None
+        # model -> (version, sha256) last submitted to the loader, and when.
+        self._submitted: dict[str, tuple[tuple[int, str], float]] = {}
         self._wake = threading.Event()
         self._lock = threading.Lock()
 
@@ -305,7 +309,12 @@ class ChampionReconciler:
             rollout = self.rollouts.get(model)
             if rollout is not None and rollout.challenger.version == v.version:
                 continue
-            event = champion_event(champion, self._cascade_of(champion.event_id))
+            key = (v.version, v.artifact_sha256)
+            now = time.monotonic()
+            if self._submitted.get(model, (None, 0.0))[0] == key and now - self._submitted[model][1] < RESUBMIT_AFTER:
+                continue  # submitted a moment ago: the loader is at it (a first load may take seconds)
+            self._submitted[model] = (key, now)
+            event = champion_event(champion)
             self.check.vouch(event)
             log.info(
                 "%s: the registry's champion is v%d, this replica serves %s: loading it",
@@ -321,16 +330,6 @@ class ChampionReconciler:
             self.reconciled_once = True
             self.last_error = None
         return submitted
-
-    def _cascade_of(self, event_id: str | None) -> str | None:
-        """The cascade of the promotion (from the shared event log), so that the switch joins its timeline."""
-        if event_id is None or self.Session is None:
-            return None
-        try:
-            with self.Session() as session:
-                return session.scalar(sa.select(EventRecord.cascade_id).where(EventRecord.event_id == event_id))
-        except sa.exc.SQLAlchemyError:
-            return None
 
     def run(self, stop_event: threading.Event) -> None:
         while not stop_event.is_set():

@@ -60,7 +60,6 @@ def follow_the_registry(
         follower.on_model_promoted,
         runtime.pipelines,
         settings.serving.reconcile_interval_seconds,
-        session_factory=runtime.Session,
     )
     check.on_stale = reconciler.wake  # a promotion it could not serve: ask the registry at once
     follower.check = check

@@ -55,6 +55,8 @@ class FakeRegistry:
             "moved_by": "registry",
             "reason": "gate",
             "event_id": event_id,
+            "cascade_id": f"cascade-of-{event_id}",
+            "caused_by": "training-completed",
             "updated_at": at.isoformat(),
             "model_version": self.versions[version],
         }
@@ -217,6 +219,8 @@ def test_the_reconciler_loads_the_registrys_champion_and_readiness_waits_for_it(
     assert reconciler.not_ready_because() == f"{MODEL} v2 not loaded"
     (event,) = env.submitted
     assert event.id == "promotion-of-v2" and event.payload.version == 2
+    # Same id, cause and cascade as the registry's promotion: the switch continues that cascade's timeline.
+    assert (event.envelope.cascade_id, event.envelope.caused_by) == ("cascade-of-promotion-of-v2", "training-completed")
     # The reconciler's own event is vouched for: loaded without asking the registry again.
     calls = len(env.fake.calls)
     assert env.follower.load(event)
