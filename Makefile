@@ -39,9 +39,10 @@ test-integration: setup
 test-e2e: setup
 	$(BIN)/pytest -q tests/e2e
 
-lint: setup
+lint: setup  ## ruff (lint + format) and mypy on the package and its services.
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy libs/driftloop services
 
 format: setup
 	$(BIN)/ruff format .

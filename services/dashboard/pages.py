@@ -87,7 +87,11 @@ def drift_charts(answer: Answer, pipeline: PipelineConfig) -> Markup:
     psi_threshold = getattr(pipeline.monitor, "psi_threshold", None)
     features = []
     for feature in pipeline.feature_names:
-        stat, p_adj, psi, wasserstein, marked = [], [], [], [], []
+        stat: list[tuple[float, float]] = []
+        p_adj: list[tuple[float, float]] = []
+        psi: list[tuple[float, float]] = []
+        wasserstein: list[tuple[float, float]] = []
+        marked: list[bool] = []
         test_name = "statistic"
         for report in reports:
             test = next((t for t in report.get("tests", []) if t.get("feature") == feature), None)
@@ -150,13 +154,13 @@ def performance_charts(answer: Answer) -> Markup:
     xs = [float(r.get("window_index", i)) for i, r in enumerate(reports)]
     marked = [bool(r.get("degraded")) for r in reports]
     metric = str(reports[-1].get("metric", "value"))
-    thresholds = [r.get("threshold") for r in reports if isinstance(r.get("threshold"), int | float)]
+    thresholds = [float(t) for r in reports if isinstance(t := r.get("threshold"), int | float)]
     charts = [
         line_chart(
             f"{metric} per window",
             [Series(metric, [(x, _float(r.get("value"))) for x, r in zip(xs, reports, strict=True)], marked)],
             x_label="feedback window",
-            threshold=float(thresholds[-1]) if thresholds else None,
+            threshold=thresholds[-1] if thresholds else None,
             chart_id=f"perf-{metric}",
         )
     ]

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import to_json
 from sqlalchemy.orm import Session, sessionmaker
 
 from driftloop.clients.db.models import FeatureSet
 from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_stream
 from driftloop.runtime.service import api_context
 
-from .onlinestore import OnlineStore, OnlineValue
+from .onlinestore import OnlineStore
 
 MAX_ENTITIES_PER_LOOKUP = 10_000
+# Threads of a process that run lookups (the hop off the event loop); the database store's pool has as many.
+LOOKUP_THREADS = 8
 
 
 class OnlineRequest(BaseModel):
@@ -53,7 +58,7 @@ def _view(pipeline: PipelineConfig) -> dict[str, Any]:
         {"name": spec.entity_key, "type": spec.field(spec.entity_key).type, "role": "entity_key"},
         {"name": spec.event_time, "type": "timestamp", "role": "event_time"},
         *({"name": n, "type": _feature_type(pipeline, n), "role": "feature"} for n in pipeline.feature_names),
-        {"name": spec.label, "type": spec.field(spec.label).type, "role": "label"},
+        *([{"name": spec.label, "type": spec.field(spec.label).type, "role": "label"}] if spec.label else []),
     ]
     return {"name": spec.name, "version": pipeline.feature_view_version, "schema": schema}
 
@@ -98,6 +103,10 @@ class Context:
     pipelines: dict[str, PipelineConfig]
     Session: sessionmaker[Session]
     online_store: OnlineStore
+    answers: OnlineAnswers = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "answers", OnlineAnswers(self.pipelines, self.online_store))
 
 
 Ctx = Annotated[Context, Depends(api_context)]
@@ -122,32 +131,60 @@ def list_features(ctx: Ctx, stream: str | None = None) -> dict[str, Any]:
     return {"streams": streams}
 
 
-def _entity_values(pipeline: PipelineConfig, value: OnlineValue) -> dict[str, Any]:
-    return {
-        **{n: value.values.get(n) for n in pipeline.feature_names},
-        "event_time": None if value.event_time is None else value.event_time.isoformat(),
-    }
+class OnlineAnswers:
+    """Renders ``POST /v1/features/online``: reads the store and writes the JSON answer in one go, on one of its
+    own threads (the one hop off the event loop per lookup; the database store's pool is as large). The answer
+    is built as plain dicts and serialized once by pydantic-core, byte for byte what ``OnlineResponse`` gives."""
+
+    def __init__(self, pipelines: dict[str, PipelineConfig], store: OnlineStore, threads: int = LOOKUP_THREADS) -> None:
+        self.pipelines = pipelines
+        self.store = store
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="online-lookup")
+        # stream -> (feature names, feature view version), computed once: both are derived per call.
+        self._views: dict[str, tuple[tuple[str, ...], str]] = {}
+
+    def _view(self, stream: str) -> tuple[tuple[str, ...], str]:
+        view = self._views.get(stream)
+        if view is None:
+            pipeline = pipeline_for_stream(self.pipelines, stream)  # unknown stream: NotFoundError (404)
+            view = self._views[stream] = (tuple(pipeline.feature_names), pipeline.feature_view_version)
+        return view
+
+    def answer(self, stream: str, entities: list[str]) -> bytes:
+        names, view_version = self._view(stream)
+        found = self.store.read(stream, entities)  # OnlineStoreUnavailable answers 503
+        now = datetime.now(tz=UTC)
+        values: dict[str, dict[str, Any]] = {}
+        freshness: dict[str, dict[str, Any]] = {}
+        for entity, (stored, event_time, updated_at) in found.items():
+            row = {name: stored.get(name) for name in names}
+            row["event_time"] = None if event_time is None else event_time.isoformat()
+            values[entity] = row
+            freshness[entity] = {
+                "event_time": event_time,
+                "updated_at": updated_at,
+                "age_seconds": None if updated_at is None else (now - updated_at).total_seconds(),
+            }
+        missing = [e for e in dict.fromkeys(entities) if e not in found] if len(found) < len(entities) else []
+        answer = {
+            "stream": stream,
+            "feature_view_version": view_version,
+            "values": values,
+            "freshness": freshness,
+            "missing": missing,
+        }
+        return to_json(answer, inf_nan_mode="null")
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-@router.post("/online")
-def online(ctx: Ctx, request: OnlineRequest) -> OnlineResponse:
+@router.post("/online", response_model=OnlineResponse)
+async def online(ctx: Ctx, request: OnlineRequest) -> Response:
     """Latest feature values of the entities (each with its ``event_time``) and their freshness; entities the
     store does not hold are listed in ``missing`` (not an error). Unknown stream: 404; the online store's
     server (Redis) not answering: 503 saying where it was looked for."""
-    pipeline = pipeline_for_stream(ctx.pipelines, request.stream)
-    found = ctx.online_store.read(request.stream, request.entities)  # OnlineStoreUnavailable answers 503
-    now = datetime.now(tz=UTC)
-    values: dict[str, dict[str, Any]] = {}
-    freshness: dict[str, Freshness] = {}
-    for entity, value in found.items():
-        values[entity] = _entity_values(pipeline, value)
-        age = None if value.updated_at is None else (now - value.updated_at).total_seconds()
-        freshness[entity] = Freshness(event_time=value.event_time, updated_at=value.updated_at, age_seconds=age)
-    missing = [e for e in dict.fromkeys(request.entities) if e not in found]
-    return OnlineResponse(
-        stream=request.stream,
-        feature_view_version=pipeline.feature_view_version,
-        values=values,
-        freshness=freshness,
-        missing=missing,
-    )
+    answers = ctx.answers
+    loop = asyncio.get_running_loop()
+    body = await loop.run_in_executor(answers.executor, answers.answer, request.stream, request.entities)
+    return Response(body, media_type="application/json")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import tempfile
+import threading
+import time
 
 from driftloop.clients.db.models import FeatureSet
 from driftloop.clients.objectstore import ObjectStore, open_object_store
@@ -63,6 +66,26 @@ class FeaturesHandlers:
             result.uri,
             online_entities,
         )
+
+    def warm_up(self, stop_event: threading.Event) -> None:
+        """A ``ServiceSpec`` loop that runs once at start: the SparkSession and its Python worker started, and a
+        few rows through the steps a materialization takes (pandas in through Arrow, ``mapInPandas``, Parquet
+        out and back), so that the first dataset version does not wait for a JVM to start and warm up."""
+        started = time.monotonic()
+        try:
+            spark = spark_session(self.runtime.settings, "driftloop-features")
+            if stop_event.is_set():
+                return
+            import pandas as pd
+
+            with tempfile.TemporaryDirectory(prefix="driftloop-warm-") as folder:
+                frame = spark.createDataFrame(pd.DataFrame({"x": [1.0, 2.0, 3.0]}))
+                frame.mapInPandas(lambda batches: batches, schema="x double").write.parquet(folder + "/w")
+                spark.read.parquet(folder + "/w").toPandas()
+        except Exception:  # the first materialization starts Spark itself then
+            log.exception("features: warming Spark up failed")
+            return
+        log.info("features: Spark warm in %.1fs", time.monotonic() - started)
 
     def _record(self, stream: str, feature_names: list[str], result: Materialized) -> None:
         with self.runtime.Session.begin() as session:

@@ -37,7 +37,7 @@ ROW_NUMBER_COLUMN = "_driftloop_row_number"
 def feature_columns(pipeline: PipelineConfig) -> list[str]:
     """Columns of a feature set, in order: entity key, event time, the features, the label."""
     stream = pipeline.stream
-    return [stream.entity_key, stream.event_time, *pipeline.feature_names, stream.label]
+    return [stream.entity_key, stream.event_time, *pipeline.feature_names, *([stream.label] if stream.label else [])]
 
 
 def feature_schema(pipeline: PipelineConfig) -> StructType:
@@ -52,7 +52,8 @@ def feature_schema(pipeline: PipelineConfig) -> StructType:
     for feature in pipeline.features:
         kind = T.DoubleType() if feature.kind == "numeric" else T.StringType()
         fields.append(T.StructField(feature.name, kind))
-    fields.append(T.StructField(stream.label, spark_type(stream.field(stream.label).type)))
+    if stream.label:  # absent when the labels come as feedback
+        fields.append(T.StructField(stream.label, spark_type(stream.field(stream.label).type)))
     return T.StructType(fields)
 
 
@@ -71,7 +72,7 @@ def feature_batch(raw: pd.DataFrame, pipeline: PipelineConfig) -> pd.DataFrame:
             out[feature.name] = out[feature.name].replace([np.inf, -np.inf], np.nan)
         else:
             out[feature.name] = out[feature.name].astype("object").map(lambda v: None if pd.isna(v) else str(v))
-    if FIELD_TYPES[stream.field(stream.label).type].is_integer:
+    if stream.label and FIELD_TYPES[stream.field(stream.label).type].is_integer:
         # Nullable integers: a missing label must not turn the column into floats Arrow refuses to narrow.
         out[stream.label] = pd.array(pd.to_numeric(out[stream.label], errors="coerce"), dtype="Int64")
     out[stream.event_time] = pd.to_datetime(out[stream.event_time], utc=True).dt.tz_localize(None)

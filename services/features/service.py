@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from driftloop.clients.db import create_engine_for
 from driftloop.clients.spark import stop_spark
 from driftloop.contracts.topics import DATASET_VERSION_CREATED
 from driftloop.runtime.service import ConsumerSpec, Runtime, ServiceSpec, base_app
+from driftloop.runtime.workers import default_workers
 
 from . import api
 from .handlers import FeaturesHandlers
@@ -17,15 +19,20 @@ CONSUMER_GROUP = "driftloop-features"
 def build(runtime: Runtime) -> ServiceSpec:
     handlers = FeaturesHandlers(runtime)
     app = base_app(runtime, "features", "Offline and online feature store, materialized with Spark.")
-    app.state.context = api.Context(
-        runtime.pipelines, runtime.Session, open_online_store(runtime.settings, runtime.engine)
-    )
+    # Lookups get an engine of their own, its pool as large as their threads (materialization writes elsewhere).
+    lookup_engine = create_engine_for(runtime.settings.database_url, pool_size=api.LOOKUP_THREADS)
+    context = api.Context(runtime.pipelines, runtime.Session, open_online_store(runtime.settings, lookup_engine))
+    app.state.context = context
     app.include_router(api.router)
     return ServiceSpec(
         app=app,
         consumers=[ConsumerSpec(CONSUMER_GROUP, {DATASET_VERSION_CREATED: handlers.on_dataset_version_created})],
-        loops=[stream_worker_loop(runtime)] if runtime.settings.features.streaming else [],
-        on_stop=[stop_spark],
+        loops=[
+            *([handlers.warm_up] if runtime.settings.features.warm_spark else []),
+            *([stream_worker_loop(runtime)] if runtime.settings.features.streaming else []),
+        ],
+        on_stop=[stop_spark, context.answers.close, lookup_engine.dispose],
         # False while the online store's server (Redis, or the database) does not answer.
         ready_checks={"online_store": handlers.online.available},
+        workers=runtime.settings.features.workers or default_workers(),
     )

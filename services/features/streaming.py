@@ -51,11 +51,14 @@ def aggregate_as_of(feature: FeatureSpec, events: list[tuple[datetime, dict[str,
         if feature.source is None:
             return float(len(inside))
         return float(sum(1 for _, f in inside if f.get(feature.source) is not None))
+    source = feature.source
+    if source is None:  # only a count goes without a source (the pipeline config checks it)
+        return None
     if feature.aggregate == "last":
         to_text = feature.kind == "categorical"
-        present = [(t, str(v) if to_text else float(v)) for t, f in inside if (v := f.get(feature.source)) is not None]
+        present = [(t, str(v) if to_text else float(v)) for t, f in inside if (v := f.get(source)) is not None]
         return max(present)[1] if present else None
-    values = [float(v) for _, f in inside if (v := f.get(feature.source)) is not None]  # type: ignore[arg-type]
+    values = [float(v) for _, f in inside if (v := f.get(source)) is not None]
     if not values:
         return None
     if feature.aggregate == "sum":
@@ -82,7 +85,7 @@ class StreamAggregator:
         """Apply (event id, record) pairs; returns how many entities were written online. Records without entity
         key or event time are skipped (ingestion dead-letters them)."""
         stream = self.pipeline.stream
-        rows = []
+        rows: list[dict[str, Any]] = []
         for event_id, record in records:
             entity, event_time = record.get(stream.entity_key), record.get(stream.event_time)
             if entity is None or not isinstance(event_time, datetime):
@@ -120,7 +123,7 @@ class StreamAggregator:
         newest = _utc(newest)
         # Older records can no longer fall inside any window of this entity's future values.
         expired = sa.and_(table.c.event_time <= newest - self.keep, table.c.event_time < newest)
-        conn.execute(sa.delete(table).where(mine, expired))
+        conn.execute(sa.delete(FeatureStreamEvent).where(mine, expired))
         stored = conn.execute(
             sa.select(table.c.event_id, table.c.event_time, table.c.fields).where(mine).order_by(table.c.event_time)
         ).all()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -70,6 +71,25 @@ def list_streams(ctx: Ctx) -> dict[str, Any]:
             }
             for cfg in sorted(ctx.pipelines.values(), key=lambda c: c.stream.name)
         ]
+    }
+
+
+@router.get("/streams/{stream}/schema", tags=["streams"])
+def get_stream_schema(ctx: Ctx, stream: str) -> dict[str, Any]:
+    """The producer contract of a stream: the Avro value schema to write with (``driftloop up`` registers it under
+    ``subject``, so a producer may use the latest registered version without registering anything), the topic,
+    and the field roles. Another record name or namespace is accepted (resolved as an alias); field names and
+    types are the contract."""
+    cfg = ctx.pipeline(stream)
+    spec = cfg.stream
+    return {
+        "stream": spec.name,
+        "topic": spec.topic,
+        "subject": spec.subject,
+        "schema": spec.avro_schema(),
+        "entity_key": spec.entity_key,
+        "event_time": spec.event_time,
+        "label": spec.label,
     }
 
 
@@ -188,12 +208,24 @@ def list_datasets(ctx: Ctx, stream: str) -> dict[str, Any]:
     return {"stream": stream, "versions": [version_to_dict(v) for v in ctx.cutter.list_versions(stream)]}
 
 
+class CutBody(BaseModel):
+    """A cut on demand after a change: made once ``min_rows`` rows at or after ``since`` (event time) landed."""
+
+    model_config = ConfigDict(extra="forbid")
+    since: datetime
+    min_rows: int | None = Field(default=None, ge=1, description="default: dataset.min_rows_after_change")
+
+
 @router.post("/streams/{stream}/datasets", tags=["datasets"])
-def cut_dataset(ctx: Ctx, stream: str) -> dict[str, Any]:
-    """Cut a dataset version now from the rows landed since the last one (409 if there are none)."""
+def cut_dataset(ctx: Ctx, stream: str, body: CutBody | None = None) -> dict[str, Any]:
+    """Cut a dataset version now from the rows landed since the last one (409 if there are none). With a body
+    ``{"since": ..., "min_rows": ...}``: a cut after a change, answered with its ``status`` (cut, covered, or
+    waiting: made by ingestion itself once enough rows after ``since`` have landed)."""
     ctx.pipeline(stream)
     # Rows of Kafka batches still in memory belong in this cut: land them first.
     ctx.intake.request_land(stream)
+    if body is not None:
+        return ctx.cutter.cut_after_change(stream, body.since, body.min_rows)
     return version_to_dict(ctx.cutter.cut(stream))  # nothing new: NoNewData (409)
 
 

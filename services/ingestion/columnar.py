@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from driftloop.contracts.fieldtypes import FIELD_TYPES
+from driftloop.contracts.fieldtypes import FIELD_TYPES, FieldType
 from driftloop.contracts.pipeline import PipelineConfig, StreamSpec
 
 from .landing import arrow_schema
@@ -45,6 +45,12 @@ class _Column:
     values: np.ndarray | None = None  # numbers, booleans, epoch millis
     starts: np.ndarray | None = None  # strings: where each value's bytes start in the joined buffer
     lengths: np.ndarray | None = None  # strings: byte lengths
+
+    @property
+    def numbers(self) -> np.ndarray:
+        """The values of a number, boolean or timestamp column."""
+        assert self.values is not None, "a string column has no values array"
+        return self.values
 
 
 @dataclass
@@ -81,7 +87,7 @@ def _fixed(buf: np.ndarray, pos: np.ndarray, dtype: np.dtype[Any], size: int) ->
 
 
 def _decode_field(
-    kind: str, buf: np.ndarray, pos: np.ndarray, ends: np.ndarray
+    kind: FieldType, buf: np.ndarray, pos: np.ndarray, ends: np.ndarray
 ) -> tuple[_Column, np.ndarray, np.ndarray]:
     """One field of type ``kind`` read at ``pos`` for every record: (column without ``present``, bytes taken,
     well-formed)."""
@@ -167,10 +173,10 @@ def _fast(is_fast: Callable[[int], bool], schema_id: int) -> bool:
 # --- validation, as vector expressions that may only err towards "defer" -------------------------------------------
 
 
-def _allowed_mask(column: _Column, kind: str, allowed: list[Any]) -> np.ndarray | None:
+def _allowed_mask(column: _Column, kind: FieldType, allowed: list[Any]) -> np.ndarray | None:
     """Rows whose value is one of ``allowed`` under validation._allowed's rules (bool never equals a number), or
     None when this type is not checked here (those rows are deferred)."""
-    values, field_type = column.values, FIELD_TYPES[kind]
+    values, field_type = column.numbers, FIELD_TYPES[kind]
     if field_type.is_integer:
         options = [o for o in allowed if isinstance(o, int) and not isinstance(o, bool)]
         options += [int(o) for o in allowed if isinstance(o, float) and o.is_integer()]
@@ -192,26 +198,26 @@ def _suspect(
     event_time = columns[stream.event_time]
     horizon = now + timedelta(seconds=stream.max_future_seconds)
     horizon_us = (horizon - _EPOCH) // timedelta(microseconds=1)
-    suspect = ~event_time.present | (event_time.values * 1000 > horizon_us)
+    suspect = ~event_time.present | (event_time.numbers * 1000 > horizon_us)
     for rule in pipeline.quality:
         column, kind = columns[rule.field], stream.field(rule.field).type
         if rule.rule == "not_null":
             suspect |= ~column.present
             continue
         if rule.rule == "range" and FIELD_TYPES[kind].is_number:
-            values = column.values.astype(np.float64)
+            values = column.numbers.astype(np.float64)
             outside = np.isnan(values)
             if rule.min is not None:
                 outside |= values < rule.min
             if rule.max is not None:
                 outside |= values > rule.max
             if kind == "long":  # beyond 2**53 the float comparison is not exact
-                outside |= np.abs(column.values) >= EXACT_FLOAT_INT
+                outside |= np.abs(column.numbers) >= EXACT_FLOAT_INT
             suspect |= column.present & outside
         elif rule.rule == "allowed_values" and kind == "string":
             options = pa.array([o for o in rule.values if isinstance(o, str)], type=pa.string())
-            inside = np.asarray(pc.is_in(strings[rule.field], value_set=options).fill_null(True))
-            suspect |= column.present & ~inside
+            listed = np.asarray(pc.is_in(strings[rule.field], value_set=options).fill_null(True))
+            suspect |= column.present & ~listed
         elif rule.rule == "allowed_values" and (inside := _allowed_mask(column, kind, rule.values)) is not None:
             suspect |= column.present & ~inside
         else:
@@ -263,7 +269,7 @@ def _utf8_valid(array: pa.Array) -> np.ndarray | None:
     return valid
 
 
-def _array(kind: str, column: _Column, rows: np.ndarray) -> pa.Array:
+def _array(kind: FieldType, column: _Column, rows: np.ndarray) -> pa.Array:
     assert column.values is not None
     values, present = column.values[rows], column.present[rows]
     mask = None if present.all() else ~present

@@ -2,10 +2,16 @@
 
 A cut happens when the unversioned rows of a stream reach ``dataset.cut_every_rows`` (checked after each
 landing, in a background loop so that Kafka intake never waits for Spark) or on demand over HTTP.
+
+A cut on demand after a change (``cut_after_change``: an event-time point ``since`` where a change began) is made
+once ``dataset.min_rows_after_change`` rows with an event time at or after ``since`` have landed: at once if they
+have, else by the background loop when a landing brings the count there. The version holds every row as usual
+(cumulative or window); whoever trains on it keeps the rows after ``since``.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import queue
@@ -13,6 +19,9 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from driftloop.clients.db.models import DatasetVersion, EventRecord, LandedBatch
@@ -99,6 +108,9 @@ class DatasetCutter:
         self._lock = threading.Lock()
         self._checks: queue.Queue[str] = queue.Queue()
         self.last_error: str | None = None
+        # Cuts on demand waiting for rows after a change: stream -> (since, rows needed).
+        self._change_cuts: dict[str, tuple[datetime, int]] = {}
+        self._change_lock = threading.Lock()
 
     # --- automatic cuts -------------------------------------------------------------------------------------
 
@@ -116,6 +128,17 @@ class DatasetCutter:
         return int(total or 0)
 
     def maybe_cut(self, stream: str) -> DatasetVersion | None:
+        with self._change_lock:
+            waiting = self._change_cuts.get(stream)
+        if waiting is not None:
+            since, needed = waiting
+            if self.rows_since(stream, since) >= needed:
+                with self._change_lock:
+                    self._change_cuts.pop(stream, None)
+                try:
+                    return self.cut(stream)
+                except NoNewData:
+                    return None
         threshold = pipeline_for_stream(self.pipelines, stream).dataset.cut_every_rows
         if threshold <= 0 or self.unversioned_rows(stream) < threshold:
             return None
@@ -176,6 +199,62 @@ class DatasetCutter:
             producer=self.bus.producer_name,
         )
         return Event(envelope=envelope, payload=_created(row))
+
+    # --- cuts after a change ------------------------------------------------------------------------------
+
+    def rows_since(self, stream: str, since: datetime) -> int:
+        """Rows of ``stream`` landed so far (in a version or not) with an event time at or after ``since``:
+        whole batches from their bounds, the batches straddling ``since`` by reading their event times. (Rows of
+        a straddling batch already compacted are not counted: a conservative count.)"""
+        since = _as_utc(since) or since
+        event_time = pipeline_for_stream(self.pipelines, stream).stream.event_time
+        with self.Session() as session:
+            batches = session.execute(
+                sa.select(
+                    LandedBatch.object_key,
+                    LandedBatch.rows,
+                    LandedBatch.min_event_time,
+                    LandedBatch.max_event_time,
+                    LandedBatch.compacted_into,
+                ).where(LandedBatch.stream == stream)
+            ).all()
+        total = 0
+        for key, rows, low, high in ((b[0], b[1], _as_utc(b[2]), _as_utc(b[3])) for b in batches if not b[4]):
+            if high is None or high < since:
+                continue
+            if low is not None and low >= since:
+                total += int(rows)
+                continue
+            table = pq.read_table(io.BytesIO(self.store.get_bytes(key)), columns=[event_time])
+            times = pc.cast(table.column(0), pa.timestamp("ms", tz="UTC"))
+            total += int(pc.sum(pc.greater_equal(times, pa.scalar(since, pa.timestamp("ms", tz="UTC")))).as_py() or 0)
+        return total
+
+    def cut_after_change(self, stream: str, since: datetime, min_rows: int | None = None) -> dict[str, Any]:
+        """Cut a version for training after a change at ``since``, once ``min_rows`` (default
+        ``dataset.min_rows_after_change``) rows at or after it have landed. Returns ``status``: ``cut`` (the new
+        version), ``covered`` (nothing landed since the newest version, which holds enough such rows) or
+        ``waiting`` (too few rows yet: the cut is made when a landing brings them)."""
+        needed = min_rows or pipeline_for_stream(self.pipelines, stream).dataset.min_rows_after_change
+        since = _as_utc(since) or since
+        rows = self.rows_since(stream, since)
+        answer: dict[str, Any] = {
+            "stream": stream,
+            "since": since.isoformat(),
+            "rows_after_change": rows,
+            "needed": needed,
+        }
+        if rows < needed:
+            with self._change_lock:
+                self._change_cuts[stream] = (since, needed)
+            return {**answer, "status": "waiting"}
+        with self._change_lock:
+            self._change_cuts.pop(stream, None)
+        try:
+            return {**answer, "status": "cut", "version": version_to_dict(self.cut(stream))}
+        except NoNewData:
+            latest = self.latest(stream)
+            return {**answer, "status": "covered", "version": version_to_dict(latest) if latest else None}
 
     # --- the cut --------------------------------------------------------------------------------------------
 

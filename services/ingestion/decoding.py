@@ -24,6 +24,7 @@ from driftloop.runtime.serde import AvroCodec
 from .validation import (
     NOT_AVRO,
     OUT_OF_RANGE,
+    SCHEMA_MISMATCH,
     TRUNCATED,
     WRONG_TYPE,
     Rejection,
@@ -38,6 +39,9 @@ _HEADER = struct.Struct(">bI")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _FASTAVRO_KEYS = ("__fastavro_parsed", "__named_schemas")
 _raw_schemas: dict[str, Any] = {}
+# Reader schemas with the writer's record name as an alias, by (writer, reader) object ids.
+_aliased_readers: dict[tuple[int, int], tuple[Any, Any, Any]] = {}
+_ALIASED_READERS_MAX = 256
 
 
 def decode_record(
@@ -58,7 +62,7 @@ def decode_record(
         if writer is not None and (problem := wire_problem(value[_HEADER.size :], writer, schema_id)) is not None:
             return None, problem
         try:
-            schema_id, record = codec.decode(value, reader_schema=reader)
+            schema_id, record = codec.decode(value, reader_schema=reader_for(writer, reader))
         except WireFormatError as exc:
             if exc.reason != NOT_AVRO or schema_id is None:
                 return None, rejection_from_wire_error(exc, schema_id)
@@ -75,17 +79,16 @@ def decode_record(
 
 
 def diagnose(value: bytes, writer: Any, pipeline: PipelineConfig, error: Exception, schema_id: int) -> Rejection:
-    """The reason a body failed to decode. The body is read again without logical types and with undecodable
-    UTF-8 kept as surrogates, so that the failing field can be named: a timestamp a datetime cannot hold is
-    ``out_of_range``, a string that is not UTF-8 is ``wrong_type``; anything else is ``truncated`` / ``not_avro``."""
+    """The reason a body failed to decode. The body is read again with its writer schema alone, without logical
+    types and with undecodable UTF-8 kept as surrogates, so that the failing field can be named: a timestamp a
+    datetime cannot hold is ``out_of_range``, a string that is not UTF-8 is ``wrong_type``, a body that is valid for
+    its writer schema but cannot be read into the stream's is ``schema_mismatch``; anything else is ``truncated`` /
+    ``not_avro``."""
     stream = pipeline.stream
     cause = error.__cause__ if isinstance(error, WireFormatError) and error.__cause__ is not None else error
     try:
         raw = fastavro.schemaless_reader(
-            io.BytesIO(value[_HEADER.size :]),
-            _raw_schema(writer),
-            _raw_schema(stream.avro_schema()),
-            handle_unicode_errors="surrogateescape",
+            io.BytesIO(value[_HEADER.size :]), _raw_schema(writer), None, handle_unicode_errors="surrogateescape"
         )
     except EOFError:
         return Rejection(TRUNCATED, None, f"Avro body ended early (schema id {schema_id}): {cause}", schema_id)
@@ -103,7 +106,161 @@ def diagnose(value: bytes, writer: Any, pipeline: PipelineConfig, error: Excepti
                 )
             if spec.type == "string" and isinstance(field_value, str) and not is_utf8(field_value):
                 return Rejection(WRONG_TYPE, spec.name, f"{spec.name} is not valid UTF-8", schema_id)
+        mismatch = schema_mismatch(writer, stream.avro_schema(), raw, schema_id)
+        if mismatch is not None:
+            return mismatch
     return Rejection(NOT_AVRO, None, f"body is not valid Avro for schema id {schema_id}: {cause!r}", schema_id)
+
+
+# --- writer schema against the stream's schema ---------------------------------------------------------------------
+
+
+def reader_for(writer: Any, reader: Any) -> Any:
+    """``reader``, or a copy of it with the writer's record name as an alias when the two top-level records are
+    named differently: the record name is not part of the producer contract (the topic's subject is), so a writer
+    schema otherwise compatible is resolved by the Avro alias rule instead of refused."""
+    if not (isinstance(writer, dict) and isinstance(reader, dict)):
+        return reader
+    if writer.get("type") != "record" or reader.get("type") != "record":
+        return reader
+    writer_name, reader_name = _full_name(writer), _full_name(reader)
+    if writer_name == reader_name or writer_name in reader.get("aliases", ()):
+        return reader
+    key = (id(writer), id(reader))
+    cached = _aliased_readers.get(key)
+    if cached is not None and cached[0] is writer and cached[1] is reader:
+        return cached[2]
+    document = _strip_parsed(reader)
+    document["name"] = reader_name
+    document.pop("namespace", None)
+    document["aliases"] = [*document.get("aliases", []), writer_name]
+    aliased = fastavro.parse_schema(document)
+    # Cached for the long-lived parsed readers of the intake (a replay's reader is a fresh dict each time).
+    if reader.get("__fastavro_parsed"):
+        if len(_aliased_readers) >= _ALIASED_READERS_MAX:
+            _aliased_readers.clear()
+        _aliased_readers[key] = (writer, reader, aliased)
+    return aliased
+
+
+def _full_name(schema: dict[str, Any]) -> str:
+    name = str(schema.get("name", ""))
+    namespace = schema.get("namespace")
+    return f"{namespace}.{name}" if namespace and "." not in name else name
+
+
+def _strip_parsed(node: Any) -> Any:
+    """A parsed fastavro schema back to a plain one (its bookkeeping keys removed)."""
+    if isinstance(node, dict):
+        return {k: _strip_parsed(v) for k, v in node.items() if k not in _FASTAVRO_KEYS}
+    if isinstance(node, list):
+        return [_strip_parsed(item) for item in node]
+    return node
+
+
+# Writer type -> the reader types it is promoted to (Avro specification, "Schema Resolution").
+_PROMOTIONS = {
+    "int": {"int", "long", "float", "double"},
+    "long": {"long", "float", "double"},
+    "float": {"float", "double"},
+    "string": {"string", "bytes"},
+    "bytes": {"bytes", "string"},
+}
+_PYTHON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "bytes": (bytes,),
+    "int": (int,),
+    "long": (int,),
+    "float": (float,),
+    "double": (float,),
+    "boolean": (bool,),
+}
+
+
+def _branches(schema: Any) -> list[Any]:
+    return list(schema) if isinstance(schema, list) else [schema]
+
+
+def _base(schema: Any) -> str:
+    """The type name a resolution compares: a primitive (also under a logical type), or a named type's name."""
+    if isinstance(schema, dict):
+        kind = schema.get("type")
+        if kind in ("record", "enum", "fixed", "error"):
+            return str(schema.get("name", kind))
+        return _base(kind) if not isinstance(kind, str) or kind not in ("array", "map") else kind
+    return str(schema)
+
+
+def _describe(schema: Any) -> str:
+    parts = []
+    for branch in _branches(schema):
+        logical = branch.get("logicalType") if isinstance(branch, dict) else None
+        parts.append(f"{_base(branch)} ({logical})" if logical else _base(branch))
+    return " or ".join(parts)
+
+
+def _readable(writer_type: str, reader_types: list[str]) -> bool:
+    return any(r in _PROMOTIONS.get(writer_type, {writer_type}) for r in reader_types)
+
+
+def _holds(value: Any, kind: str) -> bool:
+    """Whether a value read with the writer schema may have come from the branch ``kind``."""
+    types = _PYTHON_TYPES.get(kind)
+    if types is None:
+        return True
+    if kind != "boolean" and isinstance(value, bool):
+        return False
+    return isinstance(value, types)
+
+
+def schema_mismatch(
+    writer: Any, reader: dict[str, Any], raw: dict[str, Any], schema_id: int | None
+) -> Rejection | None:
+    """The first field of the stream's schema (``reader``) that a record written with ``writer`` cannot fill, as a
+    ``schema_mismatch`` rejection naming the field and what differs; None when no field explains the failure.
+    ``raw`` is the record read with the writer schema alone: a nullable writer field only fails on a null."""
+    if not isinstance(writer, dict) or writer.get("type") != "record":
+        return None
+    writer_fields = {f["name"]: f for f in writer.get("fields", [])}
+    static: Rejection | None = None
+    for field in reader["fields"]:
+        name = field["name"]
+        written = writer_fields.get(name)
+        if written is None:
+            if "default" not in field:
+                return Rejection(
+                    SCHEMA_MISMATCH,
+                    name,
+                    f"{name}: the writer schema (id {schema_id}) has no field {name!r} and the stream's field has "
+                    f"no default: add it to the producer's schema (GET /v1/streams/{{stream}}/schema)",
+                    schema_id,
+                )
+            continue
+        reader_types = [_base(b) for b in _branches(field["type"])]
+        value = raw.get(name)
+        if value is None and "null" not in reader_types:
+            return Rejection(
+                SCHEMA_MISMATCH,
+                name,
+                f"{name} is null: the writer schema (id {schema_id}) allows {_describe(written['type'])}, the "
+                f"stream's field is not nullable ({_describe(field['type'])})",
+                schema_id,
+            )
+        for branch in _branches(written["type"]):
+            kind = _base(branch)
+            if kind == "null" or _readable(kind, reader_types):
+                continue
+            rejection = Rejection(
+                SCHEMA_MISMATCH,
+                name,
+                f"{name}: the writer schema (id {schema_id}) has {_describe(written['type'])}, the stream expects "
+                f"{_describe(field['type'])}",
+                schema_id,
+            )
+            if _holds(value, kind):
+                return rejection
+            static = static or rejection
+    return static
 
 
 def _representable(millis: int) -> bool:

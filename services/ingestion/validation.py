@@ -20,6 +20,8 @@ NOT_AVRO = "not_avro"
 BAD_MAGIC_BYTE = "bad_magic_byte"
 UNKNOWN_SCHEMA_ID = "unknown_schema_id"
 TRUNCATED = "truncated"
+# The record's writer schema cannot be read into the stream's schema (a field's type, a null, a missing field).
+SCHEMA_MISMATCH = "schema_mismatch"
 # Shape and type reasons.
 NOT_AN_OBJECT = "not_an_object"
 UNKNOWN_FIELD = "unknown_field"
@@ -39,6 +41,7 @@ REASONS: tuple[str, ...] = (
     BAD_MAGIC_BYTE,
     UNKNOWN_SCHEMA_ID,
     TRUNCATED,
+    SCHEMA_MISMATCH,
     NOT_AN_OBJECT,
     UNKNOWN_FIELD,
     WRONG_TYPE,
@@ -84,7 +87,8 @@ def check_size(size: int, stream: StreamSpec) -> None:
 
 
 def parse_event_time(value: Any, field: str) -> datetime:
-    """An ISO-8601 string (naive means UTC) or epoch milliseconds, as an aware UTC datetime."""
+    """An ISO-8601 string with a time zone (``Z`` or an offset) or epoch milliseconds, as an aware UTC datetime.
+    A time without a zone is refused: guessing one (UTC, the server's) silently shifts a producer's data."""
     if isinstance(value, bool):
         raise ValidationFailed(WRONG_TYPE, field, f"{field} must be an ISO-8601 string or epoch millis, got a boolean")
     if isinstance(value, int | float):
@@ -104,8 +108,14 @@ def parse_event_time(value: Any, field: str) -> datetime:
             raise ValidationFailed(
                 WRONG_TYPE, field, f"{field} must be an ISO-8601 timestamp or epoch millis, got {value!r}"
             ) from None
+        if parsed.tzinfo is None:
+            raise ValidationFailed(
+                WRONG_TYPE,
+                field,
+                f"{field} {value!r} has no time zone: add one (e.g. {text}Z or {text}+02:00) or send epoch millis",
+            )
         try:
-            return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+            return parsed.astimezone(UTC)
         except OverflowError:  # e.g. 9999-12-31T23:00-05:00: past year 9999 once in UTC
             raise ValidationFailed(WRONG_TYPE, field, f"{field} {value!r} is out of range in UTC") from None
     raise ValidationFailed(
@@ -198,18 +208,19 @@ def check_types(record: dict[str, Any], stream: StreamSpec) -> None:
         name, kind, field_type = spec.name, spec.type, FIELD_TYPES[spec.type]
         if not isinstance(value, field_type.python) or (isinstance(value, bool) and bool not in field_type.python):
             raise ValidationFailed(WRONG_TYPE, name, f"{name} must be a {kind}, got {type(value).__name__}")
+        checked: Any = value  # of the field's Python type now (isinstance on a tuple of types narrows to object)
         if (bounds := field_type.int_range) is not None:
             low, high = bounds
-            if not low <= value <= high:
+            if not low <= checked <= high:
                 raise ValidationFailed(
-                    OUT_OF_RANGE, name, f"{name}={value} is out of range for a {kind} ({low}..{high})"
+                    OUT_OF_RANGE, name, f"{name}={checked} is out of range for a {kind} ({low}..{high})"
                 )
-        elif (limit := field_type.float_max) is not None and math.isfinite(value) and abs(value) > limit:
+        elif (limit := field_type.float_max) is not None and math.isfinite(checked) and abs(checked) > limit:
             # Arrow would store it as infinity without a word.
-            raise ValidationFailed(OUT_OF_RANGE, name, f"{name}={value} is out of range for a {kind} (±{limit:.7g})")
-        elif kind == "string" and not is_utf8(value):
+            raise ValidationFailed(OUT_OF_RANGE, name, f"{name}={checked} is out of range for a {kind} (±{limit:.7g})")
+        elif kind == "string" and not is_utf8(checked):
             raise ValidationFailed(WRONG_TYPE, name, f"{name} is not valid UTF-8")
-        elif kind == "timestamp" and value.tzinfo is None:
+        elif kind == "timestamp" and checked.tzinfo is None:
             raise ValidationFailed(WRONG_TYPE, name, f"{name} is a timestamp without a time zone")
 
 

@@ -756,7 +756,7 @@ def window_quality(
     for rule in pipeline.quality:
         if rule.field not in fields:
             continue
-        values = [row.get(rule.field) for row in inputs if row.get(rule.field) is not None]
+        values: list[Any] = [row.get(rule.field) for row in inputs if row.get(rule.field) is not None]
         if isinstance(rule, RangeRule):
             bad = 0
             for value in values:

@@ -48,7 +48,7 @@ def _needed_observation_bounds(
             MonitorObservation.model == model, MonitorObservation.version == version
         )
     )
-    return column, (int(last) + 1) * spec.window_hop, baseline, int(newest)
+    return column, (int(last) + 1) * spec.window_hop, baseline, int(newest or 0)
 
 
 def purge_observations(
@@ -98,10 +98,8 @@ def purge_observations(
         observations += purge_in_batches(
             engine,
             "monitor_observations",
-            sa.select(MonitorObservation.event_id).where(expired),
-            lambda keys, expired=expired: sa.delete(MonitorObservation).where(
-                MonitorObservation.event_id.in_(keys), expired
-            ),
+            MonitorObservation.event_id,
+            expired,
             batch_rows,
         )
     return {
@@ -137,15 +135,16 @@ def _purge_feedback(
             continue
         never_joined = sa.and_(MonitorFeedback.seq.is_(None), MonitorFeedback.received_at < unjoined_old)
         branches: list[sa.ColumnElement[bool]] = [never_joined]
-        if reported.get(model) is not None and newest.get(model) is not None:
-            closed_end = (int(reported[model]) + 1) * pipelines[model].monitor.performance.window_size
-            branches.append(sa.and_(MonitorFeedback.seq < closed_end, MonitorFeedback.seq < int(newest[model])))
+        last_reported, newest_seq = reported.get(model), newest.get(model)
+        if last_reported is not None and newest_seq is not None:
+            closed_end = (int(last_reported) + 1) * pipelines[model].monitor.performance.window_size
+            branches.append(sa.and_(MonitorFeedback.seq < closed_end, MonitorFeedback.seq < int(newest_seq)))
         expired = sa.and_(MonitorFeedback.model == model, MonitorFeedback.received_at < old, sa.or_(*branches))
         deleted += purge_in_batches(
             engine,
             "monitor_feedback",
-            sa.select(MonitorFeedback.event_id).where(expired),
-            lambda keys, expired=expired: sa.delete(MonitorFeedback).where(MonitorFeedback.event_id.in_(keys), expired),
+            MonitorFeedback.event_id,
+            expired,
             batch_rows,
         )
     return deleted

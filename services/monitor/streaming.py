@@ -48,6 +48,7 @@ import faust
 
 from driftloop.clients.retry import Backoff
 from driftloop.contracts.events import Event
+from driftloop.contracts.payloads import Payload
 from driftloop.contracts.topics import Topic
 from driftloop.runtime.bus import ConsumerStatus, EventBus, ensure_topics, faust_broker_options
 from driftloop.runtime.metrics import CONSUMER_COMMITTED_OFFSET, CONSUMER_LAG, EVENT_HANDLE_SECONDS, EVENTS_CONSUMED
@@ -133,7 +134,7 @@ class FaustEngine:
                 await loop.run_in_executor(None, self._handle, message.topic, record.value)
                 self._handled_offset(app, message.tp, message.offset)
 
-        @app.on_partitions_revoked.connect
+        @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's signal type has no place for the set
         async def on_revoked(_app: faust.App, revoked: set[Any], **_: Any) -> None:
             self._assigned.difference_update((tp.topic, tp.partition) for tp in revoked)
             for tp in revoked:
@@ -144,7 +145,7 @@ class FaustEngine:
             self.status.assigned = False
             self._unassigned_since = time.monotonic()
 
-        @app.on_partitions_assigned.connect
+        @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # as above
         async def on_assigned(_app: faust.App, assigned: set[Any], **_: Any) -> None:
             self._assigned = {(tp.topic, tp.partition) for tp in assigned}
             self.status.assigned = True
@@ -157,7 +158,7 @@ class FaustEngine:
         status = self.status
         try:
             _, avro = self.bus.codec.decode(value)
-            event = Event.from_avro(avro)
+            event: Event[Payload] = Event.from_avro(avro)
         except Exception as exc:  # an undecodable record is skipped, as on the bus
             EVENTS_CONSUMED.labels(self.group, topic, "", "undecodable").inc()
             status.failed += 1
@@ -260,7 +261,8 @@ def _join_error(app: faust.App) -> str | None:
     """The error aiokafka keeps for the next fetch (e.g. ``InconsistentGroupProtocolError``), which faust never
     makes without assigned partitions. Best effort: private attributes of faust's consumer thread and aiokafka."""
     try:
-        coordinator = app.consumer._thread._consumer._coordinator
+        consumer: Any = app.consumer  # private attributes: not in faust's types
+        coordinator = consumer._thread._consumer._coordinator
         error = coordinator._pending_exception
         if error is None and coordinator._coordination_task.done():
             error = coordinator._coordination_task.exception()

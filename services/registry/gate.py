@@ -84,15 +84,15 @@ def read_feature_set(store: ObjectStore, feature_set_uri: str) -> pd.DataFrame:
 def holdout_rows(features: pd.DataFrame, pipeline: PipelineConfig) -> pd.DataFrame:
     """The holdout rows with a label (the gate cannot score unlabelled rows)."""
     stream = pipeline.stream
-    for column in (stream.entity_key, stream.event_time, stream.label):
+    for column in (stream.entity_key, stream.event_time, pipeline.label_column):
         if column not in features.columns:
             raise NotFoundError(f"the feature set has no column {column!r}; columns: {sorted(features.columns)}")
     holdout = features[holdout_mask(features, pipeline)]
-    return holdout[holdout[stream.label].notna()]
+    return holdout[holdout[pipeline.label_column].notna()]
 
 
 def score_on(artifact: ModelArtifact, holdout: pd.DataFrame, pipeline: PipelineConfig, metric: str) -> float:
-    y_true = holdout[pipeline.stream.label].to_numpy()
+    y_true = holdout[pipeline.label_column].to_numpy()
     if pipeline.model.task == "classification":
         y_true = y_true.astype("int64")
     y_pred = artifact.predict(holdout)

@@ -65,6 +65,26 @@ def _json_or_raw(text: str) -> Any:
         return {"raw": text}
 
 
+def promotion(
+    target: Any, alias: str, previous: int | None, *, reason: str, moved_by: str, rollback: bool
+) -> ModelPromoted:
+    """The ``ModelPromoted`` payload of moving ``alias`` to the version row ``target``."""
+    return ModelPromoted(
+        model=target.model,
+        version=target.version,
+        alias=alias,
+        previous_version=previous,
+        artifact_uri=target.artifact_uri,
+        artifact_sha256=target.artifact_sha256,
+        dataset_version_id=target.dataset_version_id,
+        feature_set_uri=target.feature_set_uri,
+        reason=reason,
+        gate_json=json.dumps(target.gate or {}, sort_keys=True),
+        moved_by=moved_by,
+        rollback=rollback,
+    )
+
+
 class RegistryHandlers:
     def __init__(
         self,
@@ -290,20 +310,7 @@ class RegistryHandlers:
         target = self.registry.get_version(model, version)
 
         def make_event(previous: int | None) -> Event[ModelPromoted]:
-            promoted = ModelPromoted(
-                model=model,
-                version=version,
-                alias=alias,
-                previous_version=previous,
-                artifact_uri=target.artifact_uri,
-                artifact_sha256=target.artifact_sha256,
-                dataset_version_id=target.dataset_version_id,
-                feature_set_uri=target.feature_set_uri,
-                reason=reason,
-                gate_json=json.dumps(target.gate or {}, sort_keys=True),
-                moved_by=moved_by,
-                rollback=rollback,
-            )
+            promoted = promotion(target, alias, previous, reason=reason, moved_by=moved_by, rollback=rollback)
             return new_event(promoted, producer=PRODUCER)
 
         row, event, moved = self.registry.move_alias(
@@ -388,20 +395,7 @@ class RegistryHandlers:
         reason = f"serving rolled back v{rolled_back} on replica {stopped.replica}: {stopped.reason}"
 
         def make_event(previous: int | None, target: Any) -> Event[ModelPromoted]:
-            promoted = ModelPromoted(
-                model=model,
-                version=kept,
-                alias=CHAMPION,
-                previous_version=previous,
-                artifact_uri=target.artifact_uri,
-                artifact_sha256=target.artifact_sha256,
-                dataset_version_id=target.dataset_version_id,
-                feature_set_uri=target.feature_set_uri,
-                reason=reason,
-                gate_json=json.dumps(target.gate or {}, sort_keys=True),
-                moved_by=ROLLOUT_MOVER,
-                rollback=True,
-            )
+            promoted = promotion(target, CHAMPION, previous, reason=reason, moved_by=ROLLOUT_MOVER, rollback=True)
             return new_event(promoted, producer=PRODUCER, cause=event)
 
         outcome, moved, alias = self.registry.follow_rollout_rollback(

@@ -80,7 +80,7 @@ class Registry:
 
     def model_exists(self, model: str) -> bool:
         with self.Session() as session:
-            return session.scalar(sa.select(sa.func.count()).where(ModelVersion.model == model)) > 0
+            return (session.scalar(sa.select(sa.func.count()).where(ModelVersion.model == model)) or 0) > 0
 
     def versions(self, model: str) -> list[ModelVersion]:
         with self.Session() as session:

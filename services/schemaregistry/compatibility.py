@@ -1,10 +1,17 @@
-"""Avro compatibility by the Apache ``avro`` package's reader/writer checker, per Confluent's levels."""
+"""Avro compatibility by the Apache ``avro`` package's reader/writer checker, per Confluent's levels.
+
+The top-level record's name and namespace are not part of a subject's contract (the subject names the data): a
+schema that differs from another only there is resolved as if the reader declared the writer's full name as an
+alias, as the Avro specification's alias rule allows. Any other difference is checked as usual.
+"""
 
 from __future__ import annotations
 
+import json
+
 from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 from avro.errors import AvroException
-from avro.schema import Schema, parse
+from avro.schema import NamedSchema, Schema, parse
 
 from .errors import InvalidSchema
 
@@ -26,8 +33,22 @@ def parse_avro(schema_text: str) -> Schema:
         raise InvalidSchema(f"Invalid schema: {exc}") from exc
 
 
+def _aliased(reader: Schema, writer: Schema) -> Schema:
+    """``reader`` with the writer's full name as an alias of its top-level record, when both are records of
+    different names; else ``reader`` itself."""
+    if not (isinstance(reader, NamedSchema) and isinstance(writer, NamedSchema)):
+        return reader
+    if reader.type != "record" or writer.type != "record" or reader.fullname == writer.fullname:
+        return reader
+    document = reader.to_json()
+    if not isinstance(document, dict):
+        return reader
+    document["aliases"] = sorted({*document.get("aliases", []), writer.fullname})
+    return parse(json.dumps(document))
+
+
 def _can_read(reader: Schema, writer: Schema) -> list[str]:
-    result = ReaderWriterCompatibilityChecker().get_compatibility(reader, writer)
+    result = ReaderWriterCompatibilityChecker().get_compatibility(_aliased(reader, writer), writer)
     if result.compatibility is SchemaCompatibilityType.compatible:
         return []
     return [str(m) for m in result.messages] or ["incompatible"]

@@ -43,6 +43,13 @@ def subject_compatibility_not_found(subject: str) -> SubjectCompatibilityNotFoun
     return SubjectCompatibilityNotFound(f"Subject '{subject}' does not have subject-level compatibility configured")
 
 
+def _schema(s: Session, schema_id: int) -> RegistrySchema:
+    found = s.get(RegistrySchema, schema_id)
+    if found is None:  # a version row always points to a stored schema: this is a damaged database
+        raise schema_not_found()
+    return found
+
+
 @dataclass(frozen=True)
 class SubjectVersion:
     subject: str
@@ -130,10 +137,11 @@ class SchemaStore:
                     raise InvalidVersion(
                         "The specified version is not a valid version id: use a positive integer or latest"
                     ) from None
-                row = next((r for r in rows if r.version == wanted), None)
-                if row is None:
+                found = next((r for r in rows if r.version == wanted), None)
+                if found is None:
                     raise version_not_found(version)
-            return SubjectVersion(subject, row.version, row.schema_id, s.get(RegistrySchema, row.schema_id).schema_text)
+                row = found
+            return SubjectVersion(subject, row.version, row.schema_id, _schema(s, row.schema_id).schema_text)
 
     def lookup(self, subject: str, schema_text: str) -> SubjectVersion:
         fp = fingerprint(schema_text)
@@ -142,7 +150,7 @@ class SchemaStore:
             if not rows:
                 raise subject_not_found(subject)
             for r in rows:
-                text = s.get(RegistrySchema, r.schema_id).schema_text
+                text = _schema(s, r.schema_id).schema_text
                 if fingerprint(text) == fp:
                     return SubjectVersion(subject, r.version, r.schema_id, text)
         raise schema_not_found()
@@ -168,10 +176,10 @@ class SchemaStore:
         with self.Session.begin() as s:
             rows = self._versions(s, subject)
             for r in rows:
-                if s.get(RegistrySchema, r.schema_id).fingerprint == fp:
+                if _schema(s, r.schema_id).fingerprint == fp:
                     return r.schema_id
             level = self._compatibility(s, subject)
-            problems = check(level, schema_text, [s.get(RegistrySchema, r.schema_id).schema_text for r in rows])
+            problems = check(level, schema_text, [_schema(s, r.schema_id).schema_text for r in rows])
             if problems:
                 raise IncompatibleSchema(
                     f'Schema being registered is incompatible with an earlier schema for subject "{subject}" '
@@ -215,7 +223,7 @@ class SchemaStore:
         with self.Session() as s:
             level = self._compatibility(s, subject)
             rows = self._versions(s, subject)
-            texts = [s.get(RegistrySchema, r.schema_id).schema_text for r in rows]
+            texts = [_schema(s, r.schema_id).schema_text for r in rows]
         if version is None:
             return check(level, schema_text, texts)
         target = self.get_version(subject, version)

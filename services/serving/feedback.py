@@ -104,7 +104,7 @@ class FeedbackDesk:
         self.recorder = recorder
         self.publish = publish
 
-    def _resolve(self, conn: sa.Connection, model: str, item: FeedbackItem, position: int) -> ServedPrediction:
+    def _resolve(self, conn: sa.Connection, model: str, item: FeedbackItem, position: int) -> sa.Row[Any]:
         where = f"feedback[{position}]"
         if item.request_id is not None:
             row = conn.execute(

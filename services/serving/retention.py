@@ -46,8 +46,8 @@ def purge_predictions(
     predictions = purge_in_batches(
         engine,
         "serving_predictions",
-        sa.select(ServedPrediction.request_id).where(expired).distinct(),
-        lambda keys: sa.delete(ServedPrediction).where(ServedPrediction.request_id.in_(keys), expired),
+        ServedPrediction.request_id,
+        expired,
         batch_rows,
     )
     orphan = sa.and_(
@@ -57,8 +57,8 @@ def purge_predictions(
     feedback = purge_in_batches(
         engine,
         "serving_feedback",
-        sa.select(PredictionFeedback.event_id).where(orphan),
-        lambda keys: sa.delete(PredictionFeedback).where(PredictionFeedback.event_id.in_(keys), orphan),
+        PredictionFeedback.event_id,
+        orphan,
         batch_rows,
     )
     return {"serving_predictions": predictions, "serving_feedback": feedback}

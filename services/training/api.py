@@ -23,7 +23,7 @@ from driftloop.runtime.service import api_context
 
 from .runs import ACTIVE_STATES, SERVICE, request_abort, run_as_dict
 
-RunState = Literal["pending", "running", "completed", "failed", "aborted"]
+RunState = Literal["pending", "running", "completed", "failed", "aborted", "skipped"]
 
 
 class RerunRequest(BaseModel):
@@ -126,6 +126,7 @@ def rerun(ctx: Ctx, run_id: str, body: RerunRequest | None = None) -> dict[str, 
                 reason=(body.reason if body else "rerun") + f" (rerun of {run_id})",
                 dataset_version_id=run.dataset_version_id,
                 rerun_of=run_id,
+                pinned=True,
             ),
             producer=SERVICE,
         )

@@ -7,7 +7,7 @@ The same code trains HPO trials and the final refit: a trial's score and the ref
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -53,9 +53,11 @@ def train_model(
     y_train: np.ndarray,
     on_round: RoundCallback | None = None,
     report_every: int = 5,
+    sample_weight: np.ndarray | None = None,
 ) -> Any:
     """Fit the artifact's family on ``x_train`` (built by ``artifact.model_input``) and return the native model
-    that goes into ``artifact.model``. ``on_round`` sees the model every ``report_every`` rounds and at the end."""
+    that goes into ``artifact.model``. ``on_round`` sees the model every ``report_every`` rounds and at the end.
+    ``sample_weight``: per training row (None: all weigh 1)."""
     family, task = artifact.family, artifact.task
     classification = task == "classification"
     rounds = total_rounds(family, params)
@@ -65,13 +67,15 @@ def train_model(
 
         def lgb_callback(env: Any) -> None:
             done = env.iteration + 1
-            reporting = on_round is not None and (done % report_every == 0 or done == rounds)
-            if reporting and on_round(done, env.model):
+            reporting = done % report_every == 0 or done == rounds
+            if on_round is not None and reporting and on_round(done, env.model):
                 raise lgb.callback.EarlyStopException(env.iteration, env.evaluation_result_list or [])
 
         estimator = lgb.LGBMClassifier(**params) if classification else lgb.LGBMRegressor(**params)
-        categorical = list(artifact.categories) or "auto"
-        estimator.fit(x_train, y_train, categorical_feature=categorical, callbacks=[lgb_callback])
+        categorical: list[str] | Literal["auto"] = list(artifact.categories) or "auto"
+        estimator.fit(
+            x_train, y_train, sample_weight=sample_weight, categorical_feature=categorical, callbacks=[lgb_callback]
+        )
         return estimator.booster_
 
     if family == "xgboost":
@@ -86,7 +90,7 @@ def train_model(
 
         estimator_cls = xgb.XGBClassifier if classification else xgb.XGBRegressor
         estimator = estimator_cls(**params, enable_categorical=True, callbacks=[XgbCallback()])
-        estimator.fit(x_train, y_train)
+        estimator.fit(x_train, y_train, sample_weight=sample_weight)
         return estimator.get_booster()
 
     from sklearn.impute import SimpleImputer
@@ -104,7 +108,7 @@ def train_model(
                 ("model", estimator),
             ]
         )
-        pipe.fit(x_train, y_train)
+        pipe.fit(x_train, y_train, model__sample_weight=sample_weight)
         if on_round is not None:
             on_round(1, pipe)
         return pipe
@@ -126,7 +130,7 @@ def train_model(
         while trees < rounds:
             trees = min(rounds, trees + step)
             pipe.set_params(model__n_estimators=trees)
-            pipe.fit(x_train, y_train)
+            pipe.fit(x_train, y_train, model__sample_weight=sample_weight)
             if on_round is not None and on_round(trees, pipe):
                 break
         return pipe

@@ -2,15 +2,24 @@
 
 A feature set is complete once its ``_manifest.json`` exists (written last). The newest complete version wins;
 a store holding feature sets without manifests (written by other tools) falls back to the newest with data.
+
+The version is resolved when the run starts, not when it was requested: a request names the version known then,
+and the run trains on the newest usable one (never an older one). A pinned request (a rerun, a person's pin)
+trains on exactly the version it names.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
+
+import pandas as pd
+import pyarrow.dataset as pads
 
 from driftloop.clients.objectstore import ObjectStore
 from driftloop.contracts import layout
+from driftloop.contracts.payloads import TrainingRequested
 from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.errors import NotFoundError
 
@@ -73,3 +82,32 @@ def resolve_feature_set(store: ObjectStore, pipeline: PipelineConfig, requested:
             "no dataset version has been materialized yet"
         )
     return _resolved(store, stream, max(candidates))
+
+
+def resolve_for_request(store: ObjectStore, pipeline: PipelineConfig, asked: TrainingRequested) -> ResolvedFeatureSet:
+    """The feature set a request trains on, decided now: the version it names if pinned, else the newest
+    materialized one, which must not be older than the version it names."""
+    if asked.pinned or asked.rerun_of:
+        return resolve_feature_set(store, pipeline, asked.dataset_version_id)
+    if not asked.dataset_version_id:
+        return resolve_feature_set(store, pipeline, None)
+    try:
+        floor = layout.parse_dataset_version_id(asked.dataset_version_id)[1]
+        newest = resolve_feature_set(store, pipeline, None)
+    except (ValueError, NotFoundError):
+        newest = None
+    if newest is not None and newest.version >= floor:
+        return newest
+    # Nothing as new as the named version is materialized: the named one (its error says which was asked for).
+    return resolve_feature_set(store, pipeline, asked.dataset_version_id)
+
+
+def rows_since(store: ObjectStore, pipeline: PipelineConfig, feature_set: ResolvedFeatureSet, since: datetime) -> int:
+    """Rows of the feature set whose event time is at or after ``since`` (reads the event-time column only)."""
+    keys = [k for k in store.list(feature_set.prefix) if k.endswith(".parquet")]
+    if not keys:
+        return 0
+    filesystem, root = store.arrow_filesystem()
+    dataset = pads.dataset([f"{root}/{k}" for k in keys], filesystem=filesystem, format="parquet")
+    times = dataset.to_table(columns=[pipeline.stream.event_time]).column(0).to_pandas()
+    return int((pd.to_datetime(times, utc=True) >= pd.Timestamp(since).tz_convert("UTC")).sum())

@@ -7,6 +7,7 @@ opens the object store itself from the store settings: nothing but settings cros
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from driftloop.contracts.settings import ObjectStoreSettings, Settings
 from driftloop.errors import ConflictError, DriftloopError, NotFoundError
 
 from .families import feature_importance, model_params, train_model
+from .labels import attach_labels
 from .plots import draw_plots
 from .provenance import peak_rss_mb
 
@@ -53,6 +55,14 @@ class FitJob:
     dataset_version_id: str
     # The search's best configuration (or a rerun's recorded params), over ``model.params``.
     params_override: dict[str, Any] | None = None
+    # Feedback labels (``model.labels_from: feedback``): the object-store key of the run's labels table.
+    labels_key: str | None = None
+    # A located change: train on rows at or after it; older rows weigh ``pre_change_weight`` (0: dropped).
+    train_since: datetime | None = None
+    pre_change_weight: float = 0.0
+    # Where the fit stores the rows it trained and was scored on, when they differ from the feature set (labels
+    # from feedback, a change window): the gate scores the holdout of this table.
+    training_set_key: str | None = None
 
 
 @dataclass
@@ -69,6 +79,10 @@ class FitResult:
     # name -> PNG bytes (feature importance; confusion matrix and ROC for classifiers).
     plots: dict[str, bytes] = field(default_factory=dict)
     feature_importance: dict[str, float] = field(default_factory=dict)
+
+
+# A column the change window adds to weigh rows (never a feature: feature names are identifiers without it).
+SAMPLE_WEIGHT = "_driftloop_sample_weight"
 
 
 def open_store(object_store: ObjectStoreSettings) -> ObjectStore:
@@ -96,19 +110,50 @@ class PreparedData:
     y_train: np.ndarray
     y_holdout: np.ndarray
     holdout_info: dict[str, Any]
+    # Per training row (a change window that keeps older rows down-weighted); None: all rows weigh 1.
+    w_train: np.ndarray | None = None
+    # The labelled rows (train + holdout) when they differ from the feature set, else None.
+    training_set: pd.DataFrame | None = None
 
 
 def prepare_data(job: FitJob, note: Callable[[str], None]) -> PreparedData:
     pipeline = job.pipeline
     stream, task = pipeline.stream, pipeline.model.task
-    frame = read_feature_set(open_store(job.object_store), job.feature_set_prefix)
+    store = open_store(job.object_store)
+    frame = read_feature_set(store, job.feature_set_prefix)
     note(f"read {len(frame)} rows from {job.feature_set_uri}")
-    needed = [stream.entity_key, stream.event_time, *pipeline.feature_names, stream.label]
+    label = pipeline.label_column
+    needed = [stream.entity_key, stream.event_time, *pipeline.feature_names]
+    if job.labels_key is None:
+        needed.append(label)
     missing = [c for c in needed if c not in frame.columns]
     if missing:
         raise TrainingFailed(f"the feature set {job.feature_set_uri} lacks column(s) {missing}")
+    derived = False
+    if job.labels_key is not None:
+        labels = pd.read_parquet(io.BytesIO(store.get_bytes(job.labels_key)))
+        frame, attached = attach_labels(frame, labels, pipeline)
+        note(f"feedback labels: {len(labels)} labelled predictions, {attached} joined to rows of the feature set")
+        derived = True
+    if job.train_since is not None:
+        since = pd.Timestamp(job.train_since)
+        since = since.tz_localize("UTC") if since.tzinfo is None else since
+        after = (pd.to_datetime(frame[stream.event_time], utc=True) >= since).to_numpy()
+        if job.pre_change_weight <= 0:
+            note(
+                f"change window: {int(after.sum())} rows at or after {job.train_since.isoformat()}, "
+                f"{int((~after).sum())} older rows dropped"
+            )
+            frame = frame[after].reset_index(drop=True)
+        else:
+            note(
+                f"change window: {int(after.sum())} rows at or after {job.train_since.isoformat()}, "
+                f"{int((~after).sum())} older rows weigh {job.pre_change_weight}"
+            )
+            frame = frame.assign(**{SAMPLE_WEIGHT: np.where(after, 1.0, job.pre_change_weight)})
+        derived = True
 
-    unlabeled = frame[stream.label].isna()
+    unlabeled = frame[label].isna()
     if unlabeled.any():
         note(f"dropped {int(unlabeled.sum())} rows without a label")
         frame = frame[~unlabeled].reset_index(drop=True)
@@ -125,14 +170,14 @@ def prepare_data(job: FitJob, note: Callable[[str], None]) -> PreparedData:
     if len(train) == 0 or len(holdout) == 0:
         raise TrainingFailed(f"too few labelled rows to train and evaluate: {len(train)} train, {len(holdout)} holdout")
 
-    y_train = pd.to_numeric(train[stream.label], errors="coerce").to_numpy(dtype="float64")
-    y_holdout = pd.to_numeric(holdout[stream.label], errors="coerce").to_numpy(dtype="float64")
+    y_train = pd.to_numeric(train[label], errors="coerce").to_numpy(dtype="float64")
+    y_holdout = pd.to_numeric(holdout[label], errors="coerce").to_numpy(dtype="float64")
     if task == "classification":
         classes = set(np.unique(np.concatenate([y_train, y_holdout])).tolist())
         if not classes <= {0.0, 1.0}:
-            raise TrainingFailed(f"classification needs a 0/1 label {stream.label!r}; found values {sorted(classes)}")
+            raise TrainingFailed(f"classification needs a 0/1 label {label!r}; found values {sorted(classes)}")
         if len(set(np.unique(y_train).tolist())) < 2:
-            raise TrainingFailed(f"the training split has a single class of {stream.label!r}: nothing to learn")
+            raise TrainingFailed(f"the training split has a single class of {label!r}: nothing to learn")
         y_train, y_holdout = y_train.astype(int), y_holdout.astype(int)
 
     categories = {
@@ -145,7 +190,17 @@ def prepare_data(job: FitJob, note: Callable[[str], None]) -> PreparedData:
         categories=categories,
         model=None,
     )
-    return PreparedData(artifact, train, holdout, y_train, y_holdout, holdout_info)
+    w_train = train[SAMPLE_WEIGHT].to_numpy(dtype="float64") if SAMPLE_WEIGHT in train.columns else None
+    return PreparedData(
+        artifact,
+        train,
+        holdout,
+        y_train,
+        y_holdout,
+        holdout_info,
+        w_train=w_train,
+        training_set=frame.drop(columns=[SAMPLE_WEIGHT], errors="ignore") if derived else None,
+    )
 
 
 def fit_feature_set(job: FitJob) -> FitResult:
@@ -169,7 +224,7 @@ def fit_feature_set(job: FitJob) -> FitResult:
         f"fitting {pipeline.model.family} {task} on {len(train)} rows x {len(pipeline.feature_names)} features, "
         f"params {params}"
     )
-    artifact.model = train_model(artifact, params, x_train, data.y_train)
+    artifact.model = train_model(artifact, params, x_train, data.y_train, sample_weight=data.w_train)
     predictions = artifact.predict_input(x_holdout)
     metrics = all_metrics(task, data.y_holdout, predictions)
     note(f"holdout metrics {json.dumps(metrics)}")
@@ -185,6 +240,11 @@ def fit_feature_set(job: FitJob) -> FitResult:
         "trained_at": datetime.now(tz=UTC).isoformat(),
     }
     plots = draw_plots(task, importance, data.y_holdout, predictions)
+    if job.training_set_key is not None and data.training_set is not None:
+        sink = io.BytesIO()
+        data.training_set.to_parquet(sink, index=False)
+        open_store(job.object_store).put_bytes(job.training_set_key, sink.getvalue())
+        note(f"training set ({len(data.training_set)} labelled rows) stored for the gate")
     fit_seconds = round(time.perf_counter() - started, 3)
     note(f"fit done in {fit_seconds}s")
     return FitResult(

@@ -1,7 +1,14 @@
-"""Event handlers of the training service: a TrainingRequested event becomes one run."""
+"""Event handlers of the training service: a TrainingRequested event becomes one run.
+
+A run decides what it trains on when it starts: the newest usable dataset version (or the pinned one), the rows
+after a located change, the feedback labels received so far. It is skipped (state ``skipped``, with the reason)
+when another run of the model already trained on exactly that data and configuration (the same fingerprint). A
+run interrupted by a crash of the service is executed again once at the next start (``resume_interrupted``).
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import threading
@@ -13,7 +20,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from driftloop.clients.db.models import Run
+from driftloop.clients.http import ServiceClient
 from driftloop.clients.objectstore import ObjectStore, open_object_store, sha256_bytes
 from driftloop.contracts import layout
 from driftloop.contracts.events import Event, new_event
@@ -23,17 +33,42 @@ from driftloop.contracts.settings import Settings
 from driftloop.errors import DriftloopError, NotFoundError
 from driftloop.runtime.service import Runtime
 
-from .featuresets import resolve_feature_set
+from .featuresets import ResolvedFeatureSet, resolve_feature_set, resolve_for_request, rows_since
 from .fit import FitJob, FitResult, RunAborted, TrainingFailed
 from .hpo import SearchResult, search_on_ray
+from .labels import collect_feedback_labels, labels_digest
 from .provenance import code_version, environment, peak_rss_mb
 from .raycluster import fit_on_ray
-from .runs import ABORTED, COMPLETED, FAILED, RUNNING, SERVICE, RunTracker, abort_flag
+from .runs import (
+    ABORTED,
+    COMPLETED,
+    FAILED,
+    RUNNING,
+    SERVICE,
+    SKIPPED,
+    RunTracker,
+    abort_flag,
+    request_of,
+    training_fingerprint,
+)
 
 log = logging.getLogger(__name__)
 
+# Requests never skipped for identical data: a person asked (the demo's "same data" retrain shows the gate at work).
+ALWAYS_RUN_TRIGGERS = frozenset({"manual", "rerun"})
+# How often a run waiting for post-change rows looks at the feature sets again.
+CHANGE_POLL_SECONDS = 2.0
+
 Fitter = Callable[[Settings, FitJob, Callable[[], bool]], FitResult]
 Searcher = Callable[[Settings, FitJob, Path, Callable[[str], None]], SearchResult]
+
+
+class RunSkipped(DriftloopError):
+    """The run has nothing new to learn: it ends in state ``skipped`` with this reason."""
+
+    def __init__(self, reason: str, **fields: Any) -> None:
+        super().__init__(reason)
+        self.fields = fields
 
 
 def run_file_key(model: str, run_id: str, name: str) -> str:
@@ -77,6 +112,9 @@ class TrainingHandlers:
         self.fitter = fitter
         self.searcher = searcher
         self.active_logs: dict[str, RunLog] = {}
+        # One run at a time in this process: the consumer's and a resumed one's.
+        self._executing = threading.Lock()
+        self._interrupted: list[Run] = []
 
     def live_log(self, run_id: str) -> str | None:
         run_log = self.active_logs.get(run_id)
@@ -85,18 +123,52 @@ class TrainingHandlers:
     def aborted(self, run_id: str) -> bool:
         return abort_flag(self.runtime.settings, run_id).exists()
 
+    def take_interrupted(self) -> list[str]:
+        """At start, before consuming: the runs a previous process left active go back to pending, to be executed
+        again by ``resume_interrupted`` (once; a run interrupted twice fails). Returns their ids."""
+        self._interrupted = self.runs.take_interrupted()
+        return [run.run_id for run in self._interrupted]
+
+    def resume_interrupted(self, stop_event: threading.Event) -> None:
+        """A service loop: execute the runs ``take_interrupted`` found, under their original requests (a
+        redelivery of such a request finds its run and makes no second one)."""
+        while self._interrupted and not stop_event.is_set():
+            run = self._interrupted.pop(0)
+            self._execute(run, request_of(run), resumed=True)
+
     def on_training_requested(self, event: Event[TrainingRequested]) -> None:
         asked = event.payload
         run = self.runs.create(event)
         if run is None:
             log.info("request %s already has a run: skipping the redelivery", asked.request_id)
             return
+        self._execute(run, event)
+
+    def _execute(self, run: Run, event: Event[TrainingRequested], resumed: bool = False) -> None:
+        with self._executing:
+            self._execute_now(run, event, resumed)
+
+    def _execute_now(self, run: Run, event: Event[TrainingRequested], resumed: bool) -> None:
+        asked = event.payload
         run_log = RunLog(run.run_id)
         self.active_logs[run.run_id] = run_log
+        if resumed:
+            run_log.note(f"attempt {run.attempts}: the previous attempt was interrupted by a stop of the service")
         run_log.note(f"run for request {asked.request_id} ({asked.trigger}): {asked.reason}")
         started = time.perf_counter()
         try:
             self._train(run.run_id, event, run_log, started)
+        except RunSkipped as exc:
+            run_log.note(f"SKIPPED: {exc}")
+            self.runs.transition(
+                run.run_id,
+                SKIPPED,
+                event,
+                message=str(exc),
+                skip_reason=str(exc),
+                log_uri=self._store_log(run.model, run.run_id, run_log),
+                **exc.fields,
+            )
         except RunAborted as exc:
             run_log.note(f"ABORTED: {exc}")
             self.runs.transition(
@@ -110,6 +182,12 @@ class TrainingHandlers:
             )
         except Exception as exc:
             error = str(exc) if isinstance(exc, DriftloopError) else f"{type(exc).__name__}: {exc}"
+            if self._stopping():
+                # The service is stopping (Ray goes down under the fit): interrupted, not failed. The run stays
+                # active and is executed again at the next start.
+                run_log.note(f"INTERRUPTED by the service's stop ({error}): executed again at the next start")
+                self._store_log(run.model, run.run_id, run_log)
+                return
             run_log.note(f"FAILED: {error}")
             if not isinstance(exc, DriftloopError):
                 run_log.extend(traceback.format_exc().splitlines())
@@ -125,6 +203,10 @@ class TrainingHandlers:
         finally:
             self.active_logs.pop(run.run_id, None)
             abort_flag(self.runtime.settings, run.run_id).unlink(missing_ok=True)
+
+    def _stopping(self) -> bool:
+        stop_event = getattr(self.runtime.bus, "stop_event", None)
+        return bool(stop_event is not None and stop_event.is_set())
 
     def _store_log(self, model: str, run_id: str, run_log: RunLog) -> str | None:
         try:
@@ -169,24 +251,56 @@ class TrainingHandlers:
         settings = self.runtime.settings
         asked = request.payload
         pipeline = pipeline_for_model(self.runtime.pipelines, asked.model)
-        dataset_version_id = asked.dataset_version_id
         params_override: dict[str, Any] | None = None
+        since = asked.change_started_at
         if asked.rerun_of:
             source, pipeline = self._rerun_source(asked.rerun_of, pipeline)
-            dataset_version_id, params_override = source.dataset_version_id, dict(source.params)
-            run_log.note(f"rerun of {source.run_id}: {dataset_version_id}, its params {params_override}, no search")
-        feature_set = resolve_feature_set(self.store, pipeline, dataset_version_id)
-        run_log.note(f"feature set {feature_set.dataset_version_id} at {feature_set.uri}")
+            params_override = dict(source.params)
+            since = _as_utc((source.request or {}).get("change_started_at"))
+            feature_set = resolve_feature_set(self.store, pipeline, source.dataset_version_id)
+            run_log.note(
+                f"rerun of {source.run_id}: {source.dataset_version_id}, its params {params_override}, no search"
+            )
+        elif since is not None:
+            feature_set = self._await_post_change_rows(run_id, pipeline, since, run_log)
+        else:
+            feature_set = resolve_for_request(self.store, pipeline, asked)
+        named = asked.dataset_version_id
+        chosen = feature_set.dataset_version_id
+        run_log.note(
+            f"feature set {chosen} at {feature_set.uri}"
+            + (f" (the request named {named}: the newest usable version is used)" if named and named != chosen else "")
+        )
+        labels_key, labels_hash = None, None
+        if pipeline.model.labels_from == "feedback":
+            labels_key, labels_hash = self._feedback_labels(run_id, pipeline, run_log)
+        fingerprint = training_fingerprint(pipeline, chosen, since, labels_hash)
+        # A person's request and a rerun run as asked; automatic causes with nothing new to learn are dropped.
+        if not asked.rerun_of and asked.trigger not in ALWAYS_RUN_TRIGGERS:
+            same = self.runs.same_training(pipeline.model.name, fingerprint, run_id)
+            if same is not None:
+                raise RunSkipped(
+                    f"nothing new to learn: run {same.run_id} ({same.state}) already trained {pipeline.model.name} "
+                    f"on {chosen} with the same configuration"
+                    + (" and change window" if since else "")
+                    + (" and feedback labels" if labels_hash else ""),
+                    dataset_version_id=chosen,
+                    feature_set_uri=feature_set.uri,
+                    fingerprint=fingerprint,
+                )
         provenance = {"code_version": code_version(), "environment": environment()}
         self.runs.transition(
             run_id,
             RUNNING,
             request,
-            message=f"training on {feature_set.dataset_version_id}",
-            dataset_version_id=feature_set.dataset_version_id,
+            message=f"training on {chosen}" + (f" (rows from {since.isoformat()})" if since else ""),
+            dataset_version_id=chosen,
             feature_set_uri=feature_set.uri,
+            fingerprint=fingerprint,
             **provenance,
         )
+        derived = labels_key is not None or since is not None
+        training_set_key = run_file_key(pipeline.model.name, run_id, "training_set.parquet") if derived else None
         job = FitJob(
             run_id=run_id,
             pipeline=pipeline,
@@ -195,6 +309,10 @@ class TrainingHandlers:
             feature_set_uri=feature_set.uri,
             dataset_version_id=feature_set.dataset_version_id,
             params_override=params_override,
+            labels_key=labels_key,
+            train_since=since,
+            pre_change_weight=pipeline.model.pre_change_weight,
+            training_set_key=training_set_key,
         )
         search = pipeline.model.search
         cpus = 1
@@ -227,7 +345,10 @@ class TrainingHandlers:
             "manifest_sha256": sha256_bytes(self.store.get_bytes(manifest_key))
             if self.store.exists(manifest_key)
             else None,
-            "label": pipeline.stream.label,
+            "label": pipeline.label_column,
+            "labels_from": pipeline.model.labels_from,
+            "change_started_at": since.isoformat() if since else None,
+            "training_set_uri": self.store.uri(training_set_key) if training_set_key else None,
             "train_rows": result.train_rows,
             "holdout": result.holdout,
         }
@@ -271,7 +392,8 @@ class TrainingHandlers:
             model=model_name,
             trigger=asked.trigger,
             dataset_version_id=feature_set.dataset_version_id,
-            feature_set_uri=feature_set.uri,
+            # The rows the model was trained and scored on: the gate scores the same holdout of them.
+            feature_set_uri=self.store.uri(training_set_key) if training_set_key else feature_set.uri,
             artifact_uri=artifact_uri,
             artifact_sha256=artifact_sha256,
             metrics={k: float(v) for k, v in result.metrics.items()},
@@ -280,3 +402,75 @@ class TrainingHandlers:
             feature_names=list(result.feature_names),
         )
         self.runtime.bus.publish(new_event(completed, producer=SERVICE, cause=request))
+
+    # --- what a run trains on -------------------------------------------------------------------------------
+
+    def _await_post_change_rows(
+        self, run_id: str, pipeline: PipelineConfig, since: datetime, run_log: RunLog
+    ) -> ResolvedFeatureSet:
+        """The newest feature set with ``dataset.min_rows_after_change`` rows at or after the change, once there is
+        one: ingestion is asked for a cut on demand, then the feature sets are watched (``model.change_wait_seconds``
+        at most)."""
+        needed = pipeline.dataset.min_rows_after_change
+        run_log.note(
+            f"change at {since.isoformat()}: waiting for {needed} rows after it (dataset.min_rows_after_change)"
+        )
+        deadline = time.monotonic() + pipeline.model.change_wait_seconds
+        asked_for_cut = False
+        while True:
+            try:
+                newest: ResolvedFeatureSet | None = resolve_feature_set(self.store, pipeline, None)
+            except NotFoundError:
+                newest = None
+            rows = rows_since(self.store, pipeline, newest, since) if newest is not None else 0
+            if newest is not None and rows >= needed:
+                run_log.note(f"{newest.dataset_version_id} has {rows} rows at or after the change")
+                return newest
+            if not asked_for_cut:
+                self._ask_cut_after_change(pipeline, since, needed, run_log)
+                asked_for_cut = True
+            if self.aborted(run_id):
+                raise RunAborted("aborted while waiting for rows after the change")
+            if time.monotonic() >= deadline:
+                where = f"the newest feature set {newest.dataset_version_id}" if newest else "no feature set"
+                raise TrainingFailed(
+                    f"only {rows} rows at or after the change ({since.isoformat()}) in {where}; {needed} needed "
+                    f"(dataset.min_rows_after_change) within model.change_wait_seconds="
+                    f"{pipeline.model.change_wait_seconds:g}"
+                )
+            time.sleep(CHANGE_POLL_SECONDS)
+
+    def _ask_cut_after_change(self, pipeline: PipelineConfig, since: datetime, needed: int, run_log: RunLog) -> None:
+        """Ask ingestion to cut a version once enough rows landed after the change (best effort: without it the
+        run still waits for the periodic cuts)."""
+        stream = pipeline.stream.name
+        try:
+            with ServiceClient("ingestion", self.runtime.settings, timeout=10.0, retries=0) as ingestion:
+                answer = ingestion.post(
+                    f"/v1/streams/{stream}/datasets", json={"since": since.isoformat(), "min_rows": needed}
+                )
+            run_log.note(f"cut on demand after the change: {json.dumps(answer, default=str)[:300]}")
+        except DriftloopError as exc:
+            run_log.note(f"cut on demand after the change not made ({exc}): waiting for the periodic cuts")
+
+    def _feedback_labels(self, run_id: str, pipeline: PipelineConfig, run_log: RunLog) -> tuple[str, str]:
+        """The feedback labels received so far, stored with the run (a fixed snapshot): their key and digest."""
+        labels = collect_feedback_labels(self.runtime.Session, pipeline, cutoff=datetime.now(tz=UTC))
+        if labels.empty:
+            raise TrainingFailed(
+                f"model {pipeline.model.name!r} takes its labels from feedback and has none yet: post outcomes to "
+                f"/v1/models/{pipeline.model.name}/feedback"
+            )
+        key = run_file_key(pipeline.model.name, run_id, "feedback_labels.parquet")
+        sink = io.BytesIO()
+        labels.to_parquet(sink, index=False)
+        self.store.put_bytes(key, sink.getvalue())
+        run_log.note(f"{len(labels)} feedback labels (one per labelled prediction) stored at {self.store.uri(key)}")
+        return key, labels_digest(labels)
+
+
+def _as_utc(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    parsed = value if isinstance(value, datetime) else pd.Timestamp(value).to_pydatetime()
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed

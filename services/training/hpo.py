@@ -30,7 +30,7 @@ from driftloop.contracts.settings import Settings
 
 from .families import model_params, total_rounds, train_model
 from .fit import FitJob, RunAborted, TrainingFailed, prepare_data
-from .raycluster import ensure_ray
+from .raycluster import ensure_ray, record_ray_processes
 
 SCORE = "score"
 ROUND = "round"
@@ -207,6 +207,7 @@ def search_on_ray(settings: Settings, job: FitJob, abort_flag: Path, note: Calla
     if search is None:
         raise TrainingFailed(f"model {pipeline.model.name!r} has no search in its pipeline config")
     ensure_ray(settings)
+    record_ray_processes()  # on record before a crash can interrupt the search
     # Tune's legacy reporter honours verbose=0: no progress boxes in the service's log (the run log has the trials).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # No CSV/JSON/TensorBoard loggers per trial result: the recorder below keeps what the run needs.
@@ -292,7 +293,8 @@ def search_on_ray(settings: Settings, job: FitJob, abort_flag: Path, note: Calla
         )
     scored = [t for t in trials if t["final"] is not None and math.isfinite(t["final"])]
     if not scored:
-        errors = [str(r.error) for r in grid if r.error is not None]
+        results = [grid[i] for i in range(len(grid))]  # ResultGrid indexes, its type declares no iteration
+        errors = [str(r.error) for r in results if r.error is not None]
         raise TrainingFailed(f"no trial of the search finished with a score: {errors[:1] or 'no trial ran'}")
     best = (max if mode == "max" else min)(scored, key=lambda t: t["final"])
     seconds = round(time.perf_counter() - started, 3)

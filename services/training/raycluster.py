@@ -1,5 +1,9 @@
 """Ray for this process: started (or joined) once, by the service's build in the main thread (a local Ray's
-processes get a parent-death signal tied to the starting thread); the fit runs as a one-CPU task."""
+processes get a parent-death signal tied to the starting thread); the fit runs as a one-CPU task.
+
+A local Ray's processes are recorded (``driftloop.runtime.ownedprocs``, owner ``training-ray``): the agents its
+raylet starts survive a ``kill -9`` of this process, so the next start (and ``driftloop down``) stops them.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from driftloop.contracts.settings import Settings
+from driftloop.runtime import ownedprocs
 
 from .fit import FitJob, FitResult, RunAborted, fit_feature_set
 
@@ -19,14 +24,17 @@ log = logging.getLogger(__name__)
 LOCAL_OBJECT_STORE_BYTES = 300 * 1024 * 1024
 
 ABORT_POLL_SECONDS = 0.5
+# The owner name of the local Ray's processes in ``<home>/state``.
+RAY_PROCS = "training-ray"
 
 _lock = threading.Lock()
 _fit_task: Any = None
+_home: Any = None  # where the local Ray's PIDs are recorded (None: Ray joined, not started here)
 
 
 def ensure_ray(settings: Settings) -> None:
     """Join ``settings.ray_address``, or start a local Ray bound to loopback (never someone else's cluster)."""
-    global _fit_task
+    global _fit_task, _home
     with _lock:
         # Set before Ray reads them: no usage reporting, every port on 127.0.0.1.
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -40,12 +48,18 @@ def ensure_ray(settings: Settings) -> None:
                 ray.init(address=address, **options)
             else:
                 # "local", not None: None would join a cluster found on this machine (another user's `ray start`).
+                # What a predecessor killed with -9 left running: stop it first (only the PIDs it recorded).
+                left = ownedprocs.stop_recorded(settings.home, RAY_PROCS)
+                if left:
+                    log.warning("stopped %d Ray process(es) left by a previous training process: %s", len(left), left)
                 ray.init(
                     address="local",
                     num_cpus=settings.ray.num_cpus,
                     object_store_memory=LOCAL_OBJECT_STORE_BYTES,
                     **options,
                 )
+                _home = settings.home
+                record_ray_processes()
             log.info("ray ready: %s", address or "local instance")
         if _fit_task is None:
             _fit_task = ray.remote(num_cpus=1)(fit_feature_set)
@@ -58,11 +72,13 @@ def fit_on_ray(settings: Settings, job: FitJob, should_abort: Callable[[], bool]
     from ray.exceptions import RayTaskError
 
     ensure_ray(settings)
+    record_ray_processes()  # agents started since ray.init are on record before the fit can be interrupted
     ref = _fit_task.remote(job)
     try:
         while True:
             done, _ = ray.wait([ref], timeout=ABORT_POLL_SECONDS)
             if done:
+                record_ray_processes()
                 return ray.get(ref)
             if should_abort is not None and should_abort():
                 # force=True: a plain cancel is unreliable on a running task and may leave its CPU taken.
@@ -75,6 +91,32 @@ def fit_on_ray(settings: Settings, job: FitJob, should_abort: Callable[[], bool]
         raise
 
 
+def ray_processes() -> list[int]:
+    """The processes of the local Ray this process started (its node's daemons and everything below them)."""
+    import ray
+
+    node = getattr(getattr(ray, "_private", None), "worker", None)
+    node = getattr(node, "_global_node", None)
+    roots = [
+        info.process.pid
+        for infos in (getattr(node, "all_processes", None) or {}).values()
+        for info in infos
+        if getattr(info, "process", None) is not None
+    ]
+    return ownedprocs.descendants(roots)
+
+
+def record_ray_processes() -> None:
+    """Record the local Ray's processes now (its agents and workers start after ``ray.init``: called again after
+    each fit)."""
+    if _home is None:
+        return
+    try:
+        ownedprocs.record(_home, RAY_PROCS, ray_processes())
+    except OSError:
+        log.exception("recording the Ray processes failed")
+
+
 def ray_ready() -> bool:
     import ray
 
@@ -82,8 +124,14 @@ def ray_ready() -> bool:
 
 
 def shutdown_ray() -> None:
+    """Shut Ray down, then stop what is left of the processes recorded for it (agents do not always follow)."""
+    global _home
     import ray
 
     with _lock:
         if ray.is_initialized():
+            record_ray_processes()
             ray.shutdown()
+        if _home is not None:
+            ownedprocs.stop_recorded(_home, RAY_PROCS)
+            _home = None

@@ -21,9 +21,10 @@ def build(runtime: Runtime) -> ServiceSpec:
     # parent-death signal), so starting them from a consumer thread would tie Ray's life to that thread.
     ensure_ray(runtime.settings)
     handlers = TrainingHandlers(runtime)
-    interrupted = handlers.runs.fail_interrupted()
+    # Before consuming: a redelivered request of an interrupted run then finds its run and makes no second one.
+    interrupted = handlers.take_interrupted()
     if interrupted:
-        log.warning("failed %d run(s) interrupted by a previous stop: %s", len(interrupted), interrupted)
+        log.warning("run(s) interrupted by a previous stop, executed again: %s", interrupted)
     app = base_app(runtime, "training", "Training runs on Ray, with provenance.")
     app.state.context = api.Context(
         runtime.settings, runtime.Session, runtime.bus.publish, handlers.store, handlers.live_log
@@ -32,6 +33,7 @@ def build(runtime: Runtime) -> ServiceSpec:
     return ServiceSpec(
         app=app,
         consumers=[ConsumerSpec(CONSUMER_GROUP, {TRAINING_REQUESTED: handlers.on_training_requested})],
+        loops=[handlers.resume_interrupted],
         on_stop=[shutdown_ray],
         ready_checks={"ray": ray_ready},
     )

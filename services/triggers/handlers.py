@@ -14,7 +14,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 import sqlalchemy as sa
 from croniter import croniter
@@ -44,7 +44,7 @@ from .policy import Decision, ModelView, TriggerKind, decide, fire_pending
 log = logging.getLogger(__name__)
 
 ACTIVE_RUN_STATES = frozenset({"pending", "running"})
-FINISHED_RUN_STATES = frozenset({"completed", "failed", "aborted"})
+FINISHED_RUN_STATES = frozenset({"completed", "failed", "aborted", "skipped"})
 CHAMPION_ALIAS = "champion"
 # Namespace of request ids derived from (model, cause event id).
 REQUEST_NAMESPACE = uuid.UUID("5b0c56f4-5d0e-4d8c-9a4c-0c7d1f6b2a11")
@@ -58,6 +58,10 @@ class RetrainConflict(ConflictError):
     default_code = "retrain_conflict"
 
 
+@overload
+def as_utc(value: datetime) -> datetime: ...
+@overload
+def as_utc(value: None) -> None: ...
 def as_utc(value: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes: they are UTC."""
     if value is None or value.tzinfo is not None:

@@ -271,3 +271,35 @@ def test_cut_from_an_s3_object_store(
         assert content_hash_of_table(table, stream_spec) == v1["content_hash"]
         store = open_object_store(ingestion.settings)
         assert store.exists(dataset_prefix(stream, 1) + "manifest.json")
+
+
+def test_a_cut_on_demand_after_a_change_waits_for_enough_rows_after_it(ingestion: Ingestion) -> None:
+    stream = ingestion.streams["cumulative"]  # cut_every_rows 0: only cuts on demand
+    post(ingestion, stream, make_records(0, 40))
+    assert cut(ingestion, stream)["version"] == 1
+    change = START + timedelta(minutes=50)
+    post(ingestion, stream, make_records(40, 20))  # minutes 40-59: 10 of them after the change
+    body = {"since": change.isoformat(), "min_rows": 25}
+    waiting = ingestion.client.post(f"/v1/streams/{stream}/datasets", json=body)
+    assert waiting.status_code == 200, waiting.text
+    assert waiting.json()["status"] == "waiting" and waiting.json()["rows_after_change"] == 10
+    assert [v["version"] for v in ingestion.client.get(f"/v1/streams/{stream}/datasets").json()["versions"]] == [1]
+
+    stop = threading.Event()
+    thread = threading.Thread(target=ingestion.cutter.loop, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        post(ingestion, stream, make_records(60, 20))  # 30 rows after the change now: ingestion cuts by itself
+        deadline = time.monotonic() + 120
+        versions: list[dict[str, Any]] = []
+        while len(versions) < 2 and time.monotonic() < deadline:
+            versions = ingestion.client.get(f"/v1/streams/{stream}/datasets").json()["versions"]
+            time.sleep(0.3)
+    finally:
+        stop.set()
+        thread.join(timeout=120)
+    assert [(v["version"], v["row_count"]) for v in versions] == [(1, 40), (2, 80)]
+    assert ingestion.cutter.rows_since(stream, change) == 30
+    # Asked again: nothing landed since, the newest version already holds the rows after the change.
+    covered = ingestion.client.post(f"/v1/streams/{stream}/datasets", json=body).json()
+    assert covered["status"] == "covered" and covered["version"]["version"] == 2

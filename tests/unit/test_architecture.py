@@ -71,8 +71,11 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "contracts": (),
     "clients": ("contracts",),
     "runtime": ("contracts", "clients"),
-    "ops": ("contracts", "clients", "runtime"),
+    "client": ("contracts", "clients"),
+    "ops": ("contracts", "clients", "runtime", "client"),
 }
+# The public Python client is for users and the operator tooling: nothing else of driftloop builds on it.
+CLIENT_USERS = ("client", "ops")
 # Contracts are definitions: no network, database, broker, cluster or web framework.
 IO_LIBRARIES = (
     "sqlalchemy",
@@ -142,6 +145,18 @@ def test_each_layer_imports_only_the_layers_below(layer: str) -> None:
             if parts[0] != "driftloop" or len(parts) < 2:
                 continue
             assert parts[1] in allowed, f"{path} imports {name}: {layer} may import only {sorted(allowed)}"
+
+
+def test_only_the_operator_tooling_imports_the_public_client() -> None:
+    for path in _source_files():
+        layer = _module_name(path).split(".")[1] if "." in _module_name(path) else ""
+        if layer in CLIENT_USERS:
+            continue
+        for name in _imports(path):
+            assert not (name == "driftloop.client" or name.startswith("driftloop.client.")), (
+                f"{path} imports {name}: driftloop.client is the users' (and the CLI's) client; "
+                "services and libraries call each other through driftloop.clients.http"
+            )
 
 
 def test_contracts_do_no_io() -> None:

@@ -52,6 +52,7 @@ OPENAPI_PATHS: dict[str, set[tuple[str, str]]] = {
         ("GET", "/v1/streams/{stream}/datasets"),
         ("GET", "/v1/streams/{stream}/datasets/diff"),
         ("GET", "/v1/streams/{stream}/dead-letters"),
+        ("GET", "/v1/streams/{stream}/schema"),
         ("GET", "/v1/streams/{stream}/stats"),
         ("POST", "/v1/streams/{stream}/datasets"),
         ("POST", "/v1/streams/{stream}/datasets/compact"),

@@ -7,6 +7,7 @@ and write Parquet without extra jars.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import io
 import os
@@ -62,7 +63,7 @@ class ObjectStore(ABC):
     def put_file(self, key: str, path: Path) -> str:
         return self.put_bytes(key, Path(path).read_bytes())
 
-    def upload_dir(self, local_dir: Path, prefix: str) -> list[str]:
+    def upload_dir(self, local_dir: Path, prefix: str) -> builtins.list[str]:
         keys = []
         for path in sorted(Path(local_dir).rglob("*")):
             if path.is_file() and not path.name.startswith((".", "_")):
@@ -71,7 +72,7 @@ class ObjectStore(ABC):
                 keys.append(key)
         return keys
 
-    def download_prefix(self, prefix: str, local_dir: Path) -> list[Path]:
+    def download_prefix(self, prefix: str, local_dir: Path) -> builtins.list[Path]:
         paths = []
         for key in self.list(prefix):
             target = Path(local_dir) / key[len(prefix) :].lstrip("/")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from driftloop.contracts.payloads import PAYLOAD_TYPES, Payload
 from driftloop.contracts.topics import Topic
 
 P = TypeVar("P", bound=Payload, covariant=True)
+# new_event takes its payload as an argument: an invariant variable for that.
+NewP = TypeVar("NewP", bound=Payload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +91,11 @@ class Event(Generic[P]):
         return {"envelope": self.envelope.to_avro(), **self.payload.to_avro()}
 
     @classmethod
-    def from_avro(cls, record: Mapping[str, Any], payload_class: type[P] | None = None) -> Event[P]:
+    def from_avro(cls, record: Mapping[str, Any], payload_class: builtins.type[P] | None = None) -> Event[P]:
         """The event of a decoded Avro record. ``payload_class`` (the bus passes its topic's) must match the
         envelope's event type; without it, the envelope's event type chooses."""
         envelope = Envelope.from_avro(record["envelope"])
-        kind: type[Any] = payload_class or payload_type(envelope.event_type)
+        kind: builtins.type[Any] = payload_class or payload_type(envelope.event_type)
         if kind.event_type != envelope.event_type:
             raise ValueError(f"a {envelope.event_type} event where {kind.event_type} events belong")
         return cls(envelope=envelope, payload=kind.from_avro(record))
@@ -103,7 +106,7 @@ def _now_millis() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
-def new_event(payload: P, *, producer: str, cause: Event[Payload] | Envelope | None = None) -> Event[P]:
+def new_event(payload: NewP, *, producer: str, cause: Event[Payload] | Envelope | None = None) -> Event[NewP]:
     """Make the event of ``payload`` (its class says the event type). With a ``cause`` (an event, or the envelope
     of one that is not at hand any more) it joins the cause's cascade; without, it starts a new cascade."""
     caused_by = cause.envelope if isinstance(cause, Event) else cause

@@ -857,6 +857,13 @@ class TrainingRequested(Payload):
     dataset_version_id: str | None = None
     #: Re-execute this run: same dataset version, features, params and seed, no search.
     rerun_of: str | None = None
+    #: Event time where the change that caused this request began (drift/degradation located by the monitor): training
+    #: then uses a dataset version cut from this point once enough rows landed after it, and trains on the rows after
+    #: it. Null: no change point.
+    change_started_at: datetime | None = None
+    #: True: train on exactly dataset_version_id (a rerun, a person's pin). Null/false: dataset_version_id is the
+    #: version known when the request was made; the run trains on the newest usable version at its start.
+    pinned: bool | None = None
 
     def to_avro(self) -> dict[str, Any]:
         return {
@@ -866,6 +873,8 @@ class TrainingRequested(Payload):
             "reason": self.reason,
             "dataset_version_id": self.dataset_version_id,
             "rerun_of": self.rerun_of,
+            "change_started_at": self.change_started_at,
+            "pinned": self.pinned,
         }
 
     @classmethod
@@ -877,6 +886,8 @@ class TrainingRequested(Payload):
             reason=record["reason"],
             dataset_version_id=record.get("dataset_version_id"),
             rerun_of=record.get("rerun_of"),
+            change_started_at=_optional(_timestamp, record.get("change_started_at")),
+            pinned=record.get("pinned"),
         )
 
 

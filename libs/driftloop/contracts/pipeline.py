@@ -8,27 +8,49 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from driftloop.contracts.fieldtypes import FIELD_TYPES, FieldType
 from driftloop.contracts.searchspace import ModelFamily, SearchSpec
 from driftloop.contracts.topics import stream_topic
 from driftloop.errors import ConfigError, NotFoundError
 
+# The label column of a training set built from feedback, when the stream has no label field.
+FEEDBACK_LABEL_COLUMN = "label"
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Field names are Avro names (they are the stream schema's field names): a letter or underscore, then letters,
+# digits and underscores.
+FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 class FieldSpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    name: str
     type: FieldType
     nullable: bool = True
     doc: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _avro_name(cls, name: str) -> str:
+        if not FIELD_NAME.fullmatch(name):
+            suggestion = re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_") or "field"
+            if suggestion[0].isdigit():
+                suggestion = f"_{suggestion}"
+            raise ValueError(
+                f"field name {name!r} is not an Avro name: use a letter or underscore, then letters, digits and "
+                f"underscores (e.g. {suggestion!r})"
+            )
+        return name
 
 
 class NotNullRule(_Strict):
@@ -57,7 +79,9 @@ class StreamSpec(_Strict):
     fields: list[FieldSpec] = Field(min_length=1)
     entity_key: str
     event_time: str
-    label: str
+    # The field holding the outcome. May be absent when the labels arrive later, as feedback
+    # (``model.labels_from: feedback``).
+    label: str | None = None
     # Records whose event time lies further ahead than this are dead-lettered (clock errors).
     max_future_seconds: int = Field(default=3600, ge=0)
     # Records larger than this (encoded) are dead-lettered.
@@ -66,6 +90,11 @@ class StreamSpec(_Strict):
     @property
     def topic(self) -> str:
         return stream_topic(self.name)
+
+    @property
+    def subject(self) -> str:
+        """The schema registry subject of the topic's values (Confluent TopicNameStrategy)."""
+        return f"{self.topic}-value"
 
     def field(self, name: str) -> FieldSpec:
         for f in self.fields:
@@ -83,6 +112,8 @@ class StreamSpec(_Strict):
         if len(set(names)) != len(names):
             raise ValueError("stream.fields has duplicate names")
         for role in ("entity_key", "event_time", "label"):
+            if role == "label" and self.label is None:
+                continue
             if getattr(self, role) not in names:
                 raise ValueError(f"stream.{role} {getattr(self, role)!r} is not one of the fields {names}")
         if self.field(self.event_time).type != "timestamp":
@@ -120,6 +151,10 @@ class DatasetSpec(_Strict):
     freshness_seconds: int = Field(default=0, ge=0)
     # Retention: after each cut, compact the landed batches of all but the newest N versions (0: only on demand).
     keep_landed_versions: int = Field(default=0, ge=0)
+    # A cut on demand after a located change (``POST /v1/streams/{stream}/datasets`` with ``since``, or a training
+    # request carrying ``change_started_at``) waits until this many rows with an event time at or after the change
+    # have landed.
+    min_rows_after_change: int = Field(default=500, ge=1)
 
 
 AggregateFunction = Literal["count", "mean", "sum", "min", "max", "last"]
@@ -176,6 +211,14 @@ class ModelSpec(_Strict):
     holdout_fraction: float = Field(default=0.25, gt=0, lt=1)
     seed: int = 42
     search: SearchSpec | None = None
+    # Where the labels come from: ``stream`` (the stream's `label` field) or ``feedback`` (outcomes posted to
+    # ``/v1/models/{name}/feedback``, joined to the inputs of the predictions they answer; see the README).
+    labels_from: Literal["stream", "feedback"] = "stream"
+    # A request that carries a change point (``change_started_at``) trains on the rows at or after it; rows before
+    # it are dropped (0) or kept with this sample weight (e.g. 0.2: down-weighted).
+    pre_change_weight: float = Field(default=0.0, ge=0, le=1)
+    # How long such a run waits for ``dataset.min_rows_after_change`` post-change rows in a feature set.
+    change_wait_seconds: float = Field(default=600.0, ge=0)
 
 
 class GateSpec(_Strict):
@@ -380,9 +423,22 @@ class PipelineConfig(_Strict):
                     f"feature {feature.name!r} reads field {feature.source or feature.name!r}, "
                     f"which the stream does not have; fields: {sorted(names)}"
                 )
-        if self.stream.label in {f.name for f in self.features}:
-            raise ValueError(f"the label {self.stream.label!r} cannot also be a feature")
+        if self.stream.label is None and self.model.labels_from != "feedback":
+            raise ValueError(
+                "stream.label is missing: name the stream field holding the outcome, or set "
+                "model.labels_from: feedback to train on the outcomes posted as feedback"
+            )
+        if self.label_column in {f.name for f in self.features}:
+            raise ValueError(f"the label {self.label_column!r} cannot also be a feature")
         return self
+
+    @property
+    def label_column(self) -> str:
+        """The label's column in a training set: the stream's label field, or ``label`` for feedback labels."""
+        if self.model.labels_from == "feedback":
+            return self.stream.label or FEEDBACK_LABEL_COLUMN
+        assert self.stream.label is not None  # checked by _check_references
+        return self.stream.label
 
     @property
     def feature_names(self) -> list[str]:

@@ -150,6 +150,10 @@ class FeaturesSettings(_Section):
     redis: RedisOnlineStoreSettings = RedisOnlineStoreSettings()
     # Run the streaming-feature worker (faust) in the features service: online values within seconds of a record.
     streaming: bool = True
+    # Start Spark with the service, so the first materialization does not wait for a JVM; false: on first use.
+    warm_spark: bool = True
+    # HTTP processes serving online lookups behind the service's one port; empty: one per core (at most 4).
+    workers: int | None = Field(default=None, ge=1)
 
 
 class MonitorSettings(_Section):
@@ -326,7 +330,7 @@ class Settings(BaseSettings):
         kafka = self.kafka
         if kafka.security_protocol == "PLAINTEXT":
             return {}
-        config = {"security.protocol": kafka.security_protocol}
+        config: dict[str, str] = {"security.protocol": kafka.security_protocol}
         if kafka.security_protocol.startswith("SASL_"):
             if not kafka.sasl_username:
                 raise ConfigError(
@@ -362,7 +366,7 @@ def _unknown_env_keys(environ: dict[str, str]) -> list[str]:
         if top not in known_top:
             unknown.append(key)
         elif sub and top in sections:
-            section_fields = {n.upper() for n in sections[top].model_fields}  # type: ignore[union-attr]
+            section_fields = {n.upper() for n in sections[top].model_fields}
             if sub.partition("__")[0] not in section_fields:
                 unknown.append(key)
     return unknown

@@ -23,10 +23,10 @@ import numpy as np
 import sqlalchemy as sa
 from rich.console import Console
 
+from driftloop.client import Client
 from driftloop.clients.credentials import client_token, schema_registry_client_config
 from driftloop.clients.db import create_engine_for
 from driftloop.clients.db.models import EventRecord
-from driftloop.clients.http import ServiceClient
 from driftloop.contracts.pipeline import PipelineConfig, load_pipelines
 from driftloop.contracts.schemas import SCHEMAS_DIR
 from driftloop.contracts.settings import Settings
@@ -115,10 +115,7 @@ class Demo:
         self.stream = self.pipeline.stream
         # The token is read per request: `driftloop up` may write <home>/admin.token after these clients exist.
         token = partial(client_token, settings)
-        self.services = {
-            name: ServiceClient(name, settings, token=token, timeout=60.0)
-            for name in ("ingestion", "serving", "triggers")
-        }
+        self.platform = Client(settings, token=token, timeout=60.0)
         self.engine = create_engine_for(settings.database_url)
         self.clock = datetime.now(tz=UTC) - timedelta(hours=6)
         self.result = DemoResult()
@@ -141,7 +138,7 @@ class Demo:
                 time.sleep(0.5)
         raise DriftloopError(f"demo: timed out waiting for {what}; see the logs in {self.settings.log_dir}")
 
-    def events(self, event_type: str, after: datetime | None = None) -> list[EventRecord]:
+    def events(self, event_type: str, after: datetime | None = None) -> list[sa.Row[Any]]:
         with self.engine.connect() as conn:
             q = sa.select(EventRecord).where(EventRecord.event_type == event_type, EventRecord.model == MODEL)
             if after is not None:
@@ -150,7 +147,7 @@ class Demo:
 
     def served_version(self) -> int | None:
         try:
-            version = self.services["serving"].get(f"/v1/models/{MODEL}").get("version")
+            version = self.platform.served(MODEL).get("version")
         except DriftloopError:  # not up yet, or no champion served yet
             return None
         return int(version) if version is not None else None
@@ -203,7 +200,7 @@ class Demo:
 
     def post_http(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         body = [{**r, "event_time": r["event_time"].isoformat()} for r in records]
-        answer = self.services["ingestion"].post(f"/v1/streams/{self.stream.name}/records", json={"records": body})
+        answer = self.platform.ingest(self.stream.name, body)
         self.result.produced += len(records)
         return answer
 
@@ -214,7 +211,7 @@ class Demo:
                 {k: v for k, v in r.items() if k not in {self.stream.label, self.stream.event_time}}
                 for r in records[i : i + self.scale.batch]
             ]
-            answers.append(self.services["serving"].post(f"/v1/models/{MODEL}/predict", json={"instances": instances}))
+            answers.append(self.platform.predict(MODEL, instances))
         return answers
 
     def next_records(self, n: int, drifted: bool) -> list[dict[str, Any]]:
@@ -246,7 +243,7 @@ class Demo:
 
         self.say("Phase 2 — manual retrain on the same data: the gate must keep the champion")
         mark = datetime.now(tz=UTC)
-        self.services["triggers"].post(f"/v1/models/{MODEL}/retrain", json={"reason": "demo: same data"})
+        self.platform.retrain(MODEL, reason="demo: same data")
         rejected = self.wait_for("the gate's decision", lambda: self.events("ModelRejected", after=mark) or None)
         self.result.rejected_version = rejected[0].payload["version"]
         gate = json.loads(rejected[0].payload.get("gate_json") or "{}")
@@ -288,7 +285,7 @@ class Demo:
         self.result.v2_lineage = [step.event_type for step in lineage(self.engine, promoted[0].event_id)]
         return self.result
 
-    def stream_events(self, event_type: str) -> list[EventRecord]:
+    def stream_events(self, event_type: str) -> list[sa.Row[Any]]:
         with self.engine.connect() as conn:
             q = sa.select(EventRecord).where(
                 EventRecord.event_type == event_type, EventRecord.stream == self.stream.name
@@ -296,8 +293,7 @@ class Demo:
             return list(conn.execute(q).all())
 
     def close(self) -> None:
-        for client in self.services.values():
-            client.close()
+        self.platform.close()
         self.engine.dispose()
 
     def report(self) -> None:
@@ -306,7 +302,7 @@ class Demo:
         self.say("Timeline — why each step happened")
         print_timeline(MODEL, model_timeline(self.engine, MODEL), out=self.console)
         try:
-            stats = self.services["ingestion"].get(f"/v1/streams/{self.stream.name}/stats")
+            stats = self.platform.stream_stats(self.stream.name)
         except (DriftloopError, ValueError):
             stats = {}
         self.result.stats = stats

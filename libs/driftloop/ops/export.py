@@ -1,9 +1,14 @@
-"""Export a model artifact as a self-contained folder that predicts without driftloop:
+"""Export a model version as a self-contained folder that predicts exactly as serving does, without driftloop:
 
-- ``model/``: ``meta.json`` and the native model file, unzipped from the artifact;
-- ``signature.json``: input fields (numeric, or categorical with their vocabulary), the output, the artifact's sha256;
-- ``requirements.txt``: the pinned packages the model file needs (the versions this environment has);
-- ``predict.py``: ``python predict.py rows.csv|rows.jsonl`` (or JSON lines on stdin) prints one JSON prediction a line.
+- ``predict.py``: ``python predict.py rows.jsonl|rows.csv`` (or JSON lines on stdin) prints one JSON prediction a
+  line; ``predict.predict(rows)`` from Python. Rows are the stream's **raw fields**, as serving takes them: the
+  features are computed by serving's own function and scored by the artifact's own code, both shipped in
+  ``driftloop_frozen/`` (driftloop's ``errors`` and the contracts they need, copied unchanged but for the package
+  name). A missing or unknown column is refused with a message, as is a row serving would refuse;
+- ``pipeline.json``: the stream and the feature definitions the features are computed from;
+- ``model.zip``: the artifact (checked against its sha256 on load), and ``model/``: its files unzipped;
+- ``signature.json``: the inputs (raw fields: type, nullable, required), the features, the output, the sha256;
+- ``requirements.txt``: the pinned packages it needs (the versions this environment has).
 """
 
 from __future__ import annotations
@@ -12,11 +17,16 @@ import hashlib
 import importlib.metadata
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import driftloop.contracts
+import driftloop.errors
 from driftloop.contracts.artifact import ModelArtifact
+from driftloop.contracts.pipeline import PipelineConfig
+from driftloop.errors import ConfigError
 
 FAMILY_PACKAGES = {
     "lightgbm": ["lightgbm", "scikit-learn", "scipy"],
@@ -24,7 +34,28 @@ FAMILY_PACKAGES = {
     "sklearn_linear": ["scikit-learn", "scipy", "joblib", "threadpoolctl"],
     "sklearn_random_forest": ["scikit-learn", "scipy", "joblib", "threadpoolctl"],
 }
-BASE_PACKAGES = ["numpy", "pandas", "python-dateutil", "pytz", "tzdata", "six"]
+# What the shipped feature function and artifact code import: pandas and numpy, pydantic and PyYAML (the pipeline
+# model), pyarrow (the field-type table).
+BASE_PACKAGES = [
+    "numpy",
+    "pandas",
+    "python-dateutil",
+    "pytz",
+    "tzdata",
+    "six",
+    "pyarrow",
+    "pydantic",
+    "pydantic-core",
+    "annotated-types",
+    "typing-extensions",
+    "typing-inspection",
+    "PyYAML",
+]
+# The package the shipped driftloop modules are renamed to: the folder never imports (nor shadows) driftloop.
+FROZEN_PACKAGE = "driftloop_frozen"
+# The contracts the feature function and the artifact code need: their whole import closure.
+FROZEN_CONTRACTS = ("artifact", "featuredefs", "fieldtypes", "pipeline", "searchspace", "topics")
+PREDICT_TEMPLATE = Path(__file__).with_name("exported_predict.py")
 
 
 def _pinned(packages: list[str]) -> list[str]:
@@ -37,8 +68,23 @@ def _pinned(packages: list[str]) -> list[str]:
     return pins
 
 
-def signature(artifact: ModelArtifact, artifact_sha256: str) -> dict[str, Any]:
+def required_fields(pipeline: PipelineConfig) -> list[str]:
+    """The raw fields every row must carry, as serving requires them: the fields plain features read and the
+    non-nullable fields (the label excepted)."""
+    stream = pipeline.stream
+    read = {f.source or f.name for f in pipeline.features if f.expr is None and f.aggregate is None}
+    return [f.name for f in stream.fields if f.name != stream.label and (f.name in read or not f.nullable)]
+
+
+def signature(artifact: ModelArtifact, artifact_sha256: str, pipeline: PipelineConfig) -> dict[str, Any]:
+    stream = pipeline.stream
+    required = set(required_fields(pipeline))
     inputs = [
+        {"name": f.name, "type": f.type, "nullable": f.nullable, "required": f.name in required}
+        for f in stream.fields
+        if f.name != stream.label
+    ]
+    features = [
         {"name": name, "type": "categorical", "categories": artifact.categories[name]}
         if name in artifact.categories
         else {"name": name, "type": "numeric"}
@@ -50,114 +96,69 @@ def signature(artifact: ModelArtifact, artifact_sha256: str) -> dict[str, Any]:
         else {"name": "prediction", "type": "numeric"}
     )
     return {
+        "model": pipeline.model.name,
+        "stream": stream.name,
         "family": artifact.family,
         "task": artifact.task,
         "inputs": inputs,
+        "features": features,
         "output": output,
         "artifact_sha256": artifact_sha256,
         "metadata": artifact.metadata,
     }
 
 
-def export_artifact(data: bytes, directory: Path, expected_sha256: str | None = None) -> Path:
-    """Write the export folder for the artifact ``data`` (verified against ``expected_sha256`` when given)."""
+def _frozen(source: str) -> str:
+    """A driftloop module's source with its driftloop imports renamed to the shipped package."""
+    return re.sub(r"\bdriftloop\.(errors|contracts)\b", FROZEN_PACKAGE + r".\1", source)
+
+
+def _write_frozen_package(directory: Path) -> None:
+    package = directory / FROZEN_PACKAGE
+    contracts = Path(driftloop.contracts.__file__).parent
+    (package / "contracts").mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").write_text(
+        '"""driftloop\'s feature function and artifact code, as serving runs them."""\n'
+    )
+    (package / "contracts" / "__init__.py").write_text('"""The driftloop contracts predictions need."""\n')
+    (package / "errors.py").write_text(_frozen(Path(driftloop.errors.__file__).read_text()))
+    for name in FROZEN_CONTRACTS:
+        (package / "contracts" / f"{name}.py").write_text(_frozen((contracts / f"{name}.py").read_text()))
+
+
+def export_artifact(
+    data: bytes, directory: Path, *, pipeline: PipelineConfig, expected_sha256: str | None = None
+) -> Path:
+    """Write the export folder of the artifact ``data`` (verified against ``expected_sha256`` when given) of
+    ``pipeline``'s model: it predicts from the stream's raw fields as serving does."""
     artifact = ModelArtifact.from_bytes(data, expected_sha256=expected_sha256)
+    if artifact.feature_names != pipeline.feature_names:
+        raise ConfigError(
+            f"the artifact's features {artifact.feature_names} are not the pipeline's {pipeline.feature_names}: "
+            "export with the pipeline file the version was trained with"
+        )
     directory = Path(directory)
     (directory / "model").mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         for name in zf.namelist():
             (directory / "model" / Path(name).name).write_bytes(zf.read(name))
-    sha256 = hashlib.sha256(data).hexdigest()
-    (directory / "signature.json").write_text(json.dumps(signature(artifact, sha256), indent=2, default=str) + "\n")
+    (directory / "model.zip").write_bytes(data)
+    described = signature(artifact, hashlib.sha256(data).hexdigest(), pipeline)
+    (directory / "signature.json").write_text(json.dumps(described, indent=2, default=str) + "\n")
+    (directory / "pipeline.json").write_text(json.dumps(pipeline.model_dump(mode="json"), indent=2) + "\n")
+    _write_frozen_package(directory)
     requirements = _pinned(BASE_PACKAGES + FAMILY_PACKAGES.get(artifact.family, []))
     (directory / "requirements.txt").write_text("\n".join(requirements) + "\n")
-    (directory / "predict.py").write_text(PREDICT_PY)
+    (directory / "predict.py").write_text(PREDICT_TEMPLATE.read_text())
+    required = ", ".join(i["name"] for i in described["inputs"] if i["required"])
     (directory / "README.md").write_text(
-        f"# {artifact.metadata.get('model', 'model')} ({artifact.family}, {artifact.task})\n\n"
+        f"# {pipeline.model.name} ({artifact.family}, {artifact.task})\n\n"
         "    pip install -r requirements.txt\n"
-        "    python predict.py rows.csv        # or rows.jsonl, or JSON lines on stdin\n\n"
-        "One JSON object a line: the row's `prediction` (classification: probability of the positive class).\n"
-        "Inputs are listed in `signature.json`; a missing numeric is allowed, an unseen category counts as missing.\n"
+        "    python predict.py rows.jsonl        # or rows.csv, or JSON lines on stdin\n\n"
+        "One JSON object a line: the row's `prediction` (classification: probability of the positive class), the\n"
+        "number serving answers for the same row. Rows are the raw fields of stream "
+        f"`{pipeline.stream.name}` (`signature.json` inputs;\nrequired: {required}); the features are computed from "
+        "them by serving's own function (`driftloop_frozen/`).\nA missing required column or an unknown column is "
+        "refused with a message.\n"
     )
     return directory
-
-
-PREDICT_PY = '''"""Predict with an exported driftloop model. Needs only requirements.txt, not driftloop.
-
-    python predict.py rows.csv | rows.jsonl     (or JSON lines on stdin)
-"""
-
-import io
-import json
-import pickle
-import sys
-from pathlib import Path
-
-import numpy as np
-import pandas as pd
-
-HERE = Path(__file__).resolve().parent
-META = json.loads((HERE / "model" / "meta.json").read_text())
-FEATURES, CATEGORIES, FAMILY = META["feature_names"], META["categories"], META["family"]
-MODEL_FILE = HERE / "model" / META.get("model_file", "model.txt")
-
-
-def load_model():
-    if FAMILY == "lightgbm":
-        import lightgbm
-
-        return lightgbm.Booster(model_file=str(MODEL_FILE))
-    if FAMILY == "xgboost":
-        import xgboost
-
-        booster = xgboost.Booster()
-        booster.load_model(str(MODEL_FILE))
-        return booster
-    return pickle.loads(MODEL_FILE.read_bytes())
-
-
-def typed(rows):
-    x = rows.reindex(columns=FEATURES).copy()
-    for name, cats in CATEGORIES.items():
-        x[name] = pd.Categorical(x[name].astype("object"), categories=cats)
-    for name in FEATURES:
-        if name not in CATEGORIES:
-            x[name] = pd.to_numeric(x[name], errors="coerce").astype("float64")
-    return x
-
-
-def design(x):
-    columns = []
-    for name in FEATURES:
-        if name in CATEGORIES:
-            codes = x[name].cat.codes.to_numpy()
-            columns.append(np.eye(len(CATEGORIES[name]) + 1)[codes][:, :-1])
-        else:
-            columns.append(x[name].to_numpy(dtype="float64").reshape(-1, 1))
-    return np.hstack(columns)
-
-
-def predict(rows):
-    model, x = load_model(), typed(rows)
-    if FAMILY == "lightgbm":
-        return np.asarray(model.predict(x), dtype="float64")
-    if FAMILY == "xgboost":
-        import xgboost
-
-        return np.asarray(model.predict(xgboost.DMatrix(x, enable_categorical=True)), dtype="float64")
-    if META["task"] == "classification":
-        return model.predict_proba(design(x))[:, 1]
-    return model.predict(design(x))
-
-
-def read_rows(argv):
-    if len(argv) > 1 and argv[1].endswith(".csv"):
-        return pd.read_csv(argv[1])
-    text = Path(argv[1]).read_text() if len(argv) > 1 else sys.stdin.read()
-    return pd.read_json(io.StringIO(text), lines=True)
-
-
-if __name__ == "__main__":
-    for value in predict(read_rows(sys.argv)):
-        print(json.dumps({"prediction": float(value)}))
-'''

@@ -16,7 +16,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +26,12 @@ import yaml
 from driftloop.clients.credentials import ensure_admin_token, token_file
 from driftloop.clients.db import migrate
 from driftloop.clients.http import http_ready, probe_health
-from driftloop.contracts.pipeline import load_pipelines
+from driftloop.contracts.pipeline import PipelineConfig, load_pipelines
 from driftloop.contracts.settings import Settings, settings_env
-from driftloop.errors import StackError
+from driftloop.errors import SchemaError, StackError
 from driftloop.ops.broker import S3RVER_BUCKET, EmbeddedBroker, S3rver, s3rver_client_env
 from driftloop.ops.procs import pid_alive, port_open, spawn, stop_pid, wait_until
+from driftloop.runtime import ownedprocs
 from driftloop.runtime.bus import EventBus, ensure_event_topics, ensure_topics
 
 # The dashboard last: it only reads the others (event log, HTTP APIs).
@@ -118,6 +119,20 @@ class Component:
             return info
         info["healthy"], info["ready"] = probe_health(self.health_url)
         return info
+
+
+def register_stream_schemas(bus: EventBus, pipelines: Iterable[PipelineConfig]) -> list[str]:
+    """Register each stream's value schema under its subject, so that producers can write with the latest
+    registered version (``use.latest.version``) and register nothing. Returns the problems (a subject whose
+    registered versions the pipeline's schema is not compatible with): the stack still starts, and the producer
+    contract of that stream is what the registry holds until the pipeline or the subject is fixed."""
+    problems = []
+    for cfg in pipelines:
+        try:
+            bus.codec.register(cfg.stream.subject, cfg.stream.avro_schema())
+        except SchemaError as exc:
+            problems.append(f"stream {cfg.stream.name}: {exc}")
+    return problems
 
 
 def child_environment(settings: Settings) -> dict[str, str]:
@@ -256,10 +271,13 @@ class Stack:
         bus = EventBus(self.settings, producer_name="driftloop-cli")
         try:
             bus.register_event_schemas()
+            pipelines = load_pipelines(self.settings.pipelines_dir)
+            ensure_topics(self.settings, [cfg.stream.topic for cfg in pipelines.values()])
+            self.say("schemas: registering each stream's value schema (the producer contract)")
+            for problem in register_stream_schemas(bus, pipelines.values()):
+                self.say(f"[yellow]warning:[/yellow] {problem}")
         finally:
             bus.close()
-        pipelines = load_pipelines(self.settings.pipelines_dir)
-        ensure_topics(self.settings, [cfg.stream.topic for cfg in pipelines.values()])
 
     def _broker(self) -> EmbeddedBroker:
         kafka = self.settings.kafka
@@ -397,6 +415,9 @@ class Stack:
         self._stop_supervisor()
         components = self.components()
         stopped = self._stop_all(components)
+        # Processes a service started that outlive it when it was killed (training's Ray daemons), by their PIDs.
+        for owner, pids in ownedprocs.stop_all_recorded(self.home).items():
+            self.say(f"{owner}: stopped {len(pids)} leftover process(es) {pids}")
         if self.state_file.exists():
             self.state_file.unlink()
         return stopped

@@ -12,6 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from prometheus_client import Counter
+from sqlalchemy.orm import InstrumentedAttribute
 
 from driftloop.clients.db import create_engine_for
 from driftloop.contracts.settings import Settings
@@ -29,20 +30,21 @@ def cutoff(now: datetime, days: float) -> datetime | None:
 def purge_in_batches(
     engine: sa.Engine,
     table: str,
-    select_keys: sa.Select[Any],
-    delete_for: Callable[[list[Any]], sa.Delete],
+    key: InstrumentedAttribute[Any],
+    expired: sa.ColumnElement[bool],
     batch_rows: int,
 ) -> int:
-    """Delete in transactions of at most ``batch_rows`` keys: ``select_keys`` (one column) picks candidates,
-    ``delete_for(keys)`` deletes them (repeating the condition, so that a row changed meanwhile stays).
-    Returns the rows deleted, also counted in ``driftloop_rows_purged_total{table}``."""
+    """Delete the rows of ``key``'s ORM class that match ``expired``, in transactions of at most ``batch_rows``
+    distinct keys; each delete repeats the condition, so that a row changed meanwhile stays. Returns the rows
+    deleted, also counted in ``driftloop_rows_purged_total{table}``."""
+    select_keys = sa.select(key).where(expired).distinct()
     deleted = 0
     while True:
         with engine.begin() as conn:
             keys = list(conn.execute(select_keys.limit(batch_rows)).scalars())
             if not keys:
                 break
-            count = conn.execute(delete_for(keys)).rowcount or 0
+            count = conn.execute(sa.delete(key.class_).where(key.in_(keys), expired)).rowcount or 0
         deleted += count
         ROWS_PURGED.labels(table).inc(count)
         if len(keys) < batch_rows or count == 0:

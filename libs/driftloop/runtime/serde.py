@@ -77,6 +77,8 @@ class AvroCodec:
             if getattr(exc, "http_status_code", None) == 404:
                 raise WireFormatError("unknown_schema_id", f"schema id {schema_id} is not registered") from exc
             raise
+        if schema.schema_str is None:
+            raise WireFormatError("unknown_schema_id", f"schema id {schema_id} has no schema text")
         parsed = fastavro.parse_schema(json.loads(schema.schema_str))
         self._parsed_by_id[schema_id] = parsed
         return parsed

@@ -8,9 +8,11 @@ One-off maintenance jobs of a service (``python -m driftloop.services.NAME TASK`
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import logging.handlers
+import os
 import signal
 import sys
 import threading
@@ -18,17 +20,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import sqlalchemy as sa
 import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.orm import Session as OrmSession
+from sqlalchemy.orm import sessionmaker
 
 from driftloop.clients.db import create_engine_for, migrate, session_factory
 from driftloop.contracts.pipeline import PipelineConfig, load_pipelines
 from driftloop.contracts.settings import Settings, load_settings
 from driftloop.contracts.topics import Topic
 from driftloop.errors import AuthenticationRequired, DriftloopError, http_status_of
+from driftloop.runtime import workers
 from driftloop.runtime.bus import EventBus, EventHandler
 from driftloop.runtime.metrics import SERVICE_INFO, HttpMetricsMiddleware
 from driftloop.runtime.security import TokenChecker, bearer_scheme
@@ -63,11 +69,11 @@ class Runtime:
     bus: EventBus
 
     @property
-    def engine(self):  # type: ignore[no-untyped-def]
+    def engine(self) -> sa.Engine:
         return self.bus.engine
 
     @property
-    def Session(self):  # type: ignore[no-untyped-def]
+    def Session(self) -> sessionmaker[OrmSession]:
         return session_factory(self.bus.engine)
 
 
@@ -88,6 +94,8 @@ class ServiceSpec:
     ready_checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
     # Extra facts shown on /healthz that do not decide readiness (e.g. serving's models_loaded).
     health_info: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    # HTTP processes behind the service's port (``driftloop.runtime.workers``); consumers and loops run in one.
+    workers: int = 1
 
 
 async def api_context(request: Request) -> Any:
@@ -117,7 +125,8 @@ def base_app(runtime: Runtime, title: str, description: str = "") -> FastAPI:
     if not checker.enforced:
         log.warning("%s: no admin token configured: the HTTP API is open (see security settings)", title)
 
-    def check_token(
+    # Async: a few microseconds of work, done on the event loop rather than after a hop to the thread pool.
+    async def check_token(
         request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)
     ) -> None:
         request.state.principal = checker(request, credentials)
@@ -143,7 +152,18 @@ def base_app(runtime: Runtime, title: str, description: str = "") -> FastAPI:
     return app
 
 
-def _add_health(app: FastAPI, runtime: Runtime, spec: ServiceSpec) -> None:
+def _consumers_ready(runtime: Runtime, spec: ServiceSpec) -> bool:
+    # Every consumer thread has registered (a loop such as the monitor's faust engine may add one of its own).
+    consumers = runtime.bus.consumers
+    return all(c.assigned for c in consumers) and len(consumers) >= len(spec.consumers)
+
+
+def _add_health(
+    app: FastAPI, runtime: Runtime, spec: ServiceSpec, consumers_ready: Callable[[], bool] | None = None
+) -> None:
+    """``/healthz``; in an HTTP worker, ``consumers_ready`` reads the first process's consumers' state."""
+    consumers_ready = consumers_ready or (lambda: _consumers_ready(runtime, spec))
+
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:
         consumers = [
@@ -158,11 +178,11 @@ def _add_health(app: FastAPI, runtime: Runtime, spec: ServiceSpec) -> None:
             for c in runtime.bus.consumers
         ]
         checks = {name: bool(check()) for name, check in spec.ready_checks.items()}
-        # Every consumer thread has registered (a loop such as the monitor's faust engine may add one of its own).
-        ready = all(c["assigned"] for c in consumers) and len(consumers) >= len(spec.consumers) and all(checks.values())
+        ready = consumers_ready() and all(checks.values())
         info = {name: get() for name, get in spec.health_info.items()}
         return {
             "service": runtime.name,
+            "pid": os.getpid(),  # which of the service's HTTP processes answered (``workers``)
             "status": "ok",
             "ready": ready,
             "consumers": consumers,
@@ -171,13 +191,38 @@ def _add_health(app: FastAPI, runtime: Runtime, spec: ServiceSpec) -> None:
         }
 
 
-def make_runtime(name: str, settings: Settings | None = None) -> Runtime:
+def make_runtime(name: str, settings: Settings | None = None, *, migrated: bool = False) -> Runtime:
     settings = settings or load_settings()
     pipelines = load_pipelines(settings.pipelines_dir)
-    migrate(settings.database_url)
+    if not migrated:
+        migrate(settings.database_url)
     engine = create_engine_for(settings.database_url)
     bus = EventBus(settings, producer_name=name, engine=engine)
     return Runtime(name=name, settings=settings, pipelines=pipelines, bus=bus)
+
+
+def _run_http_worker(
+    name: str, build: Callable[[Runtime], ServiceSpec], sock_fd: int, ready: workers.SharedFlag, index: int
+) -> None:
+    """An HTTP worker (``driftloop.runtime.workers``): the service's app on the inherited socket, no consumers."""
+    settings = load_settings()
+    configure_logging(settings, f"{name}-worker{index}")
+    runtime = make_runtime(name, settings, migrated=True)
+    spec = build(runtime)
+    _add_health(spec.app, runtime, spec, consumers_ready=ready.get)
+    config = uvicorn.Config(
+        spec.app, fd=sock_fd, log_level=settings.log_level.lower(), access_log=False, log_config=None
+    )
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    finally:
+        for hook in spec.on_stop:
+            try:
+                hook()
+            except Exception:
+                log.exception("%s worker %d: stop hook failed", name, index)
+        runtime.bus.close()
 
 
 ServiceTask = Callable[[Settings], Mapping[str, Any]]
@@ -204,6 +249,10 @@ def run(name: str, build: Callable[[Runtime], ServiceSpec], tasks: Mapping[str, 
     argument, run that one task of ``tasks`` instead and exit."""
     if len(sys.argv) > 1:
         run_task(name, tasks or {}, sys.argv[1:])
+        return
+    role = workers.worker_role()
+    if role is not None:
+        _run_http_worker(name, build, *role)
         return
     try:
         settings = load_settings()
@@ -238,6 +287,22 @@ def run(name: str, build: Callable[[Runtime], ServiceSpec], tasks: Mapping[str, 
         log_config=None,
     )
     server = uvicorn.Server(config)
+    sockets, http_workers = None, []
+    if spec.workers > 1:
+        sock = config.bind_socket()
+        sockets, flag = [sock], workers.SharedFlag()
+        http_workers = workers.spawn_workers(name, sock, flag, spec.workers - 1)
+        ready = functools.partial(_consumers_ready, runtime, spec)
+        supervisor = threading.Thread(
+            target=workers.supervise,
+            args=(name, sock, flag, http_workers, ready, runtime.bus.stop_event),
+            name="http-workers",
+            daemon=True,
+        )
+        threads.append(supervisor)
+        supervisor.start()
+        log.info("%s: %d HTTP worker processes besides this one, pids %s", name, len(http_workers),
+                 [p.pid for p in http_workers])  # fmt: skip
 
     def _stop(signum: int, _frame: Any) -> None:
         log.info("%s: signal %d, stopping", name, signum)
@@ -249,9 +314,10 @@ def run(name: str, build: Callable[[Runtime], ServiceSpec], tasks: Mapping[str, 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
-        server.run()
+        server.run(sockets=sockets)
     finally:
         runtime.bus.stop_event.set()
+        workers.stop_workers(http_workers)
         for t in threads:
             t.join(timeout=10)
         for hook in spec.on_stop:

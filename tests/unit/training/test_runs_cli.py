@@ -7,10 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from test_training_families import fit, pipeline_of
+from test_training_fit import REPO
 from typer.testing import CliRunner
 
+from driftloop.client import Client
 from driftloop.clients.objectstore import LocalObjectStore, sha256_bytes
 from driftloop.contracts.settings import Settings
 from driftloop.ops import cli
@@ -43,15 +46,18 @@ RUNS: dict[str, dict[str, Any]] = {
 
 
 def answers(routes: dict[tuple[str, str], Any]) -> Any:
-    def call(service: str, method: str, path: str, **kwargs: Any) -> Any:
-        return routes[(method, path)]
+    """A ``_common.client`` whose services answer ``routes`` ((method, path) -> JSON) over a mock transport."""
 
-    return call
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=routes[(request.method, request.url.path)])
+
+    urls = {name: f"http://{name}" for name in ("training", "registry")}
+    return lambda: Client(urls=urls, token="t", transport=httpx.MockTransport(handle))
 
 
 def test_compare_shows_params_and_metrics_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
     routes = {("GET", f"/v1/runs/{run_id}"): run for run_id, run in RUNS.items()}
-    monkeypatch.setattr(_common, "call", answers(routes))
+    monkeypatch.setattr(_common, "client", answers(routes))
     result = CliRunner().invoke(cli.app, ["runs", "compare", "run-a", "run-b"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") >= 3}
@@ -67,7 +73,7 @@ def test_rerun_waits_and_reports_the_metric_difference(monkeypatch: pytest.Monke
         ("GET", "/v1/runs"): {"runs": [rerun]},
         ("GET", "/v1/runs/run-a"): RUNS["run-a"],
     }
-    monkeypatch.setattr(_common, "call", answers(routes))
+    monkeypatch.setattr(_common, "client", answers(routes))
     result = CliRunner().invoke(cli.app, ["runs", "rerun", "run-a"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
@@ -78,18 +84,24 @@ def test_models_export_reads_the_artifact_from_the_store_and_checks_its_sha256(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     result, _, _ = fit(tmp_path / "fit", pipeline_of("lightgbm", "classification"))
-    settings = Settings(home=tmp_path / "home")
+    # The export computes the features from the model's pipeline file (the repo's fraud-detector).
+    settings = Settings(home=tmp_path / "home", pipelines_dir=REPO / "pipelines")
     store = LocalObjectStore(settings.home / "objects")
     uri = store.put_bytes("models/m/runs/run-a/model.zip", result.artifact)
-    version = {"model": "m", "version": 3, "artifact_uri": uri, "artifact_sha256": sha256_bytes(result.artifact)}
+    version = {
+        "model": "fraud-detector",
+        "version": 3,
+        "artifact_uri": uri,
+        "artifact_sha256": sha256_bytes(result.artifact),
+    }
     monkeypatch.setattr(_common, "settings", lambda: settings)
-    monkeypatch.setattr(_common, "call", answers({("GET", "/v1/models/m/versions/3"): version}))
-    answer = CliRunner().invoke(cli.app, ["models", "export", "m", "3", str(tmp_path / "out")])
+    monkeypatch.setattr(_common, "client", answers({("GET", "/v1/models/fraud-detector/versions/3"): version}))
+    answer = CliRunner().invoke(cli.app, ["models", "export", "fraud-detector", "3", str(tmp_path / "out")])
     assert answer.exit_code == 0, answer.output
     signature = json.loads((tmp_path / "out" / "signature.json").read_text())
     assert signature["artifact_sha256"] == version["artifact_sha256"] and (tmp_path / "out" / "predict.py").exists()
 
     # A tampered artifact in the store is refused: nothing is exported.
     store.put_bytes("models/m/runs/run-a/model.zip", result.artifact + b"tampered")
-    refused = CliRunner().invoke(cli.app, ["models", "export", "m", "3", str(tmp_path / "out2")])
+    refused = CliRunner().invoke(cli.app, ["models", "export", "fraud-detector", "3", str(tmp_path / "out2")])
     assert refused.exit_code != 0 and not (tmp_path / "out2").exists()

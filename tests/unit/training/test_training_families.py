@@ -1,5 +1,6 @@
 """Model families without Ray: every family and task fits, its artifact round-trips and scores the same, an old
-LightGBM artifact still loads, the export folder predicts without driftloop, search spaces are validated."""
+LightGBM artifact still loads, the export folder predicts as serving does without driftloop, search spaces are
+validated."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import json
 import subprocess
 import sys
 import zipfile
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from test_training_fit import REPO, write_feature_set  # same folder (pytest puts it on the path)
+from test_training_fit import REPO, raw_rows, write_feature_set  # same folder (pytest puts it on the path)
 
 from driftloop.clients.objectstore import LocalObjectStore, sha256_bytes
 from driftloop.contracts import layout
@@ -23,6 +27,8 @@ from driftloop.contracts.pipeline import PipelineConfig, parse_pipeline
 from driftloop.contracts.settings import ObjectStoreSettings
 from driftloop.errors import ConfigError
 from driftloop.ops.export import export_artifact
+from driftloop.services.serving.predict import predict as serve
+from driftloop.services.serving.served import ServedModel
 from driftloop.services.training.fit import FitJob, FitResult, fit_feature_set
 from driftloop.services.training.hpo import max_rounds, search_metric, tune_space
 
@@ -97,35 +103,90 @@ def test_an_artifact_written_before_other_families_still_loads(tmp_path: Path) -
     assert loaded.predict(frame) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("family", ["lightgbm", "xgboost", "sklearn_random_forest"])
-def test_an_exported_folder_predicts_without_driftloop(tmp_path: Path, family: str) -> None:
-    result, store, prefix = fit(tmp_path / "store", pipeline_of(family, "classification"))
-    folder = export_artifact(result.artifact, tmp_path / "export", expected_sha256=sha256_bytes(result.artifact))
-    signature = json.loads((folder / "signature.json").read_text())
-    assert [i["name"] for i in signature["inputs"]] == ModelArtifact.from_bytes(result.artifact).feature_names
-    assert signature["artifact_sha256"] == sha256_bytes(result.artifact)
-    requirements = (folder / "requirements.txt").read_text()
-    assert "numpy==" in requirements and "pandas==" in requirements
-    assert {"lightgbm": "lightgbm==", "xgboost": "xgboost-cpu==", "sklearn_random_forest": "scikit-learn=="}[
-        family
-    ] in requirements
-    frame = pq.read_table(store.local_path(prefix)).to_pandas().head(40)
-    frame.drop(columns=["event_time"]).to_csv(tmp_path / "rows.csv", index=False)
+def served_instances(rows: int) -> list[dict[str, Any]]:
+    """Raw stream rows as a client sends them to serving (JSON values), with a missing age and an unseen and a
+    missing category among them."""
+    frame = raw_rows(rows, seed=5).drop(columns=["is_fraud"])
+    instances: list[dict[str, Any]] = json.loads(frame.to_json(orient="records", date_format="iso"))
+    instances[0]["age"] = None
+    instances[1]["merchant_category"] = "unheard-of"
+    instances[2]["merchant_category"] = None
+    return instances
+
+
+def run_exported(folder: Path, rows_file: Path) -> subprocess.CompletedProcess[str]:
     # driftloop made unimportable: the folder must not need it.
     code = (
         "import sys, runpy; sys.modules['driftloop'] = None; "
-        f"sys.argv = ['predict.py', {str(tmp_path / 'rows.csv')!r}]; "
+        f"sys.argv = ['predict.py', {str(rows_file)!r}]; "
         f"runpy.run_path({str(folder / 'predict.py')!r}, run_name='__main__')"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
-    exported = [json.loads(line)["prediction"] for line in out.splitlines()]
-    assert exported == pytest.approx(ModelArtifact.from_bytes(result.artifact).predict(frame).tolist(), abs=1e-6)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("family", list(FAMILY_PARAMS))
+def test_an_exported_folder_predicts_as_serving_does_without_driftloop(tmp_path: Path, family: str) -> None:
+    """From the stream's raw fields (a derived feature, log1p(amount), and a categorical one among the features),
+    the exported folder answers what serving answers for the same rows, to the bit."""
+    cfg = pipeline_of(family, "classification")
+    assert any(f.expr for f in cfg.features) and any(f.kind == "categorical" for f in cfg.features)
+    result, _, _ = fit(tmp_path / "store", cfg)
+    sha = sha256_bytes(result.artifact)
+    folder = export_artifact(result.artifact, tmp_path / "export", pipeline=cfg, expected_sha256=sha)
+    signature = json.loads((folder / "signature.json").read_text())
+    assert [i["name"] for i in signature["inputs"]] == [f for f in cfg.stream.field_names if f != "is_fraud"]
+    assert [f["name"] for f in signature["features"]] == ModelArtifact.from_bytes(result.artifact).feature_names
+    assert signature["artifact_sha256"] == sha
+    requirements = (folder / "requirements.txt").read_text()
+    assert "numpy==" in requirements and "pandas==" in requirements and "pydantic==" in requirements
+    assert {
+        "lightgbm": "lightgbm==",
+        "xgboost": "xgboost-cpu==",
+        "sklearn_linear": "scikit-learn==",
+        "sklearn_random_forest": "scikit-learn==",
+    }[family] in requirements
+
+    instances = served_instances(40)
+    served = ServedModel(
+        model=cfg.model.name,
+        version=1,
+        sha256=sha,
+        artifact_uri="file:///model.zip",
+        artifact=ModelArtifact.from_bytes(result.artifact),
+        pipeline=cfg,
+        loaded_at=datetime.now(tz=UTC),
+        load_seconds=0.0,
+        promoted_event_id="e",
+    )
+    serving = serve(served, instances, lambda _event: None)["predictions"]
+    rows_file = tmp_path / "rows.jsonl"
+    rows_file.write_text("".join(json.dumps(i) + "\n" for i in instances))
+    done = run_exported(folder, rows_file)
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["prediction"] for line in done.stdout.splitlines()] == serving
+
+    # The same rows as CSV (what a spreadsheet gives): the same answers.
+    pd.DataFrame(instances).to_csv(tmp_path / "rows.csv", index=False)
+    done = run_exported(folder, tmp_path / "rows.csv")
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["prediction"] for line in done.stdout.splitlines()] == pytest.approx(serving, abs=1e-12)
+
+    # The model's features instead of the stream's fields (what the old export took): refused, naming the column.
+    (tmp_path / "features.jsonl").write_text(json.dumps({**instances[3], "log_amount": 1.0}) + "\n")
+    refused = run_exported(folder, tmp_path / "features.jsonl")
+    assert refused.returncode != 0 and "unknown column(s) ['log_amount']" in refused.stderr
+    (tmp_path / "missing.jsonl").write_text(json.dumps({k: v for k, v in instances[3].items() if k != "amount"}) + "\n")
+    refused = run_exported(folder, tmp_path / "missing.jsonl")
+    assert refused.returncode != 0 and "lacks column(s) ['amount']" in refused.stderr
 
 
 def test_a_tampered_artifact_is_refused_by_export(tmp_path: Path) -> None:
-    result, _, _ = fit(tmp_path, pipeline_of("lightgbm", "classification"))
+    cfg = pipeline_of("lightgbm", "classification")
+    result, _, _ = fit(tmp_path, cfg)
     with pytest.raises(Exception, match="does not match"):
-        export_artifact(result.artifact + b"x", tmp_path / "out", expected_sha256=sha256_bytes(result.artifact))
+        export_artifact(
+            result.artifact + b"x", tmp_path / "out", pipeline=cfg, expected_sha256=sha256_bytes(result.artifact)
+        )
 
 
 SEARCH = """  search:

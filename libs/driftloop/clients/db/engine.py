@@ -9,17 +9,20 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
-def create_engine_for(url: str) -> sa.Engine:
+def create_engine_for(url: str, pool_size: int = 5) -> sa.Engine:
     """An engine tuned for the backend: SQLite in WAL mode with a busy timeout, so that several service
-    processes can share one embedded database file; PostgreSQL with a small pool."""
+    processes can share one embedded database file; PostgreSQL with a small pool. ``pool_size``: connections
+    kept open (as many as the threads that use the engine at once)."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
+        pool: dict[str, int] = {}
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+            pool = {"pool_size": pool_size, "max_overflow": 10}
+        engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, **pool)
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        def _sqlite_pragmas(dbapi_conn, _record):
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA busy_timeout=60000")
@@ -27,7 +30,7 @@ def create_engine_for(url: str) -> sa.Engine:
             cur.close()
 
         return engine
-    return sa.create_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
+    return sa.create_engine(url, pool_size=pool_size, max_overflow=5, pool_pre_ping=True)
 
 
 def session_factory(engine: sa.Engine) -> sessionmaker[Session]:

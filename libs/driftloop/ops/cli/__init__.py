@@ -1,6 +1,6 @@
 """The ``driftloop`` command line: run the embedded stack, inspect datasets, models, runs and cascades.
 
-One module per command group; each talks to the services through the one HTTP client (``_common.call``).
+One module per command group; each talks to the services through the platform client (``driftloop.client``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ app.add_typer(admin.pipeline_app, name="pipeline")
 app.add_typer(events.events_app, name="events")
 app.add_typer(admin.schemas_app, name="schemas")
 app.add_typer(data.dlq_app, name="dlq")
+app.add_typer(data.stream_app, name="stream")
 app.add_typer(runs.runs_app, name="runs")
 
 

@@ -1,5 +1,8 @@
-"""What every command group of the CLI shares: the consoles, the settings, calls to the services (through the one
-HTTP client, ``driftloop.clients.http``) and JSON output."""
+"""What every command group of the CLI shares: the consoles, the settings, the platform client
+(``driftloop.client.Client``: every call to a service goes through it) and output for people and for scripts.
+
+Output for scripts: when stdout is not a terminal (a pipe, a file), nothing is wrapped or cut to a width (rich would
+otherwise assume 80 columns), and every read command takes ``--json``."""
 
 from __future__ import annotations
 
@@ -10,29 +13,33 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from driftloop.clients.http import ServiceClient
+from driftloop.client import Client
 from driftloop.contracts.settings import Settings, load_settings
 
-console = Console()
-err_console = Console(stderr=True)
+# Far wider than any line: a table or a line is as wide as its content, never wrapped nor cut.
+UNBOUNDED_WIDTH = 1_000_000
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+def _console(stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty():
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, width=UNBOUNDED_WIDTH, soft_wrap=True)
+
+
+console = _console()
+err_console = _console(stderr=True)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output (JSON on stdout).")]
 
 
 def settings() -> Settings:
     return load_settings()
 
 
-def call(service: str, method: str, path: str, **kwargs: Any) -> Any:
-    """The JSON answer of ``service`` to ``method path``; an error answer raises from the exception tree."""
-    with ServiceClient(service, settings()) as client:
-        return client.call(method, path, **kwargs)
-
-
-def call_text(service: str, method: str, path: str, **kwargs: Any) -> str:
-    """The plain-text answer of ``service`` (e.g. a run's log)."""
-    with ServiceClient(service, settings()) as client:
-        return client.request(method, path, **kwargs).text
+def client() -> Client:
+    """The platform client, at the settings' URLs with their token (use it in a ``with`` block)."""
+    return Client(settings())
 
 
 def print_json(data: Any) -> None:

@@ -55,17 +55,71 @@ def db_purge() -> None:
 
 
 @pipeline_app.command("validate")
-def pipeline_validate(files: Annotated[list[Path] | None, typer.Argument()] = None) -> None:
+def pipeline_validate(
+    files: Annotated[list[Path] | None, typer.Argument()] = None, as_json: common.JsonOption = False
+) -> None:
     """Check pipeline files (default: every file in pipelines_dir)."""
     from driftloop.contracts.pipeline import load_pipeline, load_pipelines
 
     if files:
-        for f in files:
-            cfg = load_pipeline(f)
-            common.console.print(f"{f}: ok (stream {cfg.stream.name}, model {cfg.model.name})")
+        checked = [(str(f), load_pipeline(f)) for f in files]
     else:
-        for name, cfg in load_pipelines(common.settings().pipelines_dir).items():
-            common.console.print(f"model {name}: ok (stream {cfg.stream.name})")
+        checked = [(f"model {name}", cfg) for name, cfg in load_pipelines(common.settings().pipelines_dir).items()]
+    if as_json:
+        common.print_json(
+            [{"source": s, "model": c.model.name, "stream": c.stream.name, "ok": True} for s, c in checked]
+        )
+        return
+    for source, cfg in checked:
+        common.console.print(f"{source}: ok (stream {cfg.stream.name}, model {cfg.model.name})")
+
+
+@pipeline_app.command("apply")
+def pipeline_apply(file: Path) -> None:
+    """Check FILE (syntax, names, the stream schema's compatibility with its registered subject) and store it in
+    pipelines_dir; with the stack running, create the stream's topic and register its schema. Services read
+    pipelines_dir at start: restart them (`driftloop down && driftloop up`) to serve it."""
+    from driftloop.ops.pipelines import apply_pipeline
+
+    settings = common.settings()
+    applied = apply_pipeline(settings, file, bus=_bus_running(settings))
+    done = f"; {', '.join(applied.bus)} ready" if applied.bus else " (the stack is not running: `up` prepares the bus)"
+    common.console.print(
+        f"{applied.path}: {applied.change} (stream {applied.stream}, model {applied.model}){done}. "
+        "Running services take it at their next start."
+    )
+
+
+@pipeline_app.command("remove")
+def pipeline_remove(
+    model: str, force: Annotated[bool, typer.Option(help="Remove it even while serving answers with it.")] = False
+) -> None:
+    """Delete MODEL's pipeline file; refused while serving answers with the model, unless --force."""
+    from driftloop.errors import DriftloopError
+    from driftloop.ops.pipelines import remove_pipeline
+
+    settings = common.settings()
+    served: int | None = None
+    if _bus_running(settings):
+        try:
+            with common.client() as dl:
+                served = dl.served(model).get("version")
+        except DriftloopError:  # not served (404/503), or serving is not running
+            served = None
+    path = remove_pipeline(settings, model, served_version=served, force=force)
+    common.console.print(f"removed {path}; running services drop it at their next start")
+
+
+def _bus_running(settings: Any) -> bool:
+    """Whether the broker and registry these settings name are running: the embedded ones of `driftloop up`, or
+    external ones (assumed up)."""
+    from driftloop.ops.procs import pid_alive
+    from driftloop.ops.stack import Stack
+
+    alive = {c.name for c in Stack(settings).components() if pid_alive(c.pid)}
+    return (not settings.kafka.embedded or "broker" in alive) and (
+        not settings.schema_registry.embedded or "schemaregistry" in alive
+    )
 
 
 @schemas_app.command("check")

@@ -1,4 +1,5 @@
-"""``driftloop dataset | dlq | stats``: a stream's dataset versions and dead letters (the ingestion service)."""
+"""``driftloop stream | dataset | dlq | stats``: a stream's producer contract, dataset versions and dead letters (the
+ingestion service)."""
 
 from __future__ import annotations
 
@@ -15,19 +16,47 @@ from driftloop.ops.cli import _common as common
 app = typer.Typer()
 dataset_app = typer.Typer(help="Dataset versions of a stream.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Dead letters of a stream: list by reason, replay once fixed.", no_args_is_help=True)
+stream_app = typer.Typer(help="Streams: the producer contract.", no_args_is_help=True)
+
+
+@stream_app.command("list")
+def stream_list(as_json: common.JsonOption = False) -> None:
+    """Every stream: topic, model, fields."""
+    with common.client() as dl:
+        streams = dl.streams()["streams"]
+    if as_json:
+        common.print_json(streams)
+        return
+    table = Table("stream", "topic", "model", "fields")
+    for s in streams:
+        table.add_row(s["stream"], s["topic"], s["model"], ", ".join(f"{f['name']}:{f['type']}" for f in s["fields"]))
+    common.console.print(table)
+
+
+@stream_app.command("schema")
+def stream_schema(stream: str, as_json: common.JsonOption = False) -> None:
+    """The Avro value schema producers of STREAM write with (save it as an .avsc); --json: the whole contract
+    (topic, subject, schema, field roles). `driftloop up` registers it under the subject."""
+    with common.client() as dl:
+        contract = dl.stream_schema(stream)
+    common.print_json(contract if as_json else contract["schema"])
 
 
 @dataset_app.command("cut")
 def dataset_cut(stream: str) -> None:
     """Cut a dataset version of STREAM now, from the rows landed since the last one."""
-    # A cut runs Spark: minutes on a busy machine or a large stream.
-    common.print_json(common.call("ingestion", "POST", f"/v1/streams/{stream}/datasets", timeout=900.0))
+    with common.client() as dl:
+        common.print_json(dl.cut_dataset(stream))
 
 
 @dataset_app.command("list")
-def dataset_list(stream: str) -> None:
+def dataset_list(stream: str, as_json: common.JsonOption = False) -> None:
     """Dataset versions of STREAM."""
-    versions = common.call("ingestion", "GET", f"/v1/streams/{stream}/datasets")
+    with common.client() as dl:
+        versions = dl.datasets(stream)
+    if as_json:
+        common.print_json(versions)
+        return
     table = Table("version", "rows", "new rows", "hash", "parent", "created")
     for v in versions if isinstance(versions, list) else versions.get("versions", []):
         table.add_row(
@@ -42,9 +71,11 @@ def dataset_list(stream: str) -> None:
 
 
 @dataset_app.command("show")
-def dataset_show(version: Annotated[str, typer.Argument(help="STREAM@vN")]) -> None:
-    """A dataset version: hash, rows, schema, time range, profile, parent, and the offsets/request ids it covers."""
-    common.print_json(common.call("ingestion", "GET", f"/v1/datasets/{version}"))
+def dataset_show(version: Annotated[str, typer.Argument(help="STREAM@vN")], as_json: common.JsonOption = True) -> None:
+    """A dataset version: hash, rows, schema, time range, profile, parent, and the offsets/request ids it covers
+    (JSON)."""
+    with common.client() as dl:
+        common.print_json(dl.dataset(version))
 
 
 @dataset_app.command("diff")
@@ -52,11 +83,11 @@ def dataset_diff(
     stream: str,
     from_version: Annotated[str | None, typer.Argument(help="vN (default: the version before TO)")] = None,
     to_version: Annotated[str | None, typer.Argument(help="vN (default: the newest)")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: common.JsonOption = False,
 ) -> None:
     """Rows added/removed between two versions of STREAM and the profile change per column."""
-    params = {k: v for k, v in {"from": from_version, "to": to_version}.items() if v}
-    diff = common.call("ingestion", "GET", f"/v1/streams/{stream}/datasets/diff", params=params, timeout=900.0)
+    with common.client() as dl:
+        diff = dl.diff_datasets(stream, from_version, to_version)
     if as_json:
         common.print_json(diff)
         return
@@ -80,11 +111,8 @@ def dataset_compact(
     stream: str, keep: Annotated[int, typer.Option(help="Versions whose landed batches stay as they are.")] = 2
 ) -> None:
     """Retention: compact the landed batches of older versions of STREAM (every version stays reproducible)."""
-    common.print_json(
-        common.call(
-            "ingestion", "POST", f"/v1/streams/{stream}/datasets/compact", params={"keep_versions": keep}, timeout=900.0
-        )
-    )
+    with common.client() as dl:
+        common.print_json(dl.compact_datasets(stream, keep_versions=keep))
 
 
 @dlq_app.command("show")
@@ -92,11 +120,11 @@ def dlq_show(
     stream: str,
     reason: Annotated[str | None, typer.Option(help="Only this reason.")] = None,
     limit: Annotated[int, typer.Option(help="Newest N dead letters.")] = 20,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: common.JsonOption = False,
 ) -> None:
     """Open dead letters of STREAM: counts by reason, then the newest ones with field, message and source."""
-    params: dict[str, Any] = {"limit": limit, **({"reason": reason} if reason else {})}
-    body = common.call("ingestion", "GET", f"/v1/streams/{stream}/dead-letters", params=params)
+    with common.client() as dl:
+        body = dl.dead_letters(stream, reason=reason, limit=limit)
     if as_json:
         common.print_json(body)
         return
@@ -108,7 +136,7 @@ def dlq_show(
     common.console.print(f"{counts['open']} open, {counts['replayed']} replayed")
     letters = Table("id", "reason", "field", "message", "source")
     for d in body["dead_letters"]:
-        letters.add_row(str(d["id"]), d["reason"], d["field"] or "", d["message"][:80], d["source"])
+        letters.add_row(str(d["id"]), d["reason"], d["field"] or "", d["message"], d["source"])
     common.console.print(letters)
 
 
@@ -123,25 +151,22 @@ def dlq_replay(
 ) -> None:
     """Re-validate dead letters of STREAM against the current pipeline config (with the fixed records of
     --fixes) and land those that pass; the others stay with their reason."""
-    body: dict[str, Any] = {}
-    if ids:
-        body["ids"] = ids
-    if reason:
-        body["reason"] = reason
+    fixed: dict[int, Any] = {}
     if fixes is not None:
-        body["fixes"] = {}
         for number, line in enumerate(fixes.read_text().splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 entry = json.loads(line)
-                body["fixes"][str(int(entry["id"]))] = entry["record"]
+                fixed[int(entry["id"])] = entry["record"]
             except (ValueError, KeyError, TypeError) as exc:
                 raise DriftloopError(f'{fixes}:{number}: expected {{"id": N, "record": {{...}}}} ({exc})') from None
-    common.print_json(common.call("ingestion", "POST", f"/v1/streams/{stream}/dead-letters/replay", json=body))
+    with common.client() as dl:
+        common.print_json(dl.replay_dead_letters(stream, ids=ids or None, reason=reason, fixes=fixed))
 
 
 @app.command()
-def stats(stream: str) -> None:
-    """Records in, landed and dead-lettered (by reason) for STREAM."""
-    common.print_json(common.call("ingestion", "GET", f"/v1/streams/{stream}/stats"))
+def stats(stream: str, as_json: common.JsonOption = True) -> None:
+    """Records in, landed and dead-lettered (by reason) for STREAM (JSON)."""
+    with common.client() as dl:
+        common.print_json(dl.stream_stats(stream))

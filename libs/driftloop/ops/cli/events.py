@@ -29,8 +29,8 @@ def timeline(
 
 
 @events_app.command("show")
-def events_show(event_id: str) -> None:
-    """An event and the chain of events that caused it."""
+def events_show(event_id: str, as_json: common.JsonOption = True) -> None:
+    """An event and the chain of events that caused it (JSON)."""
     from driftloop.clients.db import create_engine_for
     from driftloop.runtime.timeline import lineage
 

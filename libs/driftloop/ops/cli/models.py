@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.table import Table
 
 from driftloop.errors import DriftloopError
 from driftloop.ops.cli import _common as common
@@ -15,15 +16,28 @@ models_app = typer.Typer(help="Models in the registry.", no_args_is_help=True)
 
 
 @models_app.command("list")
-def models_list() -> None:
+def models_list(as_json: common.JsonOption = False) -> None:
     """Registered models and their champion."""
-    common.print_json(common.call("registry", "GET", "/v1/models"))
+    with common.client() as dl:
+        models = dl.models()
+    if as_json:
+        common.print_json(models)
+        return
+    table = Table("model", "champion", "latest", "versions")
+    for m in models["models"]:
+        table.add_row(m["model"], _version(m["champion_version"]), _version(m["latest_version"]), str(m["versions"]))
+    common.console.print(table)
+
+
+def _version(value: Any) -> str:
+    return f"v{value}" if value is not None else "-"
 
 
 @models_app.command("show")
-def models_show(name: str) -> None:
-    """Versions of a model with metrics, lineage and gate numbers."""
-    common.print_json(common.call("registry", "GET", f"/v1/models/{name}/versions"))
+def models_show(name: str, as_json: common.JsonOption = True) -> None:
+    """Versions of a model with metrics, lineage and gate numbers (JSON)."""
+    with common.client() as dl:
+        common.print_json(dl.versions(name))
 
 
 @app.command()
@@ -35,11 +49,10 @@ def retrain(
     ] = None,
 ) -> None:
     """Ask for a retrain of MODEL now (manual trigger), optionally on a pinned dataset version."""
-    body: dict[str, Any] = {"reason": reason}
-    if dataset:
-        common.call("ingestion", "GET", f"/v1/datasets/{dataset}")  # a clear error for an unknown version
-        body["dataset_version_id"] = dataset
-    common.print_json(common.call("triggers", "POST", f"/v1/models/{model}/retrain", json=body))
+    with common.client() as dl:
+        if dataset:
+            dl.dataset(dataset)  # a clear error for an unknown version
+        common.print_json(dl.retrain(model, reason=reason, dataset=dataset))
 
 
 @app.command()
@@ -51,10 +64,8 @@ def rollback(
     reason: Annotated[str, typer.Option(help="Why (kept with the alias and its event).")] = "",
 ) -> None:
     """Move MODEL's champion back to the previous champion (or --to V); serving follows."""
-    body: dict[str, Any] = {"reason": reason}
-    if to is not None:
-        body["to"] = to
-    moved = common.call("registry", "POST", f"/v1/models/{model}/rollback", json=body)
+    with common.client() as dl:
+        moved = dl.rollback(model, to=to, reason=reason)
     common.console.print(
         f"{model}: champion v{moved['previous_version']} -> v{moved['version']} (event {moved['event_id']})"
     )
@@ -68,16 +79,12 @@ def models_alias(
     reason: Annotated[str, typer.Option(help="Why (required to move).")] = "",
 ) -> None:
     """Show an alias of model NAME, or move it to VERSION (champion moves what serving answers with)."""
-    if version is None:
-        common.print_json(common.call("registry", "GET", f"/v1/models/{name}/aliases/{alias}"))
-        return
-    if not reason:
+    if version is not None and not reason:
         raise DriftloopError("moving an alias needs --reason")
-    common.print_json(
-        common.call(
-            "registry", "PUT", f"/v1/models/{name}/aliases/{alias}", json={"version": version, "reason": reason}
+    with common.client() as dl:
+        common.print_json(
+            dl.alias(name, alias) if version is None else dl.set_alias(name, alias, version, reason=reason)
         )
-    )
 
 
 @models_app.command("annotate")
@@ -94,12 +101,8 @@ def models_annotate(
         if not sep or not key:
             raise DriftloopError(f"--tag {item!r}: expected key=value (or key= to delete)")
         tags[key] = value or None
-    body: dict[str, Any] = {}
-    if tags:
-        body["tags"] = tags
-    if description is not None:
-        body["description"] = description
-    common.print_json(common.call("registry", "PATCH", f"/v1/models/{name}/versions/{version}", json=body))
+    with common.client() as dl:
+        common.print_json(dl.annotate(name, version, tags=tags, description=description))
 
 
 @models_app.command("export")
@@ -109,13 +112,20 @@ def models_export(
     directory: Annotated[Path, typer.Argument(help="Folder to write (created).")],
 ) -> None:
     """Export MODEL VERSION as a self-contained folder (model, signature, pinned requirements, predict.py) that
-    predicts without driftloop. The artifact is read from the object store and verified by its sha256."""
+    predicts from the stream's raw fields exactly as serving does, without driftloop. The artifact is read from the
+    object store and verified by its sha256; the features come from the model's pipeline file."""
     from driftloop.clients.objectstore import open_object_store
+    from driftloop.contracts.pipeline import load_pipelines, pipeline_for_model
     from driftloop.ops.export import export_artifact
 
-    record = common.call("registry", "GET", f"/v1/models/{name}/versions/{version}")
+    pipeline = pipeline_for_model(load_pipelines(common.settings().pipelines_dir), name)
+    with common.client() as dl:
+        record = dl.version(name, version)
     record = record.get("version", record) if isinstance(record.get("version"), dict) else record
     store = open_object_store(common.settings())
     data = store.get_bytes(store.key_of(record["artifact_uri"]))
-    export_artifact(data, directory, expected_sha256=record["artifact_sha256"])
-    common.console.print(f"exported {name} v{version} to {directory} (python {directory}/predict.py rows.csv)")
+    export_artifact(data, directory, pipeline=pipeline, expected_sha256=record["artifact_sha256"])
+    common.console.print(
+        f"exported {name} v{version} to {directory}: python {directory}/predict.py rows.jsonl "
+        f"(rows of stream {pipeline.stream.name}'s raw fields, as serving takes them)"
+    )

@@ -21,14 +21,14 @@ def _flat(prefix: str, values: dict[str, Any] | None) -> dict[str, Any]:
 @runs_app.command("list")
 def runs_list(
     model: Annotated[str | None, typer.Option(help="Only this model's runs.")] = None,
-    state: Annotated[str | None, typer.Option(help="pending, running, completed, failed or aborted.")] = None,
+    state: Annotated[str | None, typer.Option(help="pending, running, completed, failed, aborted or skipped.")] = None,
     trigger: Annotated[str | None, typer.Option(help="e.g. manual, drift, new_data, rerun.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
     as_json: common.JsonOption = False,
 ) -> None:
     """Runs, newest first."""
-    params = {k: v for k, v in {"model": model, "state": state, "trigger": trigger, "limit": limit}.items() if v}
-    runs = common.call("training", "GET", "/v1/runs", params=params)["runs"]
+    with common.client() as dl:
+        runs = dl.runs(model=model, state=state, trigger=trigger, limit=limit)["runs"]
     if as_json:
         common.print_json(runs)
         return
@@ -48,27 +48,37 @@ def runs_list(
 
 
 @runs_app.command("show")
-def runs_show(run_id: str) -> None:
-    """Everything recorded about a run: params, metrics, trials, artifacts, provenance, resources."""
-    common.print_json(common.call("training", "GET", f"/v1/runs/{run_id}"))
+def runs_show(run_id: str, as_json: common.JsonOption = True) -> None:
+    """Everything recorded about a run: params, metrics, trials, artifacts, provenance, resources (JSON)."""
+    with common.client() as dl:
+        common.print_json(dl.run(run_id))
 
 
 @runs_app.command("logs")
-def runs_logs(run_id: str) -> None:
-    """A run's log (live while it runs)."""
-    sys.stdout.write(common.call_text("training", "GET", f"/v1/runs/{run_id}/logs"))
+def runs_logs(run_id: str, as_json: common.JsonOption = False) -> None:
+    """A run's log (live while it runs); --json: {"run_id", "log"}."""
+    with common.client() as dl:
+        log = dl.run_logs(run_id)
+    if as_json:
+        common.print_json({"run_id": run_id, "log": log})
+        return
+    sys.stdout.write(log)
 
 
 @runs_app.command("abort")
 def runs_abort(run_id: str) -> None:
     """Abort a pending or running run: its Ray trials and fit stop, their CPUs are freed."""
-    common.print_json(common.call("training", "POST", f"/v1/runs/{run_id}/abort"))
+    with common.client() as dl:
+        common.print_json(dl.abort_run(run_id))
 
 
 @runs_app.command("compare")
-def runs_compare(run_ids: Annotated[list[str], typer.Argument(help="Two or more run ids.")]) -> None:
+def runs_compare(
+    run_ids: Annotated[list[str], typer.Argument(help="Two or more run ids.")], as_json: common.JsonOption = False
+) -> None:
     """Params and metrics of runs side by side (rows that differ are marked)."""
-    runs = [common.call("training", "GET", f"/v1/runs/{run_id}") for run_id in run_ids]
+    with common.client() as dl:
+        runs = [dl.run(run_id) for run_id in run_ids]
     rows: dict[str, list[Any]] = {}
     for index, run in enumerate(runs):
         fields = {
@@ -82,6 +92,9 @@ def runs_compare(run_ids: Annotated[list[str], typer.Argument(help="Two or more 
         }
         for key, value in fields.items():
             rows.setdefault(key, [None] * len(runs))[index] = value
+    if as_json:
+        common.print_json({key: dict(zip(run_ids, values, strict=True)) for key, values in rows.items()})
+        return
     table = Table("", *run_ids)
     for key, values in rows.items():
         differs = len({repr(v) for v in values}) > 1
@@ -102,31 +115,32 @@ def runs_rerun(
     timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 600.0,
 ) -> None:
     """Re-execute a completed run from its record (same data, features, params, seed) and compare metrics."""
-    answer = common.call("training", "POST", f"/v1/runs/{run_id}/rerun", json={"reason": "driftloop runs rerun"})
-    if not wait:
-        common.print_json(answer)
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = common.call("training", "GET", "/v1/runs", params={"rerun_of": run_id})["runs"]
-        mine = [r for r in found if r["request_id"] == answer["request_id"]]
-        if mine and mine[0]["state"] in ("completed", "failed", "aborted"):
-            original = common.call("training", "GET", f"/v1/runs/{run_id}")
-            rerun = mine[0]
-            deltas = {
-                k: abs(v - (rerun.get("metrics") or {}).get(k, float("nan")))
-                for k, v in (original.get("metrics") or {}).items()
-            }
-            common.print_json(
-                {
-                    "rerun": rerun["run_id"],
-                    "state": rerun["state"],
-                    "error": rerun.get("error"),
-                    "metrics": rerun.get("metrics"),
-                    "original_metrics": original.get("metrics"),
-                    "max_abs_difference": max(deltas.values(), default=None),
-                }
-            )
+    with common.client() as dl:
+        answer = dl.rerun(run_id, reason="driftloop runs rerun")
+        if not wait:
+            common.print_json(answer)
             return
-        time.sleep(1.0)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = dl.runs(rerun_of=run_id)["runs"]
+            mine = [r for r in found if r["request_id"] == answer["request_id"]]
+            if mine and mine[0]["state"] in ("completed", "failed", "aborted", "skipped"):
+                original = dl.run(run_id)
+                rerun = mine[0]
+                deltas = {
+                    k: abs(v - (rerun.get("metrics") or {}).get(k, float("nan")))
+                    for k, v in (original.get("metrics") or {}).items()
+                }
+                common.print_json(
+                    {
+                        "rerun": rerun["run_id"],
+                        "state": rerun["state"],
+                        "error": rerun.get("error"),
+                        "metrics": rerun.get("metrics"),
+                        "original_metrics": original.get("metrics"),
+                        "max_abs_difference": max(deltas.values(), default=None),
+                    }
+                )
+                return
+            time.sleep(1.0)
     common.print_json({**answer, "state": "still running after the timeout"})

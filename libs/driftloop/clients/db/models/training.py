@@ -43,3 +43,12 @@ class Run(Base):
     artifacts: Mapped[dict | None] = mapped_column(default=dict)
     # A rerun (``driftloop runs rerun``) records the run it reproduces.
     rerun_of: Mapped[str | None] = mapped_column(sa.String(64))
+    # What the run trains on, as one hash: dataset version + model, feature and label configuration (+ the training
+    # window and the feedback labels, when used). A request whose fingerprint a run already has is skipped.
+    fingerprint: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    # Why a run was skipped (state ``skipped``): e.g. the run that already trained on the same data and configuration.
+    skip_reason: Mapped[str | None] = mapped_column(sa.Text)
+    # Executions of the run: a run interrupted by a crash of the service is executed again once at its next start.
+    attempts: Mapped[int] = mapped_column(default=1)
+    # The TrainingRequested payload (Avro record as JSON), so that an interrupted run can be executed again.
+    request: Mapped[dict | None]

@@ -1,0 +1,290 @@
+"""What a training request trains on, decided when its run starts, without Kafka or Ray: SQLite, a local object
+store, the fit in this process, published events collected.
+
+- the newest usable dataset version (not the one named when the request was made), a pin kept;
+- a request on exactly the data and configuration of an earlier run is skipped, with its reason and an event;
+- a run interrupted by a crash is executed again once at the next start (one run, one completion per request);
+- a change point: the fit keeps the rows after it (or down-weights the older ones).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from test_training_fit import pipeline, write_feature_set
+
+from driftloop.clients.db import create_engine_for, migrate, session_factory
+from driftloop.clients.db.models import Run
+from driftloop.clients.objectstore import LocalObjectStore
+from driftloop.contracts import layout
+from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.payloads import RunStateChanged, TrainingCompleted, TrainingRequested
+from driftloop.contracts.pipeline import PipelineConfig
+from driftloop.contracts.settings import ObjectStoreSettings, Settings
+from driftloop.errors import NotFoundError
+from driftloop.services.training.featuresets import resolve_for_request
+from driftloop.services.training.fit import FitJob, FitResult, fit_feature_set
+from driftloop.services.training.handlers import TrainingHandlers
+from driftloop.services.training.runs import training_fingerprint
+
+STREAM, MODEL = "tx-unit", "fraud-unit"
+
+
+@dataclass
+class FakeBus:
+    published: list[Event] = field(default_factory=list)
+    stop_event: threading.Event = field(default_factory=threading.Event)
+
+    def publish(self, event: Event, **_: Any) -> None:
+        self.published.append(event)
+
+
+@dataclass
+class FakeRuntime:
+    settings: Settings
+    pipelines: dict[str, PipelineConfig]
+    bus: FakeBus
+    Session: Any
+    name: str = "training"
+
+
+class Crash(BaseException):
+    """Stands for a kill -9 inside the fit: nothing after it runs (not an Exception: no handler catches it)."""
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> FakeRuntime:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    migrate(url)
+    settings = Settings(home=tmp_path / "home", object_store={"type": "local", "path": tmp_path / "objects"})
+    return FakeRuntime(settings, {MODEL: pipeline()}, FakeBus(), session_factory(create_engine_for(url)))
+
+
+def local_fit(settings: Settings, job: FitJob, should_abort: Any) -> FitResult:
+    return fit_feature_set(job)
+
+
+def handlers(runtime: FakeRuntime, fitter: Any = local_fit) -> TrainingHandlers:
+    return TrainingHandlers(runtime, store=LocalObjectStore(runtime.settings.object_store_path), fitter=fitter)  # type: ignore[arg-type]
+
+
+def request(request_id: str, version: str | None, **fields: Any) -> Event[TrainingRequested]:
+    trigger = fields.pop("trigger", "new_data")
+    payload = TrainingRequested(
+        request_id=request_id, model=MODEL, trigger=trigger, reason="test", dataset_version_id=version, **fields
+    )
+    return new_event(payload, producer="test")
+
+
+def run_of(runtime: FakeRuntime, request_id: str) -> Run:
+    with runtime.Session() as session:
+        runs = session.scalars(sa.select(Run).where(Run.request_id == request_id)).all()
+    assert len(runs) == 1
+    return runs[0]
+
+
+def states(runtime: FakeRuntime, run_id: str) -> list[str]:
+    return [
+        e.payload.state
+        for e in runtime.bus.published
+        if isinstance(e.payload, RunStateChanged) and e.payload.run_id == run_id
+    ]
+
+
+def completions(runtime: FakeRuntime, request_id: str) -> list[TrainingCompleted]:
+    return [
+        e.payload
+        for e in runtime.bus.published
+        if isinstance(e.payload, TrainingCompleted) and e.payload.request_id == request_id
+    ]
+
+
+def test_the_version_is_resolved_at_run_start_and_a_pin_is_kept(tmp_path: Path) -> None:
+    cfg, store = pipeline(), LocalObjectStore(tmp_path)
+    write_feature_set(store, cfg, 1, 60)
+    write_feature_set(store, cfg, 2, 60)
+    named_v1 = request("r1", f"{STREAM}@v1").payload
+    assert resolve_for_request(store, cfg, named_v1).dataset_version_id == f"{STREAM}@v2"  # the stale bootstrap
+    pinned = replace(named_v1, pinned=True)
+    assert resolve_for_request(store, cfg, pinned).dataset_version_id == f"{STREAM}@v1"
+    rerun = replace(named_v1, rerun_of="run-x")
+    assert resolve_for_request(store, cfg, rerun).dataset_version_id == f"{STREAM}@v1"
+    assert resolve_for_request(store, cfg, request("r2", None).payload).dataset_version_id == f"{STREAM}@v2"
+    # Named a version newer than anything materialized: never an older one, the error names it.
+    with pytest.raises(NotFoundError, match=f"{STREAM}@v7"):
+        resolve_for_request(store, cfg, request("r3", f"{STREAM}@v7").payload)
+
+
+def test_a_request_on_identical_data_and_config_is_skipped_with_its_reason(runtime: FakeRuntime) -> None:
+    store = LocalObjectStore(runtime.settings.object_store_path)
+    cfg = runtime.pipelines[MODEL]
+    write_feature_set(store, cfg, 1, 600)
+    write_feature_set(store, cfg, 2, 600)
+    training = handlers(runtime)
+
+    training.on_training_requested(request("first", f"{STREAM}@v1"))
+    first = run_of(runtime, "first")
+    assert first.state == "completed" and first.dataset_version_id == f"{STREAM}@v2" and first.fingerprint
+
+    # A performance alarm right after: the same data, the same configuration -> nothing new to learn.
+    training.on_training_requested(request("again", f"{STREAM}@v2", trigger="performance"))
+    again = run_of(runtime, "again")
+    assert again.state == "skipped" and first.run_id in (again.skip_reason or "")
+    assert again.fingerprint == first.fingerprint and again.artifact_uri is None
+    assert states(runtime, again.run_id) == ["pending", "skipped"]
+    skipped_event = [e for e in runtime.bus.published if isinstance(e.payload, RunStateChanged)][-1]
+    assert skipped_event.payload.state == "skipped" and first.run_id in (skipped_event.payload.message or "")
+    assert completions(runtime, "again") == []
+
+    # A person asking for it gets it (the gate then judges the identical challenger).
+    training.on_training_requested(request("person", f"{STREAM}@v2", trigger="manual"))
+    assert run_of(runtime, "person").state == "completed"
+
+    # New data is new information: trained.
+    write_feature_set(store, cfg, 3, 600)
+    training.on_training_requested(request("fresh", f"{STREAM}@v2", trigger="drift"))
+    fresh = run_of(runtime, "fresh")
+    assert fresh.state == "completed" and fresh.dataset_version_id == f"{STREAM}@v3"
+
+    # A rerun reproduces on purpose: never skipped.
+    training.on_training_requested(
+        request("rerun", fresh.dataset_version_id, trigger="rerun", rerun_of=fresh.run_id, pinned=True)
+    )
+    assert run_of(runtime, "rerun").state == "completed"
+
+
+def test_the_fingerprint_changes_with_data_config_window_and_labels() -> None:
+    cfg = pipeline()
+    base = training_fingerprint(cfg, f"{STREAM}@v1", None, None)
+    assert base == training_fingerprint(pipeline(), f"{STREAM}@v1", None, None)
+    since = datetime(2026, 2, 1, 12, tzinfo=UTC)
+    other_params = cfg.model_copy(update={"model": cfg.model.model_copy(update={"params": {"num_leaves": 7}})})
+    assert (
+        len(
+            {
+                base,
+                training_fingerprint(cfg, f"{STREAM}@v2", None, None),
+                training_fingerprint(other_params, f"{STREAM}@v1", None, None),
+                training_fingerprint(cfg, f"{STREAM}@v1", since, None),
+                training_fingerprint(cfg, f"{STREAM}@v1", None, "labels-a"),
+                training_fingerprint(cfg, f"{STREAM}@v1", None, "labels-b"),
+            }
+        )
+        == 6
+    )
+
+
+def test_a_run_interrupted_by_a_crash_runs_again_once_at_the_next_start(runtime: FakeRuntime) -> None:
+    store = LocalObjectStore(runtime.settings.object_store_path)
+    write_feature_set(store, runtime.pipelines[MODEL], 1, 600)
+
+    def crashing_fit(settings: Settings, job: FitJob, should_abort: Any) -> FitResult:
+        raise Crash
+
+    event = request("crashed", None)
+    with pytest.raises(Crash):
+        handlers(runtime, crashing_fit).on_training_requested(event)
+    assert run_of(runtime, "crashed").state == "running"
+
+    # The next start: the run goes back to pending and is executed again; the redelivered request adds nothing.
+    restarted = handlers(runtime)
+    [run_id] = restarted.take_interrupted()
+    restarted.on_training_requested(event)
+    restarted.resume_interrupted(threading.Event())
+    run = run_of(runtime, "crashed")
+    assert run.run_id == run_id and run.state == "completed" and run.attempts == 2
+    assert states(runtime, run_id) == ["pending", "running", "pending", "running", "completed"]
+    [completed] = completions(runtime, "crashed")
+    assert completed.run_id == run_id
+    # The completion keeps the lineage of the original request.
+    [done] = [e for e in runtime.bus.published if isinstance(e.payload, TrainingCompleted)]
+    assert done.envelope.cascade_id == event.envelope.cascade_id and done.envelope.caused_by == event.id
+
+    # Interrupted twice: failed, not executed a third time.
+    event2 = request("crashed-twice", None, trigger="manual")
+    with runtime.Session.begin() as session:
+        session.add(
+            Run(
+                run_id="run-twice",
+                request_id="crashed-twice",
+                model=MODEL,
+                state="running",
+                trigger="manual",
+                cause_event_id=event2.id,
+                cascade_id=event2.envelope.cascade_id,
+                attempts=2,
+                request={"trigger": "manual", "reason": "test"},
+            )
+        )
+    assert handlers(runtime).take_interrupted() == []
+    failed = run_of(runtime, "crashed-twice")
+    assert failed.state == "failed" and "interrupted" in (failed.error or "")
+
+
+def test_a_change_window_trains_on_post_change_rows_or_down_weights_the_older(tmp_path: Path) -> None:
+    cfg, store = pipeline(), LocalObjectStore(tmp_path)
+    write_feature_set(store, cfg, 1, 1200)  # one row a minute from 2026-02-01
+    prefix = layout.feature_set_prefix(STREAM, 1)
+    since = datetime(2026, 2, 1, tzinfo=UTC) + timedelta(minutes=400)
+    job = FitJob(
+        "run-w",
+        cfg,
+        ObjectStoreSettings(type="local", path=tmp_path),
+        prefix,
+        store.uri(prefix),
+        f"{STREAM}@v1",
+        train_since=since,
+        training_set_key="models/x/run-w/training_set.parquet",
+    )
+    dropped = fit_feature_set(job)
+    assert dropped.train_rows + dropped.holdout["rows"] == 800
+    trained_on = pd.read_parquet(store.local_path("models/x/run-w/training_set.parquet"))
+    assert len(trained_on) == 800 and pd.to_datetime(trained_on["event_time"], utc=True).min() >= since
+
+    weighted = fit_feature_set(replace(job, pre_change_weight=0.2, run_id="run-w2"))
+    assert weighted.train_rows + weighted.holdout["rows"] == 1200
+
+
+def test_a_request_with_a_change_point_trains_on_the_rows_after_it(runtime: FakeRuntime) -> None:
+    store = LocalObjectStore(runtime.settings.object_store_path)
+    cfg = runtime.pipelines[MODEL]
+    write_feature_set(store, cfg, 1, 1200)  # one row a minute from 2026-02-01
+    change = datetime(2026, 2, 1, tzinfo=UTC) + timedelta(minutes=1200 - 600)
+    training = handlers(runtime)
+    training.on_training_requested(request("after-change", None, trigger="drift", change_started_at=change))
+    run = run_of(runtime, "after-change")
+    assert run.state == "completed", run.error
+    assert run.holdout["rows"] + run.holdout["train_rows"] == 600  # only the rows after the change
+    [completed] = completions(runtime, "after-change")
+    # The gate scores the rows the model was trained and scored on.
+    assert completed.feature_set_uri.endswith(f"{run.run_id}/training_set.parquet")
+    assert len(pd.read_parquet(store.local_path(store.key_of(completed.feature_set_uri)))) == 600
+
+    # Too few rows after a later change and no time to wait: the run fails and says why.
+    short = {**runtime.pipelines}
+    short[MODEL] = cfg.model_copy(update={"model": cfg.model.model_copy(update={"change_wait_seconds": 0})})
+    runtime.pipelines.update(short)
+    late = change + timedelta(minutes=590)  # 10 rows after it; dataset.min_rows_after_change is 500
+    training.on_training_requested(request("late-change", None, trigger="drift", change_started_at=late))
+    failed = run_of(runtime, "late-change")
+    assert failed.state == "failed" and "only 10 rows at or after the change" in (failed.error or "")
+
+
+def test_a_fit_broken_by_the_services_own_stop_is_interrupted_not_failed(runtime: FakeRuntime) -> None:
+    write_feature_set(LocalObjectStore(runtime.settings.object_store_path), runtime.pipelines[MODEL], 1, 600)
+    stop = runtime.bus.stop_event
+
+    def fit_while_stopping(settings: Settings, job: FitJob, should_abort: Any) -> FitResult:
+        stop.set()  # SIGTERM arrived; Ray is shut down under the fit
+        raise RuntimeError("Ray has been shut down")
+
+    handlers(runtime, fit_while_stopping).on_training_requested(request("stopped", None))
+    assert run_of(runtime, "stopped").state == "running"
+    assert handlers(runtime).take_interrupted() == [run_of(runtime, "stopped").run_id]
