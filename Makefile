@@ -57,10 +57,11 @@ down:
 status:
 	$(BIN)/driftloop status
 
-compose-env:  ## .env for docker compose with a generated DRIFTLOOP_ADMIN_TOKEN (mode 600); an existing one is kept.
-	@if grep -qs '^DRIFTLOOP_ADMIN_TOKEN=' .env; then echo ".env already has DRIFTLOOP_ADMIN_TOKEN"; else \
-	  (umask 077; echo "DRIFTLOOP_ADMIN_TOKEN=$$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')" >> .env) \
-	  && echo "wrote DRIFTLOOP_ADMIN_TOKEN to .env (mode 600): docker compose reads it"; fi
+compose-env:  ## .env for docker compose: generated DRIFTLOOP_ADMIN_TOKEN and DRIFTLOOP_KAFKA_PASSWORD (mode 600); existing ones kept.
+	@for name in DRIFTLOOP_ADMIN_TOKEN DRIFTLOOP_KAFKA_PASSWORD; do \
+	  if grep -qs "^$$name=" .env; then echo ".env already has $$name"; else \
+	  (umask 077; echo "$$name=$$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')" >> .env) \
+	  && echo "wrote $$name to .env (mode 600): docker compose reads it"; fi; done
 
 bench: setup
 	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

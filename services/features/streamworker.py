@@ -20,6 +20,7 @@ from typing import Any
 
 from driftloop.clients.retry import Backoff
 from driftloop.contracts.pipeline import PipelineConfig
+from driftloop.runtime.bus import faust_broker_options
 from driftloop.runtime.service import Runtime
 
 from .onlinestore import OnlineStoreUnavailable, open_online_store
@@ -86,7 +87,7 @@ def stream_worker_loop(
         asyncio.set_event_loop(loop)
         app = faust.App(
             group,
-            broker=[f"kafka://{server}" for server in settings.kafka.bootstrap_servers.split(",")],
+            **faust_broker_options(settings),  # brokers and their authentication (kafka.* settings)
             loop=loop,
             datadir=str(datadir),
             web_enabled=False,

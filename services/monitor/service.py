@@ -9,6 +9,7 @@ from driftloop.runtime.retention import purge_loop
 from driftloop.runtime.service import Runtime, ServiceSpec, base_app
 
 from . import api, retention
+from .champion import champion_reconcile
 from .handlers import MonitorHandlers
 from .streaming import FaustEngine
 
@@ -48,9 +49,14 @@ def build(runtime: Runtime) -> ServiceSpec:
         lambda: {"processed_events": runtime.bus.purge_processed([CONSUMER_GROUP])},
         runtime.settings.database.purge_interval_seconds,
     )
+    # At start, the champion as the registry says it (the bus may have lost its promotion).
+    reconcile, close_registry = champion_reconcile(
+        runtime.settings, runtime.Session, handlers.on_model_promoted, runtime.pipelines
+    )
     return ServiceSpec(
         app=app,
-        loops=[engine.run, purge, processed_ids],
+        loops=[engine.run, purge, processed_ids, reconcile],
+        on_stop=[close_registry],
         ready_checks={"faust_agent_started": engine.started.is_set},
         health_info={
             "faust_handled": lambda: engine.handled,

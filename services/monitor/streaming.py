@@ -50,7 +50,7 @@ from driftloop.clients.retry import Backoff
 from driftloop.contracts.events import Event
 from driftloop.contracts.payloads import Payload
 from driftloop.contracts.topics import Topic
-from driftloop.runtime.bus import ConsumerStatus, EventBus, ensure_topics
+from driftloop.runtime.bus import ConsumerStatus, EventBus, ensure_topics, faust_broker_options
 from driftloop.runtime.metrics import CONSUMER_COMMITTED_OFFSET, CONSUMER_LAG, EVENT_HANDLE_SECONDS, EVENTS_CONSUMED
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class FaustEngine:
         datadir.parent.mkdir(parents=True, exist_ok=True)
         app = faust.App(
             self.group,
-            broker=[f"kafka://{server}" for server in settings.kafka.bootstrap_servers.split(",")],
+            **faust_broker_options(settings),  # brokers and their authentication (kafka.* settings)
             key_serializer="raw",
             value_serializer="raw",
             web_enabled=False,

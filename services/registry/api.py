@@ -73,12 +73,17 @@ def version_view(row: ModelVersion, aliases: dict[str, int] | None = None) -> di
 
 
 def alias_view(found: ModelAlias) -> dict[str, Any]:
+    envelope = (found.event or {}).get("envelope") or {}
     return {
         "alias": found.alias,
         "version": found.version,
         "moved_by": found.moved_by,
         "reason": found.reason,
         "event_id": found.event_id,
+        # The move's event's cascade and cause: a replica that loads the champion from here (not from the bus)
+        # continues that cascade's timeline.
+        "cascade_id": envelope.get("cascade_id"),
+        "caused_by": envelope.get("caused_by"),
         "updated_at": found.updated_at.isoformat() if found.updated_at else None,
     }
 

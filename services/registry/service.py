@@ -10,6 +10,7 @@ from driftloop.runtime.service import ConsumerSpec, Runtime, ServiceSpec, base_a
 
 from . import api
 from .handlers import RegistryHandlers
+from .outbox import Outbox
 from .repository import Registry
 from .runs import training_client, training_run
 
@@ -40,5 +41,7 @@ def build(runtime: Runtime) -> ServiceSpec:
                 },
             )
         ],
+        # Events stored with their state but never acknowledged by the broker are published again, continuously.
+        loops=[Outbox(runtime.Session, runtime.bus).drain_loop],
         on_stop=[training.close],
     )

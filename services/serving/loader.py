@@ -45,8 +45,12 @@ class PromotionFollower:
         publish: Callable[[Event[Payload]], None],
         replica: str,
         rollouts: RolloutController | None = None,
+        check: Callable[[Event[ModelPromoted]], bool] | None = None,
     ) -> None:
         self.table = table
+        # Asked before any artifact is fetched: may this promotion be served? (``champions.PromotionCheck``: the
+        # registry must have made it.) None: every promotion whose artifact matches its sha256 is served.
+        self.check = check
         self.rollouts = rollouts or RolloutController(table, publish, replica)
         # Promotions from before this replica started are history being replayed: the newest is served at once.
         # Later ones go through the pipeline's rollout (canary/shadow), if it asks for one.
@@ -137,7 +141,10 @@ class PromotionFollower:
                 return
 
     def load(self, event: Event[ModelPromoted]) -> bool:
-        """Fetch, verify and swap in the promoted artifact; emit ServingSwitched. False if refused."""
+        """Check the promotion (``check``), fetch and verify the artifact, swap it in; emit ServingSwitched. False if
+        refused."""
+        if self.check is not None and not self.check(event):
+            return False
         promoted = event.payload
         model, version, sha = promoted.model, promoted.version, promoted.artifact_sha256
         started = time.perf_counter()

@@ -65,9 +65,7 @@ class SingleRowPredictor:
         """``row``: the model's features in order (float64)."""
         with self._lock:
             self._in[:] = row
-            self._safe_call(
-                self._fast(self._handle, self._in_ptr, self._out_len_ref, self._out_ptr)
-            )
+            self._safe_call(self._fast(self._handle, self._in_ptr, self._out_len_ref, self._out_ptr))
             return float(self._out[0])
 
     def __del__(self) -> None:

@@ -9,12 +9,15 @@ import uuid
 from collections.abc import Callable
 from functools import partial
 
+from driftloop.clients.credentials import client_token
+from driftloop.clients.http import ServiceClient
 from driftloop.clients.objectstore import open_object_store
 from driftloop.contracts.topics import MODEL_PROMOTED, ROLLOUT_ROLLED_BACK
 from driftloop.runtime.retention import purge_loop
 from driftloop.runtime.service import ConsumerSpec, Runtime, ServiceSpec, base_app
 
 from . import api, retention
+from .champions import ChampionReconciler, PromotionCheck, RegistryChampions
 from .feedback import FeedbackDesk, PredictionRecorder
 from .handlers import promotion_handler, rollback_handler
 from .loader import PromotionFollower
@@ -37,6 +40,35 @@ def delivery_reports(runtime: Runtime) -> Callable[[threading.Event], None]:
             runtime.bus.producer.poll(0)
 
     return serve_delivery_reports
+
+
+def follow_the_registry(
+    runtime: Runtime, spec: ServiceSpec, table: ModelTable, rollouts: RolloutController, follower: PromotionFollower
+) -> None:
+    """The registry is the truth (``champions``): every promotion is checked against it before it is loaded, and
+    each model's champion is loaded from it at start and after any gap. Readiness waits for the champions."""
+    settings = runtime.settings
+    if not settings.serving.verify_with_registry:
+        return
+    client = ServiceClient("registry", settings, token=partial(client_token, settings), timeout=10.0, retries=1)
+    registry = RegistryChampions(client)
+    check = PromotionCheck(registry, table)
+    reconciler = ChampionReconciler(
+        registry,
+        check,
+        table,
+        rollouts,
+        follower.on_model_promoted,
+        runtime.pipelines,
+        settings.serving.reconcile_interval_seconds,
+    )
+    check.on_stale = reconciler.wake  # a promotion it could not serve: ask the registry at once
+    follower.check = check
+    spec.loops.append(reconciler.run)
+    spec.on_stop.append(registry.close)
+    spec.ready_checks["champions_loaded"] = lambda: reconciler.not_ready_because() is None
+    spec.health_info["registry"] = reconciler.describe
+    spec.health_info["last_refused"] = check.describe_last_refused
 
 
 def build(runtime: Runtime) -> ServiceSpec:
@@ -75,7 +107,7 @@ def build(runtime: Runtime) -> ServiceSpec:
     )
     app.include_router(api.router)
     api.install_data_plane(app)
-    return ServiceSpec(
+    spec = ServiceSpec(
         app=app,
         consumers=[
             ConsumerSpec(
@@ -104,3 +136,5 @@ def build(runtime: Runtime) -> ServiceSpec:
             "rollouts": lambda: {r.model: {"version": r.challenger.version, "share": r.share} for r in rollouts.all()},
         },
     )
+    follow_the_registry(runtime, spec, table, rollouts, follower)
+    return spec

@@ -23,6 +23,7 @@ from driftloop.runtime.service import ConsumerSpec, Runtime, ServiceSpec, base_a
 
 from . import api
 from .handlers import Rollback, TriggerHandlers
+from .reconcile import state_reconcile
 
 CONSUMER_GROUP = "driftloop-triggers"
 # A rollback is one alias move: the registry answers quickly or not at all.
@@ -72,4 +73,8 @@ def build(runtime: Runtime) -> ServiceSpec:
             PERFORMANCE_DEGRADED: handlers.on_performance_degraded,
         },
     )
-    return ServiceSpec(app=app, consumers=[consumer], loops=[handlers.schedule_loop])
+    # At start, the champion and the runs held as active, checked with their owners (the bus may have lost news).
+    reconcile, close_clients = state_reconcile(runtime.settings, handlers, runtime.Session, runtime.pipelines)
+    return ServiceSpec(
+        app=app, consumers=[consumer], loops=[handlers.schedule_loop, reconcile], on_stop=[close_clients]
+    )

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import uvicorn
 from fastapi.testclient import TestClient
 from model_factory import (
     feature_frame,
@@ -29,6 +30,7 @@ from driftloop.clients.objectstore import open_object_store
 from driftloop.contracts.events import new_event
 from driftloop.contracts.payloads import ModelPromoted
 from driftloop.contracts.settings import Settings
+from driftloop.ops.procs import free_port
 from driftloop.runtime.service import Runtime, ServiceSpec, _add_health, make_runtime
 from driftloop.services.registry.service import build as build_registry
 from driftloop.services.serving.service import build as build_serving
@@ -49,10 +51,20 @@ def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 90.0) -> 
 class InProcessService:
     """A service as ``driftloop.runtime.service.run`` wires it, minus uvicorn: consumers and loops in threads."""
 
-    def __init__(self, name: str, build: Callable[[Runtime], ServiceSpec], settings: Settings) -> None:
+    def __init__(
+        self, name: str, build: Callable[[Runtime], ServiceSpec], settings: Settings, *, http: bool = False
+    ) -> None:
         self.runtime = make_runtime(name, settings)
         self.spec = build(self.runtime)
         _add_health(self.spec.app, self.runtime, self.spec)
+        self.server: uvicorn.Server | None = None
+        if http:  # also answer over HTTP on its port (serving asks the registry that way)
+            config = uvicorn.Config(
+                self.spec.app, host="127.0.0.1", port=settings.services.port(name), log_config=None, access_log=False
+            )
+            self.server = uvicorn.Server(config)
+            threading.Thread(target=self.server.run, daemon=True).start()
+            wait_for(lambda: self.server is not None and self.server.started, f"{name} to listen")
         self.threads = [
             threading.Thread(target=self.runtime.bus.run_consumer, args=(c.group, c.handlers), daemon=True)
             for c in self.spec.consumers
@@ -65,6 +77,8 @@ class InProcessService:
         wait_for(lambda: self.client.get("/healthz").json()["ready"], f"{name} to be ready")
 
     def stop(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
         self.runtime.bus.stop_event.set()
         for thread in self.threads:
             thread.join(timeout=15)
@@ -73,6 +87,9 @@ class InProcessService:
 
 class Stack:
     def __init__(self, settings: Settings, model: str, stream: str) -> None:
+        # The registry answers over HTTP on a free port: serving checks every promotion with it.
+        services = settings.services.model_copy(update={"registry_port": free_port()})
+        settings = settings.model_copy(update={"services": services})
         self.settings = settings
         self.model = model
         self.stream = stream
@@ -81,11 +98,11 @@ class Stack:
         self.features = feature_frame(self.pipeline, rows=3000)
         self.feature_set_uri = put_feature_set(self.store, stream, 1, self.features)
         self.services: list[InProcessService] = []
-        self.registry = self.start("registry", build_registry)
+        self.registry = self.start("registry", build_registry, http=True)
         self.serving = self.start("serving", build_serving)
 
-    def start(self, name: str, build: Callable[[Runtime], ServiceSpec]) -> InProcessService:
-        service = InProcessService(name, build, self.settings)
+    def start(self, name: str, build: Callable[[Runtime], ServiceSpec], *, http: bool = False) -> InProcessService:
+        service = InProcessService(name, build, self.settings, http=http)
         self.services.append(service)
         return service
 
@@ -239,12 +256,13 @@ def test_hot_swap_under_continuous_requests_fails_no_request(stack: Stack) -> No
     assert set(versions[:first_v2]) == {1} and set(versions[first_v2:]) == {2}  # no flapping back
 
 
-def test_tampered_artifact_is_refused_and_old_model_keeps_serving(stack: Stack) -> None:
+def test_forged_promotion_of_tampered_artifact_is_refused_and_old_model_keeps_serving(stack: Stack) -> None:
     stack.complete_training("run-1")
     v1 = stack.decided(1)
     wait_for(lambda: stack.served_version() == 1, "serving to load v1")
 
-    # A promotion whose artifact was altered after its sha256 was recorded.
+    # A promotion the registry never made (written on the bus directly), of an artifact altered after its sha256
+    # was recorded: refused before its artifact is even fetched.
     artifact = train_artifact(stack.pipeline, stack.features, rounds=90)
     uri, sha = put_artifact(stack.store, stack.model, "run-x", artifact)
     key = stack.store.key_of(uri)
@@ -268,7 +286,10 @@ def test_tampered_artifact_is_refused_and_old_model_keeps_serving(stack: Stack) 
         "serving to refuse the tampered artifact",
     )
     assert described["version"] == 1 and described["sha256"] == v1["artifact_sha256"]
-    assert described["last_refused"]["version"] == 2 and "sha256" in described["last_refused"]["reason"]
+    assert described["last_refused"]["version"] == 2
+    assert "the registry has no version 2" in described["last_refused"]["reason"]
+    refused = stack.serving.client.get("/healthz").json()["last_refused"]
+    assert refused["version"] == 2 and refused["producer"] == "test"
     response = stack.predict(rows())
     assert response.status_code == 200 and response.json()["version"] == 1
     assert [e.payload["version"] for e in stack.events("ServingSwitched")] == [1]

@@ -20,6 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
 # What `make compose-env` would write to .env; the tests give it explicitly.
 TEST_ADMIN_TOKEN = "compose-test-token-0123456789"
+TEST_KAFKA_PASSWORD = "compose-test-kafka-password"
+SECRETS = {"DRIFTLOOP_ADMIN_TOKEN": TEST_ADMIN_TOKEN, "DRIFTLOOP_KAFKA_PASSWORD": TEST_KAFKA_PASSWORD}
 _REQUIRED_VARIABLE = re.compile(r"\$\{(\w+):\?[^}]*\}")
 
 
@@ -46,7 +48,7 @@ def _compose_cmd() -> list[str]:
 
 
 def _compose_env(**variables: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "DRIFTLOOP_ADMIN_TOKEN"}
+    env = {k: v for k, v in os.environ.items() if k not in SECRETS}
     return {**env, **variables}
 
 
@@ -66,7 +68,7 @@ def test_compose_settings_are_known_and_valid(monkeypatch: pytest.MonkeyPatch, t
     monkeypatch.chdir(tmp_path)
     for name in (*SERVICES, "migrate"):
         raw = {k: str(v) for k, v in services[name]["environment"].items()}
-        env = {k: _interpolate(v, {"DRIFTLOOP_ADMIN_TOKEN": TEST_ADMIN_TOKEN}) for k, v in raw.items()}
+        env = {k: _interpolate(v, SECRETS) for k, v in raw.items()}
         assert _unknown_env_keys(env) == [], f"{name}: unknown settings in compose"
         for key, value in env.items():
             monkeypatch.setenv(key, value)
@@ -77,6 +79,14 @@ def test_compose_settings_are_known_and_valid(monkeypatch: pytest.MonkeyPatch, t
         assert [t.get_secret_value() for t in settings.security.admin_tokens.values()] == [TEST_ADMIN_TOKEN]
         with pytest.raises(KeyError, match="DRIFTLOOP_ADMIN_TOKEN"):
             _interpolate(raw["DRIFTLOOP_SECURITY__ADMIN_TOKENS"], {})
+        # Every Kafka client authenticates with SASL/SCRAM as the user kafka-users creates.
+        assert settings.kafka_config()["sasl.password"] == TEST_KAFKA_PASSWORD
+        assert settings.kafka_security_config() == {
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanism": "SCRAM-SHA-512",
+            "sasl.username": "driftloop",
+            "sasl.password": TEST_KAFKA_PASSWORD,
+        }
         assert settings.database_url.startswith("postgresql+psycopg://")
         assert settings.object_store.type == "s3"
         if name in SERVICES:
@@ -87,17 +97,44 @@ def test_compose_settings_are_known_and_valid(monkeypatch: pytest.MonkeyPatch, t
 def test_compose_file_parses_with_docker_compose(tmp_path: Path) -> None:
     # --project-directory: a developer's own .env in the checkout must not decide the outcome.
     cmd = [*_compose_cmd(), "--project-directory", str(tmp_path), "config", "-q"]
-    result = subprocess.run(
-        cmd, capture_output=True, text=True, env=_compose_env(DRIFTLOOP_ADMIN_TOKEN=TEST_ADMIN_TOKEN)
-    )
+    result = subprocess.run(cmd, capture_output=True, text=True, env=_compose_env(**SECRETS))
     assert result.returncode == 0, result.stderr
 
 
 def test_compose_refuses_to_start_without_an_admin_token(tmp_path: Path) -> None:
     cmd = [*_compose_cmd(), "--project-directory", str(tmp_path), "config", "-q"]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=_compose_env())
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, env=_compose_env(DRIFTLOOP_KAFKA_PASSWORD=TEST_KAFKA_PASSWORD)
+    )
     assert result.returncode != 0
     assert "set DRIFTLOOP_ADMIN_TOKEN" in result.stderr, result.stderr
+
+
+def test_compose_refuses_to_start_without_a_kafka_password(tmp_path: Path) -> None:
+    cmd = [*_compose_cmd(), "--project-directory", str(tmp_path), "config", "-q"]
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, env=_compose_env(DRIFTLOOP_ADMIN_TOKEN=TEST_ADMIN_TOKEN)
+    )
+    assert result.returncode != 0
+    assert "set DRIFTLOOP_KAFKA_PASSWORD" in result.stderr, result.stderr
+
+
+def test_kafka_accepts_clients_only_with_sasl_scram() -> None:
+    services = _services()
+    kafka = services["kafka"]["environment"]
+    protocols = dict(p.split(":") for p in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    listeners = {item.split("://")[0]: item.split("://")[1] for item in kafka["KAFKA_LISTENERS"].split(",")}
+    # The one listener other containers reach is SASL; the plaintext ones are on the container's loopback.
+    assert protocols["CLIENT"] == "SASL_PLAINTEXT" and listeners["CLIENT"] == ":9092"
+    assert all(listeners[name].startswith("127.0.0.1:") for name, p in protocols.items() if p == "PLAINTEXT")
+    assert kafka["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+    assert "ports" not in services["kafka"]
+    users = services["kafka-users"]
+    assert users["network_mode"] == "service:kafka" and "SCRAM-SHA-512=[password=" in users["command"][0]
+    registry = services["schema-registry"]["environment"]
+    assert registry["SCHEMA_REGISTRY_KAFKASTORE_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT"
+    for name in SERVICES:
+        assert services[name]["depends_on"]["kafka-users"]["condition"] == "service_completed_successfully"
 
 
 def test_what_has_no_authentication_is_published_on_loopback_only() -> None:

@@ -49,6 +49,33 @@ class KafkaSettings(_Section):
     client_config: dict[str, str] = Field(default_factory=dict)
     # Days a consumer group's processed-event ids (redelivery dedupe) are kept; 0 = for ever.
     processed_events_retention_days: float = Field(default=30.0, ge=0)
+    # Authentication of every client (bus, consumers, faust workers, ingestion intake, CLI). PLAINTEXT: none.
+    # SASL_PLAINTEXT/SASL_SSL with ``sasl_mechanism`` SCRAM-SHA-256/512 (or PLAIN) and the user below.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = "SCRAM-SHA-512"
+    sasl_username: str = ""
+    sasl_password: SecretStr = SecretStr("")
+    # CA bundle (PEM) that signed the brokers' certificates, for SSL/SASL_SSL; empty: the system's.
+    ssl_ca_location: str = ""
+    # Topics created by driftloop (`driftloop up`, services at start): event topics keep their events this many
+    # hours (retention.ms; 0 = for ever); stream topics (records) ``stream_retention_hours``. Topics in
+    # ``compacted_topics`` hold state (the last alias move per model) and are compacted by key instead. Nothing a
+    # service needs after a restart lives only on the bus: each reconciles from the database or the owning API.
+    event_retention_hours: float = Field(default=168.0, ge=0)
+    stream_retention_hours: float = Field(default=168.0, ge=0)
+    compacted_topics: list[str] = Field(default_factory=lambda: ["driftloop.models.promoted"])
+    # Where the embedded Tansu broker keeps topics: "memory" (gone when the broker stops: the default, and what
+    # the tests use) or "s3rver" (durable: an s3rver S3 endpoint, `npm install -g s3rver@3.7.1`, started by
+    # `driftloop up` with its data under <home>/broker).
+    embedded_storage: Literal["memory", "s3rver"] = "memory"
+    # The s3rver command (if not on the PATH) and the port it listens on (127.0.0.1).
+    s3rver_command: str = "s3rver"
+    s3rver_port: int = Field(default=9400, ge=1, le=65535)
+
+    @field_validator("sasl_username")
+    @classmethod
+    def _no_blank_user(cls, value: str) -> str:
+        return value.strip()
 
 
 class SchemaRegistrySettings(_Section):
@@ -71,6 +98,11 @@ class DatabaseSettings(_Section):
 
 
 class ServingSettings(_Section):
+    # Serving asks the registry (over HTTP, with its token) which version is each model's champion: at start,
+    # every this many seconds (a bus that lost events is caught up), and before loading any promoted version (a
+    # ModelPromoted the registry did not make is refused). Off: serving trusts the bus alone (tests only).
+    verify_with_registry: bool = True
+    reconcile_interval_seconds: float = Field(default=15.0, gt=0)
     # Days a served prediction row (and feedback joined to it) is kept; 0 = for ever.
     prediction_retention_days: float = Field(default=30.0, ge=0)
     # Feedback may still come this many days after a prediction: a prediction without feedback is kept at least
@@ -185,6 +217,19 @@ class PrometheusSettings(_Section):
     port: int = Field(default=9090, ge=1, le=65535)
 
 
+class SupervisorSettings(_Section):
+    """``driftloop up`` leaves a supervisor running that restarts a component that exits, with a growing pause
+    (``backoff_seconds`` doubling up to ``max_backoff_seconds``). A component that exits more than
+    ``max_restarts`` times within ``window_seconds`` is reported as crashing and left stopped."""
+
+    enabled: bool = True
+    check_interval_seconds: float = Field(default=1.0, gt=0)
+    backoff_seconds: float = Field(default=1.0, ge=0)
+    max_backoff_seconds: float = Field(default=30.0, ge=0)
+    max_restarts: int = Field(default=5, ge=0)
+    window_seconds: float = Field(default=300.0, gt=0)
+
+
 MIN_TOKEN_LENGTH = 12
 
 
@@ -278,6 +323,7 @@ class Settings(BaseSettings):
     services: ServicesSettings = ServicesSettings()
     security: SecuritySettings = SecuritySettings()
     prometheus: PrometheusSettings = PrometheusSettings()
+    supervisor: SupervisorSettings = SupervisorSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -313,8 +359,36 @@ class Settings(BaseSettings):
         return self.ray.address or os.environ.get("RAY_ADDRESS", "")
 
     def kafka_config(self, **extra: Any) -> dict[str, Any]:
-        """librdkafka properties for a client of this deployment."""
-        return {"bootstrap.servers": self.kafka.bootstrap_servers, **self.kafka.client_config, **extra}
+        """librdkafka properties for a client of this deployment (with its authentication settings)."""
+        return {
+            "bootstrap.servers": self.kafka.bootstrap_servers,
+            **self.kafka_security_config(),
+            **self.kafka.client_config,
+            **extra,
+        }
+
+    def kafka_security_config(self) -> dict[str, str]:
+        """The librdkafka properties of ``kafka.security_protocol`` and its SASL/SSL settings ({} for PLAINTEXT)."""
+        kafka = self.kafka
+        if kafka.security_protocol == "PLAINTEXT":
+            return {}
+        config: dict[str, str] = {"security.protocol": kafka.security_protocol}
+        if kafka.security_protocol.startswith("SASL_"):
+            if not kafka.sasl_username:
+                raise ConfigError(
+                    f"kafka.security_protocol={kafka.security_protocol} needs kafka.sasl_username and "
+                    "kafka.sasl_password (DRIFTLOOP_KAFKA__SASL_USERNAME / DRIFTLOOP_KAFKA__SASL_PASSWORD)"
+                )
+            config.update(
+                {
+                    "sasl.mechanism": kafka.sasl_mechanism,
+                    "sasl.username": kafka.sasl_username,
+                    "sasl.password": kafka.sasl_password.get_secret_value(),
+                }
+            )
+        if kafka.ssl_ca_location and kafka.security_protocol.endswith("SSL"):
+            config["ssl.ca.location"] = kafka.ssl_ca_location
+        return config
 
 
 def _unknown_env_keys(environ: dict[str, str]) -> list[str]:

@@ -29,7 +29,7 @@ from driftloop.clients.http import http_ready, probe_health
 from driftloop.contracts.pipeline import PipelineConfig, load_pipelines
 from driftloop.contracts.settings import Settings, settings_env
 from driftloop.errors import SchemaError, StackError
-from driftloop.ops.broker import EmbeddedBroker
+from driftloop.ops.broker import S3RVER_BUCKET, EmbeddedBroker, S3rver, s3rver_client_env
 from driftloop.ops.procs import pid_alive, port_open, spawn, stop_pid, wait_until
 from driftloop.runtime import ownedprocs
 from driftloop.runtime.bus import EventBus, ensure_event_topics, ensure_topics
@@ -100,11 +100,18 @@ class Component:
     url: str
     log: str
     health_url: str | None
+    # Kept by the supervisor: how often it restarted this component, and whether it gave up (crash loop).
+    restarts: int = 0
+    crashing: bool = False
+    last_exit: float | None = None  # epoch seconds of the last exit the supervisor saw
 
     def health(self) -> dict[str, Any]:
         alive = pid_alive(self.pid)
         info: dict[str, Any] = {**asdict(self), "alive": alive, "healthy": False, "ready": False}
         if not alive:
+            return info
+        if not self.url:  # a process without a port (s3rver has one; nothing else today)
+            info["healthy"] = info["ready"] = True
             return info
         if self.health_url is None:
             host, _, port = self.url.removeprefix("kafka://").rpartition(":")
@@ -154,21 +161,40 @@ class Stack:
 
     # --- state -------------------------------------------------------------------------------------------
 
-    def components(self) -> list[Component]:
+    def _state(self) -> dict[str, Any]:
         if not self.state_file.is_file():
-            return []
-        data = json.loads(self.state_file.read_text())
-        return [Component(**c) for c in data["components"]]
+            return {}
+        return dict(json.loads(self.state_file.read_text()))
 
-    def _save(self, components: list[Component]) -> None:
+    def components(self) -> list[Component]:
+        return [Component(**c) for c in self._state().get("components", [])]
+
+    def supervisor_pid(self) -> int | None:
+        pid = self._state().get("supervisor_pid")
+        return int(pid) if pid else None
+
+    def _save(self, components: list[Component], **extra: Any) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        data = {"started_at": time.time(), "components": [asdict(c) for c in components]}
-        tmp = self.state_file.with_suffix(".tmp")
+        previous = self._state()
+        data = {
+            "started_at": previous.get("started_at", time.time()),
+            "supervisor_pid": previous.get("supervisor_pid"),
+            **extra,
+            "components": [asdict(c) for c in components],
+        }
+        tmp = self.state_file.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data, indent=2))
         tmp.replace(self.state_file)
 
+    def save_components(self, components: list[Component]) -> None:
+        self._save(components)
+
     def status(self) -> list[dict[str, Any]]:
         return [c.health() for c in self.components()]
+
+    def supervisor_status(self) -> dict[str, Any]:
+        pid = self.supervisor_pid()
+        return {"pid": pid, "alive": bool(pid and pid_alive(pid)), "log": str(self.settings.log_dir / "supervisor.log")}
 
     # --- up / down ---------------------------------------------------------------------------------------
 
@@ -189,12 +215,12 @@ class Stack:
         if prometheus_port is None:
             prometheus_port = self.settings.prometheus.port
         running = [c for c in self.components() if pid_alive(c.pid)]
-        if running:
+        if running or (self.supervisor_pid() and pid_alive(self.supervisor_pid() or 0)):
             raise StackError(
                 f"a stack is already running from {self.state_file} ({', '.join(c.name for c in running)}): "
                 "run `driftloop down` first"
             )
-        pipelines = load_pipelines(self.settings.pipelines_dir)  # fail early on a bad pipeline file
+        load_pipelines(self.settings.pipelines_dir)  # fail early on a bad pipeline file
         # Fail before starting anything: Prometheus' config needs known services, and the binary must be there.
         scrape_config = prometheus_config(self.settings, services, scrape_interval=scrape_interval)
         prometheus_binary = self._prometheus_binary(prometheus_port) if prometheus else None
@@ -207,27 +233,16 @@ class Stack:
             self.say(f"database: migrating {self._safe_db_url()}")
             migrate(self.settings.database_url)
             if self.settings.kafka.embedded:
-                host, _, port = self.settings.kafka.bootstrap_servers.rpartition(":")
-                broker = EmbeddedBroker(port=int(port), host=host or "127.0.0.1", log_path=log_dir / "broker.log")
-                pid = broker.start()
-                components.append(
-                    Component("broker", pid, f"kafka://{broker.bootstrap_servers}", str(log_dir / "broker.log"), None)
-                )
+                if self.settings.kafka.embedded_storage == "s3rver":
+                    components.append(self._start_s3rver())
+                    self._save(components)
+                components.append(self._start_broker())
                 self._save(components)
-                self.say(f"broker (Tansu) on {broker.bootstrap_servers}, pid {pid}")
             if self.settings.schema_registry.embedded:
                 components.append(self._start_service("schemaregistry"))
                 self._save(components)
                 self._wait_ready(components[-1], timeout)
-            self.say("topics: creating event and stream topics")
-            ensure_event_topics(self.settings)
-            self.say("schemas: registering the event schemas")
-            bus = EventBus(self.settings, producer_name="driftloop-cli")
-            bus.register_event_schemas()
-            ensure_topics(self.settings, [cfg.stream.topic for cfg in pipelines.values()])
-            self.say("schemas: registering each stream's value schema (the producer contract)")
-            for problem in register_stream_schemas(bus, pipelines.values()):
-                self.say(f"[yellow]warning:[/yellow] {problem}")
+            self._prepare_bus()
             for name in services:
                 components.append(self._start_service(name))
                 self._save(components)
@@ -237,11 +252,93 @@ class Stack:
                 components.append(self._start_prometheus(prometheus_binary, prometheus_port, scrape_config))
                 self._save(components)
                 self._wait_ready(components[-1], timeout)
+            if self.settings.supervisor.enabled:
+                self._start_supervisor()
         except BaseException:
             self.say("start failed: stopping what was started")
+            self._stop_supervisor()
             self._stop_all(components)
             raise
         return components
+
+    # --- components, (re)started one by one (also by the supervisor) -------------------------------------
+
+    def _prepare_bus(self) -> None:
+        """Topics (with their configs) and event schemas: at start, and after an embedded broker restarted empty."""
+        self.say("topics: creating event and stream topics")
+        ensure_event_topics(self.settings)
+        self.say("schemas: registering the event schemas")
+        bus = EventBus(self.settings, producer_name="driftloop-cli")
+        try:
+            bus.register_event_schemas()
+            pipelines = load_pipelines(self.settings.pipelines_dir)
+            ensure_topics(self.settings, [cfg.stream.topic for cfg in pipelines.values()])
+            self.say("schemas: registering each stream's value schema (the producer contract)")
+            for problem in register_stream_schemas(bus, pipelines.values()):
+                self.say(f"[yellow]warning:[/yellow] {problem}")
+        finally:
+            bus.close()
+
+    def _broker(self) -> EmbeddedBroker:
+        kafka = self.settings.kafka
+        host, _, port = kafka.bootstrap_servers.rpartition(":")
+        log_path = self.settings.log_dir / "broker.log"
+        if kafka.embedded_storage == "s3rver":
+            return EmbeddedBroker(
+                port=int(port),
+                host=host or "127.0.0.1",
+                log_path=log_path,
+                storage=f"s3://{S3RVER_BUCKET}/",
+                env=s3rver_client_env(kafka.s3rver_port),
+            )
+        return EmbeddedBroker(port=int(port), host=host or "127.0.0.1", log_path=log_path)
+
+    def _start_broker(self) -> Component:
+        broker = self._broker()
+        pid = broker.start()
+        storage = "durable, s3rver" if self.settings.kafka.embedded_storage == "s3rver" else "in memory"
+        self.say(f"broker (Tansu, {storage}) on {broker.bootstrap_servers}, pid {pid}")
+        return Component("broker", pid, f"kafka://{broker.bootstrap_servers}", str(broker.log_path), None)
+
+    def _start_s3rver(self) -> Component:
+        kafka = self.settings.kafka
+        log_path = self.settings.log_dir / "s3rver.log"
+        server = S3rver(self.home / "broker", kafka.s3rver_port, log_path, kafka.s3rver_command)
+        pid = server.start()
+        self.say(f"s3rver (the broker's durable storage) on {server.endpoint}, data in {server.data_dir}, pid {pid}")
+        return Component("s3rver", pid, f"kafka://127.0.0.1:{kafka.s3rver_port}", str(server.log_path), None)
+
+    def start_component(self, name: str) -> Component:
+        """Start one component again (the supervisor's restart): a service, the broker (topics and schemas made
+        again if it came back empty), its s3rver, or Prometheus."""
+        if name == "broker":
+            component = self._start_broker()
+            if self.settings.kafka.embedded_storage == "memory":
+                try:
+                    self._prepare_bus()
+                except Exception as exc:  # the broker runs: services make their topics again as they need them
+                    self.say(f"broker restarted, but its topics and schemas could not be made again now: {exc}")
+            return component
+        if name == "s3rver":
+            return self._start_s3rver()
+        if name == "prometheus":
+            port = int(next(c for c in self.components() if c.name == "prometheus").url.rpartition(":")[2])
+            services = [c.name for c in self.components() if c.name in SERVICES]
+            return self._start_prometheus(
+                self._prometheus_binary(port), port, prometheus_config(self.settings, services)
+            )
+        return self._start_service(name)
+
+    def _start_supervisor(self) -> None:
+        log = self.settings.log_dir / "supervisor.log"
+        proc = spawn([sys.executable, "-m", "driftloop.ops.supervisor"], log, env=child_environment(self.settings))
+        self._save(self.components(), supervisor_pid=proc.pid)
+        self.say(f"supervisor: restarts components that exit, pid {proc.pid} (log {log})")
+
+    def _stop_supervisor(self) -> None:
+        pid = self.supervisor_pid()
+        if pid is not None and stop_pid(pid, timeout=20.0):
+            self.say(f"supervisor: stopped (pid {pid})")
 
     def _safe_db_url(self) -> str:
         url = self.settings.database_url
@@ -314,6 +411,8 @@ class Stack:
         self.say(f"{component.name}: ready")
 
     def down(self) -> list[str]:
+        # The supervisor first, so that nothing is restarted while the rest stops.
+        self._stop_supervisor()
         components = self.components()
         stopped = self._stop_all(components)
         # Processes a service started that outlive it when it was killed (training's Ray daemons), by their PIDs.

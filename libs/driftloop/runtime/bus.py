@@ -21,18 +21,28 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
+from prometheus_client import Counter
 
 from driftloop.clients.credentials import schema_registry_client_config
 from driftloop.clients.db import create_engine_for, session_factory
 from driftloop.clients.db.models import EventRecord, ProcessedEvent
-from driftloop.clients.retry import retry
+from driftloop.clients.retry import Backoff, retry
 from driftloop.contracts.events import Event, payload_type
 from driftloop.contracts.payloads import Payload
 from driftloop.contracts.schemas import event_schema
 from driftloop.contracts.settings import Settings
-from driftloop.contracts.topics import EVENT_TOPICS, Topic
+from driftloop.contracts.topics import EVENT_TOPICS, STREAM_TOPIC_PREFIX, Topic
 from driftloop.errors import DriftloopError, WireFormatError
 from driftloop.runtime.metrics import (
     CASCADE_STEPS,
@@ -97,8 +107,50 @@ def purge_processed_events(
     return deleted
 
 
+def _retention_ms(hours: float) -> str:
+    return "-1" if hours == 0 else str(int(hours * 3_600_000))
+
+
+def topic_config(settings: Settings, name: str) -> dict[str, str]:
+    """The configs a driftloop topic is created with: state-like topics (``kafka.compacted_topics``: the last
+    record per key is what matters) compacted; event and stream topics deleted after their retention (explicit,
+    so that no broker default decides it)."""
+    kafka = settings.kafka
+    if name in kafka.compacted_topics:
+        return {"cleanup.policy": "compact"}
+    hours = kafka.stream_retention_hours if name.startswith(STREAM_TOPIC_PREFIX) else kafka.event_retention_hours
+    return {"cleanup.policy": "delete", "retention.ms": _retention_ms(hours)}
+
+
+def faust_broker_options(settings: Settings) -> dict[str, Any]:
+    """``faust.App`` keyword arguments reaching this deployment's brokers with its authentication settings (the
+    same ``kafka.*`` settings every confluent-kafka client gets through ``Settings.kafka_config``)."""
+    import ssl
+
+    import faust
+
+    kafka = settings.kafka
+    options: dict[str, Any] = {"broker": [f"kafka://{s.strip()}" for s in kafka.bootstrap_servers.split(",")]}
+    protocol = kafka.security_protocol
+    context = None
+    if protocol.endswith("SSL"):
+        context = ssl.create_default_context(cafile=kafka.ssl_ca_location or None)
+    if protocol.startswith("SASL_"):
+        settings.kafka_security_config()  # the readable error for a missing user
+        options["broker_credentials"] = faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password.get_secret_value(),
+            mechanism=kafka.sasl_mechanism,
+            ssl_context=context,
+        )
+    elif protocol == "SSL":
+        options["broker_credentials"] = faust.SSLCredentials(context)
+    return options
+
+
 def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | None = None) -> None:
-    """Create the topics that do not exist yet, with the configured partition count."""
+    """Create the topics that do not exist yet, with the configured partition count and ``topic_config``.
+    (Topics that exist keep their configs: change those with the broker's tools.)"""
     admin = AdminClient(settings.kafka_config())
     existing = set(admin.list_topics(timeout=10).topics)
     wanted = [
@@ -106,6 +158,7 @@ def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | No
             n,
             num_partitions=partitions or settings.kafka.partitions,
             replication_factor=settings.kafka.replication_factor,
+            config=topic_config(settings, n),
         )
         for n in dict.fromkeys(names)
         if n not in existing
@@ -226,11 +279,24 @@ class EventLog:
             self._thread = None
 
 
+# A client recovers from these by itself; anything else (fatal producer errors, a consumer that lost its group
+# membership for good, a broker restarted empty) makes the bus drop the client and start a new one.
+CONSUMER_RESTART_BACKOFF = (0.5, 15.0)
+PUBLISH_TIMEOUT_SECONDS = 30
+CLIENT_RESETS = Counter(
+    "driftloop_bus_client_resets_total",
+    "Kafka clients dropped and made again after a fatal error or a lost group membership",
+    ["client"],
+)
+
+
 @dataclass
 class ConsumerStatus:
     group: str
     topics: list[str]
     assigned: bool = False
+    # How often its Kafka consumer was dropped and made again (lost membership, a fatal error).
+    restarts: int = 0
     handled: int = 0
     failed: int = 0
     last_error: str | None = None
@@ -249,6 +315,10 @@ class EventBus:
         self.event_log = EventLog(self.engine)
         self._producer: Producer | None = None
         self._producer_lock = threading.Lock()
+        # Set by librdkafka's error callback on a fatal error (fenced, unknown producer id): the next use makes a
+        # new producer (an idempotent producer cannot go on after one).
+        self._producer_fatal: str | None = None
+        self.producer_resets = 0
         self.stop_event = threading.Event()
         self.consumers: list[ConsumerStatus] = []
 
@@ -257,11 +327,47 @@ class EventBus:
     @property
     def producer(self) -> Producer:
         with self._producer_lock:
+            if self._producer is not None and self._producer_fatal is not None:
+                log.error("producer: %s; making a new producer", self._producer_fatal)
+                with contextlib.suppress(Exception):
+                    self._producer.purge()  # what it still holds was never acknowledged: its callers were told
+                self._producer = None
+                self.producer_resets += 1
+                CLIENT_RESETS.labels("producer").inc()
             if self._producer is None:
+                self._producer_fatal = None
                 self._producer = Producer(
-                    self.settings.kafka_config(**{"enable.idempotence": True, "linger.ms": 5, "acks": "all"})
+                    self.settings.kafka_config(
+                        **{
+                            "enable.idempotence": True,
+                            "linger.ms": 5,
+                            "acks": "all",
+                            "error_cb": self._on_producer_error,
+                        }
+                    )
                 )
             return self._producer
+
+    def _on_producer_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._producer_fatal = str(err)
+        else:
+            log.debug("producer: %s", err)
+
+    def _produce(self, topic: str, **kwargs: Any) -> Producer:
+        """``produce`` on the producer; a fatal error (raised at once, or reported before) makes a new producer and
+        the message is given to it."""
+        producer = self.producer
+        try:
+            producer.produce(topic, **kwargs)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if error is None or not error.fatal():
+                raise
+            self._producer_fatal = str(error)
+            producer = self.producer
+            producer.produce(topic, **kwargs)
+        return producer
 
     def register_event_schemas(self) -> None:
         """Register every event schema now, so that publishing never waits on the registry later (a publish
@@ -280,6 +386,8 @@ class EventBus:
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             if err is not None:
                 errors.append(str(err))
+                if err.fatal() or err.code() == KafkaError._MSG_TIMED_OUT:
+                    self._producer_fatal = str(err)  # stuck (e.g. a broker that came back empty): a new producer
                 PUBLISH_FAILURES.labels(event.type).inc()
                 log.error("event %s (%s) was not delivered: %s", event.id, event.type, err)
             else:
@@ -287,17 +395,25 @@ class EventBus:
                 (CASCADE_STEPS if event.envelope.caused_by else CASCADES_STARTED).labels(event.type).inc()
                 self.event_log.submit(event)
 
-        self.producer.produce(event.topic.name, key=event.key.encode(), value=value, on_delivery=on_delivery)
+        producer = self._produce(event.topic.name, key=event.key.encode(), value=value, on_delivery=on_delivery)
         if wait:
-            self.producer.flush(30)
+            undelivered = producer.flush(PUBLISH_TIMEOUT_SECONDS)
             if errors:
                 raise DriftloopError(f"publishing {event.type} failed: {errors[0]}")
+            if undelivered:
+                # Never acknowledged: not "published". An idempotent producer whose broker came back empty can retry
+                # for ever; the next publish gets a new producer (the caller repeats with the same event id).
+                self._producer_fatal = f"{undelivered} message(s) not acknowledged within {PUBLISH_TIMEOUT_SECONDS} s"
+                PUBLISH_FAILURES.labels(event.type).inc()
+                raise DriftloopError(
+                    f"publishing {event.type} failed: the broker did not acknowledge it within "
+                    f"{PUBLISH_TIMEOUT_SECONDS} s"
+                )
         else:
-            self.producer.poll(0)
+            producer.poll(0)
 
     def publish_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
-        self.producer.produce(topic, key=key, value=value)
-        self.producer.poll(0)
+        self._produce(topic, key=key, value=value).poll(0)
 
     def flush(self) -> None:
         if self._producer is not None:
@@ -351,16 +467,58 @@ class EventBus:
     ) -> None:
         """Consume until ``stop_event`` is set. Each event is handled once per group; the offset is committed
         after the handler. A handler that raises is logged and its event is not marked processed (it is
-        retried after a restart); the loop goes on with the next message."""
+        retried after a restart); the loop goes on with the next message.
+
+        The consumer heals: a commit refused because the group moved on (lost membership, a rebalance) is logged
+        and the event comes again to whoever owns its partition (handled once, by event id); a consumer that fails
+        otherwise (a fatal error, a broker that came back empty) is closed and a new one joins after a pause,
+        its topics made again. While it is down, ``assigned`` is false: the service is not ready."""
         topics = [t.name for t in handlers]
         by_name = {t.name: (h, payload_type(t.event_type)) for t, h in handlers.items()}
         status = ConsumerStatus(group=group, topics=topics)
         self.consumers.append(status)
+        backoff = Backoff(first_delay=CONSUMER_RESTART_BACKOFF[0], max_delay=CONSUMER_RESTART_BACKOFF[1])
+        while not self.stop_event.is_set():
+            try:
+                self._consume(group, topics, by_name, status, poll_timeout)
+                return  # stopped
+            except Exception as exc:
+                status.assigned = False
+                status.last_error = f"consumer failed: {exc!r}"
+                status.restarts += 1
+                CLIENT_RESETS.labels("consumer").inc()
+                delay = backoff.next_delay()
+                log.exception("consumer %s failed; joining again in %.1f s", group, delay)
+                self.stop_event.wait(delay)
+
+    def _consume(
+        self,
+        group: str,
+        topics: list[str],
+        by_name: dict[str, tuple[EventHandler, type[Payload]]],
+        status: ConsumerStatus,
+        poll_timeout: float,
+    ) -> None:
         ensure_topics(self.settings, topics)
         consumer = Consumer(self.consumer_config(group))
         lag = ConsumerLag(group)
 
-        def on_assign(_c: Consumer, partitions: list[Any]) -> None:
+        lost: list[int] = []
+
+        def on_assign(c: Consumer, partitions: list[Any]) -> None:
+            if lost:
+                # Back after a loss: start where the group committed (the beginning if it committed nothing), not
+                # at positions kept from before. After a broker restarted empty those lie beyond the new logs, and
+                # the records before them would be skipped without a word.
+                lost.clear()
+                try:
+                    committed = {(p.topic, p.partition): p.offset for p in c.committed(partitions, timeout=10)}
+                except KafkaException:
+                    committed = {}
+                for p in partitions:
+                    offset = committed.get((p.topic, p.partition), OFFSET_INVALID)
+                    p.offset = offset if offset >= 0 else OFFSET_BEGINNING
+                log.warning("consumer %s rejoined after losing its partitions: from the committed offsets", group)
             status.assigned = True
             lag.assigned(partitions)
             log.info("consumer %s assigned %d partitions", group, len(partitions))
@@ -368,7 +526,16 @@ class EventBus:
         def on_revoke(_c: Consumer, partitions: list[Any]) -> None:
             lag.revoked(partitions)
 
-        consumer.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke)
+        def on_lost(_c: Consumer, partitions: list[Any]) -> None:
+            # The group went on without this member (session timeout, broker restart): it rejoins by itself (a new
+            # consumer would not do better: on the embedded broker a member leaving during a rebalance leaves the
+            # group stuck); ``on_assign`` then starts from the committed offsets.
+            log.warning("consumer %s lost its %d partitions; rejoining", group, len(partitions))
+            status.assigned = False
+            lag.revoked(partitions)
+            lost.append(len(partitions))
+
+        consumer.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
         next_purge = time.monotonic()
         try:
             while not self.stop_event.is_set():
@@ -384,15 +551,30 @@ class EventBus:
                 if msg is None:
                     continue
                 if msg.error():
+                    if msg.error().fatal():
+                        raise KafkaException(msg.error())
                     if msg.error().code() != KafkaError._PARTITION_EOF:
                         log.warning("consumer %s: %s", group, msg.error())
                     continue
                 handler, payload_class = by_name[msg.topic()]
                 self._handle(group, msg, handler, payload_class, status)
-                consumer.commit(message=msg, asynchronous=False)
+                try:
+                    consumer.commit(message=msg, asynchronous=False)
+                except KafkaException as exc:
+                    error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                    if error is None or error.fatal() or error.code() not in UNCOMMITTABLE:
+                        raise
+                    # The group moved on (this member lost its membership, or a rebalance is under way): the event
+                    # is handled already and marked processed; its new owner skips it. Rejoin and go on.
+                    status.last_error = f"commit refused: {error.str()}"
+                    log.warning("consumer %s: commit at %s/%d/%d refused (%s); rejoining", group, msg.topic(),
+                                msg.partition(), msg.offset(), error.str())  # fmt: skip
+                    continue
                 lag.committed(msg.topic(), msg.partition(), msg.offset() + 1)
         finally:
-            consumer.close()
+            status.assigned = False
+            with contextlib.suppress(Exception):
+                consumer.close()
 
     def _handle(
         self, group: str, msg: Message, handler: EventHandler, payload_class: type[Payload], status: ConsumerStatus
@@ -430,6 +612,18 @@ class EventBus:
         if self._producer is not None:
             self._producer.flush(10)
         self.event_log.close()
+
+
+# Commit errors that mean "the group moved on without this member": it rejoins, nothing is lost.
+UNCOMMITTABLE = frozenset(
+    {
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError._ASSIGNMENT_LOST,
+        KafkaError._NO_OFFSET,
+    }
+)
 
 
 class ConsumerLag:

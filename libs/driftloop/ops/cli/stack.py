@@ -70,21 +70,29 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     """Each component: name, pid, url, health, log file."""
     from driftloop.ops.stack import Stack
 
-    rows = Stack(common.settings()).status()
+    stack = Stack(common.settings())
+    rows = stack.status()
+    keys = ("name", "pid", "url", "alive", "healthy", "ready", "restarts", "crashing", "log")
     if as_json:
-        common.print_json([{k: r[k] for k in ("name", "pid", "url", "alive", "healthy", "ready", "log")} for r in rows])
+        common.print_json([{k: r[k] for k in keys} for r in rows])
         return
     if not rows:
         common.console.print("no stack is running here (start one with `driftloop up`)")
         return
     _status_table(rows)
+    supervisor = stack.supervisor_status()
+    if supervisor["pid"] is not None:
+        state = "[green]running[/green]" if supervisor["alive"] else "[red]not running[/red]"
+        common.console.print(f"supervisor: {state} (pid {supervisor['pid']}, log {supervisor['log']})")
 
 
 def _status_table(rows: list[dict[str, Any]]) -> None:
-    table = Table("component", "pid", "url", "health", "log")
+    table = Table("component", "pid", "url", "health", "restarts", "log")
     for r in rows:
         health = "[green]ready[/green]" if r["ready"] else ("healthy" if r["healthy"] else "[red]down[/red]")
-        table.add_row(r["name"], str(r["pid"]), r["url"], health, r["log"])
+        if r.get("crashing"):
+            health = "[red]crashing (not restarted)[/red]"
+        table.add_row(r["name"], str(r["pid"]), r["url"], health, str(r.get("restarts", 0)), r["log"])
     common.console.print(table)
 
 

@@ -1,0 +1,140 @@
+"""Which version is the champion comes from the registry, not only from the bus: at start the monitor asks the
+registry (``GET /v1/models/{m}/aliases/champion``, over HTTP with the settings' token) and watches the champion it
+names when its own record (``monitored_models``) is missing or older, as if its ``ModelPromoted`` had arrived. So a
+monitor started after the topics were truncated (or the embedded broker restarted empty) watches the right version.
+A promotion handled from the bus after the registry's move (newer news) is kept."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from driftloop.clients.credentials import client_token
+from driftloop.clients.db.models import MonitoredModel
+from driftloop.clients.http import ServiceClient
+from driftloop.clients.retry import Backoff
+from driftloop.contracts.events import Envelope, Event
+from driftloop.contracts.payloads import ModelPromoted
+from driftloop.contracts.settings import Settings
+from driftloop.errors import DriftloopError, NotFoundError
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+
+
+def _utc(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    at = datetime.fromisoformat(text)
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def promotion_from_alias(model: str, body: dict[str, Any]) -> Event[ModelPromoted]:
+    """The ``ModelPromoted`` that moved the champion (same id and cascade), from the registry's alias answer."""
+    version = body["model_version"]
+    payload = ModelPromoted(
+        model=model,
+        version=int(body["version"]),
+        alias=CHAMPION,
+        previous_version=None,
+        artifact_uri=str(version["artifact_uri"]),
+        artifact_sha256=str(version["artifact_sha256"]),
+        dataset_version_id=str(version.get("dataset_version_id") or ""),
+        feature_set_uri=str(version.get("feature_set_uri") or ""),
+        reason=str(body.get("reason") or ""),
+        gate_json="{}",
+        moved_by=str(body.get("moved_by") or "registry"),
+        rollback=False,
+    )
+    event_id = body.get("event_id") or f"reconciled-{model}-{payload.version}"
+    envelope = Envelope(
+        event_id=event_id,
+        event_type=payload.event_type,
+        occurred_at=_utc(body.get("updated_at")) or datetime.now(tz=UTC),
+        caused_by=body.get("caused_by"),
+        cascade_id=body.get("cascade_id") or event_id,
+        producer="registry",
+    )
+    return Event(envelope=envelope, payload=payload)
+
+
+class ChampionReconcile:
+    """Run once at start (retrying until the registry answers for every model)."""
+
+    def __init__(
+        self,
+        get_alias: Callable[[str], dict[str, Any] | None],
+        session_factory: sessionmaker[Session],
+        on_model_promoted: Callable[[Event[ModelPromoted]], None],
+        models: Iterable[str],
+    ) -> None:
+        self.get_alias = get_alias
+        self.Session = session_factory
+        self.on_model_promoted = on_model_promoted
+        self.models = sorted(models)
+
+    def reconcile_model(self, model: str) -> bool:
+        """Watch the registry's champion of ``model`` if the monitor's record is missing or older. True if it
+        acted. Raises ``DriftloopError`` when the registry does not answer."""
+        body = self.get_alias(model)
+        if body is None:
+            return False  # no champion yet
+        version = int(body["version"])
+        moved_at = _utc(body.get("updated_at"))
+        with self.Session() as session:
+            row = session.get(MonitoredModel, model)
+            if row is not None:
+                if row.version == version:
+                    return False
+                handled_at = row.updated_at if row.updated_at.tzinfo else row.updated_at.replace(tzinfo=UTC)
+                if moved_at is not None and handled_at > moved_at:
+                    return False  # a newer promotion came over the bus meanwhile
+        log.info("monitor: the registry's champion of %s is v%d; watching it", model, version)
+        self.on_model_promoted(promotion_from_alias(model, body))
+        return True
+
+    def run(self, stop_event: threading.Event) -> None:
+        pending = list(self.models)
+        backoff = Backoff(first_delay=1.0, max_delay=30.0)
+        while pending and not stop_event.is_set():
+            for model in list(pending):
+                try:
+                    self.reconcile_model(model)
+                    pending.remove(model)
+                except DriftloopError as exc:
+                    log.warning("monitor: champion of %s not confirmed by the registry yet (%s)", model, exc)
+                except Exception:  # e.g. the champion's feature set cannot be read: the bus may still bring it
+                    log.exception("monitor: watching the registry's champion of %s failed", model)
+                    pending.remove(model)
+            if pending:
+                stop_event.wait(backoff.next_delay())
+
+
+def champion_reconcile(
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    on_model_promoted: Callable[[Event[ModelPromoted]], None],
+    models: Iterable[str],
+) -> tuple[Callable[[threading.Event], None], Callable[[], None]]:
+    """The start-up loop (for ``ServiceSpec.loops``) and its stop hook."""
+    client = ServiceClient("registry", settings, token=partial(client_token, settings), timeout=10.0, retries=1)
+
+    def get_alias(model: str) -> dict[str, Any] | None:
+        try:
+            return client.get(f"/v1/models/{model}/aliases/{CHAMPION}")
+        except NotFoundError:
+            return None
+
+    reconcile = ChampionReconcile(get_alias, session_factory, on_model_promoted, models)
+
+    def reconcile_monitor_champions(stop_event: threading.Event) -> None:
+        reconcile.run(stop_event)
+
+    return reconcile_monitor_champions, client.close
