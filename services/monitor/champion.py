@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from driftloop.clients.credentials import client_token
 from driftloop.clients.db.models import MonitoredModel
 from driftloop.clients.http import ServiceClient
-from driftloop.clients.retry import Backoff
+from driftloop.clients.retry import each_until_done
 from driftloop.contracts.events import Envelope, Event
 from driftloop.contracts.payloads import ModelPromoted
 from driftloop.contracts.settings import Settings
@@ -101,20 +101,13 @@ class ChampionReconcile:
         return True
 
     def run(self, stop_event: threading.Event) -> None:
-        pending = list(self.models)
-        backoff = Backoff(first_delay=1.0, max_delay=30.0)
-        while pending and not stop_event.is_set():
-            for model in list(pending):
-                try:
-                    self.reconcile_model(model)
-                    pending.remove(model)
-                except DriftloopError as exc:
-                    log.warning("monitor: champion of %s not confirmed by the registry yet (%s)", model, exc)
-                except Exception:  # e.g. the champion's feature set cannot be read: the bus may still bring it
-                    log.exception("monitor: watching the registry's champion of %s failed", model)
-                    pending.remove(model)
-            if pending:
-                stop_event.wait(backoff.next_delay())
+        each_until_done(
+            list(self.models),
+            self.reconcile_model,
+            stop_event,
+            what="monitor: watching the registry's champion",
+            retry_on=(DriftloopError,),
+        )
 
 
 def champion_reconcile(

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from driftloop.clients.credentials import client_token
 from driftloop.clients.db.models import TriggerModelState
 from driftloop.clients.http import ServiceClient
-from driftloop.clients.retry import Backoff
+from driftloop.clients.retry import each_until_done
 from driftloop.contracts.events import new_event
 from driftloop.contracts.payloads import ModelPromoted, RunStateChanged
 from driftloop.contracts.settings import Settings
@@ -84,20 +84,13 @@ class StateReconcile:
         return changed
 
     def run(self, stop_event: threading.Event) -> None:
-        pending = list(self.models)
-        backoff = Backoff(first_delay=1.0, max_delay=30.0)
-        while pending and not stop_event.is_set():
-            for model in list(pending):
-                try:
-                    self.reconcile_model(model)
-                    pending.remove(model)
-                except DriftloopError as exc:
-                    log.warning("triggers: state of %s not confirmed yet (%s); trying again", model, exc)
-                except Exception:
-                    log.exception("triggers: reconciling %s failed", model)
-                    pending.remove(model)
-            if pending:
-                stop_event.wait(backoff.next_delay())
+        each_until_done(
+            list(self.models),
+            self.reconcile_model,
+            stop_event,
+            what="triggers: reconciling the state",
+            retry_on=(DriftloopError,),
+        )
 
 
 def state_reconcile(

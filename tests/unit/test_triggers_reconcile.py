@@ -9,9 +9,11 @@ from test_triggers_handlers import (  # noqa: F401  (fixtures)
     MODEL,
     Clock,
     clock,
+    decisions,
     drift_event,
     make,
     published,
+    registry,
     run_event,
     session_maker,
     with_data_and_champion,
@@ -48,8 +50,10 @@ def test_a_run_that_ended_unseen_releases_the_queued_request(make: Any, publishe
     )
     assert reconcile.reconcile_model(MODEL) == []  # still running, champion known: nothing to do
 
-    runs["run-1"]["state"] = "completed"  # ... and its RunStateChanged was lost with the broker
-    assert reconcile.reconcile_model(MODEL) == ["run run-1 completed"]
+    # ... then it failed, and its RunStateChanged was lost with the broker (a completed run would hold the queue
+    # until the registry's gate decides: see test_triggers_handlers)
+    runs["run-1"]["state"] = "failed"
+    assert reconcile.reconcile_model(MODEL) == ["run run-1 failed"]
     (requested,) = published
     assert requested.payload.trigger == "drift" and requested.envelope.caused_by == drift.id
     assert handlers.model_state(MODEL)["active_runs"] == []

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,3 +93,30 @@ def _log_retry(what: str, attempts: int) -> OnRetry:
         log.warning("%s failed (attempt %d of %d): %r; retrying in %.2f s", what, attempt, attempts, exc, delay)
 
     return report
+
+
+def each_until_done(
+    items: list[str],
+    attempt: Callable[[str], object],
+    stop_event: threading.Event,
+    *,
+    what: str,
+    retry_on: tuple[type[BaseException], ...],
+) -> None:
+    """Run ``attempt(item)`` for each item until it succeeds once, with backoff between rounds (start-up
+    reconciles: the owning service may not answer yet). ``retry_on`` errors try again; any other error is logged
+    and the item given up (the bus may still bring what it needed). Returns when all are done or on stop."""
+    pending = list(items)
+    backoff = Backoff(first_delay=1.0, max_delay=30.0)
+    while pending and not stop_event.is_set():
+        for item in list(pending):
+            try:
+                attempt(item)
+                pending.remove(item)
+            except retry_on as exc:
+                log.warning("%s of %s not done yet (%s); trying again", what, item, exc)
+            except Exception:
+                log.exception("%s of %s failed", what, item)
+                pending.remove(item)
+        if pending:
+            stop_event.wait(backoff.next_delay())
