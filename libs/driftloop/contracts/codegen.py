@@ -55,9 +55,13 @@ from driftloop.contracts.topics import Topic
 
 
 def _timestamp(value: Any) -> datetime:
-    """An Avro timestamp-millis as a datetime: fastavro already gives one; a record built by hand may hold millis."""
+    """An Avro timestamp-millis as a datetime: fastavro already gives one; a record built by hand may hold millis,
+    one read back from the event log (JSON) an ISO-8601 string."""
     if isinstance(value, datetime):
         return value
+    if isinstance(value, str):
+        parsed = datetime.fromisoformat(value)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     return datetime.fromtimestamp(value / 1000, tz=UTC)
 
 
