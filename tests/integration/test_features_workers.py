@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +57,8 @@ def test_two_processes_share_the_port_and_each_answers(
         wait_until(lambda: httpx.get(f"{url}/healthz").json()["ready"], 60, "the features service to be ready")
         wait_until(lambda: len(children(proc.pid)) == 1, 60, "its HTTP worker")
         [worker] = children(proc.pid)
+        # The first process copies its readiness to the workers once a second (workers.supervise): let it.
+        time.sleep(2.0)
 
         # The first process stopped: every connection goes to the worker, which answers on its own.
         os.kill(proc.pid, signal.SIGSTOP)

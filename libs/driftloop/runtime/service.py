@@ -386,6 +386,7 @@ def server_config(app: FastAPI, settings: Settings, name: str, *, fd: int | None
         app,
         host=services.host,
         port=services.port(name),
+        fd=fd,  # an HTTP worker serves on the socket its first process bound
         log_level=settings.log_level.lower(),
         access_log=False,
         log_config=None,
