@@ -262,7 +262,7 @@ class TrainingHandlers:
                 f"rerun of {source.run_id}: {source.dataset_version_id}, its params {params_override}, no search"
             )
         elif since is not None:
-            feature_set = self._await_post_change_rows(run_id, pipeline, since, run_log)
+            feature_set, since = self._await_post_change_rows(run_id, pipeline, since, run_log)
         else:
             feature_set = resolve_for_request(self.store, pipeline, asked)
         named = asked.dataset_version_id
@@ -407,10 +407,11 @@ class TrainingHandlers:
 
     def _await_post_change_rows(
         self, run_id: str, pipeline: PipelineConfig, since: datetime, run_log: RunLog
-    ) -> ResolvedFeatureSet:
+    ) -> tuple[ResolvedFeatureSet, datetime | None]:
         """The newest feature set with ``dataset.min_rows_after_change`` rows at or after the change, once there is
-        one: ingestion is asked for a cut on demand, then the feature sets are watched (``model.change_wait_seconds``
-        at most)."""
+        one, and the change to train from: ingestion is asked for a cut on demand, then the feature sets are
+        watched (``model.change_wait_seconds`` at most). None found by then (e.g. the stream's event times run on
+        another clock than the predictions the change was seen in): the newest feature set, all of its rows."""
         needed = pipeline.dataset.min_rows_after_change
         run_log.note(
             f"change at {since.isoformat()}: waiting for {needed} rows after it (dataset.min_rows_after_change)"
@@ -425,14 +426,20 @@ class TrainingHandlers:
             rows = rows_since(self.store, pipeline, newest, since) if newest is not None else 0
             if newest is not None and rows >= needed:
                 run_log.note(f"{newest.dataset_version_id} has {rows} rows at or after the change")
-                return newest
+                return newest, since
             if not asked_for_cut:
                 self._ask_cut_after_change(pipeline, since, needed, run_log)
                 asked_for_cut = True
             if self.aborted(run_id):
                 raise RunAborted("aborted while waiting for rows after the change")
+            if time.monotonic() >= deadline and newest is not None:
+                run_log.note(
+                    f"only {rows} rows at or after the change ({since.isoformat()}) in {newest.dataset_version_id} "
+                    f"after model.change_wait_seconds={pipeline.model.change_wait_seconds:g}: training on all of it"
+                )
+                return newest, None
             if time.monotonic() >= deadline:
-                where = f"the newest feature set {newest.dataset_version_id}" if newest else "no feature set"
+                where = "no feature set"
                 raise TrainingFailed(
                     f"only {rows} rows at or after the change ({since.isoformat()}) in {where}; {needed} needed "
                     f"(dataset.min_rows_after_change) within model.change_wait_seconds="
