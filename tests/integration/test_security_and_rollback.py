@@ -45,6 +45,7 @@ PUBLIC = {
     ("POST", "/v1/models/{}/predict"),
     ("POST", "/v1/models/{}/feedback"),
     ("POST", "/v2/models/{}/infer"),
+    ("POST", "/v2/models/{}/versions/{}/infer"),
     ("POST", "/v1/streams/{}/records"),
 }
 
@@ -194,6 +195,8 @@ def test_rollback_moves_serving_back_and_a_tampered_target_is_refused(secured_st
     registry = stack.registry.client
     stack.complete_training("run-1", rounds=1)
     assert stack.decided(1)["status"] == "promoted"
+    # Serving checks each promotion against the registry: had v2 been promoted meanwhile, it would go straight to v2.
+    wait_for(lambda: stack.served_version() == 1, "serving to load v1")
     stack.complete_training("run-2", rounds=30)
     assert stack.decided(2)["status"] == "promoted"
     wait_for(lambda: stack.served_version() == 2, "serving to switch to v2")

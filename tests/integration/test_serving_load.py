@@ -91,7 +91,11 @@ def test_workers_share_one_port_and_each_follows_promotions(
 ) -> None:
     model, stream = f"fraud-{unique}", f"tx-{unique}"
     pipelines = write_pipeline_dir(tmp_path / "pipelines", model, stream)
-    settings = make_settings(pipelines_dir=pipelines, services={"serving_port": free_port()}, serving={"workers": 2})
+    settings = make_settings(
+        pipelines_dir=pipelines,
+        services={"serving_port": free_port()},
+        serving={"workers": 2, "verify_with_registry": False},
+    )
     migrate(settings.database_url)
     pipeline = make_pipeline(model=model, stream=stream)
     artifact = train_artifact(pipeline, feature_frame(pipeline, rows=1000), rounds=5)

@@ -170,13 +170,21 @@ def _error_json(exc: DriftloopError) -> JSONResponse:
     )
 
 
+def _printable(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace")
+
+
 async def validation_error_response(_request: Request, exc: Exception) -> JSONResponse:
     """A request that does not fit the route's declared types: 422 with the list of problems (FastAPI's own
     ``detail``) and the code of ``InvalidRequest``, the same shape as every other error."""
     assert isinstance(exc, RequestValidationError)
     return JSONResponse(
         status_code=InvalidRequest.status_code,
-        content={"detail": jsonable_encoder(exc.errors()), "code": InvalidRequest.default_code},
+        # A body that is not UTF-8 is echoed back as ``input``: bytes are shown with replacement characters.
+        content={
+            "detail": jsonable_encoder(exc.errors(), custom_encoder={bytes: _printable}),
+            "code": InvalidRequest.default_code,
+        },
     )
 
 

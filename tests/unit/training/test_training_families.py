@@ -158,7 +158,7 @@ def test_an_exported_folder_predicts_as_serving_does_without_driftloop(tmp_path:
         load_seconds=0.0,
         promoted_event_id="e",
     )
-    serving = serve(served, instances, lambda _event: None)["predictions"]
+    serving = serve(served, instances)["predictions"]
     rows_file = tmp_path / "rows.jsonl"
     rows_file.write_text("".join(json.dumps(i) + "\n" for i in instances))
     done = run_exported(folder, rows_file)
