@@ -96,12 +96,12 @@ def test_up_registers_each_stream_schema_and_serves_it(running: Running) -> None
     registry = SchemaRegistryClient({"url": running.settings.schema_registry.url})
     for stream in ("transactions", running.stream):
         contract = running.client.stream_schema(stream)
-        assert contract["subject"] == f"driftloop.stream.{stream}-value"
-        latest = registry.get_latest_version(contract["subject"])
-        assert json.loads(latest.schema.schema_str) == contract["schema"]
+        assert contract.subject == f"driftloop.stream.{stream}-value"
+        latest = registry.get_latest_version(contract.subject)
+        assert json.loads(latest.schema.schema_str) == contract.avro_schema
     shown = CliRunner().invoke(app, ["stream", "schema", running.stream], env=settings_env(running.settings))
     assert shown.exit_code == 0, shown.output
-    assert json.loads(shown.output) == running.client.stream_schema(running.stream)["schema"]
+    assert json.loads(shown.output) == running.client.stream_schema(running.stream).avro_schema
 
 
 def test_the_readme_producer_runs_as_written_and_its_record_lands(running: Running) -> None:

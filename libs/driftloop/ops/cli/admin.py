@@ -112,7 +112,7 @@ def pipeline_remove(
     if _bus_running(settings):
         try:
             with common.client() as dl:
-                served = dl.served(model).get("version")
+                served = dl.served(model).version
         except DriftloopError:  # not served (404/503), or serving is not running
             served = None
     path = remove_pipeline(settings, model, served_version=served, force=force)
