@@ -324,3 +324,22 @@ def test_an_answer_the_client_cannot_read_raises_from_the_exception_tree(call: A
         call(client)
     assert caught.value.code == "unexpected_answer" and caught.value.http_status == 502
     assert "cannot read" in str(caught.value)
+
+
+def test_the_timeline_reads_the_dashboards_cascades() -> None:
+    from driftloop.runtime.timeline import Step
+    from driftloop.services.dashboard.handlers import Cascade as DashboardCascade
+
+    at = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
+    steps = [
+        Step("e1", "DriftDetected", at, None, "c1", "monitor", "drift on amount", {}),
+        Step("e2", "TrainingRequested", at, "e1", "c1", "triggers", "retrain", {}),
+    ]
+    answer = {
+        "model": "m",
+        "cascades": [DashboardCascade("c1", steps, ["drift, then a retrain"], "promoted v2").to_dict()],
+    }
+    with Recorder(body=answer).client() as client:
+        (cascade,) = client.timeline("m")
+    assert (cascade.cascade_id, cascade.root_event_type, cascade.outcome) == ("c1", "DriftDetected", "promoted v2")
+    assert [(s.event_id, s.caused_by, s.occurred_at) for s in cascade.steps] == [("e1", None, at), ("e2", "e1", at)]
