@@ -110,9 +110,10 @@ def models_export(
     version: int,
     directory: Annotated[Path, typer.Argument(help="Folder to write (created).")],
 ) -> None:
-    """Export MODEL VERSION as a self-contained folder (model, signature, pinned requirements, predict.py) that
-    predicts from the stream's raw fields exactly as serving does, without driftloop. The artifact is read from the
-    object store and verified by its sha256; the features come from the model's pipeline file."""
+    """Export MODEL VERSION as a self-contained folder (model, signature, pinned requirements, predict.py, an Open
+    Inference Protocol server serve.py and its Dockerfile) that predicts from the stream's raw fields exactly as
+    serving does, without driftloop. The artifact is read from the object store and verified by its sha256; the
+    features come from the model's pipeline file."""
     from driftloop.clients.objectstore import open_object_store
     from driftloop.contracts.pipeline import load_pipelines, pipeline_for_model
     from driftloop.ops.export import export_artifact
@@ -122,8 +123,9 @@ def models_export(
         record = dl.version(name, version)
     store = open_object_store(common.settings())
     data = store.get_bytes(store.key_of(record.artifact_uri))
-    export_artifact(data, directory, pipeline=pipeline, expected_sha256=record.artifact_sha256)
+    export_artifact(data, directory, pipeline=pipeline, expected_sha256=record.artifact_sha256, version=version)
     common.console.print(
         f"exported {name} v{version} to {directory}: python {directory}/predict.py rows.jsonl "
-        f"(rows of stream {pipeline.stream.name}'s raw fields, as serving takes them)"
+        f"(rows of stream {pipeline.stream.name}'s raw fields, as serving takes them); an Open Inference Protocol "
+        f"server of the same answers: python {directory}/serve.py, or docker build {directory}"
     )
