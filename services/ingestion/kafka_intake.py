@@ -158,7 +158,13 @@ class KafkaIntake:
         new stream's topic, a removed one's left; the rebalance assigns them)."""
         self._pipelines_changed.clear()
         if consumer is not None:
-            self.flush_all(consumer)
+            try:
+                self.flush_all(consumer)
+            except Exception:  # e.g. the database is unreachable: keep the old set, try again after the next poll
+                log.exception("ingestion: landing before taking the changed pipelines failed; retrying")
+                self._pipelines_changed.set()
+                time.sleep(1.0)
+                return
         before = set(self.by_topic)
         kept = {cfg.stream.topic for cfg in self.pipelines.values()}
         with self._lock:  # a removed stream's partitions (landed above) are forgotten before its config

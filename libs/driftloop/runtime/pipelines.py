@@ -29,6 +29,7 @@ from driftloop.contracts.payloads import PipelineApplied
 from driftloop.contracts.pipeline import PipelineConfig, load_pipeline, load_pipelines, parse_pipeline
 from driftloop.contracts.topics import PIPELINE_APPLIED
 from driftloop.errors import ConfigError
+from driftloop.runtime.bus import ConsumerStatus, EventBus
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class PipelineCatalog(Mapping[str, PipelineConfig]):
         self._listeners: list[Callable[[], None]] = []
         self._checks: list[Callable[[PipelineConfig], None]] = []
         self.changes = 0  # changes taken since the process started
+        self.follower: ConsumerStatus | None = None  # set by ``follow``
 
     @classmethod
     def load(cls, directory: Path) -> PipelineCatalog:
@@ -93,6 +95,16 @@ class PipelineCatalog(Mapping[str, PipelineConfig]):
 
     def items(self) -> Any:
         return self._current.items()
+
+    def describe(self) -> dict[str, Any]:
+        """For ``/healthz``: the models held, the changes taken, and whether the follower is consuming."""
+        follower = self.follower
+        return {
+            "models": sorted(self._current),
+            "changes": self.changes,
+            "following": follower is not None and follower.assigned,
+            "last_error": follower.last_error if follower is not None else None,
+        }
 
     # --- changes ---------------------------------------------------------------------------------------------
 
@@ -168,12 +180,14 @@ class PipelineCatalog(Mapping[str, PipelineConfig]):
         log.log(level, "pipeline of model %s (event %s): %s", event.payload.model, event.id, outcome)
 
 
-def follow(catalog: PipelineCatalog, bus: Any, service: str) -> Callable[[threading.Event], None]:
+def follow(catalog: PipelineCatalog, bus: EventBus, service: str) -> Callable[[threading.Event], None]:
     """A loop that keeps ``catalog`` current: consumes ``PIPELINE_APPLIED`` in a group of its own (every process of
-    every service takes every change) from the topic's start, until the bus stops."""
+    every service takes every change) from the topic's start, until the bus stops. Its consumer's state is
+    ``catalog.follower`` (shown on ``/healthz`` under ``pipelines``, apart from the service's own consumers)."""
     group = f"{GROUP_PREFIX}{service}-{uuid.uuid4().hex[:12]}"
+    catalog.follower = ConsumerStatus(group=group, topics=[PIPELINE_APPLIED.name])
 
     def follow_pipelines(_stop: threading.Event) -> None:
-        bus.run_consumer(group, {PIPELINE_APPLIED: catalog.handle})
+        bus.run_consumer(group, {PIPELINE_APPLIED: catalog.handle}, status=catalog.follower)
 
     return follow_pipelines

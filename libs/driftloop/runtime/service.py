@@ -446,6 +446,7 @@ def _add_health(
             "status": "ok",
             "ready": ready,
             "consumers": consumers,
+            "pipelines": runtime.pipelines.describe(),
             "checks": checks,
             **info,
         }
