@@ -9,8 +9,10 @@ topic subscription) registers a listener (``on_change``) and re-derives it.
 
 An event is taken only if its document is a valid pipeline (its checksum matches, it parses, its stream is not
 another model's and every ``check`` passes); anything else is logged and ignored: a bad document never stops a
-service, which goes on with what it had. The topic is compacted and replayed from its start by each process: an
-event older than the file the process loaded for that model (the file was changed after it) is ignored too.
+service, which goes on with what it had. ``pipelines_dir`` is the truth at start (``apply`` writes the file before
+it announces it): a process takes only the events from its load on (``LOAD_MARGIN`` before it, for clocks and the
+millisecond timestamps), so neither an old history on the compacted topic nor another deployment's changes on a
+shared broker are replayed into it; and an event older than the last one taken for its model is ignored.
 """
 
 from __future__ import annotations
@@ -20,21 +22,23 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from driftloop.contracts.events import Event
 from driftloop.contracts.payloads import PipelineApplied
-from driftloop.contracts.pipeline import PipelineConfig, load_pipeline, load_pipelines, parse_pipeline
+from driftloop.contracts.pipeline import PipelineConfig, load_pipelines, parse_pipeline
 from driftloop.contracts.topics import PIPELINE_APPLIED
 from driftloop.errors import ConfigError
 from driftloop.runtime.bus import ConsumerStatus, EventBus
 
 log = logging.getLogger(__name__)
 
-# Consumer group prefix of the catalog's follower: a fresh group per process, so each replays the whole topic.
+# Consumer group prefix of the catalog's follower: a fresh group per process (every process takes every change).
 GROUP_PREFIX = "driftloop-pipelines-"
+# Events from this long before the catalog was loaded are still taken (the same file again: "unchanged").
+LOAD_MARGIN = timedelta(seconds=5)
 
 
 def document_sha256(document: str) -> str:
@@ -46,12 +50,14 @@ class PipelineCatalog(Mapping[str, PipelineConfig]):
     """The current pipelines by model name; see the module docstring."""
 
     def __init__(
-        self, pipelines: Mapping[str, PipelineConfig] | None = None, since: Mapping[str, datetime] | None = None
+        self, pipelines: Mapping[str, PipelineConfig] | None = None, loaded_at: datetime | None = None
     ) -> None:
         self._current: dict[str, PipelineConfig] = dict(pipelines or {})
-        # When each model's pipeline was written (its file's modification time, or its event's time): an event
-        # from before that is stale. A removed model keeps its time, so an old apply does not bring it back.
-        self._since: dict[str, datetime] = dict(since or {})
+        # Events from before the load are in the files already (None: every event is news).
+        self._floor = loaded_at - LOAD_MARGIN if loaded_at is not None else None
+        # The time of the last event taken per model: an event from before it is stale. A removed model keeps its
+        # time, so an older apply does not bring it back.
+        self._since: dict[str, datetime] = {}
         self._lock = threading.Lock()  # one change at a time; readers never wait
         self._listeners: list[Callable[[], None]] = []
         self._checks: list[Callable[[PipelineConfig], None]] = []
@@ -62,12 +68,8 @@ class PipelineCatalog(Mapping[str, PipelineConfig]):
     def load(cls, directory: Path) -> PipelineCatalog:
         """The pipelines of ``directory`` (``load_pipelines``: a bad file is a ConfigError, the service does not
         start)."""
-        pipelines = load_pipelines(directory)
-        since = {}
-        for path in Path(directory).glob("*.y*ml"):
-            model = load_pipeline(path).model.name
-            since[model] = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
-        return cls(pipelines, since)
+        loaded_at = datetime.now(tz=UTC)
+        return cls(load_pipelines(directory), loaded_at)
 
     # --- the mapping: reads of the current set, never blocked ----------------------------------------------------
 
@@ -155,10 +157,13 @@ class PipelineCatalog(Mapping[str, PipelineConfig]):
         "refused: <why>"), never raises."""
         model = applied.model
         since = self._since.get(model)
-        if since is not None and occurred_at <= since:
+        if (since is not None and occurred_at < since) or (self._floor is not None and occurred_at < self._floor):
             return "stale"
         if applied.removed:
-            return "removed" if self.drop(model, at=occurred_at) else "unchanged"
+            if not self.drop(model, at=occurred_at):
+                self._since[model] = occurred_at
+                return "unchanged"
+            return "removed"
         if document_sha256(applied.document) != applied.sha256:
             return "refused: the document does not match its sha256"
         try:

@@ -471,11 +471,9 @@ def _run_http_worker(
     runtime = make_runtime(name, settings, migrated=True)
     spec = build(runtime)
     _add_health(spec.app, runtime, spec, consumers_ready=ready.get)
-    # Its routes read the pipelines too: this process follows their changes like the first one.
-    follower = threading.Thread(
-        target=follow(runtime.pipelines, runtime.bus, name), args=(runtime.bus.stop_event,), daemon=True
-    )
-    follower.start()
+    if name != "schemaregistry":  # its routes read the pipelines too: it follows their changes like the first one
+        follower = follow(runtime.pipelines, runtime.bus, name)
+        threading.Thread(target=follower, args=(runtime.bus.stop_event,), name="follow_pipelines", daemon=True).start()
     server = uvicorn.Server(server_config(spec.app, settings, name, fd=sock_fd))
     try:
         server.run()
