@@ -464,10 +464,12 @@ class EventBus:
         handlers: dict[Topic, EventHandler],
         *,
         poll_timeout: float = 0.5,
+        status: ConsumerStatus | None = None,
     ) -> None:
         """Consume until ``stop_event`` is set. Each event is handled once per group; the offset is committed
         after the handler. A handler that raises is logged and its event is not marked processed (it is
-        retried after a restart); the loop goes on with the next message.
+        retried after a restart); the loop goes on with the next message. ``status``: kept by the caller and not
+        listed in ``consumers`` (the pipeline catalog's follower, which every service has besides its own).
 
         The consumer heals: a commit refused because the group moved on (lost membership, a rebalance) is logged
         and the event comes again to whoever owns its partition (handled once, by event id); a consumer that fails
@@ -475,8 +477,9 @@ class EventBus:
         its topics made again. While it is down, ``assigned`` is false: the service is not ready."""
         topics = [t.name for t in handlers]
         by_name = {t.name: (h, payload_type(t.event_type)) for t, h in handlers.items()}
-        status = ConsumerStatus(group=group, topics=topics)
-        self.consumers.append(status)
+        if status is None:
+            status = ConsumerStatus(group=group, topics=topics)
+            self.consumers.append(status)
         backoff = Backoff(first_delay=CONSUMER_RESTART_BACKOFF[0], max_delay=CONSUMER_RESTART_BACKOFF[1])
         while not self.stop_event.is_set():
             try:
