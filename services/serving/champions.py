@@ -343,8 +343,16 @@ class ChampionReconciler:
                 with self._lock:
                     self.last_error = repr(exc)
                 log.exception("champion reconcile failed")
-            self._wake.wait(self.interval if self.reconciled_once else min(self.interval, 1.0))
-            self._wake.clear()
+            self._sleep(self.interval if self.reconciled_once else min(self.interval, 1.0), stop_event)
+
+    def _sleep(self, seconds: float, stop_event: threading.Event) -> None:
+        """Until ``seconds`` pass, ``wake`` is called or the service stops (checked every half second: a stopping
+        service must not wait out a whole interval)."""
+        deadline = time.monotonic() + seconds
+        while not stop_event.is_set() and (left := deadline - time.monotonic()) > 0:
+            if self._wake.wait(min(left, 0.5)):
+                break
+        self._wake.clear()
 
     def not_ready_because(self) -> str | None:
         """Why this replica is not ready to serve (None: it serves every champion the registry has)."""
