@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from math import isfinite
 from typing import Any
 
 import sqlalchemy as sa
@@ -55,7 +56,7 @@ from driftloop.runtime.metrics import (
     PUBLISH_FAILURES,
 )
 from driftloop.runtime.retention import cutoff, purge_in_batches, utcnow
-from driftloop.runtime.serde import AvroCodec
+from driftloop.runtime.serde import AvroCodec, RecordWriter
 
 log = logging.getLogger(__name__)
 
@@ -173,11 +174,20 @@ def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | No
                 raise DriftloopError(f"creating topic {name} failed: {exc}") from exc
 
 
+_JSON_AS_IS = frozenset({str, int, bool, type(None)})
+
+
 def _json_safe(value: Any) -> Any:
+    # Plain leaves are kept without a call (checked inline): the event log converts every field of every event.
+    if type(value) in _JSON_AS_IS or (type(value) is float and isfinite(value)):
+        return value
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {
+            k: v if type(v) in _JSON_AS_IS or (type(v) is float and isfinite(v)) else _json_safe(v)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [_json_safe(v) for v in value]
+        return [v if type(v) in _JSON_AS_IS or (type(v) is float and isfinite(v)) else _json_safe(v) for v in value]
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     if isinstance(value, float) and not math.isfinite(value):
@@ -187,12 +197,15 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+# Events per event-log transaction: a commit (and its fsync) costs as much as writing hundreds of rows.
+WRITE_BATCH_EVENTS = 2000
+
+
 class EventLog:
     """The database copy of every event, written in batches off the hot path."""
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
-        self.Session = session_factory(engine)
         self._queue: queue.Queue[Event[Payload] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
 
@@ -217,15 +230,16 @@ class EventLog:
         if not events:
             return
         rows = [self.to_record(e) for e in events]
-        with self.Session.begin() as session:
+        # One Core executemany per batch (no ORM unit of work: this table takes every predicted row).
+        with self.engine.begin() as conn:
             known = set(
-                session.scalars(
+                conn.scalars(
                     sa.select(EventRecord.event_id).where(EventRecord.event_id.in_([r["event_id"] for r in rows]))
                 )
             )
             fresh = {r["event_id"]: r for r in rows if r["event_id"] not in known}
             if fresh:
-                session.execute(sa.insert(EventRecord), list(fresh.values()))
+                conn.execute(sa.insert(EventRecord), list(fresh.values()))
 
     def submit(self, event: Event[Payload]) -> None:
         if self._thread is None:
@@ -239,7 +253,7 @@ class EventLog:
             if first is None:
                 return
             batch = [first]
-            while len(batch) < 500:
+            while len(batch) < WRITE_BATCH_EVENTS:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
@@ -313,6 +327,7 @@ class EventBus:
         self.Session = session_factory(self.engine)
         self.codec = AvroCodec.from_config(schema_registry_client_config(settings))
         self.event_log = EventLog(self.engine)
+        self._writers: dict[str, RecordWriter] = {}  # by event type
         self._producer: Producer | None = None
         self._producer_lock = threading.Lock()
         # Set by librdkafka's error callback on a fatal error (fenced, unknown producer id): the next use makes a
@@ -376,7 +391,10 @@ class EventBus:
             self.codec.register(topic.subject, event_schema(topic.event_type))
 
     def encode(self, event: Event[Payload]) -> bytes:
-        return self.codec.encode(event.topic.subject, event_schema(event.type), event.to_avro())
+        writer = self._writers.get(event.type)
+        if writer is None:  # registered and parsed once per event type: publishing many events stays cheap
+            writer = self._writers[event.type] = self.codec.writer(event.topic.subject, event_schema(event.type))
+        return writer.encode(event.to_avro())
 
     def publish(self, event: Event[Payload], *, wait: bool = True) -> None:
         """Send ``event`` to its topic. With ``wait`` the call returns once the broker has it."""

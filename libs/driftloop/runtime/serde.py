@@ -83,15 +83,14 @@ class AvroCodec:
         self._parsed_by_id[schema_id] = parsed
         return parsed
 
-    def encode(self, subject: str, schema: dict[str, Any], record: dict[str, Any]) -> bytes:
+    def writer(self, subject: str, schema: dict[str, Any]) -> RecordWriter:
+        """The encoder of ``schema`` under ``subject`` (registered, parsed): keep it to encode many records (the
+        schema is looked up once, not per record)."""
         schema_id = self.register(subject, schema)
-        out = io.BytesIO()
-        out.write(HEADER.pack(MAGIC_BYTE, schema_id))
-        try:
-            fastavro.schemaless_writer(out, self._parsed(schema), record)
-        except (ValueError, TypeError, AttributeError, KeyError) as exc:
-            raise SchemaError(f"record does not match the schema of {subject!r}: {exc}") from exc
-        return out.getvalue()
+        return RecordWriter(subject, HEADER.pack(MAGIC_BYTE, schema_id), self._parsed(schema))
+
+    def encode(self, subject: str, schema: dict[str, Any], record: dict[str, Any]) -> bytes:
+        return self.writer(subject, schema).encode(record)
 
     def decode(self, data: bytes, reader_schema: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
         """Return (writer schema id, record), read into ``reader_schema`` if given (schema resolution)."""
@@ -112,3 +111,23 @@ class AvroCodec:
         if body.tell() != len(data) - HEADER.size:
             raise WireFormatError("not_avro", f"{len(data) - HEADER.size - body.tell()} trailing bytes after record")
         return schema_id, record  # type: ignore[return-value]
+
+
+class RecordWriter:
+    """Records of one registered schema in the wire format (``AvroCodec.writer``)."""
+
+    __slots__ = ("header", "parsed", "subject")
+
+    def __init__(self, subject: str, header: bytes, parsed: Any) -> None:
+        self.subject = subject
+        self.header = header
+        self.parsed = parsed
+
+    def encode(self, record: dict[str, Any]) -> bytes:
+        out = io.BytesIO()
+        out.write(self.header)
+        try:
+            fastavro.schemaless_writer(out, self.parsed, record)
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            raise SchemaError(f"record does not match the schema of {self.subject!r}: {exc}") from exc
+        return out.getvalue()
