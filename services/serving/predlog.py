@@ -129,8 +129,6 @@ class PredictionLog:
                 with self._lock:
                     self._rows -= len(result["predictions"])
             LOG_QUEUED.set(self.pending())
-            if taken and self.poll is not None:
-                self.poll(0)
         return done
 
     def _log(self, result: dict[str, Any]) -> int:
@@ -163,6 +161,8 @@ class PredictionLog:
         for index, event in enumerate(events):
             if self._publish(event, model, request_id, index):
                 logged += 1
+        if self.poll is not None:
+            self.poll(0)  # the request's delivery reports (the publish sink may leave them to this poll)
         if self.recorder is not None:
             self.recorder.record({**result, "entities": entities or [None] * len(result["predictions"])})
         return logged

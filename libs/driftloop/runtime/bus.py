@@ -396,8 +396,10 @@ class EventBus:
             writer = self._writers[event.type] = self.codec.writer(event.topic.subject, event_schema(event.type))
         return writer.encode(event.to_avro())
 
-    def publish(self, event: Event[Payload], *, wait: bool = True) -> None:
-        """Send ``event`` to its topic. With ``wait`` the call returns once the broker has it."""
+    def publish(self, event: Event[Payload], *, wait: bool = True, poll: bool = True) -> None:
+        """Send ``event`` to its topic. With ``wait`` the call returns once the broker has it. Without ``wait`` it
+        serves the delivery reports due (``producer.poll(0)``), unless ``poll`` is false: a caller publishing many
+        events polls once for all of them."""
         value = self.encode(event)
         errors: list[str] = []
 
@@ -427,7 +429,7 @@ class EventBus:
                     f"publishing {event.type} failed: the broker did not acknowledge it within "
                     f"{PUBLISH_TIMEOUT_SECONDS} s"
                 )
-        else:
+        elif poll:
             producer.poll(0)
 
     def publish_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
