@@ -206,7 +206,10 @@ class EventLog:
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
-        self._queue: queue.Queue[Event[Payload] | None] = queue.Queue()
+        # A SimpleQueue (one C call per put): every published event passes here, from its delivery report.
+        self._queue: queue.SimpleQueue[Event[Payload] | None] = queue.SimpleQueue()
+        self._unwritten = 0  # submitted and not yet written (or given up on): what ``flush`` waits for
+        self._count_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     @staticmethod
@@ -245,6 +248,8 @@ class EventLog:
         if self._thread is None:
             self._thread = threading.Thread(target=self._drain, name="event-log", daemon=True)
             self._thread.start()
+        with self._count_lock:
+            self._unwritten += 1
         self._queue.put(event)
 
     def _drain(self) -> None:
@@ -277,12 +282,12 @@ class EventLog:
             except Exception:
                 # The events are on Kafka already; losing their database copy must not stop the writer.
                 log.exception("event log: %d events could not be recorded", len(batch))
-            for _ in batch:
-                self._queue.task_done()
+            with self._count_lock:
+                self._unwritten -= len(batch)
 
     def flush(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+        while self._unwritten > 0 and time.monotonic() < deadline:
             time.sleep(0.02)
 
     def close(self) -> None:
@@ -291,6 +296,17 @@ class EventLog:
             self._queue.put(None)
             self._thread.join(timeout=5)
             self._thread = None
+
+
+@functools.cache
+def _delivered_counters(event_type: str) -> tuple[Any, Any, Any]:
+    """The counters a delivered event increments (published, cascade started, cascade step), looked up once per
+    event type: a delivery report comes for every event."""
+    return (
+        EVENTS_PUBLISHED.labels(event_type),
+        CASCADES_STARTED.labels(event_type),
+        CASCADE_STEPS.labels(event_type),
+    )
 
 
 # A client recovers from these by itself; anything else (fatal producer errors, a consumer that lost its group
@@ -411,8 +427,9 @@ class EventBus:
                 PUBLISH_FAILURES.labels(event.type).inc()
                 log.error("event %s (%s) was not delivered: %s", event.id, event.type, err)
             else:
-                EVENTS_PUBLISHED.labels(event.type).inc()
-                (CASCADE_STEPS if event.envelope.caused_by else CASCADES_STARTED).labels(event.type).inc()
+                published, started, stepped = _delivered_counters(event.type)
+                published.inc()
+                (stepped if event.envelope.caused_by else started).inc()
                 self.event_log.submit(event)
 
         producer = self._produce(event.topic.name, key=event.key.encode(), value=value, on_delivery=on_delivery)
