@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from math import isfinite
 from typing import Any
 
 import sqlalchemy as sa
@@ -179,15 +178,17 @@ _JSON_AS_IS = frozenset({str, int, bool, type(None)})
 
 def _json_safe(value: Any) -> Any:
     # Plain leaves are kept without a call (checked inline): the event log converts every field of every event.
-    if type(value) in _JSON_AS_IS or (type(value) is float and isfinite(value)):
+    if type(value) in _JSON_AS_IS or (type(value) is float and math.isfinite(value)):
         return value
     if isinstance(value, dict):
         return {
-            k: v if type(v) in _JSON_AS_IS or (type(v) is float and isfinite(v)) else _json_safe(v)
+            k: v if type(v) in _JSON_AS_IS or (type(v) is float and math.isfinite(v)) else _json_safe(v)
             for k, v in value.items()
         }
     if isinstance(value, list):
-        return [v if type(v) in _JSON_AS_IS or (type(v) is float and isfinite(v)) else _json_safe(v) for v in value]
+        return [
+            v if type(v) in _JSON_AS_IS or (type(v) is float and math.isfinite(v)) else _json_safe(v) for v in value
+        ]
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     if isinstance(value, float) and not math.isfinite(value):
