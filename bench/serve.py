@@ -278,7 +278,8 @@ def main() -> int:
         kafka={"bootstrap_servers": f"127.0.0.1:{free_port()}", "session_timeout_ms": 2000},
         schema_registry={"url": f"http://127.0.0.1:{ports['schemaregistry_port']}"},
         services=ports,
-        serving={} if args.workers is None else {"workers": args.workers},
+        # No registry in this bench: serving takes the promotions from the bus as they come.
+        serving={"verify_with_registry": False} | ({} if args.workers is None else {"workers": args.workers}),
     )
     artifact = train()
     booster_file = tmp / "model.txt"

@@ -5,9 +5,9 @@ entity (+ time: the newest prediction for the entity made at or before it), is s
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
-import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,41 +38,48 @@ class PredictionRecorder:
     def __init__(self, engine: sa.Engine, replica: str) -> None:
         self.engine = engine
         self.replica = replica
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=MAX_BACKLOG_ROWS)
+        # One list of rows per answered request (a 1000-row request is one append, not a thousand puts).
+        self._queue: collections.deque[list[dict[str, Any]]] = collections.deque()
+        self._rows = 0
+        self._lock = threading.Lock()  # the queue and its row count
         self._write_lock = threading.Lock()
 
     def record(self, result: dict[str, Any]) -> None:
         """Queue the rows of one answered request (``predict``'s result)."""
+        request_id, model, version, replica = result["request_id"], result["model"], result["version"], self.replica
         now = datetime.now(tz=UTC)
-        for index, (prediction, entity) in enumerate(zip(result["predictions"], result["entities"], strict=True)):
-            row = {
-                "request_id": result["request_id"],
+        rows = [
+            {
+                "request_id": request_id,
                 "row_index": index,
-                "model": result["model"],
-                "version": result["version"],
+                "model": model,
+                "version": version,
                 "entity": entity,
                 "prediction": prediction,
                 "predicted_at": now,
-                "replica": self.replica,
+                "replica": replica,
             }
-            try:
-                self._queue.put_nowait(row)
-            except queue.Full:
-                RECORD_FAILURES.labels("backlog_full").inc()
+            for index, (prediction, entity) in enumerate(zip(result["predictions"], result["entities"], strict=True))
+        ]
+        with self._lock:
+            full = self._rows + len(rows) > MAX_BACKLOG_ROWS
+            if not full:
+                self._rows += len(rows)
+                self._queue.append(rows)
+        if full:
+            RECORD_FAILURES.labels("backlog_full").inc(len(rows))
 
     def flush(self) -> int:
-        """Write everything queued so far. Returns rows written."""
+        """Write everything queued so far, ``MAX_BATCH_ROWS`` per executemany. Returns rows written."""
         written = 0
         with self._write_lock:
-            while True:
-                batch: list[dict[str, Any]] = []
-                while len(batch) < MAX_BATCH_ROWS:
-                    try:
-                        batch.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                if not batch:
-                    return written
+            with self._lock:
+                taken = list(self._queue)
+                self._queue.clear()
+                self._rows -= sum(len(rows) for rows in taken)
+            pending = [row for rows in taken for row in rows]
+            for start in range(0, len(pending), MAX_BATCH_ROWS):
+                batch = pending[start : start + MAX_BATCH_ROWS]
                 try:
                     with self.engine.begin() as conn:
                         conn.execute(sa.insert(ServedPrediction), batch)
@@ -80,6 +87,7 @@ class PredictionRecorder:
                 except Exception:  # the loop must survive a database hiccup; rows are counted as lost
                     RECORD_FAILURES.labels("database").inc(len(batch))
                     log.exception("%d prediction rows were not stored", len(batch))
+        return written
 
     def run(self, stop_event: threading.Event) -> None:
         while not stop_event.wait(FLUSH_SECONDS):

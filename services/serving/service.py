@@ -85,8 +85,12 @@ def build(runtime: Runtime) -> ServiceSpec:
         table, open_object_store(runtime.settings), runtime.pipelines, publish, replica, rollouts=rollouts
     )
     recorder = PredictionRecorder(runtime.engine, replica)
+    # Its delivery reports are served once per logged request (``poll``), not once per row.
     prediction_log = PredictionLog(
-        publish_now, runtime.pipelines, recorder, poll=lambda timeout: runtime.bus.producer.poll(timeout)
+        partial(publish, wait=False, poll=False),
+        runtime.pipelines,
+        recorder,
+        poll=lambda timeout: runtime.bus.producer.poll(timeout),
     )
     feedback = FeedbackDesk(runtime.engine, recorder, publish, flush_answers=prediction_log.flush)
     online = OnlineStoreClient(runtime.settings)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+import uuid
 from pathlib import Path
 
 import fastavro
 import pytest
 from avro.schema import parse
 
-from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.events import Event, new_event, new_events
 from driftloop.contracts.payloads import ExternalTrigger, TrainingRequested
 from driftloop.contracts.schemalock import check_lock, incompatibilities, update_lock
 from driftloop.contracts.schemas import event_schema, event_types
@@ -83,3 +84,19 @@ def test_new_event_joins_the_cause_cascade() -> None:
     unknown = {**child.to_avro(), "envelope": {**child.envelope.to_avro(), "event_type": "NoSuchEvent"}}
     with pytest.raises(ValueError, match="unknown event type"):
         Event.from_avro(unknown)
+
+
+def test_new_events_are_distinct_events_with_random_uuid_ids() -> None:
+    root = new_event(ExternalTrigger(model="m", reason="r"), producer="external")
+    payloads = [ExternalTrigger(model="m", reason=f"r{i}") for i in range(500)]
+    alone = new_events(payloads, producer="bench")
+    caused = new_events(payloads[:3], producer="bench", cause=root)
+    ids = [e.id for e in alone]
+    assert len(set(ids)) == len(ids) == 500 and [e.payload for e in alone] == payloads
+    for event_id in ids:
+        parsed = uuid.UUID(event_id)
+        assert str(parsed) == event_id and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    assert all(e.envelope.cascade_id == e.id and e.envelope.caused_by is None for e in alone)
+    assert all(e.envelope.caused_by == root.id and e.envelope.cascade_id == root.id for e in caused)
+    assert {e.envelope.occurred_at for e in alone} == {alone[0].envelope.occurred_at}  # made at one moment
+    assert Event.from_avro(alone[7].to_avro()) == alone[7]

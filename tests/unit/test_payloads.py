@@ -3,12 +3,14 @@ through the Confluent wire format with its real schema."""
 
 from __future__ import annotations
 
+import io
 import json
 import typing
 from dataclasses import MISSING, FrozenInstanceError, fields, is_dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import fastavro
 import pytest
 from confluent_kafka.schema_registry import Schema
 
@@ -235,3 +237,27 @@ def test_the_event_log_keeps_the_payload_json_the_timeline_reads() -> None:
     row = EventLog.to_record(new_event(created, producer="ingestion"))
     assert (row["model"], row["stream"]) == (None, created.stream)  # type: ignore[attr-defined]
     assert row["payload"]["min_event_time"] == created.min_event_time.isoformat()  # type: ignore[attr-defined]
+
+
+def test_a_prepared_writer_writes_the_bytes_fastavro_writes_unaided() -> None:
+    """``RecordWriter`` names the union branch of each value of a map of scalars (a shortcut through fastavro's
+    union matching): the bytes must be the ones fastavro writes by itself, for every branch and for a value it
+    does not name (a subclass of int)."""
+
+    class Count(int):
+        pass
+
+    codec = AvroCodec(InMemoryRegistry())  # type: ignore[arg-type]
+    schema = event_schema("PredictionLogged")
+    writer = codec.writer(payloads.PredictionLogged.topic.subject, schema)
+    assert set(writer.map_unions) == {"inputs"}
+    inputs = {"x": 0.5, "n": -(2**62), "flag": True, "name": "a", "none": None, "count": Count(3)}
+    event = new_event(
+        payloads.PredictionLogged(request_id="r", model="m", version=1, index=0, inputs=inputs, prediction=0.1),
+        producer="test",
+    )
+    unaided = io.BytesIO()
+    fastavro.schemaless_writer(unaided, fastavro.parse_schema(schema), event.to_avro())
+    wire = writer.encode(event.to_avro())
+    assert wire[5:] == unaided.getvalue()
+    assert Event.from_avro(codec.decode(wire)[1]) == event

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import builtins
+import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -104,6 +105,41 @@ class Event(Generic[P]):
 def _now_millis() -> datetime:
     now = datetime.now(tz=UTC)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def _event_ids(count: int) -> list[str]:
+    """``count`` random (version 4) UUIDs as strings, from one read of the OS's randomness: a fifth of the cost of
+    ``str(uuid.uuid4())`` each, for events made by the thousand."""
+    raw = bytearray(os.urandom(16 * count))
+    for start in range(0, len(raw), 16):
+        raw[start + 6] = raw[start + 6] & 0x0F | 0x40  # version 4
+        raw[start + 8] = raw[start + 8] & 0x3F | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return [
+        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-{h[i + 12 : i + 16]}-{h[i + 16 : i + 20]}-{h[i + 20 : i + 32]}"
+        for i in range(0, len(h), 32)
+    ]
+
+
+def new_events(
+    payloads: Sequence[NewP], *, producer: str, cause: Event[Payload] | Envelope | None = None
+) -> list[Event[NewP]]:
+    """``new_event`` for many payloads made at one moment (e.g. the rows of one answered request): one timestamp,
+    ids made together. Each event is its own cascade unless a ``cause`` is given."""
+    caused_by = cause.envelope if isinstance(cause, Event) else cause
+    occurred_at = _now_millis()
+    events: list[Event[NewP]] = []
+    for payload, event_id in zip(payloads, _event_ids(len(payloads)), strict=True):
+        envelope = Envelope(
+            event_id=event_id,
+            event_type=payload.event_type,
+            occurred_at=occurred_at,
+            caused_by=caused_by.event_id if caused_by else None,
+            cascade_id=caused_by.cascade_id if caused_by else event_id,
+            producer=producer,
+        )
+        events.append(Event(envelope=envelope, payload=payload))
+    return events
 
 
 def new_event(payload: NewP, *, producer: str, cause: Event[Payload] | Envelope | None = None) -> Event[NewP]:

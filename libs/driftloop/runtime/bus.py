@@ -55,7 +55,7 @@ from driftloop.runtime.metrics import (
     PUBLISH_FAILURES,
 )
 from driftloop.runtime.retention import cutoff, purge_in_batches, utcnow
-from driftloop.runtime.serde import AvroCodec
+from driftloop.runtime.serde import AvroCodec, RecordWriter
 
 log = logging.getLogger(__name__)
 
@@ -173,11 +173,22 @@ def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | No
                 raise DriftloopError(f"creating topic {name} failed: {exc}") from exc
 
 
+_JSON_AS_IS = frozenset({str, int, bool, type(None)})
+
+
 def _json_safe(value: Any) -> Any:
+    # Plain leaves are kept without a call (checked inline): the event log converts every field of every event.
+    if type(value) in _JSON_AS_IS or (type(value) is float and math.isfinite(value)):
+        return value
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {
+            k: v if type(v) in _JSON_AS_IS or (type(v) is float and math.isfinite(v)) else _json_safe(v)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [_json_safe(v) for v in value]
+        return [
+            v if type(v) in _JSON_AS_IS or (type(v) is float and math.isfinite(v)) else _json_safe(v) for v in value
+        ]
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     if isinstance(value, float) and not math.isfinite(value):
@@ -187,13 +198,19 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+# Events per event-log transaction: a commit (and its fsync) costs as much as writing hundreds of rows.
+WRITE_BATCH_EVENTS = 2000
+
+
 class EventLog:
     """The database copy of every event, written in batches off the hot path."""
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
-        self.Session = session_factory(engine)
-        self._queue: queue.Queue[Event[Payload] | None] = queue.Queue()
+        # A SimpleQueue (one C call per put): every published event passes here, from its delivery report.
+        self._queue: queue.SimpleQueue[Event[Payload] | None] = queue.SimpleQueue()
+        self._unwritten = 0  # submitted and not yet written (or given up on): what ``flush`` waits for
+        self._count_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     @staticmethod
@@ -217,20 +234,23 @@ class EventLog:
         if not events:
             return
         rows = [self.to_record(e) for e in events]
-        with self.Session.begin() as session:
+        # One Core executemany per batch (no ORM unit of work: this table takes every predicted row).
+        with self.engine.begin() as conn:
             known = set(
-                session.scalars(
+                conn.scalars(
                     sa.select(EventRecord.event_id).where(EventRecord.event_id.in_([r["event_id"] for r in rows]))
                 )
             )
             fresh = {r["event_id"]: r for r in rows if r["event_id"] not in known}
             if fresh:
-                session.execute(sa.insert(EventRecord), list(fresh.values()))
+                conn.execute(sa.insert(EventRecord), list(fresh.values()))
 
     def submit(self, event: Event[Payload]) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._drain, name="event-log", daemon=True)
             self._thread.start()
+        with self._count_lock:
+            self._unwritten += 1
         self._queue.put(event)
 
     def _drain(self) -> None:
@@ -239,7 +259,7 @@ class EventLog:
             if first is None:
                 return
             batch = [first]
-            while len(batch) < 500:
+            while len(batch) < WRITE_BATCH_EVENTS:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
@@ -263,12 +283,12 @@ class EventLog:
             except Exception:
                 # The events are on Kafka already; losing their database copy must not stop the writer.
                 log.exception("event log: %d events could not be recorded", len(batch))
-            for _ in batch:
-                self._queue.task_done()
+            with self._count_lock:
+                self._unwritten -= len(batch)
 
     def flush(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+        while self._unwritten > 0 and time.monotonic() < deadline:
             time.sleep(0.02)
 
     def close(self) -> None:
@@ -277,6 +297,17 @@ class EventLog:
             self._queue.put(None)
             self._thread.join(timeout=5)
             self._thread = None
+
+
+@functools.cache
+def _delivered_counters(event_type: str) -> tuple[Any, Any, Any]:
+    """The counters a delivered event increments (published, cascade started, cascade step), looked up once per
+    event type: a delivery report comes for every event."""
+    return (
+        EVENTS_PUBLISHED.labels(event_type),
+        CASCADES_STARTED.labels(event_type),
+        CASCADE_STEPS.labels(event_type),
+    )
 
 
 # A client recovers from these by itself; anything else (fatal producer errors, a consumer that lost its group
@@ -313,6 +344,7 @@ class EventBus:
         self.Session = session_factory(self.engine)
         self.codec = AvroCodec.from_config(schema_registry_client_config(settings))
         self.event_log = EventLog(self.engine)
+        self._writers: dict[str, RecordWriter] = {}  # by event type
         self._producer: Producer | None = None
         self._producer_lock = threading.Lock()
         # Set by librdkafka's error callback on a fatal error (fenced, unknown producer id): the next use makes a
@@ -376,10 +408,15 @@ class EventBus:
             self.codec.register(topic.subject, event_schema(topic.event_type))
 
     def encode(self, event: Event[Payload]) -> bytes:
-        return self.codec.encode(event.topic.subject, event_schema(event.type), event.to_avro())
+        writer = self._writers.get(event.type)
+        if writer is None:  # registered and parsed once per event type: publishing many events stays cheap
+            writer = self._writers[event.type] = self.codec.writer(event.topic.subject, event_schema(event.type))
+        return writer.encode(event.to_avro())
 
-    def publish(self, event: Event[Payload], *, wait: bool = True) -> None:
-        """Send ``event`` to its topic. With ``wait`` the call returns once the broker has it."""
+    def publish(self, event: Event[Payload], *, wait: bool = True, poll: bool = True) -> None:
+        """Send ``event`` to its topic. With ``wait`` the call returns once the broker has it. Without ``wait`` it
+        serves the delivery reports due (``producer.poll(0)``), unless ``poll`` is false: a caller publishing many
+        events polls once for all of them."""
         value = self.encode(event)
         errors: list[str] = []
 
@@ -391,8 +428,9 @@ class EventBus:
                 PUBLISH_FAILURES.labels(event.type).inc()
                 log.error("event %s (%s) was not delivered: %s", event.id, event.type, err)
             else:
-                EVENTS_PUBLISHED.labels(event.type).inc()
-                (CASCADE_STEPS if event.envelope.caused_by else CASCADES_STARTED).labels(event.type).inc()
+                published, started, stepped = _delivered_counters(event.type)
+                published.inc()
+                (stepped if event.envelope.caused_by else started).inc()
                 self.event_log.submit(event)
 
         producer = self._produce(event.topic.name, key=event.key.encode(), value=value, on_delivery=on_delivery)
@@ -409,7 +447,7 @@ class EventBus:
                     f"publishing {event.type} failed: the broker did not acknowledge it within "
                     f"{PUBLISH_TIMEOUT_SECONDS} s"
                 )
-        else:
+        elif poll:
             producer.poll(0)
 
     def publish_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:

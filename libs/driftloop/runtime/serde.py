@@ -83,15 +83,14 @@ class AvroCodec:
         self._parsed_by_id[schema_id] = parsed
         return parsed
 
-    def encode(self, subject: str, schema: dict[str, Any], record: dict[str, Any]) -> bytes:
+    def writer(self, subject: str, schema: dict[str, Any]) -> RecordWriter:
+        """The encoder of ``schema`` under ``subject`` (registered, parsed): keep it to encode many records (the
+        schema is looked up once, not per record)."""
         schema_id = self.register(subject, schema)
-        out = io.BytesIO()
-        out.write(HEADER.pack(MAGIC_BYTE, schema_id))
-        try:
-            fastavro.schemaless_writer(out, self._parsed(schema), record)
-        except (ValueError, TypeError, AttributeError, KeyError) as exc:
-            raise SchemaError(f"record does not match the schema of {subject!r}: {exc}") from exc
-        return out.getvalue()
+        return RecordWriter(subject, HEADER.pack(MAGIC_BYTE, schema_id), self._parsed(schema))
+
+    def encode(self, subject: str, schema: dict[str, Any], record: dict[str, Any]) -> bytes:
+        return self.writer(subject, schema).encode(record)
 
     def decode(self, data: bytes, reader_schema: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
         """Return (writer schema id, record), read into ``reader_schema`` if given (schema resolution)."""
@@ -112,3 +111,55 @@ class AvroCodec:
         if body.tell() != len(data) - HEADER.size:
             raise WireFormatError("not_avro", f"{len(data) - HEADER.size - body.tell()} trailing bytes after record")
         return schema_id, record  # type: ignore[return-value]
+
+
+# The union branch a Python scalar is written as, when the union has it.
+_BRANCH_OF = {type(None): "null", bool: "boolean", int: "long", float: "double", str: "string", bytes: "bytes"}
+
+
+def _map_unions(parsed: Any) -> dict[str, dict[type, str]]:
+    """Top-level fields that are maps of a union of primitives (e.g. PredictionLogged's ``inputs``), with the branch
+    each Python type is written as. fastavro tries a union's branches in turn for every value (a few microseconds
+    each); named with its branch (fastavro's tuple notation) a value is written at once, as the same bytes."""
+    found: dict[str, dict[type, str]] = {}
+    if not isinstance(parsed, dict) or parsed.get("type") != "record":
+        return found
+    for field in parsed["fields"]:
+        kind = field["type"]
+        if isinstance(kind, dict) and kind.get("type") == "map" and isinstance(kind["values"], list):
+            branches = set(kind["values"])
+            if branches <= set(_BRANCH_OF.values()):
+                found[field["name"]] = {t: name for t, name in _BRANCH_OF.items() if name in branches}
+    return found
+
+
+class RecordWriter:
+    """Records of one registered schema in the wire format (``AvroCodec.writer``)."""
+
+    __slots__ = ("header", "map_unions", "parsed", "subject")
+
+    def __init__(self, subject: str, header: bytes, parsed: Any) -> None:
+        self.subject = subject
+        self.header = header
+        self.parsed = parsed
+        self.map_unions = _map_unions(parsed)
+
+    def encode(self, record: dict[str, Any]) -> bytes:
+        out = io.BytesIO()
+        out.write(self.header)
+        if self.map_unions:
+            record = self._branches_named(record)
+        try:
+            fastavro.schemaless_writer(out, self.parsed, record)
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            raise SchemaError(f"record does not match the schema of {self.subject!r}: {exc}") from exc
+        return out.getvalue()
+
+    def _branches_named(self, record: dict[str, Any]) -> dict[str, Any]:
+        named = dict(record)
+        for name, branch_of in self.map_unions.items():
+            values = record.get(name)
+            if isinstance(values, dict):
+                # A type the union lacks (or a subclass) is left as it is: fastavro then checks it as before.
+                named[name] = {k: (b, v) if (b := branch_of.get(type(v))) else v for k, v in values.items()}
+        return named
