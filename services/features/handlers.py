@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import logging
-import tempfile
-import threading
-import time
 
 from driftloop.clients.db.models import FeatureSet
 from driftloop.clients.objectstore import ObjectStore, open_object_store
@@ -19,6 +16,7 @@ from .materialize import Materialized, materialize
 from .onlinestore import OnlineStore, open_online_store
 
 log = logging.getLogger(__name__)
+SPARK_APP = "driftloop-features"  # the name of the process's one SparkSession
 
 SERVICE = "features"
 
@@ -37,7 +35,7 @@ class FeaturesHandlers:
         pipeline = pipeline_for_stream(self.runtime.pipelines, stream)
         log.info("materializing features of %s", dataset_version_id)
         result = materialize(
-            spark_session(self.runtime.settings, "driftloop-features"),
+            spark_session(self.runtime.settings, SPARK_APP),
             self.store,
             pipeline,
             version,
@@ -66,26 +64,6 @@ class FeaturesHandlers:
             result.uri,
             online_entities,
         )
-
-    def warm_up(self, stop_event: threading.Event) -> None:
-        """A ``ServiceSpec`` loop that runs once at start: the SparkSession and its Python worker started, and a
-        few rows through the steps a materialization takes (pandas in through Arrow, ``mapInPandas``, Parquet
-        out and back), so that the first dataset version does not wait for a JVM to start and warm up."""
-        started = time.monotonic()
-        try:
-            spark = spark_session(self.runtime.settings, "driftloop-features")
-            if stop_event.is_set():
-                return
-            import pandas as pd
-
-            with tempfile.TemporaryDirectory(prefix="driftloop-warm-") as folder:
-                frame = spark.createDataFrame(pd.DataFrame({"x": [1.0, 2.0, 3.0]}))
-                frame.mapInPandas(lambda batches: batches, schema="x double").write.parquet(folder + "/w")
-                spark.read.parquet(folder + "/w").toPandas()
-        except Exception:  # the first materialization starts Spark itself then
-            log.exception("features: warming Spark up failed")
-            return
-        log.info("features: Spark warm in %.1fs", time.monotonic() - started)
 
     def _record(self, stream: str, feature_names: list[str], result: Materialized) -> None:
         with self.runtime.Session.begin() as session:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from driftloop.clients.db import create_engine_for
-from driftloop.clients.spark import stop_spark
+from driftloop.clients.spark import stop_spark, warm_spark_loop
 from driftloop.contracts.topics import DATASET_VERSION_CREATED
 from driftloop.runtime.service import ConsumerSpec, Runtime, ServiceSpec, base_app
 from driftloop.runtime.workers import default_workers
 
 from . import api
-from .handlers import FeaturesHandlers
+from .handlers import SPARK_APP, FeaturesHandlers
 from .onlinestore import open_online_store
 from .streamworker import stream_worker_loop
 
@@ -28,7 +28,7 @@ def build(runtime: Runtime) -> ServiceSpec:
         app=app,
         consumers=[ConsumerSpec(CONSUMER_GROUP, {DATASET_VERSION_CREATED: handlers.on_dataset_version_created})],
         loops=[
-            *([handlers.warm_up] if runtime.settings.features.warm_spark else []),
+            *([warm_spark_loop(runtime.settings, SPARK_APP)] if runtime.settings.spark.warm_at_start else []),
             *([stream_worker_loop(runtime)] if runtime.settings.features.streaming else []),
         ],
         on_stop=[stop_spark, context.answers.close, lookup_engine.dispose],

@@ -18,7 +18,7 @@ import queue
 import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -36,6 +36,9 @@ from driftloop.errors import ConflictError, NotFoundError
 from driftloop.runtime.bus import EventBus
 
 log = logging.getLogger(__name__)
+# The process's one SparkSession: its name, and Parquet timestamps in milliseconds (Avro's timestamp-millis).
+SPARK_APP = "driftloop-ingestion"
+PARQUET_TIMESTAMP: Final = "TIMESTAMP_MILLIS"
 
 
 class NoNewData(ConflictError):
@@ -304,7 +307,7 @@ class DatasetCutter:
             prefix = dataset_prefix(stream, version)
             version_id = dataset_version_id(stream, version)
             result = build_version(
-                spark_session(self.settings, "driftloop-ingestion", parquet_timestamp="TIMESTAMP_MILLIS"),
+                spark_session(self.settings, SPARK_APP, parquet_timestamp=PARQUET_TIMESTAMP),
                 self.store,
                 cfg.stream,
                 parent_keys=parent_keys,

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from driftloop.clients.objectstore import open_object_store
-from driftloop.clients.spark import stop_spark
+from driftloop.clients.spark import stop_spark, warm_spark_loop
 from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.errors import ConfigError
 from driftloop.runtime.service import Runtime, ServiceSpec, base_app
 
 from . import api
-from .datasets import DatasetCutter
+from .datasets import PARQUET_TIMESTAMP, SPARK_APP, DatasetCutter
 from .kafka_intake import KafkaIntake
 from .landing import Lander
 
@@ -45,7 +45,15 @@ def build(runtime: Runtime) -> ServiceSpec:
     app.state.ingestion = {"lander": lander, "intake": intake, "cutter": cutter}
     return ServiceSpec(
         app=app,
-        loops=[intake.run, cutter.loop],
+        loops=[
+            intake.run,
+            cutter.loop,
+            *(
+                [warm_spark_loop(runtime.settings, SPARK_APP, parquet_timestamp=PARQUET_TIMESTAMP)]
+                if runtime.settings.spark.warm_at_start
+                else []
+            ),
+        ],
         on_stop=[stop_spark],
         ready_checks={"kafka_assigned": lambda: intake.assigned},
     )

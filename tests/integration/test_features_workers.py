@@ -39,7 +39,7 @@ def test_two_processes_share_the_port_and_each_answers(
     make_settings: Callable[..., Settings], tmp_path: Path, unique: str
 ) -> None:
     settings = make_settings(
-        security={"enabled": False}, features={"workers": 2, "streaming": False, "warm_spark": False}
+        security={"enabled": False}, features={"workers": 2, "streaming": False}, spark={"warm_at_start": False}
     )
     migrate(settings.database_url)
     engine = create_engine_for(settings.database_url)

@@ -95,6 +95,9 @@ def _prepare(
             "partitions": PARTITIONS,
             "ingestion_group": f"ingestion-{unique}",
         },
+        # Up to four ingestion processes run at once and one cuts at the end: four JVMs at start would only crowd
+        # the two cores the crashes are timed on.
+        spark={"warm_at_start": False},
     )
     migrate(settings.database_url)
     return settings, cfg, stream

@@ -9,7 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 import threading
+import time
+from collections.abc import Callable
 from functools import cache
 from typing import TYPE_CHECKING, Literal
 
@@ -58,6 +61,36 @@ def spark_session(
         )
         _session.sparkContext.setLogLevel("WARN")
         return _session
+
+
+def warm_spark_loop(
+    settings: Settings,
+    app_name: str,
+    parquet_timestamp: Literal["TIMESTAMP_MILLIS", "TIMESTAMP_MICROS"] = "TIMESTAMP_MICROS",
+) -> Callable[[threading.Event], None]:
+    """A service loop that runs once at start: the process's SparkSession and its Python worker started, and a few
+    rows put through what a cut or a materialization does (pandas in through Arrow, ``mapInPandas``, Parquet out
+    and back), so that the first real job does not wait for a JVM to start and warm up. A failure is logged: the
+    first job then starts Spark itself."""
+
+    def warm_spark(stop_event: threading.Event) -> None:
+        started = time.monotonic()
+        try:
+            spark = spark_session(settings, app_name, parquet_timestamp=parquet_timestamp)
+            if stop_event.is_set():
+                return
+            import pandas as pd
+
+            with tempfile.TemporaryDirectory(prefix="driftloop-warm-") as folder:
+                frame = spark.createDataFrame(pd.DataFrame({"x": [1.0, 2.0, 3.0]}))
+                frame.mapInPandas(lambda batches: batches, schema="x double").write.parquet(folder + "/w")
+                spark.read.parquet(folder + "/w").toPandas()
+        except Exception:
+            log.exception("%s: warming Spark up failed", app_name)
+            return
+        log.info("%s: Spark warm in %.1fs", app_name, time.monotonic() - started)
+
+    return warm_spark
 
 
 def stop_spark() -> None:

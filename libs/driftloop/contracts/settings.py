@@ -138,6 +138,9 @@ class SparkSettings(_Section):
     master: str = "local[*]"
     shuffle_partitions: int = Field(default=4, ge=1)
     driver_memory: str = "1g"
+    # Start Spark with the services that use it (ingestion cuts dataset versions, features materializes them), so
+    # the first cut and materialization do not wait for a JVM to start; false: on first use.
+    warm_at_start: bool = True
 
 
 class RedisOnlineStoreSettings(_Section):
@@ -162,8 +165,6 @@ class FeaturesSettings(_Section):
     redis: RedisOnlineStoreSettings = RedisOnlineStoreSettings()
     # Run the streaming-feature worker (faust) in the features service: online values within seconds of a record.
     streaming: bool = True
-    # Start Spark with the service, so the first materialization does not wait for a JVM; false: on first use.
-    warm_spark: bool = True
     # HTTP processes serving online lookups behind the service's one port; empty: one per core (at most 4).
     workers: int | None = Field(default=None, ge=1)
 
