@@ -127,7 +127,7 @@ def test_the_readme_producer_runs_as_written_and_its_record_lands(running: Runni
 def test_writer_schemas_resolved_or_dead_lettered_with_the_field(running: Running) -> None:
     settings, stream = running.settings, running.stream
     contract = running.client.stream_schema(stream)
-    topic, ours = contract["topic"], contract["schema"]
+    topic, ours = contract.topic, contract.avro_schema
     registry = SchemaRegistryClient({"url": settings.schema_registry.url})
     now = datetime.now(tz=UTC).replace(microsecond=0)
     good = {"customer_id": "renamed", "event_time": now - timedelta(minutes=1), "amount": 3.5, "is_fraud": 1}
@@ -168,9 +168,9 @@ def test_writer_schemas_resolved_or_dead_lettered_with_the_field(running: Runnin
     wait_until(accounted, 60, "the four records to be landed or dead-lettered")
     stats = running.client.stream_stats(stream)
     assert (stats["landed"], stats["by_reason"]) == (1, {"schema_mismatch": 3})
-    letters = running.client.dead_letters(stream)["dead_letters"]
+    letters = running.client.dead_letters(stream).dead_letters
     for name, _, _, says in wrong:
-        assert any(d["field"] == name and says in d["message"] for d in letters), (name, says, letters)
+        assert any(d.field == name and says in d.message for d in letters), (name, says, letters)
 
     # Over HTTP a timestamp without a time zone is refused, naming the field; with one it lands.
     naive = {
@@ -179,10 +179,10 @@ def test_writer_schemas_resolved_or_dead_lettered_with_the_field(running: Runnin
         "amount": 1.0,
     }
     answer = running.client.ingest(stream, [naive, {**naive, "event_time": naive["event_time"] + "Z"}])
-    assert answer["accepted"] == 1
-    (rejected,) = answer["rejected"]
-    assert (rejected["reason"], rejected["field"]) == ("wrong_type", "event_time")
-    assert "no time zone" in rejected["message"]
+    assert answer.accepted == 1
+    (rejected,) = answer.rejected
+    assert (rejected.reason, rejected.field) == ("wrong_type", "event_time")
+    assert "no time zone" in rejected.message
 
 
 def test_pipeline_apply_prepares_the_bus_and_refuses_an_incompatible_stream_change(
@@ -236,8 +236,8 @@ def test_a_pipeline_applied_to_running_services_is_taken_without_a_restart(runni
     assert "Running services take it now" in applied.output
 
     # The ingestion process (started before the file existed) takes the new stream over HTTP...
-    wait_until(lambda: stream in {s["stream"] for s in client.streams()["streams"]}, 60, "ingestion to know it")
-    assert client.ingest(stream, [record])["accepted"] == 1
+    wait_until(lambda: stream in {s.stream for s in client.streams()}, 60, "ingestion to know it")
+    assert client.ingest(stream, [record]).accepted == 1
     # ... and its Kafka intake subscribes to the stream's topic.
     registry = SchemaRegistryClient({"url": settings.schema_registry.url})
     topic = draft.stream.topic
@@ -254,6 +254,6 @@ def test_a_pipeline_applied_to_running_services_is_taken_without_a_restart(runni
 
     removed = CliRunner().invoke(app, ["pipeline", "remove", draft.model.name], env=env)
     assert removed.exit_code == 0, removed.output
-    wait_until(lambda: stream not in {s["stream"] for s in client.streams()["streams"]}, 60, "ingestion to drop it")
+    wait_until(lambda: stream not in {s.stream for s in client.streams()}, 60, "ingestion to drop it")
     with pytest.raises(NotFoundError):
         client.ingest(stream, [record])
