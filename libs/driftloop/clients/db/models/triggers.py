@@ -37,6 +37,10 @@ class TrainingRequest(Base):
     merged_into: Mapped[str | None] = mapped_column(sa.String(64))
     # Event time where the change began (the alarming window's start), carried to TrainingRequested.
     change_started_at: Mapped[datetime | None]
+    # The outbox (services/triggers/outbox.py): the life of the TrainingRequested topic (its topic id) the event
+    # is known to have been sent in, and when training was seen to have the request (then it is never sent again).
+    published_in: Mapped[str | None] = mapped_column(sa.String(64))
+    acknowledged_at: Mapped[datetime | None]
 
 
 class TriggerStreamState(Base):
