@@ -27,8 +27,8 @@ class TrainingRequest(Base):
     updated_at: Mapped[datetime | None]
     # When the cause happened: a pending drift fires only on data materialized after it.
     cause_occurred_at: Mapped[datetime | None]
-    # The TrainingRequested event sent for this decision, if any.
-    event_id: Mapped[str | None] = mapped_column(sa.String(64))
+    # The TrainingRequested event sent for this decision, if any (a run's RunStateChanged names it as its cause).
+    event_id: Mapped[str | None] = mapped_column(sa.String(64), index=True)
     # What a pending request waits for: "data" (the next dataset version) or "run" (the active run to end).
     wait_for: Mapped[str | None] = mapped_column(sa.String(16))
     # The model version an alarm was about (drift, performance): stale once another version is champion.
