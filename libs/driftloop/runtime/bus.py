@@ -452,9 +452,6 @@ class EventBus:
                 # consumers cost the embedded broker 2% of a core; at 2 s, 0.65%. A record still arrives at once
                 # (the broker answers a waiting fetch when data comes), and close() does not wait for it.
                 "fetch.wait.max.ms": 2000,
-                # A subscribed topic made again (a broker that came back empty) is seen within this, not librdkafka's
-                # 5 minutes: its partitions are then assigned.
-                "topic.metadata.refresh.interval.ms": 10000,
                 **extra,
             }
         )
