@@ -426,6 +426,7 @@ def _add_health(
                 "assigned": c.assigned,
                 "handled": c.handled,
                 "failed": c.failed,
+                "restarts": c.restarts,
                 "last_error": c.last_error,
             }
             for c in runtime.bus.consumers
