@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -25,7 +26,7 @@ REFRESH = Query(0, ge=0, le=3600, description="Reload the page every this many s
 class Context:
     """What the routes need; ``service.build`` puts it on ``app.state.context``."""
 
-    pipelines: dict[str, PipelineConfig]
+    pipelines: Mapping[str, PipelineConfig]
     engine: sa.Engine
     platform: Platform
 

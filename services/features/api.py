@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -103,7 +104,7 @@ def _stream_view(pipeline: PipelineConfig, sets: list[FeatureSet]) -> dict[str, 
 class Context:
     """What the routes need; ``service.build`` puts it on ``app.state.context``."""
 
-    pipelines: dict[str, PipelineConfig]
+    pipelines: Mapping[str, PipelineConfig]
     Session: sessionmaker[Session]
     online_store: OnlineStore
     answers: OnlineAnswers = field(init=False)
@@ -139,7 +140,9 @@ class OnlineAnswers:
     own threads (the one hop off the event loop per lookup; the database store's pool is as large). The answer
     is built as plain dicts and serialized once by pydantic-core, byte for byte what ``OnlineResponse`` gives."""
 
-    def __init__(self, pipelines: dict[str, PipelineConfig], store: OnlineStore, threads: int = LOOKUP_THREADS) -> None:
+    def __init__(
+        self, pipelines: Mapping[str, PipelineConfig], store: OnlineStore, threads: int = LOOKUP_THREADS
+    ) -> None:
         self.pipelines = pipelines
         self.store = store
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="online-lookup")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
@@ -70,7 +71,7 @@ RECORDS_BODY: dict[str, Any] = {
 class Context:
     """What the routes need; ``service.build`` puts it on ``app.state.context``."""
 
-    pipelines: dict[str, PipelineConfig]
+    pipelines: Mapping[str, PipelineConfig]
     lander: Lander
     intake: KafkaIntake
     cutter: DatasetCutter

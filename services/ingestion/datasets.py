@@ -16,6 +16,7 @@ import json
 import logging
 import queue
 import threading
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -98,7 +99,7 @@ class DatasetCutter:
     """Cuts dataset versions; one cut at a time per process (Spark is shared and versions are sequential)."""
 
     def __init__(
-        self, settings: Settings, pipelines: dict[str, PipelineConfig], bus: EventBus, store: ObjectStore
+        self, settings: Settings, pipelines: Mapping[str, PipelineConfig], bus: EventBus, store: ObjectStore
     ) -> None:
         self.settings = settings
         self.pipelines = pipelines

@@ -27,7 +27,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -108,7 +108,7 @@ class KafkaIntake:
     def __init__(
         self,
         bus: EventBus,
-        pipelines: dict[str, PipelineConfig],
+        pipelines: Mapping[str, PipelineConfig],
         lander: Lander,
         on_landed: Callable[[str], None] = lambda _stream: None,
         *,
@@ -125,18 +125,18 @@ class KafkaIntake:
         # commits happen at most this often, others at every poll; revokes and stops always commit.
         self.flush_interval = flush_interval
         self._flushed_at = 0.0
-        self.by_topic = {cfg.stream.topic: cfg for cfg in pipelines.values()}
-        # Parsed once: the decoder takes a parsed reader schema without re-keying it per record.
-        self.reader_schemas = {
-            cfg.stream.topic: fastavro.parse_schema(cfg.stream.avro_schema()) for cfg in pipelines.values()
-        }
-        self.reader_forms = {
-            topic: fastavro.schema.to_parsing_canonical_form(schema) for topic, schema in self.reader_schemas.items()
-        }
+        self.pipelines = pipelines
+        self.by_topic: dict[str, PipelineConfig] = {}
+        self.reader_schemas: dict[str, Any] = {}
+        self.reader_forms: dict[str, str] = {}
         self._writer_is_reader: dict[tuple[str, int], bool] = {}
         self.partitions: dict[tuple[str, int], PartitionState] = {}
         self._topic_ids: dict[str, str | None] = {}  # per topic, looked up at the first record after an assign
-        self.counters: dict[str, IntakeCounters] = {cfg.stream.name: IntakeCounters() for cfg in pipelines.values()}
+        self.counters: dict[str, IntakeCounters] = {}
+        # Set by ``pipelines_changed`` (a pipeline applied live): the loop takes the new set between two polls.
+        self._pipelines_changed = threading.Event()
+        self._resubscribed = False
+        self._derive()
         # The consumer's membership, restarts and last failure (on /healthz while the intake runs).
         self.status = ConsumerStatus(group=bus.settings.kafka.ingestion_group, topics=sorted(self.by_topic))
         self.last_error: str | None = None
@@ -148,9 +148,57 @@ class KafkaIntake:
         self.lag = ConsumerLag(bus.settings.kafka.ingestion_group)
         # The first Parquet write of a process imports pyarrow's pandas support (~0.3 s): pay it at start-up, not
         # in the middle of the first batch.
-        for cfg in pipelines.values():
+        for cfg in self.by_topic.values():
             table_to_parquet(arrow_schema(cfg.stream).empty_table())
             warm_up(cfg)
+
+    def _derive(self) -> None:
+        """The per-topic tables of the current pipelines (called at start and, in the loop, after a change)."""
+        pipelines = list(self.pipelines.values())
+        self.by_topic = {cfg.stream.topic: cfg for cfg in pipelines}
+        # Parsed once: the decoder takes a parsed reader schema without re-keying it per record.
+        self.reader_schemas = {cfg.stream.topic: fastavro.parse_schema(cfg.stream.avro_schema()) for cfg in pipelines}
+        self.reader_forms = {
+            topic: fastavro.schema.to_parsing_canonical_form(schema) for topic, schema in self.reader_schemas.items()
+        }
+        self._writer_is_reader = {}  # a changed stream schema: writers are compared with the new reader
+        for cfg in pipelines:
+            self.counters.setdefault(cfg.stream.name, IntakeCounters())
+
+    def pipelines_changed(self) -> None:
+        """A pipeline was applied or removed (``PipelineCatalog.on_change``): the loop re-subscribes."""
+        self._pipelines_changed.set()
+
+    def _take_pipelines(self, consumer: Consumer | None, membership: GroupMembership | None) -> None:
+        """Between two polls: land what waits under the old configs, then subscribe to the new set of topics (a
+        new stream's topic, a removed one's left; the rebalance assigns them)."""
+        self._pipelines_changed.clear()
+        if consumer is not None:
+            try:
+                self.flush_all(consumer)
+            except Exception:  # e.g. the database is unreachable: keep the old set, try again after the next poll
+                log.exception("ingestion: landing before taking the changed pipelines failed; retrying")
+                self._pipelines_changed.set()
+                time.sleep(1.0)
+                return
+        before = set(self.by_topic)
+        kept = {cfg.stream.topic for cfg in self.pipelines.values()}
+        with self._lock:  # a removed stream's partitions (landed above) are forgotten before its config
+            for key in [k for k in self.partitions if k[0] not in kept]:
+                del self.partitions[key]
+        self._derive()
+        added = [topic for topic in self.by_topic if topic not in before]
+        for topic in added:
+            cfg = self.by_topic[topic]
+            table_to_parquet(arrow_schema(cfg.stream).empty_table())
+            warm_up(cfg)
+        self.status.topics = sorted(self.by_topic)
+        if consumer is not None and membership is not None and set(self.by_topic) != before:
+            self.ensure_topics()
+            self._resubscribed = True
+            self.status.assigned = False  # until the rebalance assigns the new set
+            membership.subscribe(consumer, list(self.by_topic))
+        log.info("ingestion: pipelines changed; streams %s", sorted(c.stream.name for c in self.by_topic.values()))
 
     # --- the loop ---------------------------------------------------------------------------------------------
 
@@ -164,8 +212,11 @@ class KafkaIntake:
         return not self.by_topic or self.status.assigned
 
     def run(self, stop_event: threading.Event) -> None:
-        if not self.by_topic:
-            return
+        while not self.by_topic:  # no stream yet: wait for a pipeline to be applied
+            if stop_event.wait(0.5):
+                return
+            if self._pipelines_changed.is_set():
+                self._take_pipelines(None, None)
         # The loop allocates a Message per record, so full collections come often, and each one walks every object
         # of the process (pyarrow, SQLAlchemy, the API...): a ~0.1 s stall. What is alive now lives as long as the
         # process: take it out of the collector's walks (collections still run for everything allocated later).
@@ -193,6 +244,8 @@ class KafkaIntake:
         membership.subscribe(consumer, list(self.by_topic))
         try:
             while not stop_event.is_set():
+                if self._pipelines_changed.is_set():
+                    self._take_pipelines(consumer, membership)
                 self.poll_once(consumer, membership)
         finally:
             try:
@@ -222,12 +275,13 @@ class KafkaIntake:
                 if msg.error() is not None:
                     membership.usable(msg)  # a fatal error raises (a new consumer); a topic gone is made again
         by_topic: dict[str, list[Message]] = {}
-        if len(self.by_topic) == 1:  # one subscribed topic: every record is of it
+        if len(self.by_topic) == 1 and not self._resubscribed:  # one topic ever subscribed: every record is of it
             if records:
                 by_topic[next(iter(self.by_topic))] = records
         else:
             for msg in records:
-                by_topic.setdefault(msg.topic(), []).append(msg)
+                if msg.topic() in self.by_topic:  # not a record of a stream just removed (fetched before it was)
+                    by_topic.setdefault(msg.topic(), []).append(msg)
         blocked = False
         for topic, topic_messages in by_topic.items():
             blocked |= self.handle_batch(consumer, topic, topic_messages)

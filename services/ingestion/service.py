@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from driftloop.clients.objectstore import open_object_store
 from driftloop.clients.spark import stop_spark
+from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.errors import ConfigError
 from driftloop.runtime.service import Runtime, ServiceSpec, base_app
 
@@ -13,15 +14,22 @@ from .kafka_intake import KafkaIntake
 from .landing import Lander
 
 
-def check_pipelines(runtime: Runtime) -> None:
+def check_pipeline(cfg: PipelineConfig) -> None:
     """What the pipeline model cannot check alone: ``dataset.unique_by`` names fields of the stream."""
+    unknown = sorted(set(cfg.dataset.unique_by) - set(cfg.stream.field_names))
+    if unknown:
+        raise ConfigError(
+            f"pipeline of model {cfg.model.name!r}: dataset.unique_by names unknown field(s) {unknown}; "
+            f"fields: {cfg.stream.field_names}"
+        )
+
+
+def check_pipelines(runtime: Runtime) -> None:
+    """``check_pipeline`` on each pipeline now (the service does not start) and on each one applied later (it is
+    not taken)."""
     for cfg in runtime.pipelines.values():
-        unknown = sorted(set(cfg.dataset.unique_by) - set(cfg.stream.field_names))
-        if unknown:
-            raise ConfigError(
-                f"pipeline of model {cfg.model.name!r}: dataset.unique_by names unknown field(s) {unknown}; "
-                f"fields: {cfg.stream.field_names}"
-            )
+        check_pipeline(cfg)
+    runtime.pipelines.add_check(check_pipeline)
 
 
 def build(runtime: Runtime) -> ServiceSpec:
@@ -30,6 +38,7 @@ def build(runtime: Runtime) -> ServiceSpec:
     lander = Lander(runtime.bus, store, producer=runtime.name)
     cutter = DatasetCutter(runtime.settings, runtime.pipelines, runtime.bus, store)
     intake = KafkaIntake(runtime.bus, runtime.pipelines, lander, on_landed=cutter.request_check)
+    runtime.pipelines.on_change(intake.pipelines_changed)  # a pipeline applied live: its topic is subscribed
     app = base_app(runtime, "ingestion", "Stream intake, validation, dead letters, landing and dataset versions.")
     app.state.context = api.Context(runtime.pipelines, lander, intake, cutter)
     app.include_router(api.router)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -112,7 +112,7 @@ class Watch:
 class MonitorHandlers:
     def __init__(
         self,
-        pipelines: dict[str, PipelineConfig],
+        pipelines: Mapping[str, PipelineConfig],
         Session: sessionmaker[Session],
         store: ObjectStore,
         publish: Callable[[Event[Payload]], None],

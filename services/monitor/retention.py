@@ -12,6 +12,7 @@ not the model's newest joined row: the numbering), or when it never found its pr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -53,7 +54,7 @@ def _needed_observation_bounds(
 
 def purge_observations(
     engine: sa.Engine,
-    pipelines: dict[str, PipelineConfig],
+    pipelines: Mapping[str, PipelineConfig],
     *,
     retention_days: float,
     feedback_horizon_days: float,
@@ -109,7 +110,7 @@ def purge_observations(
 
 
 def _purge_feedback(
-    engine: sa.Engine, pipelines: dict[str, PipelineConfig], old: datetime, unjoined_old: datetime, batch_rows: int
+    engine: sa.Engine, pipelines: Mapping[str, PipelineConfig], old: datetime, unjoined_old: datetime, batch_rows: int
 ) -> int:
     with engine.connect() as conn:
         models = list(conn.execute(sa.select(MonitorFeedback.model).distinct()).scalars())
@@ -151,7 +152,7 @@ def _purge_feedback(
 
 
 def purge(
-    engine: sa.Engine, settings: Settings, pipelines: dict[str, PipelineConfig], now: datetime | None = None
+    engine: sa.Engine, settings: Settings, pipelines: Mapping[str, PipelineConfig], now: datetime | None = None
 ) -> dict[str, int]:
     return purge_observations(
         engine,

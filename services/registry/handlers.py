@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import Counter
@@ -91,7 +91,7 @@ class RegistryHandlers:
         bus: EventBus,
         registry: Registry,
         store: ObjectStore,
-        pipelines: dict[str, PipelineConfig],
+        pipelines: Mapping[str, PipelineConfig],
         run_details: Callable[[str], dict[str, Any] | None] | None = None,
     ) -> None:
         self.bus = bus

@@ -3,7 +3,7 @@ Inference Protocol, KServe v2), both answered by the served champion (or its cha
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -107,7 +107,7 @@ class Context:
     (``publish`` is its default sink; its loop is the service's, a test flushes it)."""
 
     table: ModelTable
-    pipelines: dict[str, PipelineConfig]
+    pipelines: Mapping[str, PipelineConfig]
     publish: Callable[[Event[Payload]], None]
     replica: str
     rollouts: RolloutController | None = None

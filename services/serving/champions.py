@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -270,7 +270,7 @@ class ChampionReconciler:
         table: ModelTable,
         rollouts: RolloutController,
         submit: Callable[[Event[ModelPromoted]], None],
-        models: Iterable[str],
+        models: Collection[str],  # read at each reconcile: the pipeline catalog (models applied live too)
         interval: float,
     ) -> None:
         self.registry = registry
@@ -278,7 +278,7 @@ class ChampionReconciler:
         self.table = table
         self.rollouts = rollouts
         self.submit = submit
-        self.models = sorted(models)
+        self._models = models
         self.interval = interval
         self.reconciled_once = False
         # model -> champion version the registry named at the last reconcile (None: no champion yet).
@@ -297,7 +297,7 @@ class ChampionReconciler:
         Returns the models submitted. Raises ``DriftloopError`` if the registry does not answer."""
         submitted = []
         champions: dict[str, int | None] = {}
-        for model in self.models:
+        for model in sorted(self._models):
             champion = self.registry.champion(model)
             champions[model] = champion.version.version if champion else None
             if champion is None:

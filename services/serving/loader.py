@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from prometheus_client import Counter, Gauge
@@ -41,7 +41,7 @@ class PromotionFollower:
         self,
         table: ModelTable,
         store: ObjectStore,
-        pipelines: dict[str, PipelineConfig],
+        pipelines: Mapping[str, PipelineConfig],
         publish: Callable[[Event[Payload]], None],
         replica: str,
         rollouts: RolloutController | None = None,

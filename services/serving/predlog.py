@@ -15,7 +15,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import Counter, Gauge
@@ -52,7 +52,7 @@ class PredictionLog:
     def __init__(
         self,
         publish: Publish,
-        pipelines: dict[str, PipelineConfig],
+        pipelines: Mapping[str, PipelineConfig],
         recorder: PredictionRecorder | None = None,
         *,
         poll: Callable[[float], Any] | None = None,
@@ -62,8 +62,7 @@ class PredictionLog:
         self.recorder = recorder
         self.poll = poll  # the producer's poll: serves delivery reports and frees room in a full producer queue
         self.max_rows = max_rows
-        self._fields = {name: frozenset(p.stream.field_names) for name, p in pipelines.items()}
-        self._entity_keys = {name: p.stream.entity_key for name, p in pipelines.items()}
+        self.pipelines = pipelines  # looked up per request: a pipeline applied live is logged with its fields
         self._queue: collections.deque[dict[str, Any]] = collections.deque()
         self._rows = 0
         self._lock = threading.Lock()  # the queue and its row count
@@ -135,8 +134,9 @@ class PredictionLog:
 
     def _log(self, result: dict[str, Any]) -> int:
         model = result["model"]
-        fields = self._fields.get(model, frozenset())
-        entity_key = self._entity_keys.get(model)
+        pipeline = self.pipelines.get(model)
+        fields = frozenset(pipeline.stream.field_names) if pipeline is not None else frozenset()
+        entity_key = pipeline.stream.entity_key if pipeline is not None else None
         entities: list[str | None] | None = result["entities"]
         if entities is None:
             entities = [_entity(instance.get(entity_key)) for instance in result["instances"]] if entity_key else None

@@ -25,7 +25,7 @@ import logging
 import math
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, overload
 
@@ -102,7 +102,7 @@ def request_id_for(model: str, cause_event_id: str) -> str:
 class TriggerHandlers:
     def __init__(
         self,
-        pipelines: dict[str, PipelineConfig],
+        pipelines: Mapping[str, PipelineConfig],
         Session: sessionmaker[Session],
         publish: Callable[[Event[Payload]], None],
         producer: str = "triggers",

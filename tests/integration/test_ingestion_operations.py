@@ -277,8 +277,8 @@ def test_cli_dlq_and_dataset_commands(ingestion: Ingestion, monkeypatch: pytest.
         # Automatic retention from the pipeline config: the second cut compacts v1's landed batches.
         model = f"model-{stream}"
         cfg = ingestion.runtime.pipelines[model]
-        ingestion.runtime.pipelines[model] = cfg.model_copy(
-            update={"dataset": cfg.dataset.model_copy(update={"keep_landed_versions": 1})}
+        ingestion.runtime.pipelines.put(
+            cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"keep_landed_versions": 1})})
         )
         assert ingestion.client.post(f"/v1/streams/{stream}/datasets").status_code == 200
         diff = runner.invoke(app, ["dataset", "diff", stream, "v1", "v2", "--json"])

@@ -96,12 +96,12 @@ def test_up_registers_each_stream_schema_and_serves_it(running: Running) -> None
     registry = SchemaRegistryClient({"url": running.settings.schema_registry.url})
     for stream in ("transactions", running.stream):
         contract = running.client.stream_schema(stream)
-        assert contract["subject"] == f"driftloop.stream.{stream}-value"
-        latest = registry.get_latest_version(contract["subject"])
-        assert json.loads(latest.schema.schema_str) == contract["schema"]
+        assert contract.subject == f"driftloop.stream.{stream}-value"
+        latest = registry.get_latest_version(contract.subject)
+        assert json.loads(latest.schema.schema_str) == contract.avro_schema
     shown = CliRunner().invoke(app, ["stream", "schema", running.stream], env=settings_env(running.settings))
     assert shown.exit_code == 0, shown.output
-    assert json.loads(shown.output) == running.client.stream_schema(running.stream)["schema"]
+    assert json.loads(shown.output) == running.client.stream_schema(running.stream).avro_schema
 
 
 def test_the_readme_producer_runs_as_written_and_its_record_lands(running: Running) -> None:
@@ -216,3 +216,44 @@ def test_pipeline_apply_prepares_the_bus_and_refuses_an_incompatible_stream_chan
     with pytest.raises(ConflictError, match="not compatible"):
         apply_pipeline(settings, tmp_path / "drafts2" / "applied.yaml", bus=True)
     assert load_pipelines(settings.pipelines_dir)[f"model-{stream}"].stream.field("amount").type == "double"
+
+
+def test_a_pipeline_applied_to_running_services_is_taken_without_a_restart(running: Running, tmp_path: Path) -> None:
+    from driftloop.errors import NotFoundError
+
+    settings, client = running.settings, running.client
+    env = settings_env(settings)
+    stream = f"live-{uuid.uuid4().hex[:8]}"
+    batches = {"landing_batch_rows": 1, "landing_batch_seconds": 0.2}
+    draft = write_pipeline(tmp_path, "live", stream_pipeline(stream, optional_fields=(), dataset=batches))
+    now = datetime.now(tz=UTC).replace(microsecond=0) - timedelta(minutes=1)
+    record = {"customer_id": "over-http", "event_time": now.isoformat(), "amount": 2.0, "is_fraud": 0}
+    with pytest.raises(NotFoundError):
+        client.ingest(stream, [record])
+
+    applied = CliRunner().invoke(app, ["pipeline", "apply", str(tmp_path / "live.yaml")], env=env)
+    assert applied.exit_code == 0, applied.output
+    assert "Running services take it now" in applied.output
+
+    # The ingestion process (started before the file existed) takes the new stream over HTTP...
+    wait_until(lambda: stream in {s["stream"] for s in client.streams()["streams"]}, 60, "ingestion to know it")
+    assert client.ingest(stream, [record])["accepted"] == 1
+    # ... and its Kafka intake subscribes to the stream's topic.
+    registry = SchemaRegistryClient({"url": settings.schema_registry.url})
+    topic = draft.stream.topic
+    serializer = AvroSerializer(registry, json.dumps(draft.stream.avro_schema()))
+    producer = Producer(settings.kafka_config())
+    from_kafka = {**record, "customer_id": "over-kafka", "event_time": now}
+    producer.produce(topic, value=serializer(from_kafka, SerializationContext(topic, MessageField.VALUE)))
+    assert producer.flush(30) == 0
+    wait_until(
+        lambda: any(r.get("customer_id") == "over-kafka" for r in landed_rows(settings)),
+        60,
+        "the record written to the new stream's topic to land",
+    )
+
+    removed = CliRunner().invoke(app, ["pipeline", "remove", draft.model.name], env=env)
+    assert removed.exit_code == 0, removed.output
+    wait_until(lambda: stream not in {s["stream"] for s in client.streams()["streams"]}, 60, "ingestion to drop it")
+    with pytest.raises(NotFoundError):
+        client.ingest(stream, [record])

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from pipeline_support import collect_events, consuming, demo_pipeline, service_runtime, write_pipeline
 
+from driftloop.client import Client as PlatformClient
 from driftloop.clients.db.models import Run
 from driftloop.clients.objectstore import ObjectStore, open_object_store
 from driftloop.contracts import layout
@@ -157,6 +158,13 @@ def test_a_request_on_the_newest_feature_set_completes_a_run(
     assert "holdout metrics" in client.get(f"/v1/runs/{run.run_id}/logs").text
     assert client.get("/v1/runs/run-nope").status_code == 404
     assert client.get("/v1/runs", params={"state": "bogus"}).status_code == 422
+    # The public client reads the real record into its typed Run.
+    with PlatformClient(urls={"training": "http://testserver"}, token="", transport=client._transport) as dl:
+        typed = dl.run(run.run_id)
+        listed = dl.runs(model=model, state="completed")
+    assert [r.run_id for r in listed] == [run.run_id] and typed.state == "completed"
+    assert typed.metrics == pytest.approx(run.metrics) and typed.params["num_leaves"] == 15
+    assert typed.holdout == run.holdout and typed.created_at is not None and typed.ended_at is not None
 
 
 def test_a_missing_dataset_fails_the_run_and_a_repeated_request_makes_no_second_run(

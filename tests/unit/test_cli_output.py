@@ -42,6 +42,7 @@ def test_every_read_command_takes_json(path: tuple[str, ...]) -> None:
 def test_tables_are_not_wrapped_nor_cut_when_stdout_is_not_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     message = "amount: the writer schema (id 7) has string, the stream expects double; " + "x" * 300
     answer = {
+        "stream": "tx",
         "counts": {"by_reason": {"schema_mismatch": 1}, "open": 1, "replayed": 0},
         "dead_letters": [
             {"id": 1, "reason": "schema_mismatch", "field": "amount", "message": message, "source": "kafka"}

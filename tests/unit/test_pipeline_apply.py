@@ -63,10 +63,10 @@ def test_a_served_model_is_not_removed_unless_forced(settings: Settings, tmp_pat
     draft.write_text(weather())
     apply_pipeline(settings, draft, bus=False)
     with pytest.raises(ConflictError, match="is served"):
-        remove_pipeline(settings, "rain-model", served_version=2, force=False)
-    assert remove_pipeline(settings, "rain-model", served_version=2, force=True).name == "rain-model.yaml"
+        remove_pipeline(settings, "rain-model", served_version=2, force=False, bus=False)
+    assert remove_pipeline(settings, "rain-model", served_version=2, force=True, bus=False).name == "rain-model.yaml"
     with pytest.raises(ConfigError, match="last pipeline"):
-        remove_pipeline(settings, "fraud-detector", served_version=None, force=False)
+        remove_pipeline(settings, "fraud-detector", served_version=None, force=False, bus=False)
 
 
 def test_the_cli_applies_without_a_running_stack(settings: Settings, tmp_path: Path) -> None:

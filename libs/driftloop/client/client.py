@@ -3,17 +3,47 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar, overload
 from urllib.parse import quote
 
 import httpx
+from pydantic import ValidationError
 
+from driftloop.client._models import (
+    Alias,
+    AliasMove,
+    Cascade,
+    DatasetDiff,
+    DatasetVersion,
+    DeadLetters,
+    Entity,
+    FeedbackResult,
+    InferResponse,
+    IngestResult,
+    ModelMetadata,
+    ModelVersion,
+    Prediction,
+    RegisteredModel,
+    ReplayResult,
+    Rerun,
+    Run,
+    RunAbort,
+    Served,
+    ServedModels,
+    Stream,
+    StreamContract,
+    TrainingRequest,
+)
 from driftloop.clients.http import DEFAULT_TIMEOUT, ServiceClient
 from driftloop.contracts.settings import Settings, load_settings
+from driftloop.errors import ServiceError
 
 JSON = dict[str, Any]
 # Calls that run Spark (a dataset cut, a diff, a compaction) take minutes on a busy machine or a large stream.
 LONG_TIMEOUT = 900.0
+
+
+E = TypeVar("E", bound=Entity)
 
 
 def _segment(value: str | int) -> str:
@@ -71,6 +101,18 @@ class Client:
     def _call(self, service: str, method: str, path: str, **kwargs: Any) -> Any:
         return self._service(service).call(method, path, **kwargs)
 
+    def _one(self, kind: type[E], service: str, method: str, path: str, **kwargs: Any) -> E:
+        """The answer of a call, read as ``kind``."""
+        return _read(kind, service, path, self._call(service, method, path, **kwargs))
+
+    def _many(self, kind: type[E], key: str, service: str, method: str, path: str, **kwargs: Any) -> list[E]:
+        """The items under ``key`` of the answer of a call, each read as ``kind``."""
+        answer = self._call(service, method, path, **kwargs)
+        items = answer.get(key) if isinstance(answer, dict) else None
+        if not isinstance(items, list):
+            raise _unexpected(service, path, f"expected an object with a list {key!r}")
+        return [_read(kind, service, path, item) for item in items]
+
     def close(self) -> None:
         for client in self._services.values():
             client.close()
@@ -84,30 +126,34 @@ class Client:
 
     # --- streams: records, the producer contract, dead letters (ingestion) -------------------------------------
 
-    def streams(self) -> JSON:
+    def streams(self) -> list[Stream]:
         """Every stream: topic, model, fields, dataset rules."""
-        return self._call("ingestion", "GET", "/v1/streams")
+        return self._many(Stream, "streams", "ingestion", "GET", "/v1/streams")
 
-    def stream_schema(self, stream: str) -> JSON:
-        """The producer contract of ``stream``: ``schema`` (Avro), ``subject``, ``topic`` and the field roles."""
-        return self._call("ingestion", "GET", f"/v1/streams/{_segment(stream)}/schema")
+    def stream_schema(self, stream: str) -> StreamContract:
+        """The producer contract of ``stream``: ``avro_schema``, ``subject``, ``topic`` and the field roles."""
+        return self._one(StreamContract, "ingestion", "GET", f"/v1/streams/{_segment(stream)}/schema")
 
-    def ingest(self, stream: str, records: Iterable[Mapping[str, Any]], *, idempotency_key: str | None = None) -> JSON:
+    def ingest(
+        self, stream: str, records: Iterable[Mapping[str, Any]], *, idempotency_key: str | None = None
+    ) -> IngestResult:
         """Post records (JSON objects of the stream's fields; timestamps ISO-8601 with a zone or epoch millis).
         The answer counts ``accepted`` and lists ``rejected`` records with their reason (also dead letters). With
         ``idempotency_key`` a retried batch lands once."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         body = {"records": [dict(r) for r in records]}
-        return self._call("ingestion", "POST", f"/v1/streams/{_segment(stream)}/records", json=body, headers=headers)
+        path = f"/v1/streams/{_segment(stream)}/records"
+        return self._one(IngestResult, "ingestion", "POST", path, json=body, headers=headers)
 
     def stream_stats(self, stream: str) -> JSON:
-        """Records in, landed, dead-lettered (by reason), pending and freshness of ``stream``."""
+        """Records in, landed, dead-lettered (by reason), pending and freshness of ``stream`` (a report: JSON)."""
         return self._call("ingestion", "GET", f"/v1/streams/{_segment(stream)}/stats")
 
-    def dead_letters(self, stream: str, *, reason: str | None = None, limit: int = 100) -> JSON:
+    def dead_letters(self, stream: str, *, reason: str | None = None, limit: int = 100) -> DeadLetters:
         """The open dead letters of ``stream``, newest first, with the counts by reason."""
         params: JSON = {"limit": limit, **({"reason": reason} if reason else {})}
-        return self._call("ingestion", "GET", f"/v1/streams/{_segment(stream)}/dead-letters", params=params)
+        path = f"/v1/streams/{_segment(stream)}/dead-letters"
+        return self._one(DeadLetters, "ingestion", "GET", path, params=params)
 
     def replay_dead_letters(
         self,
@@ -116,7 +162,7 @@ class Client:
         ids: list[int] | None = None,
         reason: str | None = None,
         fixes: Mapping[int, Mapping[str, Any]] | None = None,
-    ) -> JSON:
+    ) -> ReplayResult:
         """Re-validate dead letters (``ids`` and/or ``reason``; all if neither), ``fixes`` replacing originals by id;
         land those that pass, once."""
         body: JSON = {}
@@ -126,32 +172,33 @@ class Client:
             body["reason"] = reason
         if fixes:
             body["fixes"] = {str(k): dict(v) for k, v in fixes.items()}
-        return self._call("ingestion", "POST", f"/v1/streams/{_segment(stream)}/dead-letters/replay", json=body)
+        path = f"/v1/streams/{_segment(stream)}/dead-letters/replay"
+        return self._one(ReplayResult, "ingestion", "POST", path, json=body)
 
     # --- datasets (ingestion) ----------------------------------------------------------------------------------
 
-    def datasets(self, stream: str) -> JSON:
-        """The dataset versions of ``stream``."""
-        return self._call("ingestion", "GET", f"/v1/streams/{_segment(stream)}/datasets")
+    def datasets(self, stream: str) -> list[DatasetVersion]:
+        """The dataset versions of ``stream``, oldest first."""
+        return self._many(DatasetVersion, "versions", "ingestion", "GET", f"/v1/streams/{_segment(stream)}/datasets")
 
-    def dataset(self, version_id: str) -> JSON:
-        """A dataset version (``STREAM@vN``) with its lineage and the landed batches it took in."""
-        return self._call("ingestion", "GET", f"/v1/datasets/{_segment(version_id)}")
+    def dataset(self, version_id: str) -> DatasetVersion:
+        """A dataset version (``STREAM@vN``) with its lineage and the landed batches it took in (``sources``)."""
+        return self._one(DatasetVersion, "ingestion", "GET", f"/v1/datasets/{_segment(version_id)}")
 
-    def cut_dataset(self, stream: str) -> JSON:
+    def cut_dataset(self, stream: str) -> DatasetVersion:
         """Cut a dataset version of ``stream`` now (``ConflictError`` when nothing new landed)."""
-        return self._call("ingestion", "POST", f"/v1/streams/{_segment(stream)}/datasets", timeout=LONG_TIMEOUT)
+        path = f"/v1/streams/{_segment(stream)}/datasets"
+        return self._one(DatasetVersion, "ingestion", "POST", path, timeout=LONG_TIMEOUT)
 
-    def diff_datasets(self, stream: str, from_version: str | None = None, to_version: str | None = None) -> JSON:
+    def diff_datasets(self, stream: str, from_version: str | None = None, to_version: str | None = None) -> DatasetDiff:
         """Rows added/removed between two versions (``vN``; default the newest and the one before) and the profile
         change per column."""
         params = {k: v for k, v in {"from": from_version, "to": to_version}.items() if v}
-        return self._call(
-            "ingestion", "GET", f"/v1/streams/{_segment(stream)}/datasets/diff", params=params, timeout=LONG_TIMEOUT
-        )
+        path = f"/v1/streams/{_segment(stream)}/datasets/diff"
+        return self._one(DatasetDiff, "ingestion", "GET", path, params=params, timeout=LONG_TIMEOUT)
 
     def compact_datasets(self, stream: str, *, keep_versions: int = 2) -> JSON:
-        """Retention: compact the landed batches of all but the newest ``keep_versions`` versions."""
+        """Retention: compact the landed batches of all but the newest ``keep_versions`` versions (a report: JSON)."""
         return self._call(
             "ingestion",
             "POST",
@@ -162,15 +209,16 @@ class Client:
 
     # --- predictions and feedback (serving) --------------------------------------------------------------------
 
-    def predict(self, model: str, instances: Iterable[Mapping[str, Any]]) -> JSON:
+    def predict(self, model: str, instances: Iterable[Mapping[str, Any]]) -> Prediction:
         """Predictions of the served version of ``model`` for rows of the stream's raw fields: ``predictions``,
         ``version`` and the ``request_id`` feedback refers to."""
         body = {"instances": [dict(i) for i in instances]}
-        return self._call("serving", "POST", f"/v1/models/{_segment(model)}/predict", json=body)
+        return self._one(Prediction, "serving", "POST", f"/v1/models/{_segment(model)}/predict", json=body)
 
-    def predict_entities(self, model: str, entities: Iterable[str]) -> JSON:
+    def predict_entities(self, model: str, entities: Iterable[str]) -> Prediction:
         """Predictions for entity keys, from each entity's latest features in the online store."""
-        return self._call("serving", "POST", f"/v1/models/{_segment(model)}/predict", json={"entities": list(entities)})
+        body = {"entities": list(entities)}
+        return self._one(Prediction, "serving", "POST", f"/v1/models/{_segment(model)}/predict", json=body)
 
     def infer(
         self,
@@ -181,7 +229,7 @@ class Client:
         request_id: str | None = None,
         parameters: Mapping[str, Any] | None = None,
         outputs: list[Mapping[str, Any]] | None = None,
-    ) -> JSON:
+    ) -> InferResponse:
         """An Open Inference Protocol (v2) inference request: ``inputs`` are tensors ``{"name", "shape",
         "datatype", "data"}``; with ``version``, that version's route."""
         path = f"/v2/models/{_segment(model)}" + (f"/versions/{_segment(version)}" if version is not None else "")
@@ -192,70 +240,82 @@ class Client:
             body["parameters"] = dict(parameters)
         if outputs is not None:
             body["outputs"] = [dict(o) for o in outputs]
-        return self._call("serving", "POST", f"{path}/infer", json=body)
+        return self._one(InferResponse, "serving", "POST", f"{path}/infer", json=body)
 
-    def model_metadata(self, model: str) -> JSON:
+    def model_metadata(self, model: str) -> ModelMetadata:
         """Open Inference Protocol metadata of ``model``: its inputs (name, datatype, shape) and versions."""
-        return self._call("serving", "GET", f"/v2/models/{_segment(model)}")
+        return self._one(ModelMetadata, "serving", "GET", f"/v2/models/{_segment(model)}")
 
-    def served(self, model: str | None = None) -> JSON:
-        """What serving answers with: every model, or ``model``'s champion, rollout and last refusal."""
-        return self._call("serving", "GET", "/v1/models" + (f"/{_segment(model)}" if model else ""))
+    @overload
+    def served(self, model: None = None) -> ServedModels: ...
 
-    def feedback(self, model: str, rows: Iterable[Mapping[str, Any]]) -> JSON:
+    @overload
+    def served(self, model: str) -> Served: ...
+
+    def served(self, model: str | None = None) -> Served | ServedModels:
+        """What serving answers with: every model (:class:`ServedModels`), or ``model``'s champion, rollout and last
+        refusal (:class:`Served`)."""
+        if model is None:
+            return self._one(ServedModels, "serving", "GET", "/v1/models")
+        return self._one(Served, "serving", "GET", f"/v1/models/{_segment(model)}")
+
+    def feedback(self, model: str, rows: Iterable[Mapping[str, Any]]) -> FeedbackResult:
         """Actual outcomes: each row ``{"actual", "request_id", "index"}`` or ``{"actual", "entity", "at"}``."""
         body = {"feedback": [dict(r) for r in rows]}
-        return self._call("serving", "POST", f"/v1/models/{_segment(model)}/feedback", json=body)
+        return self._one(FeedbackResult, "serving", "POST", f"/v1/models/{_segment(model)}/feedback", json=body)
 
     # --- models, versions, aliases (registry) ------------------------------------------------------------------
 
-    def models(self) -> JSON:
-        """Registered models and their champion."""
-        return self._call("registry", "GET", "/v1/models")
+    def models(self) -> list[RegisteredModel]:
+        """Registered models: version count, latest version and champion."""
+        return self._many(RegisteredModel, "models", "registry", "GET", "/v1/models")
 
-    def versions(self, model: str) -> JSON:
-        """Versions of ``model`` with metrics, lineage and gate numbers."""
-        return self._call("registry", "GET", f"/v1/models/{_segment(model)}/versions")
+    def versions(self, model: str) -> list[ModelVersion]:
+        """Versions of ``model``, oldest first, with metrics, lineage, gate numbers and aliases."""
+        return self._many(ModelVersion, "versions", "registry", "GET", f"/v1/models/{_segment(model)}/versions")
 
-    def version(self, model: str, version: int) -> JSON:
+    def version(self, model: str, version: int) -> ModelVersion:
         """One version of ``model``."""
-        return self._call("registry", "GET", f"/v1/models/{_segment(model)}/versions/{_segment(version)}")
+        path = f"/v1/models/{_segment(model)}/versions/{_segment(version)}"
+        return self._one(ModelVersion, "registry", "GET", path)
 
     def annotate(
         self, model: str, version: int, *, tags: Mapping[str, str | None] | None = None, description: str | None = None
-    ) -> JSON:
-        """Set tags (``None`` deletes one) and/or replace the description of a version."""
+    ) -> ModelVersion:
+        """Set tags (``None`` deletes one) and/or replace the description of a version; the version as it is now."""
         body: JSON = {}
         if tags:
             body["tags"] = dict(tags)
         if description is not None:
             body["description"] = description
-        return self._call("registry", "PATCH", f"/v1/models/{_segment(model)}/versions/{_segment(version)}", json=body)
+        path = f"/v1/models/{_segment(model)}/versions/{_segment(version)}"
+        return self._one(ModelVersion, "registry", "PATCH", path, json=body)
 
-    def aliases(self, model: str) -> JSON:
+    def aliases(self, model: str) -> list[Alias]:
         """Every alias of ``model`` and the version it points to."""
-        return self._call("registry", "GET", f"/v1/models/{_segment(model)}/aliases")
+        return self._many(Alias, "aliases", "registry", "GET", f"/v1/models/{_segment(model)}/aliases")
 
-    def alias(self, model: str, alias: str) -> JSON:
-        """Where ``alias`` (e.g. ``champion``) of ``model`` points."""
-        return self._call("registry", "GET", f"/v1/models/{_segment(model)}/aliases/{_segment(alias)}")
+    def alias(self, model: str, alias: str) -> Alias:
+        """Where ``alias`` (e.g. ``champion``) of ``model`` points, with that version (``model_version``)."""
+        return self._one(Alias, "registry", "GET", f"/v1/models/{_segment(model)}/aliases/{_segment(alias)}")
 
-    def set_alias(self, model: str, alias: str, version: int, *, reason: str) -> JSON:
+    def set_alias(self, model: str, alias: str, version: int, *, reason: str) -> AliasMove:
         """Move ``alias`` to ``version`` (moving ``champion`` moves what serving answers with)."""
         body = {"version": version, "reason": reason}
-        return self._call("registry", "PUT", f"/v1/models/{_segment(model)}/aliases/{_segment(alias)}", json=body)
+        path = f"/v1/models/{_segment(model)}/aliases/{_segment(alias)}"
+        return self._one(AliasMove, "registry", "PUT", path, json=body)
 
-    def rollback(self, model: str, *, to: int | None = None, reason: str = "") -> JSON:
+    def rollback(self, model: str, *, to: int | None = None, reason: str = "") -> AliasMove:
         """Move the champion back to the previous champion, or to version ``to``."""
         body: JSON = {"reason": reason, **({"to": to} if to is not None else {})}
-        return self._call("registry", "POST", f"/v1/models/{_segment(model)}/rollback", json=body)
+        return self._one(AliasMove, "registry", "POST", f"/v1/models/{_segment(model)}/rollback", json=body)
 
     # --- training runs (training, triggers) --------------------------------------------------------------------
 
-    def retrain(self, model: str, *, reason: str = "manual", dataset: str | None = None) -> JSON:
+    def retrain(self, model: str, *, reason: str = "manual", dataset: str | None = None) -> TrainingRequest:
         """Ask for a retrain of ``model`` now, optionally on a pinned dataset version (``STREAM@vN``)."""
         body: JSON = {"reason": reason, **({"dataset_version_id": dataset} if dataset else {})}
-        return self._call("triggers", "POST", f"/v1/models/{_segment(model)}/retrain", json=body)
+        return self._one(TrainingRequest, "triggers", "POST", f"/v1/models/{_segment(model)}/retrain", json=body)
 
     def runs(
         self,
@@ -265,31 +325,52 @@ class Client:
         trigger: str | None = None,
         rerun_of: str | None = None,
         limit: int = 50,
-    ) -> JSON:
-        """Training runs, newest first (``runs``), filtered by model, state, trigger or the run they rerun."""
+    ) -> list[Run]:
+        """Training runs, newest first, filtered by model, state, trigger or the run they rerun."""
         filters = {"model": model, "state": state, "trigger": trigger, "rerun_of": rerun_of}
         params: JSON = {"limit": limit, **{k: v for k, v in filters.items() if v}}
-        return self._call("training", "GET", "/v1/runs", params=params)
+        return self._many(Run, "runs", "training", "GET", "/v1/runs", params=params)
 
-    def run(self, run_id: str) -> JSON:
+    def run(self, run_id: str) -> Run:
         """Everything recorded about a run: params, metrics, trials, artifacts, provenance, resources."""
-        return self._call("training", "GET", f"/v1/runs/{_segment(run_id)}")
+        return self._one(Run, "training", "GET", f"/v1/runs/{_segment(run_id)}")
 
     def run_logs(self, run_id: str) -> str:
         """A run's log text (so far, while it runs)."""
         return self._service("training").request("GET", f"/v1/runs/{_segment(run_id)}/logs").text
 
-    def abort_run(self, run_id: str) -> JSON:
+    def abort_run(self, run_id: str) -> RunAbort:
         """Abort a pending or running run."""
-        return self._call("training", "POST", f"/v1/runs/{_segment(run_id)}/abort")
+        return self._one(RunAbort, "training", "POST", f"/v1/runs/{_segment(run_id)}/abort")
 
-    def rerun(self, run_id: str, *, reason: str = "rerun") -> JSON:
+    def rerun(self, run_id: str, *, reason: str = "rerun") -> Rerun:
         """Re-execute a completed run from its record (same data, features, params, seed)."""
-        return self._call("training", "POST", f"/v1/runs/{_segment(run_id)}/rerun", json={"reason": reason})
+        path = f"/v1/runs/{_segment(run_id)}/rerun"
+        return self._one(Rerun, "training", "POST", path, json={"reason": reason})
 
     # --- the timeline (dashboard) ------------------------------------------------------------------------------
 
-    def timeline(self, model: str) -> JSON:
+    def timeline(self, model: str) -> list[Cascade]:
         """The causal chain of every cascade of ``model``, newest first: trigger, run, gate, promotion, rollout,
         serving switch, each step with its event id, time and cause."""
-        return self._call("dashboard", "GET", f"/v1/timeline/{_segment(model)}")
+        return self._many(Cascade, "cascades", "dashboard", "GET", f"/v1/timeline/{_segment(model)}")
+
+
+def _read(kind: type[E], service: str, path: str, data: Any) -> E:
+    try:
+        return kind.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'the answer'}: {e['msg']}" for e in exc.errors(include_url=False)[:5]
+        )
+        raise _unexpected(service, path, f"{problems} (reading a {kind.__name__})") from None
+
+
+def _unexpected(service: str, path: str, why: str) -> ServiceError:
+    # A server this client does not understand (another major version, a proxy's page): 502, like a bad gateway.
+    return ServiceError(
+        f"{service} answered {path} with JSON this client cannot read: {why}; is the client's driftloop version "
+        "the platform's?",
+        status_code=502,
+        code="unexpected_answer",
+    )

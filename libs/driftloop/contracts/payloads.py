@@ -587,6 +587,45 @@ class PerformanceDegraded(Payload):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PipelineApplied(Payload):
+    """A pipeline file was applied (`driftloop pipeline apply`) or removed (`pipeline remove`): running services take
+    the document in place of the model's pipeline, or drop the model. Compacted by model: the last one per model is
+    the model's pipeline.
+    """
+
+    event_type: ClassVar[str] = "PipelineApplied"
+    topic: ClassVar[Topic] = topics.PIPELINE_APPLIED
+
+    model: str
+    stream: str
+    #: The pipeline file's text (YAML); empty when removed.
+    document: str
+    #: SHA-256 (hex) of the document's UTF-8 bytes; empty when removed.
+    sha256: str
+    #: The model's pipeline was removed: services drop the model.
+    removed: bool = False
+
+    def to_avro(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "stream": self.stream,
+            "document": self.document,
+            "sha256": self.sha256,
+            "removed": self.removed,
+        }
+
+    @classmethod
+    def from_avro(cls, record: Mapping[str, Any]) -> Self:
+        return cls(
+            model=record["model"],
+            stream=record["stream"],
+            document=record["document"],
+            sha256=record["sha256"],
+            removed=record.get("removed", False),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PredictionLogged(Payload):
     """One served prediction, with the inputs the model saw."""
 
@@ -1021,6 +1060,7 @@ PAYLOAD_TYPES: dict[str, type[Payload]] = {
     "ModelRegistered": ModelRegistered,
     "ModelRejected": ModelRejected,
     "PerformanceDegraded": PerformanceDegraded,
+    "PipelineApplied": PipelineApplied,
     "PredictionLogged": PredictionLogged,
     "RecordRejected": RecordRejected,
     "RetrainDecision": RetrainDecision,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -567,7 +568,7 @@ def load_pipelines(directory: Path) -> dict[str, PipelineConfig]:
     return pipelines
 
 
-def pipeline_for_stream(pipelines: dict[str, PipelineConfig], stream: str) -> PipelineConfig:
+def pipeline_for_stream(pipelines: Mapping[str, PipelineConfig], stream: str) -> PipelineConfig:
     for cfg in pipelines.values():
         if cfg.stream.name == stream:
             return cfg
@@ -576,7 +577,7 @@ def pipeline_for_stream(pipelines: dict[str, PipelineConfig], stream: str) -> Pi
     )
 
 
-def pipeline_for_model(pipelines: dict[str, PipelineConfig], model: str) -> PipelineConfig:
+def pipeline_for_model(pipelines: Mapping[str, PipelineConfig], model: str) -> PipelineConfig:
     try:
         return pipelines[model]
     except KeyError:

@@ -59,11 +59,14 @@ class KafkaSettings(_Section):
     ssl_ca_location: str = ""
     # Topics created by driftloop (`driftloop up`, services at start): event topics keep their events this many
     # hours (retention.ms; 0 = for ever); stream topics (records) ``stream_retention_hours``. Topics in
-    # ``compacted_topics`` hold state (the last alias move per model) and are compacted by key instead. Nothing a
-    # service needs after a restart lives only on the bus: each reconciles from the database or the owning API.
+    # ``compacted_topics`` hold state (the last alias move, the last applied pipeline per model) and are compacted
+    # by key instead. Nothing a service needs after a restart lives only on the bus: each reconciles from the
+    # database, the owning API or (pipelines) ``pipelines_dir``.
     event_retention_hours: float = Field(default=168.0, ge=0)
     stream_retention_hours: float = Field(default=168.0, ge=0)
-    compacted_topics: list[str] = Field(default_factory=lambda: ["driftloop.models.promoted"])
+    compacted_topics: list[str] = Field(
+        default_factory=lambda: ["driftloop.models.promoted", "driftloop.pipelines.applied"]
+    )
     # Where the embedded Tansu broker keeps topics: "memory" (gone when the broker stops: the default, and what
     # the tests use) or "s3rver" (durable: an s3rver S3 endpoint, `npm install -g s3rver@3.7.1`, started by
     # `driftloop up` with its data under <home>/broker).

@@ -40,6 +40,8 @@ DRIFT_DETECTED = Topic("driftloop.monitor.drift-detected", "DriftDetected", key=
 PERFORMANCE_DEGRADED = Topic("driftloop.monitor.performance-degraded", "PerformanceDegraded", key="model")
 EXTERNAL_TRIGGER = Topic("driftloop.triggers.external", "ExternalTrigger", key="model")
 RETRAIN_DECISION = Topic("driftloop.triggers.retrain-decision", "RetrainDecision", key="model")
+# Compacted (``kafka.compacted_topics``): the last event per model is the model's pipeline.
+PIPELINE_APPLIED = Topic("driftloop.pipelines.applied", "PipelineApplied", key="model")
 
 EVENT_TOPICS: tuple[Topic, ...] = (
     RECORD_REJECTED,
@@ -61,6 +63,7 @@ EVENT_TOPICS: tuple[Topic, ...] = (
     PERFORMANCE_DEGRADED,
     EXTERNAL_TRIGGER,
     RETRAIN_DECISION,
+    PIPELINE_APPLIED,
 )
 
 TOPIC_BY_EVENT_TYPE: dict[str, Topic] = {t.event_type: t for t in EVENT_TOPICS}

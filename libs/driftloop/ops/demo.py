@@ -23,7 +23,7 @@ import numpy as np
 import sqlalchemy as sa
 from rich.console import Console
 
-from driftloop.client import Client
+from driftloop.client import Client, IngestResult, Prediction
 from driftloop.clients.credentials import client_token, schema_registry_client_config
 from driftloop.clients.db import create_engine_for
 from driftloop.clients.db.models import EventRecord
@@ -147,10 +147,9 @@ class Demo:
 
     def served_version(self) -> int | None:
         try:
-            version = self.platform.served(MODEL).get("version")
+            return self.platform.served(MODEL).version
         except DriftloopError:  # not up yet, or no champion served yet
             return None
-        return int(version) if version is not None else None
 
     # --- traffic -------------------------------------------------------------------------------------------
 
@@ -198,13 +197,13 @@ class Demo:
         self.result.produced += len(bad)
         return len(bad)
 
-    def post_http(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+    def post_http(self, records: list[dict[str, Any]]) -> IngestResult:
         body = [{**r, "event_time": r["event_time"].isoformat()} for r in records]
         answer = self.platform.ingest(self.stream.name, body)
         self.result.produced += len(records)
         return answer
 
-    def predict(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def predict(self, records: list[dict[str, Any]]) -> list[Prediction]:
         answers = []
         for i in range(0, len(records), self.scale.batch):
             instances = [
@@ -229,8 +228,8 @@ class Demo:
             r["amount"] = "lots"  # wrong type → dead letter
         answer = self.post_http(http_records)
         self.console.print(
-            f"  HTTP: {answer.get('accepted')} accepted, {len(answer.get('rejected', []))} rejected "
-            f"({', '.join(sorted({r['reason'] for r in answer.get('rejected', [])}))})"
+            f"  HTTP: {answer.accepted} accepted, {len(answer.rejected)} rejected "
+            f"({', '.join(sorted({r.reason for r in answer.rejected}))})"
         )
         self.produce(self.next_records(s.records_per_phase, drifted=False))
         malformed = self.produce_malformed()
@@ -278,9 +277,9 @@ class Demo:
         self.wait_for(f"serving to switch to v{self.result.v2}", lambda: self.served_version() == self.result.v2)
         self.result.seconds_to_v2_serving = time.monotonic() - t0
         answers = self.predict(self.next_records(s.batch, drifted=True))
-        self.result.served_at_end = answers[-1]["version"]
+        self.result.served_at_end = answers[-1].version
         self.console.print(
-            f"  a prediction now answers with v{self.result.served_at_end}: {answers[-1]['predictions'][:3]}"
+            f"  a prediction now answers with v{self.result.served_at_end}: {answers[-1].predictions[:3]}"
         )
         self.result.v2_lineage = [step.event_type for step in lineage(self.engine, promoted[0].event_id)]
         return self.result

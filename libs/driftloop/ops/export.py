@@ -8,7 +8,10 @@
 - ``pipeline.json``: the stream and the feature definitions the features are computed from;
 - ``model.zip``: the artifact (checked against its sha256 on load), and ``model/``: its files unzipped;
 - ``signature.json``: the inputs (raw fields: type, nullable, required), the features, the output, the sha256;
-- ``requirements.txt``: the pinned packages it needs (the versions this environment has).
+- ``requirements.txt``: the pinned packages it needs (the versions this environment has);
+- ``serve.py``: an Open Inference Protocol (v2 REST) server of ``predict.py``'s answers, standard library only
+  (``python serve.py --port 8080``; ``POST /v2/models/{model}/infer``), and a ``Dockerfile`` that runs it (the
+  exporting Python's version, ``requirements.txt``, port 8080).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import importlib.metadata
 import io
 import json
 import re
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -56,6 +60,24 @@ FROZEN_PACKAGE = "driftloop_frozen"
 # The contracts the feature function and the artifact code need: their whole import closure.
 FROZEN_CONTRACTS = ("artifact", "featuredefs", "fieldtypes", "pipeline", "searchspace", "topics")
 PREDICT_TEMPLATE = Path(__file__).with_name("exported_predict.py")
+SERVE_TEMPLATE = Path(__file__).with_name("exported_serve.py")
+SERVE_PORT = 8080
+
+
+def dockerfile(python: str = f"{sys.version_info.major}.{sys.version_info.minor}") -> str:
+    """The image recipe: the pinned requirements on the Python they were pinned with, then the folder; serve.py on
+    port 8080, the model loaded (and its sha256 checked) before the port opens."""
+    return (
+        f"FROM python:{python}-slim\n"
+        "WORKDIR /model\n"
+        "COPY requirements.txt .\n"
+        "RUN pip install --no-cache-dir -r requirements.txt\n"
+        "COPY . .\n"
+        "RUN useradd --no-create-home model\n"
+        "USER model\n"
+        f"EXPOSE {SERVE_PORT}\n"
+        f'CMD ["python", "serve.py", "--host", "0.0.0.0", "--port", "{SERVE_PORT}"]\n'
+    )
 
 
 def _pinned(packages: list[str]) -> list[str]:
@@ -76,7 +98,9 @@ def required_fields(pipeline: PipelineConfig) -> list[str]:
     return [f.name for f in stream.fields if f.name != stream.label and (f.name in read or not f.nullable)]
 
 
-def signature(artifact: ModelArtifact, artifact_sha256: str, pipeline: PipelineConfig) -> dict[str, Any]:
+def signature(
+    artifact: ModelArtifact, artifact_sha256: str, pipeline: PipelineConfig, version: int | None = None
+) -> dict[str, Any]:
     stream = pipeline.stream
     required = set(required_fields(pipeline))
     inputs = [
@@ -97,6 +121,7 @@ def signature(artifact: ModelArtifact, artifact_sha256: str, pipeline: PipelineC
     )
     return {
         "model": pipeline.model.name,
+        "version": version,
         "stream": stream.name,
         "family": artifact.family,
         "task": artifact.task,
@@ -127,10 +152,16 @@ def _write_frozen_package(directory: Path) -> None:
 
 
 def export_artifact(
-    data: bytes, directory: Path, *, pipeline: PipelineConfig, expected_sha256: str | None = None
+    data: bytes,
+    directory: Path,
+    *,
+    pipeline: PipelineConfig,
+    expected_sha256: str | None = None,
+    version: int | None = None,
 ) -> Path:
     """Write the export folder of the artifact ``data`` (verified against ``expected_sha256`` when given) of
-    ``pipeline``'s model: it predicts from the stream's raw fields as serving does."""
+    ``pipeline``'s model (its registry ``version``, when known): it predicts from the stream's raw fields as serving
+    does."""
     artifact = ModelArtifact.from_bytes(data, expected_sha256=expected_sha256)
     if artifact.feature_names != pipeline.feature_names:
         raise ConfigError(
@@ -143,13 +174,15 @@ def export_artifact(
         for name in zf.namelist():
             (directory / "model" / Path(name).name).write_bytes(zf.read(name))
     (directory / "model.zip").write_bytes(data)
-    described = signature(artifact, hashlib.sha256(data).hexdigest(), pipeline)
+    described = signature(artifact, hashlib.sha256(data).hexdigest(), pipeline, version)
     (directory / "signature.json").write_text(json.dumps(described, indent=2, default=str) + "\n")
     (directory / "pipeline.json").write_text(json.dumps(pipeline.model_dump(mode="json"), indent=2) + "\n")
     _write_frozen_package(directory)
     requirements = _pinned(BASE_PACKAGES + FAMILY_PACKAGES.get(artifact.family, []))
     (directory / "requirements.txt").write_text("\n".join(requirements) + "\n")
     (directory / "predict.py").write_text(PREDICT_TEMPLATE.read_text())
+    (directory / "serve.py").write_text(SERVE_TEMPLATE.read_text())
+    (directory / "Dockerfile").write_text(dockerfile())
     required = ", ".join(i["name"] for i in described["inputs"] if i["required"])
     (directory / "README.md").write_text(
         f"# {pipeline.model.name} ({artifact.family}, {artifact.task})\n\n"
@@ -159,6 +192,11 @@ def export_artifact(
         "number serving answers for the same row. Rows are the raw fields of stream "
         f"`{pipeline.stream.name}` (`signature.json` inputs;\nrequired: {required}); the features are computed from "
         "them by serving's own function (`driftloop_frozen/`).\nA missing required column or an unknown column is "
-        "refused with a message.\n"
+        "refused with a message.\n\n"
+        "An Open Inference Protocol (v2 REST) server of the same answers, standard library only:\n\n"
+        f"    python serve.py --port {SERVE_PORT}     # POST /v2/models/{pipeline.model.name}/infer\n"
+        f"    docker build -t {pipeline.model.name} . && docker run -p {SERVE_PORT}:{SERVE_PORT} "
+        f"{pipeline.model.name}\n\n"
+        "One tensor per input field (shape [N], BYTES for strings and timestamps); the output `predict` (FP64, [N]).\n"
     )
     return directory

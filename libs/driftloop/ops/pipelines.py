@@ -3,8 +3,11 @@ the bus for its stream (topic created, value schema registered under its subject
 
 Checks before anything is written: the file parses (errors name the file and line); its stream and model names do
 not collide with another pipeline's; a changed stream's schema is compatible with the versions registered under its
-subject (the registry's own check, at the subject's level), so producers already writing keep landing. A running
-service reads ``pipelines_dir`` at start: it serves an applied pipeline after its next start.
+subject (the registry's own check, at the subject's level), so producers already writing keep landing.
+
+With the stack running, the change is announced on the bus (``PipelineApplied`` on the compacted
+``driftloop.pipelines.applied`` topic, keyed by model): every running service takes it at once
+(``driftloop.runtime.pipelines``); a service started later reads ``pipelines_dir``.
 """
 
 from __future__ import annotations
@@ -104,20 +107,50 @@ def apply_pipeline(settings: Settings, file: Path, *, bus: bool) -> Applied:
         if problems:
             raise ConflictError("; ".join(problems))
         applied.bus.append(f"schema under {cfg.stream.subject}")
+        announce(settings, model=cfg.model.name, stream=cfg.stream.name, document=text)
+        applied.bus.append("running services told")
     return applied
 
 
-def remove_pipeline(settings: Settings, model: str, *, served_version: int | None, force: bool) -> Path:
-    """Delete ``model``'s pipeline file; refused while serving answers with a version of it, unless ``force``."""
+def announce(settings: Settings, *, model: str, stream: str, document: str | None) -> None:
+    """Publish the ``PipelineApplied`` of ``model`` (``document`` None: removed) and wait for the broker to have
+    it; running services take it from there."""
+    from driftloop.contracts.events import new_event
+    from driftloop.contracts.payloads import PipelineApplied
+    from driftloop.contracts.topics import PIPELINE_APPLIED
+    from driftloop.runtime.bus import EventBus, ensure_topics
+    from driftloop.runtime.pipelines import document_sha256
+
+    ensure_topics(settings, [PIPELINE_APPLIED.name])
+    payload = PipelineApplied(
+        model=model,
+        stream=stream,
+        document=document or "",
+        sha256=document_sha256(document) if document is not None else "",
+        removed=document is None,
+    )
+    event_bus = EventBus(settings, producer_name="driftloop-cli")
+    try:
+        event_bus.publish(new_event(payload, producer="driftloop-cli"))
+    finally:
+        event_bus.close()
+
+
+def remove_pipeline(settings: Settings, model: str, *, served_version: int | None, force: bool, bus: bool) -> Path:
+    """Delete ``model``'s pipeline file; refused while serving answers with a version of it, unless ``force``.
+    With ``bus``, running services are told (they drop the model at once)."""
     path = pipeline_files(settings.pipelines_dir).get(model)
     if path is None:
         raise NotFoundError(f"no pipeline file of model {model!r} in {settings.pipelines_dir}")
     if served_version is not None and not force:
         raise ConflictError(
-            f"model {model!r} is served (v{served_version}): its clients would get 404s after the next restart; "
+            f"model {model!r} is served (v{served_version}): its clients would get 404s once it is removed; "
             "remove it with --force if that is what you want"
         )
     if len(pipeline_files(settings.pipelines_dir)) == 1:
         raise ConfigError(f"{path} is the last pipeline: the services need at least one")
+    stream = load_pipeline(path).stream.name
     path.unlink()
+    if bus:
+        announce(settings, model=model, stream=stream, document=None)
     return path

@@ -480,10 +480,12 @@ class EventBus:
         handlers: dict[Topic, EventHandler],
         *,
         poll_timeout: float = 0.5,
+        status: ConsumerStatus | None = None,
     ) -> None:
         """Consume until ``stop_event`` is set. Each event is handled once per group; the offset is committed
         after the handler. A handler that raises is logged and its event is not marked processed (it is
-        retried after a restart); the loop goes on with the next message.
+        retried after a restart); the loop goes on with the next message. ``status``: kept by the caller and not
+        listed in ``consumers`` (the pipeline catalog's follower, which every service has besides its own).
 
         The consumer heals (``keep_consuming``, ``GroupMembership``): a commit refused because the group moved on
         (lost membership, a rebalance) is logged and the event comes again to whoever owns its partition (handled
@@ -492,8 +494,9 @@ class EventBus:
         the service is not ready."""
         topics = [t.name for t in handlers]
         by_name = {t.name: (h, payload_type(t.event_type)) for t, h in handlers.items()}
-        status = ConsumerStatus(group=group, topics=topics)
-        self.consumers.append(status)
+        if status is None:
+            status = ConsumerStatus(group=group, topics=topics)
+            self.consumers.append(status)
         keep_consuming(status, lambda: self._consume(group, topics, by_name, status, poll_timeout), self.stop_event)
 
     def _consume(

@@ -137,8 +137,12 @@ class TokenChecker:
                 self.tokens.append((secret.get_secret_value(), Principal(name, SERVING, only)))
         self.enforced = security.enabled and any(p.scope == ADMIN for _, p in self.tokens)
         self.public = {route_key(*entry.split(maxsplit=1)) for entry in security.public_routes if " " in entry}
-        # stream -> topic, to tell the subjects of a producer's streams.
-        self.topics = {cfg.stream.name: cfg.stream.topic for cfg in (pipelines or {}).values()}
+        self.pipelines: Mapping[str, PipelineConfig] = pipelines or {}  # read each time: they change live
+
+    @property
+    def topics(self) -> dict[str, str]:
+        """stream -> topic, to tell the subjects of a producer's streams."""
+        return {cfg.stream.name: cfg.stream.topic for cfg in self.pipelines.values()}
 
     def identify(self, token: str) -> Principal | None:
         found = None

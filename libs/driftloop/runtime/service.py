@@ -1,5 +1,6 @@
-"""What every service process shares: logging to a file, settings, pipelines, the bus, an HTTP app with
-``/healthz`` and ``/metrics``, consumer threads, and a clean stop on SIGTERM.
+"""What every service process shares: logging to a file, settings, pipelines (a ``PipelineCatalog`` kept current
+by ``driftloop pipeline apply``), the bus, an HTTP app with ``/healthz`` and ``/metrics``, consumer threads, and a
+clean stop on SIGTERM.
 
 A service module defines a ``build(runtime) -> ServiceSpec`` function; ``run(name, build)`` does the rest.
 One-off maintenance jobs of a service (``python -m driftloop.services.NAME TASK``, e.g. ``purge``) are passed as
@@ -21,7 +22,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 import h11
 import sqlalchemy as sa
@@ -41,7 +42,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from driftloop.clients.db import create_engine_for, migrate, session_factory
-from driftloop.contracts.pipeline import PipelineConfig, load_pipelines
+from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.contracts.settings import ServicesSettings, Settings, load_settings
 from driftloop.contracts.topics import Topic
 from driftloop.errors import (
@@ -55,6 +56,7 @@ from driftloop.errors import (
 from driftloop.runtime import workers
 from driftloop.runtime.bus import EventBus, EventHandler
 from driftloop.runtime.metrics import SERVICE_INFO, HttpMetricsMiddleware
+from driftloop.runtime.pipelines import PipelineCatalog, follow
 from driftloop.runtime.security import TokenChecker, bearer_scheme, bearer_token
 
 log = logging.getLogger(__name__)
@@ -83,8 +85,13 @@ class Runtime:
 
     name: str
     settings: Settings
-    pipelines: dict[str, PipelineConfig]
+    # Look pipelines up here each time (never keep a copy): ``driftloop pipeline apply`` changes them live.
+    pipelines: PipelineCatalog
     bus: EventBus
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pipelines, PipelineCatalog):  # a plain mapping (tests): a catalog of it
+            self.pipelines = PipelineCatalog(cast(Mapping[str, PipelineConfig], self.pipelines))
 
     @property
     def engine(self) -> sa.Engine:
@@ -440,6 +447,7 @@ def _add_health(
             "status": "ok",
             "ready": ready,
             "consumers": consumers,
+            "pipelines": runtime.pipelines.describe(),
             "checks": checks,
             **info,
         }
@@ -447,7 +455,7 @@ def _add_health(
 
 def make_runtime(name: str, settings: Settings | None = None, *, migrated: bool = False) -> Runtime:
     settings = settings or load_settings()
-    pipelines = load_pipelines(settings.pipelines_dir)
+    pipelines = PipelineCatalog.load(settings.pipelines_dir)
     if not migrated:
         migrate(settings.database_url)
     engine = create_engine_for(settings.database_url)
@@ -464,6 +472,9 @@ def _run_http_worker(
     runtime = make_runtime(name, settings, migrated=True)
     spec = build(runtime)
     _add_health(spec.app, runtime, spec, consumers_ready=ready.get)
+    if name != "schemaregistry":  # its routes read the pipelines too: it follows their changes like the first one
+        follower = follow(runtime.pipelines, runtime.bus, name)
+        threading.Thread(target=follower, args=(runtime.bus.stop_event,), name="follow_pipelines", daemon=True).start()
     server = uvicorn.Server(server_config(spec.app, settings, name, fd=sock_fd))
     try:
         server.run()
@@ -620,6 +631,8 @@ def run(
         )
         threads.append(t)
     loops = list(spec.loops)
+    if name != "schemaregistry":  # the registry decodes no events (it is what decoding asks)
+        loops.append(follow(runtime.pipelines, runtime.bus, name))
     if inherited is not None:
         loops.append(_stop_with_parent(lambda: os.kill(os.getpid(), signal.SIGTERM)))
     died: list[str] = []

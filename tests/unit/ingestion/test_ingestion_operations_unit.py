@@ -9,6 +9,7 @@ import pytest
 
 from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.errors import ConfigError
+from driftloop.runtime.pipelines import PipelineCatalog
 from driftloop.services.ingestion.deadletters import replay_key
 from driftloop.services.ingestion.handlers import idempotent_request_id
 from driftloop.services.ingestion.service import check_pipelines
@@ -56,7 +57,12 @@ def test_profile_changes_report_only_what_moved() -> None:
 
 def test_unique_by_must_name_stream_fields() -> None:
     good = PipelineConfig.model_validate({**PIPELINE, "dataset": {"unique_by": ["customer_id", "event_time"]}})
-    check_pipelines(SimpleNamespace(pipelines={"pay-model": good}))  # type: ignore[arg-type]
+    catalog = PipelineCatalog({"pay-model": good})
+    check_pipelines(SimpleNamespace(pipelines=catalog))  # type: ignore[arg-type]
     bad = PipelineConfig.model_validate({**PIPELINE, "dataset": {"unique_by": ["customer", "event_time"]}})
     with pytest.raises(ConfigError, match="unique_by names unknown field"):
-        check_pipelines(SimpleNamespace(pipelines={"pay-model": bad}))  # type: ignore[arg-type]
+        check_pipelines(SimpleNamespace(pipelines=PipelineCatalog({"pay-model": bad})))  # type: ignore[arg-type]
+    # Applied live, a pipeline failing the check is not taken.
+    with pytest.raises(ConfigError, match="unique_by names unknown field"):
+        catalog.put(bad)
+    assert catalog["pay-model"] == good

@@ -18,6 +18,7 @@ from model_factory import (
     training_requested,
 )
 
+from driftloop.client import Client
 from driftloop.clients.db import create_engine_for, migrate, session_factory
 from driftloop.clients.objectstore import LocalObjectStore
 from driftloop.contracts.events import Event, new_event
@@ -298,3 +299,24 @@ def test_cli_moves_aliases_annotates_and_rolls_back_over_http(env: dict, tmp_pat
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_the_public_client_reads_the_registrys_answers_typed(env: dict) -> None:
+    """``driftloop.client.Client`` against the real routes (the test app's transport): versions, aliases and a
+    rollback read into their models with the values the JSON has."""
+    transport = env["client"]._transport
+    with Client(urls={"registry": "http://testserver"}, token="admin-secret", transport=transport) as dl:
+        models = dl.models()
+        versions = dl.versions(MODEL)
+        champion = dl.alias(MODEL, "champion")
+        moved = dl.rollback(MODEL, reason="typed")
+        aliases = dl.aliases(MODEL)
+        one = dl.version(MODEL, 1)
+    assert [(m.model, m.versions, m.latest_version, m.champion_version) for m in models] == [(MODEL, 2, 2, 2)]
+    assert [(v.version, v.aliases) for v in versions] == [(1, []), (2, ["champion"])]
+    assert versions[1].artifact_sha256 == env["registry"].get_version(MODEL, 2).artifact_sha256
+    assert versions[1].metrics and all(isinstance(v, float) for v in versions[1].metrics.values())
+    assert champion.version == 2 and champion.model_version is not None and champion.model_version.version == 2
+    assert (moved.alias, moved.previous_version, moved.version, moved.moved) == ("champion", 2, 1, True)
+    assert [(a.alias, a.version, a.reason) for a in aliases] == [("champion", 1, "typed")]
+    assert one.aliases == ["champion"] and one.created_at is not None

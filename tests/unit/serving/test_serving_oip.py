@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from driftloop.client import Client
 from driftloop.contracts.artifact import ModelArtifact
 from driftloop.contracts.events import Event, new_event
 from driftloop.contracts.payloads import ModelPromoted
@@ -208,3 +209,23 @@ def test_parameters_and_requested_outputs(env: SimpleNamespace) -> None:
     assert status == 422 and error["error"]
     response = env.client.post(f"/v2/models/{MODEL}/infer", content=b"{not json")
     assert response.status_code == 400 and "error" in response.json()
+
+
+def test_the_public_client_reads_servings_answers_typed(env: SimpleNamespace) -> None:
+    """``driftloop.client.Client`` against the real routes (the test app's transport): each answer reads into its
+    model with the values the JSON has."""
+    start_canary(env)
+    with Client(urls={"serving": "http://testserver"}, token="t", transport=env.client._transport) as dl:
+        meta = dl.model_metadata(MODEL)
+        answer = dl.infer(MODEL, columnar(ROWS), version=1, request_id="mine")
+        predicted = dl.predict(MODEL, [dict(zip(REQUIRED, row, strict=True)) for row in ROWS])
+        served = dl.served(MODEL)
+        every = dl.served()
+    assert meta.name == MODEL and [t.name for t in meta.inputs] == ["id", "ts", *REQUIRED]
+    assert meta.outputs[0].shape == [-1]
+    assert (answer.id, answer.model_version, answer.outputs[0].shape) == ("mine", "1", [3])
+    assert answer.outputs[0].data == infer(env, {"inputs": columnar(ROWS)}, version="1")[1]["outputs"][0]["data"]
+    assert predicted.model == MODEL and predicted.version in (1, 2) and len(predicted.predictions) == 3
+    assert served.version == 1 and served.replica == "replica-a" and isinstance(served.loaded_at, datetime)
+    assert served.rollout is not None and (served.rollout.mode, served.rollout.challenger_version) == ("canary", 2)
+    assert every.replica == "replica-a" and [s.version for s in every.models] == [1]

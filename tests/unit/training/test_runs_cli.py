@@ -23,7 +23,10 @@ RUNS: dict[str, dict[str, Any]] = {
     "run-a": {
         "run_id": "run-a",
         "request_id": "req-a",
+        "model": "m",
         "state": "completed",
+        "trigger": "manual",
+        "created_at": "2026-12-03T10:00:00+00:00",
         "dataset_version_id": "tx@v1",
         "code_version": "abc",
         "params": {"num_leaves": 15, "learning_rate": 0.08},
@@ -34,7 +37,10 @@ RUNS: dict[str, dict[str, Any]] = {
     "run-b": {
         "run_id": "run-b",
         "request_id": "req-b",
+        "model": "m",
         "state": "completed",
+        "trigger": "manual",
+        "created_at": "2026-12-03T10:00:00+00:00",
         "dataset_version_id": "tx@v2",
         "code_version": "abc",
         "params": {"num_leaves": 31, "learning_rate": 0.08},
@@ -91,6 +97,7 @@ def test_models_export_reads_the_artifact_from_the_store_and_checks_its_sha256(
     version = {
         "model": "fraud-detector",
         "version": 3,
+        "status": "promoted",
         "artifact_uri": uri,
         "artifact_sha256": sha256_bytes(result.artifact),
     }

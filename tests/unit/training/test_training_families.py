@@ -19,13 +19,15 @@ import pyarrow.parquet as pq
 import pytest
 from test_training_fit import REPO, raw_rows, write_feature_set  # same folder (pytest puts it on the path)
 
+from driftloop.client import Client
 from driftloop.clients.objectstore import LocalObjectStore, sha256_bytes
 from driftloop.contracts import layout
 from driftloop.contracts.artifact import ModelArtifact
 from driftloop.contracts.evaluation import holdout_mask
+from driftloop.contracts.fieldtypes import FIELD_TYPES
 from driftloop.contracts.pipeline import PipelineConfig, parse_pipeline
 from driftloop.contracts.settings import ObjectStoreSettings
-from driftloop.errors import ConfigError
+from driftloop.errors import ConfigError, NotFoundError, ValidationFailed
 from driftloop.ops.export import export_artifact
 from driftloop.services.serving.predict import predict as serve
 from driftloop.services.serving.served import ServedModel
@@ -178,6 +180,68 @@ def test_an_exported_folder_predicts_as_serving_does_without_driftloop(tmp_path:
     (tmp_path / "missing.jsonl").write_text(json.dumps({k: v for k, v in instances[3].items() if k != "amount"}) + "\n")
     refused = run_exported(folder, tmp_path / "missing.jsonl")
     assert refused.returncode != 0 and "lacks column(s) ['amount']" in refused.stderr
+
+
+def test_the_exported_oip_server_answers_what_predict_py_answers(tmp_path: Path) -> None:
+    """The folder's serve.py (standard library, driftloop unimportable) answers an Open Inference Protocol request
+    with predict.py's predictions for the same rows, to the bit; its Dockerfile installs the pinned requirements
+    on this Python and runs it."""
+    cfg = pipeline_of("lightgbm", "classification")
+    result, _, _ = fit(tmp_path / "store", cfg)
+    folder = export_artifact(
+        result.artifact, tmp_path / "export", pipeline=cfg, expected_sha256=sha256_bytes(result.artifact), version=3
+    )
+    docker = (folder / "Dockerfile").read_text()
+    assert f"FROM python:{sys.version_info.major}.{sys.version_info.minor}-slim" in docker
+    assert "pip install --no-cache-dir -r requirements.txt" in docker
+    assert 'CMD ["python", "serve.py", "--host", "0.0.0.0", "--port", "8080"]' in docker
+
+    instances = served_instances(25)
+    rows_file = tmp_path / "rows.jsonl"
+    rows_file.write_text("".join(json.dumps(i) + "\n" for i in instances))
+    done = run_exported(folder, rows_file)
+    assert done.returncode == 0, done.stderr
+    expected = [json.loads(line)["prediction"] for line in done.stdout.splitlines()]
+
+    signature = json.loads((folder / "signature.json").read_text())
+    inputs = [
+        {
+            "name": i["name"],
+            "datatype": FIELD_TYPES[i["type"]].oip,
+            "shape": [len(instances)],
+            "data": [row.get(i["name"]) for row in instances],
+        }
+        for i in signature["inputs"]
+    ]
+    code = (
+        "import sys, runpy; sys.modules['driftloop'] = None; "
+        "sys.argv = ['serve.py', '--port', '0']; "
+        f"runpy.run_path({str(folder / 'serve.py')!r}, run_name='__main__')"
+    )
+    server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        started = server.stdout.readline()  # printed once the model is loaded and the port is open
+        assert "serving" in started, server.stderr.read() if server.stderr else ""
+        url = started.split(" on ", 1)[1].split("/v2/", 1)[0]
+        with Client(urls={"serving": url}, token="", retries=0) as dl:
+            answer = dl.infer(cfg.model.name, inputs, request_id="req-1")
+            meta = dl.model_metadata(cfg.model.name)
+            with pytest.raises(ValidationFailed, match="lack required tensor"):
+                dl.infer(cfg.model.name, [t for t in inputs if t["name"] != "amount"])
+            with pytest.raises(ValidationFailed, match="must hold strings"):
+                dl.infer(
+                    cfg.model.name,
+                    [{**t, "data": [1] * len(instances)} if t["datatype"] == "BYTES" else t for t in inputs],
+                )
+            with pytest.raises(NotFoundError):
+                dl.infer("another-model", inputs)
+        assert answer.outputs[0].data == expected and answer.outputs[0].shape == [len(instances)]
+        assert (answer.model_name, answer.model_version, answer.id) == (cfg.model.name, "3", "req-1")
+        assert [t.name for t in meta.inputs] == [i["name"] for i in signature["inputs"]] and meta.versions == ["3"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_a_tampered_artifact_is_refused_by_export(tmp_path: Path) -> None:

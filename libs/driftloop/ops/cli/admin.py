@@ -86,37 +86,40 @@ def pipeline_validate(
 @pipeline_app.command("apply")
 def pipeline_apply(file: Path) -> None:
     """Check FILE (syntax, names, the stream schema's compatibility with its registered subject) and store it in
-    pipelines_dir; with the stack running, create the stream's topic and register its schema. Services read
-    pipelines_dir at start: restart them (`driftloop down && driftloop up`) to serve it."""
+    pipelines_dir; with the stack running, create the stream's topic, register its schema and tell the running
+    services, which take it at once (no restart). Services started later read pipelines_dir."""
     from driftloop.ops.pipelines import apply_pipeline
 
     settings = common.settings()
-    applied = apply_pipeline(settings, file, bus=_bus_running(settings))
-    done = f"; {', '.join(applied.bus)} ready" if applied.bus else " (the stack is not running: `up` prepares the bus)"
-    common.console.print(
-        f"{applied.path}: {applied.change} (stream {applied.stream}, model {applied.model}){done}. "
-        "Running services take it at their next start."
-    )
+    running = _bus_running(settings)
+    applied = apply_pipeline(settings, file, bus=running)
+    if running:
+        done = f"; {', '.join(applied.bus)}. Running services take it now."
+    else:
+        done = " (the stack is not running: `up` prepares the bus and the services read it at start)."
+    common.console.print(f"{applied.path}: {applied.change} (stream {applied.stream}, model {applied.model}){done}")
 
 
 @pipeline_app.command("remove")
 def pipeline_remove(
     model: str, force: Annotated[bool, typer.Option(help="Remove it even while serving answers with it.")] = False
 ) -> None:
-    """Delete MODEL's pipeline file; refused while serving answers with the model, unless --force."""
+    """Delete MODEL's pipeline file and tell the running services, which drop the model at once; refused while
+    serving answers with the model, unless --force."""
     from driftloop.errors import DriftloopError
     from driftloop.ops.pipelines import remove_pipeline
 
     settings = common.settings()
     served: int | None = None
-    if _bus_running(settings):
+    running = _bus_running(settings)
+    if running:
         try:
             with common.client() as dl:
-                served = dl.served(model).get("version")
+                served = dl.served(model).version
         except DriftloopError:  # not served (404/503), or serving is not running
             served = None
-    path = remove_pipeline(settings, model, served_version=served, force=force)
-    common.console.print(f"removed {path}; running services drop it at their next start")
+    path = remove_pipeline(settings, model, served_version=served, force=force, bus=running)
+    common.console.print(f"removed {path}" + ("; running services dropped it" if running else ""))
 
 
 def _bus_running(settings: Any) -> bool:

@@ -23,13 +23,13 @@ stream_app = typer.Typer(help="Streams: the producer contract.", no_args_is_help
 def stream_list(as_json: common.JsonOption = False) -> None:
     """Every stream: topic, model, fields."""
     with common.client() as dl:
-        streams = dl.streams()["streams"]
+        streams = dl.streams()
     if as_json:
-        common.print_json(streams)
+        common.print_json([s.raw for s in streams])
         return
     table = Table("stream", "topic", "model", "fields")
     for s in streams:
-        table.add_row(s["stream"], s["topic"], s["model"], ", ".join(f"{f['name']}:{f['type']}" for f in s["fields"]))
+        table.add_row(s.stream, s.topic, s.model, ", ".join(f"{f.name}:{f.type}" for f in s.fields))
     common.console.print(table)
 
 
@@ -39,14 +39,14 @@ def stream_schema(stream: str, as_json: common.JsonOption = False) -> None:
     (topic, subject, schema, field roles). `driftloop up` registers it under the subject."""
     with common.client() as dl:
         contract = dl.stream_schema(stream)
-    common.print_json(contract if as_json else contract["schema"])
+    common.print_json(contract.raw if as_json else contract.avro_schema)
 
 
 @dataset_app.command("cut")
 def dataset_cut(stream: str) -> None:
     """Cut a dataset version of STREAM now, from the rows landed since the last one."""
     with common.client() as dl:
-        common.print_json(dl.cut_dataset(stream))
+        common.print_json(dl.cut_dataset(stream).raw)
 
 
 @dataset_app.command("list")
@@ -55,17 +55,17 @@ def dataset_list(stream: str, as_json: common.JsonOption = False) -> None:
     with common.client() as dl:
         versions = dl.datasets(stream)
     if as_json:
-        common.print_json(versions)
+        common.print_json({"stream": stream, "versions": [v.raw for v in versions]})
         return
     table = Table("version", "rows", "new rows", "hash", "parent", "created")
-    for v in versions if isinstance(versions, list) else versions.get("versions", []):
+    for v in versions:
         table.add_row(
-            v.get("dataset_version_id", v.get("id", "")),
-            str(v.get("row_count")),
-            str(v.get("new_rows")),
-            str(v.get("content_hash", ""))[:12],
-            str(v.get("parent_version_id") or v.get("parent_id") or "-"),
-            str(v.get("created_at", "")),
+            v.dataset_version_id,
+            str(v.row_count),
+            str(v.new_rows),
+            (v.content_hash or "")[:12],
+            v.parent_version_id or "-",
+            v.created_at.isoformat() if v.created_at else "",
         )
     common.console.print(table)
 
@@ -75,7 +75,7 @@ def dataset_show(version: Annotated[str, typer.Argument(help="STREAM@vN")], as_j
     """A dataset version: hash, rows, schema, time range, profile, parent, and the offsets/request ids it covers
     (JSON)."""
     with common.client() as dl:
-        common.print_json(dl.dataset(version))
+        common.print_json(dl.dataset(version).raw)
 
 
 @dataset_app.command("diff")
@@ -89,15 +89,15 @@ def dataset_diff(
     with common.client() as dl:
         diff = dl.diff_datasets(stream, from_version, to_version)
     if as_json:
-        common.print_json(diff)
+        common.print_json(diff.raw)
         return
     common.console.print(
-        f"{diff['from']} -> {diff['to']}: rows {diff['rows']['from']} -> {diff['rows']['to']} "
-        f"(+{diff['rows_added']} / -{diff['rows_removed']}, {diff['rows_unchanged']} unchanged)"
-        + (" [same content]" if diff["same_content"] else "")
+        f"{diff.from_version} -> {diff.to_version}: rows {diff.rows['from']} -> {diff.rows['to']} "
+        f"(+{diff.rows_added} / -{diff.rows_removed}, {diff.rows_unchanged} unchanged)"
+        + (" [same content]" if diff.same_content else "")
     )
     table = Table("column", "stat", "from", "to", "delta")
-    for column, stats in diff["profile_changes"].items():
+    for column, stats in diff.profile_changes.items():
         for stat, change in stats.items():
             if isinstance(change, dict):
                 table.add_row(column, stat, str(change["from"]), str(change["to"]), str(change.get("delta", "")))
@@ -126,17 +126,17 @@ def dlq_show(
     with common.client() as dl:
         body = dl.dead_letters(stream, reason=reason, limit=limit)
     if as_json:
-        common.print_json(body)
+        common.print_json(body.raw)
         return
-    counts = body["counts"]
+    counts = body.counts
     table = Table("reason", "open")
-    for name, n in counts["by_reason"].items():
+    for name, n in counts.by_reason.items():
         table.add_row(name, str(n))
     common.console.print(table)
-    common.console.print(f"{counts['open']} open, {counts['replayed']} replayed")
+    common.console.print(f"{counts.open} open, {counts.replayed} replayed")
     letters = Table("id", "reason", "field", "message", "source")
-    for d in body["dead_letters"]:
-        letters.add_row(str(d["id"]), d["reason"], d["field"] or "", d["message"], d["source"])
+    for d in body.dead_letters:
+        letters.add_row(str(d.id), d.reason, d.field or "", d.message, d.source)
     common.console.print(letters)
 
 
@@ -162,7 +162,7 @@ def dlq_replay(
             except (ValueError, KeyError, TypeError) as exc:
                 raise DriftloopError(f'{fixes}:{number}: expected {{"id": N, "record": {{...}}}} ({exc})') from None
     with common.client() as dl:
-        common.print_json(dl.replay_dead_letters(stream, ids=ids or None, reason=reason, fixes=fixed))
+        common.print_json(dl.replay_dead_letters(stream, ids=ids or None, reason=reason, fixes=fixed).raw)
 
 
 @app.command()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -21,15 +21,15 @@ def models_list(as_json: common.JsonOption = False) -> None:
     with common.client() as dl:
         models = dl.models()
     if as_json:
-        common.print_json(models)
+        common.print_json({"models": [m.raw for m in models]})
         return
     table = Table("model", "champion", "latest", "versions")
-    for m in models["models"]:
-        table.add_row(m["model"], _version(m["champion_version"]), _version(m["latest_version"]), str(m["versions"]))
+    for m in models:
+        table.add_row(m.model, _version(m.champion_version), _version(m.latest_version), str(m.versions))
     common.console.print(table)
 
 
-def _version(value: Any) -> str:
+def _version(value: int | None) -> str:
     return f"v{value}" if value is not None else "-"
 
 
@@ -37,7 +37,9 @@ def _version(value: Any) -> str:
 def models_show(name: str, as_json: common.JsonOption = True) -> None:
     """Versions of a model with metrics, lineage and gate numbers (JSON)."""
     with common.client() as dl:
-        common.print_json(dl.versions(name))
+        versions = dl.versions(name)
+    aliases = {alias: v.version for v in versions for alias in v.aliases}
+    common.print_json({"model": name, "aliases": aliases, "versions": [v.raw for v in versions]})
 
 
 @app.command()
@@ -52,7 +54,7 @@ def retrain(
     with common.client() as dl:
         if dataset:
             dl.dataset(dataset)  # a clear error for an unknown version
-        common.print_json(dl.retrain(model, reason=reason, dataset=dataset))
+        common.print_json(dl.retrain(model, reason=reason, dataset=dataset).raw)
 
 
 @app.command()
@@ -66,9 +68,7 @@ def rollback(
     """Move MODEL's champion back to the previous champion (or --to V); serving follows."""
     with common.client() as dl:
         moved = dl.rollback(model, to=to, reason=reason)
-    common.console.print(
-        f"{model}: champion v{moved['previous_version']} -> v{moved['version']} (event {moved['event_id']})"
-    )
+    common.console.print(f"{model}: champion v{moved.previous_version} -> v{moved.version} (event {moved.event_id})")
 
 
 @models_app.command("alias")
@@ -82,9 +82,8 @@ def models_alias(
     if version is not None and not reason:
         raise DriftloopError("moving an alias needs --reason")
     with common.client() as dl:
-        common.print_json(
-            dl.alias(name, alias) if version is None else dl.set_alias(name, alias, version, reason=reason)
-        )
+        answer = dl.alias(name, alias) if version is None else dl.set_alias(name, alias, version, reason=reason)
+        common.print_json(answer.raw)
 
 
 @models_app.command("annotate")
@@ -102,7 +101,7 @@ def models_annotate(
             raise DriftloopError(f"--tag {item!r}: expected key=value (or key= to delete)")
         tags[key] = value or None
     with common.client() as dl:
-        common.print_json(dl.annotate(name, version, tags=tags, description=description))
+        common.print_json(dl.annotate(name, version, tags=tags, description=description).raw)
 
 
 @models_app.command("export")
@@ -111,9 +110,10 @@ def models_export(
     version: int,
     directory: Annotated[Path, typer.Argument(help="Folder to write (created).")],
 ) -> None:
-    """Export MODEL VERSION as a self-contained folder (model, signature, pinned requirements, predict.py) that
-    predicts from the stream's raw fields exactly as serving does, without driftloop. The artifact is read from the
-    object store and verified by its sha256; the features come from the model's pipeline file."""
+    """Export MODEL VERSION as a self-contained folder (model, signature, pinned requirements, predict.py, an Open
+    Inference Protocol server serve.py and its Dockerfile) that predicts from the stream's raw fields exactly as
+    serving does, without driftloop. The artifact is read from the object store and verified by its sha256; the
+    features come from the model's pipeline file."""
     from driftloop.clients.objectstore import open_object_store
     from driftloop.contracts.pipeline import load_pipelines, pipeline_for_model
     from driftloop.ops.export import export_artifact
@@ -121,11 +121,11 @@ def models_export(
     pipeline = pipeline_for_model(load_pipelines(common.settings().pipelines_dir), name)
     with common.client() as dl:
         record = dl.version(name, version)
-    record = record.get("version", record) if isinstance(record.get("version"), dict) else record
     store = open_object_store(common.settings())
-    data = store.get_bytes(store.key_of(record["artifact_uri"]))
-    export_artifact(data, directory, pipeline=pipeline, expected_sha256=record["artifact_sha256"])
+    data = store.get_bytes(store.key_of(record.artifact_uri))
+    export_artifact(data, directory, pipeline=pipeline, expected_sha256=record.artifact_sha256, version=version)
     common.console.print(
         f"exported {name} v{version} to {directory}: python {directory}/predict.py rows.jsonl "
-        f"(rows of stream {pipeline.stream.name}'s raw fields, as serving takes them)"
+        f"(rows of stream {pipeline.stream.name}'s raw fields, as serving takes them); an Open Inference Protocol "
+        f"server of the same answers: python {directory}/serve.py, or docker build {directory}"
     )

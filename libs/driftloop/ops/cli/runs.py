@@ -28,21 +28,21 @@ def runs_list(
 ) -> None:
     """Runs, newest first."""
     with common.client() as dl:
-        runs = dl.runs(model=model, state=state, trigger=trigger, limit=limit)["runs"]
+        runs = dl.runs(model=model, state=state, trigger=trigger, limit=limit)
     if as_json:
-        common.print_json(runs)
+        common.print_json([run.raw for run in runs])
         return
     table = Table("run", "model", "state", "trigger", "dataset", "metrics", "created")
     for run in runs:
-        metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted((run.get("metrics") or {}).items()))
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(run.metrics.items()) if v is not None)
         table.add_row(
-            run["run_id"],
-            run["model"],
-            run["state"],
-            run["trigger"],
-            run.get("dataset_version_id") or "",
+            run.run_id,
+            run.model,
+            run.state,
+            run.trigger,
+            run.dataset_version_id or "",
             metrics,
-            str(run["created_at"])[:19],
+            run.created_at.isoformat()[:19],
         )
     common.console.print(table)
 
@@ -51,7 +51,7 @@ def runs_list(
 def runs_show(run_id: str, as_json: common.JsonOption = True) -> None:
     """Everything recorded about a run: params, metrics, trials, artifacts, provenance, resources (JSON)."""
     with common.client() as dl:
-        common.print_json(dl.run(run_id))
+        common.print_json(dl.run(run_id).raw)
 
 
 @runs_app.command("logs")
@@ -69,7 +69,7 @@ def runs_logs(run_id: str, as_json: common.JsonOption = False) -> None:
 def runs_abort(run_id: str) -> None:
     """Abort a pending or running run: its Ray trials and fit stop, their CPUs are freed."""
     with common.client() as dl:
-        common.print_json(dl.abort_run(run_id))
+        common.print_json(dl.abort_run(run_id).raw)
 
 
 @runs_app.command("compare")
@@ -82,13 +82,13 @@ def runs_compare(
     rows: dict[str, list[Any]] = {}
     for index, run in enumerate(runs):
         fields = {
-            "state": run["state"],
-            "dataset": run.get("dataset_version_id"),
-            "code": run.get("code_version"),
-            **_flat("param", run.get("params")),
-            **_flat("metric", run.get("metrics")),
-            "search.best_validation": (run.get("search") or {}).get("best_validation_score"),
-            "wall_seconds": (run.get("resources") or {}).get("wall_seconds"),
+            "state": run.state,
+            "dataset": run.dataset_version_id,
+            "code": run.code_version,
+            **_flat("param", run.params),
+            **_flat("metric", run.metrics),
+            "search.best_validation": (run.search or {}).get("best_validation_score"),
+            "wall_seconds": run.resources.get("wall_seconds"),
         }
         for key, value in fields.items():
             rows.setdefault(key, [None] * len(runs))[index] = value
@@ -100,6 +100,10 @@ def runs_compare(
         differs = len({repr(v) for v in values}) > 1
         table.add_row(f"[bold]{key}[/bold]" if differs else key, *(_cell(v) for v in values))
     common.console.print(table)
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 def _cell(value: Any) -> str:
@@ -118,29 +122,28 @@ def runs_rerun(
     with common.client() as dl:
         answer = dl.rerun(run_id, reason="driftloop runs rerun")
         if not wait:
-            common.print_json(answer)
+            common.print_json(answer.raw)
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            found = dl.runs(rerun_of=run_id)["runs"]
-            mine = [r for r in found if r["request_id"] == answer["request_id"]]
-            if mine and mine[0]["state"] in ("completed", "failed", "aborted", "skipped"):
+            found = dl.runs(rerun_of=run_id)
+            mine = [r for r in found if r.request_id == answer.request_id]
+            if mine and mine[0].state in ("completed", "failed", "aborted", "skipped"):
                 original = dl.run(run_id)
                 rerun = mine[0]
                 deltas = {
-                    k: abs(v - (rerun.get("metrics") or {}).get(k, float("nan")))
-                    for k, v in (original.get("metrics") or {}).items()
+                    k: abs(v - _or_nan(rerun.metrics.get(k))) for k, v in original.metrics.items() if v is not None
                 }
                 common.print_json(
                     {
-                        "rerun": rerun["run_id"],
-                        "state": rerun["state"],
-                        "error": rerun.get("error"),
-                        "metrics": rerun.get("metrics"),
-                        "original_metrics": original.get("metrics"),
+                        "rerun": rerun.run_id,
+                        "state": rerun.state,
+                        "error": rerun.error,
+                        "metrics": rerun.raw.get("metrics"),
+                        "original_metrics": original.raw.get("metrics"),
                         "max_abs_difference": max(deltas.values(), default=None),
                     }
                 )
                 return
             time.sleep(1.0)
-    common.print_json({**answer, "state": "still running after the timeout"})
+    common.print_json({**answer.raw, "state": "still running after the timeout"})
