@@ -12,10 +12,17 @@ record only within one life of its topic: landed batches and dead letters carry 
 UUID, new when the topic is created again or a broker without storage restarts), so after a reset the new records
 at old offsets land instead of being taken for replays. Every record received is counted: ``received = landed +
 dead_lettered + replay_skipped + waiting``.
+
+The consumer heals like every group consumer of the platform (``driftloop.runtime.bus``: ``keep_consuming``,
+``GroupMembership``): ``assigned`` (readiness ``kafka_assigned``) is false from a lost membership to the next
+assignment, the partitions given back start from the committed offsets, a refused commit is retried after the
+rejoin, and a consumer that fails (a fatal error, a broker that came back empty) is closed and a new one joins after
+a pause, its topics made again. Its status is on ``/healthz`` with the bus consumers (restarts, why not ready).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import threading
@@ -28,13 +35,21 @@ from typing import Any
 import fastavro
 import numpy as np
 import pyarrow as pa
-from confluent_kafka import Consumer, KafkaError, Message, TopicCollection, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from driftloop.contracts.layout import landed_kafka_key
 from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.contracts.topics import DATASET_VERSION_CREATED, RECORD_REJECTED
-from driftloop.runtime.bus import ConsumerLag, EventBus, ensure_topics
+from driftloop.runtime.bus import (
+    ConsumerLag,
+    ConsumerStatus,
+    EventBus,
+    GroupMembership,
+    commit_refused,
+    ensure_topics,
+    keep_consuming,
+    topic_id,
+)
 
 from .columnar import decode_batch, warm_up
 from .decoding import decode_record
@@ -122,7 +137,8 @@ class KafkaIntake:
         self._pipelines_changed = threading.Event()
         self._resubscribed = False
         self._derive()
-        self.assigned = not self.by_topic  # nothing to consume: trivially ready
+        # The consumer's membership, restarts and last failure (on /healthz while the intake runs).
+        self.status = ConsumerStatus(group=bus.settings.kafka.ingestion_group, topics=sorted(self.by_topic))
         self.last_error: str | None = None
         self._lock = threading.Lock()  # guards partitions between the loop and the rebalance callbacks
         self._land_requests: list[tuple[str, threading.Event]] = []
@@ -153,7 +169,7 @@ class KafkaIntake:
         """A pipeline was applied or removed (``PipelineCatalog.on_change``): the loop re-subscribes."""
         self._pipelines_changed.set()
 
-    def _take_pipelines(self, consumer: Consumer | None) -> None:
+    def _take_pipelines(self, consumer: Consumer | None, membership: GroupMembership | None) -> None:
         """Between two polls: land what waits under the old configs, then subscribe to the new set of topics (a
         new stream's topic, a removed one's left; the rebalance assigns them)."""
         self._pipelines_changed.clear()
@@ -176,57 +192,74 @@ class KafkaIntake:
             cfg = self.by_topic[topic]
             table_to_parquet(arrow_schema(cfg.stream).empty_table())
             warm_up(cfg)
-        if consumer is not None and set(self.by_topic) != before:
+        self.status.topics = sorted(self.by_topic)
+        if consumer is not None and membership is not None and set(self.by_topic) != before:
             self.ensure_topics()
             self._resubscribed = True
-            self.assigned = False  # until the rebalance assigns the new set
-            self._subscribe(consumer)
+            self.status.assigned = False  # until the rebalance assigns the new set
+            membership.subscribe(consumer, list(self.by_topic))
         log.info("ingestion: pipelines changed; streams %s", sorted(c.stream.name for c in self.by_topic.values()))
-
-    def _subscribe(self, consumer: Consumer) -> None:
-        consumer.subscribe(
-            list(self.by_topic),
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_revoke,
-        )
 
     # --- the loop ---------------------------------------------------------------------------------------------
 
-    def ensure_topics(self) -> None:
+    def ensure_topics(self) -> list[str]:
         settings = self.bus.settings
-        ensure_topics(settings, [*self.by_topic, RECORD_REJECTED.name, DATASET_VERSION_CREATED.name])
+        return ensure_topics(settings, [*self.by_topic, RECORD_REJECTED.name, DATASET_VERSION_CREATED.name])
+
+    @property
+    def assigned(self) -> bool:
+        """Whether the intake consumes: its consumer holds its partitions (trivially, with nothing to consume)."""
+        return not self.by_topic or self.status.assigned
 
     def run(self, stop_event: threading.Event) -> None:
         while not self.by_topic:  # no stream yet: wait for a pipeline to be applied
             if stop_event.wait(0.5):
                 return
             if self._pipelines_changed.is_set():
-                self._take_pipelines(None)
-        self.ensure_topics()
-        _ = self.bus.producer  # connected (and its idempotent producer id obtained) before the first dead letter
+                self._take_pipelines(None, None)
         # The loop allocates a Message per record, so full collections come often, and each one walks every object
         # of the process (pyarrow, SQLAlchemy, the API...): a ~0.1 s stall. What is alive now lives as long as the
         # process: take it out of the collector's walks (collections still run for everything allocated later).
         gc.collect()
         gc.freeze()
         self.running = True
-        consumer = Consumer(self.bus.consumer_config(self.bus.settings.kafka.ingestion_group))
-        self._subscribe(consumer)
+        self.bus.consumers.append(self.status)
+        try:
+            keep_consuming(self.status, lambda: self._consume(stop_event), stop_event)
+        finally:
+            self.running = False
+            self.status.assigned = False
+            with contextlib.suppress(ValueError):
+                self.bus.consumers.remove(self.status)
+            self._answer_land_requests()
+
+    def _consume(self, stop_event: threading.Event) -> None:
+        """One consumer's life: ``keep_consuming`` starts the next one after a failure."""
+        self.ensure_topics()  # again in each life: a broker that came back empty has none
+        _ = self.bus.producer  # connected (and its idempotent producer id obtained) before the first dead letter
+        consumer = Consumer(self.bus.consumer_config(self.status.group))
+        membership = GroupMembership(
+            self.status, self.lag, ensure=self.ensure_topics, on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
+        membership.subscribe(consumer, list(self.by_topic))
         try:
             while not stop_event.is_set():
                 if self._pipelines_changed.is_set():
-                    self._take_pipelines(consumer)
-                self.poll_once(consumer)
+                    self._take_pipelines(consumer, membership)
+                self.poll_once(consumer, membership)
         finally:
-            self.running = False
             try:
                 self.flush_all(consumer)
+            except Exception:
+                log.exception("ingestion: landing at the consumer's end failed; the next one re-reads from the commit")
             finally:
-                consumer.close()
-                self._answer_land_requests()
+                with contextlib.suppress(Exception):
+                    consumer.close()
+                with self._lock:
+                    ended = list(self.partitions)
+                self._forget(ended)  # the next consumer starts from the committed offsets and the landed ones
 
-    def poll_once(self, consumer: Consumer) -> None:
+    def poll_once(self, consumer: Consumer, membership: GroupMembership) -> None:
         # What the consumer has fetched already, at once; else wait for the next record only (a consume() of many
         # records that are not there would wait its whole timeout).
         messages = consumer.consume(num_messages=self.batch_messages, timeout=0)
@@ -234,12 +267,13 @@ class KafkaIntake:
             messages = consumer.consume(num_messages=1, timeout=self.poll_timeout)
             if messages:
                 messages += consumer.consume(num_messages=self.batch_messages - 1, timeout=0)
+        membership.check()  # raises when the consumer must be made again (its topics were gone)
         self.lag.update(consumer)
         records = [msg for msg in messages if msg.error() is None]  # one pass in C-speed comprehension
         if len(records) < len(messages):
             for msg in messages:
-                if msg.error() is not None and msg.error().code() != KafkaError._PARTITION_EOF:
-                    log.warning("ingestion consumer: %s", msg.error())
+                if msg.error() is not None:
+                    membership.usable(msg)  # a fatal error raises (a new consumer); a topic gone is made again
         by_topic: dict[str, list[Message]] = {}
         if len(self.by_topic) == 1 and not self._resubscribed:  # one topic ever subscribed: every record is of it
             if records:
@@ -466,12 +500,7 @@ class KafkaIntake:
             return self._topic_ids[topic]
         found: str | None = None
         try:
-            admin = AdminClient(self.bus.settings.kafka_config())
-            described = admin.describe_topics(TopicCollection([topic]))[topic].result(timeout=10)
-            uuid = described.topic_id
-            if uuid is not None:  # as 32 hex digits: safe in object keys and sources
-                found = f"{uuid.get_most_significant_bits() & (2**64 - 1):016x}"
-                found += f"{uuid.get_least_significant_bits() & (2**64 - 1):016x}"
+            found = topic_id(self.bus.settings, topic)
         except Exception as exc:
             log.warning("ingestion: no topic id for %s (%s): replays are told by offset alone", topic, exc)
         self._topic_ids[topic] = found
@@ -541,7 +570,14 @@ class KafkaIntake:
             self.bus.flush()
             self._unflushed_events = False
             self._flushed_at = time.monotonic()
-        consumer.commit(offsets=[tp for _, tp in offsets], asynchronous=False)
+        try:
+            consumer.commit(offsets=[tp for _, tp in offsets], asynchronous=False)
+        except KafkaException as exc:
+            # The group moved on without this member: nothing counts as committed; after the rejoin the records
+            # are read again from the last commit (what landed meanwhile is skipped as replays).
+            if not commit_refused(self.status, exc, ", ".join(f"{tp.topic}/{tp.partition}" for _, tp in offsets)):
+                raise
+            return
         for state, tp in offsets:
             state.committed = tp.offset
             self.lag.committed(tp.topic, tp.partition, tp.offset)
@@ -556,12 +592,12 @@ class KafkaIntake:
 
     # --- rebalancing --------------------------------------------------------------------------------------------
 
+    # Hooks of ``GroupMembership``, which keeps ``status.assigned`` and the lag; a lost membership is a revoke here.
+
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.assigned = True
         with self._lock:
             for p in partitions:  # looked up again: a reassignment may follow the topic's reset
                 self._topic_ids.pop(p.topic, None)
-        self.lag.assigned(partitions)
         # Before any record of these partitions is handled or committed: the crash tests kill on this line.
         log.info("ingestion assigned %s", [(p.topic, p.partition) for p in partitions])
 
@@ -576,11 +612,18 @@ class KafkaIntake:
             self.flush_all(consumer, states)
         except Exception:
             log.exception("ingestion: landing on revoke failed; the new owner re-reads from the last commit")
-        with self._lock:
-            for key in revoked:
-                self.partitions.pop(key, None)
-        self.lag.revoked(partitions)
+        self._forget(revoked)
         log.info("ingestion revoke done %s", [(p.topic, p.partition) for p in partitions])
+
+    def _forget(self, keys: list[tuple[str, int]] | set[tuple[str, int]]) -> None:
+        """Drop the states of partitions this consumer no longer reads. What still waits in them (a landing or a
+        dead letter that failed) is read again from the last commit, so it no longer counts as received."""
+        with self._lock:
+            for key in keys:
+                state = self.partitions.pop(key, None)
+                if state is not None:
+                    counters = self.counters[self.by_topic[state.topic].stream.name]
+                    counters.received -= state.pending() + len(state.dead_letters)
 
     # --- stats ---------------------------------------------------------------------------------------------------
 

@@ -61,9 +61,11 @@ def list_runs(
     state: RunState | None = None,
     trigger: Name | None = None,
     rerun_of: Name | None = None,
+    request_id: Name | None = None,
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> dict[str, Any]:
-    """Runs, newest first, optionally filtered by model, state, trigger and the run they re-execute."""
+    """Runs, newest first, optionally filtered by model, state, trigger, the run they re-execute and the training
+    request they run (one at most)."""
     query = sa.select(Run).order_by(Run.created_at.desc()).limit(limit)
     if model is not None:
         query = query.where(Run.model == model)
@@ -73,6 +75,8 @@ def list_runs(
         query = query.where(Run.trigger == trigger)
     if rerun_of is not None:
         query = query.where(Run.rerun_of == rerun_of)
+    if request_id is not None:
+        query = query.where(Run.request_id == request_id)
     with ctx.Session() as session:
         runs = session.scalars(query).all()
     return {"runs": [run_as_dict(r) for r in runs]}

@@ -169,6 +169,15 @@ class TriggerHandlers:
                 model_state.gating_runs = [*(model_state.gating_runs or []), [run_id, self.clock().isoformat()]]
             model_state.active_runs = runs
             model_state.updated_at = utcnow()
+            if event.envelope.caused_by is not None:
+                # Training has the request this run answers: the outbox never sends it again (outbox.py).
+                session.execute(
+                    sa.update(TrainingRequest)
+                    .where(
+                        TrainingRequest.event_id == event.envelope.caused_by, TrainingRequest.acknowledged_at.is_(None)
+                    )
+                    .values(acknowledged_at=utcnow())
+                )
             if model in self.pipelines:
                 session.flush()
                 self._fire_queued(session, self.pipelines[model], event)
@@ -741,15 +750,7 @@ class TriggerHandlers:
         self.publish(new_event(payload, producer=self.producer, cause=cause))
 
     def _emit(self, session: Session, row: TrainingRequest, cause: Event[Payload] | Envelope | None) -> None:
-        requested = TrainingRequested(
-            request_id=row.request_id,
-            model=row.model,
-            trigger=row.trigger,
-            reason=row.reason,
-            dataset_version_id=row.dataset_version_id,
-            change_started_at=as_utc(row.change_started_at),
-        )
-        event = new_event(requested, producer=self.producer, cause=cause)
+        event = new_event(training_requested(row), producer=self.producer, cause=cause)
         row.event_id = event.id
         model_state = self._model_state(session, row.model)
         if row.trigger != "manual":
@@ -884,6 +885,18 @@ class TriggerHandlers:
             else None,
             "policy": pipeline.triggers.model_dump(),
         }
+
+
+def training_requested(row: TrainingRequest) -> TrainingRequested:
+    """The ``TrainingRequested`` of a requested row (sent at the decision, and again by the outbox)."""
+    return TrainingRequested(
+        request_id=row.request_id,
+        model=row.model,
+        trigger=row.trigger,
+        reason=row.reason,
+        dataset_version_id=row.dataset_version_id,
+        change_started_at=as_utc(row.change_started_at),
+    )
 
 
 def _version_number(dataset_version_id: str) -> int:

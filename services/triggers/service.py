@@ -23,6 +23,7 @@ from driftloop.runtime.service import ConsumerSpec, Runtime, ServiceSpec, base_a
 
 from . import api
 from .handlers import Rollback, TriggerHandlers
+from .outbox import request_outbox
 from .reconcile import state_reconcile
 
 CONSUMER_GROUP = "driftloop-triggers"
@@ -75,6 +76,11 @@ def build(runtime: Runtime) -> ServiceSpec:
     )
     # At start, the champion and the runs held as active, checked with their owners (the bus may have lost news).
     reconcile, close_clients = state_reconcile(runtime.settings, handlers, runtime.Session, runtime.pipelines)
+    # Requests training was not seen to have are sent again once per life of the broker's topic (outbox.py).
+    outbox, close_outbox = request_outbox(runtime.settings, runtime.Session, runtime.bus, runtime.name)
     return ServiceSpec(
-        app=app, consumers=[consumer], loops=[handlers.schedule_loop, reconcile], on_stop=[close_clients]
+        app=app,
+        consumers=[consumer],
+        loops=[handlers.schedule_loop, reconcile, outbox.drain_loop],
+        on_stop=[close_clients, close_outbox],
     )

@@ -1,12 +1,17 @@
 """A topic reset (deleted and created again, as when a broker without storage restarts) starts its offsets again at
 0: the new records at old offsets land; none is taken for a replay of what landed before the reset; the books
-balance (received = landed + dead letters + skipped replays), and a replay within one life is still skipped."""
+balance (received = landed + dead letters + skipped replays), and a replay within one life is still skipped. And a
+broker restarted empty under a running intake: its readiness goes down, comes back by itself, and what is sent
+after lands."""
 
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,9 +20,16 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
+from fastapi.testclient import TestClient
+from pipeline_support import service_runtime, stream_pipeline, write_pipeline
 from test_ingestion_intake import GROUP, Ingestion, ingestion, start_intake, wait_for  # noqa: F401 (a fixture)
 
+from driftloop.contracts.settings import Settings
+from driftloop.ops.broker import EmbeddedBroker
+from driftloop.ops.procs import free_port
+from driftloop.runtime.service import _add_health
 from driftloop.services.ingestion.kafka_intake import KafkaIntake
+from driftloop.services.ingestion.service import build
 
 pytestmark = pytest.mark.integration
 
@@ -93,3 +105,67 @@ def test_records_after_a_topic_reset_land_and_replays_are_still_skipped(ingestio
     counted = again.counters[stream]
     assert (counted.replay_skipped, counted.landed, counted.dead_lettered) == (40, 0, 0)
     assert counted.received == counted.landed + counted.dead_lettered + counted.replay_skipped
+
+
+def test_the_intake_heals_after_its_broker_restarted_empty(
+    make_settings: Callable[..., Settings], tmp_path: Path, unique: str
+) -> None:
+    broker = EmbeddedBroker(port=free_port(), log_path=tmp_path / "tansu.log")  # its own: restarted below
+    broker.start()
+    stream = f"heal-{unique}"
+    write_pipeline(tmp_path / "pipelines", "heal", stream_pipeline(stream, dataset={"landing_batch_seconds": 0.5}))
+    settings = make_settings(
+        pipelines_dir=tmp_path / "pipelines",
+        kafka={"bootstrap_servers": broker.bootstrap_servers, "session_timeout_ms": 2000},
+    )
+    try:
+        with service_runtime("ingestion", settings) as runtime:
+            spec = build(runtime)
+            intake: KafkaIntake = spec.app.state.ingestion["intake"]
+            _add_health(spec.app, runtime, spec)  # /healthz as a service process has it
+            with TestClient(spec.app) as client:
+                service = Ingestion(settings, runtime, client, intake, stream)
+
+                def ready() -> bool:
+                    return bool(client.get("/healthz").json()["ready"])
+
+                def landed() -> int:
+                    return int(client.get(f"/v1/streams/{stream}/stats").json()["landed"])
+
+                thread, stop = start_intake(intake)
+                assert ready()
+                produce(service, 0, 30)
+                wait_for(lambda: landed() == 30, "the records before the restart")
+
+                # Readiness is watched all along: it must drop, not only be true at the end.
+                seen: list[bool] = []
+                watching = threading.Event()
+
+                def watch() -> None:
+                    while not watching.wait(0.05):
+                        seen.append(intake.assigned)
+
+                watcher = threading.Thread(target=watch, daemon=True)
+                watcher.start()
+                broker.stop()
+                broker.start()  # same port, nothing kept: no topic, no group, no committed offset
+                wait_for(lambda: False in seen, "the intake's readiness going down", timeout=60)
+                wait_for(ready, "the intake's readiness back", timeout=90)
+                health = client.get("/healthz").json()
+                (status,) = [c for c in health["consumers"] if c["group"] == settings.kafka.ingestion_group]
+                assert status["last_error"], "the health says why it was not ready"
+
+                produce(service, 1000, 30)
+                wait_for(lambda: landed() == 60, "the records after the restart", timeout=90)
+                watching.set()
+                stop.set()
+                thread.join(timeout=30)
+                counted = intake.counters[stream]
+                assert (counted.received, counted.landed, counted.replay_skipped, counted.dead_lettered) == (
+                    60,
+                    60,
+                    0,
+                    0,
+                )
+    finally:
+        broker.stop()

@@ -3,11 +3,15 @@ only without a champion, drift waiting for fresh data (then caused by the drift)
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from monitor_triggers_support import (
     TriggersUnderTest,
     broker_settings,
@@ -19,11 +23,17 @@ from monitor_triggers_support import champion_promoted as promoted
 from monitor_triggers_support import features_materialized as features
 
 from driftloop.clients.db import create_engine_for, migrate, session_factory
+from driftloop.clients.db.models import TrainingRequest
 from driftloop.contracts.events import Event, new_event
 from driftloop.contracts.payloads import DriftDetected, FeatureTest, RunStateChanged
 from driftloop.contracts.pipeline import DriftTrigger, NewDataTrigger, PipelineConfig, RetrainPolicy, TriggerSpec
+from driftloop.contracts.topics import TRAINING_REQUESTED
+from driftloop.errors import DriftloopError
 from driftloop.ops.broker import EmbeddedBroker
+from driftloop.ops.procs import free_port
+from driftloop.runtime.bus import EventBus, ensure_event_topics
 from driftloop.services.triggers.handlers import TriggerHandlers
+from driftloop.services.triggers.outbox import RequestOutbox
 from driftloop.services.triggers.service import build
 
 pytestmark = pytest.mark.integration
@@ -209,3 +219,55 @@ def test_decisions_on_postgresql(postgres_url: str) -> None:
     now[0] += timedelta(seconds=30)
     handlers.on_drift_detected(drift(cfg, 2))
     assert "cooldown" in handlers.requests(cfg.model.name, 1)[0]["note"]
+
+
+def test_a_request_the_broker_lost_in_a_restart_is_sent_again_once(
+    schema_registry_url: str, tmp_path: Path, unique: str
+) -> None:
+    """A TrainingRequested acknowledged by a broker that then restarted empty (before training read it) is sent again
+    by the outbox, once in the broker's new life, with its own id: training gets the request once."""
+    broker = EmbeddedBroker(port=free_port(), log_path=tmp_path / "tansu.log")  # its own: restarted below
+    broker.start()
+    settings = broker_settings(tmp_path / "home", broker.bootstrap_servers, schema_registry_url)
+    migrate(settings.database_url)
+    ensure_event_topics(settings)
+    cfg = demo_config(f"tx-lost-{unique}", f"fraud-lost-{unique}")
+    bus = EventBus(settings, producer_name="triggers")
+    Session = session_factory(bus.engine)
+    handlers = TriggerHandlers({cfg.model.name: cfg}, Session, bus.publish)
+    received: list[Event] = []  # what a stand-in for training's consumer was given
+    outbox = RequestOutbox(Session, bus, has_run=lambda request_id: any(
+        e.payload.request_id == request_id for e in received))  # fmt: skip
+    training = threading.Thread(
+        target=bus.run_consumer, args=(f"training-{unique}", {TRAINING_REQUESTED: received.append}), daemon=True
+    )
+    try:
+        assert outbox.drain() == 0  # the topic's life is seen before the request is sent
+        handlers.on_features_materialized(features(cfg, 1))  # no champion yet: new data requests a training
+        with Session() as session:
+            (row,) = session.scalars(sa.select(TrainingRequest).where(TrainingRequest.model == cfg.model.name)).all()
+        assert row.status == "requested" and row.event_id is not None
+        assert outbox.drain() == 0  # sent in this life: not sent again
+
+        broker.stop()
+        broker.start()  # same port, nothing kept: the request is gone before training read it
+        ensure_event_topics(settings)
+        training.start()
+        deadline = time.monotonic() + 90
+        while True:  # the first drains may meet the producer still stuck on the broker's old life
+            try:
+                assert outbox.drain() == 1
+                break
+            except DriftloopError:
+                assert time.monotonic() < deadline, "the outbox never sent the request again"
+                time.sleep(1)
+        wait_for(lambda: len(received) >= 1, "the request sent again, at training")
+        assert outbox.drain() == 0  # once per life of the topic
+        time.sleep(2)  # a second copy, if any, would arrive meanwhile
+        assert [(e.id, e.payload.request_id) for e in received] == [(row.event_id, row.request_id)]
+    finally:
+        bus.stop_event.set()
+        if training.is_alive():
+            training.join(timeout=15)
+        bus.close()
+        broker.stop()

@@ -29,6 +29,7 @@ from confluent_kafka import (
     KafkaException,
     Message,
     Producer,
+    TopicCollection,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -148,9 +149,9 @@ def faust_broker_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | None = None) -> None:
-    """Create the topics that do not exist yet, with the configured partition count and ``topic_config``.
-    (Topics that exist keep their configs: change those with the broker's tools.)"""
+def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | None = None) -> list[str]:
+    """Create the topics that do not exist yet, with the configured partition count and ``topic_config``; returns
+    the names created. (Topics that exist keep their configs: change those with the broker's tools.)"""
     admin = AdminClient(settings.kafka_config())
     existing = set(admin.list_topics(timeout=10).topics)
     wanted = [
@@ -164,13 +165,28 @@ def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | No
         if n not in existing
     ]
     if not wanted:
-        return
+        return []
     for name, future in admin.create_topics(wanted, operation_timeout=10).items():
         try:
             future.result()
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise DriftloopError(f"creating topic {name} failed: {exc}") from exc
+    return [t.topic for t in wanted]
+
+
+def topic_id(settings: Settings, topic: str) -> str | None:
+    """The topic's id (Kafka's topic UUID) as 32 hex digits (safe in object keys and sources): it names one life of
+    the topic, new when the topic is created again or a broker without storage restarts. None when the broker does
+    not tell; raises when it cannot be asked."""
+    admin = AdminClient(settings.kafka_config())
+    described = admin.describe_topics(TopicCollection([topic]))[topic].result(timeout=10)
+    uuid = described.topic_id
+    if uuid is None:
+        return None
+    return (
+        f"{uuid.get_most_significant_bits() & (2**64 - 1):016x}{uuid.get_least_significant_bits() & (2**64 - 1):016x}"
+    )
 
 
 _JSON_AS_IS = frozenset({str, int, bool, type(None)})
@@ -509,28 +525,17 @@ class EventBus:
         retried after a restart); the loop goes on with the next message. ``status``: kept by the caller and not
         listed in ``consumers`` (the pipeline catalog's follower, which every service has besides its own).
 
-        The consumer heals: a commit refused because the group moved on (lost membership, a rebalance) is logged
-        and the event comes again to whoever owns its partition (handled once, by event id); a consumer that fails
-        otherwise (a fatal error, a broker that came back empty) is closed and a new one joins after a pause,
-        its topics made again. While it is down, ``assigned`` is false: the service is not ready."""
+        The consumer heals (``keep_consuming``, ``GroupMembership``): a commit refused because the group moved on
+        (lost membership, a rebalance) is logged and the event comes again to whoever owns its partition (handled
+        once, by event id); a consumer that fails otherwise (a fatal error, a broker that came back empty) is
+        closed and a new one joins after a pause, its topics made again. While it is down, ``assigned`` is false:
+        the service is not ready."""
         topics = [t.name for t in handlers]
         by_name = {t.name: (h, payload_type(t.event_type)) for t, h in handlers.items()}
         if status is None:
             status = ConsumerStatus(group=group, topics=topics)
             self.consumers.append(status)
-        backoff = Backoff(first_delay=CONSUMER_RESTART_BACKOFF[0], max_delay=CONSUMER_RESTART_BACKOFF[1])
-        while not self.stop_event.is_set():
-            try:
-                self._consume(group, topics, by_name, status, poll_timeout)
-                return  # stopped
-            except Exception as exc:
-                status.assigned = False
-                status.last_error = f"consumer failed: {exc!r}"
-                status.restarts += 1
-                CLIENT_RESETS.labels("consumer").inc()
-                delay = backoff.next_delay()
-                log.exception("consumer %s failed; joining again in %.1f s", group, delay)
-                self.stop_event.wait(delay)
+        keep_consuming(status, lambda: self._consume(group, topics, by_name, status, poll_timeout), self.stop_event)
 
     def _consume(
         self,
@@ -543,44 +548,13 @@ class EventBus:
         ensure_topics(self.settings, topics)
         consumer = Consumer(self.consumer_config(group))
         lag = ConsumerLag(group)
-
-        lost: list[int] = []
-
-        def on_assign(c: Consumer, partitions: list[Any]) -> None:
-            if lost:
-                # Back after a loss: start where the group committed (the beginning if it committed nothing), not
-                # at positions kept from before. After a broker restarted empty those lie beyond the new logs, and
-                # the records before them would be skipped without a word.
-                lost.clear()
-                try:
-                    committed = {(p.topic, p.partition): p.offset for p in c.committed(partitions, timeout=10)}
-                except KafkaException:
-                    committed = {}
-                for p in partitions:
-                    offset = committed.get((p.topic, p.partition), OFFSET_INVALID)
-                    p.offset = offset if offset >= 0 else OFFSET_BEGINNING
-                log.warning("consumer %s rejoined after losing its partitions: from the committed offsets", group)
-            status.assigned = True
-            lag.assigned(partitions)
-            log.info("consumer %s assigned %d partitions", group, len(partitions))
-
-        def on_revoke(_c: Consumer, partitions: list[Any]) -> None:
-            lag.revoked(partitions)
-
-        def on_lost(_c: Consumer, partitions: list[Any]) -> None:
-            # The group went on without this member (session timeout, broker restart): it rejoins by itself (a new
-            # consumer would not do better: on the embedded broker a member leaving during a rebalance leaves the
-            # group stuck); ``on_assign`` then starts from the committed offsets.
-            log.warning("consumer %s lost its %d partitions; rejoining", group, len(partitions))
-            status.assigned = False
-            lag.revoked(partitions)
-            lost.append(len(partitions))
-
-        consumer.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
+        membership = GroupMembership(status, lag, ensure=lambda: ensure_topics(self.settings, topics))
+        membership.subscribe(consumer, topics)
         next_purge = time.monotonic()
         try:
             while not self.stop_event.is_set():
                 msg = consumer.poll(poll_timeout)
+                membership.check()
                 lag.update(consumer)
                 if time.monotonic() >= next_purge:
                     # Each group purges its own ids, between two events (batched: short transactions).
@@ -589,27 +563,17 @@ class EventBus:
                         self.purge_processed([group])
                     except Exception:  # retention must never stop a consumer
                         log.exception("consumer %s: purge of processed events failed", group)
-                if msg is None:
-                    continue
-                if msg.error():
-                    if msg.error().fatal():
-                        raise KafkaException(msg.error())
-                    if msg.error().code() != KafkaError._PARTITION_EOF:
-                        log.warning("consumer %s: %s", group, msg.error())
+                if msg is None or not membership.usable(msg):
                     continue
                 handler, payload_class = by_name[msg.topic()]
                 self._handle(group, msg, handler, payload_class, status)
                 try:
                     consumer.commit(message=msg, asynchronous=False)
                 except KafkaException as exc:
-                    error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-                    if error is None or error.fatal() or error.code() not in UNCOMMITTABLE:
-                        raise
                     # The group moved on (this member lost its membership, or a rebalance is under way): the event
                     # is handled already and marked processed; its new owner skips it. Rejoin and go on.
-                    status.last_error = f"commit refused: {error.str()}"
-                    log.warning("consumer %s: commit at %s/%d/%d refused (%s); rejoining", group, msg.topic(),
-                                msg.partition(), msg.offset(), error.str())  # fmt: skip
+                    if not commit_refused(status, exc, f"{msg.topic()}/{msg.partition()}/{msg.offset()}"):
+                        raise
                     continue
                 lag.committed(msg.topic(), msg.partition(), msg.offset() + 1)
         finally:
@@ -665,6 +629,161 @@ UNCOMMITTABLE = frozenset(
         KafkaError._NO_OFFSET,
     }
 )
+
+# --- consumers that heal -------------------------------------------------------------------------------------
+# Every group consumer of the platform (the bus's event consumers, ingestion's stream intake) heals the same way:
+# ``keep_consuming`` runs one consumer's life after another, ``GroupMembership`` follows its membership, and
+# ``usable``/``commit_refused`` tell what the consumer recovers from by itself from what needs a new consumer.
+
+
+def keep_consuming(status: ConsumerStatus, one_life: Callable[[], None], stop_event: threading.Event) -> None:
+    """Run ``one_life`` (make a consumer, consume until ``stop_event``, close it) until ``stop_event`` is set. A life
+    that raises (a fatal error, a broker that came back empty, anything unexpected) is logged and counted in
+    ``status``, readiness drops (``assigned`` false, ``last_error`` says why), and a new life starts after a growing
+    pause. A life that returns while ``stop_event`` is not set is started again at once."""
+    backoff = Backoff(first_delay=CONSUMER_RESTART_BACKOFF[0], max_delay=CONSUMER_RESTART_BACKOFF[1])
+    while not stop_event.is_set():
+        try:
+            one_life()
+        except Exception as exc:
+            status.assigned = False
+            status.last_error = f"consumer failed: {exc!r}"
+            status.restarts += 1
+            CLIENT_RESETS.labels("consumer").inc()
+            delay = backoff.next_delay()
+            log.exception("consumer %s failed; joining again in %.1f s", status.group, delay)
+            stop_event.wait(delay)
+
+
+PartitionsCallback = Callable[[Consumer, list[TopicPartition]], None]
+ENSURE_INTERVAL_SECONDS = 5.0
+
+
+class GroupMembership:
+    """The rebalance callbacks of a healing group consumer. ``status.assigned`` follows the membership: true from an
+    assignment, false once the partitions are lost (session timeout, broker restart; ``last_error`` says so). The
+    consumer rejoins by itself (a new consumer would not do better: on the embedded broker a member leaving during
+    a rebalance leaves the group stuck), and partitions given back after a loss start from the group's committed
+    offsets (the beginning if it committed nothing), not from positions kept from before: after a broker restarted
+    empty those lie beyond the new logs, and the records before them would be skipped without a word.
+
+    A broker that came back empty has lost the topics too, and the rejoined consumer gets no partitions of them (nor
+    later ones once they exist again). So back after a loss, or told that a subscribed topic is unknown (``usable``),
+    ``ensure`` makes the topics again; if it had to, the consumer is not taken as assigned and ``check`` ends its
+    life (after the rebalance: leaving during one would leave the group stuck on the embedded broker), so that a
+    new consumer joins with the topics there.
+
+    The owner's own hooks (what it keeps per partition) run inside: ``on_assign`` after the offsets are set,
+    ``on_revoke`` and ``on_lost`` (default: ``on_revoke``) before ``assigned`` changes."""
+
+    def __init__(
+        self,
+        status: ConsumerStatus,
+        lag: ConsumerLag,
+        *,
+        ensure: Callable[[], list[str]] | None = None,
+        on_assign: PartitionsCallback | None = None,
+        on_revoke: PartitionsCallback | None = None,
+        on_lost: PartitionsCallback | None = None,
+    ) -> None:
+        self.status = status
+        self.lag = lag
+        self.ensure = ensure
+        self._on_assign_hook = on_assign
+        self._on_revoke_hook = on_revoke
+        self._on_lost_hook = on_lost or on_revoke
+        self._lost = False
+        self._ensured_at = -ENSURE_INTERVAL_SECONDS
+        self.renew = False
+        self.topics: list[str] = []
+
+    def subscribe(self, consumer: Consumer, topics: list[str]) -> None:
+        self.topics = list(topics)
+        consumer.subscribe(topics, on_assign=self.on_assign, on_revoke=self.on_revoke, on_lost=self.on_lost)
+
+    def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        group = self.status.group
+        made_again = self._lost and self._ensure()
+        if self._lost:
+            self._lost = False
+            try:
+                committed = {(p.topic, p.partition): p.offset for p in consumer.committed(partitions, timeout=10)}
+            except KafkaException:
+                committed = {}
+            for p in partitions:
+                offset = committed.get((p.topic, p.partition), OFFSET_INVALID)
+                p.offset = offset if offset >= 0 else OFFSET_BEGINNING
+            log.warning("consumer %s rejoined after losing its partitions: from the committed offsets", group)
+        if self._on_assign_hook is not None:
+            self._on_assign_hook(consumer, partitions)
+        self.status.assigned = not made_again
+        self.lag.assigned(partitions)
+        log.info("consumer %s assigned %d partitions", group, len(partitions))
+
+    def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._on_revoke_hook is not None:
+            self._on_revoke_hook(consumer, partitions)
+        self.lag.revoked(partitions)
+
+    def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.warning("consumer %s lost its %d partitions; rejoining", self.status.group, len(partitions))
+        self.status.assigned = False
+        self.status.last_error = f"lost its {len(partitions)} partitions (session timeout or broker restart); rejoining"
+        self._lost = True
+        if self._on_lost_hook is not None:
+            self._on_lost_hook(consumer, partitions)
+        self.lag.revoked(partitions)
+
+    def usable(self, msg: Message) -> bool:
+        """Whether ``msg`` is a record. A fatal consumer error raises (the consumer is made again by
+        ``keep_consuming``); a subscribed topic unknown to the broker is made again (``ensure``); other errors are
+        logged (end of partition: silently)."""
+        error = msg.error()
+        if error is None:
+            return True
+        if error.fatal():
+            raise KafkaException(error)
+        if error.code() == KafkaError._PARTITION_EOF:
+            return False
+        log.warning("consumer %s: %s", self.status.group, error)
+        unknown_topic = error.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC)
+        if unknown_topic and time.monotonic() - self._ensured_at >= ENSURE_INTERVAL_SECONDS:
+            self._ensured_at = time.monotonic()
+            self._ensure()
+        return False
+
+    def _ensure(self) -> bool:
+        """Make the subscribed topics that are gone; True when some were (then ``check`` renews the consumer)."""
+        if self.ensure is None:
+            return False
+        try:
+            made = [t for t in self.ensure() if t in self.topics]
+        except Exception as exc:
+            log.warning("consumer %s: could not check its topics (%r); trying later", self.status.group, exc)
+            return False
+        if made:
+            self.renew = True
+            self.status.assigned = False
+            self.status.last_error = f"topics {made} were gone (a broker that came back empty): made again; rejoining"
+            log.warning("consumer %s: %s", self.status.group, self.status.last_error)
+        return bool(made)
+
+    def check(self) -> None:
+        """Raise (so that ``keep_consuming`` makes a new consumer) when this one's subscription is stale."""
+        if self.renew:
+            raise DriftloopError(f"consumer {self.status.group}: its topics were made again; a new consumer joins")
+
+
+def commit_refused(status: ConsumerStatus, exc: KafkaException, where: str) -> bool:
+    """Whether a failed commit only means the group moved on without this member (``UNCOMMITTABLE``): then it is
+    logged, noted in ``status``, and the consumer goes on (it rejoins; the records come again to whoever owns their
+    partitions). False: the caller re-raises (``keep_consuming`` makes a new consumer)."""
+    error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+    if error is None or error.fatal() or error.code() not in UNCOMMITTABLE:
+        return False
+    status.last_error = f"commit refused: {error.str()}"
+    log.warning("consumer %s: commit at %s refused (%s); rejoining", status.group, where, error.str())
+    return True
 
 
 class ConsumerLag:

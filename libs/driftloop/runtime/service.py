@@ -433,6 +433,7 @@ def _add_health(
                 "assigned": c.assigned,
                 "handled": c.handled,
                 "failed": c.failed,
+                "restarts": c.restarts,
                 "last_error": c.last_error,
             }
             for c in runtime.bus.consumers
@@ -567,6 +568,27 @@ def _stop_with_parent(stop: Callable[[], None]) -> Callable[[threading.Event], N
     return watch_parent
 
 
+def _exits_process_on_failure(
+    loop: Callable[[threading.Event], None], died: list[str], stop_process: Callable[[], None]
+) -> Callable[[threading.Event], None]:
+    """A service loop whose failure stops the process (which then exits with status 1, and the supervisor of
+    ``driftloop up`` starts it again): a thread that died must not leave a process that says it is ready. (A loop
+    that heals catches what it recovers from, e.g. ``bus.keep_consuming``; what escapes it is not recoverable here.)"""
+
+    @functools.wraps(loop)
+    def guarded(stop_event: threading.Event) -> None:
+        try:
+            loop(stop_event)
+        except BaseException:
+            if not stop_event.is_set():
+                log.critical("service loop %s died: stopping the process", loop.__name__, exc_info=True)
+                died.append(loop.__name__)
+                stop_process()
+            raise
+
+    return guarded
+
+
 def run(
     name: str,
     build: Callable[[Runtime], ServiceSpec],
@@ -613,8 +635,12 @@ def run(
         loops.append(follow(runtime.pipelines, runtime.bus, name))
     if inherited is not None:
         loops.append(_stop_with_parent(lambda: os.kill(os.getpid(), signal.SIGTERM)))
+    died: list[str] = []
     for loop in loops:
-        threads.append(threading.Thread(target=loop, args=(runtime.bus.stop_event,), name=loop.__name__, daemon=True))
+        guarded = _exits_process_on_failure(loop, died, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        threads.append(
+            threading.Thread(target=guarded, args=(runtime.bus.stop_event,), name=loop.__name__, daemon=True)
+        )
     for t in threads:
         t.start()
 
@@ -663,3 +689,6 @@ def run(
                 log.exception("%s: stop hook failed", name)
         runtime.bus.close()
         log.info("%s stopped", name)
+    if died:
+        log.error("%s: exiting with status 1: loop(s) %s died", name, ", ".join(died))
+        raise SystemExit(1)

@@ -27,8 +27,8 @@ class TrainingRequest(Base):
     updated_at: Mapped[datetime | None]
     # When the cause happened: a pending drift fires only on data materialized after it.
     cause_occurred_at: Mapped[datetime | None]
-    # The TrainingRequested event sent for this decision, if any.
-    event_id: Mapped[str | None] = mapped_column(sa.String(64))
+    # The TrainingRequested event sent for this decision, if any (a run's RunStateChanged names it as its cause).
+    event_id: Mapped[str | None] = mapped_column(sa.String(64), index=True)
     # What a pending request waits for: "data" (the next dataset version) or "run" (the active run to end).
     wait_for: Mapped[str | None] = mapped_column(sa.String(16))
     # The model version an alarm was about (drift, performance): stale once another version is champion.
@@ -37,6 +37,10 @@ class TrainingRequest(Base):
     merged_into: Mapped[str | None] = mapped_column(sa.String(64))
     # Event time where the change began (the alarming window's start), carried to TrainingRequested.
     change_started_at: Mapped[datetime | None]
+    # The outbox (services/triggers/outbox.py): the life of the TrainingRequested topic (its topic id) the event
+    # is known to have been sent in, and when training was seen to have the request (then it is never sent again).
+    published_in: Mapped[str | None] = mapped_column(sa.String(64))
+    acknowledged_at: Mapped[datetime | None]
 
 
 class TriggerStreamState(Base):
