@@ -72,52 +72,90 @@ def _agent_for(aggregator: StreamAggregator, decode: Callable[[bytes], Any]) -> 
 def stream_worker_loop(
     runtime: Runtime, group: str = STREAM_GROUP, pipelines: list[PipelineConfig] | None = None
 ) -> Callable[[threading.Event], None]:
-    """A loop for ``ServiceSpec.loops``: runs the faust worker until ``stop`` is set."""
+    """A loop for ``ServiceSpec.loops``: runs the faust worker until ``stop`` is set. Without a fixed ``pipelines``
+    list it follows the service's pipeline catalog: when a pipeline applied live adds, removes or renames a stream,
+    the worker stops and starts again with one agent per stream of the new set (faust's agents are fixed at start;
+    offsets are committed, so the new worker carries on where the old one was)."""
+    changed = threading.Event()
+
+    def topics() -> set[str]:
+        chosen = pipelines if pipelines is not None else list(runtime.pipelines.values())
+        return {p.stream.topic for p in chosen}
+
+    running_topics: set[str] = set()
+
+    def streams_changed() -> None:
+        if topics() != running_topics:
+            changed.set()
+
+    if pipelines is None:
+        runtime.pipelines.on_change(streams_changed)
 
     def run_worker(stop: threading.Event) -> None:
-        import faust
-
-        chosen = pipelines if pipelines is not None else list(runtime.pipelines.values())
-        if not chosen:
-            return
-        settings = runtime.settings
-        datadir = Path(settings.home) / "faust" / group
-        datadir.mkdir(parents=True, exist_ok=True)
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        app = faust.App(
-            group,
-            **faust_broker_options(settings),  # brokers and their authentication (kafka.* settings)
-            loop=loop,
-            datadir=str(datadir),
-            web_enabled=False,
-            broker_session_timeout=settings.kafka.session_timeout_ms / 1000,
-            consumer_auto_offset_reset="earliest",
-            topic_partitions=settings.kafka.partitions,
-            topic_replication_factor=settings.kafka.replication_factor,
-        )
-        online = open_online_store(settings, runtime.engine)
-        decode = runtime.bus.codec.decode
-        for pipeline in chosen:
-            topic = app.topic(pipeline.stream.topic, value_type=bytes, value_serializer="raw", key_serializer="raw")
-            aggregator = StreamAggregator(runtime.engine, pipeline, online)
-            app.agent(topic, name=f"features-stream-{pipeline.stream.name}")(_agent_for(aggregator, decode))
-
-        class ThreadWorker(faust.Worker):
-            def install_signal_handlers(self) -> None:
-                """Signals belong to the service's main thread; ``stop`` ends this worker."""
-
-        worker = ThreadWorker(app, loop=loop, override_logging=False, redirect_stdouts=False, quiet=True)
-
-        def stop_when_asked() -> None:
-            stop.wait()
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(worker._schedule_shutdown, signal.SIGTERM)
-
-        threading.Thread(target=stop_when_asked, name="features-stream-stopper", daemon=True).start()
-        with contextlib.suppress(SystemExit):  # how a mode worker ends
-            worker.execute_from_commandline()
-        log.info("streaming-feature worker %s stopped", group)
+        nonlocal running_topics
+        while not stop.is_set():
+            changed.clear()
+            chosen = pipelines if pipelines is not None else list(runtime.pipelines.values())
+            running_topics = {p.stream.topic for p in chosen}
+            if chosen:
+                _run_faust_worker(runtime, group, chosen, stop, changed)
+            if pipelines is not None:
+                return
+            while not stop.is_set() and not changed.wait(0.5):
+                pass  # no stream yet, or the worker ended by itself: wait for a change
+            if changed.is_set() and not stop.is_set():
+                log.info("streaming-feature worker %s: the streams changed, starting it again", group)
 
     run_worker.__name__ = "features_stream_worker"
     return run_worker
+
+
+def _run_faust_worker(
+    runtime: Runtime, group: str, chosen: list[PipelineConfig], stop: threading.Event, changed: threading.Event
+) -> None:
+    """One faust worker with an agent per stream of ``chosen``, until ``stop`` or ``changed`` is set."""
+    import faust
+
+    settings = runtime.settings
+    datadir = Path(settings.home) / "faust" / group
+    datadir.mkdir(parents=True, exist_ok=True)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    app = faust.App(
+        group,
+        **faust_broker_options(settings),  # brokers and their authentication (kafka.* settings)
+        loop=loop,
+        datadir=str(datadir),
+        web_enabled=False,
+        broker_session_timeout=settings.kafka.session_timeout_ms / 1000,
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=settings.kafka.partitions,
+        topic_replication_factor=settings.kafka.replication_factor,
+    )
+    online = open_online_store(settings, runtime.engine)
+    decode = runtime.bus.codec.decode
+    for pipeline in chosen:
+        topic = app.topic(pipeline.stream.topic, value_type=bytes, value_serializer="raw", key_serializer="raw")
+        aggregator = StreamAggregator(runtime.engine, pipeline, online)
+        app.agent(topic, name=f"features-stream-{pipeline.stream.name}")(_agent_for(aggregator, decode))
+
+    class ThreadWorker(faust.Worker):
+        def install_signal_handlers(self) -> None:
+            """Signals belong to the service's main thread; ``stop`` ends this worker."""
+
+    worker = ThreadWorker(app, loop=loop, override_logging=False, redirect_stdouts=False, quiet=True)
+    done = threading.Event()
+
+    def stop_when_asked() -> None:
+        while not done.is_set() and not stop.is_set() and not changed.is_set():
+            done.wait(0.5)
+        if not done.is_set() and not loop.is_closed():
+            loop.call_soon_threadsafe(worker._schedule_shutdown, signal.SIGTERM)
+
+    threading.Thread(target=stop_when_asked, name="features-stream-stopper", daemon=True).start()
+    try:
+        with contextlib.suppress(SystemExit):  # how a mode worker ends
+            worker.execute_from_commandline()
+    finally:
+        done.set()
+    log.info("streaming-feature worker %s stopped", group)

@@ -322,3 +322,64 @@ def test_streaming_online_values_agree_with_offline_at_the_same_event_time(
         worker.join(timeout=60)
     assert not worker.is_alive()
     assert differences() == []
+
+
+def test_a_stream_applied_live_gets_streaming_features_without_a_restart(
+    make_settings: Callable[..., Settings], tmp_path: Path, unique: str
+) -> None:
+    """The worker follows the service's pipeline catalog: it waits while there is no stream, starts with the first
+    one applied and starts again with one agent more when a second stream is applied, keeping the first."""
+    import threading
+
+    from driftloop.clients.db import migrate
+    from driftloop.ops.procs import wait_until
+    from driftloop.runtime.bus import ensure_topics
+    from driftloop.runtime.service import make_runtime
+    from driftloop.services.features.onlinestore import open_online_store
+    from driftloop.services.features.streamworker import stream_worker_loop
+
+    def pipeline_of(name: str) -> PipelineConfig:
+        cfg = pipeline_with_aggregates(name)
+        return cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": f"model-{name}"})})
+
+    first, second = pipeline_of(f"first-{unique}"), pipeline_of(f"second-{unique}")
+    (tmp_path / "pipelines").mkdir()
+    settings = make_settings(pipelines_dir=tmp_path / "pipelines")
+    migrate(settings.database_url)
+    runtime = make_runtime("features", settings)
+    assert not list(runtime.pipelines.values())
+    online = open_online_store(settings, runtime.engine)
+
+    def send(cfg: PipelineConfig, frame: pd.DataFrame) -> None:
+        ensure_topics(settings, [cfg.stream.topic], partitions=1)
+        subject, schema = f"{cfg.stream.topic}-value", cfg.stream.avro_schema()
+        for row in frame.to_dict(orient="records"):
+            encoded = runtime.bus.codec.encode(subject, schema, as_avro(row))
+            runtime.bus.publish_raw(cfg.stream.topic, encoded, key=row["customer_id"].encode())
+        runtime.bus.flush()
+
+    def counted(cfg: PipelineConfig, entities: list[str]) -> float:
+        found = online.read(cfg.stream.name, entities)
+        return sum(float(v.values["tx_count_1h"] or 0) for v in found.values())
+
+    worker = threading.Thread(
+        target=stream_worker_loop(runtime, group=f"features-stream-{unique}"),
+        args=(runtime.bus.stop_event,),
+        daemon=True,
+    )
+    worker.start()
+    try:
+        runtime.pipelines.put(first)
+        send(first, records([("a", 0, 10.0, "grocery"), ("a", 5, 20.0, "travel")]))
+        wait_until(lambda: counted(first, ["a"]) == 2.0, 120, "the first stream's online values")
+
+        runtime.pipelines.put(second)
+        send(second, records([("b", 0, 1.0, "grocery")]))
+        send(first, records([("a", 10, 5.0, "grocery")]))
+        wait_until(lambda: counted(second, ["b"]) == 1.0, 120, "the stream applied later to get online values")
+        wait_until(lambda: counted(first, ["a"]) == 3.0, 60, "the first stream to go on")
+    finally:
+        runtime.bus.stop_event.set()
+        worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert counted(first, ["a"]) == 3.0  # every record once: none applied twice across the restart
