@@ -28,7 +28,9 @@ def test_producer_and_consumer_carry_on_after_the_broker_restarted_empty(
 ) -> None:  # type: ignore[no-untyped-def]
     broker = EmbeddedBroker(port=free_port(), log_path=tmp_path / "tansu.log")
     broker.start()
-    settings = make_settings(kafka={"bootstrap_servers": broker.bootstrap_servers, "session_timeout_ms": 2000})
+    settings = make_settings(
+        kafka={"bootstrap_servers": broker.bootstrap_servers, "session_timeout_ms": 2000, "publish_timeout_seconds": 5}
+    )
     migrate(settings.database_url)
     ensure_event_topics(settings)
     bus = EventBus(settings, producer_name="test")

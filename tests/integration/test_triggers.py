@@ -229,6 +229,8 @@ def test_a_request_the_broker_lost_in_a_restart_is_sent_again_once(
     broker = EmbeddedBroker(port=free_port(), log_path=tmp_path / "tansu.log")  # its own: restarted below
     broker.start()
     settings = broker_settings(tmp_path / "home", broker.bootstrap_servers, schema_registry_url)
+    # A producer stuck on the old broker is replaced after one unacknowledged publish: 5 s, not the default 30.
+    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"publish_timeout_seconds": 5.0})})
     migrate(settings.database_url)
     ensure_event_topics(settings)
     cfg = demo_config(f"tx-lost-{unique}", f"fraud-lost-{unique}")

@@ -43,6 +43,9 @@ class KafkaSettings(_Section):
     session_timeout_ms: int = Field(default=6000, ge=1000)
     partitions: int = Field(default=4, ge=1)
     replication_factor: int = Field(default=1, ge=1)
+    # How long a publish that waits for the broker's acknowledgement waits; past it, the event is not published
+    # (the caller is told) and the producer is replaced (e.g. it is stuck on a broker that came back empty).
+    publish_timeout_seconds: float = Field(default=30.0, gt=0)
     # Consumer group of the ingestion processes: processes in one group split the stream topics' partitions.
     ingestion_group: str = Field(default="driftloop-ingestion", min_length=1)
     # Extra librdkafka properties (security.protocol, sasl.*, ...) passed to every client.

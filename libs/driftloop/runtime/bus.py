@@ -329,7 +329,6 @@ def _delivered_counters(event_type: str) -> tuple[Any, Any, Any]:
 # A client recovers from these by itself; anything else (fatal producer errors, a consumer that lost its group
 # membership for good, a broker restarted empty) makes the bus drop the client and start a new one.
 CONSUMER_RESTART_BACKOFF = (0.5, 15.0)
-PUBLISH_TIMEOUT_SECONDS = 30
 CLIENT_RESETS = Counter(
     "driftloop_bus_client_resets_total",
     "Kafka clients dropped and made again after a fatal error or a lost group membership",
@@ -451,17 +450,17 @@ class EventBus:
 
         producer = self._produce(event.topic.name, key=event.key.encode(), value=value, on_delivery=on_delivery)
         if wait:
-            undelivered = producer.flush(PUBLISH_TIMEOUT_SECONDS)
+            timeout = self.settings.kafka.publish_timeout_seconds
+            undelivered = producer.flush(timeout)
             if errors:
                 raise DriftloopError(f"publishing {event.type} failed: {errors[0]}")
             if undelivered:
                 # Never acknowledged: not "published". An idempotent producer whose broker came back empty can retry
                 # for ever; the next publish gets a new producer (the caller repeats with the same event id).
-                self._producer_fatal = f"{undelivered} message(s) not acknowledged within {PUBLISH_TIMEOUT_SECONDS} s"
+                self._producer_fatal = f"{undelivered} message(s) not acknowledged within {timeout:g} s"
                 PUBLISH_FAILURES.labels(event.type).inc()
                 raise DriftloopError(
-                    f"publishing {event.type} failed: the broker did not acknowledge it within "
-                    f"{PUBLISH_TIMEOUT_SECONDS} s"
+                    f"publishing {event.type} failed: the broker did not acknowledge it within {timeout:g} s"
                 )
         elif poll:
             producer.poll(0)
