@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -244,6 +244,13 @@ class CutBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     since: datetime
     min_rows: PositiveInt | None = Field(default=None, description="default: dataset.min_rows_after_change")
+    clock: Literal["event", "arrival"] = Field(
+        default="event",
+        description=(
+            "the clock of ``since``: the stream's event time, or arrival (a change seen in predictions, whose times "
+            "are the platform's): the earliest event time of the rows landed from then on; the answer's ``since``"
+        ),
+    )
 
 
 @router.post("/streams/{stream}/datasets", tags=["datasets"])
@@ -255,7 +262,7 @@ def cut_dataset(ctx: Ctx, stream: Name, body: CutBody | None = None) -> dict[str
     # Rows of Kafka batches still in memory belong in this cut: land them first.
     ctx.intake.request_land(stream)
     if body is not None:
-        return ctx.cutter.cut_after_change(stream, body.since, body.min_rows)
+        return ctx.cutter.cut_after_change(stream, body.since, body.min_rows, clock=body.clock)
     return version_to_dict(ctx.cutter.cut(stream))  # nothing new: NoNewData (409)
 
 

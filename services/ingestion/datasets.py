@@ -18,7 +18,7 @@ import queue
 import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -36,6 +36,7 @@ from driftloop.errors import ConflictError, NotFoundError
 from driftloop.runtime.bus import EventBus
 
 log = logging.getLogger(__name__)
+Clock = Literal["event", "arrival"]
 # The process's one SparkSession: its name, and Parquet timestamps in milliseconds (Avro's timestamp-millis).
 SPARK_APP = "driftloop-ingestion"
 PARQUET_TIMESTAMP: Final = "TIMESTAMP_MILLIS"
@@ -112,8 +113,8 @@ class DatasetCutter:
         self._lock = threading.Lock()
         self._checks: queue.Queue[str] = queue.Queue()
         self.last_error: str | None = None
-        # Cuts on demand waiting for rows after a change: stream -> (since, rows needed).
-        self._change_cuts: dict[str, tuple[datetime, int]] = {}
+        # Cuts on demand waiting for rows after a change: stream -> (since, rows needed, since's clock).
+        self._change_cuts: dict[str, tuple[datetime, int, Clock]] = {}
         self._change_lock = threading.Lock()
 
     # --- automatic cuts -------------------------------------------------------------------------------------
@@ -135,8 +136,9 @@ class DatasetCutter:
         with self._change_lock:
             waiting = self._change_cuts.get(stream)
         if waiting is not None:
-            since, needed = waiting
-            if self.rows_since(stream, since) >= needed:
+            since, needed, clock = waiting
+            event_since = self.event_time_since(stream, since, clock)
+            if event_since is not None and self.rows_since(stream, event_since) >= needed:
                 with self._change_lock:
                     self._change_cuts.pop(stream, None)
                 try:
@@ -234,23 +236,42 @@ class DatasetCutter:
             total += int(pc.sum(pc.greater_equal(times, pa.scalar(since, pa.timestamp("ms", tz="UTC")))).as_py() or 0)
         return total
 
-    def cut_after_change(self, stream: str, since: datetime, min_rows: int | None = None) -> dict[str, Any]:
-        """Cut a version for training after a change at ``since``, once ``min_rows`` (default
-        ``dataset.min_rows_after_change``) rows at or after it have landed. Returns ``status``: ``cut`` (the new
-        version), ``covered`` (nothing landed since the newest version, which holds enough such rows) or
-        ``waiting`` (too few rows yet: the cut is made when a landing brings them)."""
+    def event_time_since(self, stream: str, since: datetime, clock: Clock) -> datetime | None:
+        """``since`` on the stream's event-time clock. ``arrival``: the earliest event time of the rows landed at
+        or after ``since`` (None: none landed yet). A change is seen in predictions, timed by the platform's clock;
+        the stream's event times may run on another (a backfill, a replay, a producer's lag)."""
+        since = _as_utc(since) or since
+        if clock == "event":
+            return since
+        with self.Session() as session:
+            earliest = session.scalar(
+                sa.select(sa.func.min(LandedBatch.min_event_time)).where(
+                    LandedBatch.stream == stream, LandedBatch.landed_at >= since
+                )
+            )
+        return _as_utc(earliest)
+
+    def cut_after_change(
+        self, stream: str, since: datetime, min_rows: int | None = None, *, clock: Clock = "event"
+    ) -> dict[str, Any]:
+        """Cut a version for training after a change at ``since`` (on ``clock``: see ``event_time_since``), once
+        ``min_rows`` (default ``dataset.min_rows_after_change``) rows at or after it have landed. Returns
+        ``status``: ``cut`` (the new version), ``covered`` (nothing landed since the newest version, which holds
+        enough such rows) or ``waiting`` (too few rows yet: the cut is made when a landing brings them), and
+        ``since`` in event time (null while no row landed after an ``arrival`` point)."""
         needed = min_rows or pipeline_for_stream(self.pipelines, stream).dataset.min_rows_after_change
         since = _as_utc(since) or since
-        rows = self.rows_since(stream, since)
+        event_since = self.event_time_since(stream, since, clock)
+        rows = self.rows_since(stream, event_since) if event_since is not None else 0
         answer: dict[str, Any] = {
             "stream": stream,
-            "since": since.isoformat(),
+            "since": event_since.isoformat() if event_since is not None else None,
             "rows_after_change": rows,
             "needed": needed,
         }
         if rows < needed:
             with self._change_lock:
-                self._change_cuts[stream] = (since, needed)
+                self._change_cuts[stream] = (since, needed, clock)
             return {**answer, "status": "waiting"}
         with self._change_lock:
             self._change_cuts.pop(stream, None)

@@ -423,13 +423,19 @@ class TrainingHandlers:
                 newest: ResolvedFeatureSet | None = resolve_feature_set(self.store, pipeline, None)
             except NotFoundError:
                 newest = None
+            if not asked_for_cut:
+                # The change was seen in predictions (the platform's clock): ingestion says where it is in the
+                # stream's event time (the earliest event time landed from then on), once a row has landed after it.
+                event_since = self._ask_cut_after_change(pipeline, since, needed, run_log)
+                if event_since is not None:
+                    asked_for_cut = True
+                    if event_since != since:
+                        run_log.note(f"the change is at {event_since.isoformat()} in the stream's event time")
+                        since = event_since
             rows = rows_since(self.store, pipeline, newest, since) if newest is not None else 0
             if newest is not None and rows >= needed:
                 run_log.note(f"{newest.dataset_version_id} has {rows} rows at or after the change")
                 return newest, since
-            if not asked_for_cut:
-                self._ask_cut_after_change(pipeline, since, needed, run_log)
-                asked_for_cut = True
             if self.aborted(run_id):
                 raise RunAborted("aborted while waiting for rows after the change")
             if time.monotonic() >= deadline and newest is not None:
@@ -447,18 +453,24 @@ class TrainingHandlers:
                 )
             time.sleep(CHANGE_POLL_SECONDS)
 
-    def _ask_cut_after_change(self, pipeline: PipelineConfig, since: datetime, needed: int, run_log: RunLog) -> None:
-        """Ask ingestion to cut a version once enough rows landed after the change (best effort: without it the
-        run still waits for the periodic cuts)."""
+    def _ask_cut_after_change(
+        self, pipeline: PipelineConfig, since: datetime, needed: int, run_log: RunLog
+    ) -> datetime | None:
+        """Ask ingestion to cut a version once enough rows landed after the change, a point on the arrival clock.
+        Returns the change in the stream's event time (None: no row landed after it yet; ask again). Best effort:
+        when ingestion does not answer, ``since`` is taken as it is and the run waits for the periodic cuts."""
         stream = pipeline.stream.name
+        body = {"since": since.isoformat(), "min_rows": needed, "clock": "arrival"}
         try:
             with ServiceClient("ingestion", self.runtime.settings, timeout=10.0, retries=0) as ingestion:
-                answer = ingestion.post(
-                    f"/v1/streams/{stream}/datasets", json={"since": since.isoformat(), "min_rows": needed}
-                )
-            run_log.note(f"cut on demand after the change: {json.dumps(answer, default=str)[:300]}")
+                answer = ingestion.post(f"/v1/streams/{stream}/datasets", json=body)
         except DriftloopError as exc:
             run_log.note(f"cut on demand after the change not made ({exc}): waiting for the periodic cuts")
+            return since
+        if answer.get("since") is None:
+            return None
+        run_log.note(f"cut on demand after the change: {json.dumps(answer, default=str)[:300]}")
+        return datetime.fromisoformat(answer["since"])
 
     def _feedback_labels(self, run_id: str, pipeline: PipelineConfig, run_log: RunLog) -> tuple[str, str]:
         """The feedback labels received so far, stored with the run (a fixed snapshot): their key and digest."""

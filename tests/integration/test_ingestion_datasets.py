@@ -303,3 +303,22 @@ def test_a_cut_on_demand_after_a_change_waits_for_enough_rows_after_it(ingestion
     # Asked again: nothing landed since, the newest version already holds the rows after the change.
     covered = ingestion.client.post(f"/v1/streams/{stream}/datasets", json=body).json()
     assert covered["status"] == "covered" and covered["version"]["version"] == 2
+
+
+def test_a_change_seen_on_the_arrival_clock_is_placed_in_the_streams_event_time(ingestion: Ingestion) -> None:
+    """A change is seen in predictions, on the platform's clock; a back-dated stream (a backfill, a replay) has no
+    rows after that point in event time. With ``clock: arrival`` the change is the earliest event time of the rows
+    landed from then on, and the answer says so."""
+    stream = ingestion.streams["cumulative"]
+    post(ingestion, stream, make_records(0, 40))  # event times hours before now
+    arrived = datetime.now(tz=UTC)
+    body = {"since": arrived.isoformat(), "min_rows": 25, "clock": "arrival"}
+    nothing_yet = ingestion.client.post(f"/v1/streams/{stream}/datasets", json=body).json()
+    assert (nothing_yet["status"], nothing_yet["since"], nothing_yet["rows_after_change"]) == ("waiting", None, 0)
+
+    post(ingestion, stream, make_records(40, 20))  # landed after the change: event times from minute 40
+    answer = ingestion.client.post(f"/v1/streams/{stream}/datasets", json=body).json()
+    assert answer["status"] == "waiting" and answer["rows_after_change"] == 20
+    assert datetime.fromisoformat(answer["since"]) == START + timedelta(minutes=40)
+    # On the event-time clock the same point has no rows after it: what the arrival clock is for.
+    assert ingestion.cutter.rows_since(stream, arrived) == 0

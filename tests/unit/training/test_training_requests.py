@@ -279,6 +279,37 @@ def test_a_request_with_a_change_point_trains_on_the_rows_after_it(runtime: Fake
     assert late_run.holdout["rows"] + late_run.holdout["train_rows"] == 1200  # every row, none dropped
 
 
+def test_a_change_seen_on_the_platforms_clock_is_placed_by_ingestion_in_the_streams_event_time(
+    runtime: FakeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The change comes from the monitor (prediction times: now); the feature set's event times are months
+    earlier. Training asks ingestion (clock "arrival") and trains on the rows after the event time it answers."""
+    import driftloop.services.training.handlers as training_handlers
+
+    store = LocalObjectStore(runtime.settings.object_store_path)
+    write_feature_set(store, runtime.pipelines[MODEL], 1, 1200)  # one row a minute from 2026-02-01
+    in_event_time = datetime(2026, 2, 1, tzinfo=UTC) + timedelta(minutes=600)
+    asked: list[dict[str, Any]] = []
+
+    class Ingestion:
+        def __init__(self, *_: Any, **__: Any) -> None: ...
+        def __enter__(self) -> Ingestion:
+            return self
+
+        def __exit__(self, *_: Any) -> None: ...
+        def post(self, path: str, json: dict[str, Any]) -> dict[str, Any]:
+            asked.append(json)
+            return {"status": "covered", "since": in_event_time.isoformat(), "rows_after_change": 600}
+
+    monkeypatch.setattr(training_handlers, "ServiceClient", Ingestion)
+    now = datetime.now(tz=UTC)
+    handlers(runtime).on_training_requested(request("clocks", None, trigger="drift", change_started_at=now))
+    run = run_of(runtime, "clocks")
+    assert run.state == "completed", run.error
+    assert asked and asked[0]["clock"] == "arrival" and datetime.fromisoformat(asked[0]["since"]) == now
+    assert run.holdout["rows"] + run.holdout["train_rows"] == 600  # the rows after the change, in event time
+
+
 def test_a_fit_broken_by_the_services_own_stop_is_interrupted_not_failed(runtime: FakeRuntime) -> None:
     write_feature_set(LocalObjectStore(runtime.settings.object_store_path), runtime.pipelines[MODEL], 1, 600)
     stop = runtime.bus.stop_event
