@@ -130,6 +130,7 @@ class TriggerHandlers:
             state = self._model_state(session, promoted.model)
             state.champion_version = promoted.version
             state.gating_runs = []
+            _gate_decided(state, event)
             pipeline = self.pipelines.get(promoted.model)
             if pipeline is None:
                 return
@@ -148,6 +149,7 @@ class TriggerHandlers:
             if rejected.champion_version is not None:
                 state.champion_version = rejected.champion_version
             state.gating_runs = []
+            _gate_decided(state, event)
             if rejected.model in self.pipelines:
                 session.flush()
                 self._fire_queued(session, self.pipelines[rejected.model], event)
@@ -166,7 +168,12 @@ class TriggerHandlers:
                 # Not active (e.g. a request the training service dropped): it holds no cause back.
                 log.warning("triggers: run %s of %s in unknown state %r: taken as not active", run_id, model, state)
             if state == "completed" and run_id in model_state.active_runs:
-                model_state.gating_runs = [*(model_state.gating_runs or []), [run_id, self.clock().isoformat()]]
+                decided = as_utc(model_state.gate_decided_at)
+                if decided is not None and decided >= event.envelope.occurred_at:
+                    # The gate's decision on this run was read first (another topic): nothing left to wait for.
+                    log.info("triggers: run %s of %s completed; the gate decided already", run_id, model)
+                else:
+                    model_state.gating_runs = [*(model_state.gating_runs or []), [run_id, self.clock().isoformat()]]
             model_state.active_runs = runs
             model_state.updated_at = utcnow()
             if event.envelope.caused_by is not None:
@@ -931,6 +938,13 @@ def _advance_event_time(stream: TriggerStreamState, when: datetime | None) -> No
     current = as_utc(stream.max_event_time)
     if when is not None and (current is None or when > current):
         stream.max_event_time = when
+
+
+def _gate_decided(state: TriggerModelState, event: Event[Any]) -> None:
+    """Note when the gate decided (the newest decision's time, whatever order the events are read in)."""
+    decided = as_utc(state.gate_decided_at)
+    if decided is None or event.envelope.occurred_at > decided:
+        state.gate_decided_at = event.envelope.occurred_at
 
 
 def _gate_pending(entry: list[str], now: datetime) -> bool:

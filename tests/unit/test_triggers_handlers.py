@@ -556,6 +556,23 @@ def test_queue_while_running_merges_causes_into_one_request_after_the_run(
     assert handlers.model_state(MODEL)["pending_request_id"] is None
 
 
+def test_a_gate_decision_read_before_the_runs_completion_does_not_hold_causes_back(
+    make: Any, published: list[Event], clock: Clock
+) -> None:
+    """ModelRejected (registry's topic) can be read before the run's RunStateChanged "completed" (training's): the
+    completion must not then wait for a gate that has already decided."""
+    handlers: TriggerHandlers = make(with_triggers(cooldown=0, queue_while_running=True))
+    with_data_and_champion(handlers)
+    running = run_event("run-1", "running")
+    handlers.on_run_state_changed(running)
+    completed = run_event("run-1", "completed")  # made before the decision, read after it
+    handlers.on_model_rejected(rejected_event())
+    handlers.on_run_state_changed(completed)
+    assert handlers.model_state(MODEL)["pending_request_id"] is None
+    handlers.on_drift_detected(drift_event(1))
+    assert [e.payload.trigger for e in published] == ["drift"]  # fired, not queued behind a decided gate
+
+
 def guard_event(version: int = 2, previous: int = 1) -> Event:
     payload = PerformanceDegraded(
         model=MODEL,

@@ -77,6 +77,9 @@ class TriggerModelState(Base):
     last_schedule_slot: Mapped[datetime | None]
     # Runs that completed and wait for the gate (ModelPromoted/ModelRejected): causes stay coalesced until then.
     gating_runs: Mapped[list | None] = mapped_column(default=list)
+    # When the gate last decided (ModelPromoted/ModelRejected): a run's "completed" read after a decision made after
+    # it (the two come on different topics, in either order) does not wait for the gate again.
+    gate_decided_at: Mapped[datetime | None]
     # Where the stream stood at the last automatic request (rows landed, event time): cooldowns by rows/event time.
     last_request_rows_total: Mapped[int | None] = mapped_column(sa.BigInteger)
     last_request_event_time: Mapped[datetime | None]
