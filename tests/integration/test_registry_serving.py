@@ -364,3 +364,22 @@ def test_on_postgres_and_s3_tampered_challenger_is_rejected_and_first_version_se
         assert stack.predict(rows()).json()["version"] == 1
     finally:
         stack.stop()
+
+
+def test_a_model_applied_live_is_gated_and_served_without_a_restart(stack: Stack, unique: str) -> None:
+    """A pipeline applied while the registry and serving run (what their catalogs take from ``PipelineApplied``):
+    its first version is gated and served, next to the model they started with."""
+    model, stream = f"late-{unique}", f"late-tx-{unique}"
+    assert stack.serving.client.post(f"/v1/models/{model}/predict", json={"instances": rows()}).status_code == 404
+    cfg = make_pipeline(model=model, stream=stream, first_version_threshold=0.6, min_improvement=0.01)
+    for service in stack.services:
+        service.runtime.pipelines.put(cfg)
+
+    stack.model, stack.stream, stack.pipeline = model, stream, cfg
+    stack.features = feature_frame(cfg, rows=3000)
+    stack.feature_set_uri = put_feature_set(stack.store, stream, 1, stack.features)
+    stack.complete_training("run-late", rounds=30)
+    assert stack.decided(1)["status"] == "promoted"
+    wait_for(lambda: stack.served_version() == 1, "serving to load the applied model's v1")
+    answer = stack.predict(rows())
+    assert answer.status_code == 200 and answer.json()["version"] == 1
