@@ -47,7 +47,7 @@ class PredictionRecorder:
     def record(self, result: dict[str, Any]) -> None:
         """Queue the rows of one answered request (``predict``'s result)."""
         request_id, model, version, replica = result["request_id"], result["model"], result["version"], self.replica
-        now = datetime.now(tz=UTC)
+        now = result.get("answered_at") or datetime.now(tz=UTC)
         rows = [
             {
                 "request_id": request_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -99,4 +100,6 @@ def predict(
         "predictions": predictions,
         "instances": instances,
         "entities": entities,
+        # When it was answered: the prediction's time for feedback by entity, however late its row is stored.
+        "answered_at": datetime.now(tz=UTC),
     }

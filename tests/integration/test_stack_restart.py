@@ -87,6 +87,8 @@ def test_down_and_up_keeps_the_champion_and_the_timeline_and_the_supervisor_rest
         trained = TrainingData(pipeline, store, features, put_feature_set(store, stream, 1, features))
         first_cascade = train("first")
         wait_until(lambda: served() == 1, 120, "serving v1")
+        # The event log is written in the background: the switch's row follows the switch by a moment.
+        wait_until(lambda: len(switches(1)) == 1, 30, "the switch in the event log")
         (before,) = switches(1)
         assert before.cascade_id == first_cascade
 
@@ -97,6 +99,7 @@ def test_down_and_up_keeps_the_champion_and_the_timeline_and_the_supervisor_rest
         health = httpx.get(f"{serving_url}/healthz", timeout=5).json()
         assert health["ready"] and health["registry"]["champions"] == {model: 1}
         # The new replica's switch is caused by the same promotion: it continues that cascade's timeline.
+        wait_until(lambda: [s for s in switches(1) if s.event_id != before.event_id], 30, "the new switch logged")
         after = [s for s in switches(1) if s.event_id != before.event_id]
         assert after and {s.cascade_id for s in after} == {first_cascade}
         assert {s.caused_by for s in after} == {before.caused_by}
