@@ -74,31 +74,29 @@ def stream_worker_loop(
 ) -> Callable[[threading.Event], None]:
     """A loop for ``ServiceSpec.loops``: runs the faust worker until ``stop`` is set. Without a fixed ``pipelines``
     list it follows the service's pipeline catalog: when a pipeline applied live adds, removes or renames a stream,
-    the worker stops and starts again with one agent per stream of the new set (faust's agents are fixed at start;
-    offsets are committed, so the new worker carries on where the old one was)."""
+    or changes a stream's features, the worker stops and starts again with one agent per stream of the new set
+    (faust's agents are fixed at start; offsets are committed, so the new worker carries on where the old one was)."""
     changed = threading.Event()
 
-    def topics() -> set[str]:
-        chosen = pipelines if pipelines is not None else list(runtime.pipelines.values())
-        return {p.stream.topic for p in chosen}
+    def current() -> list[PipelineConfig]:
+        return pipelines if pipelines is not None else sorted(runtime.pipelines.values(), key=lambda p: p.stream.topic)
 
-    running_topics: set[str] = set()
+    running: list[PipelineConfig] = []
 
     def streams_changed() -> None:
-        if topics() != running_topics:
+        if current() != running:  # a stream added or removed, or its features changed
             changed.set()
 
     if pipelines is None:
         runtime.pipelines.on_change(streams_changed)
 
     def run_worker(stop: threading.Event) -> None:
-        nonlocal running_topics
+        nonlocal running
         while not stop.is_set():
             changed.clear()
-            chosen = pipelines if pipelines is not None else list(runtime.pipelines.values())
-            running_topics = {p.stream.topic for p in chosen}
-            if chosen:
-                _run_faust_worker(runtime, group, chosen, stop, changed)
+            running = current()
+            if running:
+                _run_faust_worker(runtime, group, running, stop, changed)
             if pipelines is not None:
                 return
             while not stop.is_set() and not changed.wait(0.5):
