@@ -3,6 +3,7 @@
     .venv/bin/python bench/replay.py auto sea [--json]             # river's SEA, an abrupt change
     .venv/bin/python bench/replay.py auto agrawal [--json]         # river's Agrawal, a gradual change
     .venv/bin/python bench/replay.py auto hyperplane [--json]      # river's rotating hyperplane, gradual
+    .venv/bin/python bench/replay.py auto demo [--json]            # the demo's transactions and its own pipeline
     .venv/bin/python bench/replay.py PIPELINE.yaml FILE.csv|FILE.parquet --change-at ROW [--json]
 
 Starts an embedded stack of its own (free ports, a temporary home; stopped by PID at the end), then:
@@ -45,7 +46,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-GENERATORS = ("sea", "agrawal", "hyperplane")
+GENERATORS = ("sea", "agrawal", "hyperplane", "demo")
+DEMO_PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "transactions.yaml"
 ENTITY = "entity"
 EVENT_TIME = "event_time"
 LABEL = "label"
@@ -72,6 +74,19 @@ def generate(name: str, rows: int, change_at: int, width: int = 0, seed: int = 7
     start = datetime.now(tz=UTC).replace(microsecond=0) - timedelta(seconds=rows + 60)
     frame.insert(0, EVENT_TIME, [start + timedelta(seconds=i) for i in range(rows)])
     frame.insert(0, ENTITY, [f"e{i % 500}" for i in range(rows)])
+    return frame
+
+
+def generate_demo(rows: int, change_at: int, seed: int = 7) -> pd.DataFrame:
+    """The demo's transactions (``driftloop.ops.demo``): amounts, categories and what fraud follows change at row
+    ``change_at``. Event times one a second, ending now, like the generated streams."""
+    from driftloop.ops.demo import make_records
+
+    rng = np.random.default_rng(seed)
+    start = datetime.now(tz=UTC).replace(microsecond=0) - timedelta(seconds=rows + 60)
+    records = make_records(change_at, False, rng, start) + make_records(rows - change_at, True, rng, start)
+    frame = pd.DataFrame(records)
+    frame["event_time"] = [start + timedelta(seconds=i) for i in range(rows)]
     return frame
 
 
@@ -116,7 +131,9 @@ def generated_pipeline(
 ) -> dict[str, Any]:
     """The pipeline of a generated stream: every feature numeric, count windows, a cooldown in rows."""
     features = [c for c in frame.columns if c not in (ENTITY, EVENT_TIME, LABEL)]
-    performance: dict[str, Any] = {"window_size": 200}
+    # The change detector reads each label as it comes: a rise of the error is found (and located) without
+    # waiting for a window of 200 labels to be past the threshold.
+    performance: dict[str, Any] = {"window_size": 200, "change_detector": "adwin"}
     if threshold is not None:
         performance["threshold"] = round(threshold, 3)
     return {
@@ -531,7 +548,16 @@ def main(argv: list[str] | None = None) -> int:
     pipelines_dir = tmp / "pipelines"
     pipelines_dir.mkdir()
     target = None
-    if args.pipeline == "auto":
+    if args.pipeline == "auto" and args.source == "demo":
+        # The demo's own pipeline as it is (its first dataset version is cut after cut_every_rows records).
+        change = 6000 if args.change_at is None else args.change_at
+        path = pipelines_dir / DEMO_PIPELINE.name
+        path.write_text(DEMO_PIPELINE.read_text())
+        cut_every = load_pipeline(path).dataset.cut_every_rows or 0
+        args.bootstrap_rows = max(args.bootstrap_rows, cut_every)
+        frame = generate_demo(max(args.rows, change + 1000), change)
+        title = "demo transactions (abrupt; its own pipeline)"
+    elif args.pipeline == "auto":
         change = 4500 if args.change_at is None else args.change_at
         width = args.width if args.width is not None else (0 if args.source == "sea" else 600)
         frame = generate(args.source, args.rows, change, width)

@@ -19,6 +19,10 @@ joined with the stored prediction by request id and row and numbered per (model,
 into tumbling windows of ``monitor.performance.window_size`` of that version. Every alarm names its version; the
 triggers service drops alarms about a version that is no longer champion as stale.
 
+Change detection (``monitor.performance.change_detector: adwin``, ``changes.py``): each joined label's error goes to
+its version's ADWIN; a located rise is a ``PerformanceDegraded`` with ``reason: change`` whose window starts where
+the change began.
+
 Estimated performance (classifiers): each drift window carries the metric expected from its predicted
 probabilities (CBPE, ``stats.estimate_performance``) next to the version's first window's, and the version's last
 measured performance window, so the retrain policy (``triggers.policy``) can tell harmful drift from harmless.
@@ -68,6 +72,7 @@ from driftloop.contracts.pipeline import AllowedValuesRule, PipelineConfig, Rang
 from driftloop.errors import ValidationFailed
 
 from . import metrics
+from .changes import MAX_SEGMENT, ErrorDetector, error_of
 from .reference import read_reference
 from .stats import (
     MAXIMIZED_METRICS,
@@ -126,6 +131,8 @@ class MonitorHandlers:
         self._watches: dict[str, Watch] = {}
         # Models whose watch was looked up in the database since start (a restart reloads lazily).
         self._restored: set[str] = set()
+        # Change detectors per (model, version) (monitor.performance.change_detector), rebuilt lazily after a start.
+        self._detectors: dict[tuple[str, int], ErrorDetector] = {}
         # The consumer thread writes, the HTTP threads read.
         self._lock = threading.RLock()
 
@@ -249,6 +256,7 @@ class MonitorHandlers:
                 metrics.FEEDBACK_SKIPPED.labels(model=model, reason="prediction_unknown").inc()
                 return
             self._join(session, feedback, observation)
+            self._detect_change(session, pipeline, feedback, observation)
             self._close_performance_windows(session, pipeline, observation.version)
 
     # --- observations and windows ------------------------------------------------------------------------
@@ -299,6 +307,7 @@ class MonitorHandlers:
             assert observation is not None
             for feedback in early:
                 self._join(session, feedback, observation)
+                self._detect_change(session, pipeline, feedback, observation)
             self._close_performance_windows(session, pipeline, observation.version)
 
     def _close_due_windows(self, session: Session, pipeline: PipelineConfig, watch: Watch) -> None:
@@ -530,6 +539,80 @@ class MonitorHandlers:
         feedback.seq = 0 if last is None else int(last) + 1
         feedback.version_seq = 0 if last_of_version is None else int(last_of_version) + 1
         session.flush()
+
+    def _detect_change(
+        self, session: Session, pipeline: PipelineConfig, feedback: MonitorFeedback, observation: MonitorObservation
+    ) -> None:
+        """Feed the joined label's error to its version's change detector; a located rise is a PerformanceDegraded
+        (reason ``change``) whose window starts where the change began."""
+        spec = pipeline.monitor.performance
+        if spec.change_detector == "none" or feedback.version_seq is None:
+            return
+        model, version = pipeline.model.name, int(observation.version)
+        detector = self._detector(session, pipeline, version, before_seq=int(feedback.version_seq))
+        error = error_of(feedback.actual, observation.prediction, pipeline.model.task, spec.decision_threshold)
+        change = detector.update(error, observation.event_time)
+        if change is None:
+            return
+        metrics.CHANGES_DETECTED.labels(model=model).inc()
+        event = new_event(
+            PerformanceDegraded(
+                model=model,
+                version=version,
+                metric=change.metric,
+                value=change.after,
+                threshold=change.before,
+                window_size=change.rows_after,
+                window_start_time=_utc(change.started_at),
+                window_end_time=_utc(change.detected_at),
+                reason="change",
+            ),
+            producer=self.producer,
+        )
+        log.info(
+            "monitor: %s v%d change detected: %s %.4g -> %.4g, began %d labeled predictions ago (at %s)",
+            model,
+            version,
+            change.metric,
+            change.before,
+            change.after,
+            change.rows_after,
+            _utc(change.started_at).isoformat(),
+        )
+        self.publish(event)
+
+    def _detector(self, session: Session, pipeline: PipelineConfig, version: int, before_seq: int) -> ErrorDetector:
+        """The version's detector; new in this process: fed the version's earlier labeled errors first (no alarm)."""
+        model, spec = pipeline.model.name, pipeline.monitor.performance
+        detector = self._detectors.get((model, version))
+        if detector is not None:
+            return detector
+        detector = ErrorDetector(
+            metric="error_rate" if pipeline.model.task == "classification" else "mae", delta=spec.adwin_delta
+        )
+        earlier = session.execute(
+            sa.select(MonitorFeedback.actual, MonitorObservation.prediction, MonitorObservation.event_time)
+            .join(
+                MonitorObservation,
+                sa.and_(
+                    MonitorObservation.model == MonitorFeedback.model,
+                    MonitorObservation.version == MonitorFeedback.version,
+                    MonitorObservation.request_id == MonitorFeedback.request_id,
+                    MonitorObservation.row_index == MonitorFeedback.row_index,
+                ),
+            )
+            .where(
+                MonitorFeedback.model == model,
+                MonitorFeedback.version == version,
+                MonitorFeedback.version_seq < before_seq,
+            )
+            .order_by(MonitorFeedback.version_seq.desc())
+            .limit(MAX_SEGMENT)
+        ).all()
+        for actual, prediction, event_time in reversed(earlier):
+            detector.update(error_of(actual, prediction, pipeline.model.task, spec.decision_threshold), event_time)
+        self._detectors[(model, version)] = detector
+        return detector
 
     def _close_performance_windows(self, session: Session, pipeline: PipelineConfig, version: int) -> None:
         """Close the full performance windows of ``version`` (its own labeled predictions only)."""

@@ -65,3 +65,8 @@ FEEDBACK_SKIPPED = Counter(
     "Feedback not (yet) joined with a prediction, by reason (unknown_model, prediction_unknown).",
     ["model", "reason"],
 )
+CHANGES_DETECTED = Counter(
+    "driftloop_monitor_changes_detected",
+    "Rises of a version's labeled error found by its change detector (monitor.performance.change_detector).",
+    ["model"],
+)

@@ -297,6 +297,12 @@ class TriggerHandlers:
                 f"v{degraded.previous_version} {degraded.previous_value:.4g} on the same "
                 f"{degraded.window_size} labeled predictions (threshold {degraded.threshold:.4g})"
             )
+        elif degraded.reason == "change":
+            began = degraded.window_start_time.isoformat() if degraded.window_start_time else "unknown"
+            reason = (
+                f"change in v{degraded.version}'s labeled errors: {degraded.metric} {degraded.threshold:.4g} -> "
+                f"{degraded.value:.4g} over the last {degraded.window_size} labeled predictions (began at {began})"
+            )
         else:
             reason = (
                 f"performance of v{degraded.version}: {degraded.metric} {degraded.value:.4g} past the threshold "

@@ -369,3 +369,48 @@ def test_guard_scores_the_previous_champion_on_the_new_champions_labeled_rows(
 
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
+
+
+def test_a_change_detector_on_labeled_errors_alarms_located_and_a_restart_neither_repeats_nor_forgets(
+    env: dict[str, Any],
+) -> None:
+    """monitor.performance.change_detector: adwin. Labels right for 300 predictions, then wrong a third of the
+    time: one PerformanceDegraded (reason change) whose window starts near the 300th prediction. The monitor
+    restarts after the 300th (its new detector is fed the stored labels, so it still knows the old level) and again
+    after the alarm (the same change is not reported twice)."""
+    performance = PerformanceSpec(metric="accuracy", window_size=1000, change_detector="adwin")
+    pipeline = with_monitor(window_size=2000, performance=performance)
+    handlers: MonitorHandlers = env["make"](pipeline)
+    handlers.on_model_promoted(promoted(env))
+    start = 1_800_000_000.0
+    rng = np.random.default_rng(5)
+
+    def serve(k: int, score: float, actual: float, monitor: MonitorHandlers) -> None:
+        event = prediction(raw_inputs(1, env["rng"])[0], request_id=f"c{k}", score=score)
+        envelope = replace(event.envelope, occurred_at=datetime.fromtimestamp(start + k, tz=UTC))
+        monitor.on_prediction_logged(Event(envelope=envelope, payload=event.payload))
+        monitor.on_feedback_received(feedback(f"c{k}", actual))
+
+    def alarms() -> list[Event]:
+        return [e for e in env["published"] if e.type == "PerformanceDegraded"]
+
+    for k in range(300):
+        serve(k, 0.9, 1.0 if rng.random() < 0.97 else 0.0, handlers)
+    assert alarms() == []
+    restarted: MonitorHandlers = env["make"](pipeline)
+    k = 300
+    while not alarms() and k < 700:
+        serve(k, 0.9, 0.0 if rng.random() < 0.35 else 1.0, restarted)
+        k += 1
+    (alarm,) = alarms()
+    assert alarm.payload.reason == "change"
+    assert alarm.payload.metric == "error_rate"
+    assert alarm.payload.version == 1
+    assert alarm.payload.threshold < 0.1 < 0.2 < alarm.payload.value
+    began = alarm.payload.window_start_time.timestamp() - start
+    assert 250 <= began <= 350, began
+
+    again: MonitorHandlers = env["make"](pipeline)
+    for j in range(k, k + 200):
+        serve(j, 0.9, 0.0 if rng.random() < 0.35 else 1.0, again)
+    assert len(alarms()) == 1

@@ -551,7 +551,9 @@ class PerformanceDegraded(Payload):
     previous_version: int | None = None
     #: The previous champion's metric on those rows (the threshold is it minus monitor.guard.max_drop).
     previous_value: float | None = None
-    #: threshold (the window is past monitor.performance.threshold) or guard (worse than the previous champion).
+    #: threshold (the window is past monitor.performance.threshold), guard (worse than the previous champion) or change
+    #: (the change detector: value is the error since the change, threshold the error before, window_start_time where it
+    #: began).
     reason: str | None = None
 
     def to_avro(self) -> dict[str, Any]:

@@ -338,6 +338,13 @@ class PerformanceSpec(_Strict):
     threshold: float | None = None
     # Classification: probability at or above which a prediction counts as the positive class (accuracy, F1).
     decision_threshold: float = Field(default=0.5, gt=0, lt=1)
+    # adwin: a change detector (river's ADWIN) reads the version's labeled errors one by one (0/1 at
+    # decision_threshold for classifiers, absolute error for regressors) and emits PerformanceDegraded (reason:
+    # change) as soon as the error rose, located where it began: training then waits for post-change rows only.
+    # none: the tumbling windows and their threshold only.
+    change_detector: Literal["none", "adwin"] = "none"
+    # ADWIN's confidence: smaller, fewer false alarms and later detection.
+    adwin_delta: float = Field(default=0.002, gt=0, lt=1)
 
 
 class PredictionDriftSpec(_Strict):
