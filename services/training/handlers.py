@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 # Requests never skipped for identical data: a person asked (the demo's "same data" retrain shows the gate at work).
 ALWAYS_RUN_TRIGGERS = frozenset({"manual", "rerun"})
 # How often a run waiting for post-change rows looks at the feature sets again.
+# A cut on demand may wait behind a periodic cut on a busy machine (Spark): asked again after this.
+CUT_ANSWER_SECONDS = 30.0
 CHANGE_POLL_SECONDS = 2.0
 
 Fitter = Callable[[Settings, FitJob, Callable[[], bool]], FitResult]
@@ -457,14 +459,19 @@ class TrainingHandlers:
         self, pipeline: PipelineConfig, since: datetime, needed: int, run_log: RunLog
     ) -> datetime | None:
         """Ask ingestion to cut a version once enough rows landed after the change, a point on the arrival clock.
-        Returns the change in the stream's event time (None: no row landed after it yet; ask again). Best effort:
-        when ingestion does not answer, ``since`` is taken as it is and the run waits for the periodic cuts."""
+        Returns the change in the stream's event time (None: not known yet, ask again): None when no row landed
+        after it, or when ingestion answered too late (busy with a Spark cut: a guess on another clock would train
+        on the wrong rows). Unreachable ingestion (not deployed, down): ``since`` is taken as it is and the run
+        waits for the periodic cuts."""
         stream = pipeline.stream.name
         body = {"since": since.isoformat(), "min_rows": needed, "clock": "arrival"}
         try:
-            with ServiceClient("ingestion", self.runtime.settings, timeout=10.0, retries=0) as ingestion:
+            with ServiceClient("ingestion", self.runtime.settings, timeout=CUT_ANSWER_SECONDS, retries=0) as ingestion:
                 answer = ingestion.post(f"/v1/streams/{stream}/datasets", json=body)
         except DriftloopError as exc:
+            if getattr(exc, "code", None) == "timeout":
+                run_log.note(f"cut on demand after the change not answered yet ({exc}): asking again")
+                return None
             run_log.note(f"cut on demand after the change not made ({exc}): waiting for the periodic cuts")
             return since
         if answer.get("since") is None:

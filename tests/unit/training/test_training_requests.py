@@ -321,3 +321,39 @@ def test_a_fit_broken_by_the_services_own_stop_is_interrupted_not_failed(runtime
     handlers(runtime, fit_while_stopping).on_training_requested(request("stopped", None))
     assert run_of(runtime, "stopped").state == "running"
     assert handlers(runtime).take_interrupted() == [run_of(runtime, "stopped").run_id]
+
+
+def test_a_cut_on_demand_answered_too_late_is_asked_again_not_guessed(
+    runtime: FakeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ingestion busy with a Spark cut answers the first ask after the client's timeout: the change (on the
+    platform's clock) is not taken as an event time; training asks again and trains on the rows after the answer."""
+    import driftloop.services.training.handlers as training_handlers
+    from driftloop.errors import ServiceError
+
+    monkeypatch.setattr(training_handlers, "CHANGE_POLL_SECONDS", 0.01)
+    store = LocalObjectStore(runtime.settings.object_store_path)
+    write_feature_set(store, runtime.pipelines[MODEL], 1, 1200)  # one row a minute from 2026-02-01
+    in_event_time = datetime(2026, 2, 1, tzinfo=UTC) + timedelta(minutes=700)
+    asked: list[dict[str, Any]] = []
+
+    class BusyIngestion:
+        def __init__(self, *_: Any, **__: Any) -> None: ...
+        def __enter__(self) -> BusyIngestion:
+            return self
+
+        def __exit__(self, *_: Any) -> None: ...
+        def post(self, path: str, json: dict[str, Any]) -> dict[str, Any]:
+            asked.append(json)
+            if len(asked) == 1:
+                raise ServiceError("ingestion did not answer in time", status_code=504, code="timeout")
+            return {"status": "covered", "since": in_event_time.isoformat(), "rows_after_change": 500}
+
+    monkeypatch.setattr(training_handlers, "ServiceClient", BusyIngestion)
+    handlers(runtime).on_training_requested(
+        request("busy", None, trigger="drift", change_started_at=datetime.now(tz=UTC))
+    )
+    run = run_of(runtime, "busy")
+    assert run.state == "completed", run.error
+    assert len(asked) == 2
+    assert run.holdout["rows"] + run.holdout["train_rows"] == 500  # the rows after the answered event time
