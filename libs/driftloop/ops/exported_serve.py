@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from driftloop_frozen.contracts import oip  # noqa: E402
-from driftloop_frozen.errors import DriftloopError, NotFoundError, ValidationFailed  # noqa: E402
+from driftloop_frozen.errors import BadRequest, DriftloopError, NotFoundError, ValidationFailed  # noqa: E402
 
 predict = importlib.import_module("predict")  # this folder's predict.py: the one place rows are scored
 
@@ -95,8 +95,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def _handle(self, method: str) -> None:
         path = self.path.split("?", 1)[0].rstrip("/")
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0)) if method == "POST" else b""
         try:
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                raise BadRequest("Content-Length is not a number") from None
+            raw = self.rfile.read(length) if method == "POST" else b""
             if method == "GET" and path in ("/v2/health/live", "/v2/health/ready"):
                 # The model is loaded before the port opens: ready as soon as it answers.
                 self._answer(200, {"live": True} if path.endswith("live") else {"ready": True})
