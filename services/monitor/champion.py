@@ -2,13 +2,17 @@
 registry (``GET /v1/models/{m}/aliases/champion``, over HTTP with the settings' token) and watches the champion it
 names when its own record (``monitored_models``) is missing or older, as if its ``ModelPromoted`` had arrived. So a
 monitor started after the topics were truncated (or the embedded broker restarted empty) watches the right version.
-A promotion handled from the bus after the registry's move (newer news) is kept."""
+A promotion handled from the bus after the registry's move (newer news) is kept.
+
+A model whose pipeline is applied live (``driftloop pipeline apply``: the catalog changes) is asked about too, as
+soon as it arrives (``AppliedModels``): a promotion the monitor handled before it had the model's pipeline could not
+be taken (the model was unknown), and the bus will not bring it again."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -110,13 +114,46 @@ class ChampionReconcile:
         )
 
 
+class AppliedModels:
+    """Reconciles the models applied since start: ``changed`` is the catalog's listener (``on_change``: it only
+    wakes the loop), ``run`` the loop that asks the registry about each model new to the catalog (one removed and
+    applied again too), retrying until the registry answers."""
+
+    def __init__(self, reconcile: ChampionReconcile, catalog: Collection[str]) -> None:
+        self.reconcile = reconcile
+        self.catalog = catalog
+        self.known = set(catalog)  # the models of the start: the start-up reconcile asks about those
+        self._wake = threading.Event()
+
+    def changed(self) -> None:
+        self._wake.set()
+
+    def run(self, stop_event: threading.Event) -> None:
+        while not stop_event.is_set():
+            if not self._wake.wait(0.5):
+                continue
+            self._wake.clear()
+            current = set(self.catalog)
+            new = sorted(current - self.known)
+            self.known = current
+            if new:
+                each_until_done(
+                    new,
+                    self.reconcile.reconcile_model,
+                    stop_event,
+                    what="monitor: watching the registry's champion of an applied model",
+                    retry_on=(DriftloopError,),
+                )
+
+
 def champion_reconcile(
     settings: Settings,
     session_factory: sessionmaker[Session],
     on_model_promoted: Callable[[Event[ModelPromoted]], None],
-    models: Iterable[str],
-) -> tuple[Callable[[threading.Event], None], Callable[[], None]]:
-    """The start-up loop (for ``ServiceSpec.loops``) and its stop hook."""
+    catalog: Collection[str],
+) -> tuple[Callable[[threading.Event], None], AppliedModels, Callable[[], None]]:
+    """The start-up loop (for ``ServiceSpec.loops``), the reconcile of models applied later (its ``changed`` is
+    the catalog's listener, its ``run`` a loop) and the stop hook. ``catalog``: the pipeline catalog."""
     client = ServiceClient("registry", settings, token=partial(client_token, settings), timeout=10.0, retries=1)
 
     def get_alias(model: str) -> dict[str, Any] | None:
@@ -125,9 +162,10 @@ def champion_reconcile(
         except NotFoundError:
             return None
 
-    reconcile = ChampionReconcile(get_alias, session_factory, on_model_promoted, models)
+    reconcile = ChampionReconcile(get_alias, session_factory, on_model_promoted, catalog)
+    applied = AppliedModels(reconcile, catalog)
 
     def reconcile_monitor_champions(stop_event: threading.Event) -> None:
         reconcile.run(stop_event)
 
-    return reconcile_monitor_champions, client.close
+    return reconcile_monitor_champions, applied, client.close

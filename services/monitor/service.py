@@ -49,13 +49,15 @@ def build(runtime: Runtime) -> ServiceSpec:
         lambda: {"processed_events": runtime.bus.purge_processed([CONSUMER_GROUP])},
         runtime.settings.database.purge_interval_seconds,
     )
-    # At start, the champion as the registry says it (the bus may have lost its promotion).
-    reconcile, close_registry = champion_reconcile(
+    # At start, the champion as the registry says it (the bus may have lost its promotion); and so for each model
+    # applied later, when it arrives.
+    reconcile, applied, close_registry = champion_reconcile(
         runtime.settings, runtime.Session, handlers.on_model_promoted, runtime.pipelines
     )
+    runtime.pipelines.on_change(applied.changed)
     return ServiceSpec(
         app=app,
-        loops=[engine.run, purge, processed_ids, reconcile],
+        loops=[engine.run, purge, processed_ids, reconcile, applied.run],
         on_stop=[close_registry],
         ready_checks={"faust_agent_started": engine.started.is_set},
         health_info={

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import BaseRoute, Match
 
+from driftloop.contracts import oip
 from driftloop.contracts.bounds import Count, Name, Text
 from driftloop.contracts.events import Event
 from driftloop.contracts.payloads import Payload
@@ -28,18 +29,16 @@ from driftloop.errors import (
     ServiceError,
     ServiceUnavailable,
     ValidationFailed,
-    http_status_of,
 )
 from driftloop.runtime.service import ErrorBody, api_context
 
-from . import oip
 from . import predict as predicting
 from .feedback import FeedbackDesk, FeedbackItem, PredictionRecorder
 from .predlog import PredictionLog
 from .rollout import RolloutController
 from .served import ModelTable, ServedModel
 
-MAX_INSTANCES = 10_000
+MAX_INSTANCES = oip.MAX_ROWS
 # An entity key or a request id: text of at most 200 characters.
 Key = Annotated[Text, Field(max_length=200)]
 # Requests up to this many rows on the pandas-free path are scored on the event loop (tens of microseconds: less
@@ -390,14 +389,9 @@ INFER_BODY: dict[str, Any] = {
 }
 
 
-def v2_error(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": message, **extra})
-
-
 def v2_error_of(exc: DriftloopError) -> JSONResponse:
-    if isinstance(exc, ValidationFailed):
-        return v2_error(http_status_of(exc), str(exc), reason=exc.reason, field=exc.field)
-    return v2_error(http_status_of(exc), str(exc))
+    status, body = oip.error_body(exc)
+    return JSONResponse(status_code=status, content=body)
 
 
 @router.get("/v2", tags=["oip"])
@@ -480,35 +474,17 @@ def v2_version_ready(ctx: Ctx, name: Name, version: Name) -> JSONResponse:
     return JSONResponse(content={"name": name, "version": version, "ready": True})
 
 
-class InferRequest(BaseModel):
-    """What ``v2_request`` reads of an inference request (checked by hand, for the protocol's error body)."""
-
-    client_id: str | None
-    instances: list[dict[str, Any]]
-    outputs: list[dict[str, Any]] | None
-
-
-async def v2_request(request: Request, pipeline: PipelineConfig) -> InferRequest:
-    """An inference request; BadRequest (400) for a body that is not a JSON object, ValidationFailed (422) for
-    inputs, parameters or outputs that do not fit the model's signature or the protocol."""
+async def v2_request(request: Request, pipeline: PipelineConfig) -> oip.InferenceRequest:
+    """An inference request, decoded by the protocol's contract (``driftloop.contracts.oip``, which an exported
+    model's server shares): BadRequest (400) or ValidationFailed (422) for one that does not fit."""
     try:
         body = pydantic_core.from_json(await request.body())
     except ValueError as exc:
         raise BadRequest(f"the request body is not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object with 'inputs'")
-    client_id = body.get("id")
-    if client_id is not None and not isinstance(client_id, str):
-        raise ValidationFailed("wrong_type", "id", "id must be a string")
-    oip.check_parameters(body.get("parameters"), "parameters")
-    instances = oip.instances_from_inputs(body.get("inputs"), pipeline)
-    outputs = oip.check_outputs(body.get("outputs"))
-    if len(instances) > MAX_INSTANCES:
-        raise ValidationFailed("too_many_rows", "inputs", f"at most {MAX_INSTANCES} rows per request")
-    return InferRequest.model_construct(client_id=client_id, instances=instances, outputs=outputs)
+    return oip.decode_request(body, pipeline, MAX_INSTANCES)
 
 
-def v2_answer(result: dict[str, Any], infer: InferRequest) -> Response:
+def v2_answer(result: dict[str, Any], infer: oip.InferenceRequest) -> Response:
     return json_response(
         oip.response(
             result["model"],

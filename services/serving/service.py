@@ -63,6 +63,8 @@ def follow_the_registry(
         settings.serving.reconcile_interval_seconds,
     )
     check.on_stale = reconciler.wake  # a promotion it could not serve: ask the registry at once
+    # A model applied live: its champion (a promotion ignored before its pipeline arrived) loaded at once.
+    runtime.pipelines.on_change(reconciler.wake)
     follower.check = check
     spec.loops.append(reconciler.run)
     spec.on_stop.append(registry.close)

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from model_factory import (
     feature_frame,
     make_pipeline,
+    pipeline_text,
     put_artifact,
     put_feature_set,
     raw_transactions,
@@ -29,9 +30,13 @@ from driftloop.clients.db.models import EventRecord
 from driftloop.clients.objectstore import open_object_store
 from driftloop.contracts.events import new_event
 from driftloop.contracts.payloads import ModelPromoted
+from driftloop.contracts.pipeline import parse_pipeline
 from driftloop.contracts.settings import Settings
+from driftloop.ops.pipelines import apply_pipeline
 from driftloop.ops.procs import free_port
+from driftloop.runtime.pipelines import follow
 from driftloop.runtime.service import Runtime, ServiceSpec, _add_health, make_runtime
+from driftloop.services.monitor.service import build as build_monitor
 from driftloop.services.registry.service import build as build_registry
 from driftloop.services.serving.service import build as build_serving
 
@@ -52,7 +57,13 @@ class InProcessService:
     """A service as ``driftloop.runtime.service.run`` wires it, minus uvicorn: consumers and loops in threads."""
 
     def __init__(
-        self, name: str, build: Callable[[Runtime], ServiceSpec], settings: Settings, *, http: bool = False
+        self,
+        name: str,
+        build: Callable[[Runtime], ServiceSpec],
+        settings: Settings,
+        *,
+        http: bool = False,
+        follow_pipelines: bool = False,
     ) -> None:
         self.runtime = make_runtime(name, settings)
         self.spec = build(self.runtime)
@@ -71,6 +82,9 @@ class InProcessService:
         ] + [
             threading.Thread(target=loop, args=(self.runtime.bus.stop_event,), daemon=True) for loop in self.spec.loops
         ]
+        if follow_pipelines:  # take PipelineApplied from the bus, as ``run`` has every service do
+            follower = follow(self.runtime.pipelines, self.runtime.bus, name)
+            self.threads.append(threading.Thread(target=follower, args=(self.runtime.bus.stop_event,), daemon=True))
         for thread in self.threads:
             thread.start()
         self.client = TestClient(self.spec.app)
@@ -86,7 +100,7 @@ class InProcessService:
 
 
 class Stack:
-    def __init__(self, settings: Settings, model: str, stream: str) -> None:
+    def __init__(self, settings: Settings, model: str, stream: str, *, follow_pipelines: bool = False) -> None:
         # The registry answers over HTTP on a free port: serving checks every promotion with it.
         services = settings.services.model_copy(update={"registry_port": free_port()})
         settings = settings.model_copy(update={"services": services})
@@ -98,11 +112,12 @@ class Stack:
         self.features = feature_frame(self.pipeline, rows=3000)
         self.feature_set_uri = put_feature_set(self.store, stream, 1, self.features)
         self.services: list[InProcessService] = []
+        self.follow_pipelines = follow_pipelines
         self.registry = self.start("registry", build_registry, http=True)
         self.serving = self.start("serving", build_serving)
 
     def start(self, name: str, build: Callable[[Runtime], ServiceSpec], *, http: bool = False) -> InProcessService:
-        service = InProcessService(name, build, self.settings, http=http)
+        service = InProcessService(name, build, self.settings, http=http, follow_pipelines=self.follow_pipelines)
         self.services.append(service)
         return service
 
@@ -366,20 +381,62 @@ def test_on_postgres_and_s3_tampered_challenger_is_rejected_and_first_version_se
         stack.stop()
 
 
-def test_a_model_applied_live_is_gated_and_served_without_a_restart(stack: Stack, unique: str) -> None:
-    """A pipeline applied while the registry and serving run (what their catalogs take from ``PipelineApplied``):
-    its first version is gated and served, next to the model they started with."""
-    model, stream = f"late-{unique}", f"late-tx-{unique}"
-    assert stack.serving.client.post(f"/v1/models/{model}/predict", json={"instances": rows()}).status_code == 404
-    cfg = make_pipeline(model=model, stream=stream, first_version_threshold=0.6, min_improvement=0.01)
-    for service in stack.services:
-        service.runtime.pipelines.put(cfg)
+def test_a_pipeline_applied_on_the_bus_reaches_registry_serving_and_monitor(
+    make_settings: Callable[..., Settings], tmp_path: Path, unique: str
+) -> None:
+    """``driftloop pipeline apply FILE`` (its function, the stack running) while the registry, serving and the
+    monitor run: each takes the ``PipelineApplied`` from the bus. Before, the model is unknown to all three; after,
+    its first version is gated, promoted and served next to the model they started with, and the monitor watches
+    it and closes a window of its predictions."""
+    first, first_stream = f"fraud-{unique}", f"tx-{unique}"
+    pipelines = write_pipeline_dir(tmp_path / "pipelines", first, first_stream, first_version_threshold=0.6)
+    stack = Stack(make_settings(pipelines_dir=pipelines), first, first_stream, follow_pipelines=True)
+    try:
+        monitor = stack.start("monitor", build_monitor)
+        model, stream = f"late-{unique}", f"late-tx-{unique}"
+        assert stack.serving.client.post(f"/v1/models/{model}/predict", json={"instances": rows()}).status_code == 404
+        assert stack.serving.client.get(f"/v2/models/{model}").status_code == 404
+        assert monitor.client.get(f"/v1/monitor/{model}").status_code == 404
+        assert stack.registry.client.get(f"/v1/models/{model}/versions").status_code == 404
 
-    stack.model, stack.stream, stack.pipeline = model, stream, cfg
-    stack.features = feature_frame(cfg, rows=3000)
-    stack.feature_set_uri = put_feature_set(stack.store, stream, 1, stack.features)
-    stack.complete_training("run-late", rounds=30)
-    assert stack.decided(1)["status"] == "promoted"
-    wait_for(lambda: stack.served_version() == 1, "serving to load the applied model's v1")
-    answer = stack.predict(rows())
-    assert answer.status_code == 200 and answer.json()["version"] == 1
+        window = 20
+        text = pipeline_text(model, stream, first_version_threshold=0.6)
+        text = text.replace("  window_size: 400\n", f"  window_size: {window}\n").replace(
+            "  reference_rows: 3000\n", "  reference_rows: 500\n"
+        )
+        (tmp_path / "late.yaml").write_text(text)
+        applied = apply_pipeline(stack.settings, tmp_path / "late.yaml", bus=True)
+        assert applied.change == "created" and "running services told" in applied.bus
+        for service in stack.services:
+            wait_for(
+                lambda s=service: model in s.client.get("/healthz").json()["pipelines"]["models"],
+                f"{service.runtime.name} to take the applied pipeline",
+            )
+
+        cfg = parse_pipeline(text)
+        stack.model, stack.stream, stack.pipeline = model, stream, cfg
+        stack.features = feature_frame(cfg, rows=3000)
+        stack.feature_set_uri = put_feature_set(stack.store, stream, 1, stack.features)
+        stack.complete_training("run-late", rounds=30)
+        v1 = stack.decided(1)
+        assert v1["status"] == "promoted" and v1["gate"]["decision"] == "promoted", v1["gate"]
+        wait_for(lambda: stack.served_version() == 1, "serving to load the applied model's v1")
+        wait_for(lambda: monitor.client.get(f"/v1/monitor/{model}").json().get("version") == 1, "the monitor's watch")
+
+        for _ in range(3):  # a window and a bit of the new model's predictions, logged by serving
+            answer = stack.predict(rows(9))
+            assert answer.status_code == 200 and answer.json()["version"] == 1
+        reports = wait_for(
+            lambda: monitor.client.get(f"/v1/monitor/{model}/drift").json()["reports"], "the monitor's first window"
+        )
+        assert [(r["version"], r["window_index"]) for r in reports] == [(1, 0)]
+        # The engine may still be handling the last predictions when the window's report is stored.
+        fill = wait_for(
+            lambda: (f := monitor.client.get(f"/v1/monitor/{model}").json()["window_fill"]) >= 27 - window and f,
+            "the open window to fill",
+        )
+        assert fill == 27 - window
+        # The model the services started with is still theirs (known, nothing promoted yet).
+        assert stack.serving.client.post(f"/v1/models/{first}/predict", json={"instances": rows()}).status_code == 503
+    finally:
+        stack.stop()

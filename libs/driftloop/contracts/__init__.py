@@ -6,7 +6,8 @@
 - ``fieldtypes``: the field-type table from which Avro, Arrow, Spark, pandas, OIP and validation types derive;
 - ``pipeline``, ``searchspace``, ``featuredefs``: a user's pipeline config, its search space and its features;
 - ``artifact`` / ``evaluation``: the model artifact format, the holdout split and the metrics;
-- ``layout``: where things live in the object store; ``settings``: the platform's typed settings.
+- ``layout``: where things live in the object store; ``settings``: the platform's typed settings;
+- ``oip``: Open Inference Protocol (v2) tensors <-> rows of raw fields, shared by serving and exported models.
 
 Import what you need from the submodule (``from driftloop.contracts.topics import MODEL_PROMOTED``).
 """
@@ -18,6 +19,7 @@ __all__ = [
     "events",
     "featuredefs",
     "layout",
+    "oip",
     "payloads",
     "pipeline",
     "schemalock",

@@ -10,8 +10,9 @@
 - ``signature.json``: the inputs (raw fields: type, nullable, required), the features, the output, the sha256;
 - ``requirements.txt``: the pinned packages it needs (the versions this environment has);
 - ``serve.py``: an Open Inference Protocol (v2 REST) server of ``predict.py``'s answers, standard library only
-  (``python serve.py --port 8080``; ``POST /v2/models/{model}/infer``), and a ``Dockerfile`` that runs it (the
-  exporting Python's version, ``requirements.txt``, port 8080).
+  (``python serve.py --port 8080``; ``POST /v2/models/{model}/infer``), which decodes requests with serving's own
+  ``driftloop.contracts.oip`` (shipped in ``driftloop_frozen/``): it takes and refuses what serving does; and a
+  ``Dockerfile`` that runs it (the exporting Python's version, ``requirements.txt``, port 8080).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ BASE_PACKAGES = [
 # The package the shipped driftloop modules are renamed to: the folder never imports (nor shadows) driftloop.
 FROZEN_PACKAGE = "driftloop_frozen"
 # The contracts the feature function and the artifact code need: their whole import closure.
-FROZEN_CONTRACTS = ("artifact", "featuredefs", "fieldtypes", "pipeline", "searchspace", "topics")
+# serve.py decodes Open Inference Protocol requests with serving's own module, ``oip``.
+FROZEN_CONTRACTS = ("artifact", "featuredefs", "fieldtypes", "oip", "pipeline", "searchspace", "topics")
 PREDICT_TEMPLATE = Path(__file__).with_name("exported_predict.py")
 SERVE_TEMPLATE = Path(__file__).with_name("exported_serve.py")
 SERVE_PORT = 8080
@@ -197,6 +199,8 @@ def export_artifact(
         f"    python serve.py --port {SERVE_PORT}     # POST /v2/models/{pipeline.model.name}/infer\n"
         f"    docker build -t {pipeline.model.name} . && docker run -p {SERVE_PORT}:{SERVE_PORT} "
         f"{pipeline.model.name}\n\n"
-        "One tensor per input field (shape [N], BYTES for strings and timestamps); the output `predict` (FP64, [N]).\n"
+        "It takes what serving takes (the same decoding code): one tensor per input field (shape [N], BYTES for\n"
+        "strings and timestamps), or one [N, F] tensor whose columns are the inputs in order; the output `predict`\n"
+        f"(FP64, [N]). `/v2/models/{pipeline.model.name}/versions/{{version}}/infer` answers for its own version.\n"
     )
     return directory

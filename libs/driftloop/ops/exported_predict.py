@@ -65,7 +65,7 @@ def predict(rows: list[dict]) -> list[float]:
     try:
         features = features_from_instances(rows, PIPELINE)
     except DriftloopError as exc:
-        raise InputError(str(exc)) from None
+        raise InputError(str(exc)) from exc  # serve.py answers with the cause's status, reason and field
     return [float(p) for p in artifact().predict(features)]
 
 

@@ -9,14 +9,19 @@ import json
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from fastapi.testclient import TestClient
 from test_training_fit import REPO, raw_rows, write_feature_set  # same folder (pytest puts it on the path)
 
 from driftloop.client import Client
@@ -29,8 +34,10 @@ from driftloop.contracts.pipeline import PipelineConfig, parse_pipeline
 from driftloop.contracts.settings import ObjectStoreSettings
 from driftloop.errors import ConfigError, NotFoundError, ValidationFailed
 from driftloop.ops.export import export_artifact
+from driftloop.runtime.service import base_app
+from driftloop.services.serving import api as serving_api
 from driftloop.services.serving.predict import predict as serve
-from driftloop.services.serving.served import ServedModel
+from driftloop.services.serving.served import ModelTable, ServedModel
 from driftloop.services.training.fit import FitJob, FitResult, fit_feature_set
 from driftloop.services.training.hpo import max_rounds, search_metric, tune_space
 
@@ -126,6 +133,81 @@ def run_exported(folder: Path, rows_file: Path) -> subprocess.CompletedProcess[s
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
 
 
+def served_model(cfg: PipelineConfig, data: bytes, version: int = 1) -> ServedModel:
+    return ServedModel(
+        model=cfg.model.name,
+        version=version,
+        sha256=sha256_bytes(data),
+        artifact_uri="file:///model.zip",
+        artifact=ModelArtifact.from_bytes(data),
+        pipeline=cfg,
+        loaded_at=datetime.now(tz=UTC),
+        load_seconds=0.0,
+        promoted_event_id="e",
+    )
+
+
+def serving_app(cfg: PipelineConfig, data: bytes, version: int) -> TestClient:
+    """Serving's own app (its /v2 routes) answering with ``data`` as ``version`` of ``cfg``'s model."""
+    table = ModelTable()
+    table.swap(served_model(cfg, data, version))
+    app = base_app(SimpleNamespace(name="serving"), "serving")  # type: ignore[arg-type]
+    app.state.context = serving_api.Context(table, {cfg.model.name: cfg}, lambda event: None, "replica-a")
+    app.include_router(serving_api.router)
+    return TestClient(app)
+
+
+@contextmanager
+def exported_server(folder: Path) -> Iterator[str]:
+    """The folder's serve.py on a free port, driftloop unimportable: its base URL."""
+    code = (
+        "import sys, runpy; sys.modules['driftloop'] = None; "
+        "sys.argv = ['serve.py', '--port', '0']; "
+        f"runpy.run_path({str(folder / 'serve.py')!r}, run_name='__main__')"
+    )
+    server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        started = server.stdout.readline()  # printed once the model is loaded and the port is open
+        assert "serving" in started, server.stderr.read() if server.stderr else ""
+        yield started.split(" on ", 1)[1].split("/v2/", 1)[0]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def both_answer(serving: TestClient, url: str, path: str, body: Any) -> tuple[int, dict[str, Any]]:
+    """The same OIP request to serving and to the exported server: both must answer alike (the same status; the
+    same outputs, model, version and id, or the same error body). Serving's answer."""
+    served = serving.post(path, json=body)
+    exported = httpx.post(url + path, json=body, timeout=60)
+    assert exported.status_code == served.status_code, (served.json(), exported.json())
+    expected, got = served.json(), exported.json()
+    if served.status_code == 200:
+        assert got["parameters"].keys() == expected["parameters"].keys() == {"request_id"}
+        for key in ("model_name", "model_version", "outputs"):
+            assert got[key] == expected[key], key
+        if isinstance(body.get("id"), str):
+            assert got["id"] == expected["id"] == body["id"]
+    else:
+        assert got == expected
+    return served.status_code, expected
+
+
+def per_field_tensors(signature: dict[str, Any], instances: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One tensor per input: its field type's datatype, but FP64 (integral values) for integer fields, as a float64
+    frame sends them."""
+    return [
+        {
+            "name": i["name"],
+            "datatype": "FP64" if FIELD_TYPES[i["type"]].is_integer else FIELD_TYPES[i["type"]].oip,
+            "shape": [len(instances)],
+            "data": [row.get(i["name"]) for row in instances],
+        }
+        for i in signature["inputs"]
+    ]
+
+
 @pytest.mark.parametrize("family", list(FAMILY_PARAMS))
 def test_an_exported_folder_predicts_as_serving_does_without_driftloop(tmp_path: Path, family: str) -> None:
     """From the stream's raw fields (a derived feature, log1p(amount), and a categorical one among the features),
@@ -134,7 +216,7 @@ def test_an_exported_folder_predicts_as_serving_does_without_driftloop(tmp_path:
     assert any(f.expr for f in cfg.features) and any(f.kind == "categorical" for f in cfg.features)
     result, _, _ = fit(tmp_path / "store", cfg)
     sha = sha256_bytes(result.artifact)
-    folder = export_artifact(result.artifact, tmp_path / "export", pipeline=cfg, expected_sha256=sha)
+    folder = export_artifact(result.artifact, tmp_path / "export", pipeline=cfg, expected_sha256=sha, version=1)
     signature = json.loads((folder / "signature.json").read_text())
     assert [i["name"] for i in signature["inputs"]] == [f for f in cfg.stream.field_names if f != "is_fraud"]
     assert [f["name"] for f in signature["features"]] == ModelArtifact.from_bytes(result.artifact).feature_names
@@ -149,18 +231,7 @@ def test_an_exported_folder_predicts_as_serving_does_without_driftloop(tmp_path:
     }[family] in requirements
 
     instances = served_instances(40)
-    served = ServedModel(
-        model=cfg.model.name,
-        version=1,
-        sha256=sha,
-        artifact_uri="file:///model.zip",
-        artifact=ModelArtifact.from_bytes(result.artifact),
-        pipeline=cfg,
-        loaded_at=datetime.now(tz=UTC),
-        load_seconds=0.0,
-        promoted_event_id="e",
-    )
-    serving = serve(served, instances)["predictions"]
+    serving = serve(served_model(cfg, result.artifact), instances)["predictions"]
     rows_file = tmp_path / "rows.jsonl"
     rows_file.write_text("".join(json.dumps(i) + "\n" for i in instances))
     done = run_exported(folder, rows_file)
@@ -180,6 +251,35 @@ def test_an_exported_folder_predicts_as_serving_does_without_driftloop(tmp_path:
     (tmp_path / "missing.jsonl").write_text(json.dumps({k: v for k, v in instances[3].items() if k != "amount"}) + "\n")
     refused = run_exported(folder, tmp_path / "missing.jsonl")
     assert refused.returncode != 0 and "lacks column(s) ['amount']" in refused.stderr
+
+    # Its OIP server answers the same requests as serving does, with the same numbers: one tensor per field
+    # (strings, timestamps, a nullable int sent as integral FP64, an unseen and a missing category), parameters
+    # and outputs as the protocol has them; and refuses alike what serving refuses.
+    app = serving_app(cfg, result.artifact, version=1)
+    path = f"/v2/models/{cfg.model.name}/infer"
+    with exported_server(folder) as url:
+        inputs = per_field_tensors(signature, instances)
+        body = {"id": "r-1", "inputs": inputs, "parameters": {"trace": "x"}, "outputs": [{"name": "predict"}]}
+        status, answer = both_answer(app, url, path, body)
+        assert status == 200 and answer["outputs"][0]["data"] == serving
+        # The required fields as one [N, F] tensor: strings and numbers cannot share a datatype.
+        meta = app.get(f"/v2/models/{cfg.model.name}").json()
+        required = [i["name"] for i in meta["inputs"] if i["parameters"]["required"]]
+        matrix = {"name": "x", "datatype": "FP64", "shape": [2, len(required)], "data": [[1.0] * len(required)] * 2}
+        refusals = [
+            {"inputs": [matrix]},
+            {"inputs": [t for t in inputs if t["name"] != "amount"]},
+            {"inputs": [{**t, "data": [1] * len(instances)} if t["datatype"] == "BYTES" else t for t in inputs]},
+            {"inputs": [{**t, "data": [0.5] * len(instances)} if t["name"] == "age" else t for t in inputs]},
+            {"inputs": inputs, "outputs": [{"name": "probability"}]},
+            {"inputs": inputs, "parameters": {"nested": {"no": 1}}},
+            {"inputs": [{**inputs[0], "shape": [3]}]},
+            {"inputs": "rows"},
+            [1, 2],
+        ]
+        for refused_body in refusals:
+            status, error = both_answer(app, url, path, refused_body)
+            assert 400 <= status < 500 and error["error"], refused_body
 
 
 def test_the_exported_oip_server_answers_what_predict_py_answers(tmp_path: Path) -> None:
@@ -213,35 +313,76 @@ def test_the_exported_oip_server_answers_what_predict_py_answers(tmp_path: Path)
         }
         for i in signature["inputs"]
     ]
-    code = (
-        "import sys, runpy; sys.modules['driftloop'] = None; "
-        "sys.argv = ['serve.py', '--port', '0']; "
-        f"runpy.run_path({str(folder / 'serve.py')!r}, run_name='__main__')"
-    )
-    server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout is not None
-        started = server.stdout.readline()  # printed once the model is loaded and the port is open
-        assert "serving" in started, server.stderr.read() if server.stderr else ""
-        url = started.split(" on ", 1)[1].split("/v2/", 1)[0]
-        with Client(urls={"serving": url}, token="", retries=0) as dl:
-            answer = dl.infer(cfg.model.name, inputs, request_id="req-1")
-            meta = dl.model_metadata(cfg.model.name)
-            with pytest.raises(ValidationFailed, match="lack required tensor"):
-                dl.infer(cfg.model.name, [t for t in inputs if t["name"] != "amount"])
-            with pytest.raises(ValidationFailed, match="must hold strings"):
-                dl.infer(
-                    cfg.model.name,
-                    [{**t, "data": [1] * len(instances)} if t["datatype"] == "BYTES" else t for t in inputs],
-                )
-            with pytest.raises(NotFoundError):
-                dl.infer("another-model", inputs)
-        assert answer.outputs[0].data == expected and answer.outputs[0].shape == [len(instances)]
-        assert (answer.model_name, answer.model_version, answer.id) == (cfg.model.name, "3", "req-1")
-        assert [t.name for t in meta.inputs] == [i["name"] for i in signature["inputs"]] and meta.versions == ["3"]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with exported_server(folder) as url, Client(urls={"serving": url}, token="", retries=0) as dl:
+        answer = dl.infer(cfg.model.name, inputs, request_id="req-1")
+        meta = dl.model_metadata(cfg.model.name)
+        with pytest.raises(ValidationFailed, match="lack required tensor"):
+            dl.infer(cfg.model.name, [t for t in inputs if t["name"] != "amount"])
+        with pytest.raises(ValidationFailed, match="must hold strings"):
+            dl.infer(
+                cfg.model.name,
+                [{**t, "data": [1] * len(instances)} if t["datatype"] == "BYTES" else t for t in inputs],
+            )
+        with pytest.raises(NotFoundError):
+            dl.infer("another-model", inputs)
+        # Its own version by name, as serving has it; another version is not there (404, the protocol's "not ready").
+        versioned = httpx.post(f"{url}/v2/models/{cfg.model.name}/versions/3/infer", json={"inputs": inputs})
+        ready = httpx.get(f"{url}/v2/models/{cfg.model.name}/versions/3/ready")
+        other = httpx.get(f"{url}/v2/models/{cfg.model.name}/versions/4/ready")
+        other_infer = httpx.post(f"{url}/v2/models/{cfg.model.name}/versions/4/infer", json={"inputs": inputs})
+    assert answer.outputs[0].data == expected and answer.outputs[0].shape == [len(instances)]
+    assert (answer.model_name, answer.model_version, answer.id) == (cfg.model.name, "3", "req-1")
+    assert [t.name for t in meta.inputs] == [i["name"] for i in signature["inputs"]] and meta.versions == ["3"]
+    assert versioned.status_code == 200 and versioned.json()["outputs"][0]["data"] == expected
+    assert ready.status_code == 200 and ready.json() == {"name": cfg.model.name, "version": "3", "ready": True}
+    assert other.status_code == other_infer.status_code == 404 and "version '4'" in other.json()["error"]
+
+
+def numeric_pipeline(family: str) -> PipelineConfig:
+    """The demo pipeline whose required inputs are all numbers (a double, two ints): what a client sends as one
+    [N, F] matrix. The key and time fields are nullable (not required), the categorical feature is gone."""
+    text = pipeline_of(family, "classification").model_dump_json()
+    cfg = json.loads(text)
+    for f in cfg["stream"]["fields"]:
+        if f["name"] in ("customer_id", "event_time"):
+            f["nullable"] = True
+    cfg["features"] = [f for f in cfg["features"] if f["name"] != "merchant_category"]
+    return PipelineConfig.model_validate(cfg)
+
+
+@pytest.mark.parametrize("family", list(FAMILY_PARAMS))
+def test_the_exported_oip_server_takes_one_matrix_tensor_as_serving_does(tmp_path: Path, family: str) -> None:
+    """A single [N, F] tensor whose columns are the required inputs in the signature's order (integral FP64 values
+    for the int fields, a null for the nullable one) is answered by the exported server as serving answers it, on
+    the unversioned and the versioned route; a width that is neither all nor the required inputs is refused alike."""
+    cfg = numeric_pipeline(family)
+    result, _, _ = fit(tmp_path / "store", cfg)
+    folder = export_artifact(result.artifact, tmp_path / "export", pipeline=cfg, version=2)
+    app = serving_app(cfg, result.artifact, version=2)
+    meta = app.get(f"/v2/models/{cfg.model.name}").json()
+    required = [i["name"] for i in meta["inputs"] if i["parameters"]["required"]]
+    assert required == ["amount", "age", "hour"]
+    instances = served_instances(12)
+    rows = [
+        [float(r["amount"]), r["age"] if r["age"] is None else float(r["age"]), float(r["hour"])] for r in instances
+    ]
+    matrix = {"name": "x", "datatype": "FP64", "shape": [len(rows), 3], "data": rows, "parameters": {"k": 1}}
+    served = serve(served_model(cfg, result.artifact, 2), [dict(zip(required, r, strict=True)) for r in rows])
+    with exported_server(folder) as url:
+        for path in (f"/v2/models/{cfg.model.name}/infer", f"/v2/models/{cfg.model.name}/versions/2/infer"):
+            status, answer = both_answer(app, url, path, {"inputs": [matrix]})
+            assert status == 200 and answer["outputs"][0]["data"] == served["predictions"]
+            assert answer["model_version"] == "2"
+        flat = {**matrix, "data": [v for r in rows for v in r]}  # data flat or nested
+        assert both_answer(app, url, path, {"inputs": [flat]})[1]["outputs"][0]["data"] == served["predictions"]
+        assert httpx.get(f"{url}/v2/models/{cfg.model.name}").json() == meta | {"versions": ["2"]}
+        for refused in (
+            {**matrix, "shape": [len(rows) // 2, 2], "data": [v for r in rows for v in r[:2]][: len(rows)]},
+            {**matrix, "data": [[*r[:2], 1.5] for r in rows]},  # hour is an int field: integral values only
+            {**matrix, "datatype": "BYTES"},
+        ):
+            status, error = both_answer(app, url, path, {"inputs": [refused]})
+            assert status == 422 and error["reason"], refused
 
 
 def test_a_tampered_artifact_is_refused_by_export(tmp_path: Path) -> None:

@@ -9,19 +9,26 @@ fields are ``BYTES``, int/long fields ``INT*``/``UINT*`` (``FP*`` too when every
 frame), double/float fields ``FP*`` (integer tensors too), boolean fields ``BOOL``. ``parameters`` (of the
 request, an input or an output) is an object of scalars; none changes the answer. The one output is ``predict``
 (``FP64``, shape ``[N]``): the positive-class probability for classifiers, the value for regressors; ``outputs``
-in a request may name it, and nothing else."""
+in a request may name it, and nothing else.
+
+Serving (``services/serving/api.py``) and an exported model's ``serve.py`` (``driftloop.ops.export`` ships this
+module with the folder) both decode requests here, so they accept and refuse the same requests, with the same
+messages. It imports only the contracts and errors the export ships."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from driftloop.contracts.fieldtypes import FIELD_TYPES, OIP_DATATYPES, OIP_FLOAT_DATATYPES, OIP_INTEGER_DATATYPES
 from driftloop.contracts.pipeline import PipelineConfig
-from driftloop.errors import ValidationFailed
+from driftloop.errors import BadRequest, DriftloopError, ValidationFailed, http_status_of
 
 OUTPUT_NAME = "predict"
+MAX_ROWS = 10_000  # rows per request
+_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,13 @@ def _flatten(data: Any) -> list[Any]:
     return [data]
 
 
+def _integer(value: int | float, where: str, name: str) -> int:
+    number = int(value)
+    if not _LONG_MIN <= number <= _LONG_MAX:
+        raise ValidationFailed("out_of_range", name, f"{where} holds {value!r}, which does not fit in 64 bits")
+    return number
+
+
 def _convert(value: Any, datatype: str, where: str, column: _Input) -> Any:
     name = column.name
     if value is None:
@@ -134,7 +148,7 @@ def _convert(value: Any, datatype: str, where: str, column: _Input) -> Any:
             raise ValidationFailed("wrong_type", name, f"{where} must hold integers ({datatype}), got {value!r}")
         if datatype.startswith("UINT") and value < 0:
             raise ValidationFailed("out_of_range", name, f"{where} is {datatype} but holds {value}")
-        return int(value)
+        return _integer(value, where, name)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValidationFailed("wrong_type", name, f"{where} must hold numbers ({datatype}), got {value!r}")
     if not math.isfinite(value):
@@ -144,7 +158,7 @@ def _convert(value: Any, datatype: str, where: str, column: _Input) -> Any:
             raise ValidationFailed(
                 "wrong_type", name, f"{where} must hold integral values ({column.field_type} field), got {value!r}"
             )
-        return int(value)
+        return _integer(value, where, name)
     return float(value)
 
 
@@ -309,7 +323,7 @@ def check_outputs(outputs: Any) -> list[dict[str, Any]] | None:
 
 def response(
     model: str,
-    version: int,
+    version: int | str,
     request_id: str,
     client_id: str | None,
     predictions: list[float],
@@ -324,3 +338,42 @@ def response(
         "parameters": {"request_id": request_id},
         "outputs": [tensor] if outputs is None or outputs else [],
     }
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    """What an inference request asks: its rows of raw fields, the client's ``id``, the requested outputs."""
+
+    instances: list[dict[str, Any]]
+    client_id: str | None
+    outputs: list[dict[str, Any]] | None
+
+
+def decode_request(body: bytes | Any, pipeline: PipelineConfig, max_rows: int | None = MAX_ROWS) -> InferenceRequest:
+    """An inference request (its JSON text, or the parsed body); BadRequest (400) for a body that is not a JSON
+    object, ValidationFailed (422) for an id, parameters, inputs or outputs that do not fit the model's signature or
+    the protocol, or more than ``max_rows`` rows."""
+    if isinstance(body, bytes | bytearray | str):
+        try:
+            body = json.loads(body)
+        except ValueError as exc:
+            raise BadRequest(f"the request body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object with 'inputs'")
+    client_id = body.get("id")
+    if client_id is not None and not isinstance(client_id, str):
+        raise ValidationFailed("wrong_type", "id", "id must be a string")
+    check_parameters(body.get("parameters"), "parameters")
+    instances = instances_from_inputs(body.get("inputs"), pipeline)
+    outputs = check_outputs(body.get("outputs"))
+    if max_rows is not None and len(instances) > max_rows:
+        raise ValidationFailed("too_many_rows", "inputs", f"at most {max_rows} rows per request")
+    return InferenceRequest(instances, client_id, outputs)
+
+
+def error_body(exc: DriftloopError) -> tuple[int, dict[str, Any]]:
+    """The protocol's error answer for ``exc``: its status and ``{"error": message}`` (+ ``reason`` and ``field``
+    for an input that does not fit)."""
+    if isinstance(exc, ValidationFailed):
+        return http_status_of(exc), {"error": str(exc), "reason": exc.reason, "field": exc.field}
+    return http_status_of(exc), {"error": str(exc)}
