@@ -1,0 +1,92 @@
+"""What the stack costs at rest: CPU of each component (its whole process tree: Spark's JVM, Ray's daemons and
+workers, faust workers) while nothing is sent, in percent of one core.
+
+Starts an embedded stack of its own (free ports, a temporary home; stopped by PID at the end), waits until every
+component is ready and ``--settle`` seconds more (Spark and Ray warm up at start), then reads each component's
+process tree's CPU time from ``/proc`` at the start and the end of ``--seconds`` and prints the difference.
+
+    .venv/bin/python bench/idle.py                 # about 3 minutes on 2 cores
+    .venv/bin/python bench/idle.py --json          # JSON lines: each component, then {"bench": "idle", ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import own_stack_settings
+
+from driftloop.ops.procs import free_port
+from driftloop.ops.stack import SERVICES, Stack
+from driftloop.runtime.ownedprocs import descendants
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14 and 15 of stat)
+
+
+def tree_seconds(root: int) -> dict[int, float]:
+    return {pid: cpu_seconds(pid) for pid in descendants([root])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=60.0, help="seconds measured at rest")
+    parser.add_argument("--settle", type=float, default=30.0, help="seconds after ready before measuring")
+    parser.add_argument("--json", action="store_true", help="JSON lines: each component and a summary")
+    args = parser.parse_args(argv)
+
+    tmp = Path(tempfile.mkdtemp(prefix="driftloop-bench-idle-"))
+    ports = {f"{name}_port": free_port() for name in ("schemaregistry", *SERVICES)}
+    stack = Stack(own_stack_settings(tmp, ports), on_progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+    try:
+        stack.up()
+        time.sleep(args.settle)
+        components = [c for c in stack.components() if c.name != "supervisor"]
+        before = {c.name: tree_seconds(c.pid) for c in components}
+        time.sleep(args.seconds)
+        after = {c.name: tree_seconds(c.pid) for c in components}
+    finally:
+        stack.down()
+    results = []
+    for component in components:
+        start, end = before[component.name], after[component.name]
+        # Processes started during the measurement count from 0; those gone count what they had used by the start.
+        used = sum(end.get(pid, start.get(pid, 0.0)) - start.get(pid, 0.0) for pid in set(start) | set(end))
+        results.append(
+            {"component": component.name, "processes": len(end), "cpu_pct": round(100 * used / args.seconds, 2)}
+        )
+    total = round(sum(r["cpu_pct"] for r in results), 2)
+    summary = {
+        "bench": "idle",
+        "seconds": args.seconds,
+        "total_cpu_pct": total,
+        "max_component": max(results, key=lambda r: r["cpu_pct"])["component"],
+        "components_over_1pct": [r["component"] for r in results if r["cpu_pct"] >= 1.0],
+    }
+    if args.json:
+        for row in results:
+            print(json.dumps({"bench": "idle", **row}))
+        print(json.dumps(summary))
+        return 0
+    print(f"the stack at rest for {args.seconds:g} s (percent of one core, each component's process tree):")
+    for row in sorted(results, key=lambda r: -r["cpu_pct"]):
+        print(f"  {row['component']:<15} {row['cpu_pct']:6.2f}%  ({row['processes']} processes)")
+    print(f"  {'total':<15} {total:6.2f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
