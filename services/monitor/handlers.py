@@ -90,6 +90,13 @@ from .stats import (
 log = logging.getLogger(__name__)
 
 CHAMPION_ALIAS = "champion"
+# A label joined with the stored prediction it is about (same version, request and row).
+LABELED_PREDICTION = sa.and_(
+    MonitorObservation.model == MonitorFeedback.model,
+    MonitorObservation.version == MonitorFeedback.version,
+    MonitorObservation.request_id == MonitorFeedback.request_id,
+    MonitorObservation.row_index == MonitorFeedback.row_index,
+)
 # Unseen category values listed per feature in a quality report (the count covers all).
 MAX_LISTED_VALUES = 10
 
@@ -592,15 +599,7 @@ class MonitorHandlers:
         )
         earlier = session.execute(
             sa.select(MonitorFeedback.actual, MonitorObservation.prediction, MonitorObservation.event_time)
-            .join(
-                MonitorObservation,
-                sa.and_(
-                    MonitorObservation.model == MonitorFeedback.model,
-                    MonitorObservation.version == MonitorFeedback.version,
-                    MonitorObservation.request_id == MonitorFeedback.request_id,
-                    MonitorObservation.row_index == MonitorFeedback.row_index,
-                ),
-            )
+            .join(MonitorObservation, LABELED_PREDICTION)
             .where(
                 MonitorFeedback.model == model,
                 MonitorFeedback.version == version,
@@ -648,15 +647,7 @@ class MonitorHandlers:
                 MonitorObservation.features,
                 MonitorObservation.event_time,
             )
-            .join(
-                MonitorObservation,
-                sa.and_(
-                    MonitorObservation.model == MonitorFeedback.model,
-                    MonitorObservation.version == MonitorFeedback.version,
-                    MonitorObservation.request_id == MonitorFeedback.request_id,
-                    MonitorObservation.row_index == MonitorFeedback.row_index,
-                ),
-            )
+            .join(MonitorObservation, LABELED_PREDICTION)
             .where(
                 MonitorFeedback.model == model,
                 MonitorFeedback.version == version,
