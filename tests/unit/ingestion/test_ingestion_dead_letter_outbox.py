@@ -59,7 +59,7 @@ def env(tmp_path: Path) -> tuple[Bus, Lander, DeadLetterOutbox]:
 
 
 def reject(lander: Lander, first: int, count: int) -> None:
-    letters = [(Rejection("out_of_range", f"amount is {i}", "amount"), f"http:req/{i}", b"{}") for i in range(count)]
+    letters = [(Rejection("out_of_range", "amount", f"amount is {i}"), f"http:req/{i}", b"{}") for i in range(count)]
     lander.dead_letters(STREAM, [(r, s.replace("req", f"req{first}"), o) for r, s, o in letters])
 
 
