@@ -1,28 +1,36 @@
-"""The ingestion outbox (``driftloop.runtime.outbox``): a dead letter's ``RecordRejected`` is published without
-waiting, after its row is stored (a flood of bad records must not wait on the broker record by record). Whatever
-the broker never acknowledged (it was down, restarted empty, the producer was replaced) is published again here,
-with the event's own id, once no producer can still be delivering it (``delivery_timeout`` after the row).
+"""The ingestion outboxes (``driftloop.runtime.outbox``): events ingestion stores with their state and publishes
+after the commit are published again, with their own id, when the broker never acknowledged them (it was down,
+restarted empty, the producer was replaced), without waiting for a restart.
 
-A dead letter is marked announced (``announced_at``) when its event is in the event log, which the bus writes on
-the broker's acknowledgement, or when this outbox published it again and the broker acknowledged it. The marks are
-set here, a few hundred rows per statement: the hot path does no more than store the row and publish.
+Dead letters (``DeadLetterOutbox``): a ``RecordRejected`` is published without waiting, after its row is stored (a
+flood of bad records must not wait on the broker record by record); one not acknowledged is published again once no
+producer can still be delivering it (``delivery_timeout`` after the row). A dead letter is marked announced
+(``announced_at``) when its event is in the event log, which the bus writes on the broker's acknowledgement, or
+when this outbox published it again and the broker acknowledged it. The marks are set here, a few hundred rows per
+statement: the hot path does no more than store the row and publish.
+
+Dataset versions (``VersionOutbox``): a cut publishes its ``DatasetVersionCreated`` after the commit and waits for
+the acknowledgement; a version whose event is not in the event log after that is published again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from driftloop.clients.db.models import DeadLetter, EventRecord
+from driftloop.clients.db.models import DatasetVersion, DeadLetter, EventRecord
 from driftloop.contracts.events import Envelope, Event
 from driftloop.contracts.payloads import RecordRejected
+from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.contracts.settings import Settings
 from driftloop.runtime import outbox
 from driftloop.runtime.bus import EventBus
+
+from .datasets import created_event
 
 # Rows read and marked per statement (an IN list every database takes).
 CHUNK = 500
@@ -141,3 +149,41 @@ class DeadLetterOutbox(outbox.Outbox):
                 session.execute(
                     sa.update(DeadLetter).where(DeadLetter.id.in_(ids[start : start + CHUNK])).values(announced_at=at)
                 )
+
+
+class VersionOutbox(outbox.Outbox):
+    """The dataset versions of this process's streams whose ``DatasetVersionCreated`` is not in the event log, once
+    the cut that published it is past its publish timeout."""
+
+    service = "ingestion"
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        bus: EventBus,
+        pipelines: Mapping[str, PipelineConfig],
+        *,
+        in_flight: timedelta | None = None,
+    ) -> None:
+        super().__init__(bus)
+        self.Session = session_factory
+        self.pipelines = pipelines  # the catalog, looked up at each round: pipelines are applied live
+        self.in_flight = (
+            in_flight
+            if in_flight is not None
+            else timedelta(seconds=bus.settings.kafka.publish_timeout_seconds) + IN_FLIGHT_MARGIN
+        )
+
+    def unannounced(self, now: datetime | None = None) -> list[Event[Any]]:
+        before = (now or datetime.now(tz=UTC)) - self.in_flight
+        streams = [cfg.stream.name for cfg in self.pipelines.values()]
+        with self.Session() as session:
+            missing = session.scalars(
+                sa.select(DatasetVersion)
+                .where(
+                    DatasetVersion.stream.in_(streams),
+                    ~sa.exists().where(EventRecord.event_id == DatasetVersion.event_id),
+                )
+                .order_by(DatasetVersion.stream, DatasetVersion.version)
+            ).all()
+        return [created_event(row, self.bus.producer_name) for row in missing if _as_utc(row.created_at) < before]

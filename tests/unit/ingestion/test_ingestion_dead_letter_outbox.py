@@ -1,7 +1,8 @@
-"""The ingestion outbox: a dead letter whose RecordRejected the broker never acknowledged is published again by the
-drain, with its own event id, once the producer cannot be delivering it any more, and marked announced only after
-the broker acknowledged it; one that did arrive (it is in the event log) is only marked. Marks are set a chunk of
-rows per statement."""
+"""The ingestion outboxes: a dead letter whose RecordRejected the broker never acknowledged is published again by
+the drain, with its own event id, once the producer cannot be delivering it any more, and marked announced only
+after the broker acknowledged it; one that did arrive (it is in the event log) is only marked. Marks are set a chunk
+of rows per statement. A dataset version whose DatasetVersionCreated never arrived is published again the same
+way."""
 
 from __future__ import annotations
 
@@ -13,14 +14,15 @@ import pytest
 import sqlalchemy as sa
 
 from driftloop.clients.db import create_engine_for, migrate, session_factory
-from driftloop.clients.db.models import DeadLetter
+from driftloop.clients.db.models import DatasetVersion, DeadLetter
 from driftloop.contracts.events import Event
+from driftloop.contracts.pipeline import PipelineConfig, parse_pipeline
 from driftloop.contracts.settings import Settings
 from driftloop.errors import DriftloopError
 from driftloop.runtime.bus import EventLog
 from driftloop.services.ingestion import outbox as outbox_module
 from driftloop.services.ingestion.landing import Lander
-from driftloop.services.ingestion.outbox import DeadLetterOutbox, delivery_timeout
+from driftloop.services.ingestion.outbox import DeadLetterOutbox, VersionOutbox, delivery_timeout
 from driftloop.services.ingestion.validation import Rejection
 
 STREAM = "payments"
@@ -30,6 +32,8 @@ IN_FLIGHT = timedelta(minutes=1)
 class Bus:
     """Like the real bus: an acknowledged event goes into the event log; with the broker down a publish that
     waits raises and one that does not wait is lost."""
+
+    producer_name = "ingestion"
 
     def __init__(self, engine: sa.Engine) -> None:
         self.Session = session_factory(engine)
@@ -148,3 +152,59 @@ def test_the_in_flight_time_follows_the_producer_delivery_timeout() -> None:
     assert delivery_timeout(default) == timedelta(minutes=5) + outbox_module.IN_FLIGHT_MARGIN
     short = Settings(kafka={"client_config": {"message.timeout.ms": "2000"}})
     assert delivery_timeout(short) == timedelta(seconds=2) + outbox_module.IN_FLIGHT_MARGIN
+
+
+PIPELINE = """
+stream:
+  name: payments
+  fields:
+    - {name: customer_id, type: string, nullable: false}
+    - {name: event_time, type: timestamp}
+    - {name: amount, type: double}
+    - {name: label, type: int}
+  entity_key: customer_id
+  event_time: event_time
+  label: label
+features:
+  - {name: amount}
+model: {name: payments-model}
+"""
+
+
+def store_version(bus: Bus, version: int, event_id: str) -> None:
+    with bus.Session.begin() as session:
+        session.add(
+            DatasetVersion(
+                id=f"{STREAM}@v{version}",
+                stream=STREAM,
+                version=version,
+                uri=f"file:///datasets/{STREAM}/v{version}",
+                content_hash="0" * 64,
+                row_count=10 * version,
+                new_rows=10,
+                parent_id=f"{STREAM}@v{version - 1}" if version > 1 else None,
+                mode="cumulative",
+                schema_json={},
+                profile={},
+                event_id=event_id,
+            )
+        )
+
+
+def test_a_dataset_version_whose_event_never_arrived_is_announced_by_the_drain(env) -> None:  # type: ignore[no-untyped-def]
+    bus = env[0]
+    pipelines: dict[str, PipelineConfig] = {"payments-model": parse_pipeline(PIPELINE)}
+    outbox = VersionOutbox(bus.Session, bus, pipelines, in_flight=IN_FLIGHT)  # type: ignore[arg-type]
+    store_version(bus, 1, "e-1")
+    first = outbox.unannounced(later())
+    bus.publish(first[0])  # the cut's own publish arrived
+    store_version(bus, 2, "e-2")  # its cut's publish failed after the commit
+    assert outbox.drain() == 0  # its cut may still be publishing it
+    assert outbox.drain(later()) == 1
+    (again,) = bus.delivered[1:]
+    assert (again.id, again.payload.dataset_version_id, again.payload.parent_version_id) == (
+        "e-2",
+        f"{STREAM}@v2",
+        f"{STREAM}@v1",
+    )
+    assert outbox.drain(later()) == 0
