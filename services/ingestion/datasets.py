@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from driftloop.clients.db.models import DatasetVersion, EventRecord, LandedBatch
+from driftloop.clients.db.models import DatasetVersion, LandedBatch
 from driftloop.clients.objectstore import ObjectStore
 from driftloop.contracts.events import Envelope, Event, new_event
 from driftloop.contracts.layout import dataset_prefix, dataset_version_id
@@ -67,6 +67,19 @@ def version_to_dict(row: DatasetVersion) -> dict[str, Any]:
         "created_at": _iso(row.created_at),
         "checks": row.checks,
     }
+
+
+def created_event(row: DatasetVersion, producer: str) -> Event[DatasetVersionCreated]:
+    """The ``DatasetVersionCreated`` of a stored version, with the id it was first published with."""
+    envelope = Envelope(
+        event_id=row.event_id,
+        event_type=DatasetVersionCreated.event_type,
+        occurred_at=_as_utc(row.created_at) or datetime.now(tz=UTC),
+        caused_by=None,
+        cascade_id=row.event_id,
+        producer=producer,
+    )
+    return Event(envelope=envelope, payload=_created(row))
 
 
 def _created(row: DatasetVersion) -> DatasetVersionCreated:
@@ -154,12 +167,8 @@ class DatasetCutter:
             return None  # another cut took the rows first
 
     def loop(self, stop_event: threading.Event) -> None:
-        """Background loop: serve cut checks until stopped. At start it re-announces versions whose event never
-        reached the event log and checks every stream, so rows landed before a restart are not left waiting."""
-        try:
-            self.republish_unannounced()
-        except Exception:
-            log.exception("re-announcing dataset versions failed; retried at the next start")
+        """Background loop: serve cut checks until stopped. At start it checks every stream, so rows landed before
+        a restart are not left waiting. (A version whose event never arrived is announced by the outbox.)"""
         for cfg in self.pipelines.values():
             self.request_check(cfg.stream.name)
         while not stop_event.is_set():
@@ -173,38 +182,6 @@ class DatasetCutter:
             except Exception as exc:
                 self.last_error = f"automatic cut of {stream} failed: {exc!r}"
                 log.exception("automatic dataset cut of %s failed", stream)
-
-    def republish_unannounced(self) -> int:
-        """Publish again, with its original event id, the DatasetVersionCreated of every version that is not in
-        the event log (a crash between the database commit and the delivery). Consumers handle an event id
-        once, so a version announced twice is harmless; one never announced would stall the cascade."""
-        streams = [cfg.stream.name for cfg in self.pipelines.values()]
-        with self.Session() as session:
-            missing = session.scalars(
-                sa.select(DatasetVersion)
-                .where(
-                    DatasetVersion.stream.in_(streams),
-                    ~sa.exists().where(EventRecord.event_id == DatasetVersion.event_id),
-                )
-                .order_by(DatasetVersion.stream, DatasetVersion.version)
-            ).all()
-        for row in missing:
-            self.bus.publish(self._event_of(row))
-            log.info("re-announced %s (event %s)", row.id, row.event_id)
-        if missing:
-            self.bus.flush()  # into the event log now, so that a second call finds nothing to do
-        return len(missing)
-
-    def _event_of(self, row: DatasetVersion) -> Event[DatasetVersionCreated]:
-        envelope = Envelope(
-            event_id=row.event_id,
-            event_type=DatasetVersionCreated.event_type,
-            occurred_at=_as_utc(row.created_at) or datetime.now(tz=UTC),
-            caused_by=None,
-            cascade_id=row.event_id,
-            producer=self.bus.producer_name,
-        )
-        return Event(envelope=envelope, payload=_created(row))
 
     # --- cuts after a change ------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import io
 import json
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
@@ -16,9 +16,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from driftloop.clients.db.models import DeadLetter, EventRecord, LandedBatch
+from driftloop.clients.db.models import DeadLetter, LandedBatch
 from driftloop.clients.objectstore import ObjectStore
-from driftloop.contracts.events import Envelope, Event, new_event
+from driftloop.contracts.events import Event, new_event
 from driftloop.contracts.fieldtypes import FIELD_TYPES
 from driftloop.contracts.payloads import RecordRejected
 from driftloop.contracts.pipeline import StreamSpec
@@ -138,37 +138,10 @@ class Lander:
     # --- dead letters --------------------------------------------------------------------------------------
 
     def dead_letter(self, stream: str, rejection: Rejection, source: str, original: bytes) -> bool:
-        """Publish a RecordRejected event and store the DeadLetter row. Returns False when this source was
-        dead-lettered before (a replay): nothing is stored twice, and the event is published again (with its
-        original id, so consumers see it once) only if a crash kept it from reaching the event log."""
-        with self.Session() as session:
-            existing = session.scalars(sa.select(DeadLetter).where(DeadLetter.source == source)).first()
-            announced = existing is not None and (
-                session.scalar(sa.select(EventRecord.event_id).where(EventRecord.event_id == existing.event_id))
-                is not None
-            )
-        if existing is not None:
-            if not announced:
-                self._republish(existing, original)
-            return False
-        event = self._rejected_event(stream, rejection, source, original)
-        # The row first: the database is the record of truth; the event is flushed before offsets commit.
-        with self.Session.begin() as session:
-            session.add(
-                DeadLetter(
-                    stream=stream,
-                    reason=rejection.reason,
-                    field=rejection.field,
-                    message=rejection.message,
-                    source=source,
-                    event_id=event.id,
-                    original=original,
-                    schema_id=rejection.schema_id,
-                )
-            )
-        self.bus.publish(event, wait=False)
-        log.info("dead letter %s: %s (%s)", source, rejection.reason, rejection.message)
-        return True
+        """Store the DeadLetter row and publish its RecordRejected event. Returns False when this source was
+        dead-lettered before (a replay): nothing is stored or published twice (an event of it that never reached
+        the broker is published again by the outbox, ``outbox.py``)."""
+        return self.dead_letters(stream, [(rejection, source, original)]) == 1
 
     def dead_letters(self, stream: str, letters: list[tuple[Rejection, str, bytes]]) -> int:
         """``dead_letter`` for many (rejection, source, original) at once: one query for the sources seen before,
@@ -183,31 +156,14 @@ class Lander:
     def _new_dead_letters(
         self, stream: str, letters: list[tuple[Rejection, str, bytes]]
     ) -> list[tuple[DeadLetter, Event[RecordRejected]]]:
-        """The rows and events of the ``letters`` not stored before; those stored before whose event never
-        reached the event log (a crash) are announced again."""
+        """The rows and events of the ``letters`` not stored before (a replay after a crash stores nothing twice;
+        the outbox announces a stored one whose event never reached the broker)."""
         if not letters:
             return []
         sources = [source for _, source, _ in letters]
         with self.Session() as session:
-            existing = {
-                row.source: row for row in session.scalars(sa.select(DeadLetter).where(DeadLetter.source.in_(sources)))
-            }
-            announced = (
-                set(
-                    session.scalars(
-                        sa.select(EventRecord.event_id).where(
-                            EventRecord.event_id.in_([row.event_id for row in existing.values()])
-                        )
-                    )
-                )
-                if existing
-                else set()
-            )
-        for source, row in existing.items():
-            if row.event_id not in announced:
-                self._republish(row, next(original for _, s, original in letters if s == source))
+            seen = set(session.scalars(sa.select(DeadLetter.source).where(DeadLetter.source.in_(sources))))
         fresh: list[tuple[DeadLetter, Event[RecordRejected]]] = []
-        seen: set[str] = set(existing)
         for rejection, source, original in letters:
             if source in seen:
                 continue
@@ -227,6 +183,7 @@ class Lander:
         return fresh
 
     def _announce(self, fresh: list[tuple[DeadLetter, Event[RecordRejected]]]) -> None:
+        # Without waiting for the broker: what it never acknowledges is published again by the outbox.
         for row, event in fresh:
             self.bus.publish(event, wait=False)
             log.info("dead letter %s: %s (%s)", row.source, row.reason, row.message)
@@ -242,27 +199,6 @@ class Lander:
             original=original,
         )
         return new_event(rejected, producer=self.producer)
-
-    def _republish(self, row: DeadLetter, original: bytes) -> None:
-        envelope = Envelope(
-            event_id=row.event_id,
-            event_type=RecordRejected.event_type,
-            occurred_at=datetime.now(tz=UTC).replace(microsecond=0),
-            caused_by=None,
-            cascade_id=row.event_id,
-            producer=self.producer,
-        )
-        rejected = RecordRejected(
-            stream=row.stream,
-            reason=row.reason,
-            field=row.field,
-            message=row.message,
-            source=row.source,
-            schema_id=row.schema_id,
-            original=row.original if row.original is not None else original,
-        )
-        self.bus.publish(Event(envelope=envelope, payload=rejected), wait=False)
-        log.info("dead letter %s: re-announced event %s lost before a crash", row.source, row.event_id)
 
 
 def json_bytes(value: Any) -> bytes:

@@ -12,6 +12,7 @@ from . import api
 from .datasets import PARQUET_TIMESTAMP, SPARK_APP, DatasetCutter
 from .kafka_intake import KafkaIntake
 from .landing import Lander
+from .outbox import DeadLetterOutbox, VersionOutbox
 
 
 def check_pipeline(cfg: PipelineConfig) -> None:
@@ -37,17 +38,28 @@ def build(runtime: Runtime) -> ServiceSpec:
     store = open_object_store(runtime.settings)
     lander = Lander(runtime.bus, store, producer=runtime.name)
     cutter = DatasetCutter(runtime.settings, runtime.pipelines, runtime.bus, store)
+    # Dead letters and dataset versions whose event the broker never acknowledged are published again (outbox.py).
+    dead_letter_outbox = DeadLetterOutbox(runtime.bus.Session, runtime.bus, producer=runtime.name)
+    version_outbox = VersionOutbox(runtime.bus.Session, runtime.bus, runtime.pipelines)
     intake = KafkaIntake(runtime.bus, runtime.pipelines, lander, on_landed=cutter.request_check)
     runtime.pipelines.on_change(intake.pipelines_changed)  # a pipeline applied live: its topic is subscribed
     app = base_app(runtime, "ingestion", "Stream intake, validation, dead letters, landing and dataset versions.")
     app.state.context = api.Context(runtime.pipelines, lander, intake, cutter)
     app.include_router(api.router)
-    app.state.ingestion = {"lander": lander, "intake": intake, "cutter": cutter}
+    app.state.ingestion = {
+        "lander": lander,
+        "intake": intake,
+        "cutter": cutter,
+        "dead_letter_outbox": dead_letter_outbox,
+        "version_outbox": version_outbox,
+    }
     return ServiceSpec(
         app=app,
         loops=[
             intake.run,
             cutter.loop,
+            dead_letter_outbox.drain_loop,
+            version_outbox.drain_loop,
             *(
                 [warm_spark_loop(runtime.settings, SPARK_APP, parquet_timestamp=PARQUET_TIMESTAMP)]
                 if runtime.settings.spark.warm_at_start

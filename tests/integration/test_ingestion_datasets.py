@@ -31,6 +31,7 @@ from driftloop.contracts.topics import DATASET_VERSION_CREATED
 from driftloop.services.ingestion.content_hash import content_hash_of_table
 from driftloop.services.ingestion.datasets import DatasetCutter
 from driftloop.services.ingestion.landing import rows_to_table
+from driftloop.services.ingestion.outbox import VersionOutbox
 from driftloop.services.ingestion.service import build
 
 pytestmark = pytest.mark.integration
@@ -199,13 +200,17 @@ def test_cumulative_versions(ingestion: Ingestion) -> None:
     assert json.loads(events[0].payload.profile_json)["amount"]["max"] == 99.0
     assert datetime.fromisoformat(fetched["max_event_time"]) == START + timedelta(minutes=149)
 
-    # A version whose announcement never reached the event log (crash after the commit) is announced again at
-    # start, with its original event id, so that consumers that saw it already skip it.
+    # A version whose announcement never reached the event log (a failed publish, a crash after the commit) is
+    # announced again by the outbox's drain, with its original event id, so that consumers that saw it already skip
+    # it.
     ingestion.runtime.bus.flush()
     with ingestion.runtime.Session.begin() as session:
         session.execute(sa.delete(EventRecord).where(EventRecord.event_id == v2["event_id"]))
-    assert ingestion.cutter.republish_unannounced() == 1
-    assert ingestion.cutter.republish_unannounced() == 0
+    outbox = VersionOutbox(ingestion.runtime.Session, ingestion.runtime.bus, ingestion.runtime.pipelines)
+    assert outbox.drain() == 0  # its cut may still be publishing it
+    later = datetime.now(tz=UTC) + outbox.in_flight
+    assert outbox.drain(later) == 1
+    assert outbox.drain(later) == 0
     again_events = created_events(ingestion, stream, 3, group=f"again-{stream}")
     assert [e.id for e in again_events] == [v1["event_id"], v2["event_id"], v2["event_id"]]
     assert again_events[2].payload == events[1].payload

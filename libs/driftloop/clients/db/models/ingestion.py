@@ -47,6 +47,18 @@ class DeadLetter(Base):
     # Set when a replay landed the record: the landed object it went into.
     replayed_into: Mapped[str | None] = mapped_column(sa.String(500))
     replayed_at: Mapped[datetime | None]
+    # Set once its RecordRejected is known to be on the bus (in the event log, which is written on the broker's
+    # acknowledgement); the ingestion outbox announces the others again, with their event id.
+    announced_at: Mapped[datetime | None]
+    # Only the dead letters still to announce: what the outbox reads at every round.
+    __table_args__ = (
+        sa.Index(
+            "ix_dead_letters_unannounced",
+            "id",
+            postgresql_where=sa.text("announced_at IS NULL"),
+            sqlite_where=sa.text("announced_at IS NULL"),
+        ),
+    )
 
 
 class IngestionIdempotencyKey(Base):
