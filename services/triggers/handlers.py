@@ -53,7 +53,17 @@ from driftloop.contracts.payloads import (
 from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_model
 from driftloop.errors import ConflictError, DriftloopError
 
-from .policy import UNCONFIRMED, Alarm, Decision, ModelView, TriggerKind, cooldown_left, decide, fire_pending
+from .policy import (
+    UNCONFIRMED,
+    Alarm,
+    Decision,
+    ModelView,
+    TriggerKind,
+    cooldown_left,
+    decide,
+    fire_pending,
+    waits_for_next_cut,
+)
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +426,15 @@ class TriggerHandlers:
                     numbers=alarm.numbers,
                 )
             view = self._view(session, pipeline)
-            decision = decide(kind, pipeline.triggers, view, self.clock(), prediction_only=prediction_only, alarm=alarm)
+            decision = decide(
+                kind,
+                pipeline.triggers,
+                view,
+                self.clock(),
+                prediction_only=prediction_only,
+                alarm=alarm,
+                located=window[0] is not None,
+            )
             self._record(
                 session,
                 model,
@@ -591,7 +609,7 @@ class TriggerHandlers:
         if cooling is not None or view.latest_dataset_version_id is None:
             return
         held = pending[0]
-        if held.trigger == "drift" and pipeline.triggers.drift.wait_for_fresh_data:
+        if held.trigger == "drift" and waits_for_next_cut(pipeline.triggers, held.change_started_at is not None):
             stream = session.get(TriggerStreamState, pipeline.stream.name)
             cause_time = as_utc(held.cause_occurred_at)
             if stream is None or cause_time is None or as_utc(stream.materialized_at) < cause_time:

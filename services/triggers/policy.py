@@ -135,6 +135,7 @@ def decide(
     *,
     prediction_only: bool = False,
     alarm: Alarm | None = None,
+    located: bool = False,
 ) -> Decision:
     """What to do with one cause of kind ``kind`` for a model in state ``view`` at time ``now``.
     ``prediction_only``: a drift of the model's predictions with no feature drifted. ``alarm``: what a drift or
@@ -184,9 +185,16 @@ def decide(
         if kind == "manual":
             return Decision("suppressed", "no dataset version is materialized yet")
         return Decision("pending", "waiting for the first materialized dataset version", "data")
-    if kind == "drift" and policy.drift.wait_for_fresh_data:
+    if kind == "drift" and waits_for_next_cut(policy, located):
         return Decision("pending", "waiting for the next dataset version after the drift (wait_for_fresh_data)", "data")
     return Decision("requested", f"train on {view.latest_dataset_version_id}")
+
+
+def waits_for_next_cut(policy: TriggerSpec, located: bool) -> bool:
+    """Whether a drift waits for the next periodic cut (``wait_for_fresh_data``); a drift located in time with
+    ``fresh_data: change`` does not: training cuts on demand after the change (``dataset.min_rows_after_change``)."""
+    drift = policy.drift
+    return drift.wait_for_fresh_data and not (located and drift.fresh_data == "change")
 
 
 def fire_pending(view: ModelView) -> Decision:

@@ -48,6 +48,14 @@ def test_drift_requests_at_once_or_waits_for_fresh_data() -> None:
     decision = decide("drift", waiting, view(), NOW)
     assert decision.status == "pending"
     assert "wait_for_fresh_data" in decision.note
+    # fresh_data: change: a drift located in time goes to training at once (it cuts on demand after the change);
+    # one without a located start still waits for the next cut.
+    on_demand = POLICY.model_copy(
+        update={"drift": DriftTrigger(enabled=True, wait_for_fresh_data=True, fresh_data="change")}
+    )
+    assert decide("drift", on_demand, view(), NOW, located=True).status == "requested"
+    assert decide("drift", on_demand, view(), NOW, located=False).status == "pending"
+    assert decide("drift", waiting, view(), NOW, located=True).status == "pending"
 
 
 def test_cooldown_holds_a_cause_pending_then_expires() -> None:

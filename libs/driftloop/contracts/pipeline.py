@@ -244,8 +244,13 @@ class NewDataTrigger(_Strict):
 
 class DriftTrigger(_Strict):
     enabled: bool = True
-    # Wait for the next dataset version cut after the drift, so that the retrain sees post-drift data.
+    # Wait for fresh data after the drift, so that the retrain sees post-drift data ...
     wait_for_fresh_data: bool = True
+    # ... where fresh data comes from. next_cut: the next dataset version cut after the drift (cut_every_rows).
+    # change: a drift located in time (its window's start) goes to training at once, which asks ingestion to cut
+    # once dataset.min_rows_after_change rows landed after the change and trains on those (sooner than the next
+    # periodic cut when cuts are large).
+    fresh_data: Literal["next_cut", "change"] = "next_cut"
     # Retrain on a DriftDetected of prediction drift alone (no feature drifted); false: recorded as suppressed.
     on_prediction_drift: bool = True
 
