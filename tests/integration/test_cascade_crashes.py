@@ -48,7 +48,7 @@ from test_features_materialize import dataset_event, raw_rows, write_dataset
 from test_triggers import drift
 
 from driftloop.clients.db import create_engine_for, migrate
-from driftloop.clients.db.models import FeatureSet, OnlineFeatures, TrainingRequest
+from driftloop.clients.db.models import FeatureSet, OnlineFeatures, ProcessedEvent, TrainingRequest
 from driftloop.clients.objectstore import ObjectStore, open_object_store
 from driftloop.contracts import layout
 from driftloop.contracts.events import Event, new_event
@@ -63,6 +63,7 @@ from driftloop.contracts.topics import (
 from driftloop.ops.procs import free_port, http_ready, pid_alive, spawn, stop_pid, wait_until
 from driftloop.runtime import ownedprocs
 from driftloop.runtime.bus import EventBus
+from driftloop.services.features.service import CONSUMER_GROUP as FEATURES_GROUP
 
 pytestmark = pytest.mark.integration
 
@@ -154,23 +155,53 @@ def event_ids(events: list[Event]) -> set[str]:
     return {e.id for e in events}
 
 
+def postgres_schema(postgres_url: str, unique: str) -> str:
+    """The URL of a new PostgreSQL schema of the test's own (migrated by the caller)."""
+    engine = create_engine_for(postgres_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "s{unique}"')
+    engine.dispose()
+    return postgres_url + f"?options=-csearch_path%3Ds{unique}"
+
+
+def waiting_on(admin: sa.Engine, table: str) -> bool:
+    """Whether a session waits for a lock in a statement on ``table`` (another than the one asking)."""
+    with admin.connect() as conn:
+        waiting = conn.scalar(
+            sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query ILIKE :table AND pid <> pg_backend_pid()"
+            ),
+            {"table": f"%{table}%"},
+        )
+    return bool(waiting)
+
+
 # --- features, materializing ----------------------------------------------------------------------------------
 
 
-def test_features_killed_while_materializing_materialize_the_version_once_after_a_restart(
-    make_settings: Callable[..., Settings], tmp_path: Path, unique: str
+@pytest.mark.parametrize("point", ["materializing", "announced"])
+def test_features_killed_in_a_materialization_materialize_the_version_once_after_a_restart(
+    point: str, make_settings: Callable[..., Settings], postgres_url: str, tmp_path: Path, unique: str
 ) -> None:
+    """``materializing``: Spark computes the version (its scratch folder exists), nothing is recorded yet.
+    ``announced``: recorded and ``FeaturesMaterialized`` published, but the event is not marked handled (the mark
+    waits on a row the test holds): the redelivered event must not announce the version a second time."""
     stream, model = f"tx-{unique}", f"fraud-{unique}"
     pipeline = write_pipeline(tmp_path / "pipelines", model, demo_pipeline(stream, model))
     # No stream records in this test: the streaming worker stays off (one JVM per process is enough here).
     settings = make_settings(
-        pipelines_dir=tmp_path / "pipelines", services={"features_port": free_port()}, features={"streaming": False}
+        pipelines_dir=tmp_path / "pipelines",
+        database={"url": postgres_schema(postgres_url, unique)},
+        services={"features_port": free_port()},
+        features={"streaming": False},
     )
     migrate(settings.database_url)
-    engine = create_engine_for(settings.database_url)
+    engine, admin = create_engine_for(settings.database_url), create_engine_for(postgres_url)
     store = open_object_store(settings)
     frame = raw_rows(rows=300, entities=40)
     write_dataset(store, stream, 1, frame)
+    cause = dataset_event(stream, 1, frame, store)
     scratch = tmp_path / "scratch-first"
     scratch.mkdir()
 
@@ -178,18 +209,30 @@ def test_features_killed_while_materializing_materialize_the_version_once_after_
         with engine.connect() as conn:
             return conn.scalar(sa.select(FeatureSet.row_count).where(FeatureSet.stream == stream)) is not None
 
+    def handled() -> bool:
+        with engine.connect() as conn:
+            return (
+                conn.scalar(sa.select(ProcessedEvent.event_id).where(ProcessedEvent.event_id == cause.id)) is not None
+            )
+
     bus = EventBus(settings, producer_name="test")
     try:
-        with services(settings, tmp_path / "logs") as running:
+        with services(settings, tmp_path / "logs") as running, engine.connect() as holder:
             first = running.start("features", TMPDIR=str(scratch))
-            cause = dataset_event(stream, 1, frame, store)
-            bus.publish(cause)
-            # materialize() makes its scratch folder once the dataset is read, before Spark writes anything.
-            wait_until(lambda: any(scratch.glob("driftloop-features-*")), 240, "the materialization", interval=0.05)
+            if point == "materializing":
+                bus.publish(cause)
+                # materialize() makes its scratch folder once the dataset is read, before Spark writes anything.
+                wait_until(lambda: any(scratch.glob("driftloop-features-*")), 240, "the materialization", interval=0.05)
+            else:
+                # The event's "handled" mark, uncommitted here: the service's own mark waits for this transaction.
+                holder.execute(sa.insert(ProcessedEvent).values(consumer=FEATURES_GROUP, event_id=cause.id))
+                bus.publish(cause)
+                wait_until(lambda: waiting_on(admin, "processed_events"), 240, "the mark", interval=0.05)
             jvm = [pid for pid in ownedprocs.descendants([first.pid]) if pid != first.pid]
             jvm_ticks = {pid: ownedprocs.start_ticks(pid) for pid in jvm}
             running.kill(first)
-            assert not recorded(), "the kill came after the materialization: it must land inside it"
+            holder.rollback()
+            assert recorded() == (point == "announced"), "the kill must land at its point"
             assert jvm, "the features process had no Spark JVM below it"
             # The JVM sees its Python driver's pipe close and exits: nothing of the killed process stays.
             wait_until(
@@ -199,8 +242,8 @@ def test_features_killed_while_materializing_materialize_the_version_once_after_
             )
 
             running.start("features", TMPDIR=str(tmp_path))
-            wait_until(recorded, 240, "the version to be materialized after the restart")
-            [materialized] = collect_events(
+            wait_until(handled, 240, "the version to be materialized after the restart")
+            materialized = collect_events(
                 bus,
                 FEATURES_MATERIALIZED.name,
                 lambda e: e.payload.dataset_version_id == f"{stream}@v1",
@@ -208,17 +251,21 @@ def test_features_killed_while_materializing_materialize_the_version_once_after_
                 timeout=60,
                 linger=3,
             )
+        with engine.connect() as conn:
+            feature_sets = conn.scalar(sa.select(sa.func.count()).where(FeatureSet.stream == stream))
+            online = conn.scalar(sa.select(sa.func.count()).where(OnlineFeatures.stream == stream))
     finally:
         bus.close()
-    assert materialized.envelope.caused_by == cause.id and materialized.payload.row_count == len(frame)
-    assert materialized.payload.online_entities == 40
-    with engine.connect() as conn:
-        assert conn.scalar(sa.select(sa.func.count()).where(FeatureSet.stream == stream)) == 1
-        assert conn.scalar(sa.select(sa.func.count()).where(OnlineFeatures.stream == stream)) == 40
+        engine.dispose()
+        admin.dispose()
+    # Once: one announcement (a redelivery sends it again with the same id: consumers handle it once).
+    assert len(event_ids(materialized)) == 1, [e.id for e in materialized]
+    assert materialized[0].envelope.caused_by == cause.id and materialized[0].payload.row_count == len(frame)
+    assert materialized[0].payload.online_entities == 40
+    assert (feature_sets, online) == (1, 40)
     offline = pq.read_table(store.local_path(layout.feature_set_prefix(stream, 1))).to_pandas()
     assert len(offline) == len(frame) and list(offline.columns)[:2] == ["customer_id", "event_time"]
     assert set(offline["customer_id"]) == set(frame["customer_id"]) and pipeline.feature_names[0] in offline
-    engine.dispose()
 
 
 # --- registry, after TrainingCompleted -------------------------------------------------------------------------
@@ -365,31 +412,18 @@ def test_triggers_killed_inside_a_drift_decision_request_training_once_after_a_r
 ) -> None:
     stream, model = f"tx-{unique}", f"fraud-{unique}"
     cfg = write_pipeline(tmp_path / "pipelines", model, demo_pipeline(stream, model, triggers=DRIFT_RETRAINS))
-    admin = create_engine_for(postgres_url)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "s{unique}"')
     # The registry and training are not running: the start-up reconciliation and the outbox find nothing.
     settings = make_settings(
         pipelines_dir=tmp_path / "pipelines",
-        database={"url": postgres_url + f"?options=-csearch_path%3Ds{unique}"},
+        database={"url": postgres_schema(postgres_url, unique)},
         services={"triggers_port": free_port(), "registry_port": free_port(), "training_port": free_port()},
     )
     migrate(settings.database_url)
-    engine = create_engine_for(settings.database_url)
+    engine, admin = create_engine_for(settings.database_url), create_engine_for(postgres_url)
     url = settings.services.url("triggers")
 
     def state() -> dict[str, Any]:
         return dict(httpx.get(f"{url}/v1/models/{model}/trigger-state").json())
-
-    def waiting_on_the_lock() -> bool:
-        with admin.connect() as conn:
-            waiting = conn.scalar(
-                sa.text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND query ILIKE '%trigger_model_state%' AND pid <> pg_backend_pid()"
-                )
-            )
-        return bool(waiting)
 
     def decisions() -> list[tuple[str, str | None]]:
         with engine.connect() as conn:
@@ -417,7 +451,12 @@ def test_triggers_killed_inside_a_drift_decision_request_training_once_after_a_r
                     sa.text("SELECT model FROM trigger_model_state WHERE model = :m FOR UPDATE"), {"m": model}
                 )
                 bus.publish(cause)
-                wait_until(waiting_on_the_lock, 60, "the drift decision to wait on the state row", interval=0.05)
+                wait_until(
+                    lambda: waiting_on(admin, "trigger_model_state"),
+                    60,
+                    "the drift decision to wait on the state row",
+                    interval=0.05,
+                )
                 running.kill(first)
                 holder.rollback()
             assert decisions() == []  # nothing of the decision was kept

@@ -142,11 +142,24 @@ def new_events(
     return events
 
 
-def new_event(payload: NewP, *, producer: str, cause: Event[Payload] | Envelope | None = None) -> Event[NewP]:
+# Namespace of the ids of events made ``once_per_cause`` (version 5 UUIDs of cause, producer and event type).
+_ONCE_PER_CAUSE = uuid.UUID("6f1c2a4e-3b7d-5e8f-9a0b-1c2d3e4f5a6b")
+
+
+def new_event(
+    payload: NewP, *, producer: str, cause: Event[Payload] | Envelope | None = None, once_per_cause: bool = False
+) -> Event[NewP]:
     """Make the event of ``payload`` (its class says the event type). With a ``cause`` (an event, or the envelope
-    of one that is not at hand any more) it joins the cause's cascade; without, it starts a new cascade."""
+    of one that is not at hand any more) it joins the cause's cascade; without, it starts a new cascade.
+
+    ``once_per_cause``: the event is its producer's one answer of this type to ``cause``. Its id is derived from
+    them, so the answer made again after a crash (the cause redelivered before it was marked handled) has the
+    same id, and consumers, which handle an id once, take it once."""
     caused_by = cause.envelope if isinstance(cause, Event) else cause
-    event_id = str(uuid.uuid4())
+    if once_per_cause and caused_by is not None:
+        event_id = str(uuid.uuid5(_ONCE_PER_CAUSE, f"{caused_by.event_id}/{producer}/{payload.event_type}"))
+    else:
+        event_id = str(uuid.uuid4())
     envelope = Envelope(
         event_id=event_id,
         event_type=payload.event_type,
