@@ -60,6 +60,7 @@ from driftloop.contracts.topics import (
     MODEL_REJECTED,
     TRAINING_REQUESTED,
 )
+from driftloop.errors import StackError
 from driftloop.ops.procs import free_port, http_ready, pid_alive, spawn, stop_pid, wait_until
 from driftloop.runtime import ownedprocs
 from driftloop.runtime.bus import EventBus
@@ -151,6 +152,18 @@ def registry_versions(registry_url: str, model: str) -> list[dict[str, Any]]:
     return list(response.json()["versions"]) if response.status_code == 200 else []
 
 
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def survivors(processes: dict[int, int | None]) -> list[str]:
+    """The command lines of ``processes`` (pid: start ticks) that still run."""
+    return [command_line(pid)[:200] for pid, ticks in processes.items() if ownedprocs.start_ticks(pid) == ticks]
+
+
 def event_ids(events: list[Event]) -> set[str]:
     return {e.id for e in events}
 
@@ -228,18 +241,16 @@ def test_features_killed_in_a_materialization_materialize_the_version_once_after
                 holder.execute(sa.insert(ProcessedEvent).values(consumer=FEATURES_GROUP, event_id=cause.id))
                 bus.publish(cause)
                 wait_until(lambda: waiting_on(admin, "processed_events"), 240, "the mark", interval=0.05)
-            jvm = [pid for pid in ownedprocs.descendants([first.pid]) if pid != first.pid]
-            jvm_ticks = {pid: ownedprocs.start_ticks(pid) for pid in jvm}
+            left = {pid: ownedprocs.start_ticks(pid) for pid in ownedprocs.descendants([first.pid]) if pid != first.pid}
             running.kill(first)
             holder.rollback()
             assert recorded() == (point == "announced"), "the kill must land at its point"
-            assert jvm, "the features process had no Spark JVM below it"
+            assert any("java" in command_line(pid) for pid in left), "the features process had no Spark JVM below it"
             # The JVM sees its Python driver's pipe close and exits: nothing of the killed process stays.
-            wait_until(
-                lambda: all(ownedprocs.start_ticks(pid) != ticks for pid, ticks in jvm_ticks.items()),
-                30,
-                "the killed process's Spark JVM to exit",
-            )
+            try:
+                wait_until(lambda: not survivors(left), 60, "the killed process's Spark JVM to exit")
+            except StackError:
+                pytest.fail(f"left behind by the killed features process: {survivors(left)}")
 
             running.start("features", TMPDIR=str(tmp_path))
             wait_until(handled, 240, "the version to be materialized after the restart")
