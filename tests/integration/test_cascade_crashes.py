@@ -65,6 +65,8 @@ from driftloop.ops.procs import free_port, http_ready, pid_alive, spawn, stop_pi
 from driftloop.runtime import ownedprocs
 from driftloop.runtime.bus import EventBus
 from driftloop.services.features.service import CONSUMER_GROUP as FEATURES_GROUP
+from driftloop.services.registry.service import CONSUMER_GROUP as REGISTRY_GROUP
+from driftloop.services.triggers.service import CONSUMER_GROUP as TRIGGERS_GROUP
 
 pytestmark = pytest.mark.integration
 
@@ -177,6 +179,28 @@ def postgres_schema(postgres_url: str, unique: str) -> str:
     return postgres_url + f"?options=-csearch_path%3Ds{unique}"
 
 
+@contextmanager
+def handled_mark_held(engine: sa.Engine, group: str, event_id: str) -> Iterator[None]:
+    """The mark "``group`` handled ``event_id``" inserted and not committed while the block runs: the service's own
+    mark (made after its handler returned, before the offset is committed) waits for this transaction."""
+    with engine.connect() as holder:
+        holder.execute(sa.insert(ProcessedEvent).values(consumer=group, event_id=event_id))
+        try:
+            yield
+        finally:
+            holder.rollback()
+
+
+def handled(engine: sa.Engine, group: str, event_id: str) -> bool:
+    with engine.connect() as conn:
+        found = conn.scalar(
+            sa.select(ProcessedEvent.event_id).where(
+                ProcessedEvent.consumer == group, ProcessedEvent.event_id == event_id
+            )
+        )
+    return found is not None
+
+
 def waiting_on(admin: sa.Engine, table: str) -> bool:
     """Whether a session waits for a lock in a statement on ``table`` (another than the one asking)."""
     with admin.connect() as conn:
@@ -222,28 +246,22 @@ def test_features_killed_in_a_materialization_materialize_the_version_once_after
         with engine.connect() as conn:
             return conn.scalar(sa.select(FeatureSet.row_count).where(FeatureSet.stream == stream)) is not None
 
-    def handled() -> bool:
-        with engine.connect() as conn:
-            return (
-                conn.scalar(sa.select(ProcessedEvent.event_id).where(ProcessedEvent.event_id == cause.id)) is not None
-            )
-
     bus = EventBus(settings, producer_name="test")
     try:
-        with services(settings, tmp_path / "logs") as running, engine.connect() as holder:
+        with services(settings, tmp_path / "logs") as running:
             first = running.start("features", TMPDIR=str(scratch))
             if point == "materializing":
                 bus.publish(cause)
                 # materialize() makes its scratch folder once the dataset is read, before Spark writes anything.
                 wait_until(lambda: any(scratch.glob("driftloop-features-*")), 240, "the materialization", interval=0.05)
+                left = {p: ownedprocs.start_ticks(p) for p in ownedprocs.descendants([first.pid]) if p != first.pid}
+                running.kill(first)
             else:
-                # The event's "handled" mark, uncommitted here: the service's own mark waits for this transaction.
-                holder.execute(sa.insert(ProcessedEvent).values(consumer=FEATURES_GROUP, event_id=cause.id))
-                bus.publish(cause)
-                wait_until(lambda: waiting_on(admin, "processed_events"), 240, "the mark", interval=0.05)
-            left = {pid: ownedprocs.start_ticks(pid) for pid in ownedprocs.descendants([first.pid]) if pid != first.pid}
-            running.kill(first)
-            holder.rollback()
+                with handled_mark_held(engine, FEATURES_GROUP, cause.id):
+                    bus.publish(cause)
+                    wait_until(lambda: waiting_on(admin, "processed_events"), 240, "the mark", interval=0.05)
+                    left = {p: ownedprocs.start_ticks(p) for p in ownedprocs.descendants([first.pid]) if p != first.pid}
+                    running.kill(first)
             assert recorded() == (point == "announced"), "the kill must land at its point"
             assert any("java" in command_line(pid) for pid in left), "the features process had no Spark JVM below it"
             # The JVM sees its Python driver's pipe close and exits: nothing of the killed process stays.
@@ -253,7 +271,7 @@ def test_features_killed_in_a_materialization_materialize_the_version_once_after
                 pytest.fail(f"left behind by the killed features process: {survivors(left)}")
 
             running.start("features", TMPDIR=str(tmp_path))
-            wait_until(handled, 240, "the version to be materialized after the restart")
+            wait_until(lambda: handled(engine, FEATURES_GROUP, cause.id), 240, "the version to be materialized again")
             materialized = collect_events(
                 bus,
                 FEATURES_MATERIALIZED.name,
@@ -282,16 +300,22 @@ def test_features_killed_in_a_materialization_materialize_the_version_once_after
 # --- registry, after TrainingCompleted -------------------------------------------------------------------------
 
 
-def test_registry_killed_while_gating_gates_the_version_once_after_a_restart(
-    make_settings: Callable[..., Settings], tmp_path: Path, unique: str
+@pytest.mark.parametrize("point", ["gating", "announced"])
+def test_registry_killed_after_training_completed_gates_the_version_once_after_a_restart(
+    point: str, make_settings: Callable[..., Settings], postgres_url: str, tmp_path: Path, unique: str
 ) -> None:
+    """``gating``: the version is registered (and announced) and the gate reads the challenger's artifact.
+    ``announced``: gated, promoted and announced, but ``TrainingCompleted`` is not marked handled yet."""
     model, stream = f"fraud-{unique}", f"tx-{unique}"
     pipelines = write_pipeline_dir(tmp_path / "pipelines", model, stream, first_version_threshold=0.6)
     # The training service is not running: the registry's lineage question about the run is refused at once.
     settings = make_settings(
-        pipelines_dir=pipelines, services={"registry_port": free_port(), "training_port": free_port()}
+        pipelines_dir=pipelines,
+        database={"url": postgres_schema(postgres_url, unique)},
+        services={"registry_port": free_port(), "training_port": free_port()},
     )
     migrate(settings.database_url)
+    engine, admin = create_engine_for(settings.database_url), create_engine_for(postgres_url)
     pipeline = make_pipeline(model=model, stream=stream)
     store = open_object_store(settings)
     features = feature_frame(pipeline, rows=2000)
@@ -301,23 +325,29 @@ def test_registry_killed_while_gating_gates_the_version_once_after_a_restart(
     completed = new_event(
         training_completed(model, "run-1", uri, sha, feature_set_uri, f"{stream}@v1"), producer="test-training"
     )
+
+    def statuses() -> list[tuple[int, str]]:
+        return [(v["version"], v["status"]) for v in registry_versions(registry_url, model)]
+
     bus = EventBus(settings, producer_name="test")
     try:
         with services(settings, tmp_path / "logs") as running:
-            with artifact_held(store, uri) as gate_reading:
-                first = running.start("registry")
-                bus.publish(completed)
-                wait_until(gate_reading, 120, "the registry's gate to read the challenger", interval=0.05)
-                # Registered (and announced), not gated: the kill lands between the two.
-                assert [(v["version"], v["status"]) for v in registry_versions(registry_url, model)] == [
-                    (1, "registered")
-                ]
-                running.kill(first)
+            first = running.start("registry")
+            if point == "gating":
+                with artifact_held(store, uri) as gate_reading:
+                    bus.publish(completed)
+                    wait_until(gate_reading, 120, "the registry's gate to read the challenger", interval=0.05)
+                    assert statuses() == [(1, "registered")]  # registered, not gated: the kill lands between
+                    running.kill(first)
+            else:
+                with handled_mark_held(engine, REGISTRY_GROUP, completed.id):
+                    bus.publish(completed)
+                    wait_until(lambda: waiting_on(admin, "processed_events"), 120, "the mark", interval=0.05)
+                    assert statuses() == [(1, "promoted")]
+                    running.kill(first)
 
             running.start("registry")
-            wait_until(
-                lambda: registry_versions(registry_url, model)[0]["status"] != "registered", 120, "the gate decision"
-            )
+            wait_until(lambda: handled(engine, REGISTRY_GROUP, completed.id), 120, "TrainingCompleted to be handled")
             versions = registry_versions(registry_url, model)
             champion = httpx.get(f"{registry_url}/v1/models/{model}/aliases/champion").json()
             registered = read_events(settings, bus, MODEL_REGISTERED, model)
@@ -325,6 +355,8 @@ def test_registry_killed_while_gating_gates_the_version_once_after_a_restart(
             rejected = read_events(settings, bus, MODEL_REJECTED, model)
     finally:
         bus.close()
+        engine.dispose()
+        admin.dispose()
     assert [(v["version"], v["status"], v["run_id"]) for v in versions] == [(1, "promoted", "run-1")]
     assert champion["version"] == 1
     # Sent again after the restart with the ids they were stored with: one registration, one promotion.
@@ -418,9 +450,13 @@ DRIFT_RETRAINS = {
 }
 
 
-def test_triggers_killed_inside_a_drift_decision_request_training_once_after_a_restart(
-    make_settings: Callable[..., Settings], postgres_url: str, tmp_path: Path, unique: str
+@pytest.mark.parametrize("point", ["deciding", "announced"])
+def test_triggers_killed_after_a_drift_request_training_once_after_a_restart(
+    point: str, make_settings: Callable[..., Settings], postgres_url: str, tmp_path: Path, unique: str
 ) -> None:
+    """``deciding``: the drift's decision waits inside its transaction (on the model's state row, locked here)
+    before ``TrainingRequested`` is published. ``announced``: decided, committed and published, but the drift is
+    not marked handled yet."""
     stream, model = f"tx-{unique}", f"fraud-{unique}"
     cfg = write_pipeline(tmp_path / "pipelines", model, demo_pipeline(stream, model, triggers=DRIFT_RETRAINS))
     # The registry and training are not running: the start-up reconciliation and the outbox find nothing.
@@ -445,6 +481,7 @@ def test_triggers_killed_inside_a_drift_decision_request_training_once_after_a_r
             )
             return [(r.status, r.event_id) for r in rows]
 
+    cause = drift(cfg, 0)
     bus = EventBus(settings, producer_name="test")
     try:
         with services(settings, tmp_path / "logs") as running:
@@ -454,26 +491,29 @@ def test_triggers_killed_inside_a_drift_decision_request_training_once_after_a_r
             bus.publish(features_materialized(cfg, 1))
             wait_until(lambda: state()["latest_dataset_version_id"] == f"{stream}@v1", 60, "the data version")
 
-            cause = drift(cfg, 0)
-            with engine.connect() as holder:
-                # The model's state row locked: the decision (it moves the cooldown clock) waits inside its
-                # transaction, before the request is published.
-                holder.execute(
-                    sa.text("SELECT model FROM trigger_model_state WHERE model = :m FOR UPDATE"), {"m": model}
-                )
-                bus.publish(cause)
-                wait_until(
-                    lambda: waiting_on(admin, "trigger_model_state"),
-                    60,
-                    "the drift decision to wait on the state row",
-                    interval=0.05,
-                )
-                running.kill(first)
-                holder.rollback()
-            assert decisions() == []  # nothing of the decision was kept
+            if point == "deciding":
+                with engine.connect() as holder:
+                    # The model's state row locked: the decision (it moves the cooldown clock) waits inside its
+                    # transaction, before the request is published.
+                    holder.execute(
+                        sa.text("SELECT model FROM trigger_model_state WHERE model = :m FOR UPDATE"), {"m": model}
+                    )
+                    bus.publish(cause)
+                    wait_until(
+                        lambda: waiting_on(admin, "trigger_model_state"), 60, "the decision to wait", interval=0.05
+                    )
+                    running.kill(first)
+                    holder.rollback()
+                assert decisions() == []  # nothing of the decision was kept
+            else:
+                with handled_mark_held(engine, TRIGGERS_GROUP, cause.id):
+                    bus.publish(cause)
+                    wait_until(lambda: waiting_on(admin, "processed_events"), 60, "the mark", interval=0.05)
+                    assert [status for status, _ in decisions()] == ["requested"]
+                    running.kill(first)
 
             running.start("triggers")
-            wait_until(lambda: decisions() != [], 60, "the drift to be decided again")
+            wait_until(lambda: handled(engine, TRIGGERS_GROUP, cause.id), 60, "the drift to be handled")
             requested = read_events(settings, bus, TRAINING_REQUESTED, model)
     finally:
         bus.close()
