@@ -161,9 +161,22 @@ def command_line(pid: int) -> str:
         return ""
 
 
+def running_state(pid: int) -> bool:
+    """Whether ``pid`` still runs: a zombie has exited (only its parent has not collected it yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def survivors(processes: dict[int, int | None]) -> list[str]:
     """The command lines of ``processes`` (pid: start ticks) that still run."""
-    return [command_line(pid)[:200] for pid, ticks in processes.items() if ownedprocs.start_ticks(pid) == ticks]
+    return [
+        command_line(pid)[:200]
+        for pid, ticks in processes.items()
+        if ownedprocs.start_ticks(pid) == ticks and running_state(pid)
+    ]
 
 
 def event_ids(events: list[Event]) -> set[str]:
