@@ -13,6 +13,10 @@ schema registry; the kill lands at a point the test observes, never after a slee
 - triggers, after ``DriftDetected``: the decision's transaction waits on a row lock the test holds (PostgreSQL),
   before ``TrainingRequested`` is published. After the restart: exactly one ``TrainingRequested`` for the drift.
 
+Features, registry and triggers are also killed at ``announced``: the step is done and its events are published,
+but the cause is not marked handled yet (the mark waits on an uncommitted row the test holds), so the restarted
+service gets the cause again: nothing may be announced twice (a re-sent event keeps its id).
+
 (Ingestion, training in a Ray fit and the monitor mid-window have their own crash tests.)
 """
 
