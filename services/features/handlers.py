@@ -57,7 +57,7 @@ class FeaturesHandlers:
                 cause=event,
                 # Killed after publishing and before the cause is marked handled, the service materializes the
                 # version again on redelivery: the same id then, so the version is announced (and acted on) once.
-                once_per_cause=True,
+                once_per=event.id,
             )
         )
         log.info(
