@@ -55,6 +55,9 @@ class FeaturesHandlers:
                 ),
                 producer=SERVICE,
                 cause=event,
+                # Killed after publishing and before the cause is marked handled, the service materializes the
+                # version again on redelivery: the same id then, so the version is announced (and acted on) once.
+                once_per=event.id,
             )
         )
         log.info(

@@ -781,7 +781,9 @@ class TriggerHandlers:
         self.publish(new_event(payload, producer=self.producer, cause=cause))
 
     def _emit(self, session: Session, row: TrainingRequest, cause: Event[Payload] | Envelope | None) -> None:
-        event = new_event(training_requested(row), producer=self.producer, cause=cause)
+        # Published before the commit: a crash between the two redoes the decision (same request id) on the
+        # redelivered cause, and the request goes out again with the same event id (training takes it once).
+        event = new_event(training_requested(row), producer=self.producer, cause=cause, once_per=row.request_id)
         row.event_id = event.id
         model_state = self._model_state(session, row.model)
         if row.trigger != "manual":

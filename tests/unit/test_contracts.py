@@ -86,6 +86,19 @@ def test_new_event_joins_the_cause_cascade() -> None:
         Event.from_avro(unknown)
 
 
+def test_an_event_made_once_per_something_has_the_same_id_each_time_it_is_made() -> None:
+    root = new_event(ExternalTrigger(model="m", reason="r"), producer="external")
+    asked = TrainingRequested(request_id="r-1", model="m", trigger="external", reason="r")
+    first, again = (new_event(asked, producer="triggers", cause=root, once_per="r-1") for _ in range(2))
+    assert first.id == again.id and uuid.UUID(first.id).version == 5
+    assert first.envelope.caused_by == root.id and first.envelope.cascade_id == root.id
+    other_producer = new_event(asked, producer="someone", cause=root, once_per="r-1")
+    other_key = new_event(asked, producer="triggers", cause=root, once_per="r-2")
+    assert len({first.id, other_producer.id, other_key.id}) == 3
+    # Without it, a random id each time.
+    assert new_event(asked, producer="triggers", cause=root).id != new_event(asked, producer="triggers", cause=root).id
+
+
 def test_new_events_are_distinct_events_with_random_uuid_ids() -> None:
     root = new_event(ExternalTrigger(model="m", reason="r"), producer="external")
     payloads = [ExternalTrigger(model="m", reason=f"r{i}") for i in range(500)]

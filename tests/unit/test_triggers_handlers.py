@@ -179,6 +179,36 @@ def run_event(run_id: str, state: str) -> Event:
     return new_event(payload, producer="test")
 
 
+def test_a_decision_redone_after_its_request_went_out_sends_the_same_event(
+    session_maker: Any, clock: Clock, published: list[Event]
+) -> None:
+    """A crash after publishing the request and before committing the decision: the redelivered drift is decided
+    again, and its request carries the same request id and event id (training handles it once)."""
+    crash = [True]
+
+    def publish(event: Event) -> None:
+        if event.type == "TrainingRequested":
+            published.append(event)
+            if crash.pop() if crash else False:
+                raise RuntimeError("killed after the broker took the request")
+
+    handlers = TriggerHandlers({MODEL: pipeline()}, session_maker, publish, clock=clock)
+    handlers.on_model_promoted(promoted_event())
+    handlers.on_features_materialized(features_event(1))
+    drift = drift_event()
+    with pytest.raises(RuntimeError):
+        handlers.on_drift_detected(drift)
+
+    def drift_rows() -> list[dict[str, Any]]:
+        return [r for r in handlers.requests(MODEL, limit=5) if r["trigger"] == "drift"]
+
+    assert drift_rows() == []  # the decision was rolled back
+    handlers.on_drift_detected(drift)
+    assert [(e.id, e.payload.request_id) for e in published] == [(published[0].id, published[0].payload.request_id)] * 2
+    [row] = drift_rows()
+    assert (row["status"], row["event_id"]) == ("requested", published[0].id)
+
+
 def test_drift_storm_gives_one_request(make: Any, published: list[Event]) -> None:
     handlers: TriggerHandlers = make(pipeline())
     handlers.on_model_promoted(promoted_event())

@@ -142,11 +142,24 @@ def new_events(
     return events
 
 
-def new_event(payload: NewP, *, producer: str, cause: Event[Payload] | Envelope | None = None) -> Event[NewP]:
+# Namespace of the ids of events made ``once_per`` something (version 5 UUIDs of it, producer and event type).
+_ONCE_PER = uuid.UUID("6f1c2a4e-3b7d-5e8f-9a0b-1c2d3e4f5a6b")
+
+
+def new_event(
+    payload: NewP, *, producer: str, cause: Event[Payload] | Envelope | None = None, once_per: str | None = None
+) -> Event[NewP]:
     """Make the event of ``payload`` (its class says the event type). With a ``cause`` (an event, or the envelope
-    of one that is not at hand any more) it joins the cause's cascade; without, it starts a new cascade."""
+    of one that is not at hand any more) it joins the cause's cascade; without, it starts a new cascade.
+
+    ``once_per``: what the event is its producer's one event of this type for (a cause's id, a request id). Its id
+    is derived from them, so the event made again after a crash (the cause redelivered before it was marked
+    handled, a decision redone after its event went out) has the same id, and consumers handle an id once."""
     caused_by = cause.envelope if isinstance(cause, Event) else cause
-    event_id = str(uuid.uuid4())
+    if once_per is not None:
+        event_id = str(uuid.uuid5(_ONCE_PER, f"{once_per}/{producer}/{payload.event_type}"))
+    else:
+        event_id = str(uuid.uuid4())
     envelope = Envelope(
         event_id=event_id,
         event_type=payload.event_type,
