@@ -334,11 +334,11 @@ def bench_driftloop(
     ports = {"schemaregistry_port": free_port(), "features_port": free_port()}
     redis_pid = None
     # No Spark warm-up: nothing is materialized here, and a JVM starting beside the lookups would skew them.
-    features: dict[str, Any] = {"online_store": kind, "warm_spark": False}
+    features: dict[str, Any] = {"online_store": kind}
     if kind == "redis":
         redis_pid, redis_url = start_redis(tmp)
         features["redis"] = {"url": redis_url}
-    settings = own_stack_settings(tmp, ports, features=features)
+    settings = own_stack_settings(tmp, ports, features=features, spark={"warm_at_start": False})
     pipeline = load_pipeline(REPO / "pipelines" / "transactions.yaml")
     stream = pipeline.stream.name
     details: dict[str, Any] = {}
