@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from driftloop.clients.db.models import DatasetVersion, LandedBatch
 from driftloop.clients.objectstore import ObjectStore
-from driftloop.contracts.events import Envelope, Event, new_event
+from driftloop.contracts.events import Event, new_event, stored_event
 from driftloop.contracts.layout import dataset_prefix, dataset_version_id
 from driftloop.contracts.payloads import DatasetVersionCreated
 from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_stream
@@ -71,15 +71,8 @@ def version_to_dict(row: DatasetVersion) -> dict[str, Any]:
 
 def created_event(row: DatasetVersion, producer: str) -> Event[DatasetVersionCreated]:
     """The ``DatasetVersionCreated`` of a stored version, with the id it was first published with."""
-    envelope = Envelope(
-        event_id=row.event_id,
-        event_type=DatasetVersionCreated.event_type,
-        occurred_at=_as_utc(row.created_at) or datetime.now(tz=UTC),
-        caused_by=None,
-        cascade_id=row.event_id,
-        producer=producer,
-    )
-    return Event(envelope=envelope, payload=_created(row))
+    occurred_at = _as_utc(row.created_at) or datetime.now(tz=UTC)
+    return stored_event(_created(row), event_id=row.event_id, occurred_at=occurred_at, producer=producer)
 
 
 def _created(row: DatasetVersion) -> DatasetVersionCreated:

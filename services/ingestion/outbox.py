@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from driftloop.clients.db.models import DatasetVersion, DeadLetter, EventRecord
-from driftloop.contracts.events import Envelope, Event
+from driftloop.contracts.events import Event, stored_event
 from driftloop.contracts.payloads import RecordRejected
 from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.contracts.settings import Settings
@@ -55,15 +55,6 @@ def _as_utc(value: datetime) -> datetime:
 
 def rejected_event(row: DeadLetter, producer: str) -> Event[RecordRejected]:
     """The ``RecordRejected`` of a stored dead letter, with the id it was first published with."""
-    created = _as_utc(row.created_at)
-    envelope = Envelope(
-        event_id=row.event_id,
-        event_type=RecordRejected.event_type,
-        occurred_at=created.replace(microsecond=created.microsecond // 1000 * 1000),
-        caused_by=None,
-        cascade_id=row.event_id,
-        producer=producer,
-    )
     payload = RecordRejected(
         stream=row.stream,
         reason=row.reason,
@@ -73,7 +64,7 @@ def rejected_event(row: DeadLetter, producer: str) -> Event[RecordRejected]:
         schema_id=row.schema_id,
         original=row.original if row.original is not None else b"",
     )
-    return Event(envelope=envelope, payload=payload)
+    return stored_event(payload, event_id=row.event_id, occurred_at=_as_utc(row.created_at), producer=producer)
 
 
 class DeadLetterOutbox(outbox.Outbox):

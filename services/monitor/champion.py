@@ -23,7 +23,7 @@ from driftloop.clients.credentials import client_token
 from driftloop.clients.db.models import MonitoredModel
 from driftloop.clients.http import ServiceClient
 from driftloop.clients.retry import each_until_done
-from driftloop.contracts.events import Envelope, Event
+from driftloop.contracts.events import Event, stored_event
 from driftloop.contracts.payloads import ModelPromoted
 from driftloop.contracts.settings import Settings
 from driftloop.errors import DriftloopError, NotFoundError
@@ -58,15 +58,14 @@ def promotion_from_alias(model: str, body: dict[str, Any]) -> Event[ModelPromote
         rollback=False,
     )
     event_id = body.get("event_id") or f"reconciled-{model}-{payload.version}"
-    envelope = Envelope(
+    return stored_event(
+        payload,
         event_id=event_id,
-        event_type=payload.event_type,
         occurred_at=_utc(body.get("updated_at")) or datetime.now(tz=UTC),
-        caused_by=body.get("caused_by"),
-        cascade_id=body.get("cascade_id") or event_id,
         producer="registry",
+        caused_by=body.get("caused_by"),
+        cascade_id=body.get("cascade_id"),
     )
-    return Event(envelope=envelope, payload=payload)
 
 
 class ChampionReconcile:

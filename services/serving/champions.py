@@ -25,7 +25,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from driftloop.clients.http import ServiceClient
-from driftloop.contracts.events import Envelope, Event
+from driftloop.contracts.events import Event, stored_event
 from driftloop.contracts.payloads import ModelPromoted
 from driftloop.errors import DriftloopError, NotFoundError
 
@@ -248,15 +248,14 @@ def champion_event(champion: RegistryChampion) -> Event[ModelPromoted]:
         moved_by=champion.moved_by,
         rollback=False,
     )
-    envelope = Envelope(
+    return stored_event(
+        payload,
         event_id=event_id,
-        event_type=payload.event_type,
         occurred_at=champion.updated_at or datetime.now(tz=UTC),
-        caused_by=champion.caused_by,
-        cascade_id=champion.cascade_id or event_id,
         producer="registry",
+        caused_by=champion.caused_by,
+        cascade_id=champion.cascade_id,
     )
-    return Event(envelope=envelope, payload=payload)
 
 
 class ChampionReconciler:

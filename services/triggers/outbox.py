@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from driftloop.clients.credentials import client_token
 from driftloop.clients.db.models import TrainingRequest
 from driftloop.clients.http import ServiceClient
-from driftloop.contracts.events import Envelope, Event
+from driftloop.contracts.events import Event, stored_event
 from driftloop.contracts.settings import Settings
 from driftloop.contracts.topics import TRAINING_REQUESTED
 from driftloop.runtime import outbox
@@ -33,15 +33,14 @@ from .handlers import as_utc, training_requested
 def request_event(row: TrainingRequest, producer: str) -> Event[Any]:
     """The ``TrainingRequested`` event of a requested row, with the id and cascade it was first sent with."""
     assert row.event_id is not None
-    envelope = Envelope(
+    return stored_event(
+        training_requested(row),
         event_id=row.event_id,
-        event_type=TRAINING_REQUESTED.event_type,
         occurred_at=as_utc(row.updated_at or row.created_at),
-        caused_by=row.cause_event_id,
-        cascade_id=row.cascade_id or row.event_id,
         producer=producer,
+        caused_by=row.cause_event_id,
+        cascade_id=row.cascade_id,
     )
-    return Event(envelope=envelope, payload=training_requested(row))
 
 
 class RequestOutbox(outbox.Outbox):

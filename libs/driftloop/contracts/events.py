@@ -170,3 +170,25 @@ def new_event(
         producer=producer,
     )
     return Event(envelope=envelope, payload=payload)
+
+
+def stored_event(
+    payload: NewP,
+    *,
+    event_id: str,
+    occurred_at: datetime,
+    producer: str,
+    caused_by: str | None = None,
+    cascade_id: str | None = None,
+) -> Event[NewP]:
+    """An event rebuilt from what was stored of it (an outbox, a reconcile): its first id, time and cascade, so a
+    consumer that already handled it skips it. ``occurred_at`` is kept to the millisecond (Avro timestamp-millis)."""
+    envelope = Envelope(
+        event_id=event_id,
+        event_type=payload.event_type,
+        occurred_at=occurred_at.replace(microsecond=occurred_at.microsecond // 1000 * 1000),
+        caused_by=caused_by,
+        cascade_id=cascade_id or event_id,
+        producer=producer,
+    )
+    return Event(envelope=envelope, payload=payload)
