@@ -21,6 +21,7 @@ from driftloop.clients.db.models import PredictionFeedback, ServedPrediction
 from driftloop.contracts.events import Event, new_event
 from driftloop.contracts.payloads import FeedbackReceived, Payload
 from driftloop.errors import DriftloopError, NotFoundError, ValidationFailed
+from driftloop.runtime.serde import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,12 @@ class PredictionRecorder:
         self._write_lock = threading.Lock()
 
     def record(self, result: dict[str, Any]) -> None:
-        """Queue the rows of one answered request (``predict``'s result)."""
+        """Queue the rows of one answered request (``predict``'s result; ``inputs``, when given, is each row's logged
+        inputs: the row's database record, read back when its feedback becomes a training label)."""
         request_id, model, version, replica = result["request_id"], result["model"], result["version"], self.replica
         now = result.get("answered_at") or datetime.now(tz=UTC)
+        predictions = result["predictions"]
+        inputs = result.get("inputs") or [None] * len(predictions)
         rows = [
             {
                 "request_id": request_id,
@@ -58,8 +62,11 @@ class PredictionRecorder:
                 "prediction": prediction,
                 "predicted_at": now,
                 "replica": replica,
+                "inputs": None if row_inputs is None else json_safe(row_inputs),
             }
-            for index, (prediction, entity) in enumerate(zip(result["predictions"], result["entities"], strict=True))
+            for index, (prediction, entity, row_inputs) in enumerate(
+                zip(predictions, result["entities"], inputs, strict=True)
+            )
         ]
         with self._lock:
             full = self._rows + len(rows) > MAX_BACKLOG_ROWS

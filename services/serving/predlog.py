@@ -1,6 +1,7 @@
 """Every answered row is logged, off the hot path: a request only queues its result (one append); a background loop
-turns queued results into ``PredictionLogged`` events, publishes them in batches and hands the rows to the
-``PredictionRecorder`` (serving's table).
+turns queued results into ``PredictionLogged`` events, publishes them in batches and hands the rows, with their
+inputs, to the ``PredictionRecorder`` (serving's table: the rows' database record; the bus does not copy
+PredictionLogged to the event log).
 
 Nothing queued is lost: a producer queue that is momentarily full is waited for (the loop polls the producer and
 retries), and the service's stop drains the queue before the bus is closed. What cannot be logged is counted on
@@ -139,7 +140,9 @@ class PredictionLog:
         if entities is None:
             entities = [_entity(instance.get(entity_key)) for instance in result["instances"]] if entity_key else None
         request_id, version = result["request_id"], result["version"]
-        # The request's rows as events made together (one timestamp, ids drawn at once): per row, only its fields.
+        # Per row, only its stream fields: the event's and the database record's inputs.
+        inputs = [{k: v for k, v in instance.items() if k in fields} for instance in result["instances"]]
+        # The request's rows as events made together (one timestamp, ids drawn at once).
         events = new_events(
             [
                 PredictionLogged(
@@ -147,13 +150,11 @@ class PredictionLog:
                     model=model,
                     version=version,
                     index=index,
-                    inputs={k: v for k, v in instance.items() if k in fields},
+                    inputs=row_inputs,
                     prediction=prediction,
                     entity=None if entities is None or entities[index] is None else str(entities[index]),
                 )
-                for index, (instance, prediction) in enumerate(
-                    zip(result["instances"], result["predictions"], strict=True)
-                )
+                for index, (row_inputs, prediction) in enumerate(zip(inputs, result["predictions"], strict=True))
             ],
             producer=PRODUCER,
         )
@@ -164,7 +165,9 @@ class PredictionLog:
         if self.poll is not None:
             self.poll(0)  # the request's delivery reports (the publish sink may leave them to this poll)
         if self.recorder is not None:
-            self.recorder.record({**result, "entities": entities or [None] * len(result["predictions"])})
+            self.recorder.record(
+                {**result, "entities": entities or [None] * len(result["predictions"]), "inputs": inputs}
+            )
         return logged
 
     def _publish(self, event: Event[Payload], model: str, request_id: str, index: int) -> bool:

@@ -1,9 +1,10 @@
 """Delayed labels as training data (``model.labels_from: feedback``).
 
 An outcome posted to ``/v1/models/{name}/feedback`` names one served prediction (serving's tables
-``serving_feedback`` -> ``serving_predictions``, read through the db models). The prediction's logged inputs (its
-``PredictionLogged`` event in the event log) say which record it scored: the entity and, when the client sent it,
-the record's event time. The label is joined point-in-time to that record's row of the feature set:
+``serving_feedback`` -> ``serving_predictions``, read through the db models). The prediction's logged inputs (kept
+on its ``serving_predictions`` row; for rows recorded before that, its ``PredictionLogged`` event in the event log)
+say which record it scored: the entity and, when the client sent it, the record's event time. The label is joined
+point-in-time to that record's row of the feature set:
 
 - exactly on (entity, event time) when the logged inputs carry the event time;
 - otherwise on the entity's newest row at or before the moment of the prediction (``predicted_at``).
@@ -53,8 +54,9 @@ def _event_time(value: object) -> pd.Timestamp:
 def _logged_inputs(
     session: Session, model: str, keys: set[tuple[str, int]], first: datetime, last: datetime
 ) -> dict[tuple[str, int], dict]:
-    """The inputs of the predictions ``keys`` (request id, row), from their PredictionLogged events, logged around
-    the predictions' times (``first`` .. ``last``, with a margin for clocks and the recorder's batching)."""
+    """The inputs of the predictions ``keys`` (request id, row) recorded without them (before migration 0012), from
+    their PredictionLogged events, logged around the predictions' times (``first`` .. ``last``, with a margin for
+    clocks and the recorder's batching)."""
     wanted = {request_id for request_id, _ in keys}
     found: dict[tuple[str, int], dict] = {}
     query = sa.select(EventRecord.payload).where(
@@ -87,6 +89,7 @@ def collect_feedback_labels(
             PredictionFeedback.event_id,
             ServedPrediction.entity,
             ServedPrediction.predicted_at,
+            ServedPrediction.inputs,
         )
         .join(
             ServedPrediction,
@@ -102,7 +105,8 @@ def collect_feedback_labels(
     with Session() as session:
         rows = session.execute(query).all()
         feedback = pd.DataFrame(
-            rows, columns=["request_id", "row_index", "label", "received_at", "event_id", "entity", "predicted_at"]
+            rows,
+            columns=["request_id", "row_index", "label", "received_at", "event_id", "entity", "predicted_at", "inputs"],
         )
         if feedback.empty:
             return pd.DataFrame(columns=LABEL_COLUMNS)
@@ -112,10 +116,23 @@ def collect_feedback_labels(
             .drop_duplicates(["request_id", "row_index"], keep="last")
             .reset_index(drop=True)
         )
-        keys = set(zip(feedback["request_id"], feedback["row_index"].astype(int), strict=True))
-        predicted = _utc(feedback["predicted_at"])
-        inputs = _logged_inputs(session, model, keys, predicted.min().to_pydatetime(), predicted.max().to_pydatetime())
-    logged = [inputs.get((r, int(i)), {}) for r, i in zip(feedback["request_id"], feedback["row_index"], strict=True)]
+        keys = {
+            (request_id, int(index))
+            for request_id, index, kept in zip(
+                feedback["request_id"], feedback["row_index"], feedback["inputs"], strict=True
+            )
+            if kept is None
+        }
+        inputs: dict[tuple[str, int], dict] = {}
+        if keys:  # rows recorded before serving kept their inputs
+            older = _utc(feedback["predicted_at"][feedback["inputs"].isna()])
+            inputs = _logged_inputs(session, model, keys, older.min().to_pydatetime(), older.max().to_pydatetime())
+    logged = [
+        kept if kept is not None else inputs.get((request_id, int(index)), {})
+        for request_id, index, kept in zip(
+            feedback["request_id"], feedback["row_index"], feedback["inputs"], strict=True
+        )
+    ]
     feedback["entity"] = [
         str(item[stream.entity_key]) if item.get(stream.entity_key) is not None else entity
         for item, entity in zip(logged, feedback["entity"], strict=True)

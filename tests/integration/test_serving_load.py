@@ -1,6 +1,7 @@
 """Serving under load, on the real broker: every answered row becomes exactly one PredictionLogged event (counted by
-reading the topic back: requests x rows, none lost, none doubled) while a promotion is hot-swapped in with no failed
-request; and ``serving.workers`` processes behind one port, each following promotions and stopped by one SIGTERM."""
+reading the topic back: requests x rows, none lost, none doubled) and one serving_predictions row with its inputs,
+while a promotion is hot-swapped in with no failed request; and ``serving.workers`` processes behind one port, each
+following promotions and stopped by one SIGTERM."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from model_factory import feature_frame, make_pipeline, put_artifact, train_artifact, write_pipeline_dir
 from pipeline_support import collect_events
 from test_registry_serving import Stack, rows, stack, wait_for  # noqa: F401 (stack: the fixture)
 from test_serving_rollout_oip import HttpServer, free_port
 
 from driftloop.clients.db import migrate
+from driftloop.clients.db.models import EventRecord, ServedPrediction
 from driftloop.clients.objectstore import open_object_store
 from driftloop.contracts.events import new_event
 from driftloop.contracts.payloads import ModelPromoted
@@ -84,6 +87,24 @@ def test_every_answered_row_is_logged_once_under_load_and_a_hot_swap(stack: Stac
     assert set(keys) == expected  # none lost, each with the version that answered it
     by_key = {(a["request_id"], i): p for a in answered for i, p in enumerate(a["predictions"])}
     assert all(e.payload.prediction == by_key[(e.payload.request_id, e.payload.index)] for e in logged)
+
+    # The rows' database record is serving's table, with the inputs the events carry; the event log has no copy.
+    engine = stack.serving.runtime.engine
+    requests = sorted({a["request_id"] for a in answered})
+
+    def stored() -> list[Any]:
+        with engine.connect() as conn:
+            return conn.execute(sa.select(ServedPrediction).where(ServedPrediction.request_id.in_(requests))).all()
+
+    wait_for(lambda: len(stored()) >= len(expected), "serving to record every answered row")
+    recorded = {(r.request_id, r.row_index, r.version): r.inputs for r in stored()}
+    assert len(stored()) == len(expected) and set(recorded) == expected
+    assert all(recorded[(e.payload.request_id, e.payload.index, e.payload.version)] == e.payload.inputs for e in logged)
+    with engine.connect() as conn:
+        copies = conn.scalar(
+            sa.select(sa.func.count()).select_from(EventRecord).where(EventRecord.event_type == "PredictionLogged")
+        )
+    assert copies == 0
 
 
 def test_workers_share_one_port_and_each_follows_promotions(

@@ -20,10 +20,12 @@ import sqlalchemy as sa
 import uvicorn
 from fastapi import FastAPI
 from model_factory import write_pipeline_dir
+from pipeline_support import collect_events
 from test_registry_serving import Stack, rows, wait_for
 
 from driftloop.clients.db.models import OnlineFeatures, PredictionFeedback, ServedPrediction
 from driftloop.contracts.settings import Settings
+from driftloop.contracts.topics import PREDICTION_LOGGED
 from driftloop.services.features.service import build as build_features
 
 pytestmark = pytest.mark.integration
@@ -243,11 +245,13 @@ def test_open_inference_protocol_over_http_and_entity_keys_through_the_online_st
         assert by_entity["predictions"] == pytest.approx(list(direct), abs=1e-12)
         status, missing = http("POST", f"{base}/v1/models/{model}/predict", {"entities": [entities[0], "nobody"]})
         assert status == 422 and missing["detail"]["reason"] == "unknown_entity" and "nobody" in str(missing)
-        logged = wait_for(
-            lambda: [e for e in stack.events("PredictionLogged") if e.payload["request_id"] == by_entity["request_id"]],
-            "the entity predictions to be logged",
+        logged = collect_events(
+            stack.serving.runtime.bus,
+            PREDICTION_LOGGED.name,
+            lambda e: e.payload.request_id == by_entity["request_id"],
+            count=len(entities),
         )
-        assert sorted(e.payload["entity"] for e in logged) == sorted(entities)
+        assert sorted(e.payload.entity for e in logged) == sorted(entities)
     finally:
         for server in reversed(servers):
             server.stop()

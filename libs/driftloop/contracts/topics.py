@@ -2,7 +2,8 @@
 
 A topic carries exactly one event type (Confluent TopicNameStrategy: subject ``<topic>-value``).
 ``key`` names the payload field used as the message key, so that all events of one model (or stream)
-land in one partition and keep their order.
+land in one partition and keep their order. ``in_event_log``: whether the bus copies the topic's events to the
+database's event log (``events``); a topic whose rows are kept in their owner's own table is not copied twice.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ class Topic:
     name: str
     event_type: str
     key: str
+    in_event_log: bool = True
 
     @property
     def subject(self) -> str:
@@ -31,7 +33,9 @@ MODEL_REGISTERED = Topic("driftloop.models.registered", "ModelRegistered", key="
 MODEL_PROMOTED = Topic("driftloop.models.promoted", "ModelPromoted", key="model")
 MODEL_REJECTED = Topic("driftloop.models.rejected", "ModelRejected", key="model")
 ALIAS_MOVE_REFUSED = Topic("driftloop.models.alias-move-refused", "AliasMoveRefused", key="model")
-PREDICTION_LOGGED = Topic("driftloop.serving.prediction-logged", "PredictionLogged", key="model")
+# One event per answered row: its database record is serving's ``serving_predictions`` row (with the row's inputs),
+# so a copy in the event log would only write each row twice.
+PREDICTION_LOGGED = Topic("driftloop.serving.prediction-logged", "PredictionLogged", key="model", in_event_log=False)
 FEEDBACK_RECEIVED = Topic("driftloop.serving.feedback-received", "FeedbackReceived", key="model")
 SERVING_SWITCHED = Topic("driftloop.serving.switched", "ServingSwitched", key="model")
 ROLLOUT_STEPPED = Topic("driftloop.serving.rollout-stepped", "RolloutStepped", key="model")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
 import queue
 import threading
 import time
@@ -34,6 +33,8 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import Counter
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from driftloop.clients.credentials import schema_registry_client_config
 from driftloop.clients.db import create_engine_for, session_factory
@@ -56,7 +57,7 @@ from driftloop.runtime.metrics import (
     PUBLISH_FAILURES,
 )
 from driftloop.runtime.retention import cutoff, purge_in_batches, utcnow
-from driftloop.runtime.serde import AvroCodec, RecordWriter
+from driftloop.runtime.serde import AvroCodec, RecordWriter, json_safe
 
 log = logging.getLogger(__name__)
 
@@ -189,30 +190,8 @@ def topic_id(settings: Settings, topic: str) -> str | None:
     )
 
 
-_JSON_AS_IS = frozenset({str, int, bool, type(None)})
-
-
-def _json_safe(value: Any) -> Any:
-    # Plain leaves are kept without a call (checked inline): the event log converts every field of every event.
-    if type(value) in _JSON_AS_IS or (type(value) is float and math.isfinite(value)):
-        return value
-    if isinstance(value, dict):
-        return {
-            k: v if type(v) in _JSON_AS_IS or (type(v) is float and math.isfinite(v)) else _json_safe(v)
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [
-            v if type(v) in _JSON_AS_IS or (type(v) is float and math.isfinite(v)) else _json_safe(v) for v in value
-        ]
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON (and PostgreSQL's json type) has no NaN/Infinity, e.g. an unscorable gate score
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return value
-
+# ``INSERT ... ON CONFLICT DO NOTHING`` by dialect; another database looks the ids up first.
+_INSERT_IGNORING_DUPLICATES: dict[str, Any] = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}
 
 # Events per event-log transaction: a commit (and its fsync) costs as much as writing hundreds of rows.
 WRITE_BATCH_EVENTS = 2000
@@ -243,23 +222,28 @@ class EventLog:
             "model": getattr(payload, "model", None),
             "stream": getattr(payload, "stream", None),
             # The Avro record as JSON: the timeline and dashboard read these payloads as dicts.
-            "payload": _json_safe(payload.to_avro()),
+            "payload": json_safe(payload.to_avro()),
         }
 
     def write(self, events: list[Event[Payload]]) -> None:
         if not events:
             return
-        rows = [self.to_record(e) for e in events]
-        # One Core executemany per batch (no ORM unit of work: this table takes every predicted row).
+        # One Core executemany per batch (no ORM unit of work); an event already stored (a redelivered copy, an
+        # outbox's second announcement) is skipped by the database, not looked up first.
+        rows = list({e.id: self.to_record(e) for e in events}.values())
         with self.engine.begin() as conn:
+            dialect = conn.dialect.name
+            if dialect in _INSERT_IGNORING_DUPLICATES:
+                conn.execute(_INSERT_IGNORING_DUPLICATES[dialect](EventRecord).on_conflict_do_nothing(), rows)
+                return
             known = set(
                 conn.scalars(
                     sa.select(EventRecord.event_id).where(EventRecord.event_id.in_([r["event_id"] for r in rows]))
                 )
             )
-            fresh = {r["event_id"]: r for r in rows if r["event_id"] not in known}
+            fresh = [r for r in rows if r["event_id"] not in known]
             if fresh:
-                conn.execute(sa.insert(EventRecord), list(fresh.values()))
+                conn.execute(sa.insert(EventRecord), fresh)
 
     def submit(self, event: Event[Payload]) -> None:
         if self._thread is None:
@@ -446,7 +430,8 @@ class EventBus:
                 published, started, stepped = _delivered_counters(event.type)
                 published.inc()
                 (stepped if event.envelope.caused_by else started).inc()
-                self.event_log.submit(event)
+                if event.topic.in_event_log:
+                    self.event_log.submit(event)
 
         producer = self._produce(event.topic.name, key=event.key.encode(), value=value, on_delivery=on_delivery)
         if wait:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import struct
 import threading
 from typing import Any
@@ -163,3 +164,28 @@ class RecordWriter:
                 # A type the union lacks (or a subclass) is left as it is: fastavro then checks it as before.
                 named[name] = {k: (b, v) if (b := branch_of.get(type(v))) else v for k, v in values.items()}
         return named
+
+
+_JSON_AS_IS = frozenset({str, int, bool, type(None)})
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` as JSON can hold it (PostgreSQL's json type has no NaN/Infinity): non-finite floats become None,
+    bytes text, datetimes ISO strings."""
+    # Plain leaves are kept without a call (checked inline): the event log converts every field of every event.
+    if type(value) in _JSON_AS_IS or (type(value) is float and math.isfinite(value)):
+        return value
+    if isinstance(value, dict):
+        return {
+            k: v if type(v) in _JSON_AS_IS or (type(v) is float and math.isfinite(v)) else json_safe(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [v if type(v) in _JSON_AS_IS or (type(v) is float and math.isfinite(v)) else json_safe(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON (and PostgreSQL's json type) has no NaN/Infinity, e.g. an unscorable gate score
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value

@@ -96,3 +96,15 @@ def test_the_event_log_stores_each_event_once_with_non_finite_numbers_as_null(tm
     assert set(stored) == {e.id for e in [*rows, *trained]}
     assert stored[rows[1].id].payload["inputs"] == {"x": 1.5, "s": "a"} and stored[rows[1].id].payload["index"] == 1
     assert stored[trained[0].id].payload["metrics"] == {"auc": None, "loss": 0.5}
+
+
+def test_the_recorder_keeps_each_rows_inputs_with_non_finite_numbers_as_null(tmp_path: Path) -> None:
+    engine = engine_at(tmp_path)
+    recorder = PredictionRecorder(engine, "replica-1")
+    inputs = [{"x": 1.5, "s": "a"}, {"x": math.inf, "s": None}]
+    recorder.record({**answered("a", 2), "inputs": inputs})
+    recorder.record(answered("b", 1))  # a caller without inputs: none stored
+    assert recorder.flush() == 3
+    with engine.connect() as conn:
+        stored = {(r.request_id, r.row_index): r.inputs for r in conn.execute(sa.select(ServedPrediction))}
+    assert stored == {("a", 0): {"x": 1.5, "s": "a"}, ("a", 1): {"x": None, "s": None}, ("b", 0): None}

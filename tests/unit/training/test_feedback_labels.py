@@ -56,10 +56,13 @@ def test_a_stream_without_label_needs_labels_from_feedback() -> None:
 
 
 class Serving:
-    """Writes what serving writes: a prediction row, its PredictionLogged event, feedback rows."""
+    """Writes what serving writes: a prediction row with its inputs, feedback rows. ``inputs_on_row=False``: what
+    serving wrote before migration 0012, a prediction row without inputs and its PredictionLogged event in the
+    event log."""
 
-    def __init__(self, session_maker: Any, model: str) -> None:
+    def __init__(self, session_maker: Any, model: str, *, inputs_on_row: bool = True) -> None:
         self.Session, self.model = session_maker, model
+        self.inputs_on_row = inputs_on_row
         self.clock = datetime(2026, 11, 1, tzinfo=UTC)
 
     def predict(self, request_id: str, entity: str, inputs: dict[str, Any], index: int = 0) -> None:
@@ -75,8 +78,11 @@ class Serving:
                     prediction=0.5,
                     predicted_at=self.clock,
                     replica="r1",
+                    inputs=inputs if self.inputs_on_row else None,
                 )
             )
+            if self.inputs_on_row:
+                return
             payload = {"request_id": request_id, "model": self.model, "version": 1, "index": index}
             session.add(
                 EventRecord(
@@ -107,11 +113,15 @@ class Serving:
             )
 
 
-@pytest.fixture
-def serving(tmp_path: Path) -> Serving:
+@pytest.fixture(params=["inputs on the prediction row", "inputs in the event log (before 0012)"])
+def serving(tmp_path: Path, request: pytest.FixtureRequest) -> Serving:
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     migrate(url)
-    return Serving(session_factory(create_engine_for(url)), feedback_pipeline().model.name)
+    return Serving(
+        session_factory(create_engine_for(url)),
+        feedback_pipeline().model.name,
+        inputs_on_row=request.param.startswith("inputs on"),
+    )
 
 
 def rows(*keys: tuple[str, int]) -> pd.DataFrame:

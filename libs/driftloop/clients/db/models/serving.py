@@ -23,6 +23,8 @@ class ServedPrediction(Base):
     prediction: Mapped[float]
     predicted_at: Mapped[datetime]
     replica: Mapped[str] = mapped_column(sa.String(200))
+    # The row's inputs as logged (the pipeline's stream fields it carried); None for rows recorded before 0012.
+    inputs: Mapped[dict | None] = mapped_column(sa.JSON, nullable=True)
     __table_args__ = (
         sa.Index("ix_serving_predictions_model_entity_time", "model", "entity", "predicted_at"),
         sa.Index("ix_serving_predictions_predicted_at", "predicted_at"),  # the retention purge
