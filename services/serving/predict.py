@@ -14,7 +14,7 @@ from prometheus_client import Counter, Histogram
 
 from driftloop.contracts.artifact import ModelArtifact
 from driftloop.contracts.featuredefs import features_from_instances
-from driftloop.errors import DriftloopError, ValidationFailed
+from driftloop.errors import ValidationFailed
 
 from .served import ServedModel
 
@@ -41,12 +41,6 @@ def check_scalars(instances: list[dict[str, Any]]) -> None:
             raise ValidationFailed(
                 "not_a_scalar", name, f"instances[{i}].{name} must be a string, number, boolean or null"
             )
-
-
-class PredictionFailed(DriftloopError):
-    """The model produced no usable answer (e.g. a non-finite score): a fault of the model, not the input (500)."""
-
-    default_code = "prediction_failed"
 
 
 # Below this many rows one thread scores faster than LightGBM's OpenMP pool (which also contends with the
@@ -89,9 +83,7 @@ def predict(
         if features is None:
             features = features_from_instances(instances, served.pipeline)
         scores = score(served.artifact, features)
-    predictions: list[float] = scores.tolist()
-    if not np.isfinite(scores).all():
-        raise PredictionFailed(f"{served.model} v{served.version} returned a non-finite prediction")
+    predictions: list[float] = served.artifact.finite(scores).tolist()
     PREDICTIONS.labels(served.model, str(served.version)).inc(len(predictions))
     return {
         "model": served.model,

@@ -147,7 +147,6 @@ EXPECTED: dict[str, tuple[int, str]] = {
     "RetrainConflict": (409, "retrain_conflict"),
     "NoNewData": (409, "no_new_data"),
     "IdempotencyKeyReused": (422, "idempotency_key_reused"),
-    "PredictionFailed": (500, "prediction_failed"),
     "SubjectNotFound": (404, "subject_not_found"),
     "IncompatibleSchema": (409, "incompatible_schema"),
     "InvalidSchema": (422, "invalid_schema"),

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from driftloop.errors import DriftloopError
+from driftloop.errors import DriftloopError, ValidationFailed
 
 ARTIFACT_FORMAT = "driftloop-model/1"
 SKLEARN_FAMILIES = ("sklearn_linear", "sklearn_random_forest")
@@ -33,6 +33,11 @@ class ArtifactError(DriftloopError):
     """A model artifact is unreadable or does not match its recorded sha256."""
 
     default_code = "invalid_artifact"
+
+
+# Families whose models read their inputs as 32-bit floats.
+FLOAT32_INPUT_FAMILIES = ("xgboost", "sklearn_random_forest")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -85,8 +90,44 @@ class ModelArtifact:
         return self.matrix(features)
 
     def predict(self, features: pd.DataFrame) -> np.ndarray:
-        """Classification: probability of the positive class. Regression: the predicted value."""
-        return self.predict_input(self.model_input(features))
+        """Classification: probability of the positive class. Regression: the predicted value. Rows this model
+        cannot score (a number beyond its input type, an answer that is not finite) are refused (422)."""
+        self.check_input_range(features)
+        return self.finite(self.predict_input(self.model_input(features)))
+
+    def check_input_range(self, features: pd.DataFrame) -> None:
+        """XGBoost and scikit-learn's forests read their inputs as 32-bit floats: a larger number would reach them
+        as infinity (XGBoost then fails, a forest refuses the matrix). Refused here, naming the feature."""
+        if self.family not in FLOAT32_INPUT_FAMILIES:
+            return
+        for name in self.feature_names:
+            if name in self.categories or name not in features.columns:
+                continue
+            values = pd.to_numeric(features[name], errors="coerce").to_numpy(dtype="float64")
+            beyond = np.abs(values) > FLOAT32_MAX  # NaN (missing) compares False
+            if beyond.any():
+                row = int(np.argmax(beyond))
+                raise ValidationFailed(
+                    "out_of_range",
+                    name,
+                    f"feature {name} of row {row} is {values[row]:g}: a {self.family} model takes 32-bit floats, "
+                    f"at most ±{FLOAT32_MAX:.3g}",
+                )
+
+    def finite(self, scores: np.ndarray) -> np.ndarray:
+        """``scores`` if every one is finite. A finite input can still overflow a model (a linear model's
+        weighted sum of ±1e308): those rows are beyond what it can score, refused with their indices (422)."""
+        finite = np.isfinite(scores)
+        if not finite.all():
+            rows = np.flatnonzero(~finite)
+            listed = ", ".join(str(int(r)) for r in rows[:10]) + (", …" if len(rows) > 10 else "")
+            raise ValidationFailed(
+                "not_scorable",
+                None,
+                f"the model's answer for row(s) {listed} is not finite: their values are beyond what this "
+                f"{self.family} model can score",
+            )
+        return scores
 
     def predict_input(self, model_input: Any) -> np.ndarray:
         """``predict`` on an input already built by ``model_input`` (training scores many rounds on one)."""

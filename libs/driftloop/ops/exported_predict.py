@@ -62,11 +62,13 @@ def predict(rows: list[dict]) -> list[float]:
     """Serving's answer for each row of raw fields."""
     rows = list(rows)
     check_columns(rows)
+    model = artifact()
     try:
-        features = features_from_instances(rows, PIPELINE)
+        # Refused as serving refuses: fields that do not convert, numbers beyond the model, answers not finite.
+        scores = model.predict(features_from_instances(rows, PIPELINE))
     except DriftloopError as exc:
         raise InputError(str(exc)) from exc  # serve.py answers with the cause's status, reason and field
-    return [float(p) for p in artifact().predict(features)]
+    return [float(p) for p in scores]
 
 
 def _typed(text: str, kind: str) -> object:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import subprocess
 import sys
 import zipfile
@@ -383,6 +384,38 @@ def test_the_exported_oip_server_takes_one_matrix_tensor_as_serving_does(tmp_pat
         ):
             status, error = both_answer(app, url, path, {"inputs": [refused]})
             assert status == 422 and error["reason"], refused
+
+
+@pytest.mark.parametrize("family", list(FAMILY_PARAMS))
+def test_a_number_beyond_the_model_is_refused_alike_by_serving_and_the_export_never_a_500(
+    tmp_path: Path, family: str
+) -> None:
+    """An amount of 1e308 is a finite double, but XGBoost and a forest read 32-bit floats (it would reach them as
+    infinity: XGBoost fails, the forest refuses the matrix): refused with a 422 naming the feature, by serving and
+    by the export alike. Families that take it answer a finite number."""
+    cfg = pipeline_of(family, "classification")
+    result, _, _ = fit(tmp_path / "store", cfg)
+    folder = export_artifact(result.artifact, tmp_path / "export", pipeline=cfg, version=1)
+    signature = json.loads((folder / "signature.json").read_text())
+    app = serving_app(cfg, result.artifact, version=1)
+    instances = served_instances(5)
+    instances[3]["amount"] = 1e308
+    body = {"inputs": per_field_tensors(signature, instances)}
+    with exported_server(folder) as url:
+        status, answer = both_answer(app, url, f"/v2/models/{cfg.model.name}/infer", body)
+    if family in ("xgboost", "sklearn_random_forest"):
+        assert status == 422 and answer["reason"] == "out_of_range" and answer["field"] == "amount", answer
+        assert "row 3" in answer["error"]
+    else:
+        assert status == 200 and all(math.isfinite(p) for p in answer["outputs"][0]["data"])
+
+
+def test_an_answer_that_is_not_finite_is_refused_naming_its_rows() -> None:
+    artifact = ModelArtifact(family="sklearn_linear", task="regression", feature_names=["x"], categories={}, model=None)
+    assert artifact.finite(np.array([1.0, -2.5])).tolist() == [1.0, -2.5]
+    with pytest.raises(ValidationFailed, match=r"row\(s\) 1, 3 is not finite") as refused:
+        artifact.finite(np.array([0.5, np.inf, 1.0, np.nan]))
+    assert refused.value.status_code == 422 and refused.value.reason == "not_scorable"
 
 
 def test_a_tampered_artifact_is_refused_by_export(tmp_path: Path) -> None:
