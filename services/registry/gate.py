@@ -16,7 +16,7 @@ from driftloop.clients.objectstore import ObjectStore
 from driftloop.contracts.artifact import ModelArtifact
 from driftloop.contracts.evaluation import holdout_mask, score
 from driftloop.contracts.pipeline import GateSpec, PipelineConfig
-from driftloop.errors import NotFoundError
+from driftloop.errors import NotFoundError, ValidationFailed
 
 # Float noise must not turn "exactly min_improvement better" into a rejection.
 _TOLERANCE = 1e-12
@@ -95,7 +95,10 @@ def score_on(artifact: ModelArtifact, holdout: pd.DataFrame, pipeline: PipelineC
     y_true = holdout[pipeline.label_column].to_numpy()
     if pipeline.model.task == "classification":
         y_true = y_true.astype("int64")
-    y_pred = artifact.predict(holdout)
+    try:
+        y_pred = artifact.predict(holdout)
+    except ValidationFailed as exc:  # holdout rows the model cannot score (not finite, beyond its input type)
+        raise ValueError(str(exc)) from exc
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sklearn warns and returns NaN where the metric is undefined
         value = float(score(metric, np.asarray(y_true), y_pred))
