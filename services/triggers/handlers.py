@@ -764,8 +764,10 @@ class TriggerHandlers:
         numbers: dict[str, Any] | None = None,
         session: Session | None = None,
     ) -> None:
-        """The decision on the timeline (``RetrainDecision``), in the cause's cascade."""
+        """The decision on the timeline (``RetrainDecision``), in the cause's cascade. Published inside the decision's
+        transaction: a decision redone after a crash (its cause redelivered) makes the same event, same id."""
         state = session.get(TriggerModelState, model) if session is not None else None
+        cause_id = (cause.id if isinstance(cause, Event) else cause.event_id) if cause is not None else None
         payload = RetrainDecision(
             model=model,
             trigger=trigger,
@@ -775,10 +777,11 @@ class TriggerHandlers:
             version=version,
             champion_version=state.champion_version if state is not None else None,
             request_id=request_id,
-            cause_event_id=(cause.id if isinstance(cause, Event) else cause.event_id) if cause is not None else None,
+            cause_event_id=cause_id,
             numbers_json=json.dumps(numbers or {}, default=str, sort_keys=True),
         )
-        self.publish(new_event(payload, producer=self.producer, cause=cause))
+        once_per = None if cause_id is None else f"{cause_id}|{trigger}|{decision}|{request_id}|{version}"
+        self.publish(new_event(payload, producer=self.producer, cause=cause, once_per=once_per))
 
     def _emit(self, session: Session, row: TrainingRequest, cause: Event[Payload] | Envelope | None) -> None:
         # Published before the commit: a crash between the two redoes the decision (same request id) on the

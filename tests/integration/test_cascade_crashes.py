@@ -62,6 +62,7 @@ from driftloop.contracts.topics import (
     MODEL_PROMOTED,
     MODEL_REGISTERED,
     MODEL_REJECTED,
+    RETRAIN_DECISION,
     TRAINING_REQUESTED,
 )
 from driftloop.errors import StackError
@@ -532,6 +533,9 @@ def test_triggers_killed_after_a_drift_request_training_once_after_a_restart(
             running.start("triggers")
             wait_until(lambda: handled(engine, TRIGGERS_GROUP, cause.id), 60, "the drift to be handled")
             requested = read_events(settings, bus, TRAINING_REQUESTED, model)
+            decided = [
+                e for e in read_events(settings, bus, RETRAIN_DECISION, model) if e.envelope.caused_by == cause.id
+            ]
     finally:
         bus.close()
         engine.dispose()
@@ -540,4 +544,6 @@ def test_triggers_killed_after_a_drift_request_training_once_after_a_restart(
     assert status == "requested"
     assert [(e.envelope.caused_by, e.id) for e in requested] == [(cause.id, event_id)]
     assert requested[0].payload.trigger == "drift"
+    # The decision redone after the kill is the same event (one id; the timeline shows it once).
+    assert decided and len({e.id for e in decided}) == 1 and decided[0].payload.decision == "retrain"
     assert not any(pid_alive(p.pid) for p in running.procs)
