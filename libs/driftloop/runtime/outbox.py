@@ -9,6 +9,7 @@ A service's outbox says what is missing (``unannounced``) and, if it keeps track
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 from abc import ABC, abstractmethod
@@ -50,13 +51,20 @@ class Outbox(ABC):
     def drain(self, now: datetime | None = None) -> int:
         """Publish every unannounced event (with its id); returns how many."""
         missing = self.unannounced(now)
+        by_type: collections.Counter[str] = collections.Counter()
         for event in missing:
             self.bus.publish(event)
             self.republished(event)
             OUTBOX_REPUBLISHED.labels(self.service, event.type).inc()
-            log.warning("%s outbox: %s %s had not arrived; published again", self.service, event.type, event.id)
+            by_type[event.type] += 1
+            log.debug("%s outbox: %s %s had not arrived; published again", self.service, event.type, event.id)
         if missing:
             self.bus.flush()  # into the event log now, so that the next drain finds nothing to do
+            # One line per round (a broker outage can leave thousands of dead letters to announce), ids at debug.
+            counts = ", ".join(f"{count} {kind}" for kind, count in sorted(by_type.items()))
+            log.warning(
+                "%s outbox: %s had not arrived; published again (first: %s)", self.service, counts, missing[0].id
+            )
         return len(missing)
 
     def drain_loop(self, stop_event: threading.Event) -> None:
