@@ -59,7 +59,9 @@ def signature(pipeline: PipelineConfig) -> Signature:
     if cached is not None and cached[0] is pipeline:
         return cached[1]
     stream = pipeline.stream
-    needed = {f.source or f.name for f in pipeline.features if f.expr is None}
+    # The fields plain features read (as ``features_from_instances`` requires them); an aggregate's value comes by
+    # name or is missing, so its source field is not needed.
+    needed = {f.source or f.name for f in pipeline.features if f.expr is None and f.aggregate is None}
     inputs = []
     for f in stream.fields:
         if f.name == stream.label:

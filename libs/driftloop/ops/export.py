@@ -30,6 +30,7 @@ from typing import Any
 import driftloop.contracts
 import driftloop.errors
 from driftloop.contracts.artifact import ModelArtifact
+from driftloop.contracts.oip import required_fields
 from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.errors import ConfigError
 
@@ -90,14 +91,6 @@ def _pinned(packages: list[str]) -> list[str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return pins
-
-
-def required_fields(pipeline: PipelineConfig) -> list[str]:
-    """The raw fields every row must carry, as serving requires them: the fields plain features read and the
-    non-nullable fields (the label excepted)."""
-    stream = pipeline.stream
-    read = {f.source or f.name for f in pipeline.features if f.expr is None and f.aggregate is None}
-    return [f.name for f in stream.fields if f.name != stream.label and (f.name in read or not f.nullable)]
 
 
 def signature(

@@ -7,6 +7,7 @@ or a canary's challenger), a single ``[N, F]`` input tensor, integral FP64 value
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,8 +20,11 @@ from fastapi.testclient import TestClient
 from driftloop.client import Client
 from driftloop.contracts.artifact import ModelArtifact
 from driftloop.contracts.events import Event, new_event
+from driftloop.contracts.featuredefs import features_from_instances
+from driftloop.contracts.oip import required_fields, signature
 from driftloop.contracts.payloads import ModelPromoted
 from driftloop.contracts.pipeline import RolloutSpec, parse_pipeline
+from driftloop.ops.export import signature as export_signature
 from driftloop.runtime.service import base_app
 from driftloop.services.serving import api
 from driftloop.services.serving.rollout import RolloutController
@@ -229,3 +233,19 @@ def test_the_public_client_reads_servings_answers_typed(env: SimpleNamespace) ->
     assert served.version == 1 and served.replica == "replica-a" and isinstance(served.loaded_at, datetime)
     assert served.rollout is not None and (served.rollout.mode, served.rollout.challenger_version) == ("canary", 2)
     assert every.replica == "replica-a" and [s.version for s in every.models] == [1]
+
+
+def test_an_aggregates_source_field_is_not_required_by_v1_v2_or_the_export() -> None:
+    """An aggregate's value comes by name (an online lookup) or is missing: its nullable source field is required
+    nowhere, and /v1, /v2 and the export's signature.json follow one rule."""
+    text = (Path(__file__).resolve().parents[3] / "pipelines" / "transactions.yaml").read_text()
+    text = text.replace("  - {name: age}\n", "  - {name: age_mean_1h, aggregate: mean, source: age, window: 1h}\n")
+    cfg = parse_pipeline(text)
+    assert "age" not in required_fields(cfg) and "amount" in required_fields(cfg)
+    assert not signature(cfg).by_name["age"].required
+    row = {"amount": 12.5, "hour": 3, "merchant_category": "grocery"}
+    assert np.isnan(features_from_instances([row], cfg)["age_mean_1h"].iloc[0])  # /v1 takes the row without age
+    artifact = ModelArtifact(family="lightgbm", task="classification", feature_names=cfg.feature_names, categories={},
+                             model=None)  # fmt: skip
+    exported = export_signature(artifact, "0" * 64, cfg)
+    assert [i["name"] for i in exported["inputs"] if i["required"]] == required_fields(cfg)
