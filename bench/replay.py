@@ -17,11 +17,21 @@ Starts an embedded stack of its own (free ports, a temporary home; stopped by PI
    what was served vs the never-retrained model (the first champion, scored offline on the same rows), and for the
    generated streams a model trained on post-change data from the start (the target), and wall time.
 
+The AUCs: all three models scored on the same rows, the same way. ``*_auc`` is the prequential AUC (the mean AUC
+over tumbling windows of ``--window`` rows, as stream evaluators such as MOA's windowed evaluator report it: the
+served scores, as they were served, are ranked only against scores of their window, mostly one model's);
+``*_auc_pooled`` is one AUC over all the segment's rows (it ranks one model's scores against another's, whose
+scale differs: biased). The target is a LightGBM of the same parameters trained on ``--target-rows`` rows of the
+stream's own post-change concept that the stream never used. A gradual change of ``--width`` rows begins
+``width/2`` rows before ``--change-at`` (its midpoint): alarms from there on detect it, earlier ones are false.
+
 Generated streams (``auto``): the pipeline is written by the replay (numeric features, a count window of
 ``--window`` predictions, performance windows of 200 labels with a threshold 0.04 below the bootstrap model's
-offline holdout AUC, dataset versions cut every ``--cut-every`` rows as a window of the newest rows, cooldown in
-rows). A CSV/Parquet file needs its pipeline (``stream.event_time``, ``stream.label``, ``stream.entity_key``) and
-``--change-at`` (the row of the documented change point).
+offline holdout AUC and river's ADWIN on the labeled errors (``--adwin-delta``, ``--adwin-clock``), dataset
+versions cut every ``--cut-every`` rows as a window of the newest ``--window-rows``, a cooldown in rows; after a
+located change a first retrain on ``--min-rows-after-change`` post-change rows and follow-ups on the same change
+``--followup-rows`` rows later). A CSV/Parquet file needs its pipeline (``stream.event_time``, ``stream.label``,
+``stream.entity_key``) and ``--change-at`` (the row of the documented change point).
 
 JSON keys (``--json``): ``false_alarms``, ``detection_delay_rows``, ``retrains``, ``retrains_on_identical_data``,
 ``served_auc_after_change``, ``never_retrained_auc_after_change``, ``rows_to_post_change_model`` and more.

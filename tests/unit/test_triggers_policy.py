@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+from pydantic import ValidationError
+
 from driftloop.contracts.pipeline import AfterChangeSpec, DriftTrigger, NewDataTrigger, RetrainPolicy, TriggerSpec
-from driftloop.services.triggers.policy import Alarm, ModelView, decide, fire_pending
+from driftloop.services.triggers.policy import Alarm, ChangePlan, ModelView, decide, fire_pending, followup_due
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 DATA = "transactions@v3"
@@ -145,8 +148,6 @@ def test_cooldown_in_rows_and_in_event_time() -> None:
 
 
 def test_a_followup_is_due_once_its_rows_landed_and_nothing_runs() -> None:
-    from driftloop.services.triggers.policy import ChangePlan, followup_due
-
     policy = POLICY.model_copy(update={"after_change": AfterChangeSpec(followup_rows=[500, 1500])})
     plan = ChangePlan("req-1", NOW - timedelta(hours=1), rows_at=10_000)
     assert followup_due(policy, plan, view(rows_total=10_499)) is None  # too few rows yet
@@ -164,8 +165,5 @@ def test_a_followup_is_due_once_its_rows_landed_and_nothing_runs() -> None:
 
 
 def test_followup_rows_must_increase() -> None:
-    import pytest
-    from pydantic import ValidationError
-
     with pytest.raises(ValidationError, match="must increase"):
         AfterChangeSpec(followup_rows=[1500, 500])
