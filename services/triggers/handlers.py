@@ -228,6 +228,7 @@ class TriggerHandlers:
             session.flush()
             for pipeline in self.pipelines.values():
                 if pipeline.stream.name == created.stream:
+                    self._start_change_clock(session, pipeline.model.name, row.rows_total, event)
                     self._fire_cooled_down(session, pipeline, event)
 
     # --- causes ------------------------------------------------------------------------------------------
@@ -669,7 +670,7 @@ class TriggerHandlers:
             row.note or "",
             cause,
             request_id=request_id,
-            numbers={"followup": plan.done + 1, "rows_landed": view.rows_total - plan.rows_at},
+            numbers={"followup": plan.done + 1, "rows_landed": view.rows_total - (plan.rows_at or 0)},
             session=session,
         )
         self._emit(session, row, cause)
@@ -854,13 +855,23 @@ class TriggerHandlers:
                 **(model_state.last_request_by_kind or {}),
                 row.trigger: now.isoformat(),
             }
-            self._advance_change_plan(model_state, row, model_state.last_request_rows_total or 0)
+            self._advance_change_plan(model_state, row)
         model_state.updated_at = utcnow()
         session.flush()
         # Inside the transaction: if publishing fails, the decision is rolled back and made again on retry.
         self.publish(event)
 
-    def _advance_change_plan(self, state: TriggerModelState, row: TrainingRequest, rows_total: int) -> None:
+    def _start_change_clock(self, session: Session, model: str, rows_total: int, cut: Event[Payload]) -> None:
+        """The first cut after a change's first request holds the rows it trains on: the follow-ups count the rows
+        landed from there (the row clock moves only with cuts, so the request's own reading is stale)."""
+        state = session.get(TriggerModelState, model)
+        plan = ChangePlan.from_json(state.change_plan if state is not None else None)
+        if state is None or plan is None or plan.rows_at is not None:
+            return
+        if cut.envelope.occurred_at >= plan.requested_at:
+            state.change_plan = replace(plan, rows_at=rows_total).to_json()
+
+    def _advance_change_plan(self, state: TriggerModelState, row: TrainingRequest) -> None:
         """A request on a located change starts its follow-up plan (replacing an older change's); a follow-up
         counts as done (``triggers.after_change``)."""
         if row.trigger == "followup":
@@ -872,7 +883,7 @@ class TriggerHandlers:
         started = as_utc(row.change_started_at)
         if started is None or pipeline is None or not pipeline.triggers.after_change.followup_rows:
             return
-        state.change_plan = ChangePlan(row.request_id, started, rows_total).to_json()
+        state.change_plan = ChangePlan(row.request_id, started, self.clock()).to_json()
 
     # --- state -------------------------------------------------------------------------------------------
 

@@ -217,13 +217,17 @@ class ChangePlan:
 
     request_id: str  # the change's first request
     change_started_at: datetime
-    rows_at: int  # the stream's rows landed when it was requested
+    requested_at: datetime
+    # The stream's rows landed (the triggers' row clock, which moves with each cut) at the first cut after the
+    # request: the rows that request trained on, the clock's first reading that includes them. None until then.
+    rows_at: int | None = None
     done: int = 0  # follow-ups requested so far
 
     def to_json(self) -> dict[str, Any]:
         return {
             "request_id": self.request_id,
             "change_started_at": self.change_started_at.isoformat(),
+            "requested_at": self.requested_at.isoformat(),
             "rows_at": self.rows_at,
             "done": self.done,
         }
@@ -235,17 +239,19 @@ class ChangePlan:
         return cls(
             request_id=str(stored["request_id"]),
             change_started_at=datetime.fromisoformat(stored["change_started_at"]),
-            rows_at=int(stored["rows_at"]),
+            requested_at=datetime.fromisoformat(stored["requested_at"]),
+            rows_at=None if stored.get("rows_at") is None else int(stored["rows_at"]),
             done=int(stored.get("done", 0)),
         )
 
 
 def followup_due(policy: TriggerSpec, plan: ChangePlan | None, view: ModelView) -> str | None:
     """The reason for the next follow-up retrain of the change in ``plan`` if it is due now, else None: none
-    planned or all done, too few rows landed since the change's first request, a run active or awaiting the gate,
-    another request pending, or no dataset version yet (it is looked at again with the next version or gate)."""
+    planned or all done, too few rows landed since the first cut after the change's first request, a run active
+    or awaiting the gate, another request pending, or no dataset version yet (it is looked at again with the next
+    version or gate)."""
     steps = policy.after_change.followup_rows
-    if plan is None or plan.done >= len(steps):
+    if plan is None or plan.rows_at is None or plan.done >= len(steps):
         return None
     if view.active_runs or view.gating_runs or view.pending_request_id is not None:
         return None
@@ -256,6 +262,6 @@ def followup_due(policy: TriggerSpec, plan: ChangePlan | None, view: ModelView) 
         return None
     return (
         f"follow-up {plan.done + 1}/{len(steps)} of the change at {plan.change_started_at.isoformat()} "
-        f"(request {plan.request_id}): {landed} rows landed since it was requested "
+        f"(request {plan.request_id}): {landed} rows landed since the data it trained on "
         f"(triggers.after_change.followup_rows {steps}); train again on the rows after the change"
     )

@@ -731,37 +731,40 @@ def test_a_located_change_is_retrained_again_as_post_change_rows_land(
     make: Any, published: list[Event], decisions: list[Event]
 ) -> None:
     # after_change.followup_rows: the change's first retrain, then one more at 500 and at 1500 rows landed since
-    # it, on the rows after the same change, in its cascade; never a fourth run, and none while a run is active.
+    # the cut it trained on, on the rows after the same change, in its cascade; never a fourth run, and none while
+    # a run is active.
     handlers: TriggerHandlers = make(with_triggers(cooldown=0, after_change={"followup_rows": [500, 1500]}))
     handlers.on_dataset_version_created(dataset_event(1, 1000))
     with_data_and_champion(handlers)
     start = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
-    change = located_degradation(start)
-    handlers.on_performance_degraded(change)
+    handlers.on_performance_degraded(located_degradation(start))
     assert [e.payload.trigger for e in published] == ["performance"]
     handlers.on_run_state_changed(run_event("r1", "running"))
-    handlers.on_dataset_version_created(dataset_event(2, 600))
+    handlers.on_dataset_version_created(dataset_event(2, 300))  # the cut on demand the first run trains on
     handlers.on_features_materialized(features_event(2))
+    handlers.on_dataset_version_created(dataset_event(3, 600))  # 600 rows since that cut
+    handlers.on_features_materialized(features_event(3))
     assert len(published) == 1, "no follow-up while the change's first run is active"
     handlers.on_run_state_changed(run_event("r1", "completed"))
-    handlers.on_model_promoted(promoted_event(2))  # the gate decided: the follow-up is due (600 rows landed)
+    handlers.on_model_promoted(promoted_event(2))  # the gate decided: the follow-up is due
     assert [e.payload.trigger for e in published] == ["performance", "followup"]
     followup = published[1]
     assert followup.payload.change_started_at == start
     assert followup.envelope.cascade_id == published[0].envelope.cascade_id
-    assert followup.payload.dataset_version_id == f"{STREAM}@v2"
-    handlers.on_dataset_version_created(dataset_event(3, 500))  # 1100 rows since the change's request
-    handlers.on_features_materialized(features_event(3))
-    assert len(published) == 2
-    handlers.on_dataset_version_created(dataset_event(4, 500))  # 1600
+    assert followup.payload.dataset_version_id == f"{STREAM}@v3"
+    handlers.on_dataset_version_created(dataset_event(4, 500))  # 1100 rows since the first cut
     handlers.on_features_materialized(features_event(4))
-    assert [e.payload.trigger for e in published][-1] == "followup" and len(published) == 3
-    handlers.on_dataset_version_created(dataset_event(5, 5000))
+    assert len(published) == 2
+    handlers.on_dataset_version_created(dataset_event(5, 500))  # 1600
     handlers.on_features_materialized(features_event(5))
+    assert [e.payload.trigger for e in published][-1] == "followup" and len(published) == 3
+    handlers.on_dataset_version_created(dataset_event(6, 5000))
+    handlers.on_features_materialized(features_event(6))
     handlers.on_model_promoted(promoted_event(3))
     assert len(published) == 3, "the plan is bounded: two follow-ups"
     reasons = [d.payload.reason for d in decisions if d.payload.trigger == "followup"]
     assert len(reasons) == 2 and reasons[0].startswith("follow-up 1/2") and reasons[1].startswith("follow-up 2/2")
+    assert "1600 rows landed" in reasons[1]
 
 
 def test_without_followup_rows_a_change_is_retrained_once(make: Any, published: list[Event]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -149,19 +150,22 @@ def test_cooldown_in_rows_and_in_event_time() -> None:
 
 def test_a_followup_is_due_once_its_rows_landed_and_nothing_runs() -> None:
     policy = POLICY.model_copy(update={"after_change": AfterChangeSpec(followup_rows=[500, 1500])})
-    plan = ChangePlan("req-1", NOW - timedelta(hours=1), rows_at=10_000)
+    unclocked = ChangePlan("req-1", NOW - timedelta(hours=1), NOW)
+    assert followup_due(POLICY, unclocked, view(rows_total=99_999)) is None  # no cut since the request yet
+    plan = replace(unclocked, rows_at=10_000)
     assert followup_due(policy, plan, view(rows_total=10_499)) is None  # too few rows yet
     due = followup_due(policy, plan, view(rows_total=10_500))
     assert due is not None and due.startswith("follow-up 1/2") and "500 rows landed" in due
     assert followup_due(policy, plan, view(rows_total=11_000, active_runs=("r",))) is None
     assert followup_due(policy, plan, view(rows_total=11_000, gating_runs=("r",))) is None
     assert followup_due(policy, plan, view(rows_total=11_000, pending_request_id="p")) is None
-    second = ChangePlan("req-1", plan.change_started_at, 10_000, done=1)
+    second = replace(plan, done=1)
     assert followup_due(policy, second, view(rows_total=11_000)) is None  # the second needs 1500
     assert followup_due(policy, second, view(rows_total=11_500)) is not None
-    assert followup_due(policy, ChangePlan("req-1", NOW, 0, done=2), view(rows_total=99_999)) is None  # bounded
+    assert followup_due(policy, replace(plan, done=2), view(rows_total=99_999)) is None  # bounded
     assert followup_due(POLICY, plan, view(rows_total=99_999)) is None  # no follow-ups configured
     assert ChangePlan.from_json(second.to_json()) == second
+    assert ChangePlan.from_json(unclocked.to_json()) == unclocked
 
 
 def test_followup_rows_must_increase() -> None:
