@@ -17,11 +17,21 @@ Starts an embedded stack of its own (free ports, a temporary home; stopped by PI
    what was served vs the never-retrained model (the first champion, scored offline on the same rows), and for the
    generated streams a model trained on post-change data from the start (the target), and wall time.
 
+The AUCs: all three models scored on the same rows, the same way. ``*_auc`` is the prequential AUC (the mean AUC
+over tumbling windows of ``--window`` rows, as stream evaluators such as MOA's windowed evaluator report it: the
+served scores, as they were served, are ranked only against scores of their window, mostly one model's);
+``*_auc_pooled`` is one AUC over all the segment's rows (it ranks one model's scores against another's, whose
+scale differs: biased). The target is a LightGBM of the same parameters trained on ``--target-rows`` rows of the
+stream's own post-change concept that the stream never used. A gradual change of ``--width`` rows begins
+``width/2`` rows before ``--change-at`` (its midpoint): alarms from there on detect it, earlier ones are false.
+
 Generated streams (``auto``): the pipeline is written by the replay (numeric features, a count window of
 ``--window`` predictions, performance windows of 200 labels with a threshold 0.04 below the bootstrap model's
-offline holdout AUC, dataset versions cut every ``--cut-every`` rows as a window of the newest rows, cooldown in
-rows). A CSV/Parquet file needs its pipeline (``stream.event_time``, ``stream.label``, ``stream.entity_key``) and
-``--change-at`` (the row of the documented change point).
+offline holdout AUC and river's ADWIN on the labeled errors (``--adwin-delta``, ``--adwin-clock``), dataset
+versions cut every ``--cut-every`` rows as a window of the newest ``--window-rows``, a cooldown in rows; after a
+located change a first retrain on ``--min-rows-after-change`` post-change rows and follow-ups on the same change
+``--followup-rows`` rows later). A CSV/Parquet file needs its pipeline (``stream.event_time``, ``stream.label``,
+``stream.entity_key``) and ``--change-at`` (the row of the documented change point).
 
 JSON keys (``--json``): ``false_alarms``, ``detection_delay_rows``, ``retrains``, ``retrains_on_identical_data``,
 ``served_auc_after_change``, ``never_retrained_auc_after_change``, ``rows_to_post_change_model`` and more.
@@ -90,10 +100,18 @@ def generate_demo(rows: int, change_at: int, seed: int = 7) -> pd.DataFrame:
     return frame
 
 
-def post_change_sample(name: str, rows: int, seed: int = 7) -> pd.DataFrame:
-    """Fresh rows of the post-change concept only (to train the target model: post-change data from the start)."""
-    _, after = _concepts(name, seed + 1000)
-    records = [{f"x{k}": float(v) for k, v in enumerate(x.values())} | {LABEL: int(y)} for x, y in after.take(rows)]
+def post_change_sample(name: str, rows: int, skip: int, seed: int = 7) -> pd.DataFrame:
+    """``rows`` rows of the stream's own post-change concept that the stream never used (to train the target: a
+    model trained on post-change data from the start). The same generator with the same seed as ``generate`` (a
+    rotating hyperplane's seed IS its concept: another seed is another hyperplane), past the first ``skip`` draws
+    (the most a stream of ``skip`` rows can take from it)."""
+    _, after = _concepts(name, seed)
+    draws = after.take(skip + rows)
+    records = [
+        {f"x{k}": float(v) for k, v in enumerate(x.values())} | {LABEL: int(y)}
+        for i, (x, y) in enumerate(draws)
+        if i >= skip
+    ]
     return pd.DataFrame(records)
 
 
@@ -126,14 +144,38 @@ def read_table(path: Path, event_time: str) -> pd.DataFrame:
     return frame.sort_values(event_time, kind="stable").reset_index(drop=True)
 
 
+@dataclass(frozen=True)
+class LoopPolicy:
+    """How the generated pipelines adapt after a change (``--min-rows-after-change`` and the rest)."""
+
+    min_rows_after_change: int = 300
+    followup_rows: tuple[int, ...] = (500, 1500, 3500)
+    window_rows: int = 4000
+    adwin_delta: float = 0.01
+    adwin_clock: int = 1
+
+
 def generated_pipeline(
-    name: str, frame: pd.DataFrame, *, window: int, cut_every: int, threshold: float | None
+    name: str,
+    frame: pd.DataFrame,
+    *,
+    window: int,
+    cut_every: int,
+    threshold: float | None,
+    policy: LoopPolicy = LoopPolicy(),
 ) -> dict[str, Any]:
-    """The pipeline of a generated stream: every feature numeric, count windows, a cooldown in rows."""
+    """The pipeline of a generated stream: every feature numeric, count windows, a cooldown in rows; after a
+    located change, a first retrain on ``min_rows_after_change`` post-change rows and follow-ups as more land
+    (``followup_rows``), in versions that keep the newest ``window_rows`` rows (the post-change rows grow)."""
     features = [c for c in frame.columns if c not in (ENTITY, EVENT_TIME, LABEL)]
     # The change detector reads each label as it comes: a rise of the error is found (and located) without
     # waiting for a window of 200 labels to be past the threshold.
-    performance: dict[str, Any] = {"window_size": 200, "change_detector": "adwin"}
+    performance: dict[str, Any] = {
+        "window_size": 200,
+        "change_detector": "adwin",
+        "adwin_delta": policy.adwin_delta,
+        "adwin_clock": policy.adwin_clock,
+    }
     if threshold is not None:
         performance["threshold"] = round(threshold, 3)
     return {
@@ -152,9 +194,10 @@ def generated_pipeline(
         "dataset": {
             "cut_every_rows": cut_every,
             "mode": "window",
-            "window_rows": cut_every,
+            "window_rows": max(cut_every, policy.window_rows),
             "landing_batch_rows": 200,
             "landing_batch_seconds": 1,
+            "min_rows_after_change": policy.min_rows_after_change,
         },
         "features": [{"name": f} for f in features],
         "model": {"name": f"replay-{name}", "params": {"num_leaves": 15}},
@@ -164,6 +207,7 @@ def generated_pipeline(
             "drift": {"enabled": True, "wait_for_fresh_data": True},
             "cooldown_by": "rows",
             "cooldown_rows": cut_every,
+            "after_change": {"followup_rows": list(policy.followup_rows)},
         },
         "monitor": {"window_size": window, "psi_threshold": 0.1, "reference_rows": 1000, "performance": performance},
     }
@@ -200,6 +244,23 @@ def accuracy(y: np.ndarray, p: np.ndarray) -> float | None:
     return score("accuracy", np.asarray(y), np.asarray(p)) if len(y) else None
 
 
+def windowed_auc(y: np.ndarray, p: np.ndarray, window: int) -> float | None:
+    """Prequential AUC as stream evaluators report it (MOA's windowed evaluator): the mean AUC over tumbling
+    windows of ``window`` consecutive rows (a last, shorter window counts if it has half as many; windows with
+    one class only are left out). Scores of different models are ranked against each other only within a window,
+    so a switch of served model (another score scale) does not bias it as one AUC over all rows would."""
+    y, p = np.asarray(y), np.asarray(p)
+    values = []
+    for start in range(0, len(y), window):
+        end = min(start + window, len(y))
+        if end - start < window // 2 and values:
+            continue
+        value = auc(y[start:end], p[start:end])
+        if value is not None:
+            values.append(value)
+    return float(np.mean(values)) if values else None
+
+
 @dataclass(frozen=True)
 class Served:
     """One live row as it was answered."""
@@ -224,10 +285,18 @@ def summarize(
     change_row: int,
     change_time: datetime,
     target: np.ndarray | None = None,
+    *,
+    stable_until: int | None = None,
+    window: int = 500,
 ) -> dict[str, Any]:
     """The replay's figures from what was served and the event log (``events``: ``event_type``,
     ``occurred_at`` (epoch seconds), ``payload``). ``baseline``/``target``: scores of the never-retrained model and
-    of a model trained on post-change data, for every row of ``labels``."""
+    of a model trained on post-change data, for every row of ``labels``. ``stable_until``: the first row that is
+    not of the old concept alone (a gradual change begins before ``change_row``, its midpoint): alarms before it
+    are false, alarms from it on detect the change (the delay, from ``change_row``, may be negative); default
+    ``change_row``. AUCs per segment: ``*_auc`` is the prequential AUC (``windowed_auc`` over ``window`` rows),
+    ``*_auc_pooled`` one AUC over all the segment's rows; all three models on the same rows, the same way."""
+    stable_until = change_row if stable_until is None else stable_until
     by_type: dict[str, list[dict[str, Any]]] = {}
     for event in sorted(events, key=lambda e: e["occurred_at"]):
         by_type.setdefault(event["event_type"], []).append(event)
@@ -244,8 +313,8 @@ def summarize(
         if e["occurred_at"] >= served[0].wall
     ]
     alarms.sort(key=lambda a: a["row"])
-    false_alarms = [a for a in alarms if a["row"] < change_row]
-    detected = next((a for a in alarms if a["row"] >= change_row), None)
+    false_alarms = [a for a in alarms if a["row"] < stable_until]
+    detected = next((a for a in alarms if a["row"] >= stable_until), None)
     requests = [
         {
             "row": row_at(served, e["occurred_at"]) if e["occurred_at"] >= served[0].wall else None,
@@ -277,16 +346,20 @@ def summarize(
             if name != "overall"
             else len(alarms),
             "served_accuracy": accuracy(y[mask], scores[mask]),
-            "served_auc": auc(y[mask], scores[mask]),
             "never_retrained_accuracy": accuracy(y[mask], baseline[rows][mask]),
-            "never_retrained_auc": auc(y[mask], baseline[rows][mask]),
         }
+        models = {"served": scores, "never_retrained": baseline[rows]}
         if target is not None:
-            segments[name]["post_change_model_auc"] = auc(y[mask], target[rows][mask])
+            models["post_change_model"] = target[rows]
+        for model, p in models.items():
+            segments[name][f"{model}_auc"] = windowed_auc(y[mask], p[mask], window)
+            segments[name][f"{model}_auc_pooled"] = auc(y[mask], p[mask])
     return {
         "live_rows": len(served),
         "first_live_row": first_live,
         "change_row": change_row,
+        "stable_until_row": stable_until,
+        "auc_window_rows": window,
         "false_alarms": len(false_alarms),
         "false_alarm_list": false_alarms,
         "detection_delay_rows": detected["row"] - change_row if detected else None,
@@ -307,6 +380,9 @@ def summarize(
         "served_auc_after_change": segments["after_change"]["served_auc"],
         "never_retrained_auc_after_change": segments["after_change"]["never_retrained_auc"],
         "post_change_model_auc_after_change": segments["after_change"].get("post_change_model_auc"),
+        "served_auc_after_change_pooled": segments["after_change"]["served_auc_pooled"],
+        "never_retrained_auc_after_change_pooled": segments["after_change"]["never_retrained_auc_pooled"],
+        "post_change_model_auc_after_change_pooled": segments["after_change"].get("post_change_model_auc_pooled"),
         "rows_to_post_change_model": first_post - change_row if first_post is not None else None,
         "segments": segments,
     }
@@ -342,6 +418,9 @@ def render(summary: dict[str, Any], title: str) -> str:
         "served_auc_after_change",
         "never_retrained_auc_after_change",
         "post_change_model_auc_after_change",
+        "served_auc_after_change_pooled",
+        "never_retrained_auc_after_change_pooled",
+        "post_change_model_auc_after_change_pooled",
         "versions_promoted",
         "versions_rejected",
         "rollbacks",
@@ -535,6 +614,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--feedback-delay", type=int, default=100, help="rows between a prediction and its label")
     parser.add_argument("--settle-seconds", type=float, default=20.0)
     parser.add_argument("--keep", action="store_true", help="leave the stack running (home printed)")
+    loop = LoopPolicy()
+    parser.add_argument("--min-rows-after-change", type=int, default=loop.min_rows_after_change, help="generated")
+    parser.add_argument(
+        "--followup-rows",
+        type=int,
+        nargs="*",
+        default=list(loop.followup_rows),
+        help="generated: triggers.after_change.followup_rows (none: retrain once per change)",
+    )
+    parser.add_argument("--window-rows", type=int, default=loop.window_rows, help="generated: rows per version")
+    parser.add_argument("--adwin-delta", type=float, default=loop.adwin_delta, help="generated")
+    parser.add_argument("--adwin-clock", type=int, default=loop.adwin_clock, help="generated")
+    parser.add_argument(
+        "--target-rows", type=int, default=2000, help="generated: post-change rows the target model is trained on"
+    )
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -548,6 +642,7 @@ def main(argv: list[str] | None = None) -> int:
     pipelines_dir = tmp / "pipelines"
     pipelines_dir.mkdir()
     target = None
+    stable_until = None
     if args.pipeline == "auto" and args.source == "demo":
         # The demo's own pipeline as it is (its first dataset version is cut after cut_every_rows records).
         change = 6000 if args.change_at is None else args.change_at
@@ -564,14 +659,23 @@ def main(argv: list[str] | None = None) -> int:
         features = [c for c in frame.columns if c not in (ENTITY, EVENT_TIME, LABEL)]
         bootstrap = frame.iloc[: args.bootstrap_rows]
         threshold = offline_auc(bootstrap, features, LABEL) - 0.04
+        policy = LoopPolicy(
+            min_rows_after_change=args.min_rows_after_change,
+            followup_rows=tuple(args.followup_rows),
+            window_rows=args.window_rows,
+            adwin_delta=args.adwin_delta,
+            adwin_clock=args.adwin_clock,
+        )
         config = generated_pipeline(
-            args.source, frame, window=args.window, cut_every=args.cut_every, threshold=threshold
+            args.source, frame, window=args.window, cut_every=args.cut_every, threshold=threshold, policy=policy
         )
         path = pipelines_dir / f"{args.source}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
-        target_model = fit(post_change_sample(args.source, 2000), features, LABEL)
+        target_model = fit(post_change_sample(args.source, args.target_rows, skip=args.rows), features, LABEL)
         target = target_model.predict(frame[features].to_numpy(dtype="float64"))
         title = f"river {args.source} ({'abrupt' if width == 0 else f'gradual over {width} rows'})"
+        # A gradual change begins before its midpoint: an alarm within its transition detects it (not a false one).
+        stable_until = change - width // 2
     else:
         if args.change_at is None:
             raise SystemExit("a table needs --change-at ROW (its documented change point)")
@@ -597,7 +701,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             stack.down()
     labels = frame[pipeline.stream.label].to_numpy()
-    summary = summarize(labels, served, baseline, events, change, change_time, target)
+    summary = summarize(
+        labels, served, baseline, events, change, change_time, target, stable_until=stable_until, window=args.window
+    )
     summary["wall_seconds"] = round(time.monotonic() - started, 1)
     summary["source"] = title
     print(json.dumps(summary, indent=2, default=str) if args.json else render(summary, title))

@@ -50,11 +50,12 @@ class ErrorDetector:
 
     metric: str
     delta: float
+    clock: int = 32  # labels between two looks for a cut (monitor.performance.adwin_clock)
     adwin: ADWIN = field(init=False)
     segment: deque[tuple[float, float]] = field(init=False)  # (error, event time)
 
     def __post_init__(self) -> None:
-        self.adwin = ADWIN(delta=self.delta)
+        self.adwin = ADWIN(delta=self.delta, clock=self.clock)
         self.segment = deque(maxlen=MAX_SEGMENT)
 
     def update(self, error: float, event_time: float) -> Change | None:

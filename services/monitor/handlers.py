@@ -595,7 +595,9 @@ class MonitorHandlers:
         if detector is not None:
             return detector
         detector = ErrorDetector(
-            metric="error_rate" if pipeline.model.task == "classification" else "mae", delta=spec.adwin_delta
+            metric="error_rate" if pipeline.model.task == "classification" else "mae",
+            delta=spec.adwin_delta,
+            clock=spec.adwin_clock,
         )
         earlier = session.execute(
             sa.select(MonitorFeedback.actual, MonitorObservation.prediction, MonitorObservation.event_time)

@@ -26,6 +26,7 @@ import math
 import threading
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, overload
 
@@ -56,12 +57,14 @@ from driftloop.errors import ConflictError, DriftloopError
 from .policy import (
     UNCONFIRMED,
     Alarm,
+    ChangePlan,
     Decision,
     ModelView,
     TriggerKind,
     cooldown_left,
     decide,
     fire_pending,
+    followup_due,
     waits_for_next_cut,
 )
 
@@ -150,6 +153,7 @@ class TriggerHandlers:
                     note = f"about v{pending.version}; v{promoted.version} is champion now (event {event.id})"
                     self._close_pending(session, pending, "stale", note, event)
             self._fire_queued(session, pipeline, event)
+            self._fire_followup(session, pipeline, event)
 
     def on_model_rejected(self, event: Event[ModelRejected]) -> None:
         # The gate kept the champion: if the event names one, the model has a champion. The gate decided.
@@ -163,6 +167,7 @@ class TriggerHandlers:
             if rejected.model in self.pipelines:
                 session.flush()
                 self._fire_queued(session, self.pipelines[rejected.model], event)
+                self._fire_followup(session, self.pipelines[rejected.model], event)
 
     def on_run_state_changed(self, event: Event[RunStateChanged]) -> None:
         """Active runs; a completed run awaits the gate (ModelPromoted/ModelRejected) before queued causes fire,
@@ -223,6 +228,7 @@ class TriggerHandlers:
             session.flush()
             for pipeline in self.pipelines.values():
                 if pipeline.stream.name == created.stream:
+                    self._start_change_clock(session, pipeline.model.name, row.rows_total, event)
                     self._fire_cooled_down(session, pipeline, event)
 
     # --- causes ------------------------------------------------------------------------------------------
@@ -256,6 +262,9 @@ class TriggerHandlers:
             self._record(session, model, "new_data", event, reason, decision, view.latest_dataset_version_id)
             if decision.status == "requested" and stream_state is not None:
                 stream_state.rows_since_request = 0
+            if decision.status != "requested":
+                session.flush()
+                self._fire_followup(session, pipeline, event)
 
     def on_drift_detected(self, event: Event[DriftDetected]) -> None:
         drift = event.payload
@@ -620,6 +629,52 @@ class TriggerHandlers:
         why = f"cooldown over ({pipeline.triggers.cooldown_by})"
         self._fire(session, held, view.latest_dataset_version_id, why, clock_event)
 
+    def _fire_followup(self, session: Session, pipeline: PipelineConfig, clock_event: Event[Payload]) -> None:
+        """Request the next follow-up retrain of the model's last located change when it is due
+        (``triggers.after_change``): in the change's cascade, on the rows at or after the same change."""
+        model = pipeline.model.name
+        state = session.get(TriggerModelState, model)
+        plan = ChangePlan.from_json(state.change_plan if state is not None else None)
+        if plan is None:
+            return
+        view = self._view(session, pipeline)
+        reason = followup_due(pipeline.triggers, plan, view)
+        if reason is None:
+            return
+        request_id = request_id_for(model, f"followup:{plan.request_id}:{plan.done + 1}")
+        if session.get(TrainingRequest, request_id) is not None:
+            return
+        first = session.get(TrainingRequest, plan.request_id)
+        cause = _cause_stub(first, clock_event) if first is not None else clock_event
+        row = TrainingRequest(
+            request_id=request_id,
+            model=model,
+            trigger="followup",
+            reason=reason,
+            cause_event_id=first.cause_event_id if first is not None else None,
+            cascade_id=first.cascade_id if first is not None else None,
+            cause_occurred_at=as_utc(first.cause_occurred_at) if first is not None else None,
+            dataset_version_id=view.latest_dataset_version_id,
+            status="requested",
+            note=f"train on {view.latest_dataset_version_id} from {plan.change_started_at.isoformat()}",
+            created_at=utcnow(),
+            change_started_at=plan.change_started_at,
+        )
+        session.add(row)
+        log.info("triggers: followup for %s: %s", model, reason)
+        self._decision_event(
+            model,
+            "followup",
+            "retrain",
+            reason,
+            row.note or "",
+            cause,
+            request_id=request_id,
+            numbers={"followup": plan.done + 1, "rows_landed": view.rows_total - (plan.rows_at or 0)},
+            session=session,
+        )
+        self._emit(session, row, cause)
+
     def _fire(
         self,
         session: Session,
@@ -803,10 +858,35 @@ class TriggerHandlers:
                 **(model_state.last_request_by_kind or {}),
                 row.trigger: now.isoformat(),
             }
+            self._advance_change_plan(model_state, row)
         model_state.updated_at = utcnow()
         session.flush()
         # Inside the transaction: if publishing fails, the decision is rolled back and made again on retry.
         self.publish(event)
+
+    def _start_change_clock(self, session: Session, model: str, rows_total: int, cut: Event[Payload]) -> None:
+        """The first cut after a change's first request holds the rows it trains on: the follow-ups count the rows
+        landed from there (the row clock moves only with cuts, so the request's own reading is stale)."""
+        state = session.get(TriggerModelState, model)
+        plan = ChangePlan.from_json(state.change_plan if state is not None else None)
+        if state is None or plan is None or plan.rows_at is not None:
+            return
+        if cut.envelope.occurred_at >= plan.requested_at:
+            state.change_plan = replace(plan, rows_at=rows_total).to_json()
+
+    def _advance_change_plan(self, state: TriggerModelState, row: TrainingRequest) -> None:
+        """A request on a located change starts its follow-up plan (replacing an older change's); a follow-up
+        counts as done (``triggers.after_change``)."""
+        if row.trigger == "followup":
+            plan = ChangePlan.from_json(state.change_plan)
+            if plan is not None:
+                state.change_plan = replace(plan, done=plan.done + 1).to_json()
+            return
+        pipeline = self.pipelines.get(row.model)
+        started = as_utc(row.change_started_at)
+        if started is None or pipeline is None or not pipeline.triggers.after_change.followup_rows:
+            return
+        state.change_plan = ChangePlan(row.request_id, started, self.clock()).to_json()
 
     # --- state -------------------------------------------------------------------------------------------
 

@@ -17,6 +17,10 @@ Order of the rules (the first that applies decides):
 8. otherwise: requested.
 Manual requests skip rules 1-3, 5 and 6 (a person asked), but not 4: one active run per model. The cooldown starts
 at the last automatic request (a manual request does not restart it).
+
+After a located change (a request with a change start), ``followup_due`` says when to retrain again on the rows
+after that same change (``triggers.after_change.followup_rows``): a bounded plan of the one cause, outside the
+cooldown, never while a run is active or awaits the gate, nor while another request is pending.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from typing import Any, Literal
 
 from driftloop.contracts.pipeline import TriggerSpec
 
-TriggerKind = Literal["new_data", "drift", "external", "manual", "schedule", "labels", "performance", "guard"]
+TriggerKind = Literal[
+    "new_data", "drift", "external", "manual", "schedule", "labels", "performance", "guard", "followup"
+]
 Status = Literal["requested", "pending", "coalesced", "suppressed", "stale"]
 WaitFor = Literal["data", "run", "cooldown"]
 # Kinds whose cause names a model version (an alarm about that version).
@@ -203,3 +209,59 @@ def fire_pending(view: ModelView) -> Decision:
     if busy:
         return Decision("pending", f"still waiting: training run {', '.join(busy)} is active")
     return Decision("requested", f"fresh data {view.latest_dataset_version_id} arrived")
+
+
+@dataclass(frozen=True)
+class ChangePlan:
+    """The follow-up retrains of a model's last located change (stored as JSON in its trigger state)."""
+
+    request_id: str  # the change's first request
+    change_started_at: datetime
+    requested_at: datetime
+    # The stream's rows landed (the triggers' row clock, which moves with each cut) at the first cut after the
+    # request: the rows that request trained on, the clock's first reading that includes them. None until then.
+    rows_at: int | None = None
+    done: int = 0  # follow-ups requested so far
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "change_started_at": self.change_started_at.isoformat(),
+            "requested_at": self.requested_at.isoformat(),
+            "rows_at": self.rows_at,
+            "done": self.done,
+        }
+
+    @classmethod
+    def from_json(cls, stored: dict[str, Any] | None) -> ChangePlan | None:
+        if not stored:
+            return None
+        return cls(
+            request_id=str(stored["request_id"]),
+            change_started_at=datetime.fromisoformat(stored["change_started_at"]),
+            requested_at=datetime.fromisoformat(stored["requested_at"]),
+            rows_at=None if stored.get("rows_at") is None else int(stored["rows_at"]),
+            done=int(stored.get("done", 0)),
+        )
+
+
+def followup_due(policy: TriggerSpec, plan: ChangePlan | None, view: ModelView) -> str | None:
+    """The reason for the next follow-up retrain of the change in ``plan`` if it is due now, else None: none
+    planned or all done, too few rows landed since the first cut after the change's first request, a run active
+    or awaiting the gate, another request pending, or no dataset version yet (it is looked at again with the next
+    version or gate)."""
+    steps = policy.after_change.followup_rows
+    if plan is None or plan.rows_at is None or plan.done >= len(steps):
+        return None
+    if view.active_runs or view.gating_runs or view.pending_request_id is not None:
+        return None
+    if view.latest_dataset_version_id is None:
+        return None
+    landed = view.rows_total - plan.rows_at
+    if landed < steps[plan.done]:
+        return None
+    return (
+        f"follow-up {plan.done + 1}/{len(steps)} of the change at {plan.change_started_at.isoformat()} "
+        f"(request {plan.request_id}): {landed} rows landed since the data it trained on "
+        f"(triggers.after_change.followup_rows {steps}); train again on the rows after the change"
+    )

@@ -42,3 +42,19 @@ def test_a_stable_error_or_a_fall_never_alarms() -> None:
 def test_locate_finds_the_split_of_two_levels_and_refuses_too_few() -> None:
     assert locate(np.array([0.0] * 100 + [1.0] * 60)) == 100
     assert locate(np.array([1.0] * 30)) is None
+
+
+def test_a_detector_that_looks_at_every_label_sees_the_rise_no_later() -> None:
+    # adwin_clock 1: ADWIN looks for a cut at each label instead of every 32nd; over 10 streams it is never later
+    # and earlier in sum, and it still never alarms on a stable error.
+    def first_alarm(stream: list[float], clock: int) -> int:
+        detector = ErrorDetector(metric="error_rate", delta=0.002, clock=clock)
+        return next(i for i, e in enumerate(stream) if detector.update(e, 1_000.0 + i) is not None)
+
+    streams = [errors(np.random.default_rng(seed), [(1500, 0.07), (1500, 0.18)]) for seed in range(10)]
+    every, default = [first_alarm(s, 1) for s in streams], [first_alarm(s, 32) for s in streams]
+    assert all(e <= d for e, d in zip(every, default, strict=True))
+    assert sum(every) < sum(default)
+    stable = ErrorDetector(metric="error_rate", delta=0.002, clock=1)
+    rng = np.random.default_rng(11)
+    assert all(stable.update(e, float(i)) is None for i, e in enumerate(errors(rng, [(4000, 0.07)])))

@@ -70,3 +70,37 @@ def test_summary_counts_alarms_delays_retrains_and_identical_data() -> None:
     assert summary["served_auc_after_change"] == pytest.approx(0.5)  # a constant score ranks nothing
     assert summary["segments"]["before_change"]["rows"] == 50
     assert "false alarm at row 120" in replay.render(summary, "test")
+
+
+def test_prequential_auc_ranks_scores_only_within_a_window() -> None:
+    # Two models served one after the other, each ranking its rows perfectly but on other scales (the second's
+    # scores all below the first's): one AUC over all rows mixes the scales, the windowed AUC does not.
+    y = np.tile([0, 1], 200)
+    first, second = np.where(y[:200] == 1, 0.9, 0.8), np.where(y[200:] == 1, 0.3, 0.1)
+    served = np.concatenate([first, second])
+    assert replay.auc(y, served) == pytest.approx(0.75)
+    assert replay.windowed_auc(y, served, 100) == pytest.approx(1.0)
+    assert replay.windowed_auc(np.ones(300), served[:300], 100) is None  # one class: no AUC
+
+
+def test_post_change_target_learns_the_streams_own_new_concept() -> None:
+    # The rotating hyperplane's seed is its concept: the target must come from the stream's own post-change
+    # generator (rows it never drew), or it learns another hyperplane.
+    frame = replay.generate("hyperplane", 3000, change_at=1000, width=0, seed=3)
+    features = [c for c in frame.columns if c.startswith("x")]
+    sample = replay.post_change_sample("hyperplane", 1500, skip=3000, seed=3)
+    model = replay.fit(sample, features, "label")
+    after = frame.iloc[1000:]
+    assert replay.auc(after["label"].to_numpy(), model.predict(after[features].to_numpy(dtype="float64"))) > 0.9
+
+
+def test_alarms_inside_a_gradual_transition_detect_the_change() -> None:
+    t0 = 1_000.0
+    served = [replay.Served(row=r, wall=t0 + r, version=1, prediction=0.5) for r in range(100, 400)]
+    labels = np.tile([0, 1], 200)
+    events = [event("PerformanceDegraded", t0 + 180, version=1, reason="change")]
+    change_time = datetime(2026, 1, 1, tzinfo=UTC)
+    strict = replay.summarize(labels, served, labels.astype(float), events, 200, change_time)
+    assert (strict["false_alarms"], strict["detection_delay_rows"]) == (1, None)
+    gradual = replay.summarize(labels, served, labels.astype(float), events, 200, change_time, stable_until=150)
+    assert (gradual["false_alarms"], gradual["detection_delay_rows"]) == (0, -20)

@@ -711,3 +711,68 @@ def test_a_drift_held_by_the_cooldown_still_waits_for_fresh_data(
     handlers.on_features_materialized(features_event(2, when=clock.now))
     assert [e.payload.trigger for e in published][-1] == "drift"
     assert published[-1].envelope.caused_by == drift.id
+
+
+def located_degradation(start: datetime) -> Event:
+    payload = PerformanceDegraded(
+        model=MODEL,
+        version=1,
+        metric="error_rate",
+        value=0.2,
+        threshold=0.05,
+        window_size=200,
+        reason="change",
+        window_start_time=start,
+    )
+    return new_event(payload, producer="test")
+
+
+def test_a_located_change_is_retrained_again_as_post_change_rows_land(
+    make: Any, published: list[Event], decisions: list[Event]
+) -> None:
+    # after_change.followup_rows: the change's first retrain, then one more at 500 and at 1500 rows landed since
+    # the cut it trained on, on the rows after the same change, in its cascade; never a fourth run, and none while
+    # a run is active.
+    handlers: TriggerHandlers = make(with_triggers(cooldown=0, after_change={"followup_rows": [500, 1500]}))
+    handlers.on_dataset_version_created(dataset_event(1, 1000))
+    with_data_and_champion(handlers)
+    start = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
+    handlers.on_performance_degraded(located_degradation(start))
+    assert [e.payload.trigger for e in published] == ["performance"]
+    handlers.on_run_state_changed(run_event("r1", "running"))
+    handlers.on_dataset_version_created(dataset_event(2, 300))  # the cut on demand the first run trains on
+    handlers.on_features_materialized(features_event(2))
+    handlers.on_dataset_version_created(dataset_event(3, 600))  # 600 rows since that cut
+    handlers.on_features_materialized(features_event(3))
+    assert len(published) == 1, "no follow-up while the change's first run is active"
+    handlers.on_run_state_changed(run_event("r1", "completed"))
+    handlers.on_model_promoted(promoted_event(2))  # the gate decided: the follow-up is due
+    assert [e.payload.trigger for e in published] == ["performance", "followup"]
+    followup = published[1]
+    assert followup.payload.change_started_at == start
+    assert followup.envelope.cascade_id == published[0].envelope.cascade_id
+    assert followup.payload.dataset_version_id == f"{STREAM}@v3"
+    handlers.on_dataset_version_created(dataset_event(4, 500))  # 1100 rows since the first cut
+    handlers.on_features_materialized(features_event(4))
+    assert len(published) == 2
+    handlers.on_dataset_version_created(dataset_event(5, 500))  # 1600
+    handlers.on_features_materialized(features_event(5))
+    assert [e.payload.trigger for e in published][-1] == "followup" and len(published) == 3
+    handlers.on_dataset_version_created(dataset_event(6, 5000))
+    handlers.on_features_materialized(features_event(6))
+    handlers.on_model_promoted(promoted_event(3))
+    assert len(published) == 3, "the plan is bounded: two follow-ups"
+    reasons = [d.payload.reason for d in decisions if d.payload.trigger == "followup"]
+    assert len(reasons) == 2 and reasons[0].startswith("follow-up 1/2") and reasons[1].startswith("follow-up 2/2")
+    assert "1600 rows landed" in reasons[1]
+
+
+def test_without_followup_rows_a_change_is_retrained_once(make: Any, published: list[Event]) -> None:
+    handlers: TriggerHandlers = make(with_triggers(cooldown=0))
+    handlers.on_dataset_version_created(dataset_event(1, 1000))
+    with_data_and_champion(handlers)
+    handlers.on_performance_degraded(located_degradation(datetime(2026, 5, 1, 8, 0, tzinfo=UTC)))
+    for version in (2, 3):
+        handlers.on_dataset_version_created(dataset_event(version, 5000))
+        handlers.on_features_materialized(features_event(version))
+    assert [e.payload.trigger for e in published] == ["performance"]

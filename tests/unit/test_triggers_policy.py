@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from driftloop.contracts.pipeline import DriftTrigger, NewDataTrigger, RetrainPolicy, TriggerSpec
-from driftloop.services.triggers.policy import Alarm, ModelView, decide, fire_pending
+import pytest
+from pydantic import ValidationError
+
+from driftloop.contracts.pipeline import AfterChangeSpec, DriftTrigger, NewDataTrigger, RetrainPolicy, TriggerSpec
+from driftloop.services.triggers.policy import Alarm, ChangePlan, ModelView, decide, fire_pending, followup_due
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 DATA = "transactions@v3"
@@ -142,3 +146,28 @@ def test_cooldown_in_rows_and_in_event_time() -> None:
     early = view(**seen, event_time=stamp + timedelta(minutes=59))
     assert decide("drift", by_time, early, NOW).status == "pending"
     assert decide("drift", by_time, view(**seen, event_time=stamp + timedelta(hours=1)), NOW).status == "requested"
+
+
+def test_a_followup_is_due_once_its_rows_landed_and_nothing_runs() -> None:
+    policy = POLICY.model_copy(update={"after_change": AfterChangeSpec(followup_rows=[500, 1500])})
+    unclocked = ChangePlan("req-1", NOW - timedelta(hours=1), NOW)
+    assert followup_due(POLICY, unclocked, view(rows_total=99_999)) is None  # no cut since the request yet
+    plan = replace(unclocked, rows_at=10_000)
+    assert followup_due(policy, plan, view(rows_total=10_499)) is None  # too few rows yet
+    due = followup_due(policy, plan, view(rows_total=10_500))
+    assert due is not None and due.startswith("follow-up 1/2") and "500 rows landed" in due
+    assert followup_due(policy, plan, view(rows_total=11_000, active_runs=("r",))) is None
+    assert followup_due(policy, plan, view(rows_total=11_000, gating_runs=("r",))) is None
+    assert followup_due(policy, plan, view(rows_total=11_000, pending_request_id="p")) is None
+    second = replace(plan, done=1)
+    assert followup_due(policy, second, view(rows_total=11_000)) is None  # the second needs 1500
+    assert followup_due(policy, second, view(rows_total=11_500)) is not None
+    assert followup_due(policy, replace(plan, done=2), view(rows_total=99_999)) is None  # bounded
+    assert followup_due(POLICY, plan, view(rows_total=99_999)) is None  # no follow-ups configured
+    assert ChangePlan.from_json(second.to_json()) == second
+    assert ChangePlan.from_json(unclocked.to_json()) == unclocked
+
+
+def test_followup_rows_must_increase() -> None:
+    with pytest.raises(ValidationError, match="must increase"):
+        AfterChangeSpec(followup_rows=[1500, 500])

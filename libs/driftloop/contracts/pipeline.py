@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -315,6 +316,26 @@ class RetrainPolicy(_Strict):
     guard: GuardSpec = GuardSpec()
 
 
+class AfterChangeSpec(_Strict):
+    """Retrains after a located change (a request carrying ``change_started_at``). The first trains on the first
+    ``dataset.min_rows_after_change`` rows after the change: soon, on few rows. Follow-ups train again on the
+    rows at or after the same change as more land (a growing post-change window), so the small first model does
+    not serve until the next alarm; one cause, a bounded number of runs, each a request of its own (trigger
+    ``followup``) and a ``RetrainDecision`` with its reason."""
+
+    # Rows landed in the stream since the change's first request at which to retrain again, increasing, e.g.
+    # [500, 1500, 3500]; [] (the default): the first retrain only. Follow-ups need no cooldown (they are the
+    # change's own plan) but wait for an active run and its gate; a later located change replaces the plan.
+    followup_rows: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+
+    @field_validator("followup_rows")
+    @classmethod
+    def _increasing(cls, rows: list[int]) -> list[int]:
+        if any(b <= a for a, b in pairwise(rows)):
+            raise ValueError(f"triggers.after_change.followup_rows must increase, got {rows}")
+        return rows
+
+
 class TriggerSpec(_Strict):
     new_data: NewDataTrigger = NewDataTrigger()
     drift: DriftTrigger = DriftTrigger()
@@ -322,6 +343,7 @@ class TriggerSpec(_Strict):
     labels: LabelsTrigger = LabelsTrigger()
     performance: PerformanceTrigger = PerformanceTrigger()
     policy: RetrainPolicy = RetrainPolicy()
+    after_change: AfterChangeSpec = AfterChangeSpec()
     # After an automatic training request (any kind), the model cools down: causes arriving meanwhile are
     # coalesced into one pending request that fires when the cooldown ends (if its cause is still valid).
     # wall_time / event_time: `cooldown_seconds` of wall-clock time / of the stream's event time (replays,
@@ -350,6 +372,9 @@ class PerformanceSpec(_Strict):
     change_detector: Literal["none", "adwin"] = "none"
     # ADWIN's confidence: smaller, fewer false alarms and later detection.
     adwin_delta: float = Field(default=0.002, gt=0, lt=1)
+    # ADWIN looks for a cut every this many labels (river's `clock`): 1 sees a change as soon as the labels show
+    # it; larger is cheaper and up to that many labels later.
+    adwin_clock: int = Field(default=32, ge=1)
 
 
 class PredictionDriftSpec(_Strict):

@@ -83,3 +83,6 @@ class TriggerModelState(Base):
     # Where the stream stood at the last automatic request (rows landed, event time): cooldowns by rows/event time.
     last_request_rows_total: Mapped[int | None] = mapped_column(sa.BigInteger)
     last_request_event_time: Mapped[datetime | None]
+    # The follow-up retrains of the last located change (triggers.after_change): its first request, the change's
+    # start, the stream's rows landed at that request and the follow-ups requested so far (policy.ChangePlan).
+    change_plan: Mapped[dict | None] = mapped_column(default=None)
