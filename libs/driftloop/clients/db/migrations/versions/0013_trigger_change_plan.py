@@ -1,14 +1,14 @@
 """triggers: the follow-up retrains of a model's last located change (triggers.after_change)
 
-Revision ID: 0012_trigger_change_plan
-Revises: 0011_dead_letter_announced
+Revision ID: 0013_trigger_change_plan
+Revises: 0012_served_prediction_inputs
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0012_trigger_change_plan"
-down_revision = "0011_dead_letter_announced"
+revision = "0013_trigger_change_plan"
+down_revision = "0012_served_prediction_inputs"
 branch_labels = None
 depends_on = None
 
