@@ -50,7 +50,13 @@ from driftloop.clients.retry import Backoff
 from driftloop.contracts.events import Event
 from driftloop.contracts.payloads import Payload
 from driftloop.contracts.topics import Topic
-from driftloop.runtime.bus import ConsumerStatus, EventBus, ensure_topics, faust_broker_options
+from driftloop.runtime.bus import (
+    ConsumerStatus,
+    EventBus,
+    ensure_topics,
+    faust_broker_options,
+    heartbeat_interval_ms,
+)
 from driftloop.runtime.metrics import CONSUMER_COMMITTED_OFFSET, CONSUMER_LAG, EVENT_HANDLE_SECONDS, EVENTS_CONSUMED
 
 log = logging.getLogger(__name__)
@@ -116,7 +122,7 @@ class FaustEngine:
             # No leader topic, no tables: nothing of faust's own must survive a restart.
             topic_disable_leader=True,
             broker_session_timeout=settings.kafka.session_timeout_ms / 1000,
-            broker_heartbeat_interval=max(0.5, settings.kafka.session_timeout_ms / 4000),
+            broker_heartbeat_interval=heartbeat_interval_ms(settings) / 1000,
             # Commit as soon as events are acknowledged (faust checks the count when the next record is fetched, the
             # interval covers a stream at rest): a crash redelivers little, and redeliveries are skipped by event id.
             broker_commit_every=1,

@@ -119,6 +119,7 @@ def build(runtime: Runtime) -> ServiceSpec:
             ConsumerSpec(
                 group,
                 {MODEL_PROMOTED: promotion_handler(follower), ROLLOUT_ROLLED_BACK: rollback_handler(rollouts)},
+                broadcast=True,  # the replica's own group: it reads the topics whole, no membership
             )
         ],
         loops=[

@@ -369,6 +369,9 @@ class Settings(BaseSettings):
         """librdkafka properties for a client of this deployment (with its authentication settings)."""
         return {
             "bootstrap.servers": self.kafka.bootstrap_servers,
+            # No client telemetry (KIP-714): nothing here reads it, and an idle client asked the broker for a
+            # telemetry subscription every few seconds (a tenth of the idle stack's requests to the embedded broker).
+            "enable.metrics.push": False,
             **self.kafka_security_config(),
             **self.kafka.client_config,
             **extra,

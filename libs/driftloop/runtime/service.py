@@ -106,6 +106,8 @@ class Runtime:
 class ConsumerSpec:
     group: str
     handlers: dict[Topic, EventHandler]
+    # A group of this one process reading its topics whole: no group membership (``EventBus.run_consumer``).
+    broadcast: bool = False
 
 
 @dataclass
@@ -637,7 +639,11 @@ def run(
     threads = []
     for consumer in spec.consumers:
         t = threading.Thread(
-            target=runtime.bus.run_consumer, args=(consumer.group, consumer.handlers), name=consumer.group, daemon=True
+            target=runtime.bus.run_consumer,
+            args=(consumer.group, consumer.handlers),
+            kwargs={"broadcast": consumer.broadcast},
+            name=consumer.group,
+            daemon=True,
         )
         threads.append(t)
     loops = list(spec.loops)
