@@ -493,10 +493,10 @@ class EventBus:
                 "session.timeout.ms": self.settings.kafka.session_timeout_ms,
                 "heartbeat.interval.ms": heartbeat_interval_ms(self.settings),
                 "partition.assignment.strategy": "range,roundrobin",
-                # How long the broker may hold an empty fetch. librdkafka's 500 ms made the idle stack's dozen
-                # consumers cost the embedded broker 2% of a core; at 2 s, 0.65%. A record still arrives at once
-                # (the broker answers a waiting fetch when data comes), and close() does not wait for it.
-                "fetch.wait.max.ms": 2000,
+                # How long the broker may hold an empty fetch (see the setting: on Tansu, also how late a record
+                # may arrive). librdkafka's 500 ms made the idle stack's dozen consumers cost the embedded broker 2%
+                # of a core; at 2 s, 0.65%. close() does not wait for it.
+                "fetch.wait.max.ms": self.settings.kafka.fetch_wait_max_ms,
                 **extra,
             }
         )
