@@ -61,6 +61,8 @@ from driftloop.runtime.metrics import CONSUMER_COMMITTED_OFFSET, CONSUMER_LAG, E
 
 log = logging.getLogger(__name__)
 
+# How often a started app is checked (stop asked, crashed, assignment held); this bounds how late those are seen.
+WATCH_SECONDS = 1.0
 # The longest wait before a replaced app is started again (the wait doubles from 1 s, with jitter).
 MAX_RESTART_DELAY = 30.0
 # The longest wait for a faust app to stop (its consumer leaves the group, offsets are committed).
@@ -229,7 +231,8 @@ class FaustEngine:
             starting = asyncio.ensure_future(app.start())
             try:
                 while not stop.is_set():
-                    await asyncio.sleep(0.2)
+                    # Short while starting (readiness follows it); then only a stop or a crash is waited for.
+                    await asyncio.sleep(WATCH_SECONDS if self.started.is_set() else 0.2)
                     if starting.done() and not self.started.is_set():
                         starting.result()  # a failed start raises here
                         self.started.set()
