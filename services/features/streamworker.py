@@ -20,7 +20,7 @@ from typing import Any
 
 from driftloop.clients.retry import Backoff
 from driftloop.contracts.pipeline import PipelineConfig
-from driftloop.runtime.bus import faust_broker_options
+from driftloop.runtime.bus import faust_broker_options, heartbeat_interval_ms
 from driftloop.runtime.service import Runtime
 
 from .onlinestore import OnlineStoreUnavailable, open_online_store
@@ -126,6 +126,7 @@ def _run_faust_worker(
         datadir=str(datadir),
         web_enabled=False,
         broker_session_timeout=settings.kafka.session_timeout_ms / 1000,
+        broker_heartbeat_interval=heartbeat_interval_ms(settings) / 1000,
         consumer_auto_offset_reset="earliest",
         topic_partitions=settings.kafka.partitions,
         topic_replication_factor=settings.kafka.replication_factor,

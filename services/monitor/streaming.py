@@ -50,11 +50,19 @@ from driftloop.clients.retry import Backoff
 from driftloop.contracts.events import Event
 from driftloop.contracts.payloads import Payload
 from driftloop.contracts.topics import Topic
-from driftloop.runtime.bus import ConsumerStatus, EventBus, ensure_topics, faust_broker_options
+from driftloop.runtime.bus import (
+    ConsumerStatus,
+    EventBus,
+    ensure_topics,
+    faust_broker_options,
+    heartbeat_interval_ms,
+)
 from driftloop.runtime.metrics import CONSUMER_COMMITTED_OFFSET, CONSUMER_LAG, EVENT_HANDLE_SECONDS, EVENTS_CONSUMED
 
 log = logging.getLogger(__name__)
 
+# How often a started app is checked (stop asked, crashed, assignment held); this bounds how late those are seen.
+WATCH_SECONDS = 1.0
 # The longest wait before a replaced app is started again (the wait doubles from 1 s, with jitter).
 MAX_RESTART_DELAY = 30.0
 # The longest wait for a faust app to stop (its consumer leaves the group, offsets are committed).
@@ -116,7 +124,7 @@ class FaustEngine:
             # No leader topic, no tables: nothing of faust's own must survive a restart.
             topic_disable_leader=True,
             broker_session_timeout=settings.kafka.session_timeout_ms / 1000,
-            broker_heartbeat_interval=max(0.5, settings.kafka.session_timeout_ms / 4000),
+            broker_heartbeat_interval=heartbeat_interval_ms(settings) / 1000,
             # Commit as soon as events are acknowledged (faust checks the count when the next record is fetched, the
             # interval covers a stream at rest): a crash redelivers little, and redeliveries are skipped by event id.
             broker_commit_every=1,
@@ -223,7 +231,8 @@ class FaustEngine:
             starting = asyncio.ensure_future(app.start())
             try:
                 while not stop.is_set():
-                    await asyncio.sleep(0.2)
+                    # Short while starting (readiness follows it); then only a stop or a crash is waited for.
+                    await asyncio.sleep(WATCH_SECONDS if self.started.is_set() else 0.2)
                     if starting.done() and not self.started.is_set():
                         starting.result()  # a failed start raises here
                         self.started.set()

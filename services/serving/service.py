@@ -27,17 +27,20 @@ from .rollout import RolloutController
 from .served import ModelTable
 
 GROUP_PREFIX = "driftloop-serving-"
-DELIVERY_REPORT_SECONDS = 0.2
+# How long one producer poll of the delivery-report loop waits for a report: it returns as soon as one comes, so
+# this only bounds how long a stop (or a replaced producer) waits for the loop to notice.
+DELIVERY_REPORT_WAIT_SECONDS = 1.0
 
 
 def delivery_reports(runtime: Runtime) -> Callable[[threading.Event], None]:
     """Predictions are published without waiting; their delivery reports (which write the event log and count
-    them) are served by producer polls. This loop polls, so the last predictions of a quiet replica are not
-    left unreported until the next request."""
+    them) are served by producer polls. This loop waits in a poll for the next report (served as it arrives), so
+    the last predictions of a quiet replica are not left unreported until the next request, and a replica at rest
+    does not wake up to poll for nothing."""
 
     def serve_delivery_reports(stop_event: threading.Event) -> None:
-        while not stop_event.wait(DELIVERY_REPORT_SECONDS):
-            runtime.bus.producer.poll(0)
+        while not stop_event.is_set():
+            runtime.bus.producer.poll(DELIVERY_REPORT_WAIT_SECONDS)
 
     return serve_delivery_reports
 
@@ -119,6 +122,7 @@ def build(runtime: Runtime) -> ServiceSpec:
             ConsumerSpec(
                 group,
                 {MODEL_PROMOTED: promotion_handler(follower), ROLLOUT_ROLLED_BACK: rollback_handler(rollouts)},
+                broadcast=True,  # the replica's own group: it reads the topics whole, no membership
             )
         ],
         loops=[

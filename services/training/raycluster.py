@@ -52,17 +52,34 @@ def ensure_ray(settings: Settings) -> None:
                 left = ownedprocs.stop_recorded(settings.home, RAY_PROCS)
                 if left:
                     log.warning("stopped %d Ray process(es) left by a previous training process: %s", len(left), left)
+                forward_logs = settings.ray.forward_worker_logs
                 ray.init(
                     address="local",
                     num_cpus=settings.ray.num_cpus,
                     object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                    log_to_driver=forward_logs,
+                    _system_config={"num_workers_soft_limit": settings.ray.idle_workers},
                     **options,
                 )
+                if not forward_logs:
+                    stop_log_monitor()
                 _home = settings.home
                 record_ray_processes()
             log.info("ray ready: %s", address or "local instance")
         if _fit_task is None:
             _fit_task = ray.remote(num_cpus=1)(fit_feature_set)
+
+
+def stop_log_monitor() -> None:
+    """Stop the local Ray's log monitor: it only forwards the workers' output to drivers (``log_to_driver``), and
+    polls their log files ten times a second to do it. Best effort: a private API of Ray's node."""
+    import ray
+
+    node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
+    try:
+        node.kill_log_monitor()  # type: ignore[union-attr]
+    except Exception:
+        log.warning("could not stop Ray's log monitor (it keeps polling the workers' logs)", exc_info=True)
 
 
 def fit_on_ray(settings: Settings, job: FitJob, should_abort: Callable[[], bool] | None = None) -> FitResult:

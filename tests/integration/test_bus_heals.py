@@ -1,6 +1,6 @@
 """Clients that heal, on a real broker restarted empty mid-stream (its own Tansu, in memory): the bus's producer and
-a bus consumer go on by themselves — every event published after the restart is handled, once — and a producer
-that hit a fatal error is made again."""
+a bus consumer (a group member, or a broadcast one) go on by themselves — every event published after the restart
+is handled, once — and a producer that hit a fatal error is made again."""
 
 from __future__ import annotations
 
@@ -23,8 +23,11 @@ from driftloop.runtime.bus import EventBus, ensure_event_topics
 pytestmark = pytest.mark.integration
 
 
+# broadcast: a consumer that assigns itself every partition instead of joining its group (the pipeline follower's
+# and serving's); it is not told of a lost assignment, so it must notice the broker's restart by itself.
+@pytest.mark.parametrize("broadcast", [False, True], ids=["group", "broadcast"])
 def test_producer_and_consumer_carry_on_after_the_broker_restarted_empty(
-    make_settings, tmp_path: Path, unique: str
+    make_settings, tmp_path: Path, unique: str, broadcast: bool
 ) -> None:  # type: ignore[no-untyped-def]
     broker = EmbeddedBroker(port=free_port(), log_path=tmp_path / "tansu.log")
     broker.start()
@@ -39,6 +42,7 @@ def test_producer_and_consumer_carry_on_after_the_broker_restarted_empty(
     thread = threading.Thread(
         target=bus.run_consumer,
         args=(f"g-{unique}", {EXTERNAL_TRIGGER: lambda e: handled.append(e.payload.reason)}),
+        kwargs={"broadcast": broadcast},
         daemon=True,
     )
 

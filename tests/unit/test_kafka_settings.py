@@ -23,7 +23,8 @@ SASL = {
 
 def test_plaintext_adds_nothing() -> None:
     config = Settings().kafka_config(**{"group.id": "g"})
-    assert config == {"bootstrap.servers": "127.0.0.1:9092", "group.id": "g"}
+    # No security properties; client telemetry is off for every client (see ``Settings.kafka_config``).
+    assert config == {"bootstrap.servers": "127.0.0.1:9092", "enable.metrics.push": False, "group.id": "g"}
 
 
 def test_sasl_scram_reaches_producer_consumer_and_admin_configs(tmp_path) -> None:

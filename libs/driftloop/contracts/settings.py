@@ -41,6 +41,12 @@ class KafkaSettings(_Section):
     embedded: bool = True
     # Tansu makes every group join wait session.timeout.ms/2: keep it short (see docs).
     session_timeout_ms: int = Field(default=6000, ge=1000)
+    # How long the broker may hold a consumer's fetch that finds nothing (librdkafka fetch.wait.max.ms). Apache
+    # Kafka answers a waiting fetch as soon as records come, so a long wait costs nothing there and spares the idle
+    # broker. The embedded Tansu re-checks a waiting fetch on a timer instead: measured, a record arrived up to
+    # ~0.5 s after it was produced at 2000 ms (up to ~2 s at 5000, ~0.05 s at 100) -- but each consumer's
+    # empty fetches cost the broker CPU at rest, more the shorter this is.
+    fetch_wait_max_ms: int = Field(default=2000, ge=10, le=30000)
     partitions: int = Field(default=4, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     # How long a publish that waits for the broker's acknowledgement waits; past it, the event is not published
@@ -182,6 +188,14 @@ class RaySettings(_Section):
     # Empty: a local Ray started by the training service. Else a cluster address (also read from RAY_ADDRESS).
     address: str = ""
     num_cpus: int | None = Field(default=None, ge=1)
+    # Idle worker processes a local Ray keeps (its num_workers_soft_limit; Ray's default keeps one per CPU). One
+    # keeps the next fit warm (a cold worker costs ~1.5 s more); each idle worker checks for signals every 10 ms,
+    # about 0.75% of a core at rest.
+    idle_workers: int = Field(default=1, ge=0)
+    # Copy the output of a local Ray's workers (the fits) into the training service's log. Off: it stays in Ray's
+    # session logs (<ray temp dir>/session_latest/logs/worker-*), and Ray's log monitor, which looks for new lines
+    # ten times a second (about 0.6% of a core at rest), is not kept running.
+    forward_worker_logs: bool = False
 
 
 class ServicesSettings(_Section):
@@ -369,6 +383,9 @@ class Settings(BaseSettings):
         """librdkafka properties for a client of this deployment (with its authentication settings)."""
         return {
             "bootstrap.servers": self.kafka.bootstrap_servers,
+            # No client telemetry (KIP-714): nothing here reads it, and an idle client asked the broker for a
+            # telemetry subscription every few seconds (a tenth of the idle stack's requests to the embedded broker).
+            "enable.metrics.push": False,
             **self.kafka_security_config(),
             **self.kafka.client_config,
             **extra,

@@ -109,6 +109,14 @@ def purge_processed_events(
     return deleted
 
 
+def heartbeat_interval_ms(settings: Settings) -> int:
+    """The group heartbeat interval of every consumer (bus, intake, faust): a third of the session timeout, Kafka's
+    advice (a member misses two before it is dropped). A member learns of a rebalance from its next heartbeat,
+    and the embedded broker holds every join half a session timeout anyway, so a shorter interval only adds
+    requests: at rest the heartbeats were three quarters of what the broker answers."""
+    return max(500, settings.kafka.session_timeout_ms // 3)
+
+
 def _retention_ms(hours: float) -> str:
     return "-1" if hours == 0 else str(int(hours * 3_600_000))
 
@@ -468,12 +476,12 @@ class EventBus:
                 # The embedded broker's queried high watermark is wrong: start from committed offsets/earliest.
                 "auto.offset.reset": "earliest",
                 "session.timeout.ms": self.settings.kafka.session_timeout_ms,
-                "heartbeat.interval.ms": max(500, self.settings.kafka.session_timeout_ms // 4),
+                "heartbeat.interval.ms": heartbeat_interval_ms(self.settings),
                 "partition.assignment.strategy": "range,roundrobin",
-                # How long the broker may hold an empty fetch. librdkafka's 500 ms made the idle stack's dozen
-                # consumers cost the embedded broker 2% of a core; at 2 s, 0.65%. A record still arrives at once
-                # (the broker answers a waiting fetch when data comes), and close() does not wait for it.
-                "fetch.wait.max.ms": 2000,
+                # How long the broker may hold an empty fetch (see the setting: on Tansu, also how late a record
+                # may arrive). librdkafka's 500 ms made the idle stack's dozen consumers cost the embedded broker 2%
+                # of a core; at 2 s, 0.65%. close() does not wait for it.
+                "fetch.wait.max.ms": self.settings.kafka.fetch_wait_max_ms,
                 **extra,
             }
         )
@@ -503,11 +511,20 @@ class EventBus:
         *,
         poll_timeout: float = 0.5,
         status: ConsumerStatus | None = None,
+        broadcast: bool = False,
     ) -> None:
         """Consume until ``stop_event`` is set. Each event is handled once per group; the offset is committed
         after the handler. A handler that raises is logged and its event is not marked processed (it is
         retried after a restart); the loop goes on with the next message. ``status``: kept by the caller and not
         listed in ``consumers`` (the pipeline catalog's follower, which every service has besides its own).
+
+        ``broadcast``: for a group of one process that reads its topics whole (a fresh group per process: the
+        pipeline catalog's follower, serving's promotions): the consumer assigns itself every partition from the
+        beginning instead of joining the group, so there is no join wait, no rebalance and no heartbeat (a
+        group member heartbeats every ``heartbeat_interval_ms``: at rest, most of what the broker answered). It
+        commits nothing (each life reads from the beginning, and what it handled before is skipped by event id),
+        and a life ends when the broker was unreachable (it may have come back empty, which an assigned consumer
+        is not told).
 
         The consumer heals (``keep_consuming``, ``GroupMembership``): a commit refused because the group moved on
         (lost membership, a rebalance) is logged and the event comes again to whoever owns its partition (handled
@@ -519,7 +536,9 @@ class EventBus:
         if status is None:
             status = ConsumerStatus(group=group, topics=topics)
             self.consumers.append(status)
-        keep_consuming(status, lambda: self._consume(group, topics, by_name, status, poll_timeout), self.stop_event)
+        keep_consuming(
+            status, lambda: self._consume(group, topics, by_name, status, poll_timeout, broadcast), self.stop_event
+        )
 
     def _consume(
         self,
@@ -528,12 +547,17 @@ class EventBus:
         by_name: dict[str, tuple[EventHandler, type[Payload]]],
         status: ConsumerStatus,
         poll_timeout: float,
+        broadcast: bool = False,
     ) -> None:
         ensure_topics(self.settings, topics)
-        consumer = Consumer(self.consumer_config(group))
         lag = ConsumerLag(group)
         membership = GroupMembership(status, lag, ensure=lambda: ensure_topics(self.settings, topics))
-        membership.subscribe(consumer, topics)
+        if broadcast:
+            consumer = Consumer(self.consumer_config(group, error_cb=membership.on_client_error))
+            membership.assign_all(consumer, topics)
+        else:
+            consumer = Consumer(self.consumer_config(group))
+            membership.subscribe(consumer, topics)
         next_purge = time.monotonic()
         try:
             while not self.stop_event.is_set():
@@ -551,6 +575,9 @@ class EventBus:
                     continue
                 handler, payload_class = by_name[msg.topic()]
                 self._handle(group, msg, handler, payload_class, status)
+                if broadcast:  # nothing to commit: the next life reads from the beginning
+                    lag.committed(msg.topic(), msg.partition(), msg.offset() + 1)
+                    continue
                 try:
                     consumer.commit(message=msg, asynchronous=False)
                 except KafkaException as exc:
@@ -679,6 +706,7 @@ class GroupMembership:
         self._lost = False
         self._ensured_at = -ENSURE_INTERVAL_SECONDS
         self.renew = False
+        self.renew_reason = "its topics were made again"
         self.topics: list[str] = []
 
     def subscribe(self, consumer: Consumer, topics: list[str]) -> None:
@@ -703,6 +731,36 @@ class GroupMembership:
         self.status.assigned = not made_again
         self.lag.assigned(partitions)
         log.info("consumer %s assigned %d partitions", group, len(partitions))
+
+    def assign_all(self, consumer: Consumer, topics: list[str]) -> None:
+        """Without joining the group: assign every partition of ``topics`` from the beginning (``broadcast``
+        consumers of ``EventBus.run_consumer``)."""
+        self.topics = list(topics)
+        metadata = consumer.list_topics(timeout=10)
+        partitions = [
+            TopicPartition(topic, partition, OFFSET_BEGINNING)
+            for topic in topics
+            for partition in sorted(getattr(metadata.topics.get(topic), "partitions", None) or {})
+        ]
+        if not partitions:
+            raise DriftloopError(f"consumer {self.status.group}: topics {topics} have no partitions on the broker")
+        consumer.assign(partitions)
+        for p in partitions:
+            self.lag.committed(p.topic, p.partition, 0)  # the position a broadcast consumer starts from
+        self.lag.assigned(partitions)
+        self.status.assigned = True
+        log.info("consumer %s assigned itself %d partitions", self.status.group, len(partitions))
+
+    def on_client_error(self, error: KafkaError) -> None:
+        """librdkafka's error callback of a ``broadcast`` consumer: once every broker was unreachable, the consumer
+        is renewed (``check``), since the broker may have come back empty (an assigned consumer is not told; a
+        group member would lose its partitions). Other errors are logged; librdkafka recovers from them."""
+        if error.code() == KafkaError._ALL_BROKERS_DOWN or error.fatal():
+            self.renew_reason = "the broker was unreachable"
+            self.renew = True
+            self.status.assigned = False
+            self.status.last_error = f"the broker was unreachable ({error.str()}); reading again from the beginning"
+        log.warning("consumer %s: %s", self.status.group, error.str())
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._on_revoke_hook is not None:
@@ -755,7 +813,7 @@ class GroupMembership:
     def check(self) -> None:
         """Raise (so that ``keep_consuming`` makes a new consumer) when this one's subscription is stale."""
         if self.renew:
-            raise DriftloopError(f"consumer {self.status.group}: its topics were made again; a new consumer joins")
+            raise DriftloopError(f"consumer {self.status.group}: {self.renew_reason}; a new consumer joins")
 
 
 def commit_refused(status: ConsumerStatus, exc: KafkaException, where: str) -> bool:

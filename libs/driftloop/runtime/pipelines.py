@@ -187,12 +187,13 @@ class PipelineCatalog(Mapping[str, PipelineConfig]):
 
 def follow(catalog: PipelineCatalog, bus: EventBus, service: str) -> Callable[[threading.Event], None]:
     """A loop that keeps ``catalog`` current: consumes ``PIPELINE_APPLIED`` in a group of its own (every process of
-    every service takes every change) from the topic's start, until the bus stops. Its consumer's state is
+    every service takes every change; a ``broadcast`` consumer, without group membership) from the topic's start,
+    until the bus stops. Its consumer's state is
     ``catalog.follower`` (shown on ``/healthz`` under ``pipelines``, apart from the service's own consumers)."""
     group = f"{GROUP_PREFIX}{service}-{uuid.uuid4().hex[:12]}"
     catalog.follower = ConsumerStatus(group=group, topics=[PIPELINE_APPLIED.name])
 
     def follow_pipelines(_stop: threading.Event) -> None:
-        bus.run_consumer(group, {PIPELINE_APPLIED: catalog.handle}, status=catalog.follower)
+        bus.run_consumer(group, {PIPELINE_APPLIED: catalog.handle}, status=catalog.follower, broadcast=True)
 
     return follow_pipelines

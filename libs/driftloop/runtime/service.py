@@ -9,6 +9,8 @@ One-off maintenance jobs of a service (``python -m driftloop.services.NAME TASK`
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -106,6 +108,8 @@ class Runtime:
 class ConsumerSpec:
     group: str
     handlers: dict[Topic, EventHandler]
+    # A group of this one process reading its topics whole: no group membership (``EventBus.run_consumer``).
+    broadcast: bool = False
 
 
 @dataclass
@@ -393,6 +397,41 @@ class HeaderTimeoutHttpToolsProtocol(_HeaderTimeout, HttpToolsProtocol):
         return self.cycle is None or self.cycle.response_complete
 
 
+# How often a service's HTTP server wakes at rest (uvicorn: ten times a second): it refreshes the Date header then.
+SERVER_TICK_SECONDS = 1.0
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, whose main loop wakes once a second instead of ten times (its only work at rest, about
+    0.1% of a core per process): the Date header is still refreshed each second, and a stop (``should_exit``, set
+    by a signal handler or another thread) wakes the loop at once."""
+
+    _exit_wake: tuple[asyncio.Event, asyncio.AbstractEventLoop] | None = None
+
+    @property
+    def should_exit(self) -> bool:
+        return bool(self.__dict__.get("_should_exit", False))
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        self.__dict__["_should_exit"] = value
+        wake = self._exit_wake
+        if value and wake is not None:
+            event, loop = wake
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing to wake
+                loop.call_soon_threadsafe(event.set)
+
+    async def main_loop(self) -> None:
+        self._exit_wake = (asyncio.Event(), asyncio.get_running_loop())
+        tick = 0
+        # on_tick refreshes the Date header when its counter is a multiple of 10 (one tick of uvicorn's 0.1 s in
+        # ten): here every tick is one.
+        while not await self.on_tick(tick):
+            tick = (tick + 10) % 864000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._exit_wake[0].wait(), SERVER_TICK_SECONDS)
+
+
 def server_config(app: FastAPI, settings: Settings, name: str, *, fd: int | None = None) -> uvicorn.Config:
     """How a service's HTTP server runs: its port, and the limits of ``services`` settings (header-read and
     keep-alive timeout, size of a request head, connections and requests in flight: over that, 503)."""
@@ -475,7 +514,7 @@ def _run_http_worker(
     if name != "schemaregistry":  # its routes read the pipelines too: it follows their changes like the first one
         follower = follow(runtime.pipelines, runtime.bus, name)
         threading.Thread(target=follower, args=(runtime.bus.stop_event,), name="follow_pipelines", daemon=True).start()
-    server = uvicorn.Server(server_config(spec.app, settings, name, fd=sock_fd))
+    server = Server(server_config(spec.app, settings, name, fd=sock_fd))
     try:
         server.run()
     finally:
@@ -637,7 +676,11 @@ def run(
     threads = []
     for consumer in spec.consumers:
         t = threading.Thread(
-            target=runtime.bus.run_consumer, args=(consumer.group, consumer.handlers), name=consumer.group, daemon=True
+            target=runtime.bus.run_consumer,
+            args=(consumer.group, consumer.handlers),
+            kwargs={"broadcast": consumer.broadcast},
+            name=consumer.group,
+            daemon=True,
         )
         threads.append(t)
     loops = list(spec.loops)
@@ -655,7 +698,7 @@ def run(
         t.start()
 
     config = server_config(spec.app, settings, name)
-    server = uvicorn.Server(config)
+    server = Server(config)
     sockets, http_workers = None, []
     if spec.workers > 1:
         sock = no_delay(config.bind_socket())
