@@ -182,6 +182,9 @@ class RaySettings(_Section):
     # Empty: a local Ray started by the training service. Else a cluster address (also read from RAY_ADDRESS).
     address: str = ""
     num_cpus: int | None = Field(default=None, ge=1)
+    # Training starts Ray's workers with what a fit imports (the pipelines' model libraries, metrics, plots), so
+    # that the first fit does not import them; false: on first use.
+    warm_workers: bool = True
 
 
 class ServicesSettings(_Section):
