@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +41,7 @@ from driftloop.ops.procs import free_port
 from driftloop.ops.stack import SERVICES, Stack
 
 SPARK_SERVICES = ("ingestion", "features")
+PYSPY = "/tmp/pyspy/bin/py-spy"
 
 
 def _aware(ts: datetime) -> datetime:
@@ -72,6 +75,21 @@ def wait_settled(stack: Stack, settings: Settings, max_seconds: float, cpu_below
         if (after - before) / 3.0 < cpu_below:
             break
     return time.monotonic() - started
+
+
+def start_profilers(stack: Stack, folder: Path) -> list[subprocess.Popen[bytes]]:
+    """``py-spy record`` of each service's main process (nonblocking, idle threads included, 50 Hz)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    options = ["--nonblocking", "--idle", "-r", "50", "-f", "raw"]
+    return [
+        subprocess.Popen(
+            [PYSPY, "record", *options, "-o", str(folder / f"{c.name}.txt"), "-p", str(c.pid)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for c in stack.components()
+        if c.name in SERVICES
+    ]
 
 
 def milestones(engine: sa.Engine, since: datetime, stream: str) -> list[tuple[str, str, datetime]]:
@@ -119,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-below", type=float, default=0.3, help="settled: the stack uses fewer cores than this")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for version 1 to answer")
     parser.add_argument("--keep", action="store_true", help="leave the stack running (for profiling)")
+    parser.add_argument(
+        "--pyspy",
+        type=Path,
+        help="a folder: py-spy records each service (idle threads too, collapsed stacks) from send to answer",
+    )
     parser.add_argument("--json", action="store_true", help="a JSON line with the figures")
     args = parser.parse_args(argv)
 
@@ -139,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         demo = Demo(settings, Console(file=sys.stderr), DemoScale())
         demo.clock = datetime.now(tz=UTC) - timedelta(hours=1)
         records = make_records(args.rows, False, np.random.default_rng(11), demo.clock)
+        profilers = start_profilers(stack, args.pyspy) if args.pyspy else []
         first_sent = datetime.now(tz=UTC)
         demo.produce(records)
         last_sent = datetime.now(tz=UTC)  # the producer's flush returned: the broker holds every record
@@ -153,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
             except DriftloopError:
                 pass  # no version served yet
             time.sleep(0.1)
+        for profiler in profilers:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        for profiler in profilers:
+            profiler.wait(60)
         if answered is None:
             print(f"version 1 did not answer within {args.timeout:.0f}s: see {settings.log_dir}", file=sys.stderr)
             return 1

@@ -322,7 +322,7 @@ def materialize(
 WARM_ROWS = 50
 
 
-def warm_materializations(spark: SparkSession, folder: Path, pipelines: list[PipelineConfig]) -> None:
+def warm_materializations(spark: SparkSession, folder: Path, pipelines: list[PipelineConfig]) -> list[Materialized]:
     """Each pipeline's materialization of ``WARM_ROWS`` made-up rows of its stream, in a scratch store under
     ``folder`` (nothing reaches the online store): the real jobs compiled and JIT-warmed at start."""
     import pyarrow as pa
@@ -331,6 +331,7 @@ def warm_materializations(spark: SparkSession, folder: Path, pipelines: list[Pip
     from driftloop.clients.objectstore import LocalObjectStore
 
     store = LocalObjectStore(folder / "warm-features")
+    results = []
     for pipeline in pipelines:
         stream = pipeline.stream
         table = pa.table({f.name: sample_column(f.type, WARM_ROWS) for f in stream.fields})
@@ -338,4 +339,5 @@ def warm_materializations(spark: SparkSession, folder: Path, pipelines: list[Pip
         assert local is not None  # a local store
         local.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, local / "part-00000.parquet")
-        materialize(spark, store, pipeline, 1, f"{stream.name}@warm")
+        results.append(materialize(spark, store, pipeline, 1, f"{stream.name}@warm"))
+    return results

@@ -37,7 +37,9 @@ def build(runtime: Runtime) -> ServiceSpec:
     app.include_router(api.router)
     return ServiceSpec(
         app=app,
-        consumers=[ConsumerSpec(CONSUMER_GROUP, {DATASET_VERSION_CREATED: handlers.on_dataset_version_created})],
+        consumers=[
+            ConsumerSpec(CONSUMER_GROUP, {DATASET_VERSION_CREATED: handlers.on_dataset_version_created}, prompt=True)
+        ],
         loops=[
             *(
                 [warm_spark_loop(runtime.settings, SPARK_APP, exercise=warm_jobs)]

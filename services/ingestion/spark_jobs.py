@@ -212,12 +212,13 @@ def build_version(
 WARM_ROWS = 50
 
 
-def warm_cuts(spark: SparkSession, folder: Path, streams: list[tuple[StreamSpec, DatasetSpec]]) -> None:
+def warm_cuts(spark: SparkSession, folder: Path, streams: list[tuple[StreamSpec, DatasetSpec]]) -> list[CutResult]:
     """Two cuts (a first version, then one on top of it) of ``WARM_ROWS`` made-up rows of each stream, with its
     dataset settings, in a scratch store under ``folder``: the real cut's jobs compiled and JIT-warmed at start."""
     from driftloop.clients.objectstore import LocalObjectStore
 
     store = LocalObjectStore(folder / "warm-cuts")
+    results = []
     for stream, dataset in streams:
         table = pa.table({f.name: sample_column(f.type, WARM_ROWS) for f in stream.fields}, schema=arrow_schema(stream))
         parent_keys: list[str] = []
@@ -236,3 +237,5 @@ def warm_cuts(spark: SparkSession, folder: Path, streams: list[tuple[StreamSpec,
                 unique_by=dataset.unique_by,
             )
             parent_keys = [k for k in result.files if k.endswith(".parquet")]
+            results.append(result)
+    return results

@@ -41,6 +41,7 @@ def build(runtime: Runtime) -> ServiceSpec:
                     TRAINING_COMPLETED: handlers.on_training_completed,
                     ROLLOUT_ROLLED_BACK: handlers.on_rollout_rolled_back,
                 },
+                prompt=True,
             )
         ],
         # Events stored with their state but never acknowledged by the broker are published again, continuously.

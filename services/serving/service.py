@@ -120,6 +120,7 @@ def build(runtime: Runtime) -> ServiceSpec:
             ConsumerSpec(
                 group,
                 {MODEL_PROMOTED: promotion_handler(follower), ROLLOUT_ROLLED_BACK: rollback_handler(rollouts)},
+                prompt=True,
             )
         ],
         loops=[

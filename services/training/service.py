@@ -32,7 +32,7 @@ def build(runtime: Runtime) -> ServiceSpec:
     app.include_router(api.router)
     return ServiceSpec(
         app=app,
-        consumers=[ConsumerSpec(CONSUMER_GROUP, {TRAINING_REQUESTED: handlers.on_training_requested})],
+        consumers=[ConsumerSpec(CONSUMER_GROUP, {TRAINING_REQUESTED: handlers.on_training_requested}, prompt=True)],
         loops=[
             handlers.resume_interrupted,
             *([warm_workers_loop(runtime.settings, runtime.pipelines)] if runtime.settings.ray.warm_workers else []),

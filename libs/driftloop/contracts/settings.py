@@ -46,6 +46,10 @@ class KafkaSettings(_Section):
     # How long a publish that waits for the broker's acknowledgement waits; past it, the event is not published
     # (the caller is told) and the producer is replaced (e.g. it is stuck on a broker that came back empty).
     publish_timeout_seconds: float = Field(default=30.0, gt=0)
+    # How long the broker may hold an empty fetch of a consumer whose events start the next step of the training
+    # cascade (features, triggers, training, registry, serving's promotions): the embedded broker answers a held
+    # fetch when it next looks, about a fifth of this on average. Other consumers hold 2000 ms (idle CPU).
+    prompt_fetch_wait_ms: int = Field(default=500, ge=10, le=2000)
     # Consumer group of the ingestion processes: processes in one group split the stream topics' partitions.
     ingestion_group: str = Field(default="driftloop-ingestion", min_length=1)
     # Extra librdkafka properties (security.protocol, sasl.*, ...) passed to every client.

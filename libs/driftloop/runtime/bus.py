@@ -64,6 +64,12 @@ EventHandler = Callable[[Event[Any]], None]
 # Offsets are committed synchronously after each event, so only the last events a group handled before it stopped
 # can be uncommitted (and redelivered later): rows this much older than the group's newest row are committed.
 REDELIVERY_MARGIN = timedelta(hours=1)
+# How long the broker may hold an empty fetch of a consumer not in a hurry. librdkafka's 500 ms made the idle
+# stack's dozen consumers cost the embedded broker 2% of a core; at 2 s, 0.65%. But the embedded broker (Tansu)
+# answers a held fetch only when it next looks, not when a record comes: at 2 s a record waited 0.37 s on
+# average (up to 0.7 s), at 500 ms 0.08 s (up to 0.23 s). Consumers on a cascade's path use
+# ``kafka.prompt_fetch_wait_ms`` instead (``consumer_config(prompt=True)``).
+IDLE_FETCH_WAIT_MS = 2000
 
 
 def purge_processed_events(
@@ -475,7 +481,9 @@ class EventBus:
 
     # --- consuming ---------------------------------------------------------------------------------------
 
-    def consumer_config(self, group: str, **extra: Any) -> dict[str, Any]:
+    def consumer_config(self, group: str, *, prompt: bool = False, **extra: Any) -> dict[str, Any]:
+        """A consumer of ``group``. ``prompt``: its events start the next step of a cascade, so the broker may hold
+        an empty fetch only ``kafka.prompt_fetch_wait_ms`` (see there)."""
         return self.settings.kafka_config(
             **{
                 "group.id": group,
@@ -485,10 +493,8 @@ class EventBus:
                 "session.timeout.ms": self.settings.kafka.session_timeout_ms,
                 "heartbeat.interval.ms": max(500, self.settings.kafka.session_timeout_ms // 4),
                 "partition.assignment.strategy": "range,roundrobin",
-                # How long the broker may hold an empty fetch. librdkafka's 500 ms made the idle stack's dozen
-                # consumers cost the embedded broker 2% of a core; at 2 s, 0.65%. A record still arrives at once
-                # (the broker answers a waiting fetch when data comes), and close() does not wait for it.
-                "fetch.wait.max.ms": 2000,
+                # How long the broker may hold an empty fetch (close() does not wait for it). See IDLE_FETCH_WAIT_MS.
+                "fetch.wait.max.ms": self.settings.kafka.prompt_fetch_wait_ms if prompt else IDLE_FETCH_WAIT_MS,
                 **extra,
             }
         )
@@ -518,11 +524,13 @@ class EventBus:
         *,
         poll_timeout: float = 0.5,
         status: ConsumerStatus | None = None,
+        prompt: bool = False,
     ) -> None:
         """Consume until ``stop_event`` is set. Each event is handled once per group; the offset is committed
         after the handler. A handler that raises is logged and its event is not marked processed (it is
         retried after a restart); the loop goes on with the next message. ``status``: kept by the caller and not
         listed in ``consumers`` (the pipeline catalog's follower, which every service has besides its own).
+        ``prompt``: see ``consumer_config``.
 
         The consumer heals (``keep_consuming``, ``GroupMembership``): a commit refused because the group moved on
         (lost membership, a rebalance) is logged and the event comes again to whoever owns its partition (handled
@@ -534,7 +542,9 @@ class EventBus:
         if status is None:
             status = ConsumerStatus(group=group, topics=topics)
             self.consumers.append(status)
-        keep_consuming(status, lambda: self._consume(group, topics, by_name, status, poll_timeout), self.stop_event)
+        keep_consuming(
+            status, lambda: self._consume(group, topics, by_name, status, poll_timeout, prompt), self.stop_event
+        )
 
     def _consume(
         self,
@@ -543,9 +553,10 @@ class EventBus:
         by_name: dict[str, tuple[EventHandler, type[Payload]]],
         status: ConsumerStatus,
         poll_timeout: float,
+        prompt: bool,
     ) -> None:
         ensure_topics(self.settings, topics)
-        consumer = Consumer(self.consumer_config(group))
+        consumer = Consumer(self.consumer_config(group, prompt=prompt))
         lag = ConsumerLag(group)
         membership = GroupMembership(status, lag, ensure=lambda: ensure_topics(self.settings, topics))
         membership.subscribe(consumer, topics)

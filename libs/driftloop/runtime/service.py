@@ -106,6 +106,8 @@ class Runtime:
 class ConsumerSpec:
     group: str
     handlers: dict[Topic, EventHandler]
+    # Its events start the next step of a cascade: the broker answers its fetches sooner (kafka.prompt_fetch_wait_ms).
+    prompt: bool = False
 
 
 @dataclass
@@ -637,7 +639,11 @@ def run(
     threads = []
     for consumer in spec.consumers:
         t = threading.Thread(
-            target=runtime.bus.run_consumer, args=(consumer.group, consumer.handlers), name=consumer.group, daemon=True
+            target=runtime.bus.run_consumer,
+            args=(consumer.group, consumer.handlers),
+            kwargs={"prompt": consumer.prompt},
+            name=consumer.group,
+            daemon=True,
         )
         threads.append(t)
     loops = list(spec.loops)
