@@ -92,6 +92,19 @@ def start_profilers(stack: Stack, folder: Path) -> list[subprocess.Popen[bytes]]
     ]
 
 
+def milestones_when_logged(engine: sa.Engine, since: datetime, stream: str) -> list[tuple[str, str, datetime]]:
+    """``milestones`` once the event log holds them all (each service writes its events there as the broker
+    acknowledges them, in batches: a few seconds at most)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return milestones(engine, since, stream)
+        except LookupError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def milestones(engine: sa.Engine, since: datetime, stream: str) -> list[tuple[str, str, datetime]]:
     """The events of the first version's cascade, in order, from the event log."""
     with engine.connect() as conn:
@@ -104,7 +117,7 @@ def milestones(engine: sa.Engine, since: datetime, stream: str) -> list[tuple[st
         for r in rows:
             if r.event_type == event_type and all(r.payload.get(k) == v for k, v in match.items()):
                 return r
-        raise SystemExit(f"no {event_type} {match} in the event log")
+        raise LookupError(f"no {event_type} {match} in the event log")
 
     cut = first("DatasetVersionCreated", stream=stream)
     version_id = cut.payload["dataset_version_id"]
@@ -186,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         steps = [
             ("sent", "records sent (producer flushed)", last_sent),
-            *milestones(demo.engine, first_sent, "transactions"),
+            *milestones_when_logged(demo.engine, first_sent, "transactions"),
             ("answered", "first prediction answered by v1 (client)", answered),
         ]
     finally:
