@@ -23,7 +23,7 @@ from driftloop.clients.objectstore import ObjectStore
 from driftloop.clients.spark import spark_type
 from driftloop.contracts import layout
 from driftloop.contracts.featuredefs import compute_features
-from driftloop.contracts.fieldtypes import FIELD_TYPES
+from driftloop.contracts.fieldtypes import FIELD_TYPES, sample_column
 from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.errors import NotFoundError, ValidationFailed
 
@@ -317,3 +317,27 @@ def materialize(
         row_count=row_count,
         latest=online_rows(latest, pipeline),
     )
+
+
+WARM_ROWS = 50
+
+
+def warm_materializations(spark: SparkSession, folder: Path, pipelines: list[PipelineConfig]) -> list[Materialized]:
+    """Each pipeline's materialization of ``WARM_ROWS`` made-up rows of its stream, in a scratch store under
+    ``folder`` (nothing reaches the online store): the real jobs compiled and JIT-warmed at start."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from driftloop.clients.objectstore import LocalObjectStore
+
+    store = LocalObjectStore(folder / "warm-features")
+    results = []
+    for pipeline in pipelines:
+        stream = pipeline.stream
+        table = pa.table({f.name: sample_column(f.type, WARM_ROWS) for f in stream.fields})
+        local = store.local_path(layout.dataset_prefix(stream.name, 1))
+        assert local is not None  # a local store
+        local.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, local / "part-00000.parquet")
+        results.append(materialize(spark, store, pipeline, 1, f"{stream.name}@warm"))
+    return results

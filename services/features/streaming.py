@@ -104,52 +104,92 @@ class StreamAggregator:
             return 0
         table = FeatureStreamEvent.__table__
         entities = sorted({r["entity"] for r in rows})
-        online_rows = []
+        mine = sa.and_(table.c.stream == stream.name, table.c.entity.in_(entities))
+        # The write transaction holds only SQL: on SQLite its lock is the whole database's, which every other
+        # service's writes wait for (a recompute inside it held it for seconds while a stream arrived).
         with self.engine.begin() as conn:
             # A redelivered record (same offset) is not stored twice: the recompute below gives the same values.
             conn.execute(self._insert(table).values(rows).on_conflict_do_nothing())
-            for entity in entities:
-                online_rows.append(self._recompute(conn, entity))
+            newest = conn.execute(
+                sa.select(table.c.entity, sa.func.max(table.c.event_time)).where(mine).group_by(table.c.entity)
+            ).all()
+            for entity, entity_newest in newest:
+                entity_newest = _utc(entity_newest)
+                # Older records can no longer fall inside any window of this entity's future values.
+                expired = sa.and_(table.c.event_time <= entity_newest - self.keep, table.c.event_time < entity_newest)
+                conn.execute(
+                    sa.delete(FeatureStreamEvent).where(
+                        table.c.stream == stream.name, table.c.entity == entity, expired
+                    )
+                )
+        with self.engine.connect() as conn:
+            stored = conn.execute(
+                sa.select(table.c.entity, table.c.event_id, table.c.event_time, table.c.fields)
+                .where(mine)
+                .order_by(table.c.entity, table.c.event_time)
+            ).all()
+        by_entity: dict[str, list[tuple[str, datetime, dict[str, Any]]]] = {}
+        for entity, event_id, event_time, fields in stored:
+            by_entity.setdefault(entity, []).append((event_id, _utc(event_time), fields))
         self.applied += len(rows)
-        return self.online.write([r for r in online_rows if r is not None])
+        return self.online.write(self._online_rows(by_entity))
 
-    def _recompute(self, conn: sa.Connection, entity: str) -> dict[str, Any] | None:
+    def _online_rows(self, by_entity: dict[str, list[tuple[str, datetime, dict[str, Any]]]]) -> list[dict[str, Any]]:
+        """Each entity's values as of its newest event time, from its stored records (event id, time, fields)."""
         stream = self.pipeline.stream
-        table = FeatureStreamEvent.__table__
-        mine = sa.and_(table.c.stream == stream.name, table.c.entity == entity)
-        newest = conn.execute(sa.select(sa.func.max(table.c.event_time)).where(mine)).scalar_one()
-        if newest is None:
-            return None
-        newest = _utc(newest)
-        # Older records can no longer fall inside any window of this entity's future values.
-        expired = sa.and_(table.c.event_time <= newest - self.keep, table.c.event_time < newest)
-        conn.execute(sa.delete(FeatureStreamEvent).where(mine, expired))
-        stored = conn.execute(
-            sa.select(table.c.event_id, table.c.event_time, table.c.fields).where(mine).order_by(table.c.event_time)
-        ).all()
-        events = [(_utc(t), fields) for _, t, fields in stored]
-        # Row features (pass-through, derived) of the newest record; among peers the highest offset.
-        latest_fields = max(((i, f) for (i, t, f) in stored if _utc(t) == newest), key=lambda p: _offset_key(p[0]))[1]
-        frame = pd.DataFrame([latest_fields])
-        row = compute_features(frame, self.pipeline, keep_keys=False)
-        values: dict[str, Any] = {}
-        for feature in self.pipeline.features:
-            if feature.aggregate is not None:
-                values[feature.name] = aggregate_as_of(feature, events, newest)
-            else:
-                value = row[feature.name].iloc[0]
-                if feature.kind == "numeric":
-                    value = None if value is None or not np.isfinite(value) else float(value)
+        newest: dict[str, datetime] = {}
+        latest: dict[str, dict[str, Any]] = {}
+        for entity, stored in by_entity.items():
+            newest[entity] = max(t for _, t, _ in stored)
+            # Row features (pass-through, derived) of the newest record; among peers the highest offset.
+            latest[entity] = max(
+                ((i, f) for (i, t, f) in stored if t == newest[entity]), key=lambda p: _offset_key(p[0])
+            )[1]
+        row_values = self._row_features(latest)
+        now = datetime.now(tz=UTC)
+        online_rows = []
+        for entity, stored in by_entity.items():
+            events = [(t, fields) for _, t, fields in stored]
+            values: dict[str, Any] = {}
+            for feature in self.pipeline.features:
+                if feature.aggregate is not None:
+                    values[feature.name] = aggregate_as_of(feature, events, newest[entity])
                 else:
-                    value = None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
-                values[feature.name] = value
-        return {
-            "stream": stream.name,
-            "entity": entity,
-            "values": values,
-            "event_time": newest,
-            "updated_at": datetime.now(tz=UTC),
-        }
+                    values[feature.name] = row_values[entity][feature.name]
+            online_rows.append(
+                {
+                    "stream": stream.name,
+                    "entity": entity,
+                    "values": values,
+                    "event_time": newest[entity],
+                    "updated_at": now,
+                }
+            )
+        return online_rows
+
+    def _row_features(self, latest: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The row features of each entity's newest record. Records whose fields have the same names and value
+        types are computed in one frame (a frame infers each column's dtype from its values: mixing, say, an int
+        with a missing value would turn the int into a float), so each value is what its record alone gives."""
+        groups: dict[tuple[tuple[str, str], ...], list[str]] = {}
+        for entity, fields in latest.items():
+            groups.setdefault(tuple(sorted((k, type(v).__name__) for k, v in fields.items())), []).append(entity)
+        out: dict[str, dict[str, Any]] = {}
+        row_features = [f for f in self.pipeline.features if f.aggregate is None]
+        for members in groups.values():
+            frame = pd.DataFrame([latest[e] for e in members])
+            computed = compute_features(frame, self.pipeline, keep_keys=False)
+            for position, entity in enumerate(members):
+                values: dict[str, Any] = {}
+                for feature in row_features:
+                    value = computed[feature.name].iloc[position]
+                    if feature.kind == "numeric":
+                        value = None if value is None or not np.isfinite(value) else float(value)
+                    else:
+                        value = None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+                    values[feature.name] = value
+                out[entity] = values
+        return out
 
 
 def _offset_key(event_id: str) -> tuple[str, int, int]:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from driftloop.clients.objectstore import open_object_store
 from driftloop.clients.spark import stop_spark, warm_spark_loop
 from driftloop.contracts.pipeline import PipelineConfig
@@ -13,6 +17,9 @@ from .datasets import PARQUET_TIMESTAMP, SPARK_APP, DatasetCutter
 from .kafka_intake import KafkaIntake
 from .landing import Lander
 from .outbox import DeadLetterOutbox, VersionOutbox
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 
 def check_pipeline(cfg: PipelineConfig) -> None:
@@ -31,6 +38,17 @@ def check_pipelines(runtime: Runtime) -> None:
     for cfg in runtime.pipelines.values():
         check_pipeline(cfg)
     runtime.pipelines.add_check(check_pipeline)
+
+
+def warm_cuts_of(runtime: Runtime) -> Callable[[SparkSession, Path], None]:
+    """The warm-up's own jobs: each pipeline's cut on made-up rows (its stream and dataset settings)."""
+
+    def exercise(spark: SparkSession, folder: Path) -> None:
+        from .spark_jobs import warm_cuts
+
+        warm_cuts(spark, folder, [(cfg.stream, cfg.dataset) for cfg in runtime.pipelines.values()])
+
+    return exercise
 
 
 def build(runtime: Runtime) -> ServiceSpec:
@@ -53,6 +71,7 @@ def build(runtime: Runtime) -> ServiceSpec:
         "dead_letter_outbox": dead_letter_outbox,
         "version_outbox": version_outbox,
     }
+    warm = runtime.settings.spark.warm_at_start
     return ServiceSpec(
         app=app,
         loops=[
@@ -60,11 +79,7 @@ def build(runtime: Runtime) -> ServiceSpec:
             cutter.loop,
             dead_letter_outbox.drain_loop,
             version_outbox.drain_loop,
-            *(
-                [warm_spark_loop(runtime.settings, SPARK_APP, parquet_timestamp=PARQUET_TIMESTAMP)]
-                if runtime.settings.spark.warm_at_start
-                else []
-            ),
+            *([warm_spark_loop(runtime.settings, SPARK_APP, PARQUET_TIMESTAMP, warm_cuts_of(runtime))] if warm else []),
         ],
         on_stop=[stop_spark],
         ready_checks={"kafka_assigned": lambda: intake.assigned},

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.dataset as pads
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -21,11 +22,11 @@ from pyspark.sql import types as T
 
 from driftloop.clients.objectstore import ObjectStore
 from driftloop.clients.spark import spark_type
-from driftloop.contracts.fieldtypes import FIELD_TYPES
-from driftloop.contracts.pipeline import StreamSpec
+from driftloop.contracts.fieldtypes import FIELD_TYPES, sample_column
+from driftloop.contracts.pipeline import DatasetSpec, StreamSpec
 
 from .content_hash import SLICE_COLUMNS, combine, slices_batch
-from .landing import arrow_schema
+from .landing import arrow_schema, table_to_parquet
 
 log = logging.getLogger(__name__)
 
@@ -206,3 +207,35 @@ def build_version(
     finally:
         rows.unpersist()
     return CutResult(row_count=count, content_hash=digest, profile=stats, files=files, checks=checks)
+
+
+WARM_ROWS = 50
+
+
+def warm_cuts(spark: SparkSession, folder: Path, streams: list[tuple[StreamSpec, DatasetSpec]]) -> list[CutResult]:
+    """Two cuts (a first version, then one on top of it) of ``WARM_ROWS`` made-up rows of each stream, with its
+    dataset settings, in a scratch store under ``folder``: the real cut's jobs compiled and JIT-warmed at start."""
+    from driftloop.clients.objectstore import LocalObjectStore
+
+    store = LocalObjectStore(folder / "warm-cuts")
+    results = []
+    for stream, dataset in streams:
+        table = pa.table({f.name: sample_column(f.type, WARM_ROWS) for f in stream.fields}, schema=arrow_schema(stream))
+        parent_keys: list[str] = []
+        for version in (1, 2):
+            landed = f"{stream.name}/landed/{version}.parquet"
+            store.put_bytes(landed, table_to_parquet(table))
+            result = build_version(
+                spark,
+                store,
+                stream,
+                parent_keys=parent_keys,
+                new_keys=[landed],
+                mode=dataset.mode,
+                window_rows=dataset.window_rows,
+                prefix=f"{stream.name}/v{version}/",
+                unique_by=dataset.unique_by,
+            )
+            parent_keys = [k for k in result.files if k.endswith(".parquet")]
+            results.append(result)
+    return results

@@ -15,6 +15,7 @@ from driftloop.clients.objectstore import open_object_store
 from driftloop.contracts.topics import MODEL_PROMOTED, ROLLOUT_ROLLED_BACK
 from driftloop.runtime.retention import purge_loop
 from driftloop.runtime.service import ConsumerSpec, Runtime, ServiceSpec, base_app
+from driftloop.runtime.warmup import warm_models_loop
 
 from . import api, retention
 from .champions import ChampionReconciler, PromotionCheck, RegistryChampions
@@ -123,10 +124,13 @@ def build(runtime: Runtime) -> ServiceSpec:
                 group,
                 {MODEL_PROMOTED: promotion_handler(follower), ROLLOUT_ROLLED_BACK: rollback_handler(rollouts)},
                 broadcast=True,  # the replica's own group: it reads the topics whole, no membership
+                prompt=True,
             )
         ],
         loops=[
             follower.run,
+            # The first champion's load finds its model library imported.
+            warm_models_loop("serving", runtime.pipelines),
             prediction_log.run,
             recorder.run,
             delivery_reports(runtime),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow.dataset as pads
 
 from driftloop.clients.objectstore import ObjectStore, open_object_store
-from driftloop.contracts.artifact import ModelArtifact
+from driftloop.contracts.artifact import ModelArtifact, import_family
 from driftloop.contracts.evaluation import all_metrics, holdout_mask
 from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.contracts.settings import ObjectStoreSettings, Settings
@@ -260,3 +260,15 @@ def fit_feature_set(job: FitJob) -> FitResult:
         plots=plots,
         feature_importance=importance,
     )
+
+
+def warm_fit_worker(models: Iterable[tuple[str, str]]) -> None:
+    """What a fit loads on first use, loaded now (run as a Ray task at start, so the worker the first fit lands on
+    has it): each ``(family, task)``'s model library and metrics, and the plots' matplotlib (fonts included)."""
+    for family, task in sorted(set(models)):
+        import_family(family)
+        classification = task == "classification"
+        y_true = np.array([0, 1, 0, 1] if classification else [1.0, 2.0, 3.0, 4.0])
+        y_score = np.array([0.2, 0.8, 0.4, 0.6] if classification else [1.5, 2.0, 2.5, 4.0])
+        all_metrics(task, y_true, y_score)
+        draw_plots(task, {"a": 1.0, "b": 2.0}, y_true, y_score)

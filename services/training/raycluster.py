@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.contracts.settings import Settings
 from driftloop.runtime import ownedprocs
 
-from .fit import FitJob, FitResult, RunAborted, fit_feature_set
+from .fit import FitJob, FitResult, RunAborted, fit_feature_set, warm_fit_worker
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,36 @@ def stop_log_monitor() -> None:
         node.kill_log_monitor()  # type: ignore[union-attr]
     except Exception:
         log.warning("could not stop Ray's log monitor (it keeps polling the workers' logs)", exc_info=True)
+
+
+# Workers warmed at start: at most this many (a joined cluster may have many CPUs; the first fits use few).
+MAX_WARM_WORKERS = 4
+
+
+def warm_workers_loop(settings: Settings, pipelines: Mapping[str, PipelineConfig]) -> Callable[[threading.Event], None]:
+    """A service loop that runs once at start: one ``warm_fit_worker`` task per CPU (at most ``MAX_WARM_WORKERS``;
+    a local Ray, at most the ``ray.idle_workers`` it keeps), all at once so that each lands on a worker of its own.
+    Ray keeps them idle for the next tasks: the first fit finds its libraries imported. A failure is logged: the
+    first fit imports them."""
+
+    def warm_workers(stop_event: threading.Event) -> None:
+        import ray
+
+        started = time.monotonic()
+        try:
+            ensure_ray(settings)
+            models = [(p.model.family, p.model.task) for p in pipelines.values()]
+            count = min(int(ray.cluster_resources().get("CPU", 1)), MAX_WARM_WORKERS)
+            if not settings.ray.address:  # a local Ray keeps only ray.idle_workers idle: warm no more
+                count = min(count, settings.ray.idle_workers)
+            task = ray.remote(num_cpus=1)(warm_fit_worker)
+            ray.get([task.remote(models) for _ in range(max(1, count))])
+        except Exception:
+            log.exception("warming the Ray workers up failed")
+            return
+        log.info("Ray workers warm in %.1fs", time.monotonic() - started)
+
+    return warm_workers
 
 
 def fit_on_ray(settings: Settings, job: FitJob, should_abort: Callable[[], bool] | None = None) -> FitResult:

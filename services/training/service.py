@@ -9,7 +9,7 @@ from driftloop.runtime.service import ConsumerSpec, Runtime, ServiceSpec, base_a
 
 from . import api
 from .handlers import TrainingHandlers
-from .raycluster import ensure_ray, ray_ready, shutdown_ray
+from .raycluster import ensure_ray, ray_ready, shutdown_ray, warm_workers_loop
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,11 @@ def build(runtime: Runtime) -> ServiceSpec:
     app.include_router(api.router)
     return ServiceSpec(
         app=app,
-        consumers=[ConsumerSpec(CONSUMER_GROUP, {TRAINING_REQUESTED: handlers.on_training_requested})],
-        loops=[handlers.resume_interrupted],
+        consumers=[ConsumerSpec(CONSUMER_GROUP, {TRAINING_REQUESTED: handlers.on_training_requested}, prompt=True)],
+        loops=[
+            handlers.resume_interrupted,
+            *([warm_workers_loop(runtime.settings, runtime.pipelines)] if runtime.settings.ray.warm_workers else []),
+        ],
         on_stop=[shutdown_ray],
         ready_checks={"ray": ray_ready},
     )

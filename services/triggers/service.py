@@ -73,6 +73,7 @@ def build(runtime: Runtime) -> ServiceSpec:
             FEEDBACK_RECEIVED: handlers.on_feedback_received,
             PERFORMANCE_DEGRADED: handlers.on_performance_degraded,
         },
+        prompt=True,
     )
     # At start, the champion and the runs held as active, checked with their owners (the bus may have lost news).
     reconcile, close_clients = state_reconcile(runtime.settings, handlers, runtime.Session, runtime.pipelines)

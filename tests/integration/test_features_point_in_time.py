@@ -22,7 +22,13 @@ from driftloop.clients.spark import spark_session, stop_spark
 from driftloop.contracts import layout
 from driftloop.contracts.pipeline import PipelineConfig, parse_pipeline
 from driftloop.contracts.settings import Settings
-from driftloop.services.features.materialize import aggregate_values, materialize, point_in_time_join
+from driftloop.services.features.materialize import (
+    WARM_ROWS,
+    aggregate_values,
+    materialize,
+    point_in_time_join,
+    warm_materializations,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -383,3 +389,17 @@ def test_a_stream_applied_live_gets_streaming_features_without_a_restart(
         worker.join(timeout=60)
     assert not worker.is_alive()
     assert counted(first, ["a"]) == 3.0  # every record once: none applied twice across the restart
+
+
+def test_the_warm_up_materializes_made_up_rows_of_each_pipeline_in_a_scratch_folder(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    plain = parse_pipeline((REPO / "pipelines" / "transactions.yaml").read_text())
+    with_aggregates = pipeline_with_aggregates("tx-warm")
+    results = warm_materializations(spark, tmp_path / "scratch", [plain, with_aggregates])
+    assert [r.row_count for r in results] == [WARM_ROWS, WARM_ROWS]
+    for result, pipeline in zip(results, (plain, with_aggregates), strict=True):
+        assert result.uri.startswith(f"file://{(tmp_path / 'scratch').resolve()}/")
+        # One online row per made-up entity, every feature computed (the aggregates too); nothing is written.
+        assert len(result.latest) == len({f"w{i % 7}" for i in range(WARM_ROWS)})
+        assert all(set(row["values"]) == set(pipeline.feature_names) for row in result.latest)

@@ -23,16 +23,17 @@ from pipeline_support import InProcessService, collect_events, service_runtime, 
 
 from driftloop.clients.db.models import EventRecord, LandedBatch
 from driftloop.clients.objectstore import open_object_store
-from driftloop.clients.spark import stop_spark
+from driftloop.clients.spark import spark_session, stop_spark
 from driftloop.contracts.events import Event
 from driftloop.contracts.layout import dataset_prefix
 from driftloop.contracts.settings import Settings
 from driftloop.contracts.topics import DATASET_VERSION_CREATED
 from driftloop.services.ingestion.content_hash import content_hash_of_table
-from driftloop.services.ingestion.datasets import DatasetCutter
+from driftloop.services.ingestion.datasets import PARQUET_TIMESTAMP, SPARK_APP, DatasetCutter
 from driftloop.services.ingestion.landing import rows_to_table
 from driftloop.services.ingestion.outbox import VersionOutbox
 from driftloop.services.ingestion.service import build
+from driftloop.services.ingestion.spark_jobs import WARM_ROWS, warm_cuts
 
 pytestmark = pytest.mark.integration
 
@@ -327,3 +328,17 @@ def test_a_change_seen_on_the_arrival_clock_is_placed_in_the_streams_event_time(
     assert datetime.fromisoformat(answer["since"]) == START + timedelta(minutes=40)
     # On the event-time clock the same point has no rows after it: what the arrival clock is for.
     assert ingestion.cutter.rows_since(stream, arrived) == 0
+
+
+def test_the_warm_up_cuts_made_up_rows_of_each_stream_in_a_scratch_folder(ingestion: Ingestion, tmp_path: Path) -> None:
+    spark = spark_session(ingestion.settings, SPARK_APP, parquet_timestamp=PARQUET_TIMESTAMP)
+    by_stream = {cfg.stream.name: cfg for cfg in ingestion.runtime.pipelines.values()}
+    cumulative, window = by_stream[ingestion.streams["cumulative"]], by_stream[ingestion.streams["window"]]
+    streams = [(cumulative.stream, cumulative.dataset), (window.stream, window.dataset)]
+    results = warm_cuts(spark, tmp_path / "scratch", streams)
+    # Two versions each, the second on top of the first: cumulative keeps both, the window its newest 60 rows.
+    assert [r.row_count for r in results] == [WARM_ROWS, 2 * WARM_ROWS, WARM_ROWS, 60]
+    assert all(r.profile["amount"]["min"] > 0 for r in results)
+    assert any((tmp_path / "scratch" / "warm-cuts").rglob("*.parquet"))
+    # The stream's own versions are untouched.
+    assert ingestion.cutter.list_versions(cumulative.stream.name) == []

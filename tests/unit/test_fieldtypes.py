@@ -22,6 +22,7 @@ from driftloop.contracts.fieldtypes import (
     OIP_INTEGER_DATATYPES,
     FieldType,
     FieldTypeInfo,
+    sample_column,
 )
 from driftloop.contracts.pipeline import FieldSpec, StreamSpec
 
@@ -128,3 +129,14 @@ def test_stream_avro_schema_uses_the_table() -> None:
     )
     schema = stream.avro_schema()
     assert [f["type"] for f in schema["fields"]] == [row.avro for row in FIELD_TYPES.values()]
+
+
+@pytest.mark.parametrize("row", ROWS)
+def test_sample_columns_are_valid_varied_values_of_the_arrow_type(row: FieldTypeInfo) -> None:
+    column = sample_column(row.name, 12)
+    assert column.type == row.arrow and len(column) == 12 and column.null_count == 0
+    values = column.to_pylist()
+    assert len(set(values)) > 1  # a group-by, a quantile and a top-values job see more than one value
+    assert all(isinstance(v, row.python) for v in values)
+    if row.is_numeric and row.name != "boolean":
+        assert min(values) > 0  # log1p, sqrt and the like apply

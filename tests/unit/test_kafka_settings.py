@@ -76,3 +76,11 @@ def test_topics_are_created_with_explicit_retention_or_compaction() -> None:
         "retention.ms": str(24 * 3_600_000),
     }
     assert topic_config(settings, "driftloop.stream.transactions") == {"cleanup.policy": "delete", "retention.ms": "-1"}
+
+
+def test_a_prompt_consumer_lets_the_broker_hold_its_fetches_less_long(tmp_path) -> None:
+    bus = EventBus.__new__(EventBus)
+    bus.settings = Settings(home=tmp_path, kafka={"prompt_fetch_wait_ms": 300})
+    assert bus.consumer_config("g")["fetch.wait.max.ms"] == Settings().kafka.fetch_wait_max_ms
+    assert bus.consumer_config("g", prompt=True)["fetch.wait.max.ms"] == 300
+    assert Settings().kafka.prompt_fetch_wait_ms < Settings().kafka.fetch_wait_max_ms

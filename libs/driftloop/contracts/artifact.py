@@ -197,6 +197,21 @@ class ModelArtifact:
         )
 
 
+def import_family(family: str) -> None:
+    """Import the library that loads and runs models of ``family`` (what ``load_native_model`` and ``predict``
+    import on first use): a service warms it up at start so that its first model does not pay for it."""
+    if family == "lightgbm":
+        import lightgbm  # noqa: F401
+    elif family == "xgboost":
+        import xgboost  # noqa: F401
+    elif family in SKLEARN_FAMILIES:
+        import sklearn.ensemble
+        import sklearn.linear_model
+        import sklearn.pipeline  # noqa: F401
+    else:
+        raise ArtifactError(f"unsupported model family {family!r}")
+
+
 def load_native_model(family: str, model_bytes: bytes) -> Any:
     if family == "lightgbm":
         import lightgbm as lgb

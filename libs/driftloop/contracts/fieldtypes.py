@@ -13,7 +13,7 @@ them into Spark types (``driftloop.clients.spark.spark_type``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
@@ -152,3 +152,22 @@ _ROWS = (
     ),
 )
 FIELD_TYPES: dict[FieldType, FieldTypeInfo] = {row.name: row for row in _ROWS}
+
+_SAMPLE_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def sample_column(field_type: FieldType, rows: int) -> pa.Array:
+    """``rows`` made-up, valid, non-null values of ``field_type`` as its Arrow type (varied, small and positive, so
+    that expressions such as ``log1p`` apply): what a warm-up puts through a job's real code path."""
+    values: list[Any]
+    if field_type == "string":
+        values = [f"w{i % 7}" for i in range(rows)]
+    elif field_type == "boolean":
+        values = [i % 2 == 0 for i in range(rows)]
+    elif field_type == "timestamp":
+        values = [_SAMPLE_EPOCH + timedelta(seconds=i) for i in range(rows)]
+    elif FIELD_TYPES[field_type].is_integer:
+        values = [1 + i % 5 for i in range(rows)]
+    else:
+        values = [1.0 + i / 4 for i in range(rows)]
+    return pa.array(values, type=FIELD_TYPES[field_type].arrow)

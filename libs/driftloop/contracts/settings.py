@@ -52,6 +52,10 @@ class KafkaSettings(_Section):
     # How long a publish that waits for the broker's acknowledgement waits; past it, the event is not published
     # (the caller is told) and the producer is replaced (e.g. it is stuck on a broker that came back empty).
     publish_timeout_seconds: float = Field(default=30.0, gt=0)
+    # How long the broker may hold an empty fetch of a consumer whose events start the next step of the training
+    # cascade (features, triggers, training, registry, serving's promotions): the embedded broker answers a held
+    # fetch when it next looks, about a fifth of this on average. Other consumers hold 2000 ms (idle CPU).
+    prompt_fetch_wait_ms: int = Field(default=500, ge=10, le=2000)
     # Consumer group of the ingestion processes: processes in one group split the stream topics' partitions.
     ingestion_group: str = Field(default="driftloop-ingestion", min_length=1)
     # Extra librdkafka properties (security.protocol, sasl.*, ...) passed to every client.
@@ -196,6 +200,9 @@ class RaySettings(_Section):
     # session logs (<ray temp dir>/session_latest/logs/worker-*), and Ray's log monitor, which looks for new lines
     # ten times a second (about 0.6% of a core at rest), is not kept running.
     forward_worker_logs: bool = False
+    # Training starts Ray's workers with what a fit imports (the pipelines' model libraries, metrics, plots), so
+    # that the first fit does not import them; false: on first use.
+    warm_workers: bool = True
 
 
 class ServicesSettings(_Section):

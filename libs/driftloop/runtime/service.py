@@ -110,6 +110,8 @@ class ConsumerSpec:
     handlers: dict[Topic, EventHandler]
     # A group of this one process reading its topics whole: no group membership (``EventBus.run_consumer``).
     broadcast: bool = False
+    # Its events start the next step of a cascade: the broker answers its fetches sooner (kafka.prompt_fetch_wait_ms).
+    prompt: bool = False
 
 
 @dataclass
@@ -678,7 +680,7 @@ def run(
         t = threading.Thread(
             target=runtime.bus.run_consumer,
             args=(consumer.group, consumer.handlers),
-            kwargs={"broadcast": consumer.broadcast},
+            kwargs={"broadcast": consumer.broadcast, "prompt": consumer.prompt},
             name=consumer.group,
             daemon=True,
         )

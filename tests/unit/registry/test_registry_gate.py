@@ -137,3 +137,10 @@ def test_single_class_holdout_gives_a_rejection_not_an_error(trained: dict) -> N
     assert not result.decision.promote
     assert "cannot score" in result.decision.reason
     assert result.as_dict(trained["pipeline"].gate, "d", "u")["challenger_score"] is None
+
+
+@pytest.mark.parametrize("metric", ["roc_auc", "accuracy", "f1", "log_loss"])
+def test_warm_score_computes_the_gate_metric_of_a_classifier(metric: str) -> None:
+    pipeline = make_pipeline()
+    pipeline = pipeline.model_copy(update={"gate": pipeline.gate.model_copy(update={"metric": metric})})
+    assert math.isfinite(gating.warm_score(pipeline))
