@@ -2,6 +2,11 @@
 kept in ``<home>/state/procs-<owner>.json`` so that they are stopped with the service, at its next start after a
 ``kill -9``, and by ``driftloop down``. Only the recorded PIDs are ever signalled, and only while each is still the
 same process (its start time, from ``/proc``, is recorded with it): a reused PID is left alone.
+
+A process that leads its own session (as ``driftloop up`` starts each service) records that session too: a process
+it started after its last record (a Ray worker launched while the service was being killed) is orphaned by the
+kill, but keeps the session id, and the kernel does not reuse that id while any member lives. So the next start
+stops the session's members as well, never its own session's.
 """
 
 from __future__ import annotations
@@ -33,12 +38,31 @@ def start_ticks(pid: int) -> int | None:
     return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
-def _parent(pid: int) -> int | None:
+def _stat_field(pid: int, index: int) -> int | None:
+    """Field ``index + 3`` of ``/proc/<pid>/stat`` (0: state is skipped; 1: parent, 3: session)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return int(stat[stat.rindex(")") + 2 :].split()[1])
+    return int(stat[stat.rindex(")") + 2 :].split()[index])
+
+
+def _parent(pid: int) -> int | None:
+    return _stat_field(pid, 1)
+
+
+def _own_session() -> int | None:
+    """This process's session id when it leads that session (else the session is someone else's: a shell's)."""
+    return os.getpid() if os.getsid(0) == os.getpid() else None
+
+
+def session_members(session: int) -> list[int]:
+    """The live processes of ``session``."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and _stat_field(int(entry), 3) == session and start_ticks(int(entry)) is not None:
+            members.append(int(entry))
+    return sorted(members)
 
 
 def descendants(roots: Iterable[int]) -> list[int]:
@@ -60,38 +84,58 @@ def descendants(roots: Iterable[int]) -> list[int]:
     return sorted(found)
 
 
-def _read(path: Path) -> dict[int, int]:
+def _read(path: Path) -> tuple[dict[int, int], int | None]:
+    """The recorded processes (PID: start time) and the recorder's session (None: it led none)."""
     try:
-        return {int(pid): int(ticks) for pid, ticks in json.loads(path.read_text()).items()}
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
-        return {}
+        return {}, None
+    if "processes" not in data:  # written before sessions were recorded: PID -> start time only
+        data = {"processes": data, "session": None}
+    try:
+        processes = {int(pid): int(ticks) for pid, ticks in data["processes"].items()}
+        session = data["session"]
+        return processes, int(session) if session is not None else None
+    except (AttributeError, TypeError, ValueError):
+        return {}, None
 
 
 def record(home: Path, owner: str, pids: Iterable[int]) -> Path:
-    """Add ``pids`` (with their start times) to the owner's file; entries whose process is gone are dropped."""
+    """Add ``pids`` (with their start times) to the owner's file, with this process's session if it leads one;
+    entries whose process is gone are dropped."""
     path = procs_file(home, owner)
-    entries = {pid: ticks for pid, ticks in _read(path).items() if start_ticks(pid) == ticks}
+    recorded, _ = _read(path)
+    entries = {pid: ticks for pid, ticks in recorded.items() if start_ticks(pid) == ticks}
     for pid in pids:
         ticks = start_ticks(pid)
         if ticks is not None:
             entries[pid] = ticks
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({str(pid): ticks for pid, ticks in sorted(entries.items())}))
+    processes = {str(pid): ticks for pid, ticks in sorted(entries.items())}
+    tmp.write_text(json.dumps({"processes": processes, "session": _own_session()}))
     tmp.replace(path)
     return path
 
 
 def alive(home: Path, owner: str) -> list[int]:
     """The recorded processes of ``owner`` still running."""
-    return [pid for pid, ticks in _read(procs_file(home, owner)).items() if start_ticks(pid) == ticks]
+    recorded, _ = _read(procs_file(home, owner))
+    return [pid for pid, ticks in recorded.items() if start_ticks(pid) == ticks]
 
 
 def stop_recorded(home: Path, owner: str, timeout: float = 5.0) -> list[int]:
-    """SIGTERM the owner's recorded processes still running, SIGKILL those left after ``timeout``, and forget
-    them. Returns the PIDs that were signalled."""
+    """SIGTERM the owner's recorded processes still running, and the members of the recorder's session (unless
+    it is this process's own), SIGKILL those left after ``timeout``, and forget them. Returns the PIDs that were
+    signalled."""
     path = procs_file(home, owner)
-    entries = {pid: ticks for pid, ticks in _read(path).items() if start_ticks(pid) == ticks}
+    recorded, session = _read(path)
+    entries = {pid: ticks for pid, ticks in recorded.items() if start_ticks(pid) == ticks}
+    if session is not None and session != os.getsid(0):
+        for pid in session_members(session):
+            ticks = start_ticks(pid)
+            if ticks is not None:
+                entries.setdefault(pid, ticks)
     for pid in entries:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGTERM)
