@@ -635,8 +635,13 @@ class EventBus:
 
     def close(self) -> None:
         self.stop_event.set()
-        if self._producer is not None:
-            self._producer.flush(10)
+        with self._producer_lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.flush(10)
+        # The producer is destroyed with its last reference, here: one kept (this bus outlives its process's
+        # broker in tests and tools) reconnects to the gone broker every second for as long as the process runs.
+        del producer
         self.event_log.close()
 
 
