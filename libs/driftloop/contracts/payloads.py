@@ -1009,7 +1009,8 @@ class TrainingRequested(Payload):
     #: Idempotency key: one request gives at most one run.
     request_id: str
     model: str
-    #: manual, schedule, new_data, labels, performance, drift or external.
+    #: manual, schedule, new_data, labels, performance, drift, external, guard (a rollback by the guard after a
+    #: promotion), followup (a planned retrain after a located change) or rerun (a run asked again by hand).
     trigger: str
     #: Why, in words.
     reason: str
