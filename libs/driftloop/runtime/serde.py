@@ -277,6 +277,17 @@ _PRIMITIVES: dict[str, Encoder] = {
 }
 
 
+# Per Python type, the branches that can hold it, in the order tried (an int fits long, int, then double).
+_BRANCHES_BY_TYPE: dict[type, tuple[str, ...]] = {
+    type(None): ("null",),
+    bool: ("boolean",),
+    int: ("long", "int", "double", "float"),
+    float: ("double", "float"),
+    str: ("string",),
+    bytes: ("bytes",),
+}
+
+
 def _union_branches(branches: list[Any]) -> dict[type, Encoder]:
     """A union of primitives: per Python type, the encoder of its branch (``_BRANCH_OF``: what fastavro picks),
     branch index included."""
@@ -293,9 +304,16 @@ def _union_branches(branches: list[Any]) -> dict[type, Encoder]:
         "string": lambda value: index["string"] + _string_bytes(value),
         "bytes": lambda value: index["bytes"] + _long_bytes(len(value)) + value,
     }
-    by_type = {kind: plain[name] for kind, name in _BRANCH_OF.items() if name in index}
-    if "double" in index and int not in by_type:  # an int in a union with double and no long: as a double
-        by_type[int] = plain["double"]
+    if "int" in index:
+        plain["int"] = lambda value: index["int"] + _PRIMITIVES["int"](value)
+    if "float" in index:
+        plain["float"] = lambda value: index["float"] + _FLOAT(value)
+    by_type: dict[type, Encoder] = {}
+    # The first branch fastavro would take for a value of each type.
+    for kind, names_in_order in _BRANCHES_BY_TYPE.items():
+        name = next((n for n in names_in_order if n in index), None)
+        if name is not None:
+            by_type[kind] = plain[name]
     return by_type
 
 
