@@ -160,7 +160,11 @@ class PredictionLog:
         if entities is None and entity_key:
             entities = [instance.get(entity_key) for instance in result["instances"]]
         # Per row, only its stream fields: the event's and the database record's inputs.
-        inputs = [{k: v for k, v in instance.items() if k in fields} for instance in result["instances"]]
+        # (An instance with nothing else is its own inputs: never changed after its answer.)
+        inputs = [
+            instance if instance.keys() <= fields else {k: v for k, v in instance.items() if k in fields}
+            for instance in result["instances"]
+        ]
         rows = LoggedRows.of(result, inputs, None if entities is None else [_entity(e) for e in entities])
         values = self._encoded(rows)
         if values is None:
