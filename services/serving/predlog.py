@@ -17,7 +17,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -309,14 +309,16 @@ class LoggedRows:
             "version": self.version,
         }
 
-    def varying(self) -> list[tuple[Any, ...]]:
-        """Per row, the values of ``VARYING_FIELDS`` in that order."""
-        entities = self.entities or [None] * len(self.inputs)
+    def varying(self) -> list[Sequence[Any]]:
+        """The values of ``VARYING_FIELDS``, a column each (one value per row)."""
+        count = len(self.inputs)
         return [
-            (event_id, event_id, index, row_inputs, prediction, entity)
-            for index, (event_id, row_inputs, prediction, entity) in enumerate(
-                zip(self.event_ids, self.inputs, self.predictions, entities, strict=True)
-            )
+            self.event_ids,
+            self.event_ids,  # each row's event starts its cascade
+            range(count),
+            self.inputs,
+            self.predictions,
+            self.entities or [None] * count,
         ]
 
 

@@ -275,6 +275,10 @@ def _flat(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
 @pytest.mark.parametrize("event_type", event_types())
 def test_a_batch_writer_writes_the_bytes_the_record_writer_writes(event_type: str) -> None:
     """``BatchWriter`` (the fields a batch shares encoded once, the others per record) must write each record as
@@ -289,11 +293,11 @@ def test_a_batch_writer_writes_the_bytes_the_record_writer_writes(event_type: st
         pytest.skip(f"{event_type}: its schema has types the batch writer does not compile")
     cause = new_event(payloads.ExternalTrigger(model="m", reason="r"), producer="test")
     caused = new_event(payload, producer="test", cause=cause)  # a caused event: caused_by, its cascade shared
-    assert batch.encode(_flat(caused.to_avro()), [(caused.id, caused.envelope.cascade_id)]) == [
+    assert batch.encode(_flat(caused.to_avro()), _columns([(caused.id, caused.envelope.cascade_id)])) == [
         writer.encode(caused.to_avro())
     ]
     roots = new_events([payload] * 3, producer="test")  # made together: one timestamp
-    values = batch.encode(_flat(roots[0].to_avro()), [(e.id, e.envelope.cascade_id) for e in roots])
+    values = batch.encode(_flat(roots[0].to_avro()), _columns([(e.id, e.envelope.cascade_id) for e in roots]))
     assert values == [writer.encode(e.to_avro()) for e in roots]
     assert [Event.from_avro(codec.decode(v)[1]) for v in values] == roots
 
@@ -320,8 +324,8 @@ def test_a_batch_of_prediction_rows_is_written_as_fastavro_writes_each() -> None
     ]
     events = new_events([e.payload for e in events], producer="serving")  # one timestamp: the shared fields
     shared = _flat(events[0].to_avro())
-    values = batch.encode(shared, [(e.id, e.id, e.payload.index, e.payload.inputs, e.payload.prediction,
-                                    e.payload.entity) for e in events])  # fmt: skip
+    values = batch.encode(shared, _columns([(e.id, e.id, e.payload.index, e.payload.inputs, e.payload.prediction,
+                                    e.payload.entity) for e in events]))  # fmt: skip
     for event, value in zip(events, values, strict=True):
         unaided = io.BytesIO()
         fastavro.schemaless_writer(unaided, fastavro.parse_schema(schema), event.to_avro())
@@ -338,8 +342,10 @@ def test_a_batch_value_that_does_not_fit_the_schema_is_a_schema_error() -> None:
     )
     shared = _flat(event.to_avro())
     with pytest.raises(SchemaError):
-        batch.encode(shared, [(event.id, event.id, 0, {"x": [1, 2]}, 0.1, None)])  # a list in the inputs map
+        batch.encode(shared, _columns([(event.id, event.id, 0, {"x": [1, 2]}, 0.1, None)]))  # a list in the inputs map
     with pytest.raises(SchemaError):
-        batch.encode(shared, [(event.id, event.id, 2**31, {}, 0.1, None)])  # an index beyond Avro's int
+        batch.encode(shared, _columns([(event.id, event.id, 2**31, {}, 0.1, None)]))  # an index beyond Avro's int
     with pytest.raises(ValueError):
         writer.batch(["envelope.no_such_field"])
+    with pytest.raises(ValueError):  # columns of different lengths
+        batch.encode(shared, [[event.id], [event.id], [0, 1], [{}], [0.1], [None]])
