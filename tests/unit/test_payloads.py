@@ -20,6 +20,7 @@ from driftloop.contracts.payloads import PAYLOAD_TYPES, DriftDetected, FeatureTe
 from driftloop.contracts.schemas import ENVELOPE, event_schema, event_types
 from driftloop.contracts.topics import EVENT_TOPICS, TOPIC_BY_EVENT_TYPE
 from driftloop.errors import SchemaError
+from driftloop.runtime import serde
 from driftloop.runtime.bus import EventLog
 from driftloop.runtime.serde import AvroCodec
 
@@ -349,3 +350,31 @@ def test_a_batch_value_that_does_not_fit_the_schema_is_a_schema_error() -> None:
         writer.batch(["envelope.no_such_field"])
     with pytest.raises(ValueError):  # columns of different lengths
         batch.encode(shared, [[event.id], [event.id], [0, 1], [{}], [0.1], [None]])
+
+
+@pytest.mark.parametrize("odd_row", [None, {"b": 1.0, "a": 2.0}, {"a": 1, "b": 2.0}, {"a": 1.0}, {}])
+def test_maps_of_floats_written_in_one_go_are_the_bytes_fastavro_writes(odd_row: dict[str, Any] | None) -> None:
+    """A column of float maps with the same keys is written by numpy at once; a column with one odd map (keys in
+    another order, an int, fewer keys, empty) value by value: the bytes of each event are fastavro's either way."""
+    codec = AvroCodec(InMemoryRegistry())  # type: ignore[arg-type]
+    schema = event_schema("PredictionLogged")
+    writer = codec.writer(payloads.PredictionLogged.topic.subject, schema)
+    batch = writer.batch(["envelope.event_id", "envelope.cascade_id", "index", "inputs", "prediction", "entity"])
+    inputs: list[dict[str, Any]] = [{"a": i / 3, "b": -i * 1e300, "é" * 3: float(i)} for i in range(40)]
+    if odd_row is not None:
+        inputs[17] = odd_row
+    events = new_events(
+        [payloads.PredictionLogged(request_id="r", model="m", version=1, index=i, inputs=row, prediction=0.5)
+         for i, row in enumerate(inputs)],
+        producer="serving",
+    )  # fmt: skip
+    values = batch.encode(
+        _flat(events[0].to_avro()),
+        [[e.id for e in events], [e.id for e in events], range(40), inputs, [0.5] * 40, [None] * 40],
+    )
+    assert (serde._double_maps(inputs, b"\x06") is None) == (odd_row is not None)  # the path taken
+    parsed = fastavro.parse_schema(schema)
+    for event, value in zip(events, values, strict=True):
+        unaided = io.BytesIO()
+        fastavro.schemaless_writer(unaided, parsed, event.to_avro())
+        assert value[5:] == unaided.getvalue()

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import fastavro
+import numpy as np
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
@@ -357,6 +358,61 @@ def _map(values: Any) -> Encoder:
     return encode
 
 
+ColumnEncoder = Callable[[Sequence[Any]], list[bytes]]
+
+
+def _column_encoder(schema: Any) -> ColumnEncoder:
+    """How ``BatchWriter`` encodes one varying field for all records: value by value, except maps that may hold
+    doubles (``_double_maps``)."""
+    encode = _compile(schema)
+    if isinstance(schema, dict) and schema.get("type") == "map":
+        values = schema["values"]
+        branches = values if isinstance(values, list) else [values]
+        if "double" in branches:
+            branch = _long_bytes(branches.index("double")) if isinstance(values, list) else b""
+
+            def encode_maps(column: Sequence[Any]) -> list[bytes]:
+                fast = _double_maps(column, branch) if len(column) >= _DOUBLE_MAPS_MIN else None
+                return fast if fast is not None else list(map(encode, column))
+
+            return encode_maps
+    return lambda column: list(map(encode, column))
+
+
+_DOUBLE_MAPS_MIN = 8  # below, numpy's setup costs more than it saves
+
+
+def _double_maps(column: Sequence[Any], branch: bytes) -> list[bytes] | None:
+    """A column of maps with the same keys in the same order and only floats (a request's rows of numbers): every
+    map's bytes written by numpy in one go (the same bytes as one by one), or None for any other column."""
+    first = column[0]
+    if type(first) is not dict or not first:
+        return None
+    keys = tuple(first)
+    if any(type(m) is not dict or tuple(m) != keys for m in column):
+        return None
+    rows = [list(m.values()) for m in column]
+    if set(map(type, itertools.chain.from_iterable(rows))) != {float}:
+        return None
+    count = len(column)
+    numbers = np.array(rows, dtype="<f8").view(np.uint8).reshape(count, len(keys), 8)
+    # One map: its entry count, per entry the key, the branch and 8 bytes of double, and the end of blocks.
+    template = bytearray(_long_bytes(len(keys)))
+    offsets = []
+    for key in keys:
+        template += _string(key) + branch
+        offsets.append(len(template))
+        template += bytes(8)
+    template += b"\x00"
+    width = len(template)
+    out = np.empty((count, width), dtype=np.uint8)
+    out[:] = np.frombuffer(bytes(template), dtype=np.uint8)
+    for j, offset in enumerate(offsets):
+        out[:, offset : offset + 8] = numbers[:, j, :]
+    blob = out.tobytes()
+    return [blob[start : start + width] for start in range(0, count * width, width)]
+
+
 def _array(items: Any) -> Encoder:
     encode_item = _compile(items)
 
@@ -417,6 +473,7 @@ class BatchWriter:
             raise ValueError(f"{sorted(unknown)} are not fields of {writer.subject!r}")
         self.varying = tuple(varying)
         self._encoders = {path: _compile(schema) for path, schema in leaves}
+        self._columns = {path: _column_encoder(schema) for path, schema in leaves if path in self.varying}
         # Writing order: runs of shared fields (encoded per batch) between varying ones (per record).
         self._plan: list[tuple[list[str], int]] = []  # (shared paths before it, index of the varying value)
         shared: list[str] = []
@@ -444,7 +501,7 @@ class BatchWriter:
             for chunk, (_, i) in zip(chunks, self._plan, strict=True):
                 if chunk:
                     pieces.append(itertools.repeat(chunk))
-                pieces.append(list(map(encoders[self.varying[i]], columns[i])))
+                pieces.append(self._columns[self.varying[i]](columns[i]))
             if tail:
                 pieces.append(itertools.repeat(tail))
             return list(map(b"".join, zip(*pieces, strict=False)))  # the repeated chunks never end
