@@ -101,7 +101,7 @@ class _RowInsert:
 
     def __init__(self, engine: sa.Engine) -> None:
         dialect = engine.dialect
-        compiled = sa.insert(ServedPrediction.__table__).compile(dialect=dialect, column_keys=list(_COLUMNS))
+        compiled = sa.insert(ServedPrediction).compile(dialect=dialect, column_keys=list(_COLUMNS))
         self.sql = compiled.string
         # Positional parameters: the columns' places in the statement's order (None: named parameters).
         self.order: tuple[int, ...] | None = None
