@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import repeat
 from typing import Any
 
 import pydantic_core
@@ -71,7 +72,13 @@ class PredictionRecorder:
                 return 0
             insert = self._insert or _RowInsert(self.engine)
             self._insert = insert
-            pending = [row for result in taken for row in insert.rows(result, self.replica)]
+            pending: list[Any] = []
+            for result in taken:
+                try:
+                    pending.extend(insert.rows(result, self.replica))
+                except (ValueError, TypeError) as exc:  # a malformed result: counted, the others are written
+                    RECORD_FAILURES.labels("malformed").inc(len(result["predictions"]))
+                    log.error("prediction rows of request %s were not stored: %s", result.get("request_id"), exc)
             for start in range(0, len(pending), MAX_BATCH_ROWS):
                 batch = pending[start : start + MAX_BATCH_ROWS]
                 try:
@@ -119,21 +126,26 @@ class _RowInsert:
         predicted_at = self.bind_time(answered_at) if self.bind_time is not None else answered_at
         predictions = result["predictions"]
         entities = result["entities"]
-        inputs = result.get("inputs") or [None] * len(predictions)
-        rows = [
-            (
-                request_id,
-                index,
-                model,
-                version,
-                entity,
-                prediction,
-                predicted_at,
-                replica,
-                None if row_inputs is None else _json_text(row_inputs),
+        count = len(predictions)
+        inputs = result.get("inputs") or None
+        texts = [None] * count if inputs is None else list(map(_json_text, inputs))
+        if len(entities) != count or len(texts) != count:
+            raise ValueError(f"request {request_id}: predictions, entities and inputs differ in number")
+        # Column by column, joined into rows by zip (a C loop: no Python per row but the inputs' JSON).
+        rows = list(
+            zip(
+                repeat(request_id, count),
+                range(count),
+                repeat(model, count),
+                repeat(version, count),
+                entities,
+                predictions,
+                repeat(predicted_at, count),
+                repeat(replica, count),
+                texts,
+                strict=True,
             )
-            for index, (prediction, entity, row_inputs) in enumerate(zip(predictions, entities, inputs, strict=True))
-        ]
+        )
         if self.order is None:  # named parameters
             return [dict(zip(_COLUMNS, row, strict=True)) for row in rows]
         if self.order != tuple(range(len(_COLUMNS))):
@@ -144,8 +156,8 @@ class _RowInsert:
         conn.exec_driver_sql(self.sql, rows)
 
 
-def _json_text(value: dict[str, Any]) -> str:
-    return pydantic_core.to_json(value, inf_nan_mode="null").decode()
+def _json_text(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else pydantic_core.to_json(value, inf_nan_mode="null").decode()
 
 
 @dataclass(frozen=True)

@@ -132,3 +132,12 @@ def test_rows_are_made_for_the_dialects_parameter_style() -> None:
         "replica": "r1",
         "inputs": '{"x":null}',
     }
+
+
+def test_a_malformed_result_is_counted_and_the_others_are_stored(tmp_path: Path) -> None:
+    recorder = PredictionRecorder(engine_at(tmp_path), "replica-1")
+    before = RECORD_FAILURES.labels("malformed")._value.get()
+    recorder.record({**answered("bad", 3), "entities": [None]})  # fewer entities than rows
+    recorder.record(answered("good", 2))
+    assert recorder.flush() == 2
+    assert RECORD_FAILURES.labels("malformed")._value.get() == before + 3
