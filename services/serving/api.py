@@ -258,13 +258,36 @@ def json_response(content: dict[str, Any]) -> Response:
 
 
 def parse_predict_request(body: bytes) -> PredictRequest:
-    """The body parsed and validated in one step (pydantic's JSON parser); its errors are FastAPI's usual 422."""
+    """The body parsed and validated in one step (pydantic's JSON parser); its errors are FastAPI's usual 422.
+    A body of exactly ``{"instances": [objects...]}`` (the common case) is only parsed: its shape is all the model
+    would check (``_instances_only``)."""
+    request = _instances_only(body)
+    if request is not None:
+        return request
     try:
         return PredictRequest.model_validate_json(body)
     except ValidationError as exc:
         raise RequestValidationError(
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)], body=body
         ) from None
+
+
+def _instances_only(body: bytes) -> PredictRequest | None:
+    """``{"instances": [...]}`` with 1 to ``MAX_INSTANCES`` objects, parsed by pydantic-core's JSON parser (as the
+    model's own parsing reads it: NaN and big integers alike) without the model's validation, which would build
+    every row's dict a second time; None for any other body (the model validates it, with its errors)."""
+    try:
+        data = pydantic_core.from_json(body)
+    except ValueError:
+        return None
+    if type(data) is not dict or len(data) != 1:
+        return None
+    instances = data.get("instances")
+    if type(instances) is not list or not 1 <= len(instances) <= MAX_INSTANCES:
+        return None
+    if not all(type(instance) is dict for instance in instances):
+        return None
+    return PredictRequest.model_construct(instances=instances)
 
 
 # The body is read by the route itself (parse_predict_request): documented here.

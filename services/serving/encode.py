@@ -27,6 +27,7 @@ from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.errors import ValidationFailed
 
 NAN = math.nan
+_NUMBER_TYPES = frozenset({float, int, type(None)})
 
 
 class _Fallback(Exception):
@@ -76,6 +77,8 @@ class MatrixEncoder:
         # Only numeric fields read as they are (the common case): the fill is one comprehension.
         plain = all(c.kind == "field" and c.codes is None for c in columns)
         self.plain = [c.read for c in columns] if plain else None
+        # ... and they are exactly the fields the checks need: a request of numbers is read in one step (``_numbers``).
+        self.numbers_only = plain and set(self.plain or ()) == needed and len(self.numeric_needed) == len(needed)
 
     @classmethod
     def build(cls, pipeline: PipelineConfig, artifact: ModelArtifact) -> MatrixEncoder | None:
@@ -133,11 +136,34 @@ class MatrixEncoder:
     def encode(self, instances: list[dict[str, Any]]) -> np.ndarray | None:
         """The matrix (rows x the model's features), or None when the DataFrame path must answer. Validates first:
         a client's mistake is ValidationFailed either way."""
+        if self.numbers_only:
+            matrix = self._numbers(instances)
+            if matrix is not None:
+                return matrix
         self.validate(instances)
         try:
             return self._fill(instances)
         except _Fallback:
             return None
+
+    def _numbers(self, instances: list[dict[str, Any]]) -> np.ndarray | None:
+        """The matrix of a request whose every needed value is a number or null (what ``validate`` would pass and
+        ``_fill`` would read), read in one step; None for anything else, which ``validate`` and ``_fill`` then
+        check and read (same errors as ever)."""
+        if not instances or not self.plain:
+            return None
+        keys = self.plain
+        try:
+            rows = [[instance[k] for k in keys] for instance in instances]
+        except (KeyError, TypeError, IndexError):  # a missing field, an instance that is not an object
+            return None
+        if not {type(v) for row in rows for v in row} <= _NUMBER_TYPES:
+            return None
+        matrix = np.array(rows, dtype="float64")  # null -> NaN, as _number reads it
+        infinite = np.isinf(matrix)
+        if infinite.any():
+            matrix[infinite] = NAN
+        return matrix
 
     def _fill(self, instances: list[dict[str, Any]]) -> np.ndarray:
         if self.plain:  # every column is a field read as it is: one list per row, one array

@@ -24,8 +24,25 @@ PREDICTIONS = Counter("driftloop_serving_predictions_total", "Predicted rows", [
 PREDICT_SECONDS = Histogram("driftloop_serving_predict_seconds", "Predict request time", ["model"])
 
 
+_SCALARS = frozenset({type(None), bool, str, int, float})
+
+
 def check_scalars(instances: list[dict[str, Any]]) -> None:
-    """Instance values must be JSON scalars that fit the PredictionLogged inputs map."""
+    """Instance values must be JSON scalars that fit the PredictionLogged inputs map. The request's values are
+    checked together (their types as a set, the floats' sum finite, the ints' extremes in range: a few C loops);
+    only a request that fails that is walked value by value, for the error naming the first culprit."""
+    values = [value for instance in instances for value in instance.values()]
+    kinds = set(map(type, values))
+    if kinds <= _SCALARS:
+        floats = values if kinds == {float} else [v for v in values if type(v) is float] if float in kinds else []
+        ints = [v for v in values if type(v) is int] if int in kinds else []
+        # A sum of finite floats is finite unless it overflows (then the walk below finds nothing wrong).
+        if math.isfinite(sum(floats)) and (not ints or (min(ints) >= _LONG_MIN and max(ints) <= _LONG_MAX)):
+            return
+    _check_each_scalar(instances)
+
+
+def _check_each_scalar(instances: list[dict[str, Any]]) -> None:
     for i, instance in enumerate(instances):
         for name, value in instance.items():
             if value is None or isinstance(value, bool | str):

@@ -23,7 +23,7 @@ from .feedback import FeedbackDesk, PredictionRecorder
 from .handlers import promotion_handler, rollback_handler
 from .loader import PromotionFollower
 from .online import OnlineStoreClient
-from .predlog import PredictionLog
+from .predlog import BusWire, PredictionLog
 from .rollout import RolloutController
 from .served import ModelTable
 
@@ -91,12 +91,14 @@ def build(runtime: Runtime) -> ServiceSpec:
         table, open_object_store(runtime.settings), runtime.pipelines, publish, replica, rollouts=rollouts
     )
     recorder = PredictionRecorder(runtime.engine, replica)
-    # Its delivery reports are served once per logged request (``poll``), not once per row.
+    # A request's events are encoded and handed to the producer together (``BusWire``); their delivery reports are
+    # served once per logged request (``poll``), not once per row.
     prediction_log = PredictionLog(
         partial(publish, wait=False, poll=False),
         runtime.pipelines,
         recorder,
         poll=lambda timeout: runtime.bus.producer.poll(timeout),
+        wire=BusWire(runtime.bus),
     )
     feedback = FeedbackDesk(runtime.engine, recorder, publish, flush_answers=prediction_log.flush)
     online = OnlineStoreClient(runtime.settings)

@@ -102,12 +102,13 @@ class Event(Generic[P]):
         return cls(envelope=envelope, payload=kind.from_avro(record))
 
 
-def _now_millis() -> datetime:
+def now_millis() -> datetime:
+    """Now (UTC) to the millisecond: what an event's ``occurred_at`` keeps through Avro's timestamp-millis."""
     now = datetime.now(tz=UTC)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
-def _event_ids(count: int) -> list[str]:
+def new_event_ids(count: int) -> list[str]:
     """``count`` random (version 4) UUIDs as strings, from one read of the OS's randomness: a fifth of the cost of
     ``str(uuid.uuid4())`` each, for events made by the thousand."""
     raw = bytearray(os.urandom(16 * count))
@@ -127,9 +128,9 @@ def new_events(
     """``new_event`` for many payloads made at one moment (e.g. the rows of one answered request): one timestamp,
     ids made together. Each event is its own cascade unless a ``cause`` is given."""
     caused_by = cause.envelope if isinstance(cause, Event) else cause
-    occurred_at = _now_millis()
+    occurred_at = now_millis()
     events: list[Event[NewP]] = []
-    for payload, event_id in zip(payloads, _event_ids(len(payloads)), strict=True):
+    for payload, event_id in zip(payloads, new_event_ids(len(payloads)), strict=True):
         envelope = Envelope(
             event_id=event_id,
             event_type=payload.event_type,
@@ -164,7 +165,7 @@ def new_event(
         event_id=event_id,
         event_type=payload.event_type,
         # Avro timestamp-millis: keep exactly what survives the round trip.
-        occurred_at=_now_millis(),
+        occurred_at=now_millis(),
         caused_by=caused_by.event_id if caused_by else None,
         cascade_id=caused_by.cascade_id if caused_by else event_id,
         producer=producer,

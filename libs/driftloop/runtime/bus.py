@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -318,6 +318,45 @@ def _delivered_counters(event_type: str) -> tuple[Any, Any, Any]:
     )
 
 
+class _BatchReports:
+    """The delivery report handler of one ``produce_encoded`` call: one object for its events (not a closure per
+    event); the delivered ones are counted once every report came. Reports may be served by any thread's poll."""
+
+    __slots__ = ("bus", "delivered", "event_type", "lock", "remaining", "total")
+
+    def __init__(self, bus: EventBus, event_type: str, total: int) -> None:
+        self.bus = bus
+        self.event_type = event_type
+        self.total = total
+        self.remaining = total  # reports still to come
+        self.delivered = 0
+        self.lock = threading.Lock()
+
+    def expect(self, produced: int) -> None:
+        """Only ``produced`` of the events went to the producer: no report comes for the others."""
+        self._settle(self.total - produced, 0)
+
+    def __call__(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            if err.fatal() or err.code() == KafkaError._MSG_TIMED_OUT:
+                self.bus._producer_fatal = str(err)  # stuck (e.g. a broker that came back empty): a new producer
+            PUBLISH_FAILURES.labels(self.event_type).inc()
+            log.error("a %s event was not delivered: %s", self.event_type, err)
+        self._settle(1, err is None)
+
+    def _settle(self, reported: int, delivered: int) -> None:
+        with self.lock:
+            self.remaining -= reported
+            self.delivered += delivered
+            done = self.delivered if self.remaining <= 0 else 0
+            if done:
+                self.delivered = 0
+        if done:
+            published, started, _ = _delivered_counters(self.event_type)
+            published.inc(done)
+            started.inc(done)  # root events: each starts its cascade
+
+
 # A client recovers from these by itself; anything else (fatal producer errors, a consumer that lost its group
 # membership for good, a broker restarted empty) makes the bus drop the client and start a new one.
 CONSUMER_RESTART_BACKOFF = (0.5, 15.0)
@@ -414,11 +453,43 @@ class EventBus:
         for topic in EVENT_TOPICS:
             self.codec.register(topic.subject, event_schema(topic.event_type))
 
+    def writer(self, topic: Topic) -> RecordWriter:
+        """The encoder of ``topic``'s event type, registered and parsed once: publishing many events stays cheap."""
+        writer = self._writers.get(topic.event_type)
+        if writer is None:
+            writer = self._writers[topic.event_type] = self.codec.writer(topic.subject, event_schema(topic.event_type))
+        return writer
+
     def encode(self, event: Event[Payload]) -> bytes:
-        writer = self._writers.get(event.type)
-        if writer is None:  # registered and parsed once per event type: publishing many events stays cheap
-            writer = self._writers[event.type] = self.codec.writer(event.topic.subject, event_schema(event.type))
-        return writer.encode(event.to_avro())
+        return self.writer(event.topic).encode(event.to_avro())
+
+    def produce_encoded(self, topic: Topic, key: bytes, values: Sequence[bytes], start: int = 0) -> int:
+        """Hand events of ``topic`` already encoded (``writer(topic).batch``: root events, e.g. the rows of one
+        answered request, all with message key ``key``) to the producer, from ``values[start]`` on, without waiting
+        or polling. Returns how far it got: ``len(values)``, or the index of the first event the producer's queue
+        had no room for (poll, then call again from there). Their delivery reports count them as ``publish``'s do,
+        with one report handler for the batch. Only for topics the event log does not copy (``in_event_log``)."""
+        if topic.in_event_log:
+            raise ValueError(f"{topic.name} is copied to the event log: publish its events with publish()")
+        reports = _BatchReports(self, topic.event_type, len(values) - start)
+        producer = self.producer
+        name = topic.name
+        index = start
+        while index < len(values):
+            try:
+                producer.produce(name, values[index], key, on_delivery=reports)
+            except BufferError:
+                break
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if error is None or not error.fatal():
+                    raise
+                self._producer_fatal = str(error)  # a new producer takes the rest (as ``_produce``)
+                producer = self.producer
+                continue
+            index += 1
+        reports.expect(index - start)
+        return index
 
     def publish(self, event: Event[Payload], *, wait: bool = True, poll: bool = True) -> None:
         """Send ``event`` to its topic. With ``wait`` the call returns once the broker has it. Without ``wait`` it

@@ -5,6 +5,7 @@ as null."""
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -108,3 +109,35 @@ def test_the_recorder_keeps_each_rows_inputs_with_non_finite_numbers_as_null(tmp
     with engine.connect() as conn:
         stored = {(r.request_id, r.row_index): r.inputs for r in conn.execute(sa.select(ServedPrediction))}
     assert stored == {("a", 0): {"x": 1.5, "s": "a"}, ("a", 1): {"x": None, "s": None}, ("b", 0): None}
+
+
+def test_rows_are_made_for_the_dialects_parameter_style() -> None:
+    """SQLite takes the rows as tuples in the statement's order, with the time as its column type binds it;
+    PostgreSQL (psycopg: named parameters) as dicts. Inputs are JSON text, non-finite numbers as null."""
+    when = datetime(2026, 12, 3, 18, 40, 1, 250000, tzinfo=UTC)
+    answered_row = {**answered("a", 2), "answered_at": when, "inputs": [{"x": math.nan}, {"s": "é"}]}
+    sqlite_rows = feedback._RowInsert(sa.create_engine("sqlite://")).rows(answered_row, "r1")
+    assert sqlite_rows[1] == ("a", 1, "m", 2, "e1", 0.1, "2026-12-03 18:40:01.250000", "r1", '{"s":"é"}')
+    postgres = sa.create_engine("postgresql+psycopg://u@127.0.0.1:1/db")  # not connected: compiling only
+    named = feedback._RowInsert(postgres)
+    assert "%(request_id)s" in named.sql
+    assert named.rows(answered_row, "r1")[0] == {
+        "request_id": "a",
+        "row_index": 0,
+        "model": "m",
+        "version": 2,
+        "entity": None,
+        "prediction": 0.0,
+        "predicted_at": when,
+        "replica": "r1",
+        "inputs": '{"x":null}',
+    }
+
+
+def test_a_malformed_result_is_counted_and_the_others_are_stored(tmp_path: Path) -> None:
+    recorder = PredictionRecorder(engine_at(tmp_path), "replica-1")
+    before = RECORD_FAILURES.labels("malformed")._value.get()
+    recorder.record({**answered("bad", 3), "entities": [None]})  # fewer entities than rows
+    recorder.record(answered("good", 2))
+    assert recorder.flush() == 2
+    assert RECORD_FAILURES.labels("malformed")._value.get() == before + 3

@@ -5,13 +5,19 @@ bound counted on the failures metric."""
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 from typing import Any
 
+import fastavro
 from model_factory import make_pipeline
 
 from driftloop.contracts.events import Event
-from driftloop.services.serving.predlog import LOG_FAILURES, PredictionLog
+from driftloop.contracts.schemas import event_schema
+from driftloop.contracts.topics import PREDICTION_LOGGED
+from driftloop.runtime.serde import HEADER, RecordWriter
+from driftloop.services.serving import predlog
+from driftloop.services.serving.predlog import LOG_FAILURES, VARYING_FIELDS, LoggedRows, PredictionLog
 
 MODEL = "fraud-predlog"
 
@@ -82,3 +88,96 @@ def test_requests_wait_for_room_and_rows_past_the_hard_bound_are_counted() -> No
     log.submit(result("huge", 25))  # past twice the bound (a request that did not wait): counted, not queued
     assert LOG_FAILURES.labels(MODEL)._value.get() == before + 25
     assert log.pending() == 0
+
+
+class ListWire:
+    """A ``Wire`` on a list: the real batch encoder of the PredictionLogged schema; the producer takes at most
+    ``room`` values per call (a full queue), or refuses for good (``room`` 0)."""
+
+    def __init__(self, room: int = 10**9) -> None:
+        schema = event_schema("PredictionLogged")
+        self.writer = RecordWriter(PREDICTION_LOGGED.subject, HEADER.pack(0, 1), fastavro.parse_schema(schema))
+        self.batch = self.writer.batch(VARYING_FIELDS)
+        self.room = room
+        self.produced: list[bytes] = []
+        self.logged: list[LoggedRows] = []
+
+    def encode(self, rows: LoggedRows) -> list[bytes]:
+        self.logged.append(rows)
+        return self.batch.encode(rows.shared(), rows.varying())
+
+    def produce(self, rows: LoggedRows, values: list[bytes], start: int) -> int:
+        taken = values[start : start + self.room]
+        self.produced.extend(taken)
+        return start + len(taken)
+
+    def events(self) -> list[Event]:
+        parsed = self.writer.parsed
+        return [Event.from_avro(fastavro.schemaless_reader(io.BytesIO(v[5:]), parsed)) for v in self.produced]
+
+
+def test_the_wire_carries_the_events_publishing_row_by_row_would() -> None:
+    pipelines = {MODEL: make_pipeline(model=MODEL, stream="tx-predlog")}
+    wire = ListWire()
+    published: list[Event] = []
+    log = PredictionLog(published.append, pipelines, wire=wire)
+    log.submit(result("a", 3))
+    log.submit({**result("b", 2), "entities": ["x", None]})  # looked-up entities: as given
+    assert log.flush() == 5 and published == []
+    events = wire.events()
+    assert events == [e for rows in wire.logged for e in rows.events()]  # the batch is the per-row events
+    assert [(e.payload.request_id, e.payload.index) for e in events] == [
+        ("a", 0),
+        ("a", 1),
+        ("a", 2),
+        ("b", 0),
+        ("b", 1),
+    ]
+    assert events[2].payload.entity == "c2" and events[2].payload.prediction == 0.2
+    assert events[2].payload.inputs == {"customer_id": "c2", "amount": 2.0}  # stream fields only
+    assert [e.payload.entity for e in events[3:]] == ["x", None]
+    assert len({e.id for e in events}) == 5 and all(e.envelope.cascade_id == e.id for e in events)
+    assert {e.envelope.occurred_at for e in events[:3]} == {wire.logged[0].occurred_at}
+
+    # The same rows through publish, one event each: the same events but for their ids and time.
+    per_row: list[Event] = []
+    alone = PredictionLog(per_row.append, pipelines)
+    alone.submit(result("a", 3))
+    alone.flush()
+    assert [e.payload for e in per_row] == [e.payload for e in events[:3]]
+
+
+def test_a_full_producer_queue_is_waited_for_on_the_wire() -> None:
+    polls: list[float] = []
+    wire = ListWire(room=4)  # four a call: the rest waits for a poll
+    log = PredictionLog(lambda e: None, {MODEL: make_pipeline(model=MODEL, stream="tx-predlog")}, poll=polls.append,
+                        wire=wire)  # fmt: skip
+    before = LOG_FAILURES.labels(MODEL)._value.get()
+    log.submit(result("r", 10))
+    assert log.flush() == 10
+    assert [e.payload.index for e in wire.events()] == list(range(10)) and len(polls) >= 2
+    assert LOG_FAILURES.labels(MODEL)._value.get() == before
+
+
+def test_rows_the_producer_keeps_refusing_are_counted(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(predlog, "PUBLISH_PATIENCE_SECONDS", 0.0)
+    wire = ListWire(room=0)
+    log = PredictionLog(lambda e: None, {MODEL: make_pipeline(model=MODEL, stream="tx-predlog")}, poll=lambda t: None,
+                        wire=wire)  # fmt: skip
+    before = LOG_FAILURES.labels(MODEL)._value.get()
+    log.submit(result("r", 6))
+    assert log.flush() == 0
+    assert LOG_FAILURES.labels(MODEL)._value.get() == before + 6 and log.pending() == 0
+
+
+def test_a_request_the_wire_cannot_encode_is_published_event_by_event() -> None:
+    published: list[Event] = []
+    wire = ListWire()
+    log = PredictionLog(published.append, {MODEL: make_pipeline(model=MODEL, stream="tx-predlog")}, wire=wire)
+    odd = result("odd", 2)
+    odd["instances"][1]["amount"] = 2**40  # a long: fine; the version below is not an Avro int
+    log.submit({**odd, "version": 2**31})
+    log.submit(result("fine", 1))
+    assert log.flush() == 3
+    assert [e.payload.request_id for e in published] == ["odd", "odd"]
+    assert [e.payload.request_id for e in wire.events()] == ["fine"]

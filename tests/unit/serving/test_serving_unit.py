@@ -9,8 +9,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from fastapi.exceptions import RequestValidationError
 from fastapi.testclient import TestClient
 from model_factory import feature_frame, make_pipeline, put_artifact, raw_transactions, train_artifact
+from pydantic import ValidationError
 
 from driftloop.clients.objectstore import LocalObjectStore
 from driftloop.contracts.events import Event, new_event
@@ -18,6 +20,7 @@ from driftloop.contracts.featuredefs import features_from_instances
 from driftloop.contracts.payloads import ModelPromoted
 from driftloop.runtime.service import base_app
 from driftloop.services.serving import api
+from driftloop.services.serving.api import PredictRequest, parse_predict_request
 from driftloop.services.serving.loader import PromotionFollower
 from driftloop.services.serving.served import ModelTable
 
@@ -267,3 +270,39 @@ def test_the_data_plane_shortcut_answers_exactly_as_the_documented_routes(env: S
     assert not_json.status_code == 422 == env.plain.post(f"/v1/models/{MODEL}/predict", content=b"{nope").status_code
     metrics = env.client.get("/metrics").text
     assert 'route="/v1/models/{name}/predict"' in metrics  # the shortcut's requests carry the route template
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"instances": [{"amount": 1.5, "age": 30, "x": null, "s": "a", "b": true}]}',
+        b'{"instances": [{"a": NaN}, {"a": 1e400}, {"a": 123456789012345678901234567890}]}',
+        b'{"instances": [{"a": 1}], "instances": [{"b": 2}]}',
+        b'{"entities": ["c1", "c2"]}',
+    ],
+)
+def test_a_body_of_instances_is_read_as_the_model_reads_it(body: bytes) -> None:
+    fast = parse_predict_request(body)
+    model = PredictRequest.model_validate_json(body)
+    assert (repr(fast.instances), fast.entities) == (repr(model.instances), model.entities)  # repr: NaN != NaN
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"instances": []}',
+        b'{"instances": [1, 2]}',
+        b'{"instances": [{"a": 1}], "extra": 1}',
+        b'{"instances": [{"a": 1}], "entities": ["c"]}',
+        b'{"instances": {"a": 1}}',
+        b"[]",
+        b'{"instances": [{"a": "\\ud800"}]}',
+        b"not json",
+    ],
+)
+def test_other_bodies_get_the_models_422(body: bytes) -> None:
+    with pytest.raises(RequestValidationError) as fast:
+        parse_predict_request(body)
+    with pytest.raises(ValidationError) as model:
+        PredictRequest.model_validate_json(body)
+    assert [e["type"] for e in fast.value.errors()] == [e["type"] for e in model.value.errors()]
