@@ -319,7 +319,8 @@ def materialize(
     )
 
 
-WARM_ROWS = 50
+# Enough rows that the per-row code is JIT-compiled at start too (see the ingestion's warm-up).
+WARM_ROWS = 2000
 
 
 def warm_materializations(spark: SparkSession, folder: Path, pipelines: list[PipelineConfig]) -> list[Materialized]:

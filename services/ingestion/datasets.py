@@ -359,7 +359,14 @@ class DatasetCutter:
                     .values(dataset_version_id=version_id)
                 )
             self.bus.publish(event)
-            log.info("cut %s: %d rows (%d new), hash %s", version_id, result.row_count, new_rows, result.content_hash)
+            log.info(
+                "cut %s: %d rows (%d new), hash %s; Spark %s",
+                version_id,
+                result.row_count,
+                new_rows,
+                result.content_hash,
+                ", ".join(f"{step} {seconds:.2f}s" for step, seconds in result.seconds.items()),
+            )
             if cfg.dataset.keep_landed_versions:
                 from .versioning import compact
 

@@ -1,4 +1,5 @@
-"""The event bus on the real broker and registry: wire format, event log, once-per-group handling."""
+"""The event bus on the real broker and registry: wire format, event log, once-per-group handling, the producer
+connected at start."""
 
 from __future__ import annotations
 
@@ -87,4 +88,19 @@ def test_events_are_in_confluent_wire_format(make_settings, unique: str) -> None
     assert value[0] == 0 and int.from_bytes(value[1:5], "big") > 0
     _, record = bus.codec.decode(value)
     assert record["envelope"]["event_id"] == event.id
+    bus.close()
+
+
+def test_the_producer_connected_at_start_is_the_one_that_publishes(make_settings, unique: str, caplog) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings()
+    migrate(settings.database_url)
+    ensure_event_topics(settings)
+    bus = EventBus(settings, producer_name="test")
+    with caplog.at_level("INFO", logger="driftloop.runtime.bus"):
+        bus.connect_producer()
+    assert "not connected" not in caplog.text
+    connected = bus._producer
+    assert connected is not None
+    bus.publish(new_event(ExternalTrigger(model=f"c-{unique}", reason="start", details_json="{}"), producer="t"))
+    assert bus._producer is connected and bus.producer_resets == 0
     bus.close()

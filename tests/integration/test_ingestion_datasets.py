@@ -1,10 +1,12 @@
 """Dataset versions cut with the real Spark from landed Parquet: cumulative and window modes, content hash
 stable under reordering (and equal to the plain-pyarrow hash), profile, parent chain, manifest, the
-DatasetVersionCreated event on the topic, 409 without new data, and the automatic cut after landing."""
+DatasetVersionCreated event on the topic, 409 without new data, and the automatic cut after landing; the hash and
+profile computed in two Spark jobs are exactly what one job per statistic gave."""
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import threading
 import time
@@ -15,25 +17,40 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from pipeline_support import InProcessService, collect_events, service_runtime, stream_pipeline, write_pipeline
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from driftloop.clients.db.models import EventRecord, LandedBatch
-from driftloop.clients.objectstore import open_object_store
+from driftloop.clients.objectstore import LocalObjectStore, open_object_store
 from driftloop.clients.spark import spark_session, stop_spark
 from driftloop.contracts.events import Event
 from driftloop.contracts.layout import dataset_prefix
+from driftloop.contracts.pipeline import StreamSpec
 from driftloop.contracts.settings import Settings
 from driftloop.contracts.topics import DATASET_VERSION_CREATED
-from driftloop.services.ingestion.content_hash import content_hash_of_table
+from driftloop.services.ingestion.content_hash import SLICE_COLUMNS, combine, content_hash_of_table, slices_batch
 from driftloop.services.ingestion.datasets import PARQUET_TIMESTAMP, SPARK_APP, DatasetCutter
-from driftloop.services.ingestion.landing import rows_to_table
+from driftloop.services.ingestion.landing import arrow_schema, rows_to_table, table_to_parquet
 from driftloop.services.ingestion.outbox import VersionOutbox
 from driftloop.services.ingestion.service import build
-from driftloop.services.ingestion.spark_jobs import WARM_ROWS, warm_cuts
+from driftloop.services.ingestion.spark_jobs import (
+    NUMERIC_TYPES,
+    QUANTILE_ERROR,
+    QUANTILES,
+    TOP_VALUES,
+    WARM_ROWS,
+    read_parquet,
+    select_rows,
+    version_statistics,
+    warm_cuts,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -337,8 +354,161 @@ def test_the_warm_up_cuts_made_up_rows_of_each_stream_in_a_scratch_folder(ingest
     streams = [(cumulative.stream, cumulative.dataset), (window.stream, window.dataset)]
     results = warm_cuts(spark, tmp_path / "scratch", streams)
     # Two versions each, the second on top of the first: cumulative keeps both, the window its newest 60 rows.
-    assert [r.row_count for r in results] == [WARM_ROWS, 2 * WARM_ROWS, WARM_ROWS, 60]
+    assert [r.row_count for r in results] == [WARM_ROWS, 2 * WARM_ROWS, min(WARM_ROWS, 60), 60]
     assert all(r.profile["amount"]["min"] > 0 for r in results)
     assert any((tmp_path / "scratch" / "warm-cuts").rglob("*.parquet"))
     # The stream's own versions are untouched.
     assert ingestion.cutter.list_versions(cumulative.stream.name) == []
+
+
+PROFILED = StreamSpec.model_validate(
+    {
+        "name": "profiled",
+        "fields": [
+            {"name": "id", "type": "string"},
+            {"name": "event_time", "type": "timestamp"},
+            {"name": "x", "type": "double"},
+            {"name": "f", "type": "float"},
+            {"name": "n", "type": "long"},
+            {"name": "small", "type": "int"},
+            {"name": "flag", "type": "boolean"},
+            {"name": "cat", "type": "string"},
+            {"name": "no_number", "type": "double"},
+            {"name": "no_string", "type": "string"},
+            {"name": "no_flag", "type": "boolean"},
+        ],
+        "entity_key": "id",
+        "event_time": "event_time",
+    }
+)
+
+
+def profiled_rows(n: int) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(3)
+    odd_numbers = [float("nan"), float("inf"), -float("inf"), None]
+    return [
+        {
+            "id": None if i % 13 == 0 else f"e{i % 17}",
+            "event_time": START + timedelta(seconds=i % 50),
+            "x": odd_numbers[i % 4] if i % 9 == 0 else float(rng.normal()),
+            "f": None if i % 5 == 0 else (i % 7) / 3,
+            "n": i * 1_000_000_007 if i % 3 else None,
+            "small": i % 4,
+            "flag": None if i % 11 == 0 else i % 3 == 0,
+            "cat": ["a", "b", "c", "é", "B", ""][i % 6] if i % 4 else "z",
+            "no_number": None,
+            "no_string": None,
+            "no_flag": None,
+        }
+        for i in range(n)
+    ]
+
+
+def one_job_per_statistic(df: DataFrame, stream: StreamSpec) -> tuple[str, int, dict[str, dict[str, Any]]]:
+    """One Spark job per statistic: the hash, one aggregation, ``approxQuantile``, a ``groupBy`` per column."""
+    columns = stream.field_names
+
+    def to_slices(batches: Any) -> Any:
+        for batch in batches:
+            yield slices_batch(batch, columns)
+
+    hashed = (
+        df.mapInArrow(to_slices, ", ".join(f"{c} long" for c in SLICE_COLUMNS))
+        .agg(F.count(F.lit(1)).alias("n"), *[F.sum(F.col(c).cast("decimal(38,0)")).alias(c) for c in SLICE_COLUMNS])
+        .collect()[0]
+    )
+    count = int(hashed["n"])
+    digest = combine(stream, count, [int(hashed[c] or 0) for c in SLICE_COLUMNS])
+
+    def finite(value: Any) -> Any:
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+
+    aggs = []
+    for f in stream.fields:
+        c = F.col(f.name)
+        aggs += [F.count(c).alias(f"{f.name}__count"), F.sum(c.isNull().cast("long")).alias(f"{f.name}__nulls")]
+        if f.type in NUMERIC_TYPES:
+            aggs += [
+                F.min(c).alias(f"{f.name}__min"),
+                F.max(c).alias(f"{f.name}__max"),
+                F.mean(c).alias(f"{f.name}__mean"),
+                F.stddev(c).alias(f"{f.name}__stddev"),
+            ]
+        elif f.type == "timestamp":
+            aggs += [F.unix_millis(F.min(c)).alias(f"{f.name}__min"), F.unix_millis(F.max(c)).alias(f"{f.name}__max")]
+        elif f.type == "string":
+            aggs.append(F.countDistinct(c).alias(f"{f.name}__distinct"))
+    totals = df.agg(*aggs).collect()[0].asDict()
+    profile: dict[str, dict[str, Any]] = {}
+    for f in stream.fields:
+        entry: dict[str, Any] = {"type": f.type}
+        for key, value in totals.items():
+            column, _, stat = key.partition("__")
+            if column == f.name:
+                entry[stat] = finite(value)
+        entry["nulls"] = int(entry.get("nulls") or 0)
+        if f.type == "timestamp":
+            for stat in ("min", "max"):
+                if entry.get(stat) is not None:
+                    entry[stat] = datetime.fromtimestamp(entry[stat] / 1000, tz=UTC).isoformat()
+        profile[f.name] = entry
+    numeric = [f.name for f in stream.fields if f.type in NUMERIC_TYPES]
+    for name, values in zip(numeric, df.approxQuantile(numeric, list(QUANTILES), QUANTILE_ERROR), strict=True):
+        profile[name]["quantiles"] = (
+            {str(q): finite(v) for q, v in zip(QUANTILES, values, strict=True)} if values else {}
+        )
+    for f in stream.fields:
+        if f.type in ("string", "boolean"):
+            top = (
+                df.where(F.col(f.name).isNotNull())
+                .groupBy(f.name)
+                .count()
+                .orderBy(F.col("count").desc(), F.col(f.name))
+                .limit(TOP_VALUES)
+                .collect()
+            )
+            profile[f.name]["top_values"] = [{"value": r[f.name], "count": int(r["count"])} for r in top]
+    return digest, count, profile
+
+
+def land(store: LocalObjectStore, rows: list[dict[str, Any]], files: int, tag: str) -> list[str]:
+    """``rows`` landed as ``files`` Parquet objects (at least one, maybe empty)."""
+    per = max(1, math.ceil(len(rows) / files))
+    keys = []
+    for i in range(files):
+        key = f"landed/{tag}/{i:03d}.parquet"
+        store.put_bytes(
+            key, table_to_parquet(pa.Table.from_pylist(rows[i * per : (i + 1) * per], arrow_schema(PROFILED)))
+        )
+        keys.append(key)
+    return keys
+
+
+@pytest.mark.parametrize(
+    ("rows", "files", "mode", "window_rows"),
+    [(257, 5, "cumulative", 0), (257, 5, "window", 100), (0, 1, "cumulative", 0)],
+    ids=["several-partitions", "window", "no-row"],
+)
+def test_the_version_statistics_in_two_jobs_are_what_one_job_per_statistic_gave(
+    tmp_path: Path, rows: int, files: int, mode: str, window_rows: int
+) -> None:
+    """The hash and profile of a version, computed in two Spark jobs, are exactly what one job per statistic gave
+    (the computation before they were merged, ``one_job_per_statistic``): with nulls, NaN, infinities, booleans,
+    columns without a value, no row, one partition and several."""
+    spark = spark_session(Settings(), SPARK_APP, parquet_timestamp=PARQUET_TIMESTAMP)
+    store = LocalObjectStore(tmp_path)
+    new = read_parquet(spark, store, PROFILED, land(store, profiled_rows(rows), files, "new"))
+    version = select_rows(read_parquet(spark, store, PROFILED, []), new, PROFILED, mode, window_rows).cache()
+    try:
+        digest, count, profile = version_statistics(version, PROFILED)
+        expected_digest, expected_count, expected_profile = one_job_per_statistic(version, PROFILED)
+    finally:
+        version.unpersist()
+    assert (digest, count) == (expected_digest, expected_count)
+    assert count == (min(rows, window_rows) if mode == "window" else rows)
+    # Identical down to the order of the keys: the profile is stored and published as JSON.
+    assert json.dumps(profile) == json.dumps(expected_profile)
+    if rows:  # the figures are there to compare
+        assert profile["cat"]["distinct"] == 7 and profile["no_string"]["distinct"] == 0
+        assert profile["flag"]["top_values"][0]["value"] in (True, False)
+        assert profile["x"]["quantiles"] and profile["no_number"]["quantiles"] == {}

@@ -673,6 +673,7 @@ def run(
     log.info("%s starting; log file %s", name, log_path)
     if name != "schemaregistry":
         runtime.bus.register_event_schemas()
+        runtime.bus.connect_producer()
     _add_health(spec.app, runtime, spec)
 
     threads = []
