@@ -64,6 +64,7 @@ from .policy import (
     cooldown_left,
     decide,
     fire_pending,
+    fold_into_plan,
     followup_due,
     waits_for_next_cut,
 )
@@ -144,6 +145,7 @@ class TriggerHandlers:
             state.champion_version = promoted.version
             state.gating_runs = []
             _gate_decided(state, event)
+            _note_plan_version(state, event)
             pipeline = self.pipelines.get(promoted.model)
             if pipeline is None:
                 return
@@ -335,7 +337,12 @@ class TriggerHandlers:
             previous_version=degraded.previous_version,
             previous_value=degraded.previous_value,
         )
-        alarm = Alarm(version=degraded.version, performance_degraded=True, numbers=numbers)
+        alarm = Alarm(
+            version=degraded.version,
+            performance_degraded=True,
+            detector_change=degraded.reason == "change",
+            numbers=numbers,
+        )
         window = (degraded.window_start_time, degraded.window_end_time)
         if guard:
             self._on_guard(event, reason, alarm, window)
@@ -428,13 +435,14 @@ class TriggerHandlers:
             pipeline = self.pipelines[model]
             self._fire_cooled_down(session, pipeline, event)
             if alarm is not None and kind == "performance":
-                alarm = Alarm(
-                    version=alarm.version,
+                alarm = replace(
+                    alarm,
                     performance_degraded=True,
                     unconfirmed_drift=self._has_unconfirmed_drift(session, model, alarm.version),
-                    numbers=alarm.numbers,
                 )
             view = self._view(session, pipeline)
+            state = session.get(TriggerModelState, model)
+            plan = ChangePlan.from_json(state.change_plan if state is not None else None)
             decision = decide(
                 kind,
                 pipeline.triggers,
@@ -443,7 +451,15 @@ class TriggerHandlers:
                 prediction_only=prediction_only,
                 alarm=alarm,
                 located=window[0] is not None,
+                plan=plan,
             )
+            if (
+                decision.status == "coalesced"
+                and plan is not None
+                and fold_into_plan(kind, pipeline.triggers, plan, alarm)
+            ):
+                self._fold_into_plan(session, pipeline, kind, event, reason, decision, plan, alarm, window[0])
+                return
             self._record(
                 session,
                 model,
@@ -455,6 +471,58 @@ class TriggerHandlers:
                 alarm=alarm,
                 change_started_at=window[0],
             )
+
+    def _fold_into_plan(
+        self,
+        session: Session,
+        pipeline: PipelineConfig,
+        kind: TriggerKind,
+        event: Event[Payload],
+        reason: str,
+        decision: Decision,
+        plan: ChangePlan,
+        alarm: Alarm | None,
+        window_start: datetime | None,
+    ) -> None:
+        """An alarm about a version trained inside the active change plan: recorded as coalesced into the plan's
+        first request, with the plan's numbers; a degradation brings the next follow-up forward, to train on the
+        rows from the alarm's window on (the change was still under way when the weak version's rows were taken)."""
+        model = pipeline.model.name
+        steps = pipeline.triggers.after_change.followup_rows
+        numbers = {
+            **(alarm.numbers if alarm is not None else {}),
+            "plan_request_id": plan.request_id,
+            "plan_versions": list(plan.versions),
+            "followups_done": plan.done,
+            "followups_planned": len(steps),
+            "brought_forward": decision.followup_now,
+        }
+        folded = replace(alarm, numbers=numbers) if alarm is not None else None
+        row = self._record(
+            session,
+            model,
+            kind,
+            event,
+            reason,
+            decision,
+            alarm=folded,
+            change_started_at=window_start,
+            merged_into=plan.request_id,
+        )
+        if not decision.followup_now:
+            return
+        state = self._model_state(session, model)
+        starts = plan.change_started_at
+        if window_start is not None and as_utc(window_start) > starts:
+            starts = as_utc(window_start)
+        state.change_plan = replace(
+            plan,
+            change_started_at=starts,
+            brought_forward_by=row.request_id,
+            brought_forward_version=alarm.version if alarm is not None else None,
+        ).to_json()
+        session.flush()
+        self._fire_followup(session, pipeline, event)
 
     def _on_guard(
         self,
@@ -670,7 +738,11 @@ class TriggerHandlers:
             row.note or "",
             cause,
             request_id=request_id,
-            numbers={"followup": plan.done + 1, "rows_landed": view.rows_total - (plan.rows_at or 0)},
+            numbers={
+                "followup": plan.done + 1,
+                "rows_landed": view.rows_total - (plan.rows_at or 0),
+                "brought_forward_by": plan.brought_forward_by,
+            },
             session=session,
         )
         self._emit(session, row, cause)
@@ -763,9 +835,9 @@ class TriggerHandlers:
         *,
         alarm: Alarm | None = None,
         change_started_at: datetime | None = None,
+        merged_into: str | None = None,
     ) -> TrainingRequest:
-        merged_into = None
-        if decision.status == "coalesced":
+        if decision.status == "coalesced" and merged_into is None:
             pending = self._pending_rows(session, model)
             if pending:
                 merged_into = pending[0].request_id
@@ -880,13 +952,14 @@ class TriggerHandlers:
         if row.trigger == "followup":
             plan = ChangePlan.from_json(state.change_plan)
             if plan is not None:
-                state.change_plan = replace(plan, done=plan.done + 1).to_json()
+                done = replace(plan, done=plan.done + 1, brought_forward_by=None, brought_forward_version=None)
+                state.change_plan = done.to_json()
             return
         pipeline = self.pipelines.get(row.model)
         started = as_utc(row.change_started_at)
         if started is None or pipeline is None or not pipeline.triggers.after_change.followup_rows:
             return
-        state.change_plan = ChangePlan(row.request_id, started, self.clock()).to_json()
+        state.change_plan = ChangePlan(row.request_id, started, self.clock(), cascade_id=row.cascade_id).to_json()
 
     # --- state -------------------------------------------------------------------------------------------
 
@@ -1054,6 +1127,16 @@ def _gate_decided(state: TriggerModelState, event: Event[Any]) -> None:
     decided = as_utc(state.gate_decided_at)
     if decided is None or event.envelope.occurred_at > decided:
         state.gate_decided_at = event.envelope.occurred_at
+
+
+def _note_plan_version(state: TriggerModelState, promoted: Event[ModelPromoted]) -> None:
+    """A champion promoted in the change plan's cascade was trained inside the plan (an alarm about it folds into
+    the plan); a rollback's promotion is not a training's."""
+    plan = ChangePlan.from_json(state.change_plan)
+    if plan is None or promoted.payload.rollback or plan.cascade_id is None:
+        return
+    if promoted.envelope.cascade_id == plan.cascade_id and promoted.payload.version not in plan.versions:
+        state.change_plan = replace(plan, versions=(*plan.versions, promoted.payload.version)).to_json()
 
 
 def _gate_pending(entry: list[str], now: datetime) -> bool:

@@ -21,6 +21,16 @@ at the last automatic request (a manual request does not restart it).
 After a located change (a request with a change start), ``followup_due`` says when to retrain again on the rows
 after that same change (``triggers.after_change.followup_rows``): a bounded plan of the one cause, outside the
 cooldown, never while a run is active or awaits the gate, nor while another request is pending.
+
+One cause, one plan (``fold_into_plan``, rule 3b, after rules 1-3): an alarm about a version trained inside the
+model's active change plan (a champion promoted in the plan's cascade, while follow-ups remain) is that same change
+seen again, typically the small first model trained mid-transition of a gradual change: it is coalesced into the
+plan instead of starting a new one. A measured degradation brings the plan's next follow-up forward (it trains on
+the rows from the alarm's window on: the change was still under way when the weak model's rows were taken); a drift
+alone waits for the planned follow-up. A genuinely new change is told apart by the version's own change detector
+(a ``PerformanceDegraded`` with ``reason: change``): its labeled errors rose against its own earlier errors, so the
+world moved again after it served well; that alarm is decided as any other and starts a new plan. So does any alarm
+once the plan's follow-ups are all done.
 """
 
 from __future__ import annotations
@@ -52,6 +62,9 @@ class Alarm:
     estimated_degraded: bool | None = None
     # A drift of this version earlier reported without retraining (confirmed now by a degradation).
     unconfirmed_drift: bool = False
+    # The version's own change detector located a rise of its labeled errors against its own earlier errors
+    # (``PerformanceDegraded`` ``reason: change``): a new change, never folded into a change plan.
+    detector_change: bool = False
     numbers: dict[str, Any] = field(default_factory=dict)
 
 
@@ -82,6 +95,8 @@ class Decision:
     # A pending decision waits for "data" (the next dataset version), "run" (the active run and its gate to end)
     # or "cooldown" (the model's cooldown to end).
     wait_for: WaitFor | None = None
+    # A coalesced alarm that brings the model's change plan's next follow-up forward (``fold_into_plan``).
+    followup_now: bool = False
 
 
 def cooldown_left(policy: TriggerSpec, view: ModelView, now: datetime) -> str | None:
@@ -142,10 +157,11 @@ def decide(
     prediction_only: bool = False,
     alarm: Alarm | None = None,
     located: bool = False,
+    plan: ChangePlan | None = None,
 ) -> Decision:
     """What to do with one cause of kind ``kind`` for a model in state ``view`` at time ``now``.
     ``prediction_only``: a drift of the model's predictions with no feature drifted. ``alarm``: what a drift or
-    performance alarm says about its version."""
+    performance alarm says about its version. ``plan``: the model's change plan (its last located change)."""
     stale = alarm is not None and view.champion_version is not None and alarm.version != view.champion_version
     if kind != "manual" and stale:
         assert alarm is not None
@@ -168,6 +184,9 @@ def decide(
     not_retrained = retrains(kind, policy, alarm)
     if not_retrained is not None:
         return Decision("suppressed", not_retrained)
+    folded = fold_into_plan(kind, policy, plan, alarm)
+    if folded is not None:
+        return folded
     busy = view.active_runs + view.gating_runs
     if busy:
         runs = ", ".join(busy)
@@ -222,6 +241,13 @@ class ChangePlan:
     # request: the rows that request trained on, the clock's first reading that includes them. None until then.
     rows_at: int | None = None
     done: int = 0  # follow-ups requested so far
+    # The change's cascade (its first request's): a champion promoted in it was trained inside the plan.
+    cascade_id: str | None = None
+    versions: tuple[int, ...] = ()  # those champions
+    # An alarm (its request id) about one of them brought the next follow-up forward: due at once while that
+    # version is champion (a newer champion answered it already).
+    brought_forward_by: str | None = None
+    brought_forward_version: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -230,6 +256,10 @@ class ChangePlan:
             "requested_at": self.requested_at.isoformat(),
             "rows_at": self.rows_at,
             "done": self.done,
+            "cascade_id": self.cascade_id,
+            "versions": list(self.versions),
+            "brought_forward_by": self.brought_forward_by,
+            "brought_forward_version": self.brought_forward_version,
         }
 
     @classmethod
@@ -242,7 +272,43 @@ class ChangePlan:
             requested_at=datetime.fromisoformat(stored["requested_at"]),
             rows_at=None if stored.get("rows_at") is None else int(stored["rows_at"]),
             done=int(stored.get("done", 0)),
+            cascade_id=stored.get("cascade_id"),
+            versions=tuple(int(v) for v in stored.get("versions") or ()),
+            brought_forward_by=stored.get("brought_forward_by"),
+            brought_forward_version=stored.get("brought_forward_version"),
         )
+
+    def active(self, policy: TriggerSpec) -> bool:
+        """Follow-ups of the change remain."""
+        return self.done < len(policy.after_change.followup_rows)
+
+
+def fold_into_plan(
+    kind: TriggerKind, policy: TriggerSpec, plan: ChangePlan | None, alarm: Alarm | None
+) -> Decision | None:
+    """An alarm about a version trained inside the model's active change plan: coalesced into the plan (a
+    degradation brings its next follow-up forward), or None when the alarm is a cause of its own (no active plan,
+    a version trained outside it, or a change its own change detector located: a new change)."""
+    if kind not in ALARM_KINDS or alarm is None or plan is None or not plan.active(policy):
+        return None
+    if alarm.version not in plan.versions or alarm.detector_change:
+        return None
+    steps = policy.after_change.followup_rows
+    step = f"follow-up {plan.done + 1}/{len(steps)}"
+    into = (
+        f"folded into the change plan of request {plan.request_id} (change at {plan.change_started_at.isoformat()}): "
+        f"v{alarm.version} was trained inside it"
+    )
+    degraded = kind == "performance" or bool(alarm.performance_degraded)
+    if not degraded:
+        return Decision("coalesced", f"{into}; its {step} at {steps[plan.done]} rows retrains on the rows after it")
+    if plan.brought_forward_by is not None and plan.brought_forward_version == alarm.version:
+        return Decision("coalesced", f"{into}; its {step} was already brought forward by {plan.brought_forward_by}")
+    return Decision(
+        "coalesced",
+        f"{into} and is degraded: {step} brought forward, on the rows from this alarm's window on",
+        followup_now=True,
+    )
 
 
 def followup_due(policy: TriggerSpec, plan: ChangePlan | None, view: ModelView) -> str | None:
@@ -251,11 +317,19 @@ def followup_due(policy: TriggerSpec, plan: ChangePlan | None, view: ModelView) 
     or awaiting the gate, another request pending, or no dataset version yet (it is looked at again with the next
     version or gate)."""
     steps = policy.after_change.followup_rows
-    if plan is None or plan.rows_at is None or plan.done >= len(steps):
+    if plan is None or plan.done >= len(steps):
         return None
     if view.active_runs or view.gating_runs or view.pending_request_id is not None:
         return None
     if view.latest_dataset_version_id is None:
+        return None
+    if plan.brought_forward_by is not None and plan.brought_forward_version == view.champion_version:
+        return (
+            f"follow-up {plan.done + 1}/{len(steps)} of the change at {plan.change_started_at.isoformat()} "
+            f"(request {plan.request_id}), brought forward by {plan.brought_forward_by} (an alarm about a version "
+            f"trained inside the plan): train again on the rows from its window on"
+        )
+    if plan.rows_at is None:
         return None
     landed = view.rows_total - plan.rows_at
     if landed < steps[plan.done]:
