@@ -67,6 +67,7 @@ from .policy import (
     fold_into_plan,
     followup_due,
     waits_for_next_cut,
+    weak_at_gate,
 )
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ DECISION_NAMES = {
     "suppressed": "suppressed",
     "stale": "stale",
 }
+# Cuts a change plan remembers (where the data of the models it trains ends).
+PLAN_CUTS_KEPT = 8
 # Rolls the champion of a model back to a version (why): the registry's rollback route; returns its answer.
 Rollback = Callable[[str, int, str], dict[str, Any]]
 
@@ -145,8 +148,8 @@ class TriggerHandlers:
             state.champion_version = promoted.version
             state.gating_runs = []
             _gate_decided(state, event)
-            _note_plan_version(state, event)
             pipeline = self.pipelines.get(promoted.model)
+            _note_plan_version(state, event, pipeline)
             if pipeline is None:
                 return
             session.flush()
@@ -512,9 +515,10 @@ class TriggerHandlers:
         if not decision.followup_now:
             return
         state = self._model_state(session, model)
-        starts = plan.change_started_at
-        if window_start is not None and as_utc(window_start) > starts:
-            starts = as_utc(window_start)
+        # Train on the rows the weak version never saw: landed after the cut it trained on (else from the alarm's
+        # window on), never before the change.
+        after = plan.data_cut_at or as_utc(window_start)
+        starts = max(plan.change_started_at, after) if after is not None else plan.change_started_at
         state.change_plan = replace(
             plan,
             change_started_at=starts,
@@ -936,15 +940,22 @@ class TriggerHandlers:
         # Inside the transaction: if publishing fails, the decision is rolled back and made again on retry.
         self.publish(event)
 
-    def _start_change_clock(self, session: Session, model: str, rows_total: int, cut: Event[Payload]) -> None:
+    def _start_change_clock(
+        self, session: Session, model: str, rows_total: int, cut: Event[DatasetVersionCreated]
+    ) -> None:
         """The first cut after a change's first request holds the rows it trains on: the follow-ups count the rows
-        landed from there (the row clock moves only with cuts, so the request's own reading is stale)."""
+        landed from there (the row clock moves only with cuts, so the request's own reading is stale). The plan
+        keeps its newest cuts: where the data of each model it trains ends (``_note_plan_version``)."""
         state = session.get(TriggerModelState, model)
         plan = ChangePlan.from_json(state.change_plan if state is not None else None)
-        if state is None or plan is None or plan.rows_at is not None:
+        if state is None or plan is None or not plan.active(self.pipelines[model].triggers):
             return
-        if cut.envelope.occurred_at >= plan.requested_at:
-            state.change_plan = replace(plan, rows_at=rows_total).to_json()
+        if cut.envelope.occurred_at < plan.requested_at:
+            return
+        cuts = (*plan.cuts, (cut.payload.dataset_version_id, cut.envelope.occurred_at))[-PLAN_CUTS_KEPT:]
+        state.change_plan = replace(
+            plan, rows_at=rows_total if plan.rows_at is None else plan.rows_at, cuts=cuts
+        ).to_json()
 
     def _advance_change_plan(self, state: TriggerModelState, row: TrainingRequest) -> None:
         """A request on a located change starts its follow-up plan (replacing an older change's); a follow-up
@@ -952,7 +963,9 @@ class TriggerHandlers:
         if row.trigger == "followup":
             plan = ChangePlan.from_json(state.change_plan)
             if plan is not None:
-                done = replace(plan, done=plan.done + 1, brought_forward_by=None, brought_forward_version=None)
+                # This follow-up answers the champion: a later alarm about it brings nothing forward again.
+                answered = state.champion_version
+                done = replace(plan, done=plan.done + 1, brought_forward_by=None, brought_forward_version=answered)
                 state.change_plan = done.to_json()
             return
         pipeline = self.pipelines.get(row.model)
@@ -1129,14 +1142,31 @@ def _gate_decided(state: TriggerModelState, event: Event[Any]) -> None:
         state.gate_decided_at = event.envelope.occurred_at
 
 
-def _note_plan_version(state: TriggerModelState, promoted: Event[ModelPromoted]) -> None:
+def _note_plan_version(
+    state: TriggerModelState, promoted: Event[ModelPromoted], pipeline: PipelineConfig | None
+) -> None:
     """A champion promoted in the change plan's cascade was trained inside the plan (an alarm about it folds into
-    the plan); a rollback's promotion is not a training's."""
+    the plan; a rollback's promotion is not a training's). Its data ends at the cut it trained on. Weak already at
+    its gate (``weak_at_gate``): the plan's next follow-up is brought forward, on the rows it never saw."""
     plan = ChangePlan.from_json(state.change_plan)
-    if plan is None or promoted.payload.rollback or plan.cascade_id is None:
+    payload = promoted.payload
+    if plan is None or payload.rollback or plan.cascade_id is None or promoted.envelope.cascade_id != plan.cascade_id:
         return
-    if promoted.envelope.cascade_id == plan.cascade_id and promoted.payload.version not in plan.versions:
-        state.change_plan = replace(plan, versions=(*plan.versions, promoted.payload.version)).to_json()
+    version = payload.version
+    data_cut_at = dict(plan.cuts).get(payload.dataset_version_id or "", plan.data_cut_at)
+    plan = replace(plan, versions=tuple(sorted({*plan.versions, version})), data_cut_at=data_cut_at)
+    if pipeline is not None and plan.active(pipeline.triggers) and plan.brought_forward_version != version:
+        performance = pipeline.monitor.performance
+        metric = performance.metric or ("roc_auc" if pipeline.model.task == "classification" else "rmse")
+        gate = json.loads(payload.gate_json or "{}")
+        score = gate.get("challenger_score") if metric == pipeline.gate.metric else None
+        weak = weak_at_gate(metric, score, performance.threshold)
+        if weak is not None:
+            log.info("triggers: v%d of %s, trained inside the change plan, is weak at %s", version, payload.model, weak)
+            plan = replace(plan, brought_forward_by=f"v{version}'s {weak}", brought_forward_version=version)
+            if data_cut_at is not None:
+                plan = replace(plan, change_started_at=max(plan.change_started_at, data_cut_at))
+    state.change_plan = plan.to_json()
 
 
 def _gate_pending(entry: list[str], now: datetime) -> bool:

@@ -26,11 +26,13 @@ One cause, one plan (``fold_into_plan``, rule 3b, after rules 1-3): an alarm abo
 model's active change plan (a champion promoted in the plan's cascade, while follow-ups remain) is that same change
 seen again, typically the small first model trained mid-transition of a gradual change: it is coalesced into the
 plan instead of starting a new one. A measured degradation brings the plan's next follow-up forward (it trains on
-the rows from the alarm's window on: the change was still under way when the weak model's rows were taken); a drift
-alone waits for the planned follow-up. A genuinely new change is told apart by the version's own change detector
-(a ``PerformanceDegraded`` with ``reason: change``): its labeled errors rose against its own earlier errors, so the
-world moved again after it served well; that alarm is decided as any other and starts a new plan. So does any alarm
-once the plan's follow-ups are all done.
+the rows that model never saw, landed after the cut it trained on: the change was still under way when its rows were
+taken); a drift alone waits for the planned follow-up. A plan's model weak already at its gate (``weak_at_gate``: its
+holdout score misses the monitor's performance threshold) brings the next follow-up forward at its promotion, without
+waiting for a window of its labels to say the same. A genuinely new change is told apart by the version's own
+change detector (a ``PerformanceDegraded`` with ``reason: change``): its labeled errors rose against its own earlier
+errors, so the world moved again after it served well; that alarm is decided as any other and starts a new plan. So
+does any alarm once the plan's follow-ups are all done.
 """
 
 from __future__ import annotations
@@ -244,10 +246,15 @@ class ChangePlan:
     # The change's cascade (its first request's): a champion promoted in it was trained inside the plan.
     cascade_id: str | None = None
     versions: tuple[int, ...] = ()  # those champions
-    # An alarm (its request id) about one of them brought the next follow-up forward: due at once while that
-    # version is champion (a newer champion answered it already).
+    # An alarm (its request id) or a gate about one of them brought the next follow-up forward: due at once while
+    # that version is champion (a newer champion answered it already). The version stays after the follow-up went
+    # out: a later alarm about it brings nothing forward again.
     brought_forward_by: str | None = None
     brought_forward_version: int | None = None
+    # The stream's newest cuts since the plan began (dataset version id, when cut), and when the cut the plan's
+    # newest champion trained on was made: rows landed after it are rows that model never saw.
+    cuts: tuple[tuple[str, datetime], ...] = ()
+    data_cut_at: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -260,6 +267,8 @@ class ChangePlan:
             "versions": list(self.versions),
             "brought_forward_by": self.brought_forward_by,
             "brought_forward_version": self.brought_forward_version,
+            "cuts": [[version, at.isoformat()] for version, at in self.cuts],
+            "data_cut_at": self.data_cut_at.isoformat() if self.data_cut_at else None,
         }
 
     @classmethod
@@ -276,6 +285,8 @@ class ChangePlan:
             versions=tuple(int(v) for v in stored.get("versions") or ()),
             brought_forward_by=stored.get("brought_forward_by"),
             brought_forward_version=stored.get("brought_forward_version"),
+            cuts=tuple((str(v), datetime.fromisoformat(at)) for v, at in stored.get("cuts") or ()),
+            data_cut_at=datetime.fromisoformat(stored["data_cut_at"]) if stored.get("data_cut_at") else None,
         )
 
     def active(self, policy: TriggerSpec) -> bool:
@@ -302,13 +313,27 @@ def fold_into_plan(
     degraded = kind == "performance" or bool(alarm.performance_degraded)
     if not degraded:
         return Decision("coalesced", f"{into}; its {step} at {steps[plan.done]} rows retrains on the rows after it")
-    if plan.brought_forward_by is not None and plan.brought_forward_version == alarm.version:
-        return Decision("coalesced", f"{into}; its {step} was already brought forward by {plan.brought_forward_by}")
+    if plan.brought_forward_version == alarm.version:
+        by = f" by {plan.brought_forward_by}" if plan.brought_forward_by else ""
+        return Decision("coalesced", f"{into}; a follow-up answering v{alarm.version} was already brought forward{by}")
     return Decision(
         "coalesced",
         f"{into} and is degraded: {step} brought forward, on the rows from this alarm's window on",
         followup_now=True,
     )
+
+
+def weak_at_gate(metric: str, score: float | None, threshold: float | None) -> str | None:
+    """Why a model of the change plan is weak already at its gate (its holdout ``score`` in the monitor's performance
+    ``metric`` misses the monitor's ``threshold``: the window it trained on still mixed the old concept in), or None.
+    Its next follow-up is then brought forward: no need to wait for a window of labels to say what the gate knew."""
+    if score is None or threshold is None:
+        return None
+    lower_is_better = metric in ("rmse", "mae")
+    if (score > threshold) if lower_is_better else (score < threshold):
+        relation = "above" if lower_is_better else "below"
+        return f"gate: {metric} {score:.4g} on its holdout, {relation} the performance threshold {threshold:.4g}"
+    return None
 
 
 def followup_due(policy: TriggerSpec, plan: ChangePlan | None, view: ModelView) -> str | None:

@@ -862,3 +862,36 @@ def test_a_change_located_in_a_plan_models_own_errors_is_a_new_change(
     assert [e.payload.trigger for e in published] == ["performance", "performance"]
     assert published[1].payload.change_started_at == again
     assert published[1].envelope.cascade_id != first.envelope.cascade_id, "a new cause, a new plan"
+
+
+def test_a_plan_model_weak_at_its_gate_brings_the_next_followup_forward_on_the_rows_it_never_saw(
+    make: Any, published: list[Event], decisions: list[Event]
+) -> None:
+    # The change's first model trained on few rows of a change still under way: its holdout AUC misses the
+    # monitor's threshold at the gate. The plan's first follow-up goes out at its promotion (not after a window of
+    # its labels), on the rows landed after the cut it trained on.
+    config = with_triggers(cooldown=0, after_change={"followup_rows": [500, 1500]})
+    performance = config.monitor.performance.model_copy(update={"threshold": 0.9, "metric": "roc_auc"})
+    config = config.model_copy(update={"monitor": config.monitor.model_copy(update={"performance": performance})})
+    handlers: TriggerHandlers = make(config)
+    handlers.on_dataset_version_created(dataset_event(1, 1000))
+    with_data_and_champion(handlers)
+    handlers.on_performance_degraded(located_degradation(datetime(2026, 5, 1, 8, 0, tzinfo=UTC)))
+    first = published[0]
+    cut = dataset_event(2, 300)
+    handlers.on_dataset_version_created(cut)
+    handlers.on_features_materialized(features_event(2))
+
+    def promoted(version: int, score: float, cascade_of: Event) -> Event:
+        event = promoted_in(cascade_of, version)
+        gate = json.dumps({"challenger_score": score})
+        return replace(event, payload=replace(event.payload, dataset_version_id=f"{STREAM}@v2", gate_json=gate))
+
+    handlers.on_model_promoted(promoted(2, 0.78, first))
+    assert [e.payload.trigger for e in published] == ["performance", "followup"]
+    assert published[1].payload.change_started_at == cut.envelope.occurred_at
+    (decision,) = [d.payload for d in decisions if d.payload.trigger == "followup"]
+    assert "brought forward by v2's gate: roc_auc 0.78" in decision.reason
+    # Its model passes the threshold: the last follow-up waits for its rows, as planned.
+    handlers.on_model_promoted(promoted(3, 0.97, published[1]))
+    assert len(published) == 2

@@ -17,6 +17,7 @@ from driftloop.services.triggers.policy import (
     fire_pending,
     fold_into_plan,
     followup_due,
+    weak_at_gate,
 )
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -203,6 +204,9 @@ def test_an_alarm_about_a_version_trained_inside_the_active_plan_folds_into_it()
     hurried = replace(PLAN, brought_forward_by="req-9", brought_forward_version=2)
     again = fold_into_plan("performance", PLANNED, hurried, weak)
     assert again is not None and not again.followup_now and "already brought forward by req-9" in again.note
+    answered = replace(PLAN, brought_forward_version=2)  # a follow-up answering v2 went out already
+    once = fold_into_plan("performance", PLANNED, answered, weak)
+    assert once is not None and once.status == "coalesced" and not once.followup_now
 
 
 def test_an_alarm_is_a_cause_of_its_own_outside_an_active_plan_or_when_it_is_a_new_change() -> None:
@@ -232,3 +236,11 @@ def test_a_brought_forward_followup_is_due_at_once_while_its_version_serves() ->
     assert followup_due(PLANNED, hurried, view(champion_version=3, rows_total=10_001)) is None
     assert followup_due(PLANNED, replace(hurried, done=2), view(champion_version=2)) is None  # bounded
     assert ChangePlan.from_json(hurried.to_json()) == hurried
+
+
+def test_a_model_weak_at_its_gate_is_named_by_its_holdout_score_against_the_performance_threshold() -> None:
+    why = weak_at_gate("roc_auc", 0.78, 0.96)
+    assert why is not None and "roc_auc 0.78" in why and "below the performance threshold 0.96" in why
+    assert weak_at_gate("roc_auc", 0.97, 0.96) is None
+    assert weak_at_gate("rmse", 3.0, 2.0) is not None and weak_at_gate("rmse", 1.0, 2.0) is None  # lower is better
+    assert weak_at_gate("roc_auc", None, 0.96) is None and weak_at_gate("roc_auc", 0.5, None) is None
