@@ -61,6 +61,7 @@ from .policy import (
     Decision,
     ModelView,
     TriggerKind,
+    brought_forward_start,
     cooldown_left,
     decide,
     fire_pending,
@@ -515,10 +516,9 @@ class TriggerHandlers:
         if not decision.followup_now:
             return
         state = self._model_state(session, model)
-        # Train on the rows the weak version never saw: landed after the cut it trained on (else from the alarm's
-        # window on), never before the change.
-        after = plan.data_cut_at or as_utc(window_start)
-        starts = max(plan.change_started_at, after) if after is not None else plan.change_started_at
+        # The first model's answer trains on the rows it never saw: landed after the cut it trained on (else from the
+        # alarm's window on).
+        starts = brought_forward_start(plan, plan.data_cut_at or as_utc(window_start))
         state.change_plan = replace(
             plan,
             change_started_at=starts,
@@ -1164,8 +1164,7 @@ def _note_plan_version(
         if weak is not None:
             log.info("triggers: v%d of %s, trained inside the change plan, is weak at %s", version, payload.model, weak)
             plan = replace(plan, brought_forward_by=f"v{version}'s {weak}", brought_forward_version=version)
-            if data_cut_at is not None:
-                plan = replace(plan, change_started_at=max(plan.change_started_at, data_cut_at))
+            plan = replace(plan, change_started_at=brought_forward_start(plan, data_cut_at))
     state.change_plan = plan.to_json()
 
 

@@ -25,9 +25,10 @@ cooldown, never while a run is active or awaits the gate, nor while another requ
 One cause, one plan (``fold_into_plan``, rule 3b, after rules 1-3): an alarm about a version trained inside the
 model's active change plan (a champion promoted in the plan's cascade, while follow-ups remain) is that same change
 seen again, typically the small first model trained mid-transition of a gradual change: it is coalesced into the
-plan instead of starting a new one. A measured degradation brings the plan's next follow-up forward (it trains on
-the rows that model never saw, landed after the cut it trained on: the change was still under way when its rows were
-taken); a drift alone waits for the planned follow-up. A plan's model weak already at its gate (``weak_at_gate``: its
+plan instead of starting a new one. A measured degradation brings the plan's next follow-up forward (answering the
+plan's first model, it trains on the rows that model never saw, landed after the cut it trained on: the change was
+still under way when its rows were taken; later ones keep the plan's start, ``brought_forward_start``); a drift alone
+waits for the planned follow-up. A plan's model weak already at its gate (``weak_at_gate``: its
 holdout score misses the monitor's performance threshold) brings the next follow-up forward at its promotion, without
 waiting for a window of its labels to say the same. A genuinely new change is told apart by the version's own
 change detector (a ``PerformanceDegraded`` with ``reason: change``): its labeled errors rose against its own earlier
@@ -321,6 +322,16 @@ def fold_into_plan(
         f"{into} and is degraded: {step} brought forward, on the rows from this alarm's window on",
         followup_now=True,
     )
+
+
+def brought_forward_start(plan: ChangePlan, after: datetime | None) -> datetime:
+    """Where a brought-forward follow-up's rows start. Answering the plan's first model (no follow-up yet), which
+    trained on the first rows after the located start while the change may still have been under way: the rows
+    after its data (``after``: the cut it trained on), never before the change. Later models are weak for want of
+    rows, not of the concept: their follow-up keeps the plan's start (a growing post-change window)."""
+    if plan.done > 0 or after is None:
+        return plan.change_started_at
+    return max(plan.change_started_at, after)
 
 
 def weak_at_gate(metric: str, score: float | None, threshold: float | None) -> str | None:

@@ -13,6 +13,7 @@ from driftloop.services.triggers.policy import (
     Alarm,
     ChangePlan,
     ModelView,
+    brought_forward_start,
     decide,
     fire_pending,
     fold_into_plan,
@@ -244,3 +245,13 @@ def test_a_model_weak_at_its_gate_is_named_by_its_holdout_score_against_the_perf
     assert weak_at_gate("roc_auc", 0.97, 0.96) is None
     assert weak_at_gate("rmse", 3.0, 2.0) is not None and weak_at_gate("rmse", 1.0, 2.0) is None  # lower is better
     assert weak_at_gate("roc_auc", None, 0.96) is None and weak_at_gate("roc_auc", 0.5, None) is None
+
+
+def test_only_the_first_models_answer_moves_the_plans_rows_past_its_data() -> None:
+    # The first model trained on the first rows after the located start (a gradual change may still have been under
+    # way): its answer trains on the rows after its cut. A later model is weak for want of rows: keep them all.
+    cut = PLAN.change_started_at + timedelta(minutes=5)
+    assert brought_forward_start(PLAN, cut) == cut
+    assert brought_forward_start(PLAN, PLAN.change_started_at - timedelta(minutes=5)) == PLAN.change_started_at
+    assert brought_forward_start(PLAN, None) == PLAN.change_started_at
+    assert brought_forward_start(replace(PLAN, done=1), cut) == PLAN.change_started_at
