@@ -61,11 +61,14 @@ from .policy import (
     Decision,
     ModelView,
     TriggerKind,
+    brought_forward_start,
     cooldown_left,
     decide,
     fire_pending,
+    fold_into_plan,
     followup_due,
     waits_for_next_cut,
+    weak_at_gate,
 )
 
 log = logging.getLogger(__name__)
@@ -87,6 +90,8 @@ DECISION_NAMES = {
     "suppressed": "suppressed",
     "stale": "stale",
 }
+# Cuts a change plan remembers (where the data of the models it trains ends).
+PLAN_CUTS_KEPT = 8
 # Rolls the champion of a model back to a version (why): the registry's rollback route; returns its answer.
 Rollback = Callable[[str, int, str], dict[str, Any]]
 
@@ -145,6 +150,7 @@ class TriggerHandlers:
             state.gating_runs = []
             _gate_decided(state, event)
             pipeline = self.pipelines.get(promoted.model)
+            _note_plan_version(state, event, pipeline)
             if pipeline is None:
                 return
             session.flush()
@@ -335,7 +341,12 @@ class TriggerHandlers:
             previous_version=degraded.previous_version,
             previous_value=degraded.previous_value,
         )
-        alarm = Alarm(version=degraded.version, performance_degraded=True, numbers=numbers)
+        alarm = Alarm(
+            version=degraded.version,
+            performance_degraded=True,
+            detector_change=degraded.reason == "change",
+            numbers=numbers,
+        )
         window = (degraded.window_start_time, degraded.window_end_time)
         if guard:
             self._on_guard(event, reason, alarm, window)
@@ -428,13 +439,14 @@ class TriggerHandlers:
             pipeline = self.pipelines[model]
             self._fire_cooled_down(session, pipeline, event)
             if alarm is not None and kind == "performance":
-                alarm = Alarm(
-                    version=alarm.version,
+                alarm = replace(
+                    alarm,
                     performance_degraded=True,
                     unconfirmed_drift=self._has_unconfirmed_drift(session, model, alarm.version),
-                    numbers=alarm.numbers,
                 )
             view = self._view(session, pipeline)
+            state = session.get(TriggerModelState, model)
+            plan = ChangePlan.from_json(state.change_plan if state is not None else None)
             decision = decide(
                 kind,
                 pipeline.triggers,
@@ -443,7 +455,15 @@ class TriggerHandlers:
                 prediction_only=prediction_only,
                 alarm=alarm,
                 located=window[0] is not None,
+                plan=plan,
             )
+            if (
+                decision.status == "coalesced"
+                and plan is not None
+                and fold_into_plan(kind, pipeline.triggers, plan, alarm)
+            ):
+                self._fold_into_plan(session, pipeline, kind, event, reason, decision, plan, alarm, window[0])
+                return
             self._record(
                 session,
                 model,
@@ -455,6 +475,58 @@ class TriggerHandlers:
                 alarm=alarm,
                 change_started_at=window[0],
             )
+
+    def _fold_into_plan(
+        self,
+        session: Session,
+        pipeline: PipelineConfig,
+        kind: TriggerKind,
+        event: Event[Payload],
+        reason: str,
+        decision: Decision,
+        plan: ChangePlan,
+        alarm: Alarm | None,
+        window_start: datetime | None,
+    ) -> None:
+        """An alarm about a version trained inside the active change plan: recorded as coalesced into the plan's
+        first request, with the plan's numbers; a degradation brings the next follow-up forward, to train on the
+        rows from the alarm's window on (the change was still under way when the weak version's rows were taken)."""
+        model = pipeline.model.name
+        steps = pipeline.triggers.after_change.followup_rows
+        numbers = {
+            **(alarm.numbers if alarm is not None else {}),
+            "plan_request_id": plan.request_id,
+            "plan_versions": list(plan.versions),
+            "followups_done": plan.done,
+            "followups_planned": len(steps),
+            "brought_forward": decision.followup_now,
+        }
+        folded = replace(alarm, numbers=numbers) if alarm is not None else None
+        row = self._record(
+            session,
+            model,
+            kind,
+            event,
+            reason,
+            decision,
+            alarm=folded,
+            change_started_at=window_start,
+            merged_into=plan.request_id,
+        )
+        if not decision.followup_now:
+            return
+        state = self._model_state(session, model)
+        # The first model's answer trains on the rows it never saw: landed after the cut it trained on (else from the
+        # alarm's window on).
+        starts = brought_forward_start(plan, plan.data_cut_at or as_utc(window_start))
+        state.change_plan = replace(
+            plan,
+            change_started_at=starts,
+            brought_forward_by=row.request_id,
+            brought_forward_version=alarm.version if alarm is not None else None,
+        ).to_json()
+        session.flush()
+        self._fire_followup(session, pipeline, event)
 
     def _on_guard(
         self,
@@ -670,7 +742,11 @@ class TriggerHandlers:
             row.note or "",
             cause,
             request_id=request_id,
-            numbers={"followup": plan.done + 1, "rows_landed": view.rows_total - (plan.rows_at or 0)},
+            numbers={
+                "followup": plan.done + 1,
+                "rows_landed": view.rows_total - (plan.rows_at or 0),
+                "brought_forward_by": plan.brought_forward_by,
+            },
             session=session,
         )
         self._emit(session, row, cause)
@@ -763,9 +839,9 @@ class TriggerHandlers:
         *,
         alarm: Alarm | None = None,
         change_started_at: datetime | None = None,
+        merged_into: str | None = None,
     ) -> TrainingRequest:
-        merged_into = None
-        if decision.status == "coalesced":
+        if decision.status == "coalesced" and merged_into is None:
             pending = self._pending_rows(session, model)
             if pending:
                 merged_into = pending[0].request_id
@@ -864,15 +940,22 @@ class TriggerHandlers:
         # Inside the transaction: if publishing fails, the decision is rolled back and made again on retry.
         self.publish(event)
 
-    def _start_change_clock(self, session: Session, model: str, rows_total: int, cut: Event[Payload]) -> None:
+    def _start_change_clock(
+        self, session: Session, model: str, rows_total: int, cut: Event[DatasetVersionCreated]
+    ) -> None:
         """The first cut after a change's first request holds the rows it trains on: the follow-ups count the rows
-        landed from there (the row clock moves only with cuts, so the request's own reading is stale)."""
+        landed from there (the row clock moves only with cuts, so the request's own reading is stale). The plan
+        keeps its newest cuts: where the data of each model it trains ends (``_note_plan_version``)."""
         state = session.get(TriggerModelState, model)
         plan = ChangePlan.from_json(state.change_plan if state is not None else None)
-        if state is None or plan is None or plan.rows_at is not None:
+        if state is None or plan is None or not plan.active(self.pipelines[model].triggers):
             return
-        if cut.envelope.occurred_at >= plan.requested_at:
-            state.change_plan = replace(plan, rows_at=rows_total).to_json()
+        if cut.envelope.occurred_at < plan.requested_at:
+            return
+        cuts = (*plan.cuts, (cut.payload.dataset_version_id, cut.envelope.occurred_at))[-PLAN_CUTS_KEPT:]
+        state.change_plan = replace(
+            plan, rows_at=rows_total if plan.rows_at is None else plan.rows_at, cuts=cuts
+        ).to_json()
 
     def _advance_change_plan(self, state: TriggerModelState, row: TrainingRequest) -> None:
         """A request on a located change starts its follow-up plan (replacing an older change's); a follow-up
@@ -880,13 +963,16 @@ class TriggerHandlers:
         if row.trigger == "followup":
             plan = ChangePlan.from_json(state.change_plan)
             if plan is not None:
-                state.change_plan = replace(plan, done=plan.done + 1).to_json()
+                # This follow-up answers the champion: a later alarm about it brings nothing forward again.
+                answered = state.champion_version
+                done = replace(plan, done=plan.done + 1, brought_forward_by=None, brought_forward_version=answered)
+                state.change_plan = done.to_json()
             return
         pipeline = self.pipelines.get(row.model)
         started = as_utc(row.change_started_at)
         if started is None or pipeline is None or not pipeline.triggers.after_change.followup_rows:
             return
-        state.change_plan = ChangePlan(row.request_id, started, self.clock()).to_json()
+        state.change_plan = ChangePlan(row.request_id, started, self.clock(), cascade_id=row.cascade_id).to_json()
 
     # --- state -------------------------------------------------------------------------------------------
 
@@ -1054,6 +1140,32 @@ def _gate_decided(state: TriggerModelState, event: Event[Any]) -> None:
     decided = as_utc(state.gate_decided_at)
     if decided is None or event.envelope.occurred_at > decided:
         state.gate_decided_at = event.envelope.occurred_at
+
+
+def _note_plan_version(
+    state: TriggerModelState, promoted: Event[ModelPromoted], pipeline: PipelineConfig | None
+) -> None:
+    """A champion promoted in the change plan's cascade was trained inside the plan (an alarm about it folds into
+    the plan; a rollback's promotion is not a training's). Its data ends at the cut it trained on. Weak already at
+    its gate (``weak_at_gate``): the plan's next follow-up is brought forward, on the rows it never saw."""
+    plan = ChangePlan.from_json(state.change_plan)
+    payload = promoted.payload
+    if plan is None or payload.rollback or plan.cascade_id is None or promoted.envelope.cascade_id != plan.cascade_id:
+        return
+    version = payload.version
+    data_cut_at = dict(plan.cuts).get(payload.dataset_version_id or "", plan.data_cut_at)
+    plan = replace(plan, versions=tuple(sorted({*plan.versions, version})), data_cut_at=data_cut_at)
+    if pipeline is not None and plan.active(pipeline.triggers) and plan.brought_forward_version != version:
+        performance = pipeline.monitor.performance
+        metric = performance.metric or ("roc_auc" if pipeline.model.task == "classification" else "rmse")
+        gate = json.loads(payload.gate_json or "{}")
+        score = gate.get("challenger_score") if metric == pipeline.gate.metric else None
+        weak = weak_at_gate(metric, score, performance.threshold)
+        if weak is not None:
+            log.info("triggers: v%d of %s, trained inside the change plan, is weak at %s", version, payload.model, weak)
+            plan = replace(plan, brought_forward_by=f"v{version}'s {weak}", brought_forward_version=version)
+            plan = replace(plan, change_started_at=brought_forward_start(plan, data_cut_at))
+    state.change_plan = plan.to_json()
 
 
 def _gate_pending(entry: list[str], now: datetime) -> bool:

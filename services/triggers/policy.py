@@ -21,6 +21,19 @@ at the last automatic request (a manual request does not restart it).
 After a located change (a request with a change start), ``followup_due`` says when to retrain again on the rows
 after that same change (``triggers.after_change.followup_rows``): a bounded plan of the one cause, outside the
 cooldown, never while a run is active or awaits the gate, nor while another request is pending.
+
+One cause, one plan (``fold_into_plan``, rule 3b, after rules 1-3): an alarm about a version trained inside the
+model's active change plan (a champion promoted in the plan's cascade, while follow-ups remain) is that same change
+seen again, typically the small first model trained mid-transition of a gradual change: it is coalesced into the
+plan instead of starting a new one. A measured degradation brings the plan's next follow-up forward (answering the
+plan's first model, it trains on the rows that model never saw, landed after the cut it trained on: the change was
+still under way when its rows were taken; later ones keep the plan's start, ``brought_forward_start``); a drift alone
+waits for the planned follow-up. A plan's model weak already at its gate (``weak_at_gate``: its
+holdout score misses the monitor's performance threshold) brings the next follow-up forward at its promotion, without
+waiting for a window of its labels to say the same. A genuinely new change is told apart by the version's own
+change detector (a ``PerformanceDegraded`` with ``reason: change``): its labeled errors rose against its own earlier
+errors, so the world moved again after it served well; that alarm is decided as any other and starts a new plan. So
+does any alarm once the plan's follow-ups are all done.
 """
 
 from __future__ import annotations
@@ -52,6 +65,9 @@ class Alarm:
     estimated_degraded: bool | None = None
     # A drift of this version earlier reported without retraining (confirmed now by a degradation).
     unconfirmed_drift: bool = False
+    # The version's own change detector located a rise of its labeled errors against its own earlier errors
+    # (``PerformanceDegraded`` ``reason: change``): a new change, never folded into a change plan.
+    detector_change: bool = False
     numbers: dict[str, Any] = field(default_factory=dict)
 
 
@@ -82,6 +98,8 @@ class Decision:
     # A pending decision waits for "data" (the next dataset version), "run" (the active run and its gate to end)
     # or "cooldown" (the model's cooldown to end).
     wait_for: WaitFor | None = None
+    # A coalesced alarm that brings the model's change plan's next follow-up forward (``fold_into_plan``).
+    followup_now: bool = False
 
 
 def cooldown_left(policy: TriggerSpec, view: ModelView, now: datetime) -> str | None:
@@ -142,10 +160,11 @@ def decide(
     prediction_only: bool = False,
     alarm: Alarm | None = None,
     located: bool = False,
+    plan: ChangePlan | None = None,
 ) -> Decision:
     """What to do with one cause of kind ``kind`` for a model in state ``view`` at time ``now``.
     ``prediction_only``: a drift of the model's predictions with no feature drifted. ``alarm``: what a drift or
-    performance alarm says about its version."""
+    performance alarm says about its version. ``plan``: the model's change plan (its last located change)."""
     stale = alarm is not None and view.champion_version is not None and alarm.version != view.champion_version
     if kind != "manual" and stale:
         assert alarm is not None
@@ -168,6 +187,9 @@ def decide(
     not_retrained = retrains(kind, policy, alarm)
     if not_retrained is not None:
         return Decision("suppressed", not_retrained)
+    folded = fold_into_plan(kind, policy, plan, alarm)
+    if folded is not None:
+        return folded
     busy = view.active_runs + view.gating_runs
     if busy:
         runs = ", ".join(busy)
@@ -222,6 +244,18 @@ class ChangePlan:
     # request: the rows that request trained on, the clock's first reading that includes them. None until then.
     rows_at: int | None = None
     done: int = 0  # follow-ups requested so far
+    # The change's cascade (its first request's): a champion promoted in it was trained inside the plan.
+    cascade_id: str | None = None
+    versions: tuple[int, ...] = ()  # those champions
+    # An alarm (its request id) or a gate about one of them brought the next follow-up forward: due at once while
+    # that version is champion (a newer champion answered it already). The version stays after the follow-up went
+    # out: a later alarm about it brings nothing forward again.
+    brought_forward_by: str | None = None
+    brought_forward_version: int | None = None
+    # The stream's newest cuts since the plan began (dataset version id, when cut), and when the cut the plan's
+    # newest champion trained on was made: rows landed after it are rows that model never saw.
+    cuts: tuple[tuple[str, datetime], ...] = ()
+    data_cut_at: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -230,6 +264,12 @@ class ChangePlan:
             "requested_at": self.requested_at.isoformat(),
             "rows_at": self.rows_at,
             "done": self.done,
+            "cascade_id": self.cascade_id,
+            "versions": list(self.versions),
+            "brought_forward_by": self.brought_forward_by,
+            "brought_forward_version": self.brought_forward_version,
+            "cuts": [[version, at.isoformat()] for version, at in self.cuts],
+            "data_cut_at": self.data_cut_at.isoformat() if self.data_cut_at else None,
         }
 
     @classmethod
@@ -242,7 +282,69 @@ class ChangePlan:
             requested_at=datetime.fromisoformat(stored["requested_at"]),
             rows_at=None if stored.get("rows_at") is None else int(stored["rows_at"]),
             done=int(stored.get("done", 0)),
+            cascade_id=stored.get("cascade_id"),
+            versions=tuple(int(v) for v in stored.get("versions") or ()),
+            brought_forward_by=stored.get("brought_forward_by"),
+            brought_forward_version=stored.get("brought_forward_version"),
+            cuts=tuple((str(v), datetime.fromisoformat(at)) for v, at in stored.get("cuts") or ()),
+            data_cut_at=datetime.fromisoformat(stored["data_cut_at"]) if stored.get("data_cut_at") else None,
         )
+
+    def active(self, policy: TriggerSpec) -> bool:
+        """Follow-ups of the change remain."""
+        return self.done < len(policy.after_change.followup_rows)
+
+
+def fold_into_plan(
+    kind: TriggerKind, policy: TriggerSpec, plan: ChangePlan | None, alarm: Alarm | None
+) -> Decision | None:
+    """An alarm about a version trained inside the model's active change plan: coalesced into the plan (a
+    degradation brings its next follow-up forward), or None when the alarm is a cause of its own (no active plan,
+    a version trained outside it, or a change its own change detector located: a new change)."""
+    if kind not in ALARM_KINDS or alarm is None or plan is None or not plan.active(policy):
+        return None
+    if alarm.version not in plan.versions or alarm.detector_change:
+        return None
+    steps = policy.after_change.followup_rows
+    step = f"follow-up {plan.done + 1}/{len(steps)}"
+    into = (
+        f"folded into the change plan of request {plan.request_id} (change at {plan.change_started_at.isoformat()}): "
+        f"v{alarm.version} was trained inside it"
+    )
+    degraded = kind == "performance" or bool(alarm.performance_degraded)
+    if not degraded:
+        return Decision("coalesced", f"{into}; its {step} at {steps[plan.done]} rows retrains on the rows after it")
+    if plan.brought_forward_version == alarm.version:
+        by = f" by {plan.brought_forward_by}" if plan.brought_forward_by else ""
+        return Decision("coalesced", f"{into}; a follow-up answering v{alarm.version} was already brought forward{by}")
+    return Decision(
+        "coalesced",
+        f"{into} and is degraded: {step} brought forward, on the rows from this alarm's window on",
+        followup_now=True,
+    )
+
+
+def brought_forward_start(plan: ChangePlan, after: datetime | None) -> datetime:
+    """Where a brought-forward follow-up's rows start. Answering the plan's first model (no follow-up yet), which
+    trained on the first rows after the located start while the change may still have been under way: the rows
+    after its data (``after``: the cut it trained on), never before the change. Later models are weak for want of
+    rows, not of the concept: their follow-up keeps the plan's start (a growing post-change window)."""
+    if plan.done > 0 or after is None:
+        return plan.change_started_at
+    return max(plan.change_started_at, after)
+
+
+def weak_at_gate(metric: str, score: float | None, threshold: float | None) -> str | None:
+    """Why a model of the change plan is weak already at its gate (its holdout ``score`` in the monitor's performance
+    ``metric`` misses the monitor's ``threshold``: the window it trained on still mixed the old concept in), or None.
+    Its next follow-up is then brought forward: no need to wait for a window of labels to say what the gate knew."""
+    if score is None or threshold is None:
+        return None
+    lower_is_better = metric in ("rmse", "mae")
+    if (score > threshold) if lower_is_better else (score < threshold):
+        relation = "above" if lower_is_better else "below"
+        return f"gate: {metric} {score:.4g} on its holdout, {relation} the performance threshold {threshold:.4g}"
+    return None
 
 
 def followup_due(policy: TriggerSpec, plan: ChangePlan | None, view: ModelView) -> str | None:
@@ -251,11 +353,19 @@ def followup_due(policy: TriggerSpec, plan: ChangePlan | None, view: ModelView) 
     or awaiting the gate, another request pending, or no dataset version yet (it is looked at again with the next
     version or gate)."""
     steps = policy.after_change.followup_rows
-    if plan is None or plan.rows_at is None or plan.done >= len(steps):
+    if plan is None or plan.done >= len(steps):
         return None
     if view.active_runs or view.gating_runs or view.pending_request_id is not None:
         return None
     if view.latest_dataset_version_id is None:
+        return None
+    if plan.brought_forward_by is not None and plan.brought_forward_version == view.champion_version:
+        return (
+            f"follow-up {plan.done + 1}/{len(steps)} of the change at {plan.change_started_at.isoformat()} "
+            f"(request {plan.request_id}), brought forward by {plan.brought_forward_by} (an alarm about a version "
+            f"trained inside the plan): train again on the rows from its window on"
+        )
+    if plan.rows_at is None:
         return None
     landed = view.rows_total - plan.rows_at
     if landed < steps[plan.done]:

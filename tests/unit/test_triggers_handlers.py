@@ -776,3 +776,122 @@ def test_without_followup_rows_a_change_is_retrained_once(make: Any, published: 
         handlers.on_dataset_version_created(dataset_event(version, 5000))
         handlers.on_features_materialized(features_event(version))
     assert [e.payload.trigger for e in published] == ["performance"]
+
+
+def promoted_in(cascade_of: Event, version: int) -> Event:
+    """The gate promoted ``version``, trained on the request ``cascade_of`` (its cascade)."""
+    payload = replace(promoted_event(version).payload, previous_version=version - 1)
+    return new_event(payload, producer="test", cause=cascade_of)
+
+
+def threshold_alarm(version: int, start: datetime, reason: str = "threshold") -> Event:
+    payload = PerformanceDegraded(
+        model=MODEL,
+        version=version,
+        metric="roc_auc",
+        value=0.77,
+        threshold=0.96,
+        window_size=200,
+        reason=reason,
+        window_start_time=start,
+    )
+    return new_event(payload, producer="test")
+
+
+def test_an_alarm_about_a_model_the_change_plan_trained_folds_into_the_plan(
+    make: Any, published: list[Event], decisions: list[Event]
+) -> None:
+    # One cause, one plan: the small first model of a change (v2) degrades; the alarm is coalesced into the plan
+    # and brings its first follow-up forward, on the rows from the alarm's window on, in the change's cascade. It
+    # does not start a plan of its own: the plan stays bounded (1 + 2 runs).
+    handlers: TriggerHandlers = make(with_triggers(cooldown=0, after_change={"followup_rows": [500, 1500]}))
+    handlers.on_dataset_version_created(dataset_event(1, 1000))
+    with_data_and_champion(handlers)
+    start = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
+    handlers.on_performance_degraded(located_degradation(start))
+    first = published[0]
+    handlers.on_run_state_changed(run_event("r1", "running"))
+    handlers.on_dataset_version_created(dataset_event(2, 300))
+    handlers.on_features_materialized(features_event(2))
+    handlers.on_run_state_changed(run_event("r1", "completed"))
+    handlers.on_model_promoted(promoted_in(first, 2))
+    assert len(published) == 1, "100 rows landed since the cut: no follow-up yet"
+    later = start + timedelta(minutes=10)
+    alarm = threshold_alarm(2, later)
+    handlers.on_performance_degraded(alarm)
+    assert [e.payload.trigger for e in published] == ["performance", "followup"]
+    followup = published[1]
+    assert followup.payload.change_started_at == later
+    assert followup.envelope.cascade_id == first.envelope.cascade_id
+    (folded,) = [d.payload for d in decisions if d.envelope.caused_by == alarm.id]
+    assert (folded.decision, folded.trigger, folded.version) == ("coalesced", "performance", 2)
+    assert folded.request_id == first.payload.request_id and "folded into the change plan" in folded.note
+    numbers = json.loads(folded.numbers_json)
+    assert numbers["plan_versions"] == [2] and numbers["followups_done"] == 0 and numbers["brought_forward"]
+    (row,) = [r for r in handlers.requests(MODEL, 20) if r["cause_event_id"] == alarm.id]
+    assert (row["status"], row["merged_into"]) == ("coalesced", first.payload.request_id)
+    # A drift alone of v2 (not degraded) folds too, and waits for the planned follow-up.
+    drift = replace(drift_event(0), payload=replace(drift_event(0).payload, version=2, performance_degraded=False))
+    handlers.on_drift_detected(drift)
+    assert len(published) == 2
+    (row,) = [r for r in handlers.requests(MODEL, 20) if r["cause_event_id"] == drift.id]
+    assert (row["status"], row["merged_into"]) == ("coalesced", first.payload.request_id)
+    # The follow-up's model (v3) is the plan's too: an alarm about it brings the last follow-up forward.
+    handlers.on_model_promoted(promoted_in(followup, 3))
+    handlers.on_performance_degraded(threshold_alarm(3, later + timedelta(minutes=1)))
+    assert [e.payload.trigger for e in published] == ["performance", "followup", "followup"]
+    handlers.on_dataset_version_created(dataset_event(3, 2000))
+    handlers.on_features_materialized(features_event(3))
+    assert len(published) == 3, "bounded: 1 + 2 runs for one change"
+
+
+def test_a_change_located_in_a_plan_models_own_errors_is_a_new_change(
+    make: Any, published: list[Event], decisions: list[Event]
+) -> None:
+    handlers: TriggerHandlers = make(with_triggers(cooldown=0, after_change={"followup_rows": [500, 1500]}))
+    handlers.on_dataset_version_created(dataset_event(1, 1000))
+    with_data_and_champion(handlers)
+    start = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
+    handlers.on_performance_degraded(located_degradation(start))
+    first = published[0]
+    handlers.on_dataset_version_created(dataset_event(2, 300))
+    handlers.on_features_materialized(features_event(2))
+    handlers.on_model_promoted(promoted_in(first, 2))
+    again = start + timedelta(hours=2)
+    handlers.on_performance_degraded(threshold_alarm(2, again, reason="change"))
+    assert [e.payload.trigger for e in published] == ["performance", "performance"]
+    assert published[1].payload.change_started_at == again
+    assert published[1].envelope.cascade_id != first.envelope.cascade_id, "a new cause, a new plan"
+
+
+def test_a_plan_model_weak_at_its_gate_brings_the_next_followup_forward_on_the_rows_it_never_saw(
+    make: Any, published: list[Event], decisions: list[Event]
+) -> None:
+    # The change's first model trained on few rows of a change still under way: its holdout AUC misses the
+    # monitor's threshold at the gate. The plan's first follow-up goes out at its promotion (not after a window of
+    # its labels), on the rows landed after the cut it trained on.
+    config = with_triggers(cooldown=0, after_change={"followup_rows": [500, 1500]})
+    performance = config.monitor.performance.model_copy(update={"threshold": 0.9, "metric": "roc_auc"})
+    config = config.model_copy(update={"monitor": config.monitor.model_copy(update={"performance": performance})})
+    handlers: TriggerHandlers = make(config)
+    handlers.on_dataset_version_created(dataset_event(1, 1000))
+    with_data_and_champion(handlers)
+    handlers.on_performance_degraded(located_degradation(datetime(2026, 5, 1, 8, 0, tzinfo=UTC)))
+    first = published[0]
+    cut = dataset_event(2, 300)
+    handlers.on_dataset_version_created(cut)
+    handlers.on_features_materialized(features_event(2))
+
+    def promoted(version: int, score: float, cascade_of: Event) -> Event:
+        event = promoted_in(cascade_of, version)
+        gate = json.dumps({"challenger_score": score})
+        return replace(event, payload=replace(event.payload, dataset_version_id=f"{STREAM}@v2", gate_json=gate))
+
+    handlers.on_model_promoted(promoted(2, 0.78, first))
+    assert [e.payload.trigger for e in published] == ["performance", "followup"]
+    assert published[1].payload.change_started_at == cut.envelope.occurred_at
+    (decision,) = [d.payload for d in decisions if d.payload.trigger == "followup"]
+    assert "brought forward by v2's gate: roc_auc 0.78" in decision.reason
+    # Its model passes the threshold: the last follow-up waits for its rows, as planned.
+    handlers.on_model_promoted(promoted(3, 0.97, published[1]))
+    assert len(published) == 2

@@ -9,7 +9,17 @@ import pytest
 from pydantic import ValidationError
 
 from driftloop.contracts.pipeline import AfterChangeSpec, DriftTrigger, NewDataTrigger, RetrainPolicy, TriggerSpec
-from driftloop.services.triggers.policy import Alarm, ChangePlan, ModelView, decide, fire_pending, followup_due
+from driftloop.services.triggers.policy import (
+    Alarm,
+    ChangePlan,
+    ModelView,
+    brought_forward_start,
+    decide,
+    fire_pending,
+    fold_into_plan,
+    followup_due,
+    weak_at_gate,
+)
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 DATA = "transactions@v3"
@@ -171,3 +181,77 @@ def test_a_followup_is_due_once_its_rows_landed_and_nothing_runs() -> None:
 def test_followup_rows_must_increase() -> None:
     with pytest.raises(ValidationError, match="must increase"):
         AfterChangeSpec(followup_rows=[1500, 500])
+
+
+PLANNED = POLICY.model_copy(update={"after_change": AfterChangeSpec(followup_rows=[500, 1500])})
+# A change plan whose first request trained v2 (promoted in its cascade), 10_000 rows on the row clock at its cut.
+PLAN = ChangePlan("req-1", NOW - timedelta(hours=1), NOW - timedelta(minutes=50), 10_000, cascade_id="c", versions=(2,))
+
+
+def test_an_alarm_about_a_version_trained_inside_the_active_plan_folds_into_it() -> None:
+    weak = Alarm(version=2, performance_degraded=True, numbers={"value": 0.77})
+    folded = fold_into_plan("performance", PLANNED, PLAN, weak)
+    assert folded is not None and folded.status == "coalesced" and folded.followup_now
+    assert "folded into the change plan of request req-1" in folded.note and "follow-up 1/2" in folded.note
+    # decide() folds it even while the plan's run is active, before any queueing: one cause, one plan.
+    busy = view(champion_version=2, active_runs=("r",))
+    assert decide("performance", PLANNED, busy, NOW, alarm=weak, plan=PLAN) == folded
+    # A drift alone of that version waits for the planned follow-up; a drift with a degradation brings it forward.
+    drift = fold_into_plan("drift", PLANNED, PLAN, Alarm(version=2, performance_degraded=False))
+    assert drift is not None and drift.status == "coalesced" and not drift.followup_now
+    hurt = fold_into_plan("drift", PLANNED, PLAN, Alarm(version=2, performance_degraded=True))
+    assert hurt is not None and hurt.followup_now
+    # Brought forward once: a second alarm about the same version is coalesced without another follow-up.
+    hurried = replace(PLAN, brought_forward_by="req-9", brought_forward_version=2)
+    again = fold_into_plan("performance", PLANNED, hurried, weak)
+    assert again is not None and not again.followup_now and "already brought forward by req-9" in again.note
+    answered = replace(PLAN, brought_forward_version=2)  # a follow-up answering v2 went out already
+    once = fold_into_plan("performance", PLANNED, answered, weak)
+    assert once is not None and once.status == "coalesced" and not once.followup_now
+
+
+def test_an_alarm_is_a_cause_of_its_own_outside_an_active_plan_or_when_it_is_a_new_change() -> None:
+    weak = Alarm(version=2, performance_degraded=True)
+    assert fold_into_plan("performance", PLANNED, None, weak) is None  # no plan
+    assert fold_into_plan("performance", PLANNED, replace(PLAN, done=2), weak) is None  # all follow-ups done
+    assert fold_into_plan("performance", POLICY, PLAN, weak) is None  # no follow-ups configured: no active plan
+    assert fold_into_plan("performance", PLANNED, PLAN, Alarm(version=1, performance_degraded=True)) is None
+    # The version's own change detector located a rise of its errors against its own earlier ones: a new change.
+    new_change = Alarm(version=2, performance_degraded=True, detector_change=True)
+    assert fold_into_plan("performance", PLANNED, PLAN, new_change) is None
+    assert decide("performance", PLANNED, view(champion_version=2), NOW, alarm=new_change, plan=PLAN).status == (
+        "requested"
+    )
+    assert fold_into_plan("external", PLANNED, PLAN, None) is None  # not an alarm about a version
+    # Rules 1-3 come first: an alarm about a former champion is stale, even if the plan trained it.
+    stale = decide("performance", PLANNED, view(champion_version=3), NOW, alarm=weak, plan=PLAN)
+    assert stale.status == "stale"
+
+
+def test_a_brought_forward_followup_is_due_at_once_while_its_version_serves() -> None:
+    hurried = replace(PLAN, brought_forward_by="req-9", brought_forward_version=2)
+    due = followup_due(PLANNED, hurried, view(champion_version=2, rows_total=10_001))
+    assert due is not None and due.startswith("follow-up 1/2") and "brought forward by req-9" in due
+    assert followup_due(PLANNED, hurried, view(champion_version=2, active_runs=("r",))) is None
+    # A newer champion answered the alarm already: back to the planned rows.
+    assert followup_due(PLANNED, hurried, view(champion_version=3, rows_total=10_001)) is None
+    assert followup_due(PLANNED, replace(hurried, done=2), view(champion_version=2)) is None  # bounded
+    assert ChangePlan.from_json(hurried.to_json()) == hurried
+
+
+def test_a_model_weak_at_its_gate_is_named_by_its_holdout_score_against_the_performance_threshold() -> None:
+    why = weak_at_gate("roc_auc", 0.78, 0.96)
+    assert why is not None and "roc_auc 0.78" in why and "below the performance threshold 0.96" in why
+    assert weak_at_gate("roc_auc", 0.97, 0.96) is None
+    assert weak_at_gate("rmse", 3.0, 2.0) is not None and weak_at_gate("rmse", 1.0, 2.0) is None  # lower is better
+    assert weak_at_gate("roc_auc", None, 0.96) is None and weak_at_gate("roc_auc", 0.5, None) is None
+
+
+def test_only_the_first_models_answer_moves_the_plans_rows_past_its_data() -> None:
+    # The first model trained on the first rows after the located start (a gradual change may still have been under
+    # way): its answer trains on the rows after its cut. A later model is weak for want of rows: keep them all.
+    cut = PLAN.change_started_at + timedelta(minutes=5)
+    assert brought_forward_start(PLAN, cut) == cut
+    assert brought_forward_start(PLAN, PLAN.change_started_at - timedelta(minutes=5)) == PLAN.change_started_at
+    assert brought_forward_start(PLAN, None) == PLAN.change_started_at
+    assert brought_forward_start(replace(PLAN, done=1), cut) == PLAN.change_started_at
