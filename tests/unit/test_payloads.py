@@ -280,18 +280,28 @@ def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 
-@pytest.mark.parametrize("event_type", event_types())
+# Event types whose schemas hold what the batch writer does not compile (a union of null and a logical type, an
+# array of records): they keep ``RecordWriter.encode``. A type that becomes compilable moves to the parity test.
+NOT_BATCHED = {"DatasetVersionCreated", "DriftDetected", "PerformanceDegraded", "TrainingRequested"}
+BATCH_VARYING = ["envelope.event_id", "envelope.cascade_id"]
+
+
+@pytest.mark.parametrize("event_type", sorted(NOT_BATCHED))
+def test_a_schema_the_batch_writer_cannot_compile_is_refused_when_the_writer_is_made(event_type: str) -> None:
+    codec = AvroCodec(InMemoryRegistry())  # type: ignore[arg-type]
+    writer = codec.writer(sample_payload(event_type).topic.subject, event_schema(event_type))
+    with pytest.raises(ValueError, match=r"batch encoder|non-primitive"):
+        writer.batch(BATCH_VARYING)
+
+
+@pytest.mark.parametrize("event_type", [t for t in event_types() if t not in NOT_BATCHED])
 def test_a_batch_writer_writes_the_bytes_the_record_writer_writes(event_type: str) -> None:
     """``BatchWriter`` (the fields a batch shares encoded once, the others per record) must write each record as
-    ``RecordWriter`` does; schemas it cannot compile are refused when it is made, never written differently."""
+    ``RecordWriter`` does."""
     codec = AvroCodec(InMemoryRegistry())  # type: ignore[arg-type]
     payload = sample_payload(event_type)
     writer = codec.writer(payload.topic.subject, event_schema(event_type))
-    varying = ["envelope.event_id", "envelope.cascade_id"]
-    try:
-        batch = writer.batch(varying)
-    except ValueError:
-        pytest.skip(f"{event_type}: its schema has types the batch writer does not compile")
+    batch = writer.batch(BATCH_VARYING)
     cause = new_event(payloads.ExternalTrigger(model="m", reason="r"), producer="test")
     caused = new_event(payload, producer="test", cause=cause)  # a caused event: caused_by, its cascade shared
     assert batch.encode(_flat(caused.to_avro()), _columns([(caused.id, caused.envelope.cascade_id)])) == [

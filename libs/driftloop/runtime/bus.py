@@ -338,9 +338,7 @@ class _BatchReports:
 
     def __call__(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:
-            if err.fatal() or err.code() == KafkaError._MSG_TIMED_OUT:
-                self.bus._producer_fatal = str(err)  # stuck (e.g. a broker that came back empty): a new producer
-            PUBLISH_FAILURES.labels(self.event_type).inc()
+            self.bus._delivery_failed(err, self.event_type)
             log.error("a %s event was not delivered: %s", self.event_type, err)
         self._settle(1, err is None)
 
@@ -448,13 +446,25 @@ class EventBus:
         try:
             producer.produce(topic, **kwargs)
         except KafkaException as exc:
-            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-            if error is None or not error.fatal():
-                raise
-            self._producer_fatal = str(error)
-            producer = self.producer
+            producer = self._renewed_after(exc)
             producer.produce(topic, **kwargs)
         return producer
+
+    def _renewed_after(self, exc: KafkaException) -> Producer:
+        """A new producer after ``produce`` raised a fatal error (an idempotent producer cannot go on after one);
+        any other error is raised again."""
+        error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+        if error is None or not error.fatal():
+            raise exc
+        self._producer_fatal = str(error)
+        return self.producer
+
+    def _delivery_failed(self, err: KafkaError, event_type: str) -> None:
+        """Count an event the broker did not take; a producer stuck for good (fatal, or a message timed out: e.g. a
+        broker that came back empty) is replaced at its next use."""
+        if err.fatal() or err.code() == KafkaError._MSG_TIMED_OUT:
+            self._producer_fatal = str(err)
+        PUBLISH_FAILURES.labels(event_type).inc()
 
     def register_event_schemas(self) -> None:
         """Register every event schema now, so that publishing never waits on the registry later (a publish
@@ -490,11 +500,7 @@ class EventBus:
             except BufferError:
                 break
             except KafkaException as exc:
-                error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-                if error is None or not error.fatal():
-                    raise
-                self._producer_fatal = str(error)  # a new producer takes the rest (as ``_produce``)
-                producer = self.producer
+                producer = self._renewed_after(exc)  # a new producer takes the rest
                 continue
             index += 1
         reports.expect(index - start)
@@ -510,9 +516,7 @@ class EventBus:
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             if err is not None:
                 errors.append(str(err))
-                if err.fatal() or err.code() == KafkaError._MSG_TIMED_OUT:
-                    self._producer_fatal = str(err)  # stuck (e.g. a broker that came back empty): a new producer
-                PUBLISH_FAILURES.labels(event.type).inc()
+                self._delivery_failed(err, event.type)
                 log.error("event %s (%s) was not delivered: %s", event.id, event.type, err)
             else:
                 published, started, stepped = _delivered_counters(event.type)
