@@ -150,9 +150,10 @@ def champion_reconcile(
     session_factory: sessionmaker[Session],
     on_model_promoted: Callable[[Event[ModelPromoted]], None],
     catalog: Collection[str],
-) -> tuple[Callable[[threading.Event], None], AppliedModels, Callable[[], None]]:
+) -> tuple[Callable[[threading.Event], None], AppliedModels, Callable[[str], bool], Callable[[], None]]:
     """The start-up loop (for ``ServiceSpec.loops``), the reconcile of models applied later (its ``changed`` is
-    the catalog's listener, its ``run`` a loop) and the stop hook. ``catalog``: the pipeline catalog."""
+    the catalog's listener, its ``run`` a loop), the reconcile of one model now (raises ``DriftloopError`` when the
+    registry does not answer) and the stop hook. ``catalog``: the pipeline catalog."""
     client = ServiceClient("registry", settings, token=partial(client_token, settings), timeout=10.0, retries=1)
 
     def get_alias(model: str) -> dict[str, Any] | None:
@@ -167,4 +168,4 @@ def champion_reconcile(
     def reconcile_monitor_champions(stop_event: threading.Event) -> None:
         reconcile.run(stop_event)
 
-    return reconcile_monitor_champions, applied, client.close
+    return reconcile_monitor_champions, applied, reconcile.reconcile_model, client.close

@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -69,7 +70,7 @@ from driftloop.contracts.payloads import (
     PredictionLogged,
 )
 from driftloop.contracts.pipeline import AllowedValuesRule, PipelineConfig, RangeRule, pipeline_for_model
-from driftloop.errors import ValidationFailed
+from driftloop.errors import DriftloopError, ValidationFailed
 
 from . import metrics
 from .changes import MAX_SEGMENT, ErrorDetector, error_of
@@ -90,6 +91,8 @@ from .stats import (
 log = logging.getLogger(__name__)
 
 CHAMPION_ALIAS = "champion"
+# How often the registry is asked about one version whose predictions come while another is watched.
+CHAMPION_ASK_SECONDS = 5.0
 # A label joined with the stored prediction it is about (same version, request and row).
 LABELED_PREDICTION = sa.and_(
     MonitorObservation.model == MonitorFeedback.model,
@@ -129,8 +132,15 @@ class MonitorHandlers:
         store: ObjectStore,
         publish: Callable[[Event[Payload]], None],
         producer: str = "monitor",
+        ask_champion: Callable[[str], object] | None = None,
     ) -> None:
         self.pipelines = pipelines
+        # Asks the registry (the truth) for a model's champion and watches it if the monitor's record is older
+        # (``champion.ChampionReconcile.reconcile_model``). Predictions and promotions come on different topics,
+        # in no common order: a prediction of a version the monitor does not watch may be the first news of its
+        # promotion.
+        self.ask_champion = ask_champion
+        self._asked: dict[tuple[str, int], float] = {}  # (model, version) → when the registry was last asked
         self.Session = Session
         self.store = store
         self.publish = publish
@@ -198,6 +208,8 @@ class MonitorHandlers:
         prediction = event.payload
         model = prediction.model
         watch = self._watch(model)
+        if watch is None or prediction.version != watch.version:
+            watch = self._watch_after_asking(model, prediction.version, watch)
         if watch is None:
             metrics.PREDICTIONS_SKIPPED.labels(model=model, reason="no_reference").inc()
             return
@@ -847,6 +859,25 @@ class MonitorHandlers:
         with self._lock:
             self._watches.setdefault(model, watch)
             return self._watches[model]
+
+    def _watch_after_asking(self, model: str, version: int, watch: Watch | None) -> Watch | None:
+        """The watch once the registry was asked whether ``version`` is the champion now (at most once per
+        ``CHAMPION_ASK_SECONDS`` per version: the rows of a request come together, and a version's late predictions
+        after a switch are many). A registry that does not answer leaves the watch as it is."""
+        if self.ask_champion is None:
+            return watch
+        now = time.monotonic()
+        with self._lock:
+            asked = self._asked.get((model, version))
+            if asked is not None and now - asked < CHAMPION_ASK_SECONDS:
+                return watch
+            self._asked[(model, version)] = now
+        try:
+            self.ask_champion(model)
+        except DriftloopError as exc:
+            log.warning("monitor: v%d of %s is not watched and the registry did not answer: %s", version, model, exc)
+            return watch
+        return self._watch(model)
 
     def _fill(self, pipeline: PipelineConfig, watch: Watch) -> int:
         """Predictions stored in the window that closes next (count windows), or since its start (time)."""

@@ -27,6 +27,12 @@ def build(runtime: Runtime) -> ServiceSpec:
         publish=runtime.bus.publish,
         producer=runtime.name,
     )
+    # At start, the champion as the registry says it (the bus may have lost its promotion); so for each model
+    # applied later, when it arrives; and when a prediction of a version not watched comes before its promotion.
+    reconcile, applied, ask_champion, close_registry = champion_reconcile(
+        runtime.settings, runtime.Session, handlers.on_model_promoted, runtime.pipelines
+    )
+    handlers.ask_champion = ask_champion
     app = base_app(runtime, "monitor", "Drift, data quality and performance of served predictions.")
     app.state.context = api.Context(handlers)
     app.include_router(api.router)
@@ -48,11 +54,6 @@ def build(runtime: Runtime) -> ServiceSpec:
         "monitor-faust",
         lambda: {"processed_events": runtime.bus.purge_processed([CONSUMER_GROUP])},
         runtime.settings.database.purge_interval_seconds,
-    )
-    # At start, the champion as the registry says it (the bus may have lost its promotion); and so for each model
-    # applied later, when it arrives.
-    reconcile, applied, close_registry = champion_reconcile(
-        runtime.settings, runtime.Session, handlers.on_model_promoted, runtime.pipelines
     )
     runtime.pipelines.on_change(applied.changed)
     return ServiceSpec(

@@ -17,7 +17,7 @@ from driftloop.clients.objectstore import LocalObjectStore
 from driftloop.contracts.events import Event, new_event
 from driftloop.contracts.payloads import FeedbackReceived, ModelPromoted, PredictionLogged
 from driftloop.contracts.pipeline import PerformanceSpec, PipelineConfig, load_pipeline
-from driftloop.errors import NotFoundError
+from driftloop.errors import NotFoundError, ServiceError
 from driftloop.services.monitor.handlers import MonitorHandlers
 
 PIPELINE = load_pipeline(Path(__file__).resolve().parents[2] / "pipelines" / "transactions.yaml")
@@ -414,3 +414,43 @@ def test_a_change_detector_on_labeled_errors_alarms_located_and_a_restart_neithe
     for j in range(k, k + 200):
         serve(j, 0.9, 0.0 if rng.random() < 0.35 else 1.0, again)
     assert len(alarms()) == 1
+
+
+def test_a_prediction_that_comes_before_its_promotion_asks_the_registry_and_is_windowed(env: dict[str, Any]) -> None:
+    """Predictions and promotions come on different topics: v2's first predictions may come before v2's promotion.
+    The registry is asked (once per version while it answers the same), and what it says is watched."""
+    asked: list[str] = []
+    registry_champion = {"version": 2}
+
+    def ask_champion(model: str) -> bool:
+        asked.append(model)
+        if registry_champion["version"] == handlers.status(MODEL)["version"]:
+            return False
+        handlers.on_model_promoted(promoted(env, version=registry_champion["version"]))
+        return True
+
+    handlers: MonitorHandlers = env["make"]()
+    handlers.ask_champion = ask_champion
+    handlers.on_model_promoted(promoted(env, version=1))
+    for inputs in raw_inputs(3, env["rng"]):
+        handlers.on_prediction_logged(prediction(inputs, version=2))
+    assert asked == [MODEL]
+    assert handlers.status(MODEL)["version"] == 2
+    assert handlers.status(MODEL)["window_fill"] == 3
+    # v1's late predictions: asked once, the registry still says v2, so they are not windowed.
+    for inputs in raw_inputs(5, env["rng"]):
+        handlers.on_prediction_logged(prediction(inputs, version=1))
+    assert asked == [MODEL, MODEL]
+    assert handlers.status(MODEL)["window_fill"] == 3
+
+
+def test_a_registry_that_does_not_answer_leaves_the_prediction_unwindowed(env: dict[str, Any]) -> None:
+    def ask_champion(model: str) -> bool:
+        raise ServiceError("registry unreachable", status_code=503, code="unreachable")
+
+    handlers: MonitorHandlers = env["make"]()
+    handlers.ask_champion = ask_champion
+    handlers.on_model_promoted(promoted(env, version=1))
+    handlers.on_prediction_logged(prediction(raw_inputs(1, env["rng"])[0], version=2))
+    assert handlers.status(MODEL)["version"] == 1
+    assert handlers.status(MODEL)["window_fill"] == 0
