@@ -184,11 +184,13 @@ def collect_events(
     return found
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    """Poll ``condition`` until it holds; an AssertionError naming ``what`` after ``timeout`` seconds."""
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 90.0) -> Any:
+    """Poll ``condition`` until it gives a true value, and return that value; an AssertionError naming ``what``
+    after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")

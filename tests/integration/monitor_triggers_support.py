@@ -13,18 +13,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from fastapi.testclient import TestClient
 from pipeline_support import wait_for
 
 from driftloop.clients.db import migrate
 from driftloop.contracts.events import Event, new_event, payload_type
-from driftloop.contracts.payloads import FeaturesMaterialized, ModelPromoted
+from driftloop.contracts.payloads import DriftDetected, FeaturesMaterialized, FeatureTest, ModelPromoted
 from driftloop.contracts.pipeline import PipelineConfig, load_pipeline
 from driftloop.contracts.settings import Settings
 from driftloop.contracts.topics import TRAINING_REQUESTED, Topic
 from driftloop.runtime.bus import EventBus
 from driftloop.runtime.service import Runtime, ServiceSpec
+from driftloop.services.monitor.service import build as build_monitor
 
 __all__ = ["wait_for"]  # re-exported: the tests of this folder take it from here
 
@@ -203,3 +205,41 @@ def running_triggers(
     finally:
         producer.close()
         running.stop()
+
+
+# The monitor service under test: windows of WINDOW predictions, the demo pipeline under names of its own.
+WINDOW = 200
+
+
+@pytest.fixture
+def monitor(make_settings: Callable[..., Settings], unique: str) -> Iterator[tuple[RunningService, PipelineConfig]]:
+    settings = make_settings()
+    migrate(settings.database_url)
+    pipeline = DEMO.model_copy(
+        update={
+            "stream": DEMO.stream.model_copy(update={"name": f"tx-{unique}"}),
+            "model": DEMO.model.model_copy(update={"name": f"fraud-{unique}"}),
+            "monitor": DEMO.monitor.model_copy(update={"window_size": WINDOW, "reference_rows": 1000}),
+        }
+    )
+    running = start_service("monitor", settings, {pipeline.model.name: pipeline}, build_monitor, unique, run_loops=True)
+    yield running, pipeline
+    running.stop()
+
+
+def drift(cfg: PipelineConfig, window: int) -> Event:
+    """A DriftDetected about v1 of ``cfg``'s model: window ``window``, ``amount`` drifted."""
+    payload = DriftDetected(
+        model=cfg.model.name,
+        version=1,
+        reference_dataset_version_id=f"{cfg.stream.name}@v1",
+        window_size=400,
+        window_index=window,
+        alpha=0.01,
+        correction="bonferroni",
+        drifted_features=["amount"],
+        tests=[
+            FeatureTest(feature="amount", test="ks", statistic=0.4, p_value=1e-9, adjusted_p_value=5e-9, drifted=True)
+        ],
+    )
+    return new_event(payload, producer="test-monitor")

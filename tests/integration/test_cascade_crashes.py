@@ -36,6 +36,7 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
+from features_support import dataset_event, raw_rows, write_dataset
 from model_factory import (
     feature_frame,
     make_pipeline,
@@ -46,10 +47,8 @@ from model_factory import (
     training_completed,
     write_pipeline_dir,
 )
-from monitor_triggers_support import champion_promoted, features_materialized, read_events
+from monitor_triggers_support import champion_promoted, drift, features_materialized, read_events
 from pipeline_support import collect_events, demo_pipeline, write_pipeline
-from test_features_materialize import dataset_event, raw_rows, write_dataset
-from test_triggers import drift
 
 from driftloop.clients.db import create_engine_for, migrate
 from driftloop.clients.db.models import FeatureSet, OnlineFeatures, ProcessedEvent, TrainingRequest

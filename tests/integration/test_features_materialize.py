@@ -5,28 +5,25 @@ FeaturesMaterialized on its topic."""
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from features_support import dataset_event, raw_rows, write_dataset
 from pipeline_support import collect_events, consuming, demo_pipeline, service_runtime, write_pipeline
 
 from driftloop.clients.db.models import FeatureSet, OnlineFeatures
-from driftloop.clients.objectstore import ObjectStore, open_object_store
+from driftloop.clients.objectstore import open_object_store
 from driftloop.clients.spark import stop_spark
 from driftloop.contracts import layout
-from driftloop.contracts.events import Event, new_event
 from driftloop.contracts.featuredefs import features_from_instances
-from driftloop.contracts.payloads import DatasetVersionCreated
 from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.contracts.settings import Settings
 from driftloop.contracts.topics import FEATURES_MATERIALIZED
@@ -42,64 +39,6 @@ def spark_session_for_module() -> Iterator[None]:
     """The service's one SparkSession is created by the first test and stopped after the module."""
     yield
     stop_spark()
-
-
-def raw_rows(rows: int, entities: int, seed: int = 1) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    start = datetime(2026, 3, 1, tzinfo=UTC)
-    frame = pd.DataFrame(
-        {
-            "customer_id": [f"c{i % entities:03d}" for i in range(rows)],
-            # Distinct times, shuffled: "latest" must come from event time, not row order.
-            "event_time": [start + timedelta(seconds=int(s)) for s in rng.permutation(rows) * 60],
-            "amount": rng.gamma(2.0, 40.0, rows).round(2),
-            "age": pd.array(rng.integers(18, 90, rows), dtype="Int32"),
-            "merchant_category": rng.choice(["grocery", "travel", "electronics", "fashion", "gaming"], rows),
-            "hour": pd.array(rng.integers(0, 24, rows), dtype="Int32"),
-            "is_fraud": pd.array(rng.integers(0, 2, rows), dtype="Int32"),
-        }
-    )
-    frame.loc[4, "age"] = pd.NA
-    frame.loc[6, "merchant_category"] = None
-    return frame
-
-
-def write_dataset(store: ObjectStore, stream: str, version: int, frame: pd.DataFrame) -> None:
-    """The dataset version as ingestion writes it: Parquet files under the version's prefix."""
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    table = table.set_column(
-        table.schema.get_field_index("event_time"),
-        "event_time",
-        table.column("event_time").cast(pa.timestamp("ms", tz="UTC")),
-    )
-    half = table.num_rows // 2
-    for part, chunk in enumerate((table.slice(0, half), table.slice(half))):
-        sink = pa.BufferOutputStream()
-        pq.write_table(chunk, sink)
-        store.put_bytes(
-            f"{layout.dataset_prefix(stream, version)}part-{part:05d}.parquet", sink.getvalue().to_pybytes()
-        )
-
-
-def dataset_event(stream: str, version: int, frame: pd.DataFrame, store: ObjectStore) -> Event:
-    return new_event(
-        DatasetVersionCreated(
-            stream=stream,
-            dataset_version_id=layout.dataset_version_id(stream, version),
-            version=version,
-            uri=store.uri(layout.dataset_prefix(stream, version)),
-            content_hash=uuid.uuid4().hex,
-            row_count=len(frame),
-            new_rows=len(frame),
-            parent_version_id=None,
-            mode="window",
-            schema_json="{}",
-            profile_json="{}",
-            min_event_time=None,
-            max_event_time=None,
-        ),
-        producer="test",
-    )
 
 
 def expected_latest(frame: pd.DataFrame, pipeline: PipelineConfig) -> pd.DataFrame:

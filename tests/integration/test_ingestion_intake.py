@@ -7,13 +7,8 @@ from __future__ import annotations
 import io
 import json
 import struct
-import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import fastavro
@@ -25,8 +20,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
-from fastapi.testclient import TestClient
-from pipeline_support import InProcessService, collect_events, service_runtime, stream_pipeline, write_pipeline
+from ingestion_support import Ingestion, start_intake
+from pipeline_support import collect_events, wait_for
 from prometheus_client import REGISTRY
 
 from driftloop.clients.db.models import DeadLetter, LandedBatch
@@ -37,58 +32,8 @@ from driftloop.contracts.settings import Settings
 from driftloop.contracts.topics import RECORD_REJECTED
 from driftloop.runtime.service import Runtime
 from driftloop.services.ingestion.kafka_intake import GROUP, KafkaIntake
-from driftloop.services.ingestion.service import build
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass
-class Ingestion(InProcessService):
-    intake: KafkaIntake
-    stream: str
-
-    @property
-    def topic(self) -> str:
-        return self.runtime.pipelines[f"model-{self.stream}"].stream.topic
-
-
-@pytest.fixture
-def ingestion(make_settings: Callable[..., Settings], tmp_path: Path, unique: str) -> Iterator[Ingestion]:
-    stream = f"pay-{unique}"
-    pipeline = stream_pipeline(
-        stream,
-        max_future_seconds=3600,
-        max_record_bytes=400,
-        quality=[
-            {"rule": "range", "field": "amount", "min": 0, "max": 10000},
-            {"rule": "allowed_values", "field": "category", "values": ["food", "travel"]},
-        ],
-        dataset={"landing_batch_rows": 25, "landing_batch_seconds": 0.5},
-    )
-    write_pipeline(tmp_path / "pipelines", "pay", pipeline)
-    settings = make_settings(pipelines_dir=tmp_path / "pipelines")
-    with service_runtime("ingestion", settings) as runtime:
-        spec = build(runtime)
-        intake: KafkaIntake = spec.app.state.ingestion["intake"]
-        with TestClient(spec.app) as client:
-            yield Ingestion(settings, runtime, client, intake, stream)
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def start_intake(intake: KafkaIntake) -> tuple[threading.Thread, threading.Event]:
-    stop = threading.Event()
-    thread = threading.Thread(target=intake.run, args=(stop,), daemon=True)
-    thread.start()
-    wait_for(lambda: intake.assigned, "the ingestion consumer's assignment")
-    return thread, stop
 
 
 def rejected_events(settings: Settings, runtime: Runtime, stream: str, expected: int) -> list[Event]:

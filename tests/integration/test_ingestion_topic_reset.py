@@ -21,14 +21,14 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from fastapi.testclient import TestClient
-from pipeline_support import service_runtime, stream_pipeline, write_pipeline
-from test_ingestion_intake import GROUP, Ingestion, ingestion, start_intake, wait_for  # noqa: F401 (a fixture)
+from ingestion_support import Ingestion, start_intake
+from pipeline_support import service_runtime, stream_pipeline, wait_for, write_pipeline
 
 from driftloop.contracts.settings import Settings
 from driftloop.ops.broker import EmbeddedBroker
 from driftloop.ops.procs import free_port
 from driftloop.runtime.service import _add_health
-from driftloop.services.ingestion.kafka_intake import KafkaIntake
+from driftloop.services.ingestion.kafka_intake import GROUP, KafkaIntake
 from driftloop.services.ingestion.service import build
 
 pytestmark = pytest.mark.integration
@@ -68,7 +68,7 @@ def run_until(intake: KafkaIntake, service: Ingestion, landed: int) -> dict[str,
     return stats()
 
 
-def test_records_after_a_topic_reset_land_and_replays_are_still_skipped(ingestion: Ingestion) -> None:  # noqa: F811
+def test_records_after_a_topic_reset_land_and_replays_are_still_skipped(ingestion: Ingestion) -> None:
     settings, runtime, stream, topic = ingestion.settings, ingestion.runtime, ingestion.stream, ingestion.topic
     produce(ingestion, 0, 40)
     first = run_until(ingestion.intake, ingestion, 40)

@@ -4,8 +4,7 @@ store, logged predictions with a shifted distribution, and DriftDetected on the 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -14,39 +13,18 @@ import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 from monitor_support import CATEGORIES, champion_promoted, prediction_logged, put_reference, raw_inputs
-from monitor_triggers_support import RunningService, read_events, start_service, wait_for
+from monitor_triggers_support import DEMO, WINDOW, RunningService, read_events, wait_for
 
-from driftloop.clients.db import migrate
 from driftloop.clients.objectstore import open_object_store
 from driftloop.contracts.featuredefs import compute_features
 from driftloop.contracts.layout import feature_set_prefix
-from driftloop.contracts.pipeline import PipelineConfig, load_pipeline
+from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.contracts.settings import Settings
 from driftloop.contracts.topics import DRIFT_DETECTED
 from driftloop.runtime.bus import EventBus
 from driftloop.services.monitor.reference import read_reference
-from driftloop.services.monitor.service import build
 
 pytestmark = pytest.mark.integration
-
-BASE = load_pipeline(Path(__file__).resolve().parents[2] / "pipelines" / "transactions.yaml")
-WINDOW = 200
-
-
-@pytest.fixture
-def monitor(make_settings: Callable[..., Settings], unique: str) -> Iterator[tuple[RunningService, PipelineConfig]]:
-    settings = make_settings()
-    migrate(settings.database_url)
-    pipeline = BASE.model_copy(
-        update={
-            "stream": BASE.stream.model_copy(update={"name": f"tx-{unique}"}),
-            "model": BASE.model.model_copy(update={"name": f"fraud-{unique}"}),
-            "monitor": BASE.monitor.model_copy(update={"window_size": WINDOW, "reference_rows": 1000}),
-        }
-    )
-    running = start_service("monitor", settings, {pipeline.model.name: pipeline}, build, unique, run_loops=True)
-    yield running, pipeline
-    running.stop()
 
 
 def test_shifted_predictions_raise_drift_detected_on_the_topic(
@@ -127,7 +105,7 @@ def test_reference_is_read_from_s3(s3_endpoint: str, make_settings: Callable[...
     )
     store = open_object_store(settings)
     rng = np.random.default_rng(3)
-    frame = compute_features(pd.DataFrame(raw_inputs(300, rng)), BASE)
+    frame = compute_features(pd.DataFrame(raw_inputs(300, rng)), DEMO)
     prefix = feature_set_prefix(f"tx-{unique}", 1)
     for part, chunk in enumerate((frame.iloc[:150], frame.iloc[150:])):
         buffer = io.BytesIO()
@@ -135,9 +113,9 @@ def test_reference_is_read_from_s3(s3_endpoint: str, make_settings: Callable[...
         store.put_bytes(f"{prefix}part-{part:05d}.parquet", buffer.getvalue())
     store.put_bytes(f"{prefix}_manifest.json", b"{}")  # non-Parquet side files are skipped
 
-    reference = read_reference(store, store.uri(prefix), BASE.feature_names, max_rows=200, seed=1)
-    assert list(reference.columns) == BASE.feature_names
+    reference = read_reference(store, store.uri(prefix), DEMO.feature_names, max_rows=200, seed=1)
+    assert list(reference.columns) == DEMO.feature_names
     assert len(reference) == 200
     assert set(reference["merchant_category"]) <= set(CATEGORIES)
-    everything = read_reference(store, store.uri(prefix), BASE.feature_names, max_rows=1000, seed=1)
+    everything = read_reference(store, store.uri(prefix), DEMO.feature_names, max_rows=1000, seed=1)
     assert len(everything) == 300

@@ -7,23 +7,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import test_monitor
 from fastapi.testclient import TestClient
 from monitor_support import champion_promoted, prediction_logged, put_reference, raw_inputs
-from monitor_triggers_support import read_events, wait_for
+from monitor_triggers_support import WINDOW, RunningService, read_events, wait_for
 
 from driftloop.clients.objectstore import open_object_store
+from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.contracts.topics import DRIFT_DETECTED
 from driftloop.runtime.bus import EventBus
 
 pytestmark = pytest.mark.integration
 
-WINDOW = test_monitor.WINDOW
-# The monitor service with windows of WINDOW predictions (from the monitor's integration tests).
-monitor = test_monitor.monitor
 
-
-def test_shifted_predictions_alarm_and_reference_like_ones_do_not(monitor) -> None:  # type: ignore[no-untyped-def]
+def test_shifted_predictions_alarm_and_reference_like_ones_do_not(
+    monitor: tuple[RunningService, PipelineConfig],
+) -> None:
     running, pipeline = monitor
     settings = running.runtime.settings
     model, stream = pipeline.model.name, pipeline.stream.name

@@ -6,9 +6,9 @@ and the timeline shows the rollback and the alias move with their cause chain.""
 from __future__ import annotations
 
 import pytest
-import test_serving_rollout_oip as canary
 from fastapi.testclient import TestClient
-from test_registry_serving import Stack, rows, wait_for
+from pipeline_support import wait_for
+from serving_support import Stack, rows
 
 from driftloop.runtime.service import base_app
 from driftloop.runtime.timeline import lineage
@@ -16,11 +16,6 @@ from driftloop.services.dashboard import api as dashboard_api
 from driftloop.services.serving.service import build as build_serving
 
 pytestmark = pytest.mark.integration
-
-
-# Registry and one serving replica whose pipeline canaries new versions (step of 6 requests, any shift of the mean
-# prediction rolls back).
-canary_stack = canary.canary_stack
 
 
 def test_a_rolled_back_canary_moves_champion_back_and_a_new_replica_serves_the_old_version(

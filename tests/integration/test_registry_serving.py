@@ -4,178 +4,32 @@ consumers and loops in threads, their HTTP apps through TestClient). Models are 
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-import sqlalchemy as sa
-import uvicorn
 from fastapi.testclient import TestClient
 from model_factory import (
     feature_frame,
-    make_pipeline,
     pipeline_text,
     put_artifact,
     put_feature_set,
-    raw_transactions,
     train_artifact,
     training_completed,
-    training_requested,
     write_pipeline_dir,
 )
+from pipeline_support import wait_for
+from serving_support import Stack, rows
 
-from driftloop.clients.db.models import EventRecord
-from driftloop.clients.objectstore import open_object_store
 from driftloop.contracts.events import new_event
 from driftloop.contracts.payloads import ModelPromoted
 from driftloop.contracts.pipeline import parse_pipeline
 from driftloop.contracts.settings import Settings
 from driftloop.ops.pipelines import apply_pipeline
-from driftloop.ops.procs import free_port
-from driftloop.runtime.pipelines import follow
-from driftloop.runtime.service import Runtime, ServiceSpec, _add_health, make_runtime
 from driftloop.services.monitor.service import build as build_monitor
-from driftloop.services.registry.service import build as build_registry
 from driftloop.services.serving.service import build as build_serving
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 90.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class InProcessService:
-    """A service as ``driftloop.runtime.service.run`` wires it, minus uvicorn: consumers and loops in threads."""
-
-    def __init__(
-        self,
-        name: str,
-        build: Callable[[Runtime], ServiceSpec],
-        settings: Settings,
-        *,
-        http: bool = False,
-        follow_pipelines: bool = False,
-    ) -> None:
-        self.runtime = make_runtime(name, settings)
-        self.spec = build(self.runtime)
-        _add_health(self.spec.app, self.runtime, self.spec)
-        self.server: uvicorn.Server | None = None
-        if http:  # also answer over HTTP on its port (serving asks the registry that way)
-            config = uvicorn.Config(
-                self.spec.app, host="127.0.0.1", port=settings.services.port(name), log_config=None, access_log=False
-            )
-            self.server = uvicorn.Server(config)
-            threading.Thread(target=self.server.run, daemon=True).start()
-            wait_for(lambda: self.server is not None and self.server.started, f"{name} to listen")
-        self.threads = [
-            threading.Thread(target=self.runtime.bus.run_consumer, args=(c.group, c.handlers), daemon=True)
-            for c in self.spec.consumers
-        ] + [
-            threading.Thread(target=loop, args=(self.runtime.bus.stop_event,), daemon=True) for loop in self.spec.loops
-        ]
-        if follow_pipelines:  # take PipelineApplied from the bus, as ``run`` has every service do
-            follower = follow(self.runtime.pipelines, self.runtime.bus, name)
-            self.threads.append(threading.Thread(target=follower, args=(self.runtime.bus.stop_event,), daemon=True))
-        for thread in self.threads:
-            thread.start()
-        self.client = TestClient(self.spec.app)
-        wait_for(lambda: self.client.get("/healthz").json()["ready"], f"{name} to be ready")
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.should_exit = True
-        self.runtime.bus.stop_event.set()
-        for thread in self.threads:
-            thread.join(timeout=15)
-        self.runtime.bus.close()
-
-
-class Stack:
-    def __init__(self, settings: Settings, model: str, stream: str, *, follow_pipelines: bool = False) -> None:
-        # The registry answers over HTTP on a free port: serving checks every promotion with it.
-        services = settings.services.model_copy(update={"registry_port": free_port()})
-        settings = settings.model_copy(update={"services": services})
-        self.settings = settings
-        self.model = model
-        self.stream = stream
-        self.pipeline = make_pipeline(model=model, stream=stream, first_version_threshold=0.6, min_improvement=0.01)
-        self.store = open_object_store(settings)
-        self.features = feature_frame(self.pipeline, rows=3000)
-        self.feature_set_uri = put_feature_set(self.store, stream, 1, self.features)
-        self.services: list[InProcessService] = []
-        self.follow_pipelines = follow_pipelines
-        self.registry = self.start("registry", build_registry, http=True)
-        self.serving = self.start("serving", build_serving)
-
-    def start(self, name: str, build: Callable[[Runtime], ServiceSpec], *, http: bool = False) -> InProcessService:
-        service = InProcessService(name, build, self.settings, http=http, follow_pipelines=self.follow_pipelines)
-        self.services.append(service)
-        return service
-
-    def complete_training(self, run_id: str, *, quality: str = "good", rounds: int = 30) -> None:
-        """What the training service would do: an artifact in the object store and a TrainingCompleted event."""
-        artifact = train_artifact(self.pipeline, self.features, quality=quality, rounds=rounds)
-        uri, sha = put_artifact(self.store, self.model, run_id, artifact)
-        completed = training_completed(self.model, run_id, uri, sha, self.feature_set_uri, f"{self.stream}@v1")
-        request = new_event(training_requested(self.model), producer="test")
-        event = new_event(completed, producer="training", cause=request)
-        self.registry.runtime.bus.publish(event)
-
-    def decided(self, version: int) -> dict[str, Any]:
-        def status() -> dict[str, Any] | None:
-            response = self.registry.client.get(f"/v1/models/{self.model}/versions/{version}")
-            return (
-                response.json() if response.status_code == 200 and response.json()["status"] != "registered" else None
-            )
-
-        return wait_for(status, f"the gate decision on v{version}")
-
-    def served_version(self, serving: InProcessService | None = None) -> int | None:
-        response = (serving or self.serving).client.get(f"/v1/models/{self.model}")
-        return response.json()["version"] if response.status_code == 200 else None
-
-    def predict(self, rows: list[dict[str, Any]], serving: InProcessService | None = None) -> Any:
-        return (serving or self.serving).client.post(f"/v1/models/{self.model}/predict", json={"instances": rows})
-
-    def events(self, event_type: str) -> list[EventRecord]:
-        with self.registry.runtime.Session() as session:
-            return list(
-                session.scalars(
-                    sa.select(EventRecord)
-                    .where(EventRecord.event_type == event_type, EventRecord.model == self.model)
-                    .order_by(EventRecord.occurred_at)
-                )
-            )
-
-    def stop(self) -> None:
-        for service in reversed(self.services):
-            service.stop()
-
-
-@pytest.fixture
-def stack(make_settings: Callable[..., Settings], tmp_path: Path, unique: str) -> Iterator[Stack]:
-    model, stream = f"fraud-{unique}", f"tx-{unique}"
-    pipelines = write_pipeline_dir(
-        tmp_path / "pipelines", model, stream, first_version_threshold=0.6, min_improvement=0.01
-    )
-    s = Stack(make_settings(pipelines_dir=pipelines), model, stream)
-    yield s
-    s.stop()
-
-
-def rows(n: int = 4) -> list[dict[str, Any]]:
-    raw = raw_transactions(n, seed=11).drop(columns=["is_fraud"])
-    raw["event_time"] = raw["event_time"].astype(str)
-    return raw.to_dict(orient="records")
 
 
 def test_register_promote_serve_then_reject_worse_and_promote_better(stack: Stack) -> None:

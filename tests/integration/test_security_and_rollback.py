@@ -20,7 +20,8 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
-from test_registry_serving import Stack, rows, wait_for
+from pipeline_support import wait_for
+from serving_support import Stack, rows
 
 import driftloop.services
 from driftloop.contracts.settings import Settings

@@ -15,9 +15,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from model_factory import feature_frame, make_pipeline, put_artifact, train_artifact, write_pipeline_dir
-from pipeline_support import collect_events
-from test_registry_serving import Stack, rows, stack, wait_for  # noqa: F401 (stack: the fixture)
-from test_serving_rollout_oip import HttpServer, free_port
+from pipeline_support import collect_events, wait_for
+from serving_support import HttpServer, Stack, rows
 
 from driftloop.clients.db import migrate
 from driftloop.clients.db.models import EventRecord, ServedPrediction
@@ -26,7 +25,7 @@ from driftloop.contracts.events import new_event
 from driftloop.contracts.payloads import ModelPromoted
 from driftloop.contracts.settings import Settings, settings_env
 from driftloop.contracts.topics import PREDICTION_LOGGED
-from driftloop.ops.procs import http_ready, pid_alive, spawn, stop_pid, wait_until
+from driftloop.ops.procs import free_port, http_ready, pid_alive, spawn, stop_pid, wait_until
 from driftloop.runtime.bus import EventBus
 
 pytestmark = pytest.mark.integration
@@ -36,7 +35,7 @@ REQUESTS_PER_THREAD = 20
 ROWS_CYCLE = (1, 3, 10)
 
 
-def test_every_answered_row_is_logged_once_under_load_and_a_hot_swap(stack: Stack) -> None:  # noqa: F811
+def test_every_answered_row_is_logged_once_under_load_and_a_hot_swap(stack: Stack) -> None:
     stack.complete_training("run-1", rounds=5)
     wait_for(lambda: stack.served_version() == 1, "serving to load v1")
     server = HttpServer(stack.serving.spec.app, free_port())

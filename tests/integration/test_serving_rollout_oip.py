@@ -5,85 +5,23 @@ spec; entity keys resolved through the real features service's online store."""
 
 from __future__ import annotations
 
-import json
-import socket
-import threading
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
-import uvicorn
-from fastapi import FastAPI
 from model_factory import write_pipeline_dir
-from pipeline_support import collect_events
-from test_registry_serving import Stack, rows, wait_for
+from pipeline_support import collect_events, wait_for
+from serving_support import HttpServer, Stack, http, rows
 
 from driftloop.clients.db.models import OnlineFeatures, PredictionFeedback, ServedPrediction
 from driftloop.contracts.settings import Settings
 from driftloop.contracts.topics import PREDICTION_LOGGED
+from driftloop.ops.procs import free_port
 from driftloop.services.features.service import build as build_features
 
 pytestmark = pytest.mark.integration
-
-CANARY = """
-serving:
-  rollout:
-    mode: canary
-    canary_steps: [0.5]
-    step_min_requests: 6
-    max_latency_ratio: 1000
-    max_mean_prediction_shift: 0.000001
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class HttpServer:
-    """A FastAPI app on a real port (uvicorn in a thread), stopped at the end."""
-
-    def __init__(self, app: FastAPI, port: int) -> None:
-        self.url = f"http://127.0.0.1:{port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        wait_for(lambda: self.server.started, "uvicorn to start", timeout=30)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
-
-
-def http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
-    """A plain HTTP client: JSON in, (status, JSON) out."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-@pytest.fixture
-def canary_stack(make_settings: Callable[..., Settings], tmp_path: Path, unique: str) -> Iterator[Stack]:
-    model, stream = f"fraud-{unique}", f"tx-{unique}"
-    pipelines = write_pipeline_dir(
-        tmp_path / "pipelines", model, stream, first_version_threshold=0.6, min_improvement=0.01
-    )
-    path = pipelines / f"{model}.yaml"
-    path.write_text(path.read_text() + CANARY)
-    s = Stack(make_settings(pipelines_dir=pipelines), model, stream)
-    yield s
-    s.stop()
 
 
 def test_registry_promotes_serving_canaries_and_rolls_back_by_itself_then_feedback_joins(canary_stack: Stack) -> None:

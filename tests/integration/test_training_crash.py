@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from pipeline_support import collect_events, demo_pipeline, service_runtime, write_pipeline
-from test_training_runs import request_event, write_feature_set
+from training_support import request_event, write_feature_set
 
 from driftloop.clients.objectstore import open_object_store
 from driftloop.contracts.settings import Settings, settings_env

@@ -7,26 +7,19 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from pipeline_support import collect_events, consuming, demo_pipeline, service_runtime, write_pipeline
+from training_support import request_event, write_feature_set
 
 from driftloop.client import Client as PlatformClient
 from driftloop.clients.db.models import Run
 from driftloop.clients.objectstore import ObjectStore, open_object_store
 from driftloop.contracts import layout
 from driftloop.contracts.artifact import ModelArtifact
-from driftloop.contracts.events import Event, new_event
-from driftloop.contracts.featuredefs import compute_features
-from driftloop.contracts.payloads import TrainingRequested
 from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.contracts.settings import Settings
 from driftloop.contracts.topics import RUN_STATE_CHANGED, TRAINING_COMPLETED
@@ -43,44 +36,6 @@ def ray_for_module() -> Iterator[None]:
     """The service's local Ray starts with the first fit and is shut down after the module."""
     yield
     shutdown_ray()
-
-
-def write_feature_set(store: ObjectStore, pipeline: PipelineConfig, version: int, rows: int) -> None:
-    """A small feature set as the features service leaves it: Parquet files, then the manifest."""
-    rng = np.random.default_rng(version)
-    start = datetime(2026, 4, 1, tzinfo=UTC)
-    amount = rng.lognormal(4, 1, rows)
-    category = rng.choice(["grocery", "travel", "electronics", "fashion", "gaming"], rows)
-    logit = -2 + 1.3 * (np.log1p(amount) - 4) + 1.5 * np.isin(category, ["electronics", "gaming"])
-    raw = pd.DataFrame(
-        {
-            "customer_id": [f"c{i % 60}" for i in range(rows)],
-            "event_time": [start + timedelta(minutes=i) for i in range(rows)],
-            "amount": amount,
-            "age": rng.integers(18, 90, rows).astype(float),
-            "merchant_category": category,
-            "hour": rng.integers(0, 24, rows),
-            "is_fraud": (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(int),
-        }
-    )
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pandas(compute_features(raw, pipeline), preserve_index=False), sink)
-    stream = pipeline.stream.name
-    store.put_bytes(f"{layout.feature_set_prefix(stream, version)}part-00000.parquet", sink.getvalue().to_pybytes())
-    store.put_bytes(layout.feature_set_manifest_key(stream, version), json.dumps({"row_count": rows}).encode())
-
-
-def request_event(model: str, request_id: str, dataset_version_id: str | None) -> Event:
-    return new_event(
-        TrainingRequested(
-            request_id=request_id,
-            model=model,
-            trigger="manual",
-            reason="integration test",
-            dataset_version_id=dataset_version_id,
-        ),
-        producer="test",
-    )
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from monitor_triggers_support import (
     TriggersUnderTest,
     broker_settings,
     demo_config,
+    drift,
     running_triggers,
     wait_for,
 )
@@ -25,7 +26,7 @@ from monitor_triggers_support import features_materialized as features
 from driftloop.clients.db import create_engine_for, migrate, session_factory
 from driftloop.clients.db.models import TrainingRequest
 from driftloop.contracts.events import Event, new_event
-from driftloop.contracts.payloads import DriftDetected, FeatureTest, RunStateChanged
+from driftloop.contracts.payloads import RunStateChanged
 from driftloop.contracts.pipeline import DriftTrigger, NewDataTrigger, PipelineConfig, RetrainPolicy, TriggerSpec
 from driftloop.contracts.topics import TRAINING_REQUESTED
 from driftloop.errors import DriftloopError
@@ -68,23 +69,6 @@ def triggers(
     }
     with running_triggers(settings, pipelines, build, suffix) as running:
         yield running
-
-
-def drift(cfg: PipelineConfig, window: int) -> Event:
-    payload = DriftDetected(
-        model=cfg.model.name,
-        version=1,
-        reference_dataset_version_id=f"{cfg.stream.name}@v1",
-        window_size=400,
-        window_index=window,
-        alpha=0.01,
-        correction="bonferroni",
-        drifted_features=["amount"],
-        tests=[
-            FeatureTest(feature="amount", test="ks", statistic=0.4, p_value=1e-9, adjusted_p_value=5e-9, drifted=True)
-        ],
-    )
-    return new_event(payload, producer="test-monitor")
 
 
 def test_drift_storm_gives_exactly_one_request_then_cooldown(triggers: Triggers) -> None:
