@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from test_registry_aliases import ADMIN, MODEL, env, models  # noqa: F401  (fixtures)
+from registry_support import ADMIN, MODEL
 
 from driftloop.clients.db.models import EventRecord
 from driftloop.contracts.events import Event
@@ -30,7 +30,7 @@ class LoggingBus:
         pass
 
 
-def test_an_event_the_broker_never_acknowledged_is_published_again_by_the_drain(env: dict) -> None:  # noqa: F811
+def test_an_event_the_broker_never_acknowledged_is_published_again_by_the_drain(env: dict) -> None:
     registry, client, bus = env["registry"], env["client"], env["bus"]
     engine = registry.Session.kw["bind"]
     logging_bus = LoggingBus(engine)

@@ -7,15 +7,11 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-import test_registry_aliases as aliases
+from model_factory import put_artifact, training_completed
+from registry_support import ADMIN, MODEL
 
 from driftloop.contracts.events import Envelope, Event, new_event
 from driftloop.contracts.payloads import RolloutRolledBack
-
-# The registry with v1 promoted, then v2 promoted over it (champion v2), from the alias tests.
-env = aliases.env
-models = aliases.models
-MODEL, ADMIN = aliases.MODEL, aliases.ADMIN
 
 
 def rolled_back(promotion_id: str, *, replica: str = "replica-a", origin: str = "verdict") -> Event:
@@ -105,14 +101,14 @@ def test_a_rolled_back_version_is_shown_so_and_skipped_by_the_default_rollback(e
     assert statuses == {1: "promoted", 2: "rolled_back"}
 
     # v3 beats the champion v1 and is promoted; rolling it back by default skips v2 and lands on v1.
-    uri, sha = aliases.put_artifact(env["store"], MODEL, "run-3", models["good"])
-    completed = aliases.training_completed(MODEL, "run-3", uri, sha, env["fs_uri"], "tx-alias@v1")
+    uri, sha = put_artifact(env["store"], MODEL, "run-3", models["good"])
+    completed = training_completed(MODEL, "run-3", uri, sha, env["fs_uri"], "tx-alias@v1")
     handlers.on_training_completed(new_event(completed, producer="training"))
     assert registry.aliases(MODEL) == {"champion": 3}
-    back = client.post(f"/v1/models/{MODEL}/rollback", json={"reason": "v3 misbehaves"}, headers=aliases.ADMIN)
+    back = client.post(f"/v1/models/{MODEL}/rollback", json={"reason": "v3 misbehaves"}, headers=ADMIN)
     assert back.status_code == 200 and (back.json()["version"], back.json()["previous_version"]) == (1, 3)
 
     # A person may still name the rolled-back version: it becomes the champion and promoted again.
-    forward = client.post(f"/v1/models/{MODEL}/rollback", json={"to": 2}, headers=aliases.ADMIN)
+    forward = client.post(f"/v1/models/{MODEL}/rollback", json={"to": 2}, headers=ADMIN)
     assert forward.status_code == 200 and registry.aliases(MODEL) == {"champion": 2}
     assert registry.get_version(MODEL, 2).status == "promoted"

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
-from test_training_fit import raw_rows
+from fit_support import raw_rows
 
 from driftloop.clients.db import create_engine_for, migrate, session_factory
 from driftloop.clients.db.models import EventRecord, PredictionFeedback, ServedPrediction

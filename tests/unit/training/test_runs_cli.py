@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
-from test_training_families import fit, pipeline_of
-from test_training_fit import REPO
+from families_support import fit, pipeline_of
+from fit_support import REPO
 from typer.testing import CliRunner
 
 from driftloop.client import Client

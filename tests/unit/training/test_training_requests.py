@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from test_training_fit import pipeline, write_feature_set
+from fit_support import pipeline, write_feature_set
 
 from driftloop.clients.db import create_engine_for, migrate, session_factory
 from driftloop.clients.db.models import Run
