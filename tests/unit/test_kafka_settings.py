@@ -4,12 +4,16 @@ consumers, ingestion intake, admin), faust's broker credentials, and the topic c
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 import faust
 import pytest
 
 from driftloop.contracts.settings import Settings
 from driftloop.errors import ConfigError
 from driftloop.runtime.bus import EventBus, faust_broker_options, topic_config
+from driftloop.runtime.pipelines import PipelineCatalog, follow
 
 SASL = {
     "bootstrap_servers": "k1:9093,k2:9093",
@@ -84,3 +88,15 @@ def test_a_prompt_consumer_lets_the_broker_hold_its_fetches_less_long(tmp_path) 
     assert bus.consumer_config("g")["fetch.wait.max.ms"] == Settings().kafka.fetch_wait_max_ms
     assert bus.consumer_config("g", prompt=True)["fetch.wait.max.ms"] == 300
     assert Settings().kafka.prompt_fetch_wait_ms < Settings().kafka.fetch_wait_max_ms
+
+
+def test_the_pipeline_follower_lets_the_broker_hold_its_fetches_longest(tmp_path) -> None:
+    """Every process has a follower and pipelines change rarely: its fetches are held ``follower_fetch_wait_ms``."""
+    bus = EventBus.__new__(EventBus)
+    bus.settings = Settings(home=tmp_path, kafka={"follower_fetch_wait_ms": 7000})
+    calls: list[dict[str, Any]] = []
+    bus.run_consumer = lambda group, handlers, **kwargs: calls.append(kwargs)  # type: ignore[method-assign]
+    follow(PipelineCatalog({}), bus, "svc")(threading.Event())
+    assert calls[0]["broadcast"] is True and calls[0]["fetch_wait_ms"] == 7000
+    assert bus.consumer_config("g", prompt=True, fetch_wait_ms=7000)["fetch.wait.max.ms"] == 7000
+    assert Settings().kafka.follower_fetch_wait_ms > Settings().kafka.fetch_wait_max_ms

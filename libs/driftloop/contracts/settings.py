@@ -56,6 +56,11 @@ class KafkaSettings(_Section):
     # cascade (features, triggers, training, registry, serving's promotions): the embedded broker answers a held
     # fetch when it next looks, about a fifth of this on average. Other consumers hold 2000 ms (idle CPU).
     prompt_fetch_wait_ms: int = Field(default=500, ge=10, le=2000)
+    # How long the broker may hold an empty fetch of a process's pipeline follower (every process of every service
+    # has one; a change of ``driftloop pipeline apply`` reaches them through it). Pipelines change rarely: on the
+    # embedded broker a change is taken ~2 s later on average at 10000 (max ~3.5 s), and the idle followers cost it
+    # a fifth of what they did at 2000; on Apache Kafka at once either way.
+    follower_fetch_wait_ms: int = Field(default=10000, ge=10, le=30000)
     # Consumer group of the ingestion processes: processes in one group split the stream topics' partitions.
     ingestion_group: str = Field(default="driftloop-ingestion", min_length=1)
     # Extra librdkafka properties (security.protocol, sasl.*, ...) passed to every client.

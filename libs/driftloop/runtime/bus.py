@@ -552,9 +552,15 @@ class EventBus:
 
     # --- consuming ---------------------------------------------------------------------------------------
 
-    def consumer_config(self, group: str, *, prompt: bool = False, **extra: Any) -> dict[str, Any]:
+    def consumer_config(
+        self, group: str, *, prompt: bool = False, fetch_wait_ms: int | None = None, **extra: Any
+    ) -> dict[str, Any]:
         """A consumer of ``group``. ``prompt``: its events start the next step of a cascade, so the broker may hold
-        an empty fetch only ``kafka.prompt_fetch_wait_ms`` (see there)."""
+        an empty fetch only ``kafka.prompt_fetch_wait_ms`` (see there). ``fetch_wait_ms``: how long instead (a
+        consumer whose events may come late, e.g. the pipeline follower's ``kafka.follower_fetch_wait_ms``)."""
+        kafka = self.settings.kafka
+        if fetch_wait_ms is None:
+            fetch_wait_ms = kafka.prompt_fetch_wait_ms if prompt else kafka.fetch_wait_max_ms
         return self.settings.kafka_config(
             **{
                 "group.id": group,
@@ -567,10 +573,10 @@ class EventBus:
                 # How long the broker may hold an empty fetch (see the settings: on Tansu, also how late a record
                 # may arrive). librdkafka's 500 ms made the idle stack's dozen consumers cost the embedded broker 2%
                 # of a core; at 2 s, 0.65%. Consumers on a cascade's path (``prompt``) wait less: at 2 s a record
-                # waited 0.37 s on average on Tansu, at 500 ms 0.08 s. close() does not wait for it.
-                "fetch.wait.max.ms": (
-                    self.settings.kafka.prompt_fetch_wait_ms if prompt else self.settings.kafka.fetch_wait_max_ms
-                ),
+                # waited 0.37 s on average on Tansu, at 500 ms 0.08 s. close() does not wait for it. (Tansu reads
+                # every topic of a held fetch again at 0, W/2, 3W/4, ... and every 125 ms in the last 250: about 8
+                # times a second at 500 ms, 3 at 2 s, 0.8 at 10 s; each topic read costs it ~0.2 ms of CPU.)
+                "fetch.wait.max.ms": fetch_wait_ms,
                 **extra,
             }
         )
@@ -602,12 +608,13 @@ class EventBus:
         status: ConsumerStatus | None = None,
         broadcast: bool = False,
         prompt: bool = False,
+        fetch_wait_ms: int | None = None,
     ) -> None:
         """Consume until ``stop_event`` is set. Each event is handled once per group; the offset is committed
         after the handler. A handler that raises is logged and its event is not marked processed (it is
         retried after a restart); the loop goes on with the next message. ``status``: kept by the caller and not
         listed in ``consumers`` (the pipeline catalog's follower, which every service has besides its own).
-        ``prompt``: see ``consumer_config``.
+        ``prompt``, ``fetch_wait_ms``: see ``consumer_config``.
 
         ``broadcast``: for a group of one process that reads its topics whole (a fresh group per process: the
         pipeline catalog's follower, serving's promotions): the consumer assigns itself every partition from the
@@ -629,7 +636,7 @@ class EventBus:
             self.consumers.append(status)
         keep_consuming(
             status,
-            lambda: self._consume(group, topics, by_name, status, poll_timeout, broadcast, prompt),
+            lambda: self._consume(group, topics, by_name, status, poll_timeout, broadcast, prompt, fetch_wait_ms),
             self.stop_event,
         )
 
@@ -642,15 +649,20 @@ class EventBus:
         poll_timeout: float,
         broadcast: bool = False,
         prompt: bool = False,
+        fetch_wait_ms: int | None = None,
     ) -> None:
         ensure_topics(self.settings, topics)
         lag = ConsumerLag(group)
         membership = GroupMembership(status, lag, ensure=lambda: ensure_topics(self.settings, topics))
         if broadcast:
-            consumer = Consumer(self.consumer_config(group, prompt=prompt, error_cb=membership.on_client_error))
+            consumer = Consumer(
+                self.consumer_config(
+                    group, prompt=prompt, fetch_wait_ms=fetch_wait_ms, error_cb=membership.on_client_error
+                )
+            )
             membership.assign_all(consumer, topics)
         else:
-            consumer = Consumer(self.consumer_config(group, prompt=prompt))
+            consumer = Consumer(self.consumer_config(group, prompt=prompt, fetch_wait_ms=fetch_wait_ms))
             membership.subscribe(consumer, topics)
         next_purge = time.monotonic()
         try:

@@ -194,6 +194,12 @@ def follow(catalog: PipelineCatalog, bus: EventBus, service: str) -> Callable[[t
     catalog.follower = ConsumerStatus(group=group, topics=[PIPELINE_APPLIED.name])
 
     def follow_pipelines(_stop: threading.Event) -> None:
-        bus.run_consumer(group, {PIPELINE_APPLIED: catalog.handle}, status=catalog.follower, broadcast=True)
+        bus.run_consumer(
+            group,
+            {PIPELINE_APPLIED: catalog.handle},
+            status=catalog.follower,
+            broadcast=True,
+            fetch_wait_ms=bus.settings.kafka.follower_fetch_wait_ms,  # changes are rare; held fetches cost the broker
+        )
 
     return follow_pipelines
