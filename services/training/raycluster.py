@@ -5,7 +5,7 @@ One thread starts Ray: a local Ray's GCS and raylet get a parent-death signal ti
 so a thread that ends (a consumer's, a loop's) would take them with it. The keeper thread never ends.
 
 A local Ray costs about 3% of a core at rest (raylet, GCS, agents, an idle worker). With ``ray.idle_shutdown_seconds``
-it starts on the first sign of work (a new dataset version: a training may follow; a training request; a run) and
+it starts on the first sign of work (a stream's cut starting: a training may follow; a training request; a run) and
 is shut down that long after the last run and the last sign of work; a run that finds it asleep wakes it and waits.
 A joined cluster (``ray.address``) is joined with the service and never left until it stops.
 

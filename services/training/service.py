@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 from driftloop.contracts.events import Event
-from driftloop.contracts.payloads import DatasetVersionCreated, TrainingRequested
-from driftloop.contracts.topics import DATASET_VERSION_CREATED, TRAINING_REQUESTED
+from driftloop.contracts.payloads import DatasetCutStarted, TrainingRequested
+from driftloop.contracts.topics import DATASET_CUT_STARTED, TRAINING_REQUESTED
 from driftloop.runtime.service import ConsumerSpec, Runtime, ServiceSpec, base_app
 
 from . import api
@@ -37,8 +37,9 @@ def build(runtime: Runtime) -> ServiceSpec:
         with ray_at_work(settings):
             handlers.on_training_requested(event)
 
-    def on_dataset_version_created(event: Event[DatasetVersionCreated]) -> None:
-        # New data: the triggers may ask for a training once its features are materialized. Ray starts meanwhile.
+    def on_dataset_cut_started(event: Event[DatasetCutStarted]) -> None:
+        # New data: the triggers may ask for a training once it is cut and its features are materialized, seconds
+        # of Spark during which Ray starts (its version's DatasetVersionCreated would come too late for that).
         note_work(event.envelope.occurred_at.timestamp())
 
     return ServiceSpec(
@@ -46,7 +47,7 @@ def build(runtime: Runtime) -> ServiceSpec:
         consumers=[
             ConsumerSpec(
                 CONSUMER_GROUP,
-                {TRAINING_REQUESTED: on_training_requested, DATASET_VERSION_CREATED: on_dataset_version_created},
+                {TRAINING_REQUESTED: on_training_requested, DATASET_CUT_STARTED: on_dataset_cut_started},
                 prompt=True,
             )
         ],

@@ -1,5 +1,6 @@
 """The training service's local Ray (real Ray, broker and SQLite) shuts down after ``ray.idle_shutdown_seconds``
-with no work, its recorded processes gone, and the next request wakes it: the run waits for it and completes."""
+with no work, its recorded processes gone; a cut starting wakes it, and a request that finds it asleep wakes it,
+waits for it and completes."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pipeline_support import consuming, demo_pipeline, service_runtime, write_pi
 from test_training_runs import request_event, wait_for_run, write_feature_set
 
 from driftloop.clients.objectstore import open_object_store
+from driftloop.contracts.events import new_event
+from driftloop.contracts.payloads import DatasetCutStarted
 from driftloop.contracts.settings import Settings
 from driftloop.ops.procs import wait_until
 from driftloop.runtime import ownedprocs
@@ -50,6 +53,12 @@ def test_an_idle_local_ray_shuts_down_and_the_next_run_wakes_it(
             assert ray_ready()
             assert [pid for pid, ticks in awake.items() if ownedprocs.start_ticks(pid) == ticks] == []
             assert not ownedprocs.procs_file(settings.home, RAY_PROCS).exists()
+
+            # A cut starting is a sign of work: Ray wakes before any request.
+            cut = DatasetCutStarted(stream=stream, dataset_version_id=f"{stream}@v2", version=2, new_rows=100)
+            runtime.bus.publish(new_event(cut, producer="test"))
+            wait_until(lambda: ray_state() == "awake", 60, "a cut starting to wake Ray")
+            wait_until(lambda: ray_state() == "asleep", 60, "Ray idle again")
 
             second = request_event(model, f"req-{uuid.uuid4().hex[:8]}", None)
             runtime.bus.publish(second)
