@@ -105,7 +105,6 @@ class RayKeeper:
         self._settings: Settings | None = None
         self._models: Models = list
         self._wake = False  # a start is asked for
-        self._stop = False  # a shutdown is asked for (the service stops)
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._home: Path | None = None  # where the local Ray's PIDs are recorded (None: joined or none)
@@ -173,16 +172,19 @@ class RayKeeper:
             raise RayUnavailable("Ray was shut down while a run waited for it (the service is stopping)")
 
     def shut_down(self) -> None:
-        """Shut Ray down now (the service stops), whatever runs on it; return once it is down."""
+        """Shut Ray down now (the service stops), whatever runs on it, from this thread (only a start must come
+        from the keeper's); return once it is down."""
         with self._cond:
-            if self._thread is None or not self._thread.is_alive():
-                self._stop_ray(self._home)  # no keeper thread: nothing can be starting
-                self._home = None
-                return
-            self._stop, self._wake = True, False
-            self._cond.notify_all()
-            while self._stop or self.state in (WAKING, SLEEPING):
+            while self.state in (WAKING, SLEEPING):  # a start or an idle shutdown under way: let it end
                 self._cond.wait()
+            self._wake, self.state = False, SLEEPING
+            home, self._home = self._home, None
+        try:
+            self._stop_ray(home)
+        finally:
+            with self._cond:
+                self.state = ASLEEP
+                self._cond.notify_all()
 
     def record(self) -> None:
         """Record the local Ray's processes now (agents and workers start after ``ray.init``)."""
@@ -197,13 +199,8 @@ class RayKeeper:
     # --- the keeper thread --------------------------------------------------------------------------------------
 
     def _next(self) -> str:
-        """Wait (holding the condition) for the next thing to do: "start", "sleep" or "stop"; sets the state it
-        leads to."""
+        """Wait (holding the condition) for the next thing to do: "start" or "sleep"; sets the state it leads to."""
         while True:
-            if self._stop:
-                self._stop = False
-                self.state = SLEEPING
-                return "stop"
             if self._wake and self.state != AWAKE:
                 self._wake = False
                 self.state = WAKING
@@ -222,12 +219,11 @@ class RayKeeper:
             if action == "start" and settings is not None:
                 self._start(settings)
             else:
-                if action == "sleep":
-                    log.info(
-                        "no run and no sign of work for %.0fs (ray.idle_shutdown_seconds): shutting the local Ray "
-                        "down until work comes",
-                        self._rule.idle_seconds,
-                    )
+                log.info(
+                    "no run and no sign of work for %.0fs (ray.idle_shutdown_seconds): shutting the local Ray down "
+                    "until work comes",
+                    self._rule.idle_seconds,
+                )
                 try:
                     self._stop_ray(self._home)
                 except Exception:
