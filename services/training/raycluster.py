@@ -34,6 +34,15 @@ from .fit import FitJob, FitResult, RunAborted, fit_feature_set, warm_fit_worker
 
 log = logging.getLogger(__name__)
 
+# Read by Ray when it is imported or started, so set with this module: no usage reporting; every port on 127.0.0.1;
+# and no failure-signal handler of Ray's core in this process. Ray now starts after the service set its SIGTERM
+# handler, and Ray's handler, installed over it, took the service's SIGTERM: the process then died (SIGABRT) in
+# ray.shutdown before it stopped Ray's recorded processes (Ray started before the handler was set used to be
+# overridden by it).
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+
 # A local Ray's object store holds only artifacts and feature metadata here: keep it small on a shared machine.
 LOCAL_OBJECT_STORE_BYTES = 300 * 1024 * 1024
 
@@ -105,6 +114,7 @@ class RayKeeper:
         self._settings: Settings | None = None
         self._models: Models = list
         self._wake = False  # a start is asked for
+        self._stop = False  # a shutdown is asked for (the service stops)
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._home: Path | None = None  # where the local Ray's PIDs are recorded (None: joined or none)
@@ -172,19 +182,16 @@ class RayKeeper:
             raise RayUnavailable("Ray was shut down while a run waited for it (the service is stopping)")
 
     def shut_down(self) -> None:
-        """Shut Ray down now (the service stops), whatever runs on it, from this thread (only a start must come
-        from the keeper's); return once it is down."""
+        """Shut Ray down now (the service stops), whatever runs on it; return once it is down."""
         with self._cond:
-            while self.state in (WAKING, SLEEPING):  # a start or an idle shutdown under way: let it end
+            if self._thread is None or not self._thread.is_alive():
+                self._stop_ray(self._home)  # no keeper thread: nothing can be starting
+                self._home = None
+                return
+            self._stop, self._wake = True, False
+            self._cond.notify_all()
+            while self._stop or self.state in (WAKING, SLEEPING):
                 self._cond.wait()
-            self._wake, self.state = False, SLEEPING
-            home, self._home = self._home, None
-        try:
-            self._stop_ray(home)
-        finally:
-            with self._cond:
-                self.state = ASLEEP
-                self._cond.notify_all()
 
     def record(self) -> None:
         """Record the local Ray's processes now (agents and workers start after ``ray.init``)."""
@@ -199,8 +206,13 @@ class RayKeeper:
     # --- the keeper thread --------------------------------------------------------------------------------------
 
     def _next(self) -> str:
-        """Wait (holding the condition) for the next thing to do: "start" or "sleep"; sets the state it leads to."""
+        """Wait (holding the condition) for the next thing to do: "start", "sleep" or "stop"; sets the state it
+        leads to."""
         while True:
+            if self._stop:
+                self._stop = False
+                self.state = SLEEPING
+                return "stop"
             if self._wake and self.state != AWAKE:
                 self._wake = False
                 self.state = WAKING
@@ -219,11 +231,12 @@ class RayKeeper:
             if action == "start" and settings is not None:
                 self._start(settings)
             else:
-                log.info(
-                    "no run and no sign of work for %.0fs (ray.idle_shutdown_seconds): shutting the local Ray down "
-                    "until work comes",
-                    self._rule.idle_seconds,
-                )
+                if action == "sleep":
+                    log.info(
+                        "no run and no sign of work for %.0fs (ray.idle_shutdown_seconds): shutting the local Ray "
+                        "down until work comes",
+                        self._rule.idle_seconds,
+                    )
                 try:
                     self._stop_ray(self._home)
                 except Exception:
@@ -278,9 +291,6 @@ class RayKeeper:
 def _start_ray(settings: Settings) -> Path | None:
     """Join ``settings.ray_address``, or start a local Ray bound to loopback (never someone else's cluster).
     Returns where the local Ray's processes are recorded (None: joined)."""
-    # Set before Ray reads them: no usage reporting, every port on 127.0.0.1.
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
