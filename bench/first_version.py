@@ -6,7 +6,9 @@ Starts an embedded stack of its own (free ports, a temporary home, the demo pipe
 every component is ready, Spark is warm in ingestion and features, and the stack's CPU has settled, then sends the
 records through Kafka (the stock Avro serializer). Each step's time is the ``occurred_at`` of its event in the
 event log (landing, cut, materialization, request, run, fit, registration, promotion, switch); the end is the first
-prediction answered by version 1, asked for every 0.1 s.
+prediction answered by version 1, asked for every 0.1 s. Training's Ray state when the records are sent is printed
+(``asleep``: the run met a local Ray woken by the new data). ``--rest-after N``: then wait until training's Ray is
+asleep again (``ray.idle_shutdown_seconds`` after the run) and measure training's CPU at rest for N seconds.
 
     .venv/bin/python bench/first_version.py            # about 3 minutes on 2 cores
     .venv/bin/python bench/first_version.py --json     # and a JSON line {"bench": "first_version", ...}
@@ -26,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import sqlalchemy as sa
 import yaml
@@ -75,6 +78,32 @@ def wait_settled(stack: Stack, settings: Settings, max_seconds: float, cpu_below
         if (after - before) / 3.0 < cpu_below:
             break
     return time.monotonic() - started
+
+
+def training_ray_state(settings: Settings) -> str | None:
+    """Training's ``ray_state`` on its ``/healthz`` (None: not answered)."""
+    try:
+        return httpx.get(f"{settings.services.url('training')}/healthz", timeout=5).json().get("ray_state")
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def training_at_rest(stack: Stack, settings: Settings, seconds: float) -> tuple[float, float]:
+    """Seconds until training's Ray is asleep again, then training's CPU (its process tree, percent of one core)
+    over ``seconds``."""
+    started = time.monotonic()
+    deadline = started + settings.ray.idle_shutdown_seconds + 120
+    while training_ray_state(settings) != "asleep":
+        if time.monotonic() > deadline:
+            raise TimeoutError("training's Ray did not go to sleep")
+        time.sleep(1.0)
+    asleep_after = time.monotonic() - started
+    [training] = [c for c in stack.components() if c.name == "training"]
+    before = tree_seconds(training.pid)
+    time.sleep(seconds)
+    after = tree_seconds(training.pid)
+    used = sum(after.get(pid, before.get(pid, 0.0)) - before.get(pid, 0.0) for pid in set(before) | set(after))
+    return asleep_after, 100 * used / seconds
 
 
 def start_profilers(stack: Stack, folder: Path) -> list[subprocess.Popen[bytes]]:
@@ -149,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=180.0, help="at most this many seconds to settle")
     parser.add_argument("--cpu-below", type=float, default=0.3, help="settled: the stack uses fewer cores than this")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for version 1 to answer")
+    parser.add_argument(
+        "--rest-after", type=float, default=0.0, help="then training's CPU over this many seconds once Ray sleeps"
+    )
     parser.add_argument("--keep", action="store_true", help="leave the stack running (for profiling)")
     parser.add_argument(
         "--pyspy",
@@ -176,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         demo.clock = datetime.now(tz=UTC) - timedelta(hours=1)
         records = make_records(args.rows, False, np.random.default_rng(11), demo.clock)
         profilers = start_profilers(stack, args.pyspy) if args.pyspy else []
+        ray_at_send = training_ray_state(settings)
+        print(f"  training's Ray when the records are sent: {ray_at_send}", flush=True)
         first_sent = datetime.now(tz=UTC)
         demo.produce(records)
         last_sent = datetime.now(tz=UTC)  # the producer's flush returned: the broker holds every record
@@ -202,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
             *milestones_when_logged(demo.engine, first_sent, "transactions"),
             ("answered", "first prediction answered by v1 (client)", answered),
         ]
+        rest: dict[str, float] = {}
+        if args.rest_after > 0:
+            asleep_after, cpu_pct = training_at_rest(stack, settings, args.rest_after)
+            rest = {"ray_asleep_after_s": round(asleep_after, 1), "training_rest_cpu_pct": round(cpu_pct, 2)}
+            print(f"  training's Ray asleep {asleep_after:.0f}s after v1 answered; then {cpu_pct:.2f}% of a core")
     finally:
         if demo is not None:
             demo.close()
@@ -231,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                     "stack_up_s": round(up_seconds, 2),
                     "settle_s": round(settle_seconds, 2),
                     "steps_s": figures,
+                    "ray_at_send": ray_at_send,
+                    **rest,
                 }
             )
         )

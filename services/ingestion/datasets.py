@@ -29,7 +29,7 @@ from driftloop.clients.db.models import DatasetVersion, LandedBatch
 from driftloop.clients.objectstore import ObjectStore
 from driftloop.contracts.events import Event, new_event, stored_event
 from driftloop.contracts.layout import dataset_prefix, dataset_version_id
-from driftloop.contracts.payloads import DatasetVersionCreated
+from driftloop.contracts.payloads import DatasetCutStarted, DatasetVersionCreated
 from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_stream
 from driftloop.contracts.settings import Settings
 from driftloop.errors import ConflictError, NotFoundError
@@ -297,6 +297,7 @@ class DatasetCutter:
             )
             prefix = dataset_prefix(stream, version)
             version_id = dataset_version_id(stream, version)
+            self._announce_cut(stream, version_id, version, new_rows)
             result = build_version(
                 spark_session(self.settings, SPARK_APP, parquet_timestamp=PARQUET_TIMESTAMP),
                 self.store,
@@ -378,6 +379,15 @@ class DatasetCutter:
             return row
 
     # --- reads ----------------------------------------------------------------------------------------------
+
+    def _announce_cut(self, stream: str, version_id: str, version: int, new_rows: int) -> None:
+        """Publish that the cut began, without waiting: the training service starts an idle Ray on it, so that Ray
+        is up when the version's training is asked for. Only a sign: a failure is logged, the cut goes on."""
+        started = DatasetCutStarted(stream=stream, dataset_version_id=version_id, version=version, new_rows=new_rows)
+        try:
+            self.bus.publish(new_event(started, producer=self.bus.producer_name), wait=False)
+        except Exception:
+            log.warning("announcing the cut of %s failed", version_id, exc_info=True)
 
     def list_versions(self, stream: str) -> list[DatasetVersion]:
         with self.Session() as session:

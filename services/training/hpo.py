@@ -30,7 +30,7 @@ from driftloop.contracts.settings import Settings
 
 from .families import model_params, total_rounds, train_model
 from .fit import FitJob, RunAborted, TrainingFailed, prepare_data
-from .raycluster import ensure_ray, record_ray_processes
+from .raycluster import ensure_ray, ray_at_work, record_ray_processes
 
 SCORE = "score"
 ROUND = "round"
@@ -197,6 +197,11 @@ def split_validation(size: int, fraction: float, seed: int) -> np.ndarray:
 
 def search_on_ray(settings: Settings, job: FitJob, abort_flag: Path, note: Callable[[str], None]) -> SearchResult:
     """Run the pipeline's search for ``job`` on Ray Tune; the best trial's configuration comes back."""
+    with ray_at_work(settings):  # Ray stays awake for the whole search
+        return _search(settings, job, abort_flag, note)
+
+
+def _search(settings: Settings, job: FitJob, abort_flag: Path, note: Callable[[str], None]) -> SearchResult:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter

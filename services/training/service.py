@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from driftloop.contracts.topics import TRAINING_REQUESTED
+from driftloop.contracts.events import Event
+from driftloop.contracts.payloads import DatasetCutStarted, TrainingRequested
+from driftloop.contracts.topics import DATASET_CUT_STARTED, TRAINING_REQUESTED
 from driftloop.runtime.service import ConsumerSpec, Runtime, ServiceSpec, base_app
 
 from . import api
 from .handlers import TrainingHandlers
-from .raycluster import ensure_ray, ray_ready, shutdown_ray, warm_workers_loop
+from .raycluster import note_work, ray_at_work, ray_ready, ray_state, shutdown_ray, start_ray_keeper
 
 log = logging.getLogger(__name__)
 
@@ -17,26 +19,40 @@ CONSUMER_GROUP = "driftloop-training"
 
 
 def build(runtime: Runtime) -> ServiceSpec:
-    # Ray starts here, in the main thread: its GCS and raylet die with the thread that started them (Linux
-    # parent-death signal), so starting them from a consumer thread would tie Ray's life to that thread.
-    ensure_ray(runtime.settings)
+    settings = runtime.settings
+    # Ray is started by a thread of its own that lives as long as the process (its GCS and raylet die with the
+    # thread that started them), when work comes; here only what a killed predecessor left is stopped.
+    start_ray_keeper(settings, lambda: [(p.model.family, p.model.task) for p in runtime.pipelines.values()])
     handlers = TrainingHandlers(runtime)
     # Before consuming: a redelivered request of an interrupted run then finds its run and makes no second one.
     interrupted = handlers.take_interrupted()
     if interrupted:
         log.warning("run(s) interrupted by a previous stop, executed again: %s", interrupted)
     app = base_app(runtime, "training", "Training runs on Ray, with provenance.")
-    app.state.context = api.Context(
-        runtime.settings, runtime.Session, runtime.bus.publish, handlers.store, handlers.live_log
-    )
+    app.state.context = api.Context(settings, runtime.Session, runtime.bus.publish, handlers.store, handlers.live_log)
     app.include_router(api.router)
+
+    def on_training_requested(event: Event[TrainingRequested]) -> None:
+        # Ray wakes while the run finds its data, and stays awake until the run ends.
+        with ray_at_work(settings):
+            handlers.on_training_requested(event)
+
+    def on_dataset_cut_started(event: Event[DatasetCutStarted]) -> None:
+        # New data: the triggers may ask for a training once it is cut and its features are materialized, seconds
+        # of Spark during which Ray starts (its version's DatasetVersionCreated would come too late for that).
+        note_work(event.envelope.occurred_at.timestamp())
+
     return ServiceSpec(
         app=app,
-        consumers=[ConsumerSpec(CONSUMER_GROUP, {TRAINING_REQUESTED: handlers.on_training_requested}, prompt=True)],
-        loops=[
-            handlers.resume_interrupted,
-            *([warm_workers_loop(runtime.settings, runtime.pipelines)] if runtime.settings.ray.warm_workers else []),
+        consumers=[
+            ConsumerSpec(
+                CONSUMER_GROUP,
+                {TRAINING_REQUESTED: on_training_requested, DATASET_CUT_STARTED: on_dataset_cut_started},
+                prompt=True,
+            )
         ],
+        loops=[handlers.resume_interrupted],
         on_stop=[shutdown_ray],
         ready_checks={"ray": ray_ready},
+        health_info={"ray_state": ray_state},
     )

@@ -68,9 +68,6 @@ def apps(
         security={"admin_tokens": {"fuzz": ADMIN_TOKEN}},
     )
     built: dict[str, tuple[Any, ServiceSpec]] = {}
-    patch = pytest.MonkeyPatch()
-    # Training's routes need no Ray: its build would start one.
-    patch.setattr("driftloop.services.training.service.ensure_ray", lambda _settings: None)
     try:
         for name in service_names():
             runtime = make_runtime(name, settings)
@@ -78,11 +75,10 @@ def apps(
             spec = build(runtime)
             _add_health(spec.app, runtime, spec)
             if name == "training":
-                spec.on_stop.clear()  # nothing of Ray to stop
+                spec.on_stop.clear()  # Ray sleeps until work comes (ray.idle_shutdown_seconds): nothing to stop
             built[name] = (runtime, spec)
         yield {name: spec.app for name, (_runtime, spec) in built.items()}
     finally:
-        patch.undo()
         for runtime, spec in built.values():
             for hook in spec.on_stop:
                 with contextlib.suppress(Exception):

@@ -92,6 +92,40 @@ class AliasMoveRefused(Payload):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DatasetCutStarted(Payload):
+    """Ingestion began cutting the next dataset version of a stream (its DatasetVersionCreated follows when the cut is
+    stored). A sign that work comes: the training service starts an idle Ray on it.
+    """
+
+    event_type: ClassVar[str] = "DatasetCutStarted"
+    topic: ClassVar[Topic] = topics.DATASET_CUT_STARTED
+
+    stream: str
+    #: STREAM@vN: the version being cut.
+    dataset_version_id: str
+    version: int
+    #: Rows landed since the previous version, which this cut takes.
+    new_rows: int
+
+    def to_avro(self) -> dict[str, Any]:
+        return {
+            "stream": self.stream,
+            "dataset_version_id": self.dataset_version_id,
+            "version": self.version,
+            "new_rows": self.new_rows,
+        }
+
+    @classmethod
+    def from_avro(cls, record: Mapping[str, Any]) -> Self:
+        return cls(
+            stream=record["stream"],
+            dataset_version_id=record["dataset_version_id"],
+            version=record["version"],
+            new_rows=record["new_rows"],
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DatasetVersionCreated(Payload):
     """An immutable dataset version was cut from landed records."""
 
@@ -1054,6 +1088,7 @@ class TrainingRequested(Payload):
 
 PAYLOAD_TYPES: dict[str, type[Payload]] = {
     "AliasMoveRefused": AliasMoveRefused,
+    "DatasetCutStarted": DatasetCutStarted,
     "DatasetVersionCreated": DatasetVersionCreated,
     "DriftDetected": DriftDetected,
     "ExternalTrigger": ExternalTrigger,

@@ -208,6 +208,11 @@ class RaySettings(_Section):
     # Training starts Ray's workers with what a fit imports (the pipelines' model libraries, metrics, plots), so
     # that the first fit does not import them; false: on first use.
     warm_workers: bool = True
+    # A local Ray (never a joined cluster) is shut down after this many seconds with no run and no sign of work (a
+    # stream's cut starting, a training request), and started again on the next one: awake, it costs about 3% of a
+    # core (raylet, GCS, agents, an idle worker); a start costs a few seconds of CPU. 0: Ray starts with the
+    # training service and stays up.
+    idle_shutdown_seconds: float = Field(default=120.0, ge=0)
 
 
 class ServicesSettings(_Section):

@@ -24,6 +24,7 @@ class Topic:
 
 
 RECORD_REJECTED = Topic("driftloop.records.rejected", "RecordRejected", key="stream")
+DATASET_CUT_STARTED = Topic("driftloop.datasets.cut-started", "DatasetCutStarted", key="stream")
 DATASET_VERSION_CREATED = Topic("driftloop.datasets.version-created", "DatasetVersionCreated", key="stream")
 FEATURES_MATERIALIZED = Topic("driftloop.features.materialized", "FeaturesMaterialized", key="stream")
 TRAINING_REQUESTED = Topic("driftloop.training.requested", "TrainingRequested", key="model")
@@ -49,6 +50,7 @@ PIPELINE_APPLIED = Topic("driftloop.pipelines.applied", "PipelineApplied", key="
 
 EVENT_TOPICS: tuple[Topic, ...] = (
     RECORD_REJECTED,
+    DATASET_CUT_STARTED,
     DATASET_VERSION_CREATED,
     FEATURES_MATERIALIZED,
     TRAINING_REQUESTED,

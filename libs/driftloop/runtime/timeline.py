@@ -51,6 +51,8 @@ def _num(value: Any) -> str:
 
 
 def describe(event_type: str, p: dict[str, Any]) -> str:
+    if event_type == "DatasetCutStarted":
+        return f"cut of dataset {p['dataset_version_id']} started: {p['new_rows']} new rows"
     if event_type == "DatasetVersionCreated":
         return (
             f"dataset {p['dataset_version_id']} cut ({p['mode']}): {p['row_count']} rows, {p['new_rows']} new, "

@@ -1,0 +1,67 @@
+"""The training service's local Ray (real Ray, broker and SQLite) shuts down after ``ray.idle_shutdown_seconds``
+with no work, its recorded processes gone; a cut starting wakes it, and a request that finds it asleep wakes it,
+waits for it and completes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pipeline_support import consuming, demo_pipeline, service_runtime, write_pipeline
+from test_training_runs import request_event, wait_for_run, write_feature_set
+
+from driftloop.clients.objectstore import open_object_store
+from driftloop.contracts.events import new_event
+from driftloop.contracts.payloads import DatasetCutStarted
+from driftloop.contracts.settings import Settings
+from driftloop.ops.procs import wait_until
+from driftloop.runtime import ownedprocs
+from driftloop.services.training.raycluster import RAY_PROCS, ray_ready, ray_state, shutdown_ray
+from driftloop.services.training.service import build
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def ray_stopped_after() -> Iterator[None]:
+    yield
+    shutdown_ray()
+
+
+def test_an_idle_local_ray_shuts_down_and_the_next_run_wakes_it(
+    make_settings: Callable[..., Settings], tmp_path: Path, unique: str
+) -> None:
+    stream, model = f"tx-{unique}", f"fraud-{unique}"
+    pipeline = write_pipeline(tmp_path / "pipelines", model, demo_pipeline(stream, model))
+    ray = {"num_cpus": 1, "idle_shutdown_seconds": 3, "warm_workers": False}
+    settings = make_settings(pipelines_dir=tmp_path / "pipelines", ray=ray)
+    write_feature_set(open_object_store(settings), pipeline, 1, 400)
+    with service_runtime("training", settings) as runtime:
+        spec = build(runtime)
+        [consumer] = spec.consumers
+        with consuming(runtime, consumer, unique):
+            assert ray_state() == "asleep" and ray_ready()  # no work yet: not started, and ready by design
+            first = request_event(model, f"req-{uuid.uuid4().hex[:8]}", None)
+            runtime.bus.publish(first)
+            assert wait_for_run(runtime, first.payload.request_id).state == "completed"
+            awake = {pid: ownedprocs.start_ticks(pid) for pid in ownedprocs.alive(settings.home, RAY_PROCS)}
+            assert awake, "the local Ray's processes are on record while it is awake"
+
+            wait_until(lambda: ray_state() == "asleep", 60, "the idle Ray to shut down")
+            assert ray_ready()
+            assert [pid for pid, ticks in awake.items() if ownedprocs.start_ticks(pid) == ticks] == []
+            assert not ownedprocs.procs_file(settings.home, RAY_PROCS).exists()
+
+            # A cut starting is a sign of work: Ray wakes before any request.
+            cut = DatasetCutStarted(stream=stream, dataset_version_id=f"{stream}@v2", version=2, new_rows=100)
+            runtime.bus.publish(new_event(cut, producer="test"))
+            wait_until(lambda: ray_state() == "awake", 60, "a cut starting to wake Ray")
+            wait_until(lambda: ray_state() == "asleep", 60, "Ray idle again")
+
+            second = request_event(model, f"req-{uuid.uuid4().hex[:8]}", None)
+            runtime.bus.publish(second)
+            run = wait_for_run(runtime, second.payload.request_id)
+            assert run.state == "completed", run.error
+            assert ownedprocs.alive(settings.home, RAY_PROCS)
