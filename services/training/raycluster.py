@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from driftloop.contracts.settings import Settings
+from driftloop.errors import ServiceUnavailable
 from driftloop.runtime import ownedprocs
 
 from .fit import FitJob, FitResult, RunAborted, fit_feature_set, warm_fit_worker
@@ -58,8 +59,10 @@ ASLEEP, WAKING, AWAKE, SLEEPING, FAILED = "asleep", "waking", "awake", "going to
 Models = Callable[[], Iterable[tuple[str, str]]]
 
 
-class RayUnavailable(RuntimeError):
+class RayUnavailable(ServiceUnavailable):
     """Ray was shut down (the service is stopping) while a run waited for it."""
+
+    default_code = "ray_unavailable"
 
 
 @dataclass
