@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -27,7 +28,7 @@ from driftloop.clients.http import ServiceClient
 from driftloop.clients.objectstore import ObjectStore, open_object_store, sha256_bytes
 from driftloop.contracts import layout
 from driftloop.contracts.events import Event, new_event
-from driftloop.contracts.payloads import TrainingCompleted, TrainingRequested
+from driftloop.contracts.payloads import FeaturesMaterialized, TrainingCompleted, TrainingRequested
 from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_model
 from driftloop.contracts.settings import Settings
 from driftloop.errors import DriftloopError, NotFoundError
@@ -56,10 +57,14 @@ log = logging.getLogger(__name__)
 
 # Requests never skipped for identical data: a person asked (the demo's "same data" retrain shows the gate at work).
 ALWAYS_RUN_TRIGGERS = frozenset({"manual", "rerun"})
-# How often a run waiting for post-change rows looks at the feature sets again.
 # A cut on demand may wait behind a periodic cut on a busy machine (Spark): asked again after this.
 CUT_ANSWER_SECONDS = 30.0
-CHANGE_POLL_SECONDS = 2.0
+# A run waiting for post-change rows looks at the feature sets when the stream's FeaturesMaterialized is read; this
+# slow poll is only the fallback (an event missed while the consumer reconnects, a feature set written by hand).
+CHANGE_POLL_SECONDS = 10.0
+# Until ingestion has placed the change on the stream's clock (no row landed after it yet), it is asked again after
+# this: a landing, not a materialization, is what it waits for.
+CHANGE_ASK_AGAIN_SECONDS = 1.0
 
 Fitter = Callable[[Settings, FitJob, Callable[[], bool]], FitResult]
 Searcher = Callable[[Settings, FitJob, Path, Callable[[str], None]], SearchResult]
@@ -117,6 +122,9 @@ class TrainingHandlers:
         # One run at a time in this process: the consumer's and a resumed one's.
         self._executing = threading.Lock()
         self._interrupted: list[Run] = []
+        # FeaturesMaterialized read per stream: wakes a run waiting for rows after a change.
+        self._materialized = threading.Condition()
+        self._materialized_seen: Counter[str] = Counter()
 
     def live_log(self, run_id: str) -> str | None:
         run_log = self.active_logs.get(run_id)
@@ -137,6 +145,21 @@ class TrainingHandlers:
         while self._interrupted and not stop_event.is_set():
             run = self._interrupted.pop(0)
             self._execute(run, request_of(run), resumed=True)
+
+    def on_features_materialized(self, event: Event[FeaturesMaterialized]) -> None:
+        """A feature set of the stream is ready: a run waiting for rows after a change looks at it now."""
+        with self._materialized:
+            self._materialized_seen[event.payload.stream] += 1
+            self._materialized.notify_all()
+
+    def _materialized_count(self, stream: str) -> int:
+        with self._materialized:
+            return self._materialized_seen[stream]
+
+    def _wait_for_features(self, stream: str, seen: int, timeout: float) -> None:
+        """Until a FeaturesMaterialized of ``stream`` newer than the ``seen``-th is read, or ``timeout``."""
+        with self._materialized:
+            self._materialized.wait_for(lambda: self._materialized_seen[stream] != seen, timeout)
 
     def on_training_requested(self, event: Event[TrainingRequested]) -> None:
         asked = event.payload
@@ -420,7 +443,10 @@ class TrainingHandlers:
         )
         deadline = time.monotonic() + pipeline.model.change_wait_seconds
         asked_for_cut = False
+        stream = pipeline.stream.name
         while True:
+            # Read before looking: a feature set materialized meanwhile ends the wait below at once.
+            seen = self._materialized_count(stream)
             try:
                 newest: ResolvedFeatureSet | None = resolve_feature_set(self.store, pipeline, None)
             except NotFoundError:
@@ -453,7 +479,7 @@ class TrainingHandlers:
                     f"(dataset.min_rows_after_change) within model.change_wait_seconds="
                     f"{pipeline.model.change_wait_seconds:g}"
                 )
-            time.sleep(CHANGE_POLL_SECONDS)
+            self._wait_for_features(stream, seen, CHANGE_POLL_SECONDS if asked_for_cut else CHANGE_ASK_AGAIN_SECONDS)
 
     def _ask_cut_after_change(
         self, pipeline: PipelineConfig, since: datetime, needed: int, run_log: RunLog

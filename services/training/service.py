@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import uuid
 
-from driftloop.contracts.topics import TRAINING_REQUESTED
+from driftloop.contracts.topics import FEATURES_MATERIALIZED, TRAINING_REQUESTED
 from driftloop.runtime.service import ConsumerSpec, Runtime, ServiceSpec, base_app
 
 from . import api
@@ -14,6 +15,8 @@ from .raycluster import ensure_ray, ray_ready, shutdown_ray, warm_workers_loop
 log = logging.getLogger(__name__)
 
 CONSUMER_GROUP = "driftloop-training"
+# The process's own group reading the feature sets' events whole (broadcast: no join wait, nothing committed).
+FEATURES_GROUP_PREFIX = "driftloop-training-features-"
 
 
 def build(runtime: Runtime) -> ServiceSpec:
@@ -32,7 +35,16 @@ def build(runtime: Runtime) -> ServiceSpec:
     app.include_router(api.router)
     return ServiceSpec(
         app=app,
-        consumers=[ConsumerSpec(CONSUMER_GROUP, {TRAINING_REQUESTED: handlers.on_training_requested}, prompt=True)],
+        consumers=[
+            ConsumerSpec(CONSUMER_GROUP, {TRAINING_REQUESTED: handlers.on_training_requested}, prompt=True),
+            # Its own thread: a run waiting for rows after a change (in the consumer above) wakes on these.
+            ConsumerSpec(
+                f"{FEATURES_GROUP_PREFIX}{uuid.uuid4().hex[:12]}",
+                {FEATURES_MATERIALIZED: handlers.on_features_materialized},
+                broadcast=True,
+                prompt=True,
+            ),
+        ],
         loops=[
             handlers.resume_interrupted,
             *([warm_workers_loop(runtime.settings, runtime.pipelines)] if runtime.settings.ray.warm_workers else []),
