@@ -443,6 +443,9 @@ class TrainingHandlers:
         )
         deadline = time.monotonic() + pipeline.model.change_wait_seconds
         asked_for_cut = False
+        # The version ingestion cut for this run: an older feature set, even with enough rows, is what an earlier run
+        # of the same change trained on (a follow-up brought forward would learn nothing new and be skipped).
+        cut_for_run: int | None = None
         stream = pipeline.stream.name
         while True:
             # Read before looking: a feature set materialized meanwhile ends the wait below at once.
@@ -454,18 +457,26 @@ class TrainingHandlers:
             if not asked_for_cut:
                 # The change was seen in predictions (the platform's clock): ingestion says where it is in the
                 # stream's event time (the earliest event time landed from then on), once a row has landed after it.
-                event_since = self._ask_cut_after_change(pipeline, since, needed, run_log)
-                if event_since is not None:
+                placed = self._ask_cut_after_change(pipeline, since, needed, run_log)
+                if placed is not None:
+                    event_since, cut_for_run = placed
                     asked_for_cut = True
                     if event_since != since:
                         run_log.note(f"the change is at {event_since.isoformat()} in the stream's event time")
                         since = event_since
             rows = rows_since(self.store, pipeline, newest, since) if newest is not None else 0
-            if newest is not None and rows >= needed:
+            made = cut_for_run is None or (newest is not None and newest.version >= cut_for_run)
+            if newest is not None and rows >= needed and made:
                 run_log.note(f"{newest.dataset_version_id} has {rows} rows at or after the change")
                 return newest, since
             if self.aborted(run_id):
                 raise RunAborted("aborted while waiting for rows after the change")
+            if time.monotonic() >= deadline and newest is not None and rows >= needed:
+                run_log.note(
+                    f"{newest.dataset_version_id} has {rows} rows at or after the change; the version cut for this run "
+                    f"(v{cut_for_run}) was not materialized within model.change_wait_seconds: training on it"
+                )
+                return newest, since
             if time.monotonic() >= deadline and newest is not None:
                 run_log.note(
                     f"only {rows} rows at or after the change ({since.isoformat()}) in {newest.dataset_version_id} "
@@ -483,12 +494,12 @@ class TrainingHandlers:
 
     def _ask_cut_after_change(
         self, pipeline: PipelineConfig, since: datetime, needed: int, run_log: RunLog
-    ) -> datetime | None:
+    ) -> tuple[datetime, int | None] | None:
         """Ask ingestion to cut a version once enough rows landed after the change, a point on the arrival clock.
-        Returns the change in the stream's event time (None: not known yet, ask again): None when no row landed
-        after it, or when ingestion answered too late (busy with a Spark cut: a guess on another clock would train
-        on the wrong rows). Unreachable ingestion (not deployed, down): ``since`` is taken as it is and the run
-        waits for the periodic cuts."""
+        Returns the change in the stream's event time and the version cut (or found covering) for the run, if one
+        was already (None: not known yet, ask again): None when no row landed after it, or when ingestion answered
+        too late (busy with a Spark cut: a guess on another clock would train on the wrong rows). Unreachable
+        ingestion (not deployed, down): ``since`` is taken as it is and the run waits for the periodic cuts."""
         stream = pipeline.stream.name
         body = {"since": since.isoformat(), "min_rows": needed, "clock": "arrival"}
         try:
@@ -499,11 +510,12 @@ class TrainingHandlers:
                 run_log.note(f"cut on demand after the change not answered yet ({exc}): asking again")
                 return None
             run_log.note(f"cut on demand after the change not made ({exc}): waiting for the periodic cuts")
-            return since
+            return since, None
         if answer.get("since") is None:
             return None
         run_log.note(f"cut on demand after the change: {json.dumps(answer, default=str)[:300]}")
-        return datetime.fromisoformat(answer["since"])
+        version = (answer.get("version") or {}).get("version")
+        return datetime.fromisoformat(answer["since"]), int(version) if version is not None else None
 
     def _feedback_labels(self, run_id: str, pipeline: PipelineConfig, run_log: RunLog) -> tuple[str, str]:
         """The feedback labels received so far, stored with the run (a fixed snapshot): their key and digest."""
