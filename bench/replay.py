@@ -148,9 +148,7 @@ def read_table(path: Path, event_time: str) -> pd.DataFrame:
 class LoopPolicy:
     """How the generated pipelines adapt after a change (``--min-rows-after-change`` and the rest)."""
 
-    # 200: the first post-change model serves ~100 rows sooner than with 300 (Agrawal: 0.005 of prequential AUC); the
-    # gate still scores it against the champion on the same post-change holdout, and follow-ups refine it.
-    min_rows_after_change: int = 200
+    min_rows_after_change: int = 300
     followup_rows: tuple[int, ...] = (500, 1500, 3500)
     window_rows: int = 4000
     adwin_delta: float = 0.01
