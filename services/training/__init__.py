@@ -1,8 +1,9 @@
 """training service: turns training requests into runs — a hyperparameter search on Ray Tune when the pipeline
 asks for one, then a fit on Ray — with full tracking and provenance.
 
-Consumes ``TrainingRequested`` (group ``driftloop-training``). One request gives at most one run
-(``runs.request_id`` is unique; a redelivered request is skipped). The run resolves its feature set (the
+Consumes ``TrainingRequested`` (group ``driftloop-training``) and, in a broadcast group of its own,
+``FeaturesMaterialized`` (a run waiting for rows after a change looks again when one is read). One request gives at
+most one run (``runs.request_id`` is unique; a redelivered request is skipped). The run resolves its feature set (the
 request's dataset version, or the newest complete one under ``features/<stream>/``); with ``model.search`` it runs
 Optuna TPE (or random) + ASHA trials on Ray Tune scored on a validation part of the training split (``hpo``), then
 refits the best configuration as a Ray task (``fit``; holdout by ``driftloop.contracts.evaluation.holdout_mask``).

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -27,7 +28,7 @@ from driftloop.clients.http import ServiceClient
 from driftloop.clients.objectstore import ObjectStore, open_object_store, sha256_bytes
 from driftloop.contracts import layout
 from driftloop.contracts.events import Event, new_event
-from driftloop.contracts.payloads import TrainingCompleted, TrainingRequested
+from driftloop.contracts.payloads import FeaturesMaterialized, TrainingCompleted, TrainingRequested
 from driftloop.contracts.pipeline import PipelineConfig, pipeline_for_model
 from driftloop.contracts.settings import Settings
 from driftloop.errors import DriftloopError, NotFoundError
@@ -56,10 +57,14 @@ log = logging.getLogger(__name__)
 
 # Requests never skipped for identical data: a person asked (the demo's "same data" retrain shows the gate at work).
 ALWAYS_RUN_TRIGGERS = frozenset({"manual", "rerun"})
-# How often a run waiting for post-change rows looks at the feature sets again.
 # A cut on demand may wait behind a periodic cut on a busy machine (Spark): asked again after this.
 CUT_ANSWER_SECONDS = 30.0
-CHANGE_POLL_SECONDS = 2.0
+# A run waiting for post-change rows looks at the feature sets when the stream's FeaturesMaterialized is read; this
+# slow poll is only the fallback (an event missed while the consumer reconnects, a feature set written by hand).
+CHANGE_POLL_SECONDS = 10.0
+# Until ingestion has placed the change on the stream's clock (no row landed after it yet), it is asked again after
+# this: a landing, not a materialization, is what it waits for.
+CHANGE_ASK_AGAIN_SECONDS = 1.0
 
 Fitter = Callable[[Settings, FitJob, Callable[[], bool]], FitResult]
 Searcher = Callable[[Settings, FitJob, Path, Callable[[str], None]], SearchResult]
@@ -117,6 +122,9 @@ class TrainingHandlers:
         # One run at a time in this process: the consumer's and a resumed one's.
         self._executing = threading.Lock()
         self._interrupted: list[Run] = []
+        # FeaturesMaterialized read per stream: wakes a run waiting for rows after a change.
+        self._materialized = threading.Condition()
+        self._materialized_seen: Counter[str] = Counter()
 
     def live_log(self, run_id: str) -> str | None:
         run_log = self.active_logs.get(run_id)
@@ -137,6 +145,21 @@ class TrainingHandlers:
         while self._interrupted and not stop_event.is_set():
             run = self._interrupted.pop(0)
             self._execute(run, request_of(run), resumed=True)
+
+    def on_features_materialized(self, event: Event[FeaturesMaterialized]) -> None:
+        """A feature set of the stream is ready: a run waiting for rows after a change looks at it now."""
+        with self._materialized:
+            self._materialized_seen[event.payload.stream] += 1
+            self._materialized.notify_all()
+
+    def _materialized_count(self, stream: str) -> int:
+        with self._materialized:
+            return self._materialized_seen[stream]
+
+    def _wait_for_features(self, stream: str, seen: int, timeout: float) -> None:
+        """Until a FeaturesMaterialized of ``stream`` newer than the ``seen``-th is read, or ``timeout``."""
+        with self._materialized:
+            self._materialized.wait_for(lambda: self._materialized_seen[stream] != seen, timeout)
 
     def on_training_requested(self, event: Event[TrainingRequested]) -> None:
         asked = event.payload
@@ -420,7 +443,13 @@ class TrainingHandlers:
         )
         deadline = time.monotonic() + pipeline.model.change_wait_seconds
         asked_for_cut = False
+        # The version ingestion cut for this run: an older feature set, even with enough rows, is what an earlier run
+        # of the same change trained on (a follow-up brought forward would learn nothing new and be skipped).
+        cut_for_run: int | None = None
+        stream = pipeline.stream.name
         while True:
+            # Read before looking: a feature set materialized meanwhile ends the wait below at once.
+            seen = self._materialized_count(stream)
             try:
                 newest: ResolvedFeatureSet | None = resolve_feature_set(self.store, pipeline, None)
             except NotFoundError:
@@ -428,18 +457,26 @@ class TrainingHandlers:
             if not asked_for_cut:
                 # The change was seen in predictions (the platform's clock): ingestion says where it is in the
                 # stream's event time (the earliest event time landed from then on), once a row has landed after it.
-                event_since = self._ask_cut_after_change(pipeline, since, needed, run_log)
-                if event_since is not None:
+                placed = self._ask_cut_after_change(pipeline, since, needed, run_log)
+                if placed is not None:
+                    event_since, cut_for_run = placed
                     asked_for_cut = True
                     if event_since != since:
                         run_log.note(f"the change is at {event_since.isoformat()} in the stream's event time")
                         since = event_since
             rows = rows_since(self.store, pipeline, newest, since) if newest is not None else 0
-            if newest is not None and rows >= needed:
+            made = cut_for_run is None or (newest is not None and newest.version >= cut_for_run)
+            if newest is not None and rows >= needed and made:
                 run_log.note(f"{newest.dataset_version_id} has {rows} rows at or after the change")
                 return newest, since
             if self.aborted(run_id):
                 raise RunAborted("aborted while waiting for rows after the change")
+            if time.monotonic() >= deadline and newest is not None and rows >= needed:
+                run_log.note(
+                    f"{newest.dataset_version_id} has {rows} rows at or after the change; the version cut for this run "
+                    f"(v{cut_for_run}) was not materialized within model.change_wait_seconds: training on it"
+                )
+                return newest, since
             if time.monotonic() >= deadline and newest is not None:
                 run_log.note(
                     f"only {rows} rows at or after the change ({since.isoformat()}) in {newest.dataset_version_id} "
@@ -453,16 +490,16 @@ class TrainingHandlers:
                     f"(dataset.min_rows_after_change) within model.change_wait_seconds="
                     f"{pipeline.model.change_wait_seconds:g}"
                 )
-            time.sleep(CHANGE_POLL_SECONDS)
+            self._wait_for_features(stream, seen, CHANGE_POLL_SECONDS if asked_for_cut else CHANGE_ASK_AGAIN_SECONDS)
 
     def _ask_cut_after_change(
         self, pipeline: PipelineConfig, since: datetime, needed: int, run_log: RunLog
-    ) -> datetime | None:
+    ) -> tuple[datetime, int | None] | None:
         """Ask ingestion to cut a version once enough rows landed after the change, a point on the arrival clock.
-        Returns the change in the stream's event time (None: not known yet, ask again): None when no row landed
-        after it, or when ingestion answered too late (busy with a Spark cut: a guess on another clock would train
-        on the wrong rows). Unreachable ingestion (not deployed, down): ``since`` is taken as it is and the run
-        waits for the periodic cuts."""
+        Returns the change in the stream's event time and the version cut (or found covering) for the run, if one
+        was already (None: not known yet, ask again): None when no row landed after it, or when ingestion answered
+        too late (busy with a Spark cut: a guess on another clock would train on the wrong rows). Unreachable
+        ingestion (not deployed, down): ``since`` is taken as it is and the run waits for the periodic cuts."""
         stream = pipeline.stream.name
         body = {"since": since.isoformat(), "min_rows": needed, "clock": "arrival"}
         try:
@@ -473,11 +510,12 @@ class TrainingHandlers:
                 run_log.note(f"cut on demand after the change not answered yet ({exc}): asking again")
                 return None
             run_log.note(f"cut on demand after the change not made ({exc}): waiting for the periodic cuts")
-            return since
+            return since, None
         if answer.get("since") is None:
             return None
         run_log.note(f"cut on demand after the change: {json.dumps(answer, default=str)[:300]}")
-        return datetime.fromisoformat(answer["since"])
+        version = (answer.get("version") or {}).get("version")
+        return datetime.fromisoformat(answer["since"]), int(version) if version is not None else None
 
     def _feedback_labels(self, run_id: str, pipeline: PipelineConfig, run_log: RunLog) -> tuple[str, str]:
         """The feedback labels received so far, stored with the run (a fixed snapshot): their key and digest."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import uuid
 
 from driftloop.contracts.events import Event
 from driftloop.contracts.payloads import DatasetCutStarted, TrainingRequested
-from driftloop.contracts.topics import DATASET_CUT_STARTED, TRAINING_REQUESTED
+from driftloop.contracts.topics import DATASET_CUT_STARTED, FEATURES_MATERIALIZED, TRAINING_REQUESTED
 from driftloop.runtime.service import ConsumerSpec, Runtime, ServiceSpec, base_app
 
 from . import api
@@ -16,6 +17,8 @@ from .raycluster import note_work, ray_at_work, ray_ready, ray_state, shutdown_r
 log = logging.getLogger(__name__)
 
 CONSUMER_GROUP = "driftloop-training"
+# The process's own group reading the feature sets' events whole (broadcast: no join wait, nothing committed).
+FEATURES_GROUP_PREFIX = "driftloop-training-features-"
 
 
 def build(runtime: Runtime) -> ServiceSpec:
@@ -49,7 +52,14 @@ def build(runtime: Runtime) -> ServiceSpec:
                 CONSUMER_GROUP,
                 {TRAINING_REQUESTED: on_training_requested, DATASET_CUT_STARTED: on_dataset_cut_started},
                 prompt=True,
-            )
+            ),
+            # Its own thread: a run waiting for rows after a change (in the consumer above) wakes on these.
+            ConsumerSpec(
+                f"{FEATURES_GROUP_PREFIX}{uuid.uuid4().hex[:12]}",
+                {FEATURES_MATERIALIZED: handlers.on_features_materialized},
+                broadcast=True,
+                prompt=True,
+            ),
         ],
         loops=[handlers.resume_interrupted],
         on_stop=[shutdown_ray],

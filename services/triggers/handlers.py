@@ -488,9 +488,9 @@ class TriggerHandlers:
         alarm: Alarm | None,
         window_start: datetime | None,
     ) -> None:
-        """An alarm about a version trained inside the active change plan: recorded as coalesced into the plan's
-        first request, with the plan's numbers; a degradation brings the next follow-up forward, to train on the
-        rows from the alarm's window on (the change was still under way when the weak version's rows were taken)."""
+        """An alarm about a version trained inside the active change plan, or about the champion it replaces:
+        recorded as coalesced into the plan's first request, with the plan's numbers; a degradation brings the next
+        follow-up forward (``brought_forward_start`` says on which rows)."""
         model = pipeline.model.name
         steps = pipeline.triggers.after_change.followup_rows
         numbers = {
@@ -518,12 +518,13 @@ class TriggerHandlers:
         state = self._model_state(session, model)
         # The first model's answer trains on the rows it never saw: landed after the cut it trained on (else from the
         # alarm's window on).
-        starts = brought_forward_start(plan, plan.data_cut_at or as_utc(window_start))
+        version = alarm.version if alarm is not None else None
+        starts = brought_forward_start(plan, plan.data_cut_at or as_utc(window_start), version)
         state.change_plan = replace(
             plan,
             change_started_at=starts,
             brought_forward_by=row.request_id,
-            brought_forward_version=alarm.version if alarm is not None else None,
+            brought_forward_version=version,
         ).to_json()
         session.flush()
         self._fire_followup(session, pipeline, event)
@@ -972,7 +973,10 @@ class TriggerHandlers:
         started = as_utc(row.change_started_at)
         if started is None or pipeline is None or not pipeline.triggers.after_change.followup_rows:
             return
-        state.change_plan = ChangePlan(row.request_id, started, self.clock(), cascade_id=row.cascade_id).to_json()
+        replaces = row.version if row.version is not None else state.champion_version
+        state.change_plan = ChangePlan(
+            row.request_id, started, self.clock(), cascade_id=row.cascade_id, replaces=replaces
+        ).to_json()
 
     # --- state -------------------------------------------------------------------------------------------
 

@@ -25,13 +25,15 @@ cooldown, never while a run is active or awaits the gate, nor while another requ
 One cause, one plan (``fold_into_plan``, rule 3b, after rules 1-3): an alarm about a version trained inside the
 model's active change plan (a champion promoted in the plan's cascade, while follow-ups remain) is that same change
 seen again, typically the small first model trained mid-transition of a gradual change: it is coalesced into the
-plan instead of starting a new one. A measured degradation brings the plan's next follow-up forward (answering the
-plan's first model, it trains on the rows that model never saw, landed after the cut it trained on: the change was
-still under way when its rows were taken; later ones keep the plan's start, ``brought_forward_start``); a drift alone
-waits for the planned follow-up. A plan's model weak already at its gate (``weak_at_gate``: its
-holdout score misses the monitor's performance threshold) brings the next follow-up forward at its promotion, without
-waiting for a window of its labels to say the same. A genuinely new change is told apart by the version's own
-change detector (a ``PerformanceDegraded`` with ``reason: change``): its labeled errors rose against its own earlier
+plan instead of starting a new one. So is an alarm about the champion the plan replaces (the version the change was
+seen in), which serves on when the gate rejected the plan's first model: the plan answers it already. A measured
+degradation brings the plan's next follow-up forward (answering the plan's first model, it trains on the rows that
+model never saw, landed after the cut it trained on: the change was still under way when its rows were taken; later
+ones, and the replaced champion's, keep the plan's start, ``brought_forward_start``); a drift alone waits for the
+planned follow-up. A plan's model weak already at its gate (``weak_at_gate``: its holdout score misses the monitor's
+performance threshold) brings the next follow-up forward at its promotion, without waiting for a window of its
+labels to say the same. A genuinely new change is told apart by the version's own change detector (a
+``PerformanceDegraded`` with ``reason: change`` about a plan model): its labeled errors rose against its own earlier
 errors, so the world moved again after it served well; that alarm is decided as any other and starts a new plan. So
 does any alarm once the plan's follow-ups are all done.
 """
@@ -256,6 +258,8 @@ class ChangePlan:
     # newest champion trained on was made: rows landed after it are rows that model never saw.
     cuts: tuple[tuple[str, datetime], ...] = ()
     data_cut_at: datetime | None = None
+    # The champion the change was seen in, which the plan replaces: its alarms are the plan's change, seen again.
+    replaces: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -270,6 +274,7 @@ class ChangePlan:
             "brought_forward_version": self.brought_forward_version,
             "cuts": [[version, at.isoformat()] for version, at in self.cuts],
             "data_cut_at": self.data_cut_at.isoformat() if self.data_cut_at else None,
+            "replaces": self.replaces,
         }
 
     @classmethod
@@ -288,6 +293,7 @@ class ChangePlan:
             brought_forward_version=stored.get("brought_forward_version"),
             cuts=tuple((str(v), datetime.fromisoformat(at)) for v, at in stored.get("cuts") or ()),
             data_cut_at=datetime.fromisoformat(stored["data_cut_at"]) if stored.get("data_cut_at") else None,
+            replaces=None if stored.get("replaces") is None else int(stored["replaces"]),
         )
 
     def active(self, policy: TriggerSpec) -> bool:
@@ -298,18 +304,23 @@ class ChangePlan:
 def fold_into_plan(
     kind: TriggerKind, policy: TriggerSpec, plan: ChangePlan | None, alarm: Alarm | None
 ) -> Decision | None:
-    """An alarm about a version trained inside the model's active change plan: coalesced into the plan (a
-    degradation brings its next follow-up forward), or None when the alarm is a cause of its own (no active plan,
-    a version trained outside it, or a change its own change detector located: a new change)."""
+    """An alarm about a version trained inside the model's active change plan, or about the champion the plan
+    replaces: coalesced into the plan (a degradation brings its next follow-up forward), or None when the alarm is a
+    cause of its own (no active plan, a version the plan has nothing to do with, or a change a plan model's own
+    change detector located: a new change)."""
     if kind not in ALARM_KINDS or alarm is None or plan is None or not plan.active(policy):
         return None
-    if alarm.version not in plan.versions or alarm.detector_change:
+    # The replaced champion's errors rose already when the plan began: any alarm about it, located or not, is the
+    # plan's change (it serves on while the gate rejects the plan's models).
+    replaced = alarm.version == plan.replaces
+    if not replaced and (alarm.version not in plan.versions or alarm.detector_change):
         return None
     steps = policy.after_change.followup_rows
     step = f"follow-up {plan.done + 1}/{len(steps)}"
+    how = "is the champion it replaces" if replaced else "was trained inside it"
     into = (
         f"folded into the change plan of request {plan.request_id} (change at {plan.change_started_at.isoformat()}): "
-        f"v{alarm.version} was trained inside it"
+        f"v{alarm.version} {how}"
     )
     degraded = kind == "performance" or bool(alarm.performance_degraded)
     if not degraded:
@@ -317,19 +328,17 @@ def fold_into_plan(
     if plan.brought_forward_version == alarm.version:
         by = f" by {plan.brought_forward_by}" if plan.brought_forward_by else ""
         return Decision("coalesced", f"{into}; a follow-up answering v{alarm.version} was already brought forward{by}")
-    return Decision(
-        "coalesced",
-        f"{into} and is degraded: {step} brought forward, on the rows from this alarm's window on",
-        followup_now=True,
-    )
+    rows = "on the rows after the change" if replaced else "on the rows from this alarm's window on"
+    return Decision("coalesced", f"{into} and is degraded: {step} brought forward, {rows}", followup_now=True)
 
 
-def brought_forward_start(plan: ChangePlan, after: datetime | None) -> datetime:
-    """Where a brought-forward follow-up's rows start. Answering the plan's first model (no follow-up yet), which
-    trained on the first rows after the located start while the change may still have been under way: the rows
-    after its data (``after``: the cut it trained on), never before the change. Later models are weak for want of
-    rows, not of the concept: their follow-up keeps the plan's start (a growing post-change window)."""
-    if plan.done > 0 or after is None:
+def brought_forward_start(plan: ChangePlan, after: datetime | None, version: int | None = None) -> datetime:
+    """Where a follow-up brought forward by ``version`` starts its rows. Answering the plan's first model (no
+    follow-up yet), which trained on the first rows after the located start while the change may still have been
+    under way: the rows after its data (``after``: the cut it trained on), never before the change. Later models are
+    weak for want of rows, not of the concept, and the replaced champion saw none of the change: their follow-up
+    keeps the plan's start (a growing post-change window)."""
+    if plan.done > 0 or after is None or (version is not None and version == plan.replaces):
         return plan.change_started_at
     return max(plan.change_started_at, after)
 

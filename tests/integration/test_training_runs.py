@@ -26,7 +26,7 @@ from driftloop.contracts.topics import RUN_STATE_CHANGED, TRAINING_COMPLETED
 from driftloop.ops.procs import wait_until
 from driftloop.runtime.service import Runtime
 from driftloop.services.training.raycluster import shutdown_ray
-from driftloop.services.training.service import CONSUMER_GROUP, build
+from driftloop.services.training.service import CONSUMER_GROUP, FEATURES_GROUP_PREFIX, build
 
 pytestmark = pytest.mark.integration
 
@@ -48,8 +48,10 @@ def training(
     settings = make_settings(pipelines_dir=tmp_path / "pipelines", ray={"num_cpus": 1})
     with service_runtime("training", settings) as runtime:
         spec = build(runtime)
-        [consumer] = spec.consumers
+        consumer, features = spec.consumers
         assert consumer.group == CONSUMER_GROUP
+        # The feature sets' events, read whole by this process: a run waiting for rows after a change wakes on them.
+        assert features.broadcast and features.group.startswith(FEATURES_GROUP_PREFIX)
         with consuming(runtime, consumer, unique):
             yield runtime, pipeline, open_object_store(settings), TestClient(spec.app)
 
@@ -191,7 +193,7 @@ def searching(
     settings = make_settings(pipelines_dir=tmp_path / "pipelines", ray={"num_cpus": 1})
     with service_runtime("training", settings) as runtime:
         spec = build(runtime)
-        [consumer] = spec.consumers
+        consumer, _ = spec.consumers
         with consuming(runtime, consumer, unique, join_timeout=60):
             yield runtime, pipeline, open_object_store(settings), TestClient(spec.app)
 

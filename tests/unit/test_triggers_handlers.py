@@ -845,6 +845,38 @@ def test_an_alarm_about_a_model_the_change_plan_trained_folds_into_the_plan(
     assert len(published) == 3, "bounded: 1 + 2 runs for one change"
 
 
+def test_an_alarm_about_the_champion_a_plan_replaces_folds_into_the_plan_when_the_gate_rejected_its_model(
+    make: Any, published: list[Event], decisions: list[Event]
+) -> None:
+    # SEA's case: the change's first model (v2) is rejected by the gate, so v1 serves on; v1's threshold alarm,
+    # read while that run trained, is the plan's change seen again: coalesced into the plan, and the plan's first
+    # follow-up goes out as soon as the gate decided, on all the rows after the change, in the change's cascade.
+    handlers: TriggerHandlers = make(with_triggers(cooldown=0, after_change={"followup_rows": [500, 1500]}))
+    handlers.on_dataset_version_created(dataset_event(1, 1000))
+    with_data_and_champion(handlers)
+    start = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
+    handlers.on_performance_degraded(located_degradation(start))
+    first = published[0]
+    handlers.on_run_state_changed(run_event("r1", "running"))
+    handlers.on_dataset_version_created(dataset_event(2, 300))
+    handlers.on_features_materialized(features_event(2))
+    alarm = threshold_alarm(1, start + timedelta(minutes=3))
+    handlers.on_performance_degraded(alarm)
+    assert len(published) == 1, "folded into the plan: no request of its own while the plan's run trains"
+    (folded,) = [d.payload for d in decisions if d.envelope.caused_by == alarm.id]
+    assert (folded.decision, folded.request_id) == ("coalesced", first.payload.request_id)
+    assert "v1 is the champion it replaces" in folded.note and json.loads(folded.numbers_json)["brought_forward"]
+    handlers.on_run_state_changed(run_event("r1", "completed"))
+    handlers.on_model_rejected(rejected_event(2, champion=1))
+    assert [e.payload.trigger for e in published] == ["performance", "followup"]
+    followup = published[1]
+    assert followup.payload.change_started_at == start, "v1 saw none of the change: all rows after it"
+    assert followup.envelope.cascade_id == first.envelope.cascade_id
+    # Another alarm about v1 while that follow-up trains: coalesced, nothing brought forward twice.
+    handlers.on_performance_degraded(threshold_alarm(1, start + timedelta(minutes=4)))
+    assert len(published) == 2
+
+
 def test_a_change_located_in_a_plan_models_own_errors_is_a_new_change(
     make: Any, published: list[Event], decisions: list[Event]
 ) -> None:

@@ -210,6 +210,28 @@ def test_an_alarm_about_a_version_trained_inside_the_active_plan_folds_into_it()
     assert once is not None and once.status == "coalesced" and not once.followup_now
 
 
+def test_an_alarm_about_the_champion_the_plan_replaces_folds_into_it() -> None:
+    # The gate rejected the plan's first model: v1, the champion the change was seen in, serves on and alarms again.
+    # That is the plan's change seen again (even located by v1's own detector): no second plan.
+    rejected = replace(PLAN, versions=(), replaces=1)
+    again = Alarm(version=1, performance_degraded=True)
+    folded = fold_into_plan("performance", PLANNED, rejected, again)
+    assert folded is not None and folded.followup_now and "v1 is the champion it replaces" in folded.note
+    located = fold_into_plan("performance", PLANNED, rejected, replace(again, detector_change=True))
+    assert located is not None and located.followup_now
+    assert decide("performance", PLANNED, view(champion_version=1), NOW, alarm=again, plan=rejected) == folded
+    # Its follow-up trains on all the rows after the change (v1 saw none of them), not from the alarm's window on.
+    cut = PLAN.change_started_at + timedelta(minutes=5)
+    assert brought_forward_start(rejected, cut, 1) == PLAN.change_started_at
+    assert brought_forward_start(rejected, cut, 2) == cut
+    # Brought forward once for v1; and once the follow-ups are done, v1's alarms are causes of their own.
+    hurried = replace(rejected, brought_forward_by="req-9", brought_forward_version=1)
+    once = fold_into_plan("performance", PLANNED, hurried, again)
+    assert once is not None and not once.followup_now
+    assert fold_into_plan("performance", PLANNED, replace(rejected, done=2), again) is None
+    assert ChangePlan.from_json(hurried.to_json()) == hurried
+
+
 def test_an_alarm_is_a_cause_of_its_own_outside_an_active_plan_or_when_it_is_a_new_change() -> None:
     weak = Alarm(version=2, performance_degraded=True)
     assert fold_into_plan("performance", PLANNED, None, weak) is None  # no plan

@@ -25,7 +25,7 @@ from driftloop.clients.db.models import Run
 from driftloop.clients.objectstore import LocalObjectStore
 from driftloop.contracts import layout
 from driftloop.contracts.events import Event, new_event
-from driftloop.contracts.payloads import RunStateChanged, TrainingCompleted, TrainingRequested
+from driftloop.contracts.payloads import FeaturesMaterialized, RunStateChanged, TrainingCompleted, TrainingRequested
 from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.contracts.settings import ObjectStoreSettings, Settings
 from driftloop.errors import NotFoundError
@@ -331,7 +331,7 @@ def test_a_cut_on_demand_answered_too_late_is_asked_again_not_guessed(
     import driftloop.services.training.handlers as training_handlers
     from driftloop.errors import ServiceError
 
-    monkeypatch.setattr(training_handlers, "CHANGE_POLL_SECONDS", 0.01)
+    monkeypatch.setattr(training_handlers, "CHANGE_ASK_AGAIN_SECONDS", 0.01)
     store = LocalObjectStore(runtime.settings.object_store_path)
     write_feature_set(store, runtime.pipelines[MODEL], 1, 1200)  # one row a minute from 2026-02-01
     in_event_time = datetime(2026, 2, 1, tzinfo=UTC) + timedelta(minutes=700)
@@ -357,3 +357,108 @@ def test_a_cut_on_demand_answered_too_late_is_asked_again_not_guessed(
     assert run.state == "completed", run.error
     assert len(asked) == 2
     assert run.holdout["rows"] + run.holdout["train_rows"] == 500  # the rows after the answered event time
+
+
+def test_a_run_waiting_for_rows_after_a_change_wakes_on_the_streams_features_materialized(
+    runtime: FakeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The newest feature set has 200 rows after the change, 500 are needed: the run waits. Ingestion's next version
+    is materialized and its FeaturesMaterialized read: the run trains on it at once, not at the next slow poll."""
+    import driftloop.services.training.handlers as training_handlers
+
+    monkeypatch.setattr(training_handlers, "CHANGE_POLL_SECONDS", 3600.0)  # only the event can end the wait
+    store = LocalObjectStore(runtime.settings.object_store_path)
+    cfg = runtime.pipelines[MODEL]
+    write_feature_set(store, cfg, 1, 1200)  # one row a minute from 2026-02-01
+    change = datetime(2026, 2, 1, tzinfo=UTC) + timedelta(minutes=1000)
+    asked = threading.Event()
+
+    class Ingestion:
+        def __init__(self, *_: Any, **__: Any) -> None: ...
+        def __enter__(self) -> Ingestion:
+            return self
+
+        def __exit__(self, *_: Any) -> None: ...
+        def post(self, path: str, json: dict[str, Any]) -> dict[str, Any]:
+            asked.set()
+            return {"status": "waiting", "since": change.isoformat(), "rows_after_change": 200}
+
+    monkeypatch.setattr(training_handlers, "ServiceClient", Ingestion)
+    training = handlers(runtime)
+    waiting = threading.Thread(
+        target=training.on_training_requested,
+        args=(request("woken", None, trigger="drift", change_started_at=change),),
+        daemon=True,
+    )
+    waiting.start()
+    assert asked.wait(60), "the run never asked ingestion for a cut after the change"
+    write_feature_set(store, cfg, 2, 1600)  # 600 rows after the change
+    materialized = FeaturesMaterialized(
+        stream=STREAM,
+        dataset_version_id=f"{STREAM}@v2",
+        feature_set_uri=store.uri(layout.feature_set_prefix(STREAM, 2)),
+        feature_names=cfg.feature_names,
+        row_count=1600,
+        online_entities=50,
+    )
+    training.on_features_materialized(new_event(materialized, producer="test"))
+    waiting.join(60)
+    assert not waiting.is_alive(), "the run did not wake on FeaturesMaterialized"
+    run = run_of(runtime, "woken")
+    assert run.state == "completed", run.error
+    assert run.dataset_version_id == f"{STREAM}@v2"
+    assert run.holdout["rows"] + run.holdout["train_rows"] == 600
+
+
+def test_a_run_trains_on_the_version_cut_for_it_not_an_older_one_with_enough_rows(
+    runtime: FakeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A follow-up brought forward right after the previous run: v1 already holds enough rows after the change (the
+    previous run trained on them), and ingestion cuts v2 for this run. The run waits for v2's feature set: on v1 it
+    would learn nothing new (and be skipped as identical)."""
+    import driftloop.services.training.handlers as training_handlers
+
+    monkeypatch.setattr(training_handlers, "CHANGE_POLL_SECONDS", 3600.0)
+    store = LocalObjectStore(runtime.settings.object_store_path)
+    cfg = runtime.pipelines[MODEL]
+    write_feature_set(store, cfg, 1, 1200)  # one row a minute from 2026-02-01
+    change = datetime(2026, 2, 1, tzinfo=UTC) + timedelta(minutes=600)  # 600 rows after it in v1
+    asked = threading.Event()
+
+    class Ingestion:
+        def __init__(self, *_: Any, **__: Any) -> None: ...
+        def __enter__(self) -> Ingestion:
+            return self
+
+        def __exit__(self, *_: Any) -> None: ...
+        def post(self, path: str, json: dict[str, Any]) -> dict[str, Any]:
+            asked.set()
+            return {"status": "cut", "since": change.isoformat(), "rows_after_change": 800, "version": {"version": 2}}
+
+    monkeypatch.setattr(training_handlers, "ServiceClient", Ingestion)
+    training = handlers(runtime)
+    waiting = threading.Thread(
+        target=training.on_training_requested,
+        args=(request("cut-for-me", None, trigger="followup", change_started_at=change),),
+        daemon=True,
+    )
+    waiting.start()
+    assert asked.wait(60), "the run never asked ingestion for a cut after the change"
+    waiting.join(1)
+    assert waiting.is_alive(), "the run trained on v1 (an earlier run's data) instead of the version cut for it"
+    write_feature_set(store, cfg, 2, 1400)
+    materialized = FeaturesMaterialized(
+        stream=STREAM,
+        dataset_version_id=f"{STREAM}@v2",
+        feature_set_uri=store.uri(layout.feature_set_prefix(STREAM, 2)),
+        feature_names=cfg.feature_names,
+        row_count=1400,
+        online_entities=50,
+    )
+    training.on_features_materialized(new_event(materialized, producer="test"))
+    waiting.join(60)
+    assert not waiting.is_alive()
+    run = run_of(runtime, "cut-for-me")
+    assert run.state == "completed", run.error
+    assert run.dataset_version_id == f"{STREAM}@v2"
+    assert run.holdout["rows"] + run.holdout["train_rows"] == 800
