@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from pipeline_support import consuming, demo_pipeline, service_runtime, write_pipeline
-from test_training_runs import request_event, wait_for_run, write_feature_set
+from training_support import request_event, wait_for_run, write_feature_set
 
 from driftloop.clients.objectstore import open_object_store
 from driftloop.contracts.events import new_event
@@ -40,7 +40,7 @@ def test_an_idle_local_ray_shuts_down_and_the_next_run_wakes_it(
     write_feature_set(open_object_store(settings), pipeline, 1, 400)
     with service_runtime("training", settings) as runtime:
         spec = build(runtime)
-        [consumer] = spec.consumers
+        consumer, _features = spec.consumers
         with consuming(runtime, consumer, unique):
             assert ray_state() == "asleep" and ray_ready()  # no work yet: not started, and ready by design
             first = request_event(model, f"req-{uuid.uuid4().hex[:8]}", None)

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from pipeline_support import collect_events, consuming, demo_pipeline, service_runtime, write_pipeline
-from training_support import request_event, write_feature_set
+from training_support import request_event, wait_for_run, write_feature_set
 
 from driftloop.client import Client as PlatformClient
 from driftloop.clients.db.models import Run
@@ -54,17 +54,6 @@ def training(
         assert features.broadcast and features.group.startswith(FEATURES_GROUP_PREFIX)
         with consuming(runtime, consumer, unique):
             yield runtime, pipeline, open_object_store(settings), TestClient(spec.app)
-
-
-def wait_for_run(runtime: Runtime, request_id: str, states: tuple[str, ...] = ("completed", "failed")) -> Run:
-    def finished() -> bool:
-        with runtime.Session() as session:
-            run = session.scalar(sa.select(Run).where(Run.request_id == request_id))
-        return run is not None and run.state in states
-
-    wait_until(finished, 300, f"the run of request {request_id}")
-    with runtime.Session() as session:
-        return session.scalar(sa.select(Run).where(Run.request_id == request_id))
 
 
 def test_a_request_on_the_newest_feature_set_completes_a_run(

@@ -1,5 +1,6 @@
 """Support for the training service's integration tests: a small feature set as the features service leaves it,
-and a manual TrainingRequested."""
+a manual TrainingRequested
+and the wait for a request's run."""
 
 from __future__ import annotations
 
@@ -10,13 +11,17 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import sqlalchemy as sa
 
+from driftloop.clients.db.models import Run
 from driftloop.clients.objectstore import ObjectStore
 from driftloop.contracts import layout
 from driftloop.contracts.events import Event, new_event
 from driftloop.contracts.featuredefs import compute_features
 from driftloop.contracts.payloads import TrainingRequested
 from driftloop.contracts.pipeline import PipelineConfig
+from driftloop.ops.procs import wait_until
+from driftloop.runtime.service import Runtime
 
 
 def write_feature_set(store: ObjectStore, pipeline: PipelineConfig, version: int, rows: int) -> None:
@@ -55,3 +60,14 @@ def request_event(model: str, request_id: str, dataset_version_id: str | None) -
         ),
         producer="test",
     )
+
+
+def wait_for_run(runtime: Runtime, request_id: str, states: tuple[str, ...] = ("completed", "failed")) -> Run:
+    def finished() -> bool:
+        with runtime.Session() as session:
+            run = session.scalar(sa.select(Run).where(Run.request_id == request_id))
+        return run is not None and run.state in states
+
+    wait_until(finished, 300, f"the run of request {request_id}")
+    with runtime.Session() as session:
+        return session.scalar(sa.select(Run).where(Run.request_id == request_id))
