@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-import test_triggers_handlers as th
+import triggers_support as th
 from pydantic import ValidationError
 
 from driftloop.contracts.events import Event
@@ -28,7 +28,7 @@ from driftloop.services.triggers.policy import ModelView, decide
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 VIEW = ModelView(has_champion=True, latest_dataset_version_id="transactions@v3")
-PIPELINE = load_pipeline(Path(__file__).resolve().parents[2] / "pipelines" / "transactions.yaml")
+PIPELINE = load_pipeline(Path(__file__).resolve().parents[3] / "pipelines" / "transactions.yaml")
 
 
 def scores(shift: float = 0.0, n: int = 500, seed: int = 0) -> np.ndarray:
@@ -76,11 +76,6 @@ def test_prediction_drift_alone_retrains_unless_the_pipeline_says_no() -> None:
     assert decision.status == "suppressed" and "on_prediction_drift" in decision.note
     # Feature drift (with or without prediction drift) still retrains.
     assert decide("drift", off, VIEW, NOW, prediction_only=False).status == "requested"
-
-
-# The triggers service's handlers on a real SQLite database (fixtures of the triggers handler tests).
-session_maker, clock, published, make = th.session_maker, th.clock, th.published, th.make
-decisions, registry = th.decisions, th.registry
 
 
 def prediction_drift_event(window: int) -> Event[DriftDetected]:

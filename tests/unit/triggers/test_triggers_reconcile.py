@@ -5,20 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from test_triggers_handlers import (  # noqa: F401  (fixtures)
-    MODEL,
-    Clock,
-    clock,
-    decisions,
-    drift_event,
-    make,
-    published,
-    registry,
-    run_event,
-    session_maker,
-    with_data_and_champion,
-    with_triggers,
-)
+from triggers_support import MODEL, drift_event, run_event, with_data_and_champion, with_triggers
 
 from driftloop.contracts.events import Event
 from driftloop.services.triggers.handlers import TriggerHandlers
@@ -37,7 +24,7 @@ def champion(version: int) -> dict[str, Any]:
     }
 
 
-def test_a_run_that_ended_unseen_releases_the_queued_request(make: Any, published: list[Event]) -> None:  # noqa: F811
+def test_a_run_that_ended_unseen_releases_the_queued_request(make: Any, published: list[Event]) -> None:
     handlers: TriggerHandlers = make(with_triggers(cooldown=0, queue_while_running=True))
     with_data_and_champion(handlers)
     handlers.on_run_state_changed(run_event("run-1", "running"))
@@ -59,7 +46,7 @@ def test_a_run_that_ended_unseen_releases_the_queued_request(make: Any, publishe
     assert handlers.model_state(MODEL)["active_runs"] == []
 
 
-def test_the_champion_comes_from_the_registry_and_an_unknown_run_is_over(make: Any) -> None:  # noqa: F811
+def test_the_champion_comes_from_the_registry_and_an_unknown_run_is_over(make: Any) -> None:
     handlers: TriggerHandlers = make(with_triggers(cooldown=0))
     handlers.on_run_state_changed(run_event("run-gone", "running"))
     reconcile = StateReconcile(handlers, handlers.Session, lambda _m: champion(3), lambda _r: None, [MODEL])

@@ -19,7 +19,7 @@ from driftloop.contracts.pipeline import load_pipeline
 from driftloop.services.triggers.handlers import TriggerHandlers
 from driftloop.services.triggers.outbox import RequestOutbox
 
-BASE = load_pipeline(Path(__file__).resolve().parents[2] / "pipelines" / "transactions.yaml")
+BASE = load_pipeline(Path(__file__).resolve().parents[3] / "pipelines" / "transactions.yaml")
 MODEL, STREAM = BASE.model.name, BASE.stream.name
 
 
