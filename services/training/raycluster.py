@@ -352,14 +352,14 @@ def reclaim_left_processes(settings: Settings) -> None:
 
 
 def start_ray_keeper(settings: Settings, models: Models) -> None:
-    """At the service's start: stop what a killed predecessor left, then have the keeper start Ray now, in its
-    thread (``models()``: the pipelines' ``(family, task)``, whose libraries each start warms). A service that has
-    just started is about to get work (a new stack's first stream: Ray woken by its first cut made that version
-    answer 4 to 8 s later); a local Ray then sleeps after ``ray.idle_shutdown_seconds`` without work, like any."""
+    """At the service's start: stop what a killed predecessor left, then let the keeper start Ray when work comes
+    (``models()``: the pipelines' ``(family, task)``, whose libraries each start warms). Ray that never sleeps
+    (``ray.idle_shutdown_seconds`` 0, or a joined cluster) is started now, in the keeper thread."""
     if not settings.ray_address:
         reclaim_left_processes(settings)
     _keeper.configure(settings, models)
-    _keeper.sign(time.time())
+    if settings.ray_address or not settings.ray.idle_shutdown_seconds:
+        _keeper.sign(time.time())
 
 
 def note_work(at: float) -> None:
