@@ -36,15 +36,6 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under xdist (``make test``: ``-n 2 --dist loadgroup``) the tests that start real components run one after
-    another in one worker, as without xdist (they share the session's broker and registry, and their timing is
-    tuned for one such test at a time); the unit tests are shared by both workers."""
-    for item in items:
-        if {"integration", "e2e"} & set(item.path.relative_to(REPO).parts):
-            item.add_marker(pytest.mark.xdist_group("components"))
-
-
 @pytest.fixture(scope="session")
 def session_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="driftloop-tests-"))
