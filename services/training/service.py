@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
 
 from driftloop.contracts.events import Event
@@ -24,7 +26,8 @@ FEATURES_GROUP_PREFIX = "driftloop-training-features-"
 def build(runtime: Runtime) -> ServiceSpec:
     settings = runtime.settings
     # Ray is started by a thread of its own that lives as long as the process (its GCS and raylet die with the
-    # thread that started them), when work comes; here only what a killed predecessor left is stopped.
+    # thread that started them), when work comes or the service process runs (``wake_ray_at_start``, not when a test
+    # only builds the service); here only what a killed predecessor left is stopped.
     start_ray_keeper(settings, lambda: [(p.model.family, p.model.task) for p in runtime.pipelines.values()])
     handlers = TrainingHandlers(runtime)
     # Before consuming: a redelivered request of an interrupted run then finds its run and makes no second one.
@@ -39,6 +42,11 @@ def build(runtime: Runtime) -> ServiceSpec:
         # Ray wakes while the run finds its data, and stays awake until the run ends.
         with ray_at_work(settings):
             handlers.on_training_requested(event)
+
+    def wake_ray_at_start(_stop: threading.Event) -> None:
+        # A service process just started is about to get work (a new stack's first stream): Ray woken only by that
+        # stream's first cut made its first version answer 4 to 8 s later. Idle, it sleeps again like any Ray.
+        note_work(time.time())
 
     def on_dataset_cut_started(event: Event[DatasetCutStarted]) -> None:
         # New data: the triggers may ask for a training once it is cut and its features are materialized, seconds
@@ -61,7 +69,7 @@ def build(runtime: Runtime) -> ServiceSpec:
                 prompt=True,
             ),
         ],
-        loops=[handlers.resume_interrupted],
+        loops=[wake_ray_at_start, handlers.resume_interrupted],
         on_stop=[shutdown_ray],
         ready_checks={"ray": ray_ready},
         health_info={"ray_state": ray_state},
