@@ -121,13 +121,20 @@ def produce(
     assert producer.flush(flush_timeout) == 0
 
 
-def own_stack_settings(tmp: Path, ports: dict[str, int], **more: Any) -> Settings:
+def own_stack_settings(
+    tmp: Path, ports: dict[str, int], *, session_timeout_ms: int | None = 2000, **more: Any
+) -> Settings:
     """Settings of a stack of its own: home ``<tmp>/home``, the project's pipelines, a broker and the schema
-    registry on free ports (``ports`` holds ``schemaregistry_port`` and the services' ports), ``more`` on top."""
+    registry on free ports (``ports`` holds ``schemaregistry_port`` and the services' ports), ``more`` on top.
+    ``session_timeout_ms``: the consumers' (2000: the embedded broker holds each group join half of it; None: the
+    default, 6000, whose heartbeats are a third as frequent)."""
+    kafka: dict[str, Any] = {"bootstrap_servers": f"127.0.0.1:{free_port()}"}
+    if session_timeout_ms is not None:
+        kafka["session_timeout_ms"] = session_timeout_ms
     return Settings(
         home=tmp / "home",
         pipelines_dir=REPO / "pipelines",
-        kafka={"bootstrap_servers": f"127.0.0.1:{free_port()}", "session_timeout_ms": 2000},
+        kafka=kafka,
         schema_registry={"url": f"http://127.0.0.1:{ports['schemaregistry_port']}"},
         services=ports,
         **more,

@@ -2,10 +2,11 @@
 workers, faust workers) while nothing is sent, in percent of one core.
 
 Starts an embedded stack of its own (free ports, a temporary home; stopped by PID at the end), waits until every
-component is ready and ``--settle`` seconds more (Spark and Ray warm up at start), then reads each component's
+component is ready and ``--settle`` seconds more (Spark warms up at start; training's local Ray starts with the service
+and sleeps after ``ray.idle_shutdown_seconds``, 120 by default, without work), then reads each component's
 process tree's CPU time from ``/proc`` at the start and the end of ``--seconds`` and prints the difference.
 
-    .venv/bin/python bench/idle.py                 # about 3 minutes on 2 cores
+    .venv/bin/python bench/idle.py                 # about 5 minutes on 2 cores
     .venv/bin/python bench/idle.py --json          # JSON lines: each component, then {"bench": "idle", ...}
 """
 
@@ -44,13 +45,21 @@ def tree_seconds(root: int) -> dict[int, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60.0, help="seconds measured at rest")
-    parser.add_argument("--settle", type=float, default=30.0, help="seconds after ready before measuring")
+    parser.add_argument(
+        "--settle", type=float, default=150.0, help="seconds after ready before measuring (past Ray's idle shutdown)"
+    )
+    parser.add_argument(
+        "--session-timeout-ms", type=int, default=None, help="consumers' kafka.session_timeout_ms (default: 6000)"
+    )
     parser.add_argument("--json", action="store_true", help="JSON lines: each component and a summary")
     args = parser.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="driftloop-bench-idle-"))
     ports = {f"{name}_port": free_port() for name in ("schemaregistry", *SERVICES)}
-    stack = Stack(own_stack_settings(tmp, ports), on_progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+    # The default settings a user's stack runs with (the other benchmarks shorten the session timeout for quick
+    # group joins, which makes every consumer heartbeat three times as often).
+    settings = own_stack_settings(tmp, ports, session_timeout_ms=args.session_timeout_ms)
+    stack = Stack(settings, on_progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
     try:
         stack.up()
         time.sleep(args.settle)
