@@ -28,7 +28,7 @@ demo: setup  ## Run the closed-loop demo on the embedded stack, then stop everyt
 	$(BIN)/driftloop demo
 
 test: setup lint  ## Unit, integration and end-to-end tests (real broker, PostgreSQL, S3, Spark, Ray).
-	$(BIN)/pytest -q -p no:cacheprovider --durations=30 -n 2 tests
+	$(BIN)/pytest -q -p no:cacheprovider --durations=30 -n 2 --dist loadfile --no-loadscope-reorder tests
 
 test-unit: setup
 	$(BIN)/pytest -q tests/unit

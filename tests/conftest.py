@@ -35,26 +35,6 @@ os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-COMPONENT_TEST_FOLDERS = ("tests/integration/", "tests/e2e/")
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """Under xdist (``make test``: ``-n 2``) every test that starts real components runs in one worker, one after
-    another in collection order, as without xdist: they share the session's broker and registry, and their timing
-    is tuned for one such test at a time. The unit tests go, a module at a time, to the other worker.
-
-    A scheduler, not the ``xdist_group`` mark: pytest 9 ignores the node id suffix by which xdist 3.8 groups."""
-    from xdist.scheduler import LoadScopeScheduling
-
-    class ComponentTestsInOneWorker(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            if nodeid.startswith(COMPONENT_TEST_FOLDERS):
-                return "components"
-            return super()._split_scope(nodeid)
-
-    return ComponentTestsInOneWorker(config, log)
-
 
 @pytest.fixture(scope="session")
 def session_dir() -> Iterator[Path]:
