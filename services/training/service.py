@@ -29,6 +29,8 @@ def build(runtime: Runtime) -> ServiceSpec:
     # thread that started them), when work comes or the service process runs (``wake_ray_at_start``, not when a test
     # only builds the service); here only what a killed predecessor left is stopped.
     start_ray_keeper(settings, lambda: [(p.model.family, p.model.task) for p in runtime.pipelines.values()])
+    # A pipeline applied is a sign of work too: its stream (and its first training) is about to come.
+    runtime.pipelines.on_change(lambda: note_work(time.time()))
     handlers = TrainingHandlers(runtime)
     # Before consuming: a redelivered request of an interrupted run then finds its run and makes no second one.
     interrupted = handlers.take_interrupted()

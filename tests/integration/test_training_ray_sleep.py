@@ -1,6 +1,6 @@
 """The training service's local Ray (real Ray, broker and SQLite) shuts down after ``ray.idle_shutdown_seconds``
-with no work, its recorded processes gone; a cut starting wakes it, and a request that finds it asleep wakes it,
-waits for it and completes."""
+with no work, its recorded processes gone; a cut starting or a pipeline applied wakes it, and a request that finds it
+asleep wakes it, waits for it and completes."""
 
 from __future__ import annotations
 
@@ -58,6 +58,12 @@ def test_an_idle_local_ray_shuts_down_and_the_next_run_wakes_it(
             cut = DatasetCutStarted(stream=stream, dataset_version_id=f"{stream}@v2", version=2, new_rows=100)
             runtime.bus.publish(new_event(cut, producer="test"))
             wait_until(lambda: ray_state() == "awake", 60, "a cut starting to wake Ray")
+            wait_until(lambda: ray_state() == "asleep", 60, "Ray idle again")
+
+            # So is a pipeline applied: its stream is about to come.
+            other = f"fraud-{unique}-b"
+            runtime.pipelines.put(write_pipeline(tmp_path / "more", other, demo_pipeline(f"tx-{other}", other)))
+            wait_until(lambda: ray_state() == "awake", 60, "a pipeline applied to wake Ray")
             wait_until(lambda: ray_state() == "asleep", 60, "Ray idle again")
 
             second = request_event(model, f"req-{uuid.uuid4().hex[:8]}", None)
