@@ -107,6 +107,7 @@ def test_down_and_up_keeps_the_champion_and_the_timeline_and_the_supervisor_rest
         # The bus works again: a promotion after the restart reaches serving through the recreated topics.
         second_cascade = train("second")
         wait_until(lambda: served() == 2, 120, "serving v2")
+        wait_until(lambda: switches(2), 30, "the switch to v2 in the event log")  # written in the background
         assert {s.cascade_id for s in switches(2)} == {second_cascade}
 
         # kill -9 of serving: the supervisor restarts it, counts it, and it serves the champion again.
