@@ -88,6 +88,18 @@ def training_ray_state(settings: Settings) -> str | None:
         return None
 
 
+def resting_consumers(settings: Settings) -> int:
+    """How many of the services' event consumers rest (``kafka.rest_after_seconds``), from their ``/healthz``."""
+    resting = 0
+    for name in SERVICES:
+        try:
+            health = httpx.get(f"{settings.services.url(name)}/healthz", timeout=5).json()
+        except (httpx.HTTPError, ValueError):
+            continue
+        resting += sum(1 for c in health.get("consumers", []) if c.get("resting"))
+    return resting
+
+
 def training_at_rest(stack: Stack, settings: Settings, seconds: float) -> tuple[float, float]:
     """Seconds until training's Ray is asleep again, then training's CPU (its process tree, percent of one core)
     over ``seconds``."""
@@ -181,6 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rest-after", type=float, default=0.0, help="then training's CPU over this many seconds once Ray sleeps"
     )
+    parser.add_argument(
+        "--idle-before",
+        type=float,
+        default=0.0,
+        help="once settled, wait this many seconds more before sending (e.g. 90: the consumers rest first)",
+    )
     parser.add_argument("--keep", action="store_true", help="leave the stack running (for profiling)")
     parser.add_argument(
         "--pyspy",
@@ -208,8 +226,12 @@ def main(argv: list[str] | None = None) -> int:
         demo.clock = datetime.now(tz=UTC) - timedelta(hours=1)
         records = make_records(args.rows, False, np.random.default_rng(11), demo.clock)
         profilers = start_profilers(stack, args.pyspy) if args.pyspy else []
+        if args.idle_before > 0:
+            time.sleep(args.idle_before)
         ray_at_send = training_ray_state(settings)
+        resting_at_send = resting_consumers(settings)
         print(f"  training's Ray when the records are sent: {ray_at_send}", flush=True)
+        print(f"  consumers resting when the records are sent: {resting_at_send}", flush=True)
         first_sent = datetime.now(tz=UTC)
         demo.produce(records)
         last_sent = datetime.now(tz=UTC)  # the producer's flush returned: the broker holds every record
@@ -271,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                     "settle_s": round(settle_seconds, 2),
                     "steps_s": figures,
                     "ray_at_send": ray_at_send,
+                    "idle_before_s": args.idle_before,
+                    "resting_consumers_at_send": resting_at_send,
                     **rest,
                 }
             )

@@ -20,7 +20,7 @@ from typing import Any
 
 from driftloop.clients.retry import Backoff
 from driftloop.contracts.pipeline import PipelineConfig
-from driftloop.runtime.bus import faust_broker_options, heartbeat_interval_ms
+from driftloop.runtime.bus import calm_faust_fetcher, faust_broker_options, heartbeat_interval_ms
 from driftloop.runtime.service import Runtime
 
 from .onlinestore import OnlineStoreUnavailable, open_online_store
@@ -131,6 +131,7 @@ def _run_faust_worker(
         topic_partitions=settings.kafka.partitions,
         topic_replication_factor=settings.kafka.replication_factor,
     )
+    calm_faust_fetcher(app)
     online = open_online_store(settings, runtime.engine)
     decode = runtime.bus.codec.decode
     for pipeline in chosen:

@@ -274,6 +274,10 @@ class KafkaIntake:
             for msg in messages:
                 if msg.error() is not None:
                     membership.usable(msg)  # a fatal error raises (a new consumer); a topic gone is made again
+        if records:
+            # Records: a cut and its cascade may follow. A resting stack wakes now, not when the cut is published.
+            self.bus.ring_doorbell()
+            self.bus.note_activity()
         by_topic: dict[str, list[Message]] = {}
         if len(self.by_topic) == 1 and not self._resubscribed:  # one topic ever subscribed: every record is of it
             if records:

@@ -53,6 +53,7 @@ from driftloop.contracts.topics import Topic
 from driftloop.runtime.bus import (
     ConsumerStatus,
     EventBus,
+    calm_faust_fetcher,
     ensure_topics,
     faust_broker_options,
     heartbeat_interval_ms,
@@ -161,6 +162,7 @@ class FaustEngine:
             self.status.assigned = True
             log.info("monitor (faust): group %s assigned %d partitions", self.group, len(assigned))
 
+        calm_faust_fetcher(app)
         return app
 
     def _handle(self, topic: str, value: bytes) -> None:

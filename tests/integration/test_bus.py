@@ -14,8 +14,8 @@ from driftloop.clients.db import migrate
 from driftloop.clients.db.models import EventRecord, ProcessedEvent
 from driftloop.contracts.events import Event, new_event
 from driftloop.contracts.payloads import ExternalTrigger
-from driftloop.contracts.topics import EXTERNAL_TRIGGER
-from driftloop.runtime.bus import EventBus, ensure_event_topics
+from driftloop.contracts.topics import EXTERNAL_TRIGGER, PIPELINE_APPLIED
+from driftloop.runtime.bus import ConsumerStatus, EventBus, ensure_event_topics
 
 pytestmark = pytest.mark.integration
 
@@ -104,3 +104,91 @@ def test_the_producer_connected_at_start_is_the_one_that_publishes(make_settings
     bus.publish(new_event(ExternalTrigger(model=f"c-{unique}", reason="start", details_json="{}"), producer="t"))
     assert bus._producer is connected and bus.producer_resets == 0
     bus.close()
+
+
+def _resting_settings(make_settings, **kafka):  # type: ignore[no-untyped-def]
+    return make_settings(kafka={**make_settings().kafka.model_dump(), **kafka})
+
+
+def _consume_in_thread(bus: EventBus, group: str, handled: list[Event], model: str, **options) -> threading.Thread:  # type: ignore[no-untyped-def]
+    def keep(event: Event) -> None:
+        if event.payload.model == model:
+            handled.append(event)
+
+    thread = threading.Thread(
+        target=bus.run_consumer, args=(group, {EXTERNAL_TRIGGER: keep}), kwargs=options, daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def test_a_resting_consumer_fetches_nothing_until_the_doorbell_wakes_it(make_settings, unique: str) -> None:  # type: ignore[no-untyped-def]
+    settings = _resting_settings(make_settings, rest_after_seconds=2.0, rest_look_seconds=120.0)
+    migrate(settings.database_url)
+    ensure_event_topics(settings)
+    bus = EventBus(settings, producer_name="rests")
+    handled: list[Event] = []
+    model = f"rest-{unique}"
+    threads = [
+        _consume_in_thread(bus, f"g-{unique}", handled, model, prompt=True),
+        # The process's follower: never rests, hears the doorbell.
+        threading.Thread(
+            target=bus.run_consumer,
+            args=(f"bell-{unique}", {PIPELINE_APPLIED: lambda _e: None}),
+            kwargs={
+                "broadcast": True,
+                "fetch_wait_ms": 500,
+                "doorbell": True,
+                "status": ConsumerStatus(group=f"bell-{unique}", topics=[PIPELINE_APPLIED.name]),
+            },
+            daemon=True,
+        ),
+    ]
+    threads[1].start()
+    _wait(lambda: len(bus.consumers) == 1 and bus.consumers[0].assigned)
+    status = bus.consumers[0]
+    _wait(lambda: status.extra.get("resting") is True)
+
+    # Published by a process that does not ring (consumers that never rest): the resting consumer does not see it.
+    quiet = EventBus(_resting_settings(make_settings, rest_after_seconds=0.0), producer_name="quiet")
+    event = new_event(ExternalTrigger(model=model, reason="while resting", details_json="{}"), producer="t")
+    quiet.publish(event)
+    time.sleep(4.0)  # awake, a prompt consumer takes it within about 0.5 s
+    assert handled == [] and status.extra.get("resting") is True
+
+    ringer = EventBus(_resting_settings(make_settings, rest_after_seconds=600.0), producer_name="ringer")
+    ringer.ring_doorbell()
+    ringer.flush()
+    _wait(lambda: [e.id for e in handled] == [event.id], timeout=15)
+    assert "resting" not in status.extra
+    # A second ring within half its rest period is not sent.
+    rung = ringer._doorbell_rung
+    ringer.ring_doorbell()
+    assert ringer._doorbell_rung == rung
+
+    bus.stop_event.set()
+    for thread in threads:
+        thread.join(timeout=15)
+    for b in (bus, quiet, ringer):
+        b.close()
+
+
+def test_a_resting_consumer_still_looks_now_and_then(make_settings, unique: str) -> None:  # type: ignore[no-untyped-def]
+    settings = _resting_settings(make_settings, rest_after_seconds=1.0, rest_look_seconds=3.0)
+    migrate(settings.database_url)
+    ensure_event_topics(settings)
+    bus = EventBus(settings, producer_name="rests")
+    handled: list[Event] = []
+    model = f"look-{unique}"
+    thread = _consume_in_thread(bus, f"g-{unique}", handled, model, prompt=True)
+    _wait(lambda: len(bus.consumers) == 1 and bus.consumers[0].assigned)
+    status = bus.consumers[0]
+    _wait(lambda: status.extra.get("resting") is True)
+    quiet = EventBus(_resting_settings(make_settings, rest_after_seconds=0.0), producer_name="quiet")
+    event = new_event(ExternalTrigger(model=model, reason="looked up", details_json="{}"), producer="t")
+    quiet.publish(event)
+    _wait(lambda: [e.id for e in handled] == [event.id], timeout=20)  # no doorbell: its next look finds it
+    bus.stop_event.set()
+    thread.join(timeout=15)
+    bus.close()
+    quiet.close()

@@ -100,3 +100,10 @@ def test_the_pipeline_follower_lets_the_broker_hold_its_fetches_longest(tmp_path
     assert calls[0]["broadcast"] is True and calls[0]["fetch_wait_ms"] == 7000
     assert bus.consumer_config("g", prompt=True, fetch_wait_ms=7000)["fetch.wait.max.ms"] == 7000
     assert Settings().kafka.follower_fetch_wait_ms > Settings().kafka.fetch_wait_max_ms
+
+
+def test_consumers_rest_on_the_embedded_broker_only_unless_told() -> None:
+    assert Settings().kafka.consumers_rest_after == 60.0
+    assert Settings(kafka={"embedded": False}).kafka.consumers_rest_after == 0.0
+    assert Settings(kafka={"embedded": False, "rest_after_seconds": 30}).kafka.consumers_rest_after == 30.0
+    assert Settings(kafka={"rest_after_seconds": 0}).kafka.consumers_rest_after == 0.0

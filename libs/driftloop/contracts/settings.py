@@ -61,6 +61,15 @@ class KafkaSettings(_Section):
     # embedded broker a change is taken ~2 s later on average at 10000 (max ~3.5 s), and the idle followers cost it
     # a fifth of what they did at 2000; on Apache Kafka at once either way.
     follower_fetch_wait_ms: int = Field(default=10000, ge=10, le=30000)
+    # A process whose consumers have taken nothing and which has published nothing for this long rests: its event
+    # consumers pause their partitions (no held fetches: on the embedded broker each costs it CPU for every topic,
+    # several times a second) and look once every ``rest_look_seconds``. A process that publishes after a quiet
+    # spell rings the bus's doorbell (``driftloop.bus.doorbell``), which every process's pipeline follower hears:
+    # the stack is prompt again within a follower's wait (~2 s on the embedded broker), long before a cut that
+    # starts a cascade is done. None: 60 s on the embedded broker, 0 (never rest) on Apache Kafka, whose held
+    # fetches cost nothing.
+    rest_after_seconds: float | None = Field(default=None, ge=0)
+    rest_look_seconds: float = Field(default=10.0, gt=0)
     # Consumer group of the ingestion processes: processes in one group split the stream topics' partitions.
     ingestion_group: str = Field(default="driftloop-ingestion", min_length=1)
     # Extra librdkafka properties (security.protocol, sasl.*, ...) passed to every client.
@@ -97,6 +106,13 @@ class KafkaSettings(_Section):
     @classmethod
     def _no_blank_user(cls, value: str) -> str:
         return value.strip()
+
+    @property
+    def consumers_rest_after(self) -> float:
+        """``rest_after_seconds`` as it applies: 0 means consumers never rest."""
+        if self.rest_after_seconds is None:
+            return 60.0 if self.embedded else 0.0
+        return self.rest_after_seconds
 
 
 class SchemaRegistrySettings(_Section):

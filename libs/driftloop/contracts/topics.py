@@ -72,6 +72,10 @@ EVENT_TOPICS: tuple[Topic, ...] = (
     PIPELINE_APPLIED,
 )
 
+# Not an event topic: empty messages keyed by the process that rang. A process that publishes after a quiet spell
+# rings it; every process's pipeline follower hears it and wakes its resting consumers (``kafka.rest_after_seconds``).
+BUS_DOORBELL_TOPIC = "driftloop.bus.doorbell"
+
 TOPIC_BY_EVENT_TYPE: dict[str, Topic] = {t.event_type: t for t in EVENT_TOPICS}
 
 STREAM_TOPIC_PREFIX = "driftloop.stream."

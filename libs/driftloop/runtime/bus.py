@@ -44,7 +44,7 @@ from driftloop.contracts.events import Event, payload_type
 from driftloop.contracts.payloads import Payload
 from driftloop.contracts.schemas import event_schema
 from driftloop.contracts.settings import Settings
-from driftloop.contracts.topics import EVENT_TOPICS, STREAM_TOPIC_PREFIX, Topic
+from driftloop.contracts.topics import BUS_DOORBELL_TOPIC, EVENT_TOPICS, STREAM_TOPIC_PREFIX, Topic
 from driftloop.errors import DriftloopError, WireFormatError
 from driftloop.runtime.metrics import (
     CASCADE_STEPS,
@@ -156,6 +156,27 @@ def faust_broker_options(settings: Settings) -> dict[str, Any]:
     elif protocol == "SSL":
         options["broker_credentials"] = faust.SSLCredentials(context)
     return options
+
+
+# How often aiokafka's background fetcher in a faust app plans again while its fetch is held by the broker.
+FAUST_FETCHER_REPLAN_SECONDS = 1.0
+
+
+def calm_faust_fetcher(app: Any) -> None:
+    """Make ``app``'s (a ``faust.App``) aiokafka fetcher plan again every ``FAUST_FETCHER_REPLAN_SECONDS``, not
+    aiokafka's 0.2 s (``consumer_timeout_ms``, which faust does not expose): at rest it woke each faust app five
+    times a second with nothing to do. The fetcher still wakes at once when a fetch returns, records are taken, a
+    partition is resumed or the assignment changes. Set on each assignment (the consumer and its fetcher exist by
+    then); a faust or aiokafka without these attributes is left as it is."""
+
+    @app.on_partitions_assigned.connect
+    async def _calm_fetcher(_app: Any, _assigned: Any, **_: Any) -> None:
+        thread = getattr(app.consumer, "_thread", None)
+        fetcher = getattr(getattr(thread, "_consumer", None), "_fetcher", None)
+        if fetcher is not None and hasattr(fetcher, "_fetcher_timeout"):
+            fetcher._fetcher_timeout = FAUST_FETCHER_REPLAN_SECONDS
+        else:
+            log.info("faust app %s: aiokafka's fetcher not found; it plans at its own pace", app.conf.id)
 
 
 def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | None = None) -> list[str]:
@@ -397,6 +418,36 @@ class EventBus:
         self.producer_resets = 0
         self.stop_event = threading.Event()
         self.consumers: list[ConsumerStatus] = []
+        # Resting (``kafka.rest_after_seconds``): the process is awake until this (monotonic), kept ahead by every
+        # event it takes or publishes and by the doorbell; it rings the doorbell at most every half of that.
+        self.rest_after = settings.kafka.consumers_rest_after
+        self._awake_until = time.monotonic() + self.rest_after
+        self._doorbell_rung = -float("inf")
+
+    # --- resting -----------------------------------------------------------------------------------------
+
+    def note_activity(self) -> None:
+        """Something happened here (an event taken or published, the doorbell): the consumers stay awake."""
+        self._awake_until = time.monotonic() + self.rest_after
+
+    def resting(self) -> bool:
+        """Whether this process's event consumers rest (see ``kafka.rest_after_seconds``)."""
+        return self.rest_after > 0 and time.monotonic() >= self._awake_until
+
+    def ring_doorbell(self) -> None:
+        """Wake every process's resting consumers (their pipeline followers hear it): this process is about to
+        publish, maybe after a quiet spell. Rung at most once per half ``rest_after``; nothing waits for it and a
+        lost ring costs only time (a resting consumer still looks every ``kafka.rest_look_seconds``)."""
+        if self.rest_after <= 0:
+            return
+        now = time.monotonic()
+        if now - self._doorbell_rung < self.rest_after / 2:
+            return
+        self._doorbell_rung = now
+        try:
+            self._produce(BUS_DOORBELL_TOPIC, key=self.producer_name.encode(), value=b"").poll(0)
+        except (KafkaException, BufferError) as exc:
+            log.debug("doorbell not rung: %s", exc)
 
     # --- producing ---------------------------------------------------------------------------------------
 
@@ -512,6 +563,8 @@ class EventBus:
         events polls once for all of them."""
         value = self.encode(event)
         errors: list[str] = []
+        self.ring_doorbell()
+        self.note_activity()
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             if err is not None:
@@ -558,9 +611,6 @@ class EventBus:
         """A consumer of ``group``. ``prompt``: its events start the next step of a cascade, so the broker may hold
         an empty fetch only ``kafka.prompt_fetch_wait_ms`` (see there). ``fetch_wait_ms``: how long instead (a
         consumer whose events may come late, e.g. the pipeline follower's ``kafka.follower_fetch_wait_ms``)."""
-        kafka = self.settings.kafka
-        if fetch_wait_ms is None:
-            fetch_wait_ms = kafka.prompt_fetch_wait_ms if prompt else kafka.fetch_wait_max_ms
         return self.settings.kafka_config(
             **{
                 "group.id": group,
@@ -576,10 +626,16 @@ class EventBus:
                 # waited 0.37 s on average on Tansu, at 500 ms 0.08 s. close() does not wait for it. (Tansu reads
                 # every topic of a held fetch again at 0, W/2, 3W/4, ... and every 125 ms in the last 250: about 8
                 # times a second at 500 ms, 3 at 2 s, 0.8 at 10 s; each topic read costs it ~0.2 ms of CPU.)
-                "fetch.wait.max.ms": fetch_wait_ms,
+                "fetch.wait.max.ms": self._fetch_wait_ms(prompt, fetch_wait_ms),
                 **extra,
             }
         )
+
+    def _fetch_wait_ms(self, prompt: bool, fetch_wait_ms: int | None) -> int:
+        if fetch_wait_ms is not None:
+            return fetch_wait_ms
+        kafka = self.settings.kafka
+        return kafka.prompt_fetch_wait_ms if prompt else kafka.fetch_wait_max_ms
 
     def already_processed(self, group: str, event_id: str) -> bool:
         with self.Session() as session:
@@ -609,12 +665,17 @@ class EventBus:
         broadcast: bool = False,
         prompt: bool = False,
         fetch_wait_ms: int | None = None,
+        doorbell: bool = False,
     ) -> None:
         """Consume until ``stop_event`` is set. Each event is handled once per group; the offset is committed
         after the handler. A handler that raises is logged and its event is not marked processed (it is
         retried after a restart); the loop goes on with the next message. ``status``: kept by the caller and not
         listed in ``consumers`` (the pipeline catalog's follower, which every service has besides its own).
         ``prompt``, ``fetch_wait_ms``: see ``consumer_config``.
+
+        While the process rests (``resting``, ``kafka.rest_after_seconds``) the consumer pauses its partitions and
+        looks once every ``kafka.rest_look_seconds`` (``ConsumerRest``). ``doorbell``: it never rests and also
+        hears the bus's doorbell (the pipeline follower: one per process), which wakes the process.
 
         ``broadcast``: for a group of one process that reads its topics whole (a fresh group per process: the
         pipeline catalog's follower, serving's promotions): the consumer assigns itself every partition from the
@@ -634,9 +695,14 @@ class EventBus:
         if status is None:
             status = ConsumerStatus(group=group, topics=topics)
             self.consumers.append(status)
+        rests = not doorbell
+        if doorbell and self.rest_after > 0:
+            topics = [*topics, BUS_DOORBELL_TOPIC]
         keep_consuming(
             status,
-            lambda: self._consume(group, topics, by_name, status, poll_timeout, broadcast, prompt, fetch_wait_ms),
+            lambda: self._consume(
+                group, topics, by_name, status, poll_timeout, broadcast, prompt, fetch_wait_ms, rests
+            ),
             self.stop_event,
         )
 
@@ -650,6 +716,7 @@ class EventBus:
         broadcast: bool = False,
         prompt: bool = False,
         fetch_wait_ms: int | None = None,
+        rests: bool = True,
     ) -> None:
         ensure_topics(self.settings, topics)
         lag = ConsumerLag(group)
@@ -664,9 +731,14 @@ class EventBus:
         else:
             consumer = Consumer(self.consumer_config(group, prompt=prompt, fetch_wait_ms=fetch_wait_ms))
             membership.subscribe(consumer, topics)
+        rest = None
+        if rests and self.rest_after > 0:
+            rest = ConsumerRest(self, consumer, status, self._fetch_wait_ms(prompt, fetch_wait_ms))
         next_purge = time.monotonic()
         try:
             while not self.stop_event.is_set():
+                if rest is not None:
+                    rest.step()
                 msg = consumer.poll(poll_timeout)
                 membership.check()
                 lag.update(consumer)
@@ -678,6 +750,10 @@ class EventBus:
                     except Exception:  # retention must never stop a consumer
                         log.exception("consumer %s: purge of processed events failed", group)
                 if msg is None or not membership.usable(msg):
+                    continue
+                self.note_activity()
+                if msg.topic() == BUS_DOORBELL_TOPIC:  # heard: the process is awake; nothing to handle or commit
+                    lag.committed(msg.topic(), msg.partition(), msg.offset() + 1)
                     continue
                 handler, payload_class = by_name[msg.topic()]
                 self._handle(group, msg, handler, payload_class, status)
@@ -739,6 +815,61 @@ class EventBus:
         # broker in tests and tools) reconnects to the gone broker every second for as long as the process runs.
         del producer
         self.event_log.close()
+
+
+class ConsumerRest:
+    """Pauses a consumer's partitions while its process rests (``EventBus.resting``) and lets it look, with one held
+    fetch, once every ``kafka.rest_look_seconds``; resumes them when the process wakes (an event taken or published,
+    the doorbell). Paused partitions are not fetched, so the embedded broker does not re-read their topics several
+    times a second; a rebalance's new partitions come unpaused and are paused again. Positions are kept: nothing is
+    skipped or taken twice."""
+
+    def __init__(self, bus: EventBus, consumer: Consumer, status: ConsumerStatus, fetch_wait_ms: int) -> None:
+        self.bus = bus
+        self.consumer = consumer
+        self.status = status
+        self.look_every = bus.settings.kafka.rest_look_seconds
+        self.look_for = fetch_wait_ms / 1000 + 0.25  # one held fetch and its answer
+        self.paused: set[tuple[str, int]] = set()
+        self.next_look = 0.0
+        self.looking_until = 0.0
+
+    def step(self) -> None:
+        """Called before each poll."""
+        if not self.bus.resting():
+            if self.paused:
+                self._resume()
+            self.status.extra.pop("resting", None)
+            self.looking_until = 0.0
+            return
+        self.status.extra["resting"] = True
+        now = time.monotonic()
+        if self.paused:
+            if now >= self.next_look:
+                self._resume()
+                self.looking_until = now + self.look_for
+            elif self._assigned() != self.paused:  # a rebalance: its new partitions come unpaused
+                self._pause()
+        elif now >= self.looking_until:
+            self._pause()
+            self.next_look = now + self.look_every
+
+    def _assigned(self) -> set[tuple[str, int]]:
+        try:
+            return {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        except KafkaException:
+            return set()
+
+    def _pause(self) -> None:
+        assigned = self._assigned()
+        with contextlib.suppress(KafkaException):
+            self.consumer.pause([TopicPartition(t, p) for t, p in assigned])
+        self.paused = assigned
+
+    def _resume(self) -> None:
+        with contextlib.suppress(KafkaException):
+            self.consumer.resume([TopicPartition(t, p) for t, p in self.paused])
+        self.paused = set()
 
 
 # Commit errors that mean "the group moved on without this member": it rejoins, nothing is lost.
@@ -1023,3 +1154,4 @@ class ConsumerLag:
 
 def ensure_event_topics(settings: Settings) -> None:
     ensure_topics(settings, [t.name for t in EVENT_TOPICS])
+    ensure_topics(settings, [BUS_DOORBELL_TOPIC], partitions=1)

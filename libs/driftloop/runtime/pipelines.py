@@ -200,6 +200,7 @@ def follow(catalog: PipelineCatalog, bus: EventBus, service: str) -> Callable[[t
             status=catalog.follower,
             broadcast=True,
             fetch_wait_ms=bus.settings.kafka.follower_fetch_wait_ms,  # changes are rare; held fetches cost the broker
+            doorbell=True,  # the process's one consumer that never rests: it hears the doorbell that wakes the others
         )
 
     return follow_pipelines

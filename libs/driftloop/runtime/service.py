@@ -476,6 +476,8 @@ def _add_health(
                 "failed": c.failed,
                 "restarts": c.restarts,
                 "last_error": c.last_error,
+                # Its partitions paused while the process is quiet (``kafka.rest_after_seconds``).
+                "resting": bool(c.extra.get("resting", False)),
             }
             for c in runtime.bus.consumers
         ]
