@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from _common import own_stack_settings
 
@@ -42,6 +43,18 @@ def tree_seconds(root: int) -> dict[int, float]:
     return {pid: cpu_seconds(pid) for pid in descendants([root])}
 
 
+def command_of(pid: int, length: int = 60) -> str:
+    """A process's command line, abridged (what it is: a service, Spark's JVM, a Ray worker)."""
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    args = [w.decode(errors="replace") for w in words if w]
+    if not args:
+        return "?"
+    return " ".join([Path(args[0]).name, *args[1:]])[:length]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60.0, help="seconds measured at rest")
@@ -52,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         "--session-timeout-ms", type=int, default=None, help="consumers' kafka.session_timeout_ms (default: 6000)"
     )
     parser.add_argument("--json", action="store_true", help="JSON lines: each component and a summary")
+    parser.add_argument(
+        "--per-process", action="store_true", help="also each process of a component (its command, abridged)"
+    )
     args = parser.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="driftloop-bench-idle-"))
@@ -67,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         before = {c.name: tree_seconds(c.pid) for c in components}
         time.sleep(args.seconds)
         after = {c.name: tree_seconds(c.pid) for c in components}
+        commands = {pid: command_of(pid) for tree in after.values() for pid in tree}
     finally:
         stack.down()
     results = []
@@ -74,9 +91,17 @@ def main(argv: list[str] | None = None) -> int:
         start, end = before[component.name], after[component.name]
         # Processes started during the measurement count from 0; those gone count what they had used by the start.
         used = sum(end.get(pid, start.get(pid, 0.0)) - start.get(pid, 0.0) for pid in set(start) | set(end))
-        results.append(
-            {"component": component.name, "processes": len(end), "cpu_pct": round(100 * used / args.seconds, 2)}
-        )
+        row: dict[str, Any] = {
+            "component": component.name,
+            "processes": len(end),
+            "cpu_pct": round(100 * used / args.seconds, 2),
+        }
+        if args.per_process:
+            row["by_process"] = {
+                f"{pid} {commands.get(pid, '?')}": round(100 * (end[pid] - start.get(pid, 0.0)) / args.seconds, 2)
+                for pid in sorted(end)
+            }
+        results.append(row)
     total = round(sum(r["cpu_pct"] for r in results), 2)
     summary = {
         "bench": "idle",
@@ -93,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"the stack at rest for {args.seconds:g} s (percent of one core, each component's process tree):")
     for row in sorted(results, key=lambda r: -r["cpu_pct"]):
         print(f"  {row['component']:<15} {row['cpu_pct']:6.2f}%  ({row['processes']} processes)")
+        by_process = row.get("by_process")
+        for process, pct in by_process.items() if isinstance(by_process, dict) else []:
+            print(f"      {pct:6.2f}%  {process}")
     print(f"  {'total':<15} {total:6.2f}%")
     return 0
 
