@@ -110,49 +110,56 @@ def _resting_settings(make_settings, **kafka):  # type: ignore[no-untyped-def]
     return make_settings(kafka={**make_settings().kafka.model_dump(), **kafka})
 
 
-def _consume_in_thread(bus: EventBus, group: str, handled: list[Event], model: str, **options) -> threading.Thread:  # type: ignore[no-untyped-def]
+def _resting_consumer(make_settings, unique: str, prefix: str, **rest: float):  # type: ignore[no-untyped-def]
+    """A bus (one process) whose one prompt consumer of ``EXTERNAL_TRIGGER`` keeps the events of its model, once it
+    rests: (bus, kept events, model, thread, status)."""
+    settings = _resting_settings(make_settings, **rest)
+    migrate(settings.database_url)
+    ensure_event_topics(settings)
+    bus = EventBus(settings, producer_name="rests")
+    handled: list[Event] = []
+    model = f"{prefix}-{unique}"
+
     def keep(event: Event) -> None:
         if event.payload.model == model:
             handled.append(event)
 
     thread = threading.Thread(
-        target=bus.run_consumer, args=(group, {EXTERNAL_TRIGGER: keep}), kwargs=options, daemon=True
+        target=bus.run_consumer, args=(f"g-{unique}", {EXTERNAL_TRIGGER: keep}), kwargs={"prompt": True}, daemon=True
     )
     thread.start()
-    return thread
-
-
-def test_a_resting_consumer_fetches_nothing_until_the_doorbell_wakes_it(make_settings, unique: str) -> None:  # type: ignore[no-untyped-def]
-    settings = _resting_settings(make_settings, rest_after_seconds=2.0, rest_look_seconds=120.0)
-    migrate(settings.database_url)
-    ensure_event_topics(settings)
-    bus = EventBus(settings, producer_name="rests")
-    handled: list[Event] = []
-    model = f"rest-{unique}"
-    threads = [
-        _consume_in_thread(bus, f"g-{unique}", handled, model, prompt=True),
-        # The process's follower: never rests, hears the doorbell.
-        threading.Thread(
-            target=bus.run_consumer,
-            args=(f"bell-{unique}", {PIPELINE_APPLIED: lambda _e: None}),
-            kwargs={
-                "broadcast": True,
-                "fetch_wait_ms": 500,
-                "doorbell": True,
-                "status": ConsumerStatus(group=f"bell-{unique}", topics=[PIPELINE_APPLIED.name]),
-            },
-            daemon=True,
-        ),
-    ]
-    threads[1].start()
     _wait(lambda: len(bus.consumers) == 1 and bus.consumers[0].assigned)
     status = bus.consumers[0]
     _wait(lambda: status.extra.get("resting") is True)
+    return bus, handled, model, thread, status
 
-    # Published by a process that does not ring (consumers that never rest): the resting consumer does not see it.
+
+def _publish_without_ringing(make_settings, model: str) -> tuple[EventBus, Event]:  # type: ignore[no-untyped-def]
+    """An event published by a process that does not ring the doorbell (its consumers never rest)."""
     quiet = EventBus(_resting_settings(make_settings, rest_after_seconds=0.0), producer_name="quiet")
     event = new_event(ExternalTrigger(model=model, reason="while resting", details_json="{}"), producer="t")
     quiet.publish(event)
+    return quiet, event
+
+
+def test_a_resting_consumer_fetches_nothing_until_the_doorbell_wakes_it(make_settings, unique: str) -> None:  # type: ignore[no-untyped-def]
+    bus, handled, model, thread, status = _resting_consumer(
+        make_settings, unique, "rest", rest_after_seconds=2.0, rest_look_seconds=120.0
+    )
+    # The process's follower: never rests, hears the doorbell.
+    bell = threading.Thread(
+        target=bus.run_consumer,
+        args=(f"bell-{unique}", {PIPELINE_APPLIED: lambda _e: None}),
+        kwargs={
+            "broadcast": True,
+            "fetch_wait_ms": 500,
+            "doorbell": True,
+            "status": ConsumerStatus(group=f"bell-{unique}", topics=[PIPELINE_APPLIED.name]),
+        },
+        daemon=True,
+    )
+    bell.start()
+    quiet, event = _publish_without_ringing(make_settings, model)
     time.sleep(4.0)  # awake, a prompt consumer takes it within about 0.5 s
     assert handled == [] and status.extra.get("resting") is True
 
@@ -167,26 +174,17 @@ def test_a_resting_consumer_fetches_nothing_until_the_doorbell_wakes_it(make_set
     assert ringer._doorbell_rung == rung
 
     bus.stop_event.set()
-    for thread in threads:
-        thread.join(timeout=15)
+    for t in (thread, bell):
+        t.join(timeout=15)
     for b in (bus, quiet, ringer):
         b.close()
 
 
 def test_a_resting_consumer_still_looks_now_and_then(make_settings, unique: str) -> None:  # type: ignore[no-untyped-def]
-    settings = _resting_settings(make_settings, rest_after_seconds=1.0, rest_look_seconds=3.0)
-    migrate(settings.database_url)
-    ensure_event_topics(settings)
-    bus = EventBus(settings, producer_name="rests")
-    handled: list[Event] = []
-    model = f"look-{unique}"
-    thread = _consume_in_thread(bus, f"g-{unique}", handled, model, prompt=True)
-    _wait(lambda: len(bus.consumers) == 1 and bus.consumers[0].assigned)
-    status = bus.consumers[0]
-    _wait(lambda: status.extra.get("resting") is True)
-    quiet = EventBus(_resting_settings(make_settings, rest_after_seconds=0.0), producer_name="quiet")
-    event = new_event(ExternalTrigger(model=model, reason="looked up", details_json="{}"), producer="t")
-    quiet.publish(event)
+    bus, handled, model, thread, _ = _resting_consumer(
+        make_settings, unique, "look", rest_after_seconds=1.0, rest_look_seconds=3.0
+    )
+    quiet, event = _publish_without_ringing(make_settings, model)
     _wait(lambda: [e.id for e in handled] == [event.id], timeout=20)  # no doorbell: its next look finds it
     bus.stop_event.set()
     thread.join(timeout=15)
