@@ -110,9 +110,10 @@ def _resting_settings(make_settings, **kafka):  # type: ignore[no-untyped-def]
     return make_settings(kafka={**make_settings().kafka.model_dump(), **kafka})
 
 
-def _resting_consumer(make_settings, unique: str, prefix: str, **rest: float):  # type: ignore[no-untyped-def]
+def _resting_consumer(make_settings, unique: str, prefix: str, bell: bool, **rest: float):  # type: ignore[no-untyped-def]
     """A bus (one process) whose one prompt consumer of ``EXTERNAL_TRIGGER`` keeps the events of its model, once it
-    rests: (bus, kept events, model, thread, status)."""
+    rests: (bus, kept events, model, threads, status). ``bell``: with the process's follower, which never rests and
+    hears the doorbell (started first: the doorbells rung before, which it reads at start, wake the process)."""
     settings = _resting_settings(make_settings, **rest)
     migrate(settings.database_url)
     ensure_event_topics(settings)
@@ -124,14 +125,30 @@ def _resting_consumer(make_settings, unique: str, prefix: str, **rest: float):  
         if event.payload.model == model:
             handled.append(event)
 
-    thread = threading.Thread(
-        target=bus.run_consumer, args=(f"g-{unique}", {EXTERNAL_TRIGGER: keep}), kwargs={"prompt": True}, daemon=True
-    )
-    thread.start()
+    threads = [
+        threading.Thread(
+            target=bus.run_consumer,
+            args=(f"g-{unique}", {EXTERNAL_TRIGGER: keep}),
+            kwargs={"prompt": True},
+            daemon=True,
+        )
+    ]
+    if bell:
+        follower = ConsumerStatus(group=f"bell-{unique}", topics=[PIPELINE_APPLIED.name])
+        threads.append(
+            threading.Thread(
+                target=bus.run_consumer,
+                args=(f"bell-{unique}", {PIPELINE_APPLIED: lambda _e: None}),
+                kwargs={"broadcast": True, "fetch_wait_ms": 500, "doorbell": True, "status": follower},
+                daemon=True,
+            )
+        )
+    for thread in threads:
+        thread.start()
     _wait(lambda: len(bus.consumers) == 1 and bus.consumers[0].assigned)
     status = bus.consumers[0]
     _wait(lambda: status.extra.get("resting") is True)
-    return bus, handled, model, thread, status
+    return bus, handled, model, threads, status
 
 
 def _publish_without_ringing(make_settings, model: str) -> tuple[EventBus, Event]:  # type: ignore[no-untyped-def]
@@ -143,22 +160,9 @@ def _publish_without_ringing(make_settings, model: str) -> tuple[EventBus, Event
 
 
 def test_a_resting_consumer_fetches_nothing_until_the_doorbell_wakes_it(make_settings, unique: str) -> None:  # type: ignore[no-untyped-def]
-    bus, handled, model, thread, status = _resting_consumer(
-        make_settings, unique, "rest", rest_after_seconds=2.0, rest_look_seconds=120.0
+    bus, handled, model, threads, status = _resting_consumer(
+        make_settings, unique, "rest", True, rest_after_seconds=2.0, rest_look_seconds=120.0
     )
-    # The process's follower: never rests, hears the doorbell.
-    bell = threading.Thread(
-        target=bus.run_consumer,
-        args=(f"bell-{unique}", {PIPELINE_APPLIED: lambda _e: None}),
-        kwargs={
-            "broadcast": True,
-            "fetch_wait_ms": 500,
-            "doorbell": True,
-            "status": ConsumerStatus(group=f"bell-{unique}", topics=[PIPELINE_APPLIED.name]),
-        },
-        daemon=True,
-    )
-    bell.start()
     quiet, event = _publish_without_ringing(make_settings, model)
     time.sleep(4.0)  # awake, a prompt consumer takes it within about 0.5 s
     assert handled == [] and status.extra.get("resting") is True
@@ -174,19 +178,19 @@ def test_a_resting_consumer_fetches_nothing_until_the_doorbell_wakes_it(make_set
     assert ringer._doorbell_rung == rung
 
     bus.stop_event.set()
-    for t in (thread, bell):
-        t.join(timeout=15)
+    for thread in threads:
+        thread.join(timeout=15)
     for b in (bus, quiet, ringer):
         b.close()
 
 
 def test_a_resting_consumer_still_looks_now_and_then(make_settings, unique: str) -> None:  # type: ignore[no-untyped-def]
-    bus, handled, model, thread, _ = _resting_consumer(
-        make_settings, unique, "look", rest_after_seconds=1.0, rest_look_seconds=3.0
+    bus, handled, model, threads, _ = _resting_consumer(
+        make_settings, unique, "look", False, rest_after_seconds=1.0, rest_look_seconds=3.0
     )
     quiet, event = _publish_without_ringing(make_settings, model)
     _wait(lambda: [e.id for e in handled] == [event.id], timeout=20)  # no doorbell: its next look finds it
     bus.stop_event.set()
-    thread.join(timeout=15)
+    threads[0].join(timeout=15)
     bus.close()
     quiet.close()
