@@ -67,6 +67,7 @@ from .policy import (
     fire_pending,
     fold_into_plan,
     followup_due,
+    retrains_after_plan,
     waits_for_next_cut,
     weak_at_gate,
 )
@@ -209,6 +210,8 @@ class TriggerHandlers:
             if model in self.pipelines:
                 session.flush()
                 self._fire_queued(session, self.pipelines[model], event)
+                # A gate read before this completion may have brought a follow-up forward that waited for the run.
+                self._fire_followup(session, self.pipelines[model], event)
 
     def on_dataset_version_created(self, event: Event[DatasetVersionCreated]) -> None:
         """Count new rows per stream (``triggers.new_data.every_n_rows``, cooldowns in rows) and follow the
@@ -464,6 +467,14 @@ class TriggerHandlers:
             ):
                 self._fold_into_plan(session, pipeline, kind, event, reason, decision, plan, alarm, window[0])
                 return
+            if plan is not None and alarm is not None and retrains_after_plan(kind, pipeline.triggers, plan, alarm):
+                window = (plan.change_started_at, window[1])
+                if decision.status in ("requested", "pending"):
+                    once = (
+                        f"v{alarm.version} was trained inside the completed change plan of request {plan.request_id}: "
+                        f"one retrain on the rows since its change at {plan.change_started_at.isoformat()}, no new plan"
+                    )
+                    decision = replace(decision, note=f"{decision.note}; {once}")
             self._record(
                 session,
                 model,
@@ -972,6 +983,17 @@ class TriggerHandlers:
         pipeline = self.pipelines.get(row.model)
         started = as_utc(row.change_started_at)
         if started is None or pipeline is None or not pipeline.triggers.after_change.followup_rows:
+            return
+        plan = ChangePlan.from_json(state.change_plan)
+        if (
+            plan is not None
+            and not plan.active(pipeline.triggers)
+            and row.version in plan.versions
+            and started == plan.change_started_at
+        ):
+            # The completed plan's change again (``retrains_after_plan``): the model this request trains joins the
+            # plan (its cascade), so an alarm about it retrains once again, never a plan of its own.
+            state.change_plan = replace(plan, cascade_id=row.cascade_id).to_json()
             return
         replaces = row.version if row.version is not None else state.champion_version
         state.change_plan = ChangePlan(

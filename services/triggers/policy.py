@@ -332,6 +332,21 @@ def fold_into_plan(
     return Decision("coalesced", f"{into} and is degraded: {step} brought forward, {rows}", followup_now=True)
 
 
+def retrains_after_plan(kind: TriggerKind, policy: TriggerSpec, plan: ChangePlan | None, alarm: Alarm | None) -> bool:
+    """A degradation of a model the model's completed change plan trained, not a new change its own detector
+    located: the plan's change still, seen in a model trained on too few of its rows (its follow-ups came early).
+    It retrains once, on all the rows since the plan's change, and starts no new plan (a new plan would train on
+    the rows from this alarm's window on only, and retrain three times more on a stream that no longer changes)."""
+    return (
+        kind == "performance"
+        and alarm is not None
+        and plan is not None
+        and not plan.active(policy)
+        and not alarm.detector_change
+        and alarm.version in plan.versions
+    )
+
+
 def brought_forward_start(plan: ChangePlan, after: datetime | None, version: int | None = None) -> datetime:
     """Where a follow-up brought forward by ``version`` starts its rows. Answering the plan's first model (no
     follow-up yet), which trained on the first rows after the located start while the change may still have been

@@ -32,6 +32,7 @@ from driftloop.contracts.payloads import (
     ExternalTrigger,
     PerformanceDegraded,
 )
+from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.errors import NotFoundError
 from driftloop.services.triggers.handlers import RetrainConflict, TriggerHandlers
 
@@ -709,6 +710,18 @@ def test_a_change_located_in_a_plan_models_own_errors_is_a_new_change(
     assert published[1].envelope.cascade_id != first.envelope.cascade_id, "a new cause, a new plan"
 
 
+def promoted_at_gate(version: int, score: float, cascade_of: Event) -> Event:
+    """``version`` promoted in the cascade of ``cascade_of``, trained on the cut v2, with its holdout ``score``."""
+    event = promoted_in(cascade_of, version)
+    gate = json.dumps({"challenger_score": score})
+    return replace(event, payload=replace(event.payload, dataset_version_id=f"{STREAM}@v2", gate_json=gate))
+
+
+def with_performance_threshold(config: PipelineConfig, threshold: float) -> PipelineConfig:
+    performance = config.monitor.performance.model_copy(update={"threshold": threshold, "metric": "roc_auc"})
+    return config.model_copy(update={"monitor": config.monitor.model_copy(update={"performance": performance})})
+
+
 def test_a_plan_model_weak_at_its_gate_brings_the_next_followup_forward_on_the_rows_it_never_saw(
     make: Any, published: list[Event], decisions: list[Event]
 ) -> None:
@@ -716,9 +729,7 @@ def test_a_plan_model_weak_at_its_gate_brings_the_next_followup_forward_on_the_r
     # monitor's threshold at the gate. The plan's first follow-up goes out at its promotion (not after a window of
     # its labels), on the rows landed after the cut it trained on.
     config = with_triggers(cooldown=0, after_change={"followup_rows": [500, 1500]})
-    performance = config.monitor.performance.model_copy(update={"threshold": 0.9, "metric": "roc_auc"})
-    config = config.model_copy(update={"monitor": config.monitor.model_copy(update={"performance": performance})})
-    handlers: TriggerHandlers = make(config)
+    handlers: TriggerHandlers = make(with_performance_threshold(config, 0.9))
     handlers.on_dataset_version_created(dataset_event(1, 1000))
     with_data_and_champion(handlers)
     handlers.on_performance_degraded(located_degradation(datetime(2026, 5, 1, 8, 0, tzinfo=UTC)))
@@ -726,17 +737,85 @@ def test_a_plan_model_weak_at_its_gate_brings_the_next_followup_forward_on_the_r
     cut = dataset_event(2, 300)
     handlers.on_dataset_version_created(cut)
     handlers.on_features_materialized(features_event(2))
-
-    def promoted(version: int, score: float, cascade_of: Event) -> Event:
-        event = promoted_in(cascade_of, version)
-        gate = json.dumps({"challenger_score": score})
-        return replace(event, payload=replace(event.payload, dataset_version_id=f"{STREAM}@v2", gate_json=gate))
-
-    handlers.on_model_promoted(promoted(2, 0.78, first))
+    handlers.on_model_promoted(promoted_at_gate(2, 0.78, first))
     assert [e.payload.trigger for e in published] == ["performance", "followup"]
     assert published[1].payload.change_started_at == cut.envelope.occurred_at
     (decision,) = [d.payload for d in decisions if d.payload.trigger == "followup"]
     assert "brought forward by v2's gate: roc_auc 0.78" in decision.reason
     # Its model passes the threshold: the last follow-up waits for its rows, as planned.
-    handlers.on_model_promoted(promoted(3, 0.97, published[1]))
+    handlers.on_model_promoted(promoted_at_gate(3, 0.97, published[1]))
     assert len(published) == 2
+
+
+def test_a_followup_brought_forward_at_a_gate_read_before_the_runs_completion_goes_out_with_the_completion(
+    make: Any, published: list[Event]
+) -> None:
+    # The registry's ModelPromoted is often read before training's RunStateChanged "completed": the follow-up the
+    # weak gate brought forward waits for the run to end, and goes out then (not with the next cut, a window later).
+    config = with_triggers(cooldown=0, after_change={"followup_rows": [500, 1500]})
+    handlers: TriggerHandlers = make(with_performance_threshold(config, 0.9))
+    handlers.on_dataset_version_created(dataset_event(1, 1000))
+    with_data_and_champion(handlers)
+    handlers.on_performance_degraded(located_degradation(datetime(2026, 5, 1, 8, 0, tzinfo=UTC)))
+    first = published[0]
+    handlers.on_run_state_changed(run_event("r1", "running"))
+    handlers.on_dataset_version_created(dataset_event(2, 300))
+    handlers.on_features_materialized(features_event(2))
+    completed = run_event("r1", "completed")  # made before the gate's decision, read after it
+    handlers.on_model_promoted(promoted_at_gate(2, 0.78, first))
+    assert len(published) == 1, "the run is still active when the gate's decision is read"
+    handlers.on_run_state_changed(completed)
+    assert [e.payload.trigger for e in published] == ["performance", "followup"]
+    assert published[1].envelope.cascade_id == first.envelope.cascade_id
+
+
+def test_an_alarm_about_a_completed_plans_model_retrains_once_on_the_rows_since_its_change(
+    make: Any, published: list[Event], decisions: list[Event]
+) -> None:
+    # The hyperplane's case: a gradual change's follow-ups all came early, so the plan's last model trained on few
+    # post-change rows and degrades later. One retrain on all the rows since the plan's change, and no new plan
+    # (which would train on the rows of the alarm's window on, and retrain again and again).
+    handlers: TriggerHandlers = make(with_triggers(cooldown=0, after_change={"followup_rows": [500]}))
+    handlers.on_dataset_version_created(dataset_event(1, 1000))
+    with_data_and_champion(handlers)
+    start = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
+    handlers.on_performance_degraded(located_degradation(start))
+    first = published[0]
+    handlers.on_dataset_version_created(dataset_event(2, 300))
+    handlers.on_features_materialized(features_event(2))
+    handlers.on_model_promoted(promoted_in(first, 2))
+    handlers.on_performance_degraded(threshold_alarm(2, start + timedelta(minutes=5)))
+    followup = published[1]
+    assert followup.payload.trigger == "followup"
+    start = followup.payload.change_started_at  # v2 trained on the change under way: the plan's rows start later
+    handlers.on_model_promoted(promoted_in(followup, 3))  # the plan's last model: the plan is done
+    alarm = threshold_alarm(3, start + timedelta(minutes=30))
+    handlers.on_performance_degraded(alarm)
+    assert [e.payload.trigger for e in published] == ["performance", "followup", "performance"]
+    once = published[2]
+    assert once.payload.change_started_at == start, "on all the rows since the plan's change"
+    (decision,) = [d.payload for d in decisions if d.envelope.caused_by == alarm.id]
+    assert decision.decision == "retrain" and "completed change plan" in decision.note
+    assert "no new plan" in decision.note
+    for version in (3, 4):  # many rows land: no follow-up of a new plan
+        handlers.on_dataset_version_created(dataset_event(version, 5000))
+        handlers.on_features_materialized(features_event(version))
+    assert len(published) == 3
+    # Its model joins the plan: an alarm about it retrains once more the same way, still no plan.
+    handlers.on_model_promoted(promoted_in(once, 4))
+    handlers.on_performance_degraded(threshold_alarm(4, start + timedelta(minutes=50)))
+    assert [e.payload.trigger for e in published][3:] == ["performance"]
+    assert published[3].payload.change_started_at == start
+    handlers.on_dataset_version_created(dataset_event(5, 5000))
+    handlers.on_features_materialized(features_event(5))
+    assert len(published) == 4
+    # A change its own detector locates is new: a new plan, from that change.
+    handlers.on_model_promoted(promoted_in(published[3], 5))
+    again = start + timedelta(hours=3)
+    handlers.on_performance_degraded(threshold_alarm(5, again, reason="change"))
+    assert published[4].payload.change_started_at == again
+    handlers.on_dataset_version_created(dataset_event(6, 300))
+    handlers.on_features_materialized(features_event(6))
+    handlers.on_dataset_version_created(dataset_event(7, 600))
+    handlers.on_features_materialized(features_event(7))
+    assert [e.payload.trigger for e in published][5:] == ["followup"], "the new change has its plan"
