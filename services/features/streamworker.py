@@ -15,6 +15,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +40,26 @@ RETRY_FIRST_SECONDS = 0.5
 RETRY_MAX_SECONDS = 10.0
 
 
-def _agent_for(aggregator: StreamAggregator, decode: Callable[[bytes], Any]) -> Callable[[Any], Any]:
+# How often a stopped worker looks whether its process woke (the doorbell), and a running one whether to stop.
+WATCH_SECONDS = 0.5
+
+
+@dataclass
+class StreamWorkerStatus:
+    """What the worker is doing: ``waiting`` (no stream yet), ``running``, ``resting`` (stopped with its resting
+    process, ``kafka.rest_after_seconds``) or ``stopped``; ``rests`` counts its rests."""
+
+    state: str = "waiting"
+    rests: int = 0
+
+
+def _agent_for(
+    aggregator: StreamAggregator, decode: Callable[[bytes], Any], note_activity: Callable[[], None]
+) -> Callable[[Any], Any]:
     async def apply_records(stream: Any) -> None:
         loop = asyncio.get_running_loop()
         async for events in stream.take_events(BATCH_RECORDS, within=BATCH_SECONDS):
+            note_activity()  # records flowing keep the process (and so this worker) awake
             batch = []
             for event in events:
                 message = event.message
@@ -70,13 +87,24 @@ def _agent_for(aggregator: StreamAggregator, decode: Callable[[bytes], Any]) -> 
 
 
 def stream_worker_loop(
-    runtime: Runtime, group: str = STREAM_GROUP, pipelines: list[PipelineConfig] | None = None
+    runtime: Runtime,
+    group: str = STREAM_GROUP,
+    pipelines: list[PipelineConfig] | None = None,
+    status: StreamWorkerStatus | None = None,
 ) -> Callable[[threading.Event], None]:
     """A loop for ``ServiceSpec.loops``: runs the faust worker until ``stop`` is set. Without a fixed ``pipelines``
     list it follows the service's pipeline catalog: when a pipeline applied live adds, removes or renames a stream,
     or changes a stream's features, the worker stops and starts again with one agent per stream of the new set
-    (faust's agents are fixed at start; offsets are committed, so the new worker carries on where the old one was)."""
+    (faust's agents are fixed at start; offsets are committed, so the new worker carries on where the old one was).
+
+    The worker rests with its process (``kafka.rest_after_seconds``): a faust app at rest still wakes several times
+    a second (its sensor, thread keepalives, fetches, heartbeats), so when the process has taken no event and no
+    record for that long the worker stops, and it starts again when the process wakes: records arriving at
+    ingestion ring the bus's doorbell. Offsets are committed, so it carries on where it stopped; the first records
+    after a rest wait for its start and group join (a few seconds)."""
     changed = threading.Event()
+    status = status if status is not None else StreamWorkerStatus()
+    bus = runtime.bus
 
     def current() -> list[PipelineConfig]:
         return pipelines if pipelines is not None else sorted(runtime.pipelines.values(), key=lambda p: p.stream.topic)
@@ -96,13 +124,23 @@ def stream_worker_loop(
             changed.clear()
             running = current()
             if running:
-                _run_faust_worker(runtime, group, running, stop, changed)
+                status.state = "running"
+                if _run_faust_worker(runtime, group, running, stop, changed):
+                    status.state, status.rests = "resting", status.rests + 1
+                    log.info("streaming-feature worker %s rests with its process until it wakes", group)
+                    while not stop.is_set() and not changed.is_set() and bus.resting():
+                        stop.wait(WATCH_SECONDS)
+                    if not stop.is_set():
+                        log.info("streaming-feature worker %s: its process woke, starting it again", group)
+                    continue
+            status.state = "waiting"
             if pipelines is not None:
-                return
-            while not stop.is_set() and not changed.wait(0.5):
+                break
+            while not stop.is_set() and not changed.wait(WATCH_SECONDS):
                 pass  # no stream yet, or the worker ended by itself: wait for a change
             if changed.is_set() and not stop.is_set():
                 log.info("streaming-feature worker %s: the streams changed, starting it again", group)
+        status.state = "stopped"
 
     run_worker.__name__ = "features_stream_worker"
     return run_worker
@@ -110,8 +148,9 @@ def stream_worker_loop(
 
 def _run_faust_worker(
     runtime: Runtime, group: str, chosen: list[PipelineConfig], stop: threading.Event, changed: threading.Event
-) -> None:
-    """One faust worker with an agent per stream of ``chosen``, until ``stop`` or ``changed`` is set."""
+) -> bool:
+    """One faust worker with an agent per stream of ``chosen``, until ``stop`` or ``changed`` is set, or its process
+    rests (then True)."""
     import faust
 
     settings = runtime.settings
@@ -137,7 +176,8 @@ def _run_faust_worker(
     for pipeline in chosen:
         topic = app.topic(pipeline.stream.topic, value_type=bytes, value_serializer="raw", key_serializer="raw")
         aggregator = StreamAggregator(runtime.engine, pipeline, online)
-        app.agent(topic, name=f"features-stream-{pipeline.stream.name}")(_agent_for(aggregator, decode))
+        agent = _agent_for(aggregator, decode, runtime.bus.note_activity)
+        app.agent(topic, name=f"features-stream-{pipeline.stream.name}")(agent)
 
     class ThreadWorker(faust.Worker):
         def install_signal_handlers(self) -> None:
@@ -146,9 +186,15 @@ def _run_faust_worker(
     worker = ThreadWorker(app, loop=loop, override_logging=False, redirect_stdouts=False, quiet=True)
     done = threading.Event()
 
+    rested = threading.Event()
+
     def stop_when_asked() -> None:
+        bus = runtime.bus
         while not done.is_set() and not stop.is_set() and not changed.is_set():
-            done.wait(0.5)
+            if bus.resting():
+                rested.set()
+                break
+            done.wait(WATCH_SECONDS)
         if not done.is_set() and not loop.is_closed():
             loop.call_soon_threadsafe(worker._schedule_shutdown, signal.SIGTERM)
 
@@ -159,3 +205,4 @@ def _run_faust_worker(
     finally:
         done.set()
     log.info("streaming-feature worker %s stopped", group)
+    return rested.is_set()

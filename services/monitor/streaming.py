@@ -68,6 +68,8 @@ WATCH_SECONDS = 1.0
 MAX_RESTART_DELAY = 30.0
 # The longest wait for a faust app to stop (its consumer leaves the group, offsets are committed).
 STOP_TIMEOUT = 30.0
+# What ``_run_app`` returns when the app stopped because its process rests (not a failure).
+RESTS = "the process rests"
 
 
 class FaustEngine:
@@ -160,6 +162,7 @@ class FaustEngine:
         async def on_assigned(_app: faust.App, assigned: set[Any], **_: Any) -> None:
             self._assigned = {(tp.topic, tp.partition) for tp in assigned}
             self.status.assigned = True
+            self.status.extra["resting"] = False
             log.info("monitor (faust): group %s assigned %d partitions", self.group, len(assigned))
 
         calm_faust_fetcher(app)
@@ -167,6 +170,7 @@ class FaustEngine:
 
     def _handle(self, topic: str, value: bytes) -> None:
         """Decode and handle one record like the bus consumer: once per event id, failures logged, never fatal."""
+        self.bus.note_activity()  # an event taken: the process (and this app) stays awake
         status = self.status
         try:
             _, avro = self.bus.codec.decode(value)
@@ -209,20 +213,40 @@ class FaustEngine:
             CONSUMER_LAG.labels(*labels).set(max(0, high - offset - 1))
 
     def run(self, stop: threading.Event) -> None:
-        """A service loop: run a faust app until ``stop`` is set, replacing it when it crashed or cannot join."""
+        """A service loop: run a faust app until ``stop`` is set, replacing it when it crashed or cannot join.
+
+        The app rests with its process (``kafka.rest_after_seconds``): a faust app at rest still wakes several
+        times a second (its sensor, thread keepalives, fetches, heartbeats), so it stops once the process has taken
+        and published nothing for that long, and a new one starts when the process wakes (the doorbell rung by the
+        process that publishes next, e.g. serving's first logged predictions). Offsets are committed: it carries on
+        where it stopped. Resting counts as ready on ``/healthz`` until the new app is assigned."""
         ensure_topics(self.bus.settings, list(self.handlers))
         while not stop.is_set():
             reason = self._run_app(stop)
             if reason is None:
                 return
+            if reason == RESTS:
+                self._rest(stop)
+                continue
+            self.status.extra["resting"] = False
             self.restarts += 1
             self.status.last_error = reason
             delay = self._restart_backoff.next_delay()
             log.error("monitor (faust): %s; a new faust app starts in %.1f s", reason, delay)
             stop.wait(delay)
 
+    def _rest(self, stop: threading.Event) -> None:
+        """Wait, the app stopped, until the process wakes; resting (ready) until the next app is assigned."""
+        self.status.extra["resting"] = True
+        log.info("monitor (faust): group %s rests with its process until it wakes", self.group)
+        while not stop.is_set() and self.bus.resting():
+            stop.wait(WATCH_SECONDS)
+        if not stop.is_set():
+            log.info("monitor (faust): its process woke; group %s starts again", self.group)
+
     def _run_app(self, stop: threading.Event) -> str | None:
-        """Run one faust app in a new event loop until ``stop`` (None) or until it must be replaced (why)."""
+        """Run one faust app in a new event loop until ``stop`` (None), its process rests (``RESTS``) or it must be
+        replaced (why)."""
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         app = self._app(loop)
@@ -243,6 +267,8 @@ class FaustEngine:
                         log.info("monitor (faust): agent of group %s consuming %s", self.group, sorted(self.handlers))
                     if app.crashed:
                         return f"the faust app crashed: {app.crash_reason!r}"
+                    if self.status.assigned and self.bus.resting():
+                        return RESTS
                     waited = time.monotonic() - self._unassigned_since
                     if not self.status.assigned and waited > self.join_timeout:
                         return (

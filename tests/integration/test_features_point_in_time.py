@@ -6,6 +6,7 @@ stamped exactly T (its own record, or another record of the same instant) are no
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -389,6 +390,67 @@ def test_a_stream_applied_live_gets_streaming_features_without_a_restart(
         worker.join(timeout=60)
     assert not worker.is_alive()
     assert counted(first, ["a"]) == 3.0  # every record once: none applied twice across the restart
+
+
+def test_the_stream_worker_rests_with_its_process_and_carries_on_when_it_wakes(
+    make_settings: Callable[..., Settings], unique: str
+) -> None:
+    """A quiet process (``kafka.rest_after_seconds``) stops its faust worker; records sent meanwhile wait in the
+    topic, and when the process wakes (the doorbell notes activity, as ``test_bus`` shows) the worker starts again
+    and applies them, each once."""
+    import threading
+
+    from driftloop.clients.db import migrate
+    from driftloop.ops.procs import wait_until
+    from driftloop.runtime.bus import ensure_topics
+    from driftloop.runtime.service import make_runtime
+    from driftloop.services.features.onlinestore import open_online_store
+    from driftloop.services.features.streamworker import StreamWorkerStatus, stream_worker_loop
+
+    stream = f"rests-{unique}"
+    pipeline = pipeline_with_aggregates(stream)
+    settings = make_settings(kafka={**make_settings().kafka.model_dump(), "rest_after_seconds": 4.0})
+    migrate(settings.database_url)
+    runtime = make_runtime("features", settings)
+    sender = make_runtime("ingestion", settings)  # another process: its publishing does not wake this one
+    ensure_topics(settings, [pipeline.stream.topic], partitions=1)
+    online = open_online_store(settings, runtime.engine)
+
+    def send(frame: pd.DataFrame) -> None:
+        subject, schema = f"{pipeline.stream.topic}-value", pipeline.stream.avro_schema()
+        for row in frame.to_dict(orient="records"):
+            encoded = sender.bus.codec.encode(subject, schema, as_avro(row))
+            sender.bus.publish_raw(pipeline.stream.topic, encoded, key=row["customer_id"].encode())
+        sender.bus.flush()
+
+    def counted() -> float:
+        found = online.read(stream, ["a"])
+        return float(found["a"].values["tx_count_1h"] or 0) if "a" in found else 0.0
+
+    status = StreamWorkerStatus()
+    worker = threading.Thread(
+        target=stream_worker_loop(runtime, group=f"features-stream-{unique}", pipelines=[pipeline], status=status),
+        args=(runtime.bus.stop_event,),
+        daemon=True,
+    )
+    worker.start()
+    try:
+        send(records([("a", 0, 10.0, "grocery")]))
+        wait_until(lambda: counted() == 1.0, 120, "the first record applied")
+        assert status.state == "running"
+        wait_until(lambda: status.state == "resting", 60, "the worker to rest with its quiet process")
+        send(records([("a", 5, 20.0, "travel")]))
+        time.sleep(3)
+        assert counted() == 1.0, "a resting worker takes nothing"
+        runtime.bus.note_activity()  # what the doorbell does
+        wait_until(lambda: counted() == 2.0, 120, "the record sent during the rest, applied after the wake")
+        assert status.state == "running" and status.rests == 1
+        wait_until(lambda: status.state == "resting", 60, "the worker to rest again")
+    finally:
+        runtime.bus.stop_event.set()
+        worker.join(timeout=60)
+    assert not worker.is_alive() and status.state == "stopped"
+    assert counted() == 2.0  # every record once: none applied twice across the rests
 
 
 def test_the_warm_up_materializes_made_up_rows_of_each_pipeline_in_a_scratch_folder(

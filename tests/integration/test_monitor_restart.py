@@ -250,3 +250,49 @@ def test_faust_engine_refused_by_its_group_says_why_and_replaces_its_app(
         bus.close()
     assert not thread.is_alive()
     assert restarts >= 1 and not handled
+
+
+def test_faust_engine_rests_with_its_quiet_process_and_takes_what_came_meanwhile_when_it_wakes(
+    make_settings: Callable[..., Settings], unique: str
+) -> None:
+    """A process that took and published nothing for ``kafka.rest_after_seconds`` rests: the engine stops its faust
+    app (ready all the same), leaves what arrives in the topic, and when the process wakes (the doorbell notes
+    activity, as ``test_bus`` shows) a new app takes it from the committed offset, each event once."""
+    from driftloop.contracts.payloads import ExternalTrigger
+
+    settings = make_settings(kafka={**make_settings().kafka.model_dump(), "rest_after_seconds": 4.0})
+    migrate(settings.database_url)
+    group = f"monitor-faust-rests-{unique}"
+    topic = Topic(f"test.monitor-rests-{unique}", "ExternalTrigger", key="model")
+    bus = EventBus(settings, producer_name="rests")
+    sender = EventBus(settings, producer_name="sender")  # another process: its publishing does not wake this one
+    ensure_topics(settings, [topic.name])
+
+    def send(reason: str) -> Event:
+        event = new_event(ExternalTrigger(model=f"m-{unique}", reason=reason), producer="sender")
+        sender.publish_raw(topic.name, sender.encode(event), key=event.key.encode())
+        sender.flush()
+        return event
+
+    handled: list[Event] = []
+    engine = FaustEngine(bus, group, {topic: handled.append})
+    stop = threading.Event()
+    thread = threading.Thread(target=engine.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        first = send("before the rest")
+        wait_for(lambda: [e.id for e in handled] == [first.id], "the first event", timeout=90)
+        wait_for(lambda: engine.status.extra.get("resting") is True, "the engine to rest", timeout=60)
+        assert not engine.status.assigned and engine.restarts == 0
+        second = send("during the rest")
+        threading.Event().wait(3)
+        assert [e.id for e in handled] == [first.id], "a resting engine takes nothing"
+        bus.note_activity()  # what the doorbell does
+        wait_for(lambda: [e.id for e in handled] == [first.id, second.id], "the event sent during the rest", timeout=90)
+        assert engine.status.assigned and engine.status.extra["resting"] is False
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        bus.close()
+        sender.close()
+    assert not thread.is_alive() and engine.restarts == 0 and engine.failed == 0

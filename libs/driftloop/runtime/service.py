@@ -454,9 +454,11 @@ def server_config(app: FastAPI, settings: Settings, name: str, *, fd: int | None
 
 
 def _consumers_ready(runtime: Runtime, spec: ServiceSpec) -> bool:
-    # Every consumer thread has registered (a loop such as the monitor's faust engine may add one of its own).
+    # Every consumer thread has registered (a loop such as the monitor's faust engine may add one of its own). A
+    # consumer resting with its quiet process is ready: the doorbell wakes it (``kafka.rest_after_seconds``).
     consumers = runtime.bus.consumers
-    return all(c.assigned for c in consumers) and len(consumers) >= len(spec.consumers)
+    ready = all(c.assigned or c.extra.get("resting", False) for c in consumers)
+    return ready and len(consumers) >= len(spec.consumers)
 
 
 def _add_health(
