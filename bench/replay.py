@@ -277,6 +277,10 @@ def row_at(served: list[Served], when: float) -> int:
     return answered[-1] if answered else served[0].row
 
 
+# The first windows after the change listed one by one in the summary (where adaptation shows).
+WINDOWS_SHOWN = 6
+
+
 def summarize(
     labels: np.ndarray,
     served: list[Served],
@@ -354,6 +358,21 @@ def summarize(
         for model, p in models.items():
             segments[name][f"{model}_auc"] = windowed_auc(y[mask], p[mask], window)
             segments[name][f"{model}_auc_pooled"] = auc(y[mask], p[mask])
+    # Where the served model loses to the post-change one: the first windows after the change, one by one.
+    versions = np.array([s.version for s in served])
+    windows_after = []
+    for start in range(change_row, int(rows.max()) + 1 if len(rows) else change_row, window):
+        in_window = (rows >= start) & (rows < start + window)
+        if not in_window.any():
+            continue
+        entry: dict[str, Any] = {
+            "rows": [start, start + window],
+            "versions_served": sorted({int(v) for v in versions[in_window]}),
+            "served_auc": auc(y[in_window], scores[in_window]),
+        }
+        if target is not None:
+            entry["post_change_model_auc"] = auc(y[in_window], target[rows][in_window])
+        windows_after.append(entry)
     return {
         "live_rows": len(served),
         "first_live_row": first_live,
@@ -385,6 +404,7 @@ def summarize(
         "post_change_model_auc_after_change_pooled": segments["after_change"].get("post_change_model_auc_pooled"),
         "rows_to_post_change_model": first_post - change_row if first_post is not None else None,
         "segments": segments,
+        "windows_after_change": windows_after[:WINDOWS_SHOWN],
     }
 
 
@@ -433,6 +453,11 @@ def render(summary: dict[str, Any], title: str) -> str:
         lines.append(f"    retrain at row {r['row']} ({r['trigger']}): {r['reason']}")
     for a in summary["false_alarm_list"]:
         lines.append(f"    false alarm at row {a['row']}: {a['type']} v{a['version']} {a['what']}")
+    for w in summary.get("windows_after_change", []):
+        lines.append(
+            f"    rows {w['rows'][0]}-{w['rows'][1]}: served AUC {num(w['served_auc'])} (v{w['versions_served']}), "
+            f"post-change model {num(w.get('post_change_model_auc'))}"
+        )
     return "\n".join(lines)
 
 

@@ -39,7 +39,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from driftloop.contracts.layout import landed_kafka_key
 from driftloop.contracts.pipeline import PipelineConfig
-from driftloop.contracts.topics import DATASET_VERSION_CREATED, RECORD_REJECTED
+from driftloop.contracts.topics import DATASET_VERSION_CREATED, DOORBELL_RECORDS, RECORD_REJECTED
 from driftloop.runtime.bus import (
     ConsumerLag,
     ConsumerStatus,
@@ -276,7 +276,7 @@ class KafkaIntake:
                     membership.usable(msg)  # a fatal error raises (a new consumer); a topic gone is made again
         if records:
             # Records: a cut and its cascade may follow. A resting stack wakes now, not when the cut is published.
-            self.bus.ring_doorbell()
+            self.bus.ring_doorbell(DOORBELL_RECORDS)
             self.bus.note_activity()
         by_topic: dict[str, list[Message]] = {}
         if len(self.by_topic) == 1 and not self._resubscribed:  # one topic ever subscribed: every record is of it

@@ -9,7 +9,12 @@ import uuid
 
 from driftloop.contracts.events import Event
 from driftloop.contracts.payloads import DatasetCutStarted, TrainingRequested
-from driftloop.contracts.topics import DATASET_CUT_STARTED, FEATURES_MATERIALIZED, TRAINING_REQUESTED
+from driftloop.contracts.topics import (
+    DATASET_CUT_STARTED,
+    DOORBELL_RECORDS,
+    FEATURES_MATERIALIZED,
+    TRAINING_REQUESTED,
+)
 from driftloop.runtime.service import ConsumerSpec, Runtime, ServiceSpec, base_app
 
 from . import api
@@ -31,6 +36,14 @@ def build(runtime: Runtime) -> ServiceSpec:
     start_ray_keeper(settings, lambda: [(p.model.family, p.model.task) for p in runtime.pipelines.values()])
     # A pipeline applied is a sign of work too: its stream (and its first training) is about to come.
     runtime.pipelines.on_change(lambda: note_work(time.time()))
+
+    def on_woken(why: str) -> None:
+        # Records arriving after a quiet spell woke the stack: a cut and a training may follow. Ray starts (or stays
+        # up) while they land, seconds before the cut starts. Only on waking: a steady stream does not keep it up.
+        if why == DOORBELL_RECORDS:
+            note_work(time.time())
+
+    runtime.bus.on_doorbell(on_woken)
     handlers = TrainingHandlers(runtime)
     # Before consuming: a redelivered request of an interrupted run then finds its run and makes no second one.
     interrupted = handlers.take_interrupted()

@@ -14,7 +14,7 @@ from driftloop.clients.db import migrate
 from driftloop.clients.db.models import EventRecord, ProcessedEvent
 from driftloop.contracts.events import Event, new_event
 from driftloop.contracts.payloads import ExternalTrigger
-from driftloop.contracts.topics import EXTERNAL_TRIGGER, PIPELINE_APPLIED
+from driftloop.contracts.topics import DOORBELL_RECORDS, EXTERNAL_TRIGGER, PIPELINE_APPLIED
 from driftloop.runtime.bus import ConsumerStatus, EventBus, ensure_event_topics
 
 pytestmark = pytest.mark.integration
@@ -167,20 +167,29 @@ def test_a_resting_consumer_fetches_nothing_until_the_doorbell_wakes_it(make_set
     time.sleep(4.0)  # awake, a prompt consumer takes it within about 0.5 s
     assert handled == [] and status.extra.get("resting") is True
 
+    woken: list[str] = []
+    bus.on_doorbell(woken.append)
     ringer = EventBus(_resting_settings(make_settings, rest_after_seconds=600.0), producer_name="ringer")
-    ringer.ring_doorbell()
+    ringer.ring_doorbell(DOORBELL_RECORDS)
     ringer.flush()
     _wait(lambda: [e.id for e in handled] == [event.id], timeout=15)
     assert "resting" not in status.extra
+    assert woken == [DOORBELL_RECORDS], "the ring that woke the resting process, with its reason"
     # A second ring within half its rest period is not sent.
     rung = ringer._doorbell_rung
     ringer.ring_doorbell()
     assert ringer._doorbell_rung == rung
+    # A ring heard while the process is awake wakes nothing: its listeners are not called.
+    other = EventBus(_resting_settings(make_settings, rest_after_seconds=600.0), producer_name="other-ringer")
+    other.ring_doorbell(DOORBELL_RECORDS)
+    other.flush()
+    time.sleep(3.0)
+    assert woken == [DOORBELL_RECORDS]
 
     bus.stop_event.set()
     for thread in threads:
         thread.join(timeout=15)
-    for b in (bus, quiet, ringer):
+    for b in (bus, quiet, ringer, other):
         b.close()
 
 

@@ -70,6 +70,10 @@ def test_summary_counts_alarms_delays_retrains_and_identical_data() -> None:
     assert summary["served_auc_after_change"] == pytest.approx(0.5)  # a constant score ranks nothing
     assert summary["segments"]["before_change"]["rows"] == 50
     assert "false alarm at row 120" in replay.render(summary, "test")
+    window = replay.summarize(
+        labels, served, baseline, events, change_row, change_time - timedelta(seconds=1), window=100
+    )["windows_after_change"]
+    assert [(w["rows"], w["versions_served"]) for w in window] == [([150, 250], [1, 2]), ([250, 350], [2])]
 
 
 def test_prequential_auc_ranks_scores_only_within_a_window() -> None:

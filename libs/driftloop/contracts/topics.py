@@ -72,9 +72,12 @@ EVENT_TOPICS: tuple[Topic, ...] = (
     PIPELINE_APPLIED,
 )
 
-# Not an event topic: empty messages keyed by the process that rang. A process that publishes after a quiet spell
-# rings it; every process's pipeline follower hears it and wakes its resting consumers (``kafka.rest_after_seconds``).
+# Not an event topic: messages keyed by the process that rang, their value why (empty, or ``DOORBELL_RECORDS``). A
+# process that publishes after a quiet spell rings it; every process's pipeline follower hears it and wakes its
+# resting consumers (``kafka.rest_after_seconds``).
 BUS_DOORBELL_TOPIC = "driftloop.bus.doorbell"
+# The doorbell's reason when stream records arrive at ingestion: a cut, and maybe a training, follow.
+DOORBELL_RECORDS = "records"
 
 TOPIC_BY_EVENT_TYPE: dict[str, Topic] = {t.event_type: t for t in EVENT_TOPICS}
 

@@ -423,6 +423,7 @@ class EventBus:
         self.rest_after = settings.kafka.consumers_rest_after
         self._awake_until = time.monotonic() + self.rest_after
         self._doorbell_rung = -float("inf")
+        self._woken_by_doorbell: list[Callable[[str], None]] = []
 
     # --- resting -----------------------------------------------------------------------------------------
 
@@ -434,10 +435,16 @@ class EventBus:
         """Whether this process's event consumers rest (see ``kafka.rest_after_seconds``)."""
         return self.rest_after > 0 and time.monotonic() >= self._awake_until
 
-    def ring_doorbell(self) -> None:
+    def on_doorbell(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener`` with the ring's reason (``DOORBELL_RECORDS``, or empty) when the doorbell wakes this
+        process from its rest: the sign that work is coming after a quiet spell (e.g. training wakes Ray)."""
+        self._woken_by_doorbell.append(listener)
+
+    def ring_doorbell(self, why: str = "") -> None:
         """Wake every process's resting consumers (their pipeline followers hear it): this process is about to
-        publish, maybe after a quiet spell. Rung at most once per half ``rest_after``; nothing waits for it and a
-        lost ring costs only time (a resting consumer still looks every ``kafka.rest_look_seconds``)."""
+        publish, maybe after a quiet spell (``why``: ``DOORBELL_RECORDS`` when stream records arrived). Rung at most
+        once per half ``rest_after``; nothing waits for it and a lost ring costs only time (a resting consumer still
+        looks every ``kafka.rest_look_seconds``)."""
         if self.rest_after <= 0:
             return
         now = time.monotonic()
@@ -445,9 +452,17 @@ class EventBus:
             return
         self._doorbell_rung = now
         try:
-            self._produce(BUS_DOORBELL_TOPIC, key=self.producer_name.encode(), value=b"").poll(0)
+            self._produce(BUS_DOORBELL_TOPIC, key=self.producer_name.encode(), value=why.encode()).poll(0)
         except (KafkaException, BufferError) as exc:
             log.debug("doorbell not rung: %s", exc)
+
+    def _woken(self, why: bytes) -> None:
+        reason = why.decode("utf-8", errors="replace")
+        for listener in self._woken_by_doorbell:
+            try:
+                listener(reason)
+            except Exception:  # a listener's failure must not stop the follower
+                log.exception("doorbell listener %r failed", listener)
 
     # --- producing ---------------------------------------------------------------------------------------
 
@@ -751,9 +766,12 @@ class EventBus:
                         log.exception("consumer %s: purge of processed events failed", group)
                 if msg is None or not membership.usable(msg):
                     continue
+                was_resting = self.resting()
                 self.note_activity()
                 if msg.topic() == BUS_DOORBELL_TOPIC:  # heard: the process is awake; nothing to handle or commit
                     lag.committed(msg.topic(), msg.partition(), msg.offset() + 1)
+                    if was_resting:
+                        self._woken(msg.value() or b"")
                     continue
                 handler, payload_class = by_name[msg.topic()]
                 self._handle(group, msg, handler, payload_class, status)

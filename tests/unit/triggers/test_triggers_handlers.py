@@ -612,6 +612,27 @@ def threshold_alarm(version: int, start: datetime, reason: str = "threshold") ->
     return new_event(payload, producer="test")
 
 
+def with_performance_threshold(config: PipelineConfig, threshold: float) -> PipelineConfig:
+    performance = config.monitor.performance.model_copy(update={"threshold": threshold, "metric": "roc_auc"})
+    return config.model_copy(update={"monitor": config.monitor.model_copy(update={"performance": performance})})
+
+
+CHANGE_AT = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
+
+
+def change_requested(
+    make: Any, published: list[Event], followup_rows: tuple[int, ...] = (500, 1500), threshold: float | None = None
+) -> tuple[TriggerHandlers, Event]:
+    """Handlers (no cooldown, these follow-ups, this AUC threshold) whose champion v1 degraded at a change located
+    at ``CHANGE_AT``; and that change's first request."""
+    config = with_triggers(cooldown=0, after_change={"followup_rows": list(followup_rows)})
+    handlers: TriggerHandlers = make(with_performance_threshold(config, threshold) if threshold else config)
+    handlers.on_dataset_version_created(dataset_event(1, 1000))
+    with_data_and_champion(handlers)
+    handlers.on_performance_degraded(located_degradation(CHANGE_AT))
+    return handlers, published[0]
+
+
 def test_an_alarm_about_a_model_the_change_plan_trained_folds_into_the_plan(
     make: Any, published: list[Event], decisions: list[Event]
 ) -> None:
@@ -694,16 +715,11 @@ def test_an_alarm_about_the_champion_a_plan_replaces_folds_into_the_plan_when_th
 def test_a_change_located_in_a_plan_models_own_errors_is_a_new_change(
     make: Any, published: list[Event], decisions: list[Event]
 ) -> None:
-    handlers: TriggerHandlers = make(with_triggers(cooldown=0, after_change={"followup_rows": [500, 1500]}))
-    handlers.on_dataset_version_created(dataset_event(1, 1000))
-    with_data_and_champion(handlers)
-    start = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
-    handlers.on_performance_degraded(located_degradation(start))
-    first = published[0]
+    handlers, first = change_requested(make, published)
     handlers.on_dataset_version_created(dataset_event(2, 300))
     handlers.on_features_materialized(features_event(2))
     handlers.on_model_promoted(promoted_in(first, 2))
-    again = start + timedelta(hours=2)
+    again = CHANGE_AT + timedelta(hours=2)
     handlers.on_performance_degraded(threshold_alarm(2, again, reason="change"))
     assert [e.payload.trigger for e in published] == ["performance", "performance"]
     assert published[1].payload.change_started_at == again
@@ -717,23 +733,13 @@ def promoted_at_gate(version: int, score: float, cascade_of: Event) -> Event:
     return replace(event, payload=replace(event.payload, dataset_version_id=f"{STREAM}@v2", gate_json=gate))
 
 
-def with_performance_threshold(config: PipelineConfig, threshold: float) -> PipelineConfig:
-    performance = config.monitor.performance.model_copy(update={"threshold": threshold, "metric": "roc_auc"})
-    return config.model_copy(update={"monitor": config.monitor.model_copy(update={"performance": performance})})
-
-
 def test_a_plan_model_weak_at_its_gate_brings_the_next_followup_forward_on_the_rows_it_never_saw(
     make: Any, published: list[Event], decisions: list[Event]
 ) -> None:
     # The change's first model trained on few rows of a change still under way: its holdout AUC misses the
     # monitor's threshold at the gate. The plan's first follow-up goes out at its promotion (not after a window of
     # its labels), on the rows landed after the cut it trained on.
-    config = with_triggers(cooldown=0, after_change={"followup_rows": [500, 1500]})
-    handlers: TriggerHandlers = make(with_performance_threshold(config, 0.9))
-    handlers.on_dataset_version_created(dataset_event(1, 1000))
-    with_data_and_champion(handlers)
-    handlers.on_performance_degraded(located_degradation(datetime(2026, 5, 1, 8, 0, tzinfo=UTC)))
-    first = published[0]
+    handlers, first = change_requested(make, published, threshold=0.9)
     cut = dataset_event(2, 300)
     handlers.on_dataset_version_created(cut)
     handlers.on_features_materialized(features_event(2))
@@ -752,12 +758,7 @@ def test_a_followup_brought_forward_at_a_gate_read_before_the_runs_completion_go
 ) -> None:
     # The registry's ModelPromoted is often read before training's RunStateChanged "completed": the follow-up the
     # weak gate brought forward waits for the run to end, and goes out then (not with the next cut, a window later).
-    config = with_triggers(cooldown=0, after_change={"followup_rows": [500, 1500]})
-    handlers: TriggerHandlers = make(with_performance_threshold(config, 0.9))
-    handlers.on_dataset_version_created(dataset_event(1, 1000))
-    with_data_and_champion(handlers)
-    handlers.on_performance_degraded(located_degradation(datetime(2026, 5, 1, 8, 0, tzinfo=UTC)))
-    first = published[0]
+    handlers, first = change_requested(make, published, threshold=0.9)
     handlers.on_run_state_changed(run_event("r1", "running"))
     handlers.on_dataset_version_created(dataset_event(2, 300))
     handlers.on_features_materialized(features_event(2))
@@ -775,16 +776,11 @@ def test_an_alarm_about_a_completed_plans_model_retrains_once_on_the_rows_since_
     # The hyperplane's case: a gradual change's follow-ups all came early, so the plan's last model trained on few
     # post-change rows and degrades later. One retrain on all the rows since the plan's change, and no new plan
     # (which would train on the rows of the alarm's window on, and retrain again and again).
-    handlers: TriggerHandlers = make(with_triggers(cooldown=0, after_change={"followup_rows": [500]}))
-    handlers.on_dataset_version_created(dataset_event(1, 1000))
-    with_data_and_champion(handlers)
-    start = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
-    handlers.on_performance_degraded(located_degradation(start))
-    first = published[0]
+    handlers, first = change_requested(make, published, followup_rows=(500,))
     handlers.on_dataset_version_created(dataset_event(2, 300))
     handlers.on_features_materialized(features_event(2))
     handlers.on_model_promoted(promoted_in(first, 2))
-    handlers.on_performance_degraded(threshold_alarm(2, start + timedelta(minutes=5)))
+    handlers.on_performance_degraded(threshold_alarm(2, CHANGE_AT + timedelta(minutes=5)))
     followup = published[1]
     assert followup.payload.trigger == "followup"
     start = followup.payload.change_started_at  # v2 trained on the change under way: the plan's rows start later
