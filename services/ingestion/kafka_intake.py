@@ -104,6 +104,12 @@ class IntakeCounters:
     replay_skipped: int = 0  # at or below the landed offset of the same life of the topic: landed before
 
 
+# With nothing held (no rows waiting to land, no events unflushed) the loop waits this long for the next record; a
+# record ends the wait at once. An idle intake then wakes twice a second, not twenty times (``poll_timeout``); land
+# requests and pipeline changes are taken within it.
+QUIET_POLL_SECONDS = 0.5
+
+
 class KafkaIntake:
     def __init__(
         self,
@@ -120,6 +126,7 @@ class KafkaIntake:
         self.lander = lander
         self.on_landed = on_landed
         self.poll_timeout = poll_timeout
+        self._holding = False  # rows wait to land or events to be flushed: poll with ``poll_timeout``
         self.batch_messages = batch_messages
         # A commit that covers dead letters waits for their events (producer and event log flush, ~50 ms): such
         # commits happen at most this often, others at every poll; revokes and stops always commit.
@@ -264,7 +271,8 @@ class KafkaIntake:
         # records that are not there would wait its whole timeout).
         messages = consumer.consume(num_messages=self.batch_messages, timeout=0)
         if not messages:
-            messages = consumer.consume(num_messages=1, timeout=self.poll_timeout)
+            timeout = self.poll_timeout if self._holding else QUIET_POLL_SECONDS
+            messages = consumer.consume(num_messages=1, timeout=timeout)
             if messages:
                 messages += consumer.consume(num_messages=self.batch_messages - 1, timeout=0)
         membership.check()  # raises when the consumer must be made again (its topics were gone)
@@ -301,6 +309,7 @@ class KafkaIntake:
         self.commit(consumer)
         for _, done in requests:
             done.set()
+        self._holding = self._unflushed_events or any(state.pending() for state in states)
         if blocked:
             time.sleep(1.0)
 
