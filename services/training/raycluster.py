@@ -302,6 +302,7 @@ def _start_ray(settings: Settings) -> Path | None:
         return None
     # What a predecessor killed with -9 left running: stop it first (only the PIDs it recorded).
     reclaim_left_processes(settings)
+    _nicer_children(settings.ray.niceness)
     forward_logs = settings.ray.forward_worker_logs
     # "local", not None: None would join a cluster found on this machine (another user's `ray start`).
     ray.init(
@@ -315,6 +316,19 @@ def _start_ray(settings: Settings) -> Path | None:
     if not forward_logs:
         stop_log_monitor()
     return settings.home
+
+
+def _nicer_children(niceness: int) -> None:
+    """Make the calling thread (the keeper's, which only starts and stops Ray) ``niceness`` nicer than the process:
+    the processes it starts (Ray's GCS and raylet, and the workers the raylet starts) inherit it. On Linux a nice
+    value is per thread, so the service's other threads keep theirs."""
+    if not niceness or not hasattr(os, "setpriority"):
+        return
+    try:
+        base = os.getpriority(os.PRIO_PROCESS, os.getpid())  # the main thread's
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, base + niceness))
+    except OSError as exc:  # not allowed here: Ray runs at the service's priority
+        log.warning("Ray's processes keep the service's CPU priority: %s", exc)
 
 
 def _stop_ray(home: Path | None) -> None:

@@ -4,6 +4,8 @@ asleep wakes it, waits for it and completes."""
 
 from __future__ import annotations
 
+import os
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,8 +18,10 @@ from driftloop.clients.objectstore import open_object_store
 from driftloop.contracts.events import new_event
 from driftloop.contracts.payloads import DatasetCutStarted
 from driftloop.contracts.settings import Settings
+from driftloop.contracts.topics import DOORBELL_RECORDS, PIPELINE_APPLIED
 from driftloop.ops.procs import wait_until
 from driftloop.runtime import ownedprocs
+from driftloop.runtime.bus import EventBus
 from driftloop.services.training.raycluster import RAY_PROCS, ray_ready, ray_state, shutdown_ray
 from driftloop.services.training.service import build
 
@@ -36,11 +40,20 @@ def test_an_idle_local_ray_shuts_down_and_the_next_run_wakes_it(
     stream, model = f"tx-{unique}", f"fraud-{unique}"
     pipeline = write_pipeline(tmp_path / "pipelines", model, demo_pipeline(stream, model))
     ray = {"num_cpus": 1, "idle_shutdown_seconds": 3, "warm_workers": False}
-    settings = make_settings(pipelines_dir=tmp_path / "pipelines", ray=ray)
+    kafka = {**make_settings().kafka.model_dump(), "rest_after_seconds": 2.0}
+    settings = make_settings(pipelines_dir=tmp_path / "pipelines", ray=ray, kafka=kafka)
     write_feature_set(open_object_store(settings), pipeline, 1, 400)
     with service_runtime("training", settings) as runtime:
         spec = build(runtime)
         consumer, _features = spec.consumers
+        # The process's pipeline follower: it hears the doorbell.
+        follower = threading.Thread(
+            target=runtime.bus.run_consumer,
+            args=(f"bell-{unique}", {PIPELINE_APPLIED: lambda _e: None}),
+            kwargs={"broadcast": True, "fetch_wait_ms": 500, "doorbell": True},
+            daemon=True,
+        )
+        follower.start()
         with consuming(runtime, consumer, unique):
             assert ray_state() == "asleep" and ray_ready()  # no work yet: not started, and ready by design
             first = request_event(model, f"req-{uuid.uuid4().hex[:8]}", None)
@@ -48,6 +61,12 @@ def test_an_idle_local_ray_shuts_down_and_the_next_run_wakes_it(
             assert wait_for_run(runtime, first.payload.request_id).state == "completed"
             awake = {pid: ownedprocs.start_ticks(pid) for pid in ownedprocs.alive(settings.home, RAY_PROCS)}
             assert awake, "the local Ray's processes are on record while it is awake"
+            service_nice = os.getpriority(os.PRIO_PROCESS, os.getpid())
+            # Ray's own workers are nicer still (Ray adds its worker niceness to the raylet's).
+            assert min(os.getpriority(os.PRIO_PROCESS, pid) for pid in awake) == min(19, service_nice + 10), (
+                "Ray's processes yield the CPU (ray.niceness)"
+            )
+            assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == service_nice
 
             wait_until(lambda: ray_state() == "asleep", 60, "the idle Ray to shut down")
             assert ray_ready()
@@ -66,8 +85,20 @@ def test_an_idle_local_ray_shuts_down_and_the_next_run_wakes_it(
             wait_until(lambda: ray_state() == "awake", 60, "a pipeline applied to wake Ray")
             wait_until(lambda: ray_state() == "asleep", 60, "Ray idle again")
 
+            # And records arriving at ingestion after a quiet spell: their doorbell wakes the resting process.
+            wait_until(runtime.bus.resting, 30, "the quiet training process to rest")
+            ringer = EventBus(settings, producer_name=f"ingestion-{unique}")
+            try:
+                ringer.ring_doorbell(DOORBELL_RECORDS)
+                ringer.flush()
+                wait_until(lambda: ray_state() == "awake", 60, "records arriving to wake Ray")
+            finally:
+                ringer.close()
+            wait_until(lambda: ray_state() == "asleep", 60, "Ray idle again")
+
             second = request_event(model, f"req-{uuid.uuid4().hex[:8]}", None)
             runtime.bus.publish(second)
             run = wait_for_run(runtime, second.payload.request_id)
             assert run.state == "completed", run.error
             assert ownedprocs.alive(settings.home, RAY_PROCS)
+        follower.join(timeout=30)

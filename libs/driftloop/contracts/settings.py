@@ -229,6 +229,10 @@ class RaySettings(_Section):
     # core (raylet, GCS, agents, an idle worker); a start costs a few seconds of CPU. 0: Ray starts with the
     # training service and stays up.
     idle_shutdown_seconds: float = Field(default=120.0, ge=0)
+    # A local Ray's processes (GCS, raylet, the workers that fit) run this much nicer than the training service:
+    # training is batch work, and on a shared machine it yields the CPU to serving, ingestion's cuts and feature
+    # materialization (a Ray starting beside a stream's first cut made the cut take 11 s instead of 5). 0: the same.
+    niceness: int = Field(default=10, ge=0, le=19)
 
 
 class ServicesSettings(_Section):
