@@ -766,13 +766,14 @@ class EventBus:
                         log.exception("consumer %s: purge of processed events failed", group)
                 if msg is None or not membership.usable(msg):
                     continue
-                was_resting = self.resting()
-                self.note_activity()
                 if msg.topic() == BUS_DOORBELL_TOPIC:  # heard: the process is awake; nothing to handle or commit
+                    woken = self.resting()
+                    self.note_activity()
                     lag.committed(msg.topic(), msg.partition(), msg.offset() + 1)
-                    if was_resting:
+                    if woken:
                         self._woken(msg.value() or b"")
                     continue
+                self.note_activity()
                 handler, payload_class = by_name[msg.topic()]
                 self._handle(group, msg, handler, payload_class, status)
                 if broadcast:  # nothing to commit: the next life reads from the beginning
