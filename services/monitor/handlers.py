@@ -83,6 +83,7 @@ from .stats import (
     evaluate_window,
     event_prediction_test,
     is_degraded,
+    locate_shift,
     performance_metrics,
     prediction_drift_alarms,
     prediction_test,
@@ -421,11 +422,14 @@ class MonitorHandlers:
         drifted = result.drifted or prediction_drifted
         performance = self._window_performance(session, pipeline, watch, predictions)
         times = (observations[0].event_time, max(o.event_time for o in observations))
-        event = (
-            self._drift_event(pipeline, watch, result, len(window), window_index, pred_test, performance, times)
-            if drifted
-            else None
-        )
+        event = None
+        if drifted:
+            # The window's rows are its observations, in order: the shift's row is its observation's.
+            shift = locate_shift(watch.reference, window, pipeline.features, result.drifted_features)
+            shifted_at = observations[shift].event_time if 0 < shift < len(observations) else None
+            event = self._drift_event(
+                pipeline, watch, result, len(window), window_index, pred_test, performance, times, shifted_at
+            )
         session.add(
             DriftReport(
                 model=watch.model,
@@ -488,9 +492,11 @@ class MonitorHandlers:
         pred_test: dict[str, Any] | None,
         performance: dict[str, Any],
         times: tuple[float, float],
+        shifted_at: float | None,
     ) -> Event[DriftDetected]:
         """Feature drift, prediction drift, or both (``prediction_drifted``; ``drifted_features`` may be empty),
-        with the version's estimated and last measured performance (the policy's confirmation)."""
+        with the version's estimated and last measured performance (the policy's confirmation), and where inside
+        the window the shift began (``shifted_at``; None: at its start)."""
         drift = DriftDetected(
             model=watch.model,
             version=watch.version,
@@ -505,6 +511,7 @@ class MonitorHandlers:
             prediction_test=event_prediction_test(pred_test) if pred_test is not None else None,
             window_start_time=_utc(times[0]),
             window_end_time=_utc(times[1]),
+            shift_started_time=None if shifted_at is None else _utc(shifted_at),
             performance_metric=performance.get("performance_metric"),
             performance_value=performance.get("performance_value"),
             performance_degraded=performance.get("performance_degraded"),

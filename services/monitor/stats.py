@@ -199,6 +199,76 @@ def evaluate_window(
     return WindowResult(tests=tests, drifted=drifted)
 
 
+# The shift is located to within this many rows of a window, with at least this many rows after it.
+SHIFT_STEP_ROWS = 5
+SHIFT_MIN_ROWS_AFTER = 20
+
+
+def locate_shift(
+    reference: pd.DataFrame, window: pd.DataFrame, features: Sequence[FeatureSpec], drifted: Sequence[str]
+) -> int:
+    """Where in a drifted window its shift most likely began: the window row ``k`` that best separates the reference
+    and the window's rows before ``k`` from its rows from ``k`` on, by the drifted features' two-sample distance
+    (KS for numeric features, total variation for categorical ones) weighted by ``sqrt(n_before * n_after / n)``,
+    the usual nonparametric change-point estimate. A window that began changed gives 0; a shift in its middle gives
+    a row near it, so that training waits for rows after the shift, not for rows after the window's start (which
+    would mix the old distribution into the model and into its reference)."""
+    names = [f for f in features if f.name in set(drifted) and f.name in window and f.name in reference]
+    size = len(window)
+    if not names or size <= SHIFT_MIN_ROWS_AFTER:
+        return 0
+    splits = np.arange(0, size - SHIFT_MIN_ROWS_AFTER + 1, SHIFT_STEP_ROWS)
+    score = np.zeros(splits.size)
+    for feature in names:
+        if feature.kind == "numeric":
+            score += _split_ks(reference[feature.name].to_numpy(), window[feature.name].to_numpy(), splits)
+        else:
+            score += _split_total_variation(reference[feature.name], window[feature.name], splits)
+    return int(splits[int(np.argmax(score))])
+
+
+def _split_ks(reference: np.ndarray, window: np.ndarray, splits: np.ndarray) -> np.ndarray:
+    ref = np.asarray(reference, dtype="float64")
+    win = np.asarray(window, dtype="float64")
+    ref = np.sort(ref[np.isfinite(ref)])
+    out = np.zeros(splits.size)
+    if ref.size == 0:
+        return out
+    grid = np.unique(np.concatenate([ref, win[np.isfinite(win)]]))
+    ref_counts = np.searchsorted(ref, grid, side="right")
+    for j, k in enumerate(splits):
+        head, tail = win[:k], win[k:]
+        head, tail = np.sort(head[np.isfinite(head)]), np.sort(tail[np.isfinite(tail)])
+        if tail.size == 0:
+            continue
+        before_n = ref.size + head.size
+        before = (ref_counts + np.searchsorted(head, grid, side="right")) / before_n
+        after = np.searchsorted(tail, grid, side="right") / tail.size
+        out[j] = np.max(np.abs(before - after)) * np.sqrt(before_n * tail.size / (before_n + tail.size))
+    return out
+
+
+def _split_total_variation(reference: pd.Series, window: pd.Series, splits: np.ndarray) -> np.ndarray:
+    ref = _category_counts(reference)
+    win = pd.Series(window, dtype="object")
+    win = win.where(win.notna(), MISSING_CATEGORY).astype(str).to_numpy()
+    categories = sorted(set(ref.index) | set(win))
+    column = {c: i for i, c in enumerate(categories)}
+    ref_counts = np.zeros(len(categories))
+    for category, count in ref.items():
+        ref_counts[column[category]] = count
+    onehot = np.zeros((win.size, len(categories)))
+    onehot[np.arange(win.size), [column[c] for c in win]] = 1
+    prefix = np.vstack([np.zeros(len(categories)), np.cumsum(onehot, axis=0)])
+    out = np.zeros(splits.size)
+    for j, k in enumerate(splits):
+        before_n, after_n = ref_counts.sum() + k, win.size - k
+        before = (ref_counts + prefix[k]) / before_n
+        after = (prefix[-1] - prefix[k]) / after_n
+        out[j] = 0.5 * np.abs(before - after).sum() * np.sqrt(before_n * after_n / (before_n + after_n))
+    return out
+
+
 def _feature_drifted(adjusted_p_value: float, psi: float, wasserstein: float | None, spec: MonitorSpec) -> bool:
     if adjusted_p_value >= spec.alpha:
         return False

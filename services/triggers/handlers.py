@@ -286,6 +286,8 @@ class TriggerHandlers:
             shift = f"predictions (ks={ks:.3f}, psi={psi:.3f})"
             what = f"{what} and {shift}" if what else shift
         reason = f"drift of v{drift.version} in window {drift.window_index}: {what}"
+        if drift.shift_started_time is not None:
+            reason += f" (shifted from {drift.shift_started_time.isoformat()} on)"
         alarm = Alarm(
             version=drift.version,
             prediction_only=prediction and not features,
@@ -310,7 +312,9 @@ class TriggerHandlers:
             reason,
             prediction_only=prediction and not features,
             alarm=alarm,
-            window=(drift.window_start_time, drift.window_end_time),
+            # Where the shift began inside the window, when the monitor located it: training waits for rows after
+            # the shift, not after the window's start.
+            window=(drift.shift_started_time or drift.window_start_time, drift.window_end_time),
         )
 
     def on_external_trigger(self, event: Event[ExternalTrigger]) -> None:

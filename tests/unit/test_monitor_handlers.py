@@ -117,6 +117,27 @@ def test_shifted_predictions_emit_drift_detected_once_per_window(env: dict[str, 
     assert reports[0]["event_id"] == drift.id
 
 
+def test_a_drift_says_where_inside_its_window_the_shift_began(env: dict[str, Any]) -> None:
+    """The window (200 predictions) shifts after its 120th: the alarm locates the shift there, so that a retrain
+    waits for rows after it and not for rows after the window's start."""
+    handlers: MonitorHandlers = env["make"]()
+    handlers.on_model_promoted(promoted(env))
+    start = 1_800_000_000.0  # one prediction a second: row k at start + k
+    rows = raw_inputs(200 + 120, env["rng"]) + raw_inputs(80, env["rng"], amount_scale=4.0)
+    for k, inputs in enumerate(rows):
+        event = prediction(inputs, request_id=f"s{k}")
+        envelope = replace(event.envelope, occurred_at=datetime.fromtimestamp(start + k, tz=UTC))
+        handlers.on_prediction_logged(Event(envelope=envelope, payload=event.payload))
+
+    (drift,) = [e for e in env["published"] if e.type == "DriftDetected"]
+    payload = drift.payload
+    assert payload.window_index == 1 and "amount" in payload.drifted_features
+    assert payload.window_start_time is not None and payload.window_start_time.timestamp() == start + 200
+    assert payload.shift_started_time is not None
+    located = payload.shift_started_time.timestamp() - start
+    assert 200 + 120 - 15 <= located <= 200 + 120 + 15, located
+
+
 def test_predictions_of_other_versions_are_not_windowed(env: dict[str, Any]) -> None:
     handlers: MonitorHandlers = env["make"]()
     handlers.on_model_promoted(promoted(env, version=2))

@@ -16,6 +16,7 @@ from driftloop.services.monitor.stats import (
     evaluate_window,
     is_degraded,
     ks_test,
+    locate_shift,
     performance_metrics,
     psi_categorical,
     psi_numeric,
@@ -82,6 +83,28 @@ def test_categorical_shift_drifts_with_chi2() -> None:
     assert result.drifted
     assert result.drifted_features == ["merchant_category"]
     assert next(t for t in result.tests if t.feature == "merchant_category").test == "chi2"
+
+
+@pytest.mark.parametrize("shift", [0, 100, 250, 330])
+def test_a_drifted_window_locates_where_its_shift_began(shift: int) -> None:
+    rng = np.random.default_rng(shift + 1)
+    reference = features(raw_rows(3000, rng))
+    before = raw_rows(shift, rng)
+    after = raw_rows(400 - shift, rng, amount_scale=3.0, probs=[0.1, 0.1, 0.1, 0.2, 0.5])
+    window = features(pd.concat([before, after], ignore_index=True))
+    located = locate_shift(reference, window, PIPELINE.features, ["amount", "log_amount", "merchant_category"])
+    assert abs(located - shift) <= 20, located
+    # Each kind of feature on its own finds it too.
+    assert abs(locate_shift(reference, window, PIPELINE.features, ["amount"]) - shift) <= 30
+    assert abs(locate_shift(reference, window, PIPELINE.features, ["merchant_category"]) - shift) <= 30
+
+
+def test_a_window_without_drifted_features_has_no_shift_inside() -> None:
+    rng = np.random.default_rng(5)
+    reference = features(raw_rows(3000, rng))
+    window = features(raw_rows(400, rng))
+    assert locate_shift(reference, window, PIPELINE.features, []) == 0
+    assert locate_shift(reference, window.iloc[:10], PIPELINE.features, ["amount"]) == 0  # too short to split
 
 
 def test_unseen_category_counts_as_drift() -> None:

@@ -279,6 +279,9 @@ class DriftDetected(Payload):
     window_start_time: datetime | None = None
     #: Event time of the window's last prediction (null: unknown).
     window_end_time: datetime | None = None
+    #: Event time of the first prediction of the window's shifted part, located inside the window by its drifted
+    #: features (null: the window's start, or unknown).
+    shift_started_time: datetime | None = None
     #: Metric of the version's last labeled window (null: no labels yet).
     performance_metric: str | None = None
     #: Its value.
@@ -309,6 +312,7 @@ class DriftDetected(Payload):
             "prediction_test": None if self.prediction_test is None else self.prediction_test.to_avro(),
             "window_start_time": self.window_start_time,
             "window_end_time": self.window_end_time,
+            "shift_started_time": self.shift_started_time,
             "performance_metric": self.performance_metric,
             "performance_value": self.performance_value,
             "performance_degraded": self.performance_degraded,
@@ -334,6 +338,7 @@ class DriftDetected(Payload):
             prediction_test=_optional(PredictionTest.from_avro, record.get("prediction_test")),
             window_start_time=_optional(_timestamp, record.get("window_start_time")),
             window_end_time=_optional(_timestamp, record.get("window_end_time")),
+            shift_started_time=_optional(_timestamp, record.get("shift_started_time")),
             performance_metric=record.get("performance_metric"),
             performance_value=record.get("performance_value"),
             performance_degraded=record.get("performance_degraded"),

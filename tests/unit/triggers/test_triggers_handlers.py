@@ -504,6 +504,18 @@ def test_change_start_travels_with_the_request(make: Any, published: list[Event]
     assert published[0].payload.change_started_at == start
 
 
+def test_where_the_shift_began_inside_its_window_travels_with_the_request(make: Any, published: list[Event]) -> None:
+    handlers: TriggerHandlers = make(with_triggers(cooldown=0))
+    with_data_and_champion(handlers)
+    start = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
+    shifted = start + timedelta(minutes=40)
+    drift = drift_event(0)
+    window = {"window_start_time": start, "window_end_time": start + timedelta(hours=1)}
+    drift = replace(drift, payload=replace(drift.payload, **window, shift_started_time=shifted))
+    handlers.on_drift_detected(drift)
+    assert published[0].payload.change_started_at == shifted
+
+
 def test_a_drift_held_by_the_cooldown_still_waits_for_fresh_data(
     make: Any, published: list[Event], clock: Clock
 ) -> None:
