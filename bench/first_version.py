@@ -7,8 +7,9 @@ every component is ready, Spark is warm in ingestion and features, and the stack
 records through Kafka (the stock Avro serializer). Each step's time is the ``occurred_at`` of its event in the
 event log (landing, cut, materialization, request, run, fit, registration, promotion, switch); the end is the first
 prediction answered by version 1, asked for every 0.1 s. Training's Ray state when the records are sent is printed
-(``asleep``: the run met a local Ray woken by the new data). ``--rest-after N``: then wait until training's Ray is
-asleep again (``ray.idle_shutdown_seconds`` after the run) and measure training's CPU at rest for N seconds.
+(``asleep``: a fit within ``ray.local_fit_max_rows`` runs in the training service's process, without waiting for
+Ray). ``--rest-after N``: then wait until training's Ray is asleep again (``ray.idle_shutdown_seconds`` after the
+run) and measure training's CPU at rest for N seconds.
 
     .venv/bin/python bench/first_version.py            # about 3 minutes on 2 cores
     .venv/bin/python bench/first_version.py --json     # and a JSON line {"bench": "first_version", ...}
@@ -175,7 +176,7 @@ def milestones(engine: sa.Engine, since: datetime, stream: str) -> list[tuple[st
     if running is not None:
         found.append(("run_started", "RunStateChanged running (training picked it up)", running.occurred_at))
     found += [
-        ("fit", "TrainingCompleted (fit on Ray)", first("TrainingCompleted", model=MODEL).occurred_at),
+        ("fit", "TrainingCompleted (fit; on Ray, or here)", first("TrainingCompleted", model=MODEL).occurred_at),
         ("registered", "ModelRegistered (registry)", first("ModelRegistered", model=MODEL, version=1).occurred_at),
         ("promoted", "ModelPromoted (gate)", first("ModelPromoted", model=MODEL, version=1).occurred_at),
         ("switched", "ServingSwitched (loaded, hot-swapped)", first("ServingSwitched", model=MODEL).occurred_at),

@@ -63,6 +63,8 @@ class FitJob:
     # Where the fit stores the rows it trained and was scored on, when they differ from the feature set (labels
     # from feedback, a change window): the gate scores the holdout of this table.
     training_set_key: str | None = None
+    # Rows of the feature set (None: unknown): a small fit need not wait for a sleeping Ray (ray.local_fit_max_rows).
+    rows: int | None = None
 
 
 @dataclass

@@ -272,6 +272,15 @@ class TrainingHandlers:
         )
         return source, pipeline.model_copy(update={"model": model})
 
+    def _feature_set_rows(self, pipeline: PipelineConfig, feature_set: ResolvedFeatureSet) -> int | None:
+        """Rows of a feature set, from the manifest the features service wrote with it (None: unknown)."""
+        key = layout.feature_set_manifest_key(pipeline.stream.name, feature_set.version)
+        try:
+            rows = json.loads(self.store.get_bytes(key)).get("row_count")
+        except (DriftloopError, OSError, ValueError, AttributeError):
+            return None
+        return rows if isinstance(rows, int) else None
+
     def _train(self, run_id: str, request: Event[TrainingRequested], run_log: RunLog, started: float) -> None:
         settings = self.runtime.settings
         asked = request.payload
@@ -338,6 +347,7 @@ class TrainingHandlers:
             train_since=since,
             pre_change_weight=pipeline.model.pre_change_weight,
             training_set_key=training_set_key,
+            rows=self._feature_set_rows(pipeline, feature_set),
         )
         search = pipeline.model.search
         cpus = 1
@@ -349,7 +359,7 @@ class TrainingHandlers:
             job = replace(job, params_override=search_result.best_params)
         if self.aborted(run_id):
             raise RunAborted("aborted before the fit")
-        run_log.note("fitting on Ray (1 CPU)")
+        run_log.note("fitting (1 CPU)")
         result = self.fitter(settings, job, lambda: self.aborted(run_id))
         run_log.extend(result.log)
         model_name = pipeline.model.name

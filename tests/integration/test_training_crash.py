@@ -40,7 +40,7 @@ def test_a_training_killed_in_its_fit_runs_the_request_again_once_and_leaves_no_
     # Enough rounds that the fit lasts a few seconds: the kill lands inside it.
     slow = {"params": {"n_estimators": 1000, "num_leaves": 31, "learning_rate": 0.01, "min_child_samples": 5}}
     pipeline = write_pipeline(tmp_path / "pipelines", model, demo_pipeline(stream, model, model=slow))
-    settings = make_settings(pipelines_dir=tmp_path / "pipelines", ray={"num_cpus": 1})
+    settings = make_settings(pipelines_dir=tmp_path / "pipelines", ray={"num_cpus": 1, "local_fit_max_rows": 0})
     write_feature_set(open_object_store(settings), pipeline, 1, 3000)
     port = free_port()
     env = {**settings_env(settings), "DRIFTLOOP_SERVICES__TRAINING_PORT": str(port)}

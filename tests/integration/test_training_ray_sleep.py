@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from pipeline_support import consuming, demo_pipeline, service_runtime, write_pipeline
 from training_support import request_event, wait_for_run, write_feature_set
 
@@ -39,7 +40,7 @@ def test_an_idle_local_ray_shuts_down_and_the_next_run_wakes_it(
 ) -> None:
     stream, model = f"tx-{unique}", f"fraud-{unique}"
     pipeline = write_pipeline(tmp_path / "pipelines", model, demo_pipeline(stream, model))
-    ray = {"num_cpus": 1, "idle_shutdown_seconds": 3, "warm_workers": False}
+    ray = {"num_cpus": 1, "idle_shutdown_seconds": 3, "warm_workers": False, "local_fit_max_rows": 0}
     kafka = {**make_settings().kafka.model_dump(), "rest_after_seconds": 2.0}
     settings = make_settings(pipelines_dir=tmp_path / "pipelines", ray=ray, kafka=kafka)
     write_feature_set(open_object_store(settings), pipeline, 1, 400)
@@ -102,3 +103,37 @@ def test_an_idle_local_ray_shuts_down_and_the_next_run_wakes_it(
             assert run.state == "completed", run.error
             assert ownedprocs.alive(settings.home, RAY_PROCS)
         follower.join(timeout=30)
+
+
+def test_a_small_fit_runs_without_waking_a_sleeping_ray_and_a_bigger_one_wakes_it(
+    make_settings: Callable[..., Settings], tmp_path: Path, unique: str
+) -> None:
+    stream, model = f"tx-{unique}", f"fraud-{unique}"
+    pipeline = write_pipeline(tmp_path / "pipelines", model, demo_pipeline(stream, model))
+    ray = {"num_cpus": 1, "idle_shutdown_seconds": 60, "warm_workers": False, "local_fit_max_rows": 1000}
+    settings = make_settings(pipelines_dir=tmp_path / "pipelines", ray=ray)
+    store = open_object_store(settings)
+    write_feature_set(store, pipeline, 1, 400)
+    with service_runtime("training", settings) as runtime:
+        spec = build(runtime)
+        consumer, _features = spec.consumers
+        client = TestClient(spec.app)
+        with consuming(runtime, consumer, unique):
+            assert ray_state() == "asleep"
+            first = request_event(model, f"req-{uuid.uuid4().hex[:8]}", f"{stream}@v1")
+            runtime.bus.publish(first)
+            run = wait_for_run(runtime, first.payload.request_id)
+            assert run.state == "completed", run.error
+            log = client.get(f"/v1/runs/{run.run_id}/logs").text
+            assert "the fit ran in the training service's process: Ray was asleep" in log
+            assert "holdout metrics" in log and "the fit ran on Ray" not in log
+            assert ray_state() == "asleep"  # not woken for it: a small fit does not need Ray
+
+            # A feature set past ray.local_fit_max_rows wakes Ray and runs on it.
+            write_feature_set(store, pipeline, 2, 1500)
+            second = request_event(model, f"req-{uuid.uuid4().hex[:8]}", f"{stream}@v2")
+            runtime.bus.publish(second)
+            run = wait_for_run(runtime, second.payload.request_id)
+            assert run.state == "completed", run.error
+            log = client.get(f"/v1/runs/{run.run_id}/logs").text
+            assert "the fit ran on Ray" in log and "training service's process" not in log

@@ -45,7 +45,7 @@ def training(
     """The training service's handlers consuming under a group of this test's own (the broker is shared)."""
     stream, model = f"tx-{unique}", f"fraud-{unique}"
     pipeline = write_pipeline(tmp_path / "pipelines", model, demo_pipeline(stream, model))
-    settings = make_settings(pipelines_dir=tmp_path / "pipelines", ray={"num_cpus": 1})
+    settings = make_settings(pipelines_dir=tmp_path / "pipelines", ray={"num_cpus": 1, "local_fit_max_rows": 0})
     with service_runtime("training", settings) as runtime:
         spec = build(runtime)
         consumer, features = spec.consumers
@@ -179,7 +179,7 @@ def searching(
         tmp_path / "pipelines", model, demo_pipeline(stream, model, model={"search": request.param})
     )
     assert pipeline.model.search is not None
-    settings = make_settings(pipelines_dir=tmp_path / "pipelines", ray={"num_cpus": 1})
+    settings = make_settings(pipelines_dir=tmp_path / "pipelines", ray={"num_cpus": 1, "local_fit_max_rows": 0})
     with service_runtime("training", settings) as runtime:
         spec = build(runtime)
         consumer, _ = spec.consumers

@@ -168,3 +168,59 @@ def test_shut_down_stops_ray_under_a_run_and_does_not_start_it_again(
         keeper_.shut_down()
         assert keeper_.state == ASLEEP
     assert fake.calls == [("start", "ray-keeper"), ("stop", "ray-keeper")]
+
+
+SESSION_PROBE = """
+import sys
+from pathlib import Path
+from driftloop.services.training.raycluster import nicer_own_session
+changed = nicer_own_session(10)
+print(changed, Path('/proc/self/autogroup').read_text().split()[-1])
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="Linux without autogroup scheduling")
+def test_a_service_leading_its_session_makes_the_session_nicer_and_leaves_anyone_elses_alone() -> None:
+    # Linux shares the CPU fairly between sessions, and a nice value counts only inside its session: what makes a
+    # local Ray yield to the other services is the training service's session being nicer.
+    import subprocess
+    import sys
+
+    def probe(start_new_session: bool = False) -> list[str]:
+        command = [sys.executable, "-c", SESSION_PROBE]
+        done = subprocess.run(
+            command, capture_output=True, text=True, check=True, timeout=60, start_new_session=start_new_session
+        )
+        return done.stdout.split()
+
+    assert probe(start_new_session=True) == ["True", "10"]  # as the launcher starts each service
+    own = Path("/proc/self/autogroup").read_text().split()[-1]
+    assert probe() == ["False", own]  # inside this test run's session: not its to change
+
+
+def test_only_a_small_known_fit_on_a_local_ray_that_is_not_awake_runs_without_it(tmp_path: Path) -> None:
+    from driftloop.services.training.fit import FitJob
+    from driftloop.services.training.raycluster import WAKING, fits_without_waiting_for_ray
+
+    settings = Settings(home=tmp_path, ray={"local_fit_max_rows": 1000})
+
+    def job(rows: int | None) -> FitJob:
+        return FitJob(
+            run_id="r",
+            pipeline=None,  # type: ignore[arg-type]
+            object_store=settings.object_store,
+            feature_set_prefix="p/",
+            feature_set_uri="file:///p/",
+            dataset_version_id="s@v1",
+            rows=rows,
+        )
+
+    assert fits_without_waiting_for_ray(settings, job(1000), ASLEEP)
+    assert fits_without_waiting_for_ray(settings, job(10), WAKING)
+    assert not fits_without_waiting_for_ray(settings, job(10), AWAKE)  # Ray is there: it fits
+    assert not fits_without_waiting_for_ray(settings, job(1001), ASLEEP)  # too big to fit beside the services
+    assert not fits_without_waiting_for_ray(settings, job(None), ASLEEP)  # unknown size
+    joined = Settings(home=tmp_path, ray={"local_fit_max_rows": 1000, "address": "ray://cluster:10001"})
+    assert not fits_without_waiting_for_ray(joined, job(10), ASLEEP)  # a cluster of one's own does the work
+    off = Settings(home=tmp_path, ray={"local_fit_max_rows": 0})
+    assert not fits_without_waiting_for_ray(off, job(10), ASLEEP)

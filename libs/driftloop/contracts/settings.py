@@ -229,10 +229,16 @@ class RaySettings(_Section):
     # core (raylet, GCS, agents, an idle worker); a start costs a few seconds of CPU. 0: Ray starts with the
     # training service and stays up.
     idle_shutdown_seconds: float = Field(default=120.0, ge=0)
-    # A local Ray's processes (GCS, raylet, the workers that fit) run this much nicer than the training service:
-    # training is batch work, and on a shared machine it yields the CPU to serving, ingestion's cuts and feature
-    # materialization (a Ray starting beside a stream's first cut made the cut take 11 s instead of 5). 0: the same.
+    # A local Ray's processes (GCS, raylet, the workers that fit) run this much nicer than the training service, and
+    # the service's session (when it leads one: the launcher starts each service so) this much nicer than the other
+    # services': training is batch work, and on a shared machine it yields the CPU to serving, ingestion's cuts and
+    # feature materialization (a Ray starting beside a stream's first cut made the cut take 11 s instead of 5).
+    # Between sessions only the session's value counts (Linux autogroup scheduling). 0: the same.
     niceness: int = Field(default=10, ge=0, le=19)
+    # A plain fit (no search) of at most this many rows that finds the local Ray asleep or still starting runs in
+    # the training service's own process instead of waiting for it (a start costs 5-20 s on a 2-core machine, a
+    # 10k-row fit well under one); Ray goes on starting for the runs after it. 0: every fit waits for Ray.
+    local_fit_max_rows: int = Field(default=100_000, ge=0)
 
 
 class ServicesSettings(_Section):
