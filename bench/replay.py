@@ -34,7 +34,8 @@ located change a first retrain on ``--min-rows-after-change`` post-change rows a
 ``stream.entity_key``) and ``--change-at`` (the row of the documented change point).
 
 JSON keys (``--json``): ``false_alarms``, ``detection_delay_rows``, ``retrains``, ``retrains_on_identical_data``,
-``served_auc_after_change``, ``never_retrained_auc_after_change``, ``rows_to_post_change_model`` and more.
+``served_auc_after_change``, ``never_retrained_auc_after_change``, ``rows_to_post_change_model``,
+``seconds_to_post_change_model`` and more.
 """
 
 from __future__ import annotations
@@ -336,7 +337,9 @@ def summarize(
         e["payload"]["version"]: e["payload"]["dataset_version_id"] for e in by_type.get("ModelRegistered", [])
     }
     post_change_versions = {v for v, d in trained_on.items() if d in data_end and data_end[d] >= change_time}
-    first_post = next((s.row for s in served if s.row >= change_row and s.version in post_change_versions), None)
+    first_post_served = next((s for s in served if s.row >= change_row and s.version in post_change_versions), None)
+    first_post = first_post_served.row if first_post_served is not None else None
+    change_served = next((s for s in served if s.row >= change_row), None)
     rows = np.array([s.row for s in served])
     scores = np.array([s.prediction for s in served])
     y = labels[rows]
@@ -403,6 +406,10 @@ def summarize(
         "never_retrained_auc_after_change_pooled": segments["after_change"]["never_retrained_auc_pooled"],
         "post_change_model_auc_after_change_pooled": segments["after_change"].get("post_change_model_auc_pooled"),
         "rows_to_post_change_model": first_post - change_row if first_post is not None else None,
+        # Wall seconds from the change's first row answered to the first row a post-change model answered.
+        "seconds_to_post_change_model": round(first_post_served.wall - change_served.wall, 1)
+        if first_post_served is not None and change_served is not None
+        else None,
         "segments": segments,
         "windows_after_change": windows_after[:WINDOWS_SHOWN],
     }
@@ -435,6 +442,7 @@ def render(summary: dict[str, Any], title: str) -> str:
         "retrains",
         "retrains_on_identical_data",
         "rows_to_post_change_model",
+        "seconds_to_post_change_model",
         "served_auc_after_change",
         "never_retrained_auc_after_change",
         "post_change_model_auc_after_change",

@@ -64,6 +64,7 @@ def test_summary_counts_alarms_delays_retrains_and_identical_data() -> None:
     assert summary["retrains"] == 1 and summary["retrain_list"][0]["row"] == 191
     assert summary["retrains_on_identical_data"] == 1
     assert summary["rows_to_post_change_model"] == 80  # v2 (trained on data through the change) from row 230
+    assert summary["seconds_to_post_change_model"] == 80.0  # a row a second
     assert summary["versions_promoted"] == [2]
     assert summary["decisions"] == {"retrain": 1, "suppressed": 1}
     assert summary["never_retrained_auc_after_change"] == pytest.approx(1.0)
