@@ -62,6 +62,7 @@ from .policy import (
     ModelView,
     TriggerKind,
     brought_forward_start,
+    continues_completed_plan,
     cooldown_left,
     decide,
     fire_pending,
@@ -989,15 +990,8 @@ class TriggerHandlers:
         if started is None or pipeline is None or not pipeline.triggers.after_change.followup_rows:
             return
         plan = ChangePlan.from_json(state.change_plan)
-        if (
-            plan is not None
-            and not plan.active(pipeline.triggers)
-            and row.version in plan.versions
-            and started == plan.change_started_at
-        ):
-            # The completed plan's change again (``retrains_after_plan``): the model this request trains joins the
-            # plan (its cascade), so an alarm about it retrains once again, never a plan of its own.
-            state.change_plan = replace(plan, cascade_id=row.cascade_id).to_json()
+        if plan is not None and continues_completed_plan(pipeline.triggers, plan, row.version, started):
+            state.change_plan = replace(plan, cascade_id=row.cascade_id).to_json()  # its model joins the plan
             return
         replaces = row.version if row.version is not None else state.champion_version
         state.change_plan = ChangePlan(

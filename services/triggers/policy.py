@@ -347,6 +347,20 @@ def retrains_after_plan(kind: TriggerKind, policy: TriggerSpec, plan: ChangePlan
     )
 
 
+def continues_completed_plan(
+    policy: TriggerSpec, plan: ChangePlan | None, version: int | None, change_started_at: datetime | None
+) -> bool:
+    """A request that ``retrains_after_plan`` made: on the completed plan's own change, answering one of its models.
+    It starts no plan of its own; the model it trains joins the plan, so that an alarm about that model is decided
+    the same way."""
+    return (
+        plan is not None
+        and not plan.active(policy)
+        and version in plan.versions
+        and change_started_at == plan.change_started_at
+    )
+
+
 def brought_forward_start(plan: ChangePlan, after: datetime | None, version: int | None = None) -> datetime:
     """Where a follow-up brought forward by ``version`` starts its rows. Answering the plan's first model (no
     follow-up yet), which trained on the first rows after the located start while the change may still have been
