@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from driftloop.clients.db import create_engine_for
-from driftloop.clients.spark import stop_spark, warm_spark_loop
-from driftloop.contracts.topics import DATASET_VERSION_CREATED
+from driftloop.clients.spark import start_python_workers, stop_spark, warm_spark_loop
+from driftloop.contracts.topics import DATASET_VERSION_CREATED, DOORBELL_RECORDS
 from driftloop.runtime.service import ConsumerSpec, Runtime, ServiceSpec, base_app
 from driftloop.runtime.workers import default_workers
 
@@ -35,6 +35,10 @@ def build(runtime: Runtime) -> ServiceSpec:
     context = api.Context(runtime.pipelines, runtime.Session, open_online_store(runtime.settings, lookup_engine))
     app.state.context = context
     app.include_router(api.router)
+    if runtime.settings.spark.warm_at_start:
+        # Records after a quiet spell: a materialization follows their cut; Spark's Python workers (stopped after a
+        # quiet minute) start now.
+        runtime.bus.on_doorbell(lambda why: start_python_workers() if why == DOORBELL_RECORDS else None)
     return ServiceSpec(
         app=app,
         consumers=[

@@ -193,6 +193,26 @@ def test_a_resting_consumer_fetches_nothing_until_the_doorbell_wakes_it(make_set
         b.close()
 
 
+def test_a_process_ringing_from_its_own_rest_calls_its_own_listeners(make_settings) -> None:  # type: ignore[no-untyped-def]
+    # Ingestion rings when records arrive; its own follower does not hear a ring it rang, yet its own wake (Spark's
+    # Python workers started again) depends on it.
+    ringer = EventBus(_resting_settings(make_settings, rest_after_seconds=1.0), producer_name="self-ringer")
+    woken: list[str] = []
+    ringer.on_doorbell(woken.append)
+    try:
+        ringer.note_activity()
+        ringer.ring_doorbell(DOORBELL_RECORDS)  # awake: nothing to wake
+        assert woken == []
+        time.sleep(1.5)
+        assert ringer.resting()
+        ringer.ring_doorbell(DOORBELL_RECORDS)
+        assert woken == [DOORBELL_RECORDS] and not ringer.resting()
+        ringer.ring_doorbell(DOORBELL_RECORDS)  # awake again: once per wake
+        assert woken == [DOORBELL_RECORDS]
+    finally:
+        ringer.close()
+
+
 def test_a_resting_consumer_still_looks_now_and_then(make_settings, unique: str) -> None:  # type: ignore[no-untyped-def]
     bus, handled, model, threads, _ = _resting_consumer(
         make_settings, unique, "look", False, rest_after_seconds=1.0, rest_look_seconds=3.0

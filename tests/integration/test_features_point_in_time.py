@@ -465,3 +465,21 @@ def test_the_warm_up_materializes_made_up_rows_of_each_pipeline_in_a_scratch_fol
         # One online row per made-up entity, every feature computed (the aggregates too); nothing is written.
         assert len(result.latest) == len({f"w{i % 7}" for i in range(WARM_ROWS)})
         assert all(set(row["values"]) == set(pipeline.feature_names) for row in result.latest)
+
+
+def test_python_workers_start_again_in_a_job_of_their_own(spark: SparkSession) -> None:
+    # Spark stops its Python workers after a quiet minute; records arriving after a rest start them again before
+    # the cut and the materialization need them (start_python_workers, on the records doorbell).
+    from driftloop.clients.spark import start_python_workers
+    from driftloop.ops.procs import wait_until
+
+    tracker = spark.sparkContext.statusTracker()
+    before = set(tracker.getJobIdsForGroup())
+    start_python_workers()
+
+    def succeeded() -> bool:
+        new = set(tracker.getJobIdsForGroup()) - before
+        infos = [tracker.getJobInfo(job) for job in new]
+        return bool(new) and all(info is not None and info.status == "SUCCEEDED" for info in infos)
+
+    wait_until(succeeded, 60, "the job starting the Python workers")

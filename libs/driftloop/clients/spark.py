@@ -106,6 +106,27 @@ def warm_spark_loop(
     return warm_spark
 
 
+def start_python_workers() -> None:
+    """Start the Python workers of the process's Spark session again, in a thread of their own, when work comes after
+    a quiet spell (records arrived): Spark stops its Python workers after a minute without work (a constant in
+    Spark, not a setting), and the next job's fresh workers cost it 0.5-2.5 s on two busy cores. A job of two rows
+    per core forks them while the records land, before the cut and its materialization need them. No session yet:
+    nothing to do (the first job starts Spark)."""
+    session = _session
+    if session is None:
+        return
+
+    def fork_workers() -> None:
+        try:
+            cores = max(1, session.sparkContext.defaultParallelism)
+            rows = session.range(0, 2 * cores, numPartitions=cores)
+            rows.mapInPandas(lambda batches: batches, schema="id long").collect()
+        except Exception:  # only time is lost: the next job starts them
+            log.warning("starting Spark's Python workers again failed", exc_info=True)
+
+    threading.Thread(target=fork_workers, name="spark-python-workers", daemon=True).start()
+
+
 def stop_spark() -> None:
     global _session
     with _lock:

@@ -437,7 +437,8 @@ class EventBus:
 
     def on_doorbell(self, listener: Callable[[str], None]) -> None:
         """Call ``listener`` with the ring's reason (``DOORBELL_RECORDS``, or empty) when the doorbell wakes this
-        process from its rest: the sign that work is coming after a quiet spell (e.g. training wakes Ray)."""
+        process from its rest, its own ring included: the sign that work is coming after a quiet spell (e.g.
+        training wakes Ray)."""
         self._woken_by_doorbell.append(listener)
 
     def ring_doorbell(self, why: str = "") -> None:
@@ -447,6 +448,9 @@ class EventBus:
         looks every ``kafka.rest_look_seconds``)."""
         if self.rest_after <= 0:
             return
+        if self.resting():  # the ringer wakes from its own rest too (its follower will not hear a ring it rang)
+            self.note_activity()
+            self._woken(why.encode())
         now = time.monotonic()
         if now - self._doorbell_rung < self.rest_after / 2:
             return
