@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from driftloop.clients.db import create_engine_for
-from driftloop.clients.spark import start_python_workers, stop_spark, warm_spark_loop
-from driftloop.contracts.topics import DATASET_VERSION_CREATED, DOORBELL_RECORDS
+from driftloop.clients.spark import start_python_workers_on_records, stop_spark, warm_spark_loop
+from driftloop.contracts.topics import DATASET_VERSION_CREATED
 from driftloop.runtime.service import ConsumerSpec, Runtime, ServiceSpec, base_app
 from driftloop.runtime.workers import default_workers
 
@@ -38,7 +38,7 @@ def build(runtime: Runtime) -> ServiceSpec:
     if runtime.settings.spark.warm_at_start:
         # Records after a quiet spell: a materialization follows their cut; Spark's Python workers (stopped after a
         # quiet minute) start now.
-        runtime.bus.on_doorbell(lambda why: start_python_workers() if why == DOORBELL_RECORDS else None)
+        runtime.bus.on_doorbell(start_python_workers_on_records)
     return ServiceSpec(
         app=app,
         consumers=[

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from driftloop.clients.objectstore import open_object_store
-from driftloop.clients.spark import start_python_workers, stop_spark, warm_spark_loop
+from driftloop.clients.spark import start_python_workers_on_records, stop_spark, warm_spark_loop
 from driftloop.contracts.pipeline import PipelineConfig
-from driftloop.contracts.topics import DOORBELL_RECORDS
 from driftloop.errors import ConfigError
 from driftloop.runtime.service import Runtime, ServiceSpec, base_app
 
@@ -75,7 +74,7 @@ def build(runtime: Runtime) -> ServiceSpec:
     warm = runtime.settings.spark.warm_at_start
     if warm:
         # Records after a quiet spell: a cut follows; Spark's Python workers (stopped after a quiet minute) start now.
-        runtime.bus.on_doorbell(lambda why: start_python_workers() if why == DOORBELL_RECORDS else None)
+        runtime.bus.on_doorbell(start_python_workers_on_records)
     return ServiceSpec(
         app=app,
         loops=[

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 
 from driftloop.contracts.fieldtypes import FIELD_TYPES, FieldType
 from driftloop.contracts.settings import Settings
+from driftloop.contracts.topics import DOORBELL_RECORDS
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -125,6 +126,13 @@ def start_python_workers() -> None:
             log.warning("starting Spark's Python workers again failed", exc_info=True)
 
     threading.Thread(target=fork_workers, name="spark-python-workers", daemon=True).start()
+
+
+def start_python_workers_on_records(why: str) -> None:
+    """An ``EventBus.on_doorbell`` listener: records arrived after a quiet spell (``DOORBELL_RECORDS``), so a cut or
+    a materialization follows; ``start_python_workers`` now."""
+    if why == DOORBELL_RECORDS:
+        start_python_workers()
 
 
 def stop_spark() -> None:
