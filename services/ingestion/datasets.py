@@ -122,6 +122,7 @@ class DatasetCutter:
         # Cuts on demand waiting for rows after a change: stream -> (since, rows needed, since's clock).
         self._change_cuts: dict[str, tuple[datetime, int, Clock]] = {}
         self._change_lock = threading.Lock()
+        self._put_off: set[str] = set()  # streams whose periodic cut waits for a cut after a change (logged once)
 
     # --- automatic cuts -------------------------------------------------------------------------------------
 
@@ -141,19 +142,38 @@ class DatasetCutter:
     def maybe_cut(self, stream: str) -> DatasetVersion | None:
         with self._change_lock:
             waiting = self._change_cuts.get(stream)
+        threshold = pipeline_for_stream(self.pipelines, stream).dataset.cut_every_rows
+        put_off_until = threshold
         if waiting is not None:
             since, needed, clock = waiting
             event_since = self.event_time_since(stream, since, clock)
             if event_since is not None and self.rows_since(stream, event_since) >= needed:
                 with self._change_lock:
                     self._change_cuts.pop(stream, None)
+                self._put_off.discard(stream)
                 try:
                     return self.cut(stream)
                 except NoNewData:
                     return None
-        threshold = pipeline_for_stream(self.pipelines, stream).dataset.cut_every_rows
-        if threshold <= 0 or self.unversioned_rows(stream) < threshold:
+            # A periodic cut due now would be followed, within ``needed`` rows, by the cut after the change, which
+            # holds the same rows: two cuts and materializations back to back, the first delaying the one a
+            # retrain waits for on a busy machine. The periodic cut waits for it, ``needed`` rows at most.
+            put_off_until = threshold + needed
+        if threshold <= 0:
             return None
+        unversioned = self.unversioned_rows(stream)
+        if unversioned < put_off_until:
+            if unversioned >= threshold and stream not in self._put_off:
+                self._put_off.add(stream)
+                log.info(
+                    "periodic cut of %s (%d rows landed, cut_every_rows %d) put off: a cut after a change is due "
+                    "within dataset.min_rows_after_change rows and will hold them",
+                    stream,
+                    unversioned,
+                    threshold,
+                )
+            return None
+        self._put_off.discard(stream)
         try:
             return self.cut(stream)
         except NoNewData:

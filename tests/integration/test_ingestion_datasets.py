@@ -328,6 +328,39 @@ def test_a_cut_on_demand_after_a_change_waits_for_enough_rows_after_it(ingestion
     assert covered["status"] == "covered" and covered["version"]["version"] == 2
 
 
+def test_a_periodic_cut_due_while_a_cut_after_a_change_waits_is_made_by_that_cut(ingestion: Ingestion) -> None:
+    """Two cuts back to back (the periodic one, then the one after the change a few rows later) would delay the one
+    a retrain waits for: the periodic cut waits for it, ``min_rows`` rows at most."""
+    stream = ingestion.streams["auto"]  # cut_every_rows 40, cumulative
+
+    def versions() -> list[tuple[int, int]]:
+        return [(v.version, v.row_count) for v in ingestion.cutter.list_versions(stream)]
+
+    post(ingestion, stream, make_records(0, 40))
+    ingestion.cutter.maybe_cut(stream)
+    assert versions() == [(1, 40)]
+    post(ingestion, stream, make_records(40, 30))
+    body = {"since": (START + timedelta(minutes=60)).isoformat(), "min_rows": 25}
+    assert ingestion.client.post(f"/v1/streams/{stream}/datasets", json=body).json()["rows_after_change"] == 10
+    post(ingestion, stream, make_records(70, 10))  # 40 new rows: a periodic cut is due; 20 after the change
+    assert ingestion.cutter.maybe_cut(stream) is None and versions() == [(1, 40)]
+    post(ingestion, stream, make_records(80, 5))  # 25 after the change: one cut, with every row landed
+    ingestion.cutter.maybe_cut(stream)
+    assert versions() == [(1, 40), (2, 85)]
+    ingestion.cutter.maybe_cut(stream)
+    assert versions() == [(1, 40), (2, 85)]
+
+    # A change whose rows never come (its run gave up) holds the periodic cuts back by min_rows rows, no more.
+    never = {"since": (START + timedelta(days=30)).isoformat(), "min_rows": 25}
+    assert ingestion.client.post(f"/v1/streams/{stream}/datasets", json=never).json()["status"] == "waiting"
+    post(ingestion, stream, make_records(85, 64))
+    ingestion.cutter.maybe_cut(stream)
+    assert versions() == [(1, 40), (2, 85)]
+    post(ingestion, stream, make_records(149, 1))  # 65 = cut_every_rows + min_rows
+    ingestion.cutter.maybe_cut(stream)
+    assert versions() == [(1, 40), (2, 85), (3, 150)]
+
+
 def test_a_change_seen_on_the_arrival_clock_is_placed_in_the_streams_event_time(ingestion: Ingestion) -> None:
     """A change is seen in predictions, on the platform's clock; a back-dated stream (a backfill, a replay) has no
     rows after that point in event time. With ``clock: arrival`` the change is the earliest event time of the rows

@@ -138,7 +138,8 @@ class StreamSpec(_Strict):
 
 
 class DatasetSpec(_Strict):
-    # Cut a new dataset version after this many newly landed rows (0: only on demand).
+    # Cut a new dataset version after this many newly landed rows (0: only on demand). While a cut after a change
+    # waits for its rows, a periodic cut waits for it (one cut holds both), `min_rows_after_change` rows at most.
     cut_every_rows: int = Field(default=5000, ge=0)
     # cumulative: parent + new rows; window: only the newest `window_rows` rows.
     mode: Literal["cumulative", "window"] = "cumulative"
