@@ -32,7 +32,7 @@ from driftloop.contracts.featuredefs import compute_features
 from driftloop.contracts.layout import feature_set_prefix
 from driftloop.contracts.payloads import FeedbackReceived, ModelPromoted, PredictionLogged
 from driftloop.contracts.pipeline import PerformanceSpec, load_pipeline
-from driftloop.services.monitor.handlers import MonitorHandlers
+from driftloop.services.monitor.handlers import MonitorHandlers, feature_row
 
 PIPELINE = load_pipeline(Path(__file__).resolve().parents[1] / "pipelines" / "transactions.yaml")
 CATEGORIES = ["grocery", "travel", "electronics", "fashion", "gaming"]
@@ -125,7 +125,7 @@ def main() -> None:
         feature_cost: list[float] = []
         for row in inputs[:200]:
             start = time.perf_counter()
-            compute_features(pd.DataFrame([row]), pipeline, keep_keys=False)
+            feature_row(row, pipeline)
             feature_cost.append(time.perf_counter() - start)
 
         feedback: list[float] = []
@@ -150,7 +150,7 @@ def main() -> None:
     )
     summary("prediction (window open)", plain)
     summary("prediction closing a window", closing)
-    summary("  of which compute_features", feature_cost)
+    summary("  of which feature_row", feature_cost)
     summary("feedback (join + perf.)", feedback)
     print(
         f"{'restart (reload watch)':<28} {restart * 1000:7.1f} ms  -> {status['predictions_stored']} stored, "

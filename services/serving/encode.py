@@ -14,15 +14,14 @@ strings, a value of an unusual type for its feature, an expression over a column
 
 from __future__ import annotations
 
-import ast
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from driftloop.contracts.artifact import ModelArtifact
+from driftloop.contracts.featuredefs import expression_names, numeric_expression
 from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.errors import ValidationFailed
 
@@ -42,18 +41,6 @@ class _Column:
     read: str = ""  # the instance key (field or aggregate) or the expression
     names: tuple[str, ...] = ()  # columns an expression reads
     codes: dict[str, float] | None = None  # a categorical's vocabulary -> code
-
-
-def _expr_names(expr: str) -> tuple[str, ...] | None:
-    """The plain names an expression reads, or None if it is not plain Python syntax (pandas' backticks, ``@``)."""
-    if "`" in expr or "@" in expr:
-        return None
-    try:
-        tree = ast.parse(expr, mode="eval")
-    except SyntaxError:
-        return None
-    called = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
-    return tuple(sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - called))
 
 
 class MatrixEncoder:
@@ -110,7 +97,7 @@ class MatrixEncoder:
                     return None
                 columns.append(_Column("aggregate", read=feature.name))
             elif feature.expr is not None:
-                names = _expr_names(feature.expr)
+                names = expression_names(feature.expr)
                 if names is None or codes is not None:
                     return None
                 columns.append(_Column("expr", read=feature.expr, names=names))
@@ -207,32 +194,8 @@ def _code(value: Any, codes: dict[str, float]) -> float:
     return codes.get(value, NAN)
 
 
-def _column(name: str, instances: list[dict[str, Any]]) -> np.ndarray:
-    """One referenced column with the dtype pandas would infer for it (numbers only; else the DataFrame path)."""
-    values = []
-    floats = False
-    for instance in instances:
-        if name not in instance:
-            raise _Fallback
-        value = instance[name]
-        if value is None:
-            floats = True
-            value = NAN
-        elif isinstance(value, bool) or not isinstance(value, int | float):
-            raise _Fallback
-        elif isinstance(value, float):
-            floats = True
-        values.append(value)
-    return np.array(values, dtype="float64" if floats else "int64")
-
-
 def _evaluate(column: _Column, instances: list[dict[str, Any]]) -> np.ndarray:
-    env = {name: _column(name, instances) for name in column.names}
-    try:
-        values = pd.eval(column.read, engine="python", local_dict=env)
-    except Exception as exc:  # the DataFrame path raises the client-facing error (bad_feature_expr)
-        raise _Fallback from exc
-    out = np.asarray(values)
-    if out.dtype.kind not in "biuf":
+    values = numeric_expression(column.read, column.names, instances)
+    if values is None:
         raise _Fallback
-    return np.broadcast_to(out.astype("float64"), (len(instances),))
+    return values

@@ -5,6 +5,8 @@ One function computes features from raw stream fields, so training and serving c
 
 from __future__ import annotations
 
+import ast
+import math
 from typing import Any
 
 import numpy as np
@@ -75,3 +77,100 @@ def features_from_instances(instances: list[dict[str, Any]], pipeline: PipelineC
     frame = pd.DataFrame(instances)
     features = compute_features(frame, pipeline, keep_keys=False)
     return features[pipeline.feature_names].replace([np.inf, -np.inf], np.nan)
+
+
+# --- one row without pandas ---------------------------------------------------------------------------------------
+# A one-row DataFrame costs milliseconds to build and read back; the monitor turns every logged prediction into its
+# feature row. ``row_features`` gives the same values for the rows it is sure about, and None for the others, which
+# then take ``compute_features`` (``tests/unit/test_featuredefs_rows.py`` compares the two).
+
+
+def expression_names(expr: str) -> tuple[str, ...] | None:
+    """The plain names an expression reads, or None if it is not plain Python syntax (pandas' backticks, ``@``)."""
+    if "`" in expr or "@" in expr:
+        return None
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except SyntaxError:
+        return None
+    called = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    return tuple(sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - called))
+
+
+def _number_column(name: str, rows: list[dict[str, Any]]) -> np.ndarray | None:
+    """One referenced column with the dtype pandas would infer for it; None unless every value is a number or null."""
+    values = []
+    floats = False
+    for row in rows:
+        if name not in row:
+            return None
+        value = row[name]
+        if value is None:
+            floats = True
+            value = math.nan
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        elif isinstance(value, float):
+            floats = True
+        values.append(value)
+    if all(row[name] is None for row in rows):
+        return None  # a column of nulls alone is not numbers to pandas: its evaluator fails on it
+    return np.array(values, dtype="float64" if floats else "int64")
+
+
+def numeric_expression(expr: str, names: tuple[str, ...], rows: list[dict[str, Any]]) -> np.ndarray | None:
+    """``expr`` over the rows' columns ``names``, by pandas' own evaluator, as float64 (one value a row); None when
+    a column is not numbers, the expression fails or its result is not numeric (the DataFrame path answers)."""
+    env: dict[str, Any] = {}
+    for name in names:
+        column = _number_column(name, rows)
+        if column is None:
+            return None
+        env[name] = column
+    try:
+        values = pd.eval(expr, engine="python", local_dict=env)
+    except Exception:  # the DataFrame path raises the client-facing error (bad_feature_expr)
+        return None
+    out = np.asarray(values)
+    if out.dtype.kind not in "biuf":
+        return None
+    return np.broadcast_to(out.astype("float64"), (len(rows),))
+
+
+_PLAIN_TYPES = (str, int, float, bool, type(None))
+
+
+def row_features(row: dict[str, Any], pipeline: PipelineConfig) -> dict[str, Any] | None:
+    """``compute_features(pd.DataFrame([row]), pipeline, keep_keys=False)``'s features for one row, without pandas:
+    numbers as floats (null: NaN), categoricals as they are (null or NaN: None); a field a feature needs and the
+    row lacks raises the same ValidationFailed. None when unsure: a number written as text, a value of another
+    type, an expression that is not plain numbers."""
+    out: dict[str, Any] = {}
+    for feature in pipeline.features:
+        if feature.aggregate is not None:
+            value = row.get(feature.name)
+        elif feature.expr is not None:
+            names = expression_names(feature.expr)
+            if names is None or feature.kind != "numeric":
+                return None
+            values = numeric_expression(feature.expr, names, [row])
+            if values is None:
+                return None
+            out[feature.name] = float(values[0])
+            continue
+        else:
+            source = feature.source or feature.name
+            if source not in row:
+                raise ValidationFailed("missing_field", source, f"feature {feature.name!r} needs field {source!r}")
+            value = row[source]
+        if type(value) not in _PLAIN_TYPES:
+            return None
+        if feature.kind == "numeric":
+            if isinstance(value, str):
+                return None  # pandas parses numbers written as text its own way
+            out[feature.name] = math.nan if value is None else float(value)
+        elif isinstance(value, float) and math.isnan(value):
+            out[feature.name] = None
+        else:
+            out[feature.name] = value
+    return out
