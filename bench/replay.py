@@ -12,6 +12,9 @@ Starts an embedded stack of its own (free ports, a temporary home; stopped by PI
    prediction per row from serving (``POST /v1/models/{m}/predict``), and each row's label as feedback
    (``POST /v1/models/{m}/feedback`` by request id) ``--feedback-delay`` rows later; the replay waits for the monitor
    to have taken in the served predictions before the next batch (so a slow consumer is not a late detection);
+   by default as fast as the stack takes the rows in, at ``--rows-per-second`` like a stream with a pace of its own
+   (in rows, the loop's seconds from a change to a new model weigh as much as the stream is fast: a stack that takes
+   rows in faster runs the same seconds of Spark over more rows);
 3. reads the event log and prints, per segment (before / after the change) and overall: false alarms before the
    change, detection delay in rows, retrains and why, versions promoted / rejected, prequential accuracy / AUC of
    what was served vs the never-retrained model (the first champion, scored offline on the same rows), and for the
@@ -613,6 +616,7 @@ class Options:
     bootstrap_rows: int
     feedback_delay: int
     settle_seconds: float
+    rows_per_second: float | None = None  # None: as fast as the stack takes them in
 
 
 def run(
@@ -631,7 +635,11 @@ def run(
             raise SystemExit("no version served 10 minutes after the bootstrap rows: see the stack's logs")
         time.sleep(1)
     print(f"  v{replay.served_version()} serves; streaming {len(frame) - options.bootstrap_rows} live rows", flush=True)
+    live_started = time.monotonic()
     for start in range(options.bootstrap_rows, len(frame), options.batch):
+        if options.rows_per_second:
+            due = live_started + (start - options.bootstrap_rows) / options.rows_per_second
+            time.sleep(max(0.0, due - time.monotonic()))
         chunk = frame.iloc[start : start + options.batch]
         replay.produce(chunk)
         replay.predict(chunk, start)
@@ -660,6 +668,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=50, help="rows per produce / predict round")
     parser.add_argument("--feedback-delay", type=int, default=100, help="rows between a prediction and its label")
     parser.add_argument("--settle-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--rows-per-second", type=float, default=None, help="live rows a second (default: as fast as the stack takes)"
+    )
     parser.add_argument("--keep", action="store_true", help="leave the stack running (home printed)")
     loop = LoopPolicy()
     parser.add_argument("--min-rows-after-change", type=int, default=loop.min_rows_after_change, help="generated")
@@ -742,7 +753,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"replay: {title}; stack home {settings.home}", flush=True)
     try:
         stack.up()
-        options = Options(args.batch, args.bootstrap_rows, args.feedback_delay, args.settle_seconds)
+        options = Options(
+            args.batch, args.bootstrap_rows, args.feedback_delay, args.settle_seconds, args.rows_per_second
+        )
         served, events, baseline = run(settings, pipeline, frame, change, options)
     finally:
         if not args.keep:
@@ -752,6 +765,9 @@ def main(argv: list[str] | None = None) -> int:
         labels, served, baseline, events, change, change_time, target, stable_until=stable_until, window=args.window
     )
     summary["wall_seconds"] = round(time.monotonic() - started, 1)
+    summary["rows_per_second"] = args.rows_per_second  # null: as fast as the stack took them in
+    span = served[-1].wall - served[0].wall if len(served) > 1 else 0.0
+    summary["live_rows_per_second"] = round(len(served) / span, 1) if span > 0 else None
     summary["source"] = title
     print(json.dumps(summary, indent=2, default=str) if args.json else render(summary, title))
     return 0
