@@ -283,9 +283,10 @@ def materialize(
             # Online: each entity's newest record with the aggregates as of its time (that record included).
             current = features.drop(*aggregates).join(values, [spec.entity_key, spec.event_time], "left")
         training_set.write.mode("overwrite").parquet(str(out_dir))
-        # Read back what was written: counting and the window do not recompute the features.
+        # Read back what was written: the window does not recompute the features. The count is the files' own
+        # (their footers), not one more Spark job.
         written = spark.read.parquet(str(out_dir))
-        row_count = written.count()
+        row_count = pads.dataset(str(out_dir), format="parquet").count_rows()
         latest = latest_per_entity(written if not aggregates else current, pipeline).toPandas()
         # Replace a previous materialization of this version: the manifest goes first and comes back last.
         store.delete(layout.feature_set_manifest_key(stream, version))
