@@ -54,6 +54,10 @@ def spark_session(
             .config("spark.ui.showConsoleProgress", "false")
             .config("spark.driver.memory", settings.spark.driver_memory)
             .config("spark.sql.shuffle.partitions", str(settings.spark.shuffle_partitions))
+            # A cut reads every file landed since the last one, often hundreds of small ones by name. Above 32 paths
+            # Spark lists them in a Spark job of its own (meant for thousands of directories on HDFS): 1 s of a 4,000
+            # row cut from 150 files, against 0.02 s listing them here.
+            .config("spark.sql.sources.parallelPartitionDiscovery.threshold", "100000")
             # Timestamps cross the Python/JVM boundary as UTC, whatever the machine's zone.
             .config("spark.sql.session.timeZone", "UTC")
             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
