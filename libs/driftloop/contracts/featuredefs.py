@@ -113,8 +113,6 @@ def _number_column(name: str, rows: list[dict[str, Any]]) -> np.ndarray | None:
         elif isinstance(value, float):
             floats = True
         values.append(value)
-    if all(row[name] is None for row in rows):
-        return None  # a column of nulls alone is not numbers to pandas: its evaluator fails on it
     return np.array(values, dtype="float64" if floats else "int64")
 
 
@@ -151,8 +149,8 @@ def row_features(row: dict[str, Any], pipeline: PipelineConfig) -> dict[str, Any
             value = row.get(feature.name)
         elif feature.expr is not None:
             names = expression_names(feature.expr)
-            if names is None or feature.kind != "numeric":
-                return None
+            if names is None or feature.kind != "numeric" or any(row.get(name) is None for name in names):
+                return None  # a null alone in a one-row frame is not a number to pandas: its evaluator fails on it
             values = numeric_expression(feature.expr, names, [row])
             if values is None:
                 return None
