@@ -172,6 +172,7 @@ class TriggerHandlers:
                 state.champion_version = rejected.champion_version
             state.gating_runs = []
             _gate_decided(state, event)
+            _reopen_plan_for_kept_champion(state, self.pipelines.get(rejected.model))
             if rejected.model in self.pipelines:
                 session.flush()
                 self._fire_queued(session, self.pipelines[rejected.model], event)
@@ -1164,6 +1165,22 @@ def _gate_decided(state: TriggerModelState, event: Event[Any]) -> None:
     decided = as_utc(state.gate_decided_at)
     if decided is None or event.envelope.occurred_at > decided:
         state.gate_decided_at = event.envelope.occurred_at
+
+
+def _reopen_plan_for_kept_champion(state: TriggerModelState, pipeline: PipelineConfig | None) -> None:
+    """The gate kept the champion a follow-up of the active change plan answered (its model was rejected): the
+    champion serves on, so its next degradation brings the plan's next follow-up forward again, instead of waiting
+    for the planned rows while a model that lost the change answers."""
+    plan = ChangePlan.from_json(state.change_plan)
+    if (
+        plan is not None
+        and pipeline is not None
+        and plan.active(pipeline.triggers)
+        and plan.brought_forward_by is None
+        and plan.brought_forward_version is not None
+        and plan.brought_forward_version == state.champion_version
+    ):
+        state.change_plan = replace(plan, brought_forward_version=None).to_json()
 
 
 def _note_plan_version(

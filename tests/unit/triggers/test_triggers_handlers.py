@@ -722,6 +722,16 @@ def test_an_alarm_about_the_champion_a_plan_replaces_folds_into_the_plan_when_th
     # Another alarm about v1 while that follow-up trains: coalesced, nothing brought forward twice.
     handlers.on_performance_degraded(threshold_alarm(1, start + timedelta(minutes=4)))
     assert len(published) == 2
+    # The follow-up's model (v3) is rejected too: v1 serves on, and its next degradation brings the last follow-up
+    # forward (not the 1,500 planned rows later).
+    handlers.on_run_state_changed(run_event("r2", "running"))
+    handlers.on_run_state_changed(run_event("r2", "completed"))
+    handlers.on_model_rejected(rejected_event(3, champion=1))
+    assert len(published) == 2, "no alarm since: the plan waits"
+    handlers.on_performance_degraded(threshold_alarm(1, start + timedelta(minutes=6)))
+    assert [e.payload.trigger for e in published] == ["performance", "followup", "followup"]
+    assert published[2].payload.change_started_at == start
+    assert published[2].envelope.cascade_id == first.envelope.cascade_id
 
 
 def test_a_change_located_in_a_plan_models_own_errors_is_a_new_change(
