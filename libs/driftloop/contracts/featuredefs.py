@@ -6,6 +6,7 @@ One function computes features from raw stream fields, so training and serving c
 from __future__ import annotations
 
 import ast
+import functools
 import math
 from typing import Any
 
@@ -85,6 +86,7 @@ def features_from_instances(instances: list[dict[str, Any]], pipeline: PipelineC
 # then take ``compute_features`` (``tests/unit/test_featuredefs_rows.py`` compares the two).
 
 
+@functools.cache  # the monitor asks for every logged prediction: a pipeline has few expressions
 def expression_names(expr: str) -> tuple[str, ...] | None:
     """The plain names an expression reads, or None if it is not plain Python syntax (pandas' backticks, ``@``)."""
     if "`" in expr or "@" in expr:
