@@ -33,8 +33,10 @@ Generated streams (``auto``): the pipeline is written by the replay (numeric fea
 offline holdout AUC and river's ADWIN on the labeled errors (``--adwin-delta``, ``--adwin-clock``), dataset
 versions cut every ``--cut-every`` rows as a window of the newest ``--window-rows``, a cooldown in rows; after a
 located change a first retrain on ``--min-rows-after-change`` post-change rows and follow-ups on the same change
-``--followup-rows`` rows later). A CSV/Parquet file needs its pipeline (``stream.event_time``, ``stream.label``,
-``stream.entity_key``) and ``--change-at`` (the row of the documented change point).
+``--followup-rows`` rows later (each on ``--followup-growth`` times its previous run's post-change rows at least),
+the rows after the change weighing from ``--post-change-oldest-weight`` up to 1).
+A CSV/Parquet file needs its pipeline (``stream.event_time``, ``stream.label``, ``stream.entity_key``) and
+``--change-at`` (the row of the documented change point).
 
 JSON keys (``--json``): ``false_alarms``, ``detection_delay_rows``, ``retrains``, ``retrains_on_identical_data``,
 ``served_auc_after_change``, ``never_retrained_auc_after_change``, ``rows_to_post_change_model``,
@@ -157,6 +159,9 @@ class LoopPolicy:
     window_rows: int = 4000
     adwin_delta: float = 0.01
     adwin_clock: int = 1
+    # The first rows after a located gradual change still mix the old concept in: they weigh less.
+    post_change_oldest_weight: float = 0.2
+    followup_growth: float = 1.5
 
 
 def generated_pipeline(
@@ -204,14 +209,21 @@ def generated_pipeline(
             "min_rows_after_change": policy.min_rows_after_change,
         },
         "features": [{"name": f} for f in features],
-        "model": {"name": f"replay-{name}", "params": {"num_leaves": 15}},
+        "model": {
+            "name": f"replay-{name}",
+            "params": {"num_leaves": 15},
+            "post_change_oldest_weight": policy.post_change_oldest_weight,
+        },
         "gate": {"metric": "roc_auc", "min_improvement": 0.0},
         "triggers": {
             "new_data": {"enabled": True, "only_without_champion": True},
             "drift": {"enabled": True, "wait_for_fresh_data": True},
             "cooldown_by": "rows",
             "cooldown_rows": cut_every,
-            "after_change": {"followup_rows": list(policy.followup_rows)},
+            "after_change": {
+                "followup_rows": list(policy.followup_rows),
+                "followup_growth": policy.followup_growth,
+            },
         },
         "monitor": {"window_size": window, "psi_threshold": 0.1, "reference_rows": 1000, "performance": performance},
     }
@@ -681,9 +693,21 @@ def main(argv: list[str] | None = None) -> int:
         default=list(loop.followup_rows),
         help="generated: triggers.after_change.followup_rows (none: retrain once per change)",
     )
+    parser.add_argument(
+        "--followup-growth",
+        type=float,
+        default=loop.followup_growth,
+        help="generated: triggers.after_change.followup_growth (1: a follow-up trains at once)",
+    )
     parser.add_argument("--window-rows", type=int, default=loop.window_rows, help="generated: rows per version")
     parser.add_argument("--adwin-delta", type=float, default=loop.adwin_delta, help="generated")
     parser.add_argument("--adwin-clock", type=int, default=loop.adwin_clock, help="generated")
+    parser.add_argument(
+        "--post-change-oldest-weight",
+        type=float,
+        default=loop.post_change_oldest_weight,
+        help="generated: model.post_change_oldest_weight (1: the rows after a change weigh alike)",
+    )
     parser.add_argument(
         "--target-rows", type=int, default=2000, help="generated: post-change rows the target model is trained on"
     )
@@ -723,6 +747,8 @@ def main(argv: list[str] | None = None) -> int:
             window_rows=args.window_rows,
             adwin_delta=args.adwin_delta,
             adwin_clock=args.adwin_clock,
+            post_change_oldest_weight=args.post_change_oldest_weight,
+            followup_growth=args.followup_growth,
         )
         config = generated_pipeline(
             args.source, frame, window=args.window, cut_every=args.cut_every, threshold=threshold, policy=policy

@@ -60,6 +60,8 @@ class FitJob:
     # A located change: train on rows at or after it; older rows weigh ``pre_change_weight`` (0: dropped).
     train_since: datetime | None = None
     pre_change_weight: float = 0.0
+    # The rows after the change weigh from this (at the change) rising linearly with event time to 1 (the newest).
+    post_change_oldest_weight: float = 1.0
     # Where the fit stores the rows it trained and was scored on, when they differ from the feature set (labels
     # from feedback, a change window): the gate scores the holdout of this table.
     training_set_key: str | None = None
@@ -85,6 +87,26 @@ class FitResult:
 
 # A column the change window adds to weigh rows (never a feature: feature names are identifiers without it).
 SAMPLE_WEIGHT = "_driftloop_sample_weight"
+
+
+def change_window_weights(
+    times: pd.Series, since: pd.Timestamp, pre_change_weight: float, post_change_oldest_weight: float
+) -> np.ndarray | None:
+    """Sample weights of a change window's rows by event time (None: all weigh 1). Rows before ``since`` weigh
+    ``pre_change_weight``; rows at or after it from ``post_change_oldest_weight`` at ``since`` rising linearly to 1
+    for the newest: a gradual change is still under way in the first rows after it was located, so the newest
+    rows say the most about the concept to come."""
+    after = (times >= since).to_numpy()
+    if post_change_oldest_weight >= 1 and (pre_change_weight <= 0 or after.all()):
+        return None
+    weights = np.where(after, 1.0, pre_change_weight)
+    if post_change_oldest_weight < 1 and after.any():
+        elapsed = (times - since).dt.total_seconds().to_numpy()
+        span = float(elapsed[after].max())
+        if span > 0:
+            ramp = post_change_oldest_weight + (1.0 - post_change_oldest_weight) * elapsed / span
+            weights = np.where(after, ramp, weights)
+    return weights
 
 
 def open_store(object_store: ObjectStoreSettings) -> ObjectStore:
@@ -137,10 +159,12 @@ def prepare_data(job: FitJob, note: Callable[[str], None]) -> PreparedData:
         frame, attached = attach_labels(frame, labels, pipeline)
         note(f"feedback labels: {len(labels)} labelled predictions, {attached} joined to rows of the feature set")
         derived = True
+    rows_after_change: int | None = None
     if job.train_since is not None:
         since = pd.Timestamp(job.train_since)
         since = since.tz_localize("UTC") if since.tzinfo is None else since
         after = (pd.to_datetime(frame[stream.event_time], utc=True) >= since).to_numpy()
+        rows_after_change = int(after.sum())
         if job.pre_change_weight <= 0:
             note(
                 f"change window: {int(after.sum())} rows at or after {job.train_since.isoformat()}, "
@@ -152,7 +176,19 @@ def prepare_data(job: FitJob, note: Callable[[str], None]) -> PreparedData:
                 f"change window: {int(after.sum())} rows at or after {job.train_since.isoformat()}, "
                 f"{int((~after).sum())} older rows weigh {job.pre_change_weight}"
             )
-            frame = frame.assign(**{SAMPLE_WEIGHT: np.where(after, 1.0, job.pre_change_weight)})
+        weights = change_window_weights(
+            pd.to_datetime(frame[stream.event_time], utc=True),
+            since,
+            job.pre_change_weight,
+            job.post_change_oldest_weight,
+        )
+        if weights is not None:
+            if job.post_change_oldest_weight < 1:
+                note(
+                    f"rows after the change weigh from {job.post_change_oldest_weight} (at the change) up to 1 "
+                    "(the newest), by event time"
+                )
+            frame = frame.assign(**{SAMPLE_WEIGHT: weights})
         derived = True
 
     unlabeled = frame[label].isna()
@@ -168,6 +204,9 @@ def prepare_data(job: FitJob, note: Callable[[str], None]) -> PreparedData:
         "train_rows": len(train),
         "method": "hash(entity|event_time)",
     }
+    if rows_after_change is not None:
+        # What a follow-up of the same change grows from (``triggers.after_change.followup_growth``).
+        holdout_info["rows_after_change"] = rows_after_change
     note(f"holdout {json.dumps(holdout_info)}")
     if len(train) == 0 or len(holdout) == 0:
         raise TrainingFailed(f"too few labelled rows to train and evaluate: {len(train)} train, {len(holdout)} holdout")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import threading
 import time
 import traceback
@@ -296,7 +297,8 @@ class TrainingHandlers:
                 f"rerun of {source.run_id}: {source.dataset_version_id}, its params {params_override}, no search"
             )
         elif since is not None:
-            feature_set, since = self._await_post_change_rows(run_id, pipeline, since, run_log)
+            needed = self._rows_needed_after_change(run_id, pipeline, request, run_log)
+            feature_set, since = self._await_post_change_rows(run_id, pipeline, since, run_log, needed)
         else:
             feature_set = resolve_for_request(self.store, pipeline, asked)
         named = asked.dataset_version_id
@@ -346,6 +348,7 @@ class TrainingHandlers:
             labels_key=labels_key,
             train_since=since,
             pre_change_weight=pipeline.model.pre_change_weight,
+            post_change_oldest_weight=pipeline.model.post_change_oldest_weight,
             training_set_key=training_set_key,
             rows=self._feature_set_rows(pipeline, feature_set),
         )
@@ -440,16 +443,38 @@ class TrainingHandlers:
 
     # --- what a run trains on -------------------------------------------------------------------------------
 
-    def _await_post_change_rows(
-        self, run_id: str, pipeline: PipelineConfig, since: datetime, run_log: RunLog
-    ) -> tuple[ResolvedFeatureSet, datetime | None]:
-        """The newest feature set with ``dataset.min_rows_after_change`` rows at or after the change, once there is
-        one, and the change to train from: ingestion is asked for a cut on demand, then the feature sets are
-        watched (``model.change_wait_seconds`` at most). None found by then (e.g. the stream's event times run on
-        another clock than the predictions the change was seen in): the newest feature set, all of its rows."""
+    def _rows_needed_after_change(
+        self, run_id: str, pipeline: PipelineConfig, request: Event[TrainingRequested], run_log: RunLog
+    ) -> int:
+        """``dataset.min_rows_after_change``; for a follow-up, at least ``triggers.after_change.followup_growth``
+        times the rows after the change that its previous run trained on: a follow-up brought forward by a weak
+        model learns from a window grown by that much, not from the few rows landed meanwhile."""
         needed = pipeline.dataset.min_rows_after_change
+        growth = pipeline.triggers.after_change.followup_growth
+        if request.payload.trigger != "followup" or growth <= 1:
+            return needed
+        previous = self.runs.rows_after_change_trained(run_id, request)
+        if previous is None:
+            return needed
+        grown = max(needed, math.ceil(previous * growth))
         run_log.note(
-            f"change at {since.isoformat()}: waiting for {needed} rows after it (dataset.min_rows_after_change)"
+            f"follow-up: the change's previous run trained on {previous} rows after it; waiting for {grown} "
+            f"(triggers.after_change.followup_growth {growth:g})"
+        )
+        return grown
+
+    def _await_post_change_rows(
+        self, run_id: str, pipeline: PipelineConfig, since: datetime, run_log: RunLog, needed: int
+    ) -> tuple[ResolvedFeatureSet, datetime | None]:
+        """The newest feature set with ``needed`` rows at or after the change, once there is one, and the change to
+        train from: ingestion is asked for a cut on demand, then the feature sets are watched
+        (``model.change_wait_seconds`` at most). None by then: the newest feature set with
+        ``dataset.min_rows_after_change`` such rows, else (e.g. the stream's event times run on another clock than
+        the predictions the change was seen in) the newest feature set, all of its rows."""
+        least = pipeline.dataset.min_rows_after_change
+        run_log.note(
+            f"change at {since.isoformat()}: waiting for {needed} rows after it"
+            + (" (dataset.min_rows_after_change)" if needed == least else "")
         )
         deadline = time.monotonic() + pipeline.model.change_wait_seconds
         asked_for_cut = False
@@ -481,10 +506,15 @@ class TrainingHandlers:
                 return newest, since
             if self.aborted(run_id):
                 raise RunAborted("aborted while waiting for rows after the change")
-            if time.monotonic() >= deadline and newest is not None and rows >= needed:
+            if time.monotonic() >= deadline and newest is not None and rows >= least:
+                missing = (
+                    f"not the {needed} waited for"
+                    if rows < needed
+                    else f"the version cut for this run (v{cut_for_run}) was not materialized"
+                )
                 run_log.note(
-                    f"{newest.dataset_version_id} has {rows} rows at or after the change; the version cut for this run "
-                    f"(v{cut_for_run}) was not materialized within model.change_wait_seconds: training on it"
+                    f"{newest.dataset_version_id} has {rows} rows at or after the change; {missing} within "
+                    f"model.change_wait_seconds={pipeline.model.change_wait_seconds:g}: training on it"
                 )
                 return newest, since
             if time.monotonic() >= deadline and newest is not None:
@@ -496,7 +526,7 @@ class TrainingHandlers:
             if time.monotonic() >= deadline:
                 where = "no feature set"
                 raise TrainingFailed(
-                    f"only {rows} rows at or after the change ({since.isoformat()}) in {where}; {needed} needed "
+                    f"only {rows} rows at or after the change ({since.isoformat()}) in {where}; {least} needed "
                     f"(dataset.min_rows_after_change) within model.change_wait_seconds="
                     f"{pipeline.model.change_wait_seconds:g}"
                 )

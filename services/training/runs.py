@@ -186,6 +186,28 @@ class RunTracker:
                 .limit(1)
             ).first()
 
+    def rows_after_change_trained(self, run_id: str, request: Event[TrainingRequested]) -> int | None:
+        """The rows after the change that the newest completed run of the same change trained and was scored on
+        (the request's cascade and ``change_started_at``), or None when there is none."""
+        asked = request.payload
+        with self.runtime.Session() as session:
+            earlier = session.scalars(
+                sa.select(Run)
+                .where(
+                    Run.model == asked.model,
+                    Run.cascade_id == request.envelope.cascade_id,
+                    Run.run_id != run_id,
+                    Run.state == COMPLETED,
+                )
+                .order_by(Run.created_at.desc())
+            ).all()
+        since = request_record(request).get("change_started_at")
+        for run in earlier:
+            rows = (run.holdout or {}).get("rows_after_change")
+            if (run.request or {}).get("change_started_at") == since and isinstance(rows, int):
+                return rows
+        return None
+
     def take_interrupted(self) -> list[Run]:
         """Runs left pending/running by a previous process of this service (a single training instance per
         deployment owns all runs): each goes back to pending for one more execution, or, interrupted

@@ -220,6 +220,9 @@ class ModelSpec(_Strict):
     # A request that carries a change point (``change_started_at``) trains on the rows at or after it; rows before
     # it are dropped (0) or kept with this sample weight (e.g. 0.2: down-weighted).
     pre_change_weight: float = Field(default=0.0, ge=0, le=1)
+    # The rows at or after the change weigh from this (the change's own instant) rising linearly with event time to
+    # 1 (the newest): after a gradual change the first of them still mix the old concept in. 1: all alike.
+    post_change_oldest_weight: float = Field(default=1.0, gt=0, le=1)
     # How long such a run waits for ``dataset.min_rows_after_change`` post-change rows in a feature set.
     change_wait_seconds: float = Field(default=600.0, ge=0)
 
@@ -328,6 +331,10 @@ class AfterChangeSpec(_Strict):
     # [500, 1500, 3500]; [] (the default): the first retrain only. Follow-ups need no cooldown (they are the
     # change's own plan) but wait for an active run and its gate; a later located change replaces the plan.
     followup_rows: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+    # A follow-up trains on at least this many times the post-change rows the change's previous run trained on: one
+    # brought forward (its model weak at the gate, or degraded) waits for them instead of learning from a few more
+    # rows. 1: at once, on whatever landed since.
+    followup_growth: float = Field(default=1.5, ge=1)
 
     @field_validator("followup_rows")
     @classmethod

@@ -30,7 +30,7 @@ from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.contracts.settings import ObjectStoreSettings, Settings
 from driftloop.errors import NotFoundError
 from driftloop.services.training.featuresets import resolve_for_request
-from driftloop.services.training.fit import FitJob, FitResult, fit_feature_set
+from driftloop.services.training.fit import FitJob, FitResult, change_window_weights, fit_feature_set, prepare_data
 from driftloop.services.training.handlers import TrainingHandlers
 from driftloop.services.training.runs import training_fingerprint
 
@@ -251,6 +251,29 @@ def test_a_change_window_trains_on_post_change_rows_or_down_weights_the_older(tm
     weighted = fit_feature_set(replace(job, pre_change_weight=0.2, run_id="run-w2"))
     assert weighted.train_rows + weighted.holdout["rows"] == 1200
 
+    # The rows after the change weigh more the newer they are; the older rows keep their flat weight.
+    notes: list[str] = []
+    ramped = prepare_data(replace(job, pre_change_weight=0.2, post_change_oldest_weight=0.25), notes.append)
+    assert ramped.w_train is not None
+    times = pd.to_datetime(ramped.train["event_time"], utc=True)
+    before, after = ramped.w_train[(times < since).to_numpy()], ramped.w_train[(times >= since).to_numpy()]
+    assert set(before.tolist()) == {0.2}
+    assert 0.25 <= after.min() < 0.26 and after.max() > 0.99
+    by_time = pd.Series(after, index=times[times >= since].to_numpy()).sort_index().to_numpy()
+    assert (by_time[1:] > by_time[:-1]).all()
+    assert any("weigh from 0.25" in n for n in notes)
+    ramped_fit = fit_feature_set(replace(job, post_change_oldest_weight=0.25, run_id="run-w3"))
+    assert ramped_fit.train_rows == dropped.train_rows
+
+
+def test_change_window_weights_ramp_from_the_change_to_the_newest_row() -> None:
+    since = pd.Timestamp("2026-02-01T00:00:00Z")
+    times = pd.Series(since + pd.to_timedelta([-60, 0, 30, 60], unit="s"))
+    assert change_window_weights(times, since, 0.5, 0.2).tolist() == pytest.approx([0.5, 0.2, 0.6, 1.0])
+    assert change_window_weights(times, since, 0.5, 1.0).tolist() == [0.5, 1.0, 1.0, 1.0]
+    assert change_window_weights(times[1:], since, 0.0, 1.0) is None  # all after the change, all alike
+    assert change_window_weights(times[1:2], since, 0.0, 0.2).tolist() == [1.0]  # one instant: nothing to ramp
+
 
 def test_a_request_with_a_change_point_trains_on_the_rows_after_it(runtime: FakeRuntime) -> None:
     store = LocalObjectStore(runtime.settings.object_store_path)
@@ -308,6 +331,53 @@ def test_a_change_seen_on_the_platforms_clock_is_placed_by_ingestion_in_the_stre
     assert run.state == "completed", run.error
     assert asked and asked[0]["clock"] == "arrival" and datetime.fromisoformat(asked[0]["since"]) == now
     assert run.holdout["rows"] + run.holdout["train_rows"] == 600  # the rows after the change, in event time
+
+
+def test_a_followup_of_a_change_waits_for_its_rows_to_grow_by_followup_growth(runtime: FakeRuntime) -> None:
+    store = LocalObjectStore(runtime.settings.object_store_path)
+    cfg = runtime.pipelines[MODEL]
+    assert cfg.triggers.after_change.followup_growth == 1.5
+    write_feature_set(store, cfg, 1, 1200)  # one row a minute from 2026-02-01
+    change = datetime(2026, 2, 1, tzinfo=UTC) + timedelta(minutes=1200 - 600)
+    training = handlers(runtime)
+    first = request("change-first", None, trigger="performance", change_started_at=change)
+    training.on_training_requested(first)
+    assert run_of(runtime, "change-first").holdout["rows_after_change"] == 600
+
+    def followup(request_id: str) -> Event[TrainingRequested]:
+        payload = TrainingRequested(
+            request_id=request_id, model=MODEL, trigger="followup", reason="test", change_started_at=change
+        )
+        return new_event(payload, producer="test", cause=first)  # the change's cascade
+
+    def log_of(run: Run) -> str:
+        assert run.log_uri is not None
+        return store.get_bytes(store.key_of(run.log_uri)).decode()
+
+    # 700 rows after the change: too few for a follow-up (1.5 x 600); with no time to wait it trains on them.
+    write_feature_set(store, cfg, 2, 1300)
+    short = cfg.model_copy(update={"model": cfg.model.model_copy(update={"change_wait_seconds": 0})})
+    runtime.pipelines[MODEL] = short
+    training.on_training_requested(followup("followup-1"))
+    hurried = run_of(runtime, "followup-1")
+    assert hurried.state == "completed", hurried.error
+    assert hurried.holdout["rows_after_change"] == 700
+    assert "trained on 600 rows after it; waiting for 900" in log_of(hurried)
+    assert "700 rows at or after the change; not the 900 waited for" in log_of(hurried)
+
+    # Grown to 1.5 x 700: the next follow-up trains at once, on the grown window.
+    write_feature_set(store, cfg, 3, 1650)
+    runtime.pipelines[MODEL] = cfg
+    training.on_training_requested(followup("followup-2"))
+    grown = run_of(runtime, "followup-2")
+    assert grown.state == "completed", grown.error
+    assert grown.holdout["rows_after_change"] == 1050
+    assert "waiting for 1050" in log_of(grown) and "waited for" not in log_of(grown)
+
+    # Another change (another cascade) and a first request are not follow-ups: the configured minimum only.
+    other = request("another-change", None, trigger="drift", change_started_at=change + timedelta(minutes=100))
+    training.on_training_requested(other)
+    assert "waiting for 500 rows after it (dataset.min_rows_after_change)" in log_of(run_of(runtime, "another-change"))
 
 
 def test_a_fit_broken_by_the_services_own_stop_is_interrupted_not_failed(runtime: FakeRuntime) -> None:
