@@ -447,19 +447,20 @@ class TrainingHandlers:
         self, run_id: str, pipeline: PipelineConfig, request: Event[TrainingRequested], run_log: RunLog
     ) -> int:
         """``dataset.min_rows_after_change``; for a follow-up, at least ``triggers.after_change.followup_growth``
-        times the rows after the change that its previous run trained on: a follow-up brought forward by a weak
-        model learns from a window grown by that much, not from the few rows landed meanwhile."""
+        times the rows after the change that its previous run trained on, when that run's model was promoted: a
+        follow-up brought forward by a weak model learns from a window grown by that much, not from the few rows
+        landed meanwhile. (One answering a champion the gate kept, its previous model rejected, goes at once.)"""
         needed = pipeline.dataset.min_rows_after_change
         growth = pipeline.triggers.after_change.followup_growth
         if request.payload.trigger != "followup" or growth <= 1:
             return needed
-        previous = self.runs.rows_after_change_trained(run_id, request)
+        previous = self.runs.rows_after_change_served(run_id, request)
         if previous is None:
             return needed
         grown = max(needed, math.ceil(previous * growth))
         run_log.note(
-            f"follow-up: the change's previous run trained on {previous} rows after it; waiting for {grown} "
-            f"(triggers.after_change.followup_growth {growth:g})"
+            f"follow-up: the change's previous model (promoted) trained on {previous} rows after it; waiting for "
+            f"{grown} (triggers.after_change.followup_growth {growth:g})"
         )
         return grown
 

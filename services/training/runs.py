@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from driftloop.clients.db.models import Run
+from driftloop.clients.db.models import ModelVersion, Run
 from driftloop.contracts.events import Envelope, Event, new_event
 from driftloop.contracts.payloads import RunStateChanged, TrainingRequested
 from driftloop.contracts.pipeline import PipelineConfig
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 SERVICE = "training"
 PENDING, RUNNING, COMPLETED, FAILED, ABORTED = "pending", "running", "completed", "failed", "aborted"
+PROMOTED = "promoted"  # a model version's status in the registry's table once the gate (or a person) promoted it
 # Dropped before training: the model already has a run on exactly this data and configuration (see ``fingerprint``).
 SKIPPED = "skipped"
 ACTIVE_STATES = (PENDING, RUNNING)
@@ -186,10 +187,12 @@ class RunTracker:
                 .limit(1)
             ).first()
 
-    def rows_after_change_trained(self, run_id: str, request: Event[TrainingRequested]) -> int | None:
-        """The rows after the change that the newest completed run of the same change trained and was scored on
-        (the request's cascade and ``change_started_at``), or None when there is none."""
+    def rows_after_change_served(self, run_id: str, request: Event[TrainingRequested]) -> int | None:
+        """The rows after the change that the newest completed run of the same change (the request's cascade and
+        ``change_started_at``) trained and was scored on, when the registry promoted its model; else None (no such
+        run, or its model was rejected: the champion serving is not one a window of this change trained)."""
         asked = request.payload
+        since = request_record(request).get("change_started_at")
         with self.runtime.Session() as session:
             earlier = session.scalars(
                 sa.select(Run)
@@ -201,12 +204,13 @@ class RunTracker:
                 )
                 .order_by(Run.created_at.desc())
             ).all()
-        since = request_record(request).get("change_started_at")
-        for run in earlier:
-            rows = (run.holdout or {}).get("rows_after_change")
-            if (run.request or {}).get("change_started_at") == since and isinstance(rows, int):
-                return rows
-        return None
+            previous = next((r for r in earlier if (r.request or {}).get("change_started_at") == since), None)
+            if previous is None:
+                return None
+            # The registry's table (read, never written here): the version the run's model became, if any.
+            status = session.scalar(sa.select(ModelVersion.status).where(ModelVersion.run_id == previous.run_id))
+        rows = (previous.holdout or {}).get("rows_after_change")
+        return rows if status == PROMOTED and isinstance(rows, int) else None
 
     def take_interrupted(self) -> list[Run]:
         """Runs left pending/running by a previous process of this service (a single training instance per

@@ -331,9 +331,9 @@ class AfterChangeSpec(_Strict):
     # [500, 1500, 3500]; [] (the default): the first retrain only. Follow-ups need no cooldown (they are the
     # change's own plan) but wait for an active run and its gate; a later located change replaces the plan.
     followup_rows: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
-    # A follow-up trains on at least this many times the post-change rows the change's previous run trained on: one
-    # brought forward (its model weak at the gate, or degraded) waits for them instead of learning from a few more
-    # rows. 1: at once, on whatever landed since.
+    # A follow-up trains on at least this many times the post-change rows the change's previous run trained on, when
+    # that run's model was promoted: one brought forward (that model weak at the gate, or degraded) waits for them
+    # instead of learning from a few more rows. 1: at once, on whatever landed since.
     followup_growth: float = Field(default=1.5, ge=1)
 
     @field_validator("followup_rows")

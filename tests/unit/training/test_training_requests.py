@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from fit_support import pipeline, write_feature_set
 
 from driftloop.clients.db import create_engine_for, migrate, session_factory
-from driftloop.clients.db.models import Run
+from driftloop.clients.db.models import ModelVersion, Run
 from driftloop.clients.objectstore import LocalObjectStore
 from driftloop.contracts import layout
 from driftloop.contracts.events import Event, new_event
@@ -344,6 +344,22 @@ def test_a_followup_of_a_change_waits_for_its_rows_to_grow_by_followup_growth(ru
     training.on_training_requested(first)
     assert run_of(runtime, "change-first").holdout["rows_after_change"] == 600
 
+    def registered(request_id: str, version: int, status: str) -> None:  # what the registry's gate decided
+        run = run_of(runtime, request_id)
+        with runtime.Session.begin() as session:
+            session.add(
+                ModelVersion(
+                    model=MODEL,
+                    version=version,
+                    run_id=run.run_id,
+                    artifact_uri="file:///a",
+                    artifact_sha256="0" * 64,
+                    dataset_version_id=run.dataset_version_id or "",
+                    feature_set_uri="file:///f",
+                    status=status,
+                )
+            )
+
     def followup(request_id: str) -> Event[TrainingRequested]:
         payload = TrainingRequested(
             request_id=request_id, model=MODEL, trigger="followup", reason="test", change_started_at=change
@@ -354,25 +370,37 @@ def test_a_followup_of_a_change_waits_for_its_rows_to_grow_by_followup_growth(ru
         assert run.log_uri is not None
         return store.get_bytes(store.key_of(run.log_uri)).decode()
 
-    # 700 rows after the change: too few for a follow-up (1.5 x 600); with no time to wait it trains on them.
+    # The gate rejected its model (the old champion serves on): a follow-up answering that champion goes at once.
     write_feature_set(store, cfg, 2, 1300)
+    registered("change-first", 2, "rejected")
+    training.on_training_requested(followup("followup-0"))
+    at_once = run_of(runtime, "followup-0")
+    assert at_once.state == "completed", at_once.error
+    assert at_once.holdout["rows_after_change"] == 700
+    assert "waiting for 500 rows after it (dataset.min_rows_after_change)" in log_of(at_once)
+
+    # Its model was promoted and is weak: 800 rows after the change are too few for the next follow-up (1.5 x 700);
+    # with no time to wait it trains on them.
+    registered("followup-0", 3, "promoted")
+    write_feature_set(store, cfg, 3, 1400)
     short = cfg.model_copy(update={"model": cfg.model.model_copy(update={"change_wait_seconds": 0})})
     runtime.pipelines[MODEL] = short
     training.on_training_requested(followup("followup-1"))
     hurried = run_of(runtime, "followup-1")
     assert hurried.state == "completed", hurried.error
-    assert hurried.holdout["rows_after_change"] == 700
-    assert "trained on 600 rows after it; waiting for 900" in log_of(hurried)
-    assert "700 rows at or after the change; not the 900 waited for" in log_of(hurried)
+    assert hurried.holdout["rows_after_change"] == 800
+    assert "(promoted) trained on 700 rows after it; waiting for 1050" in log_of(hurried)
+    assert "800 rows at or after the change; not the 1050 waited for" in log_of(hurried)
 
-    # Grown to 1.5 x 700: the next follow-up trains at once, on the grown window.
-    write_feature_set(store, cfg, 3, 1650)
+    # Grown to 1.5 x 800: the next follow-up trains at once, on the grown window.
+    registered("followup-1", 4, "promoted")
+    write_feature_set(store, cfg, 4, 1800)
     runtime.pipelines[MODEL] = cfg
     training.on_training_requested(followup("followup-2"))
     grown = run_of(runtime, "followup-2")
     assert grown.state == "completed", grown.error
-    assert grown.holdout["rows_after_change"] == 1050
-    assert "waiting for 1050" in log_of(grown) and "waited for" not in log_of(grown)
+    assert grown.holdout["rows_after_change"] == 1200
+    assert "waiting for 1200" in log_of(grown) and "waited for" not in log_of(grown)
 
     # Another change (another cascade) and a first request are not follow-ups: the configured minimum only.
     other = request("another-change", None, trigger="drift", change_started_at=change + timedelta(minutes=100))
