@@ -14,7 +14,7 @@ import pyarrow.dataset as pads
 
 from driftloop.clients.objectstore import ObjectStore
 from driftloop.contracts.artifact import ModelArtifact
-from driftloop.contracts.evaluation import holdout_mask, score
+from driftloop.contracts.evaluation import SAMPLE_WEIGHT_COLUMN, holdout_mask, score
 from driftloop.contracts.pipeline import GateSpec, PipelineConfig
 from driftloop.errors import NotFoundError, ValidationFailed
 
@@ -109,7 +109,9 @@ def score_on(artifact: ModelArtifact, holdout: pd.DataFrame, pipeline: PipelineC
         raise ValueError(str(exc)) from exc
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sklearn warns and returns NaN where the metric is undefined
-        value = float(score(metric, np.asarray(y_true), y_pred))
+        # A change window's weights (the run's training set carries them): scored as the run scored its holdout.
+        weights = holdout[SAMPLE_WEIGHT_COLUMN].to_numpy(dtype="float64") if SAMPLE_WEIGHT_COLUMN in holdout else None
+        value = float(score(metric, np.asarray(y_true), y_pred, weights))
     if not math.isfinite(value):
         raise ValueError(f"{metric} is undefined on these {len(holdout)} holdout rows (only one class?)")
     return value

@@ -21,7 +21,7 @@ import pyarrow.dataset as pads
 
 from driftloop.clients.objectstore import ObjectStore, open_object_store
 from driftloop.contracts.artifact import ModelArtifact, import_family
-from driftloop.contracts.evaluation import all_metrics, holdout_mask
+from driftloop.contracts.evaluation import SAMPLE_WEIGHT_COLUMN, all_metrics, holdout_mask
 from driftloop.contracts.pipeline import PipelineConfig
 from driftloop.contracts.settings import ObjectStoreSettings, Settings
 from driftloop.errors import ConflictError, DriftloopError, NotFoundError
@@ -85,10 +85,6 @@ class FitResult:
     feature_importance: dict[str, float] = field(default_factory=dict)
 
 
-# A column the change window adds to weigh rows (never a feature: feature names are identifiers without it).
-SAMPLE_WEIGHT = "_driftloop_sample_weight"
-
-
 def change_window_weights(
     times: pd.Series, since: pd.Timestamp, pre_change_weight: float, post_change_oldest_weight: float
 ) -> np.ndarray | None:
@@ -134,8 +130,9 @@ class PreparedData:
     y_train: np.ndarray
     y_holdout: np.ndarray
     holdout_info: dict[str, Any]
-    # Per training row (a change window that keeps older rows down-weighted); None: all rows weigh 1.
+    # Per training and holdout row (a change window's weights); None: all rows weigh 1.
     w_train: np.ndarray | None = None
+    w_holdout: np.ndarray | None = None
     # The labelled rows (train + holdout) when they differ from the feature set, else None.
     training_set: pd.DataFrame | None = None
 
@@ -188,7 +185,7 @@ def prepare_data(job: FitJob, note: Callable[[str], None]) -> PreparedData:
                     f"rows after the change weigh from {job.post_change_oldest_weight} (at the change) up to 1 "
                     "(the newest), by event time"
                 )
-            frame = frame.assign(**{SAMPLE_WEIGHT: weights})
+            frame = frame.assign(**{SAMPLE_WEIGHT_COLUMN: weights})
         derived = True
 
     unlabeled = frame[label].isna()
@@ -207,6 +204,9 @@ def prepare_data(job: FitJob, note: Callable[[str], None]) -> PreparedData:
     if rows_after_change is not None:
         # What a follow-up of the same change grows from (``triggers.after_change.followup_growth``).
         holdout_info["rows_after_change"] = rows_after_change
+    if SAMPLE_WEIGHT_COLUMN in frame.columns:
+        # Scored with the rows' weights, here and at the gate (the training set carries them in this column).
+        holdout_info["sample_weight_column"] = SAMPLE_WEIGHT_COLUMN
     note(f"holdout {json.dumps(holdout_info)}")
     if len(train) == 0 or len(holdout) == 0:
         raise TrainingFailed(f"too few labelled rows to train and evaluate: {len(train)} train, {len(holdout)} holdout")
@@ -231,7 +231,9 @@ def prepare_data(job: FitJob, note: Callable[[str], None]) -> PreparedData:
         categories=categories,
         model=None,
     )
-    w_train = train[SAMPLE_WEIGHT].to_numpy(dtype="float64") if SAMPLE_WEIGHT in train.columns else None
+    weighed = SAMPLE_WEIGHT_COLUMN in frame.columns
+    w_train = train[SAMPLE_WEIGHT_COLUMN].to_numpy(dtype="float64") if weighed else None
+    w_holdout = holdout[SAMPLE_WEIGHT_COLUMN].to_numpy(dtype="float64") if weighed else None
     return PreparedData(
         artifact,
         train,
@@ -240,7 +242,9 @@ def prepare_data(job: FitJob, note: Callable[[str], None]) -> PreparedData:
         y_holdout,
         holdout_info,
         w_train=w_train,
-        training_set=frame.drop(columns=[SAMPLE_WEIGHT], errors="ignore") if derived else None,
+        w_holdout=w_holdout,
+        # With its weights: the gate scores the holdout the way the run did.
+        training_set=frame if derived else None,
     )
 
 
@@ -267,7 +271,7 @@ def fit_feature_set(job: FitJob) -> FitResult:
     )
     artifact.model = train_model(artifact, params, x_train, data.y_train, sample_weight=data.w_train)
     predictions = artifact.predict_input(x_holdout)
-    metrics = all_metrics(task, data.y_holdout, predictions)
+    metrics = all_metrics(task, data.y_holdout, predictions, data.w_holdout)
     note(f"holdout metrics {json.dumps(metrics)}")
     importance = feature_importance(artifact)
     artifact.metadata = {

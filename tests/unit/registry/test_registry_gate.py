@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from model_factory import feature_frame, make_pipeline, train_artifact
 
+from driftloop.contracts.evaluation import SAMPLE_WEIGHT_COLUMN, score
 from driftloop.contracts.pipeline import GateSpec
 from driftloop.services.registry import gate as gating
 
@@ -144,3 +146,17 @@ def test_warm_score_computes_the_gate_metric_of_a_classifier(metric: str) -> Non
     pipeline = make_pipeline()
     pipeline = pipeline.model_copy(update={"gate": pipeline.gate.model_copy(update={"metric": metric})})
     assert math.isfinite(gating.warm_score(pipeline))
+
+
+def test_a_change_windows_weights_in_the_holdout_weigh_both_scores(trained: dict) -> None:
+    pipeline, good, bad = trained["pipeline"], trained["good"], trained["bad"]
+    holdout = trained["holdout"].copy()
+    weights = np.random.default_rng(0).uniform(0.05, 1.0, len(holdout))
+    holdout[SAMPLE_WEIGHT_COLUMN] = weights  # the run's training set carries them
+    weighted = gating.evaluate(pipeline, good, holdout, bad, 1)
+    plain = gating.evaluate(pipeline, good, trained["holdout"], bad, 1)
+    y = holdout[pipeline.label_column].to_numpy().astype("int64")
+    metric = pipeline.gate.metric
+    assert weighted.challenger_score == pytest.approx(score(metric, y, good.predict(holdout), weights))
+    assert weighted.champion_score == pytest.approx(score(metric, y, bad.predict(holdout), weights))
+    assert abs(weighted.challenger_score - plain.challenger_score) > 1e-6

@@ -24,6 +24,7 @@ from driftloop.clients.db import create_engine_for, migrate, session_factory
 from driftloop.clients.db.models import ModelVersion, Run
 from driftloop.clients.objectstore import LocalObjectStore
 from driftloop.contracts import layout
+from driftloop.contracts.evaluation import SAMPLE_WEIGHT_COLUMN
 from driftloop.contracts.events import Event, new_event
 from driftloop.contracts.payloads import FeaturesMaterialized, RunStateChanged, TrainingCompleted, TrainingRequested
 from driftloop.contracts.pipeline import PipelineConfig
@@ -264,6 +265,11 @@ def test_a_change_window_trains_on_post_change_rows_or_down_weights_the_older(tm
     assert any("weigh from 0.25" in n for n in notes)
     ramped_fit = fit_feature_set(replace(job, post_change_oldest_weight=0.25, run_id="run-w3"))
     assert ramped_fit.train_rows == dropped.train_rows
+    # The training set the gate reads carries the weights, and the run scored its holdout with them.
+    assert ramped_fit.holdout["sample_weight_column"] == SAMPLE_WEIGHT_COLUMN
+    stored = pd.read_parquet(store.local_path("models/x/run-w/training_set.parquet"))
+    assert stored[SAMPLE_WEIGHT_COLUMN].between(0.25, 1.0).all() and stored[SAMPLE_WEIGHT_COLUMN].max() > 0.99
+    assert "sample_weight_column" not in dropped.holdout
 
 
 def test_change_window_weights_ramp_from_the_change_to_the_newest_row() -> None:
