@@ -48,6 +48,9 @@ class TrialData:
     y_valid: np.ndarray
     metric: str
     report_every: int
+    # A change window's weights of the fit and validation rows (None: all weigh 1), as the final fit and gate use.
+    w_fit: np.ndarray | None = None
+    w_valid: np.ndarray | None = None
 
 
 @dataclass
@@ -109,11 +112,11 @@ def run_trial(config: dict[str, Any], data: TrialData) -> None:
 
     def on_round(done: int, model: Any) -> bool:
         artifact.model = model
-        value = score(data.metric, data.y_valid, artifact.predict_input(data.x_valid))
+        value = score(data.metric, data.y_valid, artifact.predict_input(data.x_valid), data.w_valid)
         tune.report({SCORE: value if math.isfinite(value) else float("nan"), ROUND: done})
         return False
 
-    train_model(artifact, params, data.x_fit, data.y_fit, on_round, data.report_every)
+    train_model(artifact, params, data.x_fit, data.y_fit, on_round, data.report_every, sample_weight=data.w_fit)
 
 
 def plain(config: dict[str, Any]) -> dict[str, Any]:
@@ -238,6 +241,8 @@ def _search(settings: Settings, job: FitJob, abort_flag: Path, note: Callable[[s
         y_valid=y_valid,
         metric=metric,
         report_every=search.report_every,
+        w_fit=data.w_train[~in_valid] if data.w_train is not None else None,
+        w_valid=data.w_train[in_valid] if data.w_train is not None else None,
     )
     rounds = max_rounds(pipeline)
     iterative = pipeline.model.family != "sklearn_linear"
