@@ -23,14 +23,13 @@ from driftloop.clients.credentials import client_token
 from driftloop.clients.db.models import MonitoredModel
 from driftloop.clients.http import ServiceClient
 from driftloop.clients.retry import each_until_done
+from driftloop.contracts.aliases import CHAMPION
 from driftloop.contracts.events import Event, stored_event
 from driftloop.contracts.payloads import ModelPromoted
 from driftloop.contracts.settings import Settings
 from driftloop.errors import DriftloopError, NotFoundError
 
 log = logging.getLogger(__name__)
-
-CHAMPION = "champion"
 
 
 def _utc(text: str | None) -> datetime | None:

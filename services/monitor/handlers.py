@@ -58,6 +58,7 @@ from driftloop.clients.db.models import (
     utcnow,
 )
 from driftloop.clients.objectstore import ObjectStore
+from driftloop.contracts.aliases import CHAMPION
 from driftloop.contracts.artifact import ModelArtifact
 from driftloop.contracts.events import Event, new_event
 from driftloop.contracts.featuredefs import compute_features, row_features
@@ -91,7 +92,6 @@ from .stats import (
 
 log = logging.getLogger(__name__)
 
-CHAMPION_ALIAS = "champion"
 # How often the registry is asked about one version whose predictions come while another is watched.
 CHAMPION_ASK_SECONDS = 5.0
 # A label joined with the stored prediction it is about (same version, request and row).
@@ -159,7 +159,7 @@ class MonitorHandlers:
     def on_model_promoted(self, event: Event[ModelPromoted]) -> None:
         promoted = event.payload
         model = promoted.model
-        if promoted.alias != CHAMPION_ALIAS:
+        if promoted.alias != CHAMPION:
             log.info(
                 "monitor: %s alias %r moved to v%s; only the champion is monitored",
                 model,

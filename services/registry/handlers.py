@@ -12,6 +12,7 @@ from prometheus_client import Counter
 
 from driftloop.clients.objectstore import ObjectStore
 from driftloop.clients.retry import retry
+from driftloop.contracts.aliases import CHAMPION
 from driftloop.contracts.artifact import ModelArtifact
 from driftloop.contracts.events import Event, new_event
 from driftloop.contracts.payloads import (
@@ -27,7 +28,7 @@ from driftloop.errors import ConflictError, DriftloopError, NotFoundError, Servi
 from driftloop.runtime.bus import EventBus
 
 from . import gate as gating
-from .repository import CHAMPION, AliasMoved, Registry, event_from_json, event_to_json
+from .repository import AliasMoved, Registry, event_from_json, event_to_json
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from driftloop.clients.db.models import EventRecord, ModelAlias, ModelVersion, utcnow
 from driftloop.clients.retry import retry
+from driftloop.contracts.aliases import CHAMPION
 from driftloop.contracts.events import Event
 from driftloop.contracts.payloads import ModelPromoted, ModelRejected, Payload
 from driftloop.errors import ConflictError, DriftloopError, NotFoundError
 
-CHAMPION = "champion"
 # Status of a promoted version that serving rolled back (its canary/shadow was judged worse): not a default
 # rollback target any more (an explicit ``to`` still is); moving ``champion`` to it again makes it ``promoted``.
 ROLLED_BACK = "rolled_back"

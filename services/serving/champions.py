@@ -25,6 +25,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from driftloop.clients.http import ServiceClient
+from driftloop.contracts.aliases import CHAMPION
 from driftloop.contracts.events import Event, stored_event
 from driftloop.contracts.payloads import ModelPromoted
 from driftloop.errors import DriftloopError, NotFoundError
@@ -34,7 +35,6 @@ from .served import LoadProblem, ModelTable
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
 # The same champion is submitted again only after this long (its load failed or was refused in between).
 RESUBMIT_AFTER = 30.0
 

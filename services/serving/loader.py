@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from prometheus_client import Counter, Gauge
 
 from driftloop.clients.objectstore import ObjectStore
+from driftloop.contracts.aliases import CHAMPION
 from driftloop.contracts.artifact import ModelArtifact
 from driftloop.contracts.events import Event, new_event
 from driftloop.contracts.payloads import ModelPromoted, Payload, ServingSwitched
@@ -27,7 +28,6 @@ from .served import LoadProblem, ModelTable, ServedModel
 log = logging.getLogger(__name__)
 
 PRODUCER = "serving"
-CHAMPION = "champion"
 
 SWITCHES = Counter("driftloop_serving_switches_total", "Served model switches", ["model"])
 REFUSED = Counter(

@@ -120,8 +120,12 @@ class TrainingHandlers:
         self.fitter = fitter
         self.searcher = searcher
         self.active_logs: dict[str, RunLog] = {}
-        # One run at a time in this process: the consumer's and a resumed one's.
-        self._executing = threading.Lock()
+        # One run of a model at a time (a request's and a resumed one's), and one fit at a time in this process. A
+        # run waiting for its data (rows after a change, up to model.change_wait_seconds) holds its model only: the
+        # other models' runs go on meanwhile.
+        self._model_locks: dict[str, threading.Lock] = {}
+        self._model_locks_guard = threading.Lock()
+        self._fitting = threading.Lock()
         self._interrupted: list[Run] = []
         # FeaturesMaterialized read per stream: wakes a run waiting for rows after a change.
         self._materialized = threading.Condition()
@@ -145,7 +149,7 @@ class TrainingHandlers:
         redelivery of such a request finds its run and makes no second one)."""
         while self._interrupted and not stop_event.is_set():
             run = self._interrupted.pop(0)
-            self._execute(run, request_of(run), resumed=True)
+            self.execute(run, request_of(run), resumed=True)
 
     def on_features_materialized(self, event: Event[FeaturesMaterialized]) -> None:
         """A feature set of the stream is ready: a run waiting for rows after a change looks at it now."""
@@ -163,16 +167,27 @@ class TrainingHandlers:
             self._materialized.wait_for(lambda: self._materialized_seen[stream] != seen, timeout)
 
     def on_training_requested(self, event: Event[TrainingRequested]) -> None:
-        asked = event.payload
+        """Accept the request and execute its run here (the service executes it in its model's queue instead)."""
+        run = self.accept(event)
+        if run is not None:
+            self.execute(run, event)
+
+    def accept(self, event: Event[TrainingRequested]) -> Run | None:
+        """The request's run, recorded (pending) before the request's offset is committed: a stop before it is
+        executed leaves it to ``resume_interrupted``. None: a redelivery of a request that already has its run."""
         run = self.runs.create(event)
         if run is None:
-            log.info("request %s already has a run: skipping the redelivery", asked.request_id)
-            return
-        self._execute(run, event)
+            log.info("request %s already has a run: skipping the redelivery", event.payload.request_id)
+        return run
 
-    def _execute(self, run: Run, event: Event[TrainingRequested], resumed: bool = False) -> None:
-        with self._executing:
+    def execute(self, run: Run, event: Event[TrainingRequested], resumed: bool = False) -> None:
+        """Execute a pending run to its end (completed, skipped, aborted, failed), after its model's earlier run."""
+        with self._model_lock(run.model):
             self._execute_now(run, event, resumed)
+
+    def _model_lock(self, model: str) -> threading.Lock:
+        with self._model_locks_guard:
+            return self._model_locks.setdefault(model, threading.Lock())
 
     def _execute_now(self, run: Run, event: Event[TrainingRequested], resumed: bool) -> None:
         asked = event.payload
@@ -283,24 +298,45 @@ class TrainingHandlers:
         return rows if isinstance(rows, int) else None
 
     def _train(self, run_id: str, request: Event[TrainingRequested], run_log: RunLog, started: float) -> None:
-        settings = self.runtime.settings
+        """What the run trains on, then the run. Waiting for rows after a change holds the model, not the fits; the
+        other data is resolved when the fit's turn comes (the newest usable version then)."""
         asked = request.payload
         pipeline = pipeline_for_model(self.runtime.pipelines, asked.model)
-        params_override: dict[str, Any] | None = None
         since = asked.change_started_at
-        if asked.rerun_of:
-            source, pipeline = self._rerun_source(asked.rerun_of, pipeline)
-            params_override = dict(source.params)
-            since = _as_utc((source.request or {}).get("change_started_at"))
-            feature_set = resolve_feature_set(self.store, pipeline, source.dataset_version_id)
-            run_log.note(
-                f"rerun of {source.run_id}: {source.dataset_version_id}, its params {params_override}, no search"
-            )
-        elif since is not None:
+        after_change: ResolvedFeatureSet | None = None
+        if not asked.rerun_of and since is not None:
             needed = self._rows_needed_after_change(run_id, pipeline, request, run_log)
-            feature_set, since = self._await_post_change_rows(run_id, pipeline, since, run_log, needed)
-        else:
-            feature_set = resolve_for_request(self.store, pipeline, asked)
+            after_change, since = self._await_post_change_rows(run_id, pipeline, since, run_log, needed)
+        with self._fitting:
+            params_override: dict[str, Any] | None = None
+            if asked.rerun_of:
+                source, pipeline = self._rerun_source(asked.rerun_of, pipeline)
+                params_override = dict(source.params)
+                since = _as_utc((source.request or {}).get("change_started_at"))
+                feature_set = resolve_feature_set(self.store, pipeline, source.dataset_version_id)
+                run_log.note(
+                    f"rerun of {source.run_id}: {source.dataset_version_id}, its params {params_override}, no search"
+                )
+            elif after_change is not None:
+                feature_set = after_change
+            else:
+                feature_set = resolve_for_request(self.store, pipeline, asked)
+            self._train_on(run_id, request, run_log, started, pipeline, feature_set, since, params_override)
+
+    def _train_on(
+        self,
+        run_id: str,
+        request: Event[TrainingRequested],
+        run_log: RunLog,
+        started: float,
+        pipeline: PipelineConfig,
+        feature_set: ResolvedFeatureSet,
+        since: datetime | None,
+        params_override: dict[str, Any] | None,
+    ) -> None:
+        """The run on its data: skipped when nothing is new, else searched, fitted, stored and announced."""
+        settings = self.runtime.settings
+        asked = request.payload
         named = asked.dataset_version_id
         chosen = feature_set.dataset_version_id
         run_log.note(

@@ -20,6 +20,7 @@ from driftloop.runtime.service import ConsumerSpec, Runtime, ServiceSpec, base_a
 from . import api
 from .fit import warm_fit_worker
 from .handlers import TrainingHandlers
+from .queues import ModelQueues
 from .raycluster import note_work, ray_at_work, ray_ready, ray_state, shutdown_ray, start_ray_keeper
 
 log = logging.getLogger(__name__)
@@ -63,11 +64,22 @@ def build(runtime: Runtime) -> ServiceSpec:
     app.state.context = api.Context(settings, runtime.Session, runtime.bus.publish, handlers.store, handlers.live_log)
     app.include_router(api.router)
 
+    runs = ModelQueues()
+
     def on_training_requested(event: Event[TrainingRequested]) -> None:
-        # Ray stays awake until the run ends; it is woken by the fit or the search that needs it (a small fit does
-        # not: ray.local_fit_max_rows), or here at once when every fit needs it.
-        with ray_at_work(settings, wake=not local_fit_rows):
-            handlers.on_training_requested(event)
+        # The run is recorded here and executed in its model's queue: the consumer reads on (another model's request,
+        # the cuts' news) while a run waits for rows after a change.
+        run = handlers.accept(event)
+        if run is None:
+            return
+
+        def execute() -> None:
+            # Ray stays awake until the run ends; it is woken by the fit or the search that needs it (a small fit
+            # does not: ray.local_fit_max_rows), or here at once when every fit needs it.
+            with ray_at_work(settings, wake=not local_fit_rows):
+                handlers.execute(run, event)
+
+        runs.submit(run.model, execute)
 
     def wake_ray_at_start(_stop: threading.Event) -> None:
         # A service process just started is about to get work (a new stack's first stream): Ray woken only by that
@@ -98,7 +110,7 @@ def build(runtime: Runtime) -> ServiceSpec:
                 {TRAINING_REQUESTED: on_training_requested, DATASET_CUT_STARTED: on_dataset_cut_started},
                 prompt=True,
             ),
-            # Its own thread: a run waiting for rows after a change (in the consumer above) wakes on these.
+            # Its own thread: a run waiting for rows after a change (in its model's queue) wakes on these.
             ConsumerSpec(
                 f"{FEATURES_GROUP_PREFIX}{uuid.uuid4().hex[:12]}",
                 {FEATURES_MATERIALIZED: handlers.on_features_materialized},

@@ -35,6 +35,7 @@ from croniter import croniter
 from sqlalchemy.orm import Session, sessionmaker
 
 from driftloop.clients.db.models import TrainingRequest, TriggerModelState, TriggerStreamState, utcnow
+from driftloop.contracts.aliases import CHAMPION
 from driftloop.contracts.events import Envelope, Event, new_event
 from driftloop.contracts.layout import parse_dataset_version_id
 from driftloop.contracts.payloads import (
@@ -77,7 +78,6 @@ log = logging.getLogger(__name__)
 
 ACTIVE_RUN_STATES = frozenset({"pending", "running"})
 FINISHED_RUN_STATES = frozenset({"completed", "failed", "aborted", "skipped"})
-CHAMPION_ALIAS = "champion"
 # Namespace of request ids derived from (model, cause event id).
 REQUEST_NAMESPACE = uuid.UUID("5b0c56f4-5d0e-4d8c-9a4c-0c7d1f6b2a11")
 # How often the schedule loop looks at the cron expressions and due pending requests (fired within this many s).
@@ -144,7 +144,7 @@ class TriggerHandlers:
         """The champion changed: the gate decided (causes queued behind the run may fire) and pending alarms
         about any other version are stale."""
         promoted = event.payload
-        if promoted.alias != CHAMPION_ALIAS:
+        if promoted.alias != CHAMPION:
             return
         with self._lock, self.Session.begin() as session:
             state = self._model_state(session, promoted.model)

@@ -18,12 +18,13 @@ from driftloop.clients.credentials import client_token
 from driftloop.clients.db.models import TriggerModelState
 from driftloop.clients.http import ServiceClient
 from driftloop.clients.retry import each_until_done
+from driftloop.contracts.aliases import CHAMPION
 from driftloop.contracts.events import new_event
 from driftloop.contracts.payloads import ModelPromoted, RunStateChanged
 from driftloop.contracts.settings import Settings
 from driftloop.errors import DriftloopError, NotFoundError
 
-from .handlers import ACTIVE_RUN_STATES, CHAMPION_ALIAS, TriggerHandlers
+from .handlers import ACTIVE_RUN_STATES, TriggerHandlers
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class StateReconcile:
             promoted = ModelPromoted(
                 model=model,
                 version=int(champion["version"]),
-                alias=CHAMPION_ALIAS,
+                alias=CHAMPION,
                 previous_version=known_champion,
                 artifact_uri=str(version["artifact_uri"]),
                 artifact_sha256=str(version["artifact_sha256"]),
@@ -110,7 +111,7 @@ def state_reconcile(
     reconcile = StateReconcile(
         handlers,
         session_factory,
-        lambda model: get(registry, f"/v1/models/{model}/aliases/{CHAMPION_ALIAS}"),
+        lambda model: get(registry, f"/v1/models/{model}/aliases/{CHAMPION}"),
         lambda run_id: get(training, f"/v1/runs/{run_id}"),
         models,
     )

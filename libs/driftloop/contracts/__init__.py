@@ -5,6 +5,7 @@
 - ``schemas`` / ``schemalock``: the Avro event schemas (``schemas/events/*.avsc``) and their compatibility lock;
 - ``fieldtypes``: the field-type table from which Avro, Arrow, Spark, pandas, OIP and validation types derive;
 - ``pipeline``, ``searchspace``, ``featuredefs``: a user's pipeline config, its search space and its features;
+- ``aliases``: the model aliases services agree on (the champion);
 - ``artifact`` / ``evaluation``: the model artifact format, the holdout split and the metrics;
 - ``layout``: where things live in the object store; ``settings``: the platform's typed settings;
 - ``oip``: Open Inference Protocol (v2) tensors <-> rows of raw fields, shared by serving and exported models.
@@ -13,6 +14,7 @@ Import what you need from the submodule (``from driftloop.contracts.topics impor
 """
 
 __all__ = [
+    "aliases",
     "artifact",
     "codegen",
     "evaluation",

@@ -10,6 +10,7 @@ store, the fit in this process, published events collected.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -566,3 +567,74 @@ def test_a_run_trains_on_the_version_cut_for_it_not_an_older_one_with_enough_row
     assert run.state == "completed", run.error
     assert run.dataset_version_id == f"{STREAM}@v2"
     assert run.holdout["rows"] + run.holdout["train_rows"] == 800
+
+
+def test_a_run_waiting_for_rows_after_a_change_holds_its_model_only(
+    runtime: FakeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two models in one stack. A run of the first waits for rows after a change (up to model.change_wait_seconds):
+    the other model's request trains meanwhile; the first model's next request waits for its run (one run of a
+    model at a time, in the order requested), and both go on when the rows come."""
+    import driftloop.services.training.handlers as training_handlers
+    from driftloop.services.training.queues import ModelQueues
+
+    monkeypatch.setattr(training_handlers, "CHANGE_POLL_SECONDS", 3600.0)  # only the event can end the wait
+    store = LocalObjectStore(runtime.settings.object_store_path)
+    cfg = runtime.pipelines[MODEL]
+    other_stream, other_model = "tx-other", "other-unit"
+    other_cfg = pipeline(other_stream, other_model)
+    runtime.pipelines[other_model] = other_cfg
+    write_feature_set(store, cfg, 1, 1200)  # one row a minute from 2026-02-01
+    write_feature_set(store, other_cfg, 1, 600)
+    change = datetime(2026, 2, 1, tzinfo=UTC) + timedelta(minutes=1000)  # 200 rows after it; 500 needed
+    asked = threading.Event()
+
+    class Ingestion:
+        def __init__(self, *_: Any, **__: Any) -> None: ...
+        def __enter__(self) -> Ingestion:
+            return self
+
+        def __exit__(self, *_: Any) -> None: ...
+        def post(self, path: str, json: dict[str, Any]) -> dict[str, Any]:
+            asked.set()
+            return {"status": "waiting", "since": change.isoformat(), "rows_after_change": 200}
+
+    monkeypatch.setattr(training_handlers, "ServiceClient", Ingestion)
+    training, queues = handlers(runtime), ModelQueues()
+
+    def submit(event: Event[TrainingRequested]) -> None:
+        run = training.accept(event)
+        assert run is not None
+        queues.submit(run.model, lambda: training.execute(run, event))
+
+    def wait_for_state(request_id: str, state: str) -> None:
+        deadline = time.monotonic() + 60
+        while run_of(runtime, request_id).state != state:
+            assert time.monotonic() < deadline, f"{request_id}: {run_of(runtime, request_id).state}, not {state}"
+            time.sleep(0.05)
+
+    submit(request("waits", None, trigger="drift", change_started_at=change))
+    assert asked.wait(60), "the run never asked ingestion for a cut after the change"
+    submit(request("same-model-next", None, trigger="manual"))
+    other = TrainingRequested(request_id="other-model", model=other_model, trigger="new_data", reason="test")
+    submit(new_event(other, producer="test"))
+    wait_for_state("other-model", "completed")
+    assert run_of(runtime, "waits").state == "pending"
+    assert run_of(runtime, "same-model-next").state == "pending", "a model's second run went before its first"
+
+    write_feature_set(store, cfg, 2, 1600)  # 600 rows after the change
+    materialized = FeaturesMaterialized(
+        stream=STREAM,
+        dataset_version_id=f"{STREAM}@v2",
+        feature_set_uri=store.uri(layout.feature_set_prefix(STREAM, 2)),
+        feature_names=cfg.feature_names,
+        row_count=1600,
+        online_entities=50,
+    )
+    training.on_features_materialized(new_event(materialized, producer="test"))
+    wait_for_state("waits", "completed")
+    wait_for_state("same-model-next", "completed")
+    first, second = run_of(runtime, "waits"), run_of(runtime, "same-model-next")
+    assert first.holdout["rows"] + first.holdout["train_rows"] == 600
+    assert first.ended_at is not None and second.started_at is not None and second.started_at >= first.ended_at
+    assert second.dataset_version_id == f"{STREAM}@v2"  # resolved when its turn came
