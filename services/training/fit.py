@@ -160,7 +160,8 @@ def prepare_data(job: FitJob, note: Callable[[str], None]) -> PreparedData:
     if job.train_since is not None:
         since = pd.Timestamp(job.train_since)
         since = since.tz_localize("UTC") if since.tzinfo is None else since
-        after = (pd.to_datetime(frame[stream.event_time], utc=True) >= since).to_numpy()
+        times = pd.to_datetime(frame[stream.event_time], utc=True)
+        after = (times >= since).to_numpy()
         rows_after_change = int(after.sum())
         if job.pre_change_weight <= 0:
             note(
@@ -168,13 +169,14 @@ def prepare_data(job: FitJob, note: Callable[[str], None]) -> PreparedData:
                 f"{int((~after).sum())} older rows dropped"
             )
             frame = frame[after].reset_index(drop=True)
+            times = times[after].reset_index(drop=True)
         else:
             note(
                 f"change window: {int(after.sum())} rows at or after {job.train_since.isoformat()}, "
                 f"{int((~after).sum())} older rows weigh {job.pre_change_weight}"
             )
         weights = change_window_weights(
-            pd.to_datetime(frame[stream.event_time], utc=True),
+            times,
             since,
             job.pre_change_weight,
             job.post_change_oldest_weight,

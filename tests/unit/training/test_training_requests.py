@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -106,6 +107,49 @@ def completions(runtime: FakeRuntime, request_id: str) -> list[TrainingCompleted
         for e in runtime.bus.published
         if isinstance(e.payload, TrainingCompleted) and e.payload.request_id == request_id
     ]
+
+
+@dataclass
+class CutAsks:
+    """What training asked ingestion's cut on demand (``POST /v1/streams/{s}/datasets``), in order."""
+
+    asks: list[dict[str, Any]] = field(default_factory=list)
+    asked: threading.Event = field(default_factory=threading.Event)
+
+
+def answer_cuts(monkeypatch: pytest.MonkeyPatch, answer: Callable[[CutAsks], dict[str, Any]]) -> CutAsks:
+    """Ingestion stood in for: each ask is recorded, then answered by ``answer`` (which may raise)."""
+    import driftloop.services.training.handlers as training_handlers
+
+    cuts = CutAsks()
+
+    class Ingestion:
+        def __init__(self, *_: Any, **__: Any) -> None: ...
+        def __enter__(self) -> Ingestion:
+            return self
+
+        def __exit__(self, *_: Any) -> None: ...
+        def post(self, path: str, json: dict[str, Any]) -> dict[str, Any]:
+            cuts.asks.append(json)
+            cuts.asked.set()
+            return answer(cuts)
+
+    monkeypatch.setattr(training_handlers, "ServiceClient", Ingestion)
+    return cuts
+
+
+def features_materialized(
+    store: LocalObjectStore, cfg: PipelineConfig, version: int, rows: int
+) -> Event[FeaturesMaterialized]:
+    materialized = FeaturesMaterialized(
+        stream=cfg.stream.name,
+        dataset_version_id=f"{cfg.stream.name}@v{version}",
+        feature_set_uri=store.uri(layout.feature_set_prefix(cfg.stream.name, version)),
+        feature_names=cfg.feature_names,
+        row_count=rows,
+        online_entities=50,
+    )
+    return new_event(materialized, producer="test")
 
 
 def test_the_version_is_resolved_at_run_start_and_a_pin_is_kept(tmp_path: Path) -> None:
@@ -314,28 +358,18 @@ def test_a_change_seen_on_the_platforms_clock_is_placed_by_ingestion_in_the_stre
 ) -> None:
     """The change comes from the monitor (prediction times: now); the feature set's event times are months
     earlier. Training asks ingestion (clock "arrival") and trains on the rows after the event time it answers."""
-    import driftloop.services.training.handlers as training_handlers
 
     store = LocalObjectStore(runtime.settings.object_store_path)
     write_feature_set(store, runtime.pipelines[MODEL], 1, 1200)  # one row a minute from 2026-02-01
     in_event_time = datetime(2026, 2, 1, tzinfo=UTC) + timedelta(minutes=600)
-    asked: list[dict[str, Any]] = []
-
-    class Ingestion:
-        def __init__(self, *_: Any, **__: Any) -> None: ...
-        def __enter__(self) -> Ingestion:
-            return self
-
-        def __exit__(self, *_: Any) -> None: ...
-        def post(self, path: str, json: dict[str, Any]) -> dict[str, Any]:
-            asked.append(json)
-            return {"status": "covered", "since": in_event_time.isoformat(), "rows_after_change": 600}
-
-    monkeypatch.setattr(training_handlers, "ServiceClient", Ingestion)
+    cuts = answer_cuts(
+        monkeypatch, lambda _: {"status": "covered", "since": in_event_time.isoformat(), "rows_after_change": 600}
+    )
     now = datetime.now(tz=UTC)
     handlers(runtime).on_training_requested(request("clocks", None, trigger="drift", change_started_at=now))
     run = run_of(runtime, "clocks")
     assert run.state == "completed", run.error
+    asked = cuts.asks
     assert asked and asked[0]["clock"] == "arrival" and datetime.fromisoformat(asked[0]["since"]) == now
     assert run.holdout["rows"] + run.holdout["train_rows"] == 600  # the rows after the change, in event time
 
@@ -440,27 +474,19 @@ def test_a_cut_on_demand_answered_too_late_is_asked_again_not_guessed(
     store = LocalObjectStore(runtime.settings.object_store_path)
     write_feature_set(store, runtime.pipelines[MODEL], 1, 1200)  # one row a minute from 2026-02-01
     in_event_time = datetime(2026, 2, 1, tzinfo=UTC) + timedelta(minutes=700)
-    asked: list[dict[str, Any]] = []
 
-    class BusyIngestion:
-        def __init__(self, *_: Any, **__: Any) -> None: ...
-        def __enter__(self) -> BusyIngestion:
-            return self
+    def busy_then_answer(cuts: CutAsks) -> dict[str, Any]:
+        if len(cuts.asks) == 1:
+            raise ServiceError("ingestion did not answer in time", status_code=504, code="timeout")
+        return {"status": "covered", "since": in_event_time.isoformat(), "rows_after_change": 500}
 
-        def __exit__(self, *_: Any) -> None: ...
-        def post(self, path: str, json: dict[str, Any]) -> dict[str, Any]:
-            asked.append(json)
-            if len(asked) == 1:
-                raise ServiceError("ingestion did not answer in time", status_code=504, code="timeout")
-            return {"status": "covered", "since": in_event_time.isoformat(), "rows_after_change": 500}
-
-    monkeypatch.setattr(training_handlers, "ServiceClient", BusyIngestion)
+    cuts = answer_cuts(monkeypatch, busy_then_answer)
     handlers(runtime).on_training_requested(
         request("busy", None, trigger="drift", change_started_at=datetime.now(tz=UTC))
     )
     run = run_of(runtime, "busy")
     assert run.state == "completed", run.error
-    assert len(asked) == 2
+    assert len(cuts.asks) == 2
     assert run.holdout["rows"] + run.holdout["train_rows"] == 500  # the rows after the answered event time
 
 
@@ -476,19 +502,8 @@ def test_a_run_waiting_for_rows_after_a_change_wakes_on_the_streams_features_mat
     cfg = runtime.pipelines[MODEL]
     write_feature_set(store, cfg, 1, 1200)  # one row a minute from 2026-02-01
     change = datetime(2026, 2, 1, tzinfo=UTC) + timedelta(minutes=1000)
-    asked = threading.Event()
-
-    class Ingestion:
-        def __init__(self, *_: Any, **__: Any) -> None: ...
-        def __enter__(self) -> Ingestion:
-            return self
-
-        def __exit__(self, *_: Any) -> None: ...
-        def post(self, path: str, json: dict[str, Any]) -> dict[str, Any]:
-            asked.set()
-            return {"status": "waiting", "since": change.isoformat(), "rows_after_change": 200}
-
-    monkeypatch.setattr(training_handlers, "ServiceClient", Ingestion)
+    answer = {"status": "waiting", "since": change.isoformat(), "rows_after_change": 200}
+    cuts = answer_cuts(monkeypatch, lambda _: answer)
     training = handlers(runtime)
     waiting = threading.Thread(
         target=training.on_training_requested,
@@ -496,17 +511,9 @@ def test_a_run_waiting_for_rows_after_a_change_wakes_on_the_streams_features_mat
         daemon=True,
     )
     waiting.start()
-    assert asked.wait(60), "the run never asked ingestion for a cut after the change"
+    assert cuts.asked.wait(60), "the run never asked ingestion for a cut after the change"
     write_feature_set(store, cfg, 2, 1600)  # 600 rows after the change
-    materialized = FeaturesMaterialized(
-        stream=STREAM,
-        dataset_version_id=f"{STREAM}@v2",
-        feature_set_uri=store.uri(layout.feature_set_prefix(STREAM, 2)),
-        feature_names=cfg.feature_names,
-        row_count=1600,
-        online_entities=50,
-    )
-    training.on_features_materialized(new_event(materialized, producer="test"))
+    training.on_features_materialized(features_materialized(store, cfg, 2, 1600))
     waiting.join(60)
     assert not waiting.is_alive(), "the run did not wake on FeaturesMaterialized"
     run = run_of(runtime, "woken")
@@ -528,19 +535,8 @@ def test_a_run_trains_on_the_version_cut_for_it_not_an_older_one_with_enough_row
     cfg = runtime.pipelines[MODEL]
     write_feature_set(store, cfg, 1, 1200)  # one row a minute from 2026-02-01
     change = datetime(2026, 2, 1, tzinfo=UTC) + timedelta(minutes=600)  # 600 rows after it in v1
-    asked = threading.Event()
-
-    class Ingestion:
-        def __init__(self, *_: Any, **__: Any) -> None: ...
-        def __enter__(self) -> Ingestion:
-            return self
-
-        def __exit__(self, *_: Any) -> None: ...
-        def post(self, path: str, json: dict[str, Any]) -> dict[str, Any]:
-            asked.set()
-            return {"status": "cut", "since": change.isoformat(), "rows_after_change": 800, "version": {"version": 2}}
-
-    monkeypatch.setattr(training_handlers, "ServiceClient", Ingestion)
+    answer = {"status": "cut", "since": change.isoformat(), "rows_after_change": 800, "version": {"version": 2}}
+    cuts = answer_cuts(monkeypatch, lambda _: answer)
     training = handlers(runtime)
     waiting = threading.Thread(
         target=training.on_training_requested,
@@ -548,19 +544,11 @@ def test_a_run_trains_on_the_version_cut_for_it_not_an_older_one_with_enough_row
         daemon=True,
     )
     waiting.start()
-    assert asked.wait(60), "the run never asked ingestion for a cut after the change"
+    assert cuts.asked.wait(60), "the run never asked ingestion for a cut after the change"
     waiting.join(1)
     assert waiting.is_alive(), "the run trained on v1 (an earlier run's data) instead of the version cut for it"
     write_feature_set(store, cfg, 2, 1400)
-    materialized = FeaturesMaterialized(
-        stream=STREAM,
-        dataset_version_id=f"{STREAM}@v2",
-        feature_set_uri=store.uri(layout.feature_set_prefix(STREAM, 2)),
-        feature_names=cfg.feature_names,
-        row_count=1400,
-        online_entities=50,
-    )
-    training.on_features_materialized(new_event(materialized, producer="test"))
+    training.on_features_materialized(features_materialized(store, cfg, 2, 1400))
     waiting.join(60)
     assert not waiting.is_alive()
     run = run_of(runtime, "cut-for-me")
@@ -587,19 +575,8 @@ def test_a_run_waiting_for_rows_after_a_change_holds_its_model_only(
     write_feature_set(store, cfg, 1, 1200)  # one row a minute from 2026-02-01
     write_feature_set(store, other_cfg, 1, 600)
     change = datetime(2026, 2, 1, tzinfo=UTC) + timedelta(minutes=1000)  # 200 rows after it; 500 needed
-    asked = threading.Event()
-
-    class Ingestion:
-        def __init__(self, *_: Any, **__: Any) -> None: ...
-        def __enter__(self) -> Ingestion:
-            return self
-
-        def __exit__(self, *_: Any) -> None: ...
-        def post(self, path: str, json: dict[str, Any]) -> dict[str, Any]:
-            asked.set()
-            return {"status": "waiting", "since": change.isoformat(), "rows_after_change": 200}
-
-    monkeypatch.setattr(training_handlers, "ServiceClient", Ingestion)
+    answer = {"status": "waiting", "since": change.isoformat(), "rows_after_change": 200}
+    cuts = answer_cuts(monkeypatch, lambda _: answer)
     training, queues = handlers(runtime), ModelQueues()
 
     def submit(event: Event[TrainingRequested]) -> None:
@@ -614,7 +591,7 @@ def test_a_run_waiting_for_rows_after_a_change_holds_its_model_only(
             time.sleep(0.05)
 
     submit(request("waits", None, trigger="drift", change_started_at=change))
-    assert asked.wait(60), "the run never asked ingestion for a cut after the change"
+    assert cuts.asked.wait(60), "the run never asked ingestion for a cut after the change"
     submit(request("same-model-next", None, trigger="manual"))
     other = TrainingRequested(request_id="other-model", model=other_model, trigger="new_data", reason="test")
     submit(new_event(other, producer="test"))
@@ -623,15 +600,7 @@ def test_a_run_waiting_for_rows_after_a_change_holds_its_model_only(
     assert run_of(runtime, "same-model-next").state == "pending", "a model's second run went before its first"
 
     write_feature_set(store, cfg, 2, 1600)  # 600 rows after the change
-    materialized = FeaturesMaterialized(
-        stream=STREAM,
-        dataset_version_id=f"{STREAM}@v2",
-        feature_set_uri=store.uri(layout.feature_set_prefix(STREAM, 2)),
-        feature_names=cfg.feature_names,
-        row_count=1600,
-        online_entities=50,
-    )
-    training.on_features_materialized(new_event(materialized, producer="test"))
+    training.on_features_materialized(features_materialized(store, cfg, 2, 1600))
     wait_for_state("waits", "completed")
     wait_for_state("same-model-next", "completed")
     first, second = run_of(runtime, "waits"), run_of(runtime, "same-model-next")
