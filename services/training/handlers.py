@@ -8,6 +8,7 @@ run interrupted by a crash of the service is executed again once at the next sta
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -16,7 +17,7 @@ import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -307,7 +308,7 @@ class TrainingHandlers:
         if not asked.rerun_of and since is not None:
             needed = self._rows_needed_after_change(run_id, pipeline, request, run_log)
             after_change, since = self._await_post_change_rows(run_id, pipeline, since, run_log, needed)
-        with self._fitting:
+        with self._fit_turn(run_log):
             params_override: dict[str, Any] | None = None
             if asked.rerun_of:
                 source, pipeline = self._rerun_source(asked.rerun_of, pipeline)
@@ -322,6 +323,17 @@ class TrainingHandlers:
             else:
                 feature_set = resolve_for_request(self.store, pipeline, asked)
             self._train_on(run_id, request, run_log, started, pipeline, feature_set, since, params_override)
+
+    @contextlib.contextmanager
+    def _fit_turn(self, run_log: RunLog) -> Iterator[None]:
+        """The process's one fit at a time; a run that waits for another model's says so in its log."""
+        if not self._fitting.acquire(blocking=False):
+            run_log.note("waiting for another run's fit to end (one fit at a time in the training service)")
+            self._fitting.acquire()
+        try:
+            yield
+        finally:
+            self._fitting.release()
 
     def _train_on(
         self,

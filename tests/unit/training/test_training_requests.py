@@ -607,3 +607,44 @@ def test_a_run_waiting_for_rows_after_a_change_holds_its_model_only(
     assert first.holdout["rows"] + first.holdout["train_rows"] == 600
     assert first.ended_at is not None and second.started_at is not None and second.started_at >= first.ended_at
     assert second.dataset_version_id == f"{STREAM}@v2"  # resolved when its turn came
+
+
+def test_a_run_waiting_for_another_models_fit_says_so_and_trains_after_it(runtime: FakeRuntime) -> None:
+    store = LocalObjectStore(runtime.settings.object_store_path)
+    other_cfg = pipeline("tx-other", "other-unit")
+    runtime.pipelines["other-unit"] = other_cfg
+    write_feature_set(store, runtime.pipelines[MODEL], 1, 600)
+    write_feature_set(store, other_cfg, 1, 600)
+    fitting, release = threading.Event(), threading.Event()
+
+    def held_fit(settings: Settings, job: FitJob, should_abort: Any) -> FitResult:
+        if job.pipeline.model.name == MODEL:
+            fitting.set()
+            assert release.wait(60)
+        return fit_feature_set(job)
+
+    training = handlers(runtime, held_fit)
+    first = threading.Thread(target=training.on_training_requested, args=(request("holds", None),), daemon=True)
+    first.start()
+    assert fitting.wait(60)
+    other = new_event(
+        TrainingRequested(request_id="waits-turn", model="other-unit", trigger="new_data", reason="test"),
+        producer="test",
+    )
+    second = threading.Thread(target=training.on_training_requested, args=(other,), daemon=True)
+    second.start()
+
+    def waiting_log() -> str:
+        with runtime.Session() as session:
+            run_id = session.scalar(sa.select(Run.run_id).where(Run.request_id == "waits-turn"))
+        return (training.live_log(run_id) if run_id else None) or ""
+
+    deadline = time.monotonic() + 60
+    while "waiting for another run's fit" not in waiting_log():
+        assert time.monotonic() < deadline, "the waiting run's log never said why it waited"
+        time.sleep(0.05)
+    assert run_of(runtime, "waits-turn").state == "pending"  # nothing of it ran beside the other fit
+    release.set()
+    first.join(60)
+    second.join(60)
+    assert run_of(runtime, "holds").state == "completed" and run_of(runtime, "waits-turn").state == "completed"
