@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 CONSUMER_GROUP = "driftloop-training"
 # The process's own group reading the feature sets' events whole (broadcast: no join wait, nothing committed).
 FEATURES_GROUP_PREFIX = "driftloop-training-features-"
+# As long as the service's stop joins its consumer threads.
+STOP_WAIT_SECONDS = 10.0
 
 
 def build(runtime: Runtime) -> ServiceSpec:
@@ -119,7 +121,8 @@ def build(runtime: Runtime) -> ServiceSpec:
             ),
         ],
         loops=[wake_ray_at_start, warm_fits_here, handlers.resume_interrupted],
-        on_stop=[shutdown_ray],
+        # A run under way gets the time the consumers get to end (before, it ran in the joined consumer thread).
+        on_stop=[lambda: runs.wait_idle(STOP_WAIT_SECONDS), shutdown_ray],
         ready_checks={"ray": ray_ready},
         health_info={"ray_state": ray_state},
     )

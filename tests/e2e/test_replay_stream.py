@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -50,7 +51,15 @@ def test_a_short_replay_of_a_drifting_river_stream_adapts_without_false_alarms(t
         "10",
         "--json",
     ]
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=1200)
+    replay = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = replay.communicate(timeout=1200)
+    except subprocess.TimeoutExpired:
+        # SIGINT, not a kill: the replay's own `finally` stops its stack's processes by PID.
+        replay.send_signal(signal.SIGINT)
+        stdout, stderr = replay.communicate(timeout=120)
+        pytest.fail("the replay did not end within 20 minutes: " + stdout[-3000:] + stderr[-3000:])
+    done = subprocess.CompletedProcess(command, replay.returncode, stdout, stderr)
     # The replay keeps its stack's home (logs, database) for a person to read; a test run removes it.
     home = re.search(r"stack home (\S+)", done.stdout)
     if done.returncode == 0 and home is not None and Path(home.group(1)).parent.name.startswith("driftloop-replay-"):

@@ -598,11 +598,13 @@ def test_a_run_waiting_for_rows_after_a_change_holds_its_model_only(
     wait_for_state("other-model", "completed")
     assert run_of(runtime, "waits").state == "pending"
     assert run_of(runtime, "same-model-next").state == "pending", "a model's second run went before its first"
+    assert not queues.wait_idle(0.1)  # a stop would wait for the run under way (its rows), as for a consumer
 
     write_feature_set(store, cfg, 2, 1600)  # 600 rows after the change
     training.on_features_materialized(features_materialized(store, cfg, 2, 1600))
     wait_for_state("waits", "completed")
     wait_for_state("same-model-next", "completed")
+    assert queues.wait_idle(10)
     first, second = run_of(runtime, "waits"), run_of(runtime, "same-model-next")
     assert first.holdout["rows"] + first.holdout["train_rows"] == 600
     assert first.ended_at is not None and second.started_at is not None and second.started_at >= first.ended_at
