@@ -39,14 +39,16 @@ def test_drift_cascades_to_a_new_champion_with_no_human(tmp_path: Path) -> None:
     stack = Stack(stack_settings)
     try:
         result = run_demo(settings, console=console, keep_running=True, scale=DemoScale(step_timeout=300))
-        assert result.v1 is not None, (tmp_path / "demo.out").read_text()
+        console.file.flush()
+        told = (tmp_path / "demo.out").read_text()  # the demo's own account, shown by any assertion below
+        assert result.v1 is not None, told
         # The challenger trained on the same data was not better: rejected, and v1 went on serving.
-        assert result.rejected_version is not None and result.rejected_version != result.v1
-        assert result.served_after_rejection == result.v1
+        assert result.rejected_version is not None and result.rejected_version != result.v1, told
+        assert result.served_after_rejection == result.v1, told
         # Drift → retrain → gate → promotion → serving, with no manual step.
-        assert result.drift_event_id is not None
-        assert result.v2 is not None and result.v2 not in (result.v1, result.rejected_version)
-        assert result.served_at_end == result.v2
+        assert result.drift_event_id is not None, told
+        assert result.v2 is not None and result.v2 not in (result.v1, result.rejected_version), told
+        assert result.served_at_end == result.v2, told
 
         registry = settings.services.url("registry")
         version = httpx.get(f"{registry}/v1/models/{MODEL}/versions/{result.v2}").json()

@@ -30,7 +30,7 @@ from driftloop.clients.db.models import EventRecord
 from driftloop.contracts.pipeline import PipelineConfig, load_pipelines
 from driftloop.contracts.schemas import SCHEMAS_DIR
 from driftloop.contracts.settings import Settings
-from driftloop.errors import DriftloopError
+from driftloop.errors import ConflictError, DriftloopError
 from driftloop.ops.stack import Stack
 from driftloop.runtime.timeline import lineage, model_timeline
 
@@ -213,6 +213,17 @@ class Demo:
             answers.append(self.platform.predict(MODEL, instances))
         return answers
 
+    def ask_retrain(self) -> bool:
+        """Ask for a retrain; False while the triggers still count v1's run as active or awaiting the gate (they
+        learn its end from the bus, which may come after serving has switched): a 409 then, asked again."""
+        try:
+            self.platform.retrain(MODEL, reason="demo: same data")
+        except ConflictError as exc:
+            if "is active" not in str(exc) and "awaits the gate" not in str(exc):
+                raise
+            return False
+        return True
+
     def next_records(self, n: int, drifted: bool) -> list[dict[str, Any]]:
         records = make_records(n, drifted, self.rng, self.clock)
         self.clock = records[-1]["event_time"] + timedelta(seconds=1)
@@ -242,7 +253,7 @@ class Demo:
 
         self.say("Phase 2 — manual retrain on the same data: the gate must keep the champion")
         mark = datetime.now(tz=UTC)
-        self.platform.retrain(MODEL, reason="demo: same data")
+        self.wait_for("the triggers to take a manual retrain", self.ask_retrain)
         rejected = self.wait_for("the gate's decision", lambda: self.events("ModelRejected", after=mark) or None)
         self.result.rejected_version = rejected[0].payload["version"]
         gate = json.loads(rejected[0].payload.get("gate_json") or "{}")
