@@ -6,6 +6,8 @@
 - ``s3_endpoint``: a moto S3 server (session scope), credentials ``testing``/``testing``.
 - ``redis_server``: a Redis server (session scope, no persistence), ``redis://127.0.0.1:<port>/0``.
 - ``make_settings(**overrides)``: Settings wired to the broker and registry, with a fresh home per test.
+
+Under ``-n 2 --dist loadfile`` (``make test``) the end-to-end files run one after the other on one worker.
 """
 
 from __future__ import annotations
@@ -34,6 +36,22 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under ``--dist loadfile``, the end-to-end files form one unit: each starts a whole stack (broker, ten
+    services, Spark, Ray), and two at once on a 2-core machine starve each other's consumers (a CI failure)."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class EndToEndTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return "tests/e2e" if scope.startswith("tests/e2e/") else scope
+
+    return EndToEndTogether(config, log)
 
 
 @pytest.fixture(scope="session")
