@@ -10,16 +10,16 @@ the ``occurred_at`` of the events of the v2 cascade (drift → request → run �
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from _common import own_stack_settings
+from _common import add_keep_option, bench_folder, own_stack_settings, tidy
 from rich.console import Console
 
 import driftloop.ops.demo as demo_module
@@ -92,8 +92,11 @@ def steps(engine: sa.Engine, first_drifted: datetime, v2: int) -> list[tuple[str
     return [(name, _aware(at)) for name, at in milestones]
 
 
-def main() -> int:
-    tmp = Path(tempfile.mkdtemp(prefix="driftloop-bench-cascade-"))
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_keep_option(parser)
+    args = parser.parse_args(argv)
+    tmp = bench_folder("driftloop-bench-cascade-", keep=args.keep)
     ports = {f"{name}_port": free_port() for name in ("schemaregistry", *SERVICES)}
     settings = own_stack_settings(tmp, ports)
     stack_settings = settings.model_copy(update={"home": (tmp / "home" / "demo").resolve()})
@@ -124,4 +127,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(tidy(main()))

@@ -23,7 +23,6 @@ import json
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,7 +32,7 @@ import httpx
 import numpy as np
 import sqlalchemy as sa
 import yaml
-from _common import own_stack_settings
+from _common import add_keep_option, bench_folder, own_stack_settings, tidy
 from idle import tree_seconds
 from rich.console import Console
 
@@ -207,9 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         help="a folder: py-spy records each service (idle threads too, collapsed stacks) from send to answer",
     )
     parser.add_argument("--json", action="store_true", help="a JSON line with the figures")
+    add_keep_option(parser)
     args = parser.parse_args(argv)
 
-    tmp = Path(tempfile.mkdtemp(prefix="driftloop-bench-first-"))
+    tmp = bench_folder("driftloop-bench-first-", keep=args.keep)
     ports = {f"{name}_port": free_port() for name in ("schemaregistry", *SERVICES)}
     settings = own_stack_settings(tmp, ports).model_copy(
         update={"pipelines_dir": bench_pipelines(tmp / "pipelines", args.rows)}
@@ -304,4 +304,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(tidy(main()))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -29,6 +28,8 @@ import pyarrow.parquet as pq
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+from _common import add_keep_option, bench_folder, tidy
 
 from driftloop.clients.objectstore import LocalObjectStore
 from driftloop.contracts import layout
@@ -149,8 +150,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--rows", type=int, default=6000)
+    add_keep_option(parser)
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="driftloop-bench-hpo-"))
+    home = bench_folder("driftloop-bench-hpo-", keep=args.keep)
     settings = Settings(home=home, ray={"num_cpus": 2})
     store = LocalObjectStore(home / "objects")
     strategies = [("optuna_tpe", "asha"), ("random", "none")]
@@ -208,4 +210,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(tidy(main()))

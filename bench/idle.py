@@ -16,12 +16,11 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import own_stack_settings
+from _common import add_keep_option, bench_folder, own_stack_settings, tidy
 
 from driftloop.ops.procs import free_port
 from driftloop.ops.stack import SERVICES, Stack
@@ -68,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--per-process", action="store_true", help="also each process of a component (its command, abridged)"
     )
+    add_keep_option(parser)
     args = parser.parse_args(argv)
 
-    tmp = Path(tempfile.mkdtemp(prefix="driftloop-bench-idle-"))
+    tmp = bench_folder("driftloop-bench-idle-", keep=args.keep)
     ports = {f"{name}_port": free_port() for name in ("schemaregistry", *SERVICES)}
     # The default settings a user's stack runs with (the other benchmarks shorten the session timeout for quick
     # group joins, which makes every consumer heartbeat three times as often).
@@ -126,4 +126,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(tidy(main()))

@@ -28,7 +28,6 @@ import random
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -37,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import latency_ms, own_stack_settings
+from _common import add_keep_option, bench_folder, latency_ms, own_stack_settings, tidy
 
 import driftloop.ops.stack as stack_module
 from driftloop.clients.credentials import token_file
@@ -97,6 +96,7 @@ def main() -> int:
     parser.add_argument("--stream-records", type=int, default=5, help="records timed through the stream worker")
     parser.add_argument("--state-dir", type=Path, default=REPO / ".driftloop" / "bench", help="Feast's virtualenv")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line at the end")
+    add_keep_option(parser)
     args = parser.parse_args()
     stores = ["database", "redis"] if args.store == "both" else [args.store]
     if "redis" in stores and shutil.which("redis-server") is None:
@@ -264,7 +264,7 @@ def bench_feast(rows: list[dict[str, Any]], keys: list[str], args: argparse.Name
     import pandas as pd
 
     bin_dir = feast_venv(args.state_dir)
-    repo = Path(tempfile.mkdtemp(prefix="driftloop-bench-feast-"))
+    repo = bench_folder("driftloop-bench-feast-", keep=args.keep)
     (repo / "data").mkdir()
     (repo / "feature_store.yaml").write_text(
         "project: bench\nregistry: data/registry.db\nprovider: local\n"
@@ -330,7 +330,7 @@ def start_redis(workdir: Path) -> tuple[int, str]:
 def bench_driftloop(
     kind: str, rows: list[dict[str, Any]], keys: list[str], args: argparse.Namespace
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    tmp = Path(tempfile.mkdtemp(prefix=f"driftloop-bench-online-{kind}-"))
+    tmp = bench_folder(f"driftloop-bench-online-{kind}-", keep=args.keep)
     ports = {"schemaregistry_port": free_port(), "features_port": free_port()}
     redis_pid = None
     # No Spark warm-up: nothing is materialized here, and a JVM starting beside the lookups would skew them.
@@ -414,4 +414,4 @@ def stream_freshness(bus: EventBus, store: OnlineStore, pipeline: PipelineConfig
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(tidy(main()))

@@ -20,11 +20,12 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from _common import add_keep_option, bench_folder, tidy
 
 from driftloop.clients.db import Base, create_engine_for
 from driftloop.contracts.pipeline import parse_pipeline
@@ -57,11 +58,12 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1000, help="rows per request")
     parser.add_argument("--per-event", action="store_true", help="publish each row's event (no BusWire)")
     parser.add_argument("--json", action="store_true")
+    add_keep_option(parser)
     args = parser.parse_args()
 
     if not args.per_event:
         from driftloop.services.serving.predlog import BusWire
-    tmp = Path(tempfile.mkdtemp(prefix="driftloop-bench-predlog-"))
+    tmp = bench_folder("driftloop-bench-predlog-", keep=args.keep)
     broker = EmbeddedBroker(port=free_port(), log_path=tmp / "tansu.log")
     broker.start()
     bus = None
@@ -117,4 +119,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(tidy(main()))

@@ -49,7 +49,6 @@ import argparse
 import json
 import math
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -683,7 +682,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rows-per-second", type=float, default=None, help="live rows a second (default: as fast as the stack takes)"
     )
-    parser.add_argument("--keep", action="store_true", help="leave the stack running (home printed)")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the stack running and keep its folder (home printed); without it, a replay that ended well "
+        "removes its folder",
+    )
     loop = LoopPolicy()
     parser.add_argument("--min-rows-after-change", type=int, default=loop.min_rows_after_change, help="generated")
     parser.add_argument(
@@ -714,13 +718,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import own_stack_settings
+    from _common import bench_folder, own_stack_settings
 
     from driftloop.contracts.pipeline import load_pipeline
     from driftloop.ops.procs import free_port
     from driftloop.ops.stack import SERVICES, Stack
 
-    tmp = Path(tempfile.mkdtemp(prefix="driftloop-replay-"))
+    tmp = bench_folder("driftloop-replay-", keep=args.keep)
     pipelines_dir = tmp / "pipelines"
     pipelines_dir.mkdir()
     target = None
@@ -800,4 +804,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from _common import tidy
+
+    raise SystemExit(tidy(main()))

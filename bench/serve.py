@@ -32,7 +32,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ import httpx
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from _common import latency_ms
+from _common import add_keep_option, bench_folder, latency_ms, tidy
 
 import driftloop.ops.stack as stack_module
 from driftloop.clients.objectstore import open_object_store
@@ -265,9 +264,10 @@ def main() -> int:
     parser.add_argument("--state", type=Path, default=Path.home() / ".cache" / "driftloop-bench")
     parser.add_argument("--no-mlflow", action="store_true", help="skip mlflow (no ratio against it)")
     parser.add_argument("--json", action="store_true", help="JSON lines: each measurement and a summary")
+    add_keep_option(parser)
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="driftloop-bench-serve-"))
+    tmp = bench_folder("driftloop-bench-serve-", keep=args.keep)
     pipelines = tmp / "pipelines"
     pipelines.mkdir()
     (pipelines / f"{MODEL}.yaml").write_text(PIPELINE)
@@ -436,4 +436,4 @@ def print_table(results: list[dict[str, Any]], summary: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(tidy(main()))

@@ -17,7 +17,6 @@ import json
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from _common import add_keep_option, bench_folder, tidy
 
 from driftloop.clients.objectstore import LocalObjectStore
 from driftloop.contracts import layout
@@ -86,11 +86,12 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--home", type=Path, help=argparse.SUPPRESS)
+    add_keep_option(parser)
     args = parser.parse_args()
     if args.one:
         fit_one(args.home, args.one)
         return
-    home = Path(tempfile.mkdtemp(prefix="driftloop-bench-train-"))
+    home = bench_folder("driftloop-bench-train-", keep=args.keep)
     pipeline = load_pipeline(PIPELINE)
     store = LocalObjectStore(home / "objects")
     figures = []
@@ -124,4 +125,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(tidy(main()))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -60,11 +59,11 @@ def test_a_short_replay_of_a_drifting_river_stream_adapts_without_false_alarms(t
         stdout, stderr = replay.communicate(timeout=120)
         pytest.fail("the replay did not end within 20 minutes: " + stdout[-3000:] + stderr[-3000:])
     done = subprocess.CompletedProcess(command, replay.returncode, stdout, stderr)
-    # The replay keeps its stack's home (logs, database) for a person to read; a test run removes it.
-    home = re.search(r"stack home (\S+)", done.stdout)
-    if done.returncode == 0 and home is not None and Path(home.group(1)).parent.name.startswith("driftloop-replay-"):
-        shutil.rmtree(Path(home.group(1)).parent, ignore_errors=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # A replay that ended well removes its folder (stack home, logs, database); `--keep` would keep it.
+    home = re.search(r"stack home (\S+)", done.stdout)
+    assert home is not None and Path(home.group(1)).parent.name.startswith("driftloop-replay-"), done.stdout[:2000]
+    assert not Path(home.group(1)).parent.exists(), done.stderr[-2000:]
     summary = replay_summary(done.stdout)
     explained = json.dumps({k: v for k, v in summary.items() if k not in ("windows_after_change",)}, default=str)
 
