@@ -38,7 +38,7 @@ router = APIRouter(prefix="/v1/models", tags=["triggers"])
 def retrain(ctx: Ctx, name: Name, body: RetrainBody | None = None) -> dict[str, Any]:
     """Ask for a retrain of model ``name`` on its latest materialized dataset version (emits
     ``TrainingRequested`` with trigger ``manual``). 404: unknown model; 409: no dataset version yet, or a
-    training run of the model is active."""
+    training run of the model is active or awaits the gate (code ``run_in_progress``: ask again when it ends)."""
     body = body or RetrainBody()
     return ctx.handlers.request_manual(name, body.reason, body.dataset_version_id)
 

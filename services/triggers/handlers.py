@@ -104,6 +104,12 @@ class RetrainConflict(ConflictError):
     default_code = "retrain_conflict"
 
 
+class RunInProgress(RetrainConflict):
+    """A manual retrain refused because a run of the model is active or awaits the gate: ask again when it ends."""
+
+    default_code = "run_in_progress"
+
+
 @overload
 def as_utc(value: datetime) -> datetime: ...
 @overload
@@ -609,7 +615,7 @@ class TriggerHandlers:
     def request_manual(self, model: str, reason: str, dataset_version_id: str | None = None) -> dict[str, Any]:
         """A person asks for a retrain, on the latest materialized dataset version or on a pinned one
         (``STREAM@vN`` of the model's stream, materialized already). Raises NotFoundError (unknown model) or
-        RetrainConflict."""
+        RetrainConflict (RunInProgress, code ``run_in_progress``, while a run is active or awaits the gate)."""
         pipeline = pipeline_for_model(self.pipelines, model)
         with self._lock, self.Session.begin() as session:
             view = self._view(session, pipeline)
@@ -636,7 +642,8 @@ class TriggerHandlers:
             row = self._record(session, model, "manual", None, (reason or "manual retrain") + note, decision, pinned)
             result = _row_dict(row)
         if decision.status != "requested":
-            raise RetrainConflict(f"retrain of {model!r} not requested: {decision.note}")
+            refused = RunInProgress if view.active_runs or view.gating_runs else RetrainConflict
+            raise refused(f"retrain of {model!r} not requested: {decision.note}")
         return result
 
     # --- decisions ---------------------------------------------------------------------------------------

@@ -17,14 +17,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class RefusingPlatform:
-    def __init__(self, refusals: list[str]) -> None:
+    def __init__(self, refusals: list[tuple[str, str]]) -> None:
         self.refusals = refusals
         self.asked = 0
 
     def retrain(self, model: str, *, reason: str = "manual") -> None:
         self.asked += 1
         if self.refusals:
-            raise ConflictError(self.refusals.pop(0))
+            code, message = self.refusals.pop(0)
+            raise ConflictError(message, code=code)
 
     def close(self) -> None:
         pass
@@ -40,8 +41,8 @@ def demo_with(platform: RefusingPlatform, tmp_path: Path) -> Demo:
 def test_a_retrain_refused_while_v1s_run_settles_is_asked_again(tmp_path: Path) -> None:
     platform = RefusingPlatform(
         [
-            "retrain of 'fraud' not requested: merged: training run r1 is active",
-            "retrain of 'fraud' not requested: merged: run r1 awaits the gate",
+            ("run_in_progress", "retrain of 'fraud' not requested: merged: training run r1 is active"),
+            ("run_in_progress", "retrain of 'fraud' not requested: merged: run r1 awaits the gate"),
         ]
     )
     demo = demo_with(platform, tmp_path)
@@ -50,7 +51,9 @@ def test_a_retrain_refused_while_v1s_run_settles_is_asked_again(tmp_path: Path) 
 
 
 def test_any_other_refusal_stops_the_demo_with_its_reason(tmp_path: Path) -> None:
-    platform = RefusingPlatform(["no dataset version of stream 'transactions' is materialized yet"])
+    platform = RefusingPlatform(
+        [("retrain_conflict", "no dataset version of stream 'transactions' is materialized yet")]
+    )
     demo = demo_with(platform, tmp_path)
     with pytest.raises(ConflictError, match="no dataset version"):
         demo.wait_for("the triggers to take a manual retrain", demo.ask_retrain)

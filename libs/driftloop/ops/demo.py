@@ -215,11 +215,12 @@ class Demo:
 
     def ask_retrain(self) -> bool:
         """Ask for a retrain; False while the triggers still count v1's run as active or awaiting the gate (they
-        learn its end from the bus, which may come after serving has switched): a 409 then, asked again."""
+        learn its end from the bus, which may come after serving has switched): a 409 ``run_in_progress`` then,
+        asked again."""
         try:
             self.platform.retrain(MODEL, reason="demo: same data")
         except ConflictError as exc:
-            if "is active" not in str(exc) and "awaits the gate" not in str(exc):
+            if exc.code != "run_in_progress":
                 raise
             return False
         return True

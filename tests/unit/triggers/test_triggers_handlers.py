@@ -251,8 +251,9 @@ def test_manual_retrain(make: Any, published: list[Event]) -> None:
     handlers: TriggerHandlers = make(pipeline())
     with pytest.raises(NotFoundError):
         handlers.request_manual("no-such-model", "why not")
-    with pytest.raises(RetrainConflict, match="no dataset version"):
+    with pytest.raises(RetrainConflict, match="no dataset version") as refused:
         handlers.request_manual(MODEL, "please")
+    assert refused.value.code == "retrain_conflict"
     handlers.on_model_promoted(promoted_event())
     handlers.on_features_materialized(features_event(1))
     result = handlers.request_manual(MODEL, "new labels arrived")
@@ -264,8 +265,9 @@ def test_manual_retrain(make: Any, published: list[Event]) -> None:
     handlers.on_drift_detected(drift_event(0))
     assert [e.payload.trigger for e in published] == ["manual", "drift"]
     handlers.on_run_state_changed(run_event("run-9", "pending"))
-    with pytest.raises(RetrainConflict, match="run-9"):
+    with pytest.raises(RetrainConflict, match="run-9") as refused:
         handlers.request_manual(MODEL, "again")
+    assert refused.value.code == "run_in_progress"
 
 
 def test_manual_retrain_on_a_pinned_dataset_version(make: Any, published: list[Event]) -> None:
